@@ -1,0 +1,27 @@
+# Install rules: headers, the library, and a relocatable package config with
+# a version file, so `find_package(torouter)` works from any prefix.
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+set(TOROUTER_CMAKE_DIR "${CMAKE_INSTALL_LIBDIR}/cmake/torouter")
+
+install(TARGETS torouter EXPORT torouterTargets
+        ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+        LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
+        RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
+        INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/torouter"
+        DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(EXPORT torouterTargets NAMESPACE torouter::
+        DESTINATION ${TOROUTER_CMAKE_DIR})
+
+configure_package_config_file(
+  "${PROJECT_SOURCE_DIR}/cmake/torouterConfig.cmake.in"
+  "${PROJECT_BINARY_DIR}/torouterConfig.cmake"
+  INSTALL_DESTINATION ${TOROUTER_CMAKE_DIR})
+write_basic_package_version_file(
+  "${PROJECT_BINARY_DIR}/torouterConfigVersion.cmake"
+  COMPATIBILITY SameMinorVersion)
+install(FILES "${PROJECT_BINARY_DIR}/torouterConfig.cmake"
+              "${PROJECT_BINARY_DIR}/torouterConfigVersion.cmake"
+        DESTINATION ${TOROUTER_CMAKE_DIR})

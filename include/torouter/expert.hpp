@@ -1,0 +1,96 @@
+// torouter/expert.hpp: the experts a router chooses among.
+//
+// An `ExpertSpec` says what an expert costs, how much context it takes, what
+// it is good at (tags) and how fast it usually answers. An `ExpertRegistry`
+// holds a set of them, built in code or loaded from JSON:
+//
+//   torouter::ExpertRegistry registry;
+//   torouter::ExpertSpec small;
+//   small.name = "llama-3.1-8b";
+//   small.input_usd_per_mtok = 0.2;
+//   small.output_usd_per_mtok = 0.2;
+//   registry.add(small);
+//
+//   auto loaded = torouter::load_expert_registry("experts.json");
+#pragma once
+
+#include <cstddef>
+#include <limits>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace torouter {
+
+/// How fast an expert usually answers; used to predict a call's latency.
+struct LatencyPrior {
+  /// Time to the first output token, in milliseconds.
+  double time_to_first_token_ms = 500.0;
+  /// Output tokens generated per second once the answer streams.
+  double output_tokens_per_second = 50.0;
+};
+
+/// One expert model the router can send queries to.
+struct ExpertSpec {
+  /// Unique name; the scorer's outputs and the transports are keyed by it.
+  std::string name;
+  /// Price in USD per million input (prompt) tokens.
+  double input_usd_per_mtok = 0.0;
+  /// Price in USD per million output (completion) tokens.
+  double output_usd_per_mtok = 0.0;
+  /// Largest prompt plus answer, in tokens, the expert accepts.
+  std::size_t context_window_tokens = std::numeric_limits<std::size_t>::max();
+  /// What the expert is good at ("code", "math", ...); a request can require tags.
+  std::vector<std::string> tags;
+  /// Usual speed of the expert.
+  LatencyPrior latency;
+  /// Most calls to this expert in flight at once, across all threads; 0 means no cap.
+  std::size_t max_concurrent_calls = 0;
+  /// A disabled expert is never picked.
+  bool enabled = true;
+
+  /// True when `tags` holds `tag`.
+  bool has_tag(std::string_view tag) const {
+    for (const auto& t : tags) {
+      if (t == tag) return true;
+    }
+    return false;
+  }
+};
+
+/// An ordered set of experts with unique names.
+class ExpertRegistry {
+ public:
+  /// Adds an expert; throws `Error` when its name is empty or already taken,
+  /// or when a price, the context window or the latency prior is invalid.
+  void add(ExpertSpec spec);
+
+  /// The expert named `name`, or nullptr.
+  const ExpertSpec* find(std::string_view name) const;
+  /// Position of the expert named `name`, if present.
+  std::optional<std::size_t> index_of(std::string_view name) const;
+
+  /// The experts, in the order they were added.
+  const std::vector<ExpertSpec>& experts() const { return experts_; }
+  std::size_t size() const { return experts_.size(); }
+  bool empty() const { return experts_.empty(); }
+  const ExpertSpec& operator[](std::size_t i) const { return experts_[i]; }
+
+ private:
+  std::vector<ExpertSpec> experts_;
+};
+
+/// Checks one expert's fields; returns an empty string when valid, otherwise
+/// what is wrong, naming the field ("input_usd_per_mtok must be >= 0 ...").
+std::string validate_expert(const ExpertSpec& spec);
+
+/// Loads a registry from a JSON file; throws `Error` naming the file and the
+/// field when the file is unreadable or malformed. The format is described
+/// in docs/ARCHITECTURE.md ("Expert registry files").
+ExpertRegistry load_expert_registry(const std::string& path);
+
+/// Parses a registry from JSON text; `origin` names the text in errors.
+ExpertRegistry parse_expert_registry(std::string_view json, const std::string& origin);
+
+}  // namespace torouter

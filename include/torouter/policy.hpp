@@ -1,0 +1,165 @@
+// torouter/policy.hpp: how the router turns predictions into a ranking.
+//
+// Each expert becomes a `Candidate` with its predicted quality, cost and
+// latency. Hard constraints (context window, required tags, cost and latency
+// caps, and the router's own: disabled, cooling down) exclude candidates; a
+// `Policy` then gives each a utility and orders them, best first. The router
+// calls the first and fails over down the list.
+//
+//   torouter::PolicyOptions knobs;
+//   knobs.lambda_cost = 2000;          // give up 0.002 quality to save $0.000001
+//   knobs.required_tags = {"code"};
+//   knobs.max_cost_usd = 0.01;
+//   auto decision = router.route(prompt, {knobs});
+//
+// `UtilityPolicy` (the default): utility = quality - lambda_cost * cost_usd -
+// lambda_latency * latency_s, ties to the cheaper expert.
+// `ThresholdPolicy`: RouteLLM's two-expert rule: the strong expert when its
+// predicted lead over the weak one exceeds a threshold.
+#pragma once
+
+#include <cstddef>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "torouter/expert.hpp"
+
+namespace torouter {
+
+/// Why a candidate cannot be picked; `None` when it can.
+enum class Exclusion {
+  None,
+  Disabled,          ///< The expert is disabled.
+  CoolingDown,       ///< The expert failed too often in a row and rests.
+  ContextWindow,     ///< Prompt plus predicted answer exceed its context window.
+  MissingTag,        ///< It lacks a tag the request requires.
+  OverCostLimit,     ///< Predicted cost above the request's `max_cost_usd`.
+  OverLatencyLimit,  ///< Predicted latency above the request's `max_latency_ms`.
+  NotInPolicy,       ///< The policy does not consider this expert.
+};
+
+/// A short, stable name for `exclusion` ("cooling_down", ...).
+constexpr std::string_view to_string(Exclusion exclusion) {
+  switch (exclusion) {
+    case Exclusion::None: return "none";
+    case Exclusion::Disabled: return "disabled";
+    case Exclusion::CoolingDown: return "cooling_down";
+    case Exclusion::ContextWindow: return "context_window";
+    case Exclusion::MissingTag: return "missing_tag";
+    case Exclusion::OverCostLimit: return "over_cost_limit";
+    case Exclusion::OverLatencyLimit: return "over_latency_limit";
+    case Exclusion::NotInPolicy: return "not_in_policy";
+  }
+  return "unknown";
+}
+
+/// One expert's predictions for one prompt, and its standing.
+struct Candidate {
+  /// Position of the expert in the router's registry.
+  std::size_t expert_index = 0;
+  /// The expert's name (points into the router's registry).
+  std::string_view name;
+  /// Predicted quality in [0, 1].
+  double predicted_quality = 0.0;
+  /// Predicted output tokens (the cost model's default where none was predicted).
+  double predicted_output_tokens = 0.0;
+  /// Prompt tokens (estimated or given).
+  double input_tokens = 0.0;
+  /// Predicted USD of the query.
+  double cost_usd = 0.0;
+  /// Predicted milliseconds to the full answer.
+  double latency_ms = 0.0;
+  /// The policy's score; higher is better. Meaningful only when eligible.
+  double utility = 0.0;
+  /// Why it cannot be picked, or `None`.
+  Exclusion exclusion = Exclusion::None;
+
+  bool eligible() const { return exclusion == Exclusion::None; }
+};
+
+/// The knobs of one routing call; every field has a default that maximises
+/// predicted quality with no constraint.
+struct PolicyOptions {
+  /// Quality given up per USD of predicted cost. 0 picks the best predicted
+  /// quality whatever it costs; large values pick the cheapest.
+  double lambda_cost = 0.0;
+  /// Quality given up per second of predicted latency.
+  double lambda_latency = 0.0;
+  /// Tags the expert must have (all of them).
+  std::vector<std::string> required_tags;
+  /// Largest predicted cost accepted, USD.
+  double max_cost_usd = std::numeric_limits<double>::infinity();
+  /// Largest predicted latency accepted, milliseconds.
+  double max_latency_ms = std::numeric_limits<double>::infinity();
+};
+
+/// Why the router picked what it picked.
+enum class PickReason {
+  HighestUtility,   ///< Best utility among several eligible experts.
+  OnlyEligible,     ///< The one eligible expert.
+  ThresholdStrong,  ///< Threshold policy: the strong expert's lead exceeds the threshold.
+  ThresholdWeak,    ///< Threshold policy: the lead does not exceed it.
+  NoneEligible,     ///< No expert passes the constraints: nothing picked.
+};
+
+/// A short, stable name for `reason` ("highest_utility", ...).
+constexpr std::string_view to_string(PickReason reason) {
+  switch (reason) {
+    case PickReason::HighestUtility: return "highest_utility";
+    case PickReason::OnlyEligible: return "only_eligible";
+    case PickReason::ThresholdStrong: return "threshold_strong";
+    case PickReason::ThresholdWeak: return "threshold_weak";
+    case PickReason::NoneEligible: return "none_eligible";
+  }
+  return "unknown";
+}
+
+/// Marks candidates that break the request's hard constraints (context
+/// window, tags, cost and latency caps). Candidates already excluded keep
+/// their reason. `experts` is indexed by `Candidate::expert_index`.
+void apply_constraints(std::vector<Candidate>& candidates, const ExpertRegistry& experts,
+                       const PolicyOptions& options);
+
+/// Orders candidates. Implementations must not allocate in `rank`, and must
+/// allow concurrent calls.
+class Policy {
+ public:
+  virtual ~Policy() = default;
+  /// Sets each candidate's utility and sorts: eligible candidates first,
+  /// best first; returns why the first was picked (`NoneEligible` if none is).
+  virtual PickReason rank(std::vector<Candidate>& candidates,
+                          const PolicyOptions& options) const = 0;
+  /// A short name recorded in route decisions ("utility", "threshold").
+  virtual std::string_view name() const = 0;
+};
+
+/// utility = quality - lambda_cost * cost_usd - lambda_latency * latency_s;
+/// ties go to the cheaper expert, then to the one registered first.
+class UtilityPolicy : public Policy {
+ public:
+  PickReason rank(std::vector<Candidate>& candidates,
+                  const PolicyOptions& options) const override;
+  std::string_view name() const override { return "utility"; }
+};
+
+/// RouteLLM's rule for two experts: pick `strong` when its predicted quality
+/// exceeds `weak`'s by more than `threshold`, else `weak`. Other experts are
+/// excluded (`NotInPolicy`); if one of the two is excluded, the other is picked.
+class ThresholdPolicy : public Policy {
+ public:
+  ThresholdPolicy(std::string strong, std::string weak, double threshold);
+  PickReason rank(std::vector<Candidate>& candidates,
+                  const PolicyOptions& options) const override;
+  std::string_view name() const override { return "threshold"; }
+
+  double threshold() const { return threshold_; }
+
+ private:
+  std::string strong_;
+  std::string weak_;
+  double threshold_;
+};
+
+}  // namespace torouter

@@ -1,0 +1,294 @@
+// torouter/router.hpp: route a prompt to the best expert, and call it
+// reliably.
+//
+//   torouter::Router router(registry, scorer);               // UtilityPolicy by default
+//   router.set_transport("small", torouter::Transport::sync(call_small));
+//   router.set_transport("large", torouter::Transport::sync(call_large));
+//
+//   torouter::RouteDecision decision = router.route("Prove that ...");
+//   std::cout << decision.pick()->name << " because " << to_string(decision.reason);
+//
+//   torouter::InvokeResult result = router.invoke("Prove that ...");
+//   if (result.ok()) use(result.response.text);
+//   else log(result.error_message, result.attempts);  // every attempt, in order
+//
+// `route` and `invoke` are safe to call from many threads at once. Routing
+// into a reused `RouteDecision` on a warm router allocates nothing and takes
+// no lock. `set_transport` must happen before the first `invoke`.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "torouter/cost_model.hpp"
+#include "torouter/expert.hpp"
+#include "torouter/policy.hpp"
+#include "torouter/scorer.hpp"
+#include "torouter/transport.hpp"
+
+namespace torouter {
+
+/// What `invoke` does once a per-router budget is spent.
+enum class BudgetMode {
+  /// Refuse calls whose predicted cost does not fit what is left.
+  Refuse,
+  /// Skip candidates that do not fit, and when none fits, call the cheapest
+  /// eligible expert anyway: a soft budget that degrades rather than refuses.
+  Downgrade,
+};
+
+/// How a router retries, fails over, rests failing experts and spends.
+struct RouterOptions {
+  /// Calls to one expert within one `invoke`, the first included.
+  int max_attempts_per_expert = 2;
+  /// Distinct experts tried within one `invoke` before giving up.
+  std::size_t max_experts_tried = 3;
+  /// Pause before the first retry; doubles (`backoff_multiplier`) each retry.
+  std::chrono::milliseconds initial_backoff{100};
+  /// Longest pause between retries.
+  std::chrono::milliseconds max_backoff{2000};
+  /// Growth of the pause between successive retries.
+  double backoff_multiplier = 2.0;
+  /// A rate-limited expert's `retry_after` is honoured up to this long;
+  /// beyond it the router fails over instead of waiting.
+  std::chrono::milliseconds max_retry_after{5000};
+  /// Time one call may take (passed to the transport as `Request::timeout`).
+  std::chrono::milliseconds attempt_timeout{30000};
+  /// Time one `invoke` may take in all, waits included.
+  std::chrono::milliseconds invoke_timeout{120000};
+  /// Failures in a row (across invokes) after which an expert cools down.
+  int failures_before_cooldown = 3;
+  /// How long a cooling expert is left out of routing.
+  std::chrono::milliseconds cooldown{30000};
+  /// How long `invoke` waits for a free slot when every candidate is at its
+  /// `max_concurrent_calls` cap, before failing.
+  std::chrono::milliseconds capacity_wait{1000};
+  /// Most USD this router spends in its lifetime; infinity for no budget.
+  double budget_usd = std::numeric_limits<double>::infinity();
+  /// What happens once the budget does not cover a call.
+  BudgetMode budget_mode = BudgetMode::Refuse;
+  /// Cost model settings (default output tokens).
+  CostModelOptions cost_model;
+};
+
+/// The knobs of one `route`.
+struct RouteOptions {
+  /// Utility weights and hard constraints.
+  PolicyOptions policy;
+  /// Prompt tokens when the caller knows them; 0 estimates ceil(chars / 4).
+  std::size_t input_tokens = 0;
+};
+
+/// Everything `route` decided, and why; reuse one across calls to avoid
+/// allocation.
+struct RouteDecision {
+  /// Every expert the router knows, eligible ones first, best first;
+  /// excluded ones after, with their `exclusion`.
+  std::vector<Candidate> candidates;
+  /// Why the first candidate was picked, or `NoneEligible`.
+  PickReason reason = PickReason::NoneEligible;
+  /// The knobs used.
+  PolicyOptions policy;
+  /// The policy's name ("utility", "threshold").
+  std::string_view policy_name;
+  /// The scorer's model version.
+  std::string_view model_version;
+  /// Prompt tokens used for cost (estimated or given).
+  std::size_t input_tokens = 0;
+
+  /// The picked candidate, or nullptr when none is eligible.
+  const Candidate* pick() const {
+    return !candidates.empty() && candidates.front().eligible() ? &candidates.front() : nullptr;
+  }
+  /// Number of eligible candidates (they come first).
+  std::size_t eligible_count() const;
+  /// The candidate for the expert named `name`, or nullptr.
+  const Candidate* find(std::string_view name) const;
+
+ private:
+  friend class Router;
+  // Scratch kept between calls so a warm route allocates nothing.
+  ScoreBatch scores_;
+  std::unique_ptr<ScorerWorkspace> workspace_;
+  const Scorer* workspace_owner_ = nullptr;
+};
+
+/// The decision as a JSON object (candidates, pick, reason, knobs, version).
+std::string to_json(const RouteDecision& decision);
+
+/// Knobs of one `invoke`.
+struct InvokeOptions {
+  /// Routing knobs.
+  RouteOptions route;
+  /// Passed to the transport as `Request::max_output_tokens`.
+  std::size_t max_output_tokens = 0;
+  /// When set, the answer is streamed to it. Failover happens only before
+  /// the first chunk reaches it; after that a failure ends the invoke.
+  ChunkCallback on_chunk;
+};
+
+/// What happened to one call (or skipped call) during an invoke.
+enum class AttemptOutcome {
+  Answered,  ///< The expert answered.
+  Failed,    ///< The call failed; see `failure`.
+  Skipped,   ///< Not called; see `detail` (at capacity, cooling down, over budget, no transport).
+};
+
+/// A short, stable name for `outcome`.
+constexpr std::string_view to_string(AttemptOutcome outcome) {
+  switch (outcome) {
+    case AttemptOutcome::Answered: return "answered";
+    case AttemptOutcome::Failed: return "failed";
+    case AttemptOutcome::Skipped: return "skipped";
+  }
+  return "unknown";
+}
+
+/// One entry of an invoke's trace.
+struct Attempt {
+  /// Expert called (or skipped).
+  std::string expert;
+  /// 1 for the first call to this expert in this invoke, 2 for the retry, ...
+  int number = 0;
+  AttemptOutcome outcome = AttemptOutcome::Skipped;
+  /// For `Failed`: the kind of failure.
+  FailureKind failure = FailureKind::None;
+  /// Failure message, or why the call was skipped.
+  std::string detail;
+  /// Pause before this call (backoff or retry-after).
+  std::chrono::milliseconds waited{0};
+  /// Duration of the call as the router measured it.
+  std::chrono::milliseconds latency{0};
+  /// USD charged for this call (answered calls only).
+  double cost_usd = 0.0;
+};
+
+/// Why an invoke failed; `None` when it answered.
+enum class InvokeError {
+  None,
+  NoEligibleExpert,  ///< The constraints left no expert.
+  AllFailed,         ///< Every candidate tried failed; see `attempts`.
+  BudgetExhausted,   ///< The budget covers no candidate (BudgetMode::Refuse).
+  AtCapacity,        ///< Every candidate stayed at its concurrency cap.
+  StreamBroken,      ///< The expert failed after chunks reached the caller.
+  Timeout,           ///< The invoke's own deadline passed.
+};
+
+/// A short, stable name for `error`.
+constexpr std::string_view to_string(InvokeError error) {
+  switch (error) {
+    case InvokeError::None: return "none";
+    case InvokeError::NoEligibleExpert: return "no_eligible_expert";
+    case InvokeError::AllFailed: return "all_failed";
+    case InvokeError::BudgetExhausted: return "budget_exhausted";
+    case InvokeError::AtCapacity: return "at_capacity";
+    case InvokeError::StreamBroken: return "stream_broken";
+    case InvokeError::Timeout: return "timeout";
+  }
+  return "unknown";
+}
+
+/// The answer of an invoke with its full trace, or a clear error.
+struct InvokeResult {
+  /// `None` when an expert answered.
+  InvokeError error = InvokeError::None;
+  /// What went wrong, in a sentence, when `error` is not `None`.
+  std::string error_message;
+  /// The expert that answered (empty on failure).
+  std::string expert;
+  /// The answer (its `text` holds the joined chunks when streamed).
+  Response response;
+  /// The routing decision the invoke followed.
+  RouteDecision decision;
+  /// Every call and skip, in order.
+  std::vector<Attempt> attempts;
+  /// USD charged for the answer.
+  double cost_usd = 0.0;
+
+  bool ok() const { return error == InvokeError::None; }
+};
+
+/// Live counters of one expert.
+struct ExpertStatus {
+  bool enabled = true;
+  /// Calls now in flight.
+  int in_flight = 0;
+  /// Failures since its last answer.
+  int consecutive_failures = 0;
+  /// True while left out of routing after repeated failures.
+  bool cooling_down = false;
+  /// Calls made and calls failed since the router was built.
+  std::uint64_t calls = 0;
+  std::uint64_t failures = 0;
+};
+
+/// Routes prompts over a registry of experts with a scorer and a policy, and
+/// calls the pick through the caller's transports.
+class Router {
+ public:
+  /// Builds a router over `experts`. Every expert must be one the scorer
+  /// predicts for (throws `Error` otherwise). `policy` defaults to
+  /// `UtilityPolicy`.
+  Router(ExpertRegistry experts, std::shared_ptr<const Scorer> scorer,
+         std::shared_ptr<const Policy> policy = nullptr, RouterOptions options = {});
+  ~Router();
+  Router(const Router&) = delete;
+  Router& operator=(const Router&) = delete;
+
+  /// Sets how `invoke` calls `expert`; throws `Error` for an unknown expert
+  /// or an invalid transport. Not safe concurrently with `invoke`.
+  void set_transport(std::string_view expert, Transport transport);
+
+  /// Scores the prompt, applies constraints and ranks the experts.
+  RouteDecision route(std::string_view prompt, const RouteOptions& options = {}) const;
+  /// Same, into `decision`; allocation-free once `decision` has been used
+  /// with this router and the same options.
+  void route(std::string_view prompt, const RouteOptions& options,
+             RouteDecision& decision) const;
+
+  /// Routes, calls the pick, retries and fails over; never throws for an
+  /// expert's failure.
+  InvokeResult invoke(std::string_view prompt, const InvokeOptions& options = {});
+
+  /// Enables or disables an expert at run time; safe from any thread.
+  void set_enabled(std::string_view expert, bool enabled);
+  /// Live counters of `expert`; throws `Error` for an unknown name.
+  ExpertStatus status(std::string_view expert) const;
+  /// USD spent by answered calls so far.
+  double spent_usd() const;
+
+  const ExpertRegistry& experts() const { return experts_; }
+  const Scorer& scorer() const { return *scorer_; }
+  const Policy& policy() const { return *policy_; }
+  const RouterOptions& options() const { return options_; }
+  const CostModel& cost_model() const { return cost_model_; }
+
+ private:
+  struct ExpertState;
+  struct Budget;
+  class InvokeRun;
+
+  std::size_t expert_index(std::string_view name) const;
+  bool cooling_down(std::size_t expert, std::int64_t now_ns) const;
+
+  ExpertRegistry experts_;
+  std::shared_ptr<const Scorer> scorer_;
+  std::shared_ptr<const Policy> policy_;
+  RouterOptions options_;
+  CostModel cost_model_;
+  /// Registry index -> column of the scorer's output.
+  std::vector<std::size_t> score_column_;
+  std::vector<Transport> transports_;
+  std::unique_ptr<ExpertState[]> state_;
+  std::unique_ptr<Budget> budget_;
+};
+
+}  // namespace torouter

@@ -1,0 +1,15 @@
+// torouter/torouter.hpp: the whole public API in one include.
+//
+// torouter sends each LLM query to the expert model with the best trade-off
+// of predicted quality, cost and latency, and calls it reliably through the
+// caller's transport. Start with router.hpp; docs/ARCHITECTURE.md maps the rest.
+#pragma once
+
+#include "torouter/cost_model.hpp"
+#include "torouter/error.hpp"
+#include "torouter/expert.hpp"
+#include "torouter/policy.hpp"
+#include "torouter/router.hpp"
+#include "torouter/scorer.hpp"
+#include "torouter/transport.hpp"
+#include "torouter/version.hpp"

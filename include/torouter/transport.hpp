@@ -1,0 +1,155 @@
+// torouter/transport.hpp: the caller's callbacks that call an expert.
+//
+// torouter never opens a socket: a service hands the router one `Transport`
+// per expert, in whichever of three shapes fits its client library, and the
+// router calls it, retries it and fails over from it.
+//
+//   // synchronous: return the answer
+//   auto t1 = torouter::Transport::sync([](const torouter::Request& r) {
+//     return my_client.complete(r.expert, r.prompt);   // -> torouter::Response
+//   });
+//   // asynchronous: call `done` exactly once, from any thread
+//   auto t2 = torouter::Transport::async(
+//       [](const torouter::Request& r, torouter::CompletionCallback done) {
+//         my_client.complete_async(r.prompt, [done](auto answer) { done(to_response(answer)); });
+//       });
+//   // streaming: pass each chunk to `on_chunk`, return the final response
+//   auto t3 = torouter::Transport::streaming(
+//       [](const torouter::Request& r, const torouter::ChunkCallback& on_chunk) { ... });
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <string>
+#include <string_view>
+
+namespace torouter {
+
+/// Why a call to an expert failed; `None` means it answered.
+enum class FailureKind {
+  None,            ///< The expert answered.
+  Timeout,         ///< No answer before the deadline.
+  RateLimited,     ///< The expert refused for now (HTTP 429); see `retry_after`.
+  ServerError,     ///< The expert failed (HTTP 5xx, dropped connection).
+  BadRequest,      ///< The expert rejected the request itself (HTTP 4xx).
+  ContextTooLong,  ///< The prompt does not fit the expert's context window.
+  TransportError,  ///< The transport callback threw or broke its contract.
+};
+
+/// A short, stable name for `kind` ("timeout", "rate_limited", ...).
+constexpr std::string_view to_string(FailureKind kind) {
+  switch (kind) {
+    case FailureKind::None: return "none";
+    case FailureKind::Timeout: return "timeout";
+    case FailureKind::RateLimited: return "rate_limited";
+    case FailureKind::ServerError: return "server_error";
+    case FailureKind::BadRequest: return "bad_request";
+    case FailureKind::ContextTooLong: return "context_too_long";
+    case FailureKind::TransportError: return "transport_error";
+  }
+  return "unknown";
+}
+
+/// True for failures worth another try on the same expert after a pause.
+constexpr bool is_retryable(FailureKind kind) {
+  return kind == FailureKind::Timeout || kind == FailureKind::RateLimited ||
+         kind == FailureKind::ServerError || kind == FailureKind::TransportError;
+}
+
+/// What the router asks a transport to do.
+struct Request {
+  /// Name of the expert to call (as in the registry).
+  std::string expert;
+  /// The prompt, as the caller gave it to `Router::invoke`.
+  std::string prompt;
+  /// Most output tokens wanted; 0 means the expert's own default.
+  std::size_t max_output_tokens = 0;
+  /// Time this attempt may take. An asynchronous transport that has not
+  /// completed by then is counted as timed out; a synchronous or streaming
+  /// transport cannot be interrupted, so it should pass this to its client.
+  std::chrono::milliseconds timeout{30000};
+  /// 1 for the first call to this expert within one invoke, 2 for its retry, ...
+  int attempt = 1;
+};
+
+/// What a transport returns: an answer, or why there is none.
+struct Response {
+  /// `None` when the expert answered; otherwise why not.
+  FailureKind failure = FailureKind::None;
+  /// The answer (empty on failure).
+  std::string text;
+  /// Input (prompt) tokens the expert billed; 0 if unknown.
+  std::size_t input_tokens = 0;
+  /// Output tokens the expert billed; 0 if unknown.
+  std::size_t output_tokens = 0;
+  /// Wall time of the call as the transport saw it; the router measures its
+  /// own and uses this only if the transport sets it.
+  std::chrono::milliseconds latency{0};
+  /// For `RateLimited`: how long the expert asked us to wait, if it said.
+  std::chrono::milliseconds retry_after{0};
+  /// Human-readable detail of a failure ("HTTP 503: overloaded").
+  std::string error_message;
+
+  bool ok() const { return failure == FailureKind::None; }
+
+  /// A successful response.
+  static Response answer(std::string text, std::size_t input_tokens = 0,
+                         std::size_t output_tokens = 0) {
+    Response r;
+    r.text = std::move(text);
+    r.input_tokens = input_tokens;
+    r.output_tokens = output_tokens;
+    return r;
+  }
+  /// A failed response.
+  static Response failed(FailureKind kind, std::string message = {},
+                         std::chrono::milliseconds retry_after = std::chrono::milliseconds{0}) {
+    Response r;
+    r.failure = kind;
+    r.error_message = std::move(message);
+    r.retry_after = retry_after;
+    return r;
+  }
+};
+
+/// Called by an asynchronous transport, exactly once per request.
+using CompletionCallback = std::function<void(Response)>;
+/// Receives each piece of a streamed answer, in order.
+using ChunkCallback = std::function<void(std::string_view chunk)>;
+
+/// How the router reaches one expert: exactly one of the three callbacks is set.
+struct Transport {
+  /// Synchronous: returns when the call is done.
+  std::function<Response(const Request&)> call;
+  /// Asynchronous: returns at once and calls the completion callback later,
+  /// from any thread, exactly once.
+  std::function<void(const Request&, CompletionCallback)> call_async;
+  /// Streaming: calls `on_chunk` for each piece of the answer and returns
+  /// the final response (whose `text` may be empty: the router joins chunks).
+  std::function<Response(const Request&, const ChunkCallback& on_chunk)> call_streaming;
+
+  static Transport sync(std::function<Response(const Request&)> fn) {
+    Transport t;
+    t.call = std::move(fn);
+    return t;
+  }
+  static Transport async(std::function<void(const Request&, CompletionCallback)> fn) {
+    Transport t;
+    t.call_async = std::move(fn);
+    return t;
+  }
+  static Transport streaming(
+      std::function<Response(const Request&, const ChunkCallback&)> fn) {
+    Transport t;
+    t.call_streaming = std::move(fn);
+    return t;
+  }
+
+  /// True when exactly one callback is set.
+  bool valid() const {
+    return (call ? 1 : 0) + (call_async ? 1 : 0) + (call_streaming ? 1 : 0) == 1;
+  }
+};
+
+}  // namespace torouter

@@ -1,0 +1,93 @@
+#include "torouter/policy.hpp"
+
+#include <algorithm>
+#include <utility>
+
+namespace torouter {
+namespace {
+
+bool has_all_tags(const ExpertSpec& expert, const std::vector<std::string>& tags) {
+  for (const auto& tag : tags) {
+    if (!expert.has_tag(tag)) return false;
+  }
+  return true;
+}
+
+// Eligible before excluded; then higher utility; then cheaper; then the
+// expert registered first, so equal inputs always give the same order.
+bool ranks_before(const Candidate& a, const Candidate& b) {
+  if (a.eligible() != b.eligible()) return a.eligible();
+  if (a.utility != b.utility) return a.utility > b.utility;
+  if (a.cost_usd != b.cost_usd) return a.cost_usd < b.cost_usd;
+  return a.expert_index < b.expert_index;
+}
+
+std::size_t count_eligible(const std::vector<Candidate>& candidates) {
+  return static_cast<std::size_t>(std::count_if(
+      candidates.begin(), candidates.end(), [](const Candidate& c) { return c.eligible(); }));
+}
+
+}  // namespace
+
+void apply_constraints(std::vector<Candidate>& candidates, const ExpertRegistry& experts,
+                       const PolicyOptions& options) {
+  for (auto& c : candidates) {
+    if (!c.eligible()) continue;
+    const ExpertSpec& expert = experts[c.expert_index];
+    const double tokens_needed = c.input_tokens + c.predicted_output_tokens;
+    if (tokens_needed > static_cast<double>(expert.context_window_tokens)) {
+      c.exclusion = Exclusion::ContextWindow;
+    } else if (!has_all_tags(expert, options.required_tags)) {
+      c.exclusion = Exclusion::MissingTag;
+    } else if (c.cost_usd > options.max_cost_usd) {
+      c.exclusion = Exclusion::OverCostLimit;
+    } else if (c.latency_ms > options.max_latency_ms) {
+      c.exclusion = Exclusion::OverLatencyLimit;
+    }
+  }
+}
+
+PickReason UtilityPolicy::rank(std::vector<Candidate>& candidates,
+                               const PolicyOptions& options) const {
+  for (auto& c : candidates) {
+    c.utility = c.predicted_quality - options.lambda_cost * c.cost_usd -
+                options.lambda_latency * (c.latency_ms / 1000.0);
+  }
+  std::sort(candidates.begin(), candidates.end(), ranks_before);
+  const std::size_t eligible = count_eligible(candidates);
+  if (eligible == 0) return PickReason::NoneEligible;
+  return eligible == 1 ? PickReason::OnlyEligible : PickReason::HighestUtility;
+}
+
+ThresholdPolicy::ThresholdPolicy(std::string strong, std::string weak, double threshold)
+    : strong_(std::move(strong)), weak_(std::move(weak)), threshold_(threshold) {}
+
+PickReason ThresholdPolicy::rank(std::vector<Candidate>& candidates,
+                                 const PolicyOptions& /*options*/) const {
+  Candidate* strong = nullptr;
+  Candidate* weak = nullptr;
+  for (auto& c : candidates) {
+    if (c.name == strong_) {
+      strong = &c;
+    } else if (c.name == weak_) {
+      weak = &c;
+    } else if (c.eligible()) {
+      c.exclusion = Exclusion::NotInPolicy;
+    }
+  }
+  // Utilities relative to the weak expert: the strong one ranks first exactly
+  // when its lead exceeds the threshold; at equality the tie goes to the
+  // cheaper, as everywhere else.
+  const double lead = strong && weak ? strong->predicted_quality - weak->predicted_quality : 0.0;
+  if (strong) strong->utility = lead - threshold_;
+  if (weak) weak->utility = 0.0;
+  std::sort(candidates.begin(), candidates.end(), ranks_before);
+
+  const std::size_t eligible = count_eligible(candidates);
+  if (eligible == 0) return PickReason::NoneEligible;
+  if (eligible == 1) return PickReason::OnlyEligible;
+  return candidates.front().name == strong_ ? PickReason::ThresholdStrong
+                                            : PickReason::ThresholdWeak;
+}
+
+}  // namespace torouter
