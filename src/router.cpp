@@ -268,7 +268,7 @@ class Router::InvokeRun {
         ++experts_called;
         if (call_with_retries(c, reservation)) return;
         if (result_.error == InvokeError::StreamBroken) return;
-        if (Clock::now() >= deadline_) {
+        if (out_of_time_ || Clock::now() >= deadline_) {
           fail(InvokeError::Timeout, fmt::format("invoke_timeout of {} ms passed",
                                                  options_.invoke_timeout.count()));
           return;
@@ -361,11 +361,17 @@ class Router::InvokeRun {
                                  static_cast<double>(backoff.count()) *
                                  options_.backoff_multiplier)));
         }
-        if (Clock::now() + wait >= deadline_) break;
+        if (Clock::now() + wait >= deadline_) {
+          out_of_time_ = true;
+          break;
+        }
         std::this_thread::sleep_for(wait);
       }
       const auto remaining = std::chrono::duration_cast<milliseconds>(deadline_ - Clock::now());
-      if (remaining.count() <= 0) break;
+      if (remaining.count() <= 0) {
+        out_of_time_ = true;
+        break;
+      }
 
       Request request;
       request.expert = spec.name;
@@ -512,6 +518,8 @@ class Router::InvokeRun {
   const InvokeOptions& invoke_options_;
   InvokeResult& result_;
   Clock::time_point deadline_;
+  // Set when a retry was given up because the invoke's deadline came first.
+  bool out_of_time_ = false;
 };
 
 InvokeResult Router::invoke(std::string_view prompt, const InvokeOptions& options) {

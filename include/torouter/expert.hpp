@@ -5,10 +5,8 @@
 // holds a set of them, built in code or loaded from JSON:
 //
 //   torouter::ExpertRegistry registry;
-//   torouter::ExpertSpec small;
-//   small.name = "llama-3.1-8b";
-//   small.input_usd_per_mtok = 0.2;
-//   small.output_usd_per_mtok = 0.2;
+//   torouter::ExpertSpec small("llama-3.1-8b", 0.2, 0.2);  // USD per million tokens in, out
+//   small.tags = {"chat"};
 //   registry.add(small);
 //
 //   auto loaded = torouter::load_expert_registry("experts.json");
@@ -19,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace torouter {
@@ -33,6 +32,13 @@ struct LatencyPrior {
 
 /// One expert model the router can send queries to.
 struct ExpertSpec {
+  ExpertSpec() = default;
+  /// An expert with a name and prices (USD per million tokens), defaults elsewhere.
+  ExpertSpec(std::string name, double input_usd_per_mtok, double output_usd_per_mtok)
+      : name(std::move(name)),
+        input_usd_per_mtok(input_usd_per_mtok),
+        output_usd_per_mtok(output_usd_per_mtok) {}
+
   /// Unique name; the scorer's outputs and the transports are keyed by it.
   std::string name;
   /// Price in USD per million input (prompt) tokens.

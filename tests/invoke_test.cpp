@@ -1,0 +1,454 @@
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/test_scorer.hpp"
+#include "torouter/router.hpp"
+
+using namespace std::chrono_literals;
+using torouter::AttemptOutcome;
+using torouter::ExpertRegistry;
+using torouter::ExpertSpec;
+using torouter::FailureKind;
+using torouter::InvokeError;
+using torouter::InvokeOptions;
+using torouter::InvokeResult;
+using torouter::Request;
+using torouter::Response;
+using torouter::Router;
+using torouter::RouterOptions;
+using torouter::Transport;
+using torouter::testing::TableScorer;
+using Catch::Matchers::Contains;
+
+namespace {
+
+// Experts ranked strong > mid > cheap at lambda 0.
+ExpertRegistry experts() {
+  ExpertRegistry registry;
+  registry.add(ExpertSpec("cheap", 0.1, 0.1));
+  registry.add(ExpertSpec("mid", 1.0, 1.0));
+  registry.add(ExpertSpec("strong", 10.0, 10.0));
+  return registry;
+}
+
+std::shared_ptr<TableScorer> scorer() {
+  auto s = std::make_shared<TableScorer>(std::vector<std::string>{"cheap", "mid", "strong"},
+                                         std::vector<float>{0.5f, 0.7f, 0.9f});
+  s->predict_output_tokens({100, 100, 100});
+  return s;
+}
+
+// Fast timings so failure paths run in milliseconds.
+RouterOptions fast_options() {
+  RouterOptions o;
+  o.initial_backoff = 5ms;
+  o.max_backoff = 20ms;
+  o.max_retry_after = 100ms;
+  o.attempt_timeout = 200ms;
+  o.cooldown = 10s;
+  o.capacity_wait = 20ms;
+  return o;
+}
+
+// A synchronous transport that answers from a script, then repeats its last
+// entry; it counts its calls.
+struct Scripted {
+  std::deque<Response> script;
+  Response last = Response::answer("ok", 10, 20);
+  int calls = 0;
+  std::mutex mutex;
+
+  Transport transport() {
+    return Transport::sync([this](const Request& r) {
+      std::lock_guard<std::mutex> lock(mutex);
+      ++calls;
+      if (!script.empty()) {
+        last = script.front();
+        script.pop_front();
+      }
+      Response out = last;
+      if (out.ok()) out.text = r.expert + ": " + out.text;
+      return out;
+    });
+  }
+};
+
+Response fails(FailureKind kind, std::chrono::milliseconds retry_after = 0ms) {
+  return Response::failed(kind, std::string(torouter::to_string(kind)), retry_after);
+}
+
+std::vector<std::string> trace(const InvokeResult& r) {
+  std::vector<std::string> out;
+  for (const auto& a : r.attempts) {
+    out.push_back(a.expert + ":" + std::string(torouter::to_string(a.outcome)) +
+                  (a.outcome == AttemptOutcome::Failed
+                       ? ":" + std::string(torouter::to_string(a.failure)) : ""));
+  }
+  return out;
+}
+
+using Trace = std::vector<std::string>;
+
+// A router over the three experts with scripted transports.
+struct Rig {
+  Scripted cheap, mid, strong;
+  Router router;
+
+  explicit Rig(RouterOptions options = fast_options())
+      : router(experts(), scorer(), nullptr, options) {
+    router.set_transport("cheap", cheap.transport());
+    router.set_transport("mid", mid.transport());
+    router.set_transport("strong", strong.transport());
+  }
+};
+
+}  // namespace
+
+TEST_CASE("invoke calls the pick and charges what it billed") {
+  Rig rig;
+  const InvokeResult r = rig.router.invoke("hi");
+  REQUIRE(r.ok());
+  CHECK(r.expert == "strong");
+  CHECK(r.response.text == "strong: ok");
+  CHECK(trace(r) == Trace{"strong:answered"});
+  // 10 tokens in, 20 out at $10 per million each.
+  CHECK(r.cost_usd == Approx(30 * 10.0 / 1e6));
+  CHECK(r.attempts[0].cost_usd == r.cost_usd);
+  CHECK(rig.router.spent_usd() == Approx(r.cost_usd));
+  CHECK(rig.router.status("strong").calls == 1);
+  CHECK(rig.router.status("strong").in_flight == 0);
+}
+
+TEST_CASE("a timeout is retried on the same expert after a backoff") {
+  Rig rig;
+  rig.strong.script = {fails(FailureKind::Timeout), Response::answer("ok", 1, 1)};
+  const InvokeResult r = rig.router.invoke("hi");
+  REQUIRE(r.ok());
+  CHECK(trace(r) == Trace{"strong:failed:timeout", "strong:answered"});
+  CHECK(r.attempts[1].number == 2);
+  CHECK(r.attempts[1].waited == 5ms);
+  CHECK(rig.router.status("strong").consecutive_failures == 0);  // reset by the answer
+  CHECK(rig.router.status("strong").failures == 1);
+}
+
+TEST_CASE("a 429's retry-after is honoured") {
+  Rig rig;
+  rig.strong.script = {fails(FailureKind::RateLimited, 40ms), Response::answer("ok", 1, 1)};
+  const auto start = std::chrono::steady_clock::now();
+  const InvokeResult r = rig.router.invoke("hi");
+  REQUIRE(r.ok());
+  CHECK(std::chrono::steady_clock::now() - start >= 40ms);
+  CHECK(trace(r) == Trace{"strong:failed:rate_limited", "strong:answered"});
+  CHECK(r.attempts[1].waited == 40ms);
+}
+
+TEST_CASE("a retry-after longer than allowed fails over at once") {
+  Rig rig;
+  rig.strong.script = {fails(FailureKind::RateLimited, 60s)};
+  const auto start = std::chrono::steady_clock::now();
+  const InvokeResult r = rig.router.invoke("hi");
+  REQUIRE(r.ok());
+  CHECK(std::chrono::steady_clock::now() - start < 1s);
+  CHECK(trace(r) == Trace{"strong:failed:rate_limited", "mid:answered"});
+}
+
+TEST_CASE("server errors exhaust the retries, then fail over by utility") {
+  Rig rig;
+  rig.strong.script = {fails(FailureKind::ServerError)};
+  const InvokeResult r = rig.router.invoke("hi");
+  REQUIRE(r.ok());
+  CHECK(r.expert == "mid");
+  CHECK(trace(r) == Trace{"strong:failed:server_error", "strong:failed:server_error",
+                          "mid:answered"});
+  CHECK(r.attempts[1].detail == "server_error");
+}
+
+TEST_CASE("a bad request or a context overflow is not retried on the same expert") {
+  Rig rig;
+  rig.strong.script = {fails(FailureKind::BadRequest)};
+  rig.mid.script = {fails(FailureKind::ContextTooLong)};
+  const InvokeResult r = rig.router.invoke("hi");
+  REQUIRE(r.ok());
+  CHECK(trace(r) == Trace{"strong:failed:bad_request", "mid:failed:context_too_long",
+                          "cheap:answered"});
+}
+
+TEST_CASE("a transport that throws is a failure, not a crash") {
+  Rig rig;
+  rig.router.set_transport("strong", Transport::sync([](const Request&) -> Response {
+                             throw std::runtime_error("socket closed");
+                           }));
+  const InvokeResult r = rig.router.invoke("hi");
+  REQUIRE(r.ok());
+  CHECK(trace(r) == Trace{"strong:failed:transport_error", "strong:failed:transport_error",
+                          "mid:answered"});
+  CHECK_THAT(r.attempts[0].detail, Contains("socket closed"));
+}
+
+TEST_CASE("when every expert fails, invoke says so with the full trace") {
+  Rig rig;
+  rig.strong.script = {fails(FailureKind::ServerError)};
+  rig.mid.script = {fails(FailureKind::Timeout)};
+  rig.cheap.script = {fails(FailureKind::BadRequest)};
+  const InvokeResult r = rig.router.invoke("hi");
+  CHECK_FALSE(r.ok());
+  CHECK(r.error == InvokeError::AllFailed);
+  CHECK_THAT(r.error_message, Contains("3 expert(s)"));
+  CHECK(trace(r) == Trace{"strong:failed:server_error", "strong:failed:server_error",
+                          "mid:failed:timeout", "mid:failed:timeout", "cheap:failed:bad_request"});
+  CHECK(r.expert.empty());
+  CHECK(rig.router.spent_usd() == 0.0);
+}
+
+TEST_CASE("max_experts_tried bounds the failover") {
+  RouterOptions options = fast_options();
+  options.max_experts_tried = 1;
+  options.max_attempts_per_expert = 1;
+  Rig rig(options);
+  rig.strong.script = {fails(FailureKind::ServerError)};
+  const InvokeResult r = rig.router.invoke("hi");
+  CHECK(r.error == InvokeError::AllFailed);
+  CHECK(trace(r) == Trace{"strong:failed:server_error"});
+}
+
+TEST_CASE("an expert that fails N times in a row cools down, then comes back") {
+  RouterOptions options = fast_options();
+  options.failures_before_cooldown = 3;
+  options.cooldown = 150ms;
+  Rig rig(options);
+  rig.strong.script = {fails(FailureKind::ServerError), fails(FailureKind::ServerError),
+                       fails(FailureKind::ServerError), Response::answer("back", 1, 1)};
+  // Invoke 1: two failures (the retry budget), then mid answers.
+  CHECK(trace(rig.router.invoke("a")) ==
+        Trace{"strong:failed:server_error", "strong:failed:server_error", "mid:answered"});
+  CHECK(rig.router.status("strong").consecutive_failures == 2);
+  // Invoke 2: the third failure in a row sends strong to cool down at once.
+  CHECK(trace(rig.router.invoke("b")) == Trace{"strong:failed:server_error", "mid:answered"});
+  CHECK(rig.router.status("strong").cooling_down);
+  // While it cools, routing leaves it out.
+  const auto d = rig.router.route("c");
+  CHECK(d.find("strong")->exclusion == torouter::Exclusion::CoolingDown);
+  CHECK(rig.router.invoke("c").expert == "mid");
+  CHECK(rig.strong.calls == 3);
+  // Afterwards it is tried again.
+  std::this_thread::sleep_for(200ms);
+  CHECK_FALSE(rig.router.status("strong").cooling_down);
+  const InvokeResult back = rig.router.invoke("d");
+  CHECK(back.expert == "strong");
+  CHECK(back.response.text == "strong: back");
+}
+
+TEST_CASE("a hard budget refuses what it cannot cover") {
+  RouterOptions options = fast_options();
+  // strong: (1*10 + 100*10)/1e6 = 1.01e-3 predicted; mid 1.01e-4; cheap 1.01e-5.
+  options.budget_usd = 5e-4;
+  options.budget_mode = torouter::BudgetMode::Refuse;
+  Rig rig(options);
+  rig.strong.last = rig.mid.last = rig.cheap.last = Response::answer("ok", 1, 100);
+  const InvokeResult first = rig.router.invoke("h");  // "h" is 1 token
+  REQUIRE(first.ok());
+  CHECK(first.expert == "mid");
+  CHECK(trace(first) == Trace{"strong:skipped", "mid:answered"});
+  CHECK_THAT(first.attempts[0].detail, Contains("over budget"));
+  // Spend mid four times (1.01e-4 each): 5.05e-4 > 5e-4 after the fourth... the
+  // fifth mid call would not fit, so it downgrades to cheap while cheap fits.
+  for (int i = 0; i < 3; ++i) REQUIRE(rig.router.invoke("h").expert == "mid");
+  CHECK(rig.router.spent_usd() == Approx(4 * 1.01e-4));
+  CHECK(rig.router.invoke("h").expert == "cheap");
+  // Fill the rest with cheap calls until nothing fits.
+  InvokeResult r;
+  for (int i = 0; i < 20 && (r = rig.router.invoke("h")).ok(); ++i) {
+  }
+  CHECK(r.error == InvokeError::BudgetExhausted);
+  CHECK_THAT(r.error_message, Contains("budget"));
+  CHECK(rig.router.spent_usd() <= 5e-4);
+}
+
+TEST_CASE("a soft budget downgrades to the cheapest expert once spent") {
+  RouterOptions options = fast_options();
+  options.budget_usd = 0;
+  options.budget_mode = torouter::BudgetMode::Downgrade;
+  Rig rig(options);
+  const InvokeResult r = rig.router.invoke("hello");
+  REQUIRE(r.ok());
+  CHECK(r.expert == "cheap");
+  CHECK(trace(r) == Trace{"strong:skipped", "mid:skipped", "cheap:skipped", "cheap:answered"});
+  CHECK(rig.router.spent_usd() > 0);
+}
+
+TEST_CASE("an expert with no transport is skipped") {
+  Router router(experts(), scorer(), nullptr, fast_options());
+  Scripted mid;
+  router.set_transport("mid", mid.transport());
+  const InvokeResult r = router.invoke("hi");
+  REQUIRE(r.ok());
+  CHECK(trace(r) == Trace{"strong:skipped", "mid:answered"});
+  CHECK(r.attempts[0].detail == "no transport set");
+}
+
+TEST_CASE("no eligible expert is an error that lists the exclusions") {
+  Rig rig;
+  InvokeOptions options;
+  options.route.policy.required_tags = {"vision"};
+  const InvokeResult r = rig.router.invoke("hi", options);
+  CHECK(r.error == InvokeError::NoEligibleExpert);
+  CHECK_THAT(r.error_message, Contains("strong (missing_tag)"));
+  CHECK(r.attempts.empty());
+}
+
+TEST_CASE("asynchronous transports: answers, timeouts and late completions") {
+  Router router(experts(), scorer(), nullptr, fast_options());
+  std::vector<std::thread> pending;
+  std::mutex pending_mutex;
+  // strong never completes in time: it completes 300 ms later, after the
+  // router has moved on, which must be harmless.
+  router.set_transport("strong", Transport::async([&](const Request&, torouter::CompletionCallback done) {
+                         std::lock_guard<std::mutex> lock(pending_mutex);
+                         pending.emplace_back([done] {
+                           std::this_thread::sleep_for(300ms);
+                           done(Response::answer("too late"));
+                         });
+                       }));
+  router.set_transport("mid", Transport::async([&](const Request& r, torouter::CompletionCallback done) {
+                         std::lock_guard<std::mutex> lock(pending_mutex);
+                         pending.emplace_back([done, prompt = r.prompt] {
+                           std::this_thread::sleep_for(5ms);
+                           done(Response::answer("async " + prompt, 2, 3));
+                           done(Response::answer("a second completion is ignored"));
+                         });
+                       }));
+  RouterOptions o = fast_options();
+  const InvokeResult r = router.invoke("hi");
+  REQUIRE(r.ok());
+  CHECK(r.response.text == "async hi");
+  CHECK(trace(r) == Trace{"strong:failed:timeout", "strong:failed:timeout", "mid:answered"});
+  CHECK(r.attempts[0].latency >= o.attempt_timeout);
+  for (auto& t : pending) t.join();
+}
+
+TEST_CASE("streaming: chunks reach the caller; failover only before the first chunk") {
+  Router router(experts(), scorer(), nullptr, fast_options());
+  int strong_calls = 0;
+  bool strong_fails_midway = false;
+  router.set_transport("strong", Transport::streaming([&](const Request&, const torouter::ChunkCallback& on_chunk) {
+                         ++strong_calls;
+                         if (!strong_fails_midway) return fails(FailureKind::ServerError);
+                         on_chunk("The answer ");
+                         return fails(FailureKind::ServerError);
+                       }));
+  router.set_transport("mid", Transport::streaming([](const Request&, const torouter::ChunkCallback& on_chunk) {
+                         on_chunk("Hello, ");
+                         on_chunk("world");
+                         return Response::answer("", 2, 2);
+                       }));
+  Scripted cheap;
+  router.set_transport("cheap", cheap.transport());
+
+  std::string received;
+  InvokeOptions options;
+  options.on_chunk = [&](std::string_view chunk) { received.append(chunk); };
+
+  SECTION("failure before any chunk fails over") {
+    const InvokeResult r = router.invoke("hi", options);
+    REQUIRE(r.ok());
+    CHECK(r.expert == "mid");
+    CHECK(received == "Hello, world");
+    CHECK(r.response.text == "Hello, world");
+  }
+  SECTION("failure after a chunk ends the invoke with a clear error") {
+    strong_fails_midway = true;
+    const InvokeResult r = router.invoke("hi", options);
+    CHECK(r.error == InvokeError::StreamBroken);
+    CHECK(received == "The answer ");
+    CHECK(strong_calls == 1);
+    CHECK(trace(r) == Trace{"strong:failed:server_error"});
+    CHECK_THAT(r.error_message, Contains("after its answer had started streaming"));
+  }
+  SECTION("a streaming transport without a chunk callback just joins the chunks") {
+    strong_fails_midway = true;  // no caller callback: nothing reached the caller, so it may fail over
+    const InvokeResult r = router.invoke("hi");
+    REQUIRE(r.ok());
+    CHECK(r.expert == "mid");
+    CHECK(r.response.text == "Hello, world");
+  }
+  SECTION("a non-streaming transport delivers its answer as one chunk") {
+    router.set_enabled("strong", false);
+    router.set_enabled("mid", false);
+    const InvokeResult r = router.invoke("hi", options);
+    REQUIRE(r.ok());
+    CHECK(received == "cheap: ok");
+  }
+}
+
+TEST_CASE("the in-flight cap sends a concurrent call elsewhere") {
+  ExpertRegistry registry;
+  ExpertSpec cheap("cheap", 0.1, 0.1);
+  ExpertSpec mid("mid", 1, 1);
+  ExpertSpec strong("strong", 10, 10);
+  strong.max_concurrent_calls = 1;
+  registry.add(cheap);
+  registry.add(mid);
+  registry.add(strong);
+  Router router(registry, scorer(), nullptr, fast_options());
+  InvokeResult nested;
+  // While strong's one slot is taken, a call made from inside its transport
+  // must go elsewhere.
+  router.set_transport("strong", Transport::sync([&](const Request& r) {
+                         if (r.prompt == "outer") nested = router.invoke("inner");
+                         return Response::answer("strong");
+                       }));
+  Scripted other;
+  router.set_transport("mid", other.transport());
+  router.set_transport("cheap", other.transport());
+  const InvokeResult outer = router.invoke("outer");
+  REQUIRE(outer.ok());
+  CHECK(outer.expert == "strong");
+  REQUIRE(nested.ok());
+  CHECK(nested.expert == "mid");
+  CHECK(trace(nested) == Trace{"strong:skipped", "mid:answered"});
+  CHECK_THAT(nested.attempts[0].detail, Contains("concurrency cap"));
+  CHECK(router.status("strong").in_flight == 0);
+}
+
+TEST_CASE("at capacity everywhere, invoke waits, then fails with at_capacity") {
+  ExpertRegistry registry;
+  ExpertSpec only("strong", 1, 1);
+  only.max_concurrent_calls = 1;
+  registry.add(only);
+  auto s = std::make_shared<TableScorer>(std::vector<std::string>{"strong"}, std::vector<float>{0.9f});
+  Router router(registry, s, nullptr, fast_options());
+  InvokeResult nested;
+  router.set_transport("strong", Transport::sync([&](const Request& r) {
+                         if (r.prompt == "outer") nested = router.invoke("inner");
+                         return Response::answer("ok");
+                       }));
+  const auto start = std::chrono::steady_clock::now();
+  REQUIRE(router.invoke("outer").ok());
+  CHECK(nested.error == InvokeError::AtCapacity);
+  CHECK(std::chrono::steady_clock::now() - start >= fast_options().capacity_wait);
+}
+
+TEST_CASE("the invoke deadline bounds retries and waits") {
+  RouterOptions options = fast_options();
+  options.invoke_timeout = 60ms;
+  options.max_attempts_per_expert = 100;
+  options.initial_backoff = 10ms;
+  options.max_backoff = 10ms;
+  options.failures_before_cooldown = 1000;
+  Rig rig(options);
+  rig.strong.script = {fails(FailureKind::ServerError)};
+  const auto start = std::chrono::steady_clock::now();
+  const InvokeResult r = rig.router.invoke("hi");
+  CHECK(std::chrono::steady_clock::now() - start < 500ms);
+  CHECK(r.error == InvokeError::Timeout);
+  CHECK(rig.strong.calls >= 2);
+  CHECK(rig.mid.calls == 0);
+}

@@ -1,0 +1,189 @@
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <vector>
+
+#include "torouter/policy.hpp"
+
+using torouter::Candidate;
+using torouter::Exclusion;
+using torouter::ExpertRegistry;
+using torouter::ExpertSpec;
+using torouter::PickReason;
+using torouter::PolicyOptions;
+
+namespace {
+
+// Three experts: cheap/weak, mid, dear/strong; the registry owns the names.
+struct Fixture {
+  ExpertRegistry registry;
+  std::vector<Candidate> candidates;
+
+  Fixture() {
+    registry.add(ExpertSpec("cheap", 0.1, 0.1));
+    registry.add(ExpertSpec("mid", 1, 1));
+    registry.add(ExpertSpec("dear", 10, 10));
+    const double quality[] = {0.5, 0.7, 0.8};
+    const double cost[] = {0.0001, 0.001, 0.01};
+    const double latency[] = {300, 800, 2000};
+    for (std::size_t i = 0; i < 3; ++i) {
+      Candidate c;
+      c.expert_index = i;
+      c.name = registry[i].name;
+      c.predicted_quality = quality[i];
+      c.cost_usd = cost[i];
+      c.latency_ms = latency[i];
+      c.input_tokens = 100;
+      c.predicted_output_tokens = 100;
+      candidates.push_back(c);
+    }
+  }
+  std::vector<std::string> order() const {
+    std::vector<std::string> names;
+    for (const auto& c : candidates) names.emplace_back(c.name);
+    return names;
+  }
+};
+
+using Names = std::vector<std::string>;
+
+}  // namespace
+
+TEST_CASE("utility policy at lambda 0 ranks by predicted quality") {
+  Fixture f;
+  const PickReason reason = torouter::UtilityPolicy().rank(f.candidates, PolicyOptions{});
+  CHECK(reason == PickReason::HighestUtility);
+  CHECK(f.order() == Names{"dear", "mid", "cheap"});
+  CHECK(f.candidates[0].utility == Approx(0.8));
+}
+
+TEST_CASE("utility policy trades quality for cost and latency") {
+  Fixture f;
+  PolicyOptions options;
+  SECTION("a moderate cost weight picks the middle expert") {
+    // utilities at lambda 100: cheap 0.5 - 0.01 = 0.49, mid 0.7 - 0.1 = 0.6, dear 0.8 - 1.0 = -0.2
+    options.lambda_cost = 100;
+    torouter::UtilityPolicy().rank(f.candidates, options);
+    CHECK(f.order() == Names{"mid", "cheap", "dear"});
+    CHECK(f.candidates[0].utility == Approx(0.6));
+  }
+  SECTION("a large cost weight picks the cheapest") {
+    options.lambda_cost = 1e6;
+    torouter::UtilityPolicy().rank(f.candidates, options);
+    CHECK(f.order()[0] == "cheap");
+  }
+  SECTION("a latency weight counts seconds") {
+    // cheap 0.5 - 0.3*0.2 = 0.44, mid 0.7 - 0.8*0.2 = 0.54, dear 0.8 - 2*0.2 = 0.4
+    options.lambda_latency = 0.2;
+    torouter::UtilityPolicy().rank(f.candidates, options);
+    CHECK(f.order() == Names{"mid", "cheap", "dear"});
+    CHECK(f.candidates[0].utility == Approx(0.54));
+  }
+}
+
+TEST_CASE("ties go to the cheaper expert, then the one registered first") {
+  Fixture f;
+  for (auto& c : f.candidates) c.predicted_quality = 0.6;
+  torouter::UtilityPolicy().rank(f.candidates, PolicyOptions{});
+  CHECK(f.order() == Names{"cheap", "mid", "dear"});
+
+  Fixture same_cost;
+  for (auto& c : same_cost.candidates) {
+    c.predicted_quality = 0.6;
+    c.cost_usd = 0.001;
+  }
+  std::swap(same_cost.candidates[0], same_cost.candidates[2]);
+  torouter::UtilityPolicy().rank(same_cost.candidates, PolicyOptions{});
+  CHECK(same_cost.order() == Names{"cheap", "mid", "dear"});
+}
+
+TEST_CASE("hard constraints exclude candidates, each with its reason") {
+  Fixture f;
+  PolicyOptions options;
+  SECTION("context window") {
+    ExpertRegistry small_window;
+    ExpertSpec spec("cheap", 0.1, 0.1);
+    spec.context_window_tokens = 150;  // 100 in + 100 predicted out does not fit
+    small_window.add(spec);
+    small_window.add(ExpertSpec("mid", 1, 1));
+    small_window.add(ExpertSpec("dear", 10, 10));
+    torouter::apply_constraints(f.candidates, small_window, options);
+    CHECK(f.candidates[0].exclusion == Exclusion::ContextWindow);
+    CHECK(f.candidates[1].eligible());
+  }
+  SECTION("required tags") {
+    ExpertRegistry tagged;
+    ExpertSpec code("cheap", 0.1, 0.1);
+    code.tags = {"code", "chat"};
+    tagged.add(code);
+    tagged.add(ExpertSpec("mid", 1, 1));
+    ExpertSpec dear("dear", 10, 10);
+    dear.tags = {"code"};
+    tagged.add(dear);
+    options.required_tags = {"code", "chat"};
+    torouter::apply_constraints(f.candidates, tagged, options);
+    CHECK(f.candidates[0].eligible());
+    CHECK(f.candidates[1].exclusion == Exclusion::MissingTag);
+    CHECK(f.candidates[2].exclusion == Exclusion::MissingTag);
+  }
+  SECTION("maximum cost") {
+    options.max_cost_usd = 0.005;
+    torouter::apply_constraints(f.candidates, f.registry, options);
+    CHECK(f.candidates[2].exclusion == Exclusion::OverCostLimit);
+    CHECK(f.candidates[1].eligible());
+  }
+  SECTION("maximum latency") {
+    options.max_latency_ms = 500;
+    torouter::apply_constraints(f.candidates, f.registry, options);
+    CHECK(f.candidates[0].eligible());
+    CHECK(f.candidates[1].exclusion == Exclusion::OverLatencyLimit);
+    CHECK(f.candidates[2].exclusion == Exclusion::OverLatencyLimit);
+  }
+  SECTION("an earlier exclusion is kept") {
+    f.candidates[2].exclusion = Exclusion::CoolingDown;
+    options.max_latency_ms = 500;
+    torouter::apply_constraints(f.candidates, f.registry, options);
+    CHECK(f.candidates[2].exclusion == Exclusion::CoolingDown);
+  }
+  SECTION("excluded candidates rank last and one eligible is 'only eligible'") {
+    options.max_cost_usd = 0.0005;
+    torouter::apply_constraints(f.candidates, f.registry, options);
+    const PickReason reason = torouter::UtilityPolicy().rank(f.candidates, options);
+    CHECK(reason == PickReason::OnlyEligible);
+    CHECK(f.order()[0] == "cheap");
+    CHECK_FALSE(f.candidates[1].eligible());
+  }
+  SECTION("nothing eligible") {
+    options.max_cost_usd = 0;
+    torouter::apply_constraints(f.candidates, f.registry, options);
+    CHECK(torouter::UtilityPolicy().rank(f.candidates, options) == PickReason::NoneEligible);
+  }
+}
+
+TEST_CASE("threshold policy picks the strong expert only past the threshold") {
+  const torouter::ThresholdPolicy policy("dear", "cheap", 0.25);
+  SECTION("lead 0.3 > 0.25: strong") {
+    Fixture f;
+    CHECK(policy.rank(f.candidates, PolicyOptions{}) == PickReason::ThresholdStrong);
+    CHECK(f.order()[0] == "dear");
+    CHECK(f.candidates[1].name == "cheap");
+    CHECK(f.candidates[2].exclusion == Exclusion::NotInPolicy);  // "mid"
+  }
+  SECTION("lead 0.2 <= 0.25: weak") {
+    Fixture f;
+    f.candidates[0].predicted_quality = 0.6;
+    CHECK(policy.rank(f.candidates, PolicyOptions{}) == PickReason::ThresholdWeak);
+    CHECK(f.order()[0] == "cheap");
+  }
+  SECTION("lead exactly at the threshold: the cheaper (weak) one") {
+    Fixture f;
+    f.candidates[0].predicted_quality = 0.55;
+    CHECK(policy.rank(f.candidates, PolicyOptions{}) == PickReason::ThresholdWeak);
+  }
+  SECTION("strong excluded: weak is the only one") {
+    Fixture f;
+    f.candidates[2].exclusion = Exclusion::Disabled;
+    CHECK(policy.rank(f.candidates, PolicyOptions{}) == PickReason::OnlyEligible);
+    CHECK(f.order()[0] == "cheap");
+  }
+}

@@ -1,0 +1,188 @@
+#include <catch2/catch.hpp>
+#include <simdjson.h>
+
+#include <memory>
+#include <string>
+
+#include "support/test_scorer.hpp"
+#include "torouter/error.hpp"
+#include "torouter/router.hpp"
+
+using torouter::Exclusion;
+using torouter::ExpertRegistry;
+using torouter::ExpertSpec;
+using torouter::PickReason;
+using torouter::RouteDecision;
+using torouter::RouteOptions;
+using torouter::Router;
+using torouter::testing::TableScorer;
+using Catch::Matchers::Contains;
+
+namespace {
+
+ExpertRegistry three_experts() {
+  ExpertRegistry registry;
+  ExpertSpec cheap("cheap", 0.1, 0.1);
+  cheap.context_window_tokens = 4096;
+  ExpertSpec coder("coder", 1.0, 2.0);
+  coder.tags = {"code"};
+  ExpertSpec strong("strong", 10.0, 30.0);
+  strong.latency.time_to_first_token_ms = 900;
+  strong.latency.output_tokens_per_second = 30;
+  registry.add(cheap);
+  registry.add(coder);
+  registry.add(strong);
+  return registry;
+}
+
+// Scorer columns deliberately in another order than the registry.
+std::shared_ptr<TableScorer> scorer() {
+  auto s = std::make_shared<TableScorer>(std::vector<std::string>{"strong", "cheap", "coder"},
+                                         std::vector<float>{0.9f, 0.6f, 0.7f});
+  s->when("python", {0.8f, 0.3f, 0.85f});
+  s->when("hello", {0.95f, 0.95f, 0.95f});
+  s->predict_output_tokens({200, 100, 150});
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("route picks the best predicted quality at lambda 0 and records everything") {
+  Router router(three_experts(), scorer());
+  const RouteDecision d = router.route("Explain quantum tunnelling in detail");
+  REQUIRE(d.pick() != nullptr);
+  CHECK(d.pick()->name == "strong");
+  CHECK(d.reason == PickReason::HighestUtility);
+  CHECK(d.eligible_count() == 3);
+  CHECK(d.model_version == "table-scorer-1");
+  CHECK(d.policy_name == "utility");
+  // 36 characters -> 9 tokens.
+  CHECK(d.input_tokens == 9);
+  const auto* strong = d.find("strong");
+  REQUIRE(strong != nullptr);
+  CHECK(strong->predicted_quality == Approx(0.9));
+  CHECK(strong->predicted_output_tokens == Approx(200));
+  CHECK(strong->cost_usd == Approx((9 * 10.0 + 200 * 30.0) / 1e6));
+  CHECK(strong->latency_ms == Approx(900 + 200.0 / 30 * 1000));
+  CHECK(d.find("cheap")->predicted_quality == Approx(0.6));
+  CHECK(d.find("coder")->predicted_quality == Approx(0.7));
+}
+
+TEST_CASE("the cost weight moves the pick to cheaper experts") {
+  Router router(three_experts(), scorer());
+  RouteOptions options;
+  options.policy.lambda_cost = 100;  // strong costs ~0.006 USD: -0.6
+  CHECK(router.route("python sort a list", options).pick()->name == "coder");
+  options.policy.lambda_cost = 1e5;
+  CHECK(router.route("python sort a list", options).pick()->name == "cheap");
+  const RouteDecision d = router.route("python sort a list", options);
+  CHECK(d.policy.lambda_cost == 1e5);  // the knobs used are recorded
+}
+
+TEST_CASE("equal predicted quality goes to the cheapest expert") {
+  Router router(three_experts(), scorer());
+  CHECK(router.route("hello there").pick()->name == "cheap");
+}
+
+TEST_CASE("route applies tags, limits, context window and disabled experts") {
+  Router router(three_experts(), scorer());
+  RouteOptions options;
+  SECTION("required tag") {
+    options.policy.required_tags = {"code"};
+    const RouteDecision d = router.route("Explain tunnelling", options);
+    CHECK(d.pick()->name == "coder");
+    CHECK(d.reason == PickReason::OnlyEligible);
+    CHECK(d.find("strong")->exclusion == Exclusion::MissingTag);
+  }
+  SECTION("caller-given input tokens beyond a context window") {
+    options.input_tokens = 5000;
+    const RouteDecision d = router.route("short", options);
+    CHECK(d.find("cheap")->exclusion == Exclusion::ContextWindow);
+    CHECK(d.input_tokens == 5000);
+  }
+  SECTION("disabled at run time, then enabled again") {
+    router.set_enabled("strong", false);
+    RouteDecision d = router.route("Explain tunnelling");
+    CHECK(d.pick()->name == "coder");
+    CHECK(d.find("strong")->exclusion == Exclusion::Disabled);
+    CHECK_FALSE(router.status("strong").enabled);
+    router.set_enabled("strong", true);
+    CHECK(router.route("Explain tunnelling").pick()->name == "strong");
+  }
+  SECTION("disabled in the registry") {
+    ExpertRegistry registry = three_experts();
+    ExpertRegistry with_disabled;
+    for (auto spec : registry.experts()) {
+      spec.enabled = spec.name != "strong";
+      with_disabled.add(spec);
+    }
+    Router r(with_disabled, scorer());
+    CHECK(r.route("Explain tunnelling").pick()->name == "coder");
+  }
+  SECTION("no expert left") {
+    options.policy.max_cost_usd = 0;
+    const RouteDecision d = router.route("anything", options);
+    CHECK(d.pick() == nullptr);
+    CHECK(d.reason == PickReason::NoneEligible);
+    CHECK(d.eligible_count() == 0);
+  }
+}
+
+TEST_CASE("a threshold policy routes between two experts") {
+  auto policy = std::make_shared<torouter::ThresholdPolicy>("strong", "cheap", 0.2);
+  Router router(three_experts(), scorer(), policy);
+  // default: strong 0.9 vs cheap 0.6, lead 0.3 > 0.2
+  RouteDecision d = router.route("Explain tunnelling");
+  CHECK(d.pick()->name == "strong");
+  CHECK(d.reason == PickReason::ThresholdStrong);
+  CHECK(d.policy_name == "threshold");
+  CHECK(d.find("coder")->exclusion == Exclusion::NotInPolicy);
+  // "hello": equal qualities, lead 0 -> weak
+  d = router.route("hello");
+  CHECK(d.pick()->name == "cheap");
+  CHECK(d.reason == PickReason::ThresholdWeak);
+}
+
+TEST_CASE("a router refuses experts its scorer does not know") {
+  ExpertRegistry registry = three_experts();
+  registry.add(ExpertSpec("mystery", 1, 1));
+  CHECK_THROWS_WITH(Router(registry, scorer()),
+                    Contains("no predictions for expert \"mystery\"") && Contains("table-scorer-1"));
+  CHECK_THROWS_WITH(Router(three_experts(), nullptr), Contains("scorer is null"));
+  Router router(three_experts(), scorer());
+  CHECK_THROWS_WITH(router.set_enabled("nobody", false), Contains("unknown expert \"nobody\""));
+  CHECK_THROWS_WITH(router.set_transport("cheap", torouter::Transport{}),
+                    Contains("exactly one"));
+}
+
+TEST_CASE("a scorer's NaN or out-of-range quality is clamped, never picked over real scores") {
+  auto s = std::make_shared<TableScorer>(std::vector<std::string>{"strong", "cheap", "coder"},
+                                         std::vector<float>{std::nanf(""), 0.4f, 1.7f});
+  Router router(three_experts(), s);
+  const RouteDecision d = router.route("x");
+  CHECK(d.find("strong")->predicted_quality == 0.0);
+  CHECK(d.find("coder")->predicted_quality == 1.0);
+  CHECK(d.pick()->name == "coder");
+}
+
+TEST_CASE("a decision converts to JSON that parses and says why") {
+  Router router(three_experts(), scorer());
+  RouteOptions options;
+  options.policy.required_tags = {"code"};
+  options.policy.lambda_cost = 3.5;
+  const std::string json = torouter::to_json(router.route("sort \"this\"\n list", options));
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  REQUIRE(parser.parse(json).get(root) == simdjson::SUCCESS);
+  CHECK(std::string_view(root["pick"]) == "coder");
+  CHECK(std::string_view(root["reason"]) == "only_eligible");
+  CHECK(std::string_view(root["model_version"]) == "table-scorer-1");
+  CHECK(double(root["knobs"]["lambda_cost"]) == 3.5);
+  CHECK(root["knobs"]["max_cost_usd"].is_null());  // infinity has no JSON form
+  CHECK(std::string_view(root["knobs"]["required_tags"].at(0)) == "code");
+  simdjson::dom::array candidates = root["candidates"];
+  CHECK(candidates.size() == 3);
+  CHECK(std::string_view(candidates.at(0)["expert"]) == "coder");
+  CHECK(bool(candidates.at(0)["eligible"]));
+  CHECK(std::string_view(candidates.at(1)["excluded_because"]) == "missing_tag");
+}
