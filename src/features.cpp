@@ -1,0 +1,487 @@
+// The featurizer's hot loop: one pass over the UTF-8 bytes that decodes,
+// lowercases, splits and hashes incrementally, so no token is ever copied
+// into a string. See include/torouter/features.hpp for the rules it follows.
+#include "torouter/features.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "torouter/error.hpp"
+
+namespace torouter {
+namespace detail {
+namespace {
+
+constexpr std::uint64_t kFnvOffsetBasis = 14695981039346656037ull;
+constexpr std::uint64_t kFnvPrime = 1099511628211ull;
+constexpr std::uint32_t kReplacementCharacter = 0xFFFD;
+
+inline std::uint64_t fnv_byte(std::uint64_t h, unsigned char b) { return (h ^ b) * kFnvPrime; }
+
+// One code point as UTF-8 bytes, so the n-gram ring encodes each character
+// once rather than once per n-gram it belongs to.
+struct Utf8Char {
+  std::array<unsigned char, 4> bytes{};
+  unsigned char size = 0;
+};
+
+inline Utf8Char encode_utf8(std::uint32_t cp) {
+  Utf8Char c;
+  if (cp < 0x80) {
+    c.bytes[0] = static_cast<unsigned char>(cp);
+    c.size = 1;
+  } else if (cp < 0x800) {
+    c.bytes[0] = static_cast<unsigned char>(0xC0 | (cp >> 6));
+    c.bytes[1] = static_cast<unsigned char>(0x80 | (cp & 0x3F));
+    c.size = 2;
+  } else if (cp < 0x10000) {
+    c.bytes[0] = static_cast<unsigned char>(0xE0 | (cp >> 12));
+    c.bytes[1] = static_cast<unsigned char>(0x80 | ((cp >> 6) & 0x3F));
+    c.bytes[2] = static_cast<unsigned char>(0x80 | (cp & 0x3F));
+    c.size = 3;
+  } else {
+    c.bytes[0] = static_cast<unsigned char>(0xF0 | (cp >> 18));
+    c.bytes[1] = static_cast<unsigned char>(0x80 | ((cp >> 12) & 0x3F));
+    c.bytes[2] = static_cast<unsigned char>(0x80 | ((cp >> 6) & 0x3F));
+    c.bytes[3] = static_cast<unsigned char>(0x80 | (cp & 0x3F));
+    c.size = 4;
+  }
+  return c;
+}
+
+inline std::uint64_t fnv_char(std::uint64_t h, const Utf8Char& c) {
+  for (unsigned char i = 0; i < c.size; ++i) h = fnv_byte(h, c.bytes[i]);
+  return h;
+}
+
+struct Decoded {
+  std::uint32_t code_point;
+  std::size_t length;  // bytes consumed, >= 1
+};
+
+// Decodes one code point at p (< end). An ill-formed sequence yields U+FFFD
+// and consumes its maximal subpart (the bytes that could still have begun a
+// valid sequence), the substitution Unicode recommends; it never reads at or
+// past `end`.
+inline Decoded decode_utf8(const unsigned char* p, const unsigned char* end) {
+  const unsigned char b0 = p[0];
+  if (b0 < 0x80) return {b0, 1};
+  std::size_t continuation = 0;
+  std::uint32_t cp = 0;
+  // Bounds of the second byte; they exclude overlong forms, surrogates and
+  // code points above U+10FFFF.
+  unsigned char lo = 0x80;
+  unsigned char hi = 0xBF;
+  if (b0 >= 0xC2 && b0 <= 0xDF) {
+    continuation = 1;
+    cp = b0 & 0x1Fu;
+  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+    continuation = 2;
+    cp = b0 & 0x0Fu;
+    if (b0 == 0xE0) lo = 0xA0;
+    if (b0 == 0xED) hi = 0x9F;
+  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+    continuation = 3;
+    cp = b0 & 0x07u;
+    if (b0 == 0xF0) lo = 0x90;
+    if (b0 == 0xF4) hi = 0x8F;
+  } else {
+    return {kReplacementCharacter, 1};
+  }
+  std::size_t length = 1;
+  for (std::size_t k = 0; k < continuation; ++k) {
+    if (p + length == end) return {kReplacementCharacter, length};
+    const unsigned char b = p[length];
+    if (b < lo || b > hi) return {kReplacementCharacter, length};
+    cp = (cp << 6) | (b & 0x3Fu);
+    ++length;
+    lo = 0x80;
+    hi = 0xBF;
+  }
+  return {cp, length};
+}
+
+enum class CharClass : unsigned char { kSeparator, kWord, kIdeograph };
+
+inline bool in(std::uint32_t cp, std::uint32_t first, std::uint32_t last) {
+  return cp >= first && cp <= last;
+}
+
+inline CharClass classify(std::uint32_t cp) {
+  if (cp < 0x80) {
+    const bool alnum = in(cp, '0', '9') || in(cp, 'a', 'z') || in(cp, 'A', 'Z');
+    return alnum ? CharClass::kWord : CharClass::kSeparator;
+  }
+  if (cp < 0xC0) {
+    // C1 controls and Latin-1 punctuation; ª µ º are letters.
+    return cp == 0xAA || cp == 0xB5 || cp == 0xBA ? CharClass::kWord : CharClass::kSeparator;
+  }
+  if (cp == 0xD7 || cp == 0xF7) return CharClass::kSeparator;
+  if (cp < 0x37E) return CharClass::kWord;
+  switch (cp) {
+    // clang-format off
+    case 0x037E: case 0x0387: case 0x0589: case 0x060C: case 0x061B:
+    case 0x061F: case 0x06D4: case 0x0964: case 0x0965: case 0x1680:
+      // clang-format on
+      return CharClass::kSeparator;
+    default:
+      break;
+  }
+  if (cp < 0x2000) return CharClass::kWord;
+  if (cp <= 0x2BFF) return CharClass::kSeparator;
+  if (in(cp, 0x3000, 0x303F)) return CharClass::kSeparator;
+  if (in(cp, 0x3400, 0x4DBF) || in(cp, 0x4E00, 0x9FFF)) return CharClass::kIdeograph;
+  if (cp < 0xF900) return CharClass::kWord;
+  if (cp <= 0xFAFF) return CharClass::kIdeograph;
+  if (in(cp, 0xFE10, 0xFE1F) || in(cp, 0xFE30, 0xFE6F)) return CharClass::kSeparator;
+  if (in(cp, 0xFF01, 0xFF0F) || in(cp, 0xFF1A, 0xFF20) || in(cp, 0xFF3B, 0xFF40) ||
+      in(cp, 0xFF5B, 0xFF65) || in(cp, 0xFFE0, 0xFFEE) || in(cp, 0xFFF0, 0xFFFF)) {
+    return CharClass::kSeparator;
+  }
+  if (in(cp, 0x1F000, 0x1FAFF)) return CharClass::kSeparator;
+  if (in(cp, 0x20000, 0x3FFFF)) return CharClass::kIdeograph;
+  return CharClass::kWord;
+}
+
+// Upper-case letters of the alternating blocks sit at even (or odd) code
+// points with their lower case right after.
+inline std::uint32_t lower_if_even(std::uint32_t cp) { return (cp & 1u) == 0 ? cp + 1 : cp; }
+inline std::uint32_t lower_if_odd(std::uint32_t cp) { return (cp & 1u) == 1 ? cp + 1 : cp; }
+
+// Simple lowercase mapping (UnicodeData.txt field 13) for the blocks the
+// header lists; any other code point is returned unchanged.
+inline std::uint32_t to_lower(std::uint32_t cp) {
+  if (cp < 0x80) return in(cp, 'A', 'Z') ? cp + 0x20 : cp;
+  if (cp < 0x100) return in(cp, 0xC0, 0xDE) && cp != 0xD7 ? cp + 0x20 : cp;
+  if (cp < 0x180) {  // Latin Extended-A
+    if (cp == 0x130) return 'i';
+    if (cp == 0x178) return 0xFF;
+    if (cp <= 0x12F || in(cp, 0x132, 0x137) || in(cp, 0x14A, 0x177)) return lower_if_even(cp);
+    if (in(cp, 0x139, 0x148) || in(cp, 0x179, 0x17E)) return lower_if_odd(cp);
+    return cp;
+  }
+  if (in(cp, 0x370, 0x3FF)) {  // Greek and Coptic
+    if (in(cp, 0x391, 0x3A1) || in(cp, 0x3A3, 0x3AB)) return cp + 0x20;
+    if (in(cp, 0x370, 0x373) || in(cp, 0x3D8, 0x3EF)) return lower_if_even(cp);
+    switch (cp) {
+      // clang-format off
+      case 0x376: return 0x377;
+      case 0x37F: return 0x3F3;
+      case 0x386: return 0x3AC;
+      case 0x388: return 0x3AD;
+      case 0x389: return 0x3AE;
+      case 0x38A: return 0x3AF;
+      case 0x38C: return 0x3CC;
+      case 0x38E: return 0x3CD;
+      case 0x38F: return 0x3CE;
+      case 0x3CF: return 0x3D7;
+      case 0x3F4: return 0x3B8;
+      case 0x3F7: return 0x3F8;
+      case 0x3F9: return 0x3F2;
+      case 0x3FA: return 0x3FB;
+      case 0x3FD: return 0x37B;
+      case 0x3FE: return 0x37C;
+      case 0x3FF: return 0x37D;
+      default: return cp;
+        // clang-format on
+    }
+  }
+  if (in(cp, 0x400, 0x52F)) {  // Cyrillic and Cyrillic Supplement
+    if (cp <= 0x40F) return cp + 0x50;
+    if (cp <= 0x42F) return cp + 0x20;
+    if (in(cp, 0x460, 0x481) || in(cp, 0x48A, 0x4BF) || cp >= 0x4D0) return lower_if_even(cp);
+    if (cp == 0x4C0) return 0x4CF;
+    if (in(cp, 0x4C1, 0x4CE)) return lower_if_odd(cp);
+    return cp;
+  }
+  if (in(cp, 0xFF21, 0xFF3A)) return cp + 0x20;  // fullwidth A..Z
+  return cp;
+}
+
+inline bool is_code_like(std::uint32_t cp) {
+  switch (cp) {
+    // clang-format off
+    case '{': case '}': case '(': case ')': case '[': case ']': case '<':
+    case '>': case ';': case '=': case '_': case '#': case '`':
+      // clang-format on
+      return true;
+    default:
+      return false;
+  }
+}
+
+inline bool is_math(std::uint32_t cp) {
+  switch (cp) {
+    // clang-format off
+    case '+': case '*': case '/': case '^': case '%': case '=':
+    case 0xD7: case 0xF7: case 0x2212:
+      // clang-format on
+      return true;
+    default:
+      return in(cp, 0x2200, 0x22FF);
+  }
+}
+
+inline std::uint32_t bucket_of(std::uint64_t hash, std::uint32_t num_buckets) {
+  return static_cast<std::uint32_t>(hash % num_buckets);
+}
+
+// Walks the text once for `featurize`: feeds every word character into the
+// running hashes of the current word, its bigram with the previous word and
+// the character n-grams ending at it, and counts what the dense block needs.
+class FeatureWalker {
+ public:
+  FeatureWalker(const FeaturizerOptions& options, const std::array<std::uint64_t, 3>& kind_state,
+                std::vector<std::uint32_t>& buckets)
+      : options_(options),
+        unigram_start_(kind_state[0]),
+        bigram_start_(kind_state[1]),
+        ngram_start_(kind_state[2]),
+        buckets_(buckets) {}
+
+  void run(std::string_view text) {
+    const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+    const auto* end = p + text.size();
+    while (p < end) {
+      const Decoded d = decode_utf8(p, end);
+      p += d.length;
+      const std::uint32_t cp = d.code_point;
+      count_character(cp);
+      switch (classify(cp)) {
+        case CharClass::kSeparator:
+          end_word();
+          break;
+        case CharClass::kWord:
+          add_word_char(cp);
+          break;
+        case CharClass::kIdeograph:
+          end_word();
+          add_word_char(cp);
+          end_word();
+          break;
+      }
+    }
+    end_word();
+  }
+
+  void write_dense(std::array<float, kDenseFeatureCount>& dense) const {
+    const auto fraction = [](std::size_t part, std::size_t whole) {
+      return whole == 0 ? 0.0f : static_cast<float>(static_cast<double>(part) / whole);
+    };
+    const auto log1p_of = [](double x) { return static_cast<float>(std::log1p(x)); };
+    dense[kDenseLogChars] = log1p_of(static_cast<double>(chars_));
+    dense[kDenseLogWords] = log1p_of(static_cast<double>(words_));
+    dense[kDenseLogLines] = log1p_of(chars_ == 0 ? 0.0 : static_cast<double>(newlines_ + 1));
+    dense[kDenseDigitFraction] = fraction(digits_, chars_);
+    dense[kDenseCodeFraction] = fraction(code_like_, chars_);
+    dense[kDenseMathFraction] = fraction(math_, chars_);
+    dense[kDenseHasQuestion] = question_ ? 1.0f : 0.0f;
+    dense[kDenseUppercaseFraction] = fraction(uppercase_, word_chars_);
+    dense[kDenseNonAsciiFraction] = fraction(non_ascii_, chars_);
+    dense[kDenseLogMeanWordLength] =
+        log1p_of(words_ == 0 ? 0.0 : static_cast<double>(word_chars_) / words_);
+  }
+
+ private:
+  void count_character(std::uint32_t cp) {
+    ++chars_;
+    if (cp >= 0x80) ++non_ascii_;
+    if (in(cp, '0', '9')) ++digits_;
+    if (cp == '\n') ++newlines_;
+    if (is_code_like(cp)) ++code_like_;
+    if (is_math(cp)) ++math_;
+    if (cp == '?' || cp == 0xFF1F || cp == 0x061F) question_ = true;
+  }
+
+  void add_word_char(std::uint32_t cp) {
+    if (!in_word_) start_word();
+    ++word_chars_;
+    const std::uint32_t lower = to_lower(cp);
+    if (lower != cp) ++uppercase_;
+    const Utf8Char c = encode_utf8(lower);
+    unigram_ = fnv_char(unigram_, c);
+    next_bigram_ = fnv_char(next_bigram_, c);
+    if (has_previous_word_) bigram_ = fnv_char(bigram_, c);
+    push_ngram_char(c);
+  }
+
+  void start_word() {
+    in_word_ = true;
+    unigram_ = unigram_start_;
+    next_bigram_ = bigram_start_;
+    bigram_ = previous_bigram_prefix_;
+    ring_count_ = 0;
+    push_ngram_char(kSpace);
+  }
+
+  void end_word() {
+    if (!in_word_) return;
+    in_word_ = false;
+    ++words_;
+    if (options_.word_unigrams) emit(unigram_);
+    if (options_.word_bigrams && has_previous_word_) emit(bigram_);
+    previous_bigram_prefix_ = fnv_byte(next_bigram_, ' ');
+    has_previous_word_ = true;
+    push_ngram_char(kSpace);
+  }
+
+  // Adds one character of the padded word and hashes every n-gram that ends
+  // at it.
+  void push_ngram_char(const Utf8Char& c) {
+    if (!options_.char_ngrams) return;
+    ring_[ring_count_ % kMaxCharNgram] = c;
+    ++ring_count_;
+    const std::size_t longest = std::min<std::size_t>(options_.char_ngram_max, ring_count_);
+    for (std::size_t n = options_.char_ngram_min; n <= longest; ++n) {
+      std::uint64_t h = ngram_start_;
+      for (std::size_t i = ring_count_ - n; i < ring_count_; ++i) {
+        h = fnv_char(h, ring_[i % kMaxCharNgram]);
+      }
+      emit(h);
+    }
+  }
+
+  void emit(std::uint64_t hash) { buckets_.push_back(bucket_of(hash, options_.num_buckets)); }
+
+  static constexpr Utf8Char kSpace{{' ', 0, 0, 0}, 1};
+
+  const FeaturizerOptions& options_;
+  const std::uint64_t unigram_start_;
+  const std::uint64_t bigram_start_;
+  const std::uint64_t ngram_start_;
+  std::vector<std::uint32_t>& buckets_;
+
+  bool in_word_ = false;
+  bool has_previous_word_ = false;
+  std::uint64_t unigram_ = 0;
+  std::uint64_t bigram_ = 0;       // 'b' + previous word + ' ' + this word so far
+  std::uint64_t next_bigram_ = 0;  // 'b' + this word so far
+  std::uint64_t previous_bigram_prefix_ = 0;
+  std::array<Utf8Char, kMaxCharNgram> ring_{};
+  std::size_t ring_count_ = 0;
+
+  std::size_t chars_ = 0;
+  std::size_t words_ = 0;
+  std::size_t word_chars_ = 0;
+  std::size_t newlines_ = 0;
+  std::size_t digits_ = 0;
+  std::size_t code_like_ = 0;
+  std::size_t math_ = 0;
+  std::size_t uppercase_ = 0;
+  std::size_t non_ascii_ = 0;
+  bool question_ = false;
+};
+
+std::uint64_t seeded_kind_state(std::uint64_t seed, FeatureKind kind) {
+  std::uint64_t h = kFnvOffsetBasis;
+  for (int i = 0; i < 8; ++i) h = fnv_byte(h, static_cast<unsigned char>(seed >> (8 * i)));
+  return fnv_byte(h, static_cast<unsigned char>(kind));
+}
+
+}  // namespace
+}  // namespace detail
+
+float sparse_dot(const SparseFeatures& a, const SparseFeatures& b) {
+  std::size_t i = 0;
+  std::size_t j = 0;
+  double sum = 0.0;
+  while (i < a.indices.size() && j < b.indices.size()) {
+    if (a.indices[i] < b.indices[j]) {
+      ++i;
+    } else if (b.indices[j] < a.indices[i]) {
+      ++j;
+    } else {
+      sum += static_cast<double>(a.values[i]) * b.values[j];
+      ++i;
+      ++j;
+    }
+  }
+  return static_cast<float>(sum);
+}
+
+std::uint32_t feature_bucket(FeatureKind kind, std::string_view normalized_utf8,
+                             const FeaturizerOptions& options) {
+  std::uint64_t h = detail::seeded_kind_state(options.hash_seed, kind);
+  for (char ch : normalized_utf8) h = detail::fnv_byte(h, static_cast<unsigned char>(ch));
+  return detail::bucket_of(h, options.num_buckets == 0 ? 1 : options.num_buckets);
+}
+
+Featurizer::Featurizer() : Featurizer(FeaturizerOptions{}) {}
+
+Featurizer::Featurizer(const FeaturizerOptions& options) : options_(options) {
+  if (options_.num_buckets == 0) throw Error("FeaturizerOptions.num_buckets: must be > 0");
+  if (options_.char_ngram_min < 1 || options_.char_ngram_min > options_.char_ngram_max ||
+      options_.char_ngram_max > kMaxCharNgram) {
+    throw Error("FeaturizerOptions.char_ngram_min/max: need 1 <= min <= max <= " +
+                std::to_string(kMaxCharNgram) + ", got " + std::to_string(options_.char_ngram_min) +
+                ".." + std::to_string(options_.char_ngram_max));
+  }
+  kind_state_ = {detail::seeded_kind_state(options_.hash_seed, FeatureKind::kWordUnigram),
+                 detail::seeded_kind_state(options_.hash_seed, FeatureKind::kWordBigram),
+                 detail::seeded_kind_state(options_.hash_seed, FeatureKind::kCharNgram)};
+}
+
+void Featurizer::featurize(std::string_view text, SparseFeatures& out) const {
+  out.clear();
+  // Collect every feature's bucket, then sort and run-length count: no hash
+  // map, and the vector's capacity is reused on the next call.
+  std::vector<std::uint32_t>& buckets = out.indices;
+  detail::FeatureWalker walker(options_, kind_state_, buckets);
+  walker.run(text);
+  walker.write_dense(out.dense);
+
+  std::sort(buckets.begin(), buckets.end());
+  std::size_t unique = 0;
+  double sum_squares = 0.0;
+  for (std::size_t i = 0; i < buckets.size();) {
+    std::size_t j = i + 1;
+    while (j < buckets.size() && buckets[j] == buckets[i]) ++j;
+    const double value = 1.0 + std::log(static_cast<double>(j - i));
+    sum_squares += value * value;
+    buckets[unique++] = buckets[i];
+    out.values.push_back(static_cast<float>(value));
+    i = j;
+  }
+  buckets.resize(unique);
+  if (sum_squares > 0.0) {
+    const float scale = static_cast<float>(1.0 / std::sqrt(sum_squares));
+    for (float& v : out.values) v *= scale;
+  }
+}
+
+void Featurizer::token_ids(std::string_view text, std::size_t max_tokens,
+                           std::vector<std::uint32_t>& out) const {
+  out.clear();
+  if (max_tokens == 0) return;
+  const std::uint64_t start = kind_state_[0];
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const auto* end = p + text.size();
+  bool in_word = false;
+  std::uint64_t h = start;
+  const auto end_word = [&] {
+    if (!in_word) return;
+    in_word = false;
+    out.push_back(detail::bucket_of(h, options_.num_buckets));
+  };
+  while (p < end && out.size() < max_tokens) {
+    const detail::Decoded d = detail::decode_utf8(p, end);
+    p += d.length;
+    const detail::CharClass cls = detail::classify(d.code_point);
+    if (cls == detail::CharClass::kSeparator) {
+      end_word();
+      continue;
+    }
+    if (cls == detail::CharClass::kIdeograph) end_word();
+    if (out.size() == max_tokens) break;
+    if (!in_word) {
+      in_word = true;
+      h = start;
+    }
+    h = detail::fnv_char(h, detail::encode_utf8(detail::to_lower(d.code_point)));
+    if (cls == detail::CharClass::kIdeograph) end_word();
+  }
+  if (out.size() < max_tokens) end_word();
+}
+
+}  // namespace torouter
