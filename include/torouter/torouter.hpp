@@ -6,8 +6,11 @@
 #pragma once
 
 #include "torouter/cost_model.hpp"
+#include "torouter/dataset.hpp"
 #include "torouter/error.hpp"
+#include "torouter/eval.hpp"
 #include "torouter/expert.hpp"
+#include "torouter/features.hpp"
 #include "torouter/policy.hpp"
 #include "torouter/router.hpp"
 #include "torouter/scorer.hpp"
