@@ -1,0 +1,137 @@
+// torouter/nn/embedding_bag.hpp: sparse hashed features to a dense vector,
+// the value-weighted sum of one embedding row per feature bucket, with a
+// backward pass that touches only the rows the batch used.
+//
+//   torouter::nn::SparseBatch batch;
+//   batch.add_row({3, 17, 90}, {1.0f, 0.5f, 0.25f});   // bucket indices, values
+//   torouter::nn::EmbeddingBag<float> bag(1 << 18, 64);
+//   bag.init(rng);
+//   bag.forward(batch, out);          // out is 1 x 64
+//   bag.backward(batch, dout);        // grad rows 3, 17, 90 += value * dout
+//
+// Sparse gradient: the table's gradient is a dense matrix of which only the
+// touched rows (listed in `touched_rows()`) are non-zero, so zeroing it costs
+// the rows used, not the table. AdamW by default updates only those rows
+// ("lazy" Adam, as PyTorch's SparseAdam): with 2^18 buckets a dense update
+// would cost far more than the batch itself. See nn/adamw.hpp.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "torouter/nn/parameters.hpp"
+
+namespace torouter::nn {
+
+/// A batch of sparse feature vectors in compressed-row form: example i has
+/// the entries offsets[i] .. offsets[i + 1] of `indices` and `values`.
+/// Indices within an example should be sorted and unique (the featurizer's
+/// output is), which keeps table reads in memory order; correctness does not
+/// depend on it.
+struct SparseBatch {
+  /// rows() + 1 entries; starts at {0}.
+  std::vector<std::size_t> offsets{0};
+  /// Bucket index of each entry.
+  std::vector<std::uint32_t> indices;
+  /// Value (weight) of each entry.
+  std::vector<float> values;
+
+  /// Number of examples.
+  Index rows() const { return static_cast<Index>(offsets.size()) - 1; }
+  /// Empties the batch, keeping capacity.
+  void clear() {
+    offsets.assign(1, 0);
+    indices.clear();
+    values.clear();
+  }
+  /// Appends one example; `row_indices` and `row_values` have equal length.
+  void add_row(const std::uint32_t* row_indices, const float* row_values, std::size_t count) {
+    indices.insert(indices.end(), row_indices, row_indices + count);
+    values.insert(values.end(), row_values, row_values + count);
+    offsets.push_back(indices.size());
+  }
+  /// Appends one example.
+  void add_row(std::initializer_list<std::uint32_t> row_indices,
+               std::initializer_list<float> row_values) {
+    indices.insert(indices.end(), row_indices);
+    values.insert(values.end(), row_values);
+    offsets.push_back(indices.size());
+  }
+};
+
+/// Sum of value-weighted embedding rows per example.
+template <typename Scalar>
+class EmbeddingBag {
+ public:
+  /// An empty bag; give it a shape by assigning a constructed one.
+  EmbeddingBag() = default;
+  /// A table of `buckets` rows of `dim` columns, zero-initialised.
+  EmbeddingBag(Index buckets, Index dim)
+      : table_(Matrix<Scalar>::Zero(buckets, dim)),
+        table_grad_(Matrix<Scalar>::Zero(buckets, dim)) {}
+
+  /// Uniform rows in +-1/sqrt(dim), so a bag of features whose values have
+  /// unit L2 norm starts with entries of about that size.
+  void init(Rng& rng) { fill_uniform(table_, 1.0 / std::sqrt(static_cast<double>(dim())), rng); }
+
+  /// out (batch.rows() x dim) = per example, sum over entries of value * row.
+  /// Does not allocate when `out` already has that shape. Indices must be
+  /// below `buckets()`.
+  void forward(const SparseBatch& batch, Matrix<Scalar>& out) const {
+    out.resize(batch.rows(), dim());
+    out.setZero();
+    for (Index i = 0; i < batch.rows(); ++i) {
+      const auto ui = static_cast<std::size_t>(i);
+      for (std::size_t e = batch.offsets[ui]; e < batch.offsets[ui + 1]; ++e) {
+        out.row(i) +=
+            static_cast<Scalar>(batch.values[e]) * table_.row(static_cast<Index>(batch.indices[e]));
+      }
+    }
+  }
+
+  /// Accumulates value * dout.row(i) into the gradient rows of example i's
+  /// buckets, and records those rows in `touched_rows()`.
+  void backward(const SparseBatch& batch, const Matrix<Scalar>& dout) {
+    for (Index i = 0; i < batch.rows(); ++i) {
+      const auto ui = static_cast<std::size_t>(i);
+      for (std::size_t e = batch.offsets[ui]; e < batch.offsets[ui + 1]; ++e) {
+        const auto row = static_cast<Index>(batch.indices[e]);
+        table_grad_.row(row) += static_cast<Scalar>(batch.values[e]) * dout.row(i);
+        touched_rows_.push_back(row);
+      }
+    }
+    std::sort(touched_rows_.begin(), touched_rows_.end());
+    touched_rows_.erase(std::unique(touched_rows_.begin(), touched_rows_.end()),
+                        touched_rows_.end());
+  }
+
+  /// Appends `prefix.table` (decayed, sparse gradient).
+  void collect_parameters(const std::string& prefix, ParameterList<Scalar>& list) {
+    list.add({join_name(prefix, "table"), &table_, &table_grad_, true, &touched_rows_});
+  }
+
+  /// Number of hash buckets (rows).
+  Index buckets() const { return table_.rows(); }
+  /// Embedding width (columns).
+  Index dim() const { return table_.cols(); }
+  /// buckets x dim.
+  Matrix<Scalar>& table() { return table_; }
+  /// buckets x dim.
+  const Matrix<Scalar>& table() const { return table_; }
+  /// The accumulated gradient; zero outside `touched_rows()`.
+  const Matrix<Scalar>& table_grad() const { return table_grad_; }
+  /// Rows with a gradient since the last `ParameterList::zero_grad`, sorted.
+  const std::vector<Index>& touched_rows() const { return touched_rows_; }
+
+ private:
+  Matrix<Scalar> table_;
+  Matrix<Scalar> table_grad_;
+  std::vector<Index> touched_rows_;
+};
+
+}  // namespace torouter::nn
