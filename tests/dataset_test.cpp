@@ -293,14 +293,9 @@ TEST_CASE("a dataset folder loads, with matrices of quality and cost", "[dataset
 }
 
 TEST_CASE("the shared datasets load with the README's counts", "[dataset][data]") {
-  std::string why;
-  const auto root = torouter::testing::shared_data_dir(&why);
-  if (!root) {
-    WARN(why);
-    return;
-  }
+  TOROUTER_SHARED_DATA_OR_SKIP(root_dir);
   {
-    const auto data = torouter::load_routing_dataset((*root / "routerbench3").string());
+    const auto data = torouter::load_routing_dataset((root_dir / "routerbench3").string());
     CHECK(data.name == "routerbench3");
     CHECK(data.experts.size() == 11);
     CHECK(data.train.size() == 2225);
@@ -308,7 +303,7 @@ TEST_CASE("the shared datasets load with the README's counts", "[dataset][data]"
     CHECK(torouter::complete_rows(data.test).size() == 945);
   }
   {
-    const auto data = torouter::load_routing_dataset((*root / "llmrouter14").string());
+    const auto data = torouter::load_routing_dataset((root_dir / "llmrouter14").string());
     CHECK(data.name == "llmrouter14");
     CHECK(data.experts.size() == 9);
     CHECK(data.train.size() == 5608);

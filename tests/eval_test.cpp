@@ -311,12 +311,7 @@ TEST_CASE("bad matrices are refused", "[eval]") {
 }
 
 TEST_CASE("the README's reference figures on the shared datasets", "[eval][data]") {
-  std::string why;
-  const auto root = torouter::testing::shared_data_dir(&why);
-  if (!root) {
-    WARN(why);
-    return;
-  }
+  TOROUTER_SHARED_DATA_OR_SKIP(root_dir);
   struct Expected {
     const char* dataset;
     std::size_t rows;
@@ -333,7 +328,7 @@ TEST_CASE("the README's reference figures on the shared datasets", "[eval][data]
   };
   for (const auto& e : expected) {
     INFO(e.dataset);
-    const auto data = torouter::load_routing_dataset((*root / e.dataset).string());
+    const auto data = torouter::load_routing_dataset((root_dir / e.dataset).string());
     const auto rows = torouter::complete_rows(data.test);
     REQUIRE(rows.size() == e.rows);
     const auto report = torouter::evaluate(data.experts, torouter::quality_matrix(rows),

@@ -114,16 +114,11 @@ TEST_CASE("the datasets' experts.json shape (an object keyed by name) loads") {
 }
 
 TEST_CASE("the shared datasets' registries load") {
-  std::string why;
-  const auto data = torouter::testing::shared_data_dir(&why);
-  if (!data) {
-    WARN("skipped: " << why);
-    return;
-  }
-  const auto llmrouter = torouter::load_expert_registry((*data / "llmrouter14" / "experts.json").string());
+  TOROUTER_SHARED_DATA_OR_SKIP(data_dir);
+  const auto llmrouter = torouter::load_expert_registry((data_dir / "llmrouter14" / "experts.json").string());
   CHECK(llmrouter.size() == 9);
   CHECK(llmrouter.find("llama3-chatqa-1.5-70b")->input_usd_per_mtok == 0.9);
-  const auto routerbench = torouter::load_expert_registry((*data / "routerbench3" / "experts.json").string());
+  const auto routerbench = torouter::load_expert_registry((data_dir / "routerbench3" / "experts.json").string());
   CHECK(routerbench.size() == 11);
   CHECK(routerbench.find("gpt-4-1106-preview") != nullptr);
 }

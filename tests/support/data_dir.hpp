@@ -1,6 +1,7 @@
 // Where tests find the shared routing datasets: $TOROUTER_DATA, else
-// ../shared/data beside the source tree. Tests that need them call
-// `shared_data_dir()` and skip with a message when it returns nullopt.
+// ../shared/data beside the source tree. A test that needs them starts with
+// TOROUTER_SHARED_DATA_OR_SKIP(dir), which skips it with a message when the
+// folder is absent.
 #pragma once
 
 #include <cstdlib>
@@ -25,3 +26,17 @@ inline std::optional<std::filesystem::path> shared_data_dir(std::string* why_abs
 }
 
 }  // namespace torouter::testing
+
+/// Declares `dir` (a std::filesystem::path) as the datasets folder, or ends
+/// the test case with a warning that says why it was skipped. Catch2 2 has
+/// no skip, and the test programs run with `--warn NoAssertions` (a test that
+/// checks nothing fails), so the skip is recorded as an explicit success.
+#define TOROUTER_SHARED_DATA_OR_SKIP(dir)                                          \
+  std::string dir##_absent_because;                                                \
+  const auto dir##_found = torouter::testing::shared_data_dir(&dir##_absent_because); \
+  if (!dir##_found) {                                                              \
+    WARN("skipped: " << dir##_absent_because);                                     \
+    SUCCEED("skipped: the shared datasets are absent");                            \
+    return;                                                                        \
+  }                                                                                \
+  const std::filesystem::path dir = *dir##_found
