@@ -1,0 +1,347 @@
+// The model file container: a JSON header (written with fmt, read with
+// simdjson) and float32 tensors, little-endian whatever the host.
+#include "torouter/model_io.hpp"
+
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "json_text.hpp"
+#include "torouter/error.hpp"
+
+namespace torouter {
+namespace {
+
+constexpr char kMagic[8] = {'T', 'O', 'R', 'M', 'O', 'D', 'E', 'L'};
+constexpr std::size_t kPreambleBytes = 8 + 4 + 8;
+
+void append_le(std::string& out, std::uint64_t value, int bytes) {
+  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFFu));
+}
+
+std::uint64_t read_le(const std::string& in, std::size_t at, int bytes) {
+  std::uint64_t value = 0;
+  for (int i = 0; i < bytes; ++i) {
+    value |= static_cast<std::uint64_t>(static_cast<unsigned char>(in[at + static_cast<std::size_t>(i)]))
+             << (8 * i);
+  }
+  return value;
+}
+
+std::string field_json(const std::string& key, const ModelField& value) {
+  struct Visitor {
+    const std::string& key;
+    std::string operator()(double v) const {
+      if (!std::isfinite(v)) throw Error(fmt::format("model field \"{}\" is not finite", key));
+      return detail::json_number(v);
+    }
+    std::string operator()(const std::string& v) const { return detail::json_string(v); }
+    std::string operator()(bool v) const { return v ? "true" : "false"; }
+    std::string operator()(const std::vector<double>& v) const {
+      std::string out = "[";
+      for (std::size_t i = 0; i < v.size(); ++i) {
+        if (i) out += ", ";
+        out += (*this)(v[i]);
+      }
+      return out + "]";
+    }
+    std::string operator()(const std::vector<std::string>& v) const {
+      std::string out = "[";
+      for (std::size_t i = 0; i < v.size(); ++i) {
+        if (i) out += ", ";
+        out += detail::json_string(v[i]);
+      }
+      return out + "]";
+    }
+  };
+  return std::visit(Visitor{key}, value);
+}
+
+std::uint64_t element_count(const std::vector<std::int64_t>& shape) {
+  std::uint64_t n = 1;
+  for (auto d : shape) n *= static_cast<std::uint64_t>(d);
+  return n;
+}
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  return fmt::format("[{}]", fmt::join(shape, ", "));
+}
+
+}  // namespace
+
+void ModelWriter::add_tensor(const std::string& name, std::vector<std::int64_t> shape,
+                             std::vector<float> values) {
+  for (auto d : shape) {
+    if (d < 0) throw Error(fmt::format("tensor \"{}\": negative dimension", name));
+  }
+  if (element_count(shape) != values.size()) {
+    throw Error(fmt::format("tensor \"{}\": shape {} does not hold {} values", name,
+                            shape_text(shape), values.size()));
+  }
+  tensors_[name] = ModelTensor{std::move(shape), std::move(values)};
+}
+
+void ModelWriter::write(const std::string& path) const {
+  std::string header = fmt::format("{{\"format_version\": {}, \"kind\": {}, \"fields\": {{",
+                                   kModelFormatVersion, detail::json_string(kind_));
+  bool first = true;
+  for (const auto& [key, value] : fields_) {
+    header += fmt::format("{}\n  {}: {}", first ? "" : ",", detail::json_string(key),
+                          field_json(key, value));
+    first = false;
+  }
+  header += "}, \"tensors\": [";
+  std::uint64_t offset = 0;
+  first = true;
+  for (const auto& [name, tensor] : tensors_) {
+    header += fmt::format("{}\n  {{\"name\": {}, \"shape\": {}, \"offset\": {}}}", first ? "" : ",",
+                          detail::json_string(name), shape_text(tensor.shape), offset);
+    offset += tensor.values.size() * 4;
+    first = false;
+  }
+  header += "]}\n";
+
+  std::string bytes(kMagic, sizeof(kMagic));
+  append_le(bytes, kModelFormatVersion, 4);
+  append_le(bytes, header.size(), 8);
+  bytes += header;
+  bytes.reserve(bytes.size() + offset);
+  for (const auto& [name, tensor] : tensors_) {
+    for (float v : tensor.values) {
+      if (!std::isfinite(v)) {
+        throw Error(fmt::format("{}: refusing to write tensor \"{}\": it holds NaN or infinity",
+                                path, name));
+      }
+      std::uint32_t raw = 0;
+      std::memcpy(&raw, &v, sizeof(raw));
+      append_le(bytes, raw, 4);
+    }
+  }
+
+  const std::string temporary = path + ".tmp";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    if (!out) throw Error(fmt::format("{}: cannot open for writing", temporary));
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out) throw Error(fmt::format("{}: write failed", temporary));
+  }
+  std::error_code ec;
+  std::filesystem::rename(temporary, path, ec);
+  if (ec) throw Error(fmt::format("{}: cannot rename {} into place: {}", path, temporary, ec.message()));
+}
+
+ModelReader ModelReader::open(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open model file", path));
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  const std::string bytes = buffer.str();
+
+  ModelReader reader;
+  reader.path_ = path;
+  const std::string where = path + ": ";
+  if (bytes.size() < kPreambleBytes || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
+    throw Error(where + "not a torouter model file (no TORMODEL magic)");
+  }
+  reader.format_version_ = static_cast<std::uint32_t>(read_le(bytes, 8, 4));
+  if (reader.format_version_ > kModelFormatVersion || reader.format_version_ == 0) {
+    throw Error(fmt::format("{}model format version {} is newer than this torouter reads ({}); "
+                            "upgrade torouter to load it",
+                            where, reader.format_version_, kModelFormatVersion));
+  }
+  const std::uint64_t header_size = read_le(bytes, 12, 8);
+  if (header_size > bytes.size() - kPreambleBytes) {
+    throw Error(fmt::format("{}truncated: the header needs {} bytes, the file has {} after the "
+                            "preamble",
+                            where, header_size, bytes.size() - kPreambleBytes));
+  }
+  const std::size_t payload_start = kPreambleBytes + static_cast<std::size_t>(header_size);
+
+  simdjson::dom::parser parser;
+  simdjson::padded_string header(bytes.data() + kPreambleBytes, static_cast<std::size_t>(header_size));
+  simdjson::dom::element root;
+  if (auto error = parser.parse(header).get(root); error != simdjson::SUCCESS) {
+    throw Error(where + "header is not valid JSON: " + simdjson::error_message(error));
+  }
+  std::string_view kind;
+  if (root["kind"].get_string().get(kind) != simdjson::SUCCESS) {
+    throw Error(where + "header: missing string field \"kind\"");
+  }
+  reader.kind_ = std::string(kind);
+
+  simdjson::dom::object fields;
+  if (root["fields"].get_object().get(fields) != simdjson::SUCCESS) {
+    throw Error(where + "header: missing object \"fields\"");
+  }
+  for (auto [key, value] : fields) {
+    const std::string name(key);
+    switch (value.type()) {
+      case simdjson::dom::element_type::INT64:
+      case simdjson::dom::element_type::UINT64:
+      case simdjson::dom::element_type::DOUBLE:
+        reader.fields_[name] = double(value);
+        break;
+      case simdjson::dom::element_type::STRING:
+        reader.fields_[name] = std::string(std::string_view(value));
+        break;
+      case simdjson::dom::element_type::BOOL:
+        reader.fields_[name] = bool(value);
+        break;
+      case simdjson::dom::element_type::ARRAY: {
+        simdjson::dom::array items = value;
+        std::vector<double> numbers;
+        std::vector<std::string> texts;
+        for (auto item : items) {
+          if (item.is_number()) {
+            numbers.push_back(double(item));
+          } else if (item.is_string()) {
+            texts.emplace_back(std::string_view(item));
+          } else {
+            throw Error(fmt::format("{}field \"{}\": arrays hold numbers or strings", where, name));
+          }
+        }
+        if (!numbers.empty() && !texts.empty()) {
+          throw Error(fmt::format("{}field \"{}\": mixes numbers and strings", where, name));
+        }
+        if (texts.empty()) {
+          reader.fields_[name] = std::move(numbers);
+        } else {
+          reader.fields_[name] = std::move(texts);
+        }
+        break;
+      }
+      default:
+        throw Error(fmt::format("{}field \"{}\": unsupported JSON type", where, name));
+    }
+  }
+
+  simdjson::dom::array tensors;
+  if (root["tensors"].get_array().get(tensors) != simdjson::SUCCESS) {
+    throw Error(where + "header: missing array \"tensors\"");
+  }
+  const std::size_t payload_size = bytes.size() - payload_start;
+  std::uint64_t expected_offset = 0;
+  for (auto entry : tensors) {
+    std::string_view name;
+    simdjson::dom::array shape;
+    std::uint64_t offset = 0;
+    if (entry["name"].get_string().get(name) != simdjson::SUCCESS ||
+        entry["shape"].get_array().get(shape) != simdjson::SUCCESS ||
+        entry["offset"].get_uint64().get(offset) != simdjson::SUCCESS) {
+      throw Error(where + "header: a tensor entry lacks name, shape or offset");
+    }
+    ModelTensor tensor;
+    for (auto d : shape) {
+      std::int64_t dim = 0;
+      if (d.get_int64().get(dim) != simdjson::SUCCESS || dim < 0) {
+        throw Error(fmt::format("{}tensor \"{}\": bad shape", where, name));
+      }
+      tensor.shape.push_back(dim);
+    }
+    const std::uint64_t count = element_count(tensor.shape);
+    if (offset != expected_offset) {
+      throw Error(fmt::format("{}tensor \"{}\": offset {} where {} was expected", where, name,
+                              offset, expected_offset));
+    }
+    if (offset + count * 4 > payload_size) {
+      throw Error(fmt::format("{}truncated: tensor \"{}\" ({} values) ends at byte {} of a {}-byte "
+                              "payload",
+                              where, name, count, offset + count * 4, payload_size));
+    }
+    tensor.values.resize(static_cast<std::size_t>(count));
+    for (std::size_t i = 0; i < tensor.values.size(); ++i) {
+      const auto raw = static_cast<std::uint32_t>(
+          read_le(bytes, payload_start + static_cast<std::size_t>(offset) + 4 * i, 4));
+      float v = 0;
+      std::memcpy(&v, &raw, sizeof(v));
+      if (!std::isfinite(v)) {
+        throw Error(fmt::format("{}tensor \"{}\" holds NaN or infinity at index {}", where, name, i));
+      }
+      tensor.values[i] = v;
+    }
+    expected_offset = offset + count * 4;
+    reader.tensors_[std::string(name)] = std::move(tensor);
+  }
+  if (expected_offset != payload_size) {
+    throw Error(fmt::format("{}payload has {} bytes but the tensors take {}", where, payload_size,
+                            expected_offset));
+  }
+  return reader;
+}
+
+const ModelField& ModelReader::field(const std::string& key, const char* expected) const {
+  auto it = fields_.find(key);
+  if (it == fields_.end()) {
+    throw Error(fmt::format("{}missing field \"{}\" (expected {})", where(), key, expected));
+  }
+  return it->second;
+}
+
+double ModelReader::number(const std::string& key) const {
+  const auto* v = std::get_if<double>(&field(key, "a number"));
+  if (!v) throw Error(fmt::format("{}field \"{}\": expected a number", where(), key));
+  return *v;
+}
+
+std::int64_t ModelReader::integer(const std::string& key, std::int64_t minimum,
+                                  std::int64_t maximum) const {
+  const double v = number(key);
+  if (v != std::floor(v) || v < static_cast<double>(minimum) || v > static_cast<double>(maximum)) {
+    throw Error(fmt::format("{}field \"{}\": expected a whole number in [{}, {}], got {}", where(),
+                            key, minimum, maximum, v));
+  }
+  return static_cast<std::int64_t>(v);
+}
+
+const std::string& ModelReader::text(const std::string& key) const {
+  const auto* v = std::get_if<std::string>(&field(key, "a string"));
+  if (!v) throw Error(fmt::format("{}field \"{}\": expected a string", where(), key));
+  return *v;
+}
+
+bool ModelReader::flag(const std::string& key) const {
+  const auto* v = std::get_if<bool>(&field(key, "true or false"));
+  if (!v) throw Error(fmt::format("{}field \"{}\": expected true or false", where(), key));
+  return *v;
+}
+
+const std::vector<double>& ModelReader::numbers(const std::string& key) const {
+  const ModelField& f = field(key, "an array of numbers");
+  static const std::vector<double> kEmpty;
+  if (const auto* texts = std::get_if<std::vector<std::string>>(&f); texts && texts->empty()) {
+    return kEmpty;
+  }
+  const auto* v = std::get_if<std::vector<double>>(&f);
+  if (!v) throw Error(fmt::format("{}field \"{}\": expected an array of numbers", where(), key));
+  return *v;
+}
+
+const std::vector<std::string>& ModelReader::texts(const std::string& key) const {
+  const ModelField& f = field(key, "an array of strings");
+  static const std::vector<std::string> kEmpty;
+  if (const auto* numbers = std::get_if<std::vector<double>>(&f); numbers && numbers->empty()) {
+    return kEmpty;
+  }
+  const auto* v = std::get_if<std::vector<std::string>>(&f);
+  if (!v) throw Error(fmt::format("{}field \"{}\": expected an array of strings", where(), key));
+  return *v;
+}
+
+const ModelTensor& ModelReader::tensor(const std::string& name,
+                                       const std::vector<std::int64_t>& shape) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) throw Error(fmt::format("{}missing tensor \"{}\"", where(), name));
+  if (it->second.shape != shape) {
+    throw Error(fmt::format("{}tensor \"{}\" has shape {}, expected {}", where(), name,
+                            shape_text(it->second.shape), shape_text(shape)));
+  }
+  return it->second;
+}
+
+}  // namespace torouter

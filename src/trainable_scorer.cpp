@@ -1,0 +1,303 @@
+// Training bookkeeping, the spec factory, and model files with recorded
+// checks, shared by every trainable scorer.
+#include "torouter/trainable_scorer.hpp"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "scorers.hpp"
+#include "torouter/error.hpp"
+
+namespace torouter {
+namespace detail {
+
+long long parse_integer(const std::string& text, long long minimum, long long maximum,
+                        const std::string& what) {
+  std::size_t used = 0;
+  long long value = 0;
+  try {
+    value = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || value < minimum || value > maximum) {
+    throw Error(fmt::format("{}: expected a whole number in [{}, {}], got \"{}\"", what, minimum,
+                            maximum, text));
+  }
+  return value;
+}
+
+long long ScorerSpec::integer_option(const std::string& key, long long fallback, long long minimum,
+                                     long long maximum) const {
+  auto it = options.find(key);
+  if (it == options.end()) return fallback;
+  used_[key] = true;
+  return parse_integer(it->second, minimum, maximum,
+                       fmt::format("scorer spec \"{}\", option {}", text, key));
+}
+
+double ScorerSpec::number_option(const std::string& key, double fallback) const {
+  auto it = options.find(key);
+  if (it == options.end()) return fallback;
+  used_[key] = true;
+  try {
+    std::size_t used = 0;
+    const double value = std::stod(it->second, &used);
+    if (used == it->second.size() && std::isfinite(value)) return value;
+  } catch (const std::exception&) {
+  }
+  throw Error(fmt::format("scorer spec \"{}\", option {}: expected a number, got \"{}\"", text, key,
+                          it->second));
+}
+
+void ScorerSpec::reject_unused_options() const {
+  for (const auto& [key, value] : options) {
+    if (!used_.count(key)) {
+      throw Error(fmt::format("scorer spec \"{}\": unknown option \"{}\" for {}", text, key, kind));
+    }
+  }
+}
+
+ScorerSpec parse_scorer_spec(std::string_view text) {
+  ScorerSpec spec;
+  spec.text = std::string(text);
+  std::string_view rest = text;
+  const std::size_t comma = rest.find(',');
+  std::string_view head = rest.substr(0, comma);
+  rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+  const std::size_t colon = head.find(':');
+  spec.kind = std::string(head.substr(0, colon));
+  if (colon != std::string_view::npos) spec.argument = std::string(head.substr(colon + 1));
+  while (!rest.empty()) {
+    const std::size_t next = rest.find(',');
+    const std::string_view item = rest.substr(0, next);
+    const std::size_t equals = item.find('=');
+    if (equals == std::string_view::npos || equals == 0) {
+      throw Error(fmt::format("scorer spec \"{}\": expected key=value, got \"{}\"", text, item));
+    }
+    spec.options[std::string(item.substr(0, equals))] = std::string(item.substr(equals + 1));
+    rest = next == std::string_view::npos ? std::string_view() : rest.substr(next + 1);
+  }
+  return spec;
+}
+
+}  // namespace detail
+
+TrainReport TrainableScorer::train(const TrainingSet& set, const TrainOptions& options) {
+  if (set.rows() == 0) throw Error(fmt::format("{}: cannot train on an empty training set", spec()));
+  if (set.experts.empty()) throw Error(fmt::format("{}: the training set names no expert", spec()));
+  set_identity(set.experts, set.fingerprint);
+  const auto start = std::chrono::steady_clock::now();
+  TrainReport report = fit(set, options);
+  report.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  training_.options = options;
+  training_.options.on_epoch = nullptr;
+  training_.report = report;
+  training_.data_fingerprint = set.fingerprint;
+  training_.data_source = set.source;
+  return report;
+}
+
+void TrainableScorer::set_identity(std::vector<std::string> experts, std::string fingerprint) {
+  experts_ = std::move(experts);
+  version_ = fmt::format("{}@{}", spec(), fingerprint.substr(0, 8));
+}
+
+void TrainableScorer::save(ModelWriter& out) const {
+  if (!trained()) throw Error(fmt::format("{}: cannot save a scorer that was never trained", spec()));
+  out.set("scorer.spec", spec());
+  out.set("experts", experts_);
+  const TrainOptions& o = training_.options;
+  out.set("training.seed", static_cast<std::uint64_t>(o.seed));
+  out.set("training.threads", o.threads);
+  out.set("training.max_epochs", o.max_epochs);
+  out.set("training.patience", o.patience);
+  out.set("training.batch_size", static_cast<std::uint64_t>(o.batch_size));
+  out.set("training.learning_rate", o.learning_rate);
+  out.set("training.weight_decay", o.weight_decay);
+  out.set("training.loss", std::string(to_string(o.loss)));
+  out.set("training.temperature", o.temperature);
+  out.set("training.validation_fraction", o.validation_fraction);
+  const TrainReport& r = training_.report;
+  out.set("training.epochs_run", r.epochs_run);
+  out.set("training.best_epoch", r.best_epoch);
+  out.set("training.validation_loss", r.validation_loss);
+  out.set("training.validation_quality", r.validation_quality);
+  out.set("training.train_rows", static_cast<std::uint64_t>(r.train_rows));
+  out.set("training.validation_rows", static_cast<std::uint64_t>(r.validation_rows));
+  out.set("training.seconds", r.seconds);
+  out.set("data.fingerprint", training_.data_fingerprint);
+  out.set("data.source", training_.data_source);
+  write_model(out);
+}
+
+void TrainableScorer::load(const ModelReader& in) {
+  if (in.kind() != kind()) {
+    throw Error(fmt::format("{}model kind \"{}\" cannot be read by a {} scorer", in.where(),
+                            in.kind(), kind()));
+  }
+  TrainOptions& o = training_.options;
+  o.seed = static_cast<std::uint64_t>(in.integer("training.seed", 0));
+  o.threads = static_cast<int>(in.integer("training.threads", 1, 1024));
+  o.max_epochs = static_cast<int>(in.integer("training.max_epochs", 0));
+  o.patience = static_cast<int>(in.integer("training.patience", 0));
+  o.batch_size = static_cast<std::size_t>(in.integer("training.batch_size", 1));
+  o.learning_rate = in.number("training.learning_rate");
+  o.weight_decay = in.number("training.weight_decay");
+  const std::string& loss = in.text("training.loss");
+  if (loss != "bce" && loss != "soft") {
+    throw Error(fmt::format("{}field \"training.loss\": expected bce or soft, got \"{}\"",
+                            in.where(), loss));
+  }
+  o.loss = loss == "bce" ? Loss::Bce : Loss::Soft;
+  o.temperature = in.number("training.temperature");
+  o.validation_fraction = in.number("training.validation_fraction");
+  TrainReport& r = training_.report;
+  r.epochs_run = static_cast<int>(in.integer("training.epochs_run", 0));
+  r.best_epoch = static_cast<int>(in.integer("training.best_epoch", 0));
+  r.validation_loss = in.number("training.validation_loss");
+  r.validation_quality = in.number("training.validation_quality");
+  r.train_rows = static_cast<std::size_t>(in.integer("training.train_rows", 0));
+  r.validation_rows = static_cast<std::size_t>(in.integer("training.validation_rows", 0));
+  r.seconds = in.number("training.seconds");
+  training_.data_fingerprint = in.text("data.fingerprint");
+  training_.data_source = in.text("data.source");
+  const auto& experts = in.texts("experts");
+  if (experts.empty()) throw Error(in.where() + "field \"experts\": no expert listed");
+  set_identity(experts, training_.data_fingerprint);
+  read_model(in);
+}
+
+std::unique_ptr<TrainableScorer> make_scorer(std::string_view text) {
+  const detail::ScorerSpec spec = detail::parse_scorer_spec(text);
+  std::unique_ptr<TrainableScorer> scorer;
+  if (spec.kind == "mlp") {
+    scorer = detail::make_mlp_scorer(spec);
+  } else {
+    throw Error(fmt::format("scorer spec \"{}\": unknown kind \"{}\" (known: mlp)", text,
+                            spec.kind));
+  }
+  spec.reject_unused_options();
+  return scorer;
+}
+
+const std::vector<std::string>& model_check_prompts() {
+  static const std::vector<std::string> prompts = {
+      "What is the capital of Australia?",
+      "Write a Python function that returns the n-th Fibonacci number using memoization.",
+      "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
+      "in May. How many clips did Natalia sell altogether in April and May?",
+      "",
+      "Écris un poème sur la mer. 海は広いな 大きいな. Привет!",
+      "Q: Which gas do plants absorb from the air? A) oxygen B) carbon dioxide C) nitrogen "
+      "D) helium\nAnswer:",
+  };
+  return prompts;
+}
+
+void save_model(const TrainableScorer& scorer, const std::string& path, const ExpertRegistry* prices) {
+  ModelWriter out(std::string(scorer.kind()));
+  scorer.save(out);
+  const auto& experts = scorer.expert_names();
+  if (prices) {
+    std::vector<double> input, output;
+    for (const auto& name : experts) {
+      const ExpertSpec* spec = prices->find(name);
+      input.push_back(spec ? spec->input_usd_per_mtok : 0.0);
+      output.push_back(spec ? spec->output_usd_per_mtok : 0.0);
+    }
+    out.set("prices.input_usd_per_mtok", std::move(input));
+    out.set("prices.output_usd_per_mtok", std::move(output));
+  }
+  const auto& prompts = model_check_prompts();
+  const ScoreBatch scores = scorer.score(prompts);
+  std::vector<double> quality, tokens;
+  for (Eigen::Index i = 0; i < scores.quality.rows(); ++i) {
+    for (Eigen::Index e = 0; e < scores.quality.cols(); ++e) {
+      quality.push_back(scores.quality(i, e));
+      const float t = scores.output_tokens(i, e);
+      tokens.push_back(std::isfinite(t) ? t : -1.0);  // -1: not predicted
+    }
+  }
+  out.set("checks.prompts", prompts);
+  out.set("checks.quality", std::move(quality));
+  out.set("checks.output_tokens", std::move(tokens));
+  out.write(path);
+}
+
+namespace {
+
+// A check passes when the values agree to float rounding across compilers
+// and instruction sets, far tighter than any change of weights would allow.
+bool close_enough(double expected, double actual, double relative) {
+  return std::abs(expected - actual) <= 1e-4 + relative * std::abs(expected);
+}
+
+void verify_checks(const TrainableScorer& scorer, const ModelReader& in) {
+  const auto& prompts = in.texts("checks.prompts");
+  const auto& quality = in.numbers("checks.quality");
+  const auto& tokens = in.numbers("checks.output_tokens");
+  const std::size_t experts = scorer.expert_names().size();
+  if (prompts.empty() || quality.size() != prompts.size() * experts ||
+      tokens.size() != prompts.size() * experts) {
+    throw Error(fmt::format("{}recorded checks: {} prompts need {} values each for quality and "
+                            "output_tokens",
+                            in.where(), prompts.size(), prompts.size() * experts));
+  }
+  const ScoreBatch scores = scorer.score(prompts);
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    for (std::size_t e = 0; e < experts; ++e) {
+      const auto row = static_cast<Eigen::Index>(i);
+      const auto col = static_cast<Eigen::Index>(e);
+      const double want_q = quality[i * experts + e];
+      const double got_q = scores.quality(row, col);
+      const double want_t = tokens[i * experts + e];
+      const double got_t = std::isfinite(scores.output_tokens(row, col)) ? scores.output_tokens(row, col) : -1.0;
+      if (!close_enough(want_q, got_q, 1e-4) || !close_enough(want_t, got_t, 1e-3)) {
+        throw Error(fmt::format(
+            "{}recorded check {} (\"{:.40}\") expects quality {} and output tokens {} for expert "
+            "\"{}\", but the loaded model gives {} and {}: the weights do not match the "
+            "model's own predictions; the file is damaged or was written by an incompatible build",
+            in.where(), i, prompts[i], want_q, want_t, scorer.expert_names()[e], got_q, got_t));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+LoadedModel load_model(const std::string& path) {
+  const ModelReader in = ModelReader::open(path);
+  std::unique_ptr<TrainableScorer> scorer;
+  try {
+    scorer = make_scorer(in.text("scorer.spec"));
+  } catch (const Error& e) {
+    throw Error(in.where() + e.what());
+  }
+  scorer->load(in);
+  verify_checks(*scorer, in);
+
+  LoadedModel model;
+  const auto& names = scorer->expert_names();
+  const bool priced = in.has("prices.input_usd_per_mtok");
+  const std::vector<double> none(names.size(), 0.0);
+  const auto& input = priced ? in.numbers("prices.input_usd_per_mtok") : none;
+  const auto& output = priced ? in.numbers("prices.output_usd_per_mtok") : none;
+  if (input.size() != names.size() || output.size() != names.size()) {
+    throw Error(in.where() + "prices: one input and one output price per expert expected");
+  }
+  for (std::size_t e = 0; e < names.size(); ++e) {
+    try {
+      model.experts.add(ExpertSpec(names[e], input[e], output[e]));
+    } catch (const Error& err) {
+      throw Error(in.where() + err.what());
+    }
+  }
+  model.scorer = std::move(scorer);
+  return model;
+}
+
+}  // namespace torouter

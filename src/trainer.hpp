@@ -1,0 +1,42 @@
+// Internal: the training loop the neural scorers share: a validation split,
+// shuffled mini-batches, data-parallel gradients over replicas, AdamW, and
+// early stopping that keeps the best epoch's weights.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "torouter/nn/parameters.hpp"
+#include "torouter/train.hpp"
+
+namespace torouter::detail {
+
+/// A network the trainer can train. Rows are indices into the training set
+/// the network was built over.
+class Network {
+ public:
+  virtual ~Network() = default;
+  /// A copy with the same weights and zero gradients, for another thread.
+  virtual std::unique_ptr<Network> replicate() const = 0;
+  /// Parameters in a fixed order (the same in every replica).
+  virtual nn::ParameterList<float>& parameters() = 0;
+  /// Forward and backward over `rows`: adds `weight` times the gradient of
+  /// the mean loss over these rows to this network's gradients; returns that
+  /// mean loss.
+  virtual double accumulate_gradients(const std::vector<std::size_t>& rows, float weight) = 0;
+  /// Mean loss over `rows` (no gradient) and the predicted scores, one row
+  /// per entry of `rows`, one column per expert.
+  virtual double evaluate(const std::vector<std::size_t>& rows, Eigen::MatrixXf& scores) = 0;
+};
+
+/// Trains `network` on the rows of `set` (holding out
+/// `options.validation_fraction` of them), leaving the best epoch's weights.
+TrainReport train_network(Network& network, const TrainingSet& set, const TrainOptions& options);
+
+/// Mean true quality of the expert ranked first by `scores` on `rows`.
+double routed_quality(const TrainingSet& set, const std::vector<std::size_t>& rows,
+                      const Eigen::MatrixXf& scores);
+
+}  // namespace torouter::detail
