@@ -1,0 +1,34 @@
+#!/bin/sh
+# Runs both scikit-learn peer routers on both shared datasets.
+# Usage: benchmarks/peers/check_peers.sh OUT_DIR [DATA_ROOT]
+#   DATA_ROOT defaults to $TOROUTER_DATA, then ../shared/data beside the repository.
+# Writes OUT_DIR/<dataset>-sklearn-<router>.json and .csv (predictions).
+# One job at a time: the machine is shared and the timings are single-core.
+set -eu
+
+if [ $# -lt 1 ]; then
+    echo "usage: $0 OUT_DIR [DATA_ROOT]" >&2
+    exit 2
+fi
+out=$1
+here=$(cd "$(dirname "$0")" && pwd)
+data_root=${2:-${TOROUTER_DATA:-$here/../../../shared/data}}
+# Debian's Python has scikit-learn; the pyenv python3 first on PATH does not.
+python=/usr/bin/python3
+
+mkdir -p "$out"
+status=0
+for dataset in routerbench3 llmrouter14; do
+    if [ ! -d "$data_root/$dataset" ]; then
+        echo "skipping $dataset: data folder not found: $data_root/$dataset" >&2
+        status=1
+        continue
+    fi
+    for router in knn ridge; do
+        "$python" "$here/sklearn_peers.py" --data "$data_root/$dataset" \
+            --router "$router" \
+            --out "$out/$dataset-sklearn-$router.json" \
+            --predictions "$out/$dataset-sklearn-$router.csv"
+    done
+done
+exit $status
