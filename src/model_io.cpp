@@ -34,6 +34,14 @@ std::uint64_t read_le(const std::string& in, std::size_t at, int bytes) {
   return value;
 }
 
+// Tensors are stored little-endian; on such a host they are copied as they are.
+bool host_is_little_endian() {
+  const std::uint32_t one = 1;
+  unsigned char first = 0;
+  std::memcpy(&first, &one, 1);
+  return first == 1;
+}
+
 std::string field_json(const std::string& key, const ModelField& value) {
   struct Visitor {
     const std::string& key;
@@ -255,15 +263,19 @@ ModelReader ModelReader::open(const std::string& path) {
                               where, name, count, offset + count * 4, payload_size));
     }
     tensor.values.resize(static_cast<std::size_t>(count));
+    const std::size_t start = payload_start + static_cast<std::size_t>(offset);
+    if (host_is_little_endian()) {
+      std::memcpy(tensor.values.data(), bytes.data() + start, tensor.values.size() * 4);
+    } else {
+      for (std::size_t i = 0; i < tensor.values.size(); ++i) {
+        const auto raw = static_cast<std::uint32_t>(read_le(bytes, start + 4 * i, 4));
+        std::memcpy(&tensor.values[i], &raw, 4);
+      }
+    }
     for (std::size_t i = 0; i < tensor.values.size(); ++i) {
-      const auto raw = static_cast<std::uint32_t>(
-          read_le(bytes, payload_start + static_cast<std::size_t>(offset) + 4 * i, 4));
-      float v = 0;
-      std::memcpy(&v, &raw, sizeof(v));
-      if (!std::isfinite(v)) {
+      if (!std::isfinite(tensor.values[i])) {
         throw Error(fmt::format("{}tensor \"{}\" holds NaN or infinity at index {}", where, name, i));
       }
-      tensor.values[i] = v;
     }
     expected_offset = offset + count * 4;
     reader.tensors_[std::string(name)] = std::move(tensor);

@@ -24,6 +24,8 @@ struct ScorerSpec {
                            long long maximum) const;
   /// Option `key` as a number, or `fallback`.
   double number_option(const std::string& key, double fallback) const;
+  /// Option `key` as text, or `fallback`.
+  std::string text_option(const std::string& key, const std::string& fallback) const;
   /// Throws `Error` naming any option no getter asked for.
   void reject_unused_options() const;
 
@@ -38,5 +40,6 @@ long long parse_integer(const std::string& text, long long minimum, long long ma
                         const std::string& what);
 
 std::unique_ptr<TrainableScorer> make_mlp_scorer(const ScorerSpec& spec);
+std::unique_ptr<TrainableScorer> make_knn_scorer(const ScorerSpec& spec);
 
 }  // namespace torouter::detail

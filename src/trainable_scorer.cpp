@@ -52,6 +52,13 @@ double ScorerSpec::number_option(const std::string& key, double fallback) const 
                           it->second));
 }
 
+std::string ScorerSpec::text_option(const std::string& key, const std::string& fallback) const {
+  auto it = options.find(key);
+  if (it == options.end()) return fallback;
+  used_[key] = true;
+  return it->second;
+}
+
 void ScorerSpec::reject_unused_options() const {
   for (const auto& [key, value] : options) {
     if (!used_.count(key)) {
@@ -176,8 +183,10 @@ std::unique_ptr<TrainableScorer> make_scorer(std::string_view text) {
   std::unique_ptr<TrainableScorer> scorer;
   if (spec.kind == "mlp") {
     scorer = detail::make_mlp_scorer(spec);
+  } else if (spec.kind == "knn") {
+    scorer = detail::make_knn_scorer(spec);
   } else {
-    throw Error(fmt::format("scorer spec \"{}\": unknown kind \"{}\" (known: mlp)", text,
+    throw Error(fmt::format("scorer spec \"{}\": unknown kind \"{}\" (known: mlp, knn)", text,
                             spec.kind));
   }
   spec.reject_unused_options();

@@ -70,6 +70,39 @@ TEST_CASE("torouter train then route") {
   CHECK(std::string_view(decision["pick"]) == "generalist");
 }
 
+TEST_CASE("torouter eval reports the shared figures as text and JSON") {
+  const auto dir = work_dir();
+  torouter::testing::write_synthetic_dataset(dir / "synthetic_eval", 300, 40);
+  const std::string model = (dir / "synthetic_eval.tormodel").string();
+  REQUIRE(run("train --data '" + (dir / "synthetic_eval").string() +
+              "' --scorer mlp:16,buckets=1024 --epochs 10 --out '" + model + "'")
+              .status == 0);
+  const std::string json = (dir / "synthetic_eval.json").string();
+  const Run evaluated =
+      run("eval --data '" + (dir / "synthetic_eval").string() + "' --model '" + model +
+          "' --json '" + json + "'");
+  INFO(evaluated.output);
+  REQUIRE(evaluated.status == 0);
+  CHECK_THAT(evaluated.output, Contains("40 test rows") && Contains("oracle") && Contains("AIQ"));
+  simdjson::dom::parser parser;
+  simdjson::dom::element report;
+  REQUIRE(parser.load(json).get(report) == simdjson::SUCCESS);
+  CHECK(std::string_view(report["dataset"]) == "synthetic_eval");
+  CHECK(uint64_t(report["test_rows"]) == 40);
+  // The oracle answers every prompt perfectly; the best single expert is the
+  // generalist (0.5) or a specialist (0.5): ties go to the cheaper, the generalist.
+  CHECK(double(report["oracle"]["quality"]) == 1.0);
+  CHECK(std::string_view(report["best_expert"]["name"]) == "generalist");
+  // The learned router sends code to the coder and history to the historian.
+  simdjson::dom::element router = report["router"];
+  CHECK(double(router["curve"].at(0)["quality"]) == 1.0);
+  // At the generalist's low cost (C*) the router can only pick the generalist.
+  CHECK(double(router["quality_at_best_cost"]) == 0.5);
+  CHECK(double(router["gap_won"]) == 0.0);
+  CHECK(double(router["aiq"]) > double(report["experts_aiq"]));
+  CHECK(double(router["routes_per_second"]) > 0);
+}
+
 TEST_CASE("torouter refuses bad input with a clear message") {
   const auto dir = work_dir();
   Run r = run("");

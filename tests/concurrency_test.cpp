@@ -119,6 +119,9 @@ TEST_CASE("concurrent invokes over failing experts lose nothing and respect caps
       } else {
         ++failed;
         CHECK(!r.error_message.empty());
+        CHECK((r.error == torouter::InvokeError::NoEligibleExpert ||
+               r.error == torouter::InvokeError::AllFailed ||
+               r.error == torouter::InvokeError::AtCapacity));
         if (r.error == torouter::InvokeError::NoEligibleExpert) {
           // Every expert was disabled or cooling down when it routed: no call to trace.
           CHECK(r.attempts.empty());
@@ -130,7 +133,9 @@ TEST_CASE("concurrent invokes over failing experts lose nothing and respect caps
   }
   INFO("answered " << answered << ", failed " << failed);
   CHECK(answered + failed == kThreads * kPerThread);
-  CHECK(answered > kThreads * kPerThread * 9 / 10);
+  // How many answer depends on timing (cooldowns, churn), so only a floor:
+  // the guarantees checked here are that nothing is lost and counts agree.
+  CHECK(answered > kThreads * kPerThread / 2);
   CHECK(experts[1].max_in_flight.load() <= 3);
   CHECK(experts[2].max_in_flight.load() <= 2);
   int transport_calls = 0;

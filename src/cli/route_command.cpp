@@ -1,0 +1,24 @@
+// torouter route: print the routing decision for one prompt.
+#include <cstdio>
+
+#include "args.hpp"
+#include "torouter/router.hpp"
+#include "torouter/trainable_scorer.hpp"
+
+namespace torouter::cli {
+
+int route(const Arguments& args) {
+  args.allow_only({"model", "experts", "lambda-cost"});
+  if (args.positional.size() != 1) throw Error("route takes exactly one PROMPT");
+  LoadedModel model = load_model(args.required("model"));
+  ExpertRegistry experts =
+      args.named.count("experts") ? load_expert_registry(args.required("experts"))
+                                  : model.experts;
+  Router router(experts, model.scorer);
+  RouteOptions options;
+  options.policy.lambda_cost = parse_number(args.get("lambda-cost", "0"), "lambda-cost");
+  std::printf("%s\n", to_json(router.route(args.positional[0], options)).c_str());
+  return 0;
+}
+
+}  // namespace torouter::cli

@@ -1,0 +1,80 @@
+// torouter train: learn a scorer from a routing dataset and write its model.
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "args.hpp"
+#include "torouter/dataset.hpp"
+#include "torouter/trainable_scorer.hpp"
+
+namespace torouter::cli {
+
+int train(const Arguments& args) {
+  args.allow_only({"data", "scorer", "out", "seed", "threads", "loss", "temperature", "epochs"});
+  const std::string dir = args.required("data");
+  const std::string out = args.required("out");
+  TrainOptions options;
+  options.seed = static_cast<std::uint64_t>(parse_whole(args.get("seed", "1"), "seed", 0));
+  options.threads = static_cast<int>(parse_whole(args.get("threads", "1"), "threads", 1));
+  options.max_epochs = static_cast<int>(
+      parse_whole(args.get("epochs", std::to_string(options.max_epochs)), "epochs", 1));
+  const std::string loss = args.get("loss", "bce");
+  if (loss != "bce" && loss != "soft") {
+    throw Error(fmt::format("--loss: expected bce or soft, got \"{}\"", loss));
+  }
+  options.loss = loss == "bce" ? Loss::Bce : Loss::Soft;
+  options.temperature = parse_number(args.get("temperature", "0.1"), "temperature");
+  if (!(options.temperature > 0)) throw Error("--temperature must be > 0");
+
+  auto scorer = make_scorer(args.required("scorer"));
+  std::fprintf(stderr, "loading %s\n", dir.c_str());
+  RoutingDataset data = load_routing_dataset(dir);
+  const TrainingSet set =
+      make_training_set(data.experts, data.train, data.name + "/train.jsonl");
+
+  // Where experts.json gives no prices but rows carry costs, learn the prices.
+  ExpertRegistry prices = data.registry;
+  const auto fitted = fit_prices(data, data.train);
+  bool priced = false;
+  for (const auto& e : data.registry.experts()) {
+    priced = priced || e.input_usd_per_mtok > 0 || e.output_usd_per_mtok > 0;
+  }
+  if (!priced && !fitted.empty()) {
+    ExpertRegistry refit;
+    std::fprintf(stderr, "experts.json has no prices; fitted from cost_usd (per million tokens):\n");
+    for (const auto& spec : data.registry.experts()) {
+      ExpertSpec priced_spec = spec;
+      for (const auto& f : fitted) {
+        if (f.expert != spec.name) continue;
+        priced_spec.input_usd_per_mtok = f.input_usd_per_mtok;
+        priced_spec.output_usd_per_mtok = f.output_usd_per_mtok;
+        std::fprintf(stderr, "  %-36s in %9.4f  out %9.4f  rmse $%.3g  mean abs error %.1f%%\n",
+                     f.expert.c_str(), f.input_usd_per_mtok, f.output_usd_per_mtok, f.rmse_usd,
+                     100 * f.relative_error);
+      }
+      refit.add(priced_spec);
+    }
+    prices = refit;
+  }
+
+  const bool terminal = isatty(fileno(stderr));
+  options.on_epoch = [terminal](const EpochProgress& p) {
+    std::fprintf(stderr, "%sepoch %3d  loss %.4f  validation loss %.4f  routed quality %.4f  %6.1fs%s%s",
+                 terminal ? "\r" : "", p.epoch, p.train_loss, p.validation_loss,
+                 p.validation_quality, p.elapsed_seconds, p.improved ? " *" : "  ",
+                 terminal ? "" : "\n");
+    std::fflush(stderr);
+  };
+  std::fprintf(stderr, "training %s on %zu rows, %zu experts, %d thread(s)\n",
+               scorer->spec().c_str(), set.rows(), set.experts.size(), options.threads);
+  const TrainReport report = scorer->train(set, options);
+  if (terminal) std::fprintf(stderr, "\n");
+  save_model(*scorer, out, &prices);
+  std::printf("trained %s in %.1fs: %d epochs, kept epoch %d (validation loss %.4f, routed "
+              "quality %.4f); wrote %s\n",
+              scorer->spec().c_str(), report.seconds, report.epochs_run, report.best_epoch,
+              report.validation_loss, report.validation_quality, out.c_str());
+  return 0;
+}
+
+}  // namespace torouter::cli

@@ -1,0 +1,559 @@
+// The kNN scorer: a prompt's predicted quality for each expert is the
+// (similarity-weighted) mean quality of its K most similar training prompts,
+// by exact cosine over the featurizer's L2-normalised sparse vectors.
+//
+// Spec grammar (canonical form first; `spec()` returns it):
+//   knn[:K][,buckets=N][,weighting=uniform|similarity]
+//   K          neighbours, 1..100000 (default 40)
+//   buckets    featurizer buckets, 16..2^24 (default 2^18: rows are stored
+//              sparse, so a wide table costs no memory)
+//   weighting  similarity (default): each neighbour weighs its cosine, clipped
+//              at 0; uniform: each weighs 1
+// The canonical form is "knn:K" followed by the options that differ from
+// their defaults, in the order above ("knn:40", "knn:5,weighting=uniform").
+//
+// Neighbours are the K rows of highest cosine among the rows that share at
+// least one bucket with the query (ties go to the lower row index); rows with
+// no shared bucket have cosine 0 and are never neighbours. Per expert, the
+// prediction averages over the neighbours that have an outcome of that expert;
+// with none, it is the expert's mean quality over the stored rows, and when
+// their weights sum to 0 they count uniformly. Output tokens average the same
+// way over neighbours whose length is known, and are NaN without any.
+//
+// Model file ("knn" kind). Fields: featurizer.* (as the MLP's), knn.k,
+// knn.weighting, knn.rows (N), knn.nonzeros (Z). Tensors, float32:
+//   knn.offsets        [N+1, 2] row starts into indices/values, each split as
+//                      (offset >> 24, offset & 0xFFFFFF) so both halves are
+//                      exact in float32 whatever Z is
+//   knn.indices        [Z] bucket indices stored as exact whole numbers: the
+//                      spec caps buckets at 2^24, the largest range in which
+//                      float32 holds every integer, and loading checks it
+//   knn.values         [Z] the rows' feature values
+//   knn.quality        [N, E] true quality (0 where absent)
+//   knn.present        [N, E] 1 where the expert has an outcome, else 0
+//   knn.output_tokens  [N, E] answer length, -1 where unknown (the writer
+//                      refuses NaN)
+// Loading checks offsets (start at 0, never decrease, end at Z), indices
+// (whole, < buckets, strictly ascending within a row) and the tables' ranges,
+// naming the file and the tensor.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <random>
+
+#include "scorers.hpp"
+#include "torouter/error.hpp"
+#include "torouter/features.hpp"
+#include "trainer.hpp"
+
+namespace torouter::detail {
+namespace {
+
+constexpr long long kDefaultK = 40;
+constexpr long long kMaxK = 100000;
+constexpr std::uint32_t kDefaultBuckets = 1u << 18;
+// Every integer up to 2^24 is exact in float32: bucket indices are stored as
+// floats, so the bucket count may not exceed it.
+constexpr std::uint32_t kMaxBuckets = 1u << 24;
+constexpr std::uint64_t kOffsetHalf = 1u << 24;
+
+enum class Weighting { Similarity, Uniform };
+
+using Table = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// Scratch of one query; sized to the stored rows once, so a warm query
+// allocates nothing.
+struct KnnWorkspace : ScorerWorkspace {
+  SparseFeatures features;
+  std::vector<float> similarity;       // per stored row, 0 between queries
+  std::vector<unsigned char> seen;     // per stored row, 0 between queries
+  std::vector<std::uint32_t> touched;  // rows sharing a bucket; top K first
+
+  void prepare(std::size_t rows) {
+    if (similarity.size() != rows) {
+      similarity.assign(rows, 0.0f);
+      seen.assign(rows, 0);
+    }
+    touched.reserve(rows);
+  }
+};
+
+// Stored rows in CSR form, an inverted index over them, and their outcomes.
+struct KnnIndex {
+  // Forward rows: row r holds indices/values [offsets[r], offsets[r + 1]).
+  std::vector<std::uint64_t> offsets{0};
+  std::vector<std::uint32_t> indices;
+  std::vector<float> values;
+  // Posting lists: bucket bucket_ids[b] occurs in rows
+  // posting_rows[bucket_starts[b] .. bucket_starts[b + 1]), ascending.
+  std::vector<std::uint32_t> bucket_ids;
+  std::vector<std::uint64_t> bucket_starts;
+  std::vector<std::uint32_t> posting_rows;
+  std::vector<float> posting_values;
+  // Outcomes, rows x experts; tokens NaN where unknown.
+  Table quality, present, tokens;
+  // Each expert's mean quality over the rows with its outcome (0 with none).
+  std::vector<float> expert_mean;
+
+  std::size_t rows() const { return offsets.size() - 1; }
+
+  void add_row(const SparseFeatures& f) {
+    indices.insert(indices.end(), f.indices.begin(), f.indices.end());
+    values.insert(values.end(), f.values.begin(), f.values.end());
+    offsets.push_back(indices.size());
+  }
+
+  // Builds the posting lists and expert means from the rows and tables.
+  void finish(std::uint32_t num_buckets) {
+    // A counting sort by bucket: visiting rows in order leaves each posting
+    // list sorted by row. `slot` first counts each bucket's rows, then maps
+    // the bucket to its posting list.
+    std::vector<std::uint32_t> slot(num_buckets, 0);
+    for (std::uint32_t b : indices) ++slot[b];
+    bucket_ids.clear();
+    bucket_starts.assign(1, 0);
+    for (std::uint32_t b = 0; b < num_buckets; ++b) {
+      const std::uint32_t n = slot[b];
+      if (n == 0) continue;
+      slot[b] = static_cast<std::uint32_t>(bucket_ids.size());
+      bucket_ids.push_back(b);
+      bucket_starts.push_back(bucket_starts.back() + n);
+    }
+    std::vector<std::uint64_t> next(bucket_starts.begin(), bucket_starts.end() - 1);
+    posting_rows.resize(indices.size());
+    posting_values.resize(indices.size());
+    for (std::size_t r = 0; r < rows(); ++r) {
+      for (std::uint64_t i = offsets[r]; i < offsets[r + 1]; ++i) {
+        const std::uint64_t at = next[slot[indices[i]]]++;
+        posting_rows[at] = static_cast<std::uint32_t>(r);
+        posting_values[at] = values[i];
+      }
+    }
+    const auto experts = static_cast<std::size_t>(quality.cols());
+    expert_mean.assign(experts, 0.0f);
+    for (std::size_t e = 0; e < experts; ++e) {
+      double sum = 0, n = 0;
+      for (Eigen::Index r = 0; r < quality.rows(); ++r) {
+        if (present(r, static_cast<Eigen::Index>(e)) > 0.5f) {
+          sum += quality(r, static_cast<Eigen::Index>(e));
+          n += 1;
+        }
+      }
+      expert_mean[e] = n > 0 ? static_cast<float>(sum / n) : 0.0f;
+    }
+  }
+
+  // Predicts one featurized query into `quality_out` and `tokens_out` (one
+  // value per expert each). Allocates nothing once `ws` is prepared.
+  void predict(const SparseFeatures& query, std::size_t k, Weighting weighting, KnnWorkspace& ws,
+               float* quality_out, float* tokens_out) const {
+    ws.prepare(rows());
+    ws.touched.clear();
+    // Both the query's indices and bucket_ids ascend, so each search starts
+    // where the last one stopped.
+    auto from = bucket_ids.begin();
+    for (std::size_t i = 0; i < query.indices.size() && from != bucket_ids.end(); ++i) {
+      from = std::lower_bound(from, bucket_ids.end(), query.indices[i]);
+      if (from == bucket_ids.end() || *from != query.indices[i]) continue;
+      const auto b = static_cast<std::size_t>(from - bucket_ids.begin());
+      const float v = query.values[i];
+      for (std::uint64_t p = bucket_starts[b]; p < bucket_starts[b + 1]; ++p) {
+        const std::uint32_t r = posting_rows[p];
+        if (!ws.seen[r]) {
+          ws.seen[r] = 1;
+          ws.touched.push_back(r);
+        }
+        ws.similarity[r] += v * posting_values[p];
+      }
+    }
+    const std::size_t kept = std::min(k, ws.touched.size());
+    const float* sim = ws.similarity.data();
+    // A total order (similarity descending, then row ascending) makes the
+    // neighbours and their summation order independent of the sort.
+    std::partial_sort(ws.touched.begin(), ws.touched.begin() + static_cast<long>(kept),
+                      ws.touched.end(), [sim](std::uint32_t a, std::uint32_t b) {
+                        return sim[a] > sim[b] || (sim[a] == sim[b] && a < b);
+                      });
+
+    const auto experts = static_cast<Eigen::Index>(quality.cols());
+    for (Eigen::Index e = 0; e < experts; ++e) {
+      double q_weighted = 0, q_weight = 0, q_plain = 0, q_count = 0;
+      double t_weighted = 0, t_weight = 0, t_plain = 0, t_count = 0;
+      for (std::size_t j = 0; j < kept; ++j) {
+        const std::uint32_t r = ws.touched[j];
+        const double w = weighting == Weighting::Uniform ? 1.0 : std::max(0.0f, sim[r]);
+        if (present(r, e) > 0.5f) {
+          const double q = quality(r, e);
+          q_weighted += w * q;
+          q_weight += w;
+          q_plain += q;
+          q_count += 1;
+        }
+        const float t = tokens(r, e);
+        if (std::isfinite(t)) {
+          t_weighted += w * t;
+          t_weight += w;
+          t_plain += t;
+          t_count += 1;
+        }
+      }
+      const auto at = static_cast<std::size_t>(e);
+      if (q_count == 0) {
+        quality_out[at] = expert_mean[at];
+      } else {
+        quality_out[at] =
+            static_cast<float>(q_weight > 0 ? q_weighted / q_weight : q_plain / q_count);
+      }
+      if (t_count == 0) {
+        tokens_out[at] = std::numeric_limits<float>::quiet_NaN();
+      } else {
+        tokens_out[at] =
+            static_cast<float>(t_weight > 0 ? t_weighted / t_weight : t_plain / t_count);
+      }
+    }
+    for (std::uint32_t r : ws.touched) {
+      ws.similarity[r] = 0.0f;
+      ws.seen[r] = 0;
+    }
+    ws.touched.clear();
+  }
+};
+
+// Copies the outcomes of `rows` of `set` into the index's tables.
+void copy_outcomes(const TrainingSet& set, const std::vector<std::size_t>& rows, KnnIndex& index) {
+  const auto experts = static_cast<Eigen::Index>(set.experts.size());
+  const auto n = static_cast<Eigen::Index>(rows.size());
+  index.quality.resize(n, experts);
+  index.present.resize(n, experts);
+  index.tokens.resize(n, experts);
+  for (Eigen::Index i = 0; i < n; ++i) {
+    const auto r = static_cast<Eigen::Index>(rows[static_cast<std::size_t>(i)]);
+    index.quality.row(i) = set.quality.row(r);
+    index.present.row(i) = set.present.row(r);
+    index.tokens.row(i) = set.output_tokens.row(r);
+  }
+}
+
+// The same seeded Fisher-Yates over mt19937_64 as the neural trainer, so a
+// seed holds out the same rows for every scorer.
+void shuffle(std::vector<std::size_t>& items, std::mt19937_64& rng) {
+  for (std::size_t i = items.size(); i > 1; --i) {
+    const std::size_t j = static_cast<std::size_t>(rng() % i);
+    std::swap(items[i - 1], items[j]);
+  }
+}
+
+// ScorerSpec has getters for numbers only, and an option no getter asked for
+// is rejected by make_scorer. Asking for the option as a number marks it as
+// used (whatever the parse gives); its text is then read here.
+std::string canonical_spec(std::size_t k, std::uint32_t buckets, Weighting weighting) {
+  std::string spec = fmt::format("knn:{}", k);
+  if (buckets != kDefaultBuckets) spec += fmt::format(",buckets={}", buckets);
+  if (weighting == Weighting::Uniform) spec += ",weighting=uniform";
+  return spec;
+}
+
+class KnnScorer : public TrainableScorer {
+ public:
+  explicit KnnScorer(const ScorerSpec& spec) {
+    k_ = spec.argument.empty()
+             ? static_cast<std::size_t>(kDefaultK)
+             : static_cast<std::size_t>(parse_integer(
+                   spec.argument, 1, kMaxK, fmt::format("scorer spec \"{}\", K", spec.text)));
+    featurizer_options_.num_buckets = static_cast<std::uint32_t>(
+        spec.integer_option("buckets", kDefaultBuckets, 16, kMaxBuckets));
+    const std::string weighting = spec.text_option("weighting", "similarity");
+    if (weighting == "similarity") {
+      weighting_ = Weighting::Similarity;
+    } else if (weighting == "uniform") {
+      weighting_ = Weighting::Uniform;
+    } else {
+      throw Error(fmt::format(
+          "scorer spec \"{}\", option weighting: expected uniform or similarity, got \"{}\"",
+          spec.text, weighting));
+    }
+    featurizer_ = Featurizer(featurizer_options_);
+    spec_ = canonical_spec(k_, featurizer_options_.num_buckets, weighting_);
+  }
+
+  std::string_view kind() const override { return "knn"; }
+  std::string spec() const override { return spec_; }
+
+  std::unique_ptr<ScorerWorkspace> make_workspace() const override {
+    auto ws = std::make_unique<KnnWorkspace>();
+    ws->prepare(index_.rows());
+    return ws;
+  }
+
+  void score(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
+             ScorerWorkspace* workspace) const override {
+    if (!trained()) throw Error(fmt::format("{}: score called before train or load", spec_));
+    KnnWorkspace local;
+    auto* ws = workspace ? static_cast<KnnWorkspace*>(workspace) : &local;
+    const std::size_t experts = expert_names().size();
+    out.resize(count, experts);
+    for (std::size_t i = 0; i < count; ++i) {
+      featurizer_.featurize(prompts[i], ws->features);
+      index_.predict(ws->features, k_, weighting_, *ws, out.quality.data() + i * experts,
+                     out.output_tokens.data() + i * experts);
+    }
+  }
+
+ protected:
+  TrainReport fit(const TrainingSet& set, const TrainOptions& options) override {
+    if (!(options.validation_fraction >= 0 && options.validation_fraction < 1)) {
+      throw Error("TrainOptions.validation_fraction must be in [0, 1)");
+    }
+    if (set.rows() >= std::numeric_limits<std::uint32_t>::max()) {
+      throw Error(fmt::format("{}: too many training rows ({})", spec_, set.rows()));
+    }
+    const auto start = std::chrono::steady_clock::now();
+    KnnIndex all;
+    SparseFeatures features;
+    for (const auto& prompt : set.prompts) {
+      featurizer_.featurize(prompt, features);
+      all.add_row(features);
+    }
+
+    std::vector<std::size_t> order(set.rows());
+    std::iota(order.begin(), order.end(), 0);
+    std::mt19937_64 rng(options.seed);
+    shuffle(order, rng);
+    const auto held_out =
+        static_cast<std::size_t>(static_cast<double>(set.rows()) * options.validation_fraction);
+    std::vector<std::size_t> validation(order.begin(), order.begin() + static_cast<long>(held_out));
+    std::vector<std::size_t> train(order.begin() + static_cast<long>(held_out), order.end());
+    std::sort(validation.begin(), validation.end());
+    std::sort(train.begin(), train.end());
+    if (train.empty())
+      throw Error("training set too small: no row left after the validation split");
+
+    TrainReport report;
+    report.epochs_run = 1;
+    report.best_epoch = 1;
+    report.train_rows = train.size();
+    report.validation_rows = validation.size();
+    if (!validation.empty()) {
+      // Leave-out figures: the held-out rows query an index of the others.
+      KnnIndex fitted;
+      for (std::size_t r : train) {
+        fitted.indices.insert(fitted.indices.end(),
+                              all.indices.begin() + static_cast<long>(all.offsets[r]),
+                              all.indices.begin() + static_cast<long>(all.offsets[r + 1]));
+        fitted.values.insert(fitted.values.end(),
+                             all.values.begin() + static_cast<long>(all.offsets[r]),
+                             all.values.begin() + static_cast<long>(all.offsets[r + 1]));
+        fitted.offsets.push_back(fitted.indices.size());
+      }
+      copy_outcomes(set, train, fitted);
+      fitted.finish(featurizer_options_.num_buckets);
+      const auto experts = static_cast<Eigen::Index>(set.experts.size());
+      Eigen::MatrixXf scores(static_cast<Eigen::Index>(validation.size()), experts);
+      std::vector<float> quality(static_cast<std::size_t>(experts));
+      std::vector<float> tokens(static_cast<std::size_t>(experts));
+      KnnWorkspace ws;
+      double squared = 0, counted = 0;
+      for (std::size_t i = 0; i < validation.size(); ++i) {
+        const std::size_t r = validation[i];
+        features.indices.assign(all.indices.begin() + static_cast<long>(all.offsets[r]),
+                                all.indices.begin() + static_cast<long>(all.offsets[r + 1]));
+        features.values.assign(all.values.begin() + static_cast<long>(all.offsets[r]),
+                               all.values.begin() + static_cast<long>(all.offsets[r + 1]));
+        fitted.predict(features, k_, weighting_, ws, quality.data(), tokens.data());
+        const auto row = static_cast<Eigen::Index>(r);
+        for (Eigen::Index e = 0; e < experts; ++e) {
+          const float q = quality[static_cast<std::size_t>(e)];
+          scores(static_cast<Eigen::Index>(i), e) = q;
+          if (set.present(row, e) > 0.5f) {
+            const double diff = q - set.quality(row, e);
+            squared += diff * diff;
+            counted += 1;
+          }
+        }
+      }
+      report.validation_loss = counted > 0 ? squared / counted : 0.0;
+      report.validation_quality = routed_quality(set, validation, scores);
+    }
+
+    // The final index keeps every row, held-out ones included.
+    order.resize(set.rows());
+    std::iota(order.begin(), order.end(), 0);
+    copy_outcomes(set, order, all);
+    all.finish(featurizer_options_.num_buckets);
+    index_ = std::move(all);
+
+    if (options.on_epoch) {
+      EpochProgress progress;
+      progress.epoch = 1;
+      progress.validation_loss = report.validation_loss;
+      progress.validation_quality = report.validation_quality;
+      progress.elapsed_seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      progress.improved = true;
+      options.on_epoch(progress);
+    }
+    return report;
+  }
+
+  void write_model(ModelWriter& out) const override {
+    const FeaturizerOptions& f = featurizer_options_;
+    out.set("featurizer.num_buckets", static_cast<std::uint64_t>(f.num_buckets));
+    out.set("featurizer.word_unigrams", f.word_unigrams);
+    out.set("featurizer.word_bigrams", f.word_bigrams);
+    out.set("featurizer.char_ngrams", f.char_ngrams);
+    out.set("featurizer.char_ngram_min", static_cast<std::uint64_t>(f.char_ngram_min));
+    out.set("featurizer.char_ngram_max", static_cast<std::uint64_t>(f.char_ngram_max));
+    out.set("featurizer.hash_seed", static_cast<std::uint64_t>(f.hash_seed));
+    out.set("knn.k", static_cast<std::uint64_t>(k_));
+    out.set("knn.weighting",
+            std::string(weighting_ == Weighting::Uniform ? "uniform" : "similarity"));
+    const std::size_t rows = index_.rows();
+    out.set("knn.rows", static_cast<std::uint64_t>(rows));
+    out.set("knn.nonzeros", static_cast<std::uint64_t>(index_.indices.size()));
+
+    std::vector<float> offsets;
+    offsets.reserve(2 * (rows + 1));
+    for (std::uint64_t o : index_.offsets) {
+      offsets.push_back(static_cast<float>(o / kOffsetHalf));
+      offsets.push_back(static_cast<float>(o % kOffsetHalf));
+    }
+    out.add_tensor("knn.offsets", {static_cast<std::int64_t>(rows + 1), 2}, std::move(offsets));
+    // Exact: every index is < num_buckets <= 2^24.
+    out.add_tensor("knn.indices", {static_cast<std::int64_t>(index_.indices.size())},
+                   std::vector<float>(index_.indices.begin(), index_.indices.end()));
+    out.add_tensor("knn.values", {static_cast<std::int64_t>(index_.values.size())}, index_.values);
+    out.add_tensor("knn.quality", index_.quality);
+    out.add_tensor("knn.present", index_.present);
+    Table tokens = index_.tokens;
+    for (Eigen::Index i = 0; i < tokens.size(); ++i) {
+      if (!std::isfinite(tokens.data()[i])) tokens.data()[i] = -1.0f;
+    }
+    out.add_tensor("knn.output_tokens", tokens);
+  }
+
+  void read_model(const ModelReader& in) override {
+    FeaturizerOptions f;
+    f.num_buckets =
+        static_cast<std::uint32_t>(in.integer("featurizer.num_buckets", 16, kMaxBuckets));
+    f.word_unigrams = in.flag("featurizer.word_unigrams");
+    f.word_bigrams = in.flag("featurizer.word_bigrams");
+    f.char_ngrams = in.flag("featurizer.char_ngrams");
+    f.char_ngram_min =
+        static_cast<std::uint32_t>(in.integer("featurizer.char_ngram_min", 1, kMaxCharNgram));
+    f.char_ngram_max =
+        static_cast<std::uint32_t>(in.integer("featurizer.char_ngram_max", 1, kMaxCharNgram));
+    f.hash_seed = static_cast<std::uint64_t>(in.integer("featurizer.hash_seed", 0));
+    try {
+      featurizer_ = Featurizer(f);
+    } catch (const Error& e) {
+      throw Error(in.where() + e.what());
+    }
+    featurizer_options_ = f;
+    k_ = static_cast<std::size_t>(in.integer("knn.k", 1, kMaxK));
+    const std::string& weighting = in.text("knn.weighting");
+    if (weighting != "uniform" && weighting != "similarity") {
+      throw Error(in.where() + "field \"knn.weighting\": expected uniform or similarity, got \"" +
+                  weighting + "\"");
+    }
+    weighting_ = weighting == "uniform" ? Weighting::Uniform : Weighting::Similarity;
+    spec_ = canonical_spec(k_, f.num_buckets, weighting_);
+    if (in.text("scorer.spec") != spec_) {
+      throw Error(
+          fmt::format("{}field \"scorer.spec\" is \"{}\" but the knn fields describe \"{}\"",
+                      in.where(), in.text("scorer.spec"), spec_));
+    }
+
+    const auto rows = static_cast<std::size_t>(
+        in.integer("knn.rows", 1, std::numeric_limits<std::uint32_t>::max() - 1));
+    const auto nonzeros = static_cast<std::uint64_t>(in.integer("knn.nonzeros", 0));
+    const auto experts = static_cast<std::int64_t>(expert_names().size());
+    const auto n = static_cast<std::int64_t>(rows);
+    const auto z = static_cast<std::int64_t>(nonzeros);
+    auto bad = [&in](const char* tensor, const std::string& what) {
+      return Error(fmt::format("{}tensor \"{}\": {}", in.where(), tensor, what));
+    };
+    auto whole = [](float v, double limit) { return v >= 0 && v < limit && v == std::floor(v); };
+
+    KnnIndex index;
+    const ModelTensor& offsets = in.tensor("knn.offsets", {n + 1, 2});
+    index.offsets.resize(rows + 1);
+    for (std::size_t r = 0; r <= rows; ++r) {
+      const float high = offsets.values[2 * r];
+      const float low = offsets.values[2 * r + 1];
+      if (!whole(high, static_cast<double>(kOffsetHalf)) ||
+          !whole(low, static_cast<double>(kOffsetHalf))) {
+        throw bad(
+            "knn.offsets",
+            fmt::format("row {} holds ({}, {}), not two whole numbers below 2^24", r, high, low));
+      }
+      index.offsets[r] =
+          static_cast<std::uint64_t>(high) * kOffsetHalf + static_cast<std::uint64_t>(low);
+      if (r == 0 && index.offsets[0] != 0)
+        throw bad("knn.offsets", "the first row must start at 0");
+      if (r > 0 && index.offsets[r] < index.offsets[r - 1]) {
+        throw bad("knn.offsets", fmt::format("offsets decrease at row {} ({} after {})", r,
+                                             index.offsets[r], index.offsets[r - 1]));
+      }
+    }
+    if (index.offsets[rows] != nonzeros) {
+      throw bad("knn.offsets", fmt::format("the rows end at {} but knn.nonzeros is {}",
+                                           index.offsets[rows], nonzeros));
+    }
+    const ModelTensor& indices = in.tensor("knn.indices", {z});
+    index.indices.resize(static_cast<std::size_t>(nonzeros));
+    for (std::size_t r = 0; r < rows; ++r) {
+      for (std::uint64_t i = index.offsets[r]; i < index.offsets[r + 1]; ++i) {
+        const float v = indices.values[i];
+        if (!whole(v, f.num_buckets)) {
+          throw bad("knn.indices", fmt::format("value {} at {} is not a bucket index below {}", v,
+                                               i, f.num_buckets));
+        }
+        index.indices[i] = static_cast<std::uint32_t>(v);
+        if (i > index.offsets[r] && index.indices[i] <= index.indices[i - 1]) {
+          throw bad("knn.indices", fmt::format("row {} is not strictly ascending at {}", r, i));
+        }
+      }
+    }
+    index.values = in.tensor("knn.values", {z}).values;
+    in.tensor("knn.quality", n, experts, index.quality);
+    in.tensor("knn.present", n, experts, index.present);
+    in.tensor("knn.output_tokens", n, experts, index.tokens);
+    for (Eigen::Index i = 0; i < index.quality.size(); ++i) {
+      const float q = index.quality.data()[i];
+      const float p = index.present.data()[i];
+      float& t = index.tokens.data()[i];
+      if (!(q >= 0 && q <= 1))
+        throw bad("knn.quality", fmt::format("value {} at {} is outside [0, 1]", q, i));
+      if (p != 0 && p != 1)
+        throw bad("knn.present", fmt::format("value {} at {} is not 0 or 1", p, i));
+      if (t == -1.0f) {
+        t = std::numeric_limits<float>::quiet_NaN();
+      } else if (t < 0) {
+        throw bad("knn.output_tokens", fmt::format("value {} at {} is neither -1 nor >= 0", t, i));
+      }
+    }
+    index.finish(f.num_buckets);
+    index_ = std::move(index);
+  }
+
+ private:
+  FeaturizerOptions featurizer_options_;
+  Featurizer featurizer_;
+  std::size_t k_ = kDefaultK;
+  Weighting weighting_ = Weighting::Similarity;
+  std::string spec_;
+  KnnIndex index_;
+};
+
+}  // namespace
+
+std::unique_ptr<TrainableScorer> make_knn_scorer(const ScorerSpec& spec) {
+  return std::make_unique<KnnScorer>(spec);
+}
+
+}  // namespace torouter::detail
