@@ -186,8 +186,8 @@ std::unique_ptr<TrainableScorer> make_scorer(std::string_view text) {
   } else if (spec.kind == "knn") {
     scorer = detail::make_knn_scorer(spec);
   } else {
-    throw Error(fmt::format("scorer spec \"{}\": unknown kind \"{}\" (known: mlp, knn)", text,
-                            spec.kind));
+    throw Error(fmt::format("scorer spec \"{}\": unknown kind \"{}\" (known: mlp, knn)",
+                            text, spec.kind));
   }
   spec.reject_unused_options();
   return scorer;

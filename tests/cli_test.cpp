@@ -99,8 +99,70 @@ TEST_CASE("torouter eval reports the shared figures as text and JSON") {
   // At the generalist's low cost (C*) the router can only pick the generalist.
   CHECK(double(router["quality_at_best_cost"]) == 0.5);
   CHECK(double(router["gap_won"]) == 0.0);
-  CHECK(double(router["aiq"]) > double(report["experts_aiq"]));
+  CHECK(double(router["aiq"]) > double(report["experts_alone_aiq"]));
   CHECK(double(router["routes_per_second"]) > 0);
+
+  // The plot: one labelled point per expert, random, the oracle, the curve.
+  const std::string svg_path = (dir / "synthetic_eval.svg").string();
+  REQUIRE(run("eval --data '" + (dir / "synthetic_eval").string() + "' --model '" + model +
+              "' --plot '" + svg_path + "'").status == 0);
+  std::ifstream svg_file(svg_path);
+  std::ostringstream svg_text;
+  svg_text << svg_file.rdbuf();
+  const std::string svg = svg_text.str();
+  CHECK(svg.rfind("<svg xmlns=\"http://www.w3.org/2000/svg\"", 0) == 0);
+  CHECK(svg.find("</svg>") != std::string::npos);
+  std::size_t circles = 0;
+  for (std::size_t at = svg.find("<circle class=\"expert\""); at != std::string::npos;
+       at = svg.find("<circle class=\"expert\"", at + 1)) {
+    ++circles;
+  }
+  CHECK(circles == 3);
+  for (const char* label : {">coder<", ">historian<", ">generalist<", ">random<", ">oracle<", "router (AIQ"}) {
+    CHECK_THAT(svg, Contains(label));
+  }
+  // Every curve point lies inside the picture.
+  const std::size_t curve_at = svg.find("class=\"router-curve\"");
+  REQUIRE(curve_at != std::string::npos);
+  const std::size_t points_at = svg.find("points=\"", curve_at) + 8;
+  std::istringstream points(svg.substr(points_at, svg.find('"', points_at) - points_at));
+  std::string point;
+  std::size_t count = 0;
+  while (points >> point) {
+    const double x = std::stod(point.substr(0, point.find(',')));
+    const double y = std::stod(point.substr(point.find(',') + 1));
+    CHECK((x >= 0 && x <= 720 && y >= 0 && y <= 480));
+    ++count;
+  }
+  CHECK(count == simdjson::dom::array(router["curve"]).size());
+}
+
+TEST_CASE("torouter calibrate finds the smallest lambda meeting a budget") {
+  const auto dir = work_dir();
+  torouter::testing::write_synthetic_dataset(dir / "synthetic_calibrate", 300, 40);
+  const std::string data = (dir / "synthetic_calibrate").string();
+  const std::string model = (dir / "synthetic_calibrate.tormodel").string();
+  REQUIRE(run("train --data '" + data + "' --scorer mlp:16,buckets=1024 --epochs 10 --out '" +
+              model + "'").status == 0);
+  // The coder is the dearest expert: keep it to at most 10% of the prompts.
+  Run r = run("calibrate --data '" + data + "' --model '" + model + "' --max-share coder=0.1");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  CHECK_THAT(r.output, Contains("lambda_cost = "));
+  const double lambda = std::stod(r.output.substr(r.output.find("lambda_cost = ") + 14));
+  CHECK(lambda > 0);
+  // Below that lambda the coder still answers its half of the prompts.
+  r = run("calibrate --data '" + data + "' --model '" + model + "' --max-share coder=0.45");
+  REQUIRE(r.status == 0);
+  CHECK(std::stod(r.output.substr(r.output.find("lambda_cost = ") + 14)) < lambda);
+  // No lambda makes a query free.
+  r = run("calibrate --data '" + data + "' --model '" + model + "' --max-cost-per-query 0");
+  CHECK(r.status == 1);
+  CHECK_THAT(r.output, Contains("no lambda meets the budget"));
+  r = run("calibrate --data '" + data + "' --model '" + model + "'");
+  CHECK_THAT(r.output, Contains("exactly one of"));
+  r = run("calibrate --data '" + data + "' --model '" + model + "' --max-share nobody=0.1");
+  CHECK_THAT(r.output, Contains("unknown expert \"nobody\""));
 }
 
 TEST_CASE("torouter refuses bad input with a clear message") {

@@ -5,6 +5,7 @@
 // caller's transport. Start with router.hpp; docs/ARCHITECTURE.md maps the rest.
 #pragma once
 
+#include "torouter/collect.hpp"
 #include "torouter/cost_model.hpp"
 #include "torouter/dataset.hpp"
 #include "torouter/error.hpp"

@@ -74,5 +74,7 @@ inline long long parse_whole(const std::string& text, const std::string& what, l
 int train(const Arguments& args);
 int route(const Arguments& args);
 int evaluate(const Arguments& args);
+int calibrate(const Arguments& args);
+int collect(const Arguments& args);
 
 }  // namespace torouter::cli

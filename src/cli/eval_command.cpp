@@ -7,6 +7,8 @@
 
 #include "../json_text.hpp"
 #include "args.hpp"
+#include "cost_quality_plot.hpp"
+#include "predictions.hpp"
 #include "torouter/dataset.hpp"
 #include "torouter/eval.hpp"
 #include "torouter/router.hpp"
@@ -17,54 +19,6 @@ namespace {
 
 using detail::json_number;
 using detail::json_string;
-
-struct Predictions {
-  Eigen::MatrixXd quality;
-  Eigen::MatrixXd cost;
-};
-
-// The router's own view of every test row, in the dataset's expert order:
-// predicted quality, and predicted cost from the estimated input tokens, the
-// predicted output tokens and the model's prices. Where the model predicts
-// no output tokens (its data had no answer lengths), output counts 0, as the
-// datasets' cost rule counts an absent answer length.
-Predictions predict(const LoadedModel& model, const std::vector<std::string>& experts,
-                    const std::vector<DatasetRow>& rows) {
-  const auto& names = model.scorer->expert_names();
-  std::vector<Eigen::Index> column;
-  for (const auto& e : experts) {
-    auto it = std::find(names.begin(), names.end(), e);
-    if (it == names.end()) throw Error(fmt::format("the model has no predictions for expert \"{}\"", e));
-    column.push_back(static_cast<Eigen::Index>(it - names.begin()));
-  }
-  CostModelOptions cost_options;
-  cost_options.default_output_tokens = 0;
-  const CostModel cost_model(cost_options);
-  const auto n = static_cast<Eigen::Index>(rows.size());
-  const auto m = static_cast<Eigen::Index>(experts.size());
-  Predictions out{Eigen::MatrixXd(n, m), Eigen::MatrixXd(n, m)};
-  std::vector<std::string_view> prompts;
-  for (const auto& r : rows) prompts.push_back(r.prompt);
-  ScoreBatch batch;
-  auto workspace = model.scorer->make_workspace();
-  constexpr std::size_t kBatch = 256;
-  for (std::size_t begin = 0; begin < rows.size(); begin += kBatch) {
-    const std::size_t count = std::min(kBatch, rows.size() - begin);
-    model.scorer->score(prompts.data() + begin, count, batch, workspace.get());
-    for (std::size_t i = 0; i < count; ++i) {
-      const auto row = static_cast<Eigen::Index>(begin + i);
-      const double input = static_cast<double>(estimate_tokens(prompts[begin + i]));
-      for (Eigen::Index e = 0; e < m; ++e) {
-        const auto b = static_cast<Eigen::Index>(i);
-        const ExpertSpec& spec = model.experts[static_cast<std::size_t>(column[static_cast<std::size_t>(e)])];
-        out.quality(row, e) = batch.quality(b, column[static_cast<std::size_t>(e)]);
-        out.cost(row, e) = cost_model.cost_usd(
-            spec, input, cost_model.output_tokens_or_default(batch.output_tokens(b, column[static_cast<std::size_t>(e)])));
-      }
-    }
-  }
-  return out;
-}
 
 // Routes per second of Router::route, one prompt at a time on this thread.
 double routes_per_second(const LoadedModel& model, const std::vector<DatasetRow>& rows) {
@@ -107,20 +61,19 @@ std::string report_json(const std::string& dataset, const std::string& model_pat
       " \"experts\": [{}],\n"
       " \"random\": {}, \"oracle\": {},\n"
       " \"best_expert\": {{\"name\": {}, \"quality\": {}, \"cost\": {}}},\n"
-      " \"experts_aiq\": {},\n"
+      " \"experts_alone_aiq\": {}, \"train_seconds\": {},\n"
       " \"router\": {{\"curve\": [{}],\n"
       "  \"aiq\": {}, \"quality_at_best_cost\": {}, \"cost_at_best_quality_pct\": {},\n"
       "  \"gap_won\": {}, \"quality_at_10pct\": {}, \"quality_at_30pct\": {},\n"
-      "  \"quality_at_70pct\": {}, \"routes_per_second\": {},\n"
-      "  \"train_seconds\": {}}}}}\n",
+      "  \"quality_at_70pct\": {}, \"routes_per_second\": {}}}}}\n",
       json_string(dataset), report.rows, json_string(scorer.version()), json_string(model_path),
       experts, point_json(b.random), point_json(b.oracle), json_string(report.experts[b.best.index]),
-      json_number(b.best.quality), json_number(b.best.cost), json_number(b.experts_aiq), curve,
+      json_number(b.best.quality), json_number(b.best.cost), json_number(b.experts_aiq),
+      json_number(scorer.training().report.seconds), curve,
       json_number(r.aiq), optional_number(r.quality_at_best_cost),
       optional_number(r.cost_at_best_quality_pct), optional_number(r.gap_won),
       optional_number(r.quality_at_10pct), optional_number(r.quality_at_30pct),
-      optional_number(r.quality_at_70pct), json_number(rps),
-      json_number(scorer.training().report.seconds));
+      optional_number(r.quality_at_70pct), json_number(rps));
 }
 
 std::string figure(const std::optional<double>& v, const char* format = "{:.4f}") {
@@ -130,7 +83,7 @@ std::string figure(const std::optional<double>& v, const char* format = "{:.4f}"
 }  // namespace
 
 int evaluate(const Arguments& args) {
-  args.allow_only({"data", "model", "json"});
+  args.allow_only({"data", "model", "json", "plot"});
   const std::string dir = args.required("data");
   const std::string model_path = args.required("model");
   const RoutingDataset data = load_routing_dataset(dir);
@@ -171,6 +124,13 @@ int evaluate(const Arguments& args) {
     std::ofstream out(path);
     if (!out) throw Error(fmt::format("{}: cannot write", path));
     out << report_json(data.name, model_path, *model.scorer, report, rps);
+  }
+  if (args.named.count("plot")) {
+    const std::string path = args.required("plot");
+    std::ofstream out(path);
+    if (!out) throw Error(fmt::format("{}: cannot write", path));
+    out << cost_quality_svg(report, fmt::format("{}: {} ({} test prompts)", data.name,
+                                                model.scorer->version(), report.rows));
   }
   return 0;
 }

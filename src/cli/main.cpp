@@ -4,7 +4,9 @@
 //   torouter train --data DIR --scorer mlp --out MODEL [--seed N] [--threads N]
 //                  [--loss bce|soft] [--temperature T] [--epochs N]
 //   torouter route --model MODEL [--experts FILE] [--lambda-cost X] PROMPT
-//   torouter eval --data DIR --model MODEL [--json FILE]
+//   torouter eval --data DIR --model MODEL [--json FILE] [--plot FILE.svg]
+//   torouter calibrate --data DIR --model MODEL (--max-cost-per-query USD | --max-share EXPERT=F)
+//   torouter collect --prompts FILE.jsonl --experts FILE --out DIR --transport command:PROGRAM
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -18,7 +20,14 @@ constexpr const char* kUsage =
     "  torouter train --data DIR --scorer mlp|knn|tlite|SPEC --out MODEL [--seed N]\n"
     "                 [--threads N] [--loss bce|soft] [--temperature T] [--epochs N]\n"
     "  torouter route --model MODEL [--experts FILE] [--lambda-cost X] PROMPT\n"
-    "  torouter eval --data DIR --model MODEL [--json FILE]\n";
+    "  torouter eval --data DIR --model MODEL [--json FILE] [--plot FILE.svg]\n"
+    "  torouter calibrate --data DIR --model MODEL (--max-cost-per-query USD | --max-share EXPERT=F)\n"
+    "                     [--split train|test]\n"
+    "  torouter collect --prompts FILE.jsonl --experts FILE --out DIR --transport command:PROGRAM\n"
+    "                   [--metric exact|f1|rougeL] [--threads N] [--test-fraction F] [--seed N]\n"
+    "                   [--output-file NAME] [--attempts N] [--timeout-ms N] [--max-concurrent N]\n"
+    "                   (PROGRAM gets the expert's name as argument, the prompt on stdin, and\n"
+    "                   prints the answer; a non-zero exit is a server error)\n";
 
 }  // namespace
 
@@ -34,6 +43,8 @@ int main(int argc, char** argv) {
     if (command == "train") return torouter::cli::train(args);
     if (command == "route") return torouter::cli::route(args);
     if (command == "eval") return torouter::cli::evaluate(args);
+    if (command == "calibrate") return torouter::cli::calibrate(args);
+    if (command == "collect") return torouter::cli::collect(args);
     if (command == "--help" || command == "help") {
       std::fputs(kUsage, stdout);
       return 0;
