@@ -40,6 +40,7 @@ long long parse_integer(const std::string& text, long long minimum, long long ma
                         const std::string& what);
 
 std::unique_ptr<TrainableScorer> make_mlp_scorer(const ScorerSpec& spec);
+std::unique_ptr<TrainableScorer> make_tlite_scorer(const ScorerSpec& spec);
 std::unique_ptr<TrainableScorer> make_knn_scorer(const ScorerSpec& spec);
 
 }  // namespace torouter::detail

@@ -185,8 +185,10 @@ std::unique_ptr<TrainableScorer> make_scorer(std::string_view text) {
     scorer = detail::make_mlp_scorer(spec);
   } else if (spec.kind == "knn") {
     scorer = detail::make_knn_scorer(spec);
+  } else if (spec.kind == "tlite") {
+    scorer = detail::make_tlite_scorer(spec);
   } else {
-    throw Error(fmt::format("scorer spec \"{}\": unknown kind \"{}\" (known: mlp, knn)",
+    throw Error(fmt::format("scorer spec \"{}\": unknown kind \"{}\" (known: mlp, knn, tlite)",
                             text, spec.kind));
   }
   spec.reject_unused_options();

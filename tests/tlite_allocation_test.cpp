@@ -1,0 +1,143 @@
+// A warm transformer-lite `score` (and a warm route over it) allocates
+// nothing, for every prompt length up to max_tokens and beyond: global
+// operator new is replaced by a counting one, so this test is a binary of
+// its own.
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "torouter/router.hpp"
+#include "torouter/trainable_scorer.hpp"
+
+namespace {
+
+std::atomic<long> g_allocations{0};
+
+void* counted_alloc(std::size_t size) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+
+void* counted_aligned_alloc(std::size_t size, std::align_val_t align) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  const std::size_t alignment = static_cast<std::size_t>(align);
+  // aligned_alloc wants a size that is a multiple of the alignment.
+  const std::size_t rounded = (size + alignment - 1) / alignment * alignment;
+  if (void* p = std::aligned_alloc(alignment, rounded == 0 ? alignment : rounded)) return p;
+  throw std::bad_alloc();
+}
+
+}  // namespace
+
+void* operator new(std::size_t size) { return counted_alloc(size); }
+void* operator new[](std::size_t size) { return counted_alloc(size); }
+void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
+  try {
+    return counted_alloc(size);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void* operator new[](std::size_t size, const std::nothrow_t&) noexcept {
+  try {
+    return counted_alloc(size);
+  } catch (...) {
+    return nullptr;
+  }
+}
+void* operator new(std::size_t size, std::align_val_t align) {
+  return counted_aligned_alloc(size, align);
+}
+void* operator new[](std::size_t size, std::align_val_t align) {
+  return counted_aligned_alloc(size, align);
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+
+namespace {
+
+// A few rows are enough: the weights' values do not matter here, only that
+// the scorer is trained.
+torouter::TrainingSet tiny_set() {
+  torouter::TrainingSet set;
+  set.experts = {"small", "large"};
+  set.prompts = {
+      "write python code",  "a poem", "the capital of france", "fix this bug", "tell me a story",
+      "sort a list in c++", "hello",  "what is two plus two"};
+  const auto rows = static_cast<Eigen::Index>(set.prompts.size());
+  set.quality = Eigen::MatrixXf::Constant(rows, 2, 0.5f);
+  set.quality.col(0).setLinSpaced(0.0f, 1.0f);
+  set.present = Eigen::MatrixXf::Ones(rows, 2);
+  set.output_tokens = Eigen::MatrixXf::Constant(rows, 2, 100.0f);
+  set.fingerprint = "00000000";
+  return set;
+}
+
+// Prompts of 0, 1, 2, ... words, past max_tokens.
+std::vector<std::string> prompts_of_every_length(int words) {
+  std::vector<std::string> out{""};
+  std::string text;
+  for (int i = 1; i <= words; ++i) {
+    text += (i % 3 == 0 ? "code " : i % 3 == 1 ? "Écris " : "数学 ");
+    out.push_back(text);
+  }
+  return out;
+}
+
+long allocations_since(long before) { return g_allocations.load() - before; }
+
+}  // namespace
+
+TEST_CASE("a warm tlite score allocates nothing for any prompt length", "[tlite][allocation]") {
+  // The default shape (d=128, 4 heads, ff 512, 64 tokens), trained for one
+  // epoch.
+  std::shared_ptr<torouter::TrainableScorer> scorer = torouter::make_scorer("tlite");
+  torouter::TrainOptions options;
+  options.max_epochs = 1;
+  scorer->train(tiny_set(), options);
+
+  const auto prompts = prompts_of_every_length(80);
+  auto workspace = scorer->make_workspace();
+  torouter::ScoreBatch batch;
+  const std::string_view first = prompts[0];
+  scorer->score(&first, 1, batch, workspace.get());  // sizes the batch
+
+  const long before = g_allocations.load();
+  for (int round = 0; round < 2; ++round) {
+    for (const auto& p : prompts) {
+      const std::string_view view = p;
+      scorer->score(&view, 1, batch, workspace.get());
+    }
+  }
+  CHECK(allocations_since(before) == 0);
+  CHECK(batch.quality.allFinite());
+
+  // The same through a router.
+  torouter::ExpertRegistry registry;
+  registry.add(torouter::ExpertSpec("small", 0.1, 0.2));
+  registry.add(torouter::ExpertSpec("large", 3, 15));
+  torouter::Router router(registry, scorer);
+  torouter::RouteDecision decision;
+  router.route("warm up", {}, decision);
+  const long before_route = g_allocations.load();
+  for (const auto& p : prompts) router.route(p, {}, decision);
+  CHECK(allocations_since(before_route) == 0);
+  CHECK(decision.pick() != nullptr);
+
+  // The counter does count: a score without a workspace allocates.
+  const long before_cold = g_allocations.load();
+  scorer->score(&first, 1, batch, nullptr);
+  CHECK(allocations_since(before_cold) > 0);
+}
