@@ -380,6 +380,9 @@ class MlpScorer : public TrainableScorer {
       throw Error(in.where() + "field \"mlp.output\": expected sigmoid or softmax");
     }
     weights_.loss = output == "sigmoid" ? Loss::Bce : Loss::Soft;
+    // The embedding table is checked before anything is allocated, so a
+    // forged width or bucket count cannot ask for more memory than the file holds.
+    in.tensor("mlp.embedding.table", {f.num_buckets, weights_.hidden[0]});
     weights_.build(static_cast<nn::Index>(expert_names().size()));
     in.tensor("mlp.dense_mean", 1, kDenseWidth, weights_.dense_mean);
     in.tensor("mlp.dense_scale", 1, kDenseWidth, weights_.dense_scale);

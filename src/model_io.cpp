@@ -149,11 +149,13 @@ ModelReader ModelReader::open(const std::string& path) {
   if (!in) throw Error(fmt::format("{}: cannot open model file", path));
   std::ostringstream buffer;
   buffer << in.rdbuf();
-  const std::string bytes = buffer.str();
+  return parse(buffer.str(), path);
+}
 
+ModelReader ModelReader::parse(const std::string& bytes, const std::string& origin) {
   ModelReader reader;
-  reader.path_ = path;
-  const std::string where = path + ": ";
+  reader.path_ = origin;
+  const std::string where = origin + ": ";
   if (bytes.size() < kPreambleBytes || std::memcmp(bytes.data(), kMagic, sizeof(kMagic)) != 0) {
     throw Error(where + "not a torouter model file (no TORMODEL magic)");
   }
@@ -252,15 +254,28 @@ ModelReader ModelReader::open(const std::string& path) {
       }
       tensor.shape.push_back(dim);
     }
-    const std::uint64_t count = element_count(tensor.shape);
     if (offset != expected_offset) {
       throw Error(fmt::format("{}tensor \"{}\": offset {} where {} was expected", where, name,
                               offset, expected_offset));
     }
-    if (offset + count * 4 > payload_size) {
-      throw Error(fmt::format("{}truncated: tensor \"{}\" ({} values) ends at byte {} of a {}-byte "
-                              "payload",
-                              where, name, count, offset + count * 4, payload_size));
+    // The shape's product is checked against what the payload still holds
+    // dimension by dimension, so a forged shape can neither overflow nor
+    // make the reader allocate more than the file's size.
+    const std::uint64_t bytes_left = offset <= payload_size ? payload_size - offset : 0;
+    const std::uint64_t available = bytes_left / 4;
+    std::uint64_t count = 1;
+    for (auto d : tensor.shape) {
+      const auto dim = static_cast<std::uint64_t>(d);
+      if (dim != 0 && count > available / dim) {
+        count = available + 1;
+        break;
+      }
+      count *= dim;
+    }
+    if (count > available) {
+      throw Error(fmt::format("{}truncated: tensor \"{}\" of shape {} does not fit the {} bytes "
+                              "left of the payload",
+                              where, name, shape_text(tensor.shape), bytes_left));
     }
     tensor.values.resize(static_cast<std::size_t>(count));
     const std::size_t start = payload_start + static_cast<std::size_t>(offset);

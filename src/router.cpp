@@ -228,11 +228,23 @@ class Router::InvokeRun {
 
   void run() {
     const RouteDecision& decision = result_.decision;
-    const std::size_t eligible = decision.eligible_count();
-    if (eligible == 0) {
+    for (const auto& c : decision.candidates) {
+      if (c.eligible()) order_.push_back(&c);
+    }
+    if (order_.empty()) {
+      // A cooldown steers traffic away from a failing expert; it must not
+      // refuse a request that only cooling experts could serve. They are
+      // tried, best first, as a last resort.
+      for (const auto& c : decision.candidates) {
+        if (c.exclusion == Exclusion::CoolingDown) order_.push_back(&c);
+      }
+      result_.last_resort = !order_.empty();
+    }
+    if (order_.empty()) {
       fail(InvokeError::NoEligibleExpert, describe_exclusions());
       return;
     }
+    const std::size_t eligible = order_.size();
     std::vector<bool> settled(eligible, false);
     std::vector<bool> over_budget(eligible, false);
     std::vector<bool> capacity_noted(eligible, false);
@@ -243,7 +255,7 @@ class Router::InvokeRun {
       bool waiting_for_capacity = false;
       for (std::size_t k = 0; k < eligible && experts_called < options_.max_experts_tried; ++k) {
         if (settled[k]) continue;
-        const Candidate& c = decision.candidates[k];
+        const Candidate& c = *order_[k];
         if (const char* why = unusable(c.expert_index)) {
           skip(c, why);
           settled[k] = true;
@@ -283,7 +295,7 @@ class Router::InvokeRun {
       // Soft budget: past it, the cheapest eligible expert still answers.
       const Candidate* cheapest = nullptr;
       for (std::size_t k = 0; k < eligible; ++k) {
-        const Candidate& c = decision.candidates[k];
+        const Candidate& c = *order_[k];
         if (over_budget[k] && (!cheapest || c.cost_usd < cheapest->cost_usd)) cheapest = &c;
       }
       if (cheapest && acquire_slot(cheapest->expert_index)) {
@@ -316,7 +328,7 @@ class Router::InvokeRun {
   // same, but another thread may have disabled it or made it cool down since.
   const char* unusable(std::size_t i) const {
     if (!router_.state_[i].enabled.load()) return "disabled";
-    if (router_.cooling_down(i, to_ns(Clock::now()))) return "cooling down";
+    if (!result_.last_resort && router_.cooling_down(i, to_ns(Clock::now()))) return "cooling down";
     if (!router_.transports_[i].valid()) return "no transport set";
     return nullptr;
   }
@@ -518,6 +530,8 @@ class Router::InvokeRun {
   const InvokeOptions& invoke_options_;
   InvokeResult& result_;
   Clock::time_point deadline_;
+  // The candidates to try, in order.
+  std::vector<const Candidate*> order_;
   // Set when a retry was given up because the invoke's deadline came first.
   bool out_of_time_ = false;
 };

@@ -195,6 +195,12 @@ class TliteScorer : public TrainableScorer {
       throw Error(in.where() + "field \"tlite.output\": expected sigmoid or softmax");
     }
     loss_ = output == "sigmoid" ? Loss::Bce : Loss::Soft;
+    // The largest tensors' shapes are checked before the model is allocated,
+    // so forged sizes cannot ask for more memory than the file holds.
+    in.tensor("tlite.token_embedding", {static_cast<std::int64_t>(shape.buckets) + 1, shape.d_model});
+    for (nn::Index k = 1; k <= shape.layers; ++k) {
+      in.tensor(fmt::format("tlite.layer{}.ff1.weight", k), {shape.d_model, shape.ff});
+    }
     model_ = Model(shape_, static_cast<nn::Index>(expert_names().size()),
                    in.flag("tlite.predicts_tokens"));
     nn::ParameterList<float> list;

@@ -280,8 +280,9 @@ void verify_checks(const TrainableScorer& scorer, const ModelReader& in) {
 
 }  // namespace
 
-LoadedModel load_model(const std::string& path) {
-  const ModelReader in = ModelReader::open(path);
+LoadedModel load_model(const std::string& path) { return load_model(ModelReader::open(path)); }
+
+LoadedModel load_model(const ModelReader& in) {
   std::unique_ptr<TrainableScorer> scorer;
   try {
     scorer = make_scorer(in.text("scorer.spec"));

@@ -164,6 +164,16 @@ TEST_CASE("a broken registry file is refused, naming the file and the field") {
     const auto enabled = load_error("enabled.json", R"({"experts": [{"name": "a", "enabled": 1}]})");
     CHECK_THAT(enabled, Contains("experts[0].enabled") && Contains("true or false"));
   }
+  SECTION("huge, NaN and infinite values") {
+    CHECK_THAT(load_error("huge.json", R"({"experts": [{"name": "a", "max_concurrent_calls": 1e30}]})"),
+               Contains("experts[0].max_concurrent_calls") && Contains("whole number"));
+    CHECK_THAT(load_error("big.json", R"({"experts": [{"name": "a", "input_usd_per_mtok": 1e999}]})"),
+               Contains("big.json"));
+    CHECK_THAT(load_error("nan.json", R"({"experts": [{"name": "a", "input_usd_per_mtok": NaN}]})"),
+               Contains("nan.json") && Contains("not valid JSON"));
+    CHECK_THAT(load_error("inf.json", R"({"experts": [{"name": "a", "input_usd_per_mtok": Infinity}]})"),
+               Contains("not valid JSON"));
+  }
   SECTION("a name that differs from its key") {
     const auto message = load_error("key.json", R"({"experts": {"a": {"name": "b"}}})");
     CHECK_THAT(message, Contains("experts.\"a\".name") && Contains("differs"));

@@ -246,6 +246,26 @@ TEST_CASE("an expert that fails N times in a row cools down, then comes back") {
   CHECK(back.response.text == "strong: back");
 }
 
+TEST_CASE("when every expert cools down, invoke still tries them, best first") {
+  RouterOptions options = fast_options();
+  options.failures_before_cooldown = 1;
+  options.max_attempts_per_expert = 1;
+  Rig rig(options);
+  for (Scripted* s : {&rig.strong, &rig.mid, &rig.cheap}) {
+    s->script = {fails(FailureKind::ServerError), Response::answer("recovered", 1, 1)};
+  }
+  const InvokeResult first = rig.router.invoke("a");
+  CHECK(first.error == InvokeError::AllFailed);
+  CHECK_FALSE(first.last_resort);
+  for (const char* name : {"strong", "mid", "cheap"}) CHECK(rig.router.status(name).cooling_down);
+  CHECK(rig.router.route("b").pick() == nullptr);  // routing shows them all resting
+  const InvokeResult second = rig.router.invoke("b");
+  REQUIRE(second.ok());
+  CHECK(second.last_resort);
+  CHECK(second.expert == "strong");
+  CHECK(second.response.text == "strong: recovered");
+}
+
 TEST_CASE("a hard budget refuses what it cannot cover") {
   RouterOptions options = fast_options();
   // strong: (1*10 + 100*10)/1e6 = 1.01e-3 predicted; mid 1.01e-4; cheap 1.01e-5.

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -9,6 +10,7 @@
 #include "support/synthetic_data.hpp"
 #include "torouter/error.hpp"
 #include "torouter/eval.hpp"
+#include "torouter/router.hpp"
 #include "torouter/trainable_scorer.hpp"
 
 using torouter::Error;
@@ -131,6 +133,30 @@ TEST_CASE("a trained MLP round-trips through a model file, checks included") {
     CHECK_THROWS_WITH(torouter::load_model(tampered),
                       Contains("tampered.tormodel") && Contains("recorded check"));
   }
+}
+
+TEST_CASE("a trained router routes empty, invalid UTF-8 and 1 MB prompts") {
+  auto trained = torouter::make_scorer("mlp:16,buckets=1024");
+  TrainOptions options = quick_options();
+  options.max_epochs = 3;
+  trained->train(synthetic_set(), options);
+  std::shared_ptr<torouter::TrainableScorer> scorer = std::move(trained);
+  torouter::ExpertRegistry experts;
+  for (const auto& name : synthetic_experts()) experts.add(torouter::ExpertSpec(name, 1, 1));
+  torouter::Router router(experts, scorer);
+  const std::string megabyte(1 << 20, 'x');
+  std::string mixed;
+  for (int i = 0; i < 4096; ++i) mixed += "python \xff\xfe loop \xc3 \xe2\x82 ";
+  for (const std::string& prompt : {std::string(), std::string("\x80\x80\xff"), megabyte, mixed}) {
+    const torouter::RouteDecision d = router.route(prompt);
+    REQUIRE(d.pick() != nullptr);
+    for (const auto& c : d.candidates) {
+      CHECK(std::isfinite(c.predicted_quality));
+      CHECK(std::isfinite(c.cost_usd));
+    }
+  }
+  // 1 MB of 'x' is 2^20 characters: 262144 estimated tokens.
+  CHECK(router.route(megabyte).input_tokens == 262144);
 }
 
 TEST_CASE("scorer specs are checked") {

@@ -102,6 +102,8 @@ class ModelReader {
   /// Reads and checks `path`: magic, version, header, payload size, and
   /// that every tensor is finite.
   static ModelReader open(const std::string& path);
+  /// Checks and reads a model file's bytes; `origin` names them in errors.
+  static ModelReader parse(const std::string& bytes, const std::string& origin);
 
   const std::string& path() const { return path_; }
   const std::string& kind() const { return kind_; }

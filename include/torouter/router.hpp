@@ -212,6 +212,9 @@ struct InvokeResult {
   std::vector<Attempt> attempts;
   /// USD charged for the answer.
   double cost_usd = 0.0;
+  /// True when every expert that passed the constraints was cooling down,
+  /// so the invoke tried them anyway, best first, rather than refuse.
+  bool last_resort = false;
 
   bool ok() const { return error == InvokeError::None; }
 };

@@ -102,6 +102,8 @@ struct LoadedModel {
 /// `Error` naming the file, the prompt and the expert) when the predictions
 /// differ from the recorded ones.
 LoadedModel load_model(const std::string& path);
+/// The same for a model file already read.
+LoadedModel load_model(const ModelReader& in);
 
 /// The prompts whose predictions every model file records.
 const std::vector<std::string>& model_check_prompts();

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets with clang (ASan + UBSan) and runs each for
+# SECONDS (default 60), starting from its seed corpus in tests/fuzz/corpus/.
+# New inputs go to build-fuzz/corpus/, never into the repository. Exits
+# non-zero on the first crash, leak or sanitizer report; the crashing input
+# is left in build-fuzz/ (turn it into a regression seed).
+#
+#   tests/fuzz/run.sh 60                    # every target, 60 s each
+#   tests/fuzz/run.sh 600 fuzz_model_file   # one target, 10 minutes
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+seconds="${1:-60}"
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_expert_registry fuzz_model_file fuzz_dataset_lines
+                                     fuzz_featurizer fuzz_collect_prompts)
+scripts/setup
+cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DTOROUTER_BUILD_FUZZERS=ON -DTOROUTER_BUILD_TESTS=OFF -DTOROUTER_BUILD_EXAMPLES=OFF \
+  -DTOROUTER_BUILD_BENCHMARKS=OFF -DTOROUTER_WARNINGS_AS_ERRORS=ON \
+  -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+  >/dev/null
+cmake --build build-fuzz -j"$(nproc)" --target "${targets[@]}"
+for target in "${targets[@]}"; do
+  corpus="build-fuzz/corpus/$target"
+  mkdir -p "$corpus"
+  echo "== $target: ${seconds} s"
+  log="build-fuzz/$target.log"
+  status=0
+  (cd build-fuzz && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    "bin/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
+    -print_final_stats=1 "corpus/$target" "../tests/fuzz/corpus/$target") >"$log" 2>&1 || status=$?
+  grep -E "(DONE|stat::number_of_executed_units|stat::peak_rss_mb)" "$log" | tail -3 || true
+  if [ "$status" -ne 0 ]; then
+    grep -E "ERROR|SUMMARY|Test unit written" "$log" | head -5
+    echo "$target failed (status $status); full output in $log"
+    exit 1
+  fi
+done
