@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Load run of torouter-server with wrk, on loopback only: requests per second
+# and the latency the router adds (p50, p99) at 1, 16 and 64 connections.
+# The server routes with the default router (MLP, nine experts) in front of a
+# stand-in upstream that answers at once; the stand-in alone, measured in the
+# same run, is the baseline. "Added" is server minus baseline.
+#
+#   benchmarks/server_load.sh                 # 10 s per run, build/ programs
+#   DURATION=5 BUILD_DIR=build-server benchmarks/server_load.sh
+#
+# Needs wrk (Debian: apt-get install wrk; installed here when run as root).
+# Not run by CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+build=${BUILD_DIR:-build}
+duration=${DURATION:-10}
+connections=${CONNECTIONS:-"1 16 64"}
+server_bin="$build/bin/torouter-server"
+stand_in_bin="$build/bin/torouter-stand-in"
+
+if ! command -v wrk >/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  else
+    echo "server_load.sh: wrk is missing; run: sudo apt-get install -y wrk" >&2
+    exit 1
+  fi
+fi
+for b in "$server_bin" "$stand_in_bin"; do
+  [ -x "$b" ] || { echo "server_load.sh: $b not built (needs libcpp-httplib-dev)" >&2; exit 1; }
+done
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Waits for a program's "listening on http://127.0.0.1:PORT" line; prints PORT.
+wait_port() {
+  local log=$1
+  for _ in $(seq 1 200); do
+    if grep -q "listening on" "$log" 2>/dev/null; then
+      sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log" | head -1
+      return 0
+    fi
+    sleep 0.05
+  done
+  echo "server_load.sh: no listening line in $log" >&2
+  cat "$log" >&2
+  return 1
+}
+
+"$stand_in_bin" --port 0 --threads 160 >"$work/stand_in.log" 2>&1 &
+pids+=($!)
+upstream_port=$(wait_port "$work/stand_in.log")
+
+experts=$(sed -n 's/.*"name": "\([^"]*\)".*/\1/p' examples/default_router/experts.json)
+{
+  echo '{"listen": {"host": "127.0.0.1", "port": 0, "threads": 160},'
+  echo " \"router_model\": \"$root/examples/default_router/llmrouter14-mlp.tormodel\","
+  echo " \"experts_file\": \"$root/examples/default_router/experts.json\","
+  echo ' "policy": {"lambda_cost": 100},'
+  echo ' "experts": ['
+  sep=""
+  for e in $experts; do
+    echo "  $sep{\"name\": \"$e\", \"base_url\": \"http://127.0.0.1:$upstream_port/v1\", \"max_concurrent_calls\": 0}"
+    sep=","
+  done
+  echo ' ]}'
+} >"$work/config.json"
+"$server_bin" --config "$work/config.json" >"$work/server.log" 2>&1 &
+pids+=($!)
+server_port=$(wait_port "$work/server.log")
+
+# One chat request, the same every time; done() prints the figures in us.
+cat >"$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"router","messages":[{"role":"system","content":"You are a helpful assistant."},' ..
+           '{"role":"user","content":"Write a Python function that returns the n-th Fibonacci number, ' ..
+           'and explain its time complexity."}]}'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %.1f %d %d %d\n", summary.requests,
+    summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout + e.status))
+end
+LUA
+
+run() {  # run PORT CONNECTIONS -> "requests rps p50_us p99_us errors"
+  local threads=$(( $2 < 2 ? 1 : 2 ))
+  wrk -t"$threads" -c"$2" -d"${duration}s" --timeout 10s -s "$work/post.lua" \
+      "http://127.0.0.1:$1/v1/chat/completions" | sed -n 's/^RESULT //p'
+}
+
+# Warm both (connections, the router's first routes).
+wrk -t1 -c4 -d1s -s "$work/post.lua" "http://127.0.0.1:$server_port/v1/chat/completions" >/dev/null
+wrk -t1 -c4 -d1s -s "$work/post.lua" "http://127.0.0.1:$upstream_port/v1/chat/completions" >/dev/null
+warm=$(curl -s "http://127.0.0.1:$server_port/metrics" | sed -n 's/^torouter_http_responses_total{code="200"} //p')
+
+echo "torouter-server load ($duration s per run, $(nproc) cores, loopback; latency in ms)"
+printf "%-5s | %-26s | %-26s | %-15s | %s\n" "conns" "stand-in alone: req/s p50 p99" \
+  "through torouter: req/s p50 p99" "added p50 p99" "errors"
+total=0
+for c in $connections; do
+  read -r bn brps bp50 bp99 berr <<<"$(run "$upstream_port" "$c")"
+  read -r sn srps sp50 sp99 serr <<<"$(run "$server_port" "$c")"
+  total=$((total + sn))
+  awk -v c="$c" -v brps="$brps" -v bp50="$bp50" -v bp99="$bp99" -v srps="$srps" \
+      -v sp50="$sp50" -v sp99="$sp99" -v berr="$berr" -v serr="$serr" 'BEGIN {
+    printf "%-5s | %9.0f %7.3f %7.3f | %9.0f %7.3f %7.3f | %7.3f %7.3f | %d / %d\n",
+      c, brps, bp50/1000, bp99/1000, srps, sp50/1000, sp99/1000, (sp50-bp50)/1000,
+      (sp99-bp99)/1000, berr, serr }'
+done
+answered=$(curl -s "http://127.0.0.1:$server_port/metrics" | sed -n 's/^torouter_http_responses_total{code="200"} //p')
+failures=$(curl -s "http://127.0.0.1:$server_port/metrics" |
+  awk '/^torouter_expert_failures_total/ { s += $2 } END { print s + 0 }')
+echo "wrk completed $total requests through torouter; the server answered $((answered - warm)) with 200" \
+     "(some may be cut off at the end of a run); upstream failures: $failures"

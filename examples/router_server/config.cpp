@@ -1,0 +1,296 @@
+// Reads torouter-server's JSON configuration with simdjson; every problem is
+// an Error naming the file and the field, as the expert registry's loader does.
+#include "config.hpp"
+
+#include <fmt/format.h>
+#include <simdjson.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "torouter/error.hpp"
+
+namespace torouter::server {
+
+namespace {
+
+using simdjson::dom::element;
+using simdjson::dom::element_type;
+
+std::string_view type_name(element value) {
+  switch (value.type()) {
+    case element_type::ARRAY: return "an array";
+    case element_type::OBJECT: return "an object";
+    case element_type::INT64:
+    case element_type::UINT64:
+    case element_type::DOUBLE: return "a number";
+    case element_type::STRING: return "a string";
+    case element_type::BOOL: return "a boolean";
+    case element_type::NULL_VALUE: return "null";
+  }
+  return "an unknown value";
+}
+
+// Typed reads of one object's fields; `where` is its path ("experts[2]").
+class Fields {
+ public:
+  Fields(const std::string& origin, std::string where) : origin_(origin), where_(std::move(where)) {}
+
+  [[noreturn]] void fail(std::string_view field, const std::string& problem) const {
+    if (where_.empty()) throw Error(fmt::format("{}: {}: {}", origin_, field, problem));
+    throw Error(fmt::format("{}: {}.{}: {}", origin_, where_, field, problem));
+  }
+
+  std::string path(std::string_view field) const {
+    return where_.empty() ? std::string(field) : fmt::format("{}.{}", where_, field);
+  }
+
+  simdjson::dom::object object(std::string_view key, element value) const {
+    simdjson::dom::object out;
+    if (value.get_object().get(out)) fail(key, fmt::format("expected an object, got {}", type_name(value)));
+    return out;
+  }
+
+  double number(std::string_view key, element value) const {
+    double out = 0;
+    if (value.get_double().get(out)) fail(key, fmt::format("expected a number, got {}", type_name(value)));
+    if (!std::isfinite(out) || out < 0) fail(key, fmt::format("must be a finite number >= 0, got {}", out));
+    return out;
+  }
+
+  std::uint64_t count(std::string_view key, element value, std::uint64_t minimum,
+                      std::uint64_t maximum = UINT64_MAX) const {
+    std::uint64_t out = 0;
+    if (value.get_uint64().get(out)) {
+      fail(key, fmt::format("expected a whole number >= {}, got {}", minimum, simdjson::to_string(value)));
+    }
+    if (out < minimum || out > maximum) {
+      fail(key, fmt::format("must be between {} and {}, got {}", minimum, maximum, out));
+    }
+    return out;
+  }
+
+  std::chrono::milliseconds millis(std::string_view key, element value) const {
+    return std::chrono::milliseconds(
+        static_cast<std::chrono::milliseconds::rep>(count(key, value, 1, 86'400'000)));
+  }
+
+  bool boolean(std::string_view key, element value) const {
+    bool out = false;
+    if (value.get_bool().get(out)) fail(key, fmt::format("expected true or false, got {}", type_name(value)));
+    return out;
+  }
+
+  std::string text(std::string_view key, element value, bool allow_empty = false) const {
+    std::string_view out;
+    if (value.get_string().get(out)) fail(key, fmt::format("expected a string, got {}", type_name(value)));
+    if (out.empty() && !allow_empty) fail(key, "must not be empty");
+    return std::string(out);
+  }
+
+  std::vector<std::string> strings(std::string_view key, element value) const {
+    simdjson::dom::array array;
+    if (value.get_array().get(array)) {
+      fail(key, fmt::format("expected an array of strings, got {}", type_name(value)));
+    }
+    std::vector<std::string> out;
+    for (element item : array) out.push_back(text(key, item));
+    return out;
+  }
+
+ private:
+  const std::string& origin_;
+  std::string where_;
+};
+
+std::string resolve(const std::string& base_dir, const std::string& path) {
+  if (path.empty() || path.front() == '/' || base_dir.empty()) return path;
+  return base_dir + "/" + path;
+}
+
+ExpertConfig read_expert(const std::string& origin, std::size_t index, element value) {
+  const std::string where = fmt::format("experts[{}]", index);
+  Fields f(origin, where);
+  simdjson::dom::object object;
+  if (value.get_object().get(object)) {
+    throw Error(fmt::format("{}: {}: expected an object, got {}", origin, where, type_name(value)));
+  }
+  ExpertConfig e;
+  for (auto field : object) {
+    const std::string_view key = field.key;
+    const element v = field.value;
+    if (key == "name") e.name = f.text(key, v);
+    else if (key == "base_url") e.upstream.base_url = f.text(key, v);
+    else if (key == "model") e.upstream.model = f.text(key, v);
+    else if (key == "api_key_env") e.upstream.api_key_env = f.text(key, v, true);
+    else if (key == "connect_timeout_ms") e.upstream.connect_timeout = f.millis(key, v);
+    else if (key == "read_timeout_ms") e.upstream.read_timeout = f.millis(key, v);
+    else if (key == "input_usd_per_mtok") e.input_usd_per_mtok = f.number(key, v);
+    else if (key == "output_usd_per_mtok") e.output_usd_per_mtok = f.number(key, v);
+    else if (key == "context_window_tokens") e.context_window_tokens = f.count(key, v, 1);
+    else if (key == "tags") e.tags = f.strings(key, v);
+    else if (key == "time_to_first_token_ms") e.time_to_first_token_ms = f.number(key, v);
+    else if (key == "output_tokens_per_second") e.output_tokens_per_second = f.number(key, v);
+    else if (key == "max_concurrent_calls") e.max_concurrent_calls = f.count(key, v, 0);
+    else if (key == "enabled") e.enabled = f.boolean(key, v);
+    else {
+      f.fail(key, "unknown field (known: name, base_url, model, api_key_env, connect_timeout_ms, "
+                  "read_timeout_ms, input_usd_per_mtok, output_usd_per_mtok, "
+                  "context_window_tokens, tags, time_to_first_token_ms, "
+                  "output_tokens_per_second, max_concurrent_calls, enabled)");
+    }
+  }
+  if (e.name.empty()) f.fail("name", "missing");
+  if (e.upstream.base_url.empty()) f.fail("base_url", "missing");
+  if (e.upstream.model.empty()) e.upstream.model = e.name;
+  try {
+    // Checks the URL and the key's variable now, so the message names the field.
+    openai::Upstream check(e.upstream);
+  } catch (const Error& error) {
+    throw Error(fmt::format("{}: {}.{}", origin, where, error.what()));
+  }
+  return e;
+}
+
+void read_listen(const Fields& top, element value, ServerConfig& c) {
+  Fields f(c.origin, "listen");
+  for (auto field : top.object("listen", value)) {
+    const std::string_view key = field.key;
+    if (key == "host") c.host = f.text(key, field.value);
+    else if (key == "port") c.port = static_cast<int>(f.count(key, field.value, 0, 65535));
+    else if (key == "threads") c.threads = f.count(key, field.value, 1, 4096);
+    else f.fail(key, "unknown field (known: host, port, threads)");
+  }
+}
+
+void read_policy(const Fields& top, element value, ServerConfig& c) {
+  Fields f(c.origin, "policy");
+  for (auto field : top.object("policy", value)) {
+    const std::string_view key = field.key;
+    const element v = field.value;
+    if (key == "lambda_cost") c.policy.lambda_cost = f.number(key, v);
+    else if (key == "lambda_latency") c.policy.lambda_latency = f.number(key, v);
+    else if (key == "required_tags") c.policy.required_tags = f.strings(key, v);
+    else if (key == "max_cost_usd") c.policy.max_cost_usd = f.number(key, v);
+    else if (key == "max_latency_ms") c.policy.max_latency_ms = f.number(key, v);
+    else if (key == "budget_usd") c.router.budget_usd = f.number(key, v);
+    else if (key == "budget_mode") {
+      const std::string mode = f.text(key, v);
+      if (mode == "refuse") c.router.budget_mode = BudgetMode::Refuse;
+      else if (mode == "downgrade") c.router.budget_mode = BudgetMode::Downgrade;
+      else f.fail(key, fmt::format("expected \"refuse\" or \"downgrade\", got \"{}\"", mode));
+    } else {
+      f.fail(key, "unknown field (known: lambda_cost, lambda_latency, required_tags, "
+                  "max_cost_usd, max_latency_ms, budget_usd, budget_mode)");
+    }
+  }
+}
+
+void read_retry(const Fields& top, element value, ServerConfig& c) {
+  Fields f(c.origin, "retry");
+  RouterOptions& r = c.router;
+  for (auto field : top.object("retry", value)) {
+    const std::string_view key = field.key;
+    const element v = field.value;
+    if (key == "max_attempts_per_expert") r.max_attempts_per_expert = static_cast<int>(f.count(key, v, 1, 100));
+    else if (key == "max_experts_tried") r.max_experts_tried = f.count(key, v, 1, 1000);
+    else if (key == "initial_backoff_ms") r.initial_backoff = f.millis(key, v);
+    else if (key == "max_backoff_ms") r.max_backoff = f.millis(key, v);
+    else if (key == "max_retry_after_ms") r.max_retry_after = f.millis(key, v);
+    else if (key == "attempt_timeout_ms") r.attempt_timeout = f.millis(key, v);
+    else if (key == "invoke_timeout_ms") r.invoke_timeout = f.millis(key, v);
+    else if (key == "failures_before_cooldown") r.failures_before_cooldown = static_cast<int>(f.count(key, v, 1, 1000000));
+    else if (key == "cooldown_ms") r.cooldown = f.millis(key, v);
+    else if (key == "capacity_wait_ms") r.capacity_wait = f.millis(key, v);
+    else {
+      f.fail(key, "unknown field (known: max_attempts_per_expert, max_experts_tried, "
+                  "initial_backoff_ms, max_backoff_ms, max_retry_after_ms, attempt_timeout_ms, "
+                  "invoke_timeout_ms, failures_before_cooldown, cooldown_ms, capacity_wait_ms)");
+    }
+  }
+}
+
+}  // namespace
+
+ServerConfig parse_server_config(std::string_view json, const std::string& origin,
+                                 const std::string& base_dir) {
+  ServerConfig c;
+  c.origin = origin;
+  simdjson::dom::parser parser;
+  element doc;
+  if (auto error = parser.parse(json.data(), json.size()).get(doc)) {
+    throw Error(fmt::format("{}: not valid JSON: {}", origin, simdjson::error_message(error)));
+  }
+  Fields f(origin, "");
+  simdjson::dom::object top;
+  if (doc.get_object().get(top)) throw Error(fmt::format("{}: expected a JSON object", origin));
+  bool saw_experts = false;
+  for (auto field : top) {
+    const std::string_view key = field.key;
+    const element v = field.value;
+    if (key == "listen") {
+      read_listen(f, v, c);
+    } else if (key == "router_model") {
+      c.router_model = resolve(base_dir, f.text(key, v));
+    } else if (key == "experts_file") {
+      c.experts_file = resolve(base_dir, f.text(key, v));
+    } else if (key == "experts") {
+      simdjson::dom::array array;
+      if (v.get_array().get(array)) f.fail(key, fmt::format("expected an array, got {}", type_name(v)));
+      std::size_t i = 0;
+      for (element item : array) {
+        ExpertConfig e = read_expert(origin, i, item);
+        for (const auto& other : c.experts) {
+          if (other.name == e.name) {
+            throw Error(fmt::format("{}: experts[{}].name: duplicate expert \"{}\"", origin, i, e.name));
+          }
+        }
+        c.experts.push_back(std::move(e));
+        ++i;
+      }
+      saw_experts = true;
+    } else if (key == "policy") {
+      read_policy(f, v, c);
+    } else if (key == "retry") {
+      read_retry(f, v, c);
+    } else if (key == "api_keys") {
+      for (auto& k : f.strings(key, v)) c.api_keys.push_back(std::move(k));
+    } else if (key == "api_keys_env") {
+      // Comma-separated keys in an environment variable, so none sit in the file.
+      const std::string name = f.text(key, v);
+      const char* value = std::getenv(name.c_str());
+      if (value == nullptr || *value == '\0') {
+        f.fail(key, fmt::format("environment variable {} is not set", name));
+      }
+      std::stringstream keys(value);
+      for (std::string k; std::getline(keys, k, ',');) {
+        if (!k.empty()) c.api_keys.push_back(k);
+      }
+    } else if (key == "max_request_bytes") {
+      c.max_request_bytes = f.count(key, v, 256);
+    } else if (key == "description") {
+      f.text(key, v, true);
+    } else {
+      f.fail(key, "unknown field (known: listen, router_model, experts_file, experts, policy, "
+                  "retry, api_keys, api_keys_env, max_request_bytes, description)");
+    }
+  }
+  if (c.router_model.empty()) f.fail("router_model", "missing");
+  if (!saw_experts || c.experts.empty()) f.fail("experts", "missing or empty");
+  return c;
+}
+
+ServerConfig load_server_config(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("{}: cannot open the file", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  const auto slash = path.find_last_of('/');
+  const std::string base_dir = slash == std::string::npos ? "" : path.substr(0, slash);
+  return parse_server_config(text.str(), path, base_dir);
+}
+
+}  // namespace torouter::server

@@ -1,0 +1,75 @@
+// torouter-server's configuration file: the experts with their upstreams and
+// prices, the router model, the policy, retries, the listen address and the
+// API keys. The format is described in docs/ARCHITECTURE.md ("Deployment
+// server") and server/demo_config.json.
+//
+//   torouter::server::ServerConfig config = torouter::server::load_server_config("server.json");
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "torouter/openai/upstream.hpp"
+#include "torouter/policy.hpp"
+#include "torouter/router.hpp"
+
+namespace torouter::server {
+
+/// One expert: where its upstream is, and the registry fields the config
+/// sets over the model file's and the experts file's.
+struct ExpertConfig {
+  /// The expert's name in the router model.
+  std::string name;
+  /// The upstream (its `model` defaults to `name`).
+  openai::UpstreamOptions upstream;
+  /// Overrides of the expert's registry entry; unset keeps what the model
+  /// file or the experts file says.
+  std::optional<double> input_usd_per_mtok;
+  std::optional<double> output_usd_per_mtok;
+  std::optional<std::size_t> context_window_tokens;
+  std::optional<std::vector<std::string>> tags;
+  std::optional<double> time_to_first_token_ms;
+  std::optional<double> output_tokens_per_second;
+  std::optional<std::size_t> max_concurrent_calls;
+  std::optional<bool> enabled;
+};
+
+/// Everything torouter-server reads from its configuration file.
+struct ServerConfig {
+  /// The file the configuration came from, for messages.
+  std::string origin;
+  /// Address to listen on; loopback unless the file says otherwise.
+  std::string host = "127.0.0.1";
+  /// Port; 0 picks a free one.
+  int port = 8080;
+  /// Worker threads; each open client connection holds one while it lasts.
+  std::size_t threads = 64;
+  /// Router model file (paths are relative to the configuration file).
+  std::string router_model;
+  /// Optional expert registry file whose fields (prices, context windows,
+  /// tags, latency priors, caps) replace the model file's.
+  std::string experts_file;
+  /// The experts served, in order; each must be one the model predicts for.
+  std::vector<ExpertConfig> experts;
+  /// Default routing knobs (`router:<lambda>` replaces `lambda_cost`).
+  PolicyOptions policy;
+  /// Retries, failover, cooldown, timeouts and the budget.
+  RouterOptions router;
+  /// Accepted bearer keys; empty serves without authentication.
+  std::vector<std::string> api_keys;
+  /// Largest request body accepted, bytes (413 beyond).
+  std::size_t max_request_bytes = 1 << 20;
+};
+
+/// Reads and checks a configuration file; throws `torouter::Error` naming
+/// the file and the field ("server.json: experts[1].base_url: ...").
+ServerConfig load_server_config(const std::string& path);
+
+/// Same, from JSON text; relative paths are resolved against `base_dir`.
+ServerConfig parse_server_config(std::string_view json, const std::string& origin,
+                                 const std::string& base_dir);
+
+}  // namespace torouter::server

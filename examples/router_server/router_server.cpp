@@ -1,0 +1,883 @@
+// torouter-server's HTTP layer: parses OpenAI Chat Completions requests,
+// routes them with torouter::Router, calls the upstreams through
+// torouter::openai, and answers in the OpenAI shapes (plain JSON or SSE).
+//
+// The router's transports see only `Request::prompt` (the routing text); the
+// full conversation and the client's parameters reach them through a
+// thread-local `CallContext` set around each invoke. This relies on the
+// router calling synchronous and streaming transports on the invoking thread,
+// which it does (src/router.cpp, call_transport).
+#include "router_server.hpp"
+
+#include <fmt/format.h>
+#include <httplib.h>
+#include <simdjson.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <ctime>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "json_text.hpp"
+#include "listener.hpp"
+#include "metrics.hpp"
+#include "torouter/cost_model.hpp"
+#include "torouter/error.hpp"
+#include "torouter/trainable_scorer.hpp"
+
+namespace torouter::server {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using detail::json_number;
+using detail::json_string;
+
+constexpr std::size_t kNone = static_cast<std::size_t>(-1);
+constexpr std::size_t kSystemBytes = 2000;
+constexpr std::size_t kUserHeadBytes = 6000;
+constexpr std::size_t kUserTailBytes = 2000;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+bool is_continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
+
+// The first at most `max` bytes of `text`, not splitting a UTF-8 sequence.
+std::string_view utf8_head(std::string_view text, std::size_t max) {
+  if (text.size() <= max) return text;
+  std::size_t end = max;
+  while (end > 0 && is_continuation(text[end])) --end;
+  return text.substr(0, end);
+}
+
+// The last at most `max` bytes of `text`, starting on a character.
+std::string_view utf8_tail(std::string_view text, std::size_t max) {
+  if (text.size() <= max) return text;
+  std::size_t start = text.size() - max;
+  while (start < text.size() && is_continuation(text[start])) ++start;
+  return text.substr(start);
+}
+
+// The text of a message's `content`: a string, or the `text` of its parts.
+void append_content(simdjson::dom::element content, std::string& out) {
+  std::string_view text;
+  if (!content.get(text)) {
+    out.append(text);
+    return;
+  }
+  simdjson::dom::array parts;
+  if (content.get(parts)) return;
+  for (simdjson::dom::element part : parts) {
+    if (!part["text"].get(text)) {
+      if (!out.empty()) out.push_back('\n');
+      out.append(text);
+    }
+  }
+}
+
+// Routing text of a messages array (see routing_text), and the characters of
+// every message's content, for the prompt's token estimate.
+std::string routing_text_of(simdjson::dom::array messages, std::size_t& content_chars) {
+  std::string system;
+  std::string last_user;
+  std::string last_any;
+  std::string text;
+  content_chars = 0;
+  for (simdjson::dom::element m : messages) {
+    std::string_view role;
+    if (m["role"].get(role)) continue;
+    text.clear();
+    simdjson::dom::element content;
+    if (!m["content"].get(content)) append_content(content, text);
+    content_chars += count_characters(text) + 16;  // + role and framing
+    if (role == "system" || role == "developer") {
+      if (!system.empty()) system.push_back('\n');
+      system += text;
+    } else if (role == "user") {
+      last_user = text;
+    }
+    if (!text.empty()) last_any = text;
+  }
+  const std::string& user = last_user.empty() ? last_any : last_user;
+  std::string out(utf8_head(system, kSystemBytes));
+  if (!out.empty() && !user.empty()) out += "\n\n";
+  if (user.size() <= kUserHeadBytes + kUserTailBytes) {
+    out += user;
+  } else {
+    out.append(utf8_head(user, kUserHeadBytes));
+    out += "\n...\n";
+    out.append(utf8_tail(user, kUserTailBytes));
+  }
+  return out;
+}
+
+// An OpenAI-style error.
+struct ApiError {
+  int status = 400;
+  std::string type = "invalid_request_error";
+  std::string code;
+  std::string param;
+  std::string message;
+};
+
+std::string error_body(const ApiError& e) {
+  return fmt::format("{{\"error\":{{\"message\":{},\"type\":{},\"param\":{},\"code\":{}}}}}",
+                     json_string(e.message), json_string(e.type),
+                     e.param.empty() ? "null" : json_string(e.param),
+                     e.code.empty() ? "null" : json_string(e.code));
+}
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  res.status = e.status;
+  res.set_content(error_body(e), "application/json");
+}
+
+ApiError bad_request(std::string message, std::string param, std::string code = "invalid_request") {
+  ApiError e;
+  e.message = std::move(message);
+  e.param = std::move(param);
+  e.code = std::move(code);
+  return e;
+}
+
+// What a chat completion request asks for.
+struct ChatRequest {
+  bool bypass = false;
+  std::size_t expert = kNone;  // for bypass
+  double lambda_cost = 0.0;
+  bool stream = false;
+  std::string messages_json;
+  std::string extra_json;
+  std::string routing_text;
+  std::size_t input_tokens = 0;
+  std::size_t max_tokens = 0;
+};
+
+// What the transports need of the request being served (see the file's comment).
+struct CallContext {
+  std::string_view messages_json;
+  std::string_view extra_json;
+  bool stream = false;
+  const std::atomic<bool>* cancel = nullptr;
+  Clock::time_point started;
+  bool route_observed = false;
+  std::size_t current_expert = kNone;
+  int upstream_calls = 0;
+};
+
+thread_local CallContext* t_call = nullptr;
+
+class CallScope {
+ public:
+  explicit CallScope(CallContext* call) { t_call = call; }
+  ~CallScope() { t_call = nullptr; }
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+};
+
+bool equal_constant_time(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  }
+  return diff == 0;
+}
+
+int calls_made(const InvokeResult& r) {
+  int n = 0;
+  for (const auto& a : r.attempts) n += a.outcome != AttemptOutcome::Skipped ? 1 : 0;
+  return n;
+}
+
+// The HTTP error for a failed invoke.
+ApiError invoke_error(const InvokeResult& r) {
+  ApiError e;
+  e.type = "server_error";
+  std::string last;
+  bool all_bad_request = true;
+  bool all_context = true;
+  bool all_rate_limited = true;
+  int failed = 0;
+  for (const auto& a : r.attempts) {
+    if (a.outcome != AttemptOutcome::Failed) continue;
+    ++failed;
+    last = fmt::format("; last: {} attempt {}: {}: {}", a.expert, a.number, to_string(a.failure),
+                       a.detail);
+    all_context = all_context && a.failure == FailureKind::ContextTooLong;
+    all_bad_request = all_bad_request && (a.failure == FailureKind::BadRequest ||
+                                          a.failure == FailureKind::ContextTooLong);
+    all_rate_limited = all_rate_limited && a.failure == FailureKind::RateLimited;
+  }
+  e.message = r.error_message + last;
+  switch (r.error) {
+    case InvokeError::NoEligibleExpert:
+      e.status = 503;
+      e.code = "no_eligible_expert";
+      return e;
+    case InvokeError::BudgetExhausted:
+      e.status = 429;
+      e.type = "insufficient_quota";
+      e.code = "budget_exhausted";
+      return e;
+    case InvokeError::AtCapacity:
+      e.status = 503;
+      e.code = "at_capacity";
+      return e;
+    case InvokeError::Timeout:
+      e.status = 504;
+      e.code = "timeout";
+      return e;
+    default:
+      break;
+  }
+  if (failed > 0 && all_context) {
+    e.status = 400;
+    e.type = "invalid_request_error";
+    e.code = "context_length_exceeded";
+  } else if (failed > 0 && all_bad_request) {
+    e.status = 400;
+    e.type = "invalid_request_error";
+    e.code = "upstream_bad_request";
+  } else if (failed > 0 && all_rate_limited) {
+    e.status = 429;
+    e.type = "rate_limit_error";
+    e.code = "upstream_rate_limited";
+  } else {
+    e.status = 502;
+    e.code = "upstream_error";
+  }
+  return e;
+}
+
+// A streamed request: the invoke runs on `worker` and hands SSE events over.
+struct StreamState {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::deque<std::string> events;
+  bool started = false;
+  bool finished = false;
+  std::atomic<bool> cancel{false};
+  std::size_t first_expert = kNone;
+  int calls_before_first = 0;
+  InvokeResult result;
+  std::thread worker;
+};
+
+}  // namespace
+
+std::string routing_text(std::string_view messages_json) {
+  simdjson::dom::parser parser;
+  simdjson::dom::array messages;
+  if (parser.parse(messages_json.data(), messages_json.size()).get(messages)) return {};
+  std::size_t chars = 0;
+  return routing_text_of(messages, chars);
+}
+
+struct RouterServer::Impl {
+  ServerConfig config;
+  std::string model_version;
+  std::unique_ptr<Router> router;
+  std::vector<std::shared_ptr<const openai::Upstream>> upstreams;  // registry order
+  std::unique_ptr<ServerMetrics> metrics;
+  Listener http;
+  std::thread thread;
+  std::atomic<std::uint64_t> next_id{1};
+  int port = -1;
+  // httplib's stop() does nothing before its listen loop runs, so a stop
+  // that comes early waits for the loop (or keeps it from starting).
+  std::atomic<bool> listening{false};
+  std::atomic<bool> stop_requested{false};
+  std::atomic<bool> finished{false};
+
+  explicit Impl(ServerConfig c) : config(std::move(c)) {
+    LoadedModel model = load_model(config.router_model);
+    ExpertRegistry from_file;
+    if (!config.experts_file.empty()) from_file = load_expert_registry(config.experts_file);
+    ExpertRegistry registry;
+    std::vector<std::string> names;
+    for (std::size_t i = 0; i < config.experts.size(); ++i) {
+      const ExpertConfig& ec = config.experts[i];
+      const ExpertSpec* base = from_file.find(ec.name);
+      if (base == nullptr) base = model.experts.find(ec.name);
+      if (base == nullptr) {
+        std::string known;
+        for (const auto& e : model.experts.experts()) known += (known.empty() ? "" : ", ") + e.name;
+        throw Error(fmt::format("{}: experts[{}].name: \"{}\" is not an expert of the router "
+                                "model {} (it knows: {})",
+                                config.origin, i, ec.name, config.router_model, known));
+      }
+      ExpertSpec spec = *base;
+      if (ec.input_usd_per_mtok) spec.input_usd_per_mtok = *ec.input_usd_per_mtok;
+      if (ec.output_usd_per_mtok) spec.output_usd_per_mtok = *ec.output_usd_per_mtok;
+      if (ec.context_window_tokens) spec.context_window_tokens = *ec.context_window_tokens;
+      if (ec.tags) spec.tags = *ec.tags;
+      if (ec.time_to_first_token_ms) spec.latency.time_to_first_token_ms = *ec.time_to_first_token_ms;
+      if (ec.output_tokens_per_second) spec.latency.output_tokens_per_second = *ec.output_tokens_per_second;
+      if (ec.max_concurrent_calls) spec.max_concurrent_calls = *ec.max_concurrent_calls;
+      if (ec.enabled) spec.enabled = *ec.enabled;
+      if (auto problem = validate_expert(spec); !problem.empty()) {
+        throw Error(fmt::format("{}: experts[{}] (\"{}\"): {}", config.origin, i, ec.name, problem));
+      }
+      registry.add(std::move(spec));
+      names.push_back(ec.name);
+      upstreams.push_back(std::make_shared<const openai::Upstream>(ec.upstream));
+    }
+    model_version = std::string(model.scorer->version());
+    router = std::make_unique<Router>(std::move(registry), model.scorer, nullptr, config.router);
+    metrics = std::make_unique<ServerMetrics>(names);
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      router->set_transport(names[i], Transport::streaming(
+          [this, i](const Request& request, const ChunkCallback& on_chunk) {
+            return call_upstream(i, request, on_chunk);
+          }));
+    }
+    setup_http();
+  }
+
+  ~Impl() { stop(); }
+
+  void run() {
+    listening = true;
+    if (!stop_requested) http.listen_after_bind();
+    finished = true;
+  }
+
+  void stop() {
+    stop_requested = true;
+    if (listening) {
+      const auto give_up = Clock::now() + std::chrono::seconds(10);
+      while (!http.is_running() && !finished && Clock::now() < give_up) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
+    http.stop();
+    if (thread.joinable()) thread.join();
+  }
+
+  // One upstream call of expert `i`, with the conversation of the request
+  // being served when there is one.
+  Response call_upstream(std::size_t i, const Request& request, const ChunkCallback& on_chunk) {
+    CallContext* call = t_call;
+    const auto start = Clock::now();
+    if (call != nullptr && !call->route_observed) {
+      metrics->observe_route(std::chrono::duration<double>(start - call->started).count());
+      call->route_observed = true;
+    }
+    Response response;
+    if (call == nullptr) {
+      response = upstreams[i]->complete(request);
+    } else {
+      call->current_expert = i;
+      ++call->upstream_calls;
+      openai::ChatCall chat;
+      chat.messages_json = call->messages_json;
+      chat.extra_fields_json = call->extra_json;
+      chat.cancel = call->cancel;
+      response = call->stream ? upstreams[i]->stream(request, on_chunk, chat)
+                              : upstreams[i]->complete(request, chat);
+    }
+    metrics->observe_upstream(i, seconds_since(start), response.failure);
+    return response;
+  }
+
+  InvokeOptions invoke_options(const ChatRequest& chat) const {
+    InvokeOptions options;
+    options.route.policy = config.policy;
+    options.route.policy.lambda_cost = chat.lambda_cost;
+    options.route.input_tokens = chat.input_tokens;
+    options.max_output_tokens = chat.max_tokens;
+    return options;
+  }
+
+  // Serves `chat` with the router (or the named expert), streaming to
+  // `on_chunk` when set.
+  InvokeResult execute(const ChatRequest& chat, CallContext& call, ChunkCallback on_chunk) {
+    call.messages_json = chat.messages_json;
+    call.extra_json = chat.extra_json;
+    call.stream = static_cast<bool>(on_chunk);
+    InvokeOptions options = invoke_options(chat);
+    metrics->count_chat_request(chat.bypass);
+    if (!chat.bypass) {
+      options.on_chunk = std::move(on_chunk);
+      call.started = Clock::now();
+      CallScope scope(&call);
+      InvokeResult result = router->invoke(chat.routing_text, options);
+      if (!call.route_observed) metrics->observe_route(seconds_since(call.started));
+      if (result.ok()) metrics->count_answer(*router->experts().index_of(result.expert));
+      return result;
+    }
+    // Bypass: one call to the named expert, no failover; routed only so the
+    // headers can tell its predictions.
+    InvokeResult result;
+    router->route(chat.routing_text, options.route, result.decision);
+    const ExpertSpec& spec = router->experts()[chat.expert];
+    Request request;
+    request.expert = spec.name;
+    request.prompt = chat.routing_text;
+    request.max_output_tokens = chat.max_tokens;
+    request.timeout = std::min(config.router.attempt_timeout, config.router.invoke_timeout);
+    std::size_t streamed_chars = 0;
+    bool delivered = false;
+    ChunkCallback counting;
+    if (on_chunk) {
+      counting = [&](std::string_view piece) {
+        streamed_chars += count_characters(piece);
+        delivered = true;
+        on_chunk(piece);
+      };
+    }
+    call.route_observed = true;
+    Response response;
+    {
+      CallScope scope(&call);
+      response = call_upstream(chat.expert, request, counting);
+    }
+    Attempt attempt;
+    attempt.expert = spec.name;
+    attempt.number = 1;
+    attempt.latency = response.latency;
+    if (response.ok()) {
+      const double in = static_cast<double>(response.input_tokens > 0 ? response.input_tokens
+                                                                       : chat.input_tokens);
+      const double out = static_cast<double>(
+          response.output_tokens > 0 ? response.output_tokens
+          : on_chunk                 ? estimate_tokens_from_characters(streamed_chars)
+                                     : estimate_tokens(response.text));
+      result.cost_usd = router->cost_model().cost_usd(spec, in, out);
+      metrics->add_bypass_spend(result.cost_usd);
+      metrics->count_answer(chat.expert);
+      attempt.outcome = AttemptOutcome::Answered;
+      attempt.cost_usd = result.cost_usd;
+      result.expert = spec.name;
+    } else {
+      attempt.outcome = AttemptOutcome::Failed;
+      attempt.failure = response.failure;
+      attempt.detail = response.error_message;
+      result.error = delivered ? InvokeError::StreamBroken : InvokeError::AllFailed;
+      result.error_message = fmt::format("\"{}\" failed ({})", spec.name, to_string(response.failure));
+    }
+    result.attempts.push_back(std::move(attempt));
+    result.response = std::move(response);
+    return result;
+  }
+
+  // ---- HTTP ---------------------------------------------------------------
+
+  bool authorized(const httplib::Request& req, httplib::Response& res) const {
+    if (config.api_keys.empty()) return true;
+    const std::string header = req.get_header_value("Authorization");
+    constexpr std::string_view kBearer = "Bearer ";
+    if (header.size() > kBearer.size() && header.compare(0, kBearer.size(), kBearer) == 0) {
+      const std::string_view key = std::string_view(header).substr(kBearer.size());
+      bool ok = false;
+      for (const auto& k : config.api_keys) ok = equal_constant_time(key, k) || ok;
+      if (ok) return true;
+    }
+    ApiError e;
+    e.status = 401;
+    e.code = "invalid_api_key";
+    e.message = header.empty() ? "missing API key: send Authorization: Bearer <key>"
+                               : "invalid API key";
+    res.set_header("WWW-Authenticate", "Bearer");
+    send_error(res, e);
+    return false;
+  }
+
+  // Parses a chat completion request; fills `chat` or returns the error.
+  std::optional<ApiError> parse_chat(const std::string& body, ChatRequest& chat) const {
+    simdjson::dom::parser parser;
+    simdjson::dom::element doc;
+    if (auto error = parser.parse(body).get(doc)) {
+      return bad_request(fmt::format("request body is not valid JSON: {}",
+                                     simdjson::error_message(error)),
+                         "", "invalid_json");
+    }
+    simdjson::dom::object top;
+    if (doc.get(top)) return bad_request("request body must be a JSON object", "");
+    std::string_view model;
+    if (top["model"].get(model)) return bad_request("missing or non-string field: model", "model");
+    simdjson::dom::array messages;
+    if (top["messages"].get(messages)) {
+      return bad_request("missing or non-array field: messages", "messages");
+    }
+    if (messages.size() == 0) return bad_request("messages must not be empty", "messages");
+    std::size_t i = 0;
+    for (simdjson::dom::element m : messages) {
+      std::string_view role;
+      if (m.type() != simdjson::dom::element_type::OBJECT || m["role"].get(role)) {
+        return bad_request(fmt::format("messages[{}] must be an object with a string role", i),
+                           fmt::format("messages[{}].role", i));
+      }
+      ++i;
+    }
+    for (auto field : top) {
+      const std::string_view key = field.key;
+      if (key == "model" || key == "messages" || key == "stream_options") continue;
+      if (key == "stream") {
+        if (field.value.get(chat.stream)) return bad_request("stream must be true or false", "stream");
+        continue;
+      }
+      if (key == "max_tokens" || key == "max_completion_tokens") {
+        std::uint64_t n = 0;
+        if (field.value.get(n)) {
+          return bad_request(fmt::format("{} must be a whole number", key), std::string(key));
+        }
+        chat.max_tokens = static_cast<std::size_t>(n);
+      }
+      if (!chat.extra_json.empty()) chat.extra_json.push_back(',');
+      chat.extra_json += json_string(key);
+      chat.extra_json.push_back(':');
+      chat.extra_json += simdjson::minify(field.value);
+    }
+    // model: "router", "router:<lambda>", or an expert's name.
+    chat.lambda_cost = config.policy.lambda_cost;
+    if (model == "router") {
+    } else if (model.substr(0, 7) == "router:") {
+      const std::string number(model.substr(7));
+      char* end = nullptr;
+      const double lambda = std::strtod(number.c_str(), &end);
+      if (number.empty() || end != number.c_str() + number.size() || !std::isfinite(lambda) ||
+          lambda < 0) {
+        return bad_request(fmt::format("model \"{}\": the cost weight after \"router:\" must be "
+                                       "a finite number >= 0",
+                                       model),
+                           "model");
+      }
+      chat.lambda_cost = lambda;
+    } else if (auto index = router->experts().index_of(model)) {
+      chat.bypass = true;
+      chat.expert = *index;
+    } else {
+      ApiError e;
+      e.status = 404;
+      e.code = "model_not_found";
+      e.param = "model";
+      e.message = fmt::format("model \"{}\" does not exist: use \"router\", \"router:<lambda>\" "
+                              "or an expert's name (GET /v1/models)",
+                              model);
+      return e;
+    }
+    chat.messages_json = simdjson::minify(messages);
+    std::size_t chars = 0;
+    chat.routing_text = routing_text_of(messages, chars);
+    chat.input_tokens = std::max<std::size_t>(1, estimate_tokens_from_characters(chars));
+    return std::nullopt;
+  }
+
+  std::string trace_json(const InvokeResult& r, const ChatRequest& chat) const {
+    std::string attempts;
+    for (const auto& a : r.attempts) {
+      if (!attempts.empty()) attempts.push_back(',');
+      attempts += fmt::format(
+          "{{\"expert\":{},\"number\":{},\"outcome\":\"{}\",\"failure\":\"{}\",\"detail\":{},"
+          "\"waited_ms\":{},\"latency_ms\":{},\"cost_usd\":{}}}",
+          json_string(a.expert), a.number, to_string(a.outcome), to_string(a.failure),
+          json_string(a.detail), a.waited.count(), a.latency.count(), json_number(a.cost_usd));
+    }
+    const Candidate* pick = r.decision.pick();
+    return fmt::format(
+        "{{\"expert\":{},\"routed_expert\":{},\"reason\":\"{}\",\"lambda_cost\":{},"
+        "\"model_version\":{},\"cost_usd\":{},\"attempts\":[{}]}}",
+        r.expert.empty() ? "null" : json_string(r.expert),
+        pick ? json_string(pick->name) : "null",
+        chat.bypass ? "bypass" : to_string(r.decision.reason), json_number(chat.lambda_cost),
+        json_string(model_version), json_number(r.cost_usd), attempts);
+  }
+
+  void set_decision_headers(httplib::Response& res, const InvokeResult& r, const ChatRequest& chat,
+                            std::string_view expert, int attempts) const {
+    const Candidate* pick = r.decision.pick();
+    const Candidate* shown = expert.empty() ? pick : r.decision.find(expert);
+    if (!expert.empty()) res.set_header("X-Torouter-Expert", std::string(expert));
+    if (pick != nullptr && !chat.bypass) res.set_header("X-Torouter-Routed-Expert", std::string(pick->name));
+    if (shown != nullptr) {
+      res.set_header("X-Torouter-Predicted-Quality", fmt::format("{:.4f}", shown->predicted_quality));
+      res.set_header("X-Torouter-Predicted-Cost-Usd", fmt::format("{:.6g}", shown->cost_usd));
+    }
+    res.set_header("X-Torouter-Reason",
+                   chat.bypass ? std::string("bypass") : std::string(to_string(r.decision.reason)));
+    res.set_header("X-Torouter-Attempts", std::to_string(attempts));
+    res.set_header("X-Torouter-Lambda-Cost", fmt::format("{}", chat.lambda_cost));
+    res.set_header("X-Torouter-Model-Version", model_version);
+  }
+
+  std::string completion_id() { return fmt::format("chatcmpl-torouter-{}", next_id.fetch_add(1)); }
+
+  void handle_chat(const httplib::Request& req, httplib::Response& res) {
+    if (!authorized(req, res)) return;
+    ChatRequest chat;
+    if (auto error = parse_chat(req.body, chat)) {
+      send_error(res, *error);
+      return;
+    }
+    if (chat.stream) {
+      handle_stream(std::move(chat), res);
+      return;
+    }
+    CallContext call;
+    InvokeResult r = execute(chat, call, nullptr);
+    set_decision_headers(res, r, chat, r.expert, calls_made(r));
+    if (!r.ok()) {
+      send_error(res, invoke_error(r));
+      return;
+    }
+    res.set_header("X-Torouter-Cost-Usd", fmt::format("{:.6g}", r.cost_usd));
+    const std::size_t in = r.response.input_tokens > 0 ? r.response.input_tokens : chat.input_tokens;
+    const std::size_t out =
+        r.response.output_tokens > 0 ? r.response.output_tokens : estimate_tokens(r.response.text);
+    res.set_content(
+        fmt::format("{{\"id\":\"{}\",\"object\":\"chat.completion\",\"created\":{},\"model\":{},"
+                    "\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{}}},"
+                    "\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":{},"
+                    "\"completion_tokens\":{},\"total_tokens\":{}}},\"torouter\":{}}}",
+                    completion_id(), static_cast<long long>(std::time(nullptr)),
+                    json_string(r.expert), json_string(r.response.text), in, out, in + out,
+                    trace_json(r, chat)),
+        "application/json");
+  }
+
+  // A stream: the invoke runs on a worker thread; this handler waits for its
+  // first chunk (or its end) so the headers can name the expert that answers,
+  // then the chunked provider relays the events. Failover happens only
+  // before that first chunk; after it, a failure becomes an error event.
+  void handle_stream(ChatRequest chat_in, httplib::Response& res) {
+    auto state = std::make_shared<StreamState>();
+    auto chat = std::make_shared<const ChatRequest>(std::move(chat_in));
+    const std::string id = completion_id();
+    const long long created = static_cast<long long>(std::time(nullptr));
+    // The invoke routes again on the worker; this route is for the headers,
+    // which must leave before the invoke's result exists.
+    InvokeResult decision;
+    router->route(chat->routing_text, invoke_options(*chat).route, decision.decision);
+
+    state->worker = std::thread([this, state, chat, id, created] {
+      CallContext call;
+      call.cancel = &state->cancel;
+      bool first = true;
+      InvokeResult r = execute(*chat, call, [&](std::string_view piece) {
+        const std::string event = fmt::format(
+            "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},"
+            "\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{{}\"content\":{}}},"
+            "\"finish_reason\":null}}]}}\n\n",
+            id, created, json_string(router->experts()[call.current_expert].name),
+            first ? "\"role\":\"assistant\"," : "", json_string(piece));
+        std::lock_guard<std::mutex> lock(state->mutex);
+        if (first) {
+          state->started = true;
+          state->first_expert = call.current_expert;
+          state->calls_before_first = call.upstream_calls;
+          first = false;
+        }
+        state->events.push_back(event);
+        state->changed.notify_all();
+      });
+      std::lock_guard<std::mutex> lock(state->mutex);
+      state->result = std::move(r);
+      state->finished = true;
+      state->changed.notify_all();
+    });
+
+    std::unique_lock<std::mutex> lock(state->mutex);
+    state->changed.wait(lock, [&] { return state->started || state->finished; });
+    if (!state->started) {
+      lock.unlock();
+      state->worker.join();
+      const InvokeResult& r = state->result;
+      set_decision_headers(res, r, *chat, r.expert, calls_made(r));
+      if (!r.ok()) {
+        send_error(res, invoke_error(r));
+        return;
+      }
+    } else {
+      decision.expert = router->experts()[state->first_expert].name;
+      set_decision_headers(res, decision, *chat, decision.expert, state->calls_before_first);
+      lock.unlock();
+    }
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [this, state, chat, id, created](std::size_t, httplib::DataSink& sink) {
+          std::unique_lock<std::mutex> lock(state->mutex);
+          state->changed.wait(lock, [&] { return !state->events.empty() || state->finished; });
+          std::deque<std::string> batch;
+          batch.swap(state->events);
+          const bool finished = state->finished;
+          lock.unlock();
+          for (const auto& event : batch) {
+            if (!sink.write(event.data(), event.size())) {
+              state->cancel = true;
+              return false;
+            }
+          }
+          if (!finished) return true;
+          const InvokeResult& r = state->result;
+          std::string tail;
+          if (r.ok()) {
+            const std::string& expert = r.expert;
+            const std::size_t in = r.response.input_tokens;
+            const std::size_t out = r.response.output_tokens;
+            tail = fmt::format(
+                "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},"
+                "\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}],"
+                "\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},\"total_tokens\":{}}},"
+                "\"torouter\":{}}}\n\ndata: [DONE]\n\n",
+                id, created, json_string(expert), in, out, in + out, trace_json(r, *chat));
+          } else {
+            metrics->count_stream_broken();
+            ApiError e = invoke_error(r);
+            e.code = "stream_broken";
+            e.message = r.error_message;
+            if (!r.attempts.empty()) e.message += ": " + r.attempts.back().detail;
+            tail = "data: " + error_body(e) + "\n\n";
+          }
+          if (!sink.write(tail.data(), tail.size())) return false;
+          sink.done();
+          return true;
+        },
+        [state](bool) {
+          state->cancel = true;
+          if (state->worker.joinable()) state->worker.join();
+        });
+  }
+
+  void handle_models(const httplib::Request& req, httplib::Response& res) const {
+    if (!authorized(req, res)) return;
+    std::string data = "{\"id\":\"router\",\"object\":\"model\",\"created\":0,\"owned_by\":\"torouter\"}";
+    for (const auto& e : router->experts().experts()) {
+      data += fmt::format(",{{\"id\":{},\"object\":\"model\",\"created\":0,\"owned_by\":\"torouter\"}}",
+                          json_string(e.name));
+    }
+    res.set_content("{\"object\":\"list\",\"data\":[" + data + "]}", "application/json");
+  }
+
+  void handle_health(httplib::Response& res) const {
+    std::string experts;
+    for (const auto& e : router->experts().experts()) {
+      const ExpertStatus s = router->status(e.name);
+      if (!experts.empty()) experts.push_back(',');
+      experts += fmt::format("{{\"name\":{},\"enabled\":{},\"cooling_down\":{},\"in_flight\":{}}}",
+                             json_string(e.name), s.enabled, s.cooling_down, s.in_flight);
+    }
+    res.set_content(fmt::format("{{\"status\":\"ok\",\"model_version\":{},\"experts\":[{}]}}",
+                                json_string(model_version), experts),
+                    "application/json");
+  }
+
+  void handle_metrics(const httplib::Request& req, httplib::Response& res) const {
+    if (!authorized(req, res)) return;
+    std::string extra;
+    extra += "# HELP torouter_spend_usd_total USD spent on answered calls (routed and bypass).\n"
+             "# TYPE torouter_spend_usd_total counter\n";
+    extra += fmt::format("torouter_spend_usd_total {}\n",
+                         router->spent_usd() + metrics->bypass_spend());
+    if (std::isfinite(config.router.budget_usd)) {
+      extra += "# HELP torouter_budget_usd The router's budget.\n# TYPE torouter_budget_usd gauge\n";
+      extra += fmt::format("torouter_budget_usd {}\n", config.router.budget_usd);
+    }
+    extra += "# HELP torouter_expert_in_flight Upstream calls in flight, per expert.\n"
+             "# TYPE torouter_expert_in_flight gauge\n";
+    std::string cooling =
+        "# HELP torouter_expert_cooling_down 1 while an expert rests after repeated failures.\n"
+        "# TYPE torouter_expert_cooling_down gauge\n";
+    for (const auto& e : router->experts().experts()) {
+      const ExpertStatus s = router->status(e.name);
+      extra += fmt::format("torouter_expert_in_flight{{expert={}}} {}\n", json_string(e.name), s.in_flight);
+      cooling += fmt::format("torouter_expert_cooling_down{{expert={}}} {}\n", json_string(e.name),
+                             s.cooling_down ? 1 : 0);
+    }
+    res.set_content(metrics->render(extra + cooling), "text/plain; version=0.0.4");
+  }
+
+  void setup_http() {
+    http.new_task_queue = [this] { return new httplib::ThreadPool(config.threads); };
+    http.set_tcp_nodelay(true);
+    http.set_keep_alive_max_count(1000);
+    http.set_read_timeout(std::chrono::seconds(30));
+    http.set_write_timeout(std::chrono::seconds(30));
+    http.set_payload_max_length(config.max_request_bytes);
+    http.Post("/v1/chat/completions",
+              [this](const httplib::Request& req, httplib::Response& res) { handle_chat(req, res); });
+    http.Get("/v1/models",
+             [this](const httplib::Request& req, httplib::Response& res) { handle_models(req, res); });
+    http.Get("/health", [this](const httplib::Request&, httplib::Response& res) { handle_health(res); });
+    http.Get("/metrics",
+             [this](const httplib::Request& req, httplib::Response& res) { handle_metrics(req, res); });
+    http.set_error_handler(httplib::Server::HandlerWithResponse(
+        [this](const httplib::Request& req, httplib::Response& res) {
+      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+      ApiError e;
+      e.status = res.status;
+      if (res.status == 413) {
+        e.code = "request_too_large";
+        e.message = fmt::format("request body larger than {} bytes", config.max_request_bytes);
+      } else if (res.status == 404) {
+        e.code = "not_found";
+        e.message = fmt::format("no endpoint {} {}", req.method, req.path);
+      } else {
+        e.type = res.status >= 500 ? "server_error" : "invalid_request_error";
+        e.message = fmt::format("HTTP {}", res.status);
+      }
+      send_error(res, e);
+      return httplib::Server::HandlerResponse::Handled;
+    }));
+    http.set_exception_handler(
+        [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+          ApiError e;
+          e.status = 500;
+          e.type = "server_error";
+          e.code = "internal_error";
+          try {
+            std::rethrow_exception(ep);
+          } catch (const std::exception& ex) {
+            e.message = fmt::format("internal error: {}", ex.what());
+          } catch (...) {
+            e.message = "internal error";
+          }
+          send_error(res, e);
+        });
+    http.set_logger([this](const httplib::Request&, const httplib::Response& res) {
+      metrics->count_response(res.status);
+    });
+  }
+};
+
+RouterServer::RouterServer(ServerConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+
+RouterServer::~RouterServer() = default;
+
+int RouterServer::bind() {
+  const ServerConfig& c = impl_->config;
+  const int port = c.port == 0 ? impl_->http.bind_to_any_port(c.host)
+                               : (impl_->http.bind_to_port(c.host, c.port) ? c.port : -1);
+  if (port < 0) {
+    throw Error(fmt::format("{}: listen: cannot listen on {}:{}", c.origin, c.host, c.port));
+  }
+  impl_->http.deepen_backlog();
+  impl_->port = port;
+  return port;
+}
+
+void RouterServer::run() { impl_->run(); }
+
+int RouterServer::start() {
+  const int port = bind();
+  impl_->thread = std::thread([this] { impl_->run(); });
+  // Returns once the listener runs, so an early stop() is never lost.
+  const auto give_up = Clock::now() + std::chrono::seconds(10);
+  while (!impl_->http.is_running() && Clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return port;
+}
+
+void RouterServer::stop() { impl_->stop(); }
+
+const ServerConfig& RouterServer::config() const { return impl_->config; }
+
+}  // namespace torouter::server

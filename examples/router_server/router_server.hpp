@@ -1,0 +1,56 @@
+// torouter-server: an OpenAI-compatible Chat Completions endpoint that
+// routes each request with a trained router and calls the chosen upstream.
+//
+//   auto config = torouter::server::load_server_config("server.json");
+//   torouter::server::RouterServer server(config);   // loads the model, checks the experts
+//   int port = server.bind();                        // config.port, or a free one if 0
+//   server.run();                                    // until stop()
+//
+// Endpoints: POST /v1/chat/completions, GET /v1/models, GET /health,
+// GET /metrics. docs/ARCHITECTURE.md ("Deployment server") describes the
+// request forms, the decision headers and the metrics.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "config.hpp"
+
+namespace torouter::server {
+
+/// The text the router scores for a conversation, from the `messages` JSON
+/// array: the system prompt (first 2000 bytes) and the last user message
+/// (its first 6000 and last 2000 bytes when longer), each cut at UTF-8
+/// boundaries; earlier turns and assistant turns do not count. Exposed for tests.
+std::string routing_text(std::string_view messages_json);
+
+/// One server: its router, upstreams, metrics and HTTP listener.
+class RouterServer {
+ public:
+  /// Loads the router model and the experts file, builds the router and the
+  /// upstreams; throws `torouter::Error` naming the configuration file and
+  /// the field for an expert the model does not know.
+  explicit RouterServer(ServerConfig config);
+  ~RouterServer();
+  RouterServer(const RouterServer&) = delete;
+  RouterServer& operator=(const RouterServer&) = delete;
+
+  /// Binds the listening socket; returns the port (a free one when the
+  /// configured port is 0), or throws `torouter::Error`.
+  int bind();
+  /// Serves until `stop` (call `bind` first).
+  void run();
+  /// `bind`, then `run` on a background thread; returns the port.
+  int start();
+  /// Stops serving; safe from any thread, and more than once.
+  void stop();
+
+  const ServerConfig& config() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace torouter::server

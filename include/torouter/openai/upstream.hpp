@@ -1,0 +1,100 @@
+// torouter/openai/upstream.hpp: an HTTP transport to OpenAI-compatible chat
+// completion endpoints (OpenAI, vLLM, llama.cpp's server, TGI, ...), in the
+// optional library torouter::openai (built when cpp-httplib is found).
+//
+//   torouter::openai::UpstreamOptions o;
+//   o.base_url = "http://127.0.0.1:8000/v1";   // up to the API version
+//   o.model = "Qwen/Qwen2.5-7B-Instruct";      // the upstream's model id
+//   o.api_key_env = "QWEN_API_KEY";            // read once, when built
+//   auto qwen = std::make_shared<torouter::openai::Upstream>(o);
+//   router.set_transport("qwen", torouter::openai::make_transport(qwen));
+//
+// Upstream failures become the transport's failure kinds: HTTP 429 is
+// `RateLimited` with its Retry-After (or retry-after-ms), 5xx and dropped
+// connections `ServerError`, no answer in time `Timeout`, a 4xx whose message
+// speaks of the context length `ContextTooLong`, other 4xx `BadRequest`.
+// Connections are kept alive and reused, one per concurrent call.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "torouter/transport.hpp"
+
+namespace torouter::openai {
+
+/// Where and how to reach one OpenAI-compatible upstream.
+struct UpstreamOptions {
+  /// Base URL up to the API version: "https://api.openai.com/v1",
+  /// "http://127.0.0.1:8000/v1". Chat calls go to `<base_url>/chat/completions`.
+  std::string base_url;
+  /// Model id sent upstream in the request's `model` field.
+  std::string model;
+  /// Name of the environment variable that holds the API key (sent as
+  /// `Authorization: Bearer`); empty sends no key. Read once, by the constructor.
+  std::string api_key_env;
+  /// Time to open a connection.
+  std::chrono::milliseconds connect_timeout{5000};
+  /// Longest wait for the answer (or, when streaming, between two pieces of
+  /// it); each call also stops at its `Request::timeout`.
+  std::chrono::milliseconds read_timeout{60000};
+  /// Idle keep-alive connections kept for reuse.
+  std::size_t max_idle_connections = 64;
+};
+
+/// The conversation and parameters of one chat call, as the caller's JSON.
+struct ChatCall {
+  /// The `messages` array as JSON text; empty sends `Request::prompt` as one
+  /// user message.
+  std::string_view messages_json;
+  /// Further request members, as JSON text without the braces
+  /// (`"temperature":0.2,"max_tokens":64`), forwarded unchanged; may be empty.
+  std::string_view extra_fields_json;
+  /// When set and true, a streaming call stops at its next piece (the
+  /// client went away); the call then fails with `TransportError`.
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+/// One OpenAI-compatible endpoint and its pool of keep-alive connections.
+/// Safe to call from many threads at once.
+class Upstream {
+ public:
+  /// Checks the URL and reads the API key; throws `torouter::Error` for a
+  /// URL that is not http(s)://host[:port][/path] or an unset key variable.
+  explicit Upstream(UpstreamOptions options);
+  ~Upstream();
+  Upstream(const Upstream&) = delete;
+  Upstream& operator=(const Upstream&) = delete;
+
+  /// One non-streaming chat call: the answer's text and billed tokens, or
+  /// the failure.
+  Response complete(const Request& request, const ChatCall& call = {}) const;
+  /// One streaming chat call (`"stream": true`): each piece of the answer's
+  /// content goes to `on_chunk` as it arrives. The returned response's text
+  /// is empty on success (the router joins the pieces).
+  Response stream(const Request& request, const ChunkCallback& on_chunk,
+                  const ChatCall& call = {}) const;
+
+  const UpstreamOptions& options() const { return options_; }
+
+ private:
+  struct Pool;
+  UpstreamOptions options_;
+  std::string api_key_;
+  std::unique_ptr<Pool> pool_;
+};
+
+/// A transport that sends `Request::prompt` as one user message to
+/// `upstream`, streaming its answer when `streaming`.
+Transport make_transport(std::shared_ptr<const Upstream> upstream, bool streaming = false);
+
+/// The failure an upstream's HTTP error answer stands for: `status` with
+/// its body and its Retry-After and retry-after-ms headers (empty if absent).
+Response classify_http_error(int status, std::string_view body, std::string_view retry_after,
+                             std::string_view retry_after_ms);
+
+}  // namespace torouter::openai

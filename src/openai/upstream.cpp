@@ -1,0 +1,419 @@
+// torouter::openai::Upstream: chat completion calls over cpp-httplib, with a
+// pool of keep-alive connections, SSE parsing for streamed answers, and the
+// mapping of HTTP and socket failures to `FailureKind`.
+#include "torouter/openai/upstream.hpp"
+
+#include <fmt/format.h>
+#include <httplib.h>
+#include <simdjson.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <mutex>
+#include <vector>
+
+#include "json_text.hpp"
+#include "torouter/error.hpp"
+
+namespace torouter::openai {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+// Error bodies are kept up to this size for the failure's message.
+constexpr std::size_t kMaxErrorBody = 64 * 1024;
+
+milliseconds elapsed_since(Clock::time_point start) {
+  return std::chrono::duration_cast<milliseconds>(Clock::now() - start);
+}
+
+std::string lowercase(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+// "1", "2.5" (seconds) or "1500" (milliseconds, with `scale` 1) as
+// milliseconds; 0 when absent or not a number (an HTTP date is not honoured).
+milliseconds parse_delay(std::string_view text, double scale) {
+  if (text.empty()) return milliseconds{0};
+  const std::string s(text);
+  char* end = nullptr;
+  const double value = std::strtod(s.c_str(), &end);
+  if (end == s.c_str() || !(value >= 0.0) || value > 1e7) return milliseconds{0};
+  return milliseconds(static_cast<milliseconds::rep>(value * scale + 0.5));
+}
+
+// The message of an OpenAI-style error body ({"error": {"message": ...}}),
+// else the body itself, shortened.
+std::string error_text(std::string_view body) {
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  if (!parser.parse(body.data(), body.size()).get(doc)) {
+    std::string_view message;
+    if (!doc["error"]["message"].get(message)) return std::string(message);
+    if (!doc["error"].get(message)) return std::string(message);
+    if (!doc["message"].get(message)) return std::string(message);
+  }
+  std::string out(body.substr(0, 300));
+  std::replace(out.begin(), out.end(), '\n', ' ');
+  return out;
+}
+
+bool speaks_of_context_length(std::string_view body) {
+  const std::string text = lowercase(body);
+  for (const char* marker :
+       {"context_length_exceeded", "context length", "context window", "maximum context",
+        "too many tokens", "prompt is too long", "input is too long", "maximum input length"}) {
+    if (text.find(marker) != std::string::npos) return true;
+  }
+  return false;
+}
+
+// The split of a base URL: "http://host:port" for the client, "/v1" for paths.
+struct ParsedUrl {
+  std::string scheme_host_port;
+  std::string path_prefix;
+};
+
+ParsedUrl parse_base_url(const std::string& url) {
+  const auto scheme_end = url.find("://");
+  const std::string scheme = scheme_end == std::string::npos ? "" : url.substr(0, scheme_end);
+  if (scheme != "http" && scheme != "https") {
+    throw Error(fmt::format("base_url \"{}\": must start with http:// or https://", url));
+  }
+  const auto host_start = scheme_end + 3;
+  const auto path_start = url.find('/', host_start);
+  ParsedUrl parsed;
+  parsed.scheme_host_port = url.substr(0, path_start);
+  if (parsed.scheme_host_port.size() <= host_start) {
+    throw Error(fmt::format("base_url \"{}\": has no host", url));
+  }
+  if (path_start != std::string::npos) parsed.path_prefix = url.substr(path_start);
+  while (!parsed.path_prefix.empty() && parsed.path_prefix.back() == '/') {
+    parsed.path_prefix.pop_back();
+  }
+  return parsed;
+}
+
+// Billed tokens from a `usage` object, where present.
+void read_usage(simdjson::dom::element doc, Response& response) {
+  simdjson::dom::object usage;
+  if (doc["usage"].get(usage)) return;
+  std::uint64_t n = 0;
+  if (!usage["prompt_tokens"].get(n)) response.input_tokens = static_cast<std::size_t>(n);
+  if (!usage["completion_tokens"].get(n)) response.output_tokens = static_cast<std::size_t>(n);
+}
+
+// Incremental reader of a server-sent-events body: hands each event's data
+// (the `data:` lines of one event, joined by newlines) to `on_data`.
+class SseReader {
+ public:
+  template <typename OnData>
+  bool feed(const char* data, std::size_t size, OnData&& on_data) {
+    buffer_.append(data, size);
+    std::size_t start = 0;
+    for (;;) {
+      const auto newline = buffer_.find('\n', start);
+      if (newline == std::string::npos) break;
+      std::string_view line(buffer_.data() + start, newline - start);
+      start = newline + 1;
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      if (line.empty()) {
+        if (has_data_ && !on_data(std::string_view(data_))) return false;
+        data_.clear();
+        has_data_ = false;
+      } else if (line.substr(0, 5) == "data:") {
+        line.remove_prefix(5);
+        if (!line.empty() && line.front() == ' ') line.remove_prefix(1);
+        if (has_data_) data_.push_back('\n');
+        data_.append(line);
+        has_data_ = true;
+      }  // comments (":"), event:, id: and retry: lines carry nothing we use
+    }
+    buffer_.erase(0, start);
+    return true;
+  }
+
+  /// An event left without its closing blank line when the body ended.
+  template <typename OnData>
+  void finish(OnData&& on_data) {
+    if (has_data_) on_data(std::string_view(data_));
+    has_data_ = false;
+  }
+
+ private:
+  std::string buffer_;
+  std::string data_;
+  bool has_data_ = false;
+};
+
+}  // namespace
+
+Response classify_http_error(int status, std::string_view body, std::string_view retry_after,
+                             std::string_view retry_after_ms) {
+  const std::string message = fmt::format("HTTP {}: {}", status, error_text(body));
+  if (status == 429) {
+    milliseconds wait = parse_delay(retry_after_ms, 1.0);
+    if (wait.count() == 0) wait = parse_delay(retry_after, 1000.0);
+    return Response::failed(FailureKind::RateLimited, message, wait);
+  }
+  if (status == 408 || status == 504) return Response::failed(FailureKind::Timeout, message);
+  if (status >= 500) return Response::failed(FailureKind::ServerError, message);
+  if (status >= 400 && speaks_of_context_length(body)) {
+    return Response::failed(FailureKind::ContextTooLong, message);
+  }
+  if (status >= 400) return Response::failed(FailureKind::BadRequest, message);
+  return Response::failed(FailureKind::ServerError,
+                          fmt::format("HTTP {}: unexpected status", status));
+}
+
+// One keep-alive connection and the JSON parser used with it.
+struct Connection {
+  explicit Connection(const std::string& scheme_host_port) : client(scheme_host_port) {}
+  httplib::Client client;
+  simdjson::dom::parser parser;
+};
+
+struct Upstream::Pool {
+  ParsedUrl url;
+  std::string path;
+  std::mutex mutex;
+  std::vector<std::unique_ptr<Connection>> idle;
+
+  std::unique_ptr<Connection> acquire(const UpstreamOptions& options) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (!idle.empty()) {
+        auto connection = std::move(idle.back());
+        idle.pop_back();
+        return connection;
+      }
+    }
+    auto connection = std::make_unique<Connection>(url.scheme_host_port);
+    connection->client.set_keep_alive(true);
+    connection->client.set_tcp_nodelay(true);
+    connection->client.set_connection_timeout(options.connect_timeout);
+    return connection;
+  }
+
+  void release(std::unique_ptr<Connection> connection, std::size_t max_idle) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (idle.size() < max_idle) idle.push_back(std::move(connection));
+  }
+};
+
+Upstream::Upstream(UpstreamOptions options)
+    : options_(std::move(options)), pool_(std::make_unique<Pool>()) {
+  pool_->url = parse_base_url(options_.base_url);
+  pool_->path = pool_->url.path_prefix + "/chat/completions";
+  if (options_.model.empty()) throw Error("model: must name the upstream's model id");
+  if (!options_.api_key_env.empty()) {
+    const char* key = std::getenv(options_.api_key_env.c_str());
+    if (key == nullptr || *key == '\0') {
+      throw Error(fmt::format("api_key_env: environment variable {} is not set",
+                              options_.api_key_env));
+    }
+    api_key_ = key;
+  }
+  if (!httplib::Client(pool_->url.scheme_host_port).is_valid()) {
+    throw Error(fmt::format("base_url \"{}\": this build of cpp-httplib cannot reach it "
+                            "(https needs cpp-httplib with OpenSSL)",
+                            options_.base_url));
+  }
+}
+
+Upstream::~Upstream() = default;
+
+namespace {
+
+// Everything one call needs, shared by the streaming and plain paths.
+struct CallSetup {
+  httplib::Request request;
+  milliseconds read_timeout{0};
+  Clock::time_point start;
+  Clock::time_point deadline;
+};
+
+std::string request_body(const UpstreamOptions& options, const Request& request,
+                         const ChatCall& call, bool stream) {
+  std::string body = "{\"model\":" + detail::json_string(options.model) + ",\"messages\":";
+  if (call.messages_json.empty()) {
+    body += "[{\"role\":\"user\",\"content\":" + detail::json_string(request.prompt) + "}]";
+  } else {
+    body.append(call.messages_json);
+  }
+  if (!call.extra_fields_json.empty()) {
+    body.push_back(',');
+    body.append(call.extra_fields_json);
+  }
+  if (request.max_output_tokens > 0 &&
+      call.extra_fields_json.find("\"max_tokens\"") == std::string_view::npos &&
+      call.extra_fields_json.find("\"max_completion_tokens\"") == std::string_view::npos) {
+    body += fmt::format(",\"max_tokens\":{}", request.max_output_tokens);
+  }
+  body += stream ? ",\"stream\":true}" : ",\"stream\":false}";
+  return body;
+}
+
+// The failure a socket-level error stands for.
+Response classify_socket_error(httplib::Error error, const CallSetup& setup,
+                               const std::string& url, bool cancelled) {
+  const milliseconds took = elapsed_since(setup.start);
+  switch (error) {
+    case httplib::Error::Connection:
+      return Response::failed(FailureKind::ServerError,
+                              fmt::format("cannot connect to {}", url));
+    case httplib::Error::ConnectionTimeout:
+      return Response::failed(FailureKind::Timeout,
+                              fmt::format("no connection to {} in time", url));
+    case httplib::Error::Canceled:
+      if (cancelled) return Response::failed(FailureKind::TransportError, "call cancelled");
+      return Response::failed(FailureKind::Timeout,
+                              fmt::format("no full answer within {} ms", took.count()));
+    case httplib::Error::Read:
+      // A read that waited out the timeout is a slow upstream; an earlier
+      // one is a connection the upstream dropped.
+      if (took + milliseconds(50) >= setup.read_timeout || Clock::now() >= setup.deadline) {
+        return Response::failed(FailureKind::Timeout,
+                                fmt::format("no answer within {} ms", took.count()));
+      }
+      return Response::failed(FailureKind::ServerError,
+                              fmt::format("{} dropped the connection", url));
+    default:
+      return Response::failed(FailureKind::ServerError,
+                              fmt::format("{}: {}", url, httplib::to_string(error)));
+  }
+}
+
+}  // namespace
+
+Response Upstream::complete(const Request& request, const ChatCall& call) const {
+  return stream(request, ChunkCallback(), call);
+}
+
+Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
+                          const ChatCall& call) const {
+  const bool streaming = static_cast<bool>(on_chunk);
+  CallSetup setup;
+  setup.start = Clock::now();
+  setup.read_timeout = std::min(options_.read_timeout, request.timeout);
+  setup.deadline = setup.start + request.timeout;
+  setup.request.method = "POST";
+  setup.request.path = pool_->path;
+  setup.request.body = request_body(options_, request, call, streaming);
+  setup.request.set_header("Content-Type", "application/json");
+  setup.request.set_header("Accept", streaming ? "text/event-stream" : "application/json");
+  if (!api_key_.empty()) setup.request.set_header("Authorization", "Bearer " + api_key_);
+
+  std::unique_ptr<Connection> connection = pool_->acquire(options_);
+  connection->client.set_read_timeout(setup.read_timeout);
+  connection->client.set_write_timeout(setup.read_timeout);
+
+  int status = 0;
+  std::string body;  // the whole body when not streaming, else an error body
+  SseReader sse;
+  Response streamed;
+  bool done = false;
+  bool cancelled = false;
+  auto on_event = [&](std::string_view data) {
+    if (data == "[DONE]") {
+      done = true;
+      return true;
+    }
+    simdjson::dom::element doc;
+    if (connection->parser.parse(data.data(), data.size()).get(doc)) {
+      streamed = Response::failed(FailureKind::ServerError,
+                                  fmt::format("malformed stream event: {}", data.substr(0, 200)));
+      return false;
+    }
+    if (doc["error"].error() == simdjson::SUCCESS) {
+      streamed = Response::failed(FailureKind::ServerError,
+                                  "error event in stream: " + error_text(data));
+      return false;
+    }
+    read_usage(doc, streamed);
+    std::string_view content;
+    if (!doc["choices"].at(0)["delta"]["content"].get(content) && !content.empty()) {
+      on_chunk(content);
+    }
+    return true;
+  };
+
+  setup.request.response_handler = [&](const httplib::Response& response) {
+    status = response.status;
+    return true;
+  };
+  setup.request.content_receiver = [&](const char* data, std::size_t size, std::uint64_t,
+                                       std::uint64_t) {
+    if (call.cancel != nullptr && call.cancel->load()) {
+      cancelled = true;
+      return false;
+    }
+    if (Clock::now() >= setup.deadline) return false;
+    if (status != 200 || !streaming) {
+      if (status == 200 || body.size() < kMaxErrorBody) body.append(data, size);
+      return true;
+    }
+    return sse.feed(data, size, on_event);
+  };
+
+  httplib::Result result = connection->client.send(setup.request);
+  const std::string& url = options_.base_url;
+  Response out;
+  if (!result) {
+    if (streamed.failure != FailureKind::None) {
+      out = std::move(streamed);  // an event the receiver refused
+    } else {
+      out = classify_socket_error(result.error(), setup, url, cancelled);
+    }
+    out.latency = elapsed_since(setup.start);
+    return out;  // the connection is in an unknown state: not reused
+  }
+  status = result->status;
+  if (status != 200) {
+    out = classify_http_error(status, body, result->get_header_value("Retry-After"),
+                              result->get_header_value("retry-after-ms"));
+  } else if (streaming) {
+    sse.finish(on_event);
+    if (streamed.failure != FailureKind::None) {
+      out = std::move(streamed);
+    } else if (!done) {
+      out = Response::failed(FailureKind::ServerError,
+                             fmt::format("{} ended the stream before [DONE]", url));
+    } else {
+      out = std::move(streamed);
+    }
+  } else {
+    simdjson::dom::element doc;
+    std::string_view content;
+    if (connection->parser.parse(body).get(doc)) {
+      out = Response::failed(FailureKind::ServerError,
+                             fmt::format("malformed answer: {}", body.substr(0, 200)));
+    } else if (doc["choices"].at(0)["message"].error()) {
+      out = Response::failed(FailureKind::ServerError, "answer has no choices[0].message");
+    } else {
+      auto content_field = doc["choices"].at(0)["message"]["content"];
+      if (!content_field.get(content)) out.text = std::string(content);
+      read_usage(doc, out);
+    }
+  }
+  out.latency = elapsed_since(setup.start);
+  pool_->release(std::move(connection), options_.max_idle_connections);
+  return out;
+}
+
+Transport make_transport(std::shared_ptr<const Upstream> upstream, bool streaming) {
+  if (streaming) {
+    return Transport::streaming(
+        [upstream](const Request& request, const ChunkCallback& on_chunk) {
+          return upstream->stream(request, on_chunk);
+        });
+  }
+  return Transport::sync([upstream](const Request& request) { return upstream->complete(request); });
+}
+
+}  // namespace torouter::openai

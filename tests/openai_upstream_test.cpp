@@ -1,0 +1,177 @@
+// torouter::openai::Upstream against stand-in upstreams on loopback: answers,
+// streams, and each failure mapped to its FailureKind.
+#include <catch2/catch.hpp>
+
+#include <cstdlib>
+#include <memory>
+#include <string>
+
+#include "stand_in_upstream.hpp"
+#include "torouter/error.hpp"
+#include "torouter/openai/upstream.hpp"
+
+using Catch::Matchers::Contains;
+using torouter::FailureKind;
+using torouter::Request;
+using torouter::Response;
+using torouter::openai::Upstream;
+using torouter::openai::UpstreamOptions;
+using torouter::server::StandInBehaviour;
+using torouter::server::StandInUpstream;
+using namespace std::chrono_literals;
+
+namespace {
+
+UpstreamOptions options_for(const StandInUpstream& stand_in) {
+  UpstreamOptions o;
+  o.base_url = stand_in.base_url();
+  o.model = "m1";
+  o.read_timeout = 10s;
+  return o;
+}
+
+Request request(std::string prompt) {
+  Request r;
+  r.expert = "e";
+  r.prompt = std::move(prompt);
+  r.timeout = 20s;
+  return r;
+}
+
+StandInBehaviour status(int code, std::string retry_after = {}, std::string body = {}) {
+  StandInBehaviour b;
+  b.kind = StandInBehaviour::Kind::Status;
+  b.status = code;
+  b.retry_after = std::move(retry_after);
+  b.body = std::move(body);
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("openai upstream: a plain call and a streamed one", "[openai]") {
+  StandInUpstream stand_in("s");
+  REQUIRE(stand_in.start() > 0);
+  Upstream upstream(options_for(stand_in));
+
+  Response r = upstream.complete(request("What is 2+2?"));
+  REQUIRE(r.ok());
+  CHECK(r.text == "m1 answers: What is 2+2?");
+  CHECK(r.input_tokens > 0);
+  CHECK(r.output_tokens > 0);
+  CHECK_THAT(stand_in.last_body(), Contains("\"stream\":false"));
+
+  std::string joined;
+  int pieces = 0;
+  Response s = upstream.stream(request("Hi"), [&](std::string_view piece) {
+    joined += piece;
+    ++pieces;
+  });
+  REQUIRE(s.ok());
+  CHECK(joined == "m1 answers: Hi");
+  CHECK(pieces >= 2);
+  CHECK(s.output_tokens > 0);
+
+  // The conversation and extra fields as the caller gives them; max tokens
+  // from the request when the caller's fields have none.
+  torouter::openai::ChatCall call;
+  call.messages_json = R"([{"role":"user","content":"from messages"}])";
+  call.extra_fields_json = R"("temperature":0)";
+  Request with_max = request("ignored");
+  with_max.max_output_tokens = 12;
+  Response c = upstream.complete(with_max, call);
+  REQUIRE(c.ok());
+  CHECK(c.text == "m1 answers: from messages");
+  CHECK_THAT(stand_in.last_body(), Contains("\"temperature\":0"));
+  CHECK_THAT(stand_in.last_body(), Contains("\"max_tokens\":12"));
+
+  // Connections are reused: many calls, no failure.
+  for (int i = 0; i < 20; ++i) REQUIRE(upstream.complete(request("again")).ok());
+}
+
+TEST_CASE("openai upstream: failures map to failure kinds", "[openai]") {
+  StandInUpstream stand_in("s");
+  REQUIRE(stand_in.start() > 0);
+  UpstreamOptions o = options_for(stand_in);
+  o.read_timeout = 600ms;
+  Upstream upstream(o);
+
+  stand_in.push_behaviour(status(429, "2"));
+  Response r = upstream.complete(request("x"));
+  CHECK(r.failure == FailureKind::RateLimited);
+  CHECK(r.retry_after == 2000ms);
+
+  stand_in.push_behaviour(status(503));
+  r = upstream.complete(request("x"));
+  CHECK(r.failure == FailureKind::ServerError);
+  CHECK_THAT(r.error_message, Contains("HTTP 503"));
+
+  stand_in.push_behaviour(status(400, "", R"({"error":{"message":"maximum context length is 8192 tokens"}})"));
+  r = upstream.complete(request("x"));
+  CHECK(r.failure == FailureKind::ContextTooLong);
+
+  stand_in.push_behaviour(status(401));
+  r = upstream.complete(request("x"));
+  CHECK(r.failure == FailureKind::BadRequest);
+
+  StandInBehaviour drop;
+  drop.kind = StandInBehaviour::Kind::Drop;
+  stand_in.push_behaviour(drop);
+  r = upstream.complete(request("x"));
+  CHECK(r.failure == FailureKind::ServerError);
+  CHECK_THAT(r.error_message, Contains("dropped"));
+
+  StandInBehaviour slow;
+  slow.delay = 1500ms;
+  stand_in.push_behaviour(slow);
+  r = upstream.complete(request("x"));
+  CHECK(r.failure == FailureKind::Timeout);
+
+  StandInBehaviour mid;
+  mid.kind = StandInBehaviour::Kind::DropMidStream;
+  stand_in.push_behaviour(mid);
+  std::string joined;
+  r = upstream.stream(request("a longer prompt to cut"), [&](std::string_view p) { joined += p; });
+  CHECK(r.failure == FailureKind::ServerError);
+  CHECK(!joined.empty());
+
+  // Nothing listens on a stopped stand-in's port.
+  StandInUpstream gone("g");
+  REQUIRE(gone.start() > 0);
+  UpstreamOptions closed = options_for(gone);
+  gone.stop();
+  r = Upstream(closed).complete(request("x"));
+  CHECK(r.failure == FailureKind::ServerError);
+  CHECK_THAT(r.error_message, Contains("cannot connect"));
+}
+
+TEST_CASE("openai upstream: HTTP errors classified without a server", "[openai]") {
+  using torouter::openai::classify_http_error;
+  CHECK(classify_http_error(429, "", "1.5", "").retry_after == 1500ms);
+  CHECK(classify_http_error(429, "", "", "250").retry_after == 250ms);
+  CHECK(classify_http_error(429, "", "Wed, 21 Oct 2015 07:28:00 GMT", "").retry_after == 0ms);
+  CHECK(classify_http_error(500, "oops", "", "").failure == FailureKind::ServerError);
+  CHECK(classify_http_error(504, "", "", "").failure == FailureKind::Timeout);
+  CHECK(classify_http_error(400, R"({"error":{"code":"context_length_exceeded"}})", "", "").failure ==
+        FailureKind::ContextTooLong);
+  CHECK(classify_http_error(413, "Input is too long for requested model", "", "").failure ==
+        FailureKind::ContextTooLong);
+  const Response bad = classify_http_error(400, R"({"error":{"message":"bad temperature"}})", "", "");
+  CHECK(bad.failure == FailureKind::BadRequest);
+  CHECK(bad.error_message == "HTTP 400: bad temperature");
+}
+
+TEST_CASE("openai upstream: configuration checks", "[openai]") {
+  UpstreamOptions o;
+  o.model = "m";
+  o.base_url = "127.0.0.1:8000/v1";
+  CHECK_THROWS_WITH(Upstream(o), Contains("must start with http:// or https://"));
+  o.base_url = "http:///v1";
+  CHECK_THROWS_WITH(Upstream(o), Contains("has no host"));
+  o.base_url = "http://127.0.0.1:1/v1";
+  o.api_key_env = "TOROUTER_TEST_SURELY_UNSET_KEY";
+  CHECK_THROWS_WITH(Upstream(o), Contains("TOROUTER_TEST_SURELY_UNSET_KEY is not set"));
+  o.api_key_env.clear();
+  o.model.clear();
+  CHECK_THROWS_WITH(Upstream(o), Contains("model"));
+}

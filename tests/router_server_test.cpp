@@ -1,0 +1,620 @@
+// torouter-server over real HTTP on loopback: stand-in upstreams on ephemeral
+// ports, the server in-process (and once as a child process), real requests.
+// Timing is never asserted tightly: the machine may be loaded.
+#include <catch2/catch.hpp>
+#include <simdjson.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "router_server.hpp"
+#include "stand_in_upstream.hpp"
+#include "torouter/error.hpp"
+
+// After Eigen (through the torouter headers): httplib pulls in <resolv.h>,
+// whose `_res` macro would break Eigen's templates.
+#include <httplib.h>
+
+using Catch::Matchers::Contains;
+using torouter::server::RouterServer;
+using torouter::server::ServerConfig;
+using torouter::server::StandInBehaviour;
+using torouter::server::StandInUpstream;
+using Kind = StandInBehaviour::Kind;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::string kModel =
+    std::string(TOROUTER_SOURCE_DIR) + "/examples/default_router/llmrouter14-mlp.tormodel";
+const std::string kExpertsFile =
+    std::string(TOROUTER_SOURCE_DIR) + "/examples/default_router/experts.json";
+// Three of the default router's experts: gemma is the cheapest (0.1/0.1),
+// nemotron the dearest (0.9/0.9).
+const std::vector<std::string> kExperts = {"qwen2.5-7b-instruct", "gemma-2-9b-it",
+                                           "llama-3.3-nemotron-super-49b-v1"};
+const std::string kPrompt = "Prove that the square root of 2 is irrational, step by step.";
+
+StandInBehaviour behaviour(Kind kind, int status = 200, std::string retry_after = {},
+                           std::string body = {}) {
+  StandInBehaviour b;
+  b.kind = kind;
+  b.status = status;
+  b.retry_after = std::move(retry_after);
+  b.body = std::move(body);
+  return b;
+}
+
+std::string chat_body(const std::string& model, const std::string& prompt, bool stream = false) {
+  return "{\"model\":\"" + model +
+         "\",\"temperature\":0.25,\"messages\":[{\"role\":\"system\",\"content\":\"Be brief.\"},"
+         "{\"role\":\"user\",\"content\":\"" + prompt + "\"}]" +
+         (stream ? ",\"stream\":true}" : "}");
+}
+
+// Stand-ins for three experts, and the router server in front of them.
+struct Fixture {
+  explicit Fixture(const std::function<void(ServerConfig&)>& tweak = {}) {
+    ::setenv("TOROUTER_TEST_UPSTREAM_KEY", "sk-upstream", 1);
+    ServerConfig config;
+    config.origin = "test-config";
+    config.port = 0;
+    config.threads = 16;
+    config.router_model = kModel;
+    config.experts_file = kExpertsFile;
+    config.policy.lambda_cost = 0;
+    config.router.initial_backoff = 10ms;
+    config.router.max_backoff = 50ms;
+    config.router.failures_before_cooldown = 1000;
+    config.router.attempt_timeout = 20s;
+    config.router.invoke_timeout = 60s;
+    for (const auto& name : kExperts) {
+      auto upstream = std::make_unique<StandInUpstream>(name);
+      REQUIRE(upstream->start() > 0);
+      torouter::server::ExpertConfig e;
+      e.name = name;
+      e.upstream.base_url = upstream->base_url();
+      e.upstream.model = "up-" + name;
+      e.upstream.api_key_env = "TOROUTER_TEST_UPSTREAM_KEY";
+      e.upstream.read_timeout = 10s;
+      config.experts.push_back(e);
+      upstreams[name] = std::move(upstream);
+    }
+    if (tweak) tweak(config);
+    server = std::make_unique<RouterServer>(config);
+    port = server->start();
+    REQUIRE(port > 0);
+  }
+
+  std::unique_ptr<httplib::Client> client() const {
+    auto c = std::make_unique<httplib::Client>("127.0.0.1", port);
+    c->set_read_timeout(60s);
+    c->set_connection_timeout(10s);
+    return c;
+  }
+
+  httplib::Result post(const std::string& body, const httplib::Headers& headers = {}) const {
+    return client()->Post("/v1/chat/completions", headers, body, "application/json");
+  }
+
+  httplib::Result get(const std::string& path, const httplib::Headers& headers = {}) const {
+    return client()->Get(path, headers);
+  }
+
+  // The expert the router picks for `prompt` when every upstream is healthy.
+  std::string routed(const std::string& prompt) const {
+    auto res = post(chat_body("router", prompt));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    return res->get_header_value("X-Torouter-Expert");
+  }
+
+  std::size_t total_requests() const {
+    std::size_t n = 0;
+    for (const auto& [name, u] : upstreams) n += u->requests();
+    return n;
+  }
+
+  std::map<std::string, std::unique_ptr<StandInUpstream>> upstreams;
+  std::unique_ptr<RouterServer> server;
+  int port = -1;
+};
+
+simdjson::dom::element parse(simdjson::dom::parser& parser, const std::string& text) {
+  simdjson::dom::element doc;
+  INFO(text);
+  REQUIRE(parser.parse(text).get(doc) == simdjson::SUCCESS);
+  return doc;
+}
+
+std::string str(simdjson::dom::element e) {
+  std::string_view s;
+  if (e.get(s)) return "<not a string>";
+  return std::string(s);
+}
+
+// The `data:` payloads of an SSE body, in order.
+std::vector<std::string> sse_data(const std::string& body) {
+  std::vector<std::string> out;
+  std::size_t at = 0;
+  while ((at = body.find("data: ", at)) != std::string::npos) {
+    const auto end = body.find("\n\n", at);
+    out.push_back(body.substr(at + 6, end - at - 6));
+    at = end == std::string::npos ? body.size() : end;
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("router server: routes a request and tells the decision in headers", "[server]") {
+  Fixture f;
+  auto res = f.post(chat_body("router", kPrompt));
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  const std::string expert = res->get_header_value("X-Torouter-Expert");
+  REQUIRE(f.upstreams.count(expert) == 1);
+  CHECK(res->get_header_value("X-Torouter-Routed-Expert") == expert);
+  CHECK(res->get_header_value("X-Torouter-Reason") == "highest_utility");
+  CHECK(res->get_header_value("X-Torouter-Attempts") == "1");
+  CHECK(std::stod(res->get_header_value("X-Torouter-Predicted-Quality")) > 0.0);
+  CHECK(std::stod(res->get_header_value("X-Torouter-Predicted-Cost-Usd")) > 0.0);
+  CHECK(std::stod(res->get_header_value("X-Torouter-Cost-Usd")) > 0.0);
+  CHECK_THAT(res->get_header_value("X-Torouter-Model-Version"), Contains("mlp"));
+
+  simdjson::dom::parser parser;
+  auto doc = parse(parser, res->body);
+  CHECK(str(doc["object"]) == "chat.completion");
+  CHECK(str(doc["model"]) == expert);
+  CHECK(str(doc["choices"].at(0)["message"]["role"]) == "assistant");
+  CHECK(str(doc["choices"].at(0)["message"]["content"]) == "up-" + expert + " answers: " + kPrompt);
+  CHECK(str(doc["torouter"]["attempts"].at(0)["outcome"]) == "answered");
+  std::uint64_t tokens = 0;
+  CHECK(doc["usage"]["total_tokens"].get(tokens) == simdjson::SUCCESS);
+  CHECK(tokens > 0);
+
+  // The upstream got the whole conversation, the client's parameters, its
+  // own model id and the key from the configured environment variable.
+  const StandInUpstream& up = *f.upstreams[expert];
+  CHECK(up.requests() == 1);
+  CHECK(up.last_authorization() == "Bearer sk-upstream");
+  simdjson::dom::parser parser2;
+  auto sent = parse(parser2, up.last_body());
+  CHECK(str(sent["model"]) == "up-" + expert);
+  CHECK(str(sent["messages"].at(0)["content"]) == "Be brief.");
+  CHECK(str(sent["messages"].at(1)["content"]) == kPrompt);
+  double temperature = 0;
+  CHECK(sent["temperature"].get(temperature) == simdjson::SUCCESS);
+  CHECK(temperature == Approx(0.25));
+}
+
+TEST_CASE("router server: router:<lambda> sets the cost weight, a name bypasses routing",
+          "[server]") {
+  Fixture f;
+  // A huge cost weight makes the cheapest expert win.
+  auto cheap = f.post(chat_body("router:1e9", kPrompt));
+  REQUIRE(cheap);
+  REQUIRE(cheap->status == 200);
+  CHECK(cheap->get_header_value("X-Torouter-Expert") == "gemma-2-9b-it");
+  CHECK(cheap->get_header_value("X-Torouter-Lambda-Cost") == "1000000000");
+
+  auto bypass = f.post(chat_body("llama-3.3-nemotron-super-49b-v1", "hello there"));
+  REQUIRE(bypass);
+  REQUIRE(bypass->status == 200);
+  CHECK(bypass->get_header_value("X-Torouter-Expert") == "llama-3.3-nemotron-super-49b-v1");
+  CHECK(bypass->get_header_value("X-Torouter-Reason") == "bypass");
+  CHECK(bypass->get_header_value("X-Torouter-Attempts") == "1");
+  CHECK(f.upstreams["llama-3.3-nemotron-super-49b-v1"]->requests() == 1);
+
+  for (const char* model : {"router:", "router:abc", "router:-1", "router:1e999"}) {
+    auto bad = f.post(chat_body(model, "hi"));
+    REQUIRE(bad);
+    CHECK(bad->status == 400);
+    CHECK_THAT(bad->body, Contains("\"param\":\"model\""));
+  }
+  auto unknown = f.post(chat_body("gpt-17", "hi"));
+  REQUIRE(unknown);
+  CHECK(unknown->status == 404);
+  CHECK_THAT(unknown->body, Contains("model_not_found"));
+}
+
+TEST_CASE("router server: fails over from failing upstreams", "[server]") {
+  Fixture f([](ServerConfig& c) {
+    for (auto& e : c.experts) e.upstream.read_timeout = 700ms;
+  });
+  const std::string first = f.routed(kPrompt);
+
+  auto expect_failover = [&](StandInBehaviour failure, const std::string& kind,
+                             const std::string& attempts = "3") {
+    INFO("failure kind " << kind);
+    // Two attempts per expert: both fail, then the next expert answers.
+    f.upstreams[first]->push_behaviour(failure);
+    f.upstreams[first]->push_behaviour(failure);
+    auto res = f.post(chat_body("router", kPrompt));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    CHECK(res->get_header_value("X-Torouter-Routed-Expert") == first);
+    CHECK(res->get_header_value("X-Torouter-Expert") != first);
+    CHECK(res->get_header_value("X-Torouter-Attempts") == attempts);
+    CHECK_THAT(res->body, Contains("\"failure\":\"" + kind + "\""));
+  };
+  SECTION("5xx") { expect_failover(behaviour(Kind::Status, 503), "server_error"); }
+  SECTION("dropped connection") { expect_failover(behaviour(Kind::Drop), "server_error"); }
+  SECTION("timeout") {
+    StandInBehaviour slow;
+    slow.delay = 2000ms;
+    expect_failover(slow, "timeout");
+  }
+  SECTION("429 with a Retry-After longer than the router waits") {
+    // Not retried: the router fails over at once.
+    expect_failover(behaviour(Kind::Status, 429, "3600"), "rate_limited", "2");
+  }
+  SECTION("429 with a short Retry-After is waited out on the same expert") {
+    f.upstreams[first]->push_behaviour(behaviour(Kind::Status, 429, "1"));
+    auto res = f.post(chat_body("router", kPrompt));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    CHECK(res->get_header_value("X-Torouter-Expert") == first);
+    CHECK(res->get_header_value("X-Torouter-Attempts") == "2");
+    CHECK_THAT(res->body, Contains("\"waited_ms\":1000"));
+  }
+  SECTION("context too long fails over at once") {
+    f.upstreams[first]->push_behaviour(behaviour(
+        Kind::Status, 400, "",
+        R"({"error":{"message":"This model's maximum context length is 8192 tokens","code":"context_length_exceeded"}})"));
+    auto res = f.post(chat_body("router", kPrompt));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    CHECK(res->get_header_value("X-Torouter-Expert") != first);
+    CHECK(res->get_header_value("X-Torouter-Attempts") == "2");
+    CHECK_THAT(res->body, Contains("\"failure\":\"context_too_long\""));
+  }
+}
+
+TEST_CASE("router server: failures of every expert become OpenAI error objects", "[server]") {
+  Fixture f;
+  SECTION("all upstreams down: 502") {
+    for (auto& [name, u] : f.upstreams) u->set_behaviour(behaviour(Kind::Status, 500));
+    auto res = f.post(chat_body("router", kPrompt));
+    REQUIRE(res);
+    CHECK(res->status == 502);
+    simdjson::dom::parser parser;
+    auto doc = parse(parser, res->body);
+    CHECK(str(doc["error"]["code"]) == "upstream_error");
+    CHECK_THAT(str(doc["error"]["message"]), Contains("HTTP 500"));
+    CHECK(res->get_header_value("X-Torouter-Attempts") == "6");
+  }
+  SECTION("bypass to an expert whose context is too small: 400") {
+    f.upstreams["gemma-2-9b-it"]->set_behaviour(
+        behaviour(Kind::Status, 400, "", R"({"error":{"message":"prompt is too long"}})"));
+    auto res = f.post(chat_body("gemma-2-9b-it", kPrompt));
+    REQUIRE(res);
+    CHECK(res->status == 400);
+    CHECK_THAT(res->body, Contains("context_length_exceeded"));
+  }
+  SECTION("no eligible expert: 503") {
+    Fixture g([](ServerConfig& c) { c.policy.max_cost_usd = 1e-12; });
+    auto res = g.post(chat_body("router", kPrompt));
+    REQUIRE(res);
+    CHECK(res->status == 503);
+    CHECK_THAT(res->body, Contains("no_eligible_expert"));
+    CHECK(g.total_requests() == 0);
+  }
+}
+
+TEST_CASE("router server: streams answers as server-sent events", "[server]") {
+  Fixture f;
+  const std::string first = f.routed(kPrompt);
+
+  SECTION("a healthy stream") {
+    auto res = f.post(chat_body("router", kPrompt, true));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    CHECK_THAT(res->get_header_value("Content-Type"), Contains("text/event-stream"));
+    CHECK(res->get_header_value("X-Torouter-Expert") == first);
+    const auto events = sse_data(res->body);
+    REQUIRE(events.size() >= 3);
+    CHECK(events.back() == "[DONE]");
+    std::string joined;
+    simdjson::dom::parser parser;
+    for (std::size_t i = 0; i + 1 < events.size(); ++i) {
+      auto doc = parse(parser, events[i]);
+      CHECK(str(doc["object"]) == "chat.completion.chunk");
+      std::string_view piece;
+      if (!doc["choices"].at(0)["delta"]["content"].get(piece)) joined += piece;
+    }
+    CHECK(joined == "up-" + first + " answers: " + kPrompt);
+    auto last = parse(parser, events[events.size() - 2]);
+    CHECK(str(last["choices"].at(0)["finish_reason"]) == "stop");
+    CHECK(str(last["torouter"]["expert"]) == first);
+  }
+  SECTION("fails over before the first chunk") {
+    f.upstreams[first]->push_behaviour(behaviour(Kind::Status, 503));
+    f.upstreams[first]->push_behaviour(behaviour(Kind::Status, 503));
+    auto res = f.post(chat_body("router", kPrompt, true));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const std::string answered = res->get_header_value("X-Torouter-Expert");
+    CHECK(answered != first);
+    CHECK(res->get_header_value("X-Torouter-Attempts") == "3");
+    CHECK_THAT(res->body, Contains("up-" + answered + " answers"));
+    CHECK(sse_data(res->body).back() == "[DONE]");
+  }
+  SECTION("breaks after the first chunk: an error event, no failover") {
+    StandInBehaviour drop = behaviour(Kind::DropMidStream);
+    drop.chunks = 3;
+    f.upstreams[first]->push_behaviour(drop);
+    const std::size_t before = f.total_requests();
+    auto res = f.post(chat_body("router", kPrompt, true));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    CHECK(res->get_header_value("X-Torouter-Expert") == first);
+    const auto events = sse_data(res->body);
+    REQUIRE(events.size() >= 2);
+    CHECK_THAT(events.front(), Contains("\"content\""));
+    CHECK_THAT(events.back(), Contains("\"code\":\"stream_broken\""));
+    CHECK_THAT(res->body, !Contains("[DONE]"));
+    CHECK(f.total_requests() == before + 1);
+    auto metrics = f.get("/metrics");
+    REQUIRE(metrics);
+    CHECK_THAT(metrics->body, Contains("torouter_stream_broken_total 1"));
+  }
+  SECTION("every expert failing before the first chunk: a plain error answer") {
+    for (auto& [name, u] : f.upstreams) u->set_behaviour(behaviour(Kind::Status, 503));
+    auto res = f.post(chat_body("router", kPrompt, true));
+    REQUIRE(res);
+    CHECK(res->status == 502);
+    CHECK_THAT(res->get_header_value("Content-Type"), Contains("application/json"));
+  }
+}
+
+TEST_CASE("router server: bearer keys, size limit and bad input", "[server]") {
+  Fixture f([](ServerConfig& c) {
+    c.api_keys = {"key-one", "key-two"};
+    c.max_request_bytes = 4096;
+  });
+  const httplib::Headers good{{"Authorization", "Bearer key-two"}};
+
+  SECTION("authentication") {
+    auto none = f.post(chat_body("router", "hi"));
+    REQUIRE(none);
+    CHECK(none->status == 401);
+    CHECK(none->get_header_value("WWW-Authenticate") == "Bearer");
+    CHECK_THAT(none->body, Contains("invalid_api_key"));
+    auto wrong = f.post(chat_body("router", "hi"), {{"Authorization", "Bearer key-three"}});
+    REQUIRE(wrong);
+    CHECK(wrong->status == 401);
+    auto models = f.get("/v1/models");
+    REQUIRE(models);
+    CHECK(models->status == 401);
+    auto ok = f.post(chat_body("router", "hi"), good);
+    REQUIRE(ok);
+    CHECK(ok->status == 200);
+    auto health = f.get("/health");  // open, for load balancers
+    REQUIRE(health);
+    CHECK(health->status == 200);
+    CHECK(f.total_requests() == 1);
+  }
+  SECTION("request size limit") {
+    auto res = f.post(chat_body("router", std::string(10000, 'a')), good);
+    REQUIRE(res);
+    CHECK(res->status == 413);
+    CHECK_THAT(res->body, Contains("request_too_large"));
+    CHECK(f.total_requests() == 0);
+  }
+  SECTION("malformed JSON and missing fields") {
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"{\"model\":\"router\",\"messages\":[", "invalid_json"},
+        {"", "invalid_json"},
+        {"[1,2]", "JSON object"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "\"param\":\"model\""},
+        {"{\"model\":7,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "\"param\":\"model\""},
+        {"{\"model\":\"router\"}", "\"param\":\"messages\""},
+        {"{\"model\":\"router\",\"messages\":{}}", "\"param\":\"messages\""},
+        {"{\"model\":\"router\",\"messages\":[]}", "\"param\":\"messages\""},
+        {"{\"model\":\"router\",\"messages\":[{\"content\":\"x\"}]}", "messages[0].role"},
+        {"{\"model\":\"router\",\"messages\":[\"x\"]}", "messages[0].role"},
+        {"{\"model\":\"router\",\"stream\":\"yes\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+         "\"param\":\"stream\""},
+        {"{\"model\":\"router\",\"max_tokens\":-1,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+         "\"param\":\"max_tokens\""},
+        {"\xff\xfe{}", "invalid_json"},
+    };
+    for (const auto& [body, expected] : cases) {
+      INFO(body);
+      auto res = f.post(body, good);
+      REQUIRE(res);
+      CHECK(res->status == 400);
+      CHECK_THAT(res->body, Contains("\"type\":\"invalid_request_error\""));
+      CHECK_THAT(res->body, Contains(expected));
+    }
+    CHECK(f.total_requests() == 0);
+    auto unknown_path = f.get("/v2/nothing", good);
+    REQUIRE(unknown_path);
+    CHECK(unknown_path->status == 404);
+    CHECK_THAT(unknown_path->body, Contains("\"error\""));
+    auto health = f.get("/health");
+    REQUIRE(health);
+    CHECK(health->status == 200);
+  }
+}
+
+TEST_CASE("router server: models, health and metrics", "[server]") {
+  Fixture f;
+  auto models = f.get("/v1/models");
+  REQUIRE(models);
+  REQUIRE(models->status == 200);
+  simdjson::dom::parser parser;
+  auto doc = parse(parser, models->body);
+  CHECK(str(doc["data"].at(0)["id"]) == "router");
+  for (std::size_t i = 0; i < kExperts.size(); ++i) {
+    CHECK(str(doc["data"].at(i + 1)["id"]) == kExperts[i]);
+  }
+
+  auto health = f.get("/health");
+  REQUIRE(health);
+  CHECK(health->status == 200);
+  CHECK_THAT(health->body, Contains("\"status\":\"ok\""));
+
+  // One answered request and one bypass that fails.
+  const std::string expert = f.routed(kPrompt);
+  f.upstreams["gemma-2-9b-it"]->set_behaviour(behaviour(Kind::Status, 503));
+  auto failed = f.post(chat_body("gemma-2-9b-it", "hi"));
+  REQUIRE(failed);
+  CHECK(failed->status == 502);
+
+  // Responses are counted once written, which may be just after the client
+  // has read them: poll a little (bounded) for the 502's count.
+  std::string m;
+  for (int i = 0; i < 100 && m.find("{code=\"502\"} 1") == std::string::npos; ++i) {
+    if (i > 0) std::this_thread::sleep_for(20ms);
+    auto metrics = f.get("/metrics");
+    REQUIRE(metrics);
+    REQUIRE(metrics->status == 200);
+    m = metrics->body;
+  }
+  CHECK_THAT(m, Contains("torouter_chat_requests_total{mode=\"router\"} 1"));
+  CHECK_THAT(m, Contains("torouter_chat_requests_total{mode=\"bypass\"} 1"));
+  CHECK_THAT(m, Contains("torouter_expert_requests_total{expert=\"" + expert + "\"} 1"));
+  CHECK_THAT(m, Contains("torouter_expert_answers_total{expert=\"" + expert + "\"} 1"));
+  CHECK_THAT(m, Contains("torouter_expert_failures_total{expert=\"gemma-2-9b-it\",kind=\"server_error\"} 1"));
+  CHECK_THAT(m, Contains("torouter_route_latency_seconds_count 1"));
+  CHECK_THAT(m, Contains("torouter_route_latency_seconds_bucket{le=\"+Inf\"} 1"));
+  CHECK_THAT(m, Contains("torouter_upstream_latency_seconds_count{expert=\"" + expert + "\"} 1"));
+  CHECK_THAT(m, Contains("torouter_http_responses_total{code=\"502\"} 1"));
+  CHECK_THAT(m, Contains("# TYPE torouter_spend_usd_total counter"));
+  CHECK_THAT(m, !Contains("torouter_spend_usd_total 0\n"));
+}
+
+TEST_CASE("router server: the routing text is the system prompt and the last user turn",
+          "[server]") {
+  using torouter::server::routing_text;
+  CHECK(routing_text(R"([{"role":"system","content":"S"},{"role":"user","content":"old"},)"
+                     R"({"role":"assistant","content":"A"},{"role":"user","content":"new"}])") ==
+        "S\n\nnew");
+  CHECK(routing_text(R"([{"role":"user","content":[{"type":"text","text":"a"},)"
+                     R"({"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"b"}]}])") ==
+        "a\nb");
+  const std::string long_text = std::string(7000, 'h') + std::string(3000, 't');
+  const std::string cut = routing_text("[{\"role\":\"user\",\"content\":\"" + long_text + "\"}]");
+  CHECK(cut == std::string(6000, 'h') + "\n...\n" + std::string(2000, 't'));
+  // A cut never splits a UTF-8 character.
+  std::string accents;
+  for (int i = 0; i < 5000; ++i) accents += "\xc3\xa9";
+  const std::string cut2 = routing_text("[{\"role\":\"user\",\"content\":\"" + accents + "\"}]");
+  CHECK(cut2.size() == 6000 + 5 + 2000);
+  CHECK(routing_text("not json") == "");
+}
+
+TEST_CASE("router server: configuration errors name the file and the field", "[server]") {
+  using torouter::server::parse_server_config;
+  const std::string expert =
+      R"({"name":"gemma-2-9b-it","base_url":"http://127.0.0.1:1/v1"})";
+  auto error_of = [&](const std::string& json) {
+    try {
+      parse_server_config(json, "server.json", "");
+    } catch (const torouter::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK_THAT(error_of("{"), Contains("server.json: not valid JSON"));
+  CHECK_THAT(error_of(R"({"experts":[)" + expert + "]}"), Contains("server.json: router_model: missing"));
+  CHECK_THAT(error_of(R"({"router_model":"m","experts":[]})"), Contains("server.json: experts:"));
+  CHECK_THAT(error_of(R"({"router_model":"m","colour":1,"experts":[)" + expert + "]}"),
+             Contains("server.json: colour: unknown field"));
+  CHECK_THAT(error_of(R"({"router_model":"m","policy":{"lambda_cost":-1},"experts":[)" + expert + "]}"),
+             Contains("server.json: policy.lambda_cost: must be a finite number >= 0"));
+  CHECK_THAT(error_of(R"({"router_model":"m","policy":{"budget_mode":"maybe"},"experts":[)" + expert + "]}"),
+             Contains("policy.budget_mode"));
+  CHECK_THAT(error_of(R"({"router_model":"m","listen":{"port":70000},"experts":[)" + expert + "]}"),
+             Contains("server.json: listen.port"));
+  CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x"}]})"),
+             Contains("server.json: experts[0].base_url: missing"));
+  CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x","base_url":"ftp://h"}]})"),
+             Contains("server.json: experts[0].base_url"));
+  CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x","base_url":"http://h","api_key_env":"TOROUTER_TEST_SURELY_UNSET"}]})"),
+             Contains("experts[0].api_key_env: environment variable TOROUTER_TEST_SURELY_UNSET is not set"));
+  CHECK_THAT(error_of(R"({"router_model":"m","experts":[)" + expert + "," + expert + "]}"),
+             Contains("experts[1].name: duplicate"));
+  CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x","base_url":"http://h","price":1}]})"),
+             Contains("experts[0].price: unknown field"));
+
+  // An expert the model does not know is named with the file and the field.
+  ServerConfig config = parse_server_config(
+      R"({"router_model":")" + kModel + R"(","listen":{"port":0},"experts":[{"name":"gpt-17","base_url":"http://127.0.0.1:1/v1"}]})",
+      "server.json", "");
+  try {
+    RouterServer server(config);
+    FAIL("no error");
+  } catch (const torouter::Error& e) {
+    CHECK_THAT(e.what(), Contains("server.json: experts[0].name: \"gpt-17\" is not an expert"));
+  }
+  // A missing model file is named.
+  config.router_model = "/nonexistent/router.tormodel";
+  CHECK_THROWS_WITH(RouterServer(config), Contains("/nonexistent/router.tormodel"));
+}
+
+TEST_CASE("router server: the torouter-server program", "[server]") {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("torouter_server_test_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const auto bad = dir / "bad.json";
+  std::ofstream(bad) << R"({"router_model":"m.tormodel","experts":[{"name":"x"}]})";
+  const std::string command = std::string("'") + TOROUTER_SERVER + "' --config '" + bad.string() +
+                              "' > '" + (dir / "out.txt").string() + "' 2>&1";
+  const int status = std::system(command.c_str());
+  CHECK(WEXITSTATUS(status) == 1);
+  std::ifstream out(dir / "out.txt");
+  const std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
+  CHECK_THAT(text, Contains("bad.json: experts[0].base_url: missing"));
+
+  // A good configuration: the program listens, answers, and stops on SIGTERM.
+  StandInUpstream upstream("any");
+  REQUIRE(upstream.start() > 0);
+  const auto good = dir / "good.json";
+  std::ofstream(good) << R"({"router_model":")" << kModel << R"(","listen":{"port":0},)"
+                      << R"("experts":[{"name":"gemma-2-9b-it","base_url":")" << upstream.base_url()
+                      << R"("}]})";
+  int pipe_fds[2];
+  REQUIRE(::pipe(pipe_fds) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::dup2(pipe_fds[1], 1);
+    ::close(pipe_fds[0]);
+    ::execl(TOROUTER_SERVER, TOROUTER_SERVER, "--config", good.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(pipe_fds[1]);
+  std::string line;
+  char c = 0;
+  while (::read(pipe_fds[0], &c, 1) == 1 && c != '\n' && line.size() < 1000) line.push_back(c);
+  ::close(pipe_fds[0]);
+  INFO(line);
+  const auto colon = line.rfind(':');
+  REQUIRE(line.find("listening on http://127.0.0.1:") != std::string::npos);
+  const int port = std::atoi(line.c_str() + colon + 1);
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(30s);
+  auto res = client.Post("/v1/chat/completions", chat_body("router", "hi"), "application/json");
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  CHECK(res->get_header_value("X-Torouter-Expert") == "gemma-2-9b-it");
+  ::kill(child, SIGTERM);
+  int child_status = 0;
+  ::waitpid(child, &child_status, 0);
+  CHECK(WIFEXITED(child_status));
+  CHECK(WEXITSTATUS(child_status) == 0);
+  std::filesystem::remove_all(dir);
+}
