@@ -4,6 +4,7 @@
 #include "torouter/features.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <string>
 
@@ -238,6 +239,10 @@ class FeatureWalker {
         unigram_start_(kind_state[0]),
         bigram_start_(kind_state[1]),
         ngram_start_(kind_state[2]),
+        // A power-of-two bucket count (the usual case) takes the remainder
+        // with a mask rather than a 64-bit division, the same value.
+        bucket_mask_((options.num_buckets & (options.num_buckets - 1)) == 0 ? options.num_buckets - 1
+                                                                          : 0),
         buckets_(buckets) {}
 
   void run(std::string_view text) {
@@ -342,7 +347,10 @@ class FeatureWalker {
     }
   }
 
-  void emit(std::uint64_t hash) { buckets_.push_back(bucket_of(hash, options_.num_buckets)); }
+  void emit(std::uint64_t hash) {
+    buckets_.push_back(bucket_mask_ != 0 ? static_cast<std::uint32_t>(hash & bucket_mask_)
+                                         : bucket_of(hash, options_.num_buckets));
+  }
 
   static constexpr Utf8Char kSpace{{' ', 0, 0, 0}, 1};
 
@@ -350,6 +358,7 @@ class FeatureWalker {
   const std::uint64_t unigram_start_;
   const std::uint64_t bigram_start_;
   const std::uint64_t ngram_start_;
+  const std::uint64_t bucket_mask_;  // num_buckets - 1 when a power of two, else 0
   std::vector<std::uint32_t>& buckets_;
 
   bool in_word_ = false;
@@ -377,6 +386,56 @@ std::uint64_t seeded_kind_state(std::uint64_t seed, FeatureKind kind) {
   std::uint64_t h = kFnvOffsetBasis;
   for (int i = 0; i < 8; ++i) h = fnv_byte(h, static_cast<unsigned char>(seed >> (8 * i)));
   return fnv_byte(h, static_cast<unsigned char>(kind));
+}
+
+// Sorts bucket indices (each < num_buckets) ascending, in place and without
+// allocating: one pass of an in-place most-significant-digit radix sort
+// (American flag sort) on the top 8 bits of the index range, then insertion
+// sort within each digit, which then holds few keys. Several times faster
+// than std::sort on the thousands of keys of a long prompt; the same order.
+void sort_buckets(std::uint32_t* data, std::size_t n, std::uint32_t num_buckets) {
+  const auto insertion_sort = [](std::uint32_t* first, std::uint32_t* last) {
+    for (std::uint32_t* i = first + (first != last); i < last; ++i) {
+      const std::uint32_t v = *i;
+      std::uint32_t* j = i;
+      for (; j > first && *(j - 1) > v; --j) *j = *(j - 1);
+      *j = v;
+    }
+  };
+  if (n < 64) {
+    insertion_sort(data, data + n);
+    return;
+  }
+  int bits = 0;
+  while (bits < 32 && (static_cast<std::uint64_t>(num_buckets - 1) >> bits) != 0) ++bits;
+  const int shift = bits > 8 ? bits - 8 : 0;
+  std::array<std::size_t, 257> start{};
+  for (std::size_t i = 0; i < n; ++i) ++start[(data[i] >> shift) + 1];
+  for (std::size_t d = 1; d < start.size(); ++d) start[d] += start[d - 1];
+  std::array<std::size_t, 256> next{};
+  std::copy(start.begin(), start.end() - 1, next.begin());
+  // Cycle leader: each key is swapped straight into its digit's region.
+  for (std::size_t d = 0; d < 256; ++d) {
+    while (next[d] < start[d + 1]) {
+      std::uint32_t v = data[next[d]];
+      std::size_t dv = v >> shift;
+      while (dv != d) {
+        std::swap(v, data[next[dv]++]);
+        dv = v >> shift;
+      }
+      data[next[d]++] = v;
+    }
+  }
+  if (shift == 0) return;  // each digit holds one key value
+  for (std::size_t d = 0; d < 256; ++d) {
+    std::uint32_t* first = data + start[d];
+    std::uint32_t* last = data + start[d + 1];
+    if (last - first > 48) {
+      std::sort(first, last);
+    } else {
+      insertion_sort(first, last);
+    }
+  }
 }
 
 }  // namespace
@@ -431,13 +490,14 @@ void Featurizer::featurize(std::string_view text, SparseFeatures& out) const {
   walker.run(text);
   walker.write_dense(out.dense);
 
-  std::sort(buckets.begin(), buckets.end());
+  detail::sort_buckets(buckets.data(), buckets.size(), options_.num_buckets);
   std::size_t unique = 0;
   double sum_squares = 0.0;
   for (std::size_t i = 0; i < buckets.size();) {
     std::size_t j = i + 1;
     while (j < buckets.size() && buckets[j] == buckets[i]) ++j;
-    const double value = 1.0 + std::log(static_cast<double>(j - i));
+    // Most buckets are hit once, and ln(1) is exactly 0.
+    const double value = j - i == 1 ? 1.0 : 1.0 + std::log(static_cast<double>(j - i));
     sum_squares += value * value;
     buckets[unique++] = buckets[i];
     out.values.push_back(static_cast<float>(value));

@@ -272,8 +272,11 @@ class MlpScorer : public TrainableScorer {
 
   void score(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
              ScorerWorkspace* workspace) const override {
-    MlpActivations local;
-    auto* a = workspace ? static_cast<MlpActivations*>(workspace) : &local;
+    // Only a call without a workspace pays for one (a SparseBatch allocates
+    // its first offset when constructed).
+    std::unique_ptr<MlpActivations> local;
+    if (workspace == nullptr) local = std::make_unique<MlpActivations>();
+    auto* a = workspace ? static_cast<MlpActivations*>(workspace) : local.get();
     const auto experts = static_cast<std::size_t>(weights_.quality_head.outputs());
     out.resize(count, experts);
     a->batch.clear();

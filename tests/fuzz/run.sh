@@ -14,8 +14,8 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(fuzz_expert_registry fuzz_model_file fuzz_dataset_lines
                                      fuzz_featurizer fuzz_collect_prompts)
-scripts/setup
-cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+scripts/setup sanitizers
+cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DTOROUTER_BUILD_FUZZERS=ON -DTOROUTER_BUILD_TESTS=OFF -DTOROUTER_BUILD_EXAMPLES=OFF \
   -DTOROUTER_BUILD_BENCHMARKS=OFF -DTOROUTER_WARNINGS_AS_ERRORS=ON \
   -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \

@@ -66,7 +66,13 @@ Scalar gelu_derivative(Scalar x) {
 template <typename Scalar>
 void gelu(const Matrix<Scalar>& x, Matrix<Scalar>& out) {
   out.resize(x.rows(), x.cols());
-  out = x.unaryExpr([](Scalar v) { return gelu(v); });
+  // As an array expression, so Eigen vectorises tanh (its rational
+  // approximation for float, within a few ulp of std::tanh); the scalar
+  // std::tanh per element was a third of a transformer-lite forward pass.
+  const auto v = x.array();
+  out.array() =
+      Scalar(0.5) * v *
+      (Scalar(1) + (detail::kGeluC<Scalar> * (v + detail::kGeluA<Scalar> * v.cube())).tanh());
 }
 
 /// dx = dout * GELU'(x).

@@ -11,6 +11,7 @@
 // nn.Linear.weight), so the forward pass is one row-major product.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -42,11 +43,33 @@ class Dense {
   /// not allocate when `out` already has that shape.
   void forward(const Matrix<Scalar>& x, Matrix<Scalar>& out) const {
     out.resize(x.rows(), outputs());
-    // One row at a time: a whole-batch product packs its operands into
-    // buffers that Eigen takes from the heap beyond 128 KB (e.g. 128 x 512
-    // floats), while a vector-matrix product never allocates, and measured
-    // as fast at these sizes.
-    for (Index i = 0; i < x.rows(); ++i) out.row(i).noalias() = x.row(i) * weight_;
+    if (x.rows() < kGemmMinRows) {
+      // A vector-matrix product never allocates.
+      for (Index i = 0; i < x.rows(); ++i) out.row(i).noalias() = x.row(i) * weight_;
+    } else {
+      // Matrix products reuse each weight panel across rows (a row at a time
+      // streams the whole weight once per row), but Eigen packs their
+      // operands into buffers it takes from the heap beyond 128 KB
+      // (EIGEN_STACK_ALLOCATION_LIMIT). Tiles of at most kGemmTile rows,
+      // columns and depth keep both buffers under it (128 x 256 floats), so
+      // the forward pass still never allocates.
+      const Index rows = x.rows(), cols = outputs(), depth = inputs();
+      for (Index i = 0; i < rows; i += kGemmTile) {
+        const Index m = std::min(kGemmTile, rows - i);
+        for (Index j = 0; j < cols; j += kGemmTile) {
+          const Index n = std::min(kGemmTile, cols - j);
+          auto tile = out.block(i, j, m, n);
+          for (Index k = 0; k < depth; k += kGemmDepth) {
+            const Index d = std::min(kGemmDepth, depth - k);
+            if (k == 0) {
+              tile.noalias() = x.block(i, k, m, d) * weight_.block(k, j, d, n);
+            } else {
+              tile.noalias() += x.block(i, k, m, d) * weight_.block(k, j, d, n);
+            }
+          }
+        }
+      }
+    }
     out.rowwise() += bias_.row(0);
   }
 
@@ -85,6 +108,12 @@ class Dense {
   const Matrix<Scalar>& bias_grad() const { return bias_grad_; }
 
  private:
+  // Batches of at least this many rows go through tiled matrix products.
+  static constexpr Index kGemmMinRows = 8;
+  // Tile sizes: rows and columns up to 256, depth up to 128 floats (64
+  // doubles), so each of Eigen's packed blocks fits in 128 KB of stack.
+  static constexpr Index kGemmTile = 256;
+  static constexpr Index kGemmDepth = 128 * 4 / static_cast<Index>(sizeof(Scalar));
   Matrix<Scalar> weight_;
   Matrix<Scalar> bias_;
   Matrix<Scalar> weight_grad_;

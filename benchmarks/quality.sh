@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Trains and evaluates torouter's routers (MLP with both losses, kNN,
+# transformer-lite) and the scikit-learn peers on both shared datasets, then
+# writes docs/RESULTS.md and the cost-quality plots under docs/plots/.
+#
+#   benchmarks/quality.sh            # about 10 minutes on 2 cores
+#
+# Needs the shared datasets ($TOROUTER_DATA, default ../shared/data) and,
+# for the peers, Debian's python3-sklearn.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data_root="${TOROUTER_DATA:-../shared/data}"
+[ -d "$data_root" ] || { echo "benchmarks/quality.sh: no datasets at $data_root (set TOROUTER_DATA)" >&2; exit 1; }
+out=build/quality
+mkdir -p "$out" docs/plots
+scripts/build >/dev/null
+
+# name | scorer spec | training options. Seed 1 and 2 threads throughout.
+routers=(
+  "mlp-bce|mlp:64,buckets=16384|--loss bce"
+  "mlp-soft|mlp:64,buckets=16384|--loss soft --temperature 0.1"
+  "knn|knn:40|"
+  "tlite-soft|tlite|--loss soft --temperature 0.1"
+)
+for dataset in routerbench3 llmrouter14; do
+  for entry in "${routers[@]}"; do
+    IFS='|' read -r name spec options <<<"$entry"
+    model="$out/$dataset-$name.tormodel"
+    echo "== $dataset: $name ($spec $options)"
+    # shellcheck disable=SC2086
+    build/bin/torouter train --data "$data_root/$dataset" --scorer "$spec" $options \
+      --seed 1 --threads 2 --out "$model" 2>"$out/$dataset-$name.train.log" | tail -1
+    build/bin/torouter eval --data "$data_root/$dataset" --model "$model" \
+      --json "$out/$dataset-$name.json" --plot "docs/plots/$dataset-$name.svg" | grep AIQ
+  done
+done
+benchmarks/peers/check_peers.sh "$out/peers" "$data_root"
+/usr/bin/python3 benchmarks/write_results.py "$out" > docs/RESULTS.md
+echo "wrote docs/RESULTS.md"
