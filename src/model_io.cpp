@@ -279,7 +279,9 @@ ModelReader ModelReader::parse(const std::string& bytes, const std::string& orig
     }
     tensor.values.resize(static_cast<std::size_t>(count));
     const std::size_t start = payload_start + static_cast<std::size_t>(offset);
-    if (host_is_little_endian()) {
+    if (tensor.values.empty()) {
+      // An empty tensor has no bytes to copy (and memcpy must not see its null data()).
+    } else if (host_is_little_endian()) {
       std::memcpy(tensor.values.data(), bytes.data() + start, tensor.values.size() * 4);
     } else {
       for (std::size_t i = 0; i < tensor.values.size(); ++i) {

@@ -8,6 +8,7 @@
 
 #include "torouter/error.hpp"
 #include "torouter/model_io.hpp"
+#include "torouter/trainable_scorer.hpp"
 
 using torouter::Error;
 using torouter::ModelReader;
@@ -76,6 +77,24 @@ TEST_CASE("fields and tensors round-trip through a model file") {
   CHECK(m(1, 2) == -6.5f);
   CHECK(m(0, 1) == 2.0f);
   CHECK(in.tensor("bias", {3}).values[2] == 1e-8f);
+}
+
+TEST_CASE("an empty tensor round-trips (a fuzzing regression)") {
+  // tests/fuzz/corpus/fuzz_model_file/regression-empty-tensor.tormodel is the
+  // input that found memcpy called on an empty tensor's null data.
+  ModelWriter out("demo");
+  out.add_tensor("empty", {0, 3}, {});
+  out.add_tensor("after", {1}, {2.5f});
+  const std::string path = temp_path("empty.tormodel");
+  out.write(path);
+  const ModelReader in = ModelReader::open(path);
+  CHECK(in.tensor("empty", {0, 3}).values.empty());
+  CHECK(in.tensor("after", {1}).values[0] == 2.5f);
+  CHECK_THROWS_AS(torouter::load_model(ModelReader::parse(
+                      read_bytes(std::string(TOROUTER_SOURCE_DIR) +
+                                 "/tests/fuzz/corpus/fuzz_model_file/regression-empty-tensor.tormodel"),
+                      "regression")),
+                  Error);
 }
 
 TEST_CASE("reading a field or tensor that is absent or of another type names it") {
