@@ -11,37 +11,12 @@
 #include "support/test_scorer.hpp"
 #include "torouter/router.hpp"
 
+#include "support/counting_new.hpp"
+
 namespace {
-std::atomic<long> g_allocations{0};
 // Where the self-check's allocation escapes to, so the compiler keeps it.
 int* volatile g_sink = nullptr;
-}
-
-// Every form of new and delete is replaced, so memory never crosses between
-// these and the runtime's own (which AddressSanitizer reports as a mismatch).
-namespace {
-void* counted_alloc(std::size_t size) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  return std::malloc(size == 0 ? 1 : size);
-}
 }  // namespace
-
-void* operator new(std::size_t size) {
-  if (void* p = counted_alloc(size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) {
-  if (void* p = counted_alloc(size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept { return counted_alloc(size); }
-void* operator new[](std::size_t size, const std::nothrow_t&) noexcept { return counted_alloc(size); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 using torouter::ExpertRegistry;
 using torouter::ExpertSpec;
