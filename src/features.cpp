@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "torouter/error.hpp"
@@ -20,8 +21,8 @@ constexpr std::uint32_t kReplacementCharacter = 0xFFFD;
 
 inline std::uint64_t fnv_byte(std::uint64_t h, unsigned char b) { return (h ^ b) * kFnvPrime; }
 
-// One code point as UTF-8 bytes, so the n-gram ring encodes each character
-// once rather than once per n-gram it belongs to.
+// One code point as UTF-8 bytes, encoded once and fed to every hash that
+// reads it.
 struct Utf8Char {
   std::array<unsigned char, 4> bytes{};
   unsigned char size = 0;
@@ -52,7 +53,9 @@ inline Utf8Char encode_utf8(std::uint32_t cp) {
 }
 
 inline std::uint64_t fnv_char(std::uint64_t h, const Utf8Char& c) {
-  for (unsigned char i = 0; i < c.size; ++i) h = fnv_byte(h, c.bytes[i]);
+  h = fnv_byte(h, c.bytes[0]);
+  // Most text is ASCII: one byte, and no loop to run.
+  for (unsigned char i = 1; i < c.size; ++i) h = fnv_byte(h, c.bytes[i]);
   return h;
 }
 
@@ -105,7 +108,7 @@ inline Decoded decode_utf8(const unsigned char* p, const unsigned char* end) {
 
 enum class CharClass : unsigned char { kSeparator, kWord, kIdeograph };
 
-inline bool in(std::uint32_t cp, std::uint32_t first, std::uint32_t last) {
+constexpr bool in(std::uint32_t cp, std::uint32_t first, std::uint32_t last) {
   return cp >= first && cp <= last;
 }
 
@@ -200,7 +203,7 @@ inline std::uint32_t to_lower(std::uint32_t cp) {
   return cp;
 }
 
-inline bool is_code_like(std::uint32_t cp) {
+constexpr bool is_code_like(std::uint32_t cp) {
   switch (cp) {
     // clang-format off
     case '{': case '}': case '(': case ')': case '[': case ']': case '<':
@@ -212,7 +215,7 @@ inline bool is_code_like(std::uint32_t cp) {
   }
 }
 
-inline bool is_math(std::uint32_t cp) {
+constexpr bool is_math(std::uint32_t cp) {
   switch (cp) {
     // clang-format off
     case '+': case '*': case '/': case '^': case '%': case '=':
@@ -223,6 +226,37 @@ inline bool is_math(std::uint32_t cp) {
       return in(cp, 0x2200, 0x22FF);
   }
 }
+
+// What the walker needs to know of an ASCII character, from one table
+// look-up instead of the general code-point tests.
+struct AsciiTraits {
+  unsigned char lower = 0;
+  bool word = false;
+  bool upper = false;
+  bool digit = false;
+  bool code_like = false;
+  bool math = false;
+  bool question = false;
+  bool newline = false;
+};
+
+constexpr std::array<AsciiTraits, 0x80> make_ascii_traits() {
+  std::array<AsciiTraits, 0x80> table{};
+  for (std::uint32_t cp = 0; cp < 0x80; ++cp) {
+    AsciiTraits& t = table[cp];
+    t.upper = in(cp, 'A', 'Z');
+    t.lower = static_cast<unsigned char>(t.upper ? cp + 0x20 : cp);
+    t.digit = in(cp, '0', '9');
+    t.word = t.digit || t.upper || in(cp, 'a', 'z');
+    t.code_like = is_code_like(cp);
+    t.math = is_math(cp);
+    t.question = cp == '?';
+    t.newline = cp == '\n';
+  }
+  return table;
+}
+
+constexpr std::array<AsciiTraits, 0x80> kAsciiTraits = make_ascii_traits();
 
 inline std::uint32_t bucket_of(std::uint64_t hash, std::uint32_t num_buckets) {
   return static_cast<std::uint32_t>(hash % num_buckets);
@@ -249,25 +283,17 @@ class FeatureWalker {
     const auto* p = reinterpret_cast<const unsigned char*>(text.data());
     const auto* end = p + text.size();
     while (p < end) {
+      if (*p < 0x80) {
+        add_ascii(kAsciiTraits[*p]);
+        ++p;
+        continue;
+      }
       const Decoded d = decode_utf8(p, end);
       p += d.length;
-      const std::uint32_t cp = d.code_point;
-      count_character(cp);
-      switch (classify(cp)) {
-        case CharClass::kSeparator:
-          end_word();
-          break;
-        case CharClass::kWord:
-          add_word_char(cp);
-          break;
-        case CharClass::kIdeograph:
-          end_word();
-          add_word_char(cp);
-          end_word();
-          break;
-      }
+      add_code_point(d.code_point);
     }
     end_word();
+    flush();
   }
 
   void write_dense(std::array<float, kDenseFeatureCount>& dense) const {
@@ -289,7 +315,22 @@ class FeatureWalker {
   }
 
  private:
-  void count_character(std::uint32_t cp) {
+  // The same as add_code_point for an ASCII character, without its tests.
+  void add_ascii(const AsciiTraits& t) {
+    ++chars_;
+    digits_ += t.digit;
+    newlines_ += t.newline;
+    code_like_ += t.code_like;
+    math_ += t.math;
+    question_ = question_ || t.question;
+    if (t.word) {
+      add_word_char(Utf8Char{{t.lower, 0, 0, 0}, 1}, t.upper);
+    } else {
+      end_word();
+    }
+  }
+
+  void add_code_point(std::uint32_t cp) {
     ++chars_;
     if (cp >= 0x80) ++non_ascii_;
     if (in(cp, '0', '9')) ++digits_;
@@ -297,14 +338,32 @@ class FeatureWalker {
     if (is_code_like(cp)) ++code_like_;
     if (is_math(cp)) ++math_;
     if (cp == '?' || cp == 0xFF1F || cp == 0x061F) question_ = true;
+    switch (classify(cp)) {
+      case CharClass::kSeparator:
+        end_word();
+        break;
+      case CharClass::kWord:
+        add_word_code_point(cp);
+        break;
+      case CharClass::kIdeograph:
+        end_word();
+        add_word_code_point(cp);
+        end_word();
+        break;
+    }
   }
 
-  void add_word_char(std::uint32_t cp) {
+  void add_word_code_point(std::uint32_t cp) {
+    const std::uint32_t lower = to_lower(cp);
+    add_word_char(encode_utf8(lower), lower != cp);
+  }
+
+  // Feeds one lowercased word character into the word's hashes.
+  void add_word_char(const Utf8Char& c, bool was_upper) {
+    make_room();
     if (!in_word_) start_word();
     ++word_chars_;
-    const std::uint32_t lower = to_lower(cp);
-    if (lower != cp) ++uppercase_;
-    const Utf8Char c = encode_utf8(lower);
+    uppercase_ += was_upper;
     unigram_ = fnv_char(unigram_, c);
     next_bigram_ = fnv_char(next_bigram_, c);
     if (has_previous_word_) bigram_ = fnv_char(bigram_, c);
@@ -316,12 +375,13 @@ class FeatureWalker {
     unigram_ = unigram_start_;
     next_bigram_ = bigram_start_;
     bigram_ = previous_bigram_prefix_;
-    ring_count_ = 0;
+    ngram_chars_ = 0;
     push_ngram_char(kSpace);
   }
 
   void end_word() {
     if (!in_word_) return;
+    make_room();
     in_word_ = false;
     ++words_;
     if (options_.word_unigrams) emit(unigram_);
@@ -331,25 +391,50 @@ class FeatureWalker {
     push_ngram_char(kSpace);
   }
 
-  // Adds one character of the padded word and hashes every n-gram that ends
-  // at it.
+  // Adds one character of the padded word and emits every n-gram that ends
+  // at it. FNV-1a reads a string from its first byte, so each n-gram's hash
+  // is a chain begun at its first character: the chains begun at the last
+  // char_ngram_max characters are each fed this character once, and those
+  // now char_ngram_min or more long are emitted. That is one hash step per
+  // chain and character, not one per character of every n-gram; the hashes
+  // and their order (shortest n-gram first) are the same.
   void push_ngram_char(const Utf8Char& c) {
     if (!options_.char_ngrams) return;
-    ring_[ring_count_ % kMaxCharNgram] = c;
-    ++ring_count_;
-    const std::size_t longest = std::min<std::size_t>(options_.char_ngram_max, ring_count_);
-    for (std::size_t n = options_.char_ngram_min; n <= longest; ++n) {
-      std::uint64_t h = ngram_start_;
-      for (std::size_t i = ring_count_ - n; i < ring_count_; ++i) {
-        h = fnv_char(h, ring_[i % kMaxCharNgram]);
-      }
-      emit(h);
+    chains_[ngram_chars_ % kMaxCharNgram] = ngram_start_;
+    ++ngram_chars_;
+    const std::size_t live = std::min<std::size_t>(options_.char_ngram_max, ngram_chars_);
+    const std::size_t shortest = options_.char_ngram_min;
+    std::size_t length = 1;
+    for (; length < shortest && length <= live; ++length) {
+      std::uint64_t& chain = chains_[(ngram_chars_ - length) % kMaxCharNgram];
+      chain = fnv_char(chain, c);
+    }
+    for (; length <= live; ++length) {
+      std::uint64_t& chain = chains_[(ngram_chars_ - length) % kMaxCharNgram];
+      chain = fnv_char(chain, c);
+      emit(chain);
     }
   }
 
+  // Buckets are gathered in a small array and appended to the output vector
+  // in blocks, so the hot loop stores without a capacity check per bucket.
   void emit(std::uint64_t hash) {
-    buckets_.push_back(bucket_mask_ != 0 ? static_cast<std::uint32_t>(hash & bucket_mask_)
-                                         : bucket_of(hash, options_.num_buckets));
+    pending_[pending_count_++] = bucket_mask_ != 0 ? static_cast<std::uint32_t>(hash & bucket_mask_)
+                                                   : bucket_of(hash, options_.num_buckets);
+  }
+
+  // Most buckets one add_word_char or end_word call emits: a word's
+  // unigram and bigram, and the n-grams ending at two padded characters.
+  static constexpr std::size_t kMostEmitsPerCall = 2 + 2 * kMaxCharNgram;
+
+  void make_room() {
+    if (pending_count_ > pending_.size() - kMostEmitsPerCall) flush();
+  }
+
+  void flush() {
+    buckets_.insert(buckets_.end(), pending_.begin(),
+                    pending_.begin() + static_cast<std::ptrdiff_t>(pending_count_));
+    pending_count_ = 0;
   }
 
   static constexpr Utf8Char kSpace{{' ', 0, 0, 0}, 1};
@@ -360,6 +445,8 @@ class FeatureWalker {
   const std::uint64_t ngram_start_;
   const std::uint64_t bucket_mask_;  // num_buckets - 1 when a power of two, else 0
   std::vector<std::uint32_t>& buckets_;
+  std::array<std::uint32_t, 256> pending_;
+  std::size_t pending_count_ = 0;
 
   bool in_word_ = false;
   bool has_previous_word_ = false;
@@ -367,8 +454,10 @@ class FeatureWalker {
   std::uint64_t bigram_ = 0;       // 'b' + previous word + ' ' + this word so far
   std::uint64_t next_bigram_ = 0;  // 'b' + this word so far
   std::uint64_t previous_bigram_prefix_ = 0;
-  std::array<Utf8Char, kMaxCharNgram> ring_{};
-  std::size_t ring_count_ = 0;
+  // chains_[i % kMaxCharNgram]: hash of the padded word's characters from
+  // its i-th (0-based) to the latest.
+  std::array<std::uint64_t, kMaxCharNgram> chains_{};
+  std::size_t ngram_chars_ = 0;  // characters of the padded word so far
 
   std::size_t chars_ = 0;
   std::size_t words_ = 0;
@@ -388,54 +477,143 @@ std::uint64_t seeded_kind_state(std::uint64_t seed, FeatureKind kind) {
   return fnv_byte(h, static_cast<unsigned char>(kind));
 }
 
-// Sorts bucket indices (each < num_buckets) ascending, in place and without
-// allocating: one pass of an in-place most-significant-digit radix sort
-// (American flag sort) on the top 8 bits of the index range, then insertion
-// sort within each digit, which then holds few keys. Several times faster
-// than std::sort on the thousands of keys of a long prompt; the same order.
-void sort_buckets(std::uint32_t* data, std::size_t n, std::uint32_t num_buckets) {
-  const auto insertion_sort = [](std::uint32_t* first, std::uint32_t* last) {
-    for (std::uint32_t* i = first + (first != last); i < last; ++i) {
-      const std::uint32_t v = *i;
-      std::uint32_t* j = i;
-      for (; j > first && *(j - 1) > v; --j) *j = *(j - 1);
-      *j = v;
+// Sorts bucket indices (each < num_buckets) ascending with a least-
+// significant-digit radix sort: one or more passes of up to 11 bits, each a
+// count and a stable scatter between `keys` and `scratch`. Linear in the
+// keys, and several times faster than std::sort on the thousands of keys of
+// a long prompt; the same order. Allocates only to grow `scratch`.
+void sort_buckets(std::vector<std::uint32_t>& keys, std::vector<std::uint32_t>& scratch,
+                  std::uint32_t num_buckets) {
+  const std::size_t n = keys.size();
+  if (n < 64) {  // a short prompt: insertion sort beats clearing counters
+    for (std::size_t i = 1; i < n; ++i) {
+      const std::uint32_t v = keys[i];
+      std::size_t j = i;
+      for (; j > 0 && keys[j - 1] > v; --j) keys[j] = keys[j - 1];
+      keys[j] = v;
     }
-  };
-  if (n < 64) {
-    insertion_sort(data, data + n);
     return;
   }
   int bits = 0;
   while (bits < 32 && (static_cast<std::uint64_t>(num_buckets - 1) >> bits) != 0) ++bits;
-  const int shift = bits > 8 ? bits - 8 : 0;
-  std::array<std::size_t, 257> start{};
-  for (std::size_t i = 0; i < n; ++i) ++start[(data[i] >> shift) + 1];
-  for (std::size_t d = 1; d < start.size(); ++d) start[d] += start[d - 1];
-  std::array<std::size_t, 256> next{};
-  std::copy(start.begin(), start.end() - 1, next.begin());
-  // Cycle leader: each key is swapped straight into its digit's region.
-  for (std::size_t d = 0; d < 256; ++d) {
-    while (next[d] < start[d + 1]) {
-      std::uint32_t v = data[next[d]];
-      std::size_t dv = v >> shift;
-      while (dv != d) {
-        std::swap(v, data[next[dv]++]);
-        dv = v >> shift;
-      }
-      data[next[d]++] = v;
+  constexpr int kMaxDigitBits = 11;
+  const int passes = std::max(1, (bits + kMaxDigitBits - 1) / kMaxDigitBits);
+  const int digit_bits = (bits + passes - 1) / passes;
+  const std::uint32_t digit_mask = (1u << digit_bits) - 1;
+  if (scratch.size() < n) scratch.resize(n);
+  std::uint32_t* from = keys.data();
+  std::uint32_t* to = scratch.data();
+  std::array<std::size_t, std::size_t{1} << kMaxDigitBits> position;
+  for (int pass = 0, shift = 0; pass < passes; ++pass, shift += digit_bits) {
+    std::fill_n(position.begin(), digit_mask + 1, 0);
+    for (std::size_t i = 0; i < n; ++i) ++position[(from[i] >> shift) & digit_mask];
+    std::size_t sum = 0;
+    for (std::uint32_t d = 0; d <= digit_mask; ++d) {
+      const std::size_t count = position[d];
+      position[d] = sum;
+      sum += count;
+    }
+    for (std::size_t i = 0; i < n; ++i) to[position[(from[i] >> shift) & digit_mask]++] = from[i];
+    std::swap(from, to);
+  }
+  if (from != keys.data()) std::copy(from, from + n, keys.data());
+}
+
+// 1 + ln(count) for the counts a bucket usually has, computed once with
+// std::log so the values are the same as computing them each time.
+double value_of_count(std::size_t count) {
+  static const std::array<double, 64> table = [] {
+    std::array<double, 64> values{};
+    values[0] = 0.0;
+    for (std::size_t c = 1; c < values.size(); ++c) {
+      // Most buckets are hit once, and ln(1) is exactly 0.
+      values[c] = c == 1 ? 1.0 : 1.0 + std::log(static_cast<double>(c));
+    }
+    return values;
+  }();
+  return count < table.size() ? table[count] : 1.0 + std::log(static_cast<double>(count));
+}
+
+// What counting a prompt's buckets leaves: `keys[0..distinct)` holds the
+// distinct buckets ascending and `values[0..distinct)` 1 + ln(count) of
+// each; `sum_of_squares` is the sum of the values' squares, added in that
+// order.
+struct CountedBuckets {
+  std::size_t distinct = 0;
+  double sum_of_squares = 0.0;
+};
+
+// Counting in a table indexed by bucket, with a bitmap of the buckets seen,
+// beats sorting when the bitmap has no more words than there are keys to
+// scan; the table (4 bytes a bucket) is kept for models of up to 2^18
+// buckets, the featurizer's default.
+bool bitmap_counting_pays(std::size_t keys, std::uint32_t num_buckets) {
+  constexpr std::uint32_t kMostBuckets = 1u << 18;
+  return num_buckets <= kMostBuckets && num_buckets / 64 <= keys;
+}
+
+// Counts with `scratch` as a table of num_buckets counters followed by a
+// bitmap of num_buckets bits. Both are zero on entry and left zero (every
+// user of the scratch leaves it zero), so a warm call touches only the
+// buckets of this prompt and the bitmap.
+CountedBuckets count_with_bitmap(std::vector<std::uint32_t>& keys, std::vector<float>& values,
+                                 std::vector<std::uint32_t>& scratch, std::uint32_t num_buckets) {
+  const std::size_t bitmap_words = (static_cast<std::size_t>(num_buckets) + 63) / 64;
+  const std::size_t needed = num_buckets + 2 * bitmap_words;
+  if (scratch.size() < needed) scratch.resize(needed);  // new entries are zero
+  std::uint32_t* counts = scratch.data();
+  // Two 32-bit entries per 64-bit word; memcpy keeps the accesses defined.
+  unsigned char* bitmap_bytes = reinterpret_cast<unsigned char*>(scratch.data() + num_buckets);
+  const auto load_word = [&](std::size_t w) {
+    std::uint64_t word;
+    std::memcpy(&word, bitmap_bytes + 8 * w, sizeof word);
+    return word;
+  };
+  const auto store_word = [&](std::size_t w, std::uint64_t word) {
+    std::memcpy(bitmap_bytes + 8 * w, &word, sizeof word);
+  };
+  for (const std::uint32_t key : keys) {
+    ++counts[key];
+    store_word(key / 64, load_word(key / 64) | (std::uint64_t{1} << (key % 64)));
+  }
+  CountedBuckets counted;
+  for (std::size_t w = 0; w < bitmap_words; ++w) {
+    std::uint64_t word = load_word(w);
+    if (word == 0) continue;
+    store_word(w, 0);
+    while (word != 0) {
+      const auto key = static_cast<std::uint32_t>(64 * w + static_cast<std::size_t>(__builtin_ctzll(word)));
+      word &= word - 1;
+      const double value = value_of_count(counts[key]);
+      counts[key] = 0;
+      counted.sum_of_squares += value * value;
+      keys[counted.distinct] = key;
+      values[counted.distinct] = static_cast<float>(value);
+      ++counted.distinct;
     }
   }
-  if (shift == 0) return;  // each digit holds one key value
-  for (std::size_t d = 0; d < 256; ++d) {
-    std::uint32_t* first = data + start[d];
-    std::uint32_t* last = data + start[d + 1];
-    if (last - first > 48) {
-      std::sort(first, last);
-    } else {
-      insertion_sort(first, last);
-    }
+  return counted;
+}
+
+// Counts by sorting the keys and measuring each run of equal ones.
+CountedBuckets count_after_sorting(std::vector<std::uint32_t>& keys, std::vector<float>& values,
+                                   std::vector<std::uint32_t>& scratch, std::uint32_t num_buckets) {
+  sort_buckets(keys, scratch, num_buckets);
+  // count_with_bitmap needs the scratch all zero, as it leaves it.
+  std::fill_n(scratch.begin(), std::min(keys.size(), scratch.size()), 0u);
+  CountedBuckets counted;
+  const std::size_t total = keys.size();
+  for (std::size_t i = 0; i < total;) {
+    std::size_t j = i + 1;
+    while (j < total && keys[j] == keys[i]) ++j;
+    const double value = value_of_count(j - i);
+    counted.sum_of_squares += value * value;
+    keys[counted.distinct] = keys[i];
+    values[counted.distinct] = static_cast<float>(value);
+    ++counted.distinct;
+    i = j;
   }
+  return counted;
 }
 
 }  // namespace
@@ -483,29 +661,23 @@ Featurizer::Featurizer(const FeaturizerOptions& options) : options_(options) {
 
 void Featurizer::featurize(std::string_view text, SparseFeatures& out) const {
   out.clear();
-  // Collect every feature's bucket, then sort and run-length count: no hash
-  // map, and the vector's capacity is reused on the next call.
+  // Collect every feature's bucket, then count each distinct one in
+  // ascending order: no hash map, and every vector's capacity is reused on
+  // the next call.
   std::vector<std::uint32_t>& buckets = out.indices;
   detail::FeatureWalker walker(options_, kind_state_, buckets);
   walker.run(text);
   walker.write_dense(out.dense);
 
-  detail::sort_buckets(buckets.data(), buckets.size(), options_.num_buckets);
-  std::size_t unique = 0;
-  double sum_squares = 0.0;
-  for (std::size_t i = 0; i < buckets.size();) {
-    std::size_t j = i + 1;
-    while (j < buckets.size() && buckets[j] == buckets[i]) ++j;
-    // Most buckets are hit once, and ln(1) is exactly 0.
-    const double value = j - i == 1 ? 1.0 : 1.0 + std::log(static_cast<double>(j - i));
-    sum_squares += value * value;
-    buckets[unique++] = buckets[i];
-    out.values.push_back(static_cast<float>(value));
-    i = j;
-  }
-  buckets.resize(unique);
-  if (sum_squares > 0.0) {
-    const float scale = static_cast<float>(1.0 / std::sqrt(sum_squares));
+  out.values.resize(buckets.size());  // an upper bound; cut to the distinct count below
+  const detail::CountedBuckets counted =
+      detail::bitmap_counting_pays(buckets.size(), options_.num_buckets)
+          ? detail::count_with_bitmap(buckets, out.values, out.scratch, options_.num_buckets)
+          : detail::count_after_sorting(buckets, out.values, out.scratch, options_.num_buckets);
+  buckets.resize(counted.distinct);
+  out.values.resize(counted.distinct);
+  if (counted.sum_of_squares > 0.0) {
+    const float scale = static_cast<float>(1.0 / std::sqrt(counted.sum_of_squares));
     for (float& v : out.values) v *= scale;
   }
 }

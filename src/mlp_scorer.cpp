@@ -6,6 +6,11 @@
 //   h1     = relu(input);  h_k = relu(Dense(h_{k-1}))
 //   quality logits = Dense(h_last)  -> sigmoid (Loss::Bce) or softmax (Loss::Soft)
 //   log(1 + output tokens) = Dense(h_last)
+//
+// With `table=int8` in the spec the embedding table is quantized to int8
+// with a scale per row once training ends (nn/int8_embedding_bag.hpp):
+// routing then reads a quarter of the bytes. The model file keeps the
+// dequantized table as floats, so any reader sees the weights in use.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -19,6 +24,7 @@
 #include "torouter/nn/activations.hpp"
 #include "torouter/nn/dense.hpp"
 #include "torouter/nn/embedding_bag.hpp"
+#include "torouter/nn/int8_embedding_bag.hpp"
 #include "torouter/nn/losses.hpp"
 
 namespace torouter::detail {
@@ -39,6 +45,10 @@ struct MlpWeights {
   Matrix dense_mean;   // 1 x kDenseWidth
   Matrix dense_scale;  // 1 x kDenseWidth: 1 / standard deviation
   nn::EmbeddingBag<float> embedding;
+  // Set when the table is served as int8; `embedding` then holds no table
+  // (it is rebuilt from this one to be saved).
+  bool int8_table = false;
+  nn::Int8EmbeddingBag int8_embedding;
   nn::Dense<float> dense_in;
   std::vector<nn::Dense<float>> layers;
   nn::Dense<float> quality_head;
@@ -81,7 +91,11 @@ void forward(const MlpWeights& w, MlpActivations& a) {
   const std::size_t depth = w.hidden.size();
   a.pre.resize(depth);
   a.post.resize(depth);
-  w.embedding.forward(a.batch, a.embedded);
+  if (w.int8_table) {
+    w.int8_embedding.forward(a.batch, a.embedded);
+  } else {
+    w.embedding.forward(a.batch, a.embedded);
+  }
   w.dense_in.forward(a.dense_x, a.projected);
   a.pre[0].resize(a.embedded.rows(), a.embedded.cols());
   a.pre[0].noalias() = a.embedded + a.projected;
@@ -256,10 +270,17 @@ class MlpScorer : public TrainableScorer {
     }
     weights_.featurizer.num_buckets = static_cast<std::uint32_t>(
         spec.integer_option("buckets", 1 << 15, 16, 1 << 22));
+    const std::string table = spec.text_option("table", "float");
+    if (table != "float" && table != "int8") {
+      throw Error(fmt::format("scorer spec \"{}\": table must be float or int8, got \"{}\"",
+                              spec.text, table));
+    }
+    int8_after_training_ = table == "int8";
     spec_ = fmt::format("mlp:{}", fmt::join(weights_.hidden, "x"));
     if (weights_.featurizer.num_buckets != (1u << 15)) {
       spec_ += fmt::format(",buckets={}", weights_.featurizer.num_buckets);
     }
+    if (int8_after_training_) spec_ += ",table=int8";
     featurizer_ = Featurizer(weights_.featurizer);
   }
 
@@ -305,7 +326,16 @@ class MlpScorer : public TrainableScorer {
     auto inputs = std::make_shared<MlpInputs>();
     inputs->set = &set;
     inputs->features.resize(set.rows());
-    for (std::size_t i = 0; i < set.rows(); ++i) featurizer_.featurize(set.prompts[i], inputs->features[i]);
+    // Each row keeps only its features, at their size; the featurizer's
+    // working memory stays with the one object it reuses.
+    SparseFeatures features;
+    for (std::size_t i = 0; i < set.rows(); ++i) {
+      featurizer_.featurize(set.prompts[i], features);
+      SparseFeatures& row = inputs->features[i];
+      row.indices = features.indices;
+      row.values = features.values;
+      row.dense = features.dense;
+    }
     standardize(inputs->features);
 
     weights_.build(static_cast<nn::Index>(set.experts.size()));
@@ -333,6 +363,7 @@ class MlpScorer : public TrainableScorer {
     MlpNetwork network(std::move(weights_), inputs, options);
     TrainReport report = train_network(network, set, options);
     weights_ = std::move(network.weights());
+    if (int8_after_training_) serve_int8_table();
     return report;
   }
 
@@ -350,9 +381,16 @@ class MlpScorer : public TrainableScorer {
     out.set("mlp.output", std::string(weights_.loss == Loss::Bce ? "sigmoid" : "softmax"));
     out.add_tensor("mlp.dense_mean", weights_.dense_mean);
     out.add_tensor("mlp.dense_scale", weights_.dense_scale);
+    out.set("mlp.embedding.storage", std::string(weights_.int8_table ? "int8" : "float"));
     nn::ParameterList<float> list;
     const_cast<MlpWeights&>(weights_).collect(list);
-    for (const auto& p : list) out.add_tensor(p.name, *p.value);
+    for (const auto& p : list) {
+      if (weights_.int8_table && p.value == &weights_.embedding.table()) {
+        out.add_tensor(p.name, weights_.int8_embedding.dequantized());
+      } else {
+        out.add_tensor(p.name, *p.value);
+      }
+    }
   }
 
   void read_model(const ModelReader& in) override {
@@ -392,6 +430,15 @@ class MlpScorer : public TrainableScorer {
     nn::ParameterList<float> list;
     weights_.collect(list);
     for (auto& p : list) in.tensor(p.name, p.value->rows(), p.value->cols(), *p.value);
+    // Files written before the field existed hold float tables.
+    const std::string storage =
+        in.has("mlp.embedding.storage") ? in.text("mlp.embedding.storage") : "float";
+    if (storage != "float" && storage != "int8") {
+      throw Error(in.where() + "field \"mlp.embedding.storage\": expected float or int8, got \"" +
+                  storage + "\"");
+    }
+    weights_.int8_table = false;
+    if (storage == "int8") serve_int8_table();
   }
 
  private:
@@ -414,9 +461,19 @@ class MlpScorer : public TrainableScorer {
     }
   }
 
+  // Quantizes the trained table and frees the float one and its gradient
+  // (write_model rebuilds the table from the int8 one, so the file holds
+  // what routing uses).
+  void serve_int8_table() {
+    weights_.int8_embedding = nn::Int8EmbeddingBag(weights_.embedding.table());
+    weights_.int8_table = true;
+    weights_.embedding = nn::EmbeddingBag<float>();
+  }
+
   MlpWeights weights_;
   Featurizer featurizer_;
   std::string spec_;
+  bool int8_after_training_ = false;
 };
 
 }  // namespace

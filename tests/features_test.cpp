@@ -5,7 +5,10 @@
 
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cctype>
 #include <cmath>
+#include <map>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -286,6 +289,84 @@ TEST_CASE("featurize is deterministic and thread-safe", "[features]") {
   }
   for (auto& thread : threads) thread.join();
   for (int m : matches) REQUIRE(m == 200);
+}
+
+// A slow featurizer for ASCII text, written from the header's rules alone:
+// it builds every feature string, hashes it with feature_bucket and counts
+// buckets in a map.
+SparseFeatures featurize_by_the_rules(std::string_view text, const FeaturizerOptions& options) {
+  std::vector<std::string> words;
+  std::string word;
+  for (char ch : std::string(text) + " ") {
+    if (std::isalnum(static_cast<unsigned char>(ch))) {
+      word += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    } else if (!word.empty()) {
+      words.push_back(word);
+      word.clear();
+    }
+  }
+  std::map<std::uint32_t, int> counts;
+  for (std::size_t w = 0; w < words.size(); ++w) {
+    ++counts[torouter::feature_bucket(FeatureKind::kWordUnigram, words[w], options)];
+    if (w > 0) {
+      ++counts[torouter::feature_bucket(FeatureKind::kWordBigram, words[w - 1] + " " + words[w],
+                                         options)];
+    }
+    const std::string padded = " " + words[w] + " ";
+    for (std::size_t n = options.char_ngram_min; n <= options.char_ngram_max; ++n) {
+      for (std::size_t start = 0; start + n <= padded.size(); ++start) {
+        ++counts[torouter::feature_bucket(FeatureKind::kCharNgram, padded.substr(start, n), options)];
+      }
+    }
+  }
+  SparseFeatures out;
+  double sum_squares = 0.0;
+  for (const auto& [bucket, count] : counts) {
+    const double value = 1.0 + std::log(static_cast<double>(count));
+    sum_squares += value * value;
+    out.indices.push_back(bucket);
+    out.values.push_back(static_cast<float>(value));
+  }
+  const auto scale = static_cast<float>(1.0 / std::sqrt(sum_squares));
+  for (float& v : out.values) v *= scale;
+  return out;
+}
+
+TEST_CASE("featurize agrees with the rules, reusing one output across sizes and bucket counts",
+          "[features]") {
+  // Texts from a few words to thousands, with repeated words so buckets are
+  // hit many times, and bucket counts from heavy collisions (64) to the
+  // default 2^18 and beyond: every way of counting the buckets is used, in
+  // a mixed order, through one reused SparseFeatures.
+  const std::vector<std::string> vocabulary = {"the", "router", "Picks", "an", "expert", "x",
+                                               "cheaper", "MODEL", "for", "each", "query", "42"};
+  std::mt19937 rng(7);
+  std::vector<std::string> texts;
+  for (std::size_t words : {3, 12, 40, 90, 400, 2500, 7, 150}) {
+    std::string text;
+    for (std::size_t i = 0; i < words; ++i) {
+      text += vocabulary[rng() % vocabulary.size()];
+      text += i % 9 == 8 ? ".\n" : " ";
+    }
+    texts.push_back(text);
+  }
+  SparseFeatures reused;
+  for (std::uint32_t buckets : {64u, 1000u, 16384u, 1u << 18, 1u << 20, 16384u}) {
+    FeaturizerOptions options;
+    options.num_buckets = buckets;
+    const Featurizer featurizer(options);
+    for (const std::string& text : texts) {
+      CAPTURE(buckets, text.size());
+      featurizer.featurize(text, reused);
+      const SparseFeatures expected = featurize_by_the_rules(text, options);
+      REQUIRE(reused.indices == expected.indices);
+      REQUIRE(reused.values.size() == expected.values.size());
+      for (std::size_t i = 0; i < expected.values.size(); ++i) {
+        REQUIRE(reused.values[i] == Approx(expected.values[i]).epsilon(1e-6));
+      }
+      require_same(featurize(featurizer, text), reused);
+    }
+  }
 }
 
 TEST_CASE("options turn feature kinds on and off", "[features]") {

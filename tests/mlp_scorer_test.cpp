@@ -10,6 +10,7 @@
 #include "support/synthetic_data.hpp"
 #include "torouter/error.hpp"
 #include "torouter/eval.hpp"
+#include "torouter/model_io.hpp"
 #include "torouter/router.hpp"
 #include "torouter/trainable_scorer.hpp"
 
@@ -133,6 +134,51 @@ TEST_CASE("a trained MLP round-trips through a model file, checks included") {
     CHECK_THROWS_WITH(torouter::load_model(tampered),
                       Contains("tampered.tormodel") && Contains("recorded check"));
   }
+}
+
+TEST_CASE("an MLP served with an int8 table round-trips and predicts as its float twin") {
+  TrainOptions options = quick_options();
+  options.max_epochs = 4;
+  options.seed = 9;
+  auto float_table = torouter::make_scorer("mlp:16,buckets=1024");
+  auto int8_table = torouter::make_scorer("mlp:16,buckets=1024,table=int8");
+  CHECK(int8_table->spec() == "mlp:16,buckets=1024,table=int8");
+  float_table->train(synthetic_set(), options);
+  int8_table->train(synthetic_set(), options);
+
+  // Same training; only the served table is rounded, by at most half a step
+  // of each row, so predictions move little.
+  const ScoreBatch a = float_table->score(kHeldOut);
+  const ScoreBatch b = int8_table->score(kHeldOut);
+  CHECK((a.quality - b.quality).cwiseAbs().maxCoeff() < 0.02f);
+  CHECK((a.quality - b.quality).cwiseAbs().maxCoeff() > 0.0f);
+
+  const std::string path = temp_path("int8.tormodel");
+  torouter::save_model(*int8_table, path);
+  const torouter::LoadedModel model = torouter::load_model(path);  // recorded checks pass
+  CHECK(model.scorer->spec() == "mlp:16,buckets=1024,table=int8");
+  const ScoreBatch c = model.scorer->score(kHeldOut);
+  CHECK((c.quality - b.quality).cwiseAbs().maxCoeff() < 1e-6f);
+
+  // The file keeps the table as floats, each row a multiple of its step.
+  const torouter::ModelReader reader = torouter::ModelReader::open(path);
+  CHECK(reader.text("mlp.embedding.storage") == "int8");
+  Eigen::MatrixXf table;
+  reader.tensor("mlp.embedding.table", 1024, 16, table);
+  int rows_checked = 0;
+  for (Eigen::Index r = 0; r < table.rows(); ++r) {
+    const float step = table.row(r).cwiseAbs().maxCoeff() / 127.0f;
+    if (step == 0.0f) continue;
+    for (Eigen::Index col = 0; col < table.cols(); ++col) {
+      const float steps = table(r, col) / step;
+      REQUIRE(std::abs(steps - std::round(steps)) < 1e-3f);
+    }
+    ++rows_checked;
+  }
+  CHECK(rows_checked > 100);
+
+  CHECK_THROWS_WITH(torouter::make_scorer("mlp:16,table=int4"),
+                    Contains("table must be float or int8"));
 }
 
 TEST_CASE("a trained router routes empty, invalid UTF-8 and 1 MB prompts") {

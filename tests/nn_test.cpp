@@ -26,6 +26,7 @@
 #include "torouter/nn/attention.hpp"
 #include "torouter/nn/dense.hpp"
 #include "torouter/nn/embedding_bag.hpp"
+#include "torouter/nn/int8_embedding_bag.hpp"
 #include "torouter/nn/encoder_layer.hpp"
 #include "torouter/nn/layer_norm.hpp"
 #include "torouter/nn/losses.hpp"
@@ -206,6 +207,50 @@ TEST_CASE("EmbeddingBag sums weighted rows and gradients touch only used rows", 
   CHECK(bag.touched_rows().empty());
   CHECK(bag.table_grad().isZero());
   report_worst("embedding_bag");
+}
+
+TEST_CASE("Int8EmbeddingBag stays within half a step of the float table", "[nn]") {
+  nn::Rng rng(5);
+  nn::EmbeddingBag<float> bag(50, 64);
+  bag.init(rng);
+  bag.table().row(3).setZero();  // an all-zero row gets scale 0, not NaN
+  bag.table()(7, 5) = 40.0f;     // one large weight sets its row's step
+  const nn::Int8EmbeddingBag small(bag.table());
+  REQUIRE(small.buckets() == 50);
+  REQUIRE(small.dim() == 64);
+  CHECK(small.bytes() == 50 * 64 + 50 * sizeof(float));
+
+  const nn::Matrix<float> dequantized = small.dequantized();
+  for (nn::Index r = 0; r < bag.table().rows(); ++r) {
+    const float step = bag.table().row(r).cwiseAbs().maxCoeff() / 127.0f;
+    CHECK((dequantized.row(r) - bag.table().row(r)).cwiseAbs().maxCoeff() <= step * 0.5f * 1.0001f);
+  }
+  CHECK(dequantized.row(3).isZero());
+  CHECK(dequantized(7, 5) == Approx(40.0f));
+  // Quantizing the dequantized table changes nothing that matters: a model
+  // file stores the dequantized floats and the loader quantizes them again.
+  const nn::Matrix<float> again = nn::Int8EmbeddingBag(dequantized).dequantized();
+  CHECK((again - dequantized).cwiseAbs().maxCoeff() <= 1e-6f * dequantized.cwiseAbs().maxCoeff());
+
+  // Its forward pass is the float bag's over the dequantized table.
+  nn::SparseBatch batch;
+  std::vector<std::uint32_t> many;
+  std::vector<float> values;
+  for (std::uint32_t i = 0; i < 40; ++i) {
+    many.push_back(i);
+    values.push_back(0.1f * static_cast<float>(i % 7) - 0.3f);
+  }
+  batch.add_row(many.data(), values.data(), many.size());  // long enough to prefetch
+  batch.add_row({}, {});
+  batch.add_row({3, 7, 49}, {1.0f, -0.5f, 2.0f});
+  nn::EmbeddingBag<float> reference(50, 64);
+  reference.table() = dequantized;
+  nn::Matrix<float> expected, out;
+  reference.forward(batch, expected);
+  small.forward(batch, out);
+  REQUIRE(out.rows() == 3);
+  CHECK((out - expected).cwiseAbs().maxCoeff() <= 1e-5f * (1.0f + expected.cwiseAbs().maxCoeff()));
+  CHECK(out.row(1).isZero());
 }
 
 TEST_CASE("LayerNorm gradients match finite differences", "[nn]") {

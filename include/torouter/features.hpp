@@ -123,6 +123,9 @@ struct SparseFeatures {
   std::vector<float> values;
   /// Cheap numeric features, indexed by `DenseFeature`.
   std::array<float, kDenseFeatureCount> dense{};
+  /// Working memory of `Featurizer::featurize` (it sorts through it); its
+  /// contents mean nothing. Kept here so a warm call need not allocate it.
+  std::vector<std::uint32_t> scratch;
 
   /// Empties the features, keeping the vectors' capacity.
   void clear() {

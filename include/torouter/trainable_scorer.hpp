@@ -3,8 +3,9 @@
 //
 // The string factory follows faiss's index_factory:
 //   "mlp"  "mlp:256"  "mlp:256x128"  "mlp:64,buckets=16384"   multi-layer perceptron
+//   "mlp:64,buckets=16384,table=int8"     ... served with an int8 embedding table
 //   "knn"  "knn:40"                                             k nearest neighbours
-//   "tlite"  "tlite:128"                                        transformer-lite encoder
+//   "tlite"  "tlite:64"  "tlite:128,ff=512,tokens=128"            transformer-lite encoder
 //
 //   auto scorer = torouter::make_scorer("mlp:256");
 //   scorer->train(torouter::make_training_set(data.experts, data.train), {});

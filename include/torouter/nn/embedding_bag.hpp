@@ -85,11 +85,18 @@ class EmbeddingBag {
   void forward(const SparseBatch& batch, Matrix<Scalar>& out) const {
     out.resize(batch.rows(), dim());
     out.setZero();
+    const Index width = dim();
+    using RowMap = Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
     for (Index i = 0; i < batch.rows(); ++i) {
       const auto ui = static_cast<std::size_t>(i);
-      for (std::size_t e = batch.offsets[ui]; e < batch.offsets[ui + 1]; ++e) {
-        out.row(i) +=
-            static_cast<Scalar>(batch.values[e]) * table_.row(static_cast<Index>(batch.indices[e]));
+      const std::size_t first = batch.offsets[ui];
+      const std::size_t last = batch.offsets[ui + 1];
+      Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> sum(out.row(i).data(), width);
+      for (std::size_t e = first; e < last; ++e) {
+        // A prompt's rows are scattered over a table of megabytes: asking
+        // for the rows a few entries ahead overlaps their cache misses.
+        if (e + kPrefetchAhead < last) prefetch_row(batch.indices[e + kPrefetchAhead]);
+        sum += static_cast<Scalar>(batch.values[e]) * RowMap(row_data(batch.indices[e]), width);
       }
     }
   }
@@ -129,6 +136,22 @@ class EmbeddingBag {
   const std::vector<Index>& touched_rows() const { return touched_rows_; }
 
  private:
+  static constexpr std::size_t kPrefetchAhead = 8;
+
+  const Scalar* row_data(std::uint32_t row) const {
+    return table_.data() + static_cast<std::size_t>(row) * static_cast<std::size_t>(dim());
+  }
+
+  void prefetch_row(std::uint32_t row) const {
+#if defined(__GNUC__) || defined(__clang__)
+    const char* bytes = reinterpret_cast<const char*>(row_data(row));
+    const std::size_t size = static_cast<std::size_t>(dim()) * sizeof(Scalar);
+    for (std::size_t offset = 0; offset < size; offset += 64) __builtin_prefetch(bytes + offset);
+#else
+    (void)row;
+#endif
+  }
+
   Matrix<Scalar> table_;
   Matrix<Scalar> table_grad_;
   std::vector<Index> touched_rows_;
