@@ -13,9 +13,9 @@
 // the featurizer has buckets: row `buckets` is the token of an empty prompt,
 // so every prompt has at least one position to pool over.
 //
-// A sequence may be padded to more rows than it has tokens (the scorer pads
-// to `max_tokens` so its buffers keep one shape); padded rows are computed
-// but never attended to nor pooled, so they change nothing.
+// A sequence may be padded to more rows than it has tokens; padded rows are
+// computed but never attended to nor pooled, so they change nothing. The
+// scorer serves through tlite_packed.hpp instead, which needs no padding.
 #pragma once
 
 #include <algorithm>
@@ -38,11 +38,11 @@ namespace torouter::detail {
 /// The sizes of a transformer-lite network.
 struct TliteShape {
   /// Model width; a multiple of `heads`.
-  nn::Index d_model = 128;
+  nn::Index d_model = 64;
   /// Attention heads per layer.
   nn::Index heads = 4;
   /// Feed-forward width.
-  nn::Index ff = 512;
+  nn::Index ff = 256;
   /// Encoder layers.
   nn::Index layers = 2;
   /// Words read from a prompt, and rows of the position table.
@@ -54,17 +54,6 @@ struct TliteShape {
 /// The output-token head's share of the loss, as the MLP's: answer length
 /// matters for cost but must not drown the quality signal.
 inline constexpr double kTliteTokenLossWeight = 0.1;
-
-/// Softmax-attention weights of every length a padded sequence can have,
-/// made once, so padded inference keeps every buffer at one shape and a warm
-/// call allocates nothing (the attention block sizes its weights
-/// positions x length, which would otherwise reallocate whenever the length
-/// changes).
-template <typename Scalar>
-struct TliteAttentionPool {
-  /// by_length[L - 1][h]: head h's weights for length L.
-  std::vector<std::vector<nn::Matrix<Scalar>>> by_length;
-};
 
 /// Weights and their gradients.
 template <typename Scalar>
@@ -138,14 +127,18 @@ class TliteModel {
   const TliteShape& shape() const { return shape_; }
   bool predicts_tokens() const { return predicts_tokens_; }
   nn::Index experts() const { return quality_head_.outputs(); }
+  /// The weights, for the packed serving pass (tlite_packed.hpp).
+  const Mat& token_table() const { return token_table_; }
+  const Mat& position_table() const { return position_table_; }
+  const std::vector<Layer>& layers() const { return layers_; }
+  const nn::LayerNorm<Scalar>& final_norm() const { return final_norm_; }
 
   /// Encodes ids[0 .. count) (count <= max_tokens; none is the empty token)
   /// in a sequence of `positions` rows (>= max(count, 1), <= max_tokens) and
   /// sets pooled.row(row) to the mean of the final norm over the real
-  /// positions. With a pool holding the sequence's length, its attention
-  /// weights are borrowed from there.
+  /// positions, keeping what encode_backward needs.
   void encode(const std::uint32_t* ids, std::size_t count, nn::Index positions, Sequence& s,
-              Mat& pooled, nn::Index row, TliteAttentionPool<Scalar>* pool = nullptr) const {
+              Mat& pooled, nn::Index row) const {
     s.empty_id = shape_.buckets;
     s.ids = count == 0 ? &s.empty_id : ids;
     s.count = count == 0 ? 1 : count;
@@ -158,22 +151,9 @@ class TliteModel {
     for (nn::Index i = s.length; i < positions; ++i) s.input.row(i) = position_table_.row(i);
     s.outputs.resize(layers_.size());
     s.caches.resize(layers_.size());
-    std::vector<Mat>* borrowed = nullptr;
-    if (pool != nullptr && static_cast<std::size_t>(s.length) <= pool->by_length.size()) {
-      borrowed = &pool->by_length[static_cast<std::size_t>(s.length - 1)];
-      if (borrowed->empty()) borrowed = nullptr;
-    }
     const Mat* x = &s.input;
     for (std::size_t k = 0; k < layers_.size(); ++k) {
-      auto& probs = s.caches[k].attention.probs;
-      if (borrowed != nullptr) {
-        probs.resize(borrowed->size());
-        for (std::size_t h = 0; h < probs.size(); ++h) std::swap(probs[h], (*borrowed)[h]);
-      }
       layers_[k].forward(*x, s.length, s.outputs[k], s.caches[k]);
-      if (borrowed != nullptr) {
-        for (std::size_t h = 0; h < probs.size(); ++h) std::swap(probs[h], (*borrowed)[h]);
-      }
       x = &s.outputs[k];
     }
     final_norm_.forward(*x, s.normed, s.final_cache);

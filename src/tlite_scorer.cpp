@@ -2,12 +2,17 @@
 // transformer encoder, mean pooled, with the MLP's per-expert heads (the
 // network is in tlite_model.hpp).
 //
-// Spec: "tlite" or "tlite:D" (model width D, default 128) with options
+// Spec: "tlite" or "tlite:D" (model width D, default 64) with options
 //   layers=N   encoder layers (2)        heads=N    attention heads (4)
-//   ff=N       feed-forward width (512)  tokens=N   words read per prompt (64)
+//   ff=N       feed-forward width (256)  tokens=N   words read per prompt (64)
 //   buckets=N  word hash buckets (16384)
 // e.g. "tlite:64,layers=1,tokens=32". A prompt longer than `tokens` words is
 // scored on its first `tokens` words.
+//
+// Training runs one sequence at a time through TliteModel (with backward);
+// scoring packs the prompts' real tokens together (tlite_packed.hpp), in
+// chunks of up to kPackedRows rows, so nothing is spent on padding and the
+// products are large.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -15,6 +20,7 @@
 
 #include "scorers.hpp"
 #include "tlite_model.hpp"
+#include "tlite_packed.hpp"
 #include "torouter/error.hpp"
 #include "torouter/features.hpp"
 #include "trainer.hpp"
@@ -26,12 +32,17 @@ using Matrix = nn::Matrix<float>;
 using Model = TliteModel<float>;
 constexpr TliteShape kDefaultShape{};
 
-// The scorer's per-thread scratch: a sequence padded to max_tokens rows and
-// attention weights for every length, so a warm call allocates nothing.
+// Rows packed into one serving pass: enough for large products, small
+// enough that the buffers stay a few megabytes.
+constexpr nn::Index kPackedRows = 512;
+
+// The scorer's per-thread scratch, sized once, so a warm call allocates
+// nothing: one prompt's ids, the packed ids of a chunk with each prompt's
+// first row, and the packed pass's buffers.
 struct TliteWorkspace : ScorerWorkspace {
-  std::vector<std::uint32_t> ids;
-  Model::Sequence sequence;
-  TliteAttentionPool<float> pool;
+  std::vector<std::uint32_t> prompt_ids, ids;
+  std::vector<nn::Index> starts;
+  TlitePackedBuffers buffers;
   Matrix pooled, logits, tokens;
 };
 
@@ -101,35 +112,43 @@ class TliteScorer : public TrainableScorer {
 
   std::unique_ptr<ScorerWorkspace> make_workspace() const override {
     auto w = std::make_unique<TliteWorkspace>();
-    w->ids.reserve(static_cast<std::size_t>(shape_.max_tokens));
-    w->pool.by_length.resize(static_cast<std::size_t>(shape_.max_tokens));
-    for (std::size_t length = 1; length <= w->pool.by_length.size(); ++length) {
-      w->pool.by_length[length - 1].assign(
-          static_cast<std::size_t>(shape_.heads),
-          Matrix(shape_.max_tokens, static_cast<nn::Index>(length)));
-    }
-    if (trained()) {
-      // One call gives every other buffer its (only) shape.
-      w->pooled.resize(1, shape_.d_model);
-      model_.encode(nullptr, 0, shape_.max_tokens, w->sequence, w->pooled, 0, &w->pool);
-      model_.heads_forward(w->pooled, w->logits, w->tokens);
-    }
+    const nn::Index rows = std::max(kPackedRows, shape_.max_tokens);
+    w->prompt_ids.reserve(static_cast<std::size_t>(shape_.max_tokens));
+    w->ids.reserve(static_cast<std::size_t>(rows));
+    w->starts.reserve(static_cast<std::size_t>(rows) + 1);
+    w->buffers.reserve(shape_, rows);
     return w;
   }
 
   void score(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
              ScorerWorkspace* workspace) const override {
-    TliteWorkspace local;
-    auto* w = workspace ? static_cast<TliteWorkspace*>(workspace) : &local;
+    std::unique_ptr<ScorerWorkspace> local;
+    if (workspace == nullptr) local = make_workspace();
+    auto* w = static_cast<TliteWorkspace*>(workspace ? workspace : local.get());
     const auto experts = static_cast<std::size_t>(model_.experts());
     out.resize(count, experts);
     w->pooled.resize(static_cast<nn::Index>(count), shape_.d_model);
+    // Prompts join the chunk until the next would overflow the buffers.
+    std::size_t first = 0;
+    w->ids.clear();
+    w->starts.assign(1, 0);
     for (std::size_t i = 0; i < count; ++i) {
-      featurizer_.token_ids(prompts[i], static_cast<std::size_t>(shape_.max_tokens), w->ids);
-      // Always max_tokens rows: one shape for every prompt, so the warm
-      // buffers are never resized.
-      model_.encode(w->ids.data(), w->ids.size(), shape_.max_tokens, w->sequence, w->pooled,
-                    static_cast<nn::Index>(i), &w->pool);
+      featurizer_.token_ids(prompts[i], static_cast<std::size_t>(shape_.max_tokens), w->prompt_ids);
+      if (w->prompt_ids.empty()) w->prompt_ids.push_back(shape_.buckets);  // the empty prompt's token
+      const auto length = static_cast<nn::Index>(w->prompt_ids.size());
+      if (w->starts.back() + length > w->buffers.capacity_rows) {
+        tlite_encode_packed(model_, w->ids.data(), w->starts, w->buffers, w->pooled,
+                            static_cast<nn::Index>(first));
+        first = i;
+        w->ids.clear();
+        w->starts.assign(1, 0);
+      }
+      w->ids.insert(w->ids.end(), w->prompt_ids.begin(), w->prompt_ids.end());
+      w->starts.push_back(w->starts.back() + length);
+    }
+    if (count > 0) {
+      tlite_encode_packed(model_, w->ids.data(), w->starts, w->buffers, w->pooled,
+                          static_cast<nn::Index>(first));
     }
     model_.heads_forward(w->pooled, w->logits, w->tokens);
     tlite_logits_to_scores(loss_, w->logits);

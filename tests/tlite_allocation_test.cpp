@@ -49,7 +49,7 @@ long allocations_since(long before) { return g_allocations.load() - before; }
 }  // namespace
 
 TEST_CASE("a warm tlite score allocates nothing for any prompt length", "[tlite][allocation]") {
-  // The default shape (d=128, 4 heads, ff 512, 64 tokens), trained for one
+  // The default shape (d=64, 4 heads, ff 256, 64 tokens), trained for one
   // epoch.
   std::shared_ptr<torouter::TrainableScorer> scorer = torouter::make_scorer("tlite");
   torouter::TrainOptions options;

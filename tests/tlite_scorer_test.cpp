@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../src/tlite_model.hpp"
+#include "../src/tlite_packed.hpp"
 #include "torouter/error.hpp"
 #include "torouter/trainable_scorer.hpp"
 
@@ -22,10 +23,10 @@ namespace {
 namespace nn = torouter::nn;
 using torouter::Loss;
 using torouter::TrainingSet;
-using torouter::detail::TliteAttentionPool;
 using torouter::detail::TliteBatchScratch;
 using torouter::detail::TliteInputs;
 using torouter::detail::TliteModel;
+using torouter::detail::TlitePackedBuffers;
 using torouter::detail::TliteShape;
 using MatD = nn::Matrix<double>;
 using MatF = nn::Matrix<float>;
@@ -100,36 +101,40 @@ TEST_CASE("tlite forward pass matches a PyTorch reference", "[tlite]") {
 
   const MatD& ids = t.at("ids");
   const MatD& lengths = t.at("lengths");
-  TliteAttentionPool<float> pool;
-  pool.by_length.resize(static_cast<std::size_t>(shape.max_tokens));
-  for (std::size_t length = 1; length <= pool.by_length.size(); ++length) {
-    pool.by_length[length - 1].assign(static_cast<std::size_t>(shape.heads),
-                                      MatF(shape.max_tokens, static_cast<nn::Index>(length)));
-  }
   double max_diff = 0;
+  const auto compare = [&](nn::Index i, const MatF& pooled, nn::Index row) {
+    MatF logits, tokens;
+    model.heads_forward(pooled.row(row), logits, tokens);
+    max_diff =
+        std::max(max_diff, (pooled.row(row).cast<double>() - t.at("pooled").row(i)).cwiseAbs().maxCoeff());
+    max_diff = std::max(
+        max_diff, (logits.cast<double>() - t.at("quality_logits").row(i)).cwiseAbs().maxCoeff());
+    max_diff = std::max(
+        max_diff, (tokens.cast<double>() - t.at("log_tokens").row(i)).cwiseAbs().maxCoeff());
+  };
+  // One sequence at a time, as in training; and all of them packed in one
+  // serving pass, as the scorer serves.
+  std::vector<std::uint32_t> packed;
+  std::vector<nn::Index> starts{0};
   for (nn::Index i = 0; i < ids.rows(); ++i) {
     std::vector<std::uint32_t> seq;
     for (nn::Index j = 0; j < lengths(0, i); ++j)
       seq.push_back(static_cast<std::uint32_t>(ids(i, j)));
+    packed.insert(packed.end(), seq.begin(), seq.end());
+    starts.push_back(static_cast<nn::Index>(packed.size()));
     // The empty prompt is the reserved token; give it as no ids at all.
     if (seq.size() == 1 && seq[0] == shape.buckets) seq.clear();
-    // Unpadded (as in training) and padded to max_tokens with the pool (as
-    // the scorer serves).
-    for (int padded = 0; padded < 2; ++padded) {
-      TliteModel<float>::Sequence s;
-      MatF pooled(1, shape.d_model), logits, tokens;
-      const nn::Index positions =
-          padded ? shape.max_tokens : std::max<nn::Index>(1, static_cast<nn::Index>(seq.size()));
-      model.encode(seq.data(), seq.size(), positions, s, pooled, 0, padded ? &pool : nullptr);
-      model.heads_forward(pooled, logits, tokens);
-      max_diff =
-          std::max(max_diff, (pooled.cast<double>() - t.at("pooled").row(i)).cwiseAbs().maxCoeff());
-      max_diff = std::max(
-          max_diff, (logits.cast<double>() - t.at("quality_logits").row(i)).cwiseAbs().maxCoeff());
-      max_diff = std::max(
-          max_diff, (tokens.cast<double>() - t.at("log_tokens").row(i)).cwiseAbs().maxCoeff());
-    }
+    TliteModel<float>::Sequence s;
+    MatF pooled(1, shape.d_model);
+    model.encode(seq.data(), seq.size(), std::max<nn::Index>(1, static_cast<nn::Index>(seq.size())),
+                 s, pooled, 0);
+    compare(i, pooled, 0);
   }
+  TlitePackedBuffers buffers;
+  buffers.reserve(shape, starts.back());
+  MatF pooled(ids.rows() + 1, shape.d_model);
+  torouter::detail::tlite_encode_packed(model, packed.data(), starts, buffers, pooled, 1);
+  for (nn::Index i = 0; i < ids.rows(); ++i) compare(i, pooled, i + 1);
   std::printf("tlite PyTorch reference, max abs difference: %.3g\n", max_diff);
   CHECK(max_diff < 1e-5);
 }
@@ -370,13 +375,43 @@ TEST_CASE("tlite scores empty and long prompts", "[tlite]") {
   CHECK(scores.quality.row(2) == scores.quality.row(3));
 }
 
+TEST_CASE("tlite scores a large batch in packed chunks as it scores prompts one by one",
+          "[tlite]") {
+  const TrainingSet set = synthetic_set(100, 4);
+  auto scorer = torouter::make_scorer("tlite:16,heads=2,ff=32,layers=2,tokens=64,buckets=512");
+  auto options = small_options(1);
+  options.max_epochs = 2;
+  scorer->train(set, options);
+  // 60 prompts of 0 to 70 words: about 2,000 rows, so several chunks of the
+  // serving pass, split between prompts, with empty prompts among them.
+  std::vector<std::string> prompts;
+  for (int i = 0; i < 60; ++i) {
+    std::string text;
+    for (int w = 0; w < (i * 37) % 71; ++w) text += (w % 4 == 0 ? "python " : w % 4 == 1 ? "sea " : "bug ");
+    prompts.push_back(text);
+  }
+  const auto together = scorer->score(prompts);
+  REQUIRE(together.quality.rows() == 60);
+  auto workspace = scorer->make_workspace();
+  torouter::ScoreBatch one;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    const std::string_view p = prompts[i];
+    scorer->score(&p, 1, one, workspace.get());
+    const auto row = static_cast<Eigen::Index>(i);
+    CHECK((one.quality.row(0) - together.quality.row(row)).cwiseAbs().maxCoeff() < 1e-5f);
+    CHECK((one.output_tokens.row(0) - together.output_tokens.row(row)).cwiseAbs().maxCoeff() <
+          1e-3f * (1.0f + one.output_tokens.row(0).cwiseAbs().maxCoeff()));
+  }
+}
+
 TEST_CASE("tlite spec strings", "[tlite]") {
-  CHECK(torouter::make_scorer("tlite")->spec() == "tlite:128");
+  CHECK(torouter::make_scorer("tlite")->spec() == "tlite:64");
   CHECK(torouter::make_scorer("tlite:64,tokens=32,layers=1")->spec() ==
         "tlite:64,layers=1,tokens=32");
-  CHECK(
-      torouter::make_scorer("tlite:128,heads=4,ff=512,layers=2,tokens=64,buckets=16384")->spec() ==
-      "tlite:128");
+  CHECK(torouter::make_scorer("tlite:64,heads=4,ff=256,layers=2,tokens=64,buckets=16384")->spec() ==
+        "tlite:64");
+  CHECK(torouter::make_scorer("tlite:128,ff=512,tokens=128")->spec() ==
+        "tlite:128,ff=512,tokens=128");
   CHECK(torouter::make_scorer(kSmallSpec)->kind() == "tlite");
   CHECK_THROWS_AS(torouter::make_scorer("tlite:30,heads=4"), torouter::Error);
   CHECK_THROWS_AS(torouter::make_scorer("tlite:0"), torouter::Error);

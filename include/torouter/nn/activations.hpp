@@ -62,10 +62,11 @@ Scalar gelu_derivative(Scalar x) {
   return Scalar(0.5) * (Scalar(1) + t) + Scalar(0.5) * x * (Scalar(1) - t * t) * du;
 }
 
-/// out = GELU(x), tanh approximation.
-template <typename Scalar>
-void gelu(const Matrix<Scalar>& x, Matrix<Scalar>& out) {
-  out.resize(x.rows(), x.cols());
+/// out = GELU(x), tanh approximation, into `out` already x's shape (a Map
+/// or a block over the caller's memory; `out` may be x itself).
+template <typename In, typename Out>
+void gelu_into(const Eigen::MatrixBase<In>& x, Eigen::MatrixBase<Out>& out) {
+  using Scalar = typename Out::Scalar;
   // As an array expression, so Eigen vectorises tanh (its rational
   // approximation for float, within a few ulp of std::tanh); the scalar
   // std::tanh per element was a third of a transformer-lite forward pass.
@@ -73,6 +74,13 @@ void gelu(const Matrix<Scalar>& x, Matrix<Scalar>& out) {
   out.array() =
       Scalar(0.5) * v *
       (Scalar(1) + (detail::kGeluC<Scalar> * (v + detail::kGeluA<Scalar> * v.cube())).tanh());
+}
+
+/// out = GELU(x), tanh approximation.
+template <typename Scalar>
+void gelu(const Matrix<Scalar>& x, Matrix<Scalar>& out) {
+  out.resize(x.rows(), x.cols());
+  gelu_into(x, out);
 }
 
 /// dx = dout * GELU'(x).

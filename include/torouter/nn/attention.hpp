@@ -155,12 +155,16 @@ class MultiHeadAttention {
   Index head_dim() const { return heads_ == 0 ? 0 : d_model() / heads_; }
   /// Query projection.
   Dense<Scalar>& q() { return q_; }
+  const Dense<Scalar>& q() const { return q_; }
   /// Key projection.
   Dense<Scalar>& k() { return k_; }
+  const Dense<Scalar>& k() const { return k_; }
   /// Value projection.
   Dense<Scalar>& v() { return v_; }
+  const Dense<Scalar>& v() const { return v_; }
   /// Output projection.
   Dense<Scalar>& out() { return out_; }
+  const Dense<Scalar>& out() const { return out_; }
 
  private:
   Index heads_ = 0;

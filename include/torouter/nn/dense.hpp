@@ -19,6 +19,37 @@
 
 namespace torouter::nn {
 
+/// out = a b, for `out` already a.rows() x b.cols(), without allocating.
+///
+/// Matrix products reuse each panel of b across rows of a (a row at a time
+/// streams all of b once per row), but Eigen packs their operands into
+/// buffers it takes from the heap beyond 128 KB (EIGEN_STACK_ALLOCATION_LIMIT).
+/// Tiles of at most 256 rows and columns and 128 floats (64 doubles) of
+/// depth keep both buffers under it.
+template <typename A, typename B, typename Out>
+void multiply_in_tiles(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b,
+                       Eigen::MatrixBase<Out>& out) {
+  using Scalar = typename Out::Scalar;
+  constexpr Index kTile = 256;
+  constexpr Index kDepth = 128 * 4 / static_cast<Index>(sizeof(Scalar));
+  const Index rows = a.rows(), cols = b.cols(), depth = a.cols();
+  for (Index i = 0; i < rows; i += kTile) {
+    const Index m = std::min(kTile, rows - i);
+    for (Index j = 0; j < cols; j += kTile) {
+      const Index n = std::min(kTile, cols - j);
+      auto tile = out.block(i, j, m, n);
+      for (Index k = 0; k < depth; k += kDepth) {
+        const Index d = std::min(kDepth, depth - k);
+        if (k == 0) {
+          tile.noalias() = a.block(i, k, m, d) * b.block(k, j, d, n);
+        } else {
+          tile.noalias() += a.block(i, k, m, d) * b.block(k, j, d, n);
+        }
+      }
+    }
+  }
+}
+
 /// A linear layer with bias.
 template <typename Scalar>
 class Dense {
@@ -43,32 +74,19 @@ class Dense {
   /// not allocate when `out` already has that shape.
   void forward(const Matrix<Scalar>& x, Matrix<Scalar>& out) const {
     out.resize(x.rows(), outputs());
+    forward_into(x, out);
+  }
+
+  /// out = x W + b into `out`, already batch x outputs: a Map or a block
+  /// over the caller's memory, so a caller whose batch size varies need not
+  /// reallocate. Never allocates.
+  template <typename In, typename Out>
+  void forward_into(const Eigen::MatrixBase<In>& x, Eigen::MatrixBase<Out>& out) const {
     if (x.rows() < kGemmMinRows) {
       // A vector-matrix product never allocates.
       for (Index i = 0; i < x.rows(); ++i) out.row(i).noalias() = x.row(i) * weight_;
     } else {
-      // Matrix products reuse each weight panel across rows (a row at a time
-      // streams the whole weight once per row), but Eigen packs their
-      // operands into buffers it takes from the heap beyond 128 KB
-      // (EIGEN_STACK_ALLOCATION_LIMIT). Tiles of at most kGemmTile rows,
-      // columns and depth keep both buffers under it (128 x 256 floats), so
-      // the forward pass still never allocates.
-      const Index rows = x.rows(), cols = outputs(), depth = inputs();
-      for (Index i = 0; i < rows; i += kGemmTile) {
-        const Index m = std::min(kGemmTile, rows - i);
-        for (Index j = 0; j < cols; j += kGemmTile) {
-          const Index n = std::min(kGemmTile, cols - j);
-          auto tile = out.block(i, j, m, n);
-          for (Index k = 0; k < depth; k += kGemmDepth) {
-            const Index d = std::min(kGemmDepth, depth - k);
-            if (k == 0) {
-              tile.noalias() = x.block(i, k, m, d) * weight_.block(k, j, d, n);
-            } else {
-              tile.noalias() += x.block(i, k, m, d) * weight_.block(k, j, d, n);
-            }
-          }
-        }
-      }
+      multiply_in_tiles(x, weight_, out);
     }
     out.rowwise() += bias_.row(0);
   }
@@ -110,10 +128,6 @@ class Dense {
  private:
   // Batches of at least this many rows go through tiled matrix products.
   static constexpr Index kGemmMinRows = 8;
-  // Tile sizes: rows and columns up to 256, depth up to 128 floats (64
-  // doubles), so each of Eigen's packed blocks fits in 128 KB of stack.
-  static constexpr Index kGemmTile = 256;
-  static constexpr Index kGemmDepth = 128 * 4 / static_cast<Index>(sizeof(Scalar));
   Matrix<Scalar> weight_;
   Matrix<Scalar> bias_;
   Matrix<Scalar> weight_grad_;

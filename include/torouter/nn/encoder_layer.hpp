@@ -115,14 +115,19 @@ class EncoderLayer {
   Index ff_dim() const { return ff1_.outputs(); }
   /// The norm before attention.
   LayerNorm<Scalar>& norm1() { return norm1_; }
+  const LayerNorm<Scalar>& norm1() const { return norm1_; }
   /// The self-attention block.
   MultiHeadAttention<Scalar>& attention() { return attention_; }
+  const MultiHeadAttention<Scalar>& attention() const { return attention_; }
   /// The norm before the feed-forward.
   LayerNorm<Scalar>& norm2() { return norm2_; }
+  const LayerNorm<Scalar>& norm2() const { return norm2_; }
   /// Feed-forward, d_model to ff.
   Dense<Scalar>& ff1() { return ff1_; }
+  const Dense<Scalar>& ff1() const { return ff1_; }
   /// Feed-forward, ff to d_model.
   Dense<Scalar>& ff2() { return ff2_; }
+  const Dense<Scalar>& ff2() const { return ff2_; }
 
  private:
   LayerNorm<Scalar> norm1_;

@@ -57,6 +57,21 @@ class LayerNorm {
     out.rowwise() += bias_.row(0);
   }
 
+  /// Normalises each row of x into `out`, already x's shape (a Map or a block
+  /// over the caller's memory): forward's result without the cache that
+  /// backward needs. Never allocates.
+  template <typename In, typename Out>
+  void forward_into(const Eigen::MatrixBase<In>& x, Eigen::MatrixBase<Out>& out) const {
+    const Scalar inv_dim = Scalar(1) / static_cast<Scalar>(dim());
+    for (Index i = 0; i < x.rows(); ++i) {
+      const Scalar mean = x.row(i).sum() * inv_dim;
+      out.row(i) = x.row(i).array() - mean;
+      const Scalar var = out.row(i).squaredNorm() * inv_dim;
+      const Scalar inv_std = Scalar(1) / std::sqrt(var + eps_);
+      out.row(i) = (out.row(i).array() * inv_std) * gain_.row(0).array() + bias_.row(0).array();
+    }
+  }
+
   /// Accumulates the gain and bias gradients and sets dx, from the cache of
   /// the forward pass and the upstream gradient `dout`.
   void backward(const Cache& cache, const Matrix<Scalar>& dout, Matrix<Scalar>& dx) {
