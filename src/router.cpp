@@ -163,7 +163,7 @@ const Candidate* RouteDecision::find(std::string_view name) const {
 
 RouteDecision Router::route(std::string_view prompt, const RouteOptions& options) const {
   RouteDecision decision;
-  route(prompt, options, decision);
+  route_pooled(prompt, options, decision);
   return decision;
 }
 
@@ -173,8 +173,41 @@ void Router::route(std::string_view prompt, const RouteOptions& options,
     decision.workspace_ = scorer_->make_workspace();
     decision.workspace_owner_ = scorer_.get();
   }
+  route_with(prompt, options, decision, decision.workspace_.get());
+}
+
+void Router::route_pooled(std::string_view prompt, const RouteOptions& options,
+                          RouteDecision& decision) const {
+  std::unique_ptr<ScorerWorkspace> workspace;
+  {
+    std::lock_guard<std::mutex> lock(idle_workspaces_mutex_);
+    if (!idle_workspaces_.empty()) {
+      workspace = std::move(idle_workspaces_.back());
+      idle_workspaces_.pop_back();
+    }
+  }
+  if (!workspace) workspace = scorer_->make_workspace();
+  // Returned to the pool whether routing succeeds or throws.
+  struct GiveBack {
+    const Router& router;
+    std::unique_ptr<ScorerWorkspace>& workspace;
+    ~GiveBack() {
+      if (!workspace) return;  // the scorer needs none
+      std::lock_guard<std::mutex> lock(router.idle_workspaces_mutex_);
+      try {
+        router.idle_workspaces_.push_back(std::move(workspace));
+      } catch (...) {
+        // Out of memory growing the pool: the workspace is freed instead.
+      }
+    }
+  } give_back{*this, workspace};
+  route_with(prompt, options, decision, workspace.get());
+}
+
+void Router::route_with(std::string_view prompt, const RouteOptions& options,
+                        RouteDecision& decision, ScorerWorkspace* workspace) const {
   ScoreBatch& scores = decision.scores_;
-  scorer_->score(&prompt, 1, scores, decision.workspace_.get());
+  scorer_->score(&prompt, 1, scores, workspace);
   const auto columns = static_cast<Eigen::Index>(scorer_->expert_names().size());
   if (scores.quality.rows() != 1 || scores.quality.cols() != columns ||
       scores.output_tokens.rows() != 1 || scores.output_tokens.cols() != columns) {
@@ -538,7 +571,7 @@ class Router::InvokeRun {
 
 InvokeResult Router::invoke(std::string_view prompt, const InvokeOptions& options) {
   InvokeResult result;
-  route(prompt, options.route, result.decision);
+  route_pooled(prompt, options.route, result.decision);
   InvokeRun(*this, prompt, options, result).run();
   return result;
 }

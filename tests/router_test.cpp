@@ -1,8 +1,11 @@
 #include <catch2/catch.hpp>
 #include <simdjson.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "support/test_scorer.hpp"
 #include "torouter/error.hpp"
@@ -185,4 +188,60 @@ TEST_CASE("a decision converts to JSON that parses and says why") {
   CHECK(std::string_view(candidates.at(0)["expert"]) == "coder");
   CHECK(bool(candidates.at(0)["eligible"]));
   CHECK(std::string_view(candidates.at(1)["excluded_because"]) == "missing_tag");
+}
+
+namespace {
+
+// Counts the working memory it is asked for, and notices two calls sharing one.
+class CountingScorer : public TableScorer {
+ public:
+  struct Workspace : torouter::ScorerWorkspace {
+    std::atomic<bool> in_use{false};
+  };
+  using TableScorer::TableScorer;
+
+  std::unique_ptr<torouter::ScorerWorkspace> make_workspace() const override {
+    ++made;
+    return std::make_unique<Workspace>();
+  }
+  void score(const std::string_view* prompts, std::size_t count, torouter::ScoreBatch& out,
+             torouter::ScorerWorkspace* workspace) const override {
+    auto* w = dynamic_cast<Workspace*>(workspace);
+    if (w == nullptr || w->in_use.exchange(true)) ++misused;
+    TableScorer::score(prompts, count, out, workspace);
+    if (w != nullptr) w->in_use = false;
+  }
+
+  mutable std::atomic<int> made{0};
+  mutable std::atomic<int> misused{0};
+};
+
+}  // namespace
+
+TEST_CASE("fresh decisions borrow the scorer's working memory from the router's pool") {
+  auto counting = std::make_shared<CountingScorer>(
+      std::vector<std::string>{"strong", "cheap", "coder"}, std::vector<float>{0.9f, 0.6f, 0.7f});
+  Router router(three_experts(), counting);
+  router.set_transport("strong", torouter::Transport::sync([](const torouter::Request&) {
+                         return torouter::Response::answer("ok", 1, 1);
+                       }));
+  for (int i = 0; i < 50; ++i) {
+    CHECK(router.route("a prompt").pick()->name == "strong");
+    CHECK(router.invoke("a prompt").ok());
+  }
+  CHECK(counting->made == 1);  // one workspace, lent again and again
+
+  RouteDecision kept;
+  for (int i = 0; i < 5; ++i) router.route("a prompt", {}, kept);
+  CHECK(counting->made == 2);  // a reused decision keeps its own
+
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&router] {
+      for (int i = 0; i < 300; ++i) router.route("a prompt");
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  CHECK(counting->made <= 2 + 8);  // at most one per route in flight
+  CHECK(counting->misused == 0);   // never two routes on one workspace
 }

@@ -14,7 +14,10 @@
 //
 // `route` and `invoke` are safe to call from many threads at once. Routing
 // into a reused `RouteDecision` on a warm router allocates nothing and takes
-// no lock. `set_transport` must happen before the first `invoke`.
+// no lock. A fresh decision (the `route` that returns one, and `invoke`)
+// borrows the scorer's working memory from a pool the router keeps, one
+// per call in flight, rather than making it each time. `set_transport` must
+// happen before the first `invoke`.
 #pragma once
 
 #include <atomic>
@@ -252,7 +255,8 @@ class Router {
 
   /// Scores the prompt, applies constraints and ranks the experts.
   RouteDecision route(std::string_view prompt, const RouteOptions& options = {}) const;
-  /// Same, into `decision`; allocation-free once `decision` has been used
+  /// Same, into `decision`, which keeps the scorer's working memory for its
+  /// next route: allocation-free and lock-free once `decision` has been used
   /// with this router and the same options.
   void route(std::string_view prompt, const RouteOptions& options,
              RouteDecision& decision) const;
@@ -281,6 +285,12 @@ class Router {
 
   std::size_t expert_index(std::string_view name) const;
   bool cooling_down(std::size_t expert, std::int64_t now_ns) const;
+  // Routes into `decision` with the scorer's working memory `workspace`.
+  void route_with(std::string_view prompt, const RouteOptions& options, RouteDecision& decision,
+                  ScorerWorkspace* workspace) const;
+  // Routes into `decision` with working memory borrowed from the pool.
+  void route_pooled(std::string_view prompt, const RouteOptions& options,
+                    RouteDecision& decision) const;
 
   ExpertRegistry experts_;
   std::shared_ptr<const Scorer> scorer_;
@@ -292,6 +302,10 @@ class Router {
   std::vector<Transport> transports_;
   std::unique_ptr<ExpertState[]> state_;
   std::unique_ptr<Budget> budget_;
+  // Scorer working memory not in use, for routes into fresh decisions (a
+  // transformer-lite's is megabytes: making it per call would dominate).
+  mutable std::mutex idle_workspaces_mutex_;
+  mutable std::vector<std::unique_ptr<ScorerWorkspace>> idle_workspaces_;
 };
 
 }  // namespace torouter
