@@ -247,6 +247,12 @@ TEST_CASE("router server: fails over from failing upstreams", "[server]") {
     CHECK(res->get_header_value("X-Torouter-Expert") != first);
     CHECK(res->get_header_value("X-Torouter-Attempts") == attempts);
     CHECK_THAT(res->body, Contains("\"failure\":\"" + kind + "\""));
+    // Every attempt, on either expert, sent the whole conversation.
+    const std::string answered = res->get_header_value("X-Torouter-Expert");
+    REQUIRE(f.upstreams.count(answered) == 1);
+    for (const std::string& expert : {first, answered}) {
+      CHECK_THAT(f.upstreams[expert]->last_body(), Contains("\"content\":\"Be brief.\""));
+    }
   };
   SECTION("5xx") { expect_failover(behaviour(Kind::Status, 503), "server_error"); }
   SECTION("dropped connection") { expect_failover(behaviour(Kind::Drop), "server_error"); }

@@ -2,17 +2,16 @@
 // routes them with torouter::Router, calls the upstreams through
 // torouter::openai, and answers in the OpenAI shapes (plain JSON or SSE).
 //
-// The router's transports see only `Request::prompt` (the routing text); the
-// full conversation and the client's parameters reach them through a
-// thread-local `CallContext` set around each invoke. This relies on the
-// router calling synchronous and streaming transports on the invoking thread,
-// which it does (src/router.cpp, call_transport).
+// The router scores, and hands its transports as `Request::prompt`, only the
+// routing text; the full conversation and the client's parameters reach them
+// as the invoke's context (`InvokeOptions::context`, a `CallContext*`).
 #include "router_server.hpp"
 
 #include <fmt/format.h>
 #include <httplib.h>
 #include <simdjson.h>
 
+#include <any>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -158,7 +157,8 @@ struct ChatRequest {
   std::size_t max_tokens = 0;
 };
 
-// What the transports need of the request being served (see the file's comment).
+// What the transports need of the request being served, and what they tell
+// back; each invoke's context points to one (see the file's comment).
 struct CallContext {
   std::string_view messages_json;
   std::string_view extra_json;
@@ -170,15 +170,11 @@ struct CallContext {
   int upstream_calls = 0;
 };
 
-thread_local CallContext* t_call = nullptr;
-
-class CallScope {
- public:
-  explicit CallScope(CallContext* call) { t_call = call; }
-  ~CallScope() { t_call = nullptr; }
-  CallScope(const CallScope&) = delete;
-  CallScope& operator=(const CallScope&) = delete;
-};
+// The call context of the invoke `request` belongs to, or nullptr.
+CallContext* call_context_of(const Request& request) {
+  CallContext* const* held = std::any_cast<CallContext*>(request.context);
+  return held != nullptr ? *held : nullptr;
+}
 
 bool equal_constant_time(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
@@ -363,7 +359,7 @@ struct RouterServer::Impl {
   // One upstream call of expert `i`, with the conversation of the request
   // being served when there is one.
   Response call_upstream(std::size_t i, const Request& request, const ChunkCallback& on_chunk) {
-    CallContext* call = t_call;
+    CallContext* call = call_context_of(request);
     const auto start = Clock::now();
     if (call != nullptr && !call->route_observed) {
       metrics->observe_route(std::chrono::duration<double>(start - call->started).count());
@@ -402,11 +398,11 @@ struct RouterServer::Impl {
     call.extra_json = chat.extra_json;
     call.stream = static_cast<bool>(on_chunk);
     InvokeOptions options = invoke_options(chat);
+    options.context = &call;
     metrics->count_chat_request(chat.bypass);
     if (!chat.bypass) {
       options.on_chunk = std::move(on_chunk);
       call.started = Clock::now();
-      CallScope scope(&call);
       InvokeResult result = router->invoke(chat.routing_text, options);
       if (!call.route_observed) metrics->observe_route(seconds_since(call.started));
       if (result.ok()) metrics->count_answer(*router->experts().index_of(result.expert));
@@ -422,6 +418,7 @@ struct RouterServer::Impl {
     request.prompt = chat.routing_text;
     request.max_output_tokens = chat.max_tokens;
     request.timeout = std::min(config.router.attempt_timeout, config.router.invoke_timeout);
+    request.context = &options.context;
     std::size_t streamed_chars = 0;
     bool delivered = false;
     ChunkCallback counting;
@@ -433,11 +430,7 @@ struct RouterServer::Impl {
       };
     }
     call.route_observed = true;
-    Response response;
-    {
-      CallScope scope(&call);
-      response = call_upstream(chat.expert, request, counting);
-    }
+    Response response = call_upstream(chat.expert, request, counting);
     Attempt attempt;
     attempt.expert = spec.name;
     attempt.number = 1;
