@@ -144,6 +144,18 @@ ApiError bad_request(std::string message, std::string param, std::string code = 
   return e;
 }
 
+// The index of the first element of `list` that is not an object with a
+// string `field`, or kNone.
+std::size_t first_without_string(simdjson::dom::array list, std::string_view field) {
+  std::size_t i = 0;
+  for (simdjson::dom::element e : list) {
+    std::string_view value;
+    if (e.type() != simdjson::dom::element_type::OBJECT || e[field].get(value)) return i;
+    ++i;
+  }
+  return kNone;
+}
+
 // What a chat completion request asks for.
 struct ChatRequest {
   bool bypass = false;
@@ -168,6 +180,9 @@ struct CallContext {
   bool route_observed = false;
   std::size_t current_expert = kNone;
   int upstream_calls = 0;
+  // The finish reason and tool calls of the last upstream call, which is
+  // the one that answered when the invoke succeeds.
+  openai::ChatAnswer answer;
 };
 
 // The call context of the invoke `request` belongs to, or nullptr.
@@ -262,8 +277,43 @@ struct StreamState {
   std::size_t first_expert = kNone;
   int calls_before_first = 0;
   InvokeResult result;
+  openai::ChatAnswer answer;
   std::thread worker;
 };
+
+// One `chat.completion.chunk` event: `delta` holds the delta's members
+// (without braces), `finish_reason` is JSON (null or a string), and `extra`
+// adds top-level members after the choices (with its leading comma).
+std::string chunk_event(std::string_view id, long long created, std::string_view model,
+                        std::string_view delta, std::string_view finish_reason,
+                        std::string_view extra = {}) {
+  return fmt::format(
+      "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},"
+      "\"choices\":[{{\"index\":0,\"delta\":{{{}}},\"finish_reason\":{}}}]{}}}\n\n",
+      id, created, json_string(model), delta, finish_reason, extra);
+}
+
+// The finish reason relayed to the client; an upstream that gave none
+// stopped on its own, or to call tools.
+std::string finish_reason_of(const openai::ChatAnswer& answer) {
+  if (!answer.finish_reason.empty()) return answer.finish_reason;
+  return answer.tool_calls.empty() ? "stop" : "tool_calls";
+}
+
+// The answer's tool calls as a JSON array; in a stream delta each carries
+// its `index`.
+std::string tool_calls_json(const std::vector<openai::ToolCall>& calls, bool with_index) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    const openai::ToolCall& call = calls[i];
+    if (i > 0) out.push_back(',');
+    out += fmt::format("{{{}\"id\":{},\"type\":{},\"function\":{{\"name\":{},\"arguments\":{}}}}}",
+                       with_index ? fmt::format("\"index\":{},", i) : "", json_string(call.id),
+                       json_string(call.type), json_string(call.name), json_string(call.arguments));
+  }
+  out.push_back(']');
+  return out;
+}
 
 }  // namespace
 
@@ -375,6 +425,7 @@ struct RouterServer::Impl {
       chat.messages_json = call->messages_json;
       chat.extra_fields_json = call->extra_json;
       chat.cancel = call->cancel;
+      chat.answer = &call->answer;
       response = call->stream ? upstreams[i]->stream(request, on_chunk, chat)
                               : upstreams[i]->complete(request, chat);
     }
@@ -500,14 +551,9 @@ struct RouterServer::Impl {
       return bad_request("missing or non-array field: messages", "messages");
     }
     if (messages.size() == 0) return bad_request("messages must not be empty", "messages");
-    std::size_t i = 0;
-    for (simdjson::dom::element m : messages) {
-      std::string_view role;
-      if (m.type() != simdjson::dom::element_type::OBJECT || m["role"].get(role)) {
-        return bad_request(fmt::format("messages[{}] must be an object with a string role", i),
-                           fmt::format("messages[{}].role", i));
-      }
-      ++i;
+    if (const std::size_t i = first_without_string(messages, "role"); i != kNone) {
+      return bad_request(fmt::format("messages[{}] must be an object with a string role", i),
+                         fmt::format("messages[{}].role", i));
     }
     for (auto field : top) {
       const std::string_view key = field.key;
@@ -522,6 +568,19 @@ struct RouterServer::Impl {
           return bad_request(fmt::format("{} must be a whole number", key), std::string(key));
         }
         chat.max_tokens = static_cast<std::size_t>(n);
+      }
+      // Checked here, not left to the upstreams: a malformed tool list is a
+      // bad request to every expert, and each would be tried in turn.
+      if (key == "tools") {
+        simdjson::dom::array tools;
+        if (field.value.get(tools)) return bad_request("tools must be an array", "tools");
+        if (const std::size_t k = first_without_string(tools, "type"); k != kNone) {
+          return bad_request(fmt::format("tools[{}] must be an object with a string type", k),
+                             fmt::format("tools[{}].type", k));
+        }
+      }
+      if (key == "tool_choice" && !field.value.is_string() && !field.value.is_object()) {
+        return bad_request("tool_choice must be a string or an object", "tool_choice");
       }
       if (!chat.extra_json.empty()) chat.extra_json.push_back(',');
       chat.extra_json += json_string(key);
@@ -624,13 +683,20 @@ struct RouterServer::Impl {
     const std::size_t in = r.response.input_tokens > 0 ? r.response.input_tokens : chat.input_tokens;
     const std::size_t out =
         r.response.output_tokens > 0 ? r.response.output_tokens : estimate_tokens(r.response.text);
+    // A message that only calls tools has null content, as OpenAI sends it.
+    const bool calls_tools = !call.answer.tool_calls.empty();
+    const std::string content =
+        calls_tools && r.response.text.empty() ? "null" : json_string(r.response.text);
+    const std::string tool_calls =
+        calls_tools ? ",\"tool_calls\":" + tool_calls_json(call.answer.tool_calls, false) : "";
     res.set_content(
         fmt::format("{{\"id\":\"{}\",\"object\":\"chat.completion\",\"created\":{},\"model\":{},"
-                    "\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{}}},"
-                    "\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":{},"
+                    "\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{}{}}},"
+                    "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
                     "\"completion_tokens\":{},\"total_tokens\":{}}},\"torouter\":{}}}",
                     completion_id(), static_cast<long long>(std::time(nullptr)),
-                    json_string(r.expert), json_string(r.response.text), in, out, in + out,
+                    json_string(r.expert), content, tool_calls,
+                    json_string(finish_reason_of(call.answer)), in, out, in + out,
                     trace_json(r, chat)),
         "application/json");
   }
@@ -654,12 +720,10 @@ struct RouterServer::Impl {
       call.cancel = &state->cancel;
       bool first = true;
       InvokeResult r = execute(*chat, call, [&](std::string_view piece) {
-        const std::string event = fmt::format(
-            "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},"
-            "\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{{}\"content\":{}}},"
-            "\"finish_reason\":null}}]}}\n\n",
-            id, created, json_string(router->experts()[call.current_expert].name),
-            first ? "\"role\":\"assistant\"," : "", json_string(piece));
+        const std::string event = chunk_event(
+            id, created, router->experts()[call.current_expert].name,
+            fmt::format("{}\"content\":{}", first ? "\"role\":\"assistant\"," : "", json_string(piece)),
+            "null");
         std::lock_guard<std::mutex> lock(state->mutex);
         if (first) {
           state->started = true;
@@ -672,6 +736,7 @@ struct RouterServer::Impl {
       });
       std::lock_guard<std::mutex> lock(state->mutex);
       state->result = std::move(r);
+      state->answer = std::move(call.answer);
       state->finished = true;
       state->changed.notify_all();
     });
@@ -701,6 +766,7 @@ struct RouterServer::Impl {
           std::deque<std::string> batch;
           batch.swap(state->events);
           const bool finished = state->finished;
+          const bool role_sent = state->started;
           lock.unlock();
           for (const auto& event : batch) {
             if (!sink.write(event.data(), event.size())) {
@@ -712,15 +778,27 @@ struct RouterServer::Impl {
           const InvokeResult& r = state->result;
           std::string tail;
           if (r.ok()) {
-            const std::string& expert = r.expert;
             const std::size_t in = r.response.input_tokens;
             const std::size_t out = r.response.output_tokens;
-            tail = fmt::format(
-                "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},"
-                "\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}],"
-                "\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},\"total_tokens\":{}}},"
-                "\"torouter\":{}}}\n\ndata: [DONE]\n\n",
-                id, created, json_string(expert), in, out, in + out, trace_json(r, *chat));
+            const std::vector<openai::ToolCall>& calls = state->answer.tool_calls;
+            // The role goes in the first delta, when no content came before.
+            std::string role = role_sent ? "" : "\"role\":\"assistant\"";
+            if (!calls.empty()) {
+              // Tool calls leave whole, once the upstream's stream has ended
+              // well: until then the router may still fail over, and the
+              // client must not see half a call from an expert that failed.
+              tail += chunk_event(id, created, r.expert,
+                                  role + (role.empty() ? "" : ",") + "\"tool_calls\":" +
+                                      tool_calls_json(calls, true),
+                                  "null");
+              role.clear();
+            }
+            tail += chunk_event(
+                id, created, r.expert, role, json_string(finish_reason_of(state->answer)),
+                fmt::format(",\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},"
+                            "\"total_tokens\":{}}},\"torouter\":{}",
+                            in, out, in + out, trace_json(r, *chat)));
+            tail += "data: [DONE]\n\n";
           } else {
             metrics->count_stream_broken();
             ApiError e = invoke_error(r);
