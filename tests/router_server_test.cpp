@@ -631,26 +631,6 @@ TEST_CASE("router server: models, health and metrics", "[server]") {
   CHECK_THAT(m, !Contains("torouter_spend_usd_total 0\n"));
 }
 
-TEST_CASE("router server: the routing text is the system prompt and the last user turn",
-          "[server]") {
-  using torouter::server::routing_text;
-  CHECK(routing_text(R"([{"role":"system","content":"S"},{"role":"user","content":"old"},)"
-                     R"({"role":"assistant","content":"A"},{"role":"user","content":"new"}])") ==
-        "S\n\nnew");
-  CHECK(routing_text(R"([{"role":"user","content":[{"type":"text","text":"a"},)"
-                     R"({"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"b"}]}])") ==
-        "a\nb");
-  const std::string long_text = std::string(7000, 'h') + std::string(3000, 't');
-  const std::string cut = routing_text("[{\"role\":\"user\",\"content\":\"" + long_text + "\"}]");
-  CHECK(cut == std::string(6000, 'h') + "\n...\n" + std::string(2000, 't'));
-  // A cut never splits a UTF-8 character.
-  std::string accents;
-  for (int i = 0; i < 5000; ++i) accents += "\xc3\xa9";
-  const std::string cut2 = routing_text("[{\"role\":\"user\",\"content\":\"" + accents + "\"}]");
-  CHECK(cut2.size() == 6000 + 5 + 2000);
-  CHECK(routing_text("not json") == "");
-}
-
 TEST_CASE("router server: configuration errors name the file and the field", "[server]") {
   using torouter::server::parse_server_config;
   const std::string expert =
