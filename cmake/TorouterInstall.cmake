@@ -10,10 +10,29 @@ install(TARGETS torouter EXPORT torouterTargets
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
         RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/torouter"
-        DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 install(EXPORT torouterTargets NAMESPACE torouter::
         DESTINATION ${TOROUTER_CMAKE_DIR})
+
+# torouter::openai and torouter-server, when cpp-httplib was found
+# (examples/router_server). The transport has an export set of its own,
+# loaded only for a consumer that asks for the `openai` component, so one
+# that does not needs no cpp-httplib.
+set(TOROUTER_OPENAI_NEEDS_PKGCONFIG_HTTPLIB OFF)
+if(TARGET torouter_openai)
+  install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/torouter"
+          DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+  install(TARGETS torouter_openai EXPORT torouterOpenaiTargets
+          ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+  install(EXPORT torouterOpenaiTargets NAMESPACE torouter::
+          DESTINATION ${TOROUTER_CMAKE_DIR})
+  install(TARGETS torouter_server RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+  if(TARGET PkgConfig::TOROUTER_HTTPLIB)
+    set(TOROUTER_OPENAI_NEEDS_PKGCONFIG_HTTPLIB ON)
+  endif()
+else()
+  install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/torouter"
+          DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} PATTERN "openai" EXCLUDE)
+endif()
 
 configure_package_config_file(
   "${PROJECT_SOURCE_DIR}/cmake/torouterConfig.cmake.in"

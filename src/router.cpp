@@ -424,6 +424,7 @@ class Router::InvokeRun {
       request.max_output_tokens = invoke_options_.max_output_tokens;
       request.timeout = std::min(options_.attempt_timeout, remaining);
       request.attempt = number;
+      request.context = &invoke_options_.context;
 
       const auto start = Clock::now();
       bool chunks_delivered = false;

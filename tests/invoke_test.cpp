@@ -1,7 +1,10 @@
 #include <catch2/catch.hpp>
 
+#include <any>
+#include <atomic>
 #include <chrono>
 #include <deque>
+#include <future>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -471,4 +474,138 @@ TEST_CASE("the invoke deadline bounds retries and waits") {
   CHECK(r.error == InvokeError::Timeout);
   CHECK(rig.strong.calls >= 2);
   CHECK(rig.mid.calls == 0);
+}
+
+namespace {
+
+// Per-invoke state the context tests' transports write to, through the
+// shared_ptr the invoke's context holds.
+struct CallLog {
+  std::mutex mutex;
+  std::vector<std::string> calls;
+
+  void add(std::string call) {
+    std::lock_guard<std::mutex> lock(mutex);
+    calls.push_back(std::move(call));
+  }
+};
+using CallLogPtr = std::shared_ptr<CallLog>;
+
+CallLogPtr call_log_of(const Request& r) {
+  const CallLogPtr* held = std::any_cast<CallLogPtr>(r.context);
+  return held != nullptr ? *held : nullptr;
+}
+
+}  // namespace
+
+TEST_CASE("the invoke's context reaches every attempt, retry and failover, unchanged") {
+  // strong (synchronous) and mid (asynchronous) fail twice each, cheap
+  // (streaming) answers: one invoke through all three transport shapes.
+  Router router(experts(), scorer(), nullptr, fast_options());
+  std::mutex seen_mutex;
+  std::vector<const std::any*> seen;
+  auto note = [&](const Request& r) {
+    std::lock_guard<std::mutex> lock(seen_mutex);
+    seen.push_back(r.context);
+  };
+  router.set_transport("strong", Transport::sync([&](const Request& r) {
+                         note(r);
+                         call_log_of(r)->add("strong#" + std::to_string(r.attempt));
+                         return fails(FailureKind::ServerError);
+                       }));
+  std::vector<std::thread> completions;
+  router.set_transport("mid", Transport::async([&](const Request& r, torouter::CompletionCallback done) {
+                         note(r);
+                         // The request is gone once this returns: the
+                         // completion keeps its own copy of the context.
+                         completions.emplace_back([done, log = call_log_of(r), n = r.attempt] {
+                           log->add("mid#" + std::to_string(n));
+                           done(fails(FailureKind::ServerError));
+                         });
+                       }));
+  router.set_transport("cheap", Transport::streaming([&](const Request& r, const torouter::ChunkCallback& on_chunk) {
+                         note(r);
+                         call_log_of(r)->add("cheap#" + std::to_string(r.attempt));
+                         on_chunk("from cheap");
+                         return Response::answer("", 1, 1);
+                       }));
+
+  auto log = std::make_shared<CallLog>();
+  InvokeOptions options;
+  options.context = log;
+  std::string received;
+  options.on_chunk = [&](std::string_view chunk) { received.append(chunk); };
+  const InvokeResult r = router.invoke("hi", options);
+  for (auto& t : completions) t.join();
+
+  REQUIRE(r.ok());
+  CHECK(trace(r) == Trace{"strong:failed:server_error", "strong:failed:server_error",
+                          "mid:failed:server_error", "mid:failed:server_error", "cheap:answered"});
+  CHECK(received == "from cheap");
+  CHECK(log->calls == std::vector<std::string>{"strong#1", "strong#2", "mid#1", "mid#2", "cheap#1"});
+  REQUIRE(seen.size() == 5);
+  for (const std::any* context : seen) CHECK(context == &options.context);
+}
+
+TEST_CASE("without a context, or asked for the wrong type, a transport gets nullptr") {
+  Router router(experts(), scorer(), nullptr, fast_options());
+  bool had_context = true;
+  const CallLogPtr* as_log = nullptr;
+  const int* as_int = nullptr;
+  int value = 0;
+  router.set_transport("strong", Transport::sync([&](const Request& r) {
+                         had_context = r.context != nullptr && r.context->has_value();
+                         as_log = std::any_cast<CallLogPtr>(r.context);
+                         as_int = std::any_cast<int>(r.context);
+                         if (as_int != nullptr) value = *as_int;
+                         return Response::answer("ok");
+                       }));
+  REQUIRE(router.invoke("hi").ok());
+  CHECK_FALSE(had_context);
+  CHECK(as_log == nullptr);
+  CHECK(as_int == nullptr);
+
+  InvokeOptions options;
+  options.context = 42;
+  REQUIRE(router.invoke("hi", options).ok());
+  CHECK(had_context);
+  CHECK(as_log == nullptr);
+  CHECK(value == 42);
+
+  // A transport called directly, outside an invoke, has no context at all.
+  CHECK(std::any_cast<int>(Request().context) == nullptr);
+}
+
+TEST_CASE("an asynchronous completion that outlives its invoke keeps the context it copied") {
+  RouterOptions o = fast_options();
+  o.max_attempts_per_expert = 1;
+  Router router(experts(), scorer(), nullptr, o);
+  std::thread late;
+  std::promise<void> release;
+  const std::shared_future<void> released = release.get_future().share();
+  std::atomic<std::size_t> logged{0};
+  router.set_transport("strong", Transport::async([&](const Request& r, torouter::CompletionCallback done) {
+                         late = std::thread([done, log = call_log_of(r), released, &logged] {
+                           released.wait();
+                           log->add("strong, after the invoke");
+                           logged = log->calls.size();
+                           done(Response::answer("too late"));
+                         });
+                       }));
+  Scripted mid;
+  router.set_transport("mid", mid.transport());
+  std::weak_ptr<CallLog> watch;
+  {
+    auto log = std::make_shared<CallLog>();
+    watch = log;
+    InvokeOptions options;
+    options.context = std::move(log);
+    const InvokeResult r = router.invoke("hi", options);
+    CHECK(trace(r) == Trace{"strong:failed:timeout", "mid:answered"});
+  }  // the invoke's options, and their context, are gone
+  CHECK_FALSE(watch.expired());  // the pending completion still holds it
+  release.set_value();
+  late.join();
+  CHECK(logged == 1);
+  CHECK(watch.expired());
 }

@@ -89,6 +89,61 @@ TEST_CASE("openai upstream: a plain call and a streamed one", "[openai]") {
   for (int i = 0; i < 20; ++i) REQUIRE(upstream.complete(request("again")).ok());
 }
 
+TEST_CASE("openai upstream: the finish reason and tool calls reach ChatCall::answer", "[openai]") {
+  StandInUpstream stand_in("s");
+  REQUIRE(stand_in.start() > 0);
+  Upstream upstream(options_for(stand_in));
+  StandInBehaviour tools;
+  tools.tool_calls = {{"call_a", "function", "lookup", R"({"q":"x"})"},
+                      {"call_b", "function", "add", R"({"a":1,"b":2})"}};
+  stand_in.set_behaviour(tools);
+
+  torouter::openai::ChatAnswer answer;
+  torouter::openai::ChatCall call;
+  call.answer = &answer;
+  for (const bool streamed : {false, true}) {
+    INFO("streamed: " << streamed);
+    std::string joined;
+    const Response r =
+        streamed ? upstream.stream(request("x"), [&](std::string_view p) { joined += p; }, call)
+                 : upstream.complete(request("x"), call);
+    REQUIRE(r.ok());
+    CHECK(r.text.empty());
+    CHECK(joined.empty());
+    CHECK(answer.finish_reason == "tool_calls");
+    REQUIRE(answer.tool_calls.size() == 2);
+    CHECK(answer.tool_calls[0].id == "call_a");
+    CHECK(answer.tool_calls[0].type == "function");
+    CHECK(answer.tool_calls[0].name == "lookup");
+    CHECK(answer.tool_calls[0].arguments == R"({"q":"x"})");
+    CHECK(answer.tool_calls[1].id == "call_b");
+    CHECK(answer.tool_calls[1].name == "add");
+    CHECK(answer.tool_calls[1].arguments == R"({"a":1,"b":2})");
+  }
+
+  // A text answer cut short: its reason, and nothing left of the last call's tools.
+  StandInBehaviour cut;
+  cut.finish_reason = "length";
+  stand_in.set_behaviour(cut);
+  REQUIRE(upstream.complete(request("x"), call).ok());
+  CHECK(answer.finish_reason == "length");
+  CHECK(answer.tool_calls.empty());
+
+  // A failed call leaves nothing of use.
+  stand_in.push_behaviour(status(503));
+  CHECK(upstream.complete(request("x"), call).failure == FailureKind::ServerError);
+  CHECK(answer.finish_reason.empty());
+
+  // A stream whose tool call index skips ahead cannot be joined: malformed.
+  stand_in.push_behaviour(status(
+      200, "",
+      "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"c\"}]}}]}\n\n"
+      "data: [DONE]\n\n"));
+  const Response skipped = upstream.stream(request("x"), [](std::string_view) {}, call);
+  CHECK(skipped.failure == FailureKind::ServerError);
+  CHECK_THAT(skipped.error_message, Contains("tool call index skips ahead"));
+}
+
 TEST_CASE("openai upstream: failures map to failure kinds", "[openai]") {
   StandInUpstream stand_in("s");
   REQUIRE(stand_in.start() > 0);

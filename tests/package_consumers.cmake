@@ -1,7 +1,10 @@
 # Installs torouter from the build tree into a temporary prefix, then builds
 # and runs tests/consumer against it with find_package, and again with
 # add_subdirectory of the source tree. Run by ctest (package_consumers).
-foreach(var TOROUTER_SOURCE_DIR TOROUTER_BINARY_DIR WORK_DIR BUILD_TYPE)
+# With -DWITH_OPENAI=ON (torouter::openai was built), the consumers also
+# link torouter::openai, through the package's `openai` component, and the
+# install must hold torouter-server.
+foreach(var TOROUTER_SOURCE_DIR TOROUTER_BINARY_DIR WORK_DIR BUILD_TYPE WITH_OPENAI)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "package_consumers.cmake needs -D${var}=...")
   endif()
@@ -18,20 +21,26 @@ endfunction()
 file(REMOVE_RECURSE "${WORK_DIR}")
 set(prefix "${WORK_DIR}/prefix")
 run(${CMAKE_COMMAND} --install "${TOROUTER_BINARY_DIR}" --prefix "${prefix}")
-foreach(file include/torouter/torouter.hpp lib/cmake/torouter/torouterConfig.cmake
+set(expected include/torouter/torouter.hpp lib/cmake/torouter/torouterConfig.cmake
              lib/cmake/torouter/torouterConfigVersion.cmake)
+if(WITH_OPENAI)
+  list(APPEND expected include/torouter/openai/upstream.hpp
+                       lib/cmake/torouter/torouterOpenaiTargets.cmake bin/torouter-server)
+endif()
+foreach(file ${expected})
   if(NOT EXISTS "${prefix}/${file}")
     message(FATAL_ERROR "install did not write ${file}")
   endif()
 endforeach()
 
 set(consumer "${TOROUTER_SOURCE_DIR}/tests/consumer")
-run(${CMAKE_COMMAND} -S "${consumer}" -B "${WORK_DIR}/package" -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
-    -DTOROUTER_CONSUMER_MODE=package "-DCMAKE_PREFIX_PATH=${prefix}")
-run(${CMAKE_COMMAND} --build "${WORK_DIR}/package")
-run("${WORK_DIR}/package/consumer")
-
-run(${CMAKE_COMMAND} -S "${consumer}" -B "${WORK_DIR}/subdirectory" -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
-    -DTOROUTER_CONSUMER_MODE=subdirectory "-DTOROUTER_SOURCE_DIR=${TOROUTER_SOURCE_DIR}")
-run(${CMAKE_COMMAND} --build "${WORK_DIR}/subdirectory")
-run("${WORK_DIR}/subdirectory/consumer")
+foreach(mode package subdirectory)
+  run(${CMAKE_COMMAND} -S "${consumer}" -B "${WORK_DIR}/${mode}" -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
+      -DTOROUTER_CONSUMER_MODE=${mode} -DTOROUTER_CONSUMER_WITH_OPENAI=${WITH_OPENAI}
+      "-DCMAKE_PREFIX_PATH=${prefix}" "-DTOROUTER_SOURCE_DIR=${TOROUTER_SOURCE_DIR}")
+  run(${CMAKE_COMMAND} --build "${WORK_DIR}/${mode}")
+  run("${WORK_DIR}/${mode}/consumer")
+  if(WITH_OPENAI)
+    run("${WORK_DIR}/${mode}/openai_consumer")
+  endif()
+endforeach()

@@ -247,6 +247,12 @@ TEST_CASE("router server: fails over from failing upstreams", "[server]") {
     CHECK(res->get_header_value("X-Torouter-Expert") != first);
     CHECK(res->get_header_value("X-Torouter-Attempts") == attempts);
     CHECK_THAT(res->body, Contains("\"failure\":\"" + kind + "\""));
+    // Every attempt, on either expert, sent the whole conversation.
+    const std::string answered = res->get_header_value("X-Torouter-Expert");
+    REQUIRE(f.upstreams.count(answered) == 1);
+    for (const std::string& expert : {first, answered}) {
+      CHECK_THAT(f.upstreams[expert]->last_body(), Contains("\"content\":\"Be brief.\""));
+    }
   };
   SECTION("5xx") { expect_failover(behaviour(Kind::Status, 503), "server_error"); }
   SECTION("dropped connection") { expect_failover(behaviour(Kind::Drop), "server_error"); }
@@ -378,6 +384,129 @@ TEST_CASE("router server: streams answers as server-sent events", "[server]") {
   }
 }
 
+namespace {
+
+const std::string kTools =
+    R"("tools":[{"type":"function","function":{"name":"get_weather","parameters":)"
+    R"({"type":"object","properties":{"city":{"type":"string"}}}}}],"tool_choice":"auto")";
+
+std::string tools_body(const std::string& model, bool stream) {
+  return "{\"model\":\"" + model + "\",\"messages\":[{\"role\":\"user\",\"content\":\"" + kPrompt +
+         "\"}]," + kTools + (stream ? ",\"stream\":true}" : "}");
+}
+
+// An answer that calls two tools.
+StandInBehaviour calls_tools() {
+  StandInBehaviour b;
+  b.tool_calls = {{"call_1", "function", "get_weather", R"({"city":"Paris"})"},
+                  {"call_2", "function", "get_time", R"({"zone":"Europe/Paris"})"}};
+  return b;
+}
+
+// Checks the two tool calls of `calls_tools()` in `calls` (a message's or a
+// delta's `tool_calls`).
+void check_tool_calls(simdjson::dom::element calls, bool with_index) {
+  simdjson::dom::array list;
+  REQUIRE(calls.get(list) == simdjson::SUCCESS);
+  REQUIRE(list.size() == 2);
+  CHECK(str(calls.at(0)["id"]) == "call_1");
+  CHECK(str(calls.at(0)["type"]) == "function");
+  CHECK(str(calls.at(0)["function"]["name"]) == "get_weather");
+  CHECK(str(calls.at(0)["function"]["arguments"]) == R"({"city":"Paris"})");
+  CHECK(str(calls.at(1)["id"]) == "call_2");
+  CHECK(str(calls.at(1)["function"]["name"]) == "get_time");
+  CHECK(str(calls.at(1)["function"]["arguments"]) == R"({"zone":"Europe/Paris"})");
+  std::uint64_t index = 99;
+  CHECK((calls.at(1)["index"].get(index) == simdjson::SUCCESS) == with_index);
+  if (with_index) CHECK(index == 1);
+}
+
+}  // namespace
+
+TEST_CASE("router server: relays tool calls and the finish reason", "[server]") {
+  Fixture f;
+  const std::string first = f.routed(kPrompt);
+  simdjson::dom::parser parser;
+
+  SECTION("a plain answer that calls tools, after a failover") {
+    f.upstreams[first]->push_behaviour(behaviour(Kind::Status, 503));
+    f.upstreams[first]->push_behaviour(behaviour(Kind::Status, 503));
+    for (auto& [name, u] : f.upstreams) u->set_behaviour(calls_tools());
+    auto res = f.post(tools_body("router", false));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const std::string answered = res->get_header_value("X-Torouter-Expert");
+    CHECK(answered != first);
+    auto doc = parse(parser, res->body);
+    auto choice = doc["choices"].at(0);
+    CHECK(str(choice["finish_reason"]) == "tool_calls");
+    CHECK(choice["message"]["content"].is_null());
+    check_tool_calls(choice["message"]["tool_calls"], false);
+
+    // The client's tools and tool choice went upstream, to every attempt.
+    for (const std::string& expert : {first, answered}) {
+      simdjson::dom::parser sent_parser;
+      auto sent = parse(sent_parser, f.upstreams[expert]->last_body());
+      CHECK(str(sent["tools"].at(0)["function"]["name"]) == "get_weather");
+      CHECK(str(sent["tool_choice"]) == "auto");
+    }
+  }
+  SECTION("a streamed answer that calls tools: whole calls in one delta, then the reason") {
+    for (auto& [name, u] : f.upstreams) u->set_behaviour(calls_tools());
+    auto res = f.post(tools_body("router", true));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const auto events = sse_data(res->body);
+    REQUIRE(events.size() >= 3);
+    CHECK(events.back() == "[DONE]");
+    int deltas_with_calls = 0;
+    for (std::size_t i = 0; i + 1 < events.size(); ++i) {
+      auto doc = parse(parser, events[i]);
+      auto calls = doc["choices"].at(0)["delta"]["tool_calls"];
+      if (calls.error()) continue;
+      ++deltas_with_calls;
+      check_tool_calls(calls.value(), true);
+    }
+    CHECK(deltas_with_calls == 1);
+    auto last = parse(parser, events[events.size() - 2]);
+    CHECK(str(last["choices"].at(0)["finish_reason"]) == "tool_calls");
+    CHECK(str(last["torouter"]["expert"]) == first);
+  }
+  SECTION("a streamed bypass call that only calls tools still says the role first") {
+    f.upstreams["gemma-2-9b-it"]->set_behaviour(calls_tools());
+    auto res = f.post(tools_body("gemma-2-9b-it", true));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const auto events = sse_data(res->body);
+    REQUIRE(events.size() == 3);
+    auto calls = parse(parser, events[0]);
+    CHECK(str(calls["choices"].at(0)["delta"]["role"]) == "assistant");
+    check_tool_calls(calls["choices"].at(0)["delta"]["tool_calls"], true);
+    auto last = parse(parser, events[1]);
+    CHECK(str(last["choices"].at(0)["finish_reason"]) == "tool_calls");
+  }
+  SECTION("a text answer cut short says \"length\", plain and streamed") {
+    StandInBehaviour cut;
+    cut.finish_reason = "length";
+    for (auto& [name, u] : f.upstreams) u->set_behaviour(cut);
+    auto plain = f.post(chat_body("router", kPrompt));
+    REQUIRE(plain);
+    REQUIRE(plain->status == 200);
+    auto doc = parse(parser, plain->body);
+    CHECK(str(doc["choices"].at(0)["finish_reason"]) == "length");
+    CHECK(str(doc["choices"].at(0)["message"]["content"]) == "up-" + first + " answers: " + kPrompt);
+    CHECK(doc["choices"].at(0)["message"]["tool_calls"].error() == simdjson::NO_SUCH_FIELD);
+
+    auto streamed = f.post(chat_body("router", kPrompt, true));
+    REQUIRE(streamed);
+    REQUIRE(streamed->status == 200);
+    const auto events = sse_data(streamed->body);
+    REQUIRE(events.size() >= 3);
+    auto last = parse(parser, events[events.size() - 2]);
+    CHECK(str(last["choices"].at(0)["finish_reason"]) == "length");
+  }
+}
+
 TEST_CASE("router server: bearer keys, size limit and bad input", "[server]") {
   Fixture f([](ServerConfig& c) {
     c.api_keys = {"key-one", "key-two"};
@@ -429,6 +558,12 @@ TEST_CASE("router server: bearer keys, size limit and bad input", "[server]") {
         {"{\"model\":\"router\",\"max_tokens\":-1,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
          "\"param\":\"max_tokens\""},
         {"\xff\xfe{}", "invalid_json"},
+        {"{\"model\":\"router\",\"tools\":{},\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+         "\"param\":\"tools\""},
+        {"{\"model\":\"router\",\"tools\":[{\"function\":{}}],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+         "\"param\":\"tools[0].type\""},
+        {"{\"model\":\"router\",\"tool_choice\":5,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+         "\"param\":\"tool_choice\""},
     };
     for (const auto& [body, expected] : cases) {
       INFO(body);
@@ -494,26 +629,6 @@ TEST_CASE("router server: models, health and metrics", "[server]") {
   CHECK_THAT(m, Contains("torouter_http_responses_total{code=\"502\"} 1"));
   CHECK_THAT(m, Contains("# TYPE torouter_spend_usd_total counter"));
   CHECK_THAT(m, !Contains("torouter_spend_usd_total 0\n"));
-}
-
-TEST_CASE("router server: the routing text is the system prompt and the last user turn",
-          "[server]") {
-  using torouter::server::routing_text;
-  CHECK(routing_text(R"([{"role":"system","content":"S"},{"role":"user","content":"old"},)"
-                     R"({"role":"assistant","content":"A"},{"role":"user","content":"new"}])") ==
-        "S\n\nnew");
-  CHECK(routing_text(R"([{"role":"user","content":[{"type":"text","text":"a"},)"
-                     R"({"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"b"}]}])") ==
-        "a\nb");
-  const std::string long_text = std::string(7000, 'h') + std::string(3000, 't');
-  const std::string cut = routing_text("[{\"role\":\"user\",\"content\":\"" + long_text + "\"}]");
-  CHECK(cut == std::string(6000, 'h') + "\n...\n" + std::string(2000, 't'));
-  // A cut never splits a UTF-8 character.
-  std::string accents;
-  for (int i = 0; i < 5000; ++i) accents += "\xc3\xa9";
-  const std::string cut2 = routing_text("[{\"role\":\"user\",\"content\":\"" + accents + "\"}]");
-  CHECK(cut2.size() == 6000 + 5 + 2000);
-  CHECK(routing_text("not json") == "");
 }
 
 TEST_CASE("router server: configuration errors name the file and the field", "[server]") {

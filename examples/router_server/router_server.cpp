@@ -1,18 +1,16 @@
-// torouter-server's HTTP layer: parses OpenAI Chat Completions requests,
-// routes them with torouter::Router, calls the upstreams through
+// torouter-server's HTTP layer: reads OpenAI Chat Completions requests
+// (chat_request.hpp), routes them with torouter::Router, calls the upstreams through
 // torouter::openai, and answers in the OpenAI shapes (plain JSON or SSE).
 //
-// The router's transports see only `Request::prompt` (the routing text); the
-// full conversation and the client's parameters reach them through a
-// thread-local `CallContext` set around each invoke. This relies on the
-// router calling synchronous and streaming transports on the invoking thread,
-// which it does (src/router.cpp, call_transport).
+// The router scores, and hands its transports as `Request::prompt`, only the
+// routing text; the full conversation and the client's parameters reach them
+// as the invoke's context (`InvokeOptions::context`, a `CallContext*`).
 #include "router_server.hpp"
 
 #include <fmt/format.h>
 #include <httplib.h>
-#include <simdjson.h>
 
+#include <any>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -21,6 +19,7 @@
 #include <mutex>
 #include <thread>
 
+#include "chat_request.hpp"
 #include "json_text.hpp"
 #include "listener.hpp"
 #include "metrics.hpp"
@@ -37,93 +36,10 @@ using detail::json_number;
 using detail::json_string;
 
 constexpr std::size_t kNone = static_cast<std::size_t>(-1);
-constexpr std::size_t kSystemBytes = 2000;
-constexpr std::size_t kUserHeadBytes = 6000;
-constexpr std::size_t kUserTailBytes = 2000;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
-
-bool is_continuation(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
-
-// The first at most `max` bytes of `text`, not splitting a UTF-8 sequence.
-std::string_view utf8_head(std::string_view text, std::size_t max) {
-  if (text.size() <= max) return text;
-  std::size_t end = max;
-  while (end > 0 && is_continuation(text[end])) --end;
-  return text.substr(0, end);
-}
-
-// The last at most `max` bytes of `text`, starting on a character.
-std::string_view utf8_tail(std::string_view text, std::size_t max) {
-  if (text.size() <= max) return text;
-  std::size_t start = text.size() - max;
-  while (start < text.size() && is_continuation(text[start])) ++start;
-  return text.substr(start);
-}
-
-// The text of a message's `content`: a string, or the `text` of its parts.
-void append_content(simdjson::dom::element content, std::string& out) {
-  std::string_view text;
-  if (!content.get(text)) {
-    out.append(text);
-    return;
-  }
-  simdjson::dom::array parts;
-  if (content.get(parts)) return;
-  for (simdjson::dom::element part : parts) {
-    if (!part["text"].get(text)) {
-      if (!out.empty()) out.push_back('\n');
-      out.append(text);
-    }
-  }
-}
-
-// Routing text of a messages array (see routing_text), and the characters of
-// every message's content, for the prompt's token estimate.
-std::string routing_text_of(simdjson::dom::array messages, std::size_t& content_chars) {
-  std::string system;
-  std::string last_user;
-  std::string last_any;
-  std::string text;
-  content_chars = 0;
-  for (simdjson::dom::element m : messages) {
-    std::string_view role;
-    if (m["role"].get(role)) continue;
-    text.clear();
-    simdjson::dom::element content;
-    if (!m["content"].get(content)) append_content(content, text);
-    content_chars += count_characters(text) + 16;  // + role and framing
-    if (role == "system" || role == "developer") {
-      if (!system.empty()) system.push_back('\n');
-      system += text;
-    } else if (role == "user") {
-      last_user = text;
-    }
-    if (!text.empty()) last_any = text;
-  }
-  const std::string& user = last_user.empty() ? last_any : last_user;
-  std::string out(utf8_head(system, kSystemBytes));
-  if (!out.empty() && !user.empty()) out += "\n\n";
-  if (user.size() <= kUserHeadBytes + kUserTailBytes) {
-    out += user;
-  } else {
-    out.append(utf8_head(user, kUserHeadBytes));
-    out += "\n...\n";
-    out.append(utf8_tail(user, kUserTailBytes));
-  }
-  return out;
-}
-
-// An OpenAI-style error.
-struct ApiError {
-  int status = 400;
-  std::string type = "invalid_request_error";
-  std::string code;
-  std::string param;
-  std::string message;
-};
 
 std::string error_body(const ApiError& e) {
   return fmt::format("{{\"error\":{{\"message\":{},\"type\":{},\"param\":{},\"code\":{}}}}}",
@@ -137,28 +53,8 @@ void send_error(httplib::Response& res, const ApiError& e) {
   res.set_content(error_body(e), "application/json");
 }
 
-ApiError bad_request(std::string message, std::string param, std::string code = "invalid_request") {
-  ApiError e;
-  e.message = std::move(message);
-  e.param = std::move(param);
-  e.code = std::move(code);
-  return e;
-}
-
-// What a chat completion request asks for.
-struct ChatRequest {
-  bool bypass = false;
-  std::size_t expert = kNone;  // for bypass
-  double lambda_cost = 0.0;
-  bool stream = false;
-  std::string messages_json;
-  std::string extra_json;
-  std::string routing_text;
-  std::size_t input_tokens = 0;
-  std::size_t max_tokens = 0;
-};
-
-// What the transports need of the request being served (see the file's comment).
+// What the transports need of the request being served, and what they tell
+// back; each invoke's context points to one (see the file's comment).
 struct CallContext {
   std::string_view messages_json;
   std::string_view extra_json;
@@ -168,17 +64,16 @@ struct CallContext {
   bool route_observed = false;
   std::size_t current_expert = kNone;
   int upstream_calls = 0;
+  // The finish reason and tool calls of the last upstream call, which is
+  // the one that answered when the invoke succeeds.
+  openai::ChatAnswer answer;
 };
 
-thread_local CallContext* t_call = nullptr;
-
-class CallScope {
- public:
-  explicit CallScope(CallContext* call) { t_call = call; }
-  ~CallScope() { t_call = nullptr; }
-  CallScope(const CallScope&) = delete;
-  CallScope& operator=(const CallScope&) = delete;
-};
+// The call context of the invoke `request` belongs to, or nullptr.
+CallContext* call_context_of(const Request& request) {
+  CallContext* const* held = std::any_cast<CallContext*>(request.context);
+  return held != nullptr ? *held : nullptr;
+}
 
 bool equal_constant_time(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
@@ -266,18 +161,45 @@ struct StreamState {
   std::size_t first_expert = kNone;
   int calls_before_first = 0;
   InvokeResult result;
+  openai::ChatAnswer answer;
   std::thread worker;
 };
 
-}  // namespace
-
-std::string routing_text(std::string_view messages_json) {
-  simdjson::dom::parser parser;
-  simdjson::dom::array messages;
-  if (parser.parse(messages_json.data(), messages_json.size()).get(messages)) return {};
-  std::size_t chars = 0;
-  return routing_text_of(messages, chars);
+// One `chat.completion.chunk` event: `delta` holds the delta's members
+// (without braces), `finish_reason` is JSON (null or a string), and `extra`
+// adds top-level members after the choices (with its leading comma).
+std::string chunk_event(std::string_view id, long long created, std::string_view model,
+                        std::string_view delta, std::string_view finish_reason,
+                        std::string_view extra = {}) {
+  return fmt::format(
+      "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},"
+      "\"choices\":[{{\"index\":0,\"delta\":{{{}}},\"finish_reason\":{}}}]{}}}\n\n",
+      id, created, json_string(model), delta, finish_reason, extra);
 }
+
+// The finish reason relayed to the client; an upstream that gave none
+// stopped on its own, or to call tools.
+std::string finish_reason_of(const openai::ChatAnswer& answer) {
+  if (!answer.finish_reason.empty()) return answer.finish_reason;
+  return answer.tool_calls.empty() ? "stop" : "tool_calls";
+}
+
+// The answer's tool calls as a JSON array; in a stream delta each carries
+// its `index`.
+std::string tool_calls_json(const std::vector<openai::ToolCall>& calls, bool with_index) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    const openai::ToolCall& call = calls[i];
+    if (i > 0) out.push_back(',');
+    out += fmt::format("{{{}\"id\":{},\"type\":{},\"function\":{{\"name\":{},\"arguments\":{}}}}}",
+                       with_index ? fmt::format("\"index\":{},", i) : "", json_string(call.id),
+                       json_string(call.type), json_string(call.name), json_string(call.arguments));
+  }
+  out.push_back(']');
+  return out;
+}
+
+}  // namespace
 
 struct RouterServer::Impl {
   ServerConfig config;
@@ -363,7 +285,7 @@ struct RouterServer::Impl {
   // One upstream call of expert `i`, with the conversation of the request
   // being served when there is one.
   Response call_upstream(std::size_t i, const Request& request, const ChunkCallback& on_chunk) {
-    CallContext* call = t_call;
+    CallContext* call = call_context_of(request);
     const auto start = Clock::now();
     if (call != nullptr && !call->route_observed) {
       metrics->observe_route(std::chrono::duration<double>(start - call->started).count());
@@ -379,6 +301,7 @@ struct RouterServer::Impl {
       chat.messages_json = call->messages_json;
       chat.extra_fields_json = call->extra_json;
       chat.cancel = call->cancel;
+      chat.answer = &call->answer;
       response = call->stream ? upstreams[i]->stream(request, on_chunk, chat)
                               : upstreams[i]->complete(request, chat);
     }
@@ -402,11 +325,11 @@ struct RouterServer::Impl {
     call.extra_json = chat.extra_json;
     call.stream = static_cast<bool>(on_chunk);
     InvokeOptions options = invoke_options(chat);
+    options.context = &call;
     metrics->count_chat_request(chat.bypass);
     if (!chat.bypass) {
       options.on_chunk = std::move(on_chunk);
       call.started = Clock::now();
-      CallScope scope(&call);
       InvokeResult result = router->invoke(chat.routing_text, options);
       if (!call.route_observed) metrics->observe_route(seconds_since(call.started));
       if (result.ok()) metrics->count_answer(*router->experts().index_of(result.expert));
@@ -422,6 +345,7 @@ struct RouterServer::Impl {
     request.prompt = chat.routing_text;
     request.max_output_tokens = chat.max_tokens;
     request.timeout = std::min(config.router.attempt_timeout, config.router.invoke_timeout);
+    request.context = &options.context;
     std::size_t streamed_chars = 0;
     bool delivered = false;
     ChunkCallback counting;
@@ -433,11 +357,7 @@ struct RouterServer::Impl {
       };
     }
     call.route_observed = true;
-    Response response;
-    {
-      CallScope scope(&call);
-      response = call_upstream(chat.expert, request, counting);
-    }
+    Response response = call_upstream(chat.expert, request, counting);
     Attempt attempt;
     attempt.expert = spec.name;
     attempt.number = 1;
@@ -489,87 +409,6 @@ struct RouterServer::Impl {
     return false;
   }
 
-  // Parses a chat completion request; fills `chat` or returns the error.
-  std::optional<ApiError> parse_chat(const std::string& body, ChatRequest& chat) const {
-    simdjson::dom::parser parser;
-    simdjson::dom::element doc;
-    if (auto error = parser.parse(body).get(doc)) {
-      return bad_request(fmt::format("request body is not valid JSON: {}",
-                                     simdjson::error_message(error)),
-                         "", "invalid_json");
-    }
-    simdjson::dom::object top;
-    if (doc.get(top)) return bad_request("request body must be a JSON object", "");
-    std::string_view model;
-    if (top["model"].get(model)) return bad_request("missing or non-string field: model", "model");
-    simdjson::dom::array messages;
-    if (top["messages"].get(messages)) {
-      return bad_request("missing or non-array field: messages", "messages");
-    }
-    if (messages.size() == 0) return bad_request("messages must not be empty", "messages");
-    std::size_t i = 0;
-    for (simdjson::dom::element m : messages) {
-      std::string_view role;
-      if (m.type() != simdjson::dom::element_type::OBJECT || m["role"].get(role)) {
-        return bad_request(fmt::format("messages[{}] must be an object with a string role", i),
-                           fmt::format("messages[{}].role", i));
-      }
-      ++i;
-    }
-    for (auto field : top) {
-      const std::string_view key = field.key;
-      if (key == "model" || key == "messages" || key == "stream_options") continue;
-      if (key == "stream") {
-        if (field.value.get(chat.stream)) return bad_request("stream must be true or false", "stream");
-        continue;
-      }
-      if (key == "max_tokens" || key == "max_completion_tokens") {
-        std::uint64_t n = 0;
-        if (field.value.get(n)) {
-          return bad_request(fmt::format("{} must be a whole number", key), std::string(key));
-        }
-        chat.max_tokens = static_cast<std::size_t>(n);
-      }
-      if (!chat.extra_json.empty()) chat.extra_json.push_back(',');
-      chat.extra_json += json_string(key);
-      chat.extra_json.push_back(':');
-      chat.extra_json += simdjson::minify(field.value);
-    }
-    // model: "router", "router:<lambda>", or an expert's name.
-    chat.lambda_cost = config.policy.lambda_cost;
-    if (model == "router") {
-    } else if (model.substr(0, 7) == "router:") {
-      const std::string number(model.substr(7));
-      char* end = nullptr;
-      const double lambda = std::strtod(number.c_str(), &end);
-      if (number.empty() || end != number.c_str() + number.size() || !std::isfinite(lambda) ||
-          lambda < 0) {
-        return bad_request(fmt::format("model \"{}\": the cost weight after \"router:\" must be "
-                                       "a finite number >= 0",
-                                       model),
-                           "model");
-      }
-      chat.lambda_cost = lambda;
-    } else if (auto index = router->experts().index_of(model)) {
-      chat.bypass = true;
-      chat.expert = *index;
-    } else {
-      ApiError e;
-      e.status = 404;
-      e.code = "model_not_found";
-      e.param = "model";
-      e.message = fmt::format("model \"{}\" does not exist: use \"router\", \"router:<lambda>\" "
-                              "or an expert's name (GET /v1/models)",
-                              model);
-      return e;
-    }
-    chat.messages_json = simdjson::minify(messages);
-    std::size_t chars = 0;
-    chat.routing_text = routing_text_of(messages, chars);
-    chat.input_tokens = std::max<std::size_t>(1, estimate_tokens_from_characters(chars));
-    return std::nullopt;
-  }
-
   std::string trace_json(const InvokeResult& r, const ChatRequest& chat) const {
     std::string attempts;
     for (const auto& a : r.attempts) {
@@ -612,7 +451,7 @@ struct RouterServer::Impl {
   void handle_chat(const httplib::Request& req, httplib::Response& res) {
     if (!authorized(req, res)) return;
     ChatRequest chat;
-    if (auto error = parse_chat(req.body, chat)) {
+    if (auto error = parse_chat_request(req.body, router->experts(), config.policy.lambda_cost, chat)) {
       send_error(res, *error);
       return;
     }
@@ -631,13 +470,20 @@ struct RouterServer::Impl {
     const std::size_t in = r.response.input_tokens > 0 ? r.response.input_tokens : chat.input_tokens;
     const std::size_t out =
         r.response.output_tokens > 0 ? r.response.output_tokens : estimate_tokens(r.response.text);
+    // A message that only calls tools has null content, as OpenAI sends it.
+    const bool calls_tools = !call.answer.tool_calls.empty();
+    const std::string content =
+        calls_tools && r.response.text.empty() ? "null" : json_string(r.response.text);
+    const std::string tool_calls =
+        calls_tools ? ",\"tool_calls\":" + tool_calls_json(call.answer.tool_calls, false) : "";
     res.set_content(
         fmt::format("{{\"id\":\"{}\",\"object\":\"chat.completion\",\"created\":{},\"model\":{},"
-                    "\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{}}},"
-                    "\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":{},"
+                    "\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{}{}}},"
+                    "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
                     "\"completion_tokens\":{},\"total_tokens\":{}}},\"torouter\":{}}}",
                     completion_id(), static_cast<long long>(std::time(nullptr)),
-                    json_string(r.expert), json_string(r.response.text), in, out, in + out,
+                    json_string(r.expert), content, tool_calls,
+                    json_string(finish_reason_of(call.answer)), in, out, in + out,
                     trace_json(r, chat)),
         "application/json");
   }
@@ -661,12 +507,10 @@ struct RouterServer::Impl {
       call.cancel = &state->cancel;
       bool first = true;
       InvokeResult r = execute(*chat, call, [&](std::string_view piece) {
-        const std::string event = fmt::format(
-            "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},"
-            "\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{{}\"content\":{}}},"
-            "\"finish_reason\":null}}]}}\n\n",
-            id, created, json_string(router->experts()[call.current_expert].name),
-            first ? "\"role\":\"assistant\"," : "", json_string(piece));
+        const std::string event = chunk_event(
+            id, created, router->experts()[call.current_expert].name,
+            fmt::format("{}\"content\":{}", first ? "\"role\":\"assistant\"," : "", json_string(piece)),
+            "null");
         std::lock_guard<std::mutex> lock(state->mutex);
         if (first) {
           state->started = true;
@@ -679,6 +523,7 @@ struct RouterServer::Impl {
       });
       std::lock_guard<std::mutex> lock(state->mutex);
       state->result = std::move(r);
+      state->answer = std::move(call.answer);
       state->finished = true;
       state->changed.notify_all();
     });
@@ -708,6 +553,7 @@ struct RouterServer::Impl {
           std::deque<std::string> batch;
           batch.swap(state->events);
           const bool finished = state->finished;
+          const bool role_sent = state->started;
           lock.unlock();
           for (const auto& event : batch) {
             if (!sink.write(event.data(), event.size())) {
@@ -719,15 +565,27 @@ struct RouterServer::Impl {
           const InvokeResult& r = state->result;
           std::string tail;
           if (r.ok()) {
-            const std::string& expert = r.expert;
             const std::size_t in = r.response.input_tokens;
             const std::size_t out = r.response.output_tokens;
-            tail = fmt::format(
-                "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},"
-                "\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}],"
-                "\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},\"total_tokens\":{}}},"
-                "\"torouter\":{}}}\n\ndata: [DONE]\n\n",
-                id, created, json_string(expert), in, out, in + out, trace_json(r, *chat));
+            const std::vector<openai::ToolCall>& calls = state->answer.tool_calls;
+            // The role goes in the first delta, when no content came before.
+            std::string role = role_sent ? "" : "\"role\":\"assistant\"";
+            if (!calls.empty()) {
+              // Tool calls leave whole, once the upstream's stream has ended
+              // well: until then the router may still fail over, and the
+              // client must not see half a call from an expert that failed.
+              tail += chunk_event(id, created, r.expert,
+                                  role + (role.empty() ? "" : ",") + "\"tool_calls\":" +
+                                      tool_calls_json(calls, true),
+                                  "null");
+              role.clear();
+            }
+            tail += chunk_event(
+                id, created, r.expert, role, json_string(finish_reason_of(state->answer)),
+                fmt::format(",\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},"
+                            "\"total_tokens\":{}}},\"torouter\":{}",
+                            in, out, in + out, trace_json(r, *chat)));
+            tail += "data: [DONE]\n\n";
           } else {
             metrics->count_stream_broken();
             ApiError e = invoke_error(r);

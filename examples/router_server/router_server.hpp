@@ -19,12 +19,6 @@
 
 namespace torouter::server {
 
-/// The text the router scores for a conversation, from the `messages` JSON
-/// array: the system prompt (first 2000 bytes) and the last user message
-/// (its first 6000 and last 2000 bytes when longer), each cut at UTF-8
-/// boundaries; earlier turns and assistant turns do not count. Exposed for tests.
-std::string routing_text(std::string_view messages_json);
-
 /// One server: its router, upstreams, metrics and HTTP listener.
 class RouterServer {
  public:

@@ -70,13 +70,47 @@ Asked read_request(const std::string& body) {
   return asked;
 }
 
-std::string chunk_event(std::string_view model, std::string_view content, bool first) {
+// A stream event whose delta holds `delta_fields` (JSON members, no braces).
+std::string delta_event(std::string_view model, std::string_view delta_fields) {
   return fmt::format(
       "data: {{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion.chunk\",\"created\":0,"
-      "\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{{}\"content\":{}}},"
+      "\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{{}}},"
       "\"finish_reason\":null}}]}}\n\n",
-      detail::json_string(model), first ? "\"role\":\"assistant\"," : "",
-      detail::json_string(content));
+      detail::json_string(model), delta_fields);
+}
+
+std::string chunk_event(std::string_view model, std::string_view content, bool first) {
+  return delta_event(model, fmt::format("{}\"content\":{}", first ? "\"role\":\"assistant\"," : "",
+                                        detail::json_string(content)));
+}
+
+// A whole tool call as the message of a plain answer lists it.
+std::string tool_call_json(const openai::ToolCall& call) {
+  return fmt::format("{{\"id\":{},\"type\":{},\"function\":{{\"name\":{},\"arguments\":{}}}}}",
+                     detail::json_string(call.id), detail::json_string(call.type),
+                     detail::json_string(call.name), detail::json_string(call.arguments));
+}
+
+// The stream events of tool calls: each call's id, type and name with the
+// first half of its arguments, then the second half, as upstreams stream them.
+std::vector<std::string> tool_call_events(std::string_view model,
+                                          const std::vector<openai::ToolCall>& calls) {
+  std::vector<std::string> events;
+  for (std::size_t i = 0; i < calls.size(); ++i) {
+    const openai::ToolCall& call = calls[i];
+    const std::size_t half = call.arguments.size() / 2;
+    events.push_back(delta_event(
+        model, fmt::format("{}\"tool_calls\":[{{\"index\":{},\"id\":{},\"type\":{},"
+                           "\"function\":{{\"name\":{},\"arguments\":{}}}}}]",
+                           i == 0 ? "\"role\":\"assistant\",\"content\":null," : "", i,
+                           detail::json_string(call.id), detail::json_string(call.type),
+                           detail::json_string(call.name),
+                           detail::json_string(call.arguments.substr(0, half)))));
+    events.push_back(delta_event(
+        model, fmt::format("\"tool_calls\":[{{\"index\":{},\"function\":{{\"arguments\":{}}}}}]", i,
+                           detail::json_string(call.arguments.substr(half)))));
+  }
+  return events;
 }
 
 }  // namespace
@@ -117,42 +151,55 @@ StandInUpstream::StandInUpstream(std::string name, std::size_t threads)
       return;
     }
     const std::string model = asked.model.empty() ? s->name : asked.model;
-    const std::string answer = model + " answers: " + asked.prompt;
+    const bool calls_tools = !b.tool_calls.empty();
+    const std::string answer = calls_tools ? "" : model + " answers: " + asked.prompt;
+    const std::string finish_reason =
+        !b.finish_reason.empty() ? b.finish_reason : calls_tools ? "tool_calls" : "stop";
     const std::size_t in_tokens = estimate_tokens(asked.prompt);
-    const std::size_t out_tokens = estimate_tokens(answer);
+    const std::size_t out_tokens = estimate_tokens(answer) + b.tool_calls.size() * 10;
     if (!asked.stream) {
+      std::string tool_calls;
+      for (const auto& call : b.tool_calls) {
+        tool_calls += (tool_calls.empty() ? ",\"tool_calls\":[" : ",") + tool_call_json(call);
+      }
+      if (calls_tools) tool_calls.push_back(']');
       res.set_content(
           fmt::format("{{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion\",\"created\":0,"
                       "\"model\":{},\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\","
-                      "\"content\":{}}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":{},"
+                      "\"content\":{}{}}},\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
                       "\"completion_tokens\":{},\"total_tokens\":{}}}}}",
-                      detail::json_string(model), detail::json_string(answer), in_tokens, out_tokens,
+                      detail::json_string(model),
+                      calls_tools ? "null" : detail::json_string(answer), tool_calls,
+                      detail::json_string(finish_reason), in_tokens, out_tokens,
                       in_tokens + out_tokens),
           "application/json");
       return;
     }
-    // Streamed: the answer in `chunks` pieces (cut at spaces), then [DONE].
-    const int pieces = std::max(1, b.chunks);
-    auto parts = std::make_shared<std::vector<std::string>>();
-    const std::size_t step = answer.size() / static_cast<std::size_t>(pieces) + 1;
-    for (std::size_t at = 0; at < answer.size(); at += step) parts->push_back(answer.substr(at, step));
+    // Streamed: the answer in `chunks` pieces (cut at spaces), or the tool
+    // calls in pieces, then the finish reason and [DONE].
+    auto events = std::make_shared<std::vector<std::string>>(tool_call_events(model, b.tool_calls));
+    const std::size_t step = answer.size() / static_cast<std::size_t>(std::max(1, b.chunks)) + 1;
+    for (std::size_t at = 0; at < answer.size(); at += step) {
+      events->push_back(chunk_event(model, answer.substr(at, step), at == 0));
+    }
     const bool drop = b.kind == StandInBehaviour::Kind::DropMidStream;
     const std::chrono::milliseconds gap = b.chunk_gap;
     res.set_chunked_content_provider(
         "text/event-stream",
-        [parts, model, drop, gap, in_tokens, out_tokens](std::size_t, httplib::DataSink& sink) {
-          for (std::size_t i = 0; i < parts->size(); ++i) {
-            if (drop && i + 1 == parts->size()) return false;
+        [events, model, finish_reason, drop, gap, in_tokens, out_tokens](std::size_t,
+                                                                          httplib::DataSink& sink) {
+          for (std::size_t i = 0; i < events->size(); ++i) {
+            if (drop && i + 1 == events->size()) return false;
             if (i > 0 && gap.count() > 0) std::this_thread::sleep_for(gap);
-            const std::string event = chunk_event(model, (*parts)[i], i == 0);
-            if (!sink.write(event.data(), event.size())) return false;
+            if (!sink.write((*events)[i].data(), (*events)[i].size())) return false;
           }
           const std::string tail = fmt::format(
               "data: {{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion.chunk\","
               "\"created\":0,\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{}},"
-              "\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":{},"
+              "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
               "\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\ndata: [DONE]\n\n",
-              detail::json_string(model), in_tokens, out_tokens, in_tokens + out_tokens);
+              detail::json_string(model), detail::json_string(finish_reason), in_tokens, out_tokens,
+              in_tokens + out_tokens);
           sink.write(tail.data(), tail.size());
           sink.done();
           return true;

@@ -1,9 +1,10 @@
 // A stand-in OpenAI-compatible upstream on loopback, for tests, the README
 // demo and the load benchmark. It answers POST /v1/chat/completions (plain or
 // streamed as SSE, as the request asks) with "<model> answers: <last user
-// message>", and can be told to answer slowly, fail with any status (429 with
-// Retry-After, 503, 400 "maximum context length"), drop the connection, or
-// drop it in the middle of a stream.
+// message>", and can be told to answer slowly, answer with tool calls or any
+// finish reason, fail with any status (429 with Retry-After, 503, 400
+// "maximum context length"), drop the connection, or drop it in the middle
+// of a stream.
 //
 //   torouter::server::StandInUpstream upstream("small");
 //   int port = upstream.start();                       // 127.0.0.1, a free port
@@ -14,6 +15,9 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "torouter/openai/upstream.hpp"
 
 namespace torouter::server {
 
@@ -38,6 +42,12 @@ struct StandInBehaviour {
   int chunks = 3;
   /// Pause between streamed pieces.
   std::chrono::milliseconds chunk_gap{0};
+  /// For `Answer`: tool calls made instead of a text answer (the content is
+  /// then null); streamed, each call's arguments come in two pieces.
+  std::vector<openai::ToolCall> tool_calls;
+  /// For `Answer`: the finish reason; empty gives "tool_calls" with tool
+  /// calls, else "stop".
+  std::string finish_reason;
 };
 
 /// One stand-in server with its own thread pool.

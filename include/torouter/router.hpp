@@ -20,6 +20,7 @@
 // happen before the first `invoke`.
 #pragma once
 
+#include <any>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -136,6 +137,13 @@ struct InvokeOptions {
   /// When set, the answer is streamed to it. Failover happens only before
   /// the first chunk reaches it; after that a failure ends the invoke.
   ChunkCallback on_chunk;
+  /// What the caller's transports need to know about this invoke beyond the
+  /// prompt (the whole conversation, a trace id, a cancel flag). Each attempt
+  /// gets it as `Request::context`, unchanged. A `std::any` so a transport
+  /// reads it back by type, and a wrong guess gives nullptr rather than
+  /// undefined behaviour. Hold a pointer or a `std::shared_ptr` for state
+  /// the transports change or that must outlive the invoke.
+  std::any context;
 };
 
 /// What happened to one call (or skipped call) during an invoke.

@@ -16,8 +16,18 @@
 //   // streaming: pass each chunk to `on_chunk`, return the final response
 //   auto t3 = torouter::Transport::streaming(
 //       [](const torouter::Request& r, const torouter::ChunkCallback& on_chunk) { ... });
+//
+// What a transport needs beyond the prompt (the whole conversation, say)
+// travels with the invoke, not in globals:
+//
+//   torouter::InvokeOptions options;
+//   options.context = &conversation;                  // a const Conversation*
+//   router.invoke(routing_text, options);
+//   // in the transport, on every attempt:
+//   auto* held = std::any_cast<const Conversation*>(r.context);   // nullptr if none
 #pragma once
 
+#include <any>
 #include <chrono>
 #include <cstddef>
 #include <functional>
@@ -71,6 +81,14 @@ struct Request {
   std::chrono::milliseconds timeout{30000};
   /// 1 for the first call to this expert within one invoke, 2 for its retry, ...
   int attempt = 1;
+  /// The caller's `InvokeOptions::context`: the same object, not a copy, on
+  /// every attempt, retry and failover of one invoke, whatever the
+  /// transport's shape; nullptr when the transport is called outside
+  /// `Router::invoke`. `std::any_cast<T>(request.context)` gives a `const T*`,
+  /// or nullptr when it is null or holds no T. Like the rest of the request
+  /// it is valid only during the call: an asynchronous transport whose
+  /// completion needs it later copies what it holds (a `std::shared_ptr`).
+  const std::any* context = nullptr;
 };
 
 /// What a transport returns: an answer, or why there is none.

@@ -108,6 +108,49 @@ void read_usage(simdjson::dom::element doc, Response& response) {
   if (!usage["completion_tokens"].get(n)) response.output_tokens = static_cast<std::size_t>(n);
 }
 
+// Adds what `entry` says (a whole tool call, or a streamed piece of one) to
+// `call`: its strings are appended, as OpenAI's own clients join deltas.
+void add_tool_call_piece(simdjson::dom::element entry, ToolCall& call) {
+  std::string_view text;
+  if (!entry["id"].get(text)) call.id.append(text);
+  if (!entry["type"].get(text)) call.type = std::string(text);
+  if (!entry["function"]["name"].get(text)) call.name.append(text);
+  if (!entry["function"]["arguments"].get(text)) call.arguments.append(text);
+}
+
+// The finish reason of `choice` (choices[0]), when it gives one.
+void read_finish_reason(simdjson::dom::element choice, ChatAnswer& answer) {
+  std::string_view reason;
+  if (!choice["finish_reason"].get(reason)) answer.finish_reason = std::string(reason);
+}
+
+// A plain answer's finish reason and tool calls.
+void read_answer(simdjson::dom::element choice, ChatAnswer& answer) {
+  read_finish_reason(choice, answer);
+  simdjson::dom::array calls;
+  if (choice["message"]["tool_calls"].get(calls)) return;
+  for (simdjson::dom::element entry : calls) {
+    add_tool_call_piece(entry, answer.tool_calls.emplace_back());
+  }
+}
+
+// One stream event's finish reason and tool call pieces, joined by their
+// `index` (0 when absent). False for an index that skips ahead, which no
+// whole tool call list can come from.
+bool read_answer_delta(simdjson::dom::element choice, ChatAnswer& answer) {
+  read_finish_reason(choice, answer);
+  simdjson::dom::array pieces;
+  if (choice["delta"]["tool_calls"].get(pieces)) return true;
+  for (simdjson::dom::element piece : pieces) {
+    std::uint64_t index = 0;
+    if (piece["index"].get(index)) index = 0;
+    if (index > answer.tool_calls.size()) return false;
+    if (index == answer.tool_calls.size()) answer.tool_calls.emplace_back();
+    add_tool_call_piece(piece, answer.tool_calls[index]);
+  }
+  return true;
+}
+
 // Incremental reader of a server-sent-events body: hands each event's data
 // (the `data:` lines of one event, joined by newlines) to `on_data`.
 class SseReader {
@@ -309,6 +352,7 @@ Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
   setup.request.set_header("Accept", streaming ? "text/event-stream" : "application/json");
   if (!api_key_.empty()) setup.request.set_header("Authorization", "Bearer " + api_key_);
 
+  if (call.answer != nullptr) *call.answer = ChatAnswer();
   std::unique_ptr<Connection> connection = pool_->acquire(options_);
   connection->client.set_read_timeout(setup.read_timeout);
   connection->client.set_write_timeout(setup.read_timeout);
@@ -339,6 +383,15 @@ Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
     std::string_view content;
     if (!doc["choices"].at(0)["delta"]["content"].get(content) && !content.empty()) {
       on_chunk(content);
+    }
+    simdjson::dom::element choice;
+    if (call.answer != nullptr && !doc["choices"].at(0).get(choice) &&
+        !read_answer_delta(choice, *call.answer)) {
+      streamed = Response::failed(
+          FailureKind::ServerError,
+          fmt::format("malformed stream event: a tool call index skips ahead: {}",
+                      data.substr(0, 200)));
+      return false;
     }
     return true;
   };
@@ -399,6 +452,8 @@ Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
       auto content_field = doc["choices"].at(0)["message"]["content"];
       if (!content_field.get(content)) out.text = std::string(content);
       read_usage(doc, out);
+      simdjson::dom::element choice;
+      if (call.answer != nullptr && !doc["choices"].at(0).get(choice)) read_answer(choice, *call.answer);
     }
   }
   out.latency = elapsed_since(setup.start);

@@ -14,6 +14,10 @@
 // connections `ServerError`, no answer in time `Timeout`, a 4xx whose message
 // speaks of the context length `ContextTooLong`, other 4xx `BadRequest`.
 // Connections are kept alive and reused, one per concurrent call.
+//
+// What an answer says beyond its text (why it stopped, the tool calls it
+// makes) stays here, out of the core's `Response`: a caller that relays it
+// points `ChatCall::answer` at a `ChatAnswer`, which the call fills.
 #pragma once
 
 #include <atomic>
@@ -22,6 +26,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "torouter/transport.hpp"
 
@@ -46,6 +51,28 @@ struct UpstreamOptions {
   std::size_t max_idle_connections = 64;
 };
 
+/// One tool call an answer makes (an entry of the message's `tool_calls`).
+struct ToolCall {
+  /// The id the client's `tool` message answers ("call_abc123").
+  std::string id;
+  /// The tool's type; "function" for every Chat Completions tool call.
+  std::string type = "function";
+  /// The function's name.
+  std::string name;
+  /// Its arguments, as the JSON text the model wrote.
+  std::string arguments;
+};
+
+/// What an answer says besides its text.
+struct ChatAnswer {
+  /// Why the model stopped ("stop", "length", "tool_calls",
+  /// "content_filter"); empty when the upstream did not say.
+  std::string finish_reason;
+  /// The tool calls the answer makes, in order; a streamed answer's pieces
+  /// are joined by their `index`, so each call here is whole.
+  std::vector<ToolCall> tool_calls;
+};
+
 /// The conversation and parameters of one chat call, as the caller's JSON.
 struct ChatCall {
   /// The `messages` array as JSON text; empty sends `Request::prompt` as one
@@ -57,6 +84,9 @@ struct ChatCall {
   /// When set and true, a streaming call stops at its next piece (the
   /// client went away); the call then fails with `TransportError`.
   const std::atomic<bool>* cancel = nullptr;
+  /// When set, receives the answer's finish reason and tool calls. Cleared
+  /// when the call starts, so after a failed call it holds nothing of use.
+  ChatAnswer* answer = nullptr;
 };
 
 /// One OpenAI-compatible endpoint and its pool of keep-alive connections.
