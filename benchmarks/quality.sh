@@ -19,6 +19,7 @@ scripts/build >/dev/null
 routers=(
   "mlp-bce|mlp:64,buckets=16384|--loss bce"
   "mlp-soft|mlp:64,buckets=16384|--loss soft --temperature 0.1"
+  "mlp-soft-int8|mlp:64,buckets=16384,table=int8|--loss soft --temperature 0.1"
   "knn|knn:40|"
   "tlite-soft|tlite|--loss soft --temperature 0.1"
 )
