@@ -4,7 +4,9 @@
 # scoring throughput, training time and memory, heap allocations per warm
 # route, the scikit-learn and PyTorch peers, and the Eigen GEMM ceiling.
 # Writes $BUILD/speed/results.json and results.md (docs/BENCHMARKS.md quotes
-# them).
+# them). The routes and the GEMM ceiling are measured twice: built with the
+# compiler's default flags (SSE2, runs on any x86-64), and built for
+# x86-64-v3 (AVX2 and FMA; -DTOROUTER_MARCH=x86-64-v3, in $BUILD-v3).
 #
 #   benchmarks/speed.sh                 # about 20 minutes on 2 shared cores
 #   TOROUTER_SPEED_TRAIN=quick benchmarks/speed.sh   # 2-thread training only
@@ -46,6 +48,7 @@ bin="$build/bin"
 # Training: name | spec | options. The same settings as benchmarks/quality.sh.
 scorers=(
   "mlp|mlp:64,buckets=16384|--loss soft --temperature 0.1"
+  "mlp-int8|mlp:64,buckets=16384,table=int8|--loss soft --temperature 0.1"
   "knn|knn:40|"
   "tlite|tlite|--loss soft --temperature 0.1"
 )
@@ -75,16 +78,21 @@ if [ "$train_mode" != none ]; then
       done
     done
   done
-  # A transformer-lite reading 128 tokens, for the 128-token route target.
-  # Its weights do not change its speed, so two epochs suffice.
-  echo "== train tlite (128 tokens, 2 epochs) for routing"
-  "$bin/torouter" train --data "$data_root/llmrouter14" --scorer tlite:128,tokens=128 --loss soft \
-    --temperature 0.1 --epochs 2 --seed 1 --threads 2 --out "$out/models/tlite128.tormodel" \
-    >"$out/logs/tlite128.out" 2>&1
+  # Transformer-lites reading 128 tokens, for the 128-token route target: the
+  # default shape, and the earlier default (d = 128, ff = 512) beside it.
+  # Weights do not change their speed, so two epochs suffice.
+  for entry in "tlite128|tlite:64,tokens=128" "tlite-d128|tlite:128,ff=512,tokens=128"; do
+    IFS='|' read -r name spec <<<"$entry"
+    echo "== train $name ($spec, 2 epochs) for routing"
+    "$bin/torouter" train --data "$data_root/llmrouter14" --scorer "$spec" --loss soft \
+      --temperature 0.1 --epochs 2 --seed 1 --threads 2 --out "$out/models/$name.tormodel" \
+      >"$out/logs/$name.out" 2>&1
+  done
 fi
 
-models=(mlp="$out/models/llmrouter14-mlp-t2.tormodel" knn="$out/models/llmrouter14-knn-t2.tormodel"
-        tlite="$out/models/llmrouter14-tlite-t2.tormodel" tlite128="$out/models/tlite128.tormodel")
+models=(mlp="$out/models/llmrouter14-mlp-t2.tormodel" mlp-int8="$out/models/llmrouter14-mlp-int8-t2.tormodel"
+        knn="$out/models/llmrouter14-knn-t2.tormodel" tlite="$out/models/llmrouter14-tlite-t2.tormodel"
+        tlite128="$out/models/tlite128.tormodel" tlite-d128="$out/models/tlite-d128.tormodel")
 model_args=()
 for m in "${models[@]}"; do model_args+=(--model "$m"); done
 
@@ -98,11 +106,22 @@ done
 echo "== GEMM ceiling"
 "${pin[@]}" "$bin/gemm_bench" 1024 7 > "$out/gemm.json"
 if [ -x "$bin/gemm_bench_native" ]; then "${pin[@]}" "$bin/gemm_bench_native" 1024 7 > "$out/gemm_native.json"; fi
+
+echo "== the same built for x86-64-v3 ($build-v3)"
+cmake -S . -B "$build-v3" -DCMAKE_BUILD_TYPE=Release -DTOROUTER_MARCH=x86-64-v3 \
+  -DTOROUTER_BUILD_TESTS=OFF -DTOROUTER_BUILD_EXAMPLES=OFF -DTOROUTER_WARNINGS_AS_ERRORS=ON >/dev/null
+cmake --build "$build-v3" -j"$(nproc)" --target speed_bench gemm_bench >/dev/null
+v3_models=()
+for m in "${models[@]}"; do [ "${m%%=*}" = knn ] || v3_models+=(--model "$m"); done
+"${pin[@]}" "$build-v3/bin/speed_bench" route --data "$data_root" "${v3_models[@]}" --rounds "$rounds" \
+  --json "$out/route_v3.json"
+"${pin[@]}" "$build-v3/bin/gemm_bench" 1024 7 > "$out/gemm_v3.json"
 echo "== scikit-learn peers"
 "${pin[@]}" "$py" benchmarks/sklearn_speed.py --data "$data_root/llmrouter14" \
   --prompts "$out/prompts.jsonl" --rounds "$rounds" --out "$out/sklearn.json"
 echo "== PyTorch peer"
 "${pin[@]}" "$py" benchmarks/torch_peer.py --prompts "$out/prompts.jsonl" \
+  --tlite tlite=64,256,64 tlite128=64,256,128 tlite-d128=128,512,128 \
   --experts "$(grep -c '"input_usd_per_mtok"' "$data_root/llmrouter14/experts.json" || echo 9)" \
   --out "$out/torch.json"
 echo "{\"load_average_end\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" > "$out/machine_end.json"

@@ -237,9 +237,10 @@ struct ModelEntry {
   std::string name, path;
 };
 
-// Transformer-lite shape from its spec ("tlite:128,tokens=128"), for FLOP counts.
+// Transformer-lite shape from its spec ("tlite:64,tokens=128"), for FLOP counts;
+// the defaults are the library's.
 struct TliteShape {
-  double d = 128, heads = 4, ff = 512, layers = 2, tokens = 64;
+  double d = 64, heads = 4, ff = 256, layers = 2, tokens = 64;
 };
 TliteShape parse_tlite(const std::string& spec) {
   TliteShape s;
@@ -253,11 +254,11 @@ TliteShape parse_tlite(const std::string& spec) {
     first = false;
     if (eq == std::string::npos) continue;
     const std::string key = part.substr(0, eq);
-    const double value = std::stod(part.substr(eq + 1));
-    if (key == "layers") s.layers = value;
-    if (key == "heads") s.heads = value;
-    if (key == "ff") s.ff = value;
-    if (key == "tokens") s.tokens = value;
+    const std::string value = part.substr(eq + 1);
+    if (key == "layers") s.layers = std::stod(value);
+    if (key == "heads") s.heads = std::stod(value);
+    if (key == "ff") s.ff = std::stod(value);
+    if (key == "tokens") s.tokens = std::stod(value);
   }
   return s;
 }

@@ -42,6 +42,8 @@ def main():
     torch = load(os.path.join(out, "torch.json"), {"models": {}})
     gemm = load(os.path.join(out, "gemm.json"), {})
     gemm_native = load(os.path.join(out, "gemm_native.json"))
+    route_v3 = load(os.path.join(out, "route_v3.json"), {"models": {}})
+    gemm_v3 = load(os.path.join(out, "gemm_v3.json"), {})
     rss = {m: load(os.path.join(out, f"rss-{m}.json")) for m in route["models"]}
     training = []
     tsv = os.path.join(out, "training.tsv")
@@ -52,7 +54,8 @@ def main():
                 training.append({"dataset": dataset, "scorer": name, "threads": int(threads),
                                  "seconds": seconds(wall), "peak_rss_mb": int(rss_kb) / 1024})
     results = {"machine": machine, "route": route, "sklearn": sk, "torch": torch, "gemm": gemm,
-               "gemm_native": gemm_native, "rss": rss, "training": training}
+               "gemm_native": gemm_native, "route_v3": route_v3, "gemm_v3": gemm_v3, "rss": rss,
+               "training": training}
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
         f.write("\n")
@@ -112,24 +115,41 @@ def main():
         md.append(f"| {name} | " + " | ".join(cells + tcells) + " |")
     md.append("")
 
+    if route_v3["models"]:
+        md.append("### Built for x86-64-v3 (AVX2, FMA), same run\n")
+        md.append("`-DTOROUTER_MARCH=x86-64-v3`: Router::route p50 and p99 (µs), and the speed-up of "
+                  "the p50 over the default build above.\n")
+        md.append("| router | chars | p50 | p99 | speed-up | batch 1,024 (prompts/s) |")
+        md.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for name, m in route_v3["models"].items():
+            for cls, r in m["route_us"].items():
+                base = route["models"].get(name, {}).get("route_us", {}).get(cls, {}).get("p50", {})
+                batch = m["batch"]["1024"]["prompts_per_second"]["median"] if cls == "100" else None
+                md.append(f"| {name} | {cls} | {fmt_us(r['p50']['median'])} | {fmt_us(r['p99']['median'])} "
+                          f"| {ratio(base.get('median'), r['p50']['median'])} "
+                          f"| {f'{batch:,.0f}' if batch else ''} |")
+        md.append("")
+
     g = gemm.get("gflop_per_second", {}).get("median")
     gn = (gemm_native or {}).get("gflop_per_second", {}).get("median")
+    g3 = gemm_v3.get("gflop_per_second", {}).get("median")
     md.append("### The GEMM ceiling\n")
-    md.append(f"Eigen float GEMM 1024³ on one core: {g:.1f} GFLOP/s with the library's flags "
-              f"({gemm.get('simd')})" if g else "GEMM: not measured")
+    ceilings = [f"{g:.1f} GFLOP/s with the default flags ({gemm.get('simd')})"] if g else []
+    if g3:
+        ceilings.append(f"{g3:.1f} GFLOP/s built for x86-64-v3 ({gemm_v3.get('simd')})")
     if gn:
-        md.append(f"; {gn:.1f} GFLOP/s with -march=native ({gemm_native.get('simd')}).")
+        ceilings.append(f"{gn:.1f} GFLOP/s with -march=native ({gemm_native.get('simd')})")
+    md.append("Eigen float GEMM 1024³ on one core: " + "; ".join(ceilings) + "."
+              if ceilings else "GEMM: not measured.")
     md.append("")
-    for name, m in route["models"].items():
-        b = m["batch"].get("1024", {})
-        if "useful_gflop_per_second" in b and g:
-            frac = b["useful_gflop_per_second"] / g
-            line = (f"- {name} batch 1,024: {b['useful_gflop_per_second']:.1f} useful GFLOP/s "
-                    f"({b['useful_gflop_per_prompt'] * 1e3:.1f} MFLOP per prompt, real positions only) "
-                    f"= {frac:.0%} of the library-flags GEMM rate")
-            if gn:
-                line += f", {b['useful_gflop_per_second'] / gn:.0%} of the native one"
-            md.append(line + ".")
+    for build, models, ceiling in (("default", route["models"], g), ("x86-64-v3", route_v3["models"], g3)):
+        for name, m in models.items():
+            b = m["batch"].get("1024", {})
+            if "useful_gflop_per_second" in b and ceiling:
+                md.append(f"- {name}, {build} build, batch 1,024: {b['useful_gflop_per_second']:.1f} useful "
+                          f"GFLOP/s ({b['useful_gflop_per_prompt'] * 1e3:.1f} MFLOP per prompt, real "
+                          f"positions only) = {b['useful_gflop_per_second'] / ceiling:.0%} of that "
+                          f"build's GEMM rate.")
     md.append("")
 
     md.append("### Training (wall clock, whole CLI run) and peak memory\n")
@@ -151,30 +171,34 @@ def main():
 
     # Targets of issue 5.
     md.append("### Targets (issue 5)\n")
-    mlp = route["models"].get("mlp", {}).get("route_us", {}).get("500")
     ridge = sk.get("routers", {}).get("ridge", {}).get("route_us", {}).get("500", {}).get("p50")
-    t128 = route["models"].get("tlite128", {}).get("route_us", {}).get("4000")
     torch128 = torch.get("models", {}).get("tlite128", {}).get("route_us", {}).get("4000", {}).get("p50")
-    tl = route["models"].get("tlite", {}).get("batch", {}).get("1024", {})
     mlp_train = [t for t in training if t["dataset"] == "llmrouter14" and t["scorer"] == "mlp"
                  and t["threads"] == 2]
     allocs = [m["allocations_per_warm_route"] for m in route["models"].values()]
 
     def verdict(ok):
         return "met" if ok else "missed"
-    if mlp:
-        md.append(f"- MLP route, 500 chars: p50 {mlp['p50']['median']:.1f} µs (≤ 20), p99 "
-                  f"{mlp['p99']['median']:.1f} µs (≤ 60): "
-                  f"{verdict(mlp['p50']['median'] <= 20 and mlp['p99']['median'] <= 60)}; "
-                  f"{ratio(ridge, mlp['p50']['median'])} faster than the ridge peer (≥ 40x): "
-                  f"{verdict(ridge and ridge / mlp['p50']['median'] >= 40)}.")
-    if t128:
-        md.append(f"- Transformer-lite route, 128 tokens: p50 {t128['p50']['median']:.0f} µs (≤ 1,000): "
-                  f"{verdict(t128['p50']['median'] <= 1000)}; PyTorch {fmt_us(torch128)} µs: "
-                  f"{verdict(torch128 and torch128 > t128['p50']['median'])}.")
-    if tl.get("useful_gflop_per_second") and g:
-        md.append(f"- Transformer-lite batch 1,024: {tl['useful_gflop_per_second'] / g:.0%} of the GEMM "
-                  f"rate (≥ 50%): {verdict(tl['useful_gflop_per_second'] / g >= 0.5)}.")
+    for build, models, ceiling in (("default", route["models"], g), ("x86-64-v3", route_v3["models"], g3)):
+        for name in ("mlp", "mlp-int8"):
+            mlp = models.get(name, {}).get("route_us", {}).get("500")
+            if mlp:
+                md.append(f"- MLP route ({name}, {build} build), 500 chars: p50 {mlp['p50']['median']:.1f} µs "
+                          f"(≤ 20), p99 {mlp['p99']['median']:.1f} µs (≤ 60): "
+                          f"{verdict(mlp['p50']['median'] <= 20 and mlp['p99']['median'] <= 60)}; "
+                          f"{ratio(ridge, mlp['p50']['median'])} faster than the ridge peer (≥ 40x): "
+                          f"{verdict(ridge and ridge / mlp['p50']['median'] >= 40)}.")
+        t128 = models.get("tlite128", {}).get("route_us", {}).get("4000")
+        if t128:
+            md.append(f"- Transformer-lite route ({models['tlite128']['spec']}, {build} build), 128 tokens: "
+                      f"p50 {t128['p50']['median']:.0f} µs (≤ 1,000): {verdict(t128['p50']['median'] <= 1000)}; "
+                      f"PyTorch, same shape, {fmt_us(torch128)} µs: "
+                      f"{verdict(torch128 and torch128 > t128['p50']['median'])}.")
+        tl = models.get("tlite", {}).get("batch", {}).get("1024", {})
+        if tl.get("useful_gflop_per_second") and ceiling:
+            md.append(f"- Transformer-lite batch 1,024 ({build} build): "
+                      f"{tl['useful_gflop_per_second'] / ceiling:.0%} of that build's GEMM rate (≥ 50%): "
+                      f"{verdict(tl['useful_gflop_per_second'] / ceiling >= 0.5)}.")
     if mlp_train:
         md.append(f"- MLP training on llmrouter14, 2 threads: {mlp_train[0]['seconds']:.1f} s (< 30): "
                   f"{verdict(mlp_train[0]['seconds'] < 30)}.")

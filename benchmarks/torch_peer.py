@@ -124,7 +124,10 @@ def main():
     parser.add_argument("--experts", type=int, default=9)
     parser.add_argument("--mlp-buckets", type=int, default=16384)
     parser.add_argument("--mlp-hidden", type=int, default=64)
-    parser.add_argument("--tlite-tokens", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--tlite", nargs="+", metavar="NAME=D,FF,TOKENS",
+                        default=["tlite=64,256,64", "tlite128=64,256,128",
+                                 "tlite-d128=128,512,128"],
+                        help="transformer-lite shapes (4 heads, 2 layers) and their names")
     parser.add_argument("--tlite-queries", type=int, default=60,
                         help="prompts per length class for the transformer-lite")
     parser.add_argument("--out", required=True)
@@ -152,10 +155,12 @@ def main():
         result["models"]["mlp"] = entry
         print(f"torch mlp: 500-char p50 {entry['route_us']['500']['p50']:.0f} us")
 
-        for tokens in args.tlite_tokens:
-            model = Tlite(16384, 128, 4, 512, 2, tokens, args.experts).eval()
+        for named in args.tlite:
+            key, sizes = named.split("=")
+            d, ff, tokens = (int(x) for x in sizes.split(","))
+            model = Tlite(16384, d, 4, ff, 2, tokens, args.experts).eval()
             make = lambda rs, g, t=tokens: tlite_input(rs, 16384, t, g)  # noqa: E731
-            entry = {"shape": f"d 128, 4 heads, ff 512, 2 layers, {tokens} tokens",
+            entry = {"shape": f"d {d}, 4 heads, ff {ff}, 2 layers, {tokens} tokens",
                      "route_us": {}, "batch": {}}
             for name, rs in sets.items():
                 # Fewer queries: Debian's torch multiplies with a generic BLAS.
@@ -164,7 +169,6 @@ def main():
             for b in (1, 32, 1024):
                 entry["batch"][str(b)] = {
                     "prompts_per_second": throughput(model, make, natural, b, rng)}
-            key = "tlite" if tokens == 64 else f"tlite{tokens}"
             result["models"][key] = entry
             print(f"torch {key}: 4000-char p50 {entry['route_us']['4000']['p50']:.0f} us")
 
