@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 
+#include "support/temp_dir.hpp"
 #include "support/synthetic_data.hpp"
 
 using Catch::Matchers::Contains;
@@ -21,7 +22,7 @@ struct Run {
 };
 
 Run run(const std::string& arguments) {
-  const auto out = std::filesystem::temp_directory_path() / "torouter_cli_test.out";
+  const auto out = torouter::testing::process_temp_dir("torouter_cli_test") / "run.out";
   const std::string command =
       std::string("'") + TOROUTER_CLI + "' " + arguments + " > '" + out.string() + "' 2>&1";
   const int raw = std::system(command.c_str());
@@ -32,9 +33,7 @@ Run run(const std::string& arguments) {
 }
 
 std::filesystem::path work_dir() {
-  const auto dir = std::filesystem::temp_directory_path() / "torouter_cli_test";
-  std::filesystem::create_directories(dir);
-  return dir;
+  return torouter::testing::process_temp_dir("torouter_cli_test");
 }
 
 }  // namespace

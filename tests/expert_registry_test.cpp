@@ -4,6 +4,7 @@
 #include <fstream>
 #include <string>
 
+#include "support/temp_dir.hpp"
 #include "support/data_dir.hpp"
 #include "torouter/error.hpp"
 #include "torouter/expert.hpp"
@@ -17,8 +18,7 @@ namespace {
 
 // Writes `text` to a file in the test's temp folder and returns its path.
 std::string write_file(const std::string& name, const std::string& text) {
-  const auto dir = std::filesystem::temp_directory_path() / "torouter_registry_test";
-  std::filesystem::create_directories(dir);
+  const auto dir = torouter::testing::process_temp_dir("torouter_registry_test");
   const auto path = (dir / name).string();
   std::ofstream(path) << text;
   return path;

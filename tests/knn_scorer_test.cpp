@@ -10,6 +10,7 @@
 #include <optional>
 #include <sstream>
 
+#include "support/temp_dir.hpp"
 #include "support/data_dir.hpp"
 #include "torouter/dataset.hpp"
 #include "torouter/error.hpp"
@@ -27,9 +28,7 @@ using torouter::TrainOptions;
 namespace {
 
 std::string temp_path(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() / "torouter_knn_test";
-  std::filesystem::create_directories(dir);
-  return (dir / name).string();
+  return (torouter::testing::process_temp_dir("torouter_knn_test") / name).string();
 }
 
 Outcome outcome(double quality, std::optional<std::size_t> chars = std::nullopt) {

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "support/temp_dir.hpp"
 #include "support/data_dir.hpp"
 #include "support/synthetic_data.hpp"
 #include "torouter/error.hpp"
@@ -24,9 +25,7 @@ using Catch::Matchers::Contains;
 namespace {
 
 std::string temp_path(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() / "torouter_mlp_test";
-  std::filesystem::create_directories(dir);
-  return (dir / name).string();
+  return (torouter::testing::process_temp_dir("torouter_mlp_test") / name).string();
 }
 
 torouter::TrainingSet synthetic_set() {

@@ -6,6 +6,7 @@
 #include <limits>
 #include <sstream>
 
+#include "support/temp_dir.hpp"
 #include "torouter/error.hpp"
 #include "torouter/model_io.hpp"
 #include "torouter/trainable_scorer.hpp"
@@ -18,9 +19,7 @@ using Catch::Matchers::Contains;
 namespace {
 
 std::string temp_path(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() / "torouter_model_io_test";
-  std::filesystem::create_directories(dir);
-  return (dir / name).string();
+  return (torouter::testing::process_temp_dir("torouter_model_io_test") / name).string();
 }
 
 std::string read_bytes(const std::string& path) {

@@ -19,6 +19,7 @@
 
 #include "router_server.hpp"
 #include "stand_in_upstream.hpp"
+#include "support/temp_dir.hpp"
 #include "torouter/error.hpp"
 
 // After Eigen (through the torouter headers): httplib pulls in <resolv.h>,
@@ -681,9 +682,7 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
 }
 
 TEST_CASE("router server: the torouter-server program", "[server]") {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("torouter_server_test_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
+  const auto dir = torouter::testing::process_temp_dir("torouter_server_test");
   const auto bad = dir / "bad.json";
   std::ofstream(bad) << R"({"router_model":"m.tormodel","experts":[{"name":"x"}]})";
   const std::string command = std::string("'") + TOROUTER_SERVER + "' --config '" + bad.string() +
