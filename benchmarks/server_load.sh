@@ -7,6 +7,11 @@
 #
 #   benchmarks/server_load.sh                 # 10 s per run, build/ programs
 #   DURATION=5 BUILD_DIR=build-server benchmarks/server_load.sh
+#   SERVER_CPUS=0 LOAD_CPUS=1 benchmarks/server_load.sh
+#
+# By default the server, wrk and the stand-in share every core. SERVER_CPUS
+# and LOAD_CPUS (taskset lists) give the server cores of its own, apart from
+# the load generator and the stand-in, as a service would have them.
 #
 # Needs wrk (Debian: apt-get install wrk; installed here when run as root).
 # Not run by CI.
@@ -16,6 +21,10 @@ root=$(pwd)
 build=${BUILD_DIR:-build}
 duration=${DURATION:-10}
 connections=${CONNECTIONS:-"1 16 64"}
+server_pin=()
+load_pin=()
+if [ -n "${SERVER_CPUS:-}" ]; then server_pin=(taskset -c "$SERVER_CPUS"); fi
+if [ -n "${LOAD_CPUS:-}" ]; then load_pin=(taskset -c "$LOAD_CPUS"); fi
 server_bin="$build/bin/torouter-server"
 stand_in_bin="$build/bin/torouter-stand-in"
 
@@ -55,7 +64,7 @@ wait_port() {
   return 1
 }
 
-"$stand_in_bin" --port 0 --threads 160 >"$work/stand_in.log" 2>&1 &
+"${load_pin[@]}" "$stand_in_bin" --port 0 --threads 160 >"$work/stand_in.log" 2>&1 &
 pids+=($!)
 upstream_port=$(wait_port "$work/stand_in.log")
 
@@ -73,7 +82,7 @@ experts=$(sed -n 's/.*"name": "\([^"]*\)".*/\1/p' examples/default_router/expert
   done
   echo ' ]}'
 } >"$work/config.json"
-"$server_bin" --config "$work/config.json" >"$work/server.log" 2>&1 &
+"${server_pin[@]}" "$server_bin" --config "$work/config.json" >"$work/server.log" 2>&1 &
 pids+=($!)
 server_port=$(wait_port "$work/server.log")
 
@@ -94,7 +103,7 @@ LUA
 
 run() {  # run PORT CONNECTIONS -> "requests rps p50_us p99_us errors"
   local threads=$(( $2 < 2 ? 1 : 2 ))
-  wrk -t"$threads" -c"$2" -d"${duration}s" --timeout 10s -s "$work/post.lua" \
+  "${load_pin[@]}" wrk -t"$threads" -c"$2" -d"${duration}s" --timeout 10s -s "$work/post.lua" \
       "http://127.0.0.1:$1/v1/chat/completions" | sed -n 's/^RESULT //p'
 }
 
@@ -103,7 +112,8 @@ wrk -t1 -c4 -d1s -s "$work/post.lua" "http://127.0.0.1:$server_port/v1/chat/comp
 wrk -t1 -c4 -d1s -s "$work/post.lua" "http://127.0.0.1:$upstream_port/v1/chat/completions" >/dev/null
 warm=$(curl -s "http://127.0.0.1:$server_port/metrics" | sed -n 's/^torouter_http_responses_total{code="200"} //p')
 
-echo "torouter-server load ($duration s per run, $(nproc) cores, loopback; latency in ms)"
+echo "torouter-server load ($duration s per run, $(nproc) cores, loopback; latency in ms;" \
+     "server on cores ${SERVER_CPUS:-all}, wrk and stand-in on ${LOAD_CPUS:-all})"
 printf "%-5s | %-26s | %-26s | %-15s | %s\n" "conns" "stand-in alone: req/s p50 p99" \
   "through torouter: req/s p50 p99" "added p50 p99" "errors"
 total=0
