@@ -6,6 +6,7 @@
 // that worker, so whatever ends the process, every answer paid for is kept;
 // the dataset files are derived from it at the end. A line cut short by a
 // crash (no final '\n') is dropped and truncated away on the next start.
+#include "json_type_name.hpp"
 #include "torouter/collect.hpp"
 
 #include <fmt/format.h>
@@ -53,26 +54,6 @@ std::string read_file(const std::string& path) {
   text << in.rdbuf();
   if (in.bad()) throw Error(fmt::format("{}: cannot read file", path));
   return text.str();
-}
-
-std::string_view type_name(element value) {
-  switch (value.type()) {
-    case element_type::ARRAY:
-      return "an array";
-    case element_type::OBJECT:
-      return "an object";
-    case element_type::INT64:
-    case element_type::UINT64:
-    case element_type::DOUBLE:
-      return "a number";
-    case element_type::STRING:
-      return "a string";
-    case element_type::BOOL:
-      return "a boolean";
-    case element_type::NULL_VALUE:
-      return "null";
-  }
-  return "an unknown value";
 }
 
 bool is_space(char c) {
@@ -129,7 +110,8 @@ simdjson::dom::object parse_object(simdjson::dom::parser& parser, std::string_vi
   simdjson::dom::object object;
   if (root.get_object().get(object) != simdjson::SUCCESS) {
     throw Error(
-        fmt::format("{}:{}: expected a JSON object, got {}", origin, line_no, type_name(root)));
+        fmt::format("{}:{}: expected a JSON object, got {}", origin, line_no,
+                    detail::json_type_name(root)));
   }
   return object;
 }
@@ -287,14 +269,14 @@ class JournalReader {
   std::string text(std::string_view key, element value) const {
     std::string_view out;
     if (value.get_string().get(out) != simdjson::SUCCESS) {
-      fail(key, fmt::format("expected a string, got {}", type_name(value)));
+      fail(key, fmt::format("expected a string, got {}", detail::json_type_name(value)));
     }
     return std::string(out);
   }
   double number(std::string_view key, element value) const {
     double out = 0;
     if (value.get_double().get(out) != simdjson::SUCCESS) {
-      fail(key, fmt::format("expected a number, got {}", type_name(value)));
+      fail(key, fmt::format("expected a number, got {}", detail::json_type_name(value)));
     }
     return out;
   }
@@ -611,7 +593,7 @@ std::vector<CollectPrompt> parse_prompts(std::string_view jsonl, const std::stri
     auto text = [&](std::string_view field, element value) {
       std::string_view out;
       if (value.get_string().get(out) != simdjson::SUCCESS) {
-        fail(field, fmt::format("expected a string, got {}", type_name(value)));
+        fail(field, fmt::format("expected a string, got {}", detail::json_type_name(value)));
       }
       return std::string(out);
     };

@@ -2,6 +2,7 @@
 // parsed on its own so that an error can name its line; lines are split on
 // '\n' only, because prompts may hold U+2028 and other separators that a
 // general-purpose line splitter would cut on.
+#include "json_type_name.hpp"
 #include "torouter/dataset.hpp"
 
 #include <fmt/format.h>
@@ -31,20 +32,6 @@ std::string read_file(const std::string& path) {
   return text.str();
 }
 
-std::string_view type_name(element value) {
-  switch (value.type()) {
-    case element_type::ARRAY: return "an array";
-    case element_type::OBJECT: return "an object";
-    case element_type::INT64:
-    case element_type::UINT64:
-    case element_type::DOUBLE: return "a number";
-    case element_type::STRING: return "a string";
-    case element_type::BOOL: return "a boolean";
-    case element_type::NULL_VALUE: return "null";
-  }
-  return "an unknown value";
-}
-
 bool is_blank(std::string_view line) {
   for (char c : line) {
     if (c != ' ' && c != '\t' && c != '\r') return false;
@@ -69,7 +56,8 @@ class RowReader {
     simdjson::dom::object object;
     if (root.get_object().get(object) != simdjson::SUCCESS) {
       throw Error(
-          fmt::format("{}:{}: expected a JSON object, got {}", origin_, line_no_, type_name(root)));
+          fmt::format("{}:{}: expected a JSON object, got {}", origin_, line_no_,
+                      detail::json_type_name(root)));
     }
 
     DatasetRow row;
@@ -104,7 +92,7 @@ class RowReader {
   std::string_view text(std::string_view field, element value) const {
     std::string_view out;
     if (value.get_string().get(out) != simdjson::SUCCESS) {
-      fail(field, fmt::format("expected a string, got {}", type_name(value)));
+      fail(field, fmt::format("expected a string, got {}", detail::json_type_name(value)));
     }
     return out;
   }
@@ -112,7 +100,7 @@ class RowReader {
   double number(std::string_view field, element value) const {
     double out = 0;
     if (value.get_double().get(out) != simdjson::SUCCESS) {
-      fail(field, fmt::format("expected a number, got {}", type_name(value)));
+      fail(field, fmt::format("expected a number, got {}", detail::json_type_name(value)));
     }
     return out;
   }
@@ -120,7 +108,8 @@ class RowReader {
   void read_outcomes(element value, DatasetRow& row) const {
     simdjson::dom::object by_expert;
     if (value.get_object().get(by_expert) != simdjson::SUCCESS) {
-      fail("outcomes", fmt::format("expected an object keyed by expert, got {}", type_name(value)));
+      fail("outcomes", fmt::format("expected an object keyed by expert, got {}",
+                                   detail::json_type_name(value)));
     }
     for (auto entry : by_expert) {
       const std::string field = fmt::format("outcomes.\"{}\"", entry.key);
@@ -138,7 +127,7 @@ class RowReader {
   Outcome read_outcome(const std::string& where, element value) const {
     simdjson::dom::object object;
     if (value.get_object().get(object) != simdjson::SUCCESS) {
-      fail(where, fmt::format("expected an object, got {}", type_name(value)));
+      fail(where, fmt::format("expected an object, got {}", detail::json_type_name(value)));
     }
     Outcome outcome;
     outcome.present = true;

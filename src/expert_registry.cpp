@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "json_type_name.hpp"
 #include "torouter/error.hpp"
 #include "torouter/expert.hpp"
 
@@ -127,7 +128,7 @@ class ExpertReader {
   double number(std::string_view key, element value) const {
     double out = 0;
     if (value.get_double().get(out) != simdjson::SUCCESS) {
-      fail(key, fmt::format("expected a number, got {}", type_name(value)));
+      fail(key, fmt::format("expected a number, got {}", detail::json_type_name(value)));
     }
     if (!std::isfinite(out) || out < 0) {
       fail(key, fmt::format("must be a finite number >= 0, got {}", out));
@@ -148,7 +149,7 @@ class ExpertReader {
   bool boolean(std::string_view key, element value) const {
     bool out = false;
     if (value.get_bool().get(out) != simdjson::SUCCESS) {
-      fail(key, fmt::format("expected true or false, got {}", type_name(value)));
+      fail(key, fmt::format("expected true or false, got {}", detail::json_type_name(value)));
     }
     return out;
   }
@@ -156,7 +157,7 @@ class ExpertReader {
   std::string_view text(std::string_view key, element value) const {
     std::string_view out;
     if (value.get_string().get(out) != simdjson::SUCCESS) {
-      fail(key, fmt::format("expected a string, got {}", type_name(value)));
+      fail(key, fmt::format("expected a string, got {}", detail::json_type_name(value)));
     }
     return out;
   }
@@ -164,25 +165,11 @@ class ExpertReader {
   std::vector<std::string> strings(std::string_view key, element value) const {
     simdjson::dom::array array;
     if (value.get_array().get(array) != simdjson::SUCCESS) {
-      fail(key, fmt::format("expected an array of strings, got {}", type_name(value)));
+      fail(key, fmt::format("expected an array of strings, got {}", detail::json_type_name(value)));
     }
     std::vector<std::string> out;
     for (element item : array) out.emplace_back(text(key, item));
     return out;
-  }
-
-  static std::string_view type_name(element value) {
-    switch (value.type()) {
-      case element_type::ARRAY: return "an array";
-      case element_type::OBJECT: return "an object";
-      case element_type::INT64:
-      case element_type::UINT64:
-      case element_type::DOUBLE: return "a number";
-      case element_type::STRING: return "a string";
-      case element_type::BOOL: return "a boolean";
-      case element_type::NULL_VALUE: return "null";
-    }
-    return "an unknown value";
   }
 
   const std::string& origin_;

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "json_type_name.hpp"
 #include "torouter/error.hpp"
 
 namespace torouter::server {
@@ -19,20 +20,6 @@ namespace {
 
 using simdjson::dom::element;
 using simdjson::dom::element_type;
-
-std::string_view type_name(element value) {
-  switch (value.type()) {
-    case element_type::ARRAY: return "an array";
-    case element_type::OBJECT: return "an object";
-    case element_type::INT64:
-    case element_type::UINT64:
-    case element_type::DOUBLE: return "a number";
-    case element_type::STRING: return "a string";
-    case element_type::BOOL: return "a boolean";
-    case element_type::NULL_VALUE: return "null";
-  }
-  return "an unknown value";
-}
 
 // Typed reads of one object's fields; `where` is its path ("experts[2]").
 class Fields {
@@ -50,13 +37,15 @@ class Fields {
 
   simdjson::dom::object object(std::string_view key, element value) const {
     simdjson::dom::object out;
-    if (value.get_object().get(out)) fail(key, fmt::format("expected an object, got {}", type_name(value)));
+    if (value.get_object().get(out)) fail(key, fmt::format("expected an object, got {}",
+                                                           detail::json_type_name(value)));
     return out;
   }
 
   double number(std::string_view key, element value) const {
     double out = 0;
-    if (value.get_double().get(out)) fail(key, fmt::format("expected a number, got {}", type_name(value)));
+    if (value.get_double().get(out)) fail(key, fmt::format("expected a number, got {}",
+                                                           detail::json_type_name(value)));
     if (!std::isfinite(out) || out < 0) fail(key, fmt::format("must be a finite number >= 0, got {}", out));
     return out;
   }
@@ -80,13 +69,15 @@ class Fields {
 
   bool boolean(std::string_view key, element value) const {
     bool out = false;
-    if (value.get_bool().get(out)) fail(key, fmt::format("expected true or false, got {}", type_name(value)));
+    if (value.get_bool().get(out)) fail(key, fmt::format("expected true or false, got {}",
+                                                         detail::json_type_name(value)));
     return out;
   }
 
   std::string text(std::string_view key, element value, bool allow_empty = false) const {
     std::string_view out;
-    if (value.get_string().get(out)) fail(key, fmt::format("expected a string, got {}", type_name(value)));
+    if (value.get_string().get(out)) fail(key, fmt::format("expected a string, got {}",
+                                                           detail::json_type_name(value)));
     if (out.empty() && !allow_empty) fail(key, "must not be empty");
     return std::string(out);
   }
@@ -94,7 +85,7 @@ class Fields {
   std::vector<std::string> strings(std::string_view key, element value) const {
     simdjson::dom::array array;
     if (value.get_array().get(array)) {
-      fail(key, fmt::format("expected an array of strings, got {}", type_name(value)));
+      fail(key, fmt::format("expected an array of strings, got {}", detail::json_type_name(value)));
     }
     std::vector<std::string> out;
     for (element item : array) out.push_back(text(key, item));
@@ -116,7 +107,8 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
   Fields f(origin, where);
   simdjson::dom::object object;
   if (value.get_object().get(object)) {
-    throw Error(fmt::format("{}: {}: expected an object, got {}", origin, where, type_name(value)));
+    throw Error(fmt::format("{}: {}: expected an object, got {}", origin, where,
+                            detail::json_type_name(value)));
   }
   ExpertConfig e;
   for (auto field : object) {
@@ -239,7 +231,8 @@ ServerConfig parse_server_config(std::string_view json, const std::string& origi
       c.experts_file = resolve(base_dir, f.text(key, v));
     } else if (key == "experts") {
       simdjson::dom::array array;
-      if (v.get_array().get(array)) f.fail(key, fmt::format("expected an array, got {}", type_name(v)));
+      if (v.get_array().get(array)) f.fail(key, fmt::format("expected an array, got {}",
+                                                            detail::json_type_name(v)));
       std::size_t i = 0;
       for (element item : array) {
         ExpertConfig e = read_expert(origin, i, item);
