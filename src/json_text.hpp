@@ -15,22 +15,22 @@ inline std::string json_string(std::string_view text) {
   std::string out;
   out.reserve(text.size() + 2);
   out.push_back('"');
-  for (char ch : text) {
-    const auto c = static_cast<unsigned char>(ch);
+  std::size_t clean_from = 0;  // start of the run of bytes that need no escape
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out.append(text.data() + clean_from, i - clean_from);
+    clean_from = i + 1;
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
       case '\n': out += "\\n"; break;
       case '\r': out += "\\r"; break;
       case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          out += fmt::format("\\u{:04x}", c);
-        } else {
-          out.push_back(ch);
-        }
+      default: out += fmt::format("\\u{:04x}", c);
     }
   }
+  out.append(text.data() + clean_from, text.size() - clean_from);
   out.push_back('"');
   return out;
 }
