@@ -8,20 +8,15 @@
 #include "router_server.hpp"
 
 #include <fmt/format.h>
-#include <httplib.h>
-
 #include <any>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <ctime>
-#include <deque>
-#include <mutex>
 #include <thread>
 
 #include "chat_request.hpp"
 #include "json_text.hpp"
-#include "listener.hpp"
+#include "http_server.hpp"
 #include "metrics.hpp"
 #include "torouter/cost_model.hpp"
 #include "torouter/error.hpp"
@@ -48,7 +43,7 @@ std::string error_body(const ApiError& e) {
                      e.code.empty() ? "null" : json_string(e.code));
 }
 
-void send_error(httplib::Response& res, const ApiError& e) {
+void send_error(HttpResponse& res, const ApiError& e) {
   res.status = e.status;
   res.set_content(error_body(e), "application/json");
 }
@@ -150,21 +145,6 @@ ApiError invoke_error(const InvokeResult& r) {
   return e;
 }
 
-// A streamed request: the invoke runs on `worker` and hands SSE events over.
-struct StreamState {
-  std::mutex mutex;
-  std::condition_variable changed;
-  std::deque<std::string> events;
-  bool started = false;
-  bool finished = false;
-  std::atomic<bool> cancel{false};
-  std::size_t first_expert = kNone;
-  int calls_before_first = 0;
-  InvokeResult result;
-  openai::ChatAnswer answer;
-  std::thread worker;
-};
-
 // One `chat.completion.chunk` event: `delta` holds the delta's members
 // (without braces), `finish_reason` is JSON (null or a string), and `extra`
 // adds top-level members after the choices (with its leading comma).
@@ -207,15 +187,10 @@ struct RouterServer::Impl {
   std::unique_ptr<Router> router;
   std::vector<std::shared_ptr<const openai::Upstream>> upstreams;  // registry order
   std::unique_ptr<ServerMetrics> metrics;
-  Listener http;
+  std::unique_ptr<HttpServer> http;
   std::thread thread;
   std::atomic<std::uint64_t> next_id{1};
   int port = -1;
-  // httplib's stop() does nothing before its listen loop runs, so a stop
-  // that comes early waits for the loop (or keeps it from starting).
-  std::atomic<bool> listening{false};
-  std::atomic<bool> stop_requested{false};
-  std::atomic<bool> finished{false};
 
   explicit Impl(ServerConfig c) : config(std::move(c)) {
     LoadedModel model = load_model(config.router_model);
@@ -264,21 +239,8 @@ struct RouterServer::Impl {
 
   ~Impl() { stop(); }
 
-  void run() {
-    listening = true;
-    if (!stop_requested) http.listen_after_bind();
-    finished = true;
-  }
-
   void stop() {
-    stop_requested = true;
-    if (listening) {
-      const auto give_up = Clock::now() + std::chrono::seconds(10);
-      while (!http.is_running() && !finished && Clock::now() < give_up) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      }
-    }
-    http.stop();
+    http->stop();
     if (thread.joinable()) thread.join();
   }
 
@@ -389,12 +351,12 @@ struct RouterServer::Impl {
 
   // ---- HTTP ---------------------------------------------------------------
 
-  bool authorized(const httplib::Request& req, httplib::Response& res) const {
+  bool authorized(const HttpRequest& req, HttpResponse& res) const {
     if (config.api_keys.empty()) return true;
-    const std::string header = req.get_header_value("Authorization");
+    const std::string_view header = req.header("authorization");
     constexpr std::string_view kBearer = "Bearer ";
-    if (header.size() > kBearer.size() && header.compare(0, kBearer.size(), kBearer) == 0) {
-      const std::string_view key = std::string_view(header).substr(kBearer.size());
+    if (header.size() > kBearer.size() && header.substr(0, kBearer.size()) == kBearer) {
+      const std::string_view key = header.substr(kBearer.size());
       bool ok = false;
       for (const auto& k : config.api_keys) ok = equal_constant_time(key, k) || ok;
       if (ok) return true;
@@ -429,18 +391,17 @@ struct RouterServer::Impl {
         json_string(model_version), json_number(r.cost_usd), attempts);
   }
 
-  void set_decision_headers(httplib::Response& res, const InvokeResult& r, const ChatRequest& chat,
+  void set_decision_headers(HttpResponse& res, const InvokeResult& r, const ChatRequest& chat,
                             std::string_view expert, int attempts) const {
     const Candidate* pick = r.decision.pick();
     const Candidate* shown = expert.empty() ? pick : r.decision.find(expert);
-    if (!expert.empty()) res.set_header("X-Torouter-Expert", std::string(expert));
-    if (pick != nullptr && !chat.bypass) res.set_header("X-Torouter-Routed-Expert", std::string(pick->name));
+    if (!expert.empty()) res.set_header("X-Torouter-Expert", expert);
+    if (pick != nullptr && !chat.bypass) res.set_header("X-Torouter-Routed-Expert", pick->name);
     if (shown != nullptr) {
       res.set_header("X-Torouter-Predicted-Quality", fmt::format("{:.4f}", shown->predicted_quality));
       res.set_header("X-Torouter-Predicted-Cost-Usd", fmt::format("{:.6g}", shown->cost_usd));
     }
-    res.set_header("X-Torouter-Reason",
-                   chat.bypass ? std::string("bypass") : std::string(to_string(r.decision.reason)));
+    res.set_header("X-Torouter-Reason", chat.bypass ? "bypass" : to_string(r.decision.reason));
     res.set_header("X-Torouter-Attempts", std::to_string(attempts));
     res.set_header("X-Torouter-Lambda-Cost", fmt::format("{}", chat.lambda_cost));
     res.set_header("X-Torouter-Model-Version", model_version);
@@ -448,7 +409,7 @@ struct RouterServer::Impl {
 
   std::string completion_id() { return fmt::format("chatcmpl-torouter-{}", next_id.fetch_add(1)); }
 
-  void handle_chat(const httplib::Request& req, httplib::Response& res) {
+  void handle_chat(const HttpRequest& req, HttpResponse& res) {
     if (!authorized(req, res)) return;
     ChatRequest chat;
     if (auto error = parse_chat_request(req.body, router->experts(), config.policy.lambda_cost, chat)) {
@@ -456,7 +417,7 @@ struct RouterServer::Impl {
       return;
     }
     if (chat.stream) {
-      handle_stream(std::move(chat), res);
+      handle_stream(chat, res);
       return;
     }
     CallContext call;
@@ -488,123 +449,81 @@ struct RouterServer::Impl {
         "application/json");
   }
 
-  // A stream: the invoke runs on a worker thread; this handler waits for its
-  // first chunk (or its end) so the headers can name the expert that answers,
-  // then the chunked provider relays the events. Failover happens only
-  // before that first chunk; after it, a failure becomes an error event.
-  void handle_stream(ChatRequest chat_in, httplib::Response& res) {
-    auto state = std::make_shared<StreamState>();
-    auto chat = std::make_shared<const ChatRequest>(std::move(chat_in));
+  // A stream: its headers leave with the first piece of the answer, so they
+  // can name the expert that answers; until then the router may fail over.
+  // After it, a failure becomes an error event.
+  void handle_stream(const ChatRequest& chat, HttpResponse& res) {
     const std::string id = completion_id();
     const long long created = static_cast<long long>(std::time(nullptr));
-    // The invoke routes again on the worker; this route is for the headers,
-    // which must leave before the invoke's result exists.
+    // Routed here for the headers, which leave before the invoke's result
+    // exists; the invoke routes again, the same way.
     InvokeResult decision;
-    router->route(chat->routing_text, invoke_options(*chat).route, decision.decision);
-
-    state->worker = std::thread([this, state, chat, id, created] {
-      CallContext call;
-      call.cancel = &state->cancel;
-      bool first = true;
-      InvokeResult r = execute(*chat, call, [&](std::string_view piece) {
-        const std::string event = chunk_event(
-            id, created, router->experts()[call.current_expert].name,
-            fmt::format("{}\"content\":{}", first ? "\"role\":\"assistant\"," : "", json_string(piece)),
-            "null");
-        std::lock_guard<std::mutex> lock(state->mutex);
-        if (first) {
-          state->started = true;
-          state->first_expert = call.current_expert;
-          state->calls_before_first = call.upstream_calls;
-          first = false;
-        }
-        state->events.push_back(event);
-        state->changed.notify_all();
-      });
-      std::lock_guard<std::mutex> lock(state->mutex);
-      state->result = std::move(r);
-      state->answer = std::move(call.answer);
-      state->finished = true;
-      state->changed.notify_all();
+    router->route(chat.routing_text, invoke_options(chat).route, decision.decision);
+    std::atomic<bool> cancel{false};
+    CallContext call;
+    call.cancel = &cancel;
+    bool started = false;
+    auto start = [&](const InvokeResult& shown, std::string_view expert, int attempts) {
+      started = true;
+      set_decision_headers(res, shown, chat, expert, attempts);
+      res.set_header("Cache-Control", "no-cache");
+      return res.start_stream("text/event-stream");
+    };
+    InvokeResult r = execute(chat, call, [&](std::string_view piece) {
+      const std::string& expert = router->experts()[call.current_expert].name;
+      const bool first = !started;
+      if (first && !start(decision, expert, call.upstream_calls)) cancel = true;
+      const std::string event = chunk_event(
+          id, created, expert,
+          fmt::format("{}\"content\":{}", first ? "\"role\":\"assistant\"," : "", json_string(piece)),
+          "null");
+      // A client that has gone stops the upstream call at its next piece.
+      if (!res.write(event)) cancel = true;
     });
-
-    std::unique_lock<std::mutex> lock(state->mutex);
-    state->changed.wait(lock, [&] { return state->started || state->finished; });
-    if (!state->started) {
-      lock.unlock();
-      state->worker.join();
-      const InvokeResult& r = state->result;
-      set_decision_headers(res, r, *chat, r.expert, calls_made(r));
+    const bool role_sent = started;
+    if (!started) {
       if (!r.ok()) {
+        set_decision_headers(res, r, chat, r.expert, calls_made(r));
         send_error(res, invoke_error(r));
         return;
       }
-    } else {
-      decision.expert = router->experts()[state->first_expert].name;
-      set_decision_headers(res, decision, *chat, decision.expert, state->calls_before_first);
-      lock.unlock();
+      if (!start(r, r.expert, calls_made(r))) return;
     }
-    res.set_header("Cache-Control", "no-cache");
-    res.set_chunked_content_provider(
-        "text/event-stream",
-        [this, state, chat, id, created](std::size_t, httplib::DataSink& sink) {
-          std::unique_lock<std::mutex> lock(state->mutex);
-          state->changed.wait(lock, [&] { return !state->events.empty() || state->finished; });
-          std::deque<std::string> batch;
-          batch.swap(state->events);
-          const bool finished = state->finished;
-          const bool role_sent = state->started;
-          lock.unlock();
-          for (const auto& event : batch) {
-            if (!sink.write(event.data(), event.size())) {
-              state->cancel = true;
-              return false;
-            }
-          }
-          if (!finished) return true;
-          const InvokeResult& r = state->result;
-          std::string tail;
-          if (r.ok()) {
-            const std::size_t in = r.response.input_tokens;
-            const std::size_t out = r.response.output_tokens;
-            const std::vector<openai::ToolCall>& calls = state->answer.tool_calls;
-            // The role goes in the first delta, when no content came before.
-            std::string role = role_sent ? "" : "\"role\":\"assistant\"";
-            if (!calls.empty()) {
-              // Tool calls leave whole, once the upstream's stream has ended
-              // well: until then the router may still fail over, and the
-              // client must not see half a call from an expert that failed.
-              tail += chunk_event(id, created, r.expert,
-                                  role + (role.empty() ? "" : ",") + "\"tool_calls\":" +
-                                      tool_calls_json(calls, true),
-                                  "null");
-              role.clear();
-            }
-            tail += chunk_event(
-                id, created, r.expert, role, json_string(finish_reason_of(state->answer)),
-                fmt::format(",\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},"
-                            "\"total_tokens\":{}}},\"torouter\":{}",
-                            in, out, in + out, trace_json(r, *chat)));
-            tail += "data: [DONE]\n\n";
-          } else {
-            metrics->count_stream_broken();
-            ApiError e = invoke_error(r);
-            e.code = "stream_broken";
-            e.message = r.error_message;
-            if (!r.attempts.empty()) e.message += ": " + r.attempts.back().detail;
-            tail = "data: " + error_body(e) + "\n\n";
-          }
-          if (!sink.write(tail.data(), tail.size())) return false;
-          sink.done();
-          return true;
-        },
-        [state](bool) {
-          state->cancel = true;
-          if (state->worker.joinable()) state->worker.join();
-        });
+    std::string tail;
+    if (r.ok()) {
+      const std::size_t in = r.response.input_tokens;
+      const std::size_t out = r.response.output_tokens;
+      const std::vector<openai::ToolCall>& calls = call.answer.tool_calls;
+      // The role goes in the first delta, when no content came before.
+      std::string role = role_sent ? "" : "\"role\":\"assistant\"";
+      if (!calls.empty()) {
+        // Tool calls leave whole, once the upstream's stream has ended well:
+        // until then the router may still fail over, and the client must
+        // not see half a call from an expert that failed.
+        tail += chunk_event(id, created, r.expert,
+                            role + (role.empty() ? "" : ",") + "\"tool_calls\":" +
+                                tool_calls_json(calls, true),
+                            "null");
+        role.clear();
+      }
+      tail += chunk_event(
+          id, created, r.expert, role, json_string(finish_reason_of(call.answer)),
+          fmt::format(",\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},"
+                      "\"total_tokens\":{}}},\"torouter\":{}",
+                      in, out, in + out, trace_json(r, chat)));
+      tail += "data: [DONE]\n\n";
+    } else {
+      metrics->count_stream_broken();
+      ApiError e = invoke_error(r);
+      e.code = "stream_broken";
+      e.message = r.error_message;
+      if (!r.attempts.empty()) e.message += ": " + r.attempts.back().detail;
+      tail = "data: " + error_body(e) + "\n\n";
+    }
+    res.write(tail);
   }
 
-  void handle_models(const httplib::Request& req, httplib::Response& res) const {
+  void handle_models(const HttpRequest& req, HttpResponse& res) const {
     if (!authorized(req, res)) return;
     std::string data = "{\"id\":\"router\",\"object\":\"model\",\"created\":0,\"owned_by\":\"torouter\"}";
     for (const auto& e : router->experts().experts()) {
@@ -614,7 +533,7 @@ struct RouterServer::Impl {
     res.set_content("{\"object\":\"list\",\"data\":[" + data + "]}", "application/json");
   }
 
-  void handle_health(httplib::Response& res) const {
+  void handle_health(HttpResponse& res) const {
     std::string experts;
     for (const auto& e : router->experts().experts()) {
       const ExpertStatus s = router->status(e.name);
@@ -627,7 +546,7 @@ struct RouterServer::Impl {
                     "application/json");
   }
 
-  void handle_metrics(const httplib::Request& req, httplib::Response& res) const {
+  void handle_metrics(const HttpRequest& req, HttpResponse& res) const {
     if (!authorized(req, res)) return;
     std::string extra;
     extra += "# HELP torouter_spend_usd_total USD spent on answered calls (routed and bypass).\n"
@@ -652,56 +571,43 @@ struct RouterServer::Impl {
     res.set_content(metrics->render(extra + cooling), "text/plain; version=0.0.4");
   }
 
+  void handle(const HttpRequest& req, HttpResponse& res) {
+    const std::string_view path = req.path();
+    const std::string& method = req.method();
+    if (path == "/v1/chat/completions" && method == "POST") return handle_chat(req, res);
+    if (path == "/v1/models" && method == "GET") return handle_models(req, res);
+    if (path == "/health" && method == "GET") return handle_health(res);
+    if (path == "/metrics" && method == "GET") return handle_metrics(req, res);
+    ApiError e;
+    e.status = 404;
+    e.code = "not_found";
+    e.message = fmt::format("no endpoint {} {}", method, path);
+    send_error(res, e);
+  }
+
+  // The answer to a request the HTTP layer refused, or to a handler that threw.
+  static void refusal(int status, std::string_view message, HttpResponse& res) {
+    ApiError e;
+    e.status = status;
+    e.type = status >= 500 ? "server_error" : "invalid_request_error";
+    e.message = std::string(message);
+    switch (status) {
+      case 408: e.code = "request_timeout"; break;
+      case 413: e.code = "request_too_large"; break;
+      case 431: e.code = "request_headers_too_large"; break;
+      case 500: e.code = "internal_error"; break;
+      default: e.code = "bad_request"; break;
+    }
+    send_error(res, e);
+  }
+
   void setup_http() {
-    http.new_task_queue = [this] { return new httplib::ThreadPool(config.threads); };
-    http.set_tcp_nodelay(true);
-    http.set_keep_alive_max_count(1000);
-    http.set_read_timeout(std::chrono::seconds(30));
-    http.set_write_timeout(std::chrono::seconds(30));
-    http.set_payload_max_length(config.max_request_bytes);
-    http.Post("/v1/chat/completions",
-              [this](const httplib::Request& req, httplib::Response& res) { handle_chat(req, res); });
-    http.Get("/v1/models",
-             [this](const httplib::Request& req, httplib::Response& res) { handle_models(req, res); });
-    http.Get("/health", [this](const httplib::Request&, httplib::Response& res) { handle_health(res); });
-    http.Get("/metrics",
-             [this](const httplib::Request& req, httplib::Response& res) { handle_metrics(req, res); });
-    http.set_error_handler(httplib::Server::HandlerWithResponse(
-        [this](const httplib::Request& req, httplib::Response& res) {
-      if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-      ApiError e;
-      e.status = res.status;
-      if (res.status == 413) {
-        e.code = "request_too_large";
-        e.message = fmt::format("request body larger than {} bytes", config.max_request_bytes);
-      } else if (res.status == 404) {
-        e.code = "not_found";
-        e.message = fmt::format("no endpoint {} {}", req.method, req.path);
-      } else {
-        e.type = res.status >= 500 ? "server_error" : "invalid_request_error";
-        e.message = fmt::format("HTTP {}", res.status);
-      }
-      send_error(res, e);
-      return httplib::Server::HandlerResponse::Handled;
-    }));
-    http.set_exception_handler(
-        [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
-          ApiError e;
-          e.status = 500;
-          e.type = "server_error";
-          e.code = "internal_error";
-          try {
-            std::rethrow_exception(ep);
-          } catch (const std::exception& ex) {
-            e.message = fmt::format("internal error: {}", ex.what());
-          } catch (...) {
-            e.message = "internal error";
-          }
-          send_error(res, e);
-        });
-    http.set_logger([this](const httplib::Request&, const httplib::Response& res) {
-      metrics->count_response(res.status);
-    });
+    HttpServerOptions options;
+    options.threads = config.threads;
+    options.max_body_bytes = config.max_request_bytes;
+    http = std::make_unique<HttpServer>(
+        options, [this](const HttpRequest& req, HttpResponse& res) { handle(req, res); }, refusal,
+        [this](int status) { metrics->count_response(status); });
   }
 };
 
@@ -711,26 +617,20 @@ RouterServer::~RouterServer() = default;
 
 int RouterServer::bind() {
   const ServerConfig& c = impl_->config;
-  const int port = c.port == 0 ? impl_->http.bind_to_any_port(c.host)
-                               : (impl_->http.bind_to_port(c.host, c.port) ? c.port : -1);
+  std::string error;
+  const int port = impl_->http->bind(c.host, c.port, error);
   if (port < 0) {
-    throw Error(fmt::format("{}: listen: cannot listen on {}:{}", c.origin, c.host, c.port));
+    throw Error(fmt::format("{}: listen: cannot listen on {}:{}: {}", c.origin, c.host, c.port, error));
   }
-  impl_->http.deepen_backlog();
   impl_->port = port;
   return port;
 }
 
-void RouterServer::run() { impl_->run(); }
+void RouterServer::run() { impl_->http->run(); }
 
 int RouterServer::start() {
   const int port = bind();
-  impl_->thread = std::thread([this] { impl_->run(); });
-  // Returns once the listener runs, so an early stop() is never lost.
-  const auto give_up = Clock::now() + std::chrono::seconds(10);
-  while (!impl_->http.is_running() && Clock::now() < give_up) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  impl_->thread = std::thread([this] { impl_->http->run(); });
   return port;
 }
 

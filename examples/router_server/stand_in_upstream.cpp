@@ -1,7 +1,6 @@
 #include "stand_in_upstream.hpp"
 
 #include <fmt/format.h>
-#include <httplib.h>
 #include <simdjson.h>
 
 #include <atomic>
@@ -10,7 +9,7 @@
 #include <thread>
 
 #include "json_text.hpp"
-#include "listener.hpp"
+#include "http_server.hpp"
 #include "torouter/cost_model.hpp"
 
 namespace torouter::server {
@@ -18,7 +17,7 @@ namespace torouter::server {
 struct StandInUpstream::State {
   std::string name;
   std::size_t threads;
-  Listener server;
+  std::unique_ptr<HttpServer> server;
   std::thread thread;
   std::atomic<int> port{-1};
   std::atomic<std::size_t> requests{0};
@@ -28,10 +27,12 @@ struct StandInUpstream::State {
   std::string last_body;
   std::string last_authorization;
 
-  StandInBehaviour next(const httplib::Request& request) {
+  void answer(const HttpRequest& req, HttpResponse& res);
+
+  StandInBehaviour next(const HttpRequest& request) {
     std::lock_guard<std::mutex> lock(mutex);
     last_body = request.body;
-    last_authorization = request.get_header_value("Authorization");
+    last_authorization = std::string(request.header("authorization"));
     if (queued.empty()) return behaviour;
     StandInBehaviour b = std::move(queued.front());
     queued.pop_front();
@@ -120,10 +121,29 @@ StandInUpstream::StandInUpstream(std::string name, std::size_t threads)
   state_->name = std::move(name);
   state_->threads = threads;
   State* s = state_.get();
-  s->server.new_task_queue = [s] { return new httplib::ThreadPool(s->threads); };
-  s->server.set_tcp_nodelay(true);
-  s->server.set_keep_alive_max_count(100000);
-  s->server.Post("/v1/chat/completions", [s](const httplib::Request& req, httplib::Response& res) {
+  HttpServerOptions options;
+  options.threads = threads;
+  options.max_body_bytes = 64 << 20;
+  auto refusal = [](int status, std::string_view message, HttpResponse& res) {
+    res.set_content(fmt::format("{{\"error\":{{\"message\":{},\"type\":\"invalid_request_error\"}}}}",
+                                detail::json_string(message)),
+                    "application/json");
+    res.status = status;
+  };
+  s->server = std::make_unique<HttpServer>(
+      options, [s](const HttpRequest& req, HttpResponse& res) { s->answer(req, res); }, refusal,
+      [](int) {});
+}
+
+void StandInUpstream::State::answer(const HttpRequest& req, HttpResponse& res) {
+  State* s = this;
+  if (req.method() != "POST" || req.path() != "/v1/chat/completions") {
+    res.status = 404;
+    res.set_content("{\"error\":{\"message\":\"stand-in: no such endpoint\",\"type\":\"invalid_request_error\"}}",
+                    "application/json");
+    return;
+  }
+  {
     s->requests.fetch_add(1);
     const StandInBehaviour b = s->next(req);
     if (b.delay.count() > 0) std::this_thread::sleep_for(b.delay);
@@ -146,8 +166,8 @@ StandInUpstream::StandInUpstream(std::string name, std::size_t threads)
     }
     if (b.kind == StandInBehaviour::Kind::Drop ||
         (b.kind == StandInBehaviour::Kind::DropMidStream && !asked.stream)) {
-      res.set_content_provider(1000, "application/json",
-                               [](std::size_t, std::size_t, httplib::DataSink&) { return false; });
+      res.start_stream("application/json");
+      res.abort();
       return;
     }
     const std::string model = asked.model.empty() ? s->name : asked.model;
@@ -177,61 +197,53 @@ StandInUpstream::StandInUpstream(std::string name, std::size_t threads)
     }
     // Streamed: the answer in `chunks` pieces (cut at spaces), or the tool
     // calls in pieces, then the finish reason and [DONE].
-    auto events = std::make_shared<std::vector<std::string>>(tool_call_events(model, b.tool_calls));
+    std::vector<std::string> events = tool_call_events(model, b.tool_calls);
     const std::size_t step = answer.size() / static_cast<std::size_t>(std::max(1, b.chunks)) + 1;
     for (std::size_t at = 0; at < answer.size(); at += step) {
-      events->push_back(chunk_event(model, answer.substr(at, step), at == 0));
+      events.push_back(chunk_event(model, answer.substr(at, step), at == 0));
     }
-    const bool drop = b.kind == StandInBehaviour::Kind::DropMidStream;
-    const std::chrono::milliseconds gap = b.chunk_gap;
-    res.set_chunked_content_provider(
-        "text/event-stream",
-        [events, model, finish_reason, drop, gap, in_tokens, out_tokens](std::size_t,
-                                                                          httplib::DataSink& sink) {
-          for (std::size_t i = 0; i < events->size(); ++i) {
-            if (drop && i + 1 == events->size()) return false;
-            if (i > 0 && gap.count() > 0) std::this_thread::sleep_for(gap);
-            if (!sink.write((*events)[i].data(), (*events)[i].size())) return false;
-          }
-          const std::string tail = fmt::format(
-              "data: {{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion.chunk\","
-              "\"created\":0,\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{}},"
-              "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
-              "\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\ndata: [DONE]\n\n",
-              detail::json_string(model), detail::json_string(finish_reason), in_tokens, out_tokens,
-              in_tokens + out_tokens);
-          sink.write(tail.data(), tail.size());
-          sink.done();
-          return true;
-        });
-  });
+    if (!res.start_stream("text/event-stream")) return;
+    for (std::size_t i = 0; i < events.size(); ++i) {
+      if (b.kind == StandInBehaviour::Kind::DropMidStream && i + 1 == events.size()) {
+        res.abort();
+        return;
+      }
+      if (i > 0 && b.chunk_gap.count() > 0) std::this_thread::sleep_for(b.chunk_gap);
+      if (!res.write(events[i])) return;
+    }
+    res.write(fmt::format(
+        "data: {{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion.chunk\","
+        "\"created\":0,\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{}},"
+        "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
+        "\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\ndata: [DONE]\n\n",
+        detail::json_string(model), detail::json_string(finish_reason), in_tokens, out_tokens,
+        in_tokens + out_tokens));
+  }
 }
 
 StandInUpstream::~StandInUpstream() { stop(); }
 
 int StandInUpstream::start(int port) {
   State* s = state_.get();
-  const int bound = port == 0 ? s->server.bind_to_any_port("127.0.0.1")
-                              : (s->server.bind_to_port("127.0.0.1", port) ? port : -1);
+  std::string error;
+  const int bound = s->server->bind("127.0.0.1", port, error);
   if (bound < 0) return -1;
-  s->server.deepen_backlog();
   s->port = bound;
-  s->thread = std::thread([s] { s->server.listen_after_bind(); });
-  // httplib's stop() does nothing before the listen loop runs: wait for it.
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (!s->server.is_running() && std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  s->thread = std::thread([s] { s->server->run(); });
   return bound;
 }
 
 bool StandInUpstream::run(int port) {
-  state_->port = port;
-  return state_->server.listen("127.0.0.1", port);
+  std::string error;
+  const int bound = state_->server->bind("127.0.0.1", port, error);
+  if (bound < 0) return false;
+  state_->port = bound;
+  state_->server->run();
+  return true;
 }
 
 void StandInUpstream::stop() {
-  state_->server.stop();
+  state_->server->stop();
   if (state_->thread.joinable()) state_->thread.join();
 }
 

@@ -1,5 +1,5 @@
-// torouter::openai::Upstream: chat completion calls over cpp-httplib, with a
-// pool of keep-alive connections, SSE parsing for streamed answers, and the
+// torouter::openai::Upstream: chat completion calls over a pool of keep-alive
+// connections (http_connection.hpp), SSE parsing for streamed answers, and the
 // mapping of HTTP and socket failures to `FailureKind`.
 #include "torouter/openai/upstream.hpp"
 
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "json_text.hpp"
+#include "openai/http_connection.hpp"
 #include "torouter/error.hpp"
 
 namespace torouter::openai {
@@ -71,32 +72,6 @@ bool speaks_of_context_length(std::string_view body) {
     if (text.find(marker) != std::string::npos) return true;
   }
   return false;
-}
-
-// The split of a base URL: "http://host:port" for the client, "/v1" for paths.
-struct ParsedUrl {
-  std::string scheme_host_port;
-  std::string path_prefix;
-};
-
-ParsedUrl parse_base_url(const std::string& url) {
-  const auto scheme_end = url.find("://");
-  const std::string scheme = scheme_end == std::string::npos ? "" : url.substr(0, scheme_end);
-  if (scheme != "http" && scheme != "https") {
-    throw Error(fmt::format("base_url \"{}\": must start with http:// or https://", url));
-  }
-  const auto host_start = scheme_end + 3;
-  const auto path_start = url.find('/', host_start);
-  ParsedUrl parsed;
-  parsed.scheme_host_port = url.substr(0, path_start);
-  if (parsed.scheme_host_port.size() <= host_start) {
-    throw Error(fmt::format("base_url \"{}\": has no host", url));
-  }
-  if (path_start != std::string::npos) parsed.path_prefix = url.substr(path_start);
-  while (!parsed.path_prefix.empty() && parsed.path_prefix.back() == '/') {
-    parsed.path_prefix.pop_back();
-  }
-  return parsed;
 }
 
 // Billed tokens from a `usage` object, where present.
@@ -216,18 +191,19 @@ Response classify_http_error(int status, std::string_view body, std::string_view
 
 // One keep-alive connection and the JSON parser used with it.
 struct Connection {
-  explicit Connection(const std::string& scheme_host_port) : client(scheme_host_port) {}
-  httplib::Client client;
+  explicit Connection(const http::Endpoint& endpoint) : client(endpoint) {}
+  http::ClientConnection client;
   simdjson::dom::parser parser;
 };
 
 struct Upstream::Pool {
-  ParsedUrl url;
+  explicit Pool(const std::string& base_url) : endpoint(base_url) {}
+  http::Endpoint endpoint;
   std::string path;
   std::mutex mutex;
   std::vector<std::unique_ptr<Connection>> idle;
 
-  std::unique_ptr<Connection> acquire(const UpstreamOptions& options) {
+  std::unique_ptr<Connection> acquire() {
     {
       std::lock_guard<std::mutex> lock(mutex);
       if (!idle.empty()) {
@@ -236,11 +212,7 @@ struct Upstream::Pool {
         return connection;
       }
     }
-    auto connection = std::make_unique<Connection>(url.scheme_host_port);
-    connection->client.set_keep_alive(true);
-    connection->client.set_tcp_nodelay(true);
-    connection->client.set_connection_timeout(options.connect_timeout);
-    return connection;
+    return std::make_unique<Connection>(endpoint);
   }
 
   void release(std::unique_ptr<Connection> connection, std::size_t max_idle) {
@@ -250,9 +222,8 @@ struct Upstream::Pool {
 };
 
 Upstream::Upstream(UpstreamOptions options)
-    : options_(std::move(options)), pool_(std::make_unique<Pool>()) {
-  pool_->url = parse_base_url(options_.base_url);
-  pool_->path = pool_->url.path_prefix + "/chat/completions";
+    : options_(std::move(options)), pool_(std::make_unique<Pool>(options_.base_url)) {
+  pool_->path = pool_->endpoint.path_prefix + "/chat/completions";
   if (options_.model.empty()) throw Error("model: must name the upstream's model id");
   if (!options_.api_key_env.empty()) {
     const char* key = std::getenv(options_.api_key_env.c_str());
@@ -262,7 +233,7 @@ Upstream::Upstream(UpstreamOptions options)
     }
     api_key_ = key;
   }
-  if (!httplib::Client(pool_->url.scheme_host_port).is_valid()) {
+  if (pool_->endpoint.tls && !httplib::Client(pool_->endpoint.scheme_host_port).is_valid()) {
     throw Error(fmt::format("base_url \"{}\": this build of cpp-httplib cannot reach it "
                             "(https needs cpp-httplib with OpenSSL)",
                             options_.base_url));
@@ -275,7 +246,6 @@ namespace {
 
 // Everything one call needs, shared by the streaming and plain paths.
 struct CallSetup {
-  httplib::Request request;
   milliseconds read_timeout{0};
   Clock::time_point start;
   Clock::time_point deadline;
@@ -302,25 +272,27 @@ std::string request_body(const UpstreamOptions& options, const Request& request,
   return body;
 }
 
-// The failure a socket-level error stands for.
-Response classify_socket_error(httplib::Error error, const CallSetup& setup,
-                               const std::string& url, bool cancelled) {
+// The failure a connection-level error stands for.
+Response classify_connection_error(const http::PostOutcome& outcome, const CallSetup& setup,
+                                   const std::string& url, bool cancelled) {
+  using E = http::PostOutcome::Error;
   const milliseconds took = elapsed_since(setup.start);
-  switch (error) {
-    case httplib::Error::Connection:
+  switch (outcome.error) {
+    case E::CannotConnect:
       return Response::failed(FailureKind::ServerError,
-                              fmt::format("cannot connect to {}", url));
-    case httplib::Error::ConnectionTimeout:
+                              fmt::format("cannot connect to {}: {}", url, outcome.detail));
+    case E::ConnectTimeout:
       return Response::failed(FailureKind::Timeout,
                               fmt::format("no connection to {} in time", url));
-    case httplib::Error::Canceled:
+    case E::Stopped:
       if (cancelled) return Response::failed(FailureKind::TransportError, "call cancelled");
       return Response::failed(FailureKind::Timeout,
                               fmt::format("no full answer within {} ms", took.count()));
-    case httplib::Error::Read:
-      // A read that waited out the timeout is a slow upstream; an earlier
-      // one is a connection the upstream dropped.
-      if (took + milliseconds(50) >= setup.read_timeout || Clock::now() >= setup.deadline) {
+    case E::ReadTimeout:
+      return Response::failed(FailureKind::Timeout,
+                              fmt::format("no answer within {} ms", took.count()));
+    case E::Dropped:
+      if (Clock::now() >= setup.deadline) {
         return Response::failed(FailureKind::Timeout,
                                 fmt::format("no answer within {} ms", took.count()));
       }
@@ -328,7 +300,7 @@ Response classify_socket_error(httplib::Error error, const CallSetup& setup,
                               fmt::format("{} dropped the connection", url));
     default:
       return Response::failed(FailureKind::ServerError,
-                              fmt::format("{}: {}", url, httplib::to_string(error)));
+                              fmt::format("{}: {}", url, outcome.detail));
   }
 }
 
@@ -345,17 +317,18 @@ Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
   setup.start = Clock::now();
   setup.read_timeout = std::min(options_.read_timeout, request.timeout);
   setup.deadline = setup.start + request.timeout;
-  setup.request.method = "POST";
-  setup.request.path = pool_->path;
-  setup.request.body = request_body(options_, request, call, streaming);
-  setup.request.set_header("Content-Type", "application/json");
-  setup.request.set_header("Accept", streaming ? "text/event-stream" : "application/json");
-  if (!api_key_.empty()) setup.request.set_header("Authorization", "Bearer " + api_key_);
+  const std::string body_text = request_body(options_, request, call, streaming);
+  const std::string authorization = api_key_.empty() ? std::string() : "Bearer " + api_key_;
+  http::PostRequest post;
+  post.path = pool_->path;
+  post.body = body_text;
+  post.accept = streaming ? "text/event-stream" : "application/json";
+  post.authorization = authorization;
+  post.connect_timeout = options_.connect_timeout;
+  post.read_timeout = setup.read_timeout;
 
   if (call.answer != nullptr) *call.answer = ChatAnswer();
-  std::unique_ptr<Connection> connection = pool_->acquire(options_);
-  connection->client.set_read_timeout(setup.read_timeout);
-  connection->client.set_write_timeout(setup.read_timeout);
+  std::unique_ptr<Connection> connection = pool_->acquire();
 
   int status = 0;
   std::string body;  // the whole body when not streaming, else an error body
@@ -396,40 +369,36 @@ Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
     return true;
   };
 
-  setup.request.response_handler = [&](const httplib::Response& response) {
-    status = response.status;
-    return true;
-  };
-  setup.request.content_receiver = [&](const char* data, std::size_t size, std::uint64_t,
-                                       std::uint64_t) {
+  auto receive = [&](int answer_status, std::string_view piece) {
+    status = answer_status;
     if (call.cancel != nullptr && call.cancel->load()) {
       cancelled = true;
       return false;
     }
     if (Clock::now() >= setup.deadline) return false;
     if (status != 200 || !streaming) {
-      if (status == 200 || body.size() < kMaxErrorBody) body.append(data, size);
+      if (status == 200 || body.size() < kMaxErrorBody) body.append(piece);
       return true;
     }
-    return sse.feed(data, size, on_event);
+    return sse.feed(piece.data(), piece.size(), on_event);
   };
 
-  httplib::Result result = connection->client.send(setup.request);
+  const http::PostOutcome outcome = connection->client.post(post, receive);
   const std::string& url = options_.base_url;
   Response out;
-  if (!result) {
+  if (outcome.error != http::PostOutcome::Error::None) {
     if (streamed.failure != FailureKind::None) {
       out = std::move(streamed);  // an event the receiver refused
     } else {
-      out = classify_socket_error(result.error(), setup, url, cancelled);
+      out = classify_connection_error(outcome, setup, url, cancelled);
     }
     out.latency = elapsed_since(setup.start);
-    return out;  // the connection is in an unknown state: not reused
+    if (connection->client.reusable()) pool_->release(std::move(connection), options_.max_idle_connections);
+    return out;
   }
-  status = result->status;
+  status = outcome.status;
   if (status != 200) {
-    out = classify_http_error(status, body, result->get_header_value("Retry-After"),
-                              result->get_header_value("retry-after-ms"));
+    out = classify_http_error(status, body, outcome.retry_after, outcome.retry_after_ms);
   } else if (streaming) {
     sse.finish(on_event);
     if (streamed.failure != FailureKind::None) {
@@ -457,7 +426,7 @@ Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
     }
   }
   out.latency = elapsed_since(setup.start);
-  pool_->release(std::move(connection), options_.max_idle_connections);
+  if (connection->client.reusable()) pool_->release(std::move(connection), options_.max_idle_connections);
   return out;
 }
 

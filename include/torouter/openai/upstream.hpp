@@ -13,7 +13,9 @@
 // `RateLimited` with its Retry-After (or retry-after-ms), 5xx and dropped
 // connections `ServerError`, no answer in time `Timeout`, a 4xx whose message
 // speaks of the context length `ContextTooLong`, other 4xx `BadRequest`.
-// Connections are kept alive and reused, one per concurrent call.
+// Connections are kept alive and reused, one per concurrent call; http://
+// goes over plain sockets with one write per request, https:// through
+// cpp-httplib and OpenSSL.
 //
 // What an answer says beyond its text (why it stopped, the tool calls it
 // makes) stays here, out of the core's `Response`: a caller that relays it

@@ -1,0 +1,247 @@
+// torouter-server's HTTP/1.1 listener (examples/router_server/http_server.hpp)
+// over real loopback sockets, with requests written byte for byte: keep-alive,
+// pipelining, chunked bodies, 100-continue, refusals, streaming, stop.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "http_server.hpp"
+#include "openai/http_wire.hpp"
+
+using namespace torouter::server;
+namespace wire = torouter::openai::http;
+using Catch::Matchers::Contains;
+using std::chrono::milliseconds;
+
+namespace {
+
+struct Answer {
+  int status = 0;
+  wire::MessageHead head;
+  std::string body;
+};
+
+// A server whose handler echoes the request, streams on /stream, throws on
+// /throw and drops the connection on /abort.
+struct Fixture {
+  explicit Fixture(HttpServerOptions options = small_options()) {
+    server = std::make_unique<HttpServer>(
+        options,
+        [this](const HttpRequest& req, HttpResponse& res) {
+          if (req.path() == "/throw") throw std::runtime_error("handler broke");
+          if (req.path() == "/stream") {
+            res.set_header("X-Stream", "yes");
+            res.start_stream("text/event-stream");
+            for (const char* piece : {"data: one\n\n", "data: two\n\n"}) res.write(piece);
+            return;
+          }
+          if (req.path() == "/abort") {
+            res.start_stream("text/plain");
+            res.abort();
+            return;
+          }
+          res.set_header("X-Method", req.method());
+          res.set_header("X-Seen", req.header("x-test"));
+          res.set_content(std::string(req.path()) + ":" + req.body, "text/plain");
+        },
+        [](int status, std::string_view message, HttpResponse& res) {
+          res.set_content("refused " + std::to_string(status) + ": " + std::string(message),
+                          "text/plain");
+        },
+        [this](int status) {
+          std::lock_guard<std::mutex> lock(mutex);
+          statuses.push_back(status);
+        });
+    std::string error;
+    port = server->bind("127.0.0.1", 0, error);
+    REQUIRE(port > 0);
+    thread = std::thread([this] { server->run(); });
+  }
+  ~Fixture() {
+    server->stop();
+    thread.join();
+  }
+
+  static HttpServerOptions small_options() {
+    HttpServerOptions options;
+    options.threads = 4;
+    options.max_body_bytes = 1000;
+    options.max_head_bytes = 2000;
+    options.idle_timeout = milliseconds(2000);
+    return options;
+  }
+
+  wire::Socket connect() const {
+    std::string error;
+    bool timed_out = false;
+    wire::Socket socket =
+        wire::connect_to("127.0.0.1", std::to_string(port), milliseconds(2000), error, timed_out);
+    REQUIRE(socket.is_open());
+    REQUIRE(wire::configure_socket(socket.fd(), milliseconds(3000), milliseconds(3000)));
+    return socket;
+  }
+
+  std::unique_ptr<HttpServer> server;
+  std::thread thread;
+  int port = -1;
+  std::vector<int> seen_statuses() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return statuses;
+  }
+
+  std::mutex mutex;
+  std::vector<int> statuses;
+};
+
+void send(const wire::Socket& socket, std::string_view data) {
+  REQUIRE(wire::send_all(socket.fd(), data, wire::Clock::now()) == wire::IoStatus::Ok);
+}
+
+// Reads one answer; status 0 when the connection closed first.
+Answer receive(wire::Reader& reader) {
+  Answer answer;
+  const auto deadline = wire::Clock::now() + std::chrono::seconds(5);
+  if (reader.read_head(false, answer.head, 1 << 16, deadline) != wire::IoStatus::Ok) return answer;
+  answer.status = answer.head.status;
+  wire::BodyFraming framing;
+  REQUIRE(wire::response_framing(answer.head, framing));
+  const auto status = reader.read_body(framing, 1 << 20, deadline, [&](std::string_view piece) {
+    answer.body.append(piece);
+    return true;
+  });
+  if (status != wire::IoStatus::Ok) answer.status = -1;
+  return answer;
+}
+
+bool closed_by_server(wire::Reader& reader) {
+  wire::MessageHead head;
+  return reader.read_head(false, head, 1 << 16, wire::Clock::now() + std::chrono::seconds(5)) ==
+         wire::IoStatus::Closed;
+}
+
+}  // namespace
+
+TEST_CASE("http server: keep-alive, pipelining and request bodies", "[http][server]") {
+  Fixture f;
+  wire::Socket socket = f.connect();
+  wire::Reader reader(socket.fd());
+
+  send(socket, "POST /echo HTTP/1.1\r\nHost: x\r\nX-Test: 1\r\nContent-Length: 5\r\n\r\nhello");
+  Answer a = receive(reader);
+  CHECK(a.status == 200);
+  CHECK(a.body == "/echo:hello");
+  CHECK(a.head.header("x-method") == "POST");
+  CHECK(a.head.header("x-seen") == "1");
+  CHECK(a.head.header("content-type") == "text/plain");
+  CHECK(a.head.keeps_alive());
+
+  // Two requests in one write, the second with a chunked body.
+  send(socket,
+       "GET /first?q=1 HTTP/1.1\r\n\r\n"
+       "POST /second HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+  CHECK(receive(reader).body == "/first:");
+  CHECK(receive(reader).body == "/second:abcde");
+
+  // A client that waits for 100 Continue before sending its body.
+  send(socket, "POST /big HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+  Answer interim = receive(reader);
+  CHECK(interim.status == 100);
+  send(socket, "xyz");
+  CHECK(receive(reader).body == "/big:xyz");
+
+  // HTTP/1.0 closes after its answer.
+  send(socket, "GET /old HTTP/1.0\r\n\r\n");
+  Answer old = receive(reader);
+  CHECK(old.status == 200);
+  CHECK(old.head.header("connection") == "close");
+  CHECK(closed_by_server(reader));
+  CHECK(f.seen_statuses() == std::vector<int>{200, 200, 200, 200, 200});
+}
+
+TEST_CASE("http server: refusals close the connection", "[http][server]") {
+  Fixture f;
+  const std::vector<std::pair<std::string, int>> cases = {
+      {"GARBAGE\r\n\r\n", 400},
+      {"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400},
+      {"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc", 400},
+      {"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc", 400},
+      {"POST / HTTP/1.1\r\nContent-Length: 1001\r\n\r\n", 413},
+      {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n" + std::string(1001, 'a') +
+           "\r\n0\r\n\r\n",
+       413},
+      {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
+      {"GET / HTTP/1.1\r\nX-Big: " + std::string(3000, 'b') + "\r\n\r\n", 431},
+  };
+  for (const auto& [request, status] : cases) {
+    INFO(request.substr(0, 60));
+    wire::Socket socket = f.connect();
+    wire::Reader reader(socket.fd());
+    send(socket, request);
+    Answer a = receive(reader);
+    CHECK(a.status == status);
+    CHECK_THAT(a.body, Contains("refused " + std::to_string(status)));
+    CHECK(a.head.header("connection") == "close");
+    CHECK(closed_by_server(reader));
+  }
+  CHECK(f.seen_statuses().size() == cases.size());
+}
+
+TEST_CASE("http server: streamed answers, failing handlers, stop", "[http][server]") {
+  Fixture f;
+  wire::Socket socket = f.connect();
+  wire::Reader reader(socket.fd());
+
+  send(socket, "GET /stream HTTP/1.1\r\n\r\n");
+  Answer streamed = receive(reader);
+  CHECK(streamed.status == 200);
+  CHECK(streamed.head.header("transfer-encoding") == "chunked");
+  CHECK(streamed.head.header("x-stream") == "yes");
+  CHECK(streamed.body == "data: one\n\ndata: two\n\n");
+
+  send(socket, "GET /throw HTTP/1.1\r\n\r\n");
+  Answer thrown = receive(reader);
+  CHECK(thrown.status == 500);
+  CHECK_THAT(thrown.body, Contains("internal error: handler broke"));
+
+  send(socket, "GET /after HTTP/1.1\r\n\r\n");
+  CHECK(receive(reader).body == "/after:");
+
+  send(socket, "GET /abort HTTP/1.1\r\n\r\n");
+  Answer aborted = receive(reader);
+  CHECK(aborted.status == -1);  // headers, then the connection closed mid-body
+
+  // stop() ends an idle kept-alive connection and returns promptly.
+  wire::Socket idle = f.connect();
+  wire::Reader idle_reader(idle.fd());
+  send(idle, "GET /idle HTTP/1.1\r\n\r\n");
+  CHECK(receive(idle_reader).status == 200);
+  const auto start = std::chrono::steady_clock::now();
+  f.server->stop();
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(2));
+  CHECK(closed_by_server(idle_reader));
+}
+
+TEST_CASE("http server: a stop before run, and an idle timeout", "[http][server]") {
+  HttpServerOptions options = Fixture::small_options();
+  options.idle_timeout = milliseconds(200);
+  Fixture f(options);
+  wire::Socket socket = f.connect();
+  wire::Reader reader(socket.fd());
+  const auto start = std::chrono::steady_clock::now();
+  CHECK(closed_by_server(reader));  // nothing sent: closed after the idle timeout
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(3));
+
+  HttpServer never(HttpServerOptions{}, [](const HttpRequest&, HttpResponse&) {},
+                   [](int, std::string_view, HttpResponse&) {}, [](int) {});
+  std::string error;
+  REQUIRE(never.bind("127.0.0.1", 0, error) > 0);
+  never.stop();
+  never.run();  // returns at once
+  CHECK_FALSE(never.is_running());
+}
