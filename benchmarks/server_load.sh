@@ -3,7 +3,8 @@
 # and the latency the router adds (p50, p99) at 1, 16 and 64 connections.
 # The server routes with the default router (MLP, nine experts) in front of a
 # stand-in upstream that answers at once; the stand-in alone, measured in the
-# same run, is the baseline. "Added" is server minus baseline.
+# same run, is the baseline. "Added" is server minus baseline. The server's
+# CPU time per request (user and system) is read from /proc alongside.
 #
 #   benchmarks/server_load.sh                 # 10 s per run, build/ programs
 #   DURATION=5 BUILD_DIR=build-server benchmarks/server_load.sh
@@ -83,8 +84,14 @@ experts=$(sed -n 's/.*"name": "\([^"]*\)".*/\1/p' examples/default_router/expert
   echo ' ]}'
 } >"$work/config.json"
 "${server_pin[@]}" "$server_bin" --config "$work/config.json" >"$work/server.log" 2>&1 &
-pids+=($!)
+server_pid=$!
+pids+=("$server_pid")
 server_port=$(wait_port "$work/server.log")
+
+# The server's CPU time so far (user and system, in clock ticks), from /proc:
+# per request it is the figure the latency under load follows, and it holds
+# steadier than latency on a shared machine.
+server_ticks() { awk '{ print $14, $15 }' "/proc/$server_pid/stat"; }
 
 # One chat request, the same every time; done() prints the figures in us.
 cat >"$work/post.lua" <<'LUA'
@@ -114,18 +121,21 @@ warm=$(curl -s "http://127.0.0.1:$server_port/metrics" | sed -n 's/^torouter_htt
 
 echo "torouter-server load ($duration s per run, $(nproc) cores, loopback; latency in ms;" \
      "server on cores ${SERVER_CPUS:-all}, wrk and stand-in on ${LOAD_CPUS:-all})"
-printf "%-5s | %-26s | %-26s | %-15s | %s\n" "conns" "stand-in alone: req/s p50 p99" \
-  "through torouter: req/s p50 p99" "added p50 p99" "errors"
+printf "%-5s | %-26s | %-26s | %-15s | %-19s | %s\n" "conns" "stand-in alone: req/s p50 p99" \
+  "through torouter: req/s p50 p99" "added p50 p99" "server CPU us/req" "errors"
 total=0
 for c in $connections; do
   read -r bn brps bp50 bp99 berr <<<"$(run "$upstream_port" "$c")"
+  read -r user0 system0 <<<"$(server_ticks)"
   read -r sn srps sp50 sp99 serr <<<"$(run "$server_port" "$c")"
+  read -r user1 system1 <<<"$(server_ticks)"
   total=$((total + sn))
   awk -v c="$c" -v brps="$brps" -v bp50="$bp50" -v bp99="$bp99" -v srps="$srps" \
-      -v sp50="$sp50" -v sp99="$sp99" -v berr="$berr" -v serr="$serr" 'BEGIN {
-    printf "%-5s | %9.0f %7.3f %7.3f | %9.0f %7.3f %7.3f | %7.3f %7.3f | %d / %d\n",
+      -v sp50="$sp50" -v sp99="$sp99" -v berr="$berr" -v serr="$serr" -v n="$sn" \
+      -v user_ticks=$((user1 - user0)) -v sys_ticks=$((system1 - system0)) -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    printf "%-5s | %9.0f %7.3f %7.3f | %9.0f %7.3f %7.3f | %7.3f %7.3f | %5.1f user %5.1f sys | %d / %d\n",
       c, brps, bp50/1000, bp99/1000, srps, sp50/1000, sp99/1000, (sp50-bp50)/1000,
-      (sp99-bp99)/1000, berr, serr }'
+      (sp99-bp99)/1000, user_ticks/hz/n*1e6, sys_ticks/hz/n*1e6, berr, serr }'
 done
 answered=$(curl -s "http://127.0.0.1:$server_port/metrics" | sed -n 's/^torouter_http_responses_total{code="200"} //p')
 failures=$(curl -s "http://127.0.0.1:$server_port/metrics" |

@@ -125,11 +125,12 @@ PostOutcome ClientConnection::post_plain(const PostRequest& request, const BodyR
   wire_request_ += "\r\n";
   wire_request_ += request.body;
 
-  // A kept-alive connection the upstream has closed meanwhile is replaced.
-  // If it closes between that check and our request, nothing of an answer
-  // comes back and the request goes once more, on a new connection; an
-  // upstream that drops a request it has read is not asked twice, as the
-  // check finds its earlier close in all but that narrow race.
+  // A kept-alive connection the upstream has closed is found by the peek
+  // and replaced. A reused connection that still fails with nothing of an
+  // answer back (it closed just after the peek, or the upstream read the
+  // request and dropped it without a byte) sends the request once more on a
+  // new connection, as HTTP clients do with a stale connection: an upstream
+  // that drops requests without a word may see one twice.
   for (int round = 0; round < 2; ++round) {
     const bool reused = socket_.is_open();
     if (reused && peer_closed(socket_.fd())) socket_.close();
