@@ -33,7 +33,7 @@ struct Fixture {
   explicit Fixture(HttpServerOptions options = small_options()) {
     server = std::make_unique<HttpServer>(
         options,
-        [this](const HttpRequest& req, HttpResponse& res) {
+        [](const HttpRequest& req, HttpResponse& res) {
           if (req.path() == "/throw") throw std::runtime_error("handler broke");
           if (req.path() == "/stream") {
             res.set_header("X-Stream", "yes");

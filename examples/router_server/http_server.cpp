@@ -183,7 +183,7 @@ void HttpServer::work() {
 }
 
 void HttpServer::refuse(int fd, int status, std::string_view message) {
-  HttpResponse response(fd, options_.write_timeout, false);
+  HttpResponse response(fd, false);
   response.status = status;
   refusal_(status, message, response);
   response.send(response.whole_message());
@@ -234,7 +234,7 @@ void HttpServer::serve(int fd) {
     if (status != http::IoStatus::Ok) return;
 
     const bool keep_alive = request.head.keeps_alive() && !stopping_;
-    HttpResponse response(fd, options_.write_timeout, keep_alive);
+    HttpResponse response(fd, keep_alive);
     std::string failure;
     try {
       handler_(request, response);
@@ -248,7 +248,7 @@ void HttpServer::serve(int fd) {
       return;  // half an answer is out: closing is all that is left
     }
     if (!failure.empty()) {
-      HttpResponse error(fd, options_.write_timeout, keep_alive);
+      HttpResponse error(fd, keep_alive);
       error.status = 500;
       refusal_(500, "internal error: " + failure, error);
       sent = error.send(error.whole_message());

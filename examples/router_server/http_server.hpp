@@ -65,8 +65,8 @@ class HttpResponse {
 
  private:
   friend class HttpServer;
-  explicit HttpResponse(int fd, std::chrono::milliseconds write_timeout, bool keep_alive)
-      : fd_(fd), write_timeout_(write_timeout), keep_alive_(keep_alive) {}
+  // Sends on `fd`, whose send timeout bounds each wait.
+  HttpResponse(int fd, bool keep_alive) : fd_(fd), keep_alive_(keep_alive) {}
   bool send(std::string_view data);
   // The status line, the headers, and the framing of a whole body.
   std::string whole_message() const;
@@ -74,7 +74,6 @@ class HttpResponse {
   bool end_stream();
 
   int fd_;
-  std::chrono::milliseconds write_timeout_;
   bool keep_alive_;
   std::string headers_;  // "Name: value\r\n" lines
   std::string content_type_;
