@@ -155,13 +155,22 @@ TEST_CASE("http server: keep-alive, pipelining and request bodies", "[http][serv
   send(socket, "xyz");
   CHECK(receive(reader).body == "/big:xyz");
 
+  // A HEAD request's answer has the headers of GET's and no body.
+  send(socket, "HEAD /echo HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n");
+  wire::MessageHead head;
+  REQUIRE(reader.read_head(false, head, 1 << 16, wire::Clock::now() + std::chrono::seconds(5)) ==
+          wire::IoStatus::Ok);
+  CHECK(head.status == 200);
+  CHECK(head.header("content-length") == "6");  // "/echo:"
+  CHECK(receive(reader).body == "/next:");
+
   // HTTP/1.0 closes after its answer.
   send(socket, "GET /old HTTP/1.0\r\n\r\n");
   Answer old = receive(reader);
   CHECK(old.status == 200);
   CHECK(old.head.header("connection") == "close");
   CHECK(closed_by_server(reader));
-  CHECK(f.seen_statuses() == std::vector<int>{200, 200, 200, 200, 200});
+  CHECK(f.seen_statuses() == std::vector<int>{200, 200, 200, 200, 200, 200, 200});
 }
 
 TEST_CASE("http server: refusals close the connection", "[http][server]") {

@@ -601,6 +601,13 @@ TEST_CASE("router server: models, health and metrics", "[server]") {
   REQUIRE(health);
   CHECK(health->status == 200);
   CHECK_THAT(health->body, Contains("\"status\":\"ok\""));
+  // Load balancers probe with HEAD: GET's headers, no body, the same
+  // connection still usable.
+  auto probe = f.client()->Head("/health");
+  REQUIRE(probe);
+  CHECK(probe->status == 200);
+  CHECK(probe->body.empty());
+  CHECK(f.get("/health")->status == 200);
 
   // One answered request and one bypass that fails.
   const std::string expert = f.routed(kPrompt);

@@ -62,7 +62,7 @@ std::string HttpResponse::whole_message() const {
   http::append_header(out, "Content-Length", std::to_string(body_.size()));
   if (!keep_alive_) out += "Connection: close\r\n";
   out += "\r\n";
-  out += body_;
+  if (!head_only_) out += body_;
   return out;
 }
 
@@ -79,14 +79,14 @@ bool HttpResponse::start_stream(std::string_view content_type) {
 }
 
 bool HttpResponse::write(std::string_view data) {
-  if (data.empty()) return !broken_;
+  if (data.empty() || head_only_) return !broken_;
   std::string chunk;
   chunk.reserve(data.size() + 16);
   http::append_chunk(chunk, data);
   return send(chunk);
 }
 
-bool HttpResponse::end_stream() { return send("0\r\n\r\n"); }
+bool HttpResponse::end_stream() { return head_only_ ? !broken_ : send("0\r\n\r\n"); }
 
 HttpServer::HttpServer(HttpServerOptions options, HttpHandler handler, HttpRefusalWriter refusal,
                        HttpObserver observer)
@@ -234,7 +234,8 @@ void HttpServer::serve(int fd) {
     if (status != http::IoStatus::Ok) return;
 
     const bool keep_alive = request.head.keeps_alive() && !stopping_;
-    HttpResponse response(fd, keep_alive);
+    const bool head_only = request.head.method == "HEAD";
+    HttpResponse response(fd, keep_alive, head_only);
     std::string failure;
     try {
       handler_(request, response);
@@ -248,7 +249,7 @@ void HttpServer::serve(int fd) {
       return;  // half an answer is out: closing is all that is left
     }
     if (!failure.empty()) {
-      HttpResponse error(fd, keep_alive);
+      HttpResponse error(fd, keep_alive, head_only);
       error.status = 500;
       refusal_(500, "internal error: " + failure, error);
       sent = error.send(error.whole_message());

@@ -65,8 +65,10 @@ class HttpResponse {
 
  private:
   friend class HttpServer;
-  // Sends on `fd`, whose send timeout bounds each wait.
-  HttpResponse(int fd, bool keep_alive) : fd_(fd), keep_alive_(keep_alive) {}
+  // Sends on `fd`, whose send timeout bounds each wait; the answer to a
+  // HEAD request (`head_only`) has its headers and no body.
+  HttpResponse(int fd, bool keep_alive, bool head_only = false)
+      : fd_(fd), keep_alive_(keep_alive), head_only_(head_only) {}
   bool send(std::string_view data);
   // The status line, the headers, and the framing of a whole body.
   std::string whole_message() const;
@@ -75,6 +77,7 @@ class HttpResponse {
 
   int fd_;
   bool keep_alive_;
+  bool head_only_;
   std::string headers_;  // "Name: value\r\n" lines
   std::string content_type_;
   std::string body_;

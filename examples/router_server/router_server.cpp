@@ -574,10 +574,12 @@ struct RouterServer::Impl {
   void handle(const HttpRequest& req, HttpResponse& res) {
     const std::string_view path = req.path();
     const std::string& method = req.method();
+    // HEAD is GET without the body, which the HTTP layer leaves out.
+    const bool get = method == "GET" || method == "HEAD";
     if (path == "/v1/chat/completions" && method == "POST") return handle_chat(req, res);
-    if (path == "/v1/models" && method == "GET") return handle_models(req, res);
-    if (path == "/health" && method == "GET") return handle_health(res);
-    if (path == "/metrics" && method == "GET") return handle_metrics(req, res);
+    if (path == "/v1/models" && get) return handle_models(req, res);
+    if (path == "/health" && get) return handle_health(res);
+    if (path == "/metrics" && get) return handle_metrics(req, res);
     ApiError e;
     e.status = 404;
     e.code = "not_found";
