@@ -236,6 +236,29 @@ TEST_CASE("http server: streamed answers, failing handlers, stop", "[http][serve
   CHECK(closed_by_server(idle_reader));
 }
 
+TEST_CASE("http server: a connection waiting for a worker is served after one answer", "[http][server]") {
+  HttpServerOptions options = Fixture::small_options();
+  options.threads = 1;
+  Fixture f(options);
+  wire::Socket first = f.connect();
+  wire::Reader first_reader(first.fd());
+  send(first, "GET /a HTTP/1.1\r\n\r\n");
+  Answer a = receive(first_reader);
+  CHECK(a.head.keeps_alive());  // no one waits yet
+
+  // The one worker holds `first` between its requests; `second` waits.
+  wire::Socket second = f.connect();
+  wire::Reader second_reader(second.fd());
+  send(second, "GET /b HTTP/1.1\r\n\r\n");
+  std::this_thread::sleep_for(milliseconds(100));
+  send(first, "GET /c HTTP/1.1\r\n\r\n");
+  Answer c = receive(first_reader);
+  CHECK(c.body == "/c:");
+  CHECK(c.head.header("connection") == "close");  // so that `second` is served
+  CHECK(closed_by_server(first_reader));
+  CHECK(receive(second_reader).body == "/b:");
+}
+
 TEST_CASE("http server: a stop before run, and an idle timeout", "[http][server]") {
   HttpServerOptions options = Fixture::small_options();
   options.idle_timeout = milliseconds(200);
@@ -245,6 +268,26 @@ TEST_CASE("http server: a stop before run, and an idle timeout", "[http][server]
   const auto start = std::chrono::steady_clock::now();
   CHECK(closed_by_server(reader));  // nothing sent: closed after the idle timeout
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(3));
+
+  // A request that trickles in a byte at a time is cut at the read timeout.
+  HttpServerOptions slow_options = Fixture::small_options();
+  slow_options.read_timeout = milliseconds(300);
+  Fixture slow(slow_options);
+  wire::Socket trickling = slow.connect();
+  wire::Reader trickling_reader(trickling.fd());
+  const auto trickle_start = std::chrono::steady_clock::now();
+  Answer late;
+  std::thread reading([&] { late = receive(trickling_reader); });
+  for (char c : std::string("GET / HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")) {
+    if (wire::send_all(trickling.fd(), std::string_view(&c, 1), wire::Clock::now()) !=
+        wire::IoStatus::Ok) {
+      break;
+    }
+    std::this_thread::sleep_for(milliseconds(30));
+  }
+  reading.join();
+  CHECK(late.status == 408);
+  CHECK(std::chrono::steady_clock::now() - trickle_start < std::chrono::seconds(5));
 
   HttpServer never(HttpServerOptions{}, [](const HttpRequest&, HttpResponse&) {},
                    [](int, std::string_view, HttpResponse&) {}, [](int) {});

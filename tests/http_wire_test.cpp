@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <string>
 #include <thread>
@@ -143,6 +144,10 @@ TEST_CASE("http wire: body framing", "[http]") {
   CHECK(framing.kind == BodyFraming::Kind::Chunked);
   REQUIRE(request("Transfer-Encoding: gzip, Chunked\r\n"));
   CHECK(framing.kind == BodyFraming::Kind::Chunked);
+  REQUIRE(request("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"));
+  CHECK(framing.kind == BodyFraming::Kind::Chunked);
+  // The codings of all Transfer-Encoding fields add up: chunked must be last.
+  CHECK_FALSE(request("Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n"));
   // Two readings of one message are how requests get smuggled: refused.
   CHECK_FALSE(request("Content-Length: 42\r\nContent-Length: 43\r\n"));
   CHECK_FALSE(request("Content-Length: 42\r\nTransfer-Encoding: chunked\r\n"));
@@ -174,7 +179,14 @@ TEST_CASE("http wire: chunked bodies", "[http]") {
     CHECK(decode_chunked(body, step) == "hello wide world!");
   }
   CHECK(decode_chunked("0\r\n\r\n", 1).empty());
-  CHECK(decode_chunked("5\nhello\n0\n\n", 1) == "hello");
+  // Chunk lines end in CRLF: a bare LF, or a control character in an
+  // extension, is how one body gets read two ways behind a proxy.
+  CHECK(decode_chunked("5\nhello\n0\n\n", 1) == "MALFORMED");
+  CHECK(decode_chunked("2;x\nab\r\n0\r\n\r\n", 1) == "MALFORMED");
+  CHECK(decode_chunked("2;x\x01y\r\nab\r\n0\r\n\r\n", 1) == "MALFORMED");
+  std::string long_trailer = "0\r\n";
+  for (int i = 0; i < 100; ++i) long_trailer += "X-Trailer: " + std::string(1000, 't') + "\r\n";
+  CHECK(decode_chunked(long_trailer + "\r\n", 512) == "MALFORMED");
   CHECK(decode_chunked("x\r\nhello\r\n0\r\n\r\n", 1) == "MALFORMED");
   CHECK(decode_chunked("5\r\nhelloX\r\n0\r\n\r\n", 1) == "MALFORMED");
   CHECK(decode_chunked("5 x\r\nhello\r\n0\r\n\r\n", 1) == "MALFORMED");
@@ -253,7 +265,7 @@ TEST_CASE("http wire: reading messages from a socket", "[http]") {
     CHECK(reader.read_head(true, head, 1024, soon) == IoStatus::TooLarge);
 
     SocketPair idle;
-    Reader idle_reader(idle.reader.fd());
+    Reader idle_reader(idle.reader.fd(), OnReceiveTimeout::WaitToDeadline);
     const auto start = Clock::now();
     // Nothing yet: an idle connection times out at its first receive
     // timeout (100 ms), however far the deadline.
@@ -263,6 +275,37 @@ TEST_CASE("http wire: reading messages from a socket", "[http]") {
     idle.write("GET / HT");
     CHECK(idle_reader.read_head(true, head, 1024, Clock::now() + milliseconds(300)) == IoStatus::Timeout);
     CHECK(idle_reader.buffered() == 8);
+
+    // Bytes that trickle in, each before the receive timeout, still end at
+    // the deadline.
+    SocketPair trickle;
+    Reader trickle_reader(trickle.reader.fd(), OnReceiveTimeout::WaitToDeadline);
+    std::atomic<bool> stop{false};
+    std::thread dripping([&] {
+      for (int i = 0; i < 200 && !stop; ++i) {
+        send_all(trickle.writer.fd(), "a", Clock::now());
+        std::this_thread::sleep_for(milliseconds(20));
+      }
+    });
+    const auto dripping_start = Clock::now();
+    CHECK(trickle_reader.read_head(true, head, 1 << 16, Clock::now() + milliseconds(300)) ==
+          IoStatus::Timeout);
+    CHECK(Clock::now() - dripping_start < std::chrono::seconds(2));
+    stop = true;
+    dripping.join();
+
+    // A receive timeout of 0 is 1 ms, not "wait forever" (on TCP, which
+    // the no-delay option needs).
+    std::string error;
+    bool timed_out = false;
+    Socket listener = listen_on("127.0.0.1", "0", error);
+    REQUIRE(listener.is_open());
+    Socket zero = connect_to("127.0.0.1", std::to_string(local_port(listener.fd())),
+                             milliseconds(2000), error, timed_out);
+    REQUIRE(zero.is_open());
+    REQUIRE(configure_socket(zero.fd(), milliseconds(0), milliseconds(0)));
+    Reader zero_reader(zero.fd());
+    CHECK(zero_reader.read_head(false, head, 1024, soon) == IoStatus::Timeout);
 
     SocketPair cut;
     Reader cut_reader(cut.reader.fd());

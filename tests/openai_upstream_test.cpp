@@ -4,6 +4,7 @@
 
 #include <sys/socket.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -205,8 +206,8 @@ TEST_CASE("openai upstream: failures map to failure kinds", "[openai]") {
   CHECK_THAT(r.error_message, Contains("cannot connect"));
 }
 
-// An upstream written byte for byte, to answer in each HTTP framing and to
-// close kept-alive connections between calls.
+// An upstream written byte for byte, to answer in each HTTP framing, to
+// close kept-alive connections between calls, and to misbehave.
 TEST_CASE("openai upstream: answers in every framing, closed connections replaced", "[openai]") {
   namespace wire = torouter::openai::http;
   std::string error;
@@ -214,69 +215,80 @@ TEST_CASE("openai upstream: answers in every framing, closed connections replace
   REQUIRE(listener.is_open());
   const int port = wire::local_port(listener.fd());
   const std::string json = "{\"choices\":[{\"message\":{\"content\":\"framed\"}}]}";
-  const std::string length = std::to_string(json.size());
-  int accepted = 0;
+  const std::string whole = "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(json.size()) +
+                            "\r\n\r\n" + json;
+  std::atomic<int> accepted{0};
+  std::atomic<int> requests{0};
   std::thread server([&] {
-    // Reads one request from `reader`; false when the connection ended.
-    auto read_request = [](wire::Reader& reader) {
+    wire::Reader reader;
+    wire::Socket connection;
+    auto next_connection = [&] {
+      connection = wire::Socket(::accept(listener.fd(), nullptr, nullptr));
+      reader.reset(connection.fd());
+      ++accepted;
+    };
+    // Reads one request; false when the connection ended.
+    auto read_request = [&] {
       wire::MessageHead head;
       const auto deadline = wire::Clock::now() + std::chrono::seconds(5);
       if (reader.read_head(true, head, 1 << 16, deadline) != wire::IoStatus::Ok) return false;
       wire::BodyFraming framing;
-      return wire::request_framing(head, framing) &&
-             reader.read_body(framing, 1 << 20, deadline, [](std::string_view) { return true; }) ==
-                 wire::IoStatus::Ok;
+      const bool read = wire::request_framing(head, framing) &&
+                        reader.read_body(framing, 1 << 20, deadline, [](std::string_view) {
+                          return true;
+                        }) == wire::IoStatus::Ok;
+      if (read) ++requests;
+      return read;
     };
-    auto answer = [](const wire::Socket& socket, const std::string& text) {
-      wire::send_all(socket.fd(), text, wire::Clock::now());
+    auto answer = [&](const std::string& text) {
+      wire::send_all(connection.fd(), text, wire::Clock::now());
     };
-    // 1: one answer with Content-Length, then the upstream closes it idle.
-    wire::Socket first(::accept(listener.fd(), nullptr, nullptr));
-    ++accepted;
-    wire::Reader reader(first.fd());
-    if (read_request(reader)) answer(first, "HTTP/1.1 200 OK\r\nContent-Length: " + length + "\r\n\r\n" + json);
-    first.close();
-    // 2: a chunked answer, then one read until the connection closes.
-    wire::Socket second(::accept(listener.fd(), nullptr, nullptr));
-    ++accepted;
-    reader.reset(second.fd());
-    if (read_request(reader)) {
+    // 1: one answer with Content-Length; then the upstream closes it idle.
+    next_connection();
+    if (read_request()) answer(whole);
+    connection.close();
+    // 2: a request read and dropped without a byte, on a new connection:
+    // the client must not send it again.
+    next_connection();
+    read_request();
+    connection.close();
+    // 3: a chunked answer, then one read until the connection closes.
+    next_connection();
+    if (read_request()) {
       std::string chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
       wire::append_chunk(chunked, json.substr(0, 10));
       wire::append_chunk(chunked, json.substr(10));
-      answer(second, chunked + "0\r\n\r\n");
+      answer(chunked + "0\r\n\r\n");
     }
-    if (read_request(reader)) answer(second, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + json);
-    second.close();
-    // 3: an interim 100 before the answer, then a malformed answer.
-    wire::Socket third(::accept(listener.fd(), nullptr, nullptr));
-    ++accepted;
-    reader.reset(third.fd());
-    if (read_request(reader)) {
-      answer(third, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: " + length +
-                        "\r\n\r\n" + json);
-    }
-    if (read_request(reader)) answer(third, "HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n");
+    if (read_request()) answer("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + json);
+    connection.close();
+    // 4: an interim 100 before the answer, and stray bytes after it, which
+    // must not become the next call's answer.
+    next_connection();
+    if (read_request()) answer("HTTP/1.1 100 Continue\r\n\r\n" + whole + "HTTP/1.1 200 OK\r\n");
+    // 5: a malformed answer.
+    next_connection();
+    if (read_request()) answer("HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n");
   });
 
   UpstreamOptions o;
   o.base_url = "http://127.0.0.1:" + std::to_string(port) + "/v1";
   o.model = "m";
   Upstream upstream(o);
-  Response r = upstream.complete(request("one"));
-  CHECK(r.text == "framed");
+  CHECK(upstream.complete(request("one")).text == "framed");
   std::this_thread::sleep_for(100ms);  // the upstream closes the idle connection
-  r = upstream.complete(request("two"));
-  CHECK(r.text == "framed");
-  r = upstream.complete(request("three"));
-  CHECK(r.text == "framed");
-  r = upstream.complete(request("four"));
-  CHECK(r.text == "framed");
-  r = upstream.complete(request("five"));
-  CHECK(r.failure == FailureKind::ServerError);
-  CHECK_THAT(r.error_message, Contains("malformed Content-Length"));
+  Response dropped = upstream.complete(request("two"));
+  CHECK(dropped.failure == FailureKind::ServerError);
+  CHECK_THAT(dropped.error_message, Contains("dropped the connection"));
+  CHECK(upstream.complete(request("three")).text == "framed");
+  CHECK(upstream.complete(request("four")).text == "framed");
+  CHECK(upstream.complete(request("five")).text == "framed");
+  Response malformed = upstream.complete(request("six"));
+  CHECK(malformed.failure == FailureKind::ServerError);
+  CHECK_THAT(malformed.error_message, Contains("malformed Content-Length"));
   server.join();
-  CHECK(accepted == 3);
+  CHECK(accepted == 5);
+  CHECK(requests == 6);
 }
 
 TEST_CASE("openai upstream: HTTP errors classified without a server", "[openai]") {

@@ -16,13 +16,14 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// After refusing a request whose body may still be arriving, the unread
-// bytes are drained for a moment before closing: closing with unread data
-// resets the connection, and a client can then lose the refusal itself.
+// Before closing a connection the server chose to close (a refusal whose
+// body may still be arriving, pipelined requests after a Connection: close
+// answer), the unread bytes are drained for a moment: closing with unread
+// data resets the connection, and the client can then lose the answer.
 constexpr std::chrono::milliseconds kDrainTime{200};
 constexpr std::size_t kMaxDrainBytes = 8 << 20;
 
-void drain_and_close(int fd) {
+void drain_before_close(int fd) {
   ::shutdown(fd, SHUT_WR);
   http::configure_socket(fd, kDrainTime, kDrainTime);
   const auto give_up = Clock::now() + kDrainTime;
@@ -53,15 +54,20 @@ bool HttpResponse::send(std::string_view data) {
   return !broken_;
 }
 
-std::string HttpResponse::whole_message() const {
+void HttpResponse::end_head(std::string& out) {
+  keep_alive_ = keep_alive_ && server_->may_keep_alive();
+  if (!keep_alive_) out += "Connection: close\r\n";
+  out += "\r\n";
+}
+
+std::string HttpResponse::whole_message() {
   std::string out;
   out.reserve(128 + headers_.size() + body_.size());
   http::append_status_line(out, status);
   out += headers_;
   if (!content_type_.empty()) http::append_header(out, "Content-Type", content_type_);
   http::append_header(out, "Content-Length", std::to_string(body_.size()));
-  if (!keep_alive_) out += "Connection: close\r\n";
-  out += "\r\n";
+  end_head(out);
   if (!head_only_) out += body_;
   return out;
 }
@@ -72,8 +78,7 @@ bool HttpResponse::start_stream(std::string_view content_type) {
   out += headers_;
   http::append_header(out, "Content-Type", content_type);
   out += "Transfer-Encoding: chunked\r\n";
-  if (!keep_alive_) out += "Connection: close\r\n";
-  out += "\r\n";
+  end_head(out);
   streaming_ = true;
   return send(out);
 }
@@ -131,6 +136,7 @@ void HttpServer::run() {
       break;
     }
     waiting_.push_back(fd);
+    waiting_count_ = waiting_.size();
     wake_.notify_one();
   }
   running_ = false;
@@ -171,6 +177,7 @@ void HttpServer::work() {
       if (stopping_) return;
       fd = waiting_.front();
       waiting_.pop_front();
+      waiting_count_ = waiting_.size();
       open_.insert(fd);
     }
     serve(fd);
@@ -183,17 +190,17 @@ void HttpServer::work() {
 }
 
 void HttpServer::refuse(int fd, int status, std::string_view message) {
-  HttpResponse response(fd, false);
+  HttpResponse response(fd, this, false, false);
   response.status = status;
   refusal_(status, message, response);
   response.send(response.whole_message());
   observer_(status);
-  drain_and_close(fd);
+  drain_before_close(fd);
 }
 
 void HttpServer::serve(int fd) {
   if (!http::configure_socket(fd, options_.idle_timeout, options_.write_timeout)) return;
-  http::Reader reader(fd);
+  http::Reader reader(fd, http::OnReceiveTimeout::WaitToDeadline);
   HttpRequest request;
   for (;;) {
     const auto deadline = Clock::now() + options_.read_timeout;
@@ -233,9 +240,8 @@ void HttpServer::serve(int fd) {
     if (status == http::IoStatus::Timeout) return refuse(fd, 408, "the request did not arrive in time");
     if (status != http::IoStatus::Ok) return;
 
-    const bool keep_alive = request.head.keeps_alive() && !stopping_;
     const bool head_only = request.head.method == "HEAD";
-    HttpResponse response(fd, keep_alive, head_only);
+    HttpResponse response(fd, this, request.head.keeps_alive(), head_only);
     std::string failure;
     try {
       handler_(request, response);
@@ -245,20 +251,29 @@ void HttpServer::serve(int fd) {
       failure = "unknown exception";
     }
     bool sent = false;
+    bool kept_alive = false;
     if (!failure.empty() && response.streaming()) {
       return;  // half an answer is out: closing is all that is left
     }
     if (!failure.empty()) {
-      HttpResponse error(fd, keep_alive, head_only);
+      HttpResponse error(fd, this, request.head.keeps_alive(), head_only);
       error.status = 500;
       refusal_(500, "internal error: " + failure, error);
       sent = error.send(error.whole_message());
+      kept_alive = error.keeps_alive();
       observer_(500);
     } else {
       sent = response.streaming() ? response.end_stream() : response.send(response.whole_message());
+      kept_alive = response.keeps_alive();
       observer_(response.status);
     }
-    if (!sent || !keep_alive || stopping_) return;
+    if (!sent) return;
+    if (!kept_alive) {
+      // Pipelined requests the client sent meanwhile are unread: drain them,
+      // so closing does not reset the connection under the answer.
+      drain_before_close(fd);
+      return;
+    }
   }
 }
 

@@ -10,9 +10,13 @@
 //
 // The handler answers whole (`HttpResponse::set_content`) or streams a
 // chunked body (`start_stream`, `write`). Requests the server refuses before
-// a handler sees them (malformed 400, body too large 413, head too large
-// 431, unknown transfer coding 501) get the refusal writer's body, and the
-// connection is closed after them.
+// a handler sees them (malformed or more than 128 header fields 400, body
+// too large 413, head too large 431, too slow to arrive 408) get the
+// refusal writer's body, and the connection is closed after them.
+//
+// A kept-alive connection holds its worker between requests, so while
+// connections wait for a worker each answer closes its connection: a
+// waiting connection waits at most one answer, or one idle timeout.
 #pragma once
 
 #include <atomic>
@@ -31,6 +35,8 @@
 #include "openai/http_wire.hpp"
 
 namespace torouter::server {
+
+class HttpServer;
 
 /// One request as a handler sees it.
 struct HttpRequest {
@@ -59,6 +65,9 @@ class HttpResponse {
   /// Sends one piece of a started stream; false when the client has gone.
   bool write(std::string_view data);
   bool streaming() const { return streaming_; }
+  /// Whether the connection stays open after this answer (known once its
+  /// head is written).
+  bool keeps_alive() const { return keep_alive_; }
   /// Ends the exchange unfinished: nothing more is sent and the connection
   /// closes (what a stand-in does to play an upstream that drops it).
   void abort() { broken_ = true; }
@@ -66,16 +75,21 @@ class HttpResponse {
  private:
   friend class HttpServer;
   // Sends on `fd`, whose send timeout bounds each wait; the answer to a
-  // HEAD request (`head_only`) has its headers and no body.
-  HttpResponse(int fd, bool keep_alive, bool head_only = false)
-      : fd_(fd), keep_alive_(keep_alive), head_only_(head_only) {}
+  // HEAD request (`head_only`) has its headers and no body. The connection
+  // stays open after it if the client asked (`keep_alive`) and `server`
+  // agrees when the head is written.
+  HttpResponse(int fd, const HttpServer* server, bool keep_alive, bool head_only)
+      : fd_(fd), server_(server), keep_alive_(keep_alive), head_only_(head_only) {}
+  // The end of the head: Connection: close unless the connection stays.
+  void end_head(std::string& out);
   bool send(std::string_view data);
   // The status line, the headers, and the framing of a whole body.
-  std::string whole_message() const;
+  std::string whole_message();
   // Ends a started stream; false when the client has gone.
   bool end_stream();
 
   int fd_;
+  const HttpServer* server_;
   bool keep_alive_;
   bool head_only_;
   std::string headers_;  // "Name: value\r\n" lines
@@ -120,12 +134,17 @@ class HttpServer {
   /// Accepts and serves until `stop`; returns at once if `stop` came first.
   void run();
   /// Stops accepting, ends idle connections, lets answers in progress
-  /// finish, and waits for them. Safe from any thread, and more than once.
+  /// finish, and waits for them. Safe from any thread but a handler's, and
+  /// more than once.
   void stop();
   /// Whether `run` is accepting connections.
   bool is_running() const { return running_; }
 
  private:
+  friend class HttpResponse;
+  // Whether an answer may leave its connection open: not while stopping,
+  // nor while other connections wait for a worker.
+  bool may_keep_alive() const { return !stopping_ && waiting_count_.load() == 0; }
   void work();
   void serve(int fd);
   // Answers a request refused before any handler saw it.
@@ -142,6 +161,7 @@ class HttpServer {
   std::condition_variable run_ended_;
   bool in_run_ = false;
   std::deque<int> waiting_;  // accepted connections no worker has taken yet
+  std::atomic<std::size_t> waiting_count_{0};  // waiting_.size(), read without the lock
   std::set<int> open_;       // connections a worker is serving
   std::vector<std::thread> workers_;
   std::atomic<bool> stopping_{false};

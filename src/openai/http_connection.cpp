@@ -20,14 +20,14 @@ using std::chrono::milliseconds;
 // An answer's head may not be larger than this.
 constexpr std::size_t kMaxResponseHead = 64 * 1024;
 
-// Whether the upstream closed an idle kept-alive connection: a peek that
-// does not wait finds its end of stream (or an error) instead of nothing.
-bool peer_closed(int fd) {
+// Whether an idle kept-alive connection is still fit to send on: a peek
+// that does not wait finds nothing. An end of stream or an error means the
+// upstream closed it; bytes nobody asked for would be read as the next
+// call's answer.
+bool idle_and_open(int fd) {
   char byte = 0;
   const ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (n == 0) return true;
-  if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
-  return false;  // bytes nobody asked for: the next read finds them malformed
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 }  // namespace
@@ -130,10 +130,14 @@ PostOutcome ClientConnection::post_plain(const PostRequest& request, const BodyR
   // answer back (it closed just after the peek, or the upstream read the
   // request and dropped it without a byte) sends the request once more on a
   // new connection, as HTTP clients do with a stale connection: an upstream
-  // that drops requests without a word may see one twice.
+  // that drops requests without a word may see one twice. A new connection
+  // that fails is not retried.
   for (int round = 0; round < 2; ++round) {
-    const bool reused = socket_.is_open();
-    if (reused && peer_closed(socket_.fd())) socket_.close();
+    bool reused = socket_.is_open();
+    if (reused && !idle_and_open(socket_.fd())) {
+      socket_.close();
+      reused = false;
+    }
     if (!socket_.is_open() && !open_plain(request, outcome)) return outcome;
     if (socket_timeout_ != request.read_timeout) {
       if (!configure_socket(socket_.fd(), request.read_timeout, request.read_timeout)) {
@@ -149,7 +153,7 @@ PostOutcome ClientConnection::post_plain(const PostRequest& request, const BodyR
     if (status == IoStatus::Ok) {
       // Interim 1xx answers come before the real one.
       do {
-        status = reader_.read_head(false, head_, kMaxResponseHead, give_up_now);
+        status = reader_.read_head(false, head_, kMaxResponseHead, request.deadline);
       } while (status == IoStatus::Ok && head_.status < 200);
     }
     if (status == IoStatus::Ok) break;
@@ -157,7 +161,7 @@ PostOutcome ClientConnection::post_plain(const PostRequest& request, const BodyR
         (status == IoStatus::Closed || status == IoStatus::Failed) &&
         reader_.buffered() == 0;
     socket_.close();
-    if (reused && round == 0 && nothing_came) continue;
+    if (reused && round == 0 && nothing_came && Clock::now() < request.deadline) continue;
     switch (status) {
       case IoStatus::Timeout:
         outcome.error = PostOutcome::Error::ReadTimeout;
@@ -186,11 +190,13 @@ PostOutcome ClientConnection::post_plain(const PostRequest& request, const BodyR
   }
   const int answer_status = head_.status;
   const IoStatus status = reader_.read_body(
-      framing, std::numeric_limits<std::uint64_t>::max(), Clock::time_point::min(),
+      framing, std::numeric_limits<std::uint64_t>::max(), request.deadline,
       [&](std::string_view piece) { return on_body(answer_status, piece); });
   switch (status) {
     case IoStatus::Ok:
-      reusable_ = head_.keeps_alive() && framing.kind != BodyFraming::Kind::UntilClose;
+      // Bytes past the answer would be read as the next call's answer.
+      reusable_ = head_.keeps_alive() && framing.kind != BodyFraming::Kind::UntilClose &&
+                  reader_.buffered() == 0;
       break;
     case IoStatus::Stopped:
       outcome.error = PostOutcome::Error::Stopped;

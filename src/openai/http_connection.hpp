@@ -42,6 +42,9 @@ struct PostRequest {
   std::chrono::milliseconds connect_timeout{5000};
   /// Longest wait for each arrival, and for each send.
   std::chrono::milliseconds read_timeout{60000};
+  /// When the whole exchange must be over (plain connections; the TLS path
+  /// relies on the body receiver checking it).
+  Clock::time_point deadline = Clock::time_point::max();
 };
 
 /// How a POST ended, short of its answer's meaning.

@@ -24,6 +24,7 @@ namespace {
 constexpr std::size_t kReadSize = 16 * 1024;
 constexpr std::size_t kMaxHeaders = 128;
 constexpr std::size_t kMaxChunkLine = 4096;
+constexpr std::size_t kMaxTrailerBytes = 64 * 1024;
 
 bool is_token_char(char c) {
   if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
@@ -48,6 +49,15 @@ bool list_has(std::string_view value, std::string_view token) {
     value.remove_prefix(comma + 1);
   }
   return false;
+}
+
+// The value of the last field named `name`, or empty.
+std::string_view last_field(const MessageHead& head, std::string_view name) {
+  std::string_view value;
+  for (const Header& h : head.headers) {
+    if (equal_ignoring_case(h.name, name)) value = h.value;
+  }
+  return value;
 }
 
 // The last entry of a comma-separated list, trimmed.
@@ -179,8 +189,11 @@ bool configure_socket(int fd, std::chrono::milliseconds receive_timeout,
     tv.tv_usec = static_cast<suseconds_t>((ms.count() % 1000) * 1000);
     return tv;
   };
-  const timeval receive = to_timeval(receive_timeout);
-  const timeval send = to_timeval(send_timeout);
+  const auto at_least_1ms = [](std::chrono::milliseconds ms) {
+    return std::max(ms, std::chrono::milliseconds(1));
+  };
+  const timeval receive = to_timeval(at_least_1ms(receive_timeout));
+  const timeval send = to_timeval(at_least_1ms(send_timeout));
   const int one = 1;
   return ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &receive, sizeof receive) == 0 &&
          ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &send, sizeof send) == 0 &&
@@ -358,10 +371,11 @@ bool request_framing(const MessageHead& head, BodyFraming& framing) {
   bool has_length = false;
   std::uint64_t length = 0;
   if (!content_length(head, has_length, length)) return false;
-  const std::string_view coding = head.header("transfer-encoding");
-  if (!coding.empty() || head.has_header("transfer-encoding")) {
-    // Both framings at once is how requests get smuggled: refuse it.
-    if (has_length || !equal_ignoring_case(last_list_item(coding), "chunked")) return false;
+  if (head.has_header("transfer-encoding")) {
+    // Both framings at once is how requests get smuggled: refuse it. The
+    // codings of every Transfer-Encoding field add up; chunked must be last.
+    const std::string_view last = last_list_item(last_field(head, "transfer-encoding"));
+    if (has_length || !equal_ignoring_case(last, "chunked")) return false;
     framing.kind = BodyFraming::Kind::Chunked;
     return true;
   }
@@ -379,7 +393,7 @@ bool response_framing(const MessageHead& head, BodyFraming& framing) {
   std::uint64_t length = 0;
   const bool length_ok = content_length(head, has_length, length);
   if (head.has_header("transfer-encoding")) {
-    framing.kind = equal_ignoring_case(last_list_item(head.header("transfer-encoding")), "chunked")
+    framing.kind = equal_ignoring_case(last_list_item(last_field(head, "transfer-encoding")), "chunked")
                        ? BodyFraming::Kind::Chunked
                        : BodyFraming::Kind::UntilClose;
     return true;
@@ -412,7 +426,12 @@ ChunkedDecoder::Result ChunkedDecoder::feed(std::string_view input, std::size_t&
     if (newline > kMaxChunkLine) return Result::Malformed;
     std::string_view line = rest.substr(0, newline);
     used += newline + 1;
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty() || line.back() != '\r') return Result::Malformed;  // a bare LF
+    line.remove_suffix(1);
+    for (char c : line) {
+      const auto u = static_cast<unsigned char>(c);
+      if ((u < 0x20 && c != '\t') || u == 0x7f) return Result::Malformed;
+    }
     switch (state_) {
       case State::Size: {
         // "<hex>[;extension...]"; extensions carry nothing we use.
@@ -436,6 +455,8 @@ ChunkedDecoder::Result ChunkedDecoder::feed(std::string_view input, std::size_t&
         break;
       case State::Trailer:
         if (line.empty()) return Result::Done;  // trailer fields are ignored
+        trailer_bytes_ += line.size() + 2;
+        if (trailer_bytes_ > kMaxTrailerBytes) return Result::Malformed;
         break;
       case State::Data:
         break;  // handled above
@@ -443,12 +464,12 @@ ChunkedDecoder::Result ChunkedDecoder::feed(std::string_view input, std::size_t&
   }
 }
 
-void Reader::reset(int fd) {
+void Reader::reset(int fd) {  // keeps on_timeout_
   fd_ = fd;
   begin_ = end_ = scanned_ = 0;
 }
 
-IoStatus Reader::fill(Clock::time_point deadline) {
+IoStatus Reader::fill(Clock::time_point deadline, bool patient) {
   if (begin_ == end_) {
     begin_ = end_ = 0;
   } else if (begin_ > 0 && buffer_.size() - end_ < kReadSize) {
@@ -458,6 +479,9 @@ IoStatus Reader::fill(Clock::time_point deadline) {
   }
   if (buffer_.size() - end_ < kReadSize) buffer_.resize(end_ + kReadSize);
   for (;;) {
+    // Checked before each receive, so bytes that trickle in one at a time
+    // cannot hold a read past its deadline.
+    if (Clock::now() >= deadline) return IoStatus::Timeout;
     const ssize_t n = ::recv(fd_, buffer_.data() + end_, buffer_.size() - end_, 0);
     if (n > 0) {
       end_ += static_cast<std::size_t>(n);
@@ -466,7 +490,7 @@ IoStatus Reader::fill(Clock::time_point deadline) {
     if (n == 0) return IoStatus::Closed;
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (Clock::now() >= deadline) return IoStatus::Timeout;
+      if (!patient) return IoStatus::Timeout;
       continue;
     }
     return IoStatus::Failed;
@@ -494,7 +518,9 @@ IoStatus Reader::read_head(bool is_request, MessageHead& head, std::size_t max_b
     }
     scanned_ = data.size();
     if (data.size() > max_bytes) return IoStatus::TooLarge;
-    const IoStatus status = fill(buffered() == 0 ? Clock::time_point::min() : deadline);
+    // Nothing of the head yet: an idle connection, which a receive timeout ends.
+    const bool patient = waits_through_timeouts() && buffered() > 0;
+    const IoStatus status = fill(deadline, patient);
     if (status != IoStatus::Ok) return status;
   }
 }
@@ -509,7 +535,7 @@ IoStatus Reader::read_body(const BodyFraming& framing, std::uint64_t max_bytes,
     std::uint64_t left = framing.length;
     while (left > 0) {
       if (buffered() == 0) {
-        const IoStatus status = fill(deadline);
+        const IoStatus status = fill(deadline, waits_through_timeouts());
         if (status == IoStatus::Closed) return IoStatus::Failed;  // cut short
         if (status != IoStatus::Ok) return status;
       }
@@ -531,7 +557,7 @@ IoStatus Reader::read_body(const BodyFraming& framing, std::uint64_t max_bytes,
         if (total > max_bytes) return IoStatus::TooLarge;
         if (!on_piece(piece)) return IoStatus::Stopped;
       }
-      const IoStatus status = fill(deadline);
+      const IoStatus status = fill(deadline, waits_through_timeouts());
       if (status == IoStatus::Closed) return IoStatus::Ok;
       if (status != IoStatus::Ok) return status;
     }
@@ -554,7 +580,7 @@ IoStatus Reader::read_body(const BodyFraming& framing, std::uint64_t max_bytes,
         return total > max_bytes ? IoStatus::TooLarge : IoStatus::Stopped;
       }
     }
-    const IoStatus status = fill(deadline);
+    const IoStatus status = fill(deadline, waits_through_timeouts());
     if (status == IoStatus::Closed) return IoStatus::Failed;  // cut short
     if (status != IoStatus::Ok) return status;
   }

@@ -41,8 +41,9 @@ class Socket {
   int fd_ = -1;
 };
 
-/// Sets the socket's receive and send timeouts (0: wait forever) and turns
-/// Nagle's algorithm off; false when the system refuses.
+/// Sets the socket's receive and send timeouts (below 1 ms: 1 ms, as the
+/// system's 0 would mean waiting forever) and turns Nagle's algorithm off;
+/// false when the system refuses.
 bool configure_socket(int fd, std::chrono::milliseconds receive_timeout,
                       std::chrono::milliseconds send_timeout);
 
@@ -62,18 +63,19 @@ int local_port(int fd);
 /// How a read or write ended.
 enum class IoStatus {
   Ok,
-  Closed,     // the peer closed the connection
-  Timeout,    // nothing arrived (or could be sent) in time
-  Failed,     // a socket error (reset, broken pipe)
-  TooLarge,   // over the caller's size limit
-  Malformed,  // not HTTP/1.x as RFC 9112 writes it
-  Stopped,    // the caller's piece handler asked to stop
+  Closed,     ///< the peer closed the connection
+  Timeout,    ///< nothing arrived (or could be sent) in time, or the deadline passed
+  Failed,     ///< a socket error (reset, broken pipe)
+  TooLarge,   ///< over the caller's size limit
+  Malformed,  ///< not HTTP/1.x as RFC 9112 writes it
+  Stopped,    ///< the caller's piece handler asked to stop
 };
 
 /// Sends all of `data`. A send the socket's timeout interrupts is retried
 /// until `deadline` (pass a past time to give up at the first timeout).
 IoStatus send_all(int fd, std::string_view data, Clock::time_point deadline);
 
+/// One header field, its value without the surrounding white space.
 struct Header {
   std::string name;
   std::string value;
@@ -97,6 +99,8 @@ struct MessageHead {
   std::string_view path() const;
 };
 
+/// What `parse_head` made of its text: a whole head, the start of one, or
+/// something that is not HTTP/1.x (or has more than 128 fields).
 enum class ParseStatus { Done, Incomplete, Malformed };
 
 /// Parses the head at the start of `text` (up to and including its empty
@@ -112,13 +116,16 @@ struct BodyFraming {
 };
 
 /// The framing of a request's body (RFC 9112 section 6.3); false when the
-/// fields contradict each other or a length is not a number.
+/// fields contradict each other, a length is not a number, or the last
+/// transfer coding is not chunked.
 bool request_framing(const MessageHead& head, BodyFraming& framing);
 /// The framing of a response's body to a POST.
 bool response_framing(const MessageHead& head, BodyFraming& framing);
 
 /// Decodes a chunked body incrementally: `feed` hands each piece of data to
-/// `on_piece` and says how much of `input` it used.
+/// `on_piece` and says how much of `input` it used. Its lines must end in
+/// CRLF (a bare LF is how a request gets read two ways behind a proxy), a
+/// size line may not exceed 4 KiB nor the trailer 64 KiB.
 class ChunkedDecoder {
  public:
   enum class Result { NeedMore, Done, Malformed, Stopped };
@@ -130,33 +137,49 @@ class ChunkedDecoder {
  private:
   enum class State { Size, Data, DataEnd, Trailer } state_ = State::Size;
   std::uint64_t remaining_ = 0;
+  std::size_t trailer_bytes_ = 0;
+};
+
+/// What a receive timeout (the socket's SO_RCVTIMEO) does to a read.
+enum class OnReceiveTimeout {
+  /// Ends it with `Timeout`: the timeout is the longest wait between two
+  /// arrivals (a client waiting for its upstream).
+  Fail,
+  /// Waits again, until the read's deadline, once part of the message has
+  /// arrived; before that the connection is idle, and it ends (a server
+  /// whose receive timeout is its keep-alive timeout).
+  WaitToDeadline,
 };
 
 /// Reads HTTP messages from a socket through one buffer that a connection
-/// keeps, so bytes of the next pipelined message are not lost.
+/// keeps, so bytes of the next pipelined message are not lost. Every read
+/// ends by its deadline, however the bytes trickle in.
 class Reader {
  public:
-  explicit Reader(int fd = -1) : fd_(fd) {}
+  explicit Reader(int fd = -1, OnReceiveTimeout on_timeout = OnReceiveTimeout::Fail)
+      : fd_(fd), on_timeout_(on_timeout) {}
   /// A new connection: the buffer is emptied.
   void reset(int fd);
   /// Bytes received and not yet consumed.
   std::size_t buffered() const { return end_ - begin_; }
 
-  /// Reads one head of at most `max_bytes`. A receive timeout is waited
-  /// through until `deadline`, unless nothing of the head has arrived yet
-  /// (an idle keep-alive connection): then it is `Timeout` at once.
+  /// Reads one head of at most `max_bytes`, by `deadline`.
   IoStatus read_head(bool is_request, MessageHead& head, std::size_t max_bytes,
                      Clock::time_point deadline);
-  /// Reads a body of the given framing, handing its data to `on_piece`
-  /// (false stops with `Stopped`); more than `max_bytes` is `TooLarge`.
+  /// Reads a body of the given framing by `deadline`, handing its data to
+  /// `on_piece` (false stops with `Stopped`); more than `max_bytes` of data
+  /// is `TooLarge`.
   IoStatus read_body(const BodyFraming& framing, std::uint64_t max_bytes,
                      Clock::time_point deadline,
                      const std::function<bool(std::string_view)>& on_piece);
 
  private:
-  IoStatus fill(Clock::time_point deadline);
+  bool waits_through_timeouts() const { return on_timeout_ == OnReceiveTimeout::WaitToDeadline; }
+  // One receive into the buffer; `patient` waits through receive timeouts.
+  IoStatus fill(Clock::time_point deadline, bool patient);
 
   int fd_;
+  OnReceiveTimeout on_timeout_;
   std::vector<char> buffer_;
   std::size_t begin_ = 0;    // first unconsumed byte
   std::size_t end_ = 0;      // one past the last received byte

@@ -326,6 +326,7 @@ Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
   post.authorization = authorization;
   post.connect_timeout = options_.connect_timeout;
   post.read_timeout = setup.read_timeout;
+  post.deadline = setup.deadline;
 
   if (call.answer != nullptr) *call.answer = ChatAnswer();
   std::unique_ptr<Connection> connection = pool_->acquire();
