@@ -1,9 +1,10 @@
 // torouter-server's HTTP/1.1 listener (examples/router_server/http_server.hpp)
 // over real loopback sockets, with requests written byte for byte: keep-alive,
 // pipelining, chunked bodies, 100-continue, refusals, streaming, stop.
-#include <catch2/catch.hpp>
+#include "http_server.hpp"
 
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <mutex>
 #include <stdexcept>
@@ -11,7 +12,6 @@
 #include <thread>
 #include <vector>
 
-#include "http_server.hpp"
 #include "openai/http_wire.hpp"
 
 using namespace torouter::server;
@@ -144,7 +144,8 @@ TEST_CASE("http server: keep-alive, pipelining and request bodies", "[http][serv
   // Two requests in one write, the second with a chunked body.
   send(socket,
        "GET /first?q=1 HTTP/1.1\r\n\r\n"
-       "POST /second HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
+       "POST /second HTTP/1.1\r\nTransfer-Encoding: "
+       "chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
   CHECK(receive(reader).body == "/first:");
   CHECK(receive(reader).body == "/second:abcde");
 
@@ -236,7 +237,8 @@ TEST_CASE("http server: streamed answers, failing handlers, stop", "[http][serve
   CHECK(closed_by_server(idle_reader));
 }
 
-TEST_CASE("http server: a connection waiting for a worker is served after one answer", "[http][server]") {
+TEST_CASE("http server: a connection waiting for a worker is served after one answer",
+          "[http][server]") {
   HttpServerOptions options = Fixture::small_options();
   options.threads = 1;
   Fixture f(options);
@@ -289,8 +291,9 @@ TEST_CASE("http server: a stop before run, and an idle timeout", "[http][server]
   CHECK(late.status == 408);
   CHECK(std::chrono::steady_clock::now() - trickle_start < std::chrono::seconds(5));
 
-  HttpServer never(HttpServerOptions{}, [](const HttpRequest&, HttpResponse&) {},
-                   [](int, std::string_view, HttpResponse&) {}, [](int) {});
+  HttpServer never(
+      HttpServerOptions{}, [](const HttpRequest&, HttpResponse&) {},
+      [](int, std::string_view, HttpResponse&) {}, [](int) {});
   std::string error;
   REQUIRE(never.bind("127.0.0.1", 0, error) > 0);
   never.stop();

@@ -1,16 +1,16 @@
 // HTTP/1.1 heads, framing, chunked coding and the socket reader
 // (src/openai/http_wire.hpp), on literal messages and on real sockets.
-#include <catch2/catch.hpp>
+#include "openai/http_wire.hpp"
+
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include "openai/http_wire.hpp"
 
 using namespace torouter::openai::http;
 using Catch::Matchers::Contains;
@@ -83,12 +83,14 @@ TEST_CASE("http wire: request heads", "[http]") {
   CHECK(head.keeps_alive());
 
   SECTION("bare LF line ends and empty lines before the request line") {
-    REQUIRE(parse_request("\r\nGET / HTTP/1.0\nConnection: keep-alive\n\n", head) == ParseStatus::Done);
+    REQUIRE(parse_request("\r\nGET / HTTP/1.0\nConnection: keep-alive\n\n", head) ==
+            ParseStatus::Done);
     CHECK(head.method == "GET");
     CHECK(head.keeps_alive());
     REQUIRE(parse_request("GET / HTTP/1.0\r\n\r\n", head) == ParseStatus::Done);
     CHECK_FALSE(head.keeps_alive());
-    REQUIRE(parse_request("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n", head) == ParseStatus::Done);
+    REQUIRE(parse_request("GET / HTTP/1.1\r\nConnection: Close\r\n\r\n", head) ==
+            ParseStatus::Done);
     CHECK_FALSE(head.keeps_alive());
   }
   SECTION("incomplete") {
@@ -96,11 +98,12 @@ TEST_CASE("http wire: request heads", "[http]") {
     CHECK(parse_request("GET / HTTP/1.1\r\nHost: a\r\n", head) == ParseStatus::Incomplete);
   }
   SECTION("malformed") {
-    for (const char* bad : {"GET /\r\n\r\n", "GET / HTTP/2.0\r\n\r\n", "GET  / HTTP/1.1\r\n\r\n",
-                            "G@T / HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nHost a\r\n\r\n",
-                            "GET / HTTP/1.1\r\nHo st: a\r\n\r\n", "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
-                            "GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", "GET /\x01 HTTP/1.1\r\n\r\n",
-                            "\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n"}) {
+    for (const char* bad :
+         {"GET /\r\n\r\n", "GET / HTTP/2.0\r\n\r\n", "GET  / HTTP/1.1\r\n\r\n",
+          "G@T / HTTP/1.1\r\n\r\n", "GET / HTTP/1.1\r\nHost a\r\n\r\n",
+          "GET / HTTP/1.1\r\nHo st: a\r\n\r\n", "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+          "GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", "GET /\x01 HTTP/1.1\r\n\r\n",
+          "\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n"}) {
       INFO(bad);
       CHECK(parse_request(bad, head) == ParseStatus::Malformed);
     }
@@ -112,15 +115,16 @@ TEST_CASE("http wire: request heads", "[http]") {
 TEST_CASE("http wire: status lines", "[http]") {
   MessageHead head;
   std::size_t used = 0;
-  REQUIRE(parse_head("HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\n\r\n", false, head, used) ==
-          ParseStatus::Done);
+  REQUIRE(parse_head("HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\n\r\n", false, head,
+                     used) == ParseStatus::Done);
   CHECK(head.status == 429);
   CHECK(head.header("retry-after") == "2");
   REQUIRE(parse_head("HTTP/1.0 204\r\n\r\n", false, head, used) == ParseStatus::Done);
   CHECK(head.status == 204);
   CHECK_FALSE(head.keeps_alive());
-  for (const char* bad : {"HTTP/1.1 20 OK\r\n\r\n", "HTTP/1.1 2x0 OK\r\n\r\n", "HTTP/1.1 200OK\r\n\r\n",
-                          "HTTP/3 200 OK\r\n\r\n", "ICY 200 OK\r\n\r\n", "HTTP/1.1 099 No\r\n\r\n"}) {
+  for (const char* bad :
+       {"HTTP/1.1 20 OK\r\n\r\n", "HTTP/1.1 2x0 OK\r\n\r\n", "HTTP/1.1 200OK\r\n\r\n",
+        "HTTP/3 200 OK\r\n\r\n", "ICY 200 OK\r\n\r\n", "HTTP/1.1 099 No\r\n\r\n"}) {
     INFO(bad);
     CHECK(parse_head(bad, false, head, used) == ParseStatus::Malformed);
   }
@@ -173,7 +177,8 @@ TEST_CASE("http wire: body framing", "[http]") {
 }
 
 TEST_CASE("http wire: chunked bodies", "[http]") {
-  const std::string body = "5\r\nhello\r\n1;ext=1\r\n \r\nB\r\nwide world!\r\n0\r\nTrailer: x\r\n\r\n";
+  const std::string body =
+      "5\r\nhello\r\n1;ext=1\r\n \r\nB\r\nwide world!\r\n0\r\nTrailer: x\r\n\r\n";
   for (std::size_t step : {body.size(), std::size_t{1}, std::size_t{3}, std::size_t{7}}) {
     INFO(step);
     CHECK(decode_chunked(body, step) == "hello wide world!");
@@ -246,8 +251,8 @@ TEST_CASE("http wire: reading messages from a socket", "[http]") {
   }
   SECTION("a message that arrives in pieces") {
     std::thread writer([&] {
-      for (std::string_view piece : {"POST /slow HT", "TP/1.1\r\nContent-Len", "gth: 6\r\n", "\r\nab",
-                                     "cd", "ef"}) {
+      for (std::string_view piece :
+           {"POST /slow HT", "TP/1.1\r\nContent-Len", "gth: 6\r\n", "\r\nab", "cd", "ef"}) {
         std::this_thread::sleep_for(milliseconds(20));
         pair.write(piece);
       }
@@ -273,7 +278,8 @@ TEST_CASE("http wire: reading messages from a socket", "[http]") {
     CHECK(Clock::now() - start < std::chrono::seconds(2));
     // Half a head: waited through receive timeouts until the deadline.
     idle.write("GET / HT");
-    CHECK(idle_reader.read_head(true, head, 1024, Clock::now() + milliseconds(300)) == IoStatus::Timeout);
+    CHECK(idle_reader.read_head(true, head, 1024, Clock::now() + milliseconds(300)) ==
+          IoStatus::Timeout);
     CHECK(idle_reader.buffered() == 8);
 
     // Bytes that trickle in, each before the receive timeout, still end at
@@ -340,7 +346,8 @@ TEST_CASE("http wire: listening and connecting on loopback", "[http]") {
   const int port = local_port(listener.fd());
   REQUIRE(port > 0);
   bool timed_out = false;
-  Socket client = connect_to("127.0.0.1", std::to_string(port), milliseconds(2000), error, timed_out);
+  Socket client =
+      connect_to("127.0.0.1", std::to_string(port), milliseconds(2000), error, timed_out);
   REQUIRE(client.is_open());
   REQUIRE(configure_socket(client.fd(), milliseconds(1000), milliseconds(1000)));
   Socket served(::accept(listener.fd(), nullptr, nullptr));
@@ -351,11 +358,13 @@ TEST_CASE("http wire: listening and connecting on loopback", "[http]") {
   CHECK(std::string(buffer) == "ping");
 
   listener.close();
-  Socket refused = connect_to("127.0.0.1", std::to_string(port), milliseconds(2000), error, timed_out);
+  Socket refused =
+      connect_to("127.0.0.1", std::to_string(port), milliseconds(2000), error, timed_out);
   CHECK_FALSE(refused.is_open());
   CHECK_FALSE(timed_out);
   CHECK_FALSE(error.empty());
-  Socket unresolved = connect_to("no-such-host.invalid", "80", milliseconds(2000), error, timed_out);
+  Socket unresolved =
+      connect_to("no-such-host.invalid", "80", milliseconds(2000), error, timed_out);
   CHECK_FALSE(unresolved.is_open());
   CHECK_THAT(error, Contains("cannot resolve"));
 }

@@ -1,17 +1,15 @@
 // torouter::openai::Upstream against stand-in upstreams on loopback: answers,
 // streams, and each failure mapped to its FailureKind.
-#include <catch2/catch.hpp>
-
 #include <sys/socket.h>
 
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
 
 #include "openai/http_wire.hpp"
-
 #include "stand_in_upstream.hpp"
 #include "torouter/error.hpp"
 #include "torouter/openai/upstream.hpp"
@@ -110,9 +108,9 @@ TEST_CASE("openai upstream: the finish reason and tool calls reach ChatCall::ans
   for (const bool streamed : {false, true}) {
     INFO("streamed: " << streamed);
     std::string joined;
-    const Response r =
-        streamed ? upstream.stream(request("x"), [&](std::string_view p) { joined += p; }, call)
-                 : upstream.complete(request("x"), call);
+    const Response r = streamed ? upstream.stream(
+                                      request("x"), [&](std::string_view p) { joined += p; }, call)
+                                : upstream.complete(request("x"), call);
     REQUIRE(r.ok());
     CHECK(r.text.empty());
     CHECK(joined.empty());
@@ -143,9 +141,11 @@ TEST_CASE("openai upstream: the finish reason and tool calls reach ChatCall::ans
   // A stream whose tool call index skips ahead cannot be joined: malformed.
   stand_in.push_behaviour(status(
       200, "",
-      "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"c\"}]}}]}\n\n"
+      "data: "
+      "{\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"c\"}]}}]}\n\n"
       "data: [DONE]\n\n"));
-  const Response skipped = upstream.stream(request("x"), [](std::string_view) {}, call);
+  const Response skipped = upstream.stream(
+      request("x"), [](std::string_view) {}, call);
   CHECK(skipped.failure == FailureKind::ServerError);
   CHECK_THAT(skipped.error_message, Contains("tool call index skips ahead"));
 }
@@ -167,7 +167,8 @@ TEST_CASE("openai upstream: failures map to failure kinds", "[openai]") {
   CHECK(r.failure == FailureKind::ServerError);
   CHECK_THAT(r.error_message, Contains("HTTP 503"));
 
-  stand_in.push_behaviour(status(400, "", R"({"error":{"message":"maximum context length is 8192 tokens"}})"));
+  stand_in.push_behaviour(
+      status(400, "", R"({"error":{"message":"maximum context length is 8192 tokens"}})"));
   r = upstream.complete(request("x"));
   CHECK(r.failure == FailureKind::ContextTooLong);
 
@@ -215,8 +216,8 @@ TEST_CASE("openai upstream: answers in every framing, closed connections replace
   REQUIRE(listener.is_open());
   const int port = wire::local_port(listener.fd());
   const std::string json = "{\"choices\":[{\"message\":{\"content\":\"framed\"}}]}";
-  const std::string whole = "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(json.size()) +
-                            "\r\n\r\n" + json;
+  const std::string whole =
+      "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(json.size()) + "\r\n\r\n" + json;
   std::atomic<int> accepted{0};
   std::atomic<int> requests{0};
   std::thread server([&] {
@@ -298,11 +299,13 @@ TEST_CASE("openai upstream: HTTP errors classified without a server", "[openai]"
   CHECK(classify_http_error(429, "", "Wed, 21 Oct 2015 07:28:00 GMT", "").retry_after == 0ms);
   CHECK(classify_http_error(500, "oops", "", "").failure == FailureKind::ServerError);
   CHECK(classify_http_error(504, "", "", "").failure == FailureKind::Timeout);
-  CHECK(classify_http_error(400, R"({"error":{"code":"context_length_exceeded"}})", "", "").failure ==
-        FailureKind::ContextTooLong);
+  CHECK(
+      classify_http_error(400, R"({"error":{"code":"context_length_exceeded"}})", "", "").failure ==
+      FailureKind::ContextTooLong);
   CHECK(classify_http_error(413, "Input is too long for requested model", "", "").failure ==
         FailureKind::ContextTooLong);
-  const Response bad = classify_http_error(400, R"({"error":{"message":"bad temperature"}})", "", "");
+  const Response bad =
+      classify_http_error(400, R"({"error":{"message":"bad temperature"}})", "", "");
   CHECK(bad.failure == FailureKind::BadRequest);
   CHECK(bad.error_message == "HTTP 400: bad temperature");
 }

@@ -206,8 +206,9 @@ void HttpServer::serve(int fd) {
     const auto deadline = Clock::now() + options_.read_timeout;
     http::IoStatus status = reader.read_head(true, request.head, options_.max_head_bytes, deadline);
     if (status == http::IoStatus::TooLarge) {
-      return refuse(fd, 431, "request head larger than " + std::to_string(options_.max_head_bytes) +
-                                 " bytes");
+      return refuse(
+          fd, 431,
+          "request head larger than " + std::to_string(options_.max_head_bytes) + " bytes");
     }
     if (status == http::IoStatus::Malformed) return refuse(fd, 400, "malformed HTTP request");
     if (status == http::IoStatus::Timeout && reader.buffered() > 0) {
@@ -221,7 +222,8 @@ void HttpServer::serve(int fd) {
     }
     const std::string too_large =
         "request body larger than " + std::to_string(options_.max_body_bytes) + " bytes";
-    if (framing.kind == http::BodyFraming::Kind::Length && framing.length > options_.max_body_bytes) {
+    if (framing.kind == http::BodyFraming::Kind::Length &&
+        framing.length > options_.max_body_bytes) {
       return refuse(fd, 413, too_large);
     }
     if (framing.kind != http::BodyFraming::Kind::None &&
@@ -231,13 +233,15 @@ void HttpServer::serve(int fd) {
       return;
     }
     request.body.clear();
-    status = reader.read_body(framing, options_.max_body_bytes, deadline, [&](std::string_view piece) {
-      request.body.append(piece);
-      return true;
-    });
+    status =
+        reader.read_body(framing, options_.max_body_bytes, deadline, [&](std::string_view piece) {
+          request.body.append(piece);
+          return true;
+        });
     if (status == http::IoStatus::TooLarge) return refuse(fd, 413, too_large);
     if (status == http::IoStatus::Malformed) return refuse(fd, 400, "malformed chunked body");
-    if (status == http::IoStatus::Timeout) return refuse(fd, 408, "the request did not arrive in time");
+    if (status == http::IoStatus::Timeout)
+      return refuse(fd, 408, "the request did not arrive in time");
     if (status != http::IoStatus::Ok) return;
 
     const bool head_only = request.head.method == "HEAD";

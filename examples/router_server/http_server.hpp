@@ -115,8 +115,7 @@ struct HttpServerOptions {
 using HttpHandler = std::function<void(const HttpRequest&, HttpResponse&)>;
 /// Fills the answer to a request refused with `status` (its cause in
 /// `message`); also used for a handler that threw (500).
-using HttpRefusalWriter =
-    std::function<void(int status, std::string_view message, HttpResponse&)>;
+using HttpRefusalWriter = std::function<void(int status, std::string_view message, HttpResponse&)>;
 /// Told each answer's status once it is sent (or the stream ended).
 using HttpObserver = std::function<void(int status)>;
 
@@ -160,9 +159,9 @@ class HttpServer {
   std::condition_variable wake_;
   std::condition_variable run_ended_;
   bool in_run_ = false;
-  std::deque<int> waiting_;  // accepted connections no worker has taken yet
+  std::deque<int> waiting_;                    // accepted connections no worker has taken yet
   std::atomic<std::size_t> waiting_count_{0};  // waiting_.size(), read without the lock
-  std::set<int> open_;       // connections a worker is serving
+  std::set<int> open_;                         // connections a worker is serving
   std::vector<std::thread> workers_;
   std::atomic<bool> stopping_{false};
   std::atomic<bool> running_{false};

@@ -8,6 +8,7 @@
 #include "router_server.hpp"
 
 #include <fmt/format.h>
+
 #include <any>
 #include <atomic>
 #include <chrono>
@@ -15,8 +16,8 @@
 #include <thread>
 
 #include "chat_request.hpp"
-#include "json_text.hpp"
 #include "http_server.hpp"
+#include "json_text.hpp"
 #include "metrics.hpp"
 #include "torouter/cost_model.hpp"
 #include "torouter/error.hpp"
@@ -205,21 +206,25 @@ struct RouterServer::Impl {
       if (base == nullptr) {
         std::string known;
         for (const auto& e : model.experts.experts()) known += (known.empty() ? "" : ", ") + e.name;
-        throw Error(fmt::format("{}: experts[{}].name: \"{}\" is not an expert of the router "
-                                "model {} (it knows: {})",
-                                config.origin, i, ec.name, config.router_model, known));
+        throw Error(
+            fmt::format("{}: experts[{}].name: \"{}\" is not an expert of the router "
+                        "model {} (it knows: {})",
+                        config.origin, i, ec.name, config.router_model, known));
       }
       ExpertSpec spec = *base;
       if (ec.input_usd_per_mtok) spec.input_usd_per_mtok = *ec.input_usd_per_mtok;
       if (ec.output_usd_per_mtok) spec.output_usd_per_mtok = *ec.output_usd_per_mtok;
       if (ec.context_window_tokens) spec.context_window_tokens = *ec.context_window_tokens;
       if (ec.tags) spec.tags = *ec.tags;
-      if (ec.time_to_first_token_ms) spec.latency.time_to_first_token_ms = *ec.time_to_first_token_ms;
-      if (ec.output_tokens_per_second) spec.latency.output_tokens_per_second = *ec.output_tokens_per_second;
+      if (ec.time_to_first_token_ms)
+        spec.latency.time_to_first_token_ms = *ec.time_to_first_token_ms;
+      if (ec.output_tokens_per_second)
+        spec.latency.output_tokens_per_second = *ec.output_tokens_per_second;
       if (ec.max_concurrent_calls) spec.max_concurrent_calls = *ec.max_concurrent_calls;
       if (ec.enabled) spec.enabled = *ec.enabled;
       if (auto problem = validate_expert(spec); !problem.empty()) {
-        throw Error(fmt::format("{}: experts[{}] (\"{}\"): {}", config.origin, i, ec.name, problem));
+        throw Error(
+            fmt::format("{}: experts[{}] (\"{}\"): {}", config.origin, i, ec.name, problem));
       }
       registry.add(std::move(spec));
       names.push_back(ec.name);
@@ -229,8 +234,9 @@ struct RouterServer::Impl {
     router = std::make_unique<Router>(std::move(registry), model.scorer, nullptr, config.router);
     metrics = std::make_unique<ServerMetrics>(names);
     for (std::size_t i = 0; i < names.size(); ++i) {
-      router->set_transport(names[i], Transport::streaming(
-          [this, i](const Request& request, const ChunkCallback& on_chunk) {
+      router->set_transport(
+          names[i],
+          Transport::streaming([this, i](const Request& request, const ChunkCallback& on_chunk) {
             return call_upstream(i, request, on_chunk);
           }));
     }
@@ -326,11 +332,11 @@ struct RouterServer::Impl {
     attempt.latency = response.latency;
     if (response.ok()) {
       const double in = static_cast<double>(response.input_tokens > 0 ? response.input_tokens
-                                                                       : chat.input_tokens);
-      const double out = static_cast<double>(
-          response.output_tokens > 0 ? response.output_tokens
-          : on_chunk                 ? estimate_tokens_from_characters(streamed_chars)
-                                     : estimate_tokens(response.text));
+                                                                      : chat.input_tokens);
+      const double out =
+          static_cast<double>(response.output_tokens > 0 ? response.output_tokens
+                              : on_chunk ? estimate_tokens_from_characters(streamed_chars)
+                                         : estimate_tokens(response.text));
       result.cost_usd = router->cost_model().cost_usd(spec, in, out);
       metrics->add_bypass_spend(result.cost_usd);
       metrics->count_answer(chat.expert);
@@ -342,7 +348,8 @@ struct RouterServer::Impl {
       attempt.failure = response.failure;
       attempt.detail = response.error_message;
       result.error = delivered ? InvokeError::StreamBroken : InvokeError::AllFailed;
-      result.error_message = fmt::format("\"{}\" failed ({})", spec.name, to_string(response.failure));
+      result.error_message =
+          fmt::format("\"{}\" failed ({})", spec.name, to_string(response.failure));
     }
     result.attempts.push_back(std::move(attempt));
     result.response = std::move(response);
@@ -364,8 +371,8 @@ struct RouterServer::Impl {
     ApiError e;
     e.status = 401;
     e.code = "invalid_api_key";
-    e.message = header.empty() ? "missing API key: send Authorization: Bearer <key>"
-                               : "invalid API key";
+    e.message =
+        header.empty() ? "missing API key: send Authorization: Bearer <key>" : "invalid API key";
     res.set_header("WWW-Authenticate", "Bearer");
     send_error(res, e);
     return false;
@@ -385,8 +392,7 @@ struct RouterServer::Impl {
     return fmt::format(
         "{{\"expert\":{},\"routed_expert\":{},\"reason\":\"{}\",\"lambda_cost\":{},"
         "\"model_version\":{},\"cost_usd\":{},\"attempts\":[{}]}}",
-        r.expert.empty() ? "null" : json_string(r.expert),
-        pick ? json_string(pick->name) : "null",
+        r.expert.empty() ? "null" : json_string(r.expert), pick ? json_string(pick->name) : "null",
         chat.bypass ? "bypass" : to_string(r.decision.reason), json_number(chat.lambda_cost),
         json_string(model_version), json_number(r.cost_usd), attempts);
   }
@@ -398,7 +404,8 @@ struct RouterServer::Impl {
     if (!expert.empty()) res.set_header("X-Torouter-Expert", expert);
     if (pick != nullptr && !chat.bypass) res.set_header("X-Torouter-Routed-Expert", pick->name);
     if (shown != nullptr) {
-      res.set_header("X-Torouter-Predicted-Quality", fmt::format("{:.4f}", shown->predicted_quality));
+      res.set_header("X-Torouter-Predicted-Quality",
+                     fmt::format("{:.4f}", shown->predicted_quality));
       res.set_header("X-Torouter-Predicted-Cost-Usd", fmt::format("{:.6g}", shown->cost_usd));
     }
     res.set_header("X-Torouter-Reason", chat.bypass ? "bypass" : to_string(r.decision.reason));
@@ -412,7 +419,8 @@ struct RouterServer::Impl {
   void handle_chat(const HttpRequest& req, HttpResponse& res) {
     if (!authorized(req, res)) return;
     ChatRequest chat;
-    if (auto error = parse_chat_request(req.body, router->experts(), config.policy.lambda_cost, chat)) {
+    if (auto error =
+            parse_chat_request(req.body, router->experts(), config.policy.lambda_cost, chat)) {
       send_error(res, *error);
       return;
     }
@@ -428,7 +436,8 @@ struct RouterServer::Impl {
       return;
     }
     res.set_header("X-Torouter-Cost-Usd", fmt::format("{:.6g}", r.cost_usd));
-    const std::size_t in = r.response.input_tokens > 0 ? r.response.input_tokens : chat.input_tokens;
+    const std::size_t in =
+        r.response.input_tokens > 0 ? r.response.input_tokens : chat.input_tokens;
     const std::size_t out =
         r.response.output_tokens > 0 ? r.response.output_tokens : estimate_tokens(r.response.text);
     // A message that only calls tools has null content, as OpenAI sends it.
@@ -438,14 +447,14 @@ struct RouterServer::Impl {
     const std::string tool_calls =
         calls_tools ? ",\"tool_calls\":" + tool_calls_json(call.answer.tool_calls, false) : "";
     res.set_content(
-        fmt::format("{{\"id\":\"{}\",\"object\":\"chat.completion\",\"created\":{},\"model\":{},"
-                    "\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{}{}}},"
-                    "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
-                    "\"completion_tokens\":{},\"total_tokens\":{}}},\"torouter\":{}}}",
-                    completion_id(), static_cast<long long>(std::time(nullptr)),
-                    json_string(r.expert), content, tool_calls,
-                    json_string(finish_reason_of(call.answer)), in, out, in + out,
-                    trace_json(r, chat)),
+        fmt::format(
+            "{{\"id\":\"{}\",\"object\":\"chat.completion\",\"created\":{},\"model\":{},"
+            "\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{}{}}},"
+            "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
+            "\"completion_tokens\":{},\"total_tokens\":{}}},\"torouter\":{}}}",
+            completion_id(), static_cast<long long>(std::time(nullptr)), json_string(r.expert),
+            content, tool_calls, json_string(finish_reason_of(call.answer)), in, out, in + out,
+            trace_json(r, chat)),
         "application/json");
   }
 
@@ -473,10 +482,11 @@ struct RouterServer::Impl {
       const std::string& expert = router->experts()[call.current_expert].name;
       const bool first = !started;
       if (first && !start(decision, expert, call.upstream_calls)) cancel = true;
-      const std::string event = chunk_event(
-          id, created, expert,
-          fmt::format("{}\"content\":{}", first ? "\"role\":\"assistant\"," : "", json_string(piece)),
-          "null");
+      const std::string event =
+          chunk_event(id, created, expert,
+                      fmt::format("{}\"content\":{}", first ? "\"role\":\"assistant\"," : "",
+                                  json_string(piece)),
+                      "null");
       // A client that has gone stops the upstream call at its next piece.
       if (!res.write(event)) cancel = true;
     });
@@ -500,17 +510,16 @@ struct RouterServer::Impl {
         // Tool calls leave whole, once the upstream's stream has ended well:
         // until then the router may still fail over, and the client must
         // not see half a call from an expert that failed.
-        tail += chunk_event(id, created, r.expert,
-                            role + (role.empty() ? "" : ",") + "\"tool_calls\":" +
-                                tool_calls_json(calls, true),
-                            "null");
+        tail += chunk_event(
+            id, created, r.expert,
+            role + (role.empty() ? "" : ",") + "\"tool_calls\":" + tool_calls_json(calls, true),
+            "null");
         role.clear();
       }
-      tail += chunk_event(
-          id, created, r.expert, role, json_string(finish_reason_of(call.answer)),
-          fmt::format(",\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},"
-                      "\"total_tokens\":{}}},\"torouter\":{}",
-                      in, out, in + out, trace_json(r, chat)));
+      tail += chunk_event(id, created, r.expert, role, json_string(finish_reason_of(call.answer)),
+                          fmt::format(",\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},"
+                                      "\"total_tokens\":{}}},\"torouter\":{}",
+                                      in, out, in + out, trace_json(r, chat)));
       tail += "data: [DONE]\n\n";
     } else {
       metrics->count_stream_broken();
@@ -525,10 +534,12 @@ struct RouterServer::Impl {
 
   void handle_models(const HttpRequest& req, HttpResponse& res) const {
     if (!authorized(req, res)) return;
-    std::string data = "{\"id\":\"router\",\"object\":\"model\",\"created\":0,\"owned_by\":\"torouter\"}";
+    std::string data =
+        "{\"id\":\"router\",\"object\":\"model\",\"created\":0,\"owned_by\":\"torouter\"}";
     for (const auto& e : router->experts().experts()) {
-      data += fmt::format(",{{\"id\":{},\"object\":\"model\",\"created\":0,\"owned_by\":\"torouter\"}}",
-                          json_string(e.name));
+      data +=
+          fmt::format(",{{\"id\":{},\"object\":\"model\",\"created\":0,\"owned_by\":\"torouter\"}}",
+                      json_string(e.name));
     }
     res.set_content("{\"object\":\"list\",\"data\":[" + data + "]}", "application/json");
   }
@@ -549,22 +560,26 @@ struct RouterServer::Impl {
   void handle_metrics(const HttpRequest& req, HttpResponse& res) const {
     if (!authorized(req, res)) return;
     std::string extra;
-    extra += "# HELP torouter_spend_usd_total USD spent on answered calls (routed and bypass).\n"
-             "# TYPE torouter_spend_usd_total counter\n";
-    extra += fmt::format("torouter_spend_usd_total {}\n",
-                         router->spent_usd() + metrics->bypass_spend());
+    extra +=
+        "# HELP torouter_spend_usd_total USD spent on answered calls (routed and bypass).\n"
+        "# TYPE torouter_spend_usd_total counter\n";
+    extra +=
+        fmt::format("torouter_spend_usd_total {}\n", router->spent_usd() + metrics->bypass_spend());
     if (std::isfinite(config.router.budget_usd)) {
-      extra += "# HELP torouter_budget_usd The router's budget.\n# TYPE torouter_budget_usd gauge\n";
+      extra +=
+          "# HELP torouter_budget_usd The router's budget.\n# TYPE torouter_budget_usd gauge\n";
       extra += fmt::format("torouter_budget_usd {}\n", config.router.budget_usd);
     }
-    extra += "# HELP torouter_expert_in_flight Upstream calls in flight, per expert.\n"
-             "# TYPE torouter_expert_in_flight gauge\n";
+    extra +=
+        "# HELP torouter_expert_in_flight Upstream calls in flight, per expert.\n"
+        "# TYPE torouter_expert_in_flight gauge\n";
     std::string cooling =
         "# HELP torouter_expert_cooling_down 1 while an expert rests after repeated failures.\n"
         "# TYPE torouter_expert_cooling_down gauge\n";
     for (const auto& e : router->experts().experts()) {
       const ExpertStatus s = router->status(e.name);
-      extra += fmt::format("torouter_expert_in_flight{{expert={}}} {}\n", json_string(e.name), s.in_flight);
+      extra += fmt::format("torouter_expert_in_flight{{expert={}}} {}\n", json_string(e.name),
+                           s.in_flight);
       cooling += fmt::format("torouter_expert_cooling_down{{expert={}}} {}\n", json_string(e.name),
                              s.cooling_down ? 1 : 0);
     }
@@ -594,11 +609,21 @@ struct RouterServer::Impl {
     e.type = status >= 500 ? "server_error" : "invalid_request_error";
     e.message = std::string(message);
     switch (status) {
-      case 408: e.code = "request_timeout"; break;
-      case 413: e.code = "request_too_large"; break;
-      case 431: e.code = "request_headers_too_large"; break;
-      case 500: e.code = "internal_error"; break;
-      default: e.code = "bad_request"; break;
+      case 408:
+        e.code = "request_timeout";
+        break;
+      case 413:
+        e.code = "request_too_large";
+        break;
+      case 431:
+        e.code = "request_headers_too_large";
+        break;
+      case 500:
+        e.code = "internal_error";
+        break;
+      default:
+        e.code = "bad_request";
+        break;
     }
     send_error(res, e);
   }
@@ -613,7 +638,8 @@ struct RouterServer::Impl {
   }
 };
 
-RouterServer::RouterServer(ServerConfig config) : impl_(std::make_unique<Impl>(std::move(config))) {}
+RouterServer::RouterServer(ServerConfig config)
+    : impl_(std::make_unique<Impl>(std::move(config))) {}
 
 RouterServer::~RouterServer() = default;
 
@@ -622,7 +648,8 @@ int RouterServer::bind() {
   std::string error;
   const int port = impl_->http->bind(c.host, c.port, error);
   if (port < 0) {
-    throw Error(fmt::format("{}: listen: cannot listen on {}:{}: {}", c.origin, c.host, c.port, error));
+    throw Error(
+        fmt::format("{}: listen: cannot listen on {}:{}: {}", c.origin, c.host, c.port, error));
   }
   impl_->port = port;
   return port;

@@ -8,8 +8,8 @@
 #include <mutex>
 #include <thread>
 
-#include "json_text.hpp"
 #include "http_server.hpp"
+#include "json_text.hpp"
 #include "torouter/cost_model.hpp"
 
 namespace torouter::server {
@@ -100,13 +100,13 @@ std::vector<std::string> tool_call_events(std::string_view model,
   for (std::size_t i = 0; i < calls.size(); ++i) {
     const openai::ToolCall& call = calls[i];
     const std::size_t half = call.arguments.size() / 2;
-    events.push_back(delta_event(
-        model, fmt::format("{}\"tool_calls\":[{{\"index\":{},\"id\":{},\"type\":{},"
-                           "\"function\":{{\"name\":{},\"arguments\":{}}}}}]",
-                           i == 0 ? "\"role\":\"assistant\",\"content\":null," : "", i,
-                           detail::json_string(call.id), detail::json_string(call.type),
-                           detail::json_string(call.name),
-                           detail::json_string(call.arguments.substr(0, half)))));
+    events.push_back(
+        delta_event(model, fmt::format("{}\"tool_calls\":[{{\"index\":{},\"id\":{},\"type\":{},"
+                                       "\"function\":{{\"name\":{},\"arguments\":{}}}}}]",
+                                       i == 0 ? "\"role\":\"assistant\",\"content\":null," : "", i,
+                                       detail::json_string(call.id), detail::json_string(call.type),
+                                       detail::json_string(call.name),
+                                       detail::json_string(call.arguments.substr(0, half)))));
     events.push_back(delta_event(
         model, fmt::format("\"tool_calls\":[{{\"index\":{},\"function\":{{\"arguments\":{}}}}}]", i,
                            detail::json_string(call.arguments.substr(half)))));
@@ -125,9 +125,10 @@ StandInUpstream::StandInUpstream(std::string name, std::size_t threads)
   options.threads = threads;
   options.max_body_bytes = 64 << 20;
   auto refusal = [](int status, std::string_view message, HttpResponse& res) {
-    res.set_content(fmt::format("{{\"error\":{{\"message\":{},\"type\":\"invalid_request_error\"}}}}",
-                                detail::json_string(message)),
-                    "application/json");
+    res.set_content(
+        fmt::format("{{\"error\":{{\"message\":{},\"type\":\"invalid_request_error\"}}}}",
+                    detail::json_string(message)),
+        "application/json");
     res.status = status;
   };
   s->server = std::make_unique<HttpServer>(
@@ -139,8 +140,10 @@ void StandInUpstream::State::answer(const HttpRequest& req, HttpResponse& res) {
   State* s = this;
   if (req.method() != "POST" || req.path() != "/v1/chat/completions") {
     res.status = 404;
-    res.set_content("{\"error\":{\"message\":\"stand-in: no such endpoint\",\"type\":\"invalid_request_error\"}}",
-                    "application/json");
+    res.set_content(
+        "{\"error\":{\"message\":\"stand-in: no such "
+        "endpoint\",\"type\":\"invalid_request_error\"}}",
+        "application/json");
     return;
   }
   {
@@ -150,17 +153,19 @@ void StandInUpstream::State::answer(const HttpRequest& req, HttpResponse& res) {
     const Asked asked = read_request(req.body);
     if (!asked.valid) {
       res.status = 400;
-      res.set_content("{\"error\":{\"message\":\"stand-in: bad request\",\"type\":\"invalid_request_error\"}}",
-                      "application/json");
+      res.set_content(
+          "{\"error\":{\"message\":\"stand-in: bad request\",\"type\":\"invalid_request_error\"}}",
+          "application/json");
       return;
     }
     if (b.kind == StandInBehaviour::Kind::Status) {
       res.status = b.status;
       if (!b.retry_after.empty()) res.set_header("Retry-After", b.retry_after);
-      res.set_content(b.body.empty() ? fmt::format("{{\"error\":{{\"message\":\"stand-in {} says {}\","
-                                                   "\"type\":\"server_error\"}}}}",
-                                                   s->name, b.status)
-                                     : b.body,
+      res.set_content(b.body.empty()
+                          ? fmt::format("{{\"error\":{{\"message\":\"stand-in {} says {}\","
+                                        "\"type\":\"server_error\"}}}}",
+                                        s->name, b.status)
+                          : b.body,
                       "application/json");
       return;
     }
@@ -173,8 +178,9 @@ void StandInUpstream::State::answer(const HttpRequest& req, HttpResponse& res) {
     const std::string model = asked.model.empty() ? s->name : asked.model;
     const bool calls_tools = !b.tool_calls.empty();
     const std::string answer = calls_tools ? "" : model + " answers: " + asked.prompt;
-    const std::string finish_reason =
-        !b.finish_reason.empty() ? b.finish_reason : calls_tools ? "tool_calls" : "stop";
+    const std::string finish_reason = !b.finish_reason.empty() ? b.finish_reason
+                                      : calls_tools            ? "tool_calls"
+                                                               : "stop";
     const std::size_t in_tokens = estimate_tokens(asked.prompt);
     const std::size_t out_tokens = estimate_tokens(answer) + b.tool_calls.size() * 10;
     if (!asked.stream) {
@@ -184,14 +190,14 @@ void StandInUpstream::State::answer(const HttpRequest& req, HttpResponse& res) {
       }
       if (calls_tools) tool_calls.push_back(']');
       res.set_content(
-          fmt::format("{{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion\",\"created\":0,"
-                      "\"model\":{},\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\","
-                      "\"content\":{}{}}},\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
-                      "\"completion_tokens\":{},\"total_tokens\":{}}}}}",
-                      detail::json_string(model),
-                      calls_tools ? "null" : detail::json_string(answer), tool_calls,
-                      detail::json_string(finish_reason), in_tokens, out_tokens,
-                      in_tokens + out_tokens),
+          fmt::format(
+              "{{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion\",\"created\":0,"
+              "\"model\":{},\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\","
+              "\"content\":{}{}}},\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
+              "\"completion_tokens\":{},\"total_tokens\":{}}}}}",
+              detail::json_string(model), calls_tools ? "null" : detail::json_string(answer),
+              tool_calls, detail::json_string(finish_reason), in_tokens, out_tokens,
+              in_tokens + out_tokens),
           "application/json");
       return;
     }
@@ -211,13 +217,13 @@ void StandInUpstream::State::answer(const HttpRequest& req, HttpResponse& res) {
       if (i > 0 && b.chunk_gap.count() > 0) std::this_thread::sleep_for(b.chunk_gap);
       if (!res.write(events[i])) return;
     }
-    res.write(fmt::format(
-        "data: {{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion.chunk\","
-        "\"created\":0,\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{}},"
-        "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
-        "\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\ndata: [DONE]\n\n",
-        detail::json_string(model), detail::json_string(finish_reason), in_tokens, out_tokens,
-        in_tokens + out_tokens));
+    res.write(
+        fmt::format("data: {{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion.chunk\","
+                    "\"created\":0,\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{}},"
+                    "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
+                    "\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\ndata: [DONE]\n\n",
+                    detail::json_string(model), detail::json_string(finish_reason), in_tokens,
+                    out_tokens, in_tokens + out_tokens));
   }
 }
 

@@ -214,8 +214,8 @@ Socket connect_to(const std::string& host, const std::string& port,
   }
   error = "no address for " + host;
   for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
-    Socket socket(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                           a->ai_protocol));
+    Socket socket(
+        ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
     if (!socket.is_open()) continue;
     int rc = ::connect(socket.fd(), a->ai_addr, a->ai_addrlen);
     if (rc != 0 && errno == EINPROGRESS) {
@@ -393,9 +393,10 @@ bool response_framing(const MessageHead& head, BodyFraming& framing) {
   std::uint64_t length = 0;
   const bool length_ok = content_length(head, has_length, length);
   if (head.has_header("transfer-encoding")) {
-    framing.kind = equal_ignoring_case(last_list_item(last_field(head, "transfer-encoding")), "chunked")
-                       ? BodyFraming::Kind::Chunked
-                       : BodyFraming::Kind::UntilClose;
+    framing.kind =
+        equal_ignoring_case(last_list_item(last_field(head, "transfer-encoding")), "chunked")
+            ? BodyFraming::Kind::Chunked
+            : BodyFraming::Kind::UntilClose;
     return true;
   }
   if (!length_ok) return false;
@@ -443,7 +444,8 @@ ChunkedDecoder::Result ChunkedDecoder::feed(std::string_view input, std::size_t&
           size = size * 16 + static_cast<std::uint64_t>(hex_digit(digits[n]));
         }
         std::string_view after = digits.substr(n);
-        while (!after.empty() && (after.front() == ' ' || after.front() == '\t')) after.remove_prefix(1);
+        while (!after.empty() && (after.front() == ' ' || after.front() == '\t'))
+          after.remove_prefix(1);
         if (n == 0 || !after.empty()) return Result::Malformed;
         remaining_ = size;
         state_ = size == 0 ? State::Trailer : State::Data;
@@ -588,24 +590,42 @@ IoStatus Reader::read_body(const BodyFraming& framing, std::uint64_t max_bytes,
 
 std::string_view reason_phrase(int status) {
   switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Unknown";
+    case 100:
+      return "Continue";
+    case 200:
+      return "OK";
+    case 400:
+      return "Bad Request";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 408:
+      return "Request Timeout";
+    case 411:
+      return "Length Required";
+    case 413:
+      return "Content Too Large";
+    case 429:
+      return "Too Many Requests";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    default:
+      return "Unknown";
   }
 }
 

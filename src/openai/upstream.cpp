@@ -1,5 +1,5 @@
 // torouter::openai::Upstream: chat completion calls over a pool of keep-alive
-// connections (http_connection.hpp), SSE parsing for streamed answers, and the
+// connections (client_connection.hpp), SSE parsing for streamed answers, and the
 // mapping of HTTP and socket failures to `FailureKind`.
 #include "torouter/openai/upstream.hpp"
 
@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "json_text.hpp"
-#include "openai/http_connection.hpp"
+#include "openai/client_connection.hpp"
 #include "torouter/error.hpp"
 
 namespace torouter::openai {
@@ -228,15 +228,16 @@ Upstream::Upstream(UpstreamOptions options)
   if (!options_.api_key_env.empty()) {
     const char* key = std::getenv(options_.api_key_env.c_str());
     if (key == nullptr || *key == '\0') {
-      throw Error(fmt::format("api_key_env: environment variable {} is not set",
-                              options_.api_key_env));
+      throw Error(
+          fmt::format("api_key_env: environment variable {} is not set", options_.api_key_env));
     }
     api_key_ = key;
   }
   if (pool_->endpoint.tls && !httplib::Client(pool_->endpoint.scheme_host_port).is_valid()) {
-    throw Error(fmt::format("base_url \"{}\": this build of cpp-httplib cannot reach it "
-                            "(https needs cpp-httplib with OpenSSL)",
-                            options_.base_url));
+    throw Error(
+        fmt::format("base_url \"{}\": this build of cpp-httplib cannot reach it "
+                    "(https needs cpp-httplib with OpenSSL)",
+                    options_.base_url));
   }
 }
 
@@ -299,8 +300,7 @@ Response classify_connection_error(const http::PostOutcome& outcome, const CallS
       return Response::failed(FailureKind::ServerError,
                               fmt::format("{} dropped the connection", url));
     default:
-      return Response::failed(FailureKind::ServerError,
-                              fmt::format("{}: {}", url, outcome.detail));
+      return Response::failed(FailureKind::ServerError, fmt::format("{}: {}", url, outcome.detail));
   }
 }
 
@@ -349,8 +349,8 @@ Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
       return false;
     }
     if (doc["error"].error() == simdjson::SUCCESS) {
-      streamed = Response::failed(FailureKind::ServerError,
-                                  "error event in stream: " + error_text(data));
+      streamed =
+          Response::failed(FailureKind::ServerError, "error event in stream: " + error_text(data));
       return false;
     }
     read_usage(doc, streamed);
@@ -361,10 +361,10 @@ Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
     simdjson::dom::element choice;
     if (call.answer != nullptr && !doc["choices"].at(0).get(choice) &&
         !read_answer_delta(choice, *call.answer)) {
-      streamed = Response::failed(
-          FailureKind::ServerError,
-          fmt::format("malformed stream event: a tool call index skips ahead: {}",
-                      data.substr(0, 200)));
+      streamed =
+          Response::failed(FailureKind::ServerError,
+                           fmt::format("malformed stream event: a tool call index skips ahead: {}",
+                                       data.substr(0, 200)));
       return false;
     }
     return true;
@@ -394,7 +394,8 @@ Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
       out = classify_connection_error(outcome, setup, url, cancelled);
     }
     out.latency = elapsed_since(setup.start);
-    if (connection->client.reusable()) pool_->release(std::move(connection), options_.max_idle_connections);
+    if (connection->client.reusable())
+      pool_->release(std::move(connection), options_.max_idle_connections);
     return out;
   }
   status = outcome.status;
@@ -423,22 +424,24 @@ Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
       if (!content_field.get(content)) out.text = std::string(content);
       read_usage(doc, out);
       simdjson::dom::element choice;
-      if (call.answer != nullptr && !doc["choices"].at(0).get(choice)) read_answer(choice, *call.answer);
+      if (call.answer != nullptr && !doc["choices"].at(0).get(choice))
+        read_answer(choice, *call.answer);
     }
   }
   out.latency = elapsed_since(setup.start);
-  if (connection->client.reusable()) pool_->release(std::move(connection), options_.max_idle_connections);
+  if (connection->client.reusable())
+    pool_->release(std::move(connection), options_.max_idle_connections);
   return out;
 }
 
 Transport make_transport(std::shared_ptr<const Upstream> upstream, bool streaming) {
   if (streaming) {
-    return Transport::streaming(
-        [upstream](const Request& request, const ChunkCallback& on_chunk) {
-          return upstream->stream(request, on_chunk);
-        });
+    return Transport::streaming([upstream](const Request& request, const ChunkCallback& on_chunk) {
+      return upstream->stream(request, on_chunk);
+    });
   }
-  return Transport::sync([upstream](const Request& request) { return upstream->complete(request); });
+  return Transport::sync(
+      [upstream](const Request& request) { return upstream->complete(request); });
 }
 
 }  // namespace torouter::openai

@@ -1,4 +1,4 @@
-// http_connection.hpp: one keep-alive connection that POSTs JSON to an
+// client_connection.hpp: one keep-alive connection that POSTs JSON to an
 // upstream endpoint. http:// goes over plain sockets (http_wire.hpp): one
 // send per call and one recv per arrival, which is most of what a routed
 // request costs a server in front of local models. https:// goes through

@@ -1,6 +1,6 @@
-// http_connection.cpp: a POST over one kept-alive connection, plain or TLS
-// (see http_connection.hpp).
-#include "openai/http_connection.hpp"
+// client_connection.cpp: a POST over one kept-alive connection, plain or TLS
+// (see client_connection.hpp).
+#include "openai/client_connection.hpp"
 
 #include <fmt/format.h>
 #include <httplib.h>
@@ -95,10 +95,10 @@ PostOutcome ClientConnection::post(const PostRequest& request, const BodyReceive
 bool ClientConnection::open_plain(const PostRequest& request, PostOutcome& outcome) {
   std::string error;
   bool timed_out = false;
-  socket_ = connect_to(endpoint_.host, endpoint_.port, request.connect_timeout, error,
-                             timed_out);
+  socket_ = connect_to(endpoint_.host, endpoint_.port, request.connect_timeout, error, timed_out);
   if (!socket_.is_open()) {
-    outcome.error = timed_out ? PostOutcome::Error::ConnectTimeout : PostOutcome::Error::CannotConnect;
+    outcome.error =
+        timed_out ? PostOutcome::Error::ConnectTimeout : PostOutcome::Error::CannotConnect;
     outcome.detail = error;
     return false;
   }
@@ -158,8 +158,7 @@ PostOutcome ClientConnection::post_plain(const PostRequest& request, const BodyR
     }
     if (status == IoStatus::Ok) break;
     const bool nothing_came =
-        (status == IoStatus::Closed || status == IoStatus::Failed) &&
-        reader_.buffered() == 0;
+        (status == IoStatus::Closed || status == IoStatus::Failed) && reader_.buffered() == 0;
     socket_.close();
     if (reused && round == 0 && nothing_came && Clock::now() < request.deadline) continue;
     switch (status) {
@@ -189,9 +188,9 @@ PostOutcome ClientConnection::post_plain(const PostRequest& request, const BodyR
     return outcome;
   }
   const int answer_status = head_.status;
-  const IoStatus status = reader_.read_body(
-      framing, std::numeric_limits<std::uint64_t>::max(), request.deadline,
-      [&](std::string_view piece) { return on_body(answer_status, piece); });
+  const IoStatus status =
+      reader_.read_body(framing, std::numeric_limits<std::uint64_t>::max(), request.deadline,
+                        [&](std::string_view piece) { return on_body(answer_status, piece); });
   switch (status) {
     case IoStatus::Ok:
       // Bytes past the answer would be read as the next call's answer.
