@@ -261,6 +261,27 @@ TEST_CASE("http server: a connection waiting for a worker is served after one an
   CHECK(receive(second_reader).body == "/b:");
 }
 
+TEST_CASE("http server: connections stay open while a worker is free for each", "[http][server]") {
+  // Connections that arrive together queue for a moment before the workers
+  // wake; that alone must not close kept-alive connections (the clients
+  // would reconnect and queue again, and the connections churn).
+  Fixture f;  // 4 workers
+  std::vector<wire::Socket> sockets;
+  std::vector<wire::Reader> readers;
+  for (int i = 0; i < 4; ++i) sockets.push_back(f.connect());
+  for (const auto& socket : sockets) readers.emplace_back(socket.fd());
+  int closing = 0;
+  for (int round = 0; round < 20; ++round) {
+    for (const auto& socket : sockets) send(socket, "GET /x HTTP/1.1\r\n\r\n");
+    for (auto& reader : readers) {
+      const Answer a = receive(reader);
+      REQUIRE(a.status == 200);
+      closing += a.head.keeps_alive() ? 0 : 1;
+    }
+  }
+  CHECK(closing == 0);
+}
+
 TEST_CASE("http server: a stop before run, and an idle timeout", "[http][server]") {
   HttpServerOptions options = Fixture::small_options();
   options.idle_timeout = milliseconds(200);

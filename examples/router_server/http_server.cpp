@@ -179,11 +179,13 @@ void HttpServer::work() {
       waiting_.pop_front();
       waiting_count_ = waiting_.size();
       open_.insert(fd);
+      busy_workers_ = open_.size();
     }
     serve(fd);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       open_.erase(fd);
+      busy_workers_ = open_.size();
     }
     ::close(fd);
   }

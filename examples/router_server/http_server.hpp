@@ -15,8 +15,9 @@
 // refusal writer's body, and the connection is closed after them.
 //
 // A kept-alive connection holds its worker between requests, so while
-// connections wait for a worker each answer closes its connection: a
-// waiting connection waits at most one answer, or one idle timeout.
+// connections wait and every worker is busy, each answer closes its
+// connection: a waiting connection waits at most one answer, or one idle
+// timeout.
 #pragma once
 
 #include <atomic>
@@ -142,8 +143,12 @@ class HttpServer {
  private:
   friend class HttpResponse;
   // Whether an answer may leave its connection open: not while stopping,
-  // nor while other connections wait for a worker.
-  bool may_keep_alive() const { return !stopping_ && waiting_count_.load() == 0; }
+  // nor while other connections wait and every worker is busy. (Closing
+  // whenever one waits, even for a moment while a free worker wakes, makes
+  // clients reconnect, which makes more wait: the connections churn.)
+  bool may_keep_alive() const {
+    return !stopping_ && (waiting_count_.load() == 0 || busy_workers_.load() < options_.threads);
+  }
   void work();
   void serve(int fd);
   // Answers a request refused before any handler saw it.
@@ -161,6 +166,7 @@ class HttpServer {
   bool in_run_ = false;
   std::deque<int> waiting_;                    // accepted connections no worker has taken yet
   std::atomic<std::size_t> waiting_count_{0};  // waiting_.size(), read without the lock
+  std::atomic<std::size_t> busy_workers_{0};   // open_.size(), read without the lock
   std::set<int> open_;                         // connections a worker is serving
   std::vector<std::thread> workers_;
   std::atomic<bool> stopping_{false};
