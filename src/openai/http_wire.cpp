@@ -639,10 +639,9 @@ void append_status_line(std::string& out, int status) {
 
 void append_header(std::string& out, std::string_view name, std::string_view value) {
   auto append_clean = [&out](std::string_view text) {
-    bool clean = true;
-    for (char c : text) clean = clean && c != '\r' && c != '\n';
-    if (clean) {
-      out.append(text);  // almost every name and value
+    // Almost every name and value is clean: two memchr scans, one append.
+    if (text.find('\r') == std::string_view::npos && text.find('\n') == std::string_view::npos) {
+      out.append(text);
       return;
     }
     for (char c : text) {
