@@ -34,6 +34,7 @@
 #include <string_view>
 #include <vector>
 
+#include "json_text.hpp"
 #include "torouter/dataset.hpp"
 #include "torouter/features.hpp"
 #include "torouter/router.hpp"
@@ -63,6 +64,7 @@ void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using torouter::detail::json_string;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -79,30 +81,6 @@ double thread_cpu_seconds() {
 }
 
 // ------------------------------------------------------------ small helpers
-
-std::string json_escape(std::string_view s) {
-  std::string out;
-  out.reserve(s.size() + 2);
-  for (char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    switch (ch) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += ch;
-        }
-    }
-  }
-  return out;
-}
 
 std::string num(double x) {
   if (!std::isfinite(x)) return "null";
@@ -319,7 +297,7 @@ int run_route(const Args& args) {
       featurizer.token_ids(p, 1u << 20, ids);
       out << "{\"set\": \"" << set << "\", \"chars\": " << chars_of(p)
           << ", \"sparse_features\": " << f.indices.size() << ", \"words\": " << ids.size()
-          << ", \"prompt\": \"" << json_escape(p) << "\"}\n";
+          << ", \"prompt\": " << json_string(p) << "}\n";
     };
     for (const auto& c : classes) {
       for (const auto& p : c.prompts) write(std::to_string(c.target), p);
@@ -365,8 +343,8 @@ int run_route(const Args& args) {
       }
     }
 
-    json << (mi ? "," : "") << "\n  \"" << entry.name << "\": {\"spec\": \"" << json_escape(spec)
-         << "\", \"path\": \"" << json_escape(entry.path) << "\", \"warm_routes_counted\": "
+    json << (mi ? "," : "") << "\n  \"" << entry.name << "\": {\"spec\": " << json_string(spec)
+         << ", \"path\": " << json_string(entry.path) << ", \"warm_routes_counted\": "
          << counted_routes << ", \"allocations_per_warm_route\": "
          << num(static_cast<double>(allocations) / static_cast<double>(counted_routes))
          << ",\n   \"route_us\": {";
