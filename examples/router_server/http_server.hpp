@@ -58,7 +58,6 @@ class HttpResponse {
 
   void set_header(std::string_view name, std::string_view value);
   void set_content(std::string body, std::string_view content_type);
-  const std::string& body() const { return body_; }
 
   /// Sends the status and headers now, for a chunked body of the given type
   /// to follow; false when the client has gone.

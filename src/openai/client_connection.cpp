@@ -30,6 +30,27 @@ bool idle_and_open(int fd) {
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
+// The outcome of a read of the answer that ended with `status` (not Ok);
+// `malformed` says what was wrong when it was not HTTP.
+void set_read_failure(IoStatus status, const char* malformed, PostOutcome& outcome) {
+  switch (status) {
+    case IoStatus::Stopped:
+      outcome.error = PostOutcome::Error::Stopped;
+      break;
+    case IoStatus::Timeout:
+      outcome.error = PostOutcome::Error::ReadTimeout;
+      break;
+    case IoStatus::Closed:
+    case IoStatus::Failed:
+      outcome.error = PostOutcome::Error::Dropped;
+      break;
+    default:
+      outcome.error = PostOutcome::Error::Other;
+      outcome.detail = malformed;
+      break;
+  }
+}
+
 }  // namespace
 
 Endpoint::Endpoint(const std::string& url) : base_url(url) {
@@ -161,19 +182,7 @@ PostOutcome ClientConnection::post_plain(const PostRequest& request, const BodyR
         (status == IoStatus::Closed || status == IoStatus::Failed) && reader_.buffered() == 0;
     socket_.close();
     if (reused && round == 0 && nothing_came && Clock::now() < request.deadline) continue;
-    switch (status) {
-      case IoStatus::Timeout:
-        outcome.error = PostOutcome::Error::ReadTimeout;
-        break;
-      case IoStatus::Closed:
-      case IoStatus::Failed:
-        outcome.error = PostOutcome::Error::Dropped;
-        break;
-      default:
-        outcome.error = PostOutcome::Error::Other;
-        outcome.detail = "malformed answer head";
-        break;
-    }
+    set_read_failure(status, "malformed answer head", outcome);
     return outcome;
   }
 
@@ -191,26 +200,12 @@ PostOutcome ClientConnection::post_plain(const PostRequest& request, const BodyR
   const IoStatus status =
       reader_.read_body(framing, std::numeric_limits<std::uint64_t>::max(), request.deadline,
                         [&](std::string_view piece) { return on_body(answer_status, piece); });
-  switch (status) {
-    case IoStatus::Ok:
-      // Bytes past the answer would be read as the next call's answer.
-      reusable_ = head_.keeps_alive() && framing.kind != BodyFraming::Kind::UntilClose &&
-                  reader_.buffered() == 0;
-      break;
-    case IoStatus::Stopped:
-      outcome.error = PostOutcome::Error::Stopped;
-      break;
-    case IoStatus::Timeout:
-      outcome.error = PostOutcome::Error::ReadTimeout;
-      break;
-    case IoStatus::Closed:
-    case IoStatus::Failed:
-      outcome.error = PostOutcome::Error::Dropped;
-      break;
-    default:
-      outcome.error = PostOutcome::Error::Other;
-      outcome.detail = "malformed answer body";
-      break;
+  if (status == IoStatus::Ok) {
+    // Bytes past the answer would be read as the next call's answer.
+    reusable_ = head_.keeps_alive() && framing.kind != BodyFraming::Kind::UntilClose &&
+                reader_.buffered() == 0;
+  } else {
+    set_read_failure(status, "malformed answer body", outcome);
   }
   if (!reusable_) socket_.close();
   return outcome;

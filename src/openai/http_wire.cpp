@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 
 namespace torouter::openai::http {
 
@@ -200,20 +201,38 @@ bool configure_socket(int fd, std::chrono::milliseconds receive_timeout,
          ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
 }
 
+namespace {
+
+struct FreeAddresses {
+  void operator()(addrinfo* list) const { ::freeaddrinfo(list); }
+};
+using Addresses = std::unique_ptr<addrinfo, FreeAddresses>;
+
+// The stream addresses of host:port (`passive`: to listen on); empty with
+// `error` set when the name does not resolve.
+Addresses resolve(const std::string& host, const std::string& port, bool passive,
+                  std::string& error) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = passive ? AI_PASSIVE : 0;
+  addrinfo* found = nullptr;
+  if (const int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found); rc != 0) {
+    error = std::string("cannot resolve ") + host + ": " + ::gai_strerror(rc);
+    return Addresses();
+  }
+  error = "no address for " + host;
+  return Addresses(found);
+}
+
+}  // namespace
+
 Socket connect_to(const std::string& host, const std::string& port,
                   std::chrono::milliseconds timeout, std::string& error, bool& timed_out) {
   timed_out = false;
   const Clock::time_point deadline = Clock::now() + timeout;
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  if (const int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found); rc != 0) {
-    error = std::string("cannot resolve ") + host + ": " + ::gai_strerror(rc);
-    return Socket();
-  }
-  error = "no address for " + host;
-  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+  const Addresses found = resolve(host, port, false, error);
+  for (addrinfo* a = found.get(); a != nullptr; a = a->ai_next) {
     Socket socket(
         ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol));
     if (!socket.is_open()) continue;
@@ -244,27 +263,16 @@ Socket connect_to(const std::string& host, const std::string& port,
       error = std::strerror(errno);
       continue;
     }
-    ::freeaddrinfo(found);
     timed_out = false;
     error.clear();
     return socket;
   }
-  ::freeaddrinfo(found);
   return Socket();
 }
 
 Socket listen_on(const std::string& host, const std::string& port, std::string& error) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  addrinfo* found = nullptr;
-  if (const int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found); rc != 0) {
-    error = std::string("cannot resolve ") + host + ": " + ::gai_strerror(rc);
-    return Socket();
-  }
-  error = "no address for " + host;
-  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+  const Addresses found = resolve(host, port, true, error);
+  for (addrinfo* a = found.get(); a != nullptr; a = a->ai_next) {
     Socket socket(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol));
     if (!socket.is_open()) continue;
     const int one = 1;
@@ -274,11 +282,9 @@ Socket listen_on(const std::string& host, const std::string& port, std::string& 
       error = std::strerror(errno);
       continue;
     }
-    ::freeaddrinfo(found);
     error.clear();
     return socket;
   }
-  ::freeaddrinfo(found);
   return Socket();
 }
 
