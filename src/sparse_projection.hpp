@@ -1,0 +1,49 @@
+// Internal: a dense, low-rank view of the featurizer's hashed features (the
+// "SVD of TF-IDF" that tree routers read), fitted without a vocabulary.
+//
+// Fitting: each training prompt's hashed features are weighted by the
+// bucket's inverse document frequency, ln((1 + n) / (1 + df)) + 1 as
+// scikit-learn's TfidfTransformer does, and scaled to unit L2 norm; the
+// top `dims` right singular vectors of that rows x buckets matrix are found
+// by randomized SVD (Halko, Martinsson and Tropp 2011: a Gaussian sketch
+// with `dims + 10` columns, two power iterations, each re-orthonormalised).
+// Projecting: the same weighting and norm, then x * V, a sum of one
+// `dims`-wide table row per feature, as an embedding bag.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "torouter/features.hpp"
+
+namespace torouter::detail {
+
+class SparseProjection {
+ public:
+  using Table = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+  SparseProjection() = default;
+  /// From stored weights: one IDF per bucket and a buckets x dims table.
+  SparseProjection(std::vector<float> idf, Table table);
+
+  /// Fits the IDF and the top `dims` singular directions of `rows`
+  /// (featurized with `buckets` buckets); deterministic for a seed.
+  static SparseProjection fit(const std::vector<SparseFeatures>& rows, std::uint32_t buckets,
+                              int dims, std::uint64_t seed);
+
+  /// Writes the `dims()` coordinates of `features` to `out`; allocates nothing.
+  void project(const SparseFeatures& features, float* out) const;
+
+  int dims() const { return static_cast<int>(table_.cols()); }
+  std::uint32_t buckets() const { return static_cast<std::uint32_t>(table_.rows()); }
+  const std::vector<float>& idf() const { return idf_; }
+  const Table& table() const { return table_; }
+
+ private:
+  std::vector<float> idf_;
+  Table table_;
+};
+
+}  // namespace torouter::detail
