@@ -290,7 +290,7 @@ class KnnScorer : public TrainableScorer {
     return ws;
   }
 
-  void score(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
+  void score_uncalibrated(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
              ScorerWorkspace* workspace) const override {
     if (!trained()) throw Error(fmt::format("{}: score called before train or load", spec_));
     KnnWorkspace local;

@@ -291,7 +291,7 @@ class MlpScorer : public TrainableScorer {
     return std::make_unique<MlpActivations>();
   }
 
-  void score(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
+  void score_uncalibrated(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
              ScorerWorkspace* workspace) const override {
     // Only a call without a workspace pays for one (a SparseBatch allocates
     // its first offset when constructed).
@@ -368,13 +368,7 @@ class MlpScorer : public TrainableScorer {
   }
 
   void write_model(ModelWriter& out) const override {
-    out.set("featurizer.num_buckets", static_cast<std::uint64_t>(weights_.featurizer.num_buckets));
-    out.set("featurizer.word_unigrams", weights_.featurizer.word_unigrams);
-    out.set("featurizer.word_bigrams", weights_.featurizer.word_bigrams);
-    out.set("featurizer.char_ngrams", weights_.featurizer.char_ngrams);
-    out.set("featurizer.char_ngram_min", static_cast<std::uint64_t>(weights_.featurizer.char_ngram_min));
-    out.set("featurizer.char_ngram_max", static_cast<std::uint64_t>(weights_.featurizer.char_ngram_max));
-    out.set("featurizer.hash_seed", static_cast<std::uint64_t>(weights_.featurizer.hash_seed));
+    write_featurizer_options(out, weights_.featurizer);
     std::vector<double> hidden(weights_.hidden.begin(), weights_.hidden.end());
     out.set("mlp.hidden", hidden);
     out.set("mlp.predicts_tokens", weights_.predicts_tokens);
@@ -394,14 +388,7 @@ class MlpScorer : public TrainableScorer {
   }
 
   void read_model(const ModelReader& in) override {
-    FeaturizerOptions f;
-    f.num_buckets = static_cast<std::uint32_t>(in.integer("featurizer.num_buckets", 1, 1 << 24));
-    f.word_unigrams = in.flag("featurizer.word_unigrams");
-    f.word_bigrams = in.flag("featurizer.word_bigrams");
-    f.char_ngrams = in.flag("featurizer.char_ngrams");
-    f.char_ngram_min = static_cast<std::uint32_t>(in.integer("featurizer.char_ngram_min", 1, kMaxCharNgram));
-    f.char_ngram_max = static_cast<std::uint32_t>(in.integer("featurizer.char_ngram_max", 1, kMaxCharNgram));
-    f.hash_seed = static_cast<std::uint64_t>(in.integer("featurizer.hash_seed", 0));
+    const FeaturizerOptions f = read_featurizer_options(in, 1u << 24);
     weights_.featurizer = f;
     try {
       featurizer_ = Featurizer(f);

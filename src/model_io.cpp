@@ -95,6 +95,12 @@ void ModelWriter::add_tensor(const std::string& name, std::vector<std::int64_t> 
   tensors_[name] = ModelTensor{std::move(shape), std::move(values)};
 }
 
+void ModelWriter::add_section(const std::string& prefix, const ModelWriter& part) {
+  fields_[prefix + "kind"] = part.kind_;
+  for (const auto& [key, value] : part.fields_) fields_[prefix + key] = value;
+  for (const auto& [name, tensor] : part.tensors_) tensors_[prefix + name] = tensor;
+}
+
 void ModelWriter::write(const std::string& path) const {
   std::string header = fmt::format("{{\"format_version\": {}, \"kind\": {}, \"fields\": {{",
                                    kModelFormatVersion, detail::json_string(kind_));
@@ -150,6 +156,21 @@ ModelReader ModelReader::open(const std::string& path) {
   std::ostringstream buffer;
   buffer << in.rdbuf();
   return parse(buffer.str(), path);
+}
+
+ModelReader ModelReader::section(const std::string& prefix) const {
+  ModelReader part;
+  part.path_ = fmt::format("{} (section {})", path_, prefix);
+  part.format_version_ = format_version_;
+  part.kind_ = text(prefix + "kind");
+  const auto starts = [&](const std::string& name) { return name.compare(0, prefix.size(), prefix) == 0; };
+  for (const auto& [key, value] : fields_) {
+    if (starts(key)) part.fields_[key.substr(prefix.size())] = value;
+  }
+  for (const auto& [name, tensor] : tensors_) {
+    if (starts(name)) part.tensors_[name.substr(prefix.size())] = tensor;
+  }
+  return part;
 }
 
 ModelReader ModelReader::parse(const std::string& bytes, const std::string& origin) {

@@ -7,6 +7,8 @@
 #include <string>
 #include <string_view>
 
+#include "torouter/features.hpp"
+#include "torouter/model_selection.hpp"
 #include "torouter/trainable_scorer.hpp"
 
 namespace torouter::detail {
@@ -42,5 +44,20 @@ long long parse_integer(const std::string& text, long long minimum, long long ma
 std::unique_ptr<TrainableScorer> make_mlp_scorer(const ScorerSpec& spec);
 std::unique_ptr<TrainableScorer> make_tlite_scorer(const ScorerSpec& spec);
 std::unique_ptr<TrainableScorer> make_knn_scorer(const ScorerSpec& spec);
+std::unique_ptr<TrainableScorer> make_gbt_scorer(const ScorerSpec& spec);
+/// "stack:<member>+<member>...": parsed by hand, since members hold commas.
+std::unique_ptr<TrainableScorer> make_stack_scorer(std::string_view spec);
+/// A member of a stack spec: its scorer spec, with "/soft" when not BCE.
+std::string member_text(const CandidateScorer& candidate);
+/// The spec of a stack of `members`.
+std::string stack_spec(const std::vector<CandidateScorer>& members);
+/// Gives a stack (made by make_stack_scorer) its members' calibrations, so
+/// training it needs no cross-validation of its own.
+void set_member_calibrations(TrainableScorer& stack, std::vector<IsotonicCalibration> calibrations);
+
+/// Writes the featurizer.* fields of a model file.
+void write_featurizer_options(ModelWriter& out, const FeaturizerOptions& options);
+/// Reads them back, with at most `max_buckets` buckets; throws naming the field.
+FeaturizerOptions read_featurizer_options(const ModelReader& in, std::uint32_t max_buckets);
 
 }  // namespace torouter::detail

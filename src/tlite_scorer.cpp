@@ -120,7 +120,7 @@ class TliteScorer : public TrainableScorer {
     return w;
   }
 
-  void score(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
+  void score_uncalibrated(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
              ScorerWorkspace* workspace) const override {
     std::unique_ptr<ScorerWorkspace> local;
     if (workspace == nullptr) local = make_workspace();

@@ -90,12 +90,38 @@ ScorerSpec parse_scorer_spec(std::string_view text) {
   return spec;
 }
 
+void write_featurizer_options(ModelWriter& out, const FeaturizerOptions& f) {
+  out.set("featurizer.num_buckets", static_cast<std::uint64_t>(f.num_buckets));
+  out.set("featurizer.word_unigrams", f.word_unigrams);
+  out.set("featurizer.word_bigrams", f.word_bigrams);
+  out.set("featurizer.char_ngrams", f.char_ngrams);
+  out.set("featurizer.char_ngram_min", static_cast<std::uint64_t>(f.char_ngram_min));
+  out.set("featurizer.char_ngram_max", static_cast<std::uint64_t>(f.char_ngram_max));
+  out.set("featurizer.hash_seed", static_cast<std::uint64_t>(f.hash_seed));
+}
+
+FeaturizerOptions read_featurizer_options(const ModelReader& in, std::uint32_t max_buckets) {
+  FeaturizerOptions f;
+  f.num_buckets = static_cast<std::uint32_t>(in.integer("featurizer.num_buckets", 1, max_buckets));
+  f.word_unigrams = in.flag("featurizer.word_unigrams");
+  f.word_bigrams = in.flag("featurizer.word_bigrams");
+  f.char_ngrams = in.flag("featurizer.char_ngrams");
+  f.char_ngram_min =
+      static_cast<std::uint32_t>(in.integer("featurizer.char_ngram_min", 1, kMaxCharNgram));
+  f.char_ngram_max =
+      static_cast<std::uint32_t>(in.integer("featurizer.char_ngram_max", 1, kMaxCharNgram));
+  f.hash_seed = static_cast<std::uint64_t>(in.integer("featurizer.hash_seed", 0));
+  return f;
+}
+
 }  // namespace detail
 
 TrainReport TrainableScorer::train(const TrainingSet& set, const TrainOptions& options) {
   if (set.rows() == 0) throw Error(fmt::format("{}: cannot train on an empty training set", spec()));
   if (set.experts.empty()) throw Error(fmt::format("{}: the training set names no expert", spec()));
   set_identity(set.experts, set.fingerprint);
+  calibration_ = IsotonicCalibration();
+  training_.selection = ModelSelection();
   const auto start = std::chrono::steady_clock::now();
   TrainReport report = fit(set, options);
   report.seconds =
@@ -105,8 +131,116 @@ TrainReport TrainableScorer::train(const TrainingSet& set, const TrainOptions& o
   training_.report = report;
   training_.data_fingerprint = set.fingerprint;
   training_.data_source = set.source;
+  training_.data_has_output_tokens = set.has_output_tokens();
   return report;
 }
+
+void TrainableScorer::score(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
+                            ScorerWorkspace* workspace) const {
+  score_uncalibrated(prompts, count, out, workspace);
+  calibration_.apply(out.quality);
+  if (!training_.data_has_output_tokens) out.output_tokens.setZero();
+}
+
+void TrainableScorer::set_calibration(IsotonicCalibration calibration) {
+  if (!calibration.empty() && calibration.experts() != experts_.size()) {
+    throw Error(fmt::format("{}: a calibration of {} experts cannot serve a scorer of {}", spec(),
+                            calibration.experts(), experts_.size()));
+  }
+  calibration_ = std::move(calibration);
+}
+
+namespace {
+
+// Calibration knots: per expert their count, then every expert's x and y
+// one after another.
+void write_calibration(ModelWriter& out, const IsotonicCalibration& calibration) {
+  if (calibration.empty()) return;
+  std::vector<double> counts;
+  std::vector<float> x, y;
+  for (std::size_t e = 0; e < calibration.experts(); ++e) {
+    counts.push_back(static_cast<double>(calibration.knots_x(e).size()));
+    x.insert(x.end(), calibration.knots_x(e).begin(), calibration.knots_x(e).end());
+    y.insert(y.end(), calibration.knots_y(e).begin(), calibration.knots_y(e).end());
+  }
+  const auto total = static_cast<std::int64_t>(x.size());
+  out.set("calibration.knots", std::move(counts));
+  out.add_tensor("calibration.x", {total}, std::move(x));
+  out.add_tensor("calibration.y", {total}, std::move(y));
+}
+
+IsotonicCalibration read_calibration(const ModelReader& in, std::size_t experts) {
+  if (!in.has("calibration.knots")) return IsotonicCalibration();
+  const auto& counts = in.numbers("calibration.knots");
+  if (counts.size() != experts) {
+    throw Error(in.where() + "field \"calibration.knots\": one count per expert expected");
+  }
+  std::int64_t total = 0;
+  for (const double c : counts) {
+    if (c < 1 || c != std::floor(c) || c > 1e7) {
+      throw Error(in.where() + "field \"calibration.knots\": bad knot count");
+    }
+    total += static_cast<std::int64_t>(c);
+  }
+  const auto& x = in.tensor("calibration.x", {total}).values;
+  const auto& y = in.tensor("calibration.y", {total}).values;
+  std::vector<std::vector<float>> xs, ys;
+  std::size_t at = 0;
+  for (const double c : counts) {
+    const auto n = static_cast<std::size_t>(c);
+    xs.emplace_back(x.begin() + static_cast<long>(at), x.begin() + static_cast<long>(at + n));
+    ys.emplace_back(y.begin() + static_cast<long>(at), y.begin() + static_cast<long>(at + n));
+    at += n;
+  }
+  try {
+    return IsotonicCalibration(std::move(xs), std::move(ys));
+  } catch (const Error& e) {
+    throw Error(in.where() + e.what());
+  }
+}
+
+void write_selection(ModelWriter& out, const ModelSelection& selection) {
+  if (selection.folds == 0) return;
+  std::vector<std::string> names;
+  std::vector<double> aiq, gap, ece, seconds;
+  for (const auto& c : selection.candidates) {
+    names.push_back(c.name);
+    aiq.push_back(c.aiq);
+    gap.push_back(c.gap_won);
+    ece.push_back(c.ece);
+    seconds.push_back(c.seconds);
+  }
+  out.set("selection.folds", selection.folds);
+  out.set("selection.candidates", std::move(names));
+  out.set("selection.cv_aiq", std::move(aiq));
+  out.set("selection.cv_gap_won", std::move(gap));
+  out.set("selection.cv_ece", std::move(ece));
+  out.set("selection.seconds", std::move(seconds));
+  out.set("selection.chosen", static_cast<std::uint64_t>(selection.chosen));
+}
+
+ModelSelection read_selection(const ModelReader& in) {
+  ModelSelection selection;
+  if (!in.has("selection.folds")) return selection;
+  selection.folds = static_cast<int>(in.integer("selection.folds", 2, 1000));
+  const auto& names = in.texts("selection.candidates");
+  const auto& aiq = in.numbers("selection.cv_aiq");
+  const auto& gap = in.numbers("selection.cv_gap_won");
+  const auto& ece = in.numbers("selection.cv_ece");
+  const auto& seconds = in.numbers("selection.seconds");
+  if (names.empty() || aiq.size() != names.size() || gap.size() != names.size() ||
+      ece.size() != names.size() || seconds.size() != names.size()) {
+    throw Error(in.where() + "selection: one figure of each kind per candidate expected");
+  }
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    selection.candidates.push_back(CandidateFigures{names[i], aiq[i], gap[i], ece[i], seconds[i]});
+  }
+  selection.chosen = static_cast<std::size_t>(
+      in.integer("selection.chosen", 0, static_cast<std::int64_t>(names.size()) - 1));
+  return selection;
+}
+
+}  // namespace
 
 void TrainableScorer::set_identity(std::vector<std::string> experts, std::string fingerprint) {
   experts_ = std::move(experts);
@@ -138,6 +272,9 @@ void TrainableScorer::save(ModelWriter& out) const {
   out.set("training.seconds", r.seconds);
   out.set("data.fingerprint", training_.data_fingerprint);
   out.set("data.source", training_.data_source);
+  out.set("data.has_output_tokens", training_.data_has_output_tokens);
+  write_calibration(out, calibration_);
+  write_selection(out, training_.selection);
   write_model(out);
 }
 
@@ -172,13 +309,18 @@ void TrainableScorer::load(const ModelReader& in) {
   r.seconds = in.number("training.seconds");
   training_.data_fingerprint = in.text("data.fingerprint");
   training_.data_source = in.text("data.source");
+  training_.data_has_output_tokens =
+      !in.has("data.has_output_tokens") || in.flag("data.has_output_tokens");
   const auto& experts = in.texts("experts");
   if (experts.empty()) throw Error(in.where() + "field \"experts\": no expert listed");
   set_identity(experts, training_.data_fingerprint);
+  training_.selection = read_selection(in);
+  calibration_ = read_calibration(in, experts.size());
   read_model(in);
 }
 
 std::unique_ptr<TrainableScorer> make_scorer(std::string_view text) {
+  if (text.substr(0, 6) == "stack:") return detail::make_stack_scorer(text);
   const detail::ScorerSpec spec = detail::parse_scorer_spec(text);
   std::unique_ptr<TrainableScorer> scorer;
   if (spec.kind == "mlp") {
@@ -187,8 +329,10 @@ std::unique_ptr<TrainableScorer> make_scorer(std::string_view text) {
     scorer = detail::make_knn_scorer(spec);
   } else if (spec.kind == "tlite") {
     scorer = detail::make_tlite_scorer(spec);
+  } else if (spec.kind == "gbt") {
+    scorer = detail::make_gbt_scorer(spec);
   } else {
-    throw Error(fmt::format("scorer spec \"{}\": unknown kind \"{}\" (known: mlp, knn, tlite)",
+    throw Error(fmt::format("scorer spec \"{}\": unknown kind \"{}\" (known: gbt, mlp, knn, tlite, stack)",
                             text, spec.kind));
   }
   spec.reject_unused_options();

@@ -82,6 +82,10 @@ class ModelWriter {
     add_tensor(name, {matrix.rows(), matrix.cols()}, std::move(values));
   }
 
+  /// Adds every field and tensor of `part` with `prefix` before its name,
+  /// and its kind as the field `prefix` + "kind": a model made of models.
+  void add_section(const std::string& prefix, const ModelWriter& part);
+
   /// Writes the file (to `path`.tmp, then renamed, so a crash leaves no
   /// half-written model); throws `Error` when it cannot.
   void write(const std::string& path) const;
@@ -136,6 +140,11 @@ class ModelReader {
       }
     }
   }
+
+  /// The fields and tensors whose names start with `prefix`, the prefix
+  /// removed, as a reader of kind `prefix` + "kind" (see
+  /// `ModelWriter::add_section`); its errors name the file and the section.
+  ModelReader section(const std::string& prefix) const;
 
   /// An `Error` message prefix naming the file: "<path>: ".
   std::string where() const { return path_ + ": "; }

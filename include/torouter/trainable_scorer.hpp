@@ -20,12 +20,35 @@
 #include <string_view>
 #include <vector>
 
+#include "torouter/calibration.hpp"
 #include "torouter/expert.hpp"
 #include "torouter/model_io.hpp"
 #include "torouter/scorer.hpp"
 #include "torouter/train.hpp"
 
 namespace torouter {
+
+/// One candidate's cross-validated figures on the training split.
+struct CandidateFigures {
+  /// The scorer spec and loss ("mlp:64,buckets=16384 loss=soft").
+  std::string name;
+  /// Out-of-fold AIQ, gap won and ECE (the shared definitions, on the
+  /// training rows where every expert has an outcome), after calibration.
+  double aiq = 0.0;
+  double gap_won = 0.0;
+  double ece = 0.0;
+  /// Seconds its cross-validation took.
+  double seconds = 0.0;
+};
+
+/// How `train_best` chose a model, as stored in its model file; empty
+/// (no folds) for a scorer trained as named.
+struct ModelSelection {
+  int folds = 0;
+  std::vector<CandidateFigures> candidates;
+  /// Index into `candidates` of the one trained.
+  std::size_t chosen = 0;
+};
 
 /// How a trained scorer was trained, as stored in its model file.
 struct TrainingRecord {
@@ -36,6 +59,13 @@ struct TrainingRecord {
   /// `TrainingSet::fingerprint` and `source` of the rows it learned from.
   std::string data_fingerprint;
   std::string data_source;
+  /// Whether the rows recorded answer lengths. A scorer trained without any
+  /// predicts 0 output tokens: the datasets' cost rule counts an absent
+  /// length as 0, so its routes weigh the experts' input prices alone, as
+  /// its data did. (Model files from before this field predict none.)
+  bool data_has_output_tokens = true;
+  /// The model selection that chose this scorer, if one did.
+  ModelSelection selection;
 };
 
 /// A scorer that learns from a `TrainingSet` and saves itself to a model file.
@@ -54,6 +84,23 @@ class TrainableScorer : public Scorer {
   bool trained() const { return !experts_.empty(); }
   /// How it was trained.
   const TrainingRecord& training() const { return training_; }
+  /// Records the model selection that chose it (saved with the model).
+  void set_selection(ModelSelection selection) { training_.selection = std::move(selection); }
+
+  /// Scores with the trained model, then maps each quality through the
+  /// calibration (none until `set_calibration`), so a calibrated scorer's
+  /// quality is the expected quality of the expert's answer. Output tokens
+  /// are 0 when the training rows had no answer length (see
+  /// `TrainingRecord::data_has_output_tokens`).
+  void score(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
+             ScorerWorkspace* workspace) const final;
+  using Scorer::score;
+
+  /// Sets the per-expert calibration (one map per expert; empty: none).
+  /// Throws `Error` when it covers a different number of experts. Training
+  /// again removes it.
+  void set_calibration(IsotonicCalibration calibration);
+  const IsotonicCalibration& calibration() const { return calibration_; }
 
   const std::vector<std::string>& expert_names() const override { return experts_; }
   /// "<spec>@<first 8 hex digits of the data fingerprint>".
@@ -65,6 +112,9 @@ class TrainableScorer : public Scorer {
   void load(const ModelReader& in);
 
  protected:
+  /// The trained model's own predictions, before calibration (see `score`).
+  virtual void score_uncalibrated(const std::string_view* prompts, std::size_t count,
+                                  ScoreBatch& out, ScorerWorkspace* workspace) const = 0;
   /// The scorer's own training on `set` (experts already recorded).
   virtual TrainReport fit(const TrainingSet& set, const TrainOptions& options) = 0;
   /// The scorer's own fields and tensors.
@@ -78,6 +128,7 @@ class TrainableScorer : public Scorer {
   std::vector<std::string> experts_;
   std::string version_;
   TrainingRecord training_;
+  IsotonicCalibration calibration_;
 };
 
 /// An untrained scorer from a spec ("mlp:256", "knn:40", "tlite"); throws

@@ -5,12 +5,36 @@
 
 #include "args.hpp"
 #include "torouter/dataset.hpp"
+#include "torouter/model_selection.hpp"
 #include "torouter/trainable_scorer.hpp"
 
 namespace torouter::cli {
 
+namespace {
+
+void print_candidate(const CandidateFigures& c) {
+  std::fprintf(stderr, "  %-40s AIQ %.4f  gap won %+.3f  ECE %.3f  %6.1fs\n", c.name.c_str(), c.aiq,
+               c.gap_won, c.ece, c.seconds);
+}
+
+// "gbt;mlp:64/soft;knn:40": candidates separated by ';'.
+std::vector<CandidateScorer> parse_candidates(const std::string& text) {
+  std::vector<CandidateScorer> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t end = std::min(text.find(';', start), text.size());
+    out.push_back(parse_candidate(std::string_view(text).substr(start, end - start)));
+    make_scorer(out.back().spec);  // refuses a bad spec before any training
+    start = end + 1;
+  }
+  return out;
+}
+
+}  // namespace
+
 int train(const Arguments& args) {
-  args.allow_only({"data", "scorer", "out", "seed", "threads", "loss", "temperature", "epochs"});
+  args.allow_only({"data", "scorer", "candidates", "out", "seed", "threads", "loss", "temperature",
+                   "epochs", "folds"});
   const std::string dir = args.required("data");
   const std::string out = args.required("out");
   TrainOptions options;
@@ -26,11 +50,12 @@ int train(const Arguments& args) {
   options.temperature = parse_number(args.get("temperature", "0.1"), "temperature");
   if (!(options.temperature > 0)) throw Error("--temperature must be > 0");
 
-  auto scorer = make_scorer(args.required("scorer"));
+  const bool named = args.named.count("scorer") != 0;
+  const int folds = static_cast<int>(parse_whole(args.get("folds", "5"), "folds", named ? 0 : 2));
+  if (folds == 1 || folds > 100) throw Error("--folds: expected 0 (no calibration) or 2..100");
   std::fprintf(stderr, "loading %s\n", dir.c_str());
   RoutingDataset data = load_routing_dataset(dir);
-  const TrainingSet set =
-      make_training_set(data.experts, data.train, data.name + "/train.jsonl");
+  const TrainingSet set = make_training_set(data.experts, data.train, data.name + "/train.jsonl");
 
   // Where experts.json gives no prices but rows carry costs, learn the prices.
   ExpertRegistry prices = data.registry;
@@ -41,7 +66,8 @@ int train(const Arguments& args) {
   }
   if (!priced && !fitted.empty()) {
     ExpertRegistry refit;
-    std::fprintf(stderr, "experts.json has no prices; fitted from cost_usd (per million tokens):\n");
+    std::fprintf(stderr,
+                 "experts.json has no prices; fitted from cost_usd (per million tokens):\n");
     for (const auto& spec : data.registry.experts()) {
       ExpertSpec priced_spec = spec;
       for (const auto& f : fitted) {
@@ -59,21 +85,41 @@ int train(const Arguments& args) {
 
   const bool terminal = isatty(fileno(stderr));
   options.on_epoch = [terminal](const EpochProgress& p) {
-    std::fprintf(stderr, "%sepoch %3d  loss %.4f  validation loss %.4f  routed quality %.4f  %6.1fs%s%s",
-                 terminal ? "\r" : "", p.epoch, p.train_loss, p.validation_loss,
-                 p.validation_quality, p.elapsed_seconds, p.improved ? " *" : "  ",
-                 terminal ? "" : "\n");
+    std::fprintf(
+        stderr, "%sepoch %3d  loss %.4f  validation loss %.4f  routed quality %.4f  %6.1fs%s%s",
+        terminal ? "\r" : "", p.epoch, p.train_loss, p.validation_loss, p.validation_quality,
+        p.elapsed_seconds, p.improved ? " *" : "  ", terminal ? "" : "\n");
     std::fflush(stderr);
   };
-  std::fprintf(stderr, "training %s on %zu rows, %zu experts, %d thread(s)\n",
-               scorer->spec().c_str(), set.rows(), set.experts.size(), options.threads);
-  const TrainReport report = scorer->train(set, options);
-  if (terminal) std::fprintf(stderr, "\n");
+  std::unique_ptr<TrainableScorer> scorer;
+  if (named) {
+    const CandidateScorer candidate{args.required("scorer"), options.loss};
+    std::fprintf(stderr, "training %s on %zu rows, %zu experts, %d thread(s)%s\n",
+                 candidate.spec.c_str(), set.rows(), set.experts.size(), options.threads,
+                 folds > 0 ? fmt::format(", calibrated on {} folds", folds).c_str() : "");
+    scorer = train_calibrated(candidate, set, options, folds);
+  } else {
+    SelectionOptions selection;
+    if (args.named.count("candidates"))
+      selection.candidates = parse_candidates(args.required("candidates"));
+    selection.folds = folds;
+    selection.on_candidate = print_candidate;
+    std::fprintf(stderr, "choosing a scorer by %d-fold cross-validated AIQ on %zu training rows:\n",
+                 folds, set.rows());
+    options.on_epoch = nullptr;
+    scorer = train_best(data, prices, options, selection);
+    const ModelSelection& chosen = scorer->training().selection;
+    std::fprintf(stderr, "chose %s\n", chosen.candidates[chosen.chosen].name.c_str());
+  }
+  if (terminal && named) std::fprintf(stderr, "\n");
   save_model(*scorer, out, &prices);
-  std::printf("trained %s in %.1fs: %d epochs, kept epoch %d (validation loss %.4f, routed "
-              "quality %.4f); wrote %s\n",
-              scorer->spec().c_str(), report.seconds, report.epochs_run, report.best_epoch,
-              report.validation_loss, report.validation_quality, out.c_str());
+  const TrainReport& report = scorer->training().report;
+  std::printf(
+      "trained %s in %.1fs: %d epochs, kept epoch %d (validation loss %.4f, routed "
+      "quality %.4f)%s; wrote %s\n",
+      scorer->spec().c_str(), report.seconds, report.epochs_run, report.best_epoch,
+      report.validation_loss, report.validation_quality,
+      scorer->calibration().empty() ? "" : ", calibrated", out.c_str());
   return 0;
 }
 

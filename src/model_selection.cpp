@@ -1,0 +1,328 @@
+// Cross-validated choice and calibration of a scorer; see
+// torouter/model_selection.hpp.
+#include "torouter/model_selection.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "scorers.hpp"
+#include "torouter/cost_model.hpp"
+#include "torouter/error.hpp"
+#include "torouter/eval.hpp"
+
+namespace torouter {
+namespace {
+
+TrainingSet subset(const TrainingSet& set, const std::vector<std::size_t>& rows, int fold) {
+  TrainingSet out;
+  out.experts = set.experts;
+  const auto n = static_cast<Eigen::Index>(rows.size());
+  const auto m = static_cast<Eigen::Index>(set.experts.size());
+  out.quality.resize(n, m);
+  out.present.resize(n, m);
+  out.output_tokens.resize(n, m);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const auto r = static_cast<Eigen::Index>(rows[i]);
+    out.prompts.push_back(set.prompts[rows[i]]);
+    out.quality.row(static_cast<Eigen::Index>(i)) = set.quality.row(r);
+    out.present.row(static_cast<Eigen::Index>(i)) = set.present.row(r);
+    out.output_tokens.row(static_cast<Eigen::Index>(i)) = set.output_tokens.row(r);
+  }
+  out.fingerprint = fmt::format("{}-fold{}", set.fingerprint, fold);
+  out.source = set.source;
+  return out;
+}
+
+// Fold of each row: a seeded shuffle dealt round-robin, so folds differ in
+// size by at most one.
+std::vector<int> assign_folds(std::size_t rows, int folds, std::uint64_t seed) {
+  std::vector<std::size_t> order(rows);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(seed ^ 0xF01D5ull);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<int> fold(rows);
+  for (std::size_t i = 0; i < rows; ++i)
+    fold[order[i]] = static_cast<int>(i % static_cast<std::size_t>(folds));
+  return fold;
+}
+
+void check_folds(int folds, std::size_t rows) {
+  if (folds < 2 || folds > 100 || static_cast<std::size_t>(folds) > rows) {
+    throw Error(fmt::format("cross-validation: folds must be in [2, min(100, rows = {})], got {}",
+                            rows, folds));
+  }
+}
+
+std::vector<std::size_t> complete_row_indices(const TrainingSet& set) {
+  std::vector<std::size_t> rows;
+  for (Eigen::Index r = 0; r < set.present.rows(); ++r) {
+    if (set.present.row(r).minCoeff() > 0) rows.push_back(static_cast<std::size_t>(r));
+  }
+  return rows;
+}
+
+// ECE of the lambda = 0 picks (10 equal-width bins), as the shared README defines it.
+double expected_calibration_error(const Eigen::MatrixXd& truth, const Eigen::MatrixXd& predicted,
+                                  const std::vector<std::size_t>& picks) {
+  constexpr int kBins = 10;
+  double p_sum[kBins] = {}, q_sum[kBins] = {}, count[kBins] = {};
+  for (std::size_t i = 0; i < picks.size(); ++i) {
+    const auto r = static_cast<Eigen::Index>(i);
+    const auto c = static_cast<Eigen::Index>(picks[i]);
+    const double p = predicted(r, c);
+    const int bin = std::clamp(static_cast<int>(p * kBins), 0, kBins - 1);
+    p_sum[bin] += p;
+    q_sum[bin] += truth(r, c);
+    count[bin] += 1;
+  }
+  double ece = 0;
+  for (int b = 0; b < kBins; ++b) {
+    if (count[b] > 0) ece += std::abs(p_sum[b] - q_sum[b]) / static_cast<double>(picks.size());
+  }
+  return ece;
+}
+
+// The candidate's figures on the complete training rows from its calibrated
+// out-of-fold predictions.
+CandidateFigures judge(const CandidateScorer& candidate, const OutOfFold& oof,
+                       const IsotonicCalibration& calibration, const RoutingDataset& data,
+                       const TrainingSet& set, const ExpertRegistry& prices) {
+  const std::vector<std::size_t> rows = complete_row_indices(set);
+  std::vector<DatasetRow> complete;
+  std::vector<std::string_view> prompts;
+  Eigen::MatrixXf tokens(static_cast<Eigen::Index>(rows.size()), oof.output_tokens.cols());
+  ScoreMatrix quality(static_cast<Eigen::Index>(rows.size()), oof.quality.cols());
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    complete.push_back(data.train[rows[i]]);
+    prompts.push_back(set.prompts[rows[i]]);
+    tokens.row(static_cast<Eigen::Index>(i)) =
+        oof.output_tokens.row(static_cast<Eigen::Index>(rows[i]));
+    quality.row(static_cast<Eigen::Index>(i)) = oof.quality.row(static_cast<Eigen::Index>(rows[i]));
+  }
+  calibration.apply(quality);
+  const Eigen::MatrixXd truth = quality_matrix(complete);
+  const Eigen::MatrixXd predicted = quality.cast<double>();
+  const EvalReport report = evaluate(set.experts, truth, cost_matrix(data, complete), predicted,
+                                     predicted_costs(prompts, tokens, set.experts, prices));
+  CandidateFigures figures;
+  figures.name = candidate.name();
+  figures.aiq = report.router->aiq;
+  figures.gap_won = report.router->gap_won.value_or(std::nan(""));
+  const auto picks =
+      pick_by_utility(predicted, predicted_costs(prompts, tokens, set.experts, prices), 0.0);
+  figures.ece = expected_calibration_error(truth, predicted, picks);
+  return figures;
+}
+
+// Every candidate tried so far, with what a stack of them needs.
+struct Trials {
+  std::vector<CandidateScorer> candidates;
+  std::vector<OutOfFold> out_of_fold;
+  std::vector<IsotonicCalibration> calibrations;
+  /// For a stack, the indices of its members; empty for a single scorer.
+  std::vector<std::vector<std::size_t>> members;
+  ModelSelection record;
+
+  void add(CandidateScorer candidate, OutOfFold oof, IsotonicCalibration calibration,
+           CandidateFigures figures, const SelectionOptions& selection,
+           std::vector<std::size_t> of = {}) {
+    if (selection.on_candidate) selection.on_candidate(figures);
+    candidates.push_back(std::move(candidate));
+    out_of_fold.push_back(std::move(oof));
+    calibrations.push_back(std::move(calibration));
+    members.push_back(std::move(of));
+    record.candidates.push_back(std::move(figures));
+  }
+};
+
+// The out-of-fold predictions of the stack of `members`: the mean of their
+// calibrated quality, and of their output tokens where predicted.
+OutOfFold stack_out_of_fold(const Trials& trials, const std::vector<std::size_t>& members) {
+  const OutOfFold& first = trials.out_of_fold[members[0]];
+  OutOfFold out{Eigen::MatrixXf::Zero(first.quality.rows(), first.quality.cols()),
+                Eigen::MatrixXf::Zero(first.quality.rows(), first.quality.cols())};
+  Eigen::MatrixXf counted = Eigen::MatrixXf::Zero(first.quality.rows(), first.quality.cols());
+  for (const std::size_t m : members) {
+    ScoreMatrix q = trials.out_of_fold[m].quality;
+    trials.calibrations[m].apply(q);
+    out.quality += q / static_cast<float>(members.size());
+    const Eigen::MatrixXf& t = trials.out_of_fold[m].output_tokens;
+    const Eigen::MatrixXf known = t.array().isFinite().cast<float>();
+    out.output_tokens += known.cwiseProduct(t.array().isFinite().select(t, 0.0f).matrix());
+    counted += known;
+  }
+  out.output_tokens = (counted.array() > 0)
+                          .select(out.output_tokens.cwiseQuotient(counted),
+                                  std::numeric_limits<float>::quiet_NaN());
+  return out;
+}
+
+// Stacks of the best two, three, ... candidates by cross-validated AIQ,
+// judged on the same out-of-fold predictions (no further training).
+void try_stacks(Trials& trials, const RoutingDataset& data, const TrainingSet& set,
+                const ExpertRegistry& prices, const SelectionOptions& selection) {
+  std::vector<std::size_t> order(trials.candidates.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return trials.record.candidates[a].aiq > trials.record.candidates[b].aiq;
+  });
+  for (std::size_t k = 2; k <= order.size(); ++k) {
+    std::vector<std::size_t> members(order.begin(), order.begin() + static_cast<long>(k));
+    std::vector<CandidateScorer> specs;
+    double seconds = 0;
+    for (const std::size_t m : members) {
+      specs.push_back(trials.candidates[m]);
+      seconds += trials.record.candidates[m].seconds;
+    }
+    const CandidateScorer stack{detail::stack_spec(specs), Loss::Bce};
+    OutOfFold oof = stack_out_of_fold(trials, members);
+    IsotonicCalibration calibration =
+        IsotonicCalibration::fit(oof.quality, set.quality, set.present);
+    CandidateFigures figures = judge(stack, oof, calibration, data, set, prices);
+    figures.seconds = seconds;
+    trials.add(stack, std::move(oof), std::move(calibration), std::move(figures), selection,
+               std::move(members));
+  }
+}
+
+}  // namespace
+
+std::string CandidateScorer::name() const { return detail::member_text(*this); }
+
+CandidateScorer parse_candidate(std::string_view text) {
+  CandidateScorer candidate{std::string(text), Loss::Bce};
+  const std::size_t slash = text.rfind('/');
+  if (slash != std::string_view::npos) {
+    const std::string_view loss = text.substr(slash + 1);
+    if (loss != "bce" && loss != "soft") {
+      throw Error(fmt::format("candidate \"{}\": the loss after '/' must be bce or soft", text));
+    }
+    candidate.loss = loss == "soft" ? Loss::Soft : Loss::Bce;
+    candidate.spec = std::string(text.substr(0, slash));
+  }
+  if (candidate.spec.empty()) throw Error(fmt::format("candidate \"{}\": no scorer spec", text));
+  return candidate;
+}
+
+std::vector<CandidateScorer> default_candidates() {
+  return {{"gbt", Loss::Bce},
+          {"mlp:64,buckets=16384", Loss::Soft},
+          {"mlp:64,buckets=16384", Loss::Bce},
+          {"knn:40", Loss::Bce}};
+}
+
+OutOfFold cross_validate(const CandidateScorer& candidate, const TrainingSet& set,
+                         const TrainOptions& options, int folds) {
+  check_folds(folds, set.rows());
+  const std::vector<int> fold = assign_folds(set.rows(), folds, options.seed);
+  const auto n = static_cast<Eigen::Index>(set.rows());
+  const auto m = static_cast<Eigen::Index>(set.experts.size());
+  OutOfFold out{Eigen::MatrixXf::Zero(n, m), Eigen::MatrixXf::Zero(n, m)};
+  TrainOptions quiet = options;
+  quiet.on_epoch = nullptr;
+  for (int k = 0; k < folds; ++k) {
+    std::vector<std::size_t> train, held;
+    for (std::size_t r = 0; r < set.rows(); ++r) (fold[r] == k ? held : train).push_back(r);
+    auto scorer = make_scorer(candidate.spec);
+    quiet.loss = candidate.loss;
+    scorer->train(subset(set, train, k), quiet);
+    std::vector<std::string> prompts;
+    for (const std::size_t r : held) prompts.push_back(set.prompts[r]);
+    const ScoreBatch scores = scorer->score(prompts);
+    for (std::size_t i = 0; i < held.size(); ++i) {
+      const auto r = static_cast<Eigen::Index>(held[i]);
+      out.quality.row(r) = scores.quality.row(static_cast<Eigen::Index>(i));
+      out.output_tokens.row(r) = scores.output_tokens.row(static_cast<Eigen::Index>(i));
+    }
+  }
+  return out;
+}
+
+Eigen::MatrixXd predicted_costs(const std::vector<std::string_view>& prompts,
+                                const Eigen::MatrixXf& output_tokens,
+                                const std::vector<std::string>& experts,
+                                const ExpertRegistry& prices) {
+  const CostModel cost_model;  // the router's default, so the two agree
+  const auto n = static_cast<Eigen::Index>(prompts.size());
+  const auto m = static_cast<Eigen::Index>(experts.size());
+  Eigen::MatrixXd cost(n, m);
+  for (Eigen::Index e = 0; e < m; ++e) {
+    const ExpertSpec* spec = prices.find(experts[static_cast<std::size_t>(e)]);
+    if (spec == nullptr) {
+      throw Error(fmt::format("no prices for expert \"{}\"", experts[static_cast<std::size_t>(e)]));
+    }
+    for (Eigen::Index r = 0; r < n; ++r) {
+      const auto input = static_cast<double>(estimate_tokens(prompts[static_cast<std::size_t>(r)]));
+      cost(r, e) = cost_model.cost_usd(*spec, input,
+                                       cost_model.output_tokens_or_default(output_tokens(r, e)));
+    }
+  }
+  return cost;
+}
+
+std::unique_ptr<TrainableScorer> train_calibrated(const CandidateScorer& candidate,
+                                                  const TrainingSet& set,
+                                                  const TrainOptions& options, int folds) {
+  IsotonicCalibration calibration;
+  if (folds > 0) {
+    const OutOfFold oof = cross_validate(candidate, set, options, folds);
+    calibration = IsotonicCalibration::fit(oof.quality, set.quality, set.present);
+  }
+  auto scorer = make_scorer(candidate.spec);
+  TrainOptions final_options = options;
+  final_options.loss = candidate.loss;
+  scorer->train(set, final_options);
+  scorer->set_calibration(std::move(calibration));
+  return scorer;
+}
+
+std::unique_ptr<TrainableScorer> train_best(const RoutingDataset& data,
+                                            const ExpertRegistry& prices,
+                                            const TrainOptions& options,
+                                            const SelectionOptions& selection) {
+  if (selection.candidates.empty()) throw Error("model selection: no candidate scorer");
+  const TrainingSet set = make_training_set(data.experts, data.train, data.name + "/train.jsonl");
+  check_folds(selection.folds, set.rows());
+  if (complete_row_indices(set).empty()) {
+    throw Error(fmt::format("{}: no training row has every expert's outcome", data.name));
+  }
+  Trials trials;
+  trials.record.folds = selection.folds;
+  for (const CandidateScorer& candidate : selection.candidates) {
+    const auto start = std::chrono::steady_clock::now();
+    OutOfFold oof = cross_validate(candidate, set, options, selection.folds);
+    IsotonicCalibration calibration =
+        IsotonicCalibration::fit(oof.quality, set.quality, set.present);
+    CandidateFigures figures = judge(candidate, oof, calibration, data, set, prices);
+    figures.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    trials.add(candidate, std::move(oof), std::move(calibration), std::move(figures), selection);
+  }
+  try_stacks(trials, data, set, prices, selection);
+  ModelSelection& record = trials.record;
+  for (std::size_t i = 1; i < record.candidates.size(); ++i) {
+    if (record.candidates[i].aiq > record.candidates[record.chosen].aiq) record.chosen = i;
+  }
+  const CandidateScorer& winner = trials.candidates[record.chosen];
+  auto scorer = make_scorer(winner.spec);
+  if (!trials.members[record.chosen].empty()) {
+    std::vector<IsotonicCalibration> member_calibrations;
+    for (const std::size_t m : trials.members[record.chosen]) {
+      member_calibrations.push_back(trials.calibrations[m]);
+    }
+    detail::set_member_calibrations(*scorer, std::move(member_calibrations));
+  }
+  TrainOptions final_options = options;
+  final_options.loss = winner.loss;
+  scorer->train(set, final_options);
+  scorer->set_calibration(std::move(trials.calibrations[record.chosen]));
+  scorer->set_selection(std::move(record));
+  return scorer;
+}
+
+}  // namespace torouter

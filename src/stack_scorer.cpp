@@ -1,0 +1,196 @@
+// The stack scorer: the mean of several trained scorers' calibrated quality,
+// calibrated once more. Scorers that err differently (trees on a dense
+// projection, neighbours in the sparse space, a network) average out part of
+// each other's error; each member is calibrated first so every one speaks in
+// expected quality and none dominates by scale (a soft-label network's
+// outputs sum to one over the experts).
+//
+// Spec: "stack:" then members joined by '+', each a scorer spec with an
+// optional "/bce" or "/soft" loss (default bce):
+//   stack:gbt+knn:40+mlp:64,buckets=16384/soft
+// Output tokens are the mean of the members' predictions where they make one.
+//
+// Training trains every member on every row. Each member's calibration
+// comes from its out-of-fold predictions: `train_best` hands over those it
+// already has (`set_member_calibrations`); otherwise `fit` cross-validates
+// each member itself (5 folds) and also fits the stack's own calibration.
+//
+// Model file ("stack" kind): field stack.members (the member specs with
+// their losses); member i's whole model (its own fields, tensors and
+// calibration) in section "member<i>." (ModelWriter::add_section).
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "scorers.hpp"
+#include "torouter/error.hpp"
+#include "torouter/model_selection.hpp"
+
+namespace torouter::detail {
+namespace {
+
+constexpr int kMemberFolds = 5;
+
+struct StackWorkspace : ScorerWorkspace {
+  std::vector<std::unique_ptr<ScorerWorkspace>> members;
+  ScoreBatch batch;
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> token_count;
+};
+
+class StackScorer : public TrainableScorer {
+ public:
+  explicit StackScorer(std::vector<CandidateScorer> members) : candidates_(std::move(members)) {
+    if (candidates_.size() < 2) throw Error("stack: at least two members expected");
+    for (const auto& c : candidates_) {
+      if (make_scorer(c.spec)->kind() == "stack") throw Error("stack: a member cannot be a stack");
+    }
+  }
+
+  std::string_view kind() const override { return "stack"; }
+  std::string spec() const override { return stack_spec(candidates_); }
+
+  /// Calibrations of the members from out-of-fold predictions made elsewhere.
+  void set_member_calibrations(std::vector<IsotonicCalibration> calibrations) {
+    given_calibrations_ = std::move(calibrations);
+  }
+
+  std::unique_ptr<ScorerWorkspace> make_workspace() const override {
+    auto w = std::make_unique<StackWorkspace>();
+    for (const auto& m : members_) w->members.push_back(m->make_workspace());
+    return w;
+  }
+
+  void score_uncalibrated(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
+                          ScorerWorkspace* workspace) const override {
+    std::unique_ptr<ScorerWorkspace> local;
+    if (workspace == nullptr) local = make_workspace();
+    auto* w = static_cast<StackWorkspace*>(workspace ? workspace : local.get());
+    out.resize(count, expert_names().size());
+    out.quality.setZero();
+    out.output_tokens.setZero();
+    w->token_count.setZero(out.quality.rows(), out.quality.cols());
+    const float share = 1.0f / static_cast<float>(members_.size());
+    for (std::size_t m = 0; m < members_.size(); ++m) {
+      members_[m]->score(prompts, count, w->batch, w->members[m].get());
+      out.quality += share * w->batch.quality;
+      for (Eigen::Index i = 0; i < out.output_tokens.size(); ++i) {
+        const float t = w->batch.output_tokens.data()[i];
+        if (!std::isfinite(t)) continue;
+        out.output_tokens.data()[i] += t;
+        w->token_count.data()[i] += 1.0f;
+      }
+    }
+    for (Eigen::Index i = 0; i < out.output_tokens.size(); ++i) {
+      const float n = w->token_count.data()[i];
+      out.output_tokens.data()[i] =
+          n > 0 ? out.output_tokens.data()[i] / n : std::numeric_limits<float>::quiet_NaN();
+    }
+  }
+
+ protected:
+  TrainReport fit(const TrainingSet& set, const TrainOptions& options) override {
+    const bool own_calibration = given_calibrations_.size() != candidates_.size();
+    std::vector<OutOfFold> folds;
+    members_.clear();
+    TrainReport report;
+    for (std::size_t m = 0; m < candidates_.size(); ++m) {
+      IsotonicCalibration calibration;
+      if (own_calibration) {
+        folds.push_back(cross_validate(candidates_[m], set, options, kMemberFolds));
+        calibration = IsotonicCalibration::fit(folds.back().quality, set.quality, set.present);
+      } else {
+        calibration = given_calibrations_[m];
+      }
+      auto member = make_scorer(candidates_[m].spec);
+      TrainOptions member_options = options;
+      member_options.loss = candidates_[m].loss;
+      const TrainReport r = member->train(set, member_options);
+      member->set_calibration(std::move(calibration));
+      report.train_rows = r.train_rows;
+      report.validation_rows = r.validation_rows;
+      report.validation_quality += r.validation_quality / static_cast<double>(candidates_.size());
+      members_.push_back(std::move(member));
+    }
+    given_calibrations_.clear();
+    if (own_calibration) set_calibration(calibrate_mean(folds, set));
+    return report;
+  }
+
+  void write_model(ModelWriter& out) const override {
+    std::vector<std::string> names;
+    for (const auto& c : candidates_) names.push_back(member_text(c));
+    out.set("stack.members", std::move(names));
+    for (std::size_t m = 0; m < members_.size(); ++m) {
+      ModelWriter part(std::string(members_[m]->kind()));
+      members_[m]->save(part);
+      out.add_section(fmt::format("member{}.", m), part);
+    }
+  }
+
+  void read_model(const ModelReader& in) override {
+    const auto& names = in.texts("stack.members");
+    if (names.size() != candidates_.size()) {
+      throw Error(in.where() + "field \"stack.members\": does not match the spec");
+    }
+    members_.clear();
+    for (std::size_t m = 0; m < names.size(); ++m) {
+      const ModelReader part = in.section(fmt::format("member{}.", m));
+      auto member = make_scorer(part.text("scorer.spec"));
+      member->load(part);
+      if (member->expert_names() != expert_names()) {
+        throw Error(
+            fmt::format("{}member {} predicts other experts than the stack", in.where(), m));
+      }
+      members_.push_back(std::move(member));
+    }
+  }
+
+ private:
+  // The stack's own calibration: of the mean of the members' calibrated
+  // out-of-fold predictions.
+  IsotonicCalibration calibrate_mean(const std::vector<OutOfFold>& folds,
+                                     const TrainingSet& set) const {
+    ScoreMatrix mean = ScoreMatrix::Zero(set.quality.rows(), set.quality.cols());
+    for (std::size_t m = 0; m < folds.size(); ++m) {
+      ScoreMatrix q = folds[m].quality;
+      IsotonicCalibration::fit(folds[m].quality, set.quality, set.present).apply(q);
+      mean += q / static_cast<float>(folds.size());
+    }
+    return IsotonicCalibration::fit(mean, set.quality, set.present);
+  }
+
+  std::vector<CandidateScorer> candidates_;
+  std::vector<std::unique_ptr<TrainableScorer>> members_;
+  std::vector<IsotonicCalibration> given_calibrations_;
+};
+
+}  // namespace
+
+std::string member_text(const CandidateScorer& c) {
+  return c.loss == Loss::Bce ? c.spec : c.spec + "/" + std::string(to_string(c.loss));
+}
+
+std::string stack_spec(const std::vector<CandidateScorer>& members) {
+  std::string s = "stack:";
+  for (std::size_t m = 0; m < members.size(); ++m) s += (m ? "+" : "") + member_text(members[m]);
+  return s;
+}
+
+std::unique_ptr<TrainableScorer> make_stack_scorer(std::string_view text) {
+  std::vector<CandidateScorer> members;
+  std::string_view rest = text.substr(text.find(':') + 1);
+  while (true) {
+    const std::size_t plus = rest.find('+');
+    members.push_back(parse_candidate(rest.substr(0, plus)));
+    if (plus == std::string_view::npos) break;
+    rest = rest.substr(plus + 1);
+  }
+  return std::make_unique<StackScorer>(std::move(members));
+}
+
+void set_member_calibrations(TrainableScorer& stack,
+                             std::vector<IsotonicCalibration> calibrations) {
+  dynamic_cast<StackScorer&>(stack).set_member_calibrations(std::move(calibrations));
+}
+
+}  // namespace torouter::detail

@@ -1,0 +1,77 @@
+// Isotonic calibration, and calibrated scorers in model files.
+#include "torouter/calibration.hpp"
+
+#include <catch2/catch.hpp>
+#include <cmath>
+
+#include "support/synthetic_data.hpp"
+#include "support/temp_dir.hpp"
+#include "torouter/error.hpp"
+#include "torouter/trainable_scorer.hpp"
+
+using Catch::Matchers::Contains;
+using torouter::IsotonicCalibration;
+
+TEST_CASE("isotonic calibration pools adjacent violators and interpolates between blocks") {
+  Eigen::MatrixXf raw(5, 1), quality(5, 1), present = Eigen::MatrixXf::Ones(5, 1);
+  raw << 0.1f, 0.2f, 0.3f, 0.4f, 0.9f;
+  quality << 0.0f, 1.0f, 0.0f, 1.0f, 0.3f;
+  present(4, 0) = 0;  // no outcome: not counted
+  const auto calibration = IsotonicCalibration::fit(raw, quality, present);
+  // Blocks: {0.1} -> 0, {0.2, 0.3} -> 0.5, {0.4} -> 1.
+  CHECK(calibration.knots_x(0) == std::vector<float>{0.1f, 0.2f, 0.3f, 0.4f});
+  CHECK(calibration.knots_y(0) == std::vector<float>{0.0f, 0.5f, 0.5f, 1.0f});
+  CHECK(calibration.apply(0, 0.05f) == 0.0f);  // flat before the first knot
+  CHECK(calibration.apply(0, 0.15f) == Approx(0.25f));
+  CHECK(calibration.apply(0, 0.25f) == Approx(0.5f));
+  CHECK(calibration.apply(0, 0.35f) == Approx(0.75f));
+  CHECK(calibration.apply(0, 2.0f) == 1.0f);  // flat after the last
+  CHECK(calibration.apply(0, std::nanf("")) == 0.0f);
+}
+
+TEST_CASE(
+    "isotonic calibration gives equal raw outputs one value and maps an unseen expert to itself") {
+  Eigen::MatrixXf raw(4, 2), quality(4, 2), present(4, 2);
+  raw << 0.5f, 0.1f, 0.5f, 0.2f, 0.5f, 0.3f, 0.7f, 0.4f;
+  quality << 1.0f, 0, 0.0f, 0, 0.5f, 0, 0.2f, 0;
+  present << 1, 0, 1, 0, 1, 0, 1, 0;
+  const auto calibration = IsotonicCalibration::fit(raw, quality, present);
+  // 0.5 three times with mean 0.5, then 0.7 -> 0.2 violates: pooled to 0.425.
+  CHECK(calibration.apply(0, 0.5f) == Approx(0.425f));
+  CHECK(calibration.apply(0, 0.7f) == Approx(0.425f));
+  CHECK(calibration.apply(1, 0.3f) == Approx(0.3f));
+}
+
+TEST_CASE("isotonic calibration refuses knots that are not monotone") {
+  CHECK_THROWS_WITH(IsotonicCalibration({{0.1f, 0.1f}}, {{0.0f, 1.0f}}), Contains("ascending x"));
+  CHECK_THROWS_WITH(IsotonicCalibration({{0.1f, 0.2f}}, {{1.0f, 0.0f}}),
+                    Contains("non-decreasing"));
+  CHECK_THROWS_WITH(IsotonicCalibration({{0.1f}}, {{0.0f, 1.0f}}), Contains("as many x as y"));
+}
+
+TEST_CASE("a calibrated scorer scores through its calibration, in memory and from its file") {
+  const auto set = torouter::make_training_set(torouter::testing::synthetic_experts(),
+                                               torouter::testing::synthetic_rows(60, 1), "s");
+  auto scorer = torouter::make_scorer("knn:5");
+  scorer->train(set, {});
+  const std::vector<std::string> prompts{"python function loop", "king empire war"};
+  const auto raw = scorer->score(prompts);
+  // Halves every expert's quality (knots from 0 to 1).
+  std::vector<std::vector<float>> x(3, {0.0f, 1.0f}), y(3, {0.0f, 0.5f});
+  scorer->set_calibration(IsotonicCalibration(x, y));
+  const auto calibrated = scorer->score(prompts);
+  for (Eigen::Index i = 0; i < raw.quality.size(); ++i) {
+    CHECK(calibrated.quality.data()[i] == Approx(raw.quality.data()[i] / 2));
+  }
+  const auto path =
+      (torouter::testing::process_temp_dir("calibration_test") / "m.tormodel").string();
+  torouter::save_model(*scorer, path);
+  const auto loaded = torouter::load_model(path);
+  CHECK(loaded.scorer->calibration().experts() == 3);
+  CHECK(loaded.scorer->score(prompts).quality == calibrated.quality);
+
+  CHECK_THROWS_WITH(scorer->set_calibration(IsotonicCalibration({{0.0f, 1.0f}}, {{0.0f, 1.0f}})),
+                    Contains("1 experts cannot serve a scorer of 3"));
+  scorer->train(set, {});  // training again drops the old calibration
+  CHECK(scorer->calibration().empty());
+}

@@ -1,0 +1,112 @@
+// Cross-validation, calibration on held-out folds, and the choice of a scorer.
+#include "torouter/model_selection.hpp"
+
+#include <catch2/catch.hpp>
+
+#include "support/synthetic_data.hpp"
+#include "support/temp_dir.hpp"
+#include "torouter/error.hpp"
+
+using Catch::Matchers::Contains;
+using torouter::CandidateScorer;
+using torouter::Loss;
+
+namespace {
+
+torouter::RoutingDataset synthetic_dataset() {
+  const auto dir = torouter::testing::process_temp_dir("model_selection_test") / "synthetic";
+  torouter::testing::write_synthetic_dataset(dir, 120, 40);
+  return torouter::load_routing_dataset(dir.string());
+}
+
+}  // namespace
+
+TEST_CASE("cross_validate predicts every row from a model that did not see it") {
+  const auto data = synthetic_dataset();
+  const auto set = torouter::make_training_set(data.experts, data.train, "synthetic");
+  const auto oof = torouter::cross_validate({"knn:5", Loss::Bce}, set, {}, 4);
+  REQUIRE(oof.quality.rows() == static_cast<Eigen::Index>(set.rows()));
+  for (Eigen::Index r = 0; r < oof.quality.rows(); ++r) {
+    const bool code = r % 2 == 0;  // the synthetic rows alternate code and history
+    CHECK((oof.quality(r, 0) > oof.quality(r, 1)) == code);
+  }
+  CHECK_THROWS_WITH(torouter::cross_validate({"knn:5", Loss::Bce}, set, {}, 1), Contains("folds"));
+}
+
+TEST_CASE(
+    "train_best picks the candidate of highest cross-validated AIQ, calibrated and recorded") {
+  const auto data = synthetic_dataset();
+  torouter::SelectionOptions selection;
+  // kNN over every training row predicts each expert's mean everywhere: it
+  // cannot route, so the 5-NN must win.
+  selection.candidates = {{"knn:1000", Loss::Bce}, {"knn:5", Loss::Bce}};
+  selection.folds = 3;
+  std::vector<std::string> seen;
+  selection.on_candidate = [&](const torouter::CandidateFigures& c) { seen.push_back(c.name); };
+  auto scorer = torouter::train_best(data, data.registry, {}, selection);
+  // Each candidate, then the stack of the two (the better first).
+  CHECK(seen == std::vector<std::string>{"knn:1000", "knn:5", "stack:knn:5+knn:1000"});
+  const auto& record = scorer->training().selection;
+  REQUIRE(record.candidates.size() == 3);
+  CHECK(record.candidates[1].aiq > record.candidates[0].aiq);
+  CHECK(record.chosen != 0);
+  for (const auto& c : record.candidates) CHECK(record.candidates[record.chosen].aiq >= c.aiq);
+  CHECK(scorer->spec() == record.candidates[record.chosen].name);
+  CHECK(record.candidates[1].ece < 0.1);
+  CHECK_FALSE(scorer->calibration().empty());
+
+  const auto path =
+      (torouter::testing::process_temp_dir("model_selection_test") / "m.tormodel").string();
+  torouter::save_model(*scorer, path, &data.registry);
+  const auto loaded = torouter::load_model(path);
+  const auto& again = loaded.scorer->training().selection;
+  CHECK(again.folds == 3);
+  CHECK(again.chosen == record.chosen);
+  CHECK(again.candidates[0].name == "knn:1000");
+  CHECK(again.candidates[1].aiq == Approx(record.candidates[1].aiq));
+}
+
+TEST_CASE("train_best refuses no candidate and bad folds") {
+  const auto data = synthetic_dataset();
+  torouter::SelectionOptions none;
+  none.candidates.clear();
+  CHECK_THROWS_WITH(torouter::train_best(data, data.registry, {}, none), Contains("no candidate"));
+  torouter::SelectionOptions one_fold;
+  one_fold.folds = 1;
+  CHECK_THROWS_WITH(torouter::train_best(data, data.registry, {}, one_fold), Contains("folds"));
+}
+
+TEST_CASE("predicted_costs weighs estimated input and predicted output tokens at the prices") {
+  torouter::ExpertRegistry prices;
+  prices.add(torouter::ExpertSpec("a", 1.0, 2.0));
+  const std::vector<std::string_view> prompts{"12345678"};  // 8 characters: 2 tokens
+  Eigen::MatrixXf tokens(1, 1);
+  tokens << 10.0f;
+  CHECK(torouter::predicted_costs(prompts, tokens, {"a"}, prices)(0, 0) == Approx(22e-6));
+  tokens << std::nanf("");  // not predicted: the cost model's default of 256
+  CHECK(torouter::predicted_costs(prompts, tokens, {"a"}, prices)(0, 0) == Approx(514e-6));
+  CHECK_THROWS_WITH(torouter::predicted_costs(prompts, tokens, {"b"}, prices), Contains("\"b\""));
+}
+
+TEST_CASE("a stack averages its calibrated members and survives its model file") {
+  const auto data = synthetic_dataset();
+  const auto set = torouter::make_training_set(data.experts, data.train, "synthetic");
+  auto stack = torouter::make_scorer("stack:knn:5+mlp:16,buckets=1024/soft");
+  CHECK(stack->kind() == "stack");
+  CHECK(stack->spec() == "stack:knn:5+mlp:16,buckets=1024/soft");
+  stack->train(set, {});
+  CHECK_FALSE(stack->calibration().empty());  // trained alone, it calibrates itself
+  const std::vector<std::string> prompts{"python function loop bug", "king empire war treaty"};
+  const auto scores = stack->score(prompts);
+  CHECK(scores.quality(0, 0) > scores.quality(0, 1));
+  CHECK(scores.quality(1, 1) > scores.quality(1, 0));
+  const auto path =
+      (torouter::testing::process_temp_dir("model_selection_test") / "s.tormodel").string();
+  torouter::save_model(*stack, path, &data.registry);
+  const auto loaded = torouter::load_model(path);
+  CHECK(loaded.scorer->score(prompts).quality == scores.quality);
+
+  CHECK_THROWS_WITH(torouter::make_scorer("stack:knn:5"), Contains("at least two members"));
+  CHECK_THROWS_WITH(torouter::make_scorer("stack:knn:5+mlp/adam"), Contains("bce or soft"));
+  CHECK_THROWS_WITH(torouter::make_scorer("stack:knn:5+stack:knn:3+knn:4"), Contains("stack"));
+}
