@@ -13,7 +13,9 @@
 #include <string_view>
 #include <vector>
 
+#include "support/data_dir.hpp"
 #include "support/synthetic_data.hpp"
+#include "torouter/dataset.hpp"
 #include "torouter/error.hpp"
 #include "torouter/eval.hpp"
 #include "torouter/router.hpp"
@@ -159,6 +161,22 @@ TEST_CASE("eval picks what Router::route picks, at every lambda, for trained mod
     const torouter::Router router(synthetic_registry(), scorer);
     CHECK(disagreements(router, synthetic_prompts()) == "");
   }
+}
+
+TEST_CASE("eval picks what Router::route picks for the default router on llmrouter14's test split",
+          "[eval][router][data]") {
+  TOROUTER_SHARED_DATA_OR_SKIP(root_dir);
+  const auto data = torouter::load_routing_dataset((root_dir / "llmrouter14").string());
+  const auto model = torouter::load_model(std::string(TOROUTER_SOURCE_DIR) +
+                                          "/examples/default_router/llmrouter14-mlp.tormodel");
+  // As `torouter eval` builds it: the model's experts in the dataset's order.
+  ExpertRegistry experts;
+  for (const auto& name : data.experts) experts.add(*model.experts.find(name));
+  const torouter::Router router(experts, model.scorer);
+  std::vector<std::string> prompts;
+  for (const auto& row : torouter::complete_rows(data.test)) prompts.push_back(row.prompt);
+  REQUIRE(prompts.size() == 500);
+  CHECK(disagreements(router, prompts) == "");
 }
 
 TEST_CASE("router_predictions refuses what evaluation cannot mirror", "[eval][router]") {
