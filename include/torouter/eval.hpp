@@ -12,6 +12,12 @@
 //   auto report = torouter::evaluate(names, quality, cost, predicted_quality, predicted_cost);
 //   double aiq = report.router->aiq;
 //   std::optional<double> pct = report.router->cost_at_best_quality_pct;  // nullopt: not reached
+//   std::optional<double> ece = report.router->ece;  // picks at lambda = 0, 10 bins
+//
+// A trained router's view, exactly as it routes (columns in registry order):
+//
+//   torouter::RouterPredictions view = torouter::router_predictions(router, prompts);
+//   auto report = torouter::evaluate(names, quality, cost, view.quality, view.cost);
 //
 // Means over prompts are summed in row order, so a router that picks the
 // best expert on every prompt has exactly C* and Q*, and comparisons with
