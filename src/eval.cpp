@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "torouter/error.hpp"
+#include "torouter/policy.hpp"
 
 namespace torouter {
 
@@ -53,18 +54,44 @@ bool better(double quality_a, double cost_a, double quality_b, double cost_b) {
   return quality_a > quality_b || (quality_a == quality_b && cost_a < cost_b);
 }
 
-// Column of highest utility on row `i`, ties to the lower predicted cost.
+// Column of highest utility on row `i`, ties to the lower predicted cost,
+// then the lower column. Each column becomes a `Candidate` ranked by the
+// utility policy's own `utility_of` and `ranks_before`, so that evaluation
+// cannot pick otherwise than `Router::route` on the same predictions.
 Index pick_row(const Eigen::MatrixXd& pq, const Eigen::MatrixXd& pc, Index i, double lambda) {
-  Index best = 0;
-  double best_utility = pq(i, 0) - lambda * pc(i, 0);
-  for (Index j = 1; j < pq.cols(); ++j) {
-    const double utility = pq(i, j) - lambda * pc(i, j);
-    if (better(utility, pc(i, j), best_utility, pc(i, best))) {
-      best = j;
-      best_utility = utility;
+  PolicyOptions options;
+  options.lambda_cost = lambda;
+  Candidate best;
+  Candidate c;
+  for (Index j = 0; j < pq.cols(); ++j) {
+    c.expert_index = static_cast<std::size_t>(j);
+    c.predicted_quality = pq(i, j);
+    c.cost_usd = pc(i, j);
+    c.utility = utility_of(c, options);
+    if (j == 0 || ranks_before(c, best)) best = c;
+  }
+  return static_cast<Index>(best.expert_index);
+}
+
+// Checks one pick per row of `m`, each a column of it.
+void require_picks(const Eigen::MatrixXd& m, const std::vector<std::size_t>& picks) {
+  if (picks.size() != static_cast<std::size_t>(m.rows())) {
+    throw Error(fmt::format("picks: {} given for {} prompts", picks.size(), m.rows()));
+  }
+  for (std::size_t i = 0; i < picks.size(); ++i) {
+    if (picks[i] >= static_cast<std::size_t>(m.cols())) {
+      throw Error(fmt::format("picks[{}]: expert {} of {}", i, picks[i], m.cols()));
     }
   }
-  return best;
+}
+
+// The value of each row's pick.
+Eigen::VectorXd picked(const Eigen::MatrixXd& m, const std::vector<std::size_t>& picks) {
+  Eigen::VectorXd out(m.rows());
+  for (Index i = 0; i < m.rows(); ++i) {
+    out(i) = m(i, static_cast<Index>(picks[static_cast<std::size_t>(i)]));
+  }
+  return out;
 }
 
 // Column a sweep ends on for row `i`: the cheapest predicted, ties to the
@@ -148,16 +175,11 @@ OperatingPoint random_point(const Eigen::MatrixXd& quality, const Eigen::MatrixX
 OperatingPoint evaluate_picks(const Eigen::MatrixXd& quality, const Eigen::MatrixXd& cost,
                               const std::vector<std::size_t>& picks) {
   require_truth(quality, cost);
-  if (picks.size() != static_cast<std::size_t>(quality.rows())) {
-    throw Error(fmt::format("picks: {} given for {} prompts", picks.size(), quality.rows()));
-  }
+  require_picks(quality, picks);
   double quality_sum = 0.0;
   double cost_sum = 0.0;
   for (Index i = 0; i < quality.rows(); ++i) {
     const auto j = static_cast<Index>(picks[static_cast<std::size_t>(i)]);
-    if (j >= quality.cols()) {
-      throw Error(fmt::format("picks[{}]: expert {} of {}", i, j, quality.cols()));
-    }
     quality_sum += quality(i, j);
     cost_sum += cost(i, j);
   }
@@ -314,6 +336,70 @@ std::optional<double> cost_at_quality(const std::vector<CurvePoint>& curve, doub
   return best;
 }
 
+std::vector<ReliabilityBin> reliability_bins(const Eigen::VectorXd& predicted,
+                                             const Eigen::VectorXd& observed, std::size_t bins) {
+  if (bins == 0) throw Error("reliability_bins: needs at least one bin");
+  if (predicted.size() == 0) throw Error("reliability_bins: no prompts");
+  if (predicted.size() != observed.size()) {
+    throw Error(fmt::format("reliability_bins: {} predictions for {} outcomes", predicted.size(),
+                            observed.size()));
+  }
+  const auto width = static_cast<double>(bins);
+  std::vector<ReliabilityBin> out(bins);
+  for (std::size_t k = 0; k < bins; ++k) {
+    out[k].lower = static_cast<double>(k) / width;
+    out[k].upper = static_cast<double>(k + 1) / width;
+  }
+  // Sums first, means after: mean_* hold sums until the last loop.
+  for (Index i = 0; i < predicted.size(); ++i) {
+    const double p = predicted(i);
+    if (!(p >= 0.0 && p <= 1.0)) {  // NaN fails too
+      throw Error(fmt::format(
+          "reliability_bins: predicted quality {} of prompt {} is outside [0, 1]", p, i));
+    }
+    if (!std::isfinite(observed(i))) {
+      throw Error(fmt::format("reliability_bins: quality of prompt {} is not finite", i));
+    }
+    ReliabilityBin& bin = out[std::min(bins - 1, static_cast<std::size_t>(p * width))];
+    ++bin.count;
+    bin.mean_predicted += p;
+    bin.mean_observed += observed(i);
+  }
+  for (auto& bin : out) {
+    if (bin.count == 0) continue;
+    bin.mean_predicted /= static_cast<double>(bin.count);
+    bin.mean_observed /= static_cast<double>(bin.count);
+  }
+  return out;
+}
+
+std::vector<ReliabilityBin> reliability_bins(const Eigen::MatrixXd& quality,
+                                             const Eigen::MatrixXd& predicted_quality,
+                                             const std::vector<std::size_t>& picks,
+                                             std::size_t bins) {
+  require_pair(quality, predicted_quality, "quality", "predicted_quality");
+  require_picks(quality, picks);
+  return reliability_bins(picked(predicted_quality, picks), picked(quality, picks), bins);
+}
+
+double expected_calibration_error(const std::vector<ReliabilityBin>& bins) {
+  std::size_t n = 0;
+  for (const auto& bin : bins) n += bin.count;
+  if (n == 0) throw Error("expected_calibration_error: every bin is empty");
+  double ece = 0.0;
+  for (const auto& bin : bins) {
+    const double share = static_cast<double>(bin.count) / static_cast<double>(n);
+    ece += share * std::abs(bin.mean_predicted - bin.mean_observed);
+  }
+  return ece;
+}
+
+double expected_calibration_error(const Eigen::MatrixXd& quality,
+                                  const Eigen::MatrixXd& predicted_quality,
+                                  const std::vector<std::size_t>& picks, std::size_t bins) {
+  return expected_calibration_error(reliability_bins(quality, predicted_quality, picks, bins));
+}
+
 Baselines compute_baselines(const Eigen::MatrixXd& quality, const Eigen::MatrixXd& cost) {
   Baselines b;
   b.experts = expert_points(quality, cost);
@@ -372,6 +458,14 @@ EvalReport evaluate(const std::vector<std::string>& experts, const Eigen::Matrix
   report.router =
       router_figures(cost_quality_curve(quality, cost, predicted_quality, predicted_cost, options),
                      report.baselines);
+  // Calibration of the picks at lambda = 0, the curve's first point. A
+  // prediction outside [0, 1] has no ECE; the rest of the report stands.
+  const auto picks = pick_by_utility(predicted_quality, predicted_cost, 0.0);
+  const Eigen::VectorXd p = picked(predicted_quality, picks);
+  if (p.minCoeff() >= 0.0 && p.maxCoeff() <= 1.0) {
+    report.router->reliability = reliability_bins(p, picked(quality, picks));
+    report.router->ece = expected_calibration_error(report.router->reliability);
+  }
   return report;
 }
 

@@ -13,21 +13,24 @@ bool has_all_tags(const ExpertSpec& expert, const std::vector<std::string>& tags
   return true;
 }
 
-// Eligible before excluded; then higher utility; then cheaper; then the
-// expert registered first, so equal inputs always give the same order.
-bool ranks_before(const Candidate& a, const Candidate& b) {
-  if (a.eligible() != b.eligible()) return a.eligible();
-  if (a.utility != b.utility) return a.utility > b.utility;
-  if (a.cost_usd != b.cost_usd) return a.cost_usd < b.cost_usd;
-  return a.expert_index < b.expert_index;
-}
-
 std::size_t count_eligible(const std::vector<Candidate>& candidates) {
   return static_cast<std::size_t>(std::count_if(
       candidates.begin(), candidates.end(), [](const Candidate& c) { return c.eligible(); }));
 }
 
 }  // namespace
+
+double utility_of(const Candidate& candidate, const PolicyOptions& options) {
+  return candidate.predicted_quality - options.lambda_cost * candidate.cost_usd -
+         options.lambda_latency * (candidate.latency_ms / 1000.0);
+}
+
+bool ranks_before(const Candidate& a, const Candidate& b) {
+  if (a.eligible() != b.eligible()) return a.eligible();
+  if (a.utility != b.utility) return a.utility > b.utility;
+  if (a.cost_usd != b.cost_usd) return a.cost_usd < b.cost_usd;
+  return a.expert_index < b.expert_index;
+}
 
 void apply_constraints(std::vector<Candidate>& candidates, const ExpertRegistry& experts,
                        const PolicyOptions& options) {
@@ -49,10 +52,7 @@ void apply_constraints(std::vector<Candidate>& candidates, const ExpertRegistry&
 
 PickReason UtilityPolicy::rank(std::vector<Candidate>& candidates,
                                const PolicyOptions& options) const {
-  for (auto& c : candidates) {
-    c.utility = c.predicted_quality - options.lambda_cost * c.cost_usd -
-                options.lambda_latency * (c.latency_ms / 1000.0);
-  }
+  for (auto& c : candidates) c.utility = utility_of(c, options);
   std::sort(candidates.begin(), candidates.end(), ranks_before);
   const std::size_t eligible = count_eligible(candidates);
   if (eligible == 0) return PickReason::NoneEligible;

@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 #include <simdjson.h>
 
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -100,6 +102,27 @@ TEST_CASE("torouter eval reports the shared figures as text and JSON") {
   CHECK(double(router["gap_won"]) == 0.0);
   CHECK(double(router["aiq"]) > double(report["experts_alone_aiq"]));
   CHECK(double(router["routes_per_second"]) > 0);
+  // Calibration at lambda = 0: ten bins holding the 40 picks, and the ECE
+  // they give.
+  CHECK_THAT(evaluated.output, Contains("ECE "));
+  simdjson::dom::array bins = router["reliability"];
+  REQUIRE(bins.size() == 10);
+  std::uint64_t picks = 0;
+  double ece = 0;
+  for (simdjson::dom::element bin : bins) {
+    const std::uint64_t count = bin["count"];
+    picks += count;
+    if (count == 0) {
+      CHECK(bin["predicted"].is_null());
+      continue;
+    }
+    const double gap = std::abs(double(bin["predicted"]) - double(bin["observed"]));
+    ece += static_cast<double>(count) / 40 * gap;
+  }
+  CHECK(picks == 40);
+  CHECK(double(router["ece"]) == Approx(ece).margin(1e-12));
+  CHECK(double(router["ece"]) >= 0);
+  CHECK(double(router["ece"]) <= 1);
 
   // The plot: one labelled point per expert, random, the oracle, the curve.
   const std::string svg_path = (dir / "synthetic_eval.svg").string();
@@ -134,6 +157,23 @@ TEST_CASE("torouter eval reports the shared figures as text and JSON") {
     ++count;
   }
   CHECK(count == simdjson::dom::array(router["curve"]).size());
+
+  // Beside the plane, the reliability diagram: its diagonal and one labelled
+  // point per non-empty bin, inside the picture.
+  CHECK_THAT(svg, Contains("class=\"reliability-diagonal\"") &&
+                      Contains("reliability at lambda = 0"));
+  std::size_t filled = 0;
+  for (simdjson::dom::element bin : bins) filled += std::uint64_t(bin["count"]) > 0;
+  std::size_t dots = 0;
+  for (std::size_t at = svg.find("<circle class=\"reliability-bin\""); at != std::string::npos;
+       at = svg.find("<circle class=\"reliability-bin\"", at + 1)) {
+    const double cx = std::stod(svg.substr(svg.find("cx=\"", at) + 4));
+    const double cy = std::stod(svg.substr(svg.find("cy=\"", at) + 4));
+    CHECK((cx > 720 && cx <= 1140 && cy >= 0 && cy <= 480));
+    ++dots;
+  }
+  CHECK(dots == filled);
+  CHECK_THAT(svg, Contains(">n=") && Contains("width=\"1140\""));
 }
 
 TEST_CASE("torouter calibrate finds the smallest lambda meeting a budget") {

@@ -310,6 +310,105 @@ TEST_CASE("bad matrices are refused", "[eval]") {
   CHECK_THROWS_AS(torouter::evaluate({"A", "B"}, q, c), torouter::Error);
 }
 
+TEST_CASE("ECE and reliability bins, worked by hand", "[eval][ece]") {
+  // p:  .05  .15  .12  1    .95  .5
+  // q:  0    1    0    1    0    1
+  // bin 0 [0, .1):  .05 -> p .05,  q 0,   |.05|
+  // bin 1 [.1, .2): .15 .12 -> p .135, q .5, |.365|
+  // bin 5 [.5, .6): .5 -> p .5, q 1, |.5|
+  // bin 9 [.9, 1]:  1 (p = 1 goes in the last bin) .95 -> p .975, q .5, |.475|
+  // ECE = (1 × .05 + 2 × .365 + 1 × .5 + 2 × .475) / 6 = 2.23 / 6.
+  Eigen::VectorXd p(6), q(6);
+  p << .05, .15, .12, 1.0, .95, .5;
+  q << 0, 1, 0, 1, 0, 1;
+  const auto bins = torouter::reliability_bins(p, q);
+  REQUIRE(bins.size() == 10);
+  const std::size_t counts[] = {1, 2, 0, 0, 0, 1, 0, 0, 0, 2};
+  for (std::size_t k = 0; k < 10; ++k) {
+    INFO("bin " << k);
+    CHECK(bins[k].count == counts[k]);
+    CHECK(bins[k].lower == Approx(k / 10.0).margin(kTol));
+    CHECK(bins[k].upper == Approx((k + 1) / 10.0).margin(kTol));
+    if (counts[k] == 0) {  // empty bins: means 0, weight 0
+      CHECK(bins[k].mean_predicted == 0.0);
+      CHECK(bins[k].mean_observed == 0.0);
+    }
+  }
+  CHECK(bins[1].mean_predicted == Approx(.135).margin(kTol));
+  CHECK(bins[1].mean_observed == Approx(.5).margin(kTol));
+  CHECK(bins[9].mean_predicted == Approx(.975).margin(kTol));
+  CHECK(bins[9].mean_observed == Approx(.5).margin(kTol));
+  CHECK(torouter::expected_calibration_error(bins) == Approx(2.23 / 6).margin(kTol));
+
+  // Bin edges: 0 in the first bin, .1 in the second, just below 1 in the last.
+  Eigen::VectorXd edges(3), zeros = Eigen::VectorXd::Zero(3);
+  edges << 0.0, .1, .99;
+  const auto edge_bins = torouter::reliability_bins(edges, zeros);
+  CHECK(edge_bins[0].count == 1);
+  CHECK(edge_bins[1].count == 1);
+  CHECK(edge_bins[9].count == 1);
+  // Five bins of width .2: .05 .15 .12 in [0, .2), .5 in [.4, .6), 1 .95 in [.8, 1].
+  // ECE = (3 × |.10667 - .33333| + 1 × .5 + 2 × .475) / 6 = (.68 + .5 + .95) / 6.
+  CHECK(torouter::reliability_bins(p, q, 5)[0].count == 3);
+  CHECK(torouter::expected_calibration_error(torouter::reliability_bins(p, q, 5)) ==
+        Approx(2.13 / 6).margin(kTol));
+
+  // Calibrated: four prompts at p = .25, one in four answered well.
+  Eigen::VectorXd quarter = Eigen::VectorXd::Constant(4, .25), one_in_four(4);
+  one_in_four << 0, 0, 1, 0;
+  CHECK(torouter::expected_calibration_error(torouter::reliability_bins(quarter, one_in_four)) ==
+        Approx(0.0).margin(kTol));
+}
+
+TEST_CASE("ECE refuses a prediction outside [0, 1] rather than clamp it", "[eval][ece]") {
+  Eigen::VectorXd q = Eigen::VectorXd::Zero(2);
+  for (double bad : {-0.01, 1.0001, std::nan("")}) {
+    INFO(bad);
+    Eigen::VectorXd p(2);
+    p << .5, bad;
+    CHECK_THROWS_AS(torouter::reliability_bins(p, q), torouter::Error);
+  }
+  Eigen::VectorXd p = Eigen::VectorXd::Constant(2, .5);
+  CHECK_THROWS_AS(torouter::reliability_bins(p, q, 0), torouter::Error);
+  CHECK_THROWS_AS(torouter::reliability_bins(p, Eigen::VectorXd::Zero(3)), torouter::Error);
+  CHECK_THROWS_AS(torouter::reliability_bins(Eigen::VectorXd(0), Eigen::VectorXd(0)),
+                  torouter::Error);
+  CHECK_THROWS_AS(torouter::expected_calibration_error(std::vector<torouter::ReliabilityBin>(10)),
+                  torouter::Error);
+}
+
+TEST_CASE("the router's ECE at lambda = 0", "[eval][ece]") {
+  // Toy picks at lambda = 0: C C C B with p .9 .9 .9 .8, all answered well
+  // (q = 1). Bin 9: 3 prompts, |.9 - 1|; bin 8: 1 prompt, |.8 - 1|.
+  // ECE = 3/4 × .1 + 1/4 × .2 = .125.
+  const auto q = toy_quality();
+  const auto c = toy_cost();
+  const auto pq = toy_predicted_quality();
+  const auto pc = toy_predicted_cost();
+  const std::vector<std::size_t> picks{2, 2, 2, 1};
+  CHECK(torouter::pick_by_utility(pq, pc, 0.0) == picks);
+  CHECK(torouter::expected_calibration_error(q, pq, picks) == Approx(.125).margin(kTol));
+  CHECK_THROWS_AS(torouter::expected_calibration_error(q, pq, {2, 2, 2}), torouter::Error);
+  CHECK_THROWS_AS(torouter::expected_calibration_error(q, pq, {2, 2, 2, 3}), torouter::Error);
+
+  const auto report = torouter::evaluate({"A", "B", "C"}, q, c, pq, pc);
+  REQUIRE(report.router);
+  REQUIRE(report.router->ece);
+  CHECK(*report.router->ece == Approx(.125).margin(kTol));
+  REQUIRE(report.router->reliability.size() == 10);
+  CHECK(report.router->reliability[8].count == 1);
+  CHECK(report.router->reliability[9].count == 3);
+
+  // A prediction outside [0, 1] at a lambda = 0 pick: no ECE, the rest stands.
+  Eigen::MatrixXd raw = pq;
+  raw(3, 1) = 1.2;  // p4 still picks B
+  const auto unscaled = torouter::evaluate({"A", "B", "C"}, q, c, raw, pc);
+  REQUIRE(unscaled.router);
+  CHECK_FALSE(unscaled.router->ece);
+  CHECK(unscaled.router->reliability.empty());
+  CHECK(unscaled.router->at_lambda0.quality == Approx(1.0).margin(kTol));
+}
+
 TEST_CASE("the README's reference figures on the shared datasets", "[eval][data]") {
   TOROUTER_SHARED_DATA_OR_SKIP(root_dir);
   struct Expected {

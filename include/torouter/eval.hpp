@@ -12,19 +12,42 @@
 //   auto report = torouter::evaluate(names, quality, cost, predicted_quality, predicted_cost);
 //   double aiq = report.router->aiq;
 //   std::optional<double> pct = report.router->cost_at_best_quality_pct;  // nullopt: not reached
+//   std::optional<double> ece = report.router->ece;  // picks at lambda = 0, 10 bins
+//
+// A trained router's view, exactly as it routes (columns in registry order):
+//
+//   torouter::RouterPredictions view = torouter::router_predictions(router, prompts);
+//   auto report = torouter::evaluate(names, quality, cost, view.quality, view.cost);
 //
 // Means over prompts are summed in row order, so a router that picks the
 // best expert on every prompt has exactly C* and Q*, and comparisons with
 // budgets are exact (no tolerance).
+//
+// Calibration: `expected_calibration_error` and `reliability_bins` judge
+// whether a predicted quality means the expected quality of the answer; the
+// report's `router->ece` is that of the picks at lambda = 0.
+//
+// Evaluation picks as the router does. `pick_by_utility` ranks each row's
+// experts with the utility policy's own `utility_of` and `ranks_before`
+// (policy.hpp), and `router_predictions` reads a `Router`'s predicted quality
+// and cost from `Router::route` itself (its clamping of quality to [0, 1],
+// its CostModel, its registry order for ties). So for every prompt and every
+// lambda, the pick of `pick_by_utility(router_predictions(router, prompts),
+// lambda)` is the expert `router.route(prompt)` picks with that lambda_cost,
+// no latency weight and no constraint; tests/eval_router_test.cpp checks it
+// over whole sweeps.
 #pragma once
 
 #include <Eigen/Core>
 #include <cstddef>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace torouter {
+
+class Router;
 
 /// A mean quality and a mean cost (USD per query) over the evaluated prompts.
 struct OperatingPoint {
@@ -75,7 +98,9 @@ OperatingPoint evaluate_picks(const Eigen::MatrixXd& quality, const Eigen::Matri
                               const std::vector<std::size_t>& picks);
 
 /// Per prompt the column of highest utility predicted_quality − lambda ×
-/// predicted_cost, ties to the lower predicted cost, then to the lower column.
+/// predicted_cost, ties to the lower predicted cost, then to the lower column:
+/// `UtilityPolicy`'s ranking (the same `utility_of` and `ranks_before`), the
+/// column standing for the expert's registry index.
 std::vector<std::size_t> pick_by_utility(const Eigen::MatrixXd& predicted_quality,
                                          const Eigen::MatrixXd& predicted_cost, double lambda);
 
@@ -124,6 +149,48 @@ std::optional<double> quality_at_cost(const std::vector<CurvePoint>& curve, doub
 /// when no point reaches it.
 std::optional<double> cost_at_quality(const std::vector<CurvePoint>& curve, double target);
 
+/// One bin of a reliability diagram: the prompts whose predicted quality p
+/// falls in [lower, upper) (the last bin also takes p = 1).
+struct ReliabilityBin {
+  double lower = 0.0;
+  double upper = 0.0;
+  /// Prompts in the bin.
+  std::size_t count = 0;
+  /// Mean predicted quality p and mean true quality q of those prompts; 0
+  /// when the bin is empty.
+  double mean_predicted = 0.0;
+  double mean_observed = 0.0;
+};
+
+/// Reliability diagram of predictions `predicted` against outcomes
+/// `observed` (one per prompt): `bins` equal-width bins over [0, 1], p in
+/// bin floor(p × bins), p = 1 in the last. A p outside [0, 1] is refused
+/// (`Error`), not clamped: it is no expected quality, and clamping would
+/// hide a scorer's bug behind a plausible figure. Also throws for no
+/// prompts, sizes that differ, a non-finite value or `bins` = 0.
+std::vector<ReliabilityBin> reliability_bins(const Eigen::VectorXd& predicted,
+                                             const Eigen::VectorXd& observed,
+                                             std::size_t bins = 10);
+
+/// The same for one pick (a column) per prompt: p = predicted_quality and
+/// q = quality at the picked column of each row.
+std::vector<ReliabilityBin> reliability_bins(const Eigen::MatrixXd& quality,
+                                             const Eigen::MatrixXd& predicted_quality,
+                                             const std::vector<std::size_t>& picks,
+                                             std::size_t bins = 10);
+
+/// ECE of a reliability diagram: the sum over bins of (count / n) ×
+/// |mean_predicted − mean_observed|, n the prompts in all bins. 0 is
+/// perfectly calibrated. Throws `Error` when every bin is empty.
+double expected_calibration_error(const std::vector<ReliabilityBin>& bins);
+
+/// ECE as the shared README defines it: `picks` are the router's picks at
+/// lambda = 0, binned by their predicted quality into `bins` (10 there)
+/// equal-width bins. Throws as `reliability_bins` does.
+double expected_calibration_error(const Eigen::MatrixXd& quality,
+                                  const Eigen::MatrixXd& predicted_quality,
+                                  const std::vector<std::size_t>& picks, std::size_t bins = 10);
+
 /// The figures that need no router, on one set of prompts.
 struct Baselines {
   /// Each expert alone, by column.
@@ -163,6 +230,12 @@ struct RouterFigures {
   std::optional<double> quality_at_10pct;
   std::optional<double> quality_at_30pct;
   std::optional<double> quality_at_70pct;
+  /// ECE of the lambda = 0 picks, 10 bins (`expected_calibration_error`);
+  /// nullopt when a picked prediction is outside [0, 1] (never for
+  /// `router_predictions`, which are clamped as the router clamps them).
+  std::optional<double> ece;
+  /// The 10 bins behind `ece`; empty when `ece` is nullopt.
+  std::vector<ReliabilityBin> reliability;
 };
 
 /// The figures of a router whose curve is `curve` against `baselines`.
@@ -186,9 +259,28 @@ EvalReport evaluate(const std::vector<std::string>& experts, const Eigen::Matrix
                     const Eigen::MatrixXd& cost);
 
 /// The baselines and the router whose predictions are given, swept by
-/// `cost_quality_curve`. Throws `Error` when shapes differ or a value is not finite.
+/// `cost_quality_curve`, with the ECE of its lambda = 0 picks. Throws `Error`
+/// when shapes differ or a value is not finite.
 EvalReport evaluate(const std::vector<std::string>& experts, const Eigen::MatrixXd& quality,
                     const Eigen::MatrixXd& cost, const Eigen::MatrixXd& predicted_quality,
                     const Eigen::MatrixXd& predicted_cost, const CurveOptions& options = {});
+
+/// A router's own predictions for some prompts, rows x its registry's experts.
+struct RouterPredictions {
+  /// Predicted quality, as `Router::route` puts it in its candidates
+  /// (clamped to [0, 1], a NaN counting 0).
+  Eigen::MatrixXd quality;
+  /// Predicted USD per query from the router's `CostModel` (estimated input
+  /// tokens, predicted output tokens or its default, the registry's prices).
+  Eigen::MatrixXd cost;
+};
+
+/// What `router.route` predicts for each prompt (lambda 0, no constraint),
+/// column j being the expert `router.experts()[j]`. Throws `Error` when the
+/// router's policy is not a `UtilityPolicy`, or when it excludes an expert
+/// (disabled, cooling down, context window): evaluation lets every expert be
+/// picked, so it would no longer pick as the router does.
+RouterPredictions router_predictions(const Router& router,
+                                     const std::vector<std::string_view>& prompts);
 
 }  // namespace torouter

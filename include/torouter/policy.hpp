@@ -122,6 +122,17 @@ constexpr std::string_view to_string(PickReason reason) {
 void apply_constraints(std::vector<Candidate>& candidates, const ExpertRegistry& experts,
                        const PolicyOptions& options);
 
+/// The utility policy's score of `candidate`: predicted_quality −
+/// lambda_cost × cost_usd − lambda_latency × latency in seconds.
+double utility_of(const Candidate& candidate, const PolicyOptions& options);
+
+/// The order every policy sorts candidates by: eligible first, then higher
+/// utility, then lower predicted cost, then the expert registered first, so
+/// equal inputs always give the same order. Evaluation (`pick_by_utility` in
+/// eval.hpp) picks with `utility_of` and this order too: one definition of
+/// "best", so `torouter eval` and `Router::route` cannot diverge.
+bool ranks_before(const Candidate& a, const Candidate& b);
+
 /// Orders candidates. Implementations must not allocate in `rank`, and must
 /// allow concurrent calls.
 class Policy {

@@ -12,6 +12,10 @@ namespace {
 
 constexpr double kWidth = 720, kHeight = 480;
 constexpr double kLeft = 70, kRight = 30, kTop = 50, kBottom = 55;
+// The reliability panel right of the cost-quality plane: a square plot
+// sharing the plane's bottom edge.
+constexpr double kReliabilityLeft = kWidth + 60, kReliabilitySize = 330;
+constexpr double kFullWidth = kReliabilityLeft + kReliabilitySize + 30;
 
 std::string xml_text(const std::string& text) {
   std::string out;
@@ -41,6 +45,53 @@ struct Axes {
   }
 };
 
+// The reliability diagram of the picks at lambda = 0: each non-empty bin's
+// mean predicted quality against its mean true quality, labelled with its
+// prompt count, over the diagonal a calibrated router would follow.
+std::string reliability_panel(const RouterFigures& router) {
+  const double x0 = kReliabilityLeft, x1 = x0 + kReliabilitySize;
+  const double y0 = kHeight - kBottom, y1 = y0 - kReliabilitySize;
+  auto x = [&](double p) { return x0 + p * kReliabilitySize; };
+  auto y = [&](double q) { return y0 - std::clamp(q, 0.0, 1.0) * kReliabilitySize; };
+  std::string svg = fmt::format(
+      "<g class=\"reliability\">\n<text x=\"{}\" y=\"{}\" font-size=\"13\" font-weight=\"bold\">"
+      "reliability at lambda = 0 (ECE {:.4f})</text>\n",
+      x0, y1 - 12, *router.ece);
+  for (int t = 0; t <= 10; t += 2) {
+    const double v = t / 10.0;
+    svg += fmt::format(
+        "<line x1=\"{0:.1f}\" y1=\"{2}\" x2=\"{0:.1f}\" y2=\"{3}\" stroke=\"#ddd\"/>"
+        "<line x1=\"{4}\" y1=\"{1:.1f}\" x2=\"{5}\" y2=\"{1:.1f}\" stroke=\"#ddd\"/>"
+        "<text class=\"tick\" x=\"{0:.1f}\" y=\"{6}\" text-anchor=\"middle\">{7:.1f}</text>"
+        "<text class=\"tick\" x=\"{8}\" y=\"{9:.1f}\" text-anchor=\"end\">{7:.1f}</text>\n",
+        x(v), y(v), y0, y1, x0, x1, y0 + 16, v, x0 - 6, y(v) + 4);
+  }
+  svg += fmt::format(
+      "<line x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{1}\" stroke=\"#444\"/>"
+      "<line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{3}\" stroke=\"#444\"/>\n"
+      "<line class=\"reliability-diagonal\" x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{3}\" "
+      "stroke=\"#999\" stroke-dasharray=\"4 3\"/>\n"
+      "<text x=\"{4}\" y=\"{5}\" text-anchor=\"middle\">mean predicted quality of the pick</text>\n"
+      "<text x=\"{6}\" y=\"{7}\" text-anchor=\"middle\" transform=\"rotate(-90 {6} {7})\">"
+      "mean true quality</text>\n",
+      x0, y0, x1, y1, (x0 + x1) / 2, kHeight - 15, x0 - 40, (y0 + y1) / 2);
+  std::string points;
+  for (const ReliabilityBin& bin : router.reliability) {
+    if (bin.count == 0) continue;
+    const double px = x(bin.mean_predicted), py = y(bin.mean_observed);
+    points += fmt::format("{:.1f},{:.1f} ", px, py);
+    svg += fmt::format(
+        "<circle class=\"reliability-bin\" cx=\"{0:.1f}\" cy=\"{1:.1f}\" r=\"4\" fill=\"#1f77b4\"/>"
+        "<text class=\"bin-count\" x=\"{2:.1f}\" y=\"{3:.1f}\" font-size=\"9\">n={4}</text>\n",
+        px, py, px + 6, py - 6, bin.count);
+  }
+  svg += fmt::format(
+      "<polyline class=\"reliability-curve\" fill=\"none\" stroke=\"#1f77b4\" points=\"{}\"/>\n"
+      "</g>\n",
+      points);
+  return svg;
+}
+
 }  // namespace
 
 std::string cost_quality_svg(const EvalReport& report, const std::string& title) {
@@ -66,13 +117,14 @@ std::string cost_quality_svg(const EvalReport& report, const std::string& title)
             std::max(0.0, std::floor(q_lo * 10 - 0.5) / 10), std::min(1.0, std::ceil(q_hi * 10 + 0.5) / 10)};
   if (axes.q_max <= axes.q_min) axes.q_max = axes.q_min + 0.1;
   auto clamp_cost = [&](double cost) { return cost > 0 ? cost : std::pow(10.0, axes.log_min); };
+  const bool with_reliability = report.router && report.router->ece;
 
   std::string svg = fmt::format(
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{0}\" height=\"{1}\" viewBox=\"0 0 {0} {1}\" "
       "font-family=\"sans-serif\" font-size=\"11\">\n"
       "<rect width=\"{0}\" height=\"{1}\" fill=\"white\"/>\n"
       "<text x=\"{2}\" y=\"24\" font-size=\"15\" font-weight=\"bold\">{3}</text>\n",
-      kWidth, kHeight, kLeft, xml_text(title));
+      with_reliability ? kFullWidth : kWidth, kHeight, kLeft, xml_text(title));
 
   // Axes, decade ticks on cost, tenths on quality.
   const double x0 = kLeft, x1 = kWidth - kRight, y0 = kHeight - kBottom, y1 = kTop;
@@ -136,6 +188,7 @@ std::string cost_quality_svg(const EvalReport& report, const std::string& title)
   };
   marker(b.random, "random", "#7f7f7f");
   marker(b.oracle, "oracle", "#2ca02c");
+  if (with_reliability) svg += reliability_panel(*report.router);
   svg += "</svg>\n";
   return svg;
 }

@@ -1,5 +1,8 @@
 // torouter eval: a trained router's figures on a dataset's test split, next
 // to every expert alone, random and the oracle, by the shared definitions.
+// Its predictions are Router::route's own (predictions.hpp), and its picks
+// rank them as UtilityPolicy does (eval.hpp), so the figures are those of the
+// router `torouter route` and the server run.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -28,7 +31,8 @@ double routes_per_second(const LoadedModel& model, const std::vector<DatasetRow>
   router.route(rows.front().prompt, options, decision);  // warm up
   const auto start = std::chrono::steady_clock::now();
   for (const auto& r : rows) router.route(r.prompt, options, decision);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return static_cast<double>(rows.size()) / seconds;
 }
 
@@ -37,7 +41,24 @@ std::string optional_number(const std::optional<double>& v) {
 }
 
 std::string point_json(const OperatingPoint& p) {
-  return fmt::format("{{\"quality\": {}, \"cost\": {}}}", json_number(p.quality), json_number(p.cost));
+  return fmt::format("{{\"quality\": {}, \"cost\": {}}}", json_number(p.quality),
+                     json_number(p.cost));
+}
+
+// The reliability diagram behind router.ece: one object per bin, its
+// predicted and observed means null when it is empty.
+std::string reliability_json(const std::vector<ReliabilityBin>& bins) {
+  std::string out;
+  for (std::size_t k = 0; k < bins.size(); ++k) {
+    const ReliabilityBin& bin = bins[k];
+    const bool empty = bin.count == 0;
+    out += fmt::format(
+        "{}{{\"lower\": {}, \"upper\": {}, \"count\": {}, \"predicted\": {}, \"observed\": {}}}",
+        k ? ", " : "", json_number(bin.lower), json_number(bin.upper), bin.count,
+        empty ? "null" : json_number(bin.mean_predicted),
+        empty ? "null" : json_number(bin.mean_observed));
+  }
+  return out;
 }
 
 std::string report_json(const std::string& dataset, const std::string& model_path,
@@ -65,15 +86,17 @@ std::string report_json(const std::string& dataset, const std::string& model_pat
       " \"router\": {{\"curve\": [{}],\n"
       "  \"aiq\": {}, \"quality_at_best_cost\": {}, \"cost_at_best_quality_pct\": {},\n"
       "  \"gap_won\": {}, \"quality_at_10pct\": {}, \"quality_at_30pct\": {},\n"
-      "  \"quality_at_70pct\": {}, \"routes_per_second\": {}}}}}\n",
+      "  \"quality_at_70pct\": {}, \"routes_per_second\": {},\n"
+      "  \"ece\": {}, \"reliability\": [{}]}}}}\n",
       json_string(dataset), report.rows, json_string(scorer.version()), json_string(model_path),
-      experts, point_json(b.random), point_json(b.oracle), json_string(report.experts[b.best.index]),
-      json_number(b.best.quality), json_number(b.best.cost), json_number(b.experts_aiq),
-      json_number(scorer.training().report.seconds), curve,
-      json_number(r.aiq), optional_number(r.quality_at_best_cost),
-      optional_number(r.cost_at_best_quality_pct), optional_number(r.gap_won),
-      optional_number(r.quality_at_10pct), optional_number(r.quality_at_30pct),
-      optional_number(r.quality_at_70pct), json_number(rps));
+      experts, point_json(b.random), point_json(b.oracle),
+      json_string(report.experts[b.best.index]), json_number(b.best.quality),
+      json_number(b.best.cost), json_number(b.experts_aiq),
+      json_number(scorer.training().report.seconds), curve, json_number(r.aiq),
+      optional_number(r.quality_at_best_cost), optional_number(r.cost_at_best_quality_pct),
+      optional_number(r.gap_won), optional_number(r.quality_at_10pct),
+      optional_number(r.quality_at_30pct), optional_number(r.quality_at_70pct), json_number(rps),
+      optional_number(r.ece), reliability_json(r.reliability));
 }
 
 std::string figure(const std::optional<double>& v, const char* format = "{:.4f}") {
@@ -94,7 +117,8 @@ int evaluate(const Arguments& args) {
   const Eigen::MatrixXd quality = quality_matrix(rows);
   const Eigen::MatrixXd cost = cost_matrix(data, rows);
   const Predictions predicted = predict(model, data.experts, rows);
-  const EvalReport report = torouter::evaluate(data.experts, quality, cost, predicted.quality, predicted.cost);
+  const EvalReport report =
+      torouter::evaluate(data.experts, quality, cost, predicted.quality, predicted.cost);
   const double rps = routes_per_second(model, rows);
 
   const Baselines& b = report.baselines;
@@ -108,15 +132,19 @@ int evaluate(const Arguments& args) {
   }
   std::printf("%-40s %8.4f %12.4g\n", "random", b.random.quality, b.random.cost);
   std::printf("%-40s %8.4f %12.4g\n", "oracle", b.oracle.quality, b.oracle.cost);
-  std::printf("%-40s %8.4f %12.4g\n\n", "router (lambda = 0)", r.at_lambda0.quality, r.at_lambda0.cost);
+  std::printf("%-40s %8.4f %12.4g\n\n", "router (lambda = 0)", r.at_lambda0.quality,
+              r.at_lambda0.cost);
   std::printf("router curve (%zu lambdas): AIQ %.4f (experts alone %.4f)\n", r.curve.size(), r.aiq,
               b.experts_aiq);
   std::printf("  Q@C* %s  C@Q* %s  gap won %s\n", figure(r.quality_at_best_cost).c_str(),
-              r.cost_at_best_quality_pct ? fmt::format("{:.1f}%", *r.cost_at_best_quality_pct).c_str()
-                                         : "not reached",
+              r.cost_at_best_quality_pct
+                  ? fmt::format("{:.1f}%", *r.cost_at_best_quality_pct).c_str()
+                  : "not reached",
               figure(r.gap_won, "{:.3f}").c_str());
   std::printf("  Q@10%% %s  Q@30%% %s  Q@70%% %s\n", figure(r.quality_at_10pct).c_str(),
               figure(r.quality_at_30pct).c_str(), figure(r.quality_at_70pct).c_str());
+  std::printf("  ECE %s (picks at lambda = 0, 10 bins of predicted quality)\n",
+              figure(r.ece).c_str());
   std::printf("  %.0f routes per second (Router::route, one thread)\n", rps);
 
   if (args.named.count("json")) {

@@ -7,22 +7,21 @@
 #include <vector>
 
 #include "torouter/dataset.hpp"
+#include "torouter/eval.hpp"
 #include "torouter/trainable_scorer.hpp"
 
 namespace torouter::cli {
 
 /// Predicted quality and predicted cost (USD), rows x the dataset's experts.
-struct Predictions {
-  Eigen::MatrixXd quality;
-  Eigen::MatrixXd cost;
-};
+using Predictions = RouterPredictions;
 
 /// The router's own view of every row, in the order of `experts`:
-/// predicted quality, and predicted cost from the estimated input tokens, the
-/// predicted output tokens and the model's prices. Where the model predicts
-/// no output tokens (its data had no answer lengths), output counts 0, as the
-/// datasets' cost rule counts an absent answer length. Throws `Error` when
-/// the model has no predictions for one of `experts`.
+/// `router_predictions` of a `Router` with default options over the model's
+/// experts in that order, so the predicted quality (clamped to [0, 1]) and
+/// cost (the router's CostModel: estimated input tokens, predicted output
+/// tokens or its default of 256, the model's prices) are those
+/// `torouter route` ranks. Throws `Error` when the model has no predictions
+/// for one of `experts`.
 Predictions predict(const LoadedModel& model, const std::vector<std::string>& experts,
                     const std::vector<DatasetRow>& rows);
 
