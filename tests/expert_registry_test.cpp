@@ -201,8 +201,9 @@ TEST_CASE("a broken registry file is refused, naming the file and the field") {
     CHECK_THAT(message, Contains("unknown_cap.json") && Contains("experts[0].capabilities") &&
                             Contains("unknown capability \"vision\"") &&
                             Contains("tools, images, json_output"));
-    CHECK_THAT(load_error("cap_type.json", R"({"experts": [{"name": "a", "capabilities": "tools"}]})"),
-               Contains("experts[0].capabilities") && Contains("array of strings"));
+    CHECK_THAT(
+        load_error("cap_type.json", R"({"experts": [{"name": "a", "capabilities": "tools"}]})"),
+        Contains("experts[0].capabilities") && Contains("array of strings"));
   }
   SECTION("a name that differs from its key") {
     const auto message = load_error("key.json", R"({"experts": {"a": {"name": "b"}}})");

@@ -265,8 +265,8 @@ TEST_CASE("a quality floor must be a finite number in [0, 1]") {
     options.quality_floor = bad;
     const std::string problem = torouter::validate_policy_options(options);
     INFO(bad);
-    CHECK_THAT(problem, Catch::Matchers::Contains("quality_floor") &&
-                            Catch::Matchers::Contains("[0, 1]"));
+    CHECK_THAT(problem,
+               Catch::Matchers::Contains("quality_floor") && Catch::Matchers::Contains("[0, 1]"));
   }
 }
 

@@ -139,7 +139,7 @@ TEST_CASE("a quality floor routes to the cheapest expert predicted to reach it")
   CHECK(d.pick()->name == "coder");
   CHECK(d.reason == PickReason::CheapestAboveFloor);
   REQUIRE(d.policy.quality_floor.has_value());
-  CHECK(*d.policy.quality_floor == 0.65);  // the floor is recorded
+  CHECK(*d.policy.quality_floor == 0.65);   // the floor is recorded
   CHECK(d.candidates[1].name == "strong");  // next above the floor
   CHECK(d.candidates[2].name == "cheap");
 

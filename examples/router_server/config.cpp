@@ -92,6 +92,16 @@ class Fields {
     return out;
   }
 
+  Capabilities capabilities(std::string_view key, element value) const {
+    Capabilities out;
+    for (const auto& name : strings(key, value)) {
+      if (!add_capability(out, name)) {
+        fail(key, fmt::format("unknown capability \"{}\" (known: {})", name, kCapabilityNames));
+      }
+    }
+    return out;
+  }
+
  private:
   const std::string& origin_;
   std::string where_;
@@ -124,6 +134,7 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
     else if (key == "output_usd_per_mtok") e.output_usd_per_mtok = f.number(key, v);
     else if (key == "context_window_tokens") e.context_window_tokens = f.count(key, v, 1);
     else if (key == "tags") e.tags = f.strings(key, v);
+    else if (key == "capabilities") e.capabilities = f.capabilities(key, v);
     else if (key == "time_to_first_token_ms") e.time_to_first_token_ms = f.number(key, v);
     else if (key == "output_tokens_per_second") e.output_tokens_per_second = f.number(key, v);
     else if (key == "max_concurrent_calls") e.max_concurrent_calls = f.count(key, v, 0);
@@ -131,7 +142,7 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
     else {
       f.fail(key, "unknown field (known: name, base_url, model, api_key_env, connect_timeout_ms, "
                   "read_timeout_ms, input_usd_per_mtok, output_usd_per_mtok, "
-                  "context_window_tokens, tags, time_to_first_token_ms, "
+                  "context_window_tokens, tags, capabilities, time_to_first_token_ms, "
                   "output_tokens_per_second, max_concurrent_calls, enabled)");
     }
   }

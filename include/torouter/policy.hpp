@@ -35,16 +35,16 @@ namespace torouter {
 /// Why a candidate cannot be picked; `None` when it can.
 enum class Exclusion {
   None,
-  Disabled,          ///< The expert is disabled.
-  CoolingDown,       ///< The expert failed too often in a row and rests.
-  MissingTools,      ///< The request needs tools (function calling); it takes none.
-  MissingImages,     ///< The request has images; it takes none.
-  MissingJsonOutput, ///< The request needs JSON output; it cannot promise it.
-  ContextWindow,     ///< Prompt plus answer (max_tokens or predicted) exceed its context window.
-  MissingTag,        ///< It lacks a tag the request requires.
-  OverCostLimit,     ///< Predicted cost above the request's `max_cost_usd`.
-  OverLatencyLimit,  ///< Predicted latency above the request's `max_latency_ms`.
-  NotInPolicy,       ///< The policy does not consider this expert.
+  Disabled,           ///< The expert is disabled.
+  CoolingDown,        ///< The expert failed too often in a row and rests.
+  MissingTools,       ///< The request needs tools (function calling); it takes none.
+  MissingImages,      ///< The request has images; it takes none.
+  MissingJsonOutput,  ///< The request needs JSON output; it cannot promise it.
+  ContextWindow,      ///< Prompt plus answer (max_tokens or predicted) exceed its context window.
+  MissingTag,         ///< It lacks a tag the request requires.
+  OverCostLimit,      ///< Predicted cost above the request's `max_cost_usd`.
+  OverLatencyLimit,   ///< Predicted latency above the request's `max_latency_ms`.
+  NotInPolicy,        ///< The policy does not consider this expert.
 };
 
 /// A short, stable name for `exclusion` ("cooling_down", ...).
@@ -123,13 +123,13 @@ std::string validate_policy_options(const PolicyOptions& options);
 
 /// Why the router picked what it picked.
 enum class PickReason {
-  HighestUtility,   ///< Best utility among several eligible experts.
-  OnlyEligible,     ///< The one eligible expert.
-  ThresholdStrong,  ///< Threshold policy: the strong expert's lead exceeds the threshold.
-  ThresholdWeak,    ///< Threshold policy: the lead does not exceed it.
+  HighestUtility,      ///< Best utility among several eligible experts.
+  OnlyEligible,        ///< The one eligible expert.
+  ThresholdStrong,     ///< Threshold policy: the strong expert's lead exceeds the threshold.
+  ThresholdWeak,       ///< Threshold policy: the lead does not exceed it.
   CheapestAboveFloor,  ///< Quality floor: the cheapest expert predicted to reach it.
   FloorNotReached,     ///< Quality floor: none is predicted to reach it; the best predicted.
-  NoneEligible,     ///< No expert passes the constraints: nothing picked.
+  NoneEligible,        ///< No expert passes the constraints: nothing picked.
 };
 
 /// A short, stable name for `reason` ("highest_utility", ...).
@@ -148,7 +148,8 @@ constexpr std::string_view to_string(PickReason reason) {
 
 /// Marks candidates that break the request's hard constraints (needed
 /// capabilities, context window, tags, cost and latency caps, checked in
-/// that order). Candidates already excluded keep their reason. `experts` is indexed by `Candidate::expert_index`.
+/// that order). Candidates already excluded keep their reason. `experts` is
+/// indexed by `Candidate::expert_index`.
 void apply_constraints(std::vector<Candidate>& candidates, const ExpertRegistry& experts,
                        const PolicyOptions& options);
 
