@@ -69,7 +69,8 @@ TEST_CASE("torouter train then route") {
   CHECK(std::string_view(decision["pick"]) == "generalist");
 
   // Every expert reaches a quality floor of 0, so the cheapest is picked.
-  const Run floor = run("route --model '" + model + "' --quality-floor 0 'fix the bug in my python loop'");
+  const Run floor =
+      run("route --model '" + model + "' --quality-floor 0 'fix the bug in my python loop'");
   REQUIRE(floor.status == 0);
   REQUIRE(parser.parse(floor.output).get(decision) == simdjson::SUCCESS);
   CHECK(std::string_view(decision["pick"]) == "generalist");
