@@ -154,8 +154,13 @@ TEST_CASE("chat request: router:q>=<floor> asks for a quality floor") {
   CHECK_FALSE(floor.bypass);
   CHECK(*accepted(R"({"model":"router:q>=0",)" + kUser + "}").quality_floor == 0.0);
   CHECK(*accepted(R"({"model":"router:q>=1",)" + kUser + "}").quality_floor == 1.0);
-  CHECK_FALSE(accepted(R"({"model":"router:0.5",)" + kUser + "}").quality_floor.has_value());
-  CHECK_FALSE(accepted(R"({"model":"router",)" + kUser + "}").quality_floor.has_value());
+  CHECK_FALSE(floor.lambda_given);
+  const ChatRequest weighted = accepted(R"({"model":"router:0.5",)" + kUser + "}");
+  CHECK_FALSE(weighted.quality_floor.has_value());
+  CHECK(weighted.lambda_given);  // so a configured floor does not apply
+  const ChatRequest plain = accepted(R"({"model":"router",)" + kUser + "}");
+  CHECK_FALSE(plain.quality_floor.has_value());
+  CHECK_FALSE(plain.lambda_given);
 
   for (const char* bad : {"router:q>=1.5", "router:q>=-0.1", "router:q>=", "router:q>=nan",
                           "router:q>=0.8x", "router:q>=inf"}) {

@@ -266,6 +266,22 @@ TEST_CASE("router server: router:q>=<floor> picks the cheapest expert above the 
   CHECK(f.total_requests() == 4);  // the bad floors reached no upstream
 }
 
+TEST_CASE("router server: the config's quality floor applies to plain router", "[server]") {
+  Fixture f([](ServerConfig& config) { config.policy.quality_floor = 0.0; });
+  auto plain = f.post(chat_body("router", kPrompt));
+  REQUIRE(plain);
+  REQUIRE(plain->status == 200);
+  CHECK(plain->get_header_value("X-Torouter-Expert") == "gemma-2-9b-it");
+  CHECK(plain->get_header_value("X-Torouter-Reason") == "cheapest_above_floor");
+  CHECK(plain->get_header_value("X-Torouter-Quality-Floor") == "0");
+  // "router:<lambda>" asks for cost-weighted routing instead: no floor.
+  auto weighted = f.post(chat_body("router:0", kPrompt));
+  REQUIRE(weighted);
+  REQUIRE(weighted->status == 200);
+  CHECK(weighted->get_header_value("X-Torouter-Reason") == "highest_utility");
+  CHECK_FALSE(weighted->has_header("X-Torouter-Quality-Floor"));
+}
+
 TEST_CASE("router server: a request's needs exclude experts that lack them", "[server]") {
   // qwen takes text only, gemma images, nemotron tools; each has 4096 tokens.
   Fixture f([](ServerConfig& config) {
@@ -777,6 +793,12 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
   CHECK_FALSE(declared.experts[0].capabilities->tools);
   CHECK_FALSE(declared.experts[1].capabilities.has_value());
 
+  const std::string floor = R"({"router_model":"m","experts":[)" + expert + R"(],"policy":)";
+  CHECK_THAT(error_of(floor + R"({"quality_floor":1.5}})"),
+             Contains("server.json: policy.quality_floor: must be a number in [0, 1]"));
+  CHECK(*parse_server_config(floor + R"({"quality_floor":0.7}})", "server.json", "")
+             .policy.quality_floor == 0.7);
+
   // An expert the model does not know is named with the file and the field.
   ServerConfig config = parse_server_config(
       R"({"router_model":")" + kModel + R"(","listen":{"port":0},"experts":[{"name":"gpt-17","base_url":"http://127.0.0.1:1/v1"}]})",
@@ -787,6 +809,10 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
   } catch (const torouter::Error& e) {
     CHECK_THAT(e.what(), Contains("server.json: experts[0].name: \"gpt-17\" is not an expert"));
   }
+  // A floor set in code is checked too.
+  config.policy.quality_floor = 2.0;
+  CHECK_THROWS_WITH(RouterServer(config), Contains("server.json: policy.quality_floor"));
+  config.policy.quality_floor.reset();
   // A missing model file is named.
   config.router_model = "/nonexistent/router.tormodel";
   CHECK_THROWS_WITH(RouterServer(config), Contains("/nonexistent/router.tormodel"));

@@ -154,6 +154,7 @@ std::optional<ApiError> read_model(std::string_view model, const ExpertRegistry&
                          "model");
     }
     chat.lambda_cost = *lambda;
+    chat.lambda_given = true;
     return std::nullopt;
   }
   if (auto index = experts.index_of(model)) {

@@ -40,6 +40,9 @@ struct ChatRequest {
   std::size_t expert = 0;
   /// The cost weight: the default, or the number of "router:<lambda>".
   double lambda_cost = 0.0;
+  /// True for "router:<lambda>": the client chose cost-weighted routing, so
+  /// a floor the server's config sets does not apply.
+  bool lambda_given = false;
   /// The floor of "router:q>=<floor>"; unset for other models.
   std::optional<double> quality_floor;
   /// What the request needs of an expert: tools (a non-empty `tools`, or a

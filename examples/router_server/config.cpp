@@ -50,6 +50,12 @@ class Fields {
     return out;
   }
 
+  double fraction(std::string_view key, element value) const {
+    const double out = number(key, value);
+    if (out > 1) fail(key, fmt::format("must be a number in [0, 1], got {}", out));
+    return out;
+  }
+
   std::uint64_t count(std::string_view key, element value, std::uint64_t minimum,
                       std::uint64_t maximum = UINT64_MAX) const {
     std::uint64_t out = 0;
@@ -179,6 +185,7 @@ void read_policy(const Fields& top, element value, ServerConfig& c) {
     else if (key == "required_tags") c.policy.required_tags = f.strings(key, v);
     else if (key == "max_cost_usd") c.policy.max_cost_usd = f.number(key, v);
     else if (key == "max_latency_ms") c.policy.max_latency_ms = f.number(key, v);
+    else if (key == "quality_floor") c.policy.quality_floor = f.fraction(key, v);
     else if (key == "budget_usd") c.router.budget_usd = f.number(key, v);
     else if (key == "budget_mode") {
       const std::string mode = f.text(key, v);
@@ -187,7 +194,7 @@ void read_policy(const Fields& top, element value, ServerConfig& c) {
       else f.fail(key, fmt::format("expected \"refuse\" or \"downgrade\", got \"{}\"", mode));
     } else {
       f.fail(key, "unknown field (known: lambda_cost, lambda_latency, required_tags, "
-                  "max_cost_usd, max_latency_ms, budget_usd, budget_mode)");
+                  "max_cost_usd, max_latency_ms, quality_floor, budget_usd, budget_mode)");
     }
   }
 }

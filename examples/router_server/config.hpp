@@ -57,7 +57,8 @@ struct ServerConfig {
   std::string experts_file;
   /// The experts served, in order; each must be one the model predicts for.
   std::vector<ExpertConfig> experts;
-  /// Default routing knobs (`router:<lambda>` replaces `lambda_cost`).
+  /// Default routing knobs (`router:<lambda>` replaces `lambda_cost` and
+  /// drops `quality_floor`; `router:q>=<floor>` replaces `quality_floor`).
   PolicyOptions policy;
   /// Retries, failover, cooldown, timeouts and the budget.
   RouterOptions router;

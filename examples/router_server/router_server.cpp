@@ -194,6 +194,9 @@ struct RouterServer::Impl {
   int port = -1;
 
   explicit Impl(ServerConfig c) : config(std::move(c)) {
+    if (auto problem = validate_policy_options(config.policy); !problem.empty()) {
+      throw Error(fmt::format("{}: policy.{}", config.origin, problem));
+    }
     LoadedModel model = load_model(config.router_model);
     ExpertRegistry from_file;
     if (!config.experts_file.empty()) from_file = load_expert_registry(config.experts_file);
@@ -431,6 +434,10 @@ struct RouterServer::Impl {
             parse_chat_request(req.body, router->experts(), config.policy.lambda_cost, chat)) {
       send_error(res, *error);
       return;
+    }
+    // Plain "router" takes the configured floor; headers and trace show it.
+    if (!chat.bypass && !chat.lambda_given && !chat.quality_floor) {
+      chat.quality_floor = config.policy.quality_floor;
     }
     if (chat.stream) {
       handle_stream(chat, res);
