@@ -252,7 +252,7 @@ std::string describe_needs(const ChatRequest& chat) {
   return out;
 }
 
-// The capabilities `expert` declares ("tools, images"); it declares some.
+// The capabilities `expert` declares ("tools, images"); it has a declaration.
 std::string capability_list(const ExpertSpec& expert) {
   const Capabilities& has = *expert.capabilities;
   std::string out;
