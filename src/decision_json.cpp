@@ -23,11 +23,22 @@ std::string to_json(const RouteDecision& decision) {
   for (const auto& tag : knobs.required_tags) {
     tags += (tags.empty() ? "" : ", ") + json_string(tag);
   }
+  const Capabilities& needs = knobs.required_capabilities;
+  std::string capabilities;
+  auto list = [&capabilities](bool needed, std::string_view name) {
+    if (needed) capabilities += (capabilities.empty() ? "" : ", ") + json_string(name);
+  };
+  list(needs.tools, "tools");
+  list(needs.images, "images");
+  list(needs.json_output, "json_output");
   out += fmt::format(
       "\"knobs\": {{\"lambda_cost\": {}, \"lambda_latency\": {}, \"required_tags\": [{}], "
-      "\"max_cost_usd\": {}, \"max_latency_ms\": {}}}, ",
+      "\"max_cost_usd\": {}, \"max_latency_ms\": {}, \"required_capabilities\": [{}], "
+      "\"max_output_tokens\": {}, \"quality_floor\": {}}}, ",
       json_number(knobs.lambda_cost), json_number(knobs.lambda_latency), tags,
-      json_number(knobs.max_cost_usd), json_number(knobs.max_latency_ms));
+      json_number(knobs.max_cost_usd), json_number(knobs.max_latency_ms), capabilities,
+      knobs.max_output_tokens > 0 ? std::to_string(knobs.max_output_tokens) : "null",
+      knobs.quality_floor ? json_number(*knobs.quality_floor) : "null");
 
   out += "\"candidates\": [";
   for (std::size_t i = 0; i < decision.candidates.size(); ++i) {

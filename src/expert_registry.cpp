@@ -96,6 +96,8 @@ class ExpertReader {
         spec.context_window_tokens = static_cast<std::size_t>(count(key, value, 1));
       } else if (key == "tags") {
         spec.tags = strings(key, value);
+      } else if (key == "capabilities") {
+        spec.capabilities = capabilities(key, value);
       } else if (key == "time_to_first_token_ms") {
         spec.latency.time_to_first_token_ms = number(key, value);
       } else if (key == "output_tokens_per_second") {
@@ -108,7 +110,7 @@ class ExpertReader {
         text(key, value);  // descriptive only
       } else {
         fail(key, "unknown field (known: name, input_usd_per_mtok, output_usd_per_mtok, "
-                  "context_window_tokens, tags, time_to_first_token_ms, "
+                  "context_window_tokens, tags, capabilities, time_to_first_token_ms, "
                   "output_tokens_per_second, max_concurrent_calls, enabled, size, "
                   "description)");
       }
@@ -169,6 +171,16 @@ class ExpertReader {
     }
     std::vector<std::string> out;
     for (element item : array) out.emplace_back(text(key, item));
+    return out;
+  }
+
+  Capabilities capabilities(std::string_view key, element value) const {
+    Capabilities out;
+    for (const auto& name : strings(key, value)) {
+      if (!add_capability(out, name)) {
+        fail(key, fmt::format("unknown capability \"{}\" (known: {})", name, kCapabilityNames));
+      }
+    }
     return out;
   }
 

@@ -1,6 +1,9 @@
 #include "torouter/policy.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 namespace torouter {
@@ -11,6 +14,41 @@ bool has_all_tags(const ExpertSpec& expert, const std::vector<std::string>& tags
     if (!expert.has_tag(tag)) return false;
   }
   return true;
+}
+
+// The quality floor's order: eligible first; then those predicted to reach
+// the floor, cheapest first (ties to the better); then the rest, best first
+// (ties to the cheaper); then the expert registered first.
+struct FloorOrder {
+  double floor;
+
+  bool operator()(const Candidate& a, const Candidate& b) const {
+    if (a.eligible() != b.eligible()) return a.eligible();
+    const bool a_reaches = a.predicted_quality >= floor;
+    const bool b_reaches = b.predicted_quality >= floor;
+    if (a_reaches != b_reaches) return a_reaches;
+    if (a_reaches) {
+      if (a.cost_usd != b.cost_usd) return a.cost_usd < b.cost_usd;
+      if (a.predicted_quality != b.predicted_quality) {
+        return a.predicted_quality > b.predicted_quality;
+      }
+    } else {
+      if (a.predicted_quality != b.predicted_quality) {
+        return a.predicted_quality > b.predicted_quality;
+      }
+      if (a.cost_usd != b.cost_usd) return a.cost_usd < b.cost_usd;
+    }
+    return a.expert_index < b.expert_index;
+  }
+};
+
+// Why `expert` cannot take what the request needs, or None when it can.
+Exclusion missing_capability(const ExpertSpec& expert, const Capabilities& needed) {
+  if (expert.can_take(needed)) return Exclusion::None;
+  const Capabilities& has = *expert.capabilities;
+  if (needed.tools && !has.tools) return Exclusion::MissingTools;
+  if (needed.images && !has.images) return Exclusion::MissingImages;
+  return Exclusion::MissingJsonOutput;
 }
 
 std::size_t count_eligible(const std::vector<Candidate>& candidates) {
@@ -32,13 +70,31 @@ bool ranks_before(const Candidate& a, const Candidate& b) {
   return a.expert_index < b.expert_index;
 }
 
+std::string validate_policy_options(const PolicyOptions& options) {
+  if (options.quality_floor) {
+    const double floor = *options.quality_floor;
+    if (!std::isfinite(floor) || floor < 0.0 || floor > 1.0) {
+      return fmt::format("quality_floor must be a finite number in [0, 1], got {}", floor);
+    }
+  }
+  return {};
+}
+
 void apply_constraints(std::vector<Candidate>& candidates, const ExpertRegistry& experts,
                        const PolicyOptions& options) {
   for (auto& c : candidates) {
     if (!c.eligible()) continue;
     const ExpertSpec& expert = experts[c.expert_index];
-    const double tokens_needed = c.input_tokens + c.predicted_output_tokens;
-    if (tokens_needed > static_cast<double>(expert.context_window_tokens)) {
+    // Upstreams reserve the request's max_tokens in the window, whatever the
+    // answer's length turns out to be.
+    const double output_tokens = options.max_output_tokens > 0
+                                     ? static_cast<double>(options.max_output_tokens)
+                                     : c.predicted_output_tokens;
+    const double tokens_needed = c.input_tokens + output_tokens;
+    if (const Exclusion missing = missing_capability(expert, options.required_capabilities);
+        missing != Exclusion::None) {
+      c.exclusion = missing;
+    } else if (tokens_needed > static_cast<double>(expert.context_window_tokens)) {
       c.exclusion = Exclusion::ContextWindow;
     } else if (!has_all_tags(expert, options.required_tags)) {
       c.exclusion = Exclusion::MissingTag;
@@ -53,6 +109,13 @@ void apply_constraints(std::vector<Candidate>& candidates, const ExpertRegistry&
 PickReason UtilityPolicy::rank(std::vector<Candidate>& candidates,
                                const PolicyOptions& options) const {
   for (auto& c : candidates) c.utility = utility_of(c, options);
+  if (options.quality_floor) {
+    const double floor = *options.quality_floor;
+    std::sort(candidates.begin(), candidates.end(), FloorOrder{floor});
+    if (count_eligible(candidates) == 0) return PickReason::NoneEligible;
+    return candidates.front().predicted_quality >= floor ? PickReason::CheapestAboveFloor
+                                                         : PickReason::FloorNotReached;
+  }
   std::sort(candidates.begin(), candidates.end(), ranks_before);
   const std::size_t eligible = count_eligible(candidates);
   if (eligible == 0) return PickReason::NoneEligible;

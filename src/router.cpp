@@ -206,6 +206,9 @@ void Router::route_pooled(std::string_view prompt, const RouteOptions& options,
 
 void Router::route_with(std::string_view prompt, const RouteOptions& options,
                         RouteDecision& decision, ScorerWorkspace* workspace) const {
+  if (auto problem = validate_policy_options(options.policy); !problem.empty()) {
+    throw Error("RouteOptions.policy." + problem);
+  }
   ScoreBatch& scores = decision.scores_;
   scorer_->score(&prompt, 1, scores, workspace);
   const auto columns = static_cast<Eigen::Index>(scorer_->expert_names().size());
@@ -572,7 +575,14 @@ class Router::InvokeRun {
 
 InvokeResult Router::invoke(std::string_view prompt, const InvokeOptions& options) {
   InvokeResult result;
-  route_pooled(prompt, options.route, result.decision);
+  if (options.max_output_tokens > 0 && options.route.policy.max_output_tokens == 0) {
+    // The context window must hold what the call will reserve.
+    RouteOptions route = options.route;
+    route.policy.max_output_tokens = options.max_output_tokens;
+    route_pooled(prompt, route, result.decision);
+  } else {
+    route_pooled(prompt, options.route, result.decision);
+  }
   InvokeRun(*this, prompt, options, result).run();
   return result;
 }

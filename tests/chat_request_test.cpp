@@ -22,14 +22,48 @@ torouter::ExpertRegistry experts() {
   return registry;
 }
 
+// Experts that declare what they take: "small" text only (a 1000-token
+// window), "tools" tools and JSON output, "vision" images.
+torouter::ExpertRegistry declared_experts() {
+  torouter::ExpertRegistry registry;
+  torouter::ExpertSpec small("small", 0.2, 0.2);
+  small.capabilities = torouter::Capabilities{};
+  small.context_window_tokens = 1000;
+  torouter::ExpertSpec tools("tools", 1.0, 2.0);
+  tools.capabilities = torouter::Capabilities{};
+  tools.capabilities->tools = tools.capabilities->json_output = true;
+  tools.context_window_tokens = 8000;
+  torouter::ExpertSpec vision("vision", 3.0, 15.0);
+  vision.capabilities = torouter::Capabilities{};
+  vision.capabilities->images = true;
+  vision.context_window_tokens = 128000;
+  registry.add(small);
+  registry.add(tools);
+  registry.add(vision);
+  return registry;
+}
+
 // The error `body` is refused with; fails the test when it is accepted.
-ApiError refusal(const std::string& body) {
+ApiError refusal(const std::string& body, const torouter::ExpertRegistry& registry = experts()) {
   ChatRequest chat;
-  auto error = parse_chat_request(body, experts(), 7.0, chat);
+  auto error = parse_chat_request(body, registry, 7.0, chat);
   INFO(body);
   REQUIRE(error.has_value());
   return *error;
 }
+
+// The request `body` reads as; fails the test when it is refused.
+ChatRequest accepted(const std::string& body,
+                     const torouter::ExpertRegistry& registry = experts()) {
+  ChatRequest chat;
+  auto error = parse_chat_request(body, registry, 7.0, chat);
+  INFO(body);
+  INFO((error ? error->message : ""));
+  REQUIRE_FALSE(error.has_value());
+  return chat;
+}
+
+const std::string kUser = R"("messages":[{"role":"user","content":"x"}])";
 
 }  // namespace
 
@@ -112,3 +146,122 @@ TEST_CASE("chat request: the routing text is the system prompt and the last user
   CHECK(routing_text("not json") == "");
 }
 
+TEST_CASE("chat request: router:q>=<floor> asks for a quality floor") {
+  const ChatRequest floor = accepted(R"({"model":"router:q>=0.8",)" + kUser + "}");
+  REQUIRE(floor.quality_floor.has_value());
+  CHECK(*floor.quality_floor == 0.8);
+  CHECK(floor.lambda_cost == 7.0);
+  CHECK_FALSE(floor.bypass);
+  CHECK(*accepted(R"({"model":"router:q>=0",)" + kUser + "}").quality_floor == 0.0);
+  CHECK(*accepted(R"({"model":"router:q>=1",)" + kUser + "}").quality_floor == 1.0);
+  CHECK_FALSE(floor.lambda_given);
+  const ChatRequest weighted = accepted(R"({"model":"router:0.5",)" + kUser + "}");
+  CHECK_FALSE(weighted.quality_floor.has_value());
+  CHECK(weighted.lambda_given);  // so a configured floor does not apply
+  const ChatRequest plain = accepted(R"({"model":"router",)" + kUser + "}");
+  CHECK_FALSE(plain.quality_floor.has_value());
+  CHECK_FALSE(plain.lambda_given);
+
+  for (const char* bad : {"router:q>=1.5", "router:q>=-0.1", "router:q>=", "router:q>=nan",
+                          "router:q>=0.8x", "router:q>=inf"}) {
+    const ApiError e = refusal(std::string(R"({"model":")") + bad + "\"," + kUser + "}");
+    CHECK(e.status == 400);
+    CHECK(e.param == "model");
+    CHECK_THAT(e.message, Contains(bad) && Contains("quality floor") && Contains("[0, 1]"));
+  }
+}
+
+TEST_CASE("chat request: tools, tool history, image parts and JSON output are needs") {
+  const ChatRequest plain = accepted(R"({"model":"router","tools":[],)" + kUser + "}");
+  CHECK_FALSE(plain.needs.any());  // an empty tool list needs nothing
+
+  const ChatRequest tools = accepted(
+      R"({"model":"router","tools":[{"type":"function","function":{"name":"f"}}],)" + kUser + "}");
+  CHECK(tools.needs.tools);
+  CHECK(tools.tools_param == "tools");
+
+  const ChatRequest history =
+      accepted(R"({"model":"router","messages":[{"role":"user","content":"x"},)"
+               R"({"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function"}]},)"
+               R"({"role":"tool","tool_call_id":"c","content":"42"}]})");
+  CHECK(history.needs.tools);
+  CHECK(history.tools_param == "messages[1].tool_calls");
+
+  const ChatRequest image = accepted(
+      R"({"model":"router","messages":[{"role":"system","content":"s"},{"role":"user","content":)"
+      R"([{"type":"text","text":"what is this?"},{"type":"image_url","image_url":{"url":"x"}}]}]})");
+  CHECK(image.needs.images);
+  CHECK_FALSE(image.needs.tools);
+  CHECK(image.images_param == "messages[1].content[1]");
+
+  for (const char* type : {"json_object", "json_schema"}) {
+    const ChatRequest json =
+        accepted(std::string(R"({"model":"router","response_format":{"type":")") + type + "\"}," +
+                 kUser + "}");
+    CHECK(json.needs.json_output);
+    CHECK(json.json_param == "response_format.type");
+    CHECK_THAT(json.extra_json, Contains("response_format"));  // still goes upstream
+  }
+  CHECK_FALSE(accepted(R"({"model":"router","response_format":{"type":"text"},)" + kUser + "}")
+                  .needs.json_output);
+  const ApiError bad = refusal(R"({"model":"router","response_format":"json",)" + kUser + "}");
+  CHECK(bad.status == 400);
+  CHECK(bad.param == "response_format.type");
+}
+
+TEST_CASE("chat request: a need no expert takes is a 400 naming the field") {
+  const auto registry = declared_experts();
+  const std::string image_and_tools =
+      R"({"model":"router","tools":[{"type":"function"}],"messages":[{"role":"user","content":)"
+      R"([{"type":"image_url","image_url":{"url":"x"}}]}]})";
+  const ApiError none = refusal(image_and_tools, registry);
+  CHECK(none.status == 400);
+  CHECK(none.code == "no_capable_expert");
+  CHECK(none.param == "tools");
+  CHECK_THAT(none.message,
+             Contains("tools (from tools)") && Contains("images (from messages[0].content[0])"));
+  // Each need alone has an expert; undeclared experts take everything.
+  CHECK(accepted(R"({"model":"router","tools":[{"type":"function"}],)" + kUser + "}", registry)
+            .needs.tools);
+  CHECK(accepted(image_and_tools).needs.images);
+
+  const ApiError direct =
+      refusal(R"({"model":"small","tools":[{"type":"function"}],)" + kUser + "}", registry);
+  CHECK(direct.code == "capability_not_supported");
+  CHECK(direct.param == "tools");
+  CHECK_THAT(direct.message, Contains("\"small\""));
+  const ApiError json = refusal(
+      R"({"model":"vision","response_format":{"type":"json_object"},)" + kUser + "}", registry);
+  CHECK(json.param == "response_format.type");
+  CHECK_THAT(json.message, Contains("declares [images]"));
+}
+
+TEST_CASE("chat request: the prompt plus max_tokens must fit a context window") {
+  const auto registry = declared_experts();
+  // "small" has 1000 tokens, "vision" 128000.
+  CHECK(accepted(R"({"model":"router","max_tokens":100000,)" + kUser + "}", registry).max_tokens ==
+        100000);
+  const ApiError routed =
+      refusal(R"({"model":"router","max_tokens":200000,)" + kUser + "}", registry);
+  CHECK(routed.status == 400);
+  CHECK(routed.code == "context_length_exceeded");
+  CHECK(routed.param == "max_tokens");
+  CHECK_THAT(routed.message, Contains("128000"));
+  // Only the experts that take the request's needs count.
+  CHECK(
+      refusal(R"({"model":"router","tools":[{"type":"function"}],"max_tokens":9000,)" + kUser + "}",
+              registry)
+          .code == "context_length_exceeded");
+
+  const ApiError direct = refusal(R"({"model":"small","max_tokens":2000,)" + kUser + "}", registry);
+  CHECK(direct.code == "context_length_exceeded");
+  CHECK_THAT(direct.message, Contains("\"small\""));
+  const std::string long_prompt(5000, 'a');  // about 1254 tokens with framing
+  const ApiError prompt =
+      refusal(R"({"model":"small","messages":[{"role":"user","content":")" + long_prompt + "\"}]}",
+              registry);
+  CHECK(prompt.param == "messages");
+  // A huge max_tokens does not wrap around to a small sum.
+  CHECK(refusal(R"({"model":"router","max_tokens":18446744073709551615,)" + kUser + "}", registry)
+            .code == "context_length_exceeded");
+}

@@ -69,6 +69,18 @@ TEST_CASE("torouter train then route") {
   REQUIRE(cheap.status == 0);
   REQUIRE(parser.parse(cheap.output).get(decision) == simdjson::SUCCESS);
   CHECK(std::string_view(decision["pick"]) == "generalist");
+
+  // Every expert reaches a quality floor of 0, so the cheapest is picked.
+  const Run floor =
+      run("route --model '" + model + "' --quality-floor 0 'fix the bug in my python loop'");
+  REQUIRE(floor.status == 0);
+  REQUIRE(parser.parse(floor.output).get(decision) == simdjson::SUCCESS);
+  CHECK(std::string_view(decision["pick"]) == "generalist");
+  CHECK(std::string_view(decision["reason"]) == "cheapest_above_floor");
+  CHECK(double(decision["knobs"]["quality_floor"]) == 0.0);
+  const Run bad_floor = run("route --model '" + model + "' --quality-floor 1.5 'x'");
+  CHECK(bad_floor.status != 0);
+  CHECK_THAT(bad_floor.output, Contains("--quality-floor") && Contains("[0, 1]"));
 }
 
 TEST_CASE("torouter eval reports the shared figures as text and JSON") {

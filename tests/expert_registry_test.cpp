@@ -101,6 +101,27 @@ TEST_CASE("a full registry file loads every field") {
   CHECK(large.max_concurrent_calls == 0);  // default: no cap
 }
 
+TEST_CASE("capabilities load as declared; an expert that declares none takes everything") {
+  const std::string path = write_file("caps.json", R"({"experts": [
+      {"name": "vision", "capabilities": ["images", "tools", "json_output"]},
+      {"name": "text", "capabilities": []},
+      {"name": "old"}]})");
+  const ExpertRegistry registry = torouter::load_expert_registry(path);
+  torouter::Capabilities images;
+  images.images = true;
+  torouter::Capabilities everything = images;
+  everything.tools = everything.json_output = true;
+  REQUIRE(registry[0].capabilities.has_value());
+  CHECK(registry[0].capabilities->tools);
+  CHECK(registry[0].can_take(everything));
+  REQUIRE(registry[1].capabilities.has_value());
+  CHECK_FALSE(registry[1].capabilities->any());
+  CHECK_FALSE(registry[1].can_take(images));
+  CHECK(registry[1].can_take(torouter::Capabilities{}));  // plain text needs nothing
+  CHECK_FALSE(registry[2].capabilities.has_value());
+  CHECK(registry[2].can_take(everything));
+}
+
 TEST_CASE("the datasets' experts.json shape (an object keyed by name) loads") {
   const std::string path = write_file("by_name.json", R"({"source": "x", "experts": {
       "qwen": {"input_usd_per_mtok": 0.2, "output_usd_per_mtok": 0.2, "size": "7B"},
@@ -173,6 +194,16 @@ TEST_CASE("a broken registry file is refused, naming the file and the field") {
                Contains("nan.json") && Contains("not valid JSON"));
     CHECK_THAT(load_error("inf.json", R"({"experts": [{"name": "a", "input_usd_per_mtok": Infinity}]})"),
                Contains("not valid JSON"));
+  }
+  SECTION("an unknown capability") {
+    const auto message = load_error(
+        "unknown_cap.json", R"({"experts": [{"name": "a", "capabilities": ["tools", "vision"]}]})");
+    CHECK_THAT(message, Contains("unknown_cap.json") && Contains("experts[0].capabilities") &&
+                            Contains("unknown capability \"vision\"") &&
+                            Contains("tools, images, json_output"));
+    CHECK_THAT(
+        load_error("cap_type.json", R"({"experts": [{"name": "a", "capabilities": "tools"}]})"),
+        Contains("experts[0].capabilities") && Contains("array of strings"));
   }
   SECTION("a name that differs from its key") {
     const auto message = load_error("key.json", R"({"experts": {"a": {"name": "b"}}})");

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -186,4 +188,146 @@ TEST_CASE("threshold policy picks the strong expert only past the threshold") {
     CHECK(policy.rank(f.candidates, PolicyOptions{}) == PickReason::OnlyEligible);
     CHECK(f.order()[0] == "cheap");
   }
+}
+
+TEST_CASE("a quality floor picks the cheapest expert predicted to reach it") {
+  Fixture f;  // cheap 0.5 / $0.0001, mid 0.7 / $0.001, dear 0.8 / $0.01
+  PolicyOptions options;
+  options.quality_floor = 0.6;
+  options.lambda_cost = 1e6;  // ignored under a floor
+  CHECK(torouter::UtilityPolicy().rank(f.candidates, options) == PickReason::CheapestAboveFloor);
+  // Failover order: the rest above the floor by cost, then the others by quality.
+  CHECK(f.order() == Names{"mid", "dear", "cheap"});
+
+  Fixture zero;
+  options.quality_floor = 0.0;
+  torouter::UtilityPolicy().rank(zero.candidates, options);
+  CHECK(zero.order() == Names{"cheap", "mid", "dear"});
+
+  Fixture exact;
+  options.quality_floor = 0.8;  // reaching means >=
+  CHECK(torouter::UtilityPolicy().rank(exact.candidates, options) ==
+        PickReason::CheapestAboveFloor);
+  CHECK(exact.order()[0] == "dear");
+}
+
+TEST_CASE("a quality floor nobody reaches falls back to the best predicted") {
+  Fixture f;
+  PolicyOptions options;
+  options.quality_floor = 0.9;
+  CHECK(torouter::UtilityPolicy().rank(f.candidates, options) == PickReason::FloorNotReached);
+  CHECK(f.order() == Names{"dear", "mid", "cheap"});
+
+  SECTION("the floor's reason holds for one eligible expert too") {
+    Fixture one;
+    one.candidates[1].exclusion = Exclusion::Disabled;
+    one.candidates[2].exclusion = Exclusion::Disabled;
+    CHECK(torouter::UtilityPolicy().rank(one.candidates, options) == PickReason::FloorNotReached);
+    CHECK(one.order()[0] == "cheap");
+  }
+  SECTION("an excluded expert above the floor is not picked") {
+    Fixture excluded;
+    excluded.candidates[2].exclusion = Exclusion::CoolingDown;
+    options.quality_floor = 0.75;
+    CHECK(torouter::UtilityPolicy().rank(excluded.candidates, options) ==
+          PickReason::FloorNotReached);
+    CHECK(excluded.order() == Names{"mid", "cheap", "dear"});
+  }
+  SECTION("nothing eligible") {
+    Fixture none;
+    for (auto& c : none.candidates) c.exclusion = Exclusion::Disabled;
+    CHECK(torouter::UtilityPolicy().rank(none.candidates, options) == PickReason::NoneEligible);
+  }
+}
+
+TEST_CASE("a quality floor breaks ties above it by quality, below it by cost") {
+  Fixture above;
+  above.candidates[0].cost_usd = 0.001;  // cheap now costs as much as mid
+  PolicyOptions options;
+  options.quality_floor = 0.4;
+  torouter::UtilityPolicy().rank(above.candidates, options);
+  CHECK(above.order() == Names{"mid", "cheap", "dear"});
+
+  Fixture below;
+  for (auto& c : below.candidates) c.predicted_quality = 0.3;
+  torouter::UtilityPolicy().rank(below.candidates, options);
+  CHECK(below.order() == Names{"cheap", "mid", "dear"});
+}
+
+TEST_CASE("a quality floor must be a finite number in [0, 1]") {
+  PolicyOptions options;
+  CHECK(torouter::validate_policy_options(options).empty());
+  for (double good : {0.0, 0.5, 1.0}) {
+    options.quality_floor = good;
+    CHECK(torouter::validate_policy_options(options).empty());
+  }
+  for (double bad : {-0.1, 1.5, std::nan(""), std::numeric_limits<double>::infinity()}) {
+    options.quality_floor = bad;
+    const std::string problem = torouter::validate_policy_options(options);
+    INFO(bad);
+    CHECK_THAT(problem,
+               Catch::Matchers::Contains("quality_floor") && Catch::Matchers::Contains("[0, 1]"));
+  }
+}
+
+TEST_CASE("a needed capability excludes experts that declare they lack it") {
+  Fixture f;
+  ExpertRegistry declared;
+  ExpertSpec text_only("cheap", 0.1, 0.1);
+  text_only.capabilities = torouter::Capabilities{};
+  ExpertSpec tools_only("mid", 1, 1);
+  tools_only.capabilities = torouter::Capabilities{};
+  tools_only.capabilities->tools = true;
+  declared.add(text_only);
+  declared.add(tools_only);
+  declared.add(ExpertSpec("dear", 10, 10));  // declares nothing: takes everything
+  PolicyOptions options;
+  SECTION("plain text needs nothing") {
+    torouter::apply_constraints(f.candidates, declared, options);
+    for (const auto& c : f.candidates) CHECK(c.eligible());
+  }
+  SECTION("tools") {
+    options.required_capabilities.tools = true;
+    torouter::apply_constraints(f.candidates, declared, options);
+    CHECK(f.candidates[0].exclusion == Exclusion::MissingTools);
+    CHECK(f.candidates[1].eligible());
+    CHECK(f.candidates[2].eligible());
+  }
+  SECTION("images") {
+    options.required_capabilities.images = true;
+    torouter::apply_constraints(f.candidates, declared, options);
+    CHECK(f.candidates[0].exclusion == Exclusion::MissingImages);
+    CHECK(f.candidates[1].exclusion == Exclusion::MissingImages);
+    CHECK(f.candidates[2].eligible());
+  }
+  SECTION("JSON output") {
+    options.required_capabilities.json_output = true;
+    torouter::apply_constraints(f.candidates, declared, options);
+    CHECK(f.candidates[1].exclusion == Exclusion::MissingJsonOutput);
+    CHECK(to_string(f.candidates[1].exclusion) == "missing_json_output");
+  }
+  SECTION("tools and images: the first missing one is the reason") {
+    options.required_capabilities.tools = true;
+    options.required_capabilities.images = true;
+    torouter::apply_constraints(f.candidates, declared, options);
+    CHECK(f.candidates[0].exclusion == Exclusion::MissingTools);
+    CHECK(f.candidates[1].exclusion == Exclusion::MissingImages);
+  }
+}
+
+TEST_CASE("a request's max_tokens must fit the context window with the prompt") {
+  Fixture f;  // 100 input tokens, 100 predicted output tokens
+  ExpertRegistry windows;
+  ExpertSpec small("cheap", 0.1, 0.1);
+  small.context_window_tokens = 300;
+  windows.add(small);
+  windows.add(ExpertSpec("mid", 1, 1));
+  windows.add(ExpertSpec("dear", 10, 10));
+  PolicyOptions options;
+  torouter::apply_constraints(f.candidates, windows, options);
+  CHECK(f.candidates[0].eligible());  // 100 + 100 predicted fit in 300
+  options.max_output_tokens = 250;    // 100 + 250 reserved do not
+  torouter::apply_constraints(f.candidates, windows, options);
+  CHECK(f.candidates[0].exclusion == Exclusion::ContextWindow);
+  CHECK(f.candidates[1].eligible());
 }

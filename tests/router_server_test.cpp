@@ -229,6 +229,108 @@ TEST_CASE("router server: router:<lambda> sets the cost weight, a name bypasses 
   CHECK_THAT(unknown->body, Contains("model_not_found"));
 }
 
+TEST_CASE("router server: router:q>=<floor> picks the cheapest expert above the floor",
+          "[server]") {
+  Fixture f;  // lambda 0 by default: plain "router" picks the best predicted
+  const std::string best = f.routed(kPrompt);
+  simdjson::dom::parser parser;
+
+  // Every expert reaches a floor of 0: the cheapest answers.
+  auto zero = f.post(chat_body("router:q>=0", kPrompt));
+  REQUIRE(zero);
+  REQUIRE(zero->status == 200);
+  CHECK(zero->get_header_value("X-Torouter-Expert") == "gemma-2-9b-it");
+  CHECK(zero->get_header_value("X-Torouter-Reason") == "cheapest_above_floor");
+  CHECK(zero->get_header_value("X-Torouter-Quality-Floor") == "0");
+  CHECK(double(parse(parser, zero->body)["torouter"]["quality_floor"]) == 0.0);
+
+  // Nobody is predicted to reach 1: the best predicted answers.
+  auto one = f.post(chat_body("router:q>=1", kPrompt));
+  REQUIRE(one);
+  REQUIRE(one->status == 200);
+  CHECK(one->get_header_value("X-Torouter-Expert") == best);
+  CHECK(one->get_header_value("X-Torouter-Reason") == "floor_not_reached");
+  CHECK(one->get_header_value("X-Torouter-Quality-Floor") == "1");
+
+  auto plain = f.post(chat_body("router", kPrompt));
+  REQUIRE(plain);
+  CHECK_FALSE(plain->has_header("X-Torouter-Quality-Floor"));
+  CHECK(parse(parser, plain->body)["torouter"]["quality_floor"].is_null());
+
+  for (const char* model : {"router:q>=1.01", "router:q>=-1", "router:q>=x"}) {
+    auto bad = f.post(chat_body(model, "hi"));
+    REQUIRE(bad);
+    CHECK(bad->status == 400);
+    CHECK_THAT(bad->body, Contains("\"param\":\"model\"") && Contains("quality floor"));
+  }
+  CHECK(f.total_requests() == 4);  // the bad floors reached no upstream
+}
+
+TEST_CASE("router server: the config's quality floor applies to plain router", "[server]") {
+  Fixture f([](ServerConfig& config) { config.policy.quality_floor = 0.0; });
+  auto plain = f.post(chat_body("router", kPrompt));
+  REQUIRE(plain);
+  REQUIRE(plain->status == 200);
+  CHECK(plain->get_header_value("X-Torouter-Expert") == "gemma-2-9b-it");
+  CHECK(plain->get_header_value("X-Torouter-Reason") == "cheapest_above_floor");
+  CHECK(plain->get_header_value("X-Torouter-Quality-Floor") == "0");
+  // "router:<lambda>" asks for cost-weighted routing instead: no floor.
+  auto weighted = f.post(chat_body("router:0", kPrompt));
+  REQUIRE(weighted);
+  REQUIRE(weighted->status == 200);
+  CHECK(weighted->get_header_value("X-Torouter-Reason") == "highest_utility");
+  CHECK_FALSE(weighted->has_header("X-Torouter-Quality-Floor"));
+}
+
+TEST_CASE("router server: a request's needs exclude experts that lack them", "[server]") {
+  // qwen takes text only, gemma images, nemotron tools; each has 4096 tokens.
+  Fixture f([](ServerConfig& config) {
+    for (auto& e : config.experts) {
+      e.capabilities = torouter::Capabilities{};
+      e.context_window_tokens = 4096;
+      if (e.name == "gemma-2-9b-it") e.capabilities->images = true;
+      if (e.name == "llama-3.3-nemotron-super-49b-v1") e.capabilities->tools = true;
+    }
+  });
+  const std::string user = R"({"role":"user","content":"Describe it."})";
+  auto image = f.post(
+      R"({"model":"router","messages":[{"role":"user","content":[{"type":"text","text":"What is)"
+      R"( this?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]})");
+  REQUIRE(image);
+  REQUIRE(image->status == 200);
+  CHECK(image->get_header_value("X-Torouter-Expert") == "gemma-2-9b-it");
+
+  auto tools = f.post(R"({"model":"router","tools":[{"type":"function","function":{"name":"f"}}],)"
+                      R"("messages":[)" +
+                      user + "]}");
+  REQUIRE(tools);
+  REQUIRE(tools->status == 200);
+  CHECK(tools->get_header_value("X-Torouter-Expert") == "llama-3.3-nemotron-super-49b-v1");
+  CHECK(tools->get_header_value("X-Torouter-Reason") == "only_eligible");
+
+  const std::size_t before = f.total_requests();
+  auto json = f.post(R"({"model":"router","response_format":{"type":"json_object"},"messages":[)" +
+                     user + "]}");
+  REQUIRE(json);
+  CHECK(json->status == 400);
+  CHECK_THAT(json->body,
+             Contains("no_capable_expert") && Contains("\"param\":\"response_format.type\""));
+
+  auto direct = f.post(R"({"model":"qwen2.5-7b-instruct","tools":[{"type":"function"}],)"
+                       R"("messages":[)" +
+                       user + "]}");
+  REQUIRE(direct);
+  CHECK(direct->status == 400);
+  CHECK_THAT(direct->body, Contains("capability_not_supported") && Contains("\"param\":\"tools\""));
+
+  auto too_long = f.post(R"({"model":"router","max_tokens":5000,"messages":[)" + user + "]}");
+  REQUIRE(too_long);
+  CHECK(too_long->status == 400);
+  CHECK_THAT(too_long->body,
+             Contains("context_length_exceeded") && Contains("\"param\":\"max_tokens\""));
+  CHECK(f.total_requests() == before);  // refused before any upstream call
+}
+
 TEST_CASE("router server: fails over from failing upstreams", "[server]") {
   Fixture f([](ServerConfig& c) {
     for (auto& e : c.experts) e.upstream.read_timeout = 700ms;
@@ -672,6 +774,30 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
              Contains("experts[1].name: duplicate"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x","base_url":"http://h","price":1}]})"),
              Contains("experts[0].price: unknown field"));
+  CHECK_THAT(
+      error_of(
+          R"({"router_model":"m","experts":[{"name":"x","base_url":"http://h","capabilities":["tools","vision"]}]})"),
+      Contains("server.json: experts[0].capabilities: unknown capability \"vision\"") &&
+          Contains("known: tools, images, json_output"));
+  CHECK_THAT(
+      error_of(
+          R"({"router_model":"m","experts":[{"name":"x","base_url":"http://h","capabilities":"tools"}]})"),
+      Contains("experts[0].capabilities: expected an array of strings"));
+  const ServerConfig declared = parse_server_config(
+      R"({"router_model":"m","experts":[{"name":"x","base_url":"http://h","capabilities":["images","json_output"]},)"
+      R"({"name":"y","base_url":"http://h"}]})",
+      "server.json", "");
+  REQUIRE(declared.experts[0].capabilities.has_value());
+  CHECK(declared.experts[0].capabilities->images);
+  CHECK(declared.experts[0].capabilities->json_output);
+  CHECK_FALSE(declared.experts[0].capabilities->tools);
+  CHECK_FALSE(declared.experts[1].capabilities.has_value());
+
+  const std::string floor = R"({"router_model":"m","experts":[)" + expert + R"(],"policy":)";
+  CHECK_THAT(error_of(floor + R"({"quality_floor":1.5}})"),
+             Contains("server.json: policy.quality_floor: must be a number in [0, 1]"));
+  CHECK(*parse_server_config(floor + R"({"quality_floor":0.7}})", "server.json", "")
+             .policy.quality_floor == 0.7);
 
   // An expert the model does not know is named with the file and the field.
   ServerConfig config = parse_server_config(
@@ -683,6 +809,10 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
   } catch (const torouter::Error& e) {
     CHECK_THAT(e.what(), Contains("server.json: experts[0].name: \"gpt-17\" is not an expert"));
   }
+  // A floor set in code is checked too.
+  config.policy.quality_floor = 2.0;
+  CHECK_THROWS_WITH(RouterServer(config), Contains("server.json: policy.quality_floor"));
+  config.policy.quality_floor.reset();
   // A missing model file is named.
   config.router_model = "/nonexistent/router.tormodel";
   CHECK_THROWS_WITH(RouterServer(config), Contains("/nonexistent/router.tormodel"));

@@ -131,6 +131,69 @@ TEST_CASE("route applies tags, limits, context window and disabled experts") {
   }
 }
 
+TEST_CASE("a quality floor routes to the cheapest expert predicted to reach it") {
+  Router router(three_experts(), scorer());  // strong 0.9, coder 0.7, cheap 0.6
+  RouteOptions options;
+  options.policy.quality_floor = 0.65;
+  RouteDecision d = router.route("Explain tunnelling", options);
+  CHECK(d.pick()->name == "coder");
+  CHECK(d.reason == PickReason::CheapestAboveFloor);
+  REQUIRE(d.policy.quality_floor.has_value());
+  CHECK(*d.policy.quality_floor == 0.65);   // the floor is recorded
+  CHECK(d.candidates[1].name == "strong");  // next above the floor
+  CHECK(d.candidates[2].name == "cheap");
+
+  options.policy.quality_floor = 0.95;
+  d = router.route("Explain tunnelling", options);
+  CHECK(d.pick()->name == "strong");
+  CHECK(d.reason == PickReason::FloorNotReached);
+
+  options.policy.quality_floor = 1.5;
+  CHECK_THROWS_WITH(router.route("x", options),
+                    Contains("RouteOptions.policy.quality_floor") && Contains("1.5"));
+}
+
+TEST_CASE("route excludes experts that lack a capability the request needs") {
+  const ExpertRegistry plain = three_experts();
+  ExpertRegistry registry;
+  for (auto spec : plain.experts()) {
+    if (spec.name == "cheap") spec.capabilities = torouter::Capabilities{};  // text only
+    if (spec.name == "strong") {
+      spec.capabilities = torouter::Capabilities{};
+      spec.capabilities->images = true;
+    }
+    registry.add(spec);  // coder declares nothing
+  }
+  Router router(registry, scorer());
+  RouteOptions options;
+  options.policy.required_capabilities.images = true;
+  RouteDecision d = router.route("Describe this picture", options);
+  CHECK(d.pick()->name == "strong");
+  CHECK(d.find("cheap")->exclusion == Exclusion::MissingImages);
+  CHECK(d.find("coder")->eligible());
+  options.policy.required_capabilities.tools = true;
+  d = router.route("Describe this picture", options);
+  CHECK(d.pick()->name == "coder");
+  CHECK(d.find("strong")->exclusion == Exclusion::MissingTools);
+}
+
+TEST_CASE("invoke counts max_output_tokens against the context window") {
+  Router router(three_experts(), scorer());  // cheap's window: 4096 tokens
+  for (const char* name : {"cheap", "coder", "strong"}) {
+    router.set_transport(name, torouter::Transport::sync([](const torouter::Request&) {
+                           return torouter::Response::answer("ok", 1, 1);
+                         }));
+  }
+  torouter::InvokeOptions options;
+  options.route.policy.lambda_cost = 1e6;  // the cheapest that fits
+  CHECK(router.invoke("hello", options).expert == "cheap");
+  options.max_output_tokens = 5000;
+  const torouter::InvokeResult r = router.invoke("hello", options);
+  CHECK(r.expert == "coder");
+  CHECK(r.decision.find("cheap")->exclusion == Exclusion::ContextWindow);
+  CHECK(r.decision.policy.max_output_tokens == 5000);
+}
+
 TEST_CASE("a threshold policy routes between two experts") {
   auto policy = std::make_shared<torouter::ThresholdPolicy>("strong", "cheap", 0.2);
   Router router(three_experts(), scorer(), policy);
@@ -183,11 +246,34 @@ TEST_CASE("a decision converts to JSON that parses and says why") {
   CHECK(double(root["knobs"]["lambda_cost"]) == 3.5);
   CHECK(root["knobs"]["max_cost_usd"].is_null());  // infinity has no JSON form
   CHECK(std::string_view(root["knobs"]["required_tags"].at(0)) == "code");
+  CHECK(root["knobs"]["quality_floor"].is_null());
+  CHECK(root["knobs"]["max_output_tokens"].is_null());
+  CHECK(simdjson::dom::array(root["knobs"]["required_capabilities"]).size() == 0);
   simdjson::dom::array candidates = root["candidates"];
   CHECK(candidates.size() == 3);
   CHECK(std::string_view(candidates.at(0)["expert"]) == "coder");
   CHECK(bool(candidates.at(0)["eligible"]));
   CHECK(std::string_view(candidates.at(1)["excluded_because"]) == "missing_tag");
+}
+
+TEST_CASE("a decision's JSON records the floor and the needed capabilities") {
+  Router router(three_experts(), scorer());
+  RouteOptions options;
+  options.policy.quality_floor = 0.65;
+  options.policy.required_capabilities.tools = true;
+  options.policy.required_capabilities.json_output = true;
+  options.policy.max_output_tokens = 300;
+  const std::string json = torouter::to_json(router.route("x", options));
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  REQUIRE(parser.parse(json).get(root) == simdjson::SUCCESS);
+  CHECK(std::string_view(root["reason"]) == "cheapest_above_floor");
+  CHECK(double(root["knobs"]["quality_floor"]) == 0.65);
+  CHECK(uint64_t(root["knobs"]["max_output_tokens"]) == 300);
+  simdjson::dom::array needs = root["knobs"]["required_capabilities"];
+  REQUIRE(needs.size() == 2);
+  CHECK(std::string_view(needs.at(0)) == "tools");
+  CHECK(std::string_view(needs.at(1)) == "json_output");
 }
 
 namespace {

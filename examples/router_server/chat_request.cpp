@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <optional>
+#include <string>
 
 #include "json_text.hpp"
 #include "torouter/cost_model.hpp"
@@ -114,6 +116,214 @@ std::size_t first_without_string(simdjson::dom::array list, std::string_view fie
   return kNone;
 }
 
+// A number that is the whole of `text`, if it is one and finite.
+std::optional<double> finite_number(std::string_view text) {
+  const std::string number(text);
+  char* end = nullptr;
+  const double value = std::strtod(number.c_str(), &end);
+  if (number.empty() || end != number.c_str() + number.size() || !std::isfinite(value)) {
+    return std::nullopt;
+  }
+  return value;
+}
+
+// Reads `model`: "router", "router:<lambda>", "router:q>=<floor>" or an
+// expert's name.
+std::optional<ApiError> read_model(std::string_view model, const ExpertRegistry& experts,
+                                   ChatRequest& chat) {
+  constexpr std::string_view kRouter = "router:";
+  constexpr std::string_view kFloor = "router:q>=";
+  if (model == "router") return std::nullopt;
+  if (model.substr(0, kFloor.size()) == kFloor) {
+    const auto floor = finite_number(model.substr(kFloor.size()));
+    if (!floor || *floor < 0 || *floor > 1) {
+      return bad_request(fmt::format("model \"{}\": the quality floor after \"router:q>=\" must "
+                                     "be a finite number in [0, 1]",
+                                     model),
+                         "model");
+    }
+    chat.quality_floor = *floor;
+    return std::nullopt;
+  }
+  if (model.substr(0, kRouter.size()) == kRouter) {
+    const auto lambda = finite_number(model.substr(kRouter.size()));
+    if (!lambda || *lambda < 0) {
+      return bad_request(fmt::format("model \"{}\": the cost weight after \"router:\" must be "
+                                     "a finite number >= 0",
+                                     model),
+                         "model");
+    }
+    chat.lambda_cost = *lambda;
+    chat.lambda_given = true;
+    return std::nullopt;
+  }
+  if (auto index = experts.index_of(model)) {
+    chat.bypass = true;
+    chat.expert = *index;
+    return std::nullopt;
+  }
+  ApiError e;
+  e.status = 404;
+  e.code = "model_not_found";
+  e.param = "model";
+  e.message = fmt::format(
+      "model \"{}\" does not exist: use \"router\", \"router:<lambda>\", "
+      "\"router:q>=<floor>\" or an expert's name (GET /v1/models)",
+      model);
+  return e;
+}
+
+// Checks one top-level field other than model and messages, and notes what
+// it needs of an expert. Malformed tools and response formats are refused
+// here, not left to the upstreams: each expert would refuse them in turn.
+std::optional<ApiError> read_field(std::string_view key, simdjson::dom::element value,
+                                   ChatRequest& chat) {
+  if (key == "max_tokens" || key == "max_completion_tokens") {
+    std::uint64_t n = 0;
+    if (value.get(n)) {
+      return bad_request(fmt::format("{} must be a whole number", key), std::string(key));
+    }
+    chat.max_tokens = static_cast<std::size_t>(n);
+  } else if (key == "tools") {
+    simdjson::dom::array tools;
+    if (value.get(tools)) return bad_request("tools must be an array", "tools");
+    if (const std::size_t k = first_without_string(tools, "type"); k != kNone) {
+      return bad_request(fmt::format("tools[{}] must be an object with a string type", k),
+                         fmt::format("tools[{}].type", k));
+    }
+    if (tools.size() > 0) chat.tools_param = "tools";
+  } else if (key == "functions") {  // the deprecated form of tools
+    simdjson::dom::array functions;
+    if (!value.get(functions) && functions.size() > 0 && chat.tools_param.empty()) {
+      chat.tools_param = "functions";
+    }
+  } else if (key == "tool_choice" && !value.is_string() && !value.is_object()) {
+    return bad_request("tool_choice must be a string or an object", "tool_choice");
+  } else if (key == "response_format") {
+    std::string_view type;
+    if (!value.is_object() || value["type"].get(type)) {
+      return bad_request("response_format must be an object with a string type",
+                         "response_format.type");
+    }
+    if (type == "json_object" || type == "json_schema") chat.json_param = "response_format.type";
+  }
+  return std::nullopt;
+}
+
+// Notes what the conversation needs: tool calls or tool results need tools
+// (an expert without them refuses the history), an image part needs images.
+void read_message_needs(simdjson::dom::array messages, ChatRequest& chat) {
+  std::size_t i = 0;
+  for (simdjson::dom::element m : messages) {
+    std::string_view role;
+    simdjson::dom::array calls;
+    simdjson::dom::array parts;
+    if (chat.tools_param.empty() && !m["role"].get(role) && role == "tool") {
+      chat.tools_param = fmt::format("messages[{}].role", i);
+    } else if (chat.tools_param.empty() && !m["tool_calls"].get(calls) && calls.size() > 0) {
+      chat.tools_param = fmt::format("messages[{}].tool_calls", i);
+    }
+    if (chat.images_param.empty() && !m["content"].get(parts)) {
+      std::size_t j = 0;
+      for (simdjson::dom::element part : parts) {
+        std::string_view type;
+        if (!part["type"].get(type) && type == "image_url") {
+          chat.images_param = fmt::format("messages[{}].content[{}]", i, j);
+          break;
+        }
+        ++j;
+      }
+    }
+    ++i;
+  }
+}
+
+// "tools (from tools), images (from messages[0].content[1])": the needs and
+// where they came from.
+std::string describe_needs(const ChatRequest& chat) {
+  std::string out;
+  auto add = [&out](const std::string& param, std::string_view name) {
+    if (param.empty()) return;
+    out += fmt::format("{}{} (from {})", out.empty() ? "" : ", ", name, param);
+  };
+  add(chat.tools_param, "tools");
+  add(chat.images_param, "images");
+  add(chat.json_param, "json_output");
+  return out;
+}
+
+// The capabilities `expert` declares ("tools, images"); it has a declaration.
+std::string capability_list(const ExpertSpec& expert) {
+  const Capabilities& has = *expert.capabilities;
+  std::string out;
+  auto add = [&out](bool declared, std::string_view name) {
+    if (declared) out += fmt::format("{}{}", out.empty() ? "" : ", ", name);
+  };
+  add(has.tools, "tools");
+  add(has.images, "images");
+  add(has.json_output, "json_output");
+  return out;
+}
+
+// The field of the first need `expert` cannot take.
+const std::string& first_missing_param(const ChatRequest& chat, const ExpertSpec& expert) {
+  const Capabilities& has = *expert.capabilities;
+  if (chat.needs.tools && !has.tools) return chat.tools_param;
+  if (chat.needs.images && !has.images) return chat.images_param;
+  return chat.json_param;
+}
+
+ApiError context_too_long(const ChatRequest& chat, std::size_t window, std::string_view whose) {
+  ApiError e = bad_request(
+      fmt::format("the prompt (about {} tokens) plus max_tokens ({}) exceed {} ({} tokens)",
+                  chat.input_tokens, chat.max_tokens, whose, window),
+      chat.max_tokens > 0 ? "max_tokens" : "messages", "context_length_exceeded");
+  return e;
+}
+
+// The 400 for a request no expert could serve (see parse_chat_request).
+std::optional<ApiError> check_needs(const ChatRequest& chat, const ExpertRegistry& experts) {
+  // As doubles: a huge max_tokens must not wrap around.
+  const double tokens =
+      static_cast<double>(chat.input_tokens) + static_cast<double>(chat.max_tokens);
+  auto fits = [tokens](const ExpertSpec& e) {
+    return tokens <= static_cast<double>(e.context_window_tokens);
+  };
+  if (chat.bypass) {
+    const ExpertSpec& e = experts[chat.expert];
+    if (!e.can_take(chat.needs)) {
+      return bad_request(fmt::format("model \"{}\" does not take all this request needs: {}; it "
+                                     "declares [{}]",
+                                     e.name, describe_needs(chat), capability_list(e)),
+                         first_missing_param(chat, e), "capability_not_supported");
+    }
+    if (!fits(e)) {
+      return context_too_long(chat, e.context_window_tokens,
+                              fmt::format("the context window of \"{}\"", e.name));
+    }
+    return std::nullopt;
+  }
+  std::size_t largest_window = 0;
+  bool capable = false;
+  for (const ExpertSpec& e : experts.experts()) {
+    if (!e.can_take(chat.needs)) continue;
+    if (fits(e)) return std::nullopt;
+    capable = true;
+    largest_window = std::max(largest_window, e.context_window_tokens);
+  }
+  if (capable) {
+    return context_too_long(chat, largest_window,
+                            "the largest context window of the experts "
+                            "that take the request");
+  }
+  const std::string& param = !chat.tools_param.empty()    ? chat.tools_param
+                             : !chat.images_param.empty() ? chat.images_param
+                                                          : chat.json_param;
+  return bad_request(
+      fmt::format("no expert takes all this request needs: {}", describe_needs(chat)), param,
+      "no_capable_expert");
+}
+
 }  // namespace
 
 std::optional<ApiError> parse_chat_request(std::string_view body, const ExpertRegistry& experts,
@@ -145,64 +355,23 @@ std::optional<ApiError> parse_chat_request(std::string_view body, const ExpertRe
       if (field.value.get(chat.stream)) return bad_request("stream must be true or false", "stream");
       continue;
     }
-    if (key == "max_tokens" || key == "max_completion_tokens") {
-      std::uint64_t n = 0;
-      if (field.value.get(n)) {
-        return bad_request(fmt::format("{} must be a whole number", key), std::string(key));
-      }
-      chat.max_tokens = static_cast<std::size_t>(n);
-    }
-    // Checked here, not left to the upstreams: a malformed tool list is a
-    // bad request to every expert, and each would be tried in turn.
-    if (key == "tools") {
-      simdjson::dom::array tools;
-      if (field.value.get(tools)) return bad_request("tools must be an array", "tools");
-      if (const std::size_t k = first_without_string(tools, "type"); k != kNone) {
-        return bad_request(fmt::format("tools[{}] must be an object with a string type", k),
-                           fmt::format("tools[{}].type", k));
-      }
-    }
-    if (key == "tool_choice" && !field.value.is_string() && !field.value.is_object()) {
-      return bad_request("tool_choice must be a string or an object", "tool_choice");
-    }
+    if (auto error = read_field(key, field.value, chat)) return error;
     if (!chat.extra_json.empty()) chat.extra_json.push_back(',');
     chat.extra_json += json_string(key);
     chat.extra_json.push_back(':');
     chat.extra_json += simdjson::minify(field.value);
   }
-  // model: "router", "router:<lambda>", or an expert's name.
   chat.lambda_cost = default_lambda_cost;
-  if (model == "router") {
-  } else if (model.substr(0, 7) == "router:") {
-    const std::string number(model.substr(7));
-    char* end = nullptr;
-    const double lambda = std::strtod(number.c_str(), &end);
-    if (number.empty() || end != number.c_str() + number.size() || !std::isfinite(lambda) ||
-        lambda < 0) {
-      return bad_request(fmt::format("model \"{}\": the cost weight after \"router:\" must be "
-                                     "a finite number >= 0",
-                                     model),
-                         "model");
-    }
-    chat.lambda_cost = lambda;
-  } else if (auto index = experts.index_of(model)) {
-    chat.bypass = true;
-    chat.expert = *index;
-  } else {
-    ApiError e;
-    e.status = 404;
-    e.code = "model_not_found";
-    e.param = "model";
-    e.message = fmt::format("model \"{}\" does not exist: use \"router\", \"router:<lambda>\" "
-                            "or an expert's name (GET /v1/models)",
-                            model);
-    return e;
-  }
+  if (auto error = read_model(model, experts, chat)) return error;
+  read_message_needs(messages, chat);
+  chat.needs.tools = !chat.tools_param.empty();
+  chat.needs.images = !chat.images_param.empty();
+  chat.needs.json_output = !chat.json_param.empty();
   chat.messages_json = simdjson::minify(messages);
   std::size_t chars = 0;
   chat.routing_text = routing_text_of(messages, chars);
   chat.input_tokens = std::max<std::size_t>(1, estimate_tokens_from_characters(chars));
-  return std::nullopt;
+  return check_needs(chat, experts);
 }
 
 std::string routing_text(std::string_view messages_json) {

@@ -1,7 +1,8 @@
 // torouter-server's reading of a POST /v1/chat/completions body: the JSON
 // checked, and split into what the router needs (the routing text and its
-// token estimate, the cost weight, or the expert a bypass names) and what
-// goes upstream unchanged (the conversation and the client's other fields).
+// token estimate, the cost weight or quality floor, what the request needs
+// of an expert, or the expert a bypass names) and what goes upstream
+// unchanged (the conversation and the client's other fields).
 // No HTTP here, so the tests and the fuzzer (tests/fuzz/fuzz_server_request)
 // call it directly.
 //
@@ -39,6 +40,21 @@ struct ChatRequest {
   std::size_t expert = 0;
   /// The cost weight: the default, or the number of "router:<lambda>".
   double lambda_cost = 0.0;
+  /// True for "router:<lambda>": the client chose cost-weighted routing, so
+  /// a floor the server's config sets does not apply.
+  bool lambda_given = false;
+  /// The floor of "router:q>=<floor>"; unset for other models.
+  std::optional<double> quality_floor;
+  /// What the request needs of an expert: tools (a non-empty `tools`, or a
+  /// conversation that has tool calls or tool results), images (an
+  /// `image_url` part in a message's content), JSON output (a
+  /// `response_format` of type json_object or json_schema).
+  Capabilities needs;
+  /// The field each need was read from, for errors ("tools",
+  /// "messages[1].content[0]", "response_format.type"); empty when not needed.
+  std::string tools_param;
+  std::string images_param;
+  std::string json_param;
   bool stream = false;
   /// The `messages` array, minified, sent upstream as it is.
   std::string messages_json;
@@ -55,8 +71,14 @@ struct ChatRequest {
 
 /// Parses and checks a request body; fills `chat` (a fresh one), or returns
 /// the error to answer with (400 for bad input, 404 for an unknown model).
-/// `model` is "router", "router:<lambda>" (a finite number >= 0) or the name
-/// of one of `experts`; `default_lambda_cost` applies to plain "router".
+/// `model` is "router", "router:<lambda>" (a finite number >= 0),
+/// "router:q>=<floor>" (a finite number in [0, 1]) or the name of one of
+/// `experts`; `default_lambda_cost` applies to plain "router". A request no
+/// expert could serve is a 400 too: one that needs a capability no expert
+/// takes ("no_capable_expert"), or names an expert that lacks it
+/// ("capability_not_supported"), or whose prompt plus `max_tokens` fits no
+/// context window ("context_length_exceeded"). Experts that declare no
+/// capabilities take everything.
 std::optional<ApiError> parse_chat_request(std::string_view body, const ExpertRegistry& experts,
                                            double default_lambda_cost, ChatRequest& chat);
 

@@ -50,6 +50,12 @@ class Fields {
     return out;
   }
 
+  double fraction(std::string_view key, element value) const {
+    const double out = number(key, value);
+    if (out > 1) fail(key, fmt::format("must be a number in [0, 1], got {}", out));
+    return out;
+  }
+
   std::uint64_t count(std::string_view key, element value, std::uint64_t minimum,
                       std::uint64_t maximum = UINT64_MAX) const {
     std::uint64_t out = 0;
@@ -92,6 +98,16 @@ class Fields {
     return out;
   }
 
+  Capabilities capabilities(std::string_view key, element value) const {
+    Capabilities out;
+    for (const auto& name : strings(key, value)) {
+      if (!add_capability(out, name)) {
+        fail(key, fmt::format("unknown capability \"{}\" (known: {})", name, kCapabilityNames));
+      }
+    }
+    return out;
+  }
+
  private:
   const std::string& origin_;
   std::string where_;
@@ -124,6 +140,7 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
     else if (key == "output_usd_per_mtok") e.output_usd_per_mtok = f.number(key, v);
     else if (key == "context_window_tokens") e.context_window_tokens = f.count(key, v, 1);
     else if (key == "tags") e.tags = f.strings(key, v);
+    else if (key == "capabilities") e.capabilities = f.capabilities(key, v);
     else if (key == "time_to_first_token_ms") e.time_to_first_token_ms = f.number(key, v);
     else if (key == "output_tokens_per_second") e.output_tokens_per_second = f.number(key, v);
     else if (key == "max_concurrent_calls") e.max_concurrent_calls = f.count(key, v, 0);
@@ -131,7 +148,7 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
     else {
       f.fail(key, "unknown field (known: name, base_url, model, api_key_env, connect_timeout_ms, "
                   "read_timeout_ms, input_usd_per_mtok, output_usd_per_mtok, "
-                  "context_window_tokens, tags, time_to_first_token_ms, "
+                  "context_window_tokens, tags, capabilities, time_to_first_token_ms, "
                   "output_tokens_per_second, max_concurrent_calls, enabled)");
     }
   }
@@ -168,6 +185,7 @@ void read_policy(const Fields& top, element value, ServerConfig& c) {
     else if (key == "required_tags") c.policy.required_tags = f.strings(key, v);
     else if (key == "max_cost_usd") c.policy.max_cost_usd = f.number(key, v);
     else if (key == "max_latency_ms") c.policy.max_latency_ms = f.number(key, v);
+    else if (key == "quality_floor") c.policy.quality_floor = f.fraction(key, v);
     else if (key == "budget_usd") c.router.budget_usd = f.number(key, v);
     else if (key == "budget_mode") {
       const std::string mode = f.text(key, v);
@@ -176,7 +194,7 @@ void read_policy(const Fields& top, element value, ServerConfig& c) {
       else f.fail(key, fmt::format("expected \"refuse\" or \"downgrade\", got \"{}\"", mode));
     } else {
       f.fail(key, "unknown field (known: lambda_cost, lambda_latency, required_tags, "
-                  "max_cost_usd, max_latency_ms, budget_usd, budget_mode)");
+                  "max_cost_usd, max_latency_ms, quality_floor, budget_usd, budget_mode)");
     }
   }
 }

@@ -31,6 +31,9 @@ struct ExpertConfig {
   std::optional<double> output_usd_per_mtok;
   std::optional<std::size_t> context_window_tokens;
   std::optional<std::vector<std::string>> tags;
+  /// What the expert takes besides text; unset keeps the experts file's
+  /// declaration, or none (taken as capable of everything).
+  std::optional<Capabilities> capabilities;
   std::optional<double> time_to_first_token_ms;
   std::optional<double> output_tokens_per_second;
   std::optional<std::size_t> max_concurrent_calls;
@@ -54,7 +57,8 @@ struct ServerConfig {
   std::string experts_file;
   /// The experts served, in order; each must be one the model predicts for.
   std::vector<ExpertConfig> experts;
-  /// Default routing knobs (`router:<lambda>` replaces `lambda_cost`).
+  /// Default routing knobs (`router:<lambda>` replaces `lambda_cost` and
+  /// drops `quality_floor`; `router:q>=<floor>` replaces `quality_floor`).
   PolicyOptions policy;
   /// Retries, failover, cooldown, timeouts and the budget.
   RouterOptions router;

@@ -194,6 +194,9 @@ struct RouterServer::Impl {
   int port = -1;
 
   explicit Impl(ServerConfig c) : config(std::move(c)) {
+    if (auto problem = validate_policy_options(config.policy); !problem.empty()) {
+      throw Error(fmt::format("{}: policy.{}", config.origin, problem));
+    }
     LoadedModel model = load_model(config.router_model);
     ExpertRegistry from_file;
     if (!config.experts_file.empty()) from_file = load_expert_registry(config.experts_file);
@@ -216,6 +219,7 @@ struct RouterServer::Impl {
       if (ec.output_usd_per_mtok) spec.output_usd_per_mtok = *ec.output_usd_per_mtok;
       if (ec.context_window_tokens) spec.context_window_tokens = *ec.context_window_tokens;
       if (ec.tags) spec.tags = *ec.tags;
+      if (ec.capabilities) spec.capabilities = *ec.capabilities;
       if (ec.time_to_first_token_ms)
         spec.latency.time_to_first_token_ms = *ec.time_to_first_token_ms;
       if (ec.output_tokens_per_second)
@@ -281,6 +285,9 @@ struct RouterServer::Impl {
     InvokeOptions options;
     options.route.policy = config.policy;
     options.route.policy.lambda_cost = chat.lambda_cost;
+    options.route.policy.quality_floor = chat.quality_floor;
+    options.route.policy.required_capabilities = chat.needs;
+    options.route.policy.max_output_tokens = chat.max_tokens;
     options.route.input_tokens = chat.input_tokens;
     options.max_output_tokens = chat.max_tokens;
     return options;
@@ -391,10 +398,11 @@ struct RouterServer::Impl {
     const Candidate* pick = r.decision.pick();
     return fmt::format(
         "{{\"expert\":{},\"routed_expert\":{},\"reason\":\"{}\",\"lambda_cost\":{},"
-        "\"model_version\":{},\"cost_usd\":{},\"attempts\":[{}]}}",
+        "\"quality_floor\":{},\"model_version\":{},\"cost_usd\":{},\"attempts\":[{}]}}",
         r.expert.empty() ? "null" : json_string(r.expert), pick ? json_string(pick->name) : "null",
         chat.bypass ? "bypass" : to_string(r.decision.reason), json_number(chat.lambda_cost),
-        json_string(model_version), json_number(r.cost_usd), attempts);
+        chat.quality_floor ? json_number(*chat.quality_floor) : "null", json_string(model_version),
+        json_number(r.cost_usd), attempts);
   }
 
   void set_decision_headers(HttpResponse& res, const InvokeResult& r, const ChatRequest& chat,
@@ -411,6 +419,9 @@ struct RouterServer::Impl {
     res.set_header("X-Torouter-Reason", chat.bypass ? "bypass" : to_string(r.decision.reason));
     res.set_header("X-Torouter-Attempts", std::to_string(attempts));
     res.set_header("X-Torouter-Lambda-Cost", fmt::format("{}", chat.lambda_cost));
+    if (chat.quality_floor) {
+      res.set_header("X-Torouter-Quality-Floor", fmt::format("{}", *chat.quality_floor));
+    }
     res.set_header("X-Torouter-Model-Version", model_version);
   }
 
@@ -423,6 +434,10 @@ struct RouterServer::Impl {
             parse_chat_request(req.body, router->experts(), config.policy.lambda_cost, chat)) {
       send_error(res, *error);
       return;
+    }
+    // Plain "router" takes the configured floor; headers and trace show it.
+    if (!chat.bypass && !chat.lambda_given && !chat.quality_floor) {
+      chat.quality_floor = config.policy.quality_floor;
     }
     if (chat.stream) {
       handle_stream(chat, res);

@@ -1,7 +1,8 @@
 // torouter/expert.hpp: the experts a router chooses among.
 //
 // An `ExpertSpec` says what an expert costs, how much context it takes, what
-// it is good at (tags) and how fast it usually answers. An `ExpertRegistry`
+// it can take besides text (tools, images, JSON output), what it is good at
+// (tags) and how fast it usually answers. An `ExpertRegistry`
 // holds a set of them, built in code or loaded from JSON:
 //
 //   torouter::ExpertRegistry registry;
@@ -30,6 +31,43 @@ struct LatencyPrior {
   double output_tokens_per_second = 50.0;
 };
 
+/// What an expert can take besides plain text in and out; also what a
+/// request needs of one.
+struct Capabilities {
+  /// Function calling (a request's `tools`).
+  bool tools = false;
+  /// Image inputs (image parts in the messages).
+  bool images = false;
+  /// JSON output (`response_format` of type json_object or json_schema).
+  bool json_output = false;
+
+  /// True when every capability `needed` asks for is here.
+  bool covers(const Capabilities& needed) const {
+    return (tools || !needed.tools) && (images || !needed.images) &&
+           (json_output || !needed.json_output);
+  }
+  /// True when any capability is set.
+  bool any() const { return tools || images || json_output; }
+};
+
+/// The capability names files use, as one string for messages.
+inline constexpr std::string_view kCapabilityNames = "tools, images, json_output";
+
+/// Sets the capability called `name` ("tools", "images", "json_output");
+/// false, changing nothing, for any other name.
+inline bool add_capability(Capabilities& capabilities, std::string_view name) {
+  if (name == "tools") {
+    capabilities.tools = true;
+  } else if (name == "images") {
+    capabilities.images = true;
+  } else if (name == "json_output") {
+    capabilities.json_output = true;
+  } else {
+    return false;
+  }
+  return true;
+}
+
 /// One expert model the router can send queries to.
 struct ExpertSpec {
   ExpertSpec() = default;
@@ -49,12 +87,24 @@ struct ExpertSpec {
   std::size_t context_window_tokens = std::numeric_limits<std::size_t>::max();
   /// What the expert is good at ("code", "math", ...); a request can require tags.
   std::vector<std::string> tags;
+  /// What it takes besides text. Unset (the default) means undeclared and is
+  /// taken as capable of everything, as before capabilities existed: a wrong
+  /// guess then costs a refused call and a failover, where assuming "none"
+  /// would refuse every tool or image request of an existing deployment.
+  /// Once set, it is exact: `Capabilities{}` is a text-only expert.
+  std::optional<Capabilities> capabilities;
   /// Usual speed of the expert.
   LatencyPrior latency;
   /// Most calls to this expert in flight at once, across all threads; 0 means no cap.
   std::size_t max_concurrent_calls = 0;
   /// A disabled expert is never picked.
   bool enabled = true;
+
+  /// True when the expert can take what `needed` asks for (always when it
+  /// declares no capabilities).
+  bool can_take(const Capabilities& needed) const {
+    return !capabilities || capabilities->covers(needed);
+  }
 
   /// True when `tags` holds `tag`.
   bool has_tag(std::string_view tag) const {

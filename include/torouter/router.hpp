@@ -99,7 +99,7 @@ struct RouteDecision {
   std::vector<Candidate> candidates;
   /// Why the first candidate was picked, or `NoneEligible`.
   PickReason reason = PickReason::NoneEligible;
-  /// The knobs used.
+  /// The knobs used (the quality floor and the needed capabilities among them).
   PolicyOptions policy;
   /// The policy's name ("utility", "threshold").
   std::string_view policy_name;
@@ -132,7 +132,9 @@ std::string to_json(const RouteDecision& decision);
 struct InvokeOptions {
   /// Routing knobs.
   RouteOptions route;
-  /// Passed to the transport as `Request::max_output_tokens`.
+  /// Passed to the transport as `Request::max_output_tokens`; when set, it
+  /// also stands for the answer in the context-window check (unless
+  /// `route.policy.max_output_tokens` says otherwise).
   std::size_t max_output_tokens = 0;
   /// When set, the answer is streamed to it. Failover happens only before
   /// the first chunk reaches it; after that a failure ends the invoke.
@@ -261,7 +263,8 @@ class Router {
   /// or an invalid transport. Not safe concurrently with `invoke`.
   void set_transport(std::string_view expert, Transport transport);
 
-  /// Scores the prompt, applies constraints and ranks the experts.
+  /// Scores the prompt, applies constraints and ranks the experts. Throws
+  /// `Error` for knobs out of range (`validate_policy_options`).
   RouteDecision route(std::string_view prompt, const RouteOptions& options = {}) const;
   /// Same, into `decision`, which keeps the scorer's working memory for its
   /// next route: allocation-free and lock-free once `decision` has been used

@@ -3,7 +3,7 @@
 //
 //   torouter train --data DIR --scorer mlp --out MODEL [--seed N] [--threads N]
 //                  [--loss bce|soft] [--temperature T] [--epochs N]
-//   torouter route --model MODEL [--experts FILE] [--lambda-cost X] PROMPT
+//   torouter route --model MODEL [--experts FILE] [--lambda-cost X | --quality-floor Q] PROMPT
 //   torouter eval --data DIR --model MODEL [--json FILE] [--plot FILE.svg]
 //   torouter calibrate --data DIR --model MODEL (--max-cost-per-query USD | --max-share EXPERT=F)
 //   torouter collect --prompts FILE.jsonl --experts FILE --out DIR --transport command:PROGRAM
@@ -19,7 +19,7 @@ constexpr const char* kUsage =
     "usage:\n"
     "  torouter train --data DIR --scorer mlp|knn|tlite|SPEC --out MODEL [--seed N]\n"
     "                 [--threads N] [--loss bce|soft] [--temperature T] [--epochs N]\n"
-    "  torouter route --model MODEL [--experts FILE] [--lambda-cost X] PROMPT\n"
+    "  torouter route --model MODEL [--experts FILE] [--lambda-cost X | --quality-floor Q] PROMPT\n"
     "  torouter eval --data DIR --model MODEL [--json FILE] [--plot FILE.svg]\n"
     "  torouter calibrate --data DIR --model MODEL (--max-cost-per-query USD | --max-share EXPERT=F)\n"
     "                     [--split train|test]\n"

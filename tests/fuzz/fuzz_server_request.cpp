@@ -3,7 +3,8 @@
 // and a message, or accepted with what the router and the upstream need in
 // their documented shape: valid JSON to forward, a routing text that is
 // valid UTF-8 within its size and the same when read again from the
-// forwarded conversation, a finite cost weight, a known expert.
+// forwarded conversation, a finite cost weight, a quality floor in [0, 1],
+// a known expert that takes what the request needs.
 #include <simdjson.h>
 
 #include <cmath>
@@ -21,7 +22,12 @@ constexpr std::size_t kMaxRoutingText = 2000 + 2 + 6000 + 5 + 2000;
 
 torouter::ExpertRegistry experts() {
   torouter::ExpertRegistry registry;
-  registry.add(torouter::ExpertSpec("small", 0.2, 0.2));
+  // "small" declares itself text only, with a small window, so the checks
+  // of a request's needs run; "large" declares nothing and takes everything.
+  torouter::ExpertSpec small("small", 0.2, 0.2);
+  small.capabilities = torouter::Capabilities{};
+  small.context_window_tokens = 4096;
+  registry.add(small);
   registry.add(torouter::ExpertSpec("large", 3.0, 15.0));
   return registry;
 }
@@ -45,6 +51,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (parser.parse(extra_object).get(extra)) std::abort();
   if (!std::isfinite(chat.lambda_cost) || chat.lambda_cost < 0) std::abort();
   if (chat.bypass && chat.expert >= registry.size()) std::abort();
+  if (chat.bypass && !registry[chat.expert].can_take(chat.needs)) std::abort();
+  if (chat.quality_floor && !(*chat.quality_floor >= 0 && *chat.quality_floor <= 1)) std::abort();
+  if (chat.needs.tools == chat.tools_param.empty()) std::abort();
+  if (chat.needs.images == chat.images_param.empty()) std::abort();
   if (chat.input_tokens < 1) std::abort();
   if (chat.routing_text.size() > kMaxRoutingText) std::abort();
   if (!simdjson::validate_utf8(chat.routing_text.data(), chat.routing_text.size())) std::abort();
