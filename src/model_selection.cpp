@@ -66,27 +66,6 @@ std::vector<std::size_t> complete_row_indices(const TrainingSet& set) {
   return rows;
 }
 
-// ECE of the lambda = 0 picks (10 equal-width bins), as the shared README defines it.
-double expected_calibration_error(const Eigen::MatrixXd& truth, const Eigen::MatrixXd& predicted,
-                                  const std::vector<std::size_t>& picks) {
-  constexpr int kBins = 10;
-  double p_sum[kBins] = {}, q_sum[kBins] = {}, count[kBins] = {};
-  for (std::size_t i = 0; i < picks.size(); ++i) {
-    const auto r = static_cast<Eigen::Index>(i);
-    const auto c = static_cast<Eigen::Index>(picks[i]);
-    const double p = predicted(r, c);
-    const int bin = std::clamp(static_cast<int>(p * kBins), 0, kBins - 1);
-    p_sum[bin] += p;
-    q_sum[bin] += truth(r, c);
-    count[bin] += 1;
-  }
-  double ece = 0;
-  for (int b = 0; b < kBins; ++b) {
-    if (count[b] > 0) ece += std::abs(p_sum[b] - q_sum[b]) / static_cast<double>(picks.size());
-  }
-  return ece;
-}
-
 // The candidate's figures on the complete training rows from its calibrated
 // out-of-fold predictions.
 CandidateFigures judge(const CandidateScorer& candidate, const OutOfFold& oof,
@@ -113,9 +92,7 @@ CandidateFigures judge(const CandidateScorer& candidate, const OutOfFold& oof,
   figures.name = candidate.name();
   figures.aiq = report.router->aiq;
   figures.gap_won = report.router->gap_won.value_or(std::nan(""));
-  const auto picks =
-      pick_by_utility(predicted, predicted_costs(prompts, tokens, set.experts, prices), 0.0);
-  figures.ece = expected_calibration_error(truth, predicted, picks);
+  figures.ece = report.router->ece.value_or(std::nan(""));
   return figures;
 }
 
