@@ -25,16 +25,19 @@
 // in ascending order with their values, rows kept as 16-bit offsets within
 // chunks of 2^16 rows. A query adds v_query * v_row into a per-row float
 // accumulator, walking only the posting lists of its own buckets in
-// ascending bucket order, so each row's cosine is summed in the same order
-// as a merge of the two sorted vectors, bit for bit the exact brute force.
+// ascending bucket order (each found by a galloping search from the last,
+// the next one's first postings prefetched), so each row's cosine is summed
+// in the same order as a merge of the two sorted vectors, bit for bit the
+// exact brute force.
 // The accumulator starts at -0.0: values are all > 0 (checked on load), so a
 // row sharing a bucket ends with its sign bit clear and one sharing none
 // keeps it set, with no per-posting bookkeeping. A min-heap of the K best
 // values then gives the K-th, and one pass over the rows collects those
 // above it and the lowest rows equal to it. Cost: one multiply-add per
 // posting walked, about 300,000 for a 500-character prompt on llmrouter14's
-// 5,608 rows; bounds that would skip postings (max-score, block-max) prune
-// almost nothing with character n-grams, whose common grams every row shares.
+// 5,608 rows. Bounds that would skip postings prune little with character
+// n-grams, which most rows share: max-score still walks three quarters of
+// them, block-max over row blocks nearly all (docs/BENCHMARKS.md).
 //
 // Model file ("knn" kind). Fields: featurizer.* (as the MLP's), knn.k,
 // knn.weighting, knn.rows (N), knn.nonzeros (Z). Tensors, float32:
