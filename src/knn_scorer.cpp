@@ -20,6 +20,25 @@
 // their weights sum to 0 they count uniformly. Output tokens average the same
 // way over neighbours whose length is known, and are NaN without any.
 //
+// The search. Loading or training derives an inverted index from the stored
+// rows (the file holds only the rows): for each bucket, the rows holding it
+// in ascending order with their values, rows kept as 16-bit offsets within
+// chunks of 2^16 rows. A query adds v_query * v_row into a per-row float
+// accumulator, walking only the posting lists of its own buckets in
+// ascending bucket order (each found by a galloping search from the last,
+// the next one's first postings prefetched), so each row's cosine is summed
+// in the same order as a merge of the two sorted vectors, bit for bit the
+// exact brute force.
+// The accumulator starts at -0.0: values are all > 0 (checked on load), so a
+// row sharing a bucket ends with its sign bit clear and one sharing none
+// keeps it set, with no per-posting bookkeeping. A min-heap of the K best
+// values then gives the K-th, and one pass over the rows collects those
+// above it and the lowest rows equal to it. Cost: one multiply-add per
+// posting walked, about 300,000 for a 500-character prompt on llmrouter14's
+// 5,608 rows. Bounds that would skip postings prune little with character
+// n-grams, which most rows share: max-score still walks three quarters of
+// them, block-max over row blocks nearly all (docs/BENCHMARKS.md).
+//
 // Model file ("knn" kind). Fields: featurizer.* (as the MLP's), knn.k,
 // knn.weighting, knn.rows (N), knn.nonzeros (Z). Tensors, float32:
 //   knn.offsets        [N+1, 2] row starts into indices/values, each split as
@@ -28,20 +47,21 @@
 //   knn.indices        [Z] bucket indices stored as exact whole numbers: the
 //                      spec caps buckets at 2^24, the largest range in which
 //                      float32 holds every integer, and loading checks it
-//   knn.values         [Z] the rows' feature values
+//   knn.values         [Z] the rows' feature values, each > 0
 //   knn.quality        [N, E] true quality (0 where absent)
 //   knn.present        [N, E] 1 where the expert has an outcome, else 0
 //   knn.output_tokens  [N, E] answer length, -1 where unknown (the writer
 //                      refuses NaN)
 // Loading checks offsets (start at 0, never decrease, end at Z), indices
-// (whole, < buckets, strictly ascending within a row) and the tables' ranges,
-// naming the file and the tensor.
+// (whole, < buckets, strictly ascending within a row), values (> 0) and the
+// tables' ranges, naming the file and the tensor.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -66,22 +86,74 @@ enum class Weighting { Similarity, Uniform };
 
 using Table = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+// Rows per posting chunk. A chunk's posting lists store rows as 16-bit offsets
+// from its first row: 6 bytes a posting instead of 8, and the postings a
+// query walks (about 300,000 at 500 characters on llmrouter14) are most of
+// its time.
+constexpr std::size_t kChunkRows = std::size_t{1} << 16;
+
 // Scratch of one query; sized to the stored rows once, so a warm query
 // allocates nothing.
 struct KnnWorkspace : ScorerWorkspace {
   SparseFeatures features;
-  std::vector<float> similarity;       // per stored row, 0 between queries
-  std::vector<unsigned char> seen;     // per stored row, 0 between queries
-  std::vector<std::uint32_t> touched;  // rows sharing a bucket; top K first
+  std::vector<float> similarity;          // per stored row, -0.0f between queries
+  std::vector<float> best;                // the K highest similarities, a min-heap
+  std::vector<std::uint32_t> neighbours;  // the K nearest rows, nearest first
 
-  void prepare(std::size_t rows) {
-    if (similarity.size() != rows) {
-      similarity.assign(rows, 0.0f);
-      seen.assign(rows, 0);
-    }
-    touched.reserve(rows);
+  void prepare(std::size_t rows, std::size_t k) {
+    if (similarity.size() != rows) similarity.assign(rows, -0.0f);
+    best.reserve(std::min(rows, k));
+    neighbours.reserve(std::min(rows, k));
   }
 };
+
+// Where bucket `bucket`'s posting list starts in its chunk.
+struct ListStart {
+  std::uint32_t bucket;
+  std::uint32_t start;
+};
+
+// Posting lists of the rows [first_row, first_row + kChunkRows), fewer than
+// 2^32 postings. List i holds bucket lists[i].bucket: rows first_row +
+// rows[p] for p in [lists[i].start, lists[i + 1].start), ascending, and
+// their values. `lists` ascends by bucket and ends with a sentinel whose
+// bucket exceeds any bucket index and whose start is the postings' count.
+struct PostingChunk {
+  std::size_t first_row = 0;
+  std::vector<ListStart> lists;
+  std::vector<std::uint16_t> rows;
+  std::vector<float> values;
+};
+
+// The first list at or after `from` whose bucket is >= `bucket`, galloping
+// from `from`: a query's buckets ascend, so each search starts where the
+// last stopped and the next list is usually near. `last` is the sentinel.
+const ListStart* seek(const ListStart* from, const ListStart* last, std::uint32_t bucket) {
+  std::size_t step = 1;
+  while (from->bucket < bucket) {
+    const ListStart* probe = from + std::min(step, static_cast<std::size_t>(last - from));
+    if (probe->bucket >= bucket) {
+      return std::lower_bound(from + 1, probe, bucket, [](const ListStart& list, std::uint32_t b) {
+        return list.bucket < b;
+      });
+    }
+    from = probe;
+    step *= 2;
+  }
+  return from;
+}
+
+// The list of the first of the query's buckets, from position `i` on, that
+// the chunk holds, searching from `from`; `i` is left at that bucket. nullptr
+// when none is left.
+const ListStart* next_list(const SparseFeatures& query, std::size_t& i, const ListStart* from,
+                           const ListStart* last) {
+  for (; i < query.indices.size() && from != last; ++i) {
+    from = seek(from, last, query.indices[i]);
+    if (from->bucket == query.indices[i]) return from;
+  }
+  return nullptr;
+}
 
 // Stored rows in CSR form, an inverted index over them, and their outcomes.
 struct KnnIndex {
@@ -89,12 +161,8 @@ struct KnnIndex {
   std::vector<std::uint64_t> offsets{0};
   std::vector<std::uint32_t> indices;
   std::vector<float> values;
-  // Posting lists: bucket bucket_ids[b] occurs in rows
-  // posting_rows[bucket_starts[b] .. bucket_starts[b + 1]), ascending.
-  std::vector<std::uint32_t> bucket_ids;
-  std::vector<std::uint64_t> bucket_starts;
-  std::vector<std::uint32_t> posting_rows;
-  std::vector<float> posting_values;
+  // The inverted index, derived from the forward rows by finish().
+  std::vector<PostingChunk> chunks;
   // Outcomes, rows x experts; tokens NaN where unknown.
   Table quality, present, tokens;
   // Each expert's mean quality over the rows with its outcome (0 with none).
@@ -110,29 +178,17 @@ struct KnnIndex {
 
   // Builds the posting lists and expert means from the rows and tables.
   void finish(std::uint32_t num_buckets) {
-    // A counting sort by bucket: visiting rows in order leaves each posting
-    // list sorted by row. `slot` first counts each bucket's rows, then maps
-    // the bucket to its posting list.
-    std::vector<std::uint32_t> slot(num_buckets, 0);
-    for (std::uint32_t b : indices) ++slot[b];
-    bucket_ids.clear();
-    bucket_starts.assign(1, 0);
-    for (std::uint32_t b = 0; b < num_buckets; ++b) {
-      const std::uint32_t n = slot[b];
-      if (n == 0) continue;
-      slot[b] = static_cast<std::uint32_t>(bucket_ids.size());
-      bucket_ids.push_back(b);
-      bucket_starts.push_back(bucket_starts.back() + n);
-    }
-    std::vector<std::uint64_t> next(bucket_starts.begin(), bucket_starts.end() - 1);
-    posting_rows.resize(indices.size());
-    posting_values.resize(indices.size());
-    for (std::size_t r = 0; r < rows(); ++r) {
-      for (std::uint64_t i = offsets[r]; i < offsets[r + 1]; ++i) {
-        const std::uint64_t at = next[slot[indices[i]]]++;
-        posting_rows[at] = static_cast<std::uint32_t>(r);
-        posting_values[at] = values[i];
+    chunks.clear();
+    std::vector<std::uint32_t> slot(num_buckets);
+    for (std::size_t first = 0, end = 0; first < rows(); first = end) {
+      // At most kChunkRows rows, and fewer than 2^32 postings (a row holds
+      // at most 2^24).
+      end = first;
+      while (end < rows() && end - first < kChunkRows &&
+             offsets[end + 1] - offsets[first] < std::numeric_limits<std::uint32_t>::max()) {
+        ++end;
       }
+      chunks.push_back(build_chunk(first, end, slot));
     }
     const auto experts = static_cast<std::size_t>(quality.cols());
     expert_mean.assign(experts, 0.0f);
@@ -148,44 +204,122 @@ struct KnnIndex {
     }
   }
 
-  // Predicts one featurized query into `quality_out` and `tokens_out` (one
-  // value per expert each). Allocates nothing once `ws` is prepared.
-  void predict(const SparseFeatures& query, std::size_t k, Weighting weighting, KnnWorkspace& ws,
-               float* quality_out, float* tokens_out) const {
-    ws.prepare(rows());
-    ws.touched.clear();
-    // Both the query's indices and bucket_ids ascend, so each search starts
-    // where the last one stopped.
-    auto from = bucket_ids.begin();
-    for (std::size_t i = 0; i < query.indices.size() && from != bucket_ids.end(); ++i) {
-      from = std::lower_bound(from, bucket_ids.end(), query.indices[i]);
-      if (from == bucket_ids.end() || *from != query.indices[i]) continue;
-      const auto b = static_cast<std::size_t>(from - bucket_ids.begin());
-      const float v = query.values[i];
-      for (std::uint64_t p = bucket_starts[b]; p < bucket_starts[b + 1]; ++p) {
-        const std::uint32_t r = posting_rows[p];
-        if (!ws.seen[r]) {
-          ws.seen[r] = 1;
-          ws.touched.push_back(r);
-        }
-        ws.similarity[r] += v * posting_values[p];
+  // The posting lists of rows [first, end), by a counting sort on bucket:
+  // visiting rows in order leaves each list sorted by row. `slot` (one entry
+  // per bucket) first counts each bucket's postings, then maps the bucket to
+  // its list.
+  PostingChunk build_chunk(std::size_t first, std::size_t end,
+                           std::vector<std::uint32_t>& slot) const {
+    std::fill(slot.begin(), slot.end(), 0);
+    for (std::uint64_t i = offsets[first]; i < offsets[end]; ++i) ++slot[indices[i]];
+    PostingChunk chunk;
+    chunk.first_row = first;
+    std::uint32_t postings = 0;
+    for (std::uint32_t b = 0; b < slot.size(); ++b) {
+      const std::uint32_t n = slot[b];
+      if (n == 0) continue;
+      slot[b] = static_cast<std::uint32_t>(chunk.lists.size());
+      chunk.lists.push_back({b, postings});
+      postings += n;
+    }
+    chunk.lists.push_back({std::numeric_limits<std::uint32_t>::max(), postings});
+    std::vector<std::uint32_t> next(chunk.lists.size());
+    for (std::size_t i = 0; i < next.size(); ++i) next[i] = chunk.lists[i].start;
+    chunk.rows.resize(postings);
+    chunk.values.resize(postings);
+    for (std::size_t r = first; r < end; ++r) {
+      for (std::uint64_t i = offsets[r]; i < offsets[r + 1]; ++i) {
+        const std::uint32_t at = next[slot[indices[i]]]++;
+        chunk.rows[at] = static_cast<std::uint16_t>(r - first);
+        chunk.values[at] = values[i];
       }
     }
-    const std::size_t kept = std::min(k, ws.touched.size());
-    const float* sim = ws.similarity.data();
-    // A total order (similarity descending, then row ascending) makes the
-    // neighbours and their summation order independent of the sort.
-    std::partial_sort(ws.touched.begin(), ws.touched.begin() + static_cast<long>(kept),
-                      ws.touched.end(), [sim](std::uint32_t a, std::uint32_t b) {
-                        return sim[a] > sim[b] || (sim[a] == sim[b] && a < b);
-                      });
+    return chunk;
+  }
 
+  // Adds every stored row's dot product with `query` to sim[row], walking
+  // only the posting lists of the query's buckets. sim starts at -0.0f:
+  // stored and query values are all > 0, so each product is >= +0 and a row
+  // that shares a bucket ends with its sign bit clear (-0 + +0 = +0), while
+  // one that shares none keeps -0.0 with no flag to set or test. Each row's
+  // products are added in ascending bucket order, as in a merge of the two
+  // sorted vectors, so the sums do not depend on the index's layout.
+  void accumulate(const SparseFeatures& query, float* sim) const {
+    for (const PostingChunk& chunk : chunks) {
+      float* chunk_sim = sim + chunk.first_row;
+      const std::uint16_t* rows = chunk.rows.data();
+      const float* values = chunk.values.data();
+      const ListStart* last = chunk.lists.data() + chunk.lists.size() - 1;
+      std::size_t i = 0;
+      const ListStart* list = next_list(query, i, chunk.lists.data(), last);
+      while (list != nullptr) {
+        // The next list is found, and its first postings fetched, before
+        // this one is walked: the lists lie far apart, and waiting for each
+        // one's first cache lines cost about a fifth of the time.
+        std::size_t j = i + 1;
+        const ListStart* next = next_list(query, j, list, last);
+        if (next != nullptr) {
+          __builtin_prefetch(rows + next->start);
+          __builtin_prefetch(values + next->start);
+        }
+        const float v = query.values[i];
+        for (std::uint32_t p = list->start; p < list[1].start; ++p) {
+          chunk_sim[rows[p]] += v * values[p];
+        }
+        list = next;
+        i = j;
+      }
+    }
+  }
+
+  // The K rows of highest similarity among those sharing a bucket, nearest
+  // first (ties to the lower row), into ws.neighbours. A min-heap of the K
+  // best values gives the K-th best, theta; the neighbours are every row
+  // above theta and the lowest rows at theta. The same rows, in the same
+  // order, as a partial sort of all those rows by (similarity desc, row
+  // asc), with direct float comparisons instead of indirect ones.
+  static void select(const std::vector<float>& sim, std::size_t k, KnnWorkspace& ws) {
+    const auto greater = std::greater<float>();
+    std::vector<float>& best = ws.best;
+    best.clear();
+    for (float s : sim) {
+      if (std::signbit(s)) continue;  // shares no bucket
+      if (best.size() < k) {
+        best.push_back(s);
+        std::push_heap(best.begin(), best.end(), greater);
+      } else if (s > best.front()) {
+        std::pop_heap(best.begin(), best.end(), greater);
+        best.back() = s;
+        std::push_heap(best.begin(), best.end(), greater);
+      }
+    }
+    ws.neighbours.clear();
+    if (best.empty()) return;
+    const float theta = best.front();
+    // Every row above theta is in the heap, so the rest are ties at theta.
+    auto ties = static_cast<std::size_t>(std::count(best.begin(), best.end(), theta));
+    for (std::size_t r = 0; r < sim.size(); ++r) {
+      if (std::signbit(sim[r]) || sim[r] < theta) continue;
+      if (sim[r] == theta) {
+        if (ties == 0) continue;
+        --ties;
+      }
+      ws.neighbours.push_back(static_cast<std::uint32_t>(r));
+    }
+    const float* s = sim.data();
+    std::sort(ws.neighbours.begin(), ws.neighbours.end(), [s](std::uint32_t a, std::uint32_t b) {
+      return s[a] > s[b] || (s[a] == s[b] && a < b);
+    });
+  }
+
+  // Averages the neighbours' outcomes into one value per expert each.
+  void average(const std::vector<std::uint32_t>& neighbours, const float* sim, Weighting weighting,
+               float* quality_out, float* tokens_out) const {
     const auto experts = static_cast<Eigen::Index>(quality.cols());
     for (Eigen::Index e = 0; e < experts; ++e) {
       double q_weighted = 0, q_weight = 0, q_plain = 0, q_count = 0;
       double t_weighted = 0, t_weight = 0, t_plain = 0, t_count = 0;
-      for (std::size_t j = 0; j < kept; ++j) {
-        const std::uint32_t r = ws.touched[j];
+      for (const std::uint32_t r : neighbours) {
         const double w = weighting == Weighting::Uniform ? 1.0 : std::max(0.0f, sim[r]);
         if (present(r, e) > 0.5f) {
           const double q = quality(r, e);
@@ -216,11 +350,17 @@ struct KnnIndex {
             static_cast<float>(t_weight > 0 ? t_weighted / t_weight : t_plain / t_count);
       }
     }
-    for (std::uint32_t r : ws.touched) {
-      ws.similarity[r] = 0.0f;
-      ws.seen[r] = 0;
-    }
-    ws.touched.clear();
+  }
+
+  // Predicts one featurized query into `quality_out` and `tokens_out` (one
+  // value per expert each). Allocates nothing once `ws` is prepared.
+  void predict(const SparseFeatures& query, std::size_t k, Weighting weighting, KnnWorkspace& ws,
+               float* quality_out, float* tokens_out) const {
+    ws.prepare(rows(), k);
+    accumulate(query, ws.similarity.data());
+    select(ws.similarity, k, ws);
+    average(ws.neighbours, ws.similarity.data(), weighting, quality_out, tokens_out);
+    std::fill(ws.similarity.begin(), ws.similarity.end(), -0.0f);
   }
 };
 
@@ -286,7 +426,7 @@ class KnnScorer : public TrainableScorer {
 
   std::unique_ptr<ScorerWorkspace> make_workspace() const override {
     auto ws = std::make_unique<KnnWorkspace>();
-    ws->prepare(index_.rows());
+    ws->prepare(index_.rows(), k_);
     return ws;
   }
 
@@ -520,6 +660,12 @@ class KnnScorer : public TrainableScorer {
       }
     }
     index.values = in.tensor("knn.values", {z}).values;
+    // The featurizer's values are all > 0, which the search relies on.
+    for (std::size_t i = 0; i < index.values.size(); ++i) {
+      if (!(index.values[i] > 0)) {
+        throw bad("knn.values", fmt::format("value {} at {} is not positive", index.values[i], i));
+      }
+    }
     in.tensor("knn.quality", n, experts, index.quality);
     in.tensor("knn.present", n, experts, index.present);
     in.tensor("knn.output_tokens", n, experts, index.tokens);

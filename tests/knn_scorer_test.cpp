@@ -456,6 +456,12 @@ TEST_CASE("a damaged kNN model file is refused naming the file and the tensor") 
     write_bytes(path, damaged);
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.offsets"));
   }
+  SECTION("a feature value that is not positive") {
+    std::string damaged = bytes;
+    put_float(damaged, value_position(damaged, "knn.values", 2), GENERATE(0.0f, -0.25f));
+    write_bytes(path, damaged);
+    CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.values"));
+  }
   SECTION("a quality outside [0, 1]") {
     std::string damaged = bytes;
     put_float(damaged, value_position(damaged, "knn.quality", 3), 1.5f);
