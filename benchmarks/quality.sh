@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Trains and evaluates torouter's routers (MLP with both losses, kNN,
-# transformer-lite) and the scikit-learn peers on both shared datasets, then
-# writes docs/RESULTS.md and the cost-quality plots under docs/plots/.
+# Trains and evaluates torouter's routers (the one default that
+# `torouter train` chooses by cross-validation, and each scorer as named:
+# gbt, MLP with both losses, kNN, transformer-lite; every one calibrated on
+# 5 held-out folds of the training split) and the Python peers on both
+# shared datasets, then writes docs/RESULTS.md and the plots under docs/plots/.
 #
-#   benchmarks/quality.sh            # about 10 minutes on 2 cores
+#   benchmarks/quality.sh            # about 40 minutes on 2 cores
 #
 # Needs the shared datasets ($TOROUTER_DATA, default ../shared/data) and,
 # for the peers, Debian's python3-sklearn.
@@ -15,8 +17,11 @@ out=build/quality
 mkdir -p "$out" docs/plots
 scripts/build >/dev/null
 
-# name | scorer spec | training options. Seed 1 and 2 threads throughout.
+# name | scorer spec (none: the default choice) | training options.
+# Seed 1 and 2 threads throughout.
 routers=(
+  "default||"
+  "gbt|gbt|"
   "mlp-bce|mlp:64,buckets=16384|--loss bce"
   "mlp-soft|mlp:64,buckets=16384|--loss soft --temperature 0.1"
   "mlp-soft-int8|mlp:64,buckets=16384,table=int8|--loss soft --temperature 0.1"
@@ -29,7 +34,7 @@ for dataset in routerbench3 llmrouter14; do
     model="$out/$dataset-$name.tormodel"
     echo "== $dataset: $name ($spec $options)"
     # shellcheck disable=SC2086
-    build/bin/torouter train --data "$data_root/$dataset" --scorer "$spec" $options \
+    build/bin/torouter train --data "$data_root/$dataset" ${spec:+--scorer "$spec"} $options \
       --seed 1 --threads 2 --out "$model" 2>"$out/$dataset-$name.train.log" | tail -1
     build/bin/torouter eval --data "$data_root/$dataset" --model "$model" \
       --json "$out/$dataset-$name.json" --plot "docs/plots/$dataset-$name.svg" | grep AIQ

@@ -15,9 +15,10 @@ namespace {
 struct Block {
   double sum = 0.0;
   double weight = 0.0;
-  float first_x = 0.0f;
+  double sum_x = 0.0;
   float last_x = 0.0f;
   double mean() const { return sum / weight; }
+  double center() const { return sum_x / weight; }
 };
 
 // Pool adjacent violators over (x, y) pairs sorted by x; pairs of equal x
@@ -27,6 +28,7 @@ std::vector<Block> pool_adjacent_violators(const std::vector<std::pair<float, fl
   for (const auto& [x, y] : pairs) {
     if (!blocks.empty() && blocks.back().last_x == x) {
       blocks.back().sum += y;
+      blocks.back().sum_x += x;
       blocks.back().weight += 1.0;
     } else {
       blocks.push_back(Block{y, 1.0, x, x});
@@ -36,6 +38,7 @@ std::vector<Block> pool_adjacent_violators(const std::vector<std::pair<float, fl
       blocks.pop_back();
       Block& below = blocks.back();
       below.sum += top.sum;
+      below.sum_x += top.sum_x;
       below.weight += top.weight;
       below.last_x = top.last_x;
     }
@@ -85,15 +88,15 @@ IsotonicCalibration IsotonicCalibration::fit(const Eigen::MatrixXf& raw,
     }
     std::sort(pairs.begin(), pairs.end());
     for (const Block& b : pool_adjacent_violators(pairs)) {
-      const auto value = static_cast<float>(b.mean());
-      // Both ends of a block, so the map is flat across it and linear
-      // between blocks.
-      x.push_back(b.first_x);
-      y.push_back(value);
-      if (b.last_x > b.first_x) {
-        x.push_back(b.last_x);
-        y.push_back(value);
-      }
+      // One knot per block, at its mean output: between blocks the map
+      // rises linearly, so it is strictly increasing over the knots' range
+      // and keeps each expert's order of prompts (sklearn's flat blocks
+      // would tie many outputs, and ties between experts then go to the
+      // cheaper one whatever the scorer saw).
+      const auto center = static_cast<float>(b.center());
+      if (!x.empty() && !(center > x.back())) continue;  // float rounding
+      x.push_back(center);
+      y.push_back(static_cast<float>(b.mean()));
     }
   }
   return IsotonicCalibration(std::move(xs), std::move(ys));

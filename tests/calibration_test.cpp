@@ -12,19 +12,21 @@
 using Catch::Matchers::Contains;
 using torouter::IsotonicCalibration;
 
-TEST_CASE("isotonic calibration pools adjacent violators and interpolates between blocks") {
+TEST_CASE("isotonic calibration pools adjacent violators and interpolates between block centres") {
   Eigen::MatrixXf raw(5, 1), quality(5, 1), present = Eigen::MatrixXf::Ones(5, 1);
   raw << 0.1f, 0.2f, 0.3f, 0.4f, 0.9f;
   quality << 0.0f, 1.0f, 0.0f, 1.0f, 0.3f;
   present(4, 0) = 0;  // no outcome: not counted
   const auto calibration = IsotonicCalibration::fit(raw, quality, present);
-  // Blocks: {0.1} -> 0, {0.2, 0.3} -> 0.5, {0.4} -> 1.
-  CHECK(calibration.knots_x(0) == std::vector<float>{0.1f, 0.2f, 0.3f, 0.4f});
-  CHECK(calibration.knots_y(0) == std::vector<float>{0.0f, 0.5f, 0.5f, 1.0f});
+  // Blocks: {0.1} -> 0, {0.2, 0.3} -> 0.5 (centre 0.25), {0.4} -> 1.
+  REQUIRE(calibration.knots_x(0).size() == 3);
+  CHECK(calibration.knots_x(0)[1] == Approx(0.25f));
+  CHECK(calibration.knots_y(0) == std::vector<float>{0.0f, 0.5f, 1.0f});
   CHECK(calibration.apply(0, 0.05f) == 0.0f);  // flat before the first knot
-  CHECK(calibration.apply(0, 0.15f) == Approx(0.25f));
+  CHECK(calibration.apply(0, 0.15f) == Approx(0.5f / 3));
   CHECK(calibration.apply(0, 0.25f) == Approx(0.5f));
-  CHECK(calibration.apply(0, 0.35f) == Approx(0.75f));
+  CHECK(calibration.apply(0, 0.2f) < calibration.apply(0, 0.3f));  // no flat block
+  CHECK(calibration.apply(0, 0.35f) == Approx(0.5f + 0.5f * 2 / 3));
   CHECK(calibration.apply(0, 2.0f) == 1.0f);  // flat after the last
   CHECK(calibration.apply(0, std::nanf("")) == 0.0f);
 }

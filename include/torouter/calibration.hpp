@@ -6,12 +6,13 @@
 // experts, which is not. Either way the trained scorers of this library map
 // each expert's raw output through a monotone function fitted on held-out
 // predictions (out-of-fold, so no row is judged by a model that learned it):
-// isotonic regression by pool adjacent violators, as scikit-learn's
-// IsotonicRegression, applied by linear interpolation between its knots and
-// held flat beyond the first and last. Being monotone per expert, it never
-// changes which prompts an expert is predicted best on, only what the
-// numbers mean, so `lambda_cost` and a quality floor mean the same for
-// every model.
+// centred isotonic regression (Oron and Flournoy 2017): pool adjacent
+// violators as scikit-learn's IsotonicRegression, then one knot per pooled
+// block at its mean output, with linear interpolation between the knots
+// and the map held flat beyond the first and last. Strictly increasing
+// between its knots, it keeps each expert's order of prompts (flat blocks
+// would tie many outputs), and changes what the numbers mean, so
+// `lambda_cost` and a quality floor mean the same for every model.
 //
 //   auto calibration = torouter::IsotonicCalibration::fit(raw, quality, present);
 //   float expected = calibration.apply(expert, raw_output);
