@@ -19,7 +19,7 @@ MF_DIMS = (16, 64)
 MF_MAX_EPOCHS = 100
 MF_PATIENCE = 8
 MF_BATCH = 256
-MF_LR = 3e-3
+MF_LRS = (3e-3, 1e-2)
 MF_WEIGHT_DECAY = 1e-5
 
 
@@ -42,11 +42,11 @@ def masked_bce(logits, target, has):
     return (loss * has).sum() / has.sum()
 
 
-def train_net(z, quality, dim, epochs, valid=None):
+def train_net(z, quality, dim, lr, epochs, valid=None):
     """Adam on minibatches; with `valid`, returns (net, best epoch count)."""
     torch.manual_seed(SEED)
     net = MfNet(z.shape[1], quality.shape[1], dim)
-    opt = torch.optim.Adam(net.parameters(), lr=MF_LR, weight_decay=MF_WEIGHT_DECAY)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=MF_WEIGHT_DECAY)
     has = torch.tensor(~np.isnan(quality), dtype=torch.float32)
     target = torch.tensor(np.nan_to_num(quality), dtype=torch.float32)
     zt = torch.tensor(z, dtype=torch.float32)
@@ -82,12 +82,13 @@ class MfModel:
         fit, valid = train_valid_split(len(z))
         self.cv = {}
         for dim in MF_DIMS:
-            _, epochs, mse = train_net(z[fit], quality[fit], dim, MF_MAX_EPOCHS,
-                                       valid=(z[valid], quality[valid]))
-            self.cv[dim] = (mse, epochs)
-        self.dim = min(self.cv, key=lambda d: self.cv[d][0])
-        self.epochs = self.cv[self.dim][1]
-        self.net, _, _ = train_net(z, quality, self.dim, self.epochs)
+            for lr in MF_LRS:
+                _, epochs, mse = train_net(z[fit], quality[fit], dim, lr, MF_MAX_EPOCHS,
+                                           valid=(z[valid], quality[valid]))
+                self.cv[(dim, lr)] = (mse, epochs)
+        self.dim, self.lr = min(self.cv, key=lambda key: self.cv[key][0])
+        self.epochs = self.cv[(self.dim, self.lr)][1]
+        self.net, _, _ = train_net(z, quality, self.dim, self.lr, self.epochs)
         self.net.eval()
         return self
 
@@ -99,7 +100,7 @@ class MfModel:
             return torch.sigmoid(self.net(torch.tensor(z, dtype=torch.float32))).numpy()
 
     def hyper_parameters(self):
-        return {"dim": self.dim, "epochs": self.epochs, "batch": MF_BATCH,
-                "lr": MF_LR, "weight_decay": MF_WEIGHT_DECAY,
-                **{f"dim{d}_valid_mse": m for d, (m, _) in self.cv.items()},
-                **{f"dim{d}_epochs": e for d, (_, e) in self.cv.items()}}
+        return {"dim": self.dim, "lr": self.lr, "epochs": self.epochs, "batch": MF_BATCH,
+                "weight_decay": MF_WEIGHT_DECAY,
+                **{f"dim{d}_lr{lr:g}_valid_mse": m for (d, lr), (m, _) in self.cv.items()},
+                **{f"dim{d}_lr{lr:g}_epochs": e for (d, lr), (_, e) in self.cv.items()}}
