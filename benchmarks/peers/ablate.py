@@ -48,6 +48,9 @@ VARIANTS = {
     "word-only": ("word", "svd256+len", "xgb4", "per-query"),
     "char-only": ("char", "svd256+len", "xgb4", "per-query"),
     "ridge-dense": ("both", "svd256+len", "ridge", "per-query"),
+    "ridge-dense-meancost": ("both", "svd256+len", "ridge", "mean"),
+    # Nearest to the scikit-learn peers (word n-grams, no length, mean cost).
+    "ridge-word-meancost": ("word", "svd256", "ridge", "mean"),
 }
 FEATURIZERS = {"both": dict(words=True, chars=True), "word": dict(chars=False),
                "char": dict(words=False)}
@@ -117,6 +120,9 @@ def main():
     prompts, quality, cost = d["train_prompts"], d["train_quality"], d["train_cost"]
     cache, results = {}, {}
     folds = list(KFold(args.folds, shuffle=True, random_state=SEED).split(prompts))
+    alone = [ev.experts_alone_aiq(quality[h], cost[h])
+             for h in (h[~np.isnan(quality[h]).any(axis=1)] for _, h in folds)]
+    print(f"experts alone      AIQ {np.mean(alone):.4f}", flush=True)
     for name in args.variants.split(","):
         start = time.perf_counter()
         z = dense_features(prompts, VARIANTS[name][0], cache)
@@ -132,7 +138,8 @@ def main():
               flush=True)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"experts_alone_aiq": float(np.mean(alone)), "variants": results},
+                      f, indent=1)
 
 
 if __name__ == "__main__":
