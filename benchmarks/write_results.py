@@ -16,7 +16,7 @@ PEERS = [("sklearn-knn", "scikit-learn TF-IDF + kNN, k=40"),
          ("sklearn-ridge", "scikit-learn TF-IDF + ridge")]
 # The tuned peers of issue 15 (benchmarks/peers/tuned_peers.py), each with the
 # per-query cost model and with each expert's mean training cost.
-TEXT = "TF-IDF word 1-2 + char 3-5"
+TEXT = "TF-IDF word 1-2 + char_wb 3-5"
 for _key, _label in [("xgb", f"XGBoost per expert, SVD-256 of {TEXT} + log length"),
                      ("ridge-cv", f"ridge per expert (alpha by CV), {TEXT}"),
                      ("knn-cv", f"kNN, cosine, k by CV, {TEXT}"),
@@ -65,10 +65,12 @@ def main(out):
              "(rows where every expert has an outcome). Our routers' cost weighs their",
              "own per-query cost prediction (estimated input tokens, predicted output",
              "tokens, prices; on routerbench3 the prices are fitted from `cost_usd`);",
-             "the peers' cost weighs each expert's mean training cost, as in the",
-             "README's reference. All trained with seed 1 and 2 threads; `routes/s`",
-             "is one query at a time on one thread (ours: `Router::route`; peers:",
-             "TF-IDF transform + predict in Python).", "",
+             "the scikit-learn peers' cost weighs each expert's mean training cost, as",
+             "in the README's reference; the tuned peers (benchmarks/peers/README.md)",
+             "appear twice, with their per-query cost model and with the mean cost.",
+             "All trained with seed 1 and at most 2 threads; `routes/s` is one query at",
+             "a time on one thread (ours: `Router::route`; peers: featurize + predict",
+             "in Python). ECE: the shared README's calibration error at λ = 0.", "",
              f"Machine: {machine()}.", ""]
     for dataset in DATASETS:
         reports = {}
