@@ -5,10 +5,11 @@
 # 5 held-out folds of the training split) and the Python peers on both
 # shared datasets, then writes docs/RESULTS.md and the plots under docs/plots/.
 #
-#   benchmarks/quality.sh            # about 40 minutes on 2 cores
+#   benchmarks/quality.sh            # about 30 minutes on 2 cores, plus about
+#                                    # 6 for the peers (benchmarks/peers/check_peers.sh)
 #
 # Needs the shared datasets ($TOROUTER_DATA, default ../shared/data) and,
-# for the peers, Debian's python3-sklearn.
+# for the peers, Debian's python3-sklearn, python3-xgboost and PyTorch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data_root="${TOROUTER_DATA:-../shared/data}"

@@ -14,6 +14,15 @@ OURS = [("mlp-bce", "torouter MLP, BCE"), ("mlp-soft", "torouter MLP, soft label
         ("knn", "torouter kNN, k=40"), ("tlite-soft", "torouter transformer-lite, soft labels")]
 PEERS = [("sklearn-knn", "scikit-learn TF-IDF + kNN, k=40"),
          ("sklearn-ridge", "scikit-learn TF-IDF + ridge")]
+# The tuned peers of issue 15 (benchmarks/peers/tuned_peers.py), each with the
+# per-query cost model and with each expert's mean training cost.
+TEXT = "TF-IDF word 1-2 + char_wb 3-5"
+for _key, _label in [("xgb", f"XGBoost per expert, SVD-256 of {TEXT} + log length"),
+                     ("ridge-cv", f"ridge per expert (alpha by CV), {TEXT}"),
+                     ("knn-cv", f"kNN, cosine, k by CV, {TEXT}"),
+                     ("mf", f"matrix factorisation (RouteLLM-style), SVD-256 of {TEXT} + log length")]:
+    PEERS += [(_key, f"{_label}; per-query cost"),
+              (f"{_key}-meancost", f"{_label}; mean cost")]
 
 
 def fmt(value, digits=4, suffix=""):
@@ -43,6 +52,7 @@ def row(label, report):
         "not reached" if c_at_q is None else fmt(c_at_q, 1, "%"),
         fmt(r["gap_won"], 3), fmt(r["aiq"]), fmt(r["quality_at_10pct"]),
         fmt(r["quality_at_30pct"]), fmt(r["quality_at_70pct"]),
+        fmt(r.get("ece"), 3),
         fmt(report.get("train_seconds"), 1, " s"),
         f"{r['routes_per_second']:.0f}"]) + " |")
 
@@ -55,10 +65,12 @@ def main(out):
              "(rows where every expert has an outcome). Our routers' cost weighs their",
              "own per-query cost prediction (estimated input tokens, predicted output",
              "tokens, prices; on routerbench3 the prices are fitted from `cost_usd`);",
-             "the peers' cost weighs each expert's mean training cost, as in the",
-             "README's reference. All trained with seed 1 and 2 threads; `routes/s`",
-             "is one query at a time on one thread (ours: `Router::route`; peers:",
-             "TF-IDF transform + predict in Python).", "",
+             "the scikit-learn peers' cost weighs each expert's mean training cost, as",
+             "in the README's reference; the tuned peers (benchmarks/peers/README.md)",
+             "appear twice, with their per-query cost model and with the mean cost.",
+             "All trained with seed 1 and at most 2 threads; `routes/s` is one query at",
+             "a time on one thread (ours: `Router::route`; peers: featurize + predict",
+             "in Python). ECE: the shared README's calibration error at λ = 0.", "",
              f"Machine: {machine()}.", ""]
     for dataset in DATASETS:
         reports = {}
@@ -79,8 +91,8 @@ def main(out):
                   f"Best expert: {best['name']}, Q* {best['quality']:.4f} at C* ${best['cost']:.3g}. "
                   f"Oracle {any_report['oracle']['quality']:.4f}; random {any_report['random']['quality']:.4f}; "
                   f"experts alone AIQ {any_report.get('experts_alone_aiq', float('nan')):.4f}.", "",
-                  "| router | Q(λ=0) | Q@C* | C@Q* | gap won | AIQ | Q@10% | Q@30% | Q@70% | training | routes/s |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| router | Q(λ=0) | Q@C* | C@Q* | gap won | AIQ | Q@10% | Q@30% | Q@70% | ECE | training | routes/s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for key, label in OURS + PEERS:
             if key in reports:
                 lines.append(row(label, reports[key]))

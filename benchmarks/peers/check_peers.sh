@@ -1,8 +1,12 @@
 #!/bin/sh
-# Runs both scikit-learn peer routers on both shared datasets.
+# Runs the peer routers on both shared datasets: the two scikit-learn
+# routers of the shared README's reference, then the four tuned peers of
+# issue 15 (xgb, ridge-cv, knn-cv, mf; about 10 minutes for both datasets).
 # Usage: benchmarks/peers/check_peers.sh OUT_DIR [DATA_ROOT]
 #   DATA_ROOT defaults to $TOROUTER_DATA, then ../shared/data beside the repository.
-# Writes OUT_DIR/<dataset>-sklearn-<router>.json and .csv (predictions).
+# Writes OUT_DIR/<dataset>-sklearn-<router>.json and .csv (predictions),
+# OUT_DIR/<dataset>-<peer>.json (per-query cost model), .csv, and
+# OUT_DIR/<dataset>-<peer>-meancost.json (each expert's mean training cost).
 # One job at a time: the machine is shared and the timings are single-core.
 set -eu
 
@@ -30,5 +34,6 @@ for dataset in routerbench3 llmrouter14; do
             --out "$out/$dataset-sklearn-$router.json" \
             --predictions "$out/$dataset-sklearn-$router.csv"
     done
+    "$python" "$here/tuned_peers.py" --data "$data_root/$dataset" --out-dir "$out"
 done
 exit $status
