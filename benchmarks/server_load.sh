@@ -72,7 +72,7 @@ upstream_port=$(wait_port "$work/stand_in.log")
 experts=$(sed -n 's/.*"name": "\([^"]*\)".*/\1/p' examples/default_router/experts.json)
 {
   echo '{"listen": {"host": "127.0.0.1", "port": 0, "threads": 160},'
-  echo " \"router_model\": \"$root/examples/default_router/llmrouter14-mlp.tormodel\","
+  echo " \"router_model\": \"$root/examples/default_router/llmrouter14.tormodel\","
   echo " \"experts_file\": \"$root/examples/default_router/experts.json\","
   echo ' "policy": {"lambda_cost": 100},'
   echo ' "experts": ['

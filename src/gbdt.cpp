@@ -305,26 +305,50 @@ BinnedFeatures bin_features(const FeatureMatrix& x, const std::vector<std::size_
   return out;
 }
 
+namespace {
+
+// Runs `train(t)` for every target, spread over the threads.
+template <typename Train>
+std::vector<Forest> for_each_target(std::size_t count, int threads, const Train& train) {
+  std::vector<Forest> forests(count);
+  const auto work = [&](std::size_t first, std::size_t stride) {
+    for (std::size_t t = first; t < count; t += stride) forests[t] = train(t);
+  };
+  const auto n = static_cast<std::size_t>(std::max(1, threads));
+  std::vector<std::thread> pool;
+  for (std::size_t i = 1; i < n; ++i) pool.emplace_back(work, i, n);
+  work(0, n);
+  for (auto& thread : pool) thread.join();
+  return forests;
+}
+
+}  // namespace
+
 std::vector<Forest> train_forests(const BinnedFeatures& binned, const Eigen::MatrixXf& targets,
                                   const std::vector<std::size_t>& train_rows,
                                   const std::vector<std::size_t>& validation_rows,
                                   const BoostOptions& options, std::vector<ForestReport>* reports) {
   const auto count = static_cast<std::size_t>(targets.cols());
-  std::vector<Forest> forests(count);
   std::vector<ForestReport> local(count);
-  const auto work = [&](std::size_t first, std::size_t stride) {
-    for (std::size_t t = first; t < count; t += stride) {
-      forests[t] = train_forest(binned, targets, static_cast<Eigen::Index>(t), train_rows,
-                                validation_rows, options, local[t]);
-    }
-  };
-  const auto threads = static_cast<std::size_t>(std::max(1, options.threads));
-  std::vector<std::thread> pool;
-  for (std::size_t i = 1; i < threads; ++i) pool.emplace_back(work, i, threads);
-  work(0, threads);
-  for (auto& thread : pool) thread.join();
+  auto forests = for_each_target(count, options.threads, [&](std::size_t t) {
+    return train_forest(binned, targets, static_cast<Eigen::Index>(t), train_rows, validation_rows,
+                        options, local[t]);
+  });
   if (reports) *reports = std::move(local);
   return forests;
+}
+
+std::vector<Forest> refit_forests(const BinnedFeatures& binned, const Eigen::MatrixXf& targets,
+                                  const std::vector<std::size_t>& rows,
+                                  const std::vector<ForestReport>& rounds,
+                                  const BoostOptions& options) {
+  return for_each_target(
+      static_cast<std::size_t>(targets.cols()), options.threads, [&](std::size_t t) {
+        BoostOptions fixed = options;
+        fixed.max_rounds = std::max(1, rounds[t].rounds_kept);
+        ForestReport unused;
+        return train_forest(binned, targets, static_cast<Eigen::Index>(t), rows, {}, fixed, unused);
+      });
 }
 
 }  // namespace torouter::detail

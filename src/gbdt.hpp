@@ -117,4 +117,12 @@ std::vector<Forest> train_forests(const BinnedFeatures& binned, const Eigen::Mat
                                   const BoostOptions& options,
                                   std::vector<ForestReport>* reports = nullptr);
 
+/// Trains one forest per column on `rows` with exactly `rounds[column]`
+/// trees (at least one), as early stopping in `train_forests` found them:
+/// the final fit on every row, held-out ones included.
+std::vector<Forest> refit_forests(const BinnedFeatures& binned, const Eigen::MatrixXf& targets,
+                                  const std::vector<std::size_t>& rows,
+                                  const std::vector<ForestReport>& rounds,
+                                  const BoostOptions& options);
+
 }  // namespace torouter::detail

@@ -1,8 +1,8 @@
 // Runs the torouter program as a user would: train on a dataset folder,
 // route a prompt, and get clear errors for bad input.
-#include <catch2/catch.hpp>
 #include <simdjson.h>
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -11,8 +11,8 @@
 #include <sstream>
 #include <string>
 
-#include "support/temp_dir.hpp"
 #include "support/synthetic_data.hpp"
+#include "support/temp_dir.hpp"
 
 using Catch::Matchers::Contains;
 
@@ -40,17 +40,41 @@ std::filesystem::path work_dir() {
 
 }  // namespace
 
+TEST_CASE("torouter train with no scorer chooses one by cross-validation and records it") {
+  const auto dir = work_dir();
+  torouter::testing::write_synthetic_dataset(dir / "choose", 120, 20);
+  const std::string model = (dir / "chosen.tormodel").string();
+  const Run trained = run("train --data '" + (dir / "choose").string() +
+                          "' --candidates 'knn:1000;knn:5' --folds 3 --out '" + model + "'");
+  INFO(trained.output);
+  REQUIRE(trained.status == 0);
+  CHECK_THAT(trained.output, Contains("3-fold cross-validated AIQ") && Contains("knn:1000 ") &&
+                                 Contains("stack:knn:5+knn:1000") && Contains("ECE") &&
+                                 Contains("chose ") && Contains("calibrated"));
+  const Run evaluated =
+      run("eval --data '" + (dir / "choose").string() + "' --model '" + model + "'");
+  INFO(evaluated.output);
+  CHECK(evaluated.status == 0);
+
+  Run r = run("train --data x --out y --candidates 'mlp/adam'");
+  CHECK_THAT(r.output, Contains("bce or soft"));
+  r = run("train --data '" + (dir / "choose").string() + "' --out y --folds 1");
+  CHECK_THAT(r.output, Contains("--folds"));
+  r = run("train --data x --out y --candidates 'gbt,trees=3'");
+  CHECK_THAT(r.output, Contains("unknown option \"trees\""));
+}
+
 TEST_CASE("torouter train then route") {
   const auto dir = work_dir();
   torouter::testing::write_synthetic_dataset(dir / "synthetic", 300, 20);
   const std::string model = (dir / "synthetic.tormodel").string();
-  const Run trained = run("train --data '" + (dir / "synthetic").string() +
-                          "' --scorer mlp:16,buckets=1024 --out '" + model +
-                          "' --epochs 12 --seed 3 --threads 2");
+  const Run trained =
+      run("train --data '" + (dir / "synthetic").string() +
+          "' --scorer mlp:16,buckets=1024 --out '" + model + "' --epochs 12 --seed 3 --threads 2");
   INFO(trained.output);
   REQUIRE(trained.status == 0);
-  CHECK_THAT(trained.output, Contains("epoch   1") && Contains("validation loss") &&
-                                 Contains("wrote " + model));
+  CHECK_THAT(trained.output,
+             Contains("epoch   1") && Contains("validation loss") && Contains("wrote " + model));
 
   const Run routed = run("route --model '" + model + "' 'fix the bug in my python loop'");
   INFO(routed.output);
@@ -65,7 +89,8 @@ TEST_CASE("torouter train then route") {
   CHECK(double(candidates.at(0)["cost_usd"]) > 0);
 
   // A large cost weight sends it to the cheapest expert.
-  const Run cheap = run("route --model '" + model + "' --lambda-cost 1e6 'fix the bug in my python loop'");
+  const Run cheap =
+      run("route --model '" + model + "' --lambda-cost 1e6 'fix the bug in my python loop'");
   REQUIRE(cheap.status == 0);
   REQUIRE(parser.parse(cheap.output).get(decision) == simdjson::SUCCESS);
   CHECK(std::string_view(decision["pick"]) == "generalist");
@@ -91,9 +116,8 @@ TEST_CASE("torouter eval reports the shared figures as text and JSON") {
               "' --scorer mlp:16,buckets=1024 --epochs 10 --out '" + model + "'")
               .status == 0);
   const std::string json = (dir / "synthetic_eval.json").string();
-  const Run evaluated =
-      run("eval --data '" + (dir / "synthetic_eval").string() + "' --model '" + model +
-          "' --json '" + json + "'");
+  const Run evaluated = run("eval --data '" + (dir / "synthetic_eval").string() + "' --model '" +
+                            model + "' --json '" + json + "'");
   INFO(evaluated.output);
   REQUIRE(evaluated.status == 0);
   CHECK_THAT(evaluated.output, Contains("40 test rows") && Contains("oracle") && Contains("AIQ"));
@@ -139,7 +163,8 @@ TEST_CASE("torouter eval reports the shared figures as text and JSON") {
   // The plot: one labelled point per expert, random, the oracle, the curve.
   const std::string svg_path = (dir / "synthetic_eval.svg").string();
   REQUIRE(run("eval --data '" + (dir / "synthetic_eval").string() + "' --model '" + model +
-              "' --plot '" + svg_path + "'").status == 0);
+              "' --plot '" + svg_path + "'")
+              .status == 0);
   std::ifstream svg_file(svg_path);
   std::ostringstream svg_text;
   svg_text << svg_file.rdbuf();
@@ -152,7 +177,8 @@ TEST_CASE("torouter eval reports the shared figures as text and JSON") {
     ++circles;
   }
   CHECK(circles == 3);
-  for (const char* label : {">coder<", ">historian<", ">generalist<", ">random<", ">oracle<", "router (AIQ"}) {
+  for (const char* label :
+       {">coder<", ">historian<", ">generalist<", ">random<", ">oracle<", "router (AIQ"}) {
     CHECK_THAT(svg, Contains(label));
   }
   // Every curve point lies inside the picture.
@@ -172,8 +198,8 @@ TEST_CASE("torouter eval reports the shared figures as text and JSON") {
 
   // Beside the plane, the reliability diagram: its diagonal and one labelled
   // point per non-empty bin, inside the picture.
-  CHECK_THAT(svg, Contains("class=\"reliability-diagonal\"") &&
-                      Contains("reliability at lambda = 0"));
+  CHECK_THAT(svg,
+             Contains("class=\"reliability-diagonal\"") && Contains("reliability at lambda = 0"));
   std::size_t filled = 0;
   for (simdjson::dom::element bin : bins) filled += std::uint64_t(bin["count"]) > 0;
   std::size_t dots = 0;
@@ -194,7 +220,8 @@ TEST_CASE("torouter calibrate finds the smallest lambda meeting a budget") {
   const std::string data = (dir / "synthetic_calibrate").string();
   const std::string model = (dir / "synthetic_calibrate.tormodel").string();
   REQUIRE(run("train --data '" + data + "' --scorer mlp:16,buckets=1024 --epochs 10 --out '" +
-              model + "'").status == 0);
+              model + "'")
+              .status == 0);
   // The coder is the dearest expert: keep it to at most 10% of the prompts.
   Run r = run("calibrate --data '" + data + "' --model '" + model + "' --max-share coder=0.1");
   INFO(r.output);

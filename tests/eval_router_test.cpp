@@ -168,7 +168,7 @@ TEST_CASE("eval picks what Router::route picks for the default router on llmrout
   TOROUTER_SHARED_DATA_OR_SKIP(root_dir);
   const auto data = torouter::load_routing_dataset((root_dir / "llmrouter14").string());
   const auto model = torouter::load_model(std::string(TOROUTER_SOURCE_DIR) +
-                                          "/examples/default_router/llmrouter14-mlp.tormodel");
+                                          "/examples/default_router/llmrouter14.tormodel");
   // As `torouter eval` builds it: the model's experts in the dataset's order.
   ExpertRegistry experts;
   for (const auto& name : data.experts) experts.add(*model.experts.find(name));

@@ -37,7 +37,7 @@ using namespace std::chrono_literals;
 namespace {
 
 const std::string kModel =
-    std::string(TOROUTER_SOURCE_DIR) + "/examples/default_router/llmrouter14-mlp.tormodel";
+    std::string(TOROUTER_SOURCE_DIR) + "/examples/default_router/llmrouter14.tormodel";
 const std::string kExpertsFile =
     std::string(TOROUTER_SOURCE_DIR) + "/examples/default_router/experts.json";
 // Three of the default router's experts: gemma is the cheapest (0.1/0.1),

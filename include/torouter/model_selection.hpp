@@ -42,8 +42,10 @@ struct CandidateScorer {
 /// "/soft" loss (default bce). Throws `Error` naming the text.
 CandidateScorer parse_candidate(std::string_view text);
 
-/// What `train_best` tries unless told otherwise: gradient-boosted trees,
-/// the MLP with soft labels and with BCE, and kNN.
+/// What `train_best` tries unless told otherwise: gradient-boosted trees and
+/// the MLP with soft labels and with BCE (each routes in tens of
+/// microseconds; kNN's exact search takes about ten times as long, so it is
+/// tried only when named).
 std::vector<CandidateScorer> default_candidates();
 
 /// Settings of the selection.
@@ -51,6 +53,8 @@ struct SelectionOptions {
   std::vector<CandidateScorer> candidates = default_candidates();
   /// Folds of the cross-validation (2..100).
   int folds = 5;
+  /// Also judge stacks of the best two, three, ... candidates.
+  bool stacks = true;
   /// Called after each candidate's cross-validation, e.g. to print it.
   std::function<void(const CandidateFigures&)> on_candidate;
 };

@@ -1,7 +1,8 @@
 // The torouter program: train a router from a routing dataset, and route a
 // prompt with a trained model.
 //
-//   torouter train --data DIR --scorer mlp --out MODEL [--seed N] [--threads N]
+//   torouter train --data DIR --out MODEL [--scorer SPEC | --candidates SPEC;SPEC...]
+//                  [--folds N] [--stacks 0|1] [--seed N] [--threads N]
 //                  [--loss bce|soft] [--temperature T] [--epochs N]
 //   torouter route --model MODEL [--experts FILE] [--lambda-cost X | --quality-floor Q] PROMPT
 //   torouter eval --data DIR --model MODEL [--json FILE] [--plot FILE.svg]
@@ -17,8 +18,12 @@ namespace {
 
 constexpr const char* kUsage =
     "usage:\n"
-    "  torouter train --data DIR --scorer mlp|knn|tlite|SPEC --out MODEL [--seed N]\n"
-    "                 [--threads N] [--loss bce|soft] [--temperature T] [--epochs N]\n"
+    "  torouter train --data DIR --out MODEL [--scorer gbt|mlp|knn|tlite|SPEC]\n"
+    "                 [--candidates SPEC[/soft];SPEC...] [--folds N] [--stacks 0|1]\n"
+    "                 [--seed N] [--threads N] [--loss bce|soft] [--temperature T] [--epochs N]\n"
+    "                 (no --scorer: the candidate of best cross-validated AIQ on the\n"
+    "                 training split, gbt, MLP and stacks by default; --folds 0 with\n"
+    "                 --scorer skips calibration)\n"
     "  torouter route --model MODEL [--experts FILE] [--lambda-cost X | --quality-floor Q] PROMPT\n"
     "  torouter eval --data DIR --model MODEL [--json FILE] [--plot FILE.svg]\n"
     "  torouter calibrate --data DIR --model MODEL (--max-cost-per-query USD | --max-share EXPERT=F)\n"

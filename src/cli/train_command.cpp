@@ -53,6 +53,11 @@ int train(const Arguments& args) {
   const bool named = args.named.count("scorer") != 0;
   const int folds = static_cast<int>(parse_whole(args.get("folds", "5"), "folds", named ? 0 : 2));
   if (folds == 1 || folds > 100) throw Error("--folds: expected 0 (no calibration) or 2..100");
+  // Bad candidate specs are refused before any data is read.
+  const std::vector<CandidateScorer> candidates =
+      args.named.count("candidates") ? parse_candidates(args.required("candidates"))
+                                     : std::vector<CandidateScorer>{};
+  if (named && !candidates.empty()) throw Error("--scorer and --candidates exclude each other");
   std::fprintf(stderr, "loading %s\n", dir.c_str());
   RoutingDataset data = load_routing_dataset(dir);
   const TrainingSet set = make_training_set(data.experts, data.train, data.name + "/train.jsonl");
@@ -103,6 +108,7 @@ int train(const Arguments& args) {
     if (args.named.count("candidates"))
       selection.candidates = parse_candidates(args.required("candidates"));
     selection.folds = folds;
+    selection.stacks = parse_whole(args.get("stacks", "1"), "stacks", 0) != 0;
     selection.on_candidate = print_candidate;
     std::fprintf(stderr, "choosing a scorer by %d-fold cross-validated AIQ on %zu training rows:\n",
                  folds, set.rows());
