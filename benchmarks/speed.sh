@@ -47,6 +47,7 @@ bin="$build/bin"
 
 # Training: name | spec | options. The same settings as benchmarks/quality.sh.
 scorers=(
+  "gbt|gbt|"
   "mlp|mlp:64,buckets=16384|--loss soft --temperature 0.1"
   "mlp-int8|mlp:64,buckets=16384,table=int8|--loss soft --temperature 0.1"
   "knn|knn:40|"
@@ -90,7 +91,8 @@ if [ "$train_mode" != none ]; then
   done
 fi
 
-models=(mlp="$out/models/llmrouter14-mlp-t2.tormodel" mlp-int8="$out/models/llmrouter14-mlp-int8-t2.tormodel"
+models=(default="examples/default_router/llmrouter14.tormodel" gbt="$out/models/llmrouter14-gbt-t2.tormodel"
+        mlp="$out/models/llmrouter14-mlp-t2.tormodel" mlp-int8="$out/models/llmrouter14-mlp-int8-t2.tormodel"
         knn="$out/models/llmrouter14-knn-t2.tormodel" tlite="$out/models/llmrouter14-tlite-t2.tormodel"
         tlite128="$out/models/tlite128.tormodel" tlite-d128="$out/models/tlite-d128.tormodel")
 model_args=()

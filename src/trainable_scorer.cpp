@@ -131,7 +131,6 @@ TrainReport TrainableScorer::train(const TrainingSet& set, const TrainOptions& o
   training_.report = report;
   training_.data_fingerprint = set.fingerprint;
   training_.data_source = set.source;
-  training_.data_has_output_tokens = set.has_output_tokens();
   return report;
 }
 
@@ -139,7 +138,6 @@ void TrainableScorer::score(const std::string_view* prompts, std::size_t count, 
                             ScorerWorkspace* workspace) const {
   score_uncalibrated(prompts, count, out, workspace);
   calibration_.apply(out.quality);
-  if (!training_.data_has_output_tokens) out.output_tokens.setZero();
 }
 
 void TrainableScorer::set_calibration(IsotonicCalibration calibration) {
@@ -272,7 +270,6 @@ void TrainableScorer::save(ModelWriter& out) const {
   out.set("training.seconds", r.seconds);
   out.set("data.fingerprint", training_.data_fingerprint);
   out.set("data.source", training_.data_source);
-  out.set("data.has_output_tokens", training_.data_has_output_tokens);
   write_calibration(out, calibration_);
   write_selection(out, training_.selection);
   write_model(out);
@@ -309,8 +306,6 @@ void TrainableScorer::load(const ModelReader& in) {
   r.seconds = in.number("training.seconds");
   training_.data_fingerprint = in.text("data.fingerprint");
   training_.data_source = in.text("data.source");
-  training_.data_has_output_tokens =
-      !in.has("data.has_output_tokens") || in.flag("data.has_output_tokens");
   const auto& experts = in.texts("experts");
   if (experts.empty()) throw Error(in.where() + "field \"experts\": no expert listed");
   set_identity(experts, training_.data_fingerprint);

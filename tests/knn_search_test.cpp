@@ -152,9 +152,6 @@ Coverage check_against_brute_force(const TrainingSet& set, const std::vector<std
       for (Eigen::Index e = 0; e < static_cast<Eigen::Index>(set.experts.size()); ++e) {
         float quality = 0, tokens = 0;
         brute_force_predict(set, kept, configs[c].uniform, e, quality, tokens);
-        // A scorer trained on rows without any answer length predicts 0
-        // output tokens (TrainingRecord::data_has_output_tokens).
-        if (!set.has_output_tokens()) tokens = 0.0f;
         const auto row = static_cast<Eigen::Index>(i);
         if (same_bits(scores[c].quality(row, e), quality) &&
             same_bits(scores[c].output_tokens(row, e), tokens)) {

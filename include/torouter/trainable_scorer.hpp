@@ -59,11 +59,6 @@ struct TrainingRecord {
   /// `TrainingSet::fingerprint` and `source` of the rows it learned from.
   std::string data_fingerprint;
   std::string data_source;
-  /// Whether the rows recorded answer lengths. A scorer trained without any
-  /// predicts 0 output tokens: the datasets' cost rule counts an absent
-  /// length as 0, so its routes weigh the experts' input prices alone, as
-  /// its data did. (Model files from before this field predict none.)
-  bool data_has_output_tokens = true;
   /// The model selection that chose this scorer, if one did.
   ModelSelection selection;
 };
@@ -89,9 +84,7 @@ class TrainableScorer : public Scorer {
 
   /// Scores with the trained model, then maps each quality through the
   /// calibration (none until `set_calibration`), so a calibrated scorer's
-  /// quality is the expected quality of the expert's answer. Output tokens
-  /// are 0 when the training rows had no answer length (see
-  /// `TrainingRecord::data_has_output_tokens`).
+  /// quality is the expected quality of the expert's answer.
   void score(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
              ScorerWorkspace* workspace) const final;
   using Scorer::score;
