@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "torouter/error.hpp"
@@ -71,13 +72,21 @@ IsotonicCalibration::IsotonicCalibration(std::vector<std::vector<float>> x,
 IsotonicCalibration IsotonicCalibration::fit(const Eigen::MatrixXf& raw,
                                              const Eigen::MatrixXf& quality,
                                              const Eigen::MatrixXf& present) {
+  if (quality.rows() != raw.rows() || quality.cols() != raw.cols() ||
+      present.rows() != raw.rows() || present.cols() != raw.cols()) {
+    throw Error("calibration: raw, quality and present must have the same shape");
+  }
   std::vector<std::vector<float>> xs(static_cast<std::size_t>(raw.cols()));
   std::vector<std::vector<float>> ys(xs.size());
   std::vector<std::pair<float, float>> pairs;
   for (Eigen::Index e = 0; e < raw.cols(); ++e) {
     pairs.clear();
     for (Eigen::Index r = 0; r < raw.rows(); ++r) {
-      if (present(r, e) != 0) pairs.emplace_back(raw(r, e), quality(r, e));
+      // A non-finite output (a diverged model) says nothing to learn from,
+      // and would break the sort's ordering.
+      if (present(r, e) != 0 && std::isfinite(raw(r, e))) {
+        pairs.emplace_back(raw(r, e), quality(r, e));
+      }
     }
     std::vector<float>& x = xs[static_cast<std::size_t>(e)];
     std::vector<float>& y = ys[static_cast<std::size_t>(e)];

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -311,14 +312,24 @@ namespace {
 template <typename Train>
 std::vector<Forest> for_each_target(std::size_t count, int threads, const Train& train) {
   std::vector<Forest> forests(count);
+  // An exception (bad_alloc) on a worker is carried to the caller, not
+  // left to end the process.
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(std::max(1, threads)));
   const auto work = [&](std::size_t first, std::size_t stride) {
-    for (std::size_t t = first; t < count; t += stride) forests[t] = train(t);
+    try {
+      for (std::size_t t = first; t < count; t += stride) forests[t] = train(t);
+    } catch (...) {
+      errors[first] = std::current_exception();
+    }
   };
-  const auto n = static_cast<std::size_t>(std::max(1, threads));
+  const std::size_t n = errors.size();
   std::vector<std::thread> pool;
   for (std::size_t i = 1; i < n; ++i) pool.emplace_back(work, i, n);
   work(0, n);
   for (auto& thread : pool) thread.join();
+  for (const auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
   return forests;
 }
 
@@ -345,7 +356,7 @@ std::vector<Forest> refit_forests(const BinnedFeatures& binned, const Eigen::Mat
   return for_each_target(
       static_cast<std::size_t>(targets.cols()), options.threads, [&](std::size_t t) {
         BoostOptions fixed = options;
-        fixed.max_rounds = std::max(1, rounds[t].rounds_kept);
+        fixed.max_rounds = rounds[t].rounds_kept;
         ForestReport unused;
         return train_forest(binned, targets, static_cast<Eigen::Index>(t), rows, {}, fixed, unused);
       });

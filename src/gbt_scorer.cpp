@@ -34,6 +34,7 @@
 //   gbt.idf [buckets]; gbt.projection [buckets, dims]
 //   gbt.quality.feature, gbt.quality.threshold [total trees, 2^depth - 1]
 //   gbt.quality.leaf [total trees, 2^depth]; the same for gbt.tokens.*
+// and gbt.tokens.known (per expert, 1 where its rows recorded a length).
 // (the experts' trees one after another, in expert order).
 #include <fmt/format.h>
 
@@ -59,6 +60,7 @@ constexpr double kDefaultEta = 0.05;
 constexpr long long kDefaultBins = 64;
 constexpr long long kDefaultLeaf = 10;
 constexpr long long kDefaultRounds = 2000;
+constexpr float kMaxLeaf = 1e4f;
 
 struct GbtWorkspace : ScorerWorkspace {
   SparseFeatures features;
@@ -82,6 +84,10 @@ class GbtScorer : public TrainableScorer {
         static_cast<int>(spec.integer_option("leaf", kDefaultLeaf, 1, 100000));
     boost_.max_rounds = static_cast<int>(spec.integer_option("rounds", kDefaultRounds, 1, 100000));
     refit_ = spec.integer_option("refit", 1, 0, 1) == 1;
+    if (static_cast<std::uint32_t>(dims_) > featurizer_options_.num_buckets) {
+      throw Error(fmt::format("scorer spec \"{}\": dims ({}) cannot exceed buckets ({})", spec.text,
+                              dims_, featurizer_options_.num_buckets));
+    }
     if (!spec.argument.empty()) {
       throw Error(
           fmt::format("scorer spec \"{}\": gbt takes options only (gbt,depth=4,...)", spec.text));
@@ -115,7 +121,7 @@ class GbtScorer : public TrainableScorer {
         const auto col = static_cast<Eigen::Index>(e);
         out.quality(row, col) = std::clamp(quality_[e].predict(w->x.data()), 0.0f, 1.0f);
         out.output_tokens(row, col) =
-            predicts_tokens_ ? std::max(0.0f, std::expm1(tokens_[e].predict(w->x.data())))
+            tokens_known_[e] ? std::max(0.0f, std::expm1(tokens_[e].predict(w->x.data())))
                              : std::numeric_limits<float>::quiet_NaN();
       }
     }
@@ -123,6 +129,10 @@ class GbtScorer : public TrainableScorer {
 
  protected:
   TrainReport fit(const TrainingSet& set, const TrainOptions& options) override {
+    if (!(options.validation_fraction >= 0 && options.validation_fraction < 1)) {
+      throw Error(fmt::format("{}: validation_fraction must be in [0, 1), got {}", spec_,
+                              options.validation_fraction));
+    }
     std::vector<SparseFeatures> rows(set.rows());
     SparseFeatures features;
     for (std::size_t i = 0; i < set.rows(); ++i) {
@@ -134,8 +144,8 @@ class GbtScorer : public TrainableScorer {
     // The projection is unsupervised: fitting it on every row, held-out
     // ones included, leaks no target.
     projection_ = SparseProjection::fit(rows, featurizer_options_.num_buckets, dims_, options.seed);
-    FeatureMatrix x(static_cast<Eigen::Index>(set.rows()),
-                    static_cast<Eigen::Index>(input_width()));
+    FeatureMatrix x = FeatureMatrix::Zero(static_cast<Eigen::Index>(set.rows()),
+                                          static_cast<Eigen::Index>(input_width()));
     for (std::size_t i = 0; i < set.rows(); ++i)
       inputs(rows[i], x.row(static_cast<Eigen::Index>(i)).data());
 
@@ -154,6 +164,13 @@ class GbtScorer : public TrainableScorer {
     quality_ = train_forests(binned, quality, train, validation, boost, &reports);
     const TrainReport trained = report(set, x, train, validation, reports);
     predicts_tokens_ = set.has_output_tokens();
+    // An expert whose rows record no answer length gets no prediction (the
+    // cost model's default), not a forest's 0.
+    tokens_known_.assign(set.experts.size(), false);
+    for (Eigen::Index e = 0; e < set.output_tokens.cols(); ++e) {
+      tokens_known_[static_cast<std::size_t>(e)] =
+          set.output_tokens.col(e).array().isFinite().any();
+    }
     tokens_.clear();
     const Eigen::MatrixXf log_tokens = set.output_tokens.array().log1p();
     if (predicts_tokens_) {
@@ -175,6 +192,7 @@ class GbtScorer : public TrainableScorer {
     out.set("gbt.dims", dims_);
     out.set("gbt.depth", boost_.max_depth);
     out.set("gbt.predicts_tokens", predicts_tokens_);
+    out.set("gbt.tokens.known", std::vector<double>(tokens_known_.begin(), tokens_known_.end()));
     out.add_tensor("gbt.idf", {static_cast<std::int64_t>(projection_.idf().size())},
                    projection_.idf());
     out.add_tensor("gbt.projection", projection_.table());
@@ -201,6 +219,12 @@ class GbtScorer : public TrainableScorer {
     quality_ = read_forests(in, "gbt.quality");
     tokens_.clear();
     if (predicts_tokens_) tokens_ = read_forests(in, "gbt.tokens");
+    const auto& known = in.numbers("gbt.tokens.known");
+    if (known.size() != expert_names().size()) {
+      throw Error(in.where() + "field \"gbt.tokens.known\": one flag per expert expected");
+    }
+    tokens_known_.clear();
+    for (const double k : known) tokens_known_.push_back(predicts_tokens_ && k != 0);
   }
 
  private:
@@ -227,7 +251,7 @@ class GbtScorer : public TrainableScorer {
     return s;
   }
 
-  // The same seeded split as the neural scorers' validation rows.
+  // A seeded split of the rows: `validation_fraction` of them held out.
   static void split_rows(std::size_t rows, const TrainOptions& options,
                          std::vector<std::size_t>& train, std::vector<std::size_t>& validation) {
     std::vector<std::size_t> order(rows);
@@ -299,6 +323,7 @@ class GbtScorer : public TrainableScorer {
   SparseProjection projection_;
   std::vector<Forest> quality_, tokens_;
   bool predicts_tokens_ = false;
+  std::vector<bool> tokens_known_;
   bool refit_ = true;
   std::string spec_;
 };
@@ -343,6 +368,14 @@ std::vector<Forest> GbtScorer::read_forests(const ModelReader& in,
     }
     f.leaf.assign(leaf.begin() + static_cast<long>(leaves),
                   leaf.begin() + static_cast<long>(leaves + count * f.leaves_per_tree()));
+    // Leaves are shrunk steps of a quality or a log length; a huge one can
+    // only come from a damaged file, and sums of them could overflow.
+    for (const float v : f.leaf) {
+      if (std::abs(v) > kMaxLeaf) {
+        throw Error(fmt::format("{}tensor \"{}.leaf\": value {} is beyond +-{}", in.where(), prefix,
+                                v, kMaxLeaf));
+      }
+    }
     leaves += count * f.leaves_per_tree();
   }
   return forests;

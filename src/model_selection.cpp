@@ -209,6 +209,9 @@ OutOfFold cross_validate(const CandidateScorer& candidate, const TrainingSet& se
     auto scorer = make_scorer(candidate.spec);
     quiet.loss = candidate.loss;
     scorer->train(subset(set, train, k), quiet);
+    // Raw predictions: a stack calibrates itself while training, and the
+    // calibration fitted on these is what applies to the raw output.
+    scorer->set_calibration(IsotonicCalibration());
     std::vector<std::string> prompts;
     for (const std::size_t r : held) prompts.push_back(set.prompts[r]);
     const ScoreBatch scores = scorer->score(prompts);
@@ -255,7 +258,7 @@ std::unique_ptr<TrainableScorer> train_calibrated(const CandidateScorer& candida
   TrainOptions final_options = options;
   final_options.loss = candidate.loss;
   scorer->train(set, final_options);
-  scorer->set_calibration(std::move(calibration));
+  if (folds > 0) scorer->set_calibration(std::move(calibration));
   return scorer;
 }
 

@@ -82,8 +82,11 @@ SparseProjection SparseProjection::fit(const std::vector<SparseFeatures>& rows,
   // transpose.
   const Dense small = x.transpose() * range;  // buckets x width
   Eigen::BDCSVD<Dense> svd(small, Eigen::ComputeThinU);
+  // Fewer rows than dims leave fewer directions: the rest stay zero, so the
+  // projection is always `dims` wide.
+  Table table = Table::Zero(x.cols(), dims);
   const int kept = std::min(dims, width);
-  Table table = svd.matrixU().leftCols(kept);
+  table.leftCols(kept) = svd.matrixU().leftCols(kept);
   return SparseProjection(std::move(idf), std::move(table));
 }
 

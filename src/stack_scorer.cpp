@@ -135,7 +135,16 @@ class StackScorer : public TrainableScorer {
     members_.clear();
     for (std::size_t m = 0; m < names.size(); ++m) {
       const ModelReader part = in.section(fmt::format("member{}.", m));
-      auto member = make_scorer(part.text("scorer.spec"));
+      if (names[m] != member_text(candidates_[m])) {
+        throw Error(
+            fmt::format("{}field \"stack.members\": member {} is \"{}\", the spec says \"{}\"",
+                        in.where(), m, names[m], member_text(candidates_[m])));
+      }
+      if (part.text("scorer.spec") != candidates_[m].spec) {
+        throw Error(fmt::format("{}section member{}.: scorer \"{}\" is not the spec's \"{}\"",
+                                in.where(), m, part.text("scorer.spec"), candidates_[m].spec));
+      }
+      auto member = make_scorer(candidates_[m].spec);
       member->load(part);
       if (member->expert_names() != expert_names()) {
         throw Error(

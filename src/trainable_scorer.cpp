@@ -117,15 +117,15 @@ FeaturizerOptions read_featurizer_options(const ModelReader& in, std::uint32_t m
 }  // namespace detail
 
 TrainReport TrainableScorer::train(const TrainingSet& set, const TrainOptions& options) {
-  if (set.rows() == 0) throw Error(fmt::format("{}: cannot train on an empty training set", spec()));
+  if (set.rows() == 0)
+    throw Error(fmt::format("{}: cannot train on an empty training set", spec()));
   if (set.experts.empty()) throw Error(fmt::format("{}: the training set names no expert", spec()));
   set_identity(set.experts, set.fingerprint);
   calibration_ = IsotonicCalibration();
   training_.selection = ModelSelection();
   const auto start = std::chrono::steady_clock::now();
   TrainReport report = fit(set, options);
-  report.seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   training_.options = options;
   training_.options.on_epoch = nullptr;
   training_.report = report;
@@ -200,14 +200,20 @@ IsotonicCalibration read_calibration(const ModelReader& in, std::size_t experts)
 void write_selection(ModelWriter& out, const ModelSelection& selection) {
   if (selection.folds == 0) return;
   std::vector<std::string> names;
-  std::vector<double> aiq, gap, ece, seconds;
+  std::vector<double> aiq, gap, ece, seconds, gap_known, ece_known;
+  // Gap won and ECE can be undefined (NaN); model fields must be finite, so
+  // they are stored as 0 with a flag.
   for (const auto& c : selection.candidates) {
     names.push_back(c.name);
-    aiq.push_back(c.aiq);
-    gap.push_back(c.gap_won);
-    ece.push_back(c.ece);
+    aiq.push_back(std::isfinite(c.aiq) ? c.aiq : 0.0);
+    gap.push_back(std::isfinite(c.gap_won) ? c.gap_won : 0.0);
+    gap_known.push_back(std::isfinite(c.gap_won) ? 1.0 : 0.0);
+    ece.push_back(std::isfinite(c.ece) ? c.ece : 0.0);
+    ece_known.push_back(std::isfinite(c.ece) ? 1.0 : 0.0);
     seconds.push_back(c.seconds);
   }
+  out.set("selection.cv_gap_won_known", std::move(gap_known));
+  out.set("selection.cv_ece_known", std::move(ece_known));
   out.set("selection.folds", selection.folds);
   out.set("selection.candidates", std::move(names));
   out.set("selection.cv_aiq", std::move(aiq));
@@ -230,8 +236,15 @@ ModelSelection read_selection(const ModelReader& in) {
       ece.size() != names.size() || seconds.size() != names.size()) {
     throw Error(in.where() + "selection: one figure of each kind per candidate expected");
   }
+  const auto& gap_known = in.numbers("selection.cv_gap_won_known");
+  const auto& ece_known = in.numbers("selection.cv_ece_known");
+  if (gap_known.size() != names.size() || ece_known.size() != names.size()) {
+    throw Error(in.where() + "selection: one known flag per candidate expected");
+  }
+  const double nan = std::nan("");
   for (std::size_t i = 0; i < names.size(); ++i) {
-    selection.candidates.push_back(CandidateFigures{names[i], aiq[i], gap[i], ece[i], seconds[i]});
+    selection.candidates.push_back(CandidateFigures{names[i], aiq[i], gap_known[i] ? gap[i] : nan,
+                                                    ece_known[i] ? ece[i] : nan, seconds[i]});
   }
   selection.chosen = static_cast<std::size_t>(
       in.integer("selection.chosen", 0, static_cast<std::int64_t>(names.size()) - 1));
@@ -246,7 +259,8 @@ void TrainableScorer::set_identity(std::vector<std::string> experts, std::string
 }
 
 void TrainableScorer::save(ModelWriter& out) const {
-  if (!trained()) throw Error(fmt::format("{}: cannot save a scorer that was never trained", spec()));
+  if (!trained())
+    throw Error(fmt::format("{}: cannot save a scorer that was never trained", spec()));
   out.set("scorer.spec", spec());
   out.set("experts", experts_);
   const TrainOptions& o = training_.options;
@@ -327,8 +341,9 @@ std::unique_ptr<TrainableScorer> make_scorer(std::string_view text) {
   } else if (spec.kind == "gbt") {
     scorer = detail::make_gbt_scorer(spec);
   } else {
-    throw Error(fmt::format("scorer spec \"{}\": unknown kind \"{}\" (known: gbt, mlp, knn, tlite, stack)",
-                            text, spec.kind));
+    throw Error(
+        fmt::format("scorer spec \"{}\": unknown kind \"{}\" (known: gbt, mlp, knn, tlite, stack)",
+                    text, spec.kind));
   }
   spec.reject_unused_options();
   return scorer;
@@ -348,7 +363,8 @@ const std::vector<std::string>& model_check_prompts() {
   return prompts;
 }
 
-void save_model(const TrainableScorer& scorer, const std::string& path, const ExpertRegistry* prices) {
+void save_model(const TrainableScorer& scorer, const std::string& path,
+                const ExpertRegistry* prices) {
   ModelWriter out(std::string(scorer.kind()));
   scorer.save(out);
   const auto& experts = scorer.expert_names();
@@ -393,9 +409,10 @@ void verify_checks(const TrainableScorer& scorer, const ModelReader& in) {
   const std::size_t experts = scorer.expert_names().size();
   if (prompts.empty() || quality.size() != prompts.size() * experts ||
       tokens.size() != prompts.size() * experts) {
-    throw Error(fmt::format("{}recorded checks: {} prompts need {} values each for quality and "
-                            "output_tokens",
-                            in.where(), prompts.size(), prompts.size() * experts));
+    throw Error(
+        fmt::format("{}recorded checks: {} prompts need {} values each for quality and "
+                    "output_tokens",
+                    in.where(), prompts.size(), prompts.size() * experts));
   }
   const ScoreBatch scores = scorer.score(prompts);
   for (std::size_t i = 0; i < prompts.size(); ++i) {
@@ -405,7 +422,8 @@ void verify_checks(const TrainableScorer& scorer, const ModelReader& in) {
       const double want_q = quality[i * experts + e];
       const double got_q = scores.quality(row, col);
       const double want_t = tokens[i * experts + e];
-      const double got_t = std::isfinite(scores.output_tokens(row, col)) ? scores.output_tokens(row, col) : -1.0;
+      const double got_t =
+          std::isfinite(scores.output_tokens(row, col)) ? scores.output_tokens(row, col) : -1.0;
       if (!close_enough(want_q, got_q, 1e-4) || !close_enough(want_t, got_t, 1e-3)) {
         throw Error(fmt::format(
             "{}recorded check {} (\"{:.40}\") expects quality {} and output tokens {} for expert "

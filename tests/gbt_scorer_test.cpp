@@ -157,4 +157,21 @@ TEST_CASE("gbt specs are checked and written in canonical form") {
   CHECK_THROWS_WITH(torouter::make_scorer("gbt,depth=11"), Contains("depth"));
   CHECK_THROWS_WITH(torouter::make_scorer("gbt,trees=5"), Contains("unknown option \"trees\""));
   CHECK_THROWS_WITH(torouter::make_scorer("gbt:5"), Contains("options only"));
+  CHECK_THROWS_WITH(torouter::make_scorer("gbt,buckets=16"),
+                    Contains("dims (32) cannot exceed buckets (16)"));
+}
+
+TEST_CASE("gbt trains on fewer rows than projection dimensions and survives its model file") {
+  const auto set = synthetic_set(12);  // 12 rows, 32 dimensions asked for
+  auto scorer = torouter::make_scorer("gbt,rounds=20");
+  torouter::TrainOptions options;
+  options.validation_fraction = 0.25;
+  scorer->train(set, options);
+  const std::vector<std::string> prompts{"python loop", "empire war"};
+  const auto scores = scorer->score(prompts);
+  const auto path = (torouter::testing::process_temp_dir("gbt_test") / "small.tormodel").string();
+  torouter::save_model(*scorer, path);
+  CHECK(torouter::load_model(path).scorer->score(prompts).quality == scores.quality);
+  options.validation_fraction = 1.5;
+  CHECK_THROWS_WITH(scorer->train(set, options), Contains("validation_fraction"));
 }

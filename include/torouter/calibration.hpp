@@ -10,8 +10,8 @@
 // violators as scikit-learn's IsotonicRegression, then one knot per pooled
 // block at its mean output, with linear interpolation between the knots
 // and the map held flat beyond the first and last. Strictly increasing
-// between its knots, it keeps each expert's order of prompts (flat blocks
-// would tie many outputs), and changes what the numbers mean, so
+// between its outer knots, it keeps each expert's order of prompts there
+// (flat blocks would tie many outputs), and changes what the numbers mean, so
 // `lambda_cost` and a quality floor mean the same for every model.
 //
 //   auto calibration = torouter::IsotonicCalibration::fit(raw, quality, present);

@@ -34,7 +34,7 @@ std::vector<CandidateScorer> parse_candidates(const std::string& text) {
 
 int train(const Arguments& args) {
   args.allow_only({"data", "scorer", "candidates", "out", "seed", "threads", "loss", "temperature",
-                   "epochs", "folds"});
+                   "epochs", "folds", "stacks"});
   const std::string dir = args.required("data");
   const std::string out = args.required("out");
   TrainOptions options;
@@ -58,6 +58,11 @@ int train(const Arguments& args) {
       args.named.count("candidates") ? parse_candidates(args.required("candidates"))
                                      : std::vector<CandidateScorer>{};
   if (named && !candidates.empty()) throw Error("--scorer and --candidates exclude each other");
+  if (!named && (args.named.count("loss") || args.named.count("temperature"))) {
+    throw Error(
+        "--loss and --temperature apply to --scorer; a candidate names its loss "
+        "(--candidates \"mlp:64/soft\")");
+  }
   std::fprintf(stderr, "loading %s\n", dir.c_str());
   RoutingDataset data = load_routing_dataset(dir);
   const TrainingSet set = make_training_set(data.experts, data.train, data.name + "/train.jsonl");
