@@ -30,7 +30,8 @@
 // neighbours; the selection and the means are the sparse mode's code. The
 // neighbours are approximate only in that the projection is: they are the
 // exact K nearest in the projected space. llmrouter14's cross-validated AIQ
-// is the sparse search's at D = 32 and slightly below at 64 and 128
+// is the sparse search's at D = 32 and slightly below at 64 and 128, and a
+// 500-character route takes about 49 µs at D = 32 against 320 sparse
 // (docs/BENCHMARKS.md).
 //
 // Neighbours are the K rows of highest cosine among the rows that share at
@@ -54,7 +55,8 @@
 // it set, with no per-posting bookkeeping. A min-heap of the K best values then
 // gives the K-th, and one pass over the rows collects those above it and the
 // lowest rows equal to it (both passes skip blocks of 32 rows whose maximum
-// cannot enter). Cost: one multiply-add per posting walked, about 300,000 for a
+// cannot enter, and the heap ignores values below the K-th largest block
+// maximum). Cost: one multiply-add per posting walked, about 300,000 for a
 // 500-character prompt on llmrouter14's 5,608 rows. Bounds that would skip
 // postings prune little with character n-grams, which most rows share:
 // max-score still walks three quarters of them, block-max over row blocks
@@ -129,6 +131,9 @@ using Table = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMaj
 // its time.
 constexpr std::size_t kChunkRows = std::size_t{1} << 16;
 
+// Rows per block that select() skips whole when its maximum cannot enter.
+constexpr std::size_t kSelectBlock = 32;
+
 // Scratch of one query; sized to the stored rows once, so a warm query
 // allocates nothing.
 struct KnnWorkspace : ScorerWorkspace {
@@ -136,18 +141,18 @@ struct KnnWorkspace : ScorerWorkspace {
   std::vector<float> embedding;           // dense mode: the query's projection
   std::vector<float> similarity;          // per stored row, -0.0f between queries
   std::vector<float> best;                // the K highest similarities, a min-heap
+  std::vector<float> maxima, scratch;     // each block's highest similarity, a copy
   std::vector<std::uint32_t> neighbours;  // the K nearest rows, nearest first
 
   void prepare(std::size_t rows, std::size_t k, std::size_t dims) {
     if (similarity.size() != rows) similarity.assign(rows, -0.0f);
     embedding.resize(dims);
+    maxima.reserve(rows / kSelectBlock + 1);
+    scratch.reserve(rows / kSelectBlock + 1);
     best.reserve(std::min(rows, k));
     neighbours.reserve(std::min(rows, k));
   }
 };
-
-// Rows per block that select() skips whole when its maximum cannot enter.
-constexpr std::size_t kSelectBlock = 32;
 
 // The largest of sim[first, end); values are never NaN.
 float block_max(const std::vector<float>& sim, std::size_t first, std::size_t end) {
@@ -350,26 +355,46 @@ struct KnnIndex {
     for (Eigen::Index r = 0; r < out.size(); ++r) out[r] = out[r] > 0 ? out[r] : -0.0f;
   }
 
+  // Fills ws.maxima with each block's highest similarity and returns a
+  // floor below which no row can be among the K best: when K blocks each
+  // hold a value >= m, at least K values are >= m, so the K-th largest block
+  // maximum will do if it is > 0 (values <= 0 may be rows sharing no bucket,
+  // which do not count); otherwise -infinity.
+  static float block_floor(const std::vector<float>& sim, std::size_t k, KnnWorkspace& ws) {
+    ws.maxima.clear();
+    for (std::size_t first = 0; first < sim.size(); first += kSelectBlock) {
+      ws.maxima.push_back(block_max(sim, first, std::min(sim.size(), first + kSelectBlock)));
+    }
+    const float none = -std::numeric_limits<float>::infinity();
+    if (ws.maxima.size() < k) return none;
+    ws.scratch.assign(ws.maxima.begin(), ws.maxima.end());
+    const auto kth = ws.scratch.begin() + static_cast<long>(k - 1);
+    std::nth_element(ws.scratch.begin(), kth, ws.scratch.end(), std::greater<float>());
+    return *kth > 0 ? *kth : none;
+  }
+
   // The K rows of highest similarity among those sharing a bucket, nearest
   // first (ties to the lower row), into ws.neighbours. A min-heap of the K
   // best values gives the K-th best, theta; the neighbours are every row
   // above theta and the lowest rows at theta. The same rows, in the same
   // order, as a partial sort of all those rows by (similarity desc, row
   // asc), with direct float comparisons instead of indirect ones. Both
-  // passes skip whole blocks whose (vectorised) maximum cannot enter: in
-  // dense mode nearly every row is a candidate, and testing each one with a
-  // branch cost more than the matrix-vector product. (A buffer of 2K
-  // candidates cut to K by nth_element instead of the heap was no faster.)
+  // passes skip whole blocks whose maximum cannot enter, and the heap sees
+  // only values at or above block_floor(): in dense mode nearly every row is
+  // a candidate, and testing and pushing each one cost more than the
+  // matrix-vector product. (A buffer of 2K candidates cut to K by
+  // nth_element instead of the heap was no faster.)
   static void select(const std::vector<float>& sim, std::size_t k, KnnWorkspace& ws) {
     const auto greater = std::greater<float>();
+    const float floor = block_floor(sim, k, ws);
     std::vector<float>& best = ws.best;
     best.clear();
-    for (std::size_t first = 0; first < sim.size(); first += kSelectBlock) {
-      const std::size_t end = std::min(sim.size(), first + kSelectBlock);
-      if (best.size() == k && block_max(sim, first, end) <= best.front()) continue;
-      for (std::size_t r = first; r < end; ++r) {
+    for (std::size_t b = 0; b < ws.maxima.size(); ++b) {
+      if (ws.maxima[b] < floor || (best.size() == k && ws.maxima[b] <= best.front())) continue;
+      const std::size_t end = std::min(sim.size(), (b + 1) * kSelectBlock);
+      for (std::size_t r = b * kSelectBlock; r < end; ++r) {
         const float s = sim[r];
-        if (std::signbit(s)) continue;  // shares no bucket
+        if (std::signbit(s) || s < floor) continue;  // -0.0: shares no bucket
         if (best.size() < k) {
           best.push_back(s);
           std::push_heap(best.begin(), best.end(), greater);
@@ -385,10 +410,10 @@ struct KnnIndex {
     const float theta = best.front();
     // Every row above theta is in the heap, so the rest are ties at theta.
     auto ties = static_cast<std::size_t>(std::count(best.begin(), best.end(), theta));
-    for (std::size_t first = 0; first < sim.size(); first += kSelectBlock) {
-      const std::size_t end = std::min(sim.size(), first + kSelectBlock);
-      if (block_max(sim, first, end) < theta) continue;
-      for (std::size_t r = first; r < end; ++r) {
+    for (std::size_t b = 0; b < ws.maxima.size(); ++b) {
+      if (ws.maxima[b] < theta) continue;
+      const std::size_t end = std::min(sim.size(), (b + 1) * kSelectBlock);
+      for (std::size_t r = b * kSelectBlock; r < end; ++r) {
         if (std::signbit(sim[r]) || sim[r] < theta) continue;
         if (sim[r] == theta) {
           if (ties == 0) continue;
