@@ -1,16 +1,38 @@
 // The kNN scorer: a prompt's predicted quality for each expert is the
 // (similarity-weighted) mean quality of its K most similar training prompts,
-// by exact cosine over the featurizer's L2-normalised sparse vectors.
+// by exact cosine over the featurizer's L2-normalised sparse vectors, or, in
+// dense mode (dims=D), by exact cosine over a D-wide projection of them.
 //
 // Spec grammar (canonical form first; `spec()` returns it):
-//   knn[:K][,buckets=N][,weighting=uniform|similarity]
+//   knn[:K][,dims=D][,buckets=N][,weighting=uniform|similarity]
 //   K          neighbours, 1..100000 (default 40)
-//   buckets    featurizer buckets, 16..2^24 (default 2^18: rows are stored
-//              sparse, so a wide table costs no memory)
+//   dims       dense mode's width, 1..512 (absent: the exact sparse search)
+//   buckets    featurizer buckets. Sparse: 16..2^24 (default 2^18: rows are
+//              stored sparse, so a wide table costs no memory). Dense:
+//              16..2^20 (default 2^14, as gbt: the model file holds a
+//              buckets x D projection table)
 //   weighting  similarity (default): each neighbour weighs its cosine, clipped
 //              at 0; uniform: each weighs 1
 // The canonical form is "knn:K" followed by the options that differ from
-// their defaults, in the order above ("knn:40", "knn:5,weighting=uniform").
+// their defaults, in the order above ("knn:40", "knn:5,weighting=uniform",
+// "knn:40,dims=32").
+//
+// Dense mode exists for speed (issue 15 item 9): the sparse search below
+// walks about 300,000 postings for a 500-character prompt, a D-wide product
+// with every row costs rows x D multiply-adds in contiguous memory. Training
+// fits a SparseProjection (IDF weighting and a randomized SVD, as gbt's) on
+// every training row with the training seed (it sees no outcome, so held-out
+// rows leak nothing), projects each row and scales it to unit length; with
+// fewer rows than D the missing directions are zero columns. A query is
+// featurized, projected and scaled the same way, and one matrix-vector
+// product with the stored rows (column-major: D passes of axpy over an
+// L1-resident similarity vector) gives every cosine. Cosines <= 0 are never
+// neighbours; the selection and the means are the sparse mode's code. The
+// neighbours are approximate only in that the projection is: they are the
+// exact K nearest in the projected space. llmrouter14's cross-validated AIQ
+// is the sparse search's at D = 32 and slightly below at 64 and 128, and a
+// 500-character route takes about 49 µs at D = 32 against 320 sparse
+// (docs/BENCHMARKS.md).
 //
 // Neighbours are the K rows of highest cosine among the rows that share at
 // least one bucket with the query (ties go to the lower row index); rows with
@@ -20,27 +42,30 @@
 // their weights sum to 0 they count uniformly. Output tokens average the same
 // way over neighbours whose length is known, and are NaN without any.
 //
-// The search. Loading or training derives an inverted index from the stored
-// rows (the file holds only the rows): for each bucket, the rows holding it
-// in ascending order with their values, rows kept as 16-bit offsets within
+// The sparse search. Loading or training derives an inverted index from the
+// stored rows (the file holds only the rows): for each bucket, the rows holding
+// it in ascending order with their values, rows kept as 16-bit offsets within
 // chunks of 2^16 rows. A query adds v_query * v_row into a per-row float
-// accumulator, walking only the posting lists of its own buckets in
-// ascending bucket order (each found by a galloping search from the last,
-// the next one's first postings prefetched), so each row's cosine is summed
-// in the same order as a merge of the two sorted vectors, bit for bit the
-// exact brute force.
+// accumulator, walking only the posting lists of its own buckets in ascending
+// bucket order (each found by a galloping search from the last, the next one's
+// first postings prefetched), so each row's cosine is summed in the same order
+// as a merge of the two sorted vectors, bit for bit the exact brute force.
 // The accumulator starts at -0.0: values are all > 0 (checked on load), so a
-// row sharing a bucket ends with its sign bit clear and one sharing none
-// keeps it set, with no per-posting bookkeeping. A min-heap of the K best
-// values then gives the K-th, and one pass over the rows collects those
-// above it and the lowest rows equal to it. Cost: one multiply-add per
-// posting walked, about 300,000 for a 500-character prompt on llmrouter14's
-// 5,608 rows. Bounds that would skip postings prune little with character
-// n-grams, which most rows share: max-score still walks three quarters of
-// them, block-max over row blocks nearly all (docs/BENCHMARKS.md).
+// row sharing a bucket ends with its sign bit clear and one sharing none keeps
+// it set, with no per-posting bookkeeping. A min-heap of the K best values then
+// gives the K-th, and one pass over the rows collects those above it and the
+// lowest rows equal to it (both passes skip blocks of 32 rows whose maximum
+// cannot enter, and the heap ignores values below the K-th largest block
+// maximum). Cost: one multiply-add per posting walked, about 300,000 for a
+// 500-character prompt on llmrouter14's 5,608 rows. Bounds that would skip
+// postings prune little with character n-grams, which most rows share:
+// max-score still walks three quarters of them, block-max over row blocks
+// nearly all (docs/BENCHMARKS.md).
 //
 // Model file ("knn" kind). Fields: featurizer.* (as the MLP's), knn.k,
-// knn.weighting, knn.rows (N), knn.nonzeros (Z). Tensors, float32:
+// knn.weighting, knn.rows (N), and in sparse mode knn.nonzeros (Z), in
+// dense mode knn.dims (D; its absence means sparse). Tensors, float32 (the
+// first three in sparse mode only):
 //   knn.offsets        [N+1, 2] row starts into indices/values, each split as
 //                      (offset >> 24, offset & 0xFFFFFF) so both halves are
 //                      exact in float32 whatever Z is
@@ -52,9 +77,17 @@
 //   knn.present        [N, E] 1 where the expert has an outcome, else 0
 //   knn.output_tokens  [N, E] answer length, -1 where unknown (the writer
 //                      refuses NaN)
+// Dense mode stores instead:
+//   knn.idf            [buckets] the projection's IDF weights, each > 0
+//   knn.projection     [buckets, D] the projection table
+//   knn.dense_rows     [N, D] the rows' projections, each of norm 1 (or 0
+//                      for a prompt with no feature)
+// (no inverted index: the product needs none). About 4 bytes x (buckets + N)
+// x D: 3.5 MB at D = 32 on llmrouter14, against 19 MB for the sparse rows.
 // Loading checks offsets (start at 0, never decrease, end at Z), indices
-// (whole, < buckets, strictly ascending within a row), values (> 0) and the
-// tables' ranges, naming the file and the tensor.
+// (whole, < buckets, strictly ascending within a row), values (> 0), the IDF
+// (> 0), the dense rows' norms and the tables' ranges, naming the file and
+// the tensor.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -67,6 +100,7 @@
 #include <random>
 
 #include "scorers.hpp"
+#include "sparse_projection.hpp"
 #include "torouter/error.hpp"
 #include "torouter/features.hpp"
 #include "trainer.hpp"
@@ -80,6 +114,11 @@ constexpr std::uint32_t kDefaultBuckets = 1u << 18;
 // Every integer up to 2^24 is exact in float32: bucket indices are stored as
 // floats, so the bucket count may not exceed it.
 constexpr std::uint32_t kMaxBuckets = 1u << 24;
+// Dense mode stores a buckets x dims projection table in the model file, so
+// it defaults to gbt's narrower featurizer and caps the width as gbt does.
+constexpr std::uint32_t kDefaultDenseBuckets = 1u << 14;
+constexpr std::uint32_t kMaxDenseBuckets = 1u << 20;
+constexpr long long kMaxDims = 512;
 constexpr std::uint64_t kOffsetHalf = 1u << 24;
 
 enum class Weighting { Similarity, Uniform };
@@ -92,20 +131,42 @@ using Table = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMaj
 // its time.
 constexpr std::size_t kChunkRows = std::size_t{1} << 16;
 
+// Rows per block that select() skips whole when its maximum cannot enter.
+constexpr std::size_t kSelectBlock = 32;
+
 // Scratch of one query; sized to the stored rows once, so a warm query
 // allocates nothing.
 struct KnnWorkspace : ScorerWorkspace {
   SparseFeatures features;
+  std::vector<float> embedding;           // dense mode: the query's projection
   std::vector<float> similarity;          // per stored row, -0.0f between queries
   std::vector<float> best;                // the K highest similarities, a min-heap
+  std::vector<float> maxima, scratch;     // each block's highest similarity, a copy
   std::vector<std::uint32_t> neighbours;  // the K nearest rows, nearest first
 
-  void prepare(std::size_t rows, std::size_t k) {
+  void prepare(std::size_t rows, std::size_t k, std::size_t dims) {
     if (similarity.size() != rows) similarity.assign(rows, -0.0f);
+    embedding.resize(dims);
+    maxima.reserve(rows / kSelectBlock + 1);
+    scratch.reserve(rows / kSelectBlock + 1);
     best.reserve(std::min(rows, k));
     neighbours.reserve(std::min(rows, k));
   }
 };
+
+// The largest of sim[first, end); values are never NaN.
+float block_max(const std::vector<float>& sim, std::size_t first, std::size_t end) {
+  return Eigen::Map<const Eigen::ArrayXf>(sim.data() + first,
+                                          static_cast<Eigen::Index>(end - first))
+      .maxCoeff();
+}
+
+// Scales `v` to unit L2 norm; a zero vector (a prompt with no feature) stays 0.
+void normalise(float* v, Eigen::Index dims) {
+  Eigen::Map<Eigen::RowVectorXf> m(v, dims);
+  const float norm = m.norm();
+  if (norm > 0) m /= norm;
+}
 
 // Where bucket `bucket`'s posting list starts in its chunk.
 struct ListStart {
@@ -155,7 +216,8 @@ const ListStart* next_list(const SparseFeatures& query, std::size_t& i, const Li
   return nullptr;
 }
 
-// Stored rows in CSR form, an inverted index over them, and their outcomes.
+// Stored rows and their outcomes: in sparse mode the rows in CSR form and an
+// inverted index over them, in dense mode the rows' unit-length projections.
 struct KnnIndex {
   // Forward rows: row r holds indices/values [offsets[r], offsets[r + 1]).
   std::vector<std::uint64_t> offsets{0};
@@ -163,12 +225,20 @@ struct KnnIndex {
   std::vector<float> values;
   // The inverted index, derived from the forward rows by finish().
   std::vector<PostingChunk> chunks;
+  // Dense mode only (projection.dims() > 0): rows x dims, each of norm 1
+  // (or 0 for a prompt with no feature). Column-major, so the product with a
+  // query is `dims` passes of axpy over a similarity vector that stays in L1;
+  // measured faster than row-major's per-row dot products.
+  SparseProjection projection;
+  Eigen::MatrixXf dense_rows;
   // Outcomes, rows x experts; tokens NaN where unknown.
   Table quality, present, tokens;
   // Each expert's mean quality over the rows with its outcome (0 with none).
   std::vector<float> expert_mean;
 
-  std::size_t rows() const { return offsets.size() - 1; }
+  std::size_t rows() const { return static_cast<std::size_t>(quality.rows()); }
+  bool dense() const { return projection.dims() > 0; }
+  std::size_t dims() const { return static_cast<std::size_t>(projection.dims()); }
 
   void add_row(const SparseFeatures& f) {
     indices.insert(indices.end(), f.indices.begin(), f.indices.end());
@@ -179,8 +249,8 @@ struct KnnIndex {
   // Builds the posting lists and expert means from the rows and tables.
   void finish(std::uint32_t num_buckets) {
     chunks.clear();
-    std::vector<std::uint32_t> slot(num_buckets);
-    for (std::size_t first = 0, end = 0; first < rows(); first = end) {
+    std::vector<std::uint32_t> slot(dense() ? 0 : num_buckets);
+    for (std::size_t first = 0, end = 0; first < rows() && !dense(); first = end) {
       // At most kChunkRows rows, and fewer than 2^32 postings (a row holds
       // at most 2^24).
       end = first;
@@ -272,25 +342,67 @@ struct KnnIndex {
     }
   }
 
+  // Dense mode: every stored row's cosine with the query's unit-length
+  // projection, one matrix-vector product into sim. A cosine <= 0 (or NaN)
+  // becomes -0.0f, which select() skips as it skips sparse rows sharing no
+  // bucket: such rows are never neighbours, as in sparse mode.
+  void dense_similarity(const SparseFeatures& query, float* embedding, float* sim) const {
+    const Eigen::Index d = projection.dims();
+    projection.project(query, embedding);
+    normalise(embedding, d);
+    Eigen::Map<Eigen::VectorXf> out(sim, dense_rows.rows());
+    out.noalias() = dense_rows * Eigen::Map<const Eigen::VectorXf>(embedding, d);
+    for (Eigen::Index r = 0; r < out.size(); ++r) out[r] = out[r] > 0 ? out[r] : -0.0f;
+  }
+
+  // Fills ws.maxima with each block's highest similarity and returns a
+  // floor below which no row can be among the K best: when K blocks each
+  // hold a value >= m, at least K values are >= m, so the K-th largest block
+  // maximum will do if it is > 0 (values <= 0 may be rows sharing no bucket,
+  // which do not count); otherwise -infinity.
+  static float block_floor(const std::vector<float>& sim, std::size_t k, KnnWorkspace& ws) {
+    ws.maxima.clear();
+    for (std::size_t first = 0; first < sim.size(); first += kSelectBlock) {
+      ws.maxima.push_back(block_max(sim, first, std::min(sim.size(), first + kSelectBlock)));
+    }
+    const float none = -std::numeric_limits<float>::infinity();
+    if (ws.maxima.size() < k) return none;
+    ws.scratch.assign(ws.maxima.begin(), ws.maxima.end());
+    const auto kth = ws.scratch.begin() + static_cast<long>(k - 1);
+    std::nth_element(ws.scratch.begin(), kth, ws.scratch.end(), std::greater<float>());
+    return *kth > 0 ? *kth : none;
+  }
+
   // The K rows of highest similarity among those sharing a bucket, nearest
   // first (ties to the lower row), into ws.neighbours. A min-heap of the K
   // best values gives the K-th best, theta; the neighbours are every row
   // above theta and the lowest rows at theta. The same rows, in the same
   // order, as a partial sort of all those rows by (similarity desc, row
-  // asc), with direct float comparisons instead of indirect ones.
+  // asc), with direct float comparisons instead of indirect ones. Both
+  // passes skip whole blocks whose maximum cannot enter, and the heap sees
+  // only values at or above block_floor(): in dense mode nearly every row is
+  // a candidate, and testing and pushing each one cost more than the
+  // matrix-vector product. (A buffer of 2K candidates cut to K by
+  // nth_element instead of the heap was no faster.)
   static void select(const std::vector<float>& sim, std::size_t k, KnnWorkspace& ws) {
     const auto greater = std::greater<float>();
+    const float floor = block_floor(sim, k, ws);
     std::vector<float>& best = ws.best;
     best.clear();
-    for (float s : sim) {
-      if (std::signbit(s)) continue;  // shares no bucket
-      if (best.size() < k) {
-        best.push_back(s);
-        std::push_heap(best.begin(), best.end(), greater);
-      } else if (s > best.front()) {
-        std::pop_heap(best.begin(), best.end(), greater);
-        best.back() = s;
-        std::push_heap(best.begin(), best.end(), greater);
+    for (std::size_t b = 0; b < ws.maxima.size(); ++b) {
+      if (ws.maxima[b] < floor || (best.size() == k && ws.maxima[b] <= best.front())) continue;
+      const std::size_t end = std::min(sim.size(), (b + 1) * kSelectBlock);
+      for (std::size_t r = b * kSelectBlock; r < end; ++r) {
+        const float s = sim[r];
+        if (std::signbit(s) || s < floor) continue;  // -0.0: shares no bucket
+        if (best.size() < k) {
+          best.push_back(s);
+          std::push_heap(best.begin(), best.end(), greater);
+        } else if (s > best.front()) {
+          std::pop_heap(best.begin(), best.end(), greater);
+          best.back() = s;
+          std::push_heap(best.begin(), best.end(), greater);
+        }
       }
     }
     ws.neighbours.clear();
@@ -298,13 +410,17 @@ struct KnnIndex {
     const float theta = best.front();
     // Every row above theta is in the heap, so the rest are ties at theta.
     auto ties = static_cast<std::size_t>(std::count(best.begin(), best.end(), theta));
-    for (std::size_t r = 0; r < sim.size(); ++r) {
-      if (std::signbit(sim[r]) || sim[r] < theta) continue;
-      if (sim[r] == theta) {
-        if (ties == 0) continue;
-        --ties;
+    for (std::size_t b = 0; b < ws.maxima.size(); ++b) {
+      if (ws.maxima[b] < theta) continue;
+      const std::size_t end = std::min(sim.size(), (b + 1) * kSelectBlock);
+      for (std::size_t r = b * kSelectBlock; r < end; ++r) {
+        if (std::signbit(sim[r]) || sim[r] < theta) continue;
+        if (sim[r] == theta) {
+          if (ties == 0) continue;
+          --ties;
+        }
+        ws.neighbours.push_back(static_cast<std::uint32_t>(r));
       }
-      ws.neighbours.push_back(static_cast<std::uint32_t>(r));
     }
     const float* s = sim.data();
     std::sort(ws.neighbours.begin(), ws.neighbours.end(), [s](std::uint32_t a, std::uint32_t b) {
@@ -356,11 +472,16 @@ struct KnnIndex {
   // value per expert each). Allocates nothing once `ws` is prepared.
   void predict(const SparseFeatures& query, std::size_t k, Weighting weighting, KnnWorkspace& ws,
                float* quality_out, float* tokens_out) const {
-    ws.prepare(rows(), k);
-    accumulate(query, ws.similarity.data());
+    ws.prepare(rows(), k, dims());
+    if (dense()) {
+      dense_similarity(query, ws.embedding.data(), ws.similarity.data());
+    } else {
+      accumulate(query, ws.similarity.data());
+    }
     select(ws.similarity, k, ws);
     average(ws.neighbours, ws.similarity.data(), weighting, quality_out, tokens_out);
-    std::fill(ws.similarity.begin(), ws.similarity.end(), -0.0f);
+    // The sparse accumulator must start at -0.0; the dense product overwrites.
+    if (!dense()) std::fill(ws.similarity.begin(), ws.similarity.end(), -0.0f);
   }
 };
 
@@ -388,15 +509,68 @@ void shuffle(std::vector<std::size_t>& items, std::mt19937_64& rng) {
   }
 }
 
-// ScorerSpec has getters for numbers only, and an option no getter asked for
-// is rejected by make_scorer. Asking for the option as a number marks it as
-// used (whatever the parse gives); its text is then read here.
-std::string canonical_spec(std::size_t k, std::uint32_t buckets, Weighting weighting) {
+std::uint32_t default_buckets(int dims) {
+  return dims > 0 ? kDefaultDenseBuckets : kDefaultBuckets;
+}
+std::uint32_t max_buckets(int dims) { return dims > 0 ? kMaxDenseBuckets : kMaxBuckets; }
+
+std::string canonical_spec(std::size_t k, int dims, std::uint32_t buckets, Weighting weighting) {
   std::string spec = fmt::format("knn:{}", k);
-  if (buckets != kDefaultBuckets) spec += fmt::format(",buckets={}", buckets);
+  if (dims > 0) spec += fmt::format(",dims={}", dims);
+  if (buckets != default_buckets(dims)) spec += fmt::format(",buckets={}", buckets);
   if (weighting == Weighting::Uniform) spec += ",weighting=uniform";
   return spec;
 }
+
+// The projection of `features` to `dims` coordinates. With fewer rows than
+// dims the SVD finds fewer directions; the rest are padded with zero
+// columns, which add nothing to any cosine, so the model keeps its width.
+SparseProjection fit_projection(const std::vector<SparseFeatures>& features, std::uint32_t buckets,
+                                int dims, std::uint64_t seed) {
+  SparseProjection fitted = SparseProjection::fit(features, buckets, dims, seed);
+  if (fitted.dims() == dims) return fitted;
+  SparseProjection::Table table = SparseProjection::Table::Zero(buckets, dims);
+  table.leftCols(fitted.dims()) = fitted.table();
+  return SparseProjection(fitted.idf(), std::move(table));
+}
+
+// Each row's projection, scaled to unit length: rows x dims.
+Table embed(const SparseProjection& projection, const std::vector<SparseFeatures>& rows) {
+  Table out(static_cast<Eigen::Index>(rows.size()), projection.dims());
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    float* row = out.row(static_cast<Eigen::Index>(i)).data();
+    projection.project(rows[i], row);
+    normalise(row, projection.dims());
+  }
+  return out;
+}
+
+// An index of the rows `which` of `set`: sparse from `features`, or dense
+// (when the projection has dims) from `embedded`, the rows' projections.
+KnnIndex build_index(const TrainingSet& set, const std::vector<SparseFeatures>& features,
+                     const SparseProjection& projection, const Table& embedded,
+                     const std::vector<std::size_t>& which, std::uint32_t buckets) {
+  KnnIndex index;
+  if (projection.dims() > 0) {
+    index.projection = projection;
+    index.dense_rows.resize(static_cast<Eigen::Index>(which.size()), projection.dims());
+    for (std::size_t i = 0; i < which.size(); ++i) {
+      index.dense_rows.row(static_cast<Eigen::Index>(i)) =
+          embedded.row(static_cast<Eigen::Index>(which[i]));
+    }
+  } else {
+    for (const std::size_t r : which) index.add_row(features[r]);
+  }
+  copy_outcomes(set, which, index);
+  index.finish(buckets);
+  return index;
+}
+
+Error tensor_error(const ModelReader& in, const char* tensor, const std::string& what) {
+  return Error(fmt::format("{}tensor \"{}\": {}", in.where(), tensor, what));
+}
+
+bool whole(float v, double limit) { return v >= 0 && v < limit && v == std::floor(v); }
 
 class KnnScorer : public TrainableScorer {
  public:
@@ -405,8 +579,9 @@ class KnnScorer : public TrainableScorer {
              ? static_cast<std::size_t>(kDefaultK)
              : static_cast<std::size_t>(parse_integer(
                    spec.argument, 1, kMaxK, fmt::format("scorer spec \"{}\", K", spec.text)));
+    dims_ = static_cast<int>(spec.integer_option("dims", 0, 1, kMaxDims));
     featurizer_options_.num_buckets = static_cast<std::uint32_t>(
-        spec.integer_option("buckets", kDefaultBuckets, 16, kMaxBuckets));
+        spec.integer_option("buckets", default_buckets(dims_), 16, max_buckets(dims_)));
     const std::string weighting = spec.text_option("weighting", "similarity");
     if (weighting == "similarity") {
       weighting_ = Weighting::Similarity;
@@ -418,7 +593,7 @@ class KnnScorer : public TrainableScorer {
           spec.text, weighting));
     }
     featurizer_ = Featurizer(featurizer_options_);
-    spec_ = canonical_spec(k_, featurizer_options_.num_buckets, weighting_);
+    spec_ = canonical_spec(k_, dims_, featurizer_options_.num_buckets, weighting_);
   }
 
   std::string_view kind() const override { return "knn"; }
@@ -426,12 +601,12 @@ class KnnScorer : public TrainableScorer {
 
   std::unique_ptr<ScorerWorkspace> make_workspace() const override {
     auto ws = std::make_unique<KnnWorkspace>();
-    ws->prepare(index_.rows(), k_);
+    ws->prepare(index_.rows(), k_, index_.dims());
     return ws;
   }
 
   void score_uncalibrated(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
-             ScorerWorkspace* workspace) const override {
+                          ScorerWorkspace* workspace) const override {
     if (!trained()) throw Error(fmt::format("{}: score called before train or load", spec_));
     KnnWorkspace local;
     auto* ws = workspace ? static_cast<KnnWorkspace*>(workspace) : &local;
@@ -453,11 +628,16 @@ class KnnScorer : public TrainableScorer {
       throw Error(fmt::format("{}: too many training rows ({})", spec_, set.rows()));
     }
     const auto start = std::chrono::steady_clock::now();
-    KnnIndex all;
-    SparseFeatures features;
-    for (const auto& prompt : set.prompts) {
-      featurizer_.featurize(prompt, features);
-      all.add_row(features);
+    std::vector<SparseFeatures> features(set.rows());
+    for (std::size_t i = 0; i < set.rows(); ++i) featurizer_.featurize(set.prompts[i], features[i]);
+    // Dense mode. The projection is unsupervised: fitting it on every row,
+    // held-out ones included, leaks no target (as gbt's).
+    SparseProjection projection;
+    Table embedded;
+    const std::uint32_t buckets = featurizer_options_.num_buckets;
+    if (dims_ > 0) {
+      projection = fit_projection(features, buckets, dims_, options.seed);
+      embedded = embed(projection, features);
     }
 
     std::vector<std::size_t> order(set.rows());
@@ -480,52 +660,12 @@ class KnnScorer : public TrainableScorer {
     report.validation_rows = validation.size();
     if (!validation.empty()) {
       // Leave-out figures: the held-out rows query an index of the others.
-      KnnIndex fitted;
-      for (std::size_t r : train) {
-        fitted.indices.insert(fitted.indices.end(),
-                              all.indices.begin() + static_cast<long>(all.offsets[r]),
-                              all.indices.begin() + static_cast<long>(all.offsets[r + 1]));
-        fitted.values.insert(fitted.values.end(),
-                             all.values.begin() + static_cast<long>(all.offsets[r]),
-                             all.values.begin() + static_cast<long>(all.offsets[r + 1]));
-        fitted.offsets.push_back(fitted.indices.size());
-      }
-      copy_outcomes(set, train, fitted);
-      fitted.finish(featurizer_options_.num_buckets);
-      const auto experts = static_cast<Eigen::Index>(set.experts.size());
-      Eigen::MatrixXf scores(static_cast<Eigen::Index>(validation.size()), experts);
-      std::vector<float> quality(static_cast<std::size_t>(experts));
-      std::vector<float> tokens(static_cast<std::size_t>(experts));
-      KnnWorkspace ws;
-      double squared = 0, counted = 0;
-      for (std::size_t i = 0; i < validation.size(); ++i) {
-        const std::size_t r = validation[i];
-        features.indices.assign(all.indices.begin() + static_cast<long>(all.offsets[r]),
-                                all.indices.begin() + static_cast<long>(all.offsets[r + 1]));
-        features.values.assign(all.values.begin() + static_cast<long>(all.offsets[r]),
-                               all.values.begin() + static_cast<long>(all.offsets[r + 1]));
-        fitted.predict(features, k_, weighting_, ws, quality.data(), tokens.data());
-        const auto row = static_cast<Eigen::Index>(r);
-        for (Eigen::Index e = 0; e < experts; ++e) {
-          const float q = quality[static_cast<std::size_t>(e)];
-          scores(static_cast<Eigen::Index>(i), e) = q;
-          if (set.present(row, e) > 0.5f) {
-            const double diff = q - set.quality(row, e);
-            squared += diff * diff;
-            counted += 1;
-          }
-        }
-      }
-      report.validation_loss = counted > 0 ? squared / counted : 0.0;
-      report.validation_quality = routed_quality(set, validation, scores);
+      const KnnIndex fitted = build_index(set, features, projection, embedded, train, buckets);
+      leave_out_figures(set, features, fitted, validation, report);
     }
-
     // The final index keeps every row, held-out ones included.
-    order.resize(set.rows());
     std::iota(order.begin(), order.end(), 0);
-    copy_outcomes(set, order, all);
-    all.finish(featurizer_options_.num_buckets);
-    index_ = std::move(all);
+    index_ = build_index(set, features, projection, embedded, order, buckets);
 
     if (options.on_epoch) {
       EpochProgress progress;
@@ -541,32 +681,20 @@ class KnnScorer : public TrainableScorer {
   }
 
   void write_model(ModelWriter& out) const override {
-    const FeaturizerOptions& f = featurizer_options_;
-    out.set("featurizer.num_buckets", static_cast<std::uint64_t>(f.num_buckets));
-    out.set("featurizer.word_unigrams", f.word_unigrams);
-    out.set("featurizer.word_bigrams", f.word_bigrams);
-    out.set("featurizer.char_ngrams", f.char_ngrams);
-    out.set("featurizer.char_ngram_min", static_cast<std::uint64_t>(f.char_ngram_min));
-    out.set("featurizer.char_ngram_max", static_cast<std::uint64_t>(f.char_ngram_max));
-    out.set("featurizer.hash_seed", static_cast<std::uint64_t>(f.hash_seed));
+    write_featurizer_options(out, featurizer_options_);
     out.set("knn.k", static_cast<std::uint64_t>(k_));
     out.set("knn.weighting",
             std::string(weighting_ == Weighting::Uniform ? "uniform" : "similarity"));
-    const std::size_t rows = index_.rows();
-    out.set("knn.rows", static_cast<std::uint64_t>(rows));
-    out.set("knn.nonzeros", static_cast<std::uint64_t>(index_.indices.size()));
-
-    std::vector<float> offsets;
-    offsets.reserve(2 * (rows + 1));
-    for (std::uint64_t o : index_.offsets) {
-      offsets.push_back(static_cast<float>(o / kOffsetHalf));
-      offsets.push_back(static_cast<float>(o % kOffsetHalf));
+    if (dims_ > 0) out.set("knn.dims", static_cast<std::uint64_t>(dims_));
+    out.set("knn.rows", static_cast<std::uint64_t>(index_.rows()));
+    if (dims_ > 0) {
+      out.add_tensor("knn.idf", {static_cast<std::int64_t>(index_.projection.idf().size())},
+                     index_.projection.idf());
+      out.add_tensor("knn.projection", index_.projection.table());
+      out.add_tensor("knn.dense_rows", index_.dense_rows);
+    } else {
+      write_sparse_rows(out);
     }
-    out.add_tensor("knn.offsets", {static_cast<std::int64_t>(rows + 1), 2}, std::move(offsets));
-    // Exact: every index is < num_buckets <= 2^24.
-    out.add_tensor("knn.indices", {static_cast<std::int64_t>(index_.indices.size())},
-                   std::vector<float>(index_.indices.begin(), index_.indices.end()));
-    out.add_tensor("knn.values", {static_cast<std::int64_t>(index_.values.size())}, index_.values);
     out.add_tensor("knn.quality", index_.quality);
     out.add_tensor("knn.present", index_.present);
     Table tokens = index_.tokens;
@@ -577,17 +705,8 @@ class KnnScorer : public TrainableScorer {
   }
 
   void read_model(const ModelReader& in) override {
-    FeaturizerOptions f;
-    f.num_buckets =
-        static_cast<std::uint32_t>(in.integer("featurizer.num_buckets", 16, kMaxBuckets));
-    f.word_unigrams = in.flag("featurizer.word_unigrams");
-    f.word_bigrams = in.flag("featurizer.word_bigrams");
-    f.char_ngrams = in.flag("featurizer.char_ngrams");
-    f.char_ngram_min =
-        static_cast<std::uint32_t>(in.integer("featurizer.char_ngram_min", 1, kMaxCharNgram));
-    f.char_ngram_max =
-        static_cast<std::uint32_t>(in.integer("featurizer.char_ngram_max", 1, kMaxCharNgram));
-    f.hash_seed = static_cast<std::uint64_t>(in.integer("featurizer.hash_seed", 0));
+    dims_ = in.has("knn.dims") ? static_cast<int>(in.integer("knn.dims", 1, kMaxDims)) : 0;
+    const FeaturizerOptions f = read_featurizer_options(in, max_buckets(dims_));
     try {
       featurizer_ = Featurizer(f);
     } catch (const Error& e) {
@@ -601,61 +720,145 @@ class KnnScorer : public TrainableScorer {
                   weighting + "\"");
     }
     weighting_ = weighting == "uniform" ? Weighting::Uniform : Weighting::Similarity;
-    spec_ = canonical_spec(k_, f.num_buckets, weighting_);
+    spec_ = canonical_spec(k_, dims_, f.num_buckets, weighting_);
     if (in.text("scorer.spec") != spec_) {
       throw Error(
           fmt::format("{}field \"scorer.spec\" is \"{}\" but the knn fields describe \"{}\"",
                       in.where(), in.text("scorer.spec"), spec_));
     }
-
     const auto rows = static_cast<std::size_t>(
         in.integer("knn.rows", 1, std::numeric_limits<std::uint32_t>::max() - 1));
-    const auto nonzeros = static_cast<std::uint64_t>(in.integer("knn.nonzeros", 0));
-    const auto experts = static_cast<std::int64_t>(expert_names().size());
-    const auto n = static_cast<std::int64_t>(rows);
-    const auto z = static_cast<std::int64_t>(nonzeros);
-    auto bad = [&in](const char* tensor, const std::string& what) {
-      return Error(fmt::format("{}tensor \"{}\": {}", in.where(), tensor, what));
-    };
-    auto whole = [](float v, double limit) { return v >= 0 && v < limit && v == std::floor(v); };
-
     KnnIndex index;
-    const ModelTensor& offsets = in.tensor("knn.offsets", {n + 1, 2});
+    if (dims_ > 0) {
+      read_dense_rows(in, rows, index);
+    } else {
+      read_sparse_rows(in, rows, index);
+    }
+    read_outcomes(in, rows, index);
+    index.finish(f.num_buckets);
+    index_ = std::move(index);
+  }
+
+ private:
+  // Validation loss and routed quality of the rows `validation` predicted
+  // by `fitted`, an index of the other rows.
+  void leave_out_figures(const TrainingSet& set, const std::vector<SparseFeatures>& features,
+                         const KnnIndex& fitted, const std::vector<std::size_t>& validation,
+                         TrainReport& report) const {
+    const auto experts = static_cast<Eigen::Index>(set.experts.size());
+    Eigen::MatrixXf scores(static_cast<Eigen::Index>(validation.size()), experts);
+    std::vector<float> quality(static_cast<std::size_t>(experts));
+    std::vector<float> tokens(static_cast<std::size_t>(experts));
+    KnnWorkspace ws;
+    double squared = 0, counted = 0;
+    for (std::size_t i = 0; i < validation.size(); ++i) {
+      const std::size_t r = validation[i];
+      fitted.predict(features[r], k_, weighting_, ws, quality.data(), tokens.data());
+      const auto row = static_cast<Eigen::Index>(r);
+      for (Eigen::Index e = 0; e < experts; ++e) {
+        const float q = quality[static_cast<std::size_t>(e)];
+        scores(static_cast<Eigen::Index>(i), e) = q;
+        if (set.present(row, e) > 0.5f) {
+          const double diff = q - set.quality(row, e);
+          squared += diff * diff;
+          counted += 1;
+        }
+      }
+    }
+    report.validation_loss = counted > 0 ? squared / counted : 0.0;
+    report.validation_quality = routed_quality(set, validation, scores);
+  }
+
+  void write_sparse_rows(ModelWriter& out) const {
+    const std::size_t rows = index_.rows();
+    out.set("knn.nonzeros", static_cast<std::uint64_t>(index_.indices.size()));
+    std::vector<float> offsets;
+    offsets.reserve(2 * (rows + 1));
+    for (std::uint64_t o : index_.offsets) {
+      offsets.push_back(static_cast<float>(o / kOffsetHalf));
+      offsets.push_back(static_cast<float>(o % kOffsetHalf));
+    }
+    out.add_tensor("knn.offsets", {static_cast<std::int64_t>(rows + 1), 2}, std::move(offsets));
+    // Exact: every index is < num_buckets <= 2^24.
+    out.add_tensor("knn.indices", {static_cast<std::int64_t>(index_.indices.size())},
+                   std::vector<float>(index_.indices.begin(), index_.indices.end()));
+    out.add_tensor("knn.values", {static_cast<std::int64_t>(index_.values.size())}, index_.values);
+  }
+
+  // Dense mode's tensors: the IDF (each > 0), the projection table and the
+  // rows' projections, each of norm 1 or 0 as embed() leaves them.
+  void read_dense_rows(const ModelReader& in, std::size_t rows, KnnIndex& index) const {
+    const auto buckets = static_cast<std::int64_t>(featurizer_options_.num_buckets);
+    const std::vector<float>& idf = in.tensor("knn.idf", {buckets}).values;
+    for (std::size_t i = 0; i < idf.size(); ++i) {
+      if (!(idf[i] > 0)) {
+        throw tensor_error(in, "knn.idf", fmt::format("value {} at {} is not positive", idf[i], i));
+      }
+    }
+    SparseProjection::Table table;
+    in.tensor("knn.projection", buckets, dims_, table);
+    index.projection = SparseProjection(idf, std::move(table));
+    in.tensor("knn.dense_rows", static_cast<Eigen::Index>(rows), dims_, index.dense_rows);
+    for (Eigen::Index r = 0; r < index.dense_rows.rows(); ++r) {
+      const float norm = index.dense_rows.row(r).norm();
+      if (norm != 0 && std::abs(norm - 1.0f) > 1e-3f) {
+        throw tensor_error(in, "knn.dense_rows",
+                           fmt::format("row {} has norm {}, not 1 (or 0)", r, norm));
+      }
+    }
+  }
+
+  // Sparse mode's tensors: offsets, indices and values, checked as the
+  // header says.
+  void read_sparse_rows(const ModelReader& in, std::size_t rows, KnnIndex& index) const {
+    const auto nonzeros = static_cast<std::uint64_t>(in.integer("knn.nonzeros", 0));
+    const ModelTensor& offsets = in.tensor("knn.offsets", {static_cast<std::int64_t>(rows) + 1, 2});
     index.offsets.resize(rows + 1);
     for (std::size_t r = 0; r <= rows; ++r) {
       const float high = offsets.values[2 * r];
       const float low = offsets.values[2 * r + 1];
       if (!whole(high, static_cast<double>(kOffsetHalf)) ||
           !whole(low, static_cast<double>(kOffsetHalf))) {
-        throw bad(
-            "knn.offsets",
+        throw tensor_error(
+            in, "knn.offsets",
             fmt::format("row {} holds ({}, {}), not two whole numbers below 2^24", r, high, low));
       }
       index.offsets[r] =
           static_cast<std::uint64_t>(high) * kOffsetHalf + static_cast<std::uint64_t>(low);
       if (r == 0 && index.offsets[0] != 0)
-        throw bad("knn.offsets", "the first row must start at 0");
+        throw tensor_error(in, "knn.offsets", "the first row must start at 0");
       if (r > 0 && index.offsets[r] < index.offsets[r - 1]) {
-        throw bad("knn.offsets", fmt::format("offsets decrease at row {} ({} after {})", r,
-                                             index.offsets[r], index.offsets[r - 1]));
+        throw tensor_error(in, "knn.offsets",
+                           fmt::format("offsets decrease at row {} ({} after {})", r,
+                                       index.offsets[r], index.offsets[r - 1]));
       }
     }
     if (index.offsets[rows] != nonzeros) {
-      throw bad("knn.offsets", fmt::format("the rows end at {} but knn.nonzeros is {}",
-                                           index.offsets[rows], nonzeros));
+      throw tensor_error(
+          in, "knn.offsets",
+          fmt::format("the rows end at {} but knn.nonzeros is {}", index.offsets[rows], nonzeros));
     }
+    read_sparse_entries(in, rows, nonzeros, index);
+  }
+
+  void read_sparse_entries(const ModelReader& in, std::size_t rows, std::uint64_t nonzeros,
+                           KnnIndex& index) const {
+    const std::uint32_t buckets = featurizer_options_.num_buckets;
+    const auto z = static_cast<std::int64_t>(nonzeros);
     const ModelTensor& indices = in.tensor("knn.indices", {z});
     index.indices.resize(static_cast<std::size_t>(nonzeros));
     for (std::size_t r = 0; r < rows; ++r) {
       for (std::uint64_t i = index.offsets[r]; i < index.offsets[r + 1]; ++i) {
         const float v = indices.values[i];
-        if (!whole(v, f.num_buckets)) {
-          throw bad("knn.indices", fmt::format("value {} at {} is not a bucket index below {}", v,
-                                               i, f.num_buckets));
+        if (!whole(v, buckets)) {
+          throw tensor_error(
+              in, "knn.indices",
+              fmt::format("value {} at {} is not a bucket index below {}", v, i, buckets));
         }
         index.indices[i] = static_cast<std::uint32_t>(v);
         if (i > index.offsets[r] && index.indices[i] <= index.indices[i - 1]) {
-          throw bad("knn.indices", fmt::format("row {} is not strictly ascending at {}", r, i));
+          throw tensor_error(in, "knn.indices",
+                             fmt::format("row {} is not strictly ascending at {}", r, i));
         }
       }
     }
@@ -663,9 +866,15 @@ class KnnScorer : public TrainableScorer {
     // The featurizer's values are all > 0, which the search relies on.
     for (std::size_t i = 0; i < index.values.size(); ++i) {
       if (!(index.values[i] > 0)) {
-        throw bad("knn.values", fmt::format("value {} at {} is not positive", index.values[i], i));
+        throw tensor_error(in, "knn.values",
+                           fmt::format("value {} at {} is not positive", index.values[i], i));
       }
     }
+  }
+
+  void read_outcomes(const ModelReader& in, std::size_t rows, KnnIndex& index) const {
+    const auto n = static_cast<std::int64_t>(rows);
+    const auto experts = static_cast<std::int64_t>(expert_names().size());
     in.tensor("knn.quality", n, experts, index.quality);
     in.tensor("knn.present", n, experts, index.present);
     in.tensor("knn.output_tokens", n, experts, index.tokens);
@@ -674,23 +883,23 @@ class KnnScorer : public TrainableScorer {
       const float p = index.present.data()[i];
       float& t = index.tokens.data()[i];
       if (!(q >= 0 && q <= 1))
-        throw bad("knn.quality", fmt::format("value {} at {} is outside [0, 1]", q, i));
+        throw tensor_error(in, "knn.quality",
+                           fmt::format("value {} at {} is outside [0, 1]", q, i));
       if (p != 0 && p != 1)
-        throw bad("knn.present", fmt::format("value {} at {} is not 0 or 1", p, i));
+        throw tensor_error(in, "knn.present", fmt::format("value {} at {} is not 0 or 1", p, i));
       if (t == -1.0f) {
         t = std::numeric_limits<float>::quiet_NaN();
       } else if (t < 0) {
-        throw bad("knn.output_tokens", fmt::format("value {} at {} is neither -1 nor >= 0", t, i));
+        throw tensor_error(in, "knn.output_tokens",
+                           fmt::format("value {} at {} is neither -1 nor >= 0", t, i));
       }
     }
-    index.finish(f.num_buckets);
-    index_ = std::move(index);
   }
 
- private:
   FeaturizerOptions featurizer_options_;
   Featurizer featurizer_;
   std::size_t k_ = kDefaultK;
+  int dims_ = 0;  // 0: exact sparse search; else the projection's width
   Weighting weighting_ = Weighting::Similarity;
   std::string spec_;
   KnnIndex index_;

@@ -1,5 +1,6 @@
-// A warm kNN `score` with a workspace allocates nothing: global operator new
-// is replaced by a counting one, so this test is a binary of its own.
+// A warm kNN `score` with a workspace allocates nothing, in sparse and dense
+// mode: global operator new is replaced by a counting one, so this test is a
+// binary of its own.
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <cstdlib>
@@ -8,9 +9,8 @@
 #include <string_view>
 #include <vector>
 
-#include "torouter/trainable_scorer.hpp"
-
 #include "support/counting_new.hpp"
+#include "torouter/trainable_scorer.hpp"
 
 namespace {
 
@@ -41,7 +41,8 @@ torouter::TrainingSet small_set() {
 }  // namespace
 
 TEST_CASE("a warm kNN score with a workspace allocates nothing", "[knn][allocation]") {
-  const std::string spec = GENERATE(as<std::string>{}, "knn:3", "knn:2,weighting=uniform");
+  const std::string spec = GENERATE(as<std::string>{}, "knn:3", "knn:2,weighting=uniform",
+                                    "knn:3,dims=4", "knn:2,dims=16,weighting=uniform");
   auto scorer = torouter::make_scorer(spec);
   torouter::TrainOptions options;
   options.validation_fraction = 0;

@@ -10,8 +10,10 @@
 #include <optional>
 #include <sstream>
 
-#include "support/temp_dir.hpp"
+#include "sparse_projection.hpp"
 #include "support/data_dir.hpp"
+#include "support/synthetic_data.hpp"
+#include "support/temp_dir.hpp"
 #include "torouter/dataset.hpp"
 #include "torouter/error.hpp"
 #include "torouter/features.hpp"
@@ -368,8 +370,14 @@ TEST_CASE("kNN spec strings parse, canonicalise and round-trip") {
         "knn:5,buckets=4096,weighting=uniform");
   CHECK(torouter::make_scorer("knn,buckets=262144")->spec() == "knn:40");
   CHECK(torouter::make_scorer("knn:3")->kind() == "knn");
+  // Dense mode: dims after K; its default bucket count is 2^14.
+  CHECK(torouter::make_scorer("knn,dims=64")->spec() == "knn:40,dims=64");
+  CHECK(torouter::make_scorer("knn:5,buckets=16384,dims=32")->spec() == "knn:5,dims=32");
+  CHECK(torouter::make_scorer("knn,weighting=uniform,buckets=262144,dims=8")->spec() ==
+        "knn:40,dims=8,buckets=262144,weighting=uniform");
   for (const char* spec : {"knn", "knn:1", "knn:9,buckets=16", "knn:2,weighting=uniform",
-                           "knn:100000,buckets=16777216,weighting=uniform"}) {
+                           "knn:100000,buckets=16777216,weighting=uniform", "knn:3,dims=1",
+                           "knn:7,dims=512,buckets=1048576,weighting=uniform"}) {
     const std::string canonical = torouter::make_scorer(spec)->spec();
     CHECK(torouter::make_scorer(canonical)->spec() == canonical);
   }
@@ -379,7 +387,8 @@ TEST_CASE("bad kNN specs are refused naming the spec") {
   const auto bad =
       GENERATE(as<std::string>{}, "knn:0", "knn:abc", "knn:-3", "knn:100001",
                "knn:5,weighting=cosine", "knn,weighting=", "knn,buckets=8", "knn,buckets=16777217",
-               "knn,buckets=lots", "knn,k=5", "knn:5,weighting", "knn:4x4");
+               "knn,buckets=lots", "knn,k=5", "knn:5,weighting", "knn:4x4", "knn,dims=0",
+               "knn,dims=513", "knn,dims=x", "knn:5,dims=8,buckets=2097152");
   INFO(bad);
   CHECK_THROWS_WITH(torouter::make_scorer(bad), Contains(bad));
   CHECK_THROWS_AS(torouter::make_scorer(bad), Error);
@@ -513,4 +522,186 @@ TEST_CASE("kNN trained on routerbench3 routes better than a random expert") {
                          << quality.colwise().mean().maxCoeff() << ", validation quality "
                          << report.validation_quality << ", trained in " << report.seconds << " s");
   CHECK(routed > random_expert);
+}
+
+// Dense mode (dims=D): the rows' IDF-weighted projections, fitted by
+// SparseProjection on every training row with the training seed, each scaled
+// to unit length; cosine is a plain dot product.
+
+namespace {
+
+torouter::TrainingSet synthetic_set(std::size_t rows, unsigned seed) {
+  return torouter::make_training_set(torouter::testing::synthetic_experts(),
+                                     torouter::testing::synthetic_rows(rows, seed), "synthetic");
+}
+
+std::vector<double> unit_projection(const torouter::detail::SparseProjection& projection,
+                                    const torouter::SparseFeatures& features) {
+  std::vector<float> out(static_cast<std::size_t>(projection.dims()));
+  projection.project(features, out.data());
+  double norm = 0;
+  for (const float v : out) norm += static_cast<double>(v) * v;
+  std::vector<double> unit(out.begin(), out.end());
+  for (double& v : unit) v = norm > 0 ? v / std::sqrt(norm) : 0.0;
+  return unit;
+}
+
+// The dense prediction in double: cosine against every row, the K best
+// above 0 (ties to the lower row), then the sparse mode's means. `clear` is
+// false when the K-th and the next similarity are too close for float
+// rounding to be sure of the same neighbours.
+Expected dense_brute_force(const TrainingSet& set, const torouter::Featurizer& featurizer,
+                           const torouter::detail::SparseProjection& projection,
+                           const std::string& query, std::size_t k, bool uniform, bool& clear) {
+  torouter::SparseFeatures f;
+  featurizer.featurize(query, f);
+  const std::vector<double> q = unit_projection(projection, f);
+  std::vector<std::pair<double, std::size_t>> sims;
+  for (std::size_t r = 0; r < set.rows(); ++r) {
+    featurizer.featurize(set.prompts[r], f);
+    const std::vector<double> row = unit_projection(projection, f);
+    double s = 0;
+    for (std::size_t d = 0; d < q.size(); ++d) s += q[d] * row[d];
+    sims.emplace_back(s, r);
+  }
+  std::sort(sims.begin(), sims.end(), [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  });
+  clear = k >= sims.size() || std::abs(sims[k - 1].first - sims[k].first) > 1e-5 ||
+          sims[k - 1].first == sims[k].first;
+  std::vector<std::pair<double, std::size_t>> neighbours;
+  for (std::size_t i = 0; i < sims.size() && neighbours.size() < k; ++i) {
+    if (sims[i].first > 1e-6) neighbours.push_back(sims[i]);
+    if (std::abs(sims[i].first) <= 1e-6) clear = false;
+  }
+  Expected out;
+  for (Eigen::Index e = 0; e < static_cast<Eigen::Index>(set.experts.size()); ++e) {
+    double qw = 0, w_sum = 0, tw = 0, tw_sum = 0;
+    for (const auto& [s, r] : neighbours) {
+      const auto i = static_cast<Eigen::Index>(r);
+      const double w = uniform ? 1.0 : s;
+      qw += w * set.quality(i, e);  // the synthetic rows have every outcome
+      w_sum += w;
+      tw += w * set.output_tokens(i, e);
+      tw_sum += w;
+    }
+    out.quality.push_back(static_cast<float>(w_sum > 0 ? qw / w_sum : set.quality.col(e).mean()));
+    out.tokens.push_back(tw_sum > 0 ? static_cast<float>(tw / tw_sum)
+                                    : std::numeric_limits<float>::quiet_NaN());
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("dense kNN learns which expert answers which prompts") {
+  const TrainingSet set = synthetic_set(300, 1);
+  auto scorer = torouter::make_scorer("knn:10,dims=8");
+  scorer->train(set, TrainOptions{});
+  const std::vector<std::string> prompts{"python function loop bug array json",
+                                         "king empire war treaty battle rome"};
+  const ScoreBatch scores = scorer->score(prompts);
+  CHECK(scores.quality(0, 0) > 0.8f);  // coder on code
+  CHECK(scores.quality(0, 1) < 0.2f);
+  CHECK(scores.quality(1, 1) > 0.8f);  // historian on history
+  CHECK(scores.quality(1, 0) < 0.2f);
+  CHECK(scores.quality(0, 2) == Approx(0.5).margin(0.01));
+  CHECK(scores.output_tokens(0, 0) > scores.output_tokens(1, 0));  // the coder writes more on code
+}
+
+TEST_CASE("dense kNN predictions equal a brute-force dense computation") {
+  const TrainingSet set = synthetic_set(200, 1);
+  const auto k = GENERATE(std::size_t{1}, std::size_t{5}, std::size_t{40});
+  const bool uniform = GENERATE(false, true);
+  const int dims = GENERATE(4, 16);
+  TrainOptions options = all_rows();
+  options.seed = 11;
+  auto scorer = torouter::make_scorer("knn:" + std::to_string(k) + ",dims=" + std::to_string(dims) +
+                                      (uniform ? ",weighting=uniform" : ""));
+  scorer->train(set, options);
+
+  torouter::FeaturizerOptions featurizer_options;
+  featurizer_options.num_buckets = 1u << 14;
+  const torouter::Featurizer featurizer(featurizer_options);
+  std::vector<torouter::SparseFeatures> rows(set.rows());
+  for (std::size_t r = 0; r < set.rows(); ++r) featurizer.featurize(set.prompts[r], rows[r]);
+  const auto projection =
+      torouter::detail::SparseProjection::fit(rows, 1u << 14, dims, options.seed);
+
+  std::vector<std::string> queries = kQueries;
+  for (const auto& row : torouter::testing::synthetic_rows(20, 2)) queries.push_back(row.prompt);
+  queries.insert(queries.end(), set.prompts.begin(), set.prompts.begin() + 20);
+  const ScoreBatch scores = scorer->score(queries);
+  std::size_t compared = 0;
+  for (std::size_t i = 0; i < queries.size(); ++i) {
+    bool clear = true;
+    const Expected want =
+        dense_brute_force(set, featurizer, projection, queries[i], k, uniform, clear);
+    if (!clear) continue;
+    ++compared;
+    for (std::size_t e = 0; e < set.experts.size(); ++e) {
+      INFO("query \"" << queries[i] << "\", expert " << set.experts[e]);
+      const auto row = static_cast<Eigen::Index>(i);
+      const auto col = static_cast<Eigen::Index>(e);
+      CHECK(scores.quality(row, col) == Approx(want.quality[e]).epsilon(1e-4));
+      if (std::isnan(want.tokens[e])) {
+        CHECK(std::isnan(scores.output_tokens(row, col)));
+      } else {
+        CHECK(scores.output_tokens(row, col) == Approx(want.tokens[e]).epsilon(1e-4));
+      }
+    }
+  }
+  CHECK(compared >= queries.size() - 5);
+}
+
+TEST_CASE("a dense kNN model file round-trips to identical scores") {
+  // 12 rows and dims=64: the projection finds fewer directions than asked
+  // and is padded, and the file still holds the asked width.
+  const bool small = GENERATE(false, true);
+  const TrainingSet set = small ? code_history_set() : synthetic_set(200, 1);
+  const std::string spec = small ? "knn:3,dims=64" : "knn:7,dims=16,buckets=4096,weighting=uniform";
+  auto scorer = torouter::make_scorer(spec);
+  scorer->train(set, all_rows());
+  const std::string path = temp_path("dense_roundtrip.tormodel");
+  torouter::save_model(*scorer, path);
+  const torouter::LoadedModel loaded = torouter::load_model(path);
+  CHECK(loaded.scorer->spec() == spec);
+  CHECK(loaded.scorer->kind() == "knn");
+  std::vector<std::string> queries = kQueries;
+  queries.insert(queries.end(), set.prompts.begin(), set.prompts.end());
+  const ScoreBatch before = scorer->score(queries);
+  const ScoreBatch after = loaded.scorer->score(queries);
+  CHECK(after.quality == before.quality);
+  for (Eigen::Index i = 0; i < before.output_tokens.size(); ++i) {
+    const float a = before.output_tokens.data()[i];
+    const float b = after.output_tokens.data()[i];
+    CHECK(((std::isnan(a) && std::isnan(b)) || a == b));
+  }
+  const std::string bytes = read_bytes(path);
+  CHECK(bytes.find("knn.dense_rows") != std::string::npos);
+  CHECK(bytes.find("knn.indices") == std::string::npos);  // no sparse index in dense mode
+}
+
+TEST_CASE("a damaged dense kNN model file is refused naming the tensor") {
+  const TrainingSet set = code_history_set();
+  auto scorer = torouter::make_scorer("knn:3,dims=4");
+  scorer->train(set, all_rows());
+  const std::string good = temp_path("dense_good.tormodel");
+  torouter::save_model(*scorer, good);
+  const std::string bytes = read_bytes(good);
+  const std::string path = temp_path("dense_damaged.tormodel");
+
+  SECTION("a stored row that is not of unit length") {
+    std::string damaged = bytes;
+    put_float(damaged, value_position(damaged, "knn.dense_rows", 1), 3.0f);
+    write_bytes(path, damaged);
+    CHECK_THROWS_WITH(torouter::load_model(path),
+                      Contains(path) && Contains("knn.dense_rows") && Contains("norm"));
+  }
+  SECTION("an IDF weight that is not positive") {
+    std::string damaged = bytes;
+    put_float(damaged, value_position(damaged, "knn.idf", 7), -1.0f);
+    write_bytes(path, damaged);
+    CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.idf"));
+  }
 }
