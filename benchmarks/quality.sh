@@ -27,6 +27,7 @@ routers=(
   "mlp-soft|mlp:64,buckets=16384|--loss soft --temperature 0.1"
   "mlp-soft-int8|mlp:64,buckets=16384,table=int8|--loss soft --temperature 0.1"
   "knn|knn:40|"
+  "knn-dense|knn:40,dims=32|"
   "tlite-soft|tlite|--loss soft --temperature 0.1"
 )
 for dataset in routerbench3 llmrouter14; do
@@ -46,6 +47,7 @@ done
 # prints them; write_results.py puts them in a table.
 ablation="gbt;gbt,dims=64;gbt,dims=128;gbt,depth=2;gbt,depth=6;gbt,eta=0.1;gbt,leaf=1"
 ablation+=";gbt,refit=0;gbt,buckets=65536;mlp:64,buckets=16384;mlp:64,buckets=16384/soft;knn:40"
+ablation+=";knn:40,dims=32;knn:40,dims=64"
 for dataset in routerbench3 llmrouter14; do
   echo "== $dataset: ablation by cross-validation on the training split"
   build/bin/torouter train --data "$data_root/$dataset" --candidates "$ablation" --stacks 0 \
