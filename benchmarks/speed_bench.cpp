@@ -384,7 +384,7 @@ int run_route(const Args& args) {
     auto workspace = scorer.make_workspace();
     torouter::ScoreBatch out;
     const bool is_tlite = spec.rfind("tlite", 0) == 0;
-    const TliteShape shape = parse_tlite(spec);
+    const TliteShape shape = is_tlite ? parse_tlite(spec) : TliteShape{};
     torouter::FeaturizerOptions tfo;
     torouter::Featurizer word_counter(tfo);
     std::vector<std::uint32_t> ids;

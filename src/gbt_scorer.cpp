@@ -219,7 +219,9 @@ class GbtScorer : public TrainableScorer {
     quality_ = read_forests(in, "gbt.quality");
     tokens_.clear();
     if (predicts_tokens_) tokens_ = read_forests(in, "gbt.tokens");
-    const auto& known = in.numbers("gbt.tokens.known");
+    // Files written before the field existed predict a length for every expert.
+    const std::vector<double> all_known(expert_names().size(), 1.0);
+    const auto& known = in.has("gbt.tokens.known") ? in.numbers("gbt.tokens.known") : all_known;
     if (known.size() != expert_names().size()) {
       throw Error(in.where() + "field \"gbt.tokens.known\": one flag per expert expected");
     }
