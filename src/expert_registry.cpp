@@ -109,10 +109,11 @@ class ExpertReader {
       } else if (key == "size" || key == "description") {
         text(key, value);  // descriptive only
       } else {
-        fail(key, "unknown field (known: name, input_usd_per_mtok, output_usd_per_mtok, "
-                  "context_window_tokens, tags, capabilities, time_to_first_token_ms, "
-                  "output_tokens_per_second, max_concurrent_calls, enabled, size, "
-                  "description)");
+        fail(key,
+             "unknown field (known: name, input_usd_per_mtok, output_usd_per_mtok, "
+             "context_window_tokens, tags, capabilities, time_to_first_token_ms, "
+             "output_tokens_per_second, max_concurrent_calls, enabled, size, "
+             "description)");
       }
     }
     if (spec.name.empty()) fail("name", "missing or empty");
@@ -176,11 +177,8 @@ class ExpertReader {
 
   Capabilities capabilities(std::string_view key, element value) const {
     Capabilities out;
-    for (const auto& name : strings(key, value)) {
-      if (!add_capability(out, name)) {
-        fail(key, fmt::format("unknown capability \"{}\" (known: {})", name, kCapabilityNames));
-      }
-    }
+    const std::string problem = capabilities_from(strings(key, value), out);
+    if (!problem.empty()) fail(key, problem);
     return out;
   }
 
@@ -216,9 +214,10 @@ ExpertRegistry parse_expert_registry(std::string_view json, const std::string& o
     const std::string_view key = field.key;
     if (key == "source" || key == "description") continue;
     if (key != "experts") {
-      throw Error(fmt::format("{}: unknown top-level field \"{}\" (known: experts, source, "
-                              "description)",
-                              origin, key));
+      throw Error(
+          fmt::format("{}: unknown top-level field \"{}\" (known: experts, source, "
+                      "description)",
+                      origin, key));
     }
     saw_experts = true;
     simdjson::dom::array list;
@@ -241,8 +240,7 @@ ExpertRegistry parse_expert_registry(std::string_view json, const std::string& o
           throw Error(fmt::format("{}: {}: expected an object", origin, where));
         }
         if (entry.key.empty()) throw Error(fmt::format("{}: {}: empty expert name", origin, where));
-        add_or_fail(registry, ExpertReader(origin, where).read(object, entry.key), origin,
-                    where);
+        add_or_fail(registry, ExpertReader(origin, where).read(object, entry.key), origin, where);
       }
     } else {
       throw Error(fmt::format("{}: experts: expected an array or an object", origin));

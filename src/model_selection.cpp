@@ -117,26 +117,14 @@ struct Trials {
   }
 };
 
-// The out-of-fold predictions of the stack of `members`: the mean of their
-// calibrated quality, and of their output tokens where predicted.
 OutOfFold stack_out_of_fold(const Trials& trials, const std::vector<std::size_t>& members) {
-  const OutOfFold& first = trials.out_of_fold[members[0]];
-  OutOfFold out{Eigen::MatrixXf::Zero(first.quality.rows(), first.quality.cols()),
-                Eigen::MatrixXf::Zero(first.quality.rows(), first.quality.cols())};
-  Eigen::MatrixXf counted = Eigen::MatrixXf::Zero(first.quality.rows(), first.quality.cols());
+  std::vector<const OutOfFold*> predictions;
+  std::vector<const IsotonicCalibration*> calibrations;
   for (const std::size_t m : members) {
-    ScoreMatrix q = trials.out_of_fold[m].quality;
-    trials.calibrations[m].apply(q);
-    out.quality += q / static_cast<float>(members.size());
-    const Eigen::MatrixXf& t = trials.out_of_fold[m].output_tokens;
-    const Eigen::MatrixXf known = t.array().isFinite().cast<float>();
-    out.output_tokens += known.cwiseProduct(t.array().isFinite().select(t, 0.0f).matrix());
-    counted += known;
+    predictions.push_back(&trials.out_of_fold[m]);
+    calibrations.push_back(&trials.calibrations[m]);
   }
-  out.output_tokens = (counted.array() > 0)
-                          .select(out.output_tokens.cwiseQuotient(counted),
-                                  std::numeric_limits<float>::quiet_NaN());
-  return out;
+  return detail::mean_of_calibrated(predictions, calibrations);
 }
 
 // Stacks of the best two, three, ... candidates by cross-validated AIQ,
@@ -168,6 +156,31 @@ void try_stacks(Trials& trials, const RoutingDataset& data, const TrainingSet& s
 }
 
 }  // namespace
+
+namespace detail {
+
+OutOfFold mean_of_calibrated(const std::vector<const OutOfFold*>& members,
+                             const std::vector<const IsotonicCalibration*>& calibrations) {
+  const OutOfFold& first = *members[0];
+  OutOfFold out{Eigen::MatrixXf::Zero(first.quality.rows(), first.quality.cols()),
+                Eigen::MatrixXf::Zero(first.quality.rows(), first.quality.cols())};
+  Eigen::MatrixXf counted = Eigen::MatrixXf::Zero(first.quality.rows(), first.quality.cols());
+  for (std::size_t m = 0; m < members.size(); ++m) {
+    ScoreMatrix q = members[m]->quality;
+    calibrations[m]->apply(q);
+    out.quality += q / static_cast<float>(members.size());
+    const Eigen::MatrixXf& t = members[m]->output_tokens;
+    const Eigen::MatrixXf known = t.array().isFinite().cast<float>();
+    out.output_tokens += known.cwiseProduct(t.array().isFinite().select(t, 0.0f).matrix());
+    counted += known;
+  }
+  out.output_tokens = (counted.array() > 0)
+                          .select(out.output_tokens.cwiseQuotient(counted),
+                                  std::numeric_limits<float>::quiet_NaN());
+  return out;
+}
+
+}  // namespace detail
 
 std::string CandidateScorer::name() const { return detail::member_text(*this); }
 

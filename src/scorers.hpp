@@ -51,6 +51,10 @@ std::unique_ptr<TrainableScorer> make_stack_scorer(std::string_view spec);
 std::string member_text(const CandidateScorer& candidate);
 /// The spec of a stack of `members`.
 std::string stack_spec(const std::vector<CandidateScorer>& members);
+/// Out-of-fold predictions of a stack: the mean of its members' calibrated
+/// quality, and of their output tokens where predicted (NaN where none is).
+OutOfFold mean_of_calibrated(const std::vector<const OutOfFold*>& members,
+                             const std::vector<const IsotonicCalibration*>& calibrations);
 /// Gives a stack (made by make_stack_scorer) its members' calibrations, so
 /// training it needs no cross-validation of its own.
 void set_member_calibrations(TrainableScorer& stack, std::vector<IsotonicCalibration> calibrations);

@@ -90,17 +90,17 @@ class StackScorer : public TrainableScorer {
  protected:
   TrainReport fit(const TrainingSet& set, const TrainOptions& options) override {
     const bool own_calibration = given_calibrations_.size() != candidates_.size();
+    if (own_calibration) given_calibrations_.clear();
     std::vector<OutOfFold> folds;
     members_.clear();
     TrainReport report;
     for (std::size_t m = 0; m < candidates_.size(); ++m) {
-      IsotonicCalibration calibration;
       if (own_calibration) {
         folds.push_back(cross_validate(candidates_[m], set, options, kMemberFolds));
-        calibration = IsotonicCalibration::fit(folds.back().quality, set.quality, set.present);
-      } else {
-        calibration = given_calibrations_[m];
+        given_calibrations_.push_back(
+            IsotonicCalibration::fit(folds.back().quality, set.quality, set.present));
       }
+      IsotonicCalibration calibration = given_calibrations_[m];
       auto member = make_scorer(candidates_[m].spec);
       TrainOptions member_options = options;
       member_options.loss = candidates_[m].loss;
@@ -111,8 +111,8 @@ class StackScorer : public TrainableScorer {
       report.validation_quality += r.validation_quality / static_cast<double>(candidates_.size());
       members_.push_back(std::move(member));
     }
-    given_calibrations_.clear();
     if (own_calibration) set_calibration(calibrate_mean(folds, set));
+    given_calibrations_.clear();
     return report;
   }
 
@@ -159,12 +159,14 @@ class StackScorer : public TrainableScorer {
   // out-of-fold predictions.
   IsotonicCalibration calibrate_mean(const std::vector<OutOfFold>& folds,
                                      const TrainingSet& set) const {
-    ScoreMatrix mean = ScoreMatrix::Zero(set.quality.rows(), set.quality.cols());
+    // given_calibrations_ holds the members' calibrations fitted on `folds`.
+    std::vector<const OutOfFold*> predictions;
+    std::vector<const IsotonicCalibration*> calibrations;
     for (std::size_t m = 0; m < folds.size(); ++m) {
-      ScoreMatrix q = folds[m].quality;
-      IsotonicCalibration::fit(folds[m].quality, set.quality, set.present).apply(q);
-      mean += q / static_cast<float>(folds.size());
+      predictions.push_back(&folds[m]);
+      calibrations.push_back(&given_calibrations_[m]);
     }
+    const ScoreMatrix mean = mean_of_calibrated(predictions, calibrations).quality;
     return IsotonicCalibration::fit(mean, set.quality, set.present);
   }
 

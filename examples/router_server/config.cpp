@@ -24,7 +24,8 @@ using simdjson::dom::element_type;
 // Typed reads of one object's fields; `where` is its path ("experts[2]").
 class Fields {
  public:
-  Fields(const std::string& origin, std::string where) : origin_(origin), where_(std::move(where)) {}
+  Fields(const std::string& origin, std::string where)
+      : origin_(origin), where_(std::move(where)) {}
 
   [[noreturn]] void fail(std::string_view field, const std::string& problem) const {
     if (where_.empty()) throw Error(fmt::format("{}: {}: {}", origin_, field, problem));
@@ -37,16 +38,17 @@ class Fields {
 
   simdjson::dom::object object(std::string_view key, element value) const {
     simdjson::dom::object out;
-    if (value.get_object().get(out)) fail(key, fmt::format("expected an object, got {}",
-                                                           detail::json_type_name(value)));
+    if (value.get_object().get(out))
+      fail(key, fmt::format("expected an object, got {}", detail::json_type_name(value)));
     return out;
   }
 
   double number(std::string_view key, element value) const {
     double out = 0;
-    if (value.get_double().get(out)) fail(key, fmt::format("expected a number, got {}",
-                                                           detail::json_type_name(value)));
-    if (!std::isfinite(out) || out < 0) fail(key, fmt::format("must be a finite number >= 0, got {}", out));
+    if (value.get_double().get(out))
+      fail(key, fmt::format("expected a number, got {}", detail::json_type_name(value)));
+    if (!std::isfinite(out) || out < 0)
+      fail(key, fmt::format("must be a finite number >= 0, got {}", out));
     return out;
   }
 
@@ -60,7 +62,8 @@ class Fields {
                       std::uint64_t maximum = UINT64_MAX) const {
     std::uint64_t out = 0;
     if (value.get_uint64().get(out)) {
-      fail(key, fmt::format("expected a whole number >= {}, got {}", minimum, simdjson::to_string(value)));
+      fail(key, fmt::format("expected a whole number >= {}, got {}", minimum,
+                            simdjson::to_string(value)));
     }
     if (out < minimum || out > maximum) {
       fail(key, fmt::format("must be between {} and {}, got {}", minimum, maximum, out));
@@ -75,15 +78,15 @@ class Fields {
 
   bool boolean(std::string_view key, element value) const {
     bool out = false;
-    if (value.get_bool().get(out)) fail(key, fmt::format("expected true or false, got {}",
-                                                         detail::json_type_name(value)));
+    if (value.get_bool().get(out))
+      fail(key, fmt::format("expected true or false, got {}", detail::json_type_name(value)));
     return out;
   }
 
   std::string text(std::string_view key, element value, bool allow_empty = false) const {
     std::string_view out;
-    if (value.get_string().get(out)) fail(key, fmt::format("expected a string, got {}",
-                                                           detail::json_type_name(value)));
+    if (value.get_string().get(out))
+      fail(key, fmt::format("expected a string, got {}", detail::json_type_name(value)));
     if (out.empty() && !allow_empty) fail(key, "must not be empty");
     return std::string(out);
   }
@@ -100,11 +103,8 @@ class Fields {
 
   Capabilities capabilities(std::string_view key, element value) const {
     Capabilities out;
-    for (const auto& name : strings(key, value)) {
-      if (!add_capability(out, name)) {
-        fail(key, fmt::format("unknown capability \"{}\" (known: {})", name, kCapabilityNames));
-      }
-    }
+    const std::string problem = capabilities_from(strings(key, value), out);
+    if (!problem.empty()) fail(key, problem);
     return out;
   }
 
@@ -130,26 +130,42 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
   for (auto field : object) {
     const std::string_view key = field.key;
     const element v = field.value;
-    if (key == "name") e.name = f.text(key, v);
-    else if (key == "base_url") e.upstream.base_url = f.text(key, v);
-    else if (key == "model") e.upstream.model = f.text(key, v);
-    else if (key == "api_key_env") e.upstream.api_key_env = f.text(key, v, true);
-    else if (key == "connect_timeout_ms") e.upstream.connect_timeout = f.millis(key, v);
-    else if (key == "read_timeout_ms") e.upstream.read_timeout = f.millis(key, v);
-    else if (key == "input_usd_per_mtok") e.input_usd_per_mtok = f.number(key, v);
-    else if (key == "output_usd_per_mtok") e.output_usd_per_mtok = f.number(key, v);
-    else if (key == "context_window_tokens") e.context_window_tokens = f.count(key, v, 1);
-    else if (key == "tags") e.tags = f.strings(key, v);
-    else if (key == "capabilities") e.capabilities = f.capabilities(key, v);
-    else if (key == "time_to_first_token_ms") e.time_to_first_token_ms = f.number(key, v);
-    else if (key == "output_tokens_per_second") e.output_tokens_per_second = f.number(key, v);
-    else if (key == "max_concurrent_calls") e.max_concurrent_calls = f.count(key, v, 0);
-    else if (key == "enabled") e.enabled = f.boolean(key, v);
+    if (key == "name")
+      e.name = f.text(key, v);
+    else if (key == "base_url")
+      e.upstream.base_url = f.text(key, v);
+    else if (key == "model")
+      e.upstream.model = f.text(key, v);
+    else if (key == "api_key_env")
+      e.upstream.api_key_env = f.text(key, v, true);
+    else if (key == "connect_timeout_ms")
+      e.upstream.connect_timeout = f.millis(key, v);
+    else if (key == "read_timeout_ms")
+      e.upstream.read_timeout = f.millis(key, v);
+    else if (key == "input_usd_per_mtok")
+      e.input_usd_per_mtok = f.number(key, v);
+    else if (key == "output_usd_per_mtok")
+      e.output_usd_per_mtok = f.number(key, v);
+    else if (key == "context_window_tokens")
+      e.context_window_tokens = f.count(key, v, 1);
+    else if (key == "tags")
+      e.tags = f.strings(key, v);
+    else if (key == "capabilities")
+      e.capabilities = f.capabilities(key, v);
+    else if (key == "time_to_first_token_ms")
+      e.time_to_first_token_ms = f.number(key, v);
+    else if (key == "output_tokens_per_second")
+      e.output_tokens_per_second = f.number(key, v);
+    else if (key == "max_concurrent_calls")
+      e.max_concurrent_calls = f.count(key, v, 0);
+    else if (key == "enabled")
+      e.enabled = f.boolean(key, v);
     else {
-      f.fail(key, "unknown field (known: name, base_url, model, api_key_env, connect_timeout_ms, "
-                  "read_timeout_ms, input_usd_per_mtok, output_usd_per_mtok, "
-                  "context_window_tokens, tags, capabilities, time_to_first_token_ms, "
-                  "output_tokens_per_second, max_concurrent_calls, enabled)");
+      f.fail(key,
+             "unknown field (known: name, base_url, model, api_key_env, connect_timeout_ms, "
+             "read_timeout_ms, input_usd_per_mtok, output_usd_per_mtok, "
+             "context_window_tokens, tags, capabilities, time_to_first_token_ms, "
+             "output_tokens_per_second, max_concurrent_calls, enabled)");
     }
   }
   if (e.name.empty()) f.fail("name", "missing");
@@ -168,10 +184,14 @@ void read_listen(const Fields& top, element value, ServerConfig& c) {
   Fields f(c.origin, "listen");
   for (auto field : top.object("listen", value)) {
     const std::string_view key = field.key;
-    if (key == "host") c.host = f.text(key, field.value);
-    else if (key == "port") c.port = static_cast<int>(f.count(key, field.value, 0, 65535));
-    else if (key == "threads") c.threads = f.count(key, field.value, 1, 4096);
-    else f.fail(key, "unknown field (known: host, port, threads)");
+    if (key == "host")
+      c.host = f.text(key, field.value);
+    else if (key == "port")
+      c.port = static_cast<int>(f.count(key, field.value, 0, 65535));
+    else if (key == "threads")
+      c.threads = f.count(key, field.value, 1, 4096);
+    else
+      f.fail(key, "unknown field (known: host, port, threads)");
   }
 }
 
@@ -180,21 +200,32 @@ void read_policy(const Fields& top, element value, ServerConfig& c) {
   for (auto field : top.object("policy", value)) {
     const std::string_view key = field.key;
     const element v = field.value;
-    if (key == "lambda_cost") c.policy.lambda_cost = f.number(key, v);
-    else if (key == "lambda_latency") c.policy.lambda_latency = f.number(key, v);
-    else if (key == "required_tags") c.policy.required_tags = f.strings(key, v);
-    else if (key == "max_cost_usd") c.policy.max_cost_usd = f.number(key, v);
-    else if (key == "max_latency_ms") c.policy.max_latency_ms = f.number(key, v);
-    else if (key == "quality_floor") c.policy.quality_floor = f.fraction(key, v);
-    else if (key == "budget_usd") c.router.budget_usd = f.number(key, v);
+    if (key == "lambda_cost")
+      c.policy.lambda_cost = f.number(key, v);
+    else if (key == "lambda_latency")
+      c.policy.lambda_latency = f.number(key, v);
+    else if (key == "required_tags")
+      c.policy.required_tags = f.strings(key, v);
+    else if (key == "max_cost_usd")
+      c.policy.max_cost_usd = f.number(key, v);
+    else if (key == "max_latency_ms")
+      c.policy.max_latency_ms = f.number(key, v);
+    else if (key == "quality_floor")
+      c.policy.quality_floor = f.fraction(key, v);
+    else if (key == "budget_usd")
+      c.router.budget_usd = f.number(key, v);
     else if (key == "budget_mode") {
       const std::string mode = f.text(key, v);
-      if (mode == "refuse") c.router.budget_mode = BudgetMode::Refuse;
-      else if (mode == "downgrade") c.router.budget_mode = BudgetMode::Downgrade;
-      else f.fail(key, fmt::format("expected \"refuse\" or \"downgrade\", got \"{}\"", mode));
+      if (mode == "refuse")
+        c.router.budget_mode = BudgetMode::Refuse;
+      else if (mode == "downgrade")
+        c.router.budget_mode = BudgetMode::Downgrade;
+      else
+        f.fail(key, fmt::format("expected \"refuse\" or \"downgrade\", got \"{}\"", mode));
     } else {
-      f.fail(key, "unknown field (known: lambda_cost, lambda_latency, required_tags, "
-                  "max_cost_usd, max_latency_ms, quality_floor, budget_usd, budget_mode)");
+      f.fail(key,
+             "unknown field (known: lambda_cost, lambda_latency, required_tags, "
+             "max_cost_usd, max_latency_ms, quality_floor, budget_usd, budget_mode)");
     }
   }
 }
@@ -205,20 +236,31 @@ void read_retry(const Fields& top, element value, ServerConfig& c) {
   for (auto field : top.object("retry", value)) {
     const std::string_view key = field.key;
     const element v = field.value;
-    if (key == "max_attempts_per_expert") r.max_attempts_per_expert = static_cast<int>(f.count(key, v, 1, 100));
-    else if (key == "max_experts_tried") r.max_experts_tried = f.count(key, v, 1, 1000);
-    else if (key == "initial_backoff_ms") r.initial_backoff = f.millis(key, v);
-    else if (key == "max_backoff_ms") r.max_backoff = f.millis(key, v);
-    else if (key == "max_retry_after_ms") r.max_retry_after = f.millis(key, v);
-    else if (key == "attempt_timeout_ms") r.attempt_timeout = f.millis(key, v);
-    else if (key == "invoke_timeout_ms") r.invoke_timeout = f.millis(key, v);
-    else if (key == "failures_before_cooldown") r.failures_before_cooldown = static_cast<int>(f.count(key, v, 1, 1000000));
-    else if (key == "cooldown_ms") r.cooldown = f.millis(key, v);
-    else if (key == "capacity_wait_ms") r.capacity_wait = f.millis(key, v);
+    if (key == "max_attempts_per_expert")
+      r.max_attempts_per_expert = static_cast<int>(f.count(key, v, 1, 100));
+    else if (key == "max_experts_tried")
+      r.max_experts_tried = f.count(key, v, 1, 1000);
+    else if (key == "initial_backoff_ms")
+      r.initial_backoff = f.millis(key, v);
+    else if (key == "max_backoff_ms")
+      r.max_backoff = f.millis(key, v);
+    else if (key == "max_retry_after_ms")
+      r.max_retry_after = f.millis(key, v);
+    else if (key == "attempt_timeout_ms")
+      r.attempt_timeout = f.millis(key, v);
+    else if (key == "invoke_timeout_ms")
+      r.invoke_timeout = f.millis(key, v);
+    else if (key == "failures_before_cooldown")
+      r.failures_before_cooldown = static_cast<int>(f.count(key, v, 1, 1000000));
+    else if (key == "cooldown_ms")
+      r.cooldown = f.millis(key, v);
+    else if (key == "capacity_wait_ms")
+      r.capacity_wait = f.millis(key, v);
     else {
-      f.fail(key, "unknown field (known: max_attempts_per_expert, max_experts_tried, "
-                  "initial_backoff_ms, max_backoff_ms, max_retry_after_ms, attempt_timeout_ms, "
-                  "invoke_timeout_ms, failures_before_cooldown, cooldown_ms, capacity_wait_ms)");
+      f.fail(key,
+             "unknown field (known: max_attempts_per_expert, max_experts_tried, "
+             "initial_backoff_ms, max_backoff_ms, max_retry_after_ms, attempt_timeout_ms, "
+             "invoke_timeout_ms, failures_before_cooldown, cooldown_ms, capacity_wait_ms)");
     }
   }
 }
@@ -249,14 +291,15 @@ ServerConfig parse_server_config(std::string_view json, const std::string& origi
       c.experts_file = resolve(base_dir, f.text(key, v));
     } else if (key == "experts") {
       simdjson::dom::array array;
-      if (v.get_array().get(array)) f.fail(key, fmt::format("expected an array, got {}",
-                                                            detail::json_type_name(v)));
+      if (v.get_array().get(array))
+        f.fail(key, fmt::format("expected an array, got {}", detail::json_type_name(v)));
       std::size_t i = 0;
       for (element item : array) {
         ExpertConfig e = read_expert(origin, i, item);
         for (const auto& other : c.experts) {
           if (other.name == e.name) {
-            throw Error(fmt::format("{}: experts[{}].name: duplicate expert \"{}\"", origin, i, e.name));
+            throw Error(
+                fmt::format("{}: experts[{}].name: duplicate expert \"{}\"", origin, i, e.name));
           }
         }
         c.experts.push_back(std::move(e));
@@ -285,8 +328,9 @@ ServerConfig parse_server_config(std::string_view json, const std::string& origi
     } else if (key == "description") {
       f.text(key, v, true);
     } else {
-      f.fail(key, "unknown field (known: listen, router_model, experts_file, experts, policy, "
-                  "retry, api_keys, api_keys_env, max_request_bytes, description)");
+      f.fail(key,
+             "unknown field (known: listen, router_model, experts_file, experts, policy, "
+             "retry, api_keys, api_keys_env, max_request_bytes, description)");
     }
   }
   if (c.router_model.empty()) f.fail("router_model", "missing");

@@ -53,19 +53,23 @@ struct Capabilities {
 /// The capability names files use, as one string for messages.
 inline constexpr std::string_view kCapabilityNames = "tools, images, json_output";
 
-/// Sets the capability called `name` ("tools", "images", "json_output");
-/// false, changing nothing, for any other name.
-inline bool add_capability(Capabilities& capabilities, std::string_view name) {
-  if (name == "tools") {
-    capabilities.tools = true;
-  } else if (name == "images") {
-    capabilities.images = true;
-  } else if (name == "json_output") {
-    capabilities.json_output = true;
-  } else {
-    return false;
+/// The capabilities named in `names` ("tools", "images", "json_output")
+/// into `out`; returns what is wrong (an unknown name), or "" when nothing
+/// is. The expert registry and the server's config both read them this way.
+inline std::string capabilities_from(const std::vector<std::string>& names, Capabilities& out) {
+  out = Capabilities{};
+  for (const auto& name : names) {
+    if (name == "tools") {
+      out.tools = true;
+    } else if (name == "images") {
+      out.images = true;
+    } else if (name == "json_output") {
+      out.json_output = true;
+    } else {
+      return "unknown capability \"" + name + "\" (known: " + std::string(kCapabilityNames) + ")";
+    }
   }
-  return true;
+  return {};
 }
 
 /// One expert model the router can send queries to.
