@@ -36,6 +36,9 @@ for dataset in routerbench3 llmrouter14; do
     model="$out/$dataset-$name.tormodel"
     echo "== $dataset: $name ($spec $options)"
     # shellcheck disable=SC2086
+    # The default's selection also writes every candidate's out-of-fold
+    # predictions, for compare_oof.py below.
+    [ -n "$spec" ] || options="--out-of-fold $out/$dataset-oof.csv"
     build/bin/torouter train --data "$data_root/$dataset" ${spec:+--scorer "$spec"} $options \
       --seed 1 --threads 2 --out "$model" 2>"$out/$dataset-$name.train.log" | tail -1
     build/bin/torouter eval --data "$data_root/$dataset" --model "$model" \
@@ -52,6 +55,20 @@ for dataset in routerbench3 llmrouter14; do
   echo "== $dataset: ablation by cross-validation on the training split"
   build/bin/torouter train --data "$data_root/$dataset" --candidates "$ablation" --stacks 0 \
     --seed 1 --threads 2 --out "$out/$dataset-ablation.tormodel" 2>"$out/$dataset-ablation.log" | tail -1
+done
+# The default's choice again with isotonic instead of linear calibration,
+# to compare the two methods on the same cross-validation.
+for dataset in routerbench3 llmrouter14; do
+  echo "== $dataset: the default's candidates, calibrated by isotonic regression"
+  build/bin/torouter train --data "$data_root/$dataset" --calibration isotonic \
+    --seed 1 --threads 2 --out "$out/$dataset-isotonic.tormodel" 2>"$out/$dataset-isotonic.log" | tail -1
+done
+# The default's candidates against the XGBoost peer on the same folds of the
+# training split, judged with one cost prediction (benchmarks/peers/README.md).
+for dataset in routerbench3 llmrouter14; do
+  echo "== $dataset: out-of-fold predictions against XGBoost on the same folds"
+  /usr/bin/python3 benchmarks/peers/compare_oof.py --data "$data_root/$dataset" \
+    --oof "$out/$dataset-oof.csv" --out "$out/$dataset-compare-oof.json"
 done
 benchmarks/peers/check_peers.sh "$out/peers" "$data_root"
 /usr/bin/python3 benchmarks/write_results.py "$out" > docs/RESULTS.md

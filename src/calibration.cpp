@@ -1,4 +1,4 @@
-// Isotonic calibration by pool adjacent violators; see torouter/calibration.hpp.
+// Linear and isotonic calibration; see torouter/calibration.hpp.
 #include "torouter/calibration.hpp"
 
 #include <fmt/format.h>
@@ -47,10 +47,84 @@ std::vector<Block> pool_adjacent_violators(const std::vector<std::pair<float, fl
   return blocks;
 }
 
+// The knots of one expert's map.
+struct Knots {
+  std::vector<float> x, y;
+};
+
+// The (raw output, quality) pairs of one expert, sorted by output. A
+// non-finite output (a diverged model) says nothing to learn from, and
+// would break the sort's ordering.
+std::vector<std::pair<float, float>> sorted_pairs(const Eigen::MatrixXf& raw,
+                                                  const Eigen::MatrixXf& quality,
+                                                  const Eigen::MatrixXf& present, Eigen::Index e) {
+  std::vector<std::pair<float, float>> pairs;
+  for (Eigen::Index r = 0; r < raw.rows(); ++r) {
+    if (present(r, e) != 0 && std::isfinite(raw(r, e)))
+      pairs.emplace_back(raw(r, e), quality(r, e));
+  }
+  std::sort(pairs.begin(), pairs.end());
+  return pairs;
+}
+
+Knots isotonic_knots(const std::vector<std::pair<float, float>>& pairs) {
+  Knots k;
+  for (const Block& b : pool_adjacent_violators(pairs)) {
+    // One knot per block, at its mean output: between blocks the map
+    // rises linearly, so it is strictly increasing over the knots' range
+    // and keeps each expert's order of prompts (sklearn's flat blocks
+    // would tie many outputs, and ties between experts then go to the
+    // cheaper one whatever the scorer saw).
+    const auto center = static_cast<float>(b.center());
+    if (!k.x.empty() && !(center > k.x.back())) continue;  // float rounding
+    k.x.push_back(center);
+    k.y.push_back(static_cast<float>(b.mean()));
+  }
+  return k;
+}
+
+// The least-squares line of quality on output, slope >= 0 (a falling line
+// would reverse the scorer's order: then the mean quality, flat), clipped
+// to [0, 1]: knots at the smallest and largest output and where the line
+// crosses 0 and 1 between them.
+Knots linear_knots(const std::vector<std::pair<float, float>>& pairs) {
+  double sum_x = 0, sum_y = 0;
+  for (const auto& [x, y] : pairs) {
+    sum_x += x;
+    sum_y += y;
+  }
+  const auto n = static_cast<double>(pairs.size());
+  const double mean_x = sum_x / n, mean_y = sum_y / n;
+  double sxx = 0, sxy = 0;
+  for (const auto& [x, y] : pairs) {
+    sxx += (x - mean_x) * (x - mean_x);
+    sxy += (x - mean_x) * (y - mean_y);
+  }
+  const double slope = sxx > 0 ? std::max(0.0, sxy / sxx) : 0.0;
+  const auto at = [&](float x) {
+    return static_cast<float>(std::clamp(mean_y + slope * (x - mean_x), 0.0, 1.0));
+  };
+  const float lo = pairs.front().first, hi = pairs.back().first;
+  Knots k{{lo}, {at(lo)}};
+  if (slope > 0) {  // knots where the line leaves [0, 1], so clipping is exact
+    for (const double level : {0.0, 1.0}) {
+      const auto x = static_cast<float>(mean_x + (level - mean_y) / slope);
+      if (x > k.x.back() && x < hi) {
+        k.x.push_back(x);
+        k.y.push_back(at(x));
+      }
+    }
+  }
+  if (hi > k.x.back()) {
+    k.x.push_back(hi);
+    k.y.push_back(at(hi));
+  }
+  return k;
+}
+
 }  // namespace
 
-IsotonicCalibration::IsotonicCalibration(std::vector<std::vector<float>> x,
-                                         std::vector<std::vector<float>> y)
+Calibration::Calibration(std::vector<std::vector<float>> x, std::vector<std::vector<float>> y)
     : x_(std::move(x)), y_(std::move(y)) {
   if (x_.size() != y_.size()) throw Error("calibration: one set of knots per expert expected");
   for (std::size_t e = 0; e < x_.size(); ++e) {
@@ -69,49 +143,36 @@ IsotonicCalibration::IsotonicCalibration(std::vector<std::vector<float>> x,
   }
 }
 
-IsotonicCalibration IsotonicCalibration::fit(const Eigen::MatrixXf& raw,
-                                             const Eigen::MatrixXf& quality,
-                                             const Eigen::MatrixXf& present) {
+CalibrationMethod parse_calibration_method(std::string_view text) {
+  if (text == "linear") return CalibrationMethod::Linear;
+  if (text == "isotonic") return CalibrationMethod::Isotonic;
+  throw Error(fmt::format("calibration: expected linear or isotonic, got \"{}\"", text));
+}
+
+const char* calibration_method_name(CalibrationMethod method) {
+  return method == CalibrationMethod::Linear ? "linear" : "isotonic";
+}
+
+Calibration Calibration::fit(CalibrationMethod method, const Eigen::MatrixXf& raw,
+                             const Eigen::MatrixXf& quality, const Eigen::MatrixXf& present) {
   if (quality.rows() != raw.rows() || quality.cols() != raw.cols() ||
       present.rows() != raw.rows() || present.cols() != raw.cols()) {
     throw Error("calibration: raw, quality and present must have the same shape");
   }
-  std::vector<std::vector<float>> xs(static_cast<std::size_t>(raw.cols()));
-  std::vector<std::vector<float>> ys(xs.size());
-  std::vector<std::pair<float, float>> pairs;
+  std::vector<std::vector<float>> xs, ys;
   for (Eigen::Index e = 0; e < raw.cols(); ++e) {
-    pairs.clear();
-    for (Eigen::Index r = 0; r < raw.rows(); ++r) {
-      // A non-finite output (a diverged model) says nothing to learn from,
-      // and would break the sort's ordering.
-      if (present(r, e) != 0 && std::isfinite(raw(r, e))) {
-        pairs.emplace_back(raw(r, e), quality(r, e));
-      }
+    const std::vector<std::pair<float, float>> pairs = sorted_pairs(raw, quality, present, e);
+    Knots k{{0.0f, 1.0f}, {0.0f, 1.0f}};  // nothing to learn from: the identity on [0, 1]
+    if (!pairs.empty()) {
+      k = method == CalibrationMethod::Linear ? linear_knots(pairs) : isotonic_knots(pairs);
     }
-    std::vector<float>& x = xs[static_cast<std::size_t>(e)];
-    std::vector<float>& y = ys[static_cast<std::size_t>(e)];
-    if (pairs.empty()) {  // nothing to learn from: the identity on [0, 1]
-      x = {0.0f, 1.0f};
-      y = {0.0f, 1.0f};
-      continue;
-    }
-    std::sort(pairs.begin(), pairs.end());
-    for (const Block& b : pool_adjacent_violators(pairs)) {
-      // One knot per block, at its mean output: between blocks the map
-      // rises linearly, so it is strictly increasing over the knots' range
-      // and keeps each expert's order of prompts (sklearn's flat blocks
-      // would tie many outputs, and ties between experts then go to the
-      // cheaper one whatever the scorer saw).
-      const auto center = static_cast<float>(b.center());
-      if (!x.empty() && !(center > x.back())) continue;  // float rounding
-      x.push_back(center);
-      y.push_back(static_cast<float>(b.mean()));
-    }
+    xs.push_back(std::move(k.x));
+    ys.push_back(std::move(k.y));
   }
-  return IsotonicCalibration(std::move(xs), std::move(ys));
+  return Calibration(std::move(xs), std::move(ys));
 }
 
-float IsotonicCalibration::apply(std::size_t expert, float value) const {
+float Calibration::apply(std::size_t expert, float value) const {
   if (empty()) return value;
   const std::vector<float>& x = x_[expert];
   const std::vector<float>& y = y_[expert];
@@ -124,7 +185,7 @@ float IsotonicCalibration::apply(std::size_t expert, float value) const {
   return y[lo] + t * (y[hi] - y[lo]);
 }
 
-void IsotonicCalibration::apply(ScoreMatrix& quality) const {
+void Calibration::apply(ScoreMatrix& quality) const {
   if (empty()) return;
   for (Eigen::Index r = 0; r < quality.rows(); ++r) {
     for (Eigen::Index e = 0; e < quality.cols(); ++e) {

@@ -67,7 +67,7 @@ struct GbtWorkspace : ScorerWorkspace {
   std::vector<float> x;
 };
 
-class GbtScorer : public TrainableScorer {
+class GbtScorer : public TrainableScorer, public FeaturizedScorer {
  public:
   explicit GbtScorer(const ScorerSpec& spec) {
     dims_ = static_cast<int>(spec.integer_option("dims", kDefaultDims, 1, 512));
@@ -110,21 +110,22 @@ class GbtScorer : public TrainableScorer {
     std::unique_ptr<ScorerWorkspace> local;
     if (workspace == nullptr) local = make_workspace();
     auto* w = static_cast<GbtWorkspace*>(workspace ? workspace : local.get());
-    w->x.resize(input_width());
-    const std::size_t experts = quality_.size();
-    out.resize(count, experts);
+    out.resize(count, quality_.size());
     for (std::size_t i = 0; i < count; ++i) {
       featurizer_.featurize(prompts[i], w->features);
-      inputs(w->features, w->x.data());
-      const auto row = static_cast<Eigen::Index>(i);
-      for (std::size_t e = 0; e < experts; ++e) {
-        const auto col = static_cast<Eigen::Index>(e);
-        out.quality(row, col) = std::clamp(quality_[e].predict(w->x.data()), 0.0f, 1.0f);
-        out.output_tokens(row, col) =
-            tokens_known_[e] ? std::max(0.0f, std::expm1(tokens_[e].predict(w->x.data())))
-                             : std::numeric_limits<float>::quiet_NaN();
-      }
+      score_row(w->features, i, out, *w);
     }
+  }
+
+  const FeaturizerOptions& featurizer_options() const override { return featurizer_options_; }
+
+  void score_featurized(const SparseFeatures* features, std::size_t count, ScoreBatch& out,
+                        ScorerWorkspace* workspace) const override {
+    std::unique_ptr<ScorerWorkspace> local;
+    if (workspace == nullptr) local = make_workspace();
+    auto* w = static_cast<GbtWorkspace*>(workspace ? workspace : local.get());
+    out.resize(count, quality_.size());
+    for (std::size_t i = 0; i < count; ++i) score_row(features[i], i, out, *w);
   }
 
  protected:
@@ -231,6 +232,21 @@ class GbtScorer : public TrainableScorer {
 
  private:
   std::size_t input_width() const { return static_cast<std::size_t>(dims_) + kDenseFeatureCount; }
+
+  // Row `row` of `out` from one prompt's features.
+  void score_row(const SparseFeatures& features, std::size_t row, ScoreBatch& out,
+                 GbtWorkspace& w) const {
+    w.x.resize(input_width());
+    inputs(features, w.x.data());
+    const auto r = static_cast<Eigen::Index>(row);
+    for (std::size_t e = 0; e < quality_.size(); ++e) {
+      const auto col = static_cast<Eigen::Index>(e);
+      out.quality(r, col) = std::clamp(quality_[e].predict(w.x.data()), 0.0f, 1.0f);
+      out.output_tokens(r, col) = tokens_known_[e]
+                                      ? std::max(0.0f, std::expm1(tokens_[e].predict(w.x.data())))
+                                      : std::numeric_limits<float>::quiet_NaN();
+    }
+  }
 
   void inputs(const SparseFeatures& features, float* x) const {
     projection_.project(features, x);

@@ -572,7 +572,7 @@ Error tensor_error(const ModelReader& in, const char* tensor, const std::string&
 
 bool whole(float v, double limit) { return v >= 0 && v < limit && v == std::floor(v); }
 
-class KnnScorer : public TrainableScorer {
+class KnnScorer : public TrainableScorer, public FeaturizedScorer {
  public:
   explicit KnnScorer(const ScorerSpec& spec) {
     k_ = spec.argument.empty()
@@ -607,16 +607,19 @@ class KnnScorer : public TrainableScorer {
 
   void score_uncalibrated(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
                           ScorerWorkspace* workspace) const override {
-    if (!trained()) throw Error(fmt::format("{}: score called before train or load", spec_));
-    KnnWorkspace local;
-    auto* ws = workspace ? static_cast<KnnWorkspace*>(workspace) : &local;
-    const std::size_t experts = expert_names().size();
-    out.resize(count, experts);
-    for (std::size_t i = 0; i < count; ++i) {
-      featurizer_.featurize(prompts[i], ws->features);
-      index_.predict(ws->features, k_, weighting_, *ws, out.quality.data() + i * experts,
-                     out.output_tokens.data() + i * experts);
-    }
+    score_rows(count, out, workspace,
+               [&](std::size_t i, KnnWorkspace& ws) -> const SparseFeatures& {
+                 featurizer_.featurize(prompts[i], ws.features);
+                 return ws.features;
+               });
+  }
+
+  const FeaturizerOptions& featurizer_options() const override { return featurizer_options_; }
+
+  void score_featurized(const SparseFeatures* features, std::size_t count, ScoreBatch& out,
+                        ScorerWorkspace* workspace) const override {
+    score_rows(count, out, workspace,
+               [&](std::size_t i, KnnWorkspace&) -> const SparseFeatures& { return features[i]; });
   }
 
  protected:
@@ -740,6 +743,21 @@ class KnnScorer : public TrainableScorer {
   }
 
  private:
+  // Row i of `out` from the features `features_of(i, workspace)` gives.
+  template <typename FeaturesOf>
+  void score_rows(std::size_t count, ScoreBatch& out, ScorerWorkspace* workspace,
+                  FeaturesOf&& features_of) const {
+    if (!trained()) throw Error(fmt::format("{}: score called before train or load", spec_));
+    KnnWorkspace local;
+    auto* ws = workspace ? static_cast<KnnWorkspace*>(workspace) : &local;
+    const std::size_t experts = expert_names().size();
+    out.resize(count, experts);
+    for (std::size_t i = 0; i < count; ++i) {
+      index_.predict(features_of(i, *ws), k_, weighting_, *ws, out.quality.data() + i * experts,
+                     out.output_tokens.data() + i * experts);
+    }
+  }
+
   // Validation loss and routed quality of the rows `validation` predicted
   // by `fitted`, an index of the other rows.
   void leave_out_figures(const TrainingSet& set, const std::vector<SparseFeatures>& features,

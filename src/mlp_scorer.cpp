@@ -18,7 +18,6 @@
 #include <limits>
 
 #include "scorers.hpp"
-#include "trainer.hpp"
 #include "torouter/error.hpp"
 #include "torouter/features.hpp"
 #include "torouter/nn/activations.hpp"
@@ -26,6 +25,7 @@
 #include "torouter/nn/embedding_bag.hpp"
 #include "torouter/nn/int8_embedding_bag.hpp"
 #include "torouter/nn/losses.hpp"
+#include "trainer.hpp"
 
 namespace torouter::detail {
 namespace {
@@ -111,7 +111,8 @@ void forward(const MlpWeights& w, MlpActivations& a) {
 // Standardised numeric features of one prompt into row `row` of `dense_x`.
 void put_dense(const MlpWeights& w, const SparseFeatures& f, Matrix& dense_x, nn::Index row) {
   for (nn::Index j = 0; j < kDenseWidth; ++j) {
-    dense_x(row, j) = (f.dense[static_cast<std::size_t>(j)] - w.dense_mean(0, j)) * w.dense_scale(0, j);
+    dense_x(row, j) =
+        (f.dense[static_cast<std::size_t>(j)] - w.dense_mean(0, j)) * w.dense_scale(0, j);
   }
 }
 
@@ -123,7 +124,8 @@ void logits_to_scores(Loss loss, Matrix& logits) {
     } else {
       const float top = logits.row(i).maxCoeff();
       float sum = 0;
-      for (nn::Index j = 0; j < logits.cols(); ++j) sum += (logits(i, j) = std::exp(logits(i, j) - top));
+      for (nn::Index j = 0; j < logits.cols(); ++j)
+        sum += (logits(i, j) = std::exp(logits(i, j) - top));
       logits.row(i) /= sum;
     }
   }
@@ -137,7 +139,8 @@ struct MlpInputs {
 
 class MlpNetwork : public Network {
  public:
-  MlpNetwork(MlpWeights weights, std::shared_ptr<const MlpInputs> inputs, const TrainOptions& options)
+  MlpNetwork(MlpWeights weights, std::shared_ptr<const MlpInputs> inputs,
+             const TrainOptions& options)
       : weights_(std::move(weights)), inputs_(std::move(inputs)), options_(options) {
     weights_.collect(parameters_);
   }
@@ -147,7 +150,9 @@ class MlpNetwork : public Network {
     parameters_.zero_grad();
   }
 
-  std::unique_ptr<Network> replicate() const override { return std::make_unique<MlpNetwork>(*this); }
+  std::unique_ptr<Network> replicate() const override {
+    return std::make_unique<MlpNetwork>(*this);
+  }
   nn::ParameterList<float>& parameters() override { return parameters_; }
   MlpWeights& weights() { return weights_; }
 
@@ -255,21 +260,22 @@ class MlpNetwork : public Network {
   const std::vector<std::size_t>* rows_ = nullptr;
 };
 
-class MlpScorer : public TrainableScorer {
+class MlpScorer : public TrainableScorer, public FeaturizedScorer {
  public:
   explicit MlpScorer(const ScorerSpec& spec) {
     std::string widths = spec.argument.empty() ? "128" : spec.argument;
     std::size_t start = 0;
     while (start <= widths.size()) {
       const std::size_t x = widths.find('x', start);
-      const std::string part = widths.substr(start, x == std::string::npos ? std::string::npos : x - start);
-      weights_.hidden.push_back(static_cast<nn::Index>(
-          parse_integer(part, 1, 4096, fmt::format("scorer spec \"{}\", hidden width", spec.text))));
+      const std::string part =
+          widths.substr(start, x == std::string::npos ? std::string::npos : x - start);
+      weights_.hidden.push_back(static_cast<nn::Index>(parse_integer(
+          part, 1, 4096, fmt::format("scorer spec \"{}\", hidden width", spec.text))));
       if (x == std::string::npos) break;
       start = x + 1;
     }
-    weights_.featurizer.num_buckets = static_cast<std::uint32_t>(
-        spec.integer_option("buckets", 1 << 15, 16, 1 << 22));
+    weights_.featurizer.num_buckets =
+        static_cast<std::uint32_t>(spec.integer_option("buckets", 1 << 15, 16, 1 << 22));
     const std::string table = spec.text_option("table", "float");
     if (table != "float" && table != "int8") {
       throw Error(fmt::format("scorer spec \"{}\": table must be float or int8, got \"{}\"",
@@ -292,31 +298,30 @@ class MlpScorer : public TrainableScorer {
   }
 
   void score_uncalibrated(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
-             ScorerWorkspace* workspace) const override {
+                          ScorerWorkspace* workspace) const override {
     // Only a call without a workspace pays for one (a SparseBatch allocates
     // its first offset when constructed).
     std::unique_ptr<MlpActivations> local;
     if (workspace == nullptr) local = std::make_unique<MlpActivations>();
     auto* a = workspace ? static_cast<MlpActivations*>(workspace) : local.get();
-    const auto experts = static_cast<std::size_t>(weights_.quality_head.outputs());
-    out.resize(count, experts);
-    a->batch.clear();
-    a->dense_x.resize(static_cast<nn::Index>(count), kDenseWidth);
+    start_batch(count, *a);
     for (std::size_t i = 0; i < count; ++i) {
       featurizer_.featurize(prompts[i], a->features);
-      a->batch.add_row(a->features.indices.data(), a->features.values.data(),
-                       a->features.indices.size());
-      put_dense(weights_, a->features, a->dense_x, static_cast<nn::Index>(i));
+      add_row(a->features, i, *a);
     }
-    forward(weights_, *a);
-    logits_to_scores(weights_.loss, a->logits);
-    out.quality = a->logits;
-    if (weights_.predicts_tokens) {
-      out.output_tokens = a->tokens.array().exp() - 1.0f;
-      out.output_tokens = out.output_tokens.cwiseMax(0.0f);
-    } else {
-      out.clear_output_tokens();
-    }
+    finish_batch(out, *a);
+  }
+
+  const FeaturizerOptions& featurizer_options() const override { return weights_.featurizer; }
+
+  void score_featurized(const SparseFeatures* features, std::size_t count, ScoreBatch& out,
+                        ScorerWorkspace* workspace) const override {
+    std::unique_ptr<MlpActivations> local;
+    if (workspace == nullptr) local = std::make_unique<MlpActivations>();
+    auto* a = workspace ? static_cast<MlpActivations*>(workspace) : local.get();
+    start_batch(count, *a);
+    for (std::size_t i = 0; i < count; ++i) add_row(features[i], i, *a);
+    finish_batch(out, *a);
   }
 
  protected:
@@ -397,7 +402,8 @@ class MlpScorer : public TrainableScorer {
     }
     weights_.hidden.clear();
     for (double h : in.numbers("mlp.hidden")) {
-      if (h < 1 || h > 4096 || h != std::floor(h)) throw Error(in.where() + "field \"mlp.hidden\": bad width");
+      if (h < 1 || h > 4096 || h != std::floor(h))
+        throw Error(in.where() + "field \"mlp.hidden\": bad width");
       weights_.hidden.push_back(static_cast<nn::Index>(h));
     }
     if (weights_.hidden.empty()) throw Error(in.where() + "field \"mlp.hidden\": no layer");
@@ -429,6 +435,30 @@ class MlpScorer : public TrainableScorer {
   }
 
  private:
+  void start_batch(std::size_t count, MlpActivations& a) const {
+    a.batch.clear();
+    a.dense_x.resize(static_cast<nn::Index>(count), kDenseWidth);
+  }
+
+  void add_row(const SparseFeatures& features, std::size_t row, MlpActivations& a) const {
+    a.batch.add_row(features.indices.data(), features.values.data(), features.indices.size());
+    put_dense(weights_, features, a.dense_x, static_cast<nn::Index>(row));
+  }
+
+  // The forward pass over the rows added, into `out`.
+  void finish_batch(ScoreBatch& out, MlpActivations& a) const {
+    const auto experts = static_cast<std::size_t>(weights_.quality_head.outputs());
+    out.resize(static_cast<std::size_t>(a.dense_x.rows()), experts);
+    forward(weights_, a);
+    logits_to_scores(weights_.loss, a.logits);
+    out.quality = a.logits;
+    if (weights_.predicts_tokens) {
+      out.output_tokens = a.tokens.array().exp() - 1.0f;
+      out.output_tokens = out.output_tokens.cwiseMax(0.0f);
+    } else {
+      out.clear_output_tokens();
+    }
+  }
   // Numeric features to zero mean and unit variance over the training rows.
   void standardize(const std::vector<SparseFeatures>& rows) {
     weights_.dense_mean = Matrix::Zero(1, kDenseWidth);
@@ -444,7 +474,8 @@ class MlpScorer : public TrainableScorer {
       const double mean = sum / n;
       const double variance = std::max(0.0, squares / n - mean * mean);
       weights_.dense_mean(0, j) = static_cast<float>(mean);
-      weights_.dense_scale(0, j) = variance > 1e-12 ? static_cast<float>(1.0 / std::sqrt(variance)) : 1.0f;
+      weights_.dense_scale(0, j) =
+          variance > 1e-12 ? static_cast<float>(1.0 / std::sqrt(variance)) : 1.0f;
     }
   }
 

@@ -66,11 +66,40 @@ std::vector<std::size_t> complete_row_indices(const TrainingSet& set) {
   return rows;
 }
 
-// The candidate's figures on the complete training rows from its calibrated
-// out-of-fold predictions.
+Eigen::MatrixXf rows_of(const Eigen::MatrixXf& m, const std::vector<std::size_t>& rows) {
+  Eigen::MatrixXf out(static_cast<Eigen::Index>(rows.size()), m.cols());
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    out.row(static_cast<Eigen::Index>(i)) = m.row(static_cast<Eigen::Index>(rows[i]));
+  return out;
+}
+
+// Out-of-fold predictions calibrated so that no row's calibration saw that
+// row: each fold's rows go through a calibration fitted on the other folds'
+// rows, so the figures judge the calibration as it meets new prompts.
+OutOfFold cross_fitted(const OutOfFold& raw, const TrainingSet& set, const std::vector<int>& fold,
+                       int folds, CalibrationMethod method) {
+  OutOfFold out = raw;
+  for (int k = 0; k < folds; ++k) {
+    std::vector<std::size_t> fit_rows, held;
+    for (std::size_t r = 0; r < fold.size(); ++r) (fold[r] == k ? held : fit_rows).push_back(r);
+    const Calibration calibration =
+        Calibration::fit(method, rows_of(raw.quality, fit_rows), rows_of(set.quality, fit_rows),
+                         rows_of(set.present, fit_rows));
+    for (const std::size_t r : held) {
+      for (Eigen::Index e = 0; e < raw.quality.cols(); ++e) {
+        const auto row = static_cast<Eigen::Index>(r);
+        out.quality(row, e) = calibration.apply(static_cast<std::size_t>(e), raw.quality(row, e));
+      }
+    }
+  }
+  return out;
+}
+
+// The candidate's figures on the complete training rows from its
+// cross-fitted calibrated out-of-fold predictions.
 CandidateFigures judge(const CandidateScorer& candidate, const OutOfFold& oof,
-                       const IsotonicCalibration& calibration, const RoutingDataset& data,
-                       const TrainingSet& set, const ExpertRegistry& prices) {
+                       const RoutingDataset& data, const TrainingSet& set,
+                       const ExpertRegistry& prices) {
   const std::vector<std::size_t> rows = complete_row_indices(set);
   std::vector<DatasetRow> complete;
   std::vector<std::string_view> prompts;
@@ -83,7 +112,6 @@ CandidateFigures judge(const CandidateScorer& candidate, const OutOfFold& oof,
         oof.output_tokens.row(static_cast<Eigen::Index>(rows[i]));
     quality.row(static_cast<Eigen::Index>(i)) = oof.quality.row(static_cast<Eigen::Index>(rows[i]));
   }
-  calibration.apply(quality);
   const Eigen::MatrixXd truth = quality_matrix(complete);
   const Eigen::MatrixXd predicted = quality.cast<double>();
   const EvalReport report = evaluate(set.experts, truth, cost_matrix(data, complete), predicted,
@@ -100,17 +128,20 @@ CandidateFigures judge(const CandidateScorer& candidate, const OutOfFold& oof,
 struct Trials {
   std::vector<CandidateScorer> candidates;
   std::vector<OutOfFold> out_of_fold;
-  std::vector<IsotonicCalibration> calibrations;
+  std::vector<OutOfFold> cross_fitted;
+  std::vector<Calibration> calibrations;
   /// For a stack, the indices of its members; empty for a single scorer.
   std::vector<std::vector<std::size_t>> members;
   ModelSelection record;
 
-  void add(CandidateScorer candidate, OutOfFold oof, IsotonicCalibration calibration,
-           CandidateFigures figures, const SelectionOptions& selection,
-           std::vector<std::size_t> of = {}) {
+  void add(CandidateScorer candidate, OutOfFold oof, OutOfFold calibrated_oof,
+           Calibration calibration, CandidateFigures figures, const SelectionOptions& selection,
+           const std::vector<int>& fold, std::vector<std::size_t> of = {}) {
     if (selection.on_candidate) selection.on_candidate(figures);
+    if (selection.on_out_of_fold) selection.on_out_of_fold(figures, calibrated_oof.quality, fold);
     candidates.push_back(std::move(candidate));
     out_of_fold.push_back(std::move(oof));
+    cross_fitted.push_back(std::move(calibrated_oof));
     calibrations.push_back(std::move(calibration));
     members.push_back(std::move(of));
     record.candidates.push_back(std::move(figures));
@@ -119,7 +150,7 @@ struct Trials {
 
 OutOfFold stack_out_of_fold(const Trials& trials, const std::vector<std::size_t>& members) {
   std::vector<const OutOfFold*> predictions;
-  std::vector<const IsotonicCalibration*> calibrations;
+  std::vector<const Calibration*> calibrations;
   for (const std::size_t m : members) {
     predictions.push_back(&trials.out_of_fold[m]);
     calibrations.push_back(&trials.calibrations[m]);
@@ -130,7 +161,8 @@ OutOfFold stack_out_of_fold(const Trials& trials, const std::vector<std::size_t>
 // Stacks of the best two, three, ... candidates by cross-validated AIQ,
 // judged on the same out-of-fold predictions (no further training).
 void try_stacks(Trials& trials, const RoutingDataset& data, const TrainingSet& set,
-                const ExpertRegistry& prices, const SelectionOptions& selection) {
+                const ExpertRegistry& prices, const SelectionOptions& selection,
+                const std::vector<int>& fold, int folds, CalibrationMethod method) {
   std::vector<std::size_t> order(trials.candidates.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
@@ -146,12 +178,17 @@ void try_stacks(Trials& trials, const RoutingDataset& data, const TrainingSet& s
     }
     const CandidateScorer stack{detail::stack_spec(specs), Loss::Bce};
     OutOfFold oof = stack_out_of_fold(trials, members);
-    IsotonicCalibration calibration =
-        IsotonicCalibration::fit(oof.quality, set.quality, set.present);
-    CandidateFigures figures = judge(stack, oof, calibration, data, set, prices);
+    Calibration calibration = Calibration::fit(method, oof.quality, set.quality, set.present);
+    // Judged on the mean of the members' cross-fitted predictions, itself
+    // cross-fitted, so neither calibration saw the rows it is judged on.
+    std::vector<const OutOfFold*> member_predictions;
+    for (const std::size_t m : members) member_predictions.push_back(&trials.cross_fitted[m]);
+    OutOfFold judged =
+        cross_fitted(detail::mean_of_calibrated(member_predictions, {}), set, fold, folds, method);
+    CandidateFigures figures = judge(stack, judged, data, set, prices);
     figures.seconds = seconds;
-    trials.add(stack, std::move(oof), std::move(calibration), std::move(figures), selection,
-               std::move(members));
+    trials.add(stack, std::move(oof), std::move(judged), std::move(calibration), std::move(figures),
+               selection, fold, std::move(members));
   }
 }
 
@@ -160,14 +197,14 @@ void try_stacks(Trials& trials, const RoutingDataset& data, const TrainingSet& s
 namespace detail {
 
 OutOfFold mean_of_calibrated(const std::vector<const OutOfFold*>& members,
-                             const std::vector<const IsotonicCalibration*>& calibrations) {
+                             const std::vector<const Calibration*>& calibrations) {
   const OutOfFold& first = *members[0];
   OutOfFold out{Eigen::MatrixXf::Zero(first.quality.rows(), first.quality.cols()),
                 Eigen::MatrixXf::Zero(first.quality.rows(), first.quality.cols())};
   Eigen::MatrixXf counted = Eigen::MatrixXf::Zero(first.quality.rows(), first.quality.cols());
   for (std::size_t m = 0; m < members.size(); ++m) {
     ScoreMatrix q = members[m]->quality;
-    calibrations[m]->apply(q);
+    if (!calibrations.empty()) calibrations[m]->apply(q);
     out.quality += q / static_cast<float>(members.size());
     const Eigen::MatrixXf& t = members[m]->output_tokens;
     const Eigen::MatrixXf known = t.array().isFinite().cast<float>();
@@ -225,7 +262,7 @@ OutOfFold cross_validate(const CandidateScorer& candidate, const TrainingSet& se
     scorer->train(subset(set, train, k), quiet);
     // Raw predictions: a stack calibrates itself while training, and the
     // calibration fitted on these is what applies to the raw output.
-    scorer->set_calibration(IsotonicCalibration());
+    scorer->set_calibration(Calibration());
     std::vector<std::string> prompts;
     for (const std::size_t r : held) prompts.push_back(set.prompts[r]);
     const ScoreBatch scores = scorer->score(prompts);
@@ -263,10 +300,10 @@ Eigen::MatrixXd predicted_costs(const std::vector<std::string_view>& prompts,
 std::unique_ptr<TrainableScorer> train_calibrated(const CandidateScorer& candidate,
                                                   const TrainingSet& set,
                                                   const TrainOptions& options, int folds) {
-  IsotonicCalibration calibration;
+  Calibration calibration;
   if (folds > 0) {
     const OutOfFold oof = cross_validate(candidate, set, options, folds);
-    calibration = IsotonicCalibration::fit(oof.quality, set.quality, set.present);
+    calibration = Calibration::fit(options.calibration, oof.quality, set.quality, set.present);
   }
   auto scorer = make_scorer(candidate.spec);
   TrainOptions final_options = options;
@@ -288,17 +325,21 @@ std::unique_ptr<TrainableScorer> train_best(const RoutingDataset& data,
   }
   Trials trials;
   trials.record.folds = selection.folds;
+  const std::vector<int> fold = assign_folds(set.rows(), selection.folds, options.seed);
   for (const CandidateScorer& candidate : selection.candidates) {
     const auto start = std::chrono::steady_clock::now();
     OutOfFold oof = cross_validate(candidate, set, options, selection.folds);
-    IsotonicCalibration calibration =
-        IsotonicCalibration::fit(oof.quality, set.quality, set.present);
-    CandidateFigures figures = judge(candidate, oof, calibration, data, set, prices);
+    Calibration calibration =
+        Calibration::fit(options.calibration, oof.quality, set.quality, set.present);
+    OutOfFold judged = cross_fitted(oof, set, fold, selection.folds, options.calibration);
+    CandidateFigures figures = judge(candidate, judged, data, set, prices);
     figures.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    trials.add(candidate, std::move(oof), std::move(calibration), std::move(figures), selection);
+    trials.add(candidate, std::move(oof), std::move(judged), std::move(calibration),
+               std::move(figures), selection, fold);
   }
-  if (selection.stacks) try_stacks(trials, data, set, prices, selection);
+  if (selection.stacks)
+    try_stacks(trials, data, set, prices, selection, fold, selection.folds, options.calibration);
   ModelSelection& record = trials.record;
   for (std::size_t i = 1; i < record.candidates.size(); ++i) {
     if (record.candidates[i].aiq > record.candidates[record.chosen].aiq) record.chosen = i;
@@ -306,7 +347,7 @@ std::unique_ptr<TrainableScorer> train_best(const RoutingDataset& data,
   const CandidateScorer& winner = trials.candidates[record.chosen];
   auto scorer = make_scorer(winner.spec);
   if (!trials.members[record.chosen].empty()) {
-    std::vector<IsotonicCalibration> member_calibrations;
+    std::vector<Calibration> member_calibrations;
     for (const std::size_t m : trials.members[record.chosen]) {
       member_calibrations.push_back(trials.calibrations[m]);
     }

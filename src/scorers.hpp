@@ -54,10 +54,27 @@ std::string stack_spec(const std::vector<CandidateScorer>& members);
 /// Out-of-fold predictions of a stack: the mean of its members' calibrated
 /// quality, and of their output tokens where predicted (NaN where none is).
 OutOfFold mean_of_calibrated(const std::vector<const OutOfFold*>& members,
-                             const std::vector<const IsotonicCalibration*>& calibrations);
+                             const std::vector<const Calibration*>& calibrations);
 /// Gives a stack (made by make_stack_scorer) its members' calibrations, so
 /// training it needs no cross-validation of its own.
-void set_member_calibrations(TrainableScorer& stack, std::vector<IsotonicCalibration> calibrations);
+void set_member_calibrations(TrainableScorer& stack, std::vector<Calibration> calibrations);
+
+/// A scorer that reads a prompt only through `Featurizer::featurize` (the
+/// MLP, kNN and gbt): a stack of such scorers with the same featurizer
+/// settings featurizes each prompt once for all of them.
+class FeaturizedScorer {
+ public:
+  virtual ~FeaturizedScorer() = default;
+  virtual const FeaturizerOptions& featurizer_options() const = 0;
+  /// The uncalibrated scores of `count` prompts from their features, made
+  /// with `featurizer_options()`: what `score_uncalibrated` gives for the
+  /// prompts themselves.
+  virtual void score_featurized(const SparseFeatures* features, std::size_t count, ScoreBatch& out,
+                                ScorerWorkspace* workspace) const = 0;
+};
+
+/// True when two featurizers give the same features for every prompt.
+bool same_featurizer(const FeaturizerOptions& a, const FeaturizerOptions& b);
 
 /// Writes the featurizer.* fields of a model file.
 void write_featurizer_options(ModelWriter& out, const FeaturizerOptions& options);

@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <optional>
 
 #include "scorers.hpp"
 #include "torouter/error.hpp"
@@ -33,6 +34,8 @@ constexpr int kMemberFolds = 5;
 
 struct StackWorkspace : ScorerWorkspace {
   std::vector<std::unique_ptr<ScorerWorkspace>> members;
+  /// Each prompt's features, when the members share a featurizer.
+  std::vector<SparseFeatures> features;
   ScoreBatch batch;
   Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> token_count;
 };
@@ -50,7 +53,7 @@ class StackScorer : public TrainableScorer {
   std::string spec() const override { return stack_spec(candidates_); }
 
   /// Calibrations of the members from out-of-fold predictions made elsewhere.
-  void set_member_calibrations(std::vector<IsotonicCalibration> calibrations) {
+  void set_member_calibrations(std::vector<Calibration> calibrations) {
     given_calibrations_ = std::move(calibrations);
   }
 
@@ -65,20 +68,19 @@ class StackScorer : public TrainableScorer {
     std::unique_ptr<ScorerWorkspace> local;
     if (workspace == nullptr) local = make_workspace();
     auto* w = static_cast<StackWorkspace*>(workspace ? workspace : local.get());
+    if (shared_featurizer_) {
+      // Grows only: a warm workspace featurizes into vectors it already has.
+      if (w->features.size() < count) w->features.resize(count);
+      for (std::size_t i = 0; i < count; ++i)
+        shared_featurizer_->featurize(prompts[i], w->features[i]);
+    }
     out.resize(count, expert_names().size());
     out.quality.setZero();
     out.output_tokens.setZero();
     w->token_count.setZero(out.quality.rows(), out.quality.cols());
-    const float share = 1.0f / static_cast<float>(members_.size());
     for (std::size_t m = 0; m < members_.size(); ++m) {
-      members_[m]->score(prompts, count, w->batch, w->members[m].get());
-      out.quality += share * w->batch.quality;
-      for (Eigen::Index i = 0; i < out.output_tokens.size(); ++i) {
-        const float t = w->batch.output_tokens.data()[i];
-        if (!std::isfinite(t)) continue;
-        out.output_tokens.data()[i] += t;
-        w->token_count.data()[i] += 1.0f;
-      }
+      score_member(m, prompts, count, *w);
+      add_member(w->batch, out, *w);
     }
     for (Eigen::Index i = 0; i < out.output_tokens.size(); ++i) {
       const float n = w->token_count.data()[i];
@@ -93,14 +95,15 @@ class StackScorer : public TrainableScorer {
     if (own_calibration) given_calibrations_.clear();
     std::vector<OutOfFold> folds;
     members_.clear();
+    shared_featurizer_.reset();
     TrainReport report;
     for (std::size_t m = 0; m < candidates_.size(); ++m) {
       if (own_calibration) {
         folds.push_back(cross_validate(candidates_[m], set, options, kMemberFolds));
         given_calibrations_.push_back(
-            IsotonicCalibration::fit(folds.back().quality, set.quality, set.present));
+            Calibration::fit(options.calibration, folds.back().quality, set.quality, set.present));
       }
-      IsotonicCalibration calibration = given_calibrations_[m];
+      Calibration calibration = given_calibrations_[m];
       auto member = make_scorer(candidates_[m].spec);
       TrainOptions member_options = options;
       member_options.loss = candidates_[m].loss;
@@ -111,8 +114,9 @@ class StackScorer : public TrainableScorer {
       report.validation_quality += r.validation_quality / static_cast<double>(candidates_.size());
       members_.push_back(std::move(member));
     }
-    if (own_calibration) set_calibration(calibrate_mean(folds, set));
+    if (own_calibration) set_calibration(calibrate_mean(folds, set, options.calibration));
     given_calibrations_.clear();
+    share_featurizer();
     return report;
   }
 
@@ -133,6 +137,7 @@ class StackScorer : public TrainableScorer {
       throw Error(in.where() + "field \"stack.members\": does not match the spec");
     }
     members_.clear();
+    shared_featurizer_.reset();
     for (std::size_t m = 0; m < names.size(); ++m) {
       const ModelReader part = in.section(fmt::format("member{}.", m));
       if (names[m] != member_text(candidates_[m])) {
@@ -152,27 +157,69 @@ class StackScorer : public TrainableScorer {
       }
       members_.push_back(std::move(member));
     }
+    share_featurizer();
   }
 
  private:
+  // Member m's calibrated scores into w.batch: from the features already
+  // made when the members share a featurizer, else from the prompts.
+  void score_member(std::size_t m, const std::string_view* prompts, std::size_t count,
+                    StackWorkspace& w) const {
+    const TrainableScorer& member = *members_[m];
+    if (shared_featurizer_) {
+      dynamic_cast<const FeaturizedScorer&>(member).score_featurized(w.features.data(), count,
+                                                                     w.batch, w.members[m].get());
+      member.calibration().apply(w.batch.quality);
+    } else {
+      member.score(prompts, count, w.batch, w.members[m].get());
+    }
+  }
+
+  // Adds one member's share of quality to `out`, and its output tokens
+  // where it predicts them.
+  void add_member(const ScoreBatch& batch, ScoreBatch& out, StackWorkspace& w) const {
+    out.quality += batch.quality / static_cast<float>(members_.size());
+    for (Eigen::Index i = 0; i < out.output_tokens.size(); ++i) {
+      const float t = batch.output_tokens.data()[i];
+      if (!std::isfinite(t)) continue;
+      out.output_tokens.data()[i] += t;
+      w.token_count.data()[i] += 1.0f;
+    }
+  }
+
+  // One featurizer for all members when each reads the prompt only through
+  // a featurizer and all have the same settings (the default stack's do).
+  void share_featurizer() {
+    shared_featurizer_.reset();
+    const FeaturizerOptions* first = nullptr;
+    for (const auto& member : members_) {
+      const auto* f = dynamic_cast<const FeaturizedScorer*>(member.get());
+      if (f == nullptr) return;
+      if (first != nullptr && !same_featurizer(*first, f->featurizer_options())) return;
+      first = &f->featurizer_options();
+    }
+    if (first != nullptr) shared_featurizer_.emplace(*first);
+  }
+
   // The stack's own calibration: of the mean of the members' calibrated
   // out-of-fold predictions.
-  IsotonicCalibration calibrate_mean(const std::vector<OutOfFold>& folds,
-                                     const TrainingSet& set) const {
+  Calibration calibrate_mean(const std::vector<OutOfFold>& folds, const TrainingSet& set,
+                             CalibrationMethod method) const {
     // given_calibrations_ holds the members' calibrations fitted on `folds`.
     std::vector<const OutOfFold*> predictions;
-    std::vector<const IsotonicCalibration*> calibrations;
+    std::vector<const Calibration*> calibrations;
     for (std::size_t m = 0; m < folds.size(); ++m) {
       predictions.push_back(&folds[m]);
       calibrations.push_back(&given_calibrations_[m]);
     }
     const ScoreMatrix mean = mean_of_calibrated(predictions, calibrations).quality;
-    return IsotonicCalibration::fit(mean, set.quality, set.present);
+    return Calibration::fit(method, mean, set.quality, set.present);
   }
 
   std::vector<CandidateScorer> candidates_;
   std::vector<std::unique_ptr<TrainableScorer>> members_;
-  std::vector<IsotonicCalibration> given_calibrations_;
+  std::vector<Calibration> given_calibrations_;
+  std::optional<Featurizer> shared_featurizer_;
 };
 
 }  // namespace
@@ -199,8 +246,7 @@ std::unique_ptr<TrainableScorer> make_stack_scorer(std::string_view text) {
   return std::make_unique<StackScorer>(std::move(members));
 }
 
-void set_member_calibrations(TrainableScorer& stack,
-                             std::vector<IsotonicCalibration> calibrations) {
+void set_member_calibrations(TrainableScorer& stack, std::vector<Calibration> calibrations) {
   dynamic_cast<StackScorer&>(stack).set_member_calibrations(std::move(calibrations));
 }
 

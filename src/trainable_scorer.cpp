@@ -90,6 +90,13 @@ ScorerSpec parse_scorer_spec(std::string_view text) {
   return spec;
 }
 
+bool same_featurizer(const FeaturizerOptions& a, const FeaturizerOptions& b) {
+  return a.num_buckets == b.num_buckets && a.word_unigrams == b.word_unigrams &&
+         a.word_bigrams == b.word_bigrams && a.char_ngrams == b.char_ngrams &&
+         a.char_ngram_min == b.char_ngram_min && a.char_ngram_max == b.char_ngram_max &&
+         a.hash_seed == b.hash_seed;
+}
+
 void write_featurizer_options(ModelWriter& out, const FeaturizerOptions& f) {
   out.set("featurizer.num_buckets", static_cast<std::uint64_t>(f.num_buckets));
   out.set("featurizer.word_unigrams", f.word_unigrams);
@@ -121,7 +128,7 @@ TrainReport TrainableScorer::train(const TrainingSet& set, const TrainOptions& o
     throw Error(fmt::format("{}: cannot train on an empty training set", spec()));
   if (set.experts.empty()) throw Error(fmt::format("{}: the training set names no expert", spec()));
   set_identity(set.experts, set.fingerprint);
-  calibration_ = IsotonicCalibration();
+  calibration_ = Calibration();
   training_.selection = ModelSelection();
   const auto start = std::chrono::steady_clock::now();
   TrainReport report = fit(set, options);
@@ -140,7 +147,7 @@ void TrainableScorer::score(const std::string_view* prompts, std::size_t count, 
   calibration_.apply(out.quality);
 }
 
-void TrainableScorer::set_calibration(IsotonicCalibration calibration) {
+void TrainableScorer::set_calibration(Calibration calibration) {
   if (!calibration.empty() && calibration.experts() != experts_.size()) {
     throw Error(fmt::format("{}: a calibration of {} experts cannot serve a scorer of {}", spec(),
                             calibration.experts(), experts_.size()));
@@ -152,7 +159,7 @@ namespace {
 
 // Calibration knots: per expert their count, then every expert's x and y
 // one after another.
-void write_calibration(ModelWriter& out, const IsotonicCalibration& calibration) {
+void write_calibration(ModelWriter& out, const Calibration& calibration) {
   if (calibration.empty()) return;
   std::vector<double> counts;
   std::vector<float> x, y;
@@ -167,8 +174,8 @@ void write_calibration(ModelWriter& out, const IsotonicCalibration& calibration)
   out.add_tensor("calibration.y", {total}, std::move(y));
 }
 
-IsotonicCalibration read_calibration(const ModelReader& in, std::size_t experts) {
-  if (!in.has("calibration.knots")) return IsotonicCalibration();
+Calibration read_calibration(const ModelReader& in, std::size_t experts) {
+  if (!in.has("calibration.knots")) return Calibration();
   const auto& counts = in.numbers("calibration.knots");
   if (counts.size() != experts) {
     throw Error(in.where() + "field \"calibration.knots\": one count per expert expected");
@@ -191,7 +198,7 @@ IsotonicCalibration read_calibration(const ModelReader& in, std::size_t experts)
     at += n;
   }
   try {
-    return IsotonicCalibration(std::move(xs), std::move(ys));
+    return Calibration(std::move(xs), std::move(ys));
   } catch (const Error& e) {
     throw Error(in.where() + e.what());
   }

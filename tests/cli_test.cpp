@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 
@@ -44,17 +45,42 @@ TEST_CASE("torouter train with no scorer chooses one by cross-validation and rec
   const auto dir = work_dir();
   torouter::testing::write_synthetic_dataset(dir / "choose", 120, 20);
   const std::string model = (dir / "chosen.tormodel").string();
+  const std::string oof = (dir / "oof.csv").string();
   const Run trained = run("train --data '" + (dir / "choose").string() +
-                          "' --candidates 'knn:1000;knn:5' --folds 3 --out '" + model + "'");
+                          "' --candidates 'knn:1000;knn:5' --folds 3 --out '" + model +
+                          "' --out-of-fold '" + oof + "'");
   INFO(trained.output);
   REQUIRE(trained.status == 0);
   CHECK_THAT(trained.output, Contains("3-fold cross-validated AIQ") && Contains("knn:1000 ") &&
                                  Contains("stack:knn:5+knn:1000") && Contains("ECE") &&
-                                 Contains("chose ") && Contains("calibrated"));
-  const Run evaluated =
-      run("eval --data '" + (dir / "choose").string() + "' --model '" + model + "'");
+                                 Contains("calibrated (linear)") && Contains("chose ") &&
+                                 Contains("calibrated"));
+  // One line per candidate (two, and their stack) and training row, each
+  // with its fold in [0, 3).
+  std::ifstream csv(oof);
+  std::string line;
+  REQUIRE(std::getline(csv, line));
+  CHECK(line.rfind("candidate,id,fold,", 0) == 0);
+  std::size_t rows = 0;
+  std::set<std::string> folds;
+  while (std::getline(csv, line)) {
+    ++rows;
+    const std::size_t id_end = line.find(',', line.find("\",") + 2);
+    folds.insert(line.substr(id_end + 1, line.find(',', id_end + 1) - id_end - 1));
+  }
+  CHECK(rows == 3 * 120);
+  CHECK(folds == std::set<std::string>{"0", "1", "2"});
+  const std::string predictions = (dir / "predictions.csv").string();
+  const Run evaluated = run("eval --data '" + (dir / "choose").string() + "' --model '" + model +
+                            "' --predictions '" + predictions + "'");
   INFO(evaluated.output);
   CHECK(evaluated.status == 0);
+  std::ifstream predicted(predictions);
+  REQUIRE(std::getline(predicted, line));
+  CHECK(line.rfind("id,", 0) == 0);
+  std::size_t test_rows = 0;
+  while (std::getline(predicted, line)) ++test_rows;
+  CHECK(test_rows == 20);
 
   Run r = run("train --data x --out y --candidates 'mlp/adam'");
   CHECK_THAT(r.output, Contains("bce or soft"));
@@ -62,6 +88,10 @@ TEST_CASE("torouter train with no scorer chooses one by cross-validation and rec
   CHECK_THAT(r.output, Contains("--folds"));
   r = run("train --data x --out y --candidates 'gbt,trees=3'");
   CHECK_THAT(r.output, Contains("unknown option \"trees\""));
+  r = run("train --data x --out y --calibration platt");
+  CHECK_THAT(r.output, Contains("expected linear or isotonic"));
+  r = run("train --data x --out y --scorer knn:5 --out-of-fold z.csv");
+  CHECK_THAT(r.output, Contains("--out-of-fold") && Contains("not with --scorer"));
 }
 
 TEST_CASE("torouter train then route") {

@@ -10,6 +10,7 @@
 using Catch::Matchers::Contains;
 using torouter::CandidateScorer;
 using torouter::Loss;
+using torouter::ScoreMatrix;
 
 namespace {
 
@@ -64,6 +65,51 @@ TEST_CASE(
   CHECK(again.chosen == record.chosen);
   CHECK(again.candidates[0].name == "knn:1000");
   CHECK(again.candidates[1].aiq == Approx(record.candidates[1].aiq));
+}
+
+TEST_CASE("a stack scores as the calibrated mean of its members, sharing their featurizer or not") {
+  const auto data = synthetic_dataset();
+  const auto set = torouter::make_training_set(data.experts, data.train, "synthetic");
+  const std::vector<std::string> prompts{"python function loop bug", "king empire war treaty",
+                                         "a question about both: python kings"};
+  // Equal buckets: one featurization serves both members; else each its own.
+  for (const std::string knn : {"knn:5,buckets=1024", "knn:5"}) {
+    const std::vector<torouter::CandidateScorer> members{{knn, Loss::Bce},
+                                                         {"mlp:16,buckets=1024", Loss::Soft}};
+    auto stack = torouter::make_scorer("stack:" + knn + "+mlp:16,buckets=1024/soft");
+    const torouter::TrainOptions options;
+    stack->train(set, options);
+    // Each member alone, trained and calibrated as the stack does (5 folds).
+    ScoreMatrix mean = ScoreMatrix::Zero(3, static_cast<Eigen::Index>(set.experts.size()));
+    for (const auto& member : members) {
+      mean += torouter::train_calibrated(member, set, options, 5)->score(prompts).quality / 2.0f;
+    }
+    stack->calibration().apply(mean);
+    const auto scores = stack->score(prompts).quality;
+    for (Eigen::Index i = 0; i < mean.size(); ++i) {
+      CHECK(scores.data()[i] == Approx(mean.data()[i]).margin(1e-6));
+    }
+  }
+}
+
+TEST_CASE("train_calibrated fits the calibration method its options name") {
+  const auto data = synthetic_dataset();
+  const auto set = torouter::make_training_set(data.experts, data.train, "s");
+  const torouter::CandidateScorer candidate{"knn:5", Loss::Bce};
+  torouter::TrainOptions options;
+  for (const auto method :
+       {torouter::CalibrationMethod::Linear, torouter::CalibrationMethod::Isotonic}) {
+    options.calibration = method;
+    const auto scorer = torouter::train_calibrated(candidate, set, options, 3);
+    const auto oof = torouter::cross_validate(candidate, set, options, 3);
+    const auto expected = torouter::Calibration::fit(method, oof.quality, set.quality, set.present);
+    const auto& calibration = scorer->calibration();
+    REQUIRE(calibration.experts() == set.experts.size());
+    for (std::size_t e = 0; e < calibration.experts(); ++e) {
+      CHECK(calibration.knots_x(e) == expected.knots_x(e));
+      CHECK(calibration.knots_y(e) == expected.knots_y(e));
+    }
+  }
 }
 
 TEST_CASE("train_best refuses no candidate and bad folds") {

@@ -4,41 +4,59 @@
 // A regression of quality is near that already; a soft-label network's
 // output is each expert's chance of being the best, summing to one over the
 // experts, which is not. Either way the trained scorers of this library map
-// each expert's raw output through a monotone function fitted on held-out
-// predictions (out-of-fold, so no row is judged by a model that learned it):
-// centred isotonic regression (Oron and Flournoy 2017): pool adjacent
-// violators as scikit-learn's IsotonicRegression, then one knot per pooled
-// block at its mean output, with linear interpolation between the knots
-// and the map held flat beyond the first and last. Strictly increasing
-// between its outer knots, it keeps each expert's order of prompts there
-// (flat blocks would tie many outputs), and changes what the numbers mean, so
-// `lambda_cost` and a quality floor mean the same for every model.
+// each expert's raw output through a monotone, piecewise-linear function
+// fitted on held-out predictions (out-of-fold, so no row is judged by a
+// model that learned it), held flat beyond its first and last knot:
 //
-//   auto calibration = torouter::IsotonicCalibration::fit(raw, quality, present);
+// - linear (the default): the least-squares line of quality on the raw
+//   output, its slope kept >= 0, between the smallest and largest held-out
+//   output, clipped to [0, 1]. Two numbers per expert: it rescales without
+//   reordering. Cross-validation favours it on routerbench3 (every
+//   candidate) and finds the two level on llmrouter14 (docs/RESULTS.md):
+//   a router compares experts, and a map with many knots adds its own
+//   noise to every comparison.
+// - isotonic: centred isotonic regression (Oron and Flournoy 2017): pool
+//   adjacent violators as scikit-learn's IsotonicRegression, then one knot
+//   per pooled block at its mean output, linear between knots. It fits any
+//   monotone shape, at the price of that noise.
+//
+// Either changes what the numbers mean, not each expert's order of prompts,
+// so `lambda_cost` and a quality floor mean the same for every model.
+//
+//   auto calibration = torouter::Calibration::fit(torouter::CalibrationMethod::Linear,
+//                                                 raw, quality, present);
 //   float expected = calibration.apply(expert, raw_output);
 #pragma once
 
 #include <Eigen/Core>
 #include <cstddef>
+#include <string_view>
 #include <vector>
 
 #include "torouter/scorer.hpp"
 
 namespace torouter {
 
-class IsotonicCalibration {
+enum class CalibrationMethod { Linear, Isotonic };
+
+/// "linear" or "isotonic"; throws `Error` naming the text otherwise.
+CalibrationMethod parse_calibration_method(std::string_view text);
+const char* calibration_method_name(CalibrationMethod method);
+
+class Calibration {
  public:
   /// No calibration: `apply` returns its input.
-  IsotonicCalibration() = default;
+  Calibration() = default;
   /// From knots: per expert, ascending x and non-decreasing y of equal size.
   /// Throws `Error` when they are not.
-  IsotonicCalibration(std::vector<std::vector<float>> x, std::vector<std::vector<float>> y);
+  Calibration(std::vector<std::vector<float>> x, std::vector<std::vector<float>> y);
 
-  /// Fits one map per column: `raw` are held-out predictions, `quality` the
-  /// true qualities, `present` 1 where the row has an outcome for the expert
-  /// (rows x experts each). A column without outcomes maps to itself.
-  static IsotonicCalibration fit(const Eigen::MatrixXf& raw, const Eigen::MatrixXf& quality,
-                                 const Eigen::MatrixXf& present);
+  /// Fits one map per column by `method`: `raw` are held-out predictions,
+  /// `quality` the true qualities, `present` 1 where the row has an outcome
+  /// for the expert (rows x experts each). A column without outcomes maps to
+  /// itself on [0, 1]. Throws `Error` when the shapes differ.
+  static Calibration fit(CalibrationMethod method, const Eigen::MatrixXf& raw,
+                         const Eigen::MatrixXf& quality, const Eigen::MatrixXf& present);
 
   bool empty() const { return x_.empty(); }
   std::size_t experts() const { return x_.size(); }

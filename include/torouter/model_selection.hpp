@@ -57,6 +57,12 @@ struct SelectionOptions {
   bool stacks = true;
   /// Called after each candidate's cross-validation, e.g. to print it.
   std::function<void(const CandidateFigures&)> on_candidate;
+  /// Called after each candidate's cross-validation with what it was judged
+  /// on: every training row's calibrated out-of-fold quality (each fold's
+  /// rows calibrated on the other folds), and each row's fold.
+  std::function<void(const CandidateFigures&, const Eigen::MatrixXf& quality,
+                     const std::vector<int>& fold)>
+      on_out_of_fold;
 };
 
 /// A candidate's predictions for rows it was not trained on.

@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "torouter/calibration.hpp"
 #include "torouter/dataset.hpp"
 
 namespace torouter {
@@ -78,6 +79,9 @@ struct TrainOptions {
   Loss loss = Loss::Bce;
   /// Temperature of the soft labels (Loss::Soft).
   double temperature = 0.1;
+  /// How `train_calibrated`, `train_best` and a stack map raw output to
+  /// expected quality (torouter/calibration.hpp).
+  CalibrationMethod calibration = CalibrationMethod::Linear;
   /// Share of the training rows held out for early stopping.
   double validation_fraction = 0.1;
   /// Called after each epoch (from the training thread), e.g. to print progress.
@@ -144,6 +148,7 @@ struct FittedPrice {
 /// tokens estimated by ceil(chars / 4) (output from `output_chars`; an
 /// expert without it is fitted on input tokens alone). Prices are kept
 /// non-negative. Experts with no recorded cost are left out.
-std::vector<FittedPrice> fit_prices(const RoutingDataset& data, const std::vector<DatasetRow>& rows);
+std::vector<FittedPrice> fit_prices(const RoutingDataset& data,
+                                    const std::vector<DatasetRow>& rows);
 
 }  // namespace torouter

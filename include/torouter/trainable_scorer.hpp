@@ -92,8 +92,8 @@ class TrainableScorer : public Scorer {
   /// Sets the per-expert calibration (one map per expert; empty: none).
   /// Throws `Error` when it covers a different number of experts. Training
   /// again removes it.
-  void set_calibration(IsotonicCalibration calibration);
-  const IsotonicCalibration& calibration() const { return calibration_; }
+  void set_calibration(Calibration calibration);
+  const Calibration& calibration() const { return calibration_; }
 
   const std::vector<std::string>& expert_names() const override { return experts_; }
   /// "<spec>@<first 8 hex digits of the data fingerprint>".
@@ -121,7 +121,7 @@ class TrainableScorer : public Scorer {
   std::vector<std::string> experts_;
   std::string version_;
   TrainingRecord training_;
-  IsotonicCalibration calibration_;
+  Calibration calibration_;
 };
 
 /// An untrained scorer from a spec ("mlp:256", "knn:40", "tlite"); throws

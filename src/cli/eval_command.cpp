@@ -99,6 +99,25 @@ std::string report_json(const std::string& dataset, const std::string& model_pat
       optional_number(r.ece), reliability_json(r.reliability));
 }
 
+// Each row's predicted quality per expert, as the peers write it
+// (benchmarks/peers/routing_eval.py): a header `id,<expert>,...`, then one
+// line per test row, so the same predictions can be judged by either side.
+void write_predictions_csv(const std::string& path, const std::vector<std::string>& experts,
+                           const std::vector<DatasetRow>& rows, const Eigen::MatrixXd& quality) {
+  std::ofstream out(path);
+  if (!out) throw Error(fmt::format("{}: cannot write", path));
+  out << "id";
+  for (const auto& name : experts) out << ',' << name;
+  out << '\n';
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    out << rows[i].id;
+    for (Eigen::Index e = 0; e < quality.cols(); ++e) {
+      out << fmt::format(",{:.9g}", quality(static_cast<Eigen::Index>(i), e));
+    }
+    out << '\n';
+  }
+}
+
 std::string figure(const std::optional<double>& v, const char* format = "{:.4f}") {
   return v ? fmt::format(fmt::runtime(format), *v) : std::string("-");
 }
@@ -106,7 +125,7 @@ std::string figure(const std::optional<double>& v, const char* format = "{:.4f}"
 }  // namespace
 
 int evaluate(const Arguments& args) {
-  args.allow_only({"data", "model", "json", "plot"});
+  args.allow_only({"data", "model", "json", "plot", "predictions"});
   const std::string dir = args.required("data");
   const std::string model_path = args.required("model");
   const RoutingDataset data = load_routing_dataset(dir);
@@ -152,6 +171,9 @@ int evaluate(const Arguments& args) {
     std::ofstream out(path);
     if (!out) throw Error(fmt::format("{}: cannot write", path));
     out << report_json(data.name, model_path, *model.scorer, report, rps);
+  }
+  if (args.named.count("predictions")) {
+    write_predictions_csv(args.required("predictions"), data.experts, rows, predicted.quality);
   }
   if (args.named.count("plot")) {
     const std::string path = args.required("plot");

@@ -2,10 +2,13 @@
 // prompt with a trained model.
 //
 //   torouter train --data DIR --out MODEL [--scorer SPEC | --candidates SPEC;SPEC...]
-//                  [--folds N] [--stacks 0|1] [--seed N] [--threads N]
+//                  [--folds N] [--stacks 0|1] [--calibration linear|isotonic]
+//                  [--out-of-fold FILE.csv]
+//                  [--seed N] [--threads N]
 //                  [--loss bce|soft] [--temperature T] [--epochs N]
 //   torouter route --model MODEL [--experts FILE] [--lambda-cost X | --quality-floor Q] PROMPT
 //   torouter eval --data DIR --model MODEL [--json FILE] [--plot FILE.svg]
+//                 [--predictions FILE.csv]
 //   torouter calibrate --data DIR --model MODEL (--max-cost-per-query USD | --max-share EXPERT=F)
 //   torouter collect --prompts FILE.jsonl --experts FILE --out DIR --transport command:PROGRAM
 #include <cstdio>
@@ -20,12 +23,14 @@ constexpr const char* kUsage =
     "usage:\n"
     "  torouter train --data DIR --out MODEL [--scorer gbt|mlp|knn|tlite|SPEC]\n"
     "                 [--candidates SPEC[/soft];SPEC...] [--folds N] [--stacks 0|1]\n"
+    "                 [--calibration linear|isotonic] [--out-of-fold FILE.csv]\n"
     "                 [--seed N] [--threads N] [--loss bce|soft] [--temperature T] [--epochs N]\n"
     "                 (no --scorer: the candidate of best cross-validated AIQ on the\n"
     "                 training split, gbt, MLP and stacks by default; --folds 0 with\n"
     "                 --scorer skips calibration)\n"
     "  torouter route --model MODEL [--experts FILE] [--lambda-cost X | --quality-floor Q] PROMPT\n"
     "  torouter eval --data DIR --model MODEL [--json FILE] [--plot FILE.svg]\n"
+    "                [--predictions FILE.csv]\n"
     "  torouter calibrate --data DIR --model MODEL (--max-cost-per-query USD | --max-share EXPERT=F)\n"
     "                     [--split train|test]\n"
     "  torouter collect --prompts FILE.jsonl --experts FILE --out DIR --transport command:PROGRAM\n"

@@ -2,6 +2,9 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <functional>
+#include <memory>
 
 #include "args.hpp"
 #include "torouter/dataset.hpp"
@@ -15,6 +18,30 @@ namespace {
 void print_candidate(const CandidateFigures& c) {
   std::fprintf(stderr, "  %-40s AIQ %.4f  gap won %+.3f  ECE %.3f  %6.1fs\n", c.name.c_str(), c.aiq,
                c.gap_won, c.ece, c.seconds);
+}
+
+// --out-of-fold: every candidate's calibrated out-of-fold quality for every
+// training row, with the row's fold, so other tools can judge the same
+// predictions: a header `candidate,id,fold,<expert>,...`, then each
+// candidate's lines, one per training row in the file's order.
+std::function<void(const CandidateFigures&, const Eigen::MatrixXf&, const std::vector<int>&)>
+out_of_fold_writer(const std::string& path, const RoutingDataset& data) {
+  auto out = std::make_shared<std::ofstream>(path);
+  if (!*out) throw Error(fmt::format("--out-of-fold: {}: cannot write", path));
+  *out << "candidate,id,fold";
+  for (const auto& name : data.experts) *out << ',' << name;
+  *out << '\n';
+  return [out, &data](const CandidateFigures& c, const Eigen::MatrixXf& quality,
+                      const std::vector<int>& fold) {
+    for (Eigen::Index r = 0; r < quality.rows(); ++r) {
+      *out << '"' << c.name << "\"," << data.train[static_cast<std::size_t>(r)].id << ','
+           << fold[static_cast<std::size_t>(r)];
+      for (Eigen::Index e = 0; e < quality.cols(); ++e)
+        *out << fmt::format(",{:.9g}", quality(r, e));
+      *out << '\n';
+    }
+    out->flush();
+  };
 }
 
 // "gbt;mlp:64/soft;knn:40": candidates separated by ';'.
@@ -34,7 +61,7 @@ std::vector<CandidateScorer> parse_candidates(const std::string& text) {
 
 int train(const Arguments& args) {
   args.allow_only({"data", "scorer", "candidates", "out", "seed", "threads", "loss", "temperature",
-                   "epochs", "folds", "stacks"});
+                   "epochs", "folds", "stacks", "calibration", "out-of-fold"});
   const std::string dir = args.required("data");
   const std::string out = args.required("out");
   TrainOptions options;
@@ -49,6 +76,7 @@ int train(const Arguments& args) {
   options.loss = loss == "bce" ? Loss::Bce : Loss::Soft;
   options.temperature = parse_number(args.get("temperature", "0.1"), "temperature");
   if (!(options.temperature > 0)) throw Error("--temperature must be > 0");
+  options.calibration = parse_calibration_method(args.get("calibration", "linear"));
 
   const bool named = args.named.count("scorer") != 0;
   const int folds = static_cast<int>(parse_whole(args.get("folds", "5"), "folds", named ? 0 : 2));
@@ -58,6 +86,9 @@ int train(const Arguments& args) {
       args.named.count("candidates") ? parse_candidates(args.required("candidates"))
                                      : std::vector<CandidateScorer>{};
   if (named && !candidates.empty()) throw Error("--scorer and --candidates exclude each other");
+  if (named && args.named.count("out-of-fold")) {
+    throw Error("--out-of-fold writes the predictions of a selection: not with --scorer");
+  }
   if (!named && (args.named.count("loss") || args.named.count("temperature"))) {
     throw Error(
         "--loss and --temperature apply to --scorer; a candidate names its loss "
@@ -106,7 +137,10 @@ int train(const Arguments& args) {
     const CandidateScorer candidate{args.required("scorer"), options.loss};
     std::fprintf(stderr, "training %s on %zu rows, %zu experts, %d thread(s)%s\n",
                  candidate.spec.c_str(), set.rows(), set.experts.size(), options.threads,
-                 folds > 0 ? fmt::format(", calibrated on {} folds", folds).c_str() : "");
+                 folds > 0 ? fmt::format(", calibrated ({}) on {} folds",
+                                         calibration_method_name(options.calibration), folds)
+                                 .c_str()
+                           : "");
     scorer = train_calibrated(candidate, set, options, folds);
   } else {
     SelectionOptions selection;
@@ -115,8 +149,13 @@ int train(const Arguments& args) {
     selection.folds = folds;
     selection.stacks = parse_whole(args.get("stacks", "1"), "stacks", 0) != 0;
     selection.on_candidate = print_candidate;
-    std::fprintf(stderr, "choosing a scorer by %d-fold cross-validated AIQ on %zu training rows:\n",
-                 folds, set.rows());
+    if (args.named.count("out-of-fold")) {
+      selection.on_out_of_fold = out_of_fold_writer(args.required("out-of-fold"), data);
+    }
+    std::fprintf(stderr,
+                 "choosing a scorer by %d-fold cross-validated AIQ on %zu training rows, "
+                 "calibrated (%s) on the other folds:\n",
+                 folds, set.rows(), calibration_method_name(options.calibration));
     options.on_epoch = nullptr;
     scorer = train_best(data, prices, options, selection);
     const ModelSelection& chosen = scorer->training().selection;
