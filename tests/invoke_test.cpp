@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/invoke_mode.hpp"
 #include "support/test_scorer.hpp"
 #include "torouter/router.hpp"
 
@@ -29,6 +30,7 @@ using torouter::Router;
 using torouter::RouterOptions;
 using torouter::Transport;
 using torouter::testing::TableScorer;
+using torouter::testing::invoke;
 using Catch::Matchers::Contains;
 
 namespace {
@@ -117,7 +119,7 @@ struct Rig {
 
 TEST_CASE("invoke calls the pick and charges what it billed") {
   Rig rig;
-  const InvokeResult r = rig.router.invoke("hi");
+  const InvokeResult r = invoke(rig.router, "hi");
   REQUIRE(r.ok());
   CHECK(r.expert == "strong");
   CHECK(r.response.text == "strong: ok");
@@ -133,7 +135,7 @@ TEST_CASE("invoke calls the pick and charges what it billed") {
 TEST_CASE("a timeout is retried on the same expert after a backoff") {
   Rig rig;
   rig.strong.script = {fails(FailureKind::Timeout), Response::answer("ok", 1, 1)};
-  const InvokeResult r = rig.router.invoke("hi");
+  const InvokeResult r = invoke(rig.router, "hi");
   REQUIRE(r.ok());
   CHECK(trace(r) == Trace{"strong:failed:timeout", "strong:answered"});
   CHECK(r.attempts[1].number == 2);
@@ -146,7 +148,7 @@ TEST_CASE("a 429's retry-after is honoured") {
   Rig rig;
   rig.strong.script = {fails(FailureKind::RateLimited, 40ms), Response::answer("ok", 1, 1)};
   const auto start = std::chrono::steady_clock::now();
-  const InvokeResult r = rig.router.invoke("hi");
+  const InvokeResult r = invoke(rig.router, "hi");
   REQUIRE(r.ok());
   CHECK(std::chrono::steady_clock::now() - start >= 40ms);
   CHECK(trace(r) == Trace{"strong:failed:rate_limited", "strong:answered"});
@@ -157,7 +159,7 @@ TEST_CASE("a retry-after longer than allowed fails over at once") {
   Rig rig;
   rig.strong.script = {fails(FailureKind::RateLimited, 60s)};
   const auto start = std::chrono::steady_clock::now();
-  const InvokeResult r = rig.router.invoke("hi");
+  const InvokeResult r = invoke(rig.router, "hi");
   REQUIRE(r.ok());
   CHECK(std::chrono::steady_clock::now() - start < 1s);
   CHECK(trace(r) == Trace{"strong:failed:rate_limited", "mid:answered"});
@@ -166,7 +168,7 @@ TEST_CASE("a retry-after longer than allowed fails over at once") {
 TEST_CASE("server errors exhaust the retries, then fail over by utility") {
   Rig rig;
   rig.strong.script = {fails(FailureKind::ServerError)};
-  const InvokeResult r = rig.router.invoke("hi");
+  const InvokeResult r = invoke(rig.router, "hi");
   REQUIRE(r.ok());
   CHECK(r.expert == "mid");
   CHECK(trace(r) == Trace{"strong:failed:server_error", "strong:failed:server_error",
@@ -178,7 +180,7 @@ TEST_CASE("a bad request or a context overflow is not retried on the same expert
   Rig rig;
   rig.strong.script = {fails(FailureKind::BadRequest)};
   rig.mid.script = {fails(FailureKind::ContextTooLong)};
-  const InvokeResult r = rig.router.invoke("hi");
+  const InvokeResult r = invoke(rig.router, "hi");
   REQUIRE(r.ok());
   CHECK(trace(r) == Trace{"strong:failed:bad_request", "mid:failed:context_too_long",
                           "cheap:answered"});
@@ -189,7 +191,7 @@ TEST_CASE("a transport that throws is a failure, not a crash") {
   rig.router.set_transport("strong", Transport::sync([](const Request&) -> Response {
                              throw std::runtime_error("socket closed");
                            }));
-  const InvokeResult r = rig.router.invoke("hi");
+  const InvokeResult r = invoke(rig.router, "hi");
   REQUIRE(r.ok());
   CHECK(trace(r) == Trace{"strong:failed:transport_error", "strong:failed:transport_error",
                           "mid:answered"});
@@ -201,7 +203,7 @@ TEST_CASE("when every expert fails, invoke says so with the full trace") {
   rig.strong.script = {fails(FailureKind::ServerError)};
   rig.mid.script = {fails(FailureKind::Timeout)};
   rig.cheap.script = {fails(FailureKind::BadRequest)};
-  const InvokeResult r = rig.router.invoke("hi");
+  const InvokeResult r = invoke(rig.router, "hi");
   CHECK_FALSE(r.ok());
   CHECK(r.error == InvokeError::AllFailed);
   CHECK_THAT(r.error_message, Contains("3 expert(s)"));
@@ -217,7 +219,7 @@ TEST_CASE("max_experts_tried bounds the failover") {
   options.max_attempts_per_expert = 1;
   Rig rig(options);
   rig.strong.script = {fails(FailureKind::ServerError)};
-  const InvokeResult r = rig.router.invoke("hi");
+  const InvokeResult r = invoke(rig.router, "hi");
   CHECK(r.error == InvokeError::AllFailed);
   CHECK(trace(r) == Trace{"strong:failed:server_error"});
 }
@@ -230,21 +232,21 @@ TEST_CASE("an expert that fails N times in a row cools down, then comes back") {
   rig.strong.script = {fails(FailureKind::ServerError), fails(FailureKind::ServerError),
                        fails(FailureKind::ServerError), Response::answer("back", 1, 1)};
   // Invoke 1: two failures (the retry budget), then mid answers.
-  CHECK(trace(rig.router.invoke("a")) ==
+  CHECK(trace(invoke(rig.router, "a")) ==
         Trace{"strong:failed:server_error", "strong:failed:server_error", "mid:answered"});
   CHECK(rig.router.status("strong").consecutive_failures == 2);
   // Invoke 2: the third failure in a row sends strong to cool down at once.
-  CHECK(trace(rig.router.invoke("b")) == Trace{"strong:failed:server_error", "mid:answered"});
+  CHECK(trace(invoke(rig.router, "b")) == Trace{"strong:failed:server_error", "mid:answered"});
   CHECK(rig.router.status("strong").cooling_down);
   // While it cools, routing leaves it out.
   const auto d = rig.router.route("c");
   CHECK(d.find("strong")->exclusion == torouter::Exclusion::CoolingDown);
-  CHECK(rig.router.invoke("c").expert == "mid");
+  CHECK(invoke(rig.router, "c").expert == "mid");
   CHECK(rig.strong.calls == 3);
   // Afterwards it is tried again.
   std::this_thread::sleep_for(200ms);
   CHECK_FALSE(rig.router.status("strong").cooling_down);
-  const InvokeResult back = rig.router.invoke("d");
+  const InvokeResult back = invoke(rig.router, "d");
   CHECK(back.expert == "strong");
   CHECK(back.response.text == "strong: back");
 }
@@ -257,12 +259,12 @@ TEST_CASE("when every expert cools down, invoke still tries them, best first") {
   for (Scripted* s : {&rig.strong, &rig.mid, &rig.cheap}) {
     s->script = {fails(FailureKind::ServerError), Response::answer("recovered", 1, 1)};
   }
-  const InvokeResult first = rig.router.invoke("a");
+  const InvokeResult first = invoke(rig.router, "a");
   CHECK(first.error == InvokeError::AllFailed);
   CHECK_FALSE(first.last_resort);
   for (const char* name : {"strong", "mid", "cheap"}) CHECK(rig.router.status(name).cooling_down);
   CHECK(rig.router.route("b").pick() == nullptr);  // routing shows them all resting
-  const InvokeResult second = rig.router.invoke("b");
+  const InvokeResult second = invoke(rig.router, "b");
   REQUIRE(second.ok());
   CHECK(second.last_resort);
   CHECK(second.expert == "strong");
@@ -276,19 +278,19 @@ TEST_CASE("a hard budget refuses what it cannot cover") {
   options.budget_mode = torouter::BudgetMode::Refuse;
   Rig rig(options);
   rig.strong.last = rig.mid.last = rig.cheap.last = Response::answer("ok", 1, 100);
-  const InvokeResult first = rig.router.invoke("h");  // "h" is 1 token
+  const InvokeResult first = invoke(rig.router, "h");  // "h" is 1 token
   REQUIRE(first.ok());
   CHECK(first.expert == "mid");
   CHECK(trace(first) == Trace{"strong:skipped", "mid:answered"});
   CHECK_THAT(first.attempts[0].detail, Contains("over budget"));
   // Spend mid four times (1.01e-4 each): 5.05e-4 > 5e-4 after the fourth... the
   // fifth mid call would not fit, so it downgrades to cheap while cheap fits.
-  for (int i = 0; i < 3; ++i) REQUIRE(rig.router.invoke("h").expert == "mid");
+  for (int i = 0; i < 3; ++i) REQUIRE(invoke(rig.router, "h").expert == "mid");
   CHECK(rig.router.spent_usd() == Approx(4 * 1.01e-4));
-  CHECK(rig.router.invoke("h").expert == "cheap");
+  CHECK(invoke(rig.router, "h").expert == "cheap");
   // Fill the rest with cheap calls until nothing fits.
   InvokeResult r;
-  for (int i = 0; i < 20 && (r = rig.router.invoke("h")).ok(); ++i) {
+  for (int i = 0; i < 20 && (r = invoke(rig.router, "h")).ok(); ++i) {
   }
   CHECK(r.error == InvokeError::BudgetExhausted);
   CHECK_THAT(r.error_message, Contains("budget"));
@@ -300,7 +302,7 @@ TEST_CASE("a soft budget downgrades to the cheapest expert once spent") {
   options.budget_usd = 0;
   options.budget_mode = torouter::BudgetMode::Downgrade;
   Rig rig(options);
-  const InvokeResult r = rig.router.invoke("hello");
+  const InvokeResult r = invoke(rig.router, "hello");
   REQUIRE(r.ok());
   CHECK(r.expert == "cheap");
   CHECK(trace(r) == Trace{"strong:skipped", "mid:skipped", "cheap:skipped", "cheap:answered"});
@@ -311,7 +313,7 @@ TEST_CASE("an expert with no transport is skipped") {
   Router router(experts(), scorer(), nullptr, fast_options());
   Scripted mid;
   router.set_transport("mid", mid.transport());
-  const InvokeResult r = router.invoke("hi");
+  const InvokeResult r = invoke(router, "hi");
   REQUIRE(r.ok());
   CHECK(trace(r) == Trace{"strong:skipped", "mid:answered"});
   CHECK(r.attempts[0].detail == "no transport set");
@@ -321,7 +323,7 @@ TEST_CASE("no eligible expert is an error that lists the exclusions") {
   Rig rig;
   InvokeOptions options;
   options.route.policy.required_tags = {"vision"};
-  const InvokeResult r = rig.router.invoke("hi", options);
+  const InvokeResult r = invoke(rig.router, "hi", options);
   CHECK(r.error == InvokeError::NoEligibleExpert);
   CHECK_THAT(r.error_message, Contains("strong (missing_tag)"));
   CHECK(r.attempts.empty());
@@ -349,7 +351,7 @@ TEST_CASE("asynchronous transports: answers, timeouts and late completions") {
                          });
                        }));
   RouterOptions o = fast_options();
-  const InvokeResult r = router.invoke("hi");
+  const InvokeResult r = invoke(router, "hi");
   REQUIRE(r.ok());
   CHECK(r.response.text == "async hi");
   CHECK(trace(r) == Trace{"strong:failed:timeout", "strong:failed:timeout", "mid:answered"});
@@ -380,7 +382,7 @@ TEST_CASE("streaming: chunks reach the caller; failover only before the first ch
   options.on_chunk = [&](std::string_view chunk) { received.append(chunk); };
 
   SECTION("failure before any chunk fails over") {
-    const InvokeResult r = router.invoke("hi", options);
+    const InvokeResult r = invoke(router, "hi", options);
     REQUIRE(r.ok());
     CHECK(r.expert == "mid");
     CHECK(received == "Hello, world");
@@ -388,7 +390,7 @@ TEST_CASE("streaming: chunks reach the caller; failover only before the first ch
   }
   SECTION("failure after a chunk ends the invoke with a clear error") {
     strong_fails_midway = true;
-    const InvokeResult r = router.invoke("hi", options);
+    const InvokeResult r = invoke(router, "hi", options);
     CHECK(r.error == InvokeError::StreamBroken);
     CHECK(received == "The answer ");
     CHECK(strong_calls == 1);
@@ -397,7 +399,7 @@ TEST_CASE("streaming: chunks reach the caller; failover only before the first ch
   }
   SECTION("a streaming transport without a chunk callback just joins the chunks") {
     strong_fails_midway = true;  // no caller callback: nothing reached the caller, so it may fail over
-    const InvokeResult r = router.invoke("hi");
+    const InvokeResult r = invoke(router, "hi");
     REQUIRE(r.ok());
     CHECK(r.expert == "mid");
     CHECK(r.response.text == "Hello, world");
@@ -405,7 +407,7 @@ TEST_CASE("streaming: chunks reach the caller; failover only before the first ch
   SECTION("a non-streaming transport delivers its answer as one chunk") {
     router.set_enabled("strong", false);
     router.set_enabled("mid", false);
-    const InvokeResult r = router.invoke("hi", options);
+    const InvokeResult r = invoke(router, "hi", options);
     REQUIRE(r.ok());
     CHECK(received == "cheap: ok");
   }
@@ -425,13 +427,13 @@ TEST_CASE("the in-flight cap sends a concurrent call elsewhere") {
   // While strong's one slot is taken, a call made from inside its transport
   // must go elsewhere.
   router.set_transport("strong", Transport::sync([&](const Request& r) {
-                         if (r.prompt == "outer") nested = router.invoke("inner");
+                         if (r.prompt == "outer") nested = invoke(router, "inner");
                          return Response::answer("strong");
                        }));
   Scripted other;
   router.set_transport("mid", other.transport());
   router.set_transport("cheap", other.transport());
-  const InvokeResult outer = router.invoke("outer");
+  const InvokeResult outer = invoke(router, "outer");
   REQUIRE(outer.ok());
   CHECK(outer.expert == "strong");
   REQUIRE(nested.ok());
@@ -450,11 +452,11 @@ TEST_CASE("at capacity everywhere, invoke waits, then fails with at_capacity") {
   Router router(registry, s, nullptr, fast_options());
   InvokeResult nested;
   router.set_transport("strong", Transport::sync([&](const Request& r) {
-                         if (r.prompt == "outer") nested = router.invoke("inner");
+                         if (r.prompt == "outer") nested = invoke(router, "inner");
                          return Response::answer("ok");
                        }));
   const auto start = std::chrono::steady_clock::now();
-  REQUIRE(router.invoke("outer").ok());
+  REQUIRE(invoke(router, "outer").ok());
   CHECK(nested.error == InvokeError::AtCapacity);
   CHECK(std::chrono::steady_clock::now() - start >= fast_options().capacity_wait);
 }
@@ -469,7 +471,7 @@ TEST_CASE("the invoke deadline bounds retries and waits") {
   Rig rig(options);
   rig.strong.script = {fails(FailureKind::ServerError)};
   const auto start = std::chrono::steady_clock::now();
-  const InvokeResult r = rig.router.invoke("hi");
+  const InvokeResult r = invoke(rig.router, "hi");
   CHECK(std::chrono::steady_clock::now() - start < 500ms);
   CHECK(r.error == InvokeError::Timeout);
   CHECK(rig.strong.calls >= 2);
@@ -535,7 +537,7 @@ TEST_CASE("the invoke's context reaches every attempt, retry and failover, uncha
   options.context = log;
   std::string received;
   options.on_chunk = [&](std::string_view chunk) { received.append(chunk); };
-  const InvokeResult r = router.invoke("hi", options);
+  const InvokeResult r = invoke(router, "hi", options);
   for (auto& t : completions) t.join();
 
   REQUIRE(r.ok());
@@ -544,7 +546,11 @@ TEST_CASE("the invoke's context reaches every attempt, retry and failover, uncha
   CHECK(received == "from cheap");
   CHECK(log->calls == std::vector<std::string>{"strong#1", "strong#2", "mid#1", "mid#2", "cheap#1"});
   REQUIRE(seen.size() == 5);
-  for (const std::any* context : seen) CHECK(context == &options.context);
+  for (const std::any* context : seen) {
+    // The blocking invoke borrows the caller's options; the non-blocking one
+    // keeps a copy, the same object on every attempt.
+    CHECK(context == (torouter::testing::async_invoke() ? seen.front() : &options.context));
+  }
 }
 
 TEST_CASE("without a context, or asked for the wrong type, a transport gets nullptr") {
@@ -560,14 +566,14 @@ TEST_CASE("without a context, or asked for the wrong type, a transport gets null
                          if (as_int != nullptr) value = *as_int;
                          return Response::answer("ok");
                        }));
-  REQUIRE(router.invoke("hi").ok());
+  REQUIRE(invoke(router, "hi").ok());
   CHECK_FALSE(had_context);
   CHECK(as_log == nullptr);
   CHECK(as_int == nullptr);
 
   InvokeOptions options;
   options.context = 42;
-  REQUIRE(router.invoke("hi", options).ok());
+  REQUIRE(invoke(router, "hi", options).ok());
   CHECK(had_context);
   CHECK(as_log == nullptr);
   CHECK(value == 42);
@@ -600,7 +606,7 @@ TEST_CASE("an asynchronous completion that outlives its invoke keeps the context
     watch = log;
     InvokeOptions options;
     options.context = std::move(log);
-    const InvokeResult r = router.invoke("hi", options);
+    const InvokeResult r = invoke(router, "hi", options);
     CHECK(trace(r) == Trace{"strong:failed:timeout", "mid:answered"});
   }  // the invoke's options, and their context, are gone
   CHECK_FALSE(watch.expired());  // the pending completion still holds it

@@ -12,6 +12,11 @@
 //   if (result.ok()) use(result.response.text);
 //   else log(result.error_message, result.attempts);  // every attempt, in order
 //
+//   // Non-blocking, on an event loop (torouter/event_loop.hpp): thousands of
+//   // calls in flight on a few threads, each cancellable.
+//   router.invoke_async("Prove that ...", options, loop,
+//                       [](torouter::InvokeResult r) { reply(std::move(r)); });
+//
 // `route` and `invoke` are safe to call from many threads at once. Routing
 // into a reused `RouteDecision` on a warm router allocates nothing and takes
 // no lock. A fresh decision (the `route` that returns one, and `invoke`)
@@ -25,6 +30,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -32,7 +38,9 @@
 #include <string_view>
 #include <vector>
 
+#include "torouter/cancel.hpp"
 #include "torouter/cost_model.hpp"
+#include "torouter/event_loop.hpp"
 #include "torouter/expert.hpp"
 #include "torouter/policy.hpp"
 #include "torouter/scorer.hpp"
@@ -146,6 +154,11 @@ struct InvokeOptions {
   /// undefined behaviour. Hold a pointer or a `std::shared_ptr` for state
   /// the transports change or that must outlive the invoke.
   std::any context;
+  /// When set, cancelling it ends the invoke with `InvokeError::Cancelled`:
+  /// waits and retries stop, the transport in flight is told
+  /// (`Request::cancel`), the expert's slot and the budget reservation are
+  /// released, and nothing counts against the expert.
+  std::shared_ptr<CancelSignal> cancel;
 };
 
 /// What happened to one call (or skipped call) during an invoke.
@@ -153,6 +166,7 @@ enum class AttemptOutcome {
   Answered,  ///< The expert answered.
   Failed,    ///< The call failed; see `failure`.
   Skipped,   ///< Not called; see `detail` (at capacity, cooling down, over budget, no transport).
+  Cancelled, ///< In flight when the invoke was cancelled; not the expert's failure.
 };
 
 /// A short, stable name for `outcome`.
@@ -161,6 +175,7 @@ constexpr std::string_view to_string(AttemptOutcome outcome) {
     case AttemptOutcome::Answered: return "answered";
     case AttemptOutcome::Failed: return "failed";
     case AttemptOutcome::Skipped: return "skipped";
+    case AttemptOutcome::Cancelled: return "cancelled";
   }
   return "unknown";
 }
@@ -193,6 +208,7 @@ enum class InvokeError {
   AtCapacity,        ///< Every candidate stayed at its concurrency cap.
   StreamBroken,      ///< The expert failed after chunks reached the caller.
   Timeout,           ///< The invoke's own deadline passed.
+  Cancelled,         ///< The caller cancelled it (`InvokeOptions::cancel`).
 };
 
 /// A short, stable name for `error`.
@@ -205,6 +221,7 @@ constexpr std::string_view to_string(InvokeError error) {
     case InvokeError::AtCapacity: return "at_capacity";
     case InvokeError::StreamBroken: return "stream_broken";
     case InvokeError::Timeout: return "timeout";
+    case InvokeError::Cancelled: return "cancelled";
   }
   return "unknown";
 }
@@ -273,8 +290,22 @@ class Router {
              RouteDecision& decision) const;
 
   /// Routes, calls the pick, retries and fails over; never throws for an
-  /// expert's failure.
+  /// expert's failure. Blocks this thread until done: it runs
+  /// `invoke_async` on a `RunLoop` of its own, on this thread.
   InvokeResult invoke(std::string_view prompt, const InvokeOptions& options = {});
+
+  /// The same invoke without blocking: routes now, on this thread (a
+  /// routing error throws `Error` from here), then does everything else as
+  /// tasks on `loop`, and calls `on_done` exactly once, from a thread of
+  /// `loop`, with the result. Backoffs, `retry_after`, attempt deadlines and
+  /// waits for a free slot are timers and wake-ups, never a sleeping thread;
+  /// an asynchronous transport is called from the loop and its completion
+  /// comes back to it. A synchronous or streaming transport is called on a
+  /// thread of the loop and holds it until it returns: give non-blocking
+  /// callers asynchronous transports. The router must outlive the invoke.
+  void invoke_async(std::string_view prompt, InvokeOptions options,
+                    std::shared_ptr<EventLoop> loop,
+                    std::function<void(InvokeResult)> on_done);
 
   /// Enables or disables an expert at run time; safe from any thread.
   void set_enabled(std::string_view expert, bool enabled);
@@ -303,6 +334,20 @@ class Router {
   void route_pooled(std::string_view prompt, const RouteOptions& options,
                     RouteDecision& decision) const;
 
+  // Routes, then runs the invoke on `loop`: with the caller's options when
+  // `borrowed` is set (they outlive the invoke), else with `owned`.
+  void start_invoke(std::string_view prompt, const InvokeOptions* borrowed, InvokeOptions owned,
+                    std::shared_ptr<EventLoop> loop, std::function<void(InvokeResult)> on_done);
+  // Takes a concurrency slot of expert `i`; false when it is at its cap.
+  bool acquire_slot(std::size_t i);
+  // Gives a slot back, and wakes every invoke waiting for one.
+  void release_slot(std::size_t i);
+  // How many slots have been released so far.
+  std::uint64_t slot_generation() const;
+  // Calls `wake` once, the next time any slot is released, or at once when
+  // one has been since `slot_generation()` was `generation`.
+  void wait_for_slot(std::uint64_t generation, std::function<void()> wake);
+
   ExpertRegistry experts_;
   std::shared_ptr<const Scorer> scorer_;
   std::shared_ptr<const Policy> policy_;
@@ -317,6 +362,10 @@ class Router {
   // transformer-lite's is megabytes: making it per call would dominate).
   mutable std::mutex idle_workspaces_mutex_;
   mutable std::vector<std::unique_ptr<ScorerWorkspace>> idle_workspaces_;
+  // Invokes waiting for a free slot, woken (all at once) when one frees.
+  mutable std::mutex slot_waiters_mutex_;
+  std::uint64_t slot_generation_ = 0;
+  std::vector<std::function<void()>> slot_waiters_;
 };
 
 }  // namespace torouter

@@ -5,14 +5,18 @@
 // caller's transport. Start with router.hpp; docs/ARCHITECTURE.md maps the rest.
 #pragma once
 
+#include "torouter/calibration.hpp"
+#include "torouter/cancel.hpp"
 #include "torouter/collect.hpp"
 #include "torouter/cost_model.hpp"
 #include "torouter/dataset.hpp"
 #include "torouter/error.hpp"
 #include "torouter/eval.hpp"
+#include "torouter/event_loop.hpp"
 #include "torouter/expert.hpp"
 #include "torouter/features.hpp"
 #include "torouter/model_io.hpp"
+#include "torouter/model_selection.hpp"
 #include "torouter/policy.hpp"
 #include "torouter/router.hpp"
 #include "torouter/scorer.hpp"

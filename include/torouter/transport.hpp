@@ -31,8 +31,11 @@
 #include <chrono>
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
+
+#include "torouter/cancel.hpp"
 
 namespace torouter {
 
@@ -89,6 +92,11 @@ struct Request {
   /// it is valid only during the call: an asynchronous transport whose
   /// completion needs it later copies what it holds (a `std::shared_ptr`).
   const std::any* context = nullptr;
+  /// The invoke's cancel signal (`InvokeOptions::cancel`), or null when it
+  /// has none. A transport that can stop its call early checks it, or
+  /// registers with `on_cancel`; the invoke ends at once on a cancel either
+  /// way, and ignores a completion that comes after.
+  std::shared_ptr<CancelSignal> cancel;
 };
 
 /// What a transport returns: an answer, or why there is none.

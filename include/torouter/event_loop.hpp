@@ -1,0 +1,81 @@
+// torouter/event_loop.hpp: where the non-blocking invoke does its work.
+//
+// `Router::invoke_async` never blocks or sleeps a thread: its backoffs,
+// deadlines and waits for a free slot are tasks posted to an event loop the
+// caller supplies through this small interface, so the core depends on no
+// I/O library. torouter-server gives it its Asio loop; `RunLoop` is a
+// plain one for programs that have none (and the loop the blocking `invoke`
+// runs on its caller's thread).
+//
+//   auto loop = std::make_shared<torouter::RunLoop>();
+//   std::thread worker([&] { loop->run(); });      // as many as you like
+//   router.invoke_async("Prove that ...", {}, loop, [](torouter::InvokeResult r) { ... });
+//   ...
+//   loop->stop();
+//   worker.join();
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <queue>
+#include <vector>
+
+namespace torouter {
+
+/// Runs tasks for the router. Implementations must be safe to call from
+/// any thread, and must never run a task inside `post` or `post_after`
+/// itself (the router may hold a lock while posting).
+class EventLoop {
+ public:
+  virtual ~EventLoop() = default;
+  /// Runs `task` soon, on a thread of the loop.
+  virtual void post(std::function<void()> task) = 0;
+  /// Runs `task` on a thread of the loop once `delay` has passed.
+  virtual void post_after(std::chrono::milliseconds delay, std::function<void()> task) = 0;
+};
+
+/// An event loop run by the threads that call `run`: ready tasks in the
+/// order posted, then timers as they fall due (equal times in the order
+/// posted). Tasks still queued when it is destroyed are dropped unrun.
+class RunLoop final : public EventLoop {
+ public:
+  void post(std::function<void()> task) override;
+  void post_after(std::chrono::milliseconds delay, std::function<void()> task) override;
+
+  /// Runs tasks on this thread as they become due, until `stop`. Several
+  /// threads may run one loop. A task that throws ends `run` on its thread
+  /// with that exception.
+  void run();
+  /// Makes every `run` return once its current task is done; tasks posted
+  /// afterwards stay queued until `run` is called again after `restart`.
+  void stop();
+  /// Undoes `stop`, so `run` runs tasks again.
+  void restart();
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct Timer {
+    Clock::time_point due;
+    std::uint64_t sequence;
+    std::function<void()> task;
+    bool operator>(const Timer& other) const {
+      return due != other.due ? due > other.due : sequence > other.sequence;
+    }
+  };
+
+  // The next task to run, or an empty function once stopped.
+  std::function<void()> next_task();
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::function<void()>> ready_;
+  std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
+  std::uint64_t sequence_ = 0;
+  bool stopped_ = false;
+};
+
+}  // namespace torouter

@@ -1,0 +1,658 @@
+// Router::invoke_async: one invoke as a state machine driven by events on
+// the caller's event loop (a transport's completion, a timer, a freed slot,
+// a cancel), and Router::invoke, the same machine run to its end on a
+// RunLoop of the calling thread. One implementation of the retry, failover,
+// cooldown, capacity and budget rules serves both.
+//
+// Every event runs under the invoke's mutex, and carries the `token_` of the
+// wait it ends: a timer or a completion whose wait is over (the attempt was
+// answered, timed out or cancelled) finds another token and does nothing.
+// Timers and completions hold the invoke weakly; while it runs, the invoke
+// holds itself (`self_`), so it ends when it finishes, not when its
+// pending timers fire.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <memory>
+#include <utility>
+
+#include "router_state.hpp"
+#include "torouter/error.hpp"
+#include "torouter/router.hpp"
+
+namespace torouter {
+
+using detail::Clock;
+using detail::to_ns;
+using std::chrono::milliseconds;
+
+namespace {
+
+milliseconds elapsed_ms(Clock::time_point since) {
+  return std::chrono::duration_cast<milliseconds>(Clock::now() - since);
+}
+
+milliseconds until(Clock::time_point when) {
+  return std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(when - Clock::now()));
+}
+
+// What the walk over the ranked candidates knows of one of them.
+struct CandidateProgress {
+  bool settled = false;         // called, or skipped for good
+  bool over_budget = false;     // skipped: the budget did not cover it
+  bool capacity_noted = false;  // found at its concurrency cap at least once
+};
+
+}  // namespace
+
+class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
+ public:
+  InvokeRun(Router& router, std::string prompt, const InvokeOptions* borrowed, InvokeOptions owned,
+            std::shared_ptr<EventLoop> loop, std::function<void(InvokeResult)> on_done,
+            InvokeResult routed)
+      : router_(router),
+        options_(router.options_),
+        prompt_(std::move(prompt)),
+        owned_options_(std::move(owned)),
+        invoke_options_(borrowed ? *borrowed : owned_options_),
+        loop_(std::move(loop)),
+        on_done_(std::move(on_done)),
+        result_(std::move(routed)),
+        deadline_(Clock::now() + options_.invoke_timeout),
+        capacity_deadline_(Clock::now() + options_.capacity_wait) {}
+
+  // Holds itself until finished, listens for a cancel, and posts the start.
+  void begin() {
+    self_ = shared_from_this();
+    if (invoke_options_.cancel) {
+      std::weak_ptr<InvokeRun> weak = self_;
+      cancel_id_ = invoke_options_.cancel->on_cancel([weak] {
+        if (auto self = weak.lock()) self->post(kCancelToken, &InvokeRun::on_cancelled);
+      });
+    }
+    post(token_, &InvokeRun::start);
+  }
+
+ private:
+  using Event = void (InvokeRun::*)();
+
+  // ---------------------------------------------------------------- events
+
+  // Posts `event` to the loop, to run only if no wait has ended since.
+  void post(std::uint64_t token, Event event) { post_after(milliseconds(-1), token, event); }
+
+  // The same after `delay` (a negative delay posts at once).
+  void post_after(milliseconds delay, std::uint64_t token, Event event) {
+    std::weak_ptr<InvokeRun> weak = weak_from_this();
+    auto task = [weak, token, event] {
+      if (auto self = weak.lock()) self->handle(token, [&] { (self.get()->*event)(); });
+    };
+    if (delay.count() < 0) {
+      loop_->post(std::move(task));
+    } else {
+      loop_->post_after(delay, std::move(task));
+    }
+  }
+
+  // Runs `step` under the lock unless the invoke is over or the wait of
+  // `token` has ended; hands the result over when the step finished it.
+  template <typename Step>
+  void handle(std::uint64_t token, Step&& step) {
+    std::shared_ptr<InvokeRun> keep;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (finished_ || (token != token_ && token != kCancelToken)) return;
+      try {
+        step();
+      } catch (const std::exception& e) {
+        release_expert();
+        finish(InvokeError::AllFailed, fmt::format("invoke failed inside torouter: {}", e.what()));
+      }
+      if (!finished_) return;
+      keep = std::move(self_);
+    }
+    if (invoke_options_.cancel) invoke_options_.cancel->forget(cancel_id_);
+    on_done_(std::move(result_));
+  }
+
+  // Starts a new wait: events posted for earlier waits are ignored from now.
+  std::uint64_t new_wait() { return ++token_; }
+
+  // ------------------------------------------------------ the candidate walk
+
+  void start() {
+    const RouteDecision& decision = result_.decision;
+    for (const auto& c : decision.candidates) {
+      if (c.eligible()) order_.push_back(&c);
+    }
+    if (order_.empty()) {
+      // A cooldown steers traffic away from a failing expert; it must not
+      // refuse a request that only cooling experts could serve. They are
+      // tried, best first, as a last resort.
+      for (const auto& c : decision.candidates) {
+        if (c.exclusion == Exclusion::CoolingDown) order_.push_back(&c);
+      }
+      result_.last_resort = !order_.empty();
+    }
+    if (order_.empty()) {
+      finish(InvokeError::NoEligibleExpert, describe_exclusions());
+      return;
+    }
+    progress_.resize(order_.size());
+    start_pass();
+  }
+
+  // A pass over the candidates not settled yet, best first.
+  void start_pass() {
+    cursor_ = 0;
+    pass_met_capacity_ = false;
+    slot_generation_ = router_.slot_generation();
+    walk();
+  }
+
+  // Calls the next candidate of the pass that can be called now; at the
+  // pass's end, waits for a free slot or gives up.
+  void walk() {
+    while (cursor_ < order_.size() && experts_called_ < options_.max_experts_tried) {
+      const std::size_t k = cursor_++;
+      CandidateProgress& progress = progress_[k];
+      if (progress.settled) continue;
+      const Candidate& c = *order_[k];
+      if (const char* why = unusable(c.expert_index)) {
+        skip(c, why);
+        progress.settled = true;
+        continue;
+      }
+      if (!router_.budget_->try_reserve(c.cost_usd)) {
+        skip(c, fmt::format("over budget: predicted ${:.6g}, {} mode", c.cost_usd,
+                            options_.budget_mode == BudgetMode::Refuse ? "refuse" : "downgrade"));
+        progress.settled = progress.over_budget = true;
+        continue;
+      }
+      if (!router_.acquire_slot(c.expert_index)) {
+        router_.budget_->settle(c.cost_usd, 0.0);
+        if (!progress.capacity_noted) skip(c, "at its concurrency cap");
+        progress.capacity_noted = pass_met_capacity_ = true;
+        continue;
+      }
+      progress.settled = true;
+      ++experts_called_;
+      begin_expert(c, c.cost_usd);
+      return;
+    }
+    const auto now = Clock::now();
+    if (pass_met_capacity_ && experts_called_ < options_.max_experts_tried &&
+        now < capacity_deadline_ && now < deadline_) {
+      wait_for_slot();
+      return;
+    }
+    after_walk();
+  }
+
+  // Sleeps until a slot frees or the capacity wait ends, then a new pass.
+  void wait_for_slot() {
+    const std::uint64_t token = new_wait();
+    std::weak_ptr<InvokeRun> weak = weak_from_this();
+    router_.wait_for_slot(slot_generation_, [weak, token] {
+      if (auto self = weak.lock()) self->post(token, &InvokeRun::start_pass);
+    });
+    post_after(until(std::min(capacity_deadline_, deadline_)), token, &InvokeRun::start_pass);
+  }
+
+  // Every candidate is settled or waited for long enough: under a soft
+  // budget the cheapest still answers; otherwise the invoke fails.
+  void after_walk() {
+    if (experts_called_ == 0 && options_.budget_mode == BudgetMode::Downgrade) {
+      const Candidate* cheapest = nullptr;
+      for (std::size_t k = 0; k < order_.size(); ++k) {
+        const Candidate& c = *order_[k];
+        if (progress_[k].over_budget && (!cheapest || c.cost_usd < cheapest->cost_usd)) {
+          cheapest = &c;
+        }
+      }
+      if (cheapest && router_.acquire_slot(cheapest->expert_index)) {
+        router_.budget_->force_reserve(cheapest->cost_usd);
+        ++experts_called_;
+        downgrading_ = true;
+        begin_expert(*cheapest, cheapest->cost_usd);
+        return;
+      }
+    }
+    give_up();
+  }
+
+  void give_up() {
+    auto any = [&](bool CandidateProgress::*flag) {
+      return std::any_of(progress_.begin(), progress_.end(),
+                         [flag](const CandidateProgress& p) { return p.*flag; });
+    };
+    if (experts_called_ > 0) {
+      finish(InvokeError::AllFailed,
+             fmt::format("all {} expert(s) tried failed; see the attempts", experts_called_));
+    } else if (any(&CandidateProgress::over_budget)) {
+      finish(InvokeError::BudgetExhausted,
+             fmt::format("budget of ${:.6g} does not cover any eligible expert (spent ${:.6g})",
+                         options_.budget_usd, router_.spent_usd()));
+    } else if (any(&CandidateProgress::capacity_noted)) {
+      finish(InvokeError::AtCapacity,
+             fmt::format("every eligible expert stayed at its concurrency cap for {} ms",
+                         options_.capacity_wait.count()));
+    } else {
+      finish(InvokeError::AllFailed, "no eligible expert could be called; see the attempts");
+    }
+  }
+
+  // Why expert `i` cannot be called now, or nullptr. Routing checked the
+  // same, but another thread may have disabled it or made it cool down since.
+  const char* unusable(std::size_t i) const {
+    if (!router_.state_[i].enabled.load()) return "disabled";
+    if (!result_.last_resort && router_.cooling_down(i, to_ns(Clock::now()))) return "cooling down";
+    if (!router_.transports_[i].valid()) return "no transport set";
+    return nullptr;
+  }
+
+  // ------------------------------------------------------ one expert's calls
+
+  // Calls `c`, whose slot and reservation are taken, until it answers or
+  // its retries are spent.
+  void begin_expert(const Candidate& c, double reservation) {
+    expert_ = &c;
+    reservation_ = reservation;
+    attempt_number_ = 0;
+    backoff_ = options_.initial_backoff;
+    last_ = Response();
+    next_attempt();
+  }
+
+  // The next call to the current expert, after its backoff or retry-after.
+  void next_attempt() {
+    ++attempt_number_;
+    milliseconds wait{0};
+    if (attempt_number_ > 1) {
+      if (last_.failure == FailureKind::RateLimited && last_.retry_after.count() > 0) {
+        if (last_.retry_after > options_.max_retry_after) {  // fail over instead
+          end_expert();
+          return;
+        }
+        wait = last_.retry_after;
+      } else {
+        wait = backoff_;
+        backoff_ =
+            std::min(options_.max_backoff,
+                     milliseconds(static_cast<milliseconds::rep>(
+                         static_cast<double>(backoff_.count()) * options_.backoff_multiplier)));
+      }
+      if (Clock::now() + wait >= deadline_) {
+        out_of_time_ = true;
+        end_expert();
+        return;
+      }
+    }
+    waited_ = wait;
+    if (wait.count() > 0) {
+      post_after(wait, new_wait(), &InvokeRun::call);
+    } else {
+      call();
+    }
+  }
+
+  // One call through the expert's transport.
+  void call() {
+    const auto remaining = until(deadline_);
+    if (remaining.count() <= 0) {
+      out_of_time_ = true;
+      end_expert();
+      return;
+    }
+    const std::size_t i = expert_->expert_index;
+    Request request;
+    request.expert = router_.experts_[i].name;
+    request.prompt = prompt_;
+    request.max_output_tokens = invoke_options_.max_output_tokens;
+    request.timeout = std::min(options_.attempt_timeout, remaining);
+    request.attempt = attempt_number_;
+    request.context = &invoke_options_.context;
+    request.cancel = invoke_options_.cancel;
+    attempt_start_ = Clock::now();
+    chunks_delivered_ = false;
+    const Transport& transport = router_.transports_[i];
+    if (transport.call_async) {
+      call_async(transport, request);
+      return;
+    }
+    pending_ = call_blocking(transport, request);
+    new_wait();
+    attempt_done();
+  }
+
+  // Starts an asynchronous call: its completion or its deadline, whichever
+  // comes first, ends the attempt. The completion may come from any thread,
+  // even from inside `call_async`: it only posts to the loop.
+  void call_async(const Transport& transport, const Request& request) {
+    const std::uint64_t token = new_wait();
+    in_attempt_ = true;
+    attempt_timeout_ = request.timeout;
+    post_after(request.timeout, token, &InvokeRun::attempt_timed_out);
+    auto once = std::make_shared<std::atomic<bool>>(false);
+    std::weak_ptr<InvokeRun> weak = weak_from_this();
+    auto complete = [weak, token, once, loop = loop_](Response response) {
+      if (once->exchange(true)) return;  // a second completion is ignored
+      loop->post([weak, token, response = std::move(response)]() mutable {
+        if (auto self = weak.lock()) {
+          self->handle(token, [&] { self->attempt_completed(std::move(response)); });
+        }
+      });
+    };
+    try {
+      transport.call_async(request, complete);
+    } catch (const std::exception& e) {
+      complete(Response::failed(FailureKind::TransportError,
+                                fmt::format("transport threw: {}", e.what())));
+    } catch (...) {
+      complete(Response::failed(FailureKind::TransportError, "transport threw a non-exception"));
+    }
+  }
+
+  void attempt_completed(Response response) {
+    in_attempt_ = false;
+    pending_ = std::move(response);
+    new_wait();
+    attempt_done();
+  }
+
+  void attempt_timed_out() {
+    in_attempt_ = false;
+    pending_ = Response::failed(
+        FailureKind::Timeout, fmt::format("no completion within {} ms", attempt_timeout_.count()));
+    new_wait();
+    attempt_done();
+  }
+
+  // A synchronous or streaming call, on this thread; a throw is a failure.
+  Response call_blocking(const Transport& transport, const Request& request) {
+    try {
+      if (transport.call) return transport.call(request);
+      std::string joined;
+      const ChunkCallback& user = invoke_options_.on_chunk;
+      Response response = transport.call_streaming(request, [&](std::string_view chunk) {
+        joined.append(chunk);
+        if (user) {
+          chunks_delivered_ = true;
+          user(chunk);
+        }
+      });
+      if (response.ok() && response.text.empty()) response.text = std::move(joined);
+      return response;
+    } catch (const std::exception& e) {
+      return Response::failed(FailureKind::TransportError,
+                              fmt::format("transport threw: {}", e.what()));
+    } catch (...) {
+      return Response::failed(FailureKind::TransportError, "transport threw a non-exception");
+    }
+  }
+
+  // The attempt's response is in `pending_`: answer, retry, or fail over.
+  void attempt_done() {
+    const std::size_t i = expert_->expert_index;
+    ExpertState& state = router_.state_[i];
+    const ExpertSpec& spec = router_.experts_[i];
+    Response response = std::move(pending_);
+    Attempt attempt;
+    attempt.expert = spec.name;
+    attempt.number = attempt_number_;
+    attempt.waited = waited_;
+    attempt.latency = elapsed_ms(attempt_start_);
+    state.calls.fetch_add(1);
+    if (response.ok()) {
+      answered(std::move(attempt), std::move(response));
+      return;
+    }
+    state.failures.fetch_add(1);
+    attempt.outcome = AttemptOutcome::Failed;
+    attempt.failure = response.failure;
+    attempt.detail = response.error_message;
+    result_.attempts.push_back(std::move(attempt));
+    const bool cooled = note_failure(i);
+    if (chunks_delivered_) {
+      release_expert();
+      result_.response = std::move(response);
+      finish(InvokeError::StreamBroken,
+             fmt::format("\"{}\" failed ({}) after its answer had started streaming", spec.name,
+                         to_string(result_.response.failure)));
+      return;
+    }
+    last_ = std::move(response);
+    if (cooled || !is_retryable(last_.failure) ||
+        attempt_number_ >= options_.max_attempts_per_expert) {
+      end_expert();
+    } else {
+      next_attempt();
+    }
+  }
+
+  void answered(Attempt attempt, Response response) {
+    const std::size_t i = expert_->expert_index;
+    const ExpertSpec& spec = router_.experts_[i];
+    router_.state_[i].consecutive_failures.store(0);
+    const double input = response.input_tokens > 0
+                             ? static_cast<double>(response.input_tokens)
+                             : static_cast<double>(result_.decision.input_tokens);
+    const double output = response.output_tokens > 0
+                              ? static_cast<double>(response.output_tokens)
+                              : static_cast<double>(estimate_tokens(response.text));
+    const double cost = router_.cost_model_.cost_usd(spec, input, output);
+    release_expert(cost);
+    attempt.outcome = AttemptOutcome::Answered;
+    attempt.cost_usd = cost;
+    result_.attempts.push_back(std::move(attempt));
+    if (invoke_options_.on_chunk && !chunks_delivered_) invoke_options_.on_chunk(response.text);
+    result_.expert = spec.name;
+    result_.cost_usd = cost;
+    result_.response = std::move(response);
+    finish(InvokeError::None, {});
+  }
+
+  // Counts a failure in a row; true when it sent the expert to cool down.
+  bool note_failure(std::size_t i) {
+    ExpertState& state = router_.state_[i];
+    const int in_a_row = state.consecutive_failures.fetch_add(1) + 1;
+    if (in_a_row < options_.failures_before_cooldown) return false;
+    state.consecutive_failures.store(0);
+    state.cooldown_until_ns.store(to_ns(Clock::now() + options_.cooldown));
+    return true;
+  }
+
+  // The current expert is done without an answer: on to the next one.
+  void end_expert() {
+    release_expert();
+    if (downgrading_) {
+      give_up();
+    } else if (out_of_time_ || Clock::now() >= deadline_) {
+      finish(InvokeError::Timeout,
+             fmt::format("invoke_timeout of {} ms passed", options_.invoke_timeout.count()));
+    } else {
+      walk();
+    }
+  }
+
+  // Settles the reservation at `spent` and frees the slot, if an expert
+  // holds them.
+  void release_expert(double spent = 0.0) {
+    if (expert_ == nullptr) return;
+    router_.budget_->settle(reservation_, spent);
+    const std::size_t i = expert_->expert_index;
+    expert_ = nullptr;
+    router_.release_slot(i);
+  }
+
+  // The caller cancelled: whatever is in flight or waiting stops here.
+  void on_cancelled() {
+    if (in_attempt_) {
+      Attempt attempt;
+      attempt.expert = router_.experts_[expert_->expert_index].name;
+      attempt.number = attempt_number_;
+      attempt.outcome = AttemptOutcome::Cancelled;
+      attempt.waited = waited_;
+      attempt.latency = elapsed_ms(attempt_start_);
+      result_.attempts.push_back(std::move(attempt));
+    }
+    in_attempt_ = false;
+    release_expert();
+    finish(InvokeError::Cancelled, "cancelled by the caller");
+  }
+
+  // ---------------------------------------------------------------- results
+
+  void skip(const Candidate& c, std::string why) {
+    Attempt attempt;
+    attempt.expert = std::string(c.name);
+    attempt.outcome = AttemptOutcome::Skipped;
+    attempt.detail = std::move(why);
+    result_.attempts.push_back(std::move(attempt));
+  }
+
+  void finish(InvokeError error, std::string message) {
+    result_.error = error;
+    result_.error_message = std::move(message);
+    finished_ = true;
+  }
+
+  std::string describe_exclusions() const {
+    std::string out = "no expert passes the constraints:";
+    for (const auto& c : result_.decision.candidates) {
+      out += fmt::format(" {} ({});", c.name, to_string(c.exclusion));
+    }
+    out.pop_back();
+    return out;
+  }
+
+  Router& router_;
+  const RouterOptions& options_;
+  const std::string prompt_;
+  const InvokeOptions owned_options_;
+  // The caller's options when it keeps them alive (the blocking invoke),
+  // else `owned_options_`.
+  const InvokeOptions& invoke_options_;
+  const std::shared_ptr<EventLoop> loop_;
+  std::function<void(InvokeResult)> on_done_;
+  InvokeResult result_;
+  const Clock::time_point deadline_;
+  const Clock::time_point capacity_deadline_;
+
+  std::mutex mutex_;
+  std::shared_ptr<InvokeRun> self_;
+  bool finished_ = false;
+  // The wait events must match; a cancel has a token of its own, which
+  // never stops matching.
+  std::uint64_t token_ = 1;
+  static constexpr std::uint64_t kCancelToken = 0;
+  std::uint64_t cancel_id_ = 0;
+
+  // The walk: the candidates to try in order, and where the pass stands.
+  std::vector<const Candidate*> order_;
+  std::vector<CandidateProgress> progress_;
+  std::size_t cursor_ = 0;
+  bool pass_met_capacity_ = false;
+  std::uint64_t slot_generation_ = 0;
+  std::size_t experts_called_ = 0;
+  bool downgrading_ = false;
+  // Set when a retry was given up because the invoke's deadline came first.
+  bool out_of_time_ = false;
+
+  // The expert being called (holding a slot and a reservation), or null.
+  const Candidate* expert_ = nullptr;
+  double reservation_ = 0.0;
+  int attempt_number_ = 0;
+  milliseconds backoff_{0};
+  milliseconds waited_{0};
+  Response last_;
+  Clock::time_point attempt_start_;
+  bool in_attempt_ = false;  // an asynchronous call is in flight
+  bool chunks_delivered_ = false;
+  milliseconds attempt_timeout_{0};
+  Response pending_;
+};
+
+bool Router::acquire_slot(std::size_t i) {
+  const std::size_t cap = experts_[i].max_concurrent_calls;
+  auto& in_flight = state_[i].in_flight;
+  if (cap == 0) {
+    in_flight.fetch_add(1);
+    return true;
+  }
+  int current = in_flight.load();
+  while (current < static_cast<int>(cap)) {
+    if (in_flight.compare_exchange_weak(current, current + 1)) return true;
+  }
+  return false;
+}
+
+void Router::release_slot(std::size_t i) {
+  state_[i].in_flight.fetch_sub(1);
+  std::vector<std::function<void()>> waiters;
+  {
+    std::lock_guard<std::mutex> lock(slot_waiters_mutex_);
+    ++slot_generation_;
+    waiters.swap(slot_waiters_);
+  }
+  for (auto& wake : waiters) wake();
+}
+
+std::uint64_t Router::slot_generation() const {
+  std::lock_guard<std::mutex> lock(slot_waiters_mutex_);
+  return slot_generation_;
+}
+
+void Router::wait_for_slot(std::uint64_t generation, std::function<void()> wake) {
+  {
+    std::lock_guard<std::mutex> lock(slot_waiters_mutex_);
+    if (generation == slot_generation_) {
+      slot_waiters_.push_back(std::move(wake));
+      return;
+    }
+  }
+  wake();  // a slot was released since the caller looked: look again now
+}
+
+void Router::invoke_async(std::string_view prompt, InvokeOptions options,
+                          std::shared_ptr<EventLoop> loop,
+                          std::function<void(InvokeResult)> on_done) {
+  start_invoke(prompt, nullptr, std::move(options), std::move(loop), std::move(on_done));
+}
+
+void Router::start_invoke(std::string_view prompt, const InvokeOptions* borrowed,
+                          InvokeOptions owned, std::shared_ptr<EventLoop> loop,
+                          std::function<void(InvokeResult)> on_done) {
+  if (!loop) throw Error("Router::invoke_async: the event loop is null");
+  if (!on_done) throw Error("Router::invoke_async: on_done is empty");
+  const InvokeOptions& options = borrowed ? *borrowed : owned;
+  InvokeResult result;
+  if (options.max_output_tokens > 0 && options.route.policy.max_output_tokens == 0) {
+    // The context window must hold what the call will reserve.
+    RouteOptions route = options.route;
+    route.policy.max_output_tokens = options.max_output_tokens;
+    route_pooled(prompt, route, result.decision);
+  } else {
+    route_pooled(prompt, options.route, result.decision);
+  }
+  std::make_shared<InvokeRun>(*this, std::string(prompt), borrowed, std::move(owned),
+                              std::move(loop), std::move(on_done), std::move(result))
+      ->begin();
+}
+
+InvokeResult Router::invoke(std::string_view prompt, const InvokeOptions& options) {
+  auto loop = std::make_shared<RunLoop>();
+  InvokeResult out;
+  // The caller's options outlive this call, so the invoke borrows them:
+  // transports see the caller's own context object.
+  start_invoke(prompt, &options, InvokeOptions(), loop, [&out, &loop](InvokeResult result) {
+    out = std::move(result);
+    loop->stop();
+  });
+  loop->run();
+  return out;
+}
+
+}  // namespace torouter

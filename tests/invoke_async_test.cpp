@@ -1,0 +1,287 @@
+// The non-blocking invoke's own behaviour: many calls in flight on one
+// thread, cancellation at every stage, waits for a slot woken by its
+// release, and the RunLoop and CancelSignal it is built on. (Every test of
+// invoke_test also runs against it; see support/invoke_mode.hpp.)
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/test_scorer.hpp"
+#include "torouter/error.hpp"
+#include "torouter/router.hpp"
+
+using namespace std::chrono_literals;
+using torouter::AttemptOutcome;
+using torouter::CancelSignal;
+using torouter::CompletionCallback;
+using torouter::ExpertRegistry;
+using torouter::ExpertSpec;
+using torouter::FailureKind;
+using torouter::InvokeError;
+using torouter::InvokeOptions;
+using torouter::InvokeResult;
+using torouter::Request;
+using torouter::Response;
+using torouter::Router;
+using torouter::RouterOptions;
+using torouter::RunLoop;
+using torouter::Transport;
+using torouter::testing::TableScorer;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// One expert, "solo", unless told otherwise.
+Router make_router(RouterOptions options = {}, std::size_t cap = 0) {
+  ExpertRegistry registry;
+  ExpertSpec solo("solo", 1.0, 1.0);
+  solo.max_concurrent_calls = cap;
+  registry.add(solo);
+  auto scorer = std::make_shared<TableScorer>(std::vector<std::string>{"solo"},
+                                              std::vector<float>{0.8f});
+  return Router(std::move(registry), scorer, nullptr, options);
+}
+
+// A RunLoop run by `threads` threads for the test's lifetime.
+struct LoopThreads {
+  std::shared_ptr<RunLoop> loop = std::make_shared<RunLoop>();
+  std::vector<std::thread> threads;
+  explicit LoopThreads(int count = 1) {
+    for (int i = 0; i < count; ++i) threads.emplace_back([this] { loop->run(); });
+  }
+  ~LoopThreads() {
+    loop->stop();
+    for (auto& t : threads) t.join();
+  }
+};
+
+// Completions held until the test releases them, with what each request saw.
+struct HeldCalls {
+  std::mutex mutex;
+  std::vector<CompletionCallback> pending;
+  std::vector<std::shared_ptr<CancelSignal>> signals;
+  std::atomic<int> calls{0};
+  std::atomic<int> told_cancelled{0};
+
+  Transport transport() {
+    return Transport::async([this](const Request& r, CompletionCallback done) {
+      ++calls;
+      if (r.cancel) r.cancel->on_cancel([this] { ++told_cancelled; });
+      std::lock_guard<std::mutex> lock(mutex);
+      pending.push_back(std::move(done));
+      signals.push_back(r.cancel);
+    });
+  }
+  void answer_all() {
+    std::vector<CompletionCallback> done;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      done.swap(pending);
+    }
+    for (auto& d : done) d(Response::answer("late", 1, 1));
+  }
+};
+
+// Starts an invoke and returns the future of its result.
+std::future<InvokeResult> start(Router& router, const std::shared_ptr<RunLoop>& loop,
+                                InvokeOptions options = {}) {
+  auto promise = std::make_shared<std::promise<InvokeResult>>();
+  auto future = promise->get_future();
+  router.invoke_async("hi", std::move(options), loop,
+                      [promise](InvokeResult r) { promise->set_value(std::move(r)); });
+  return future;
+}
+
+template <typename Predicate>
+void wait_until(Predicate done) {
+  const auto give_up = Clock::now() + 10s;
+  while (!done() && Clock::now() < give_up) std::this_thread::sleep_for(1ms);
+  REQUIRE(done());
+}
+
+}  // namespace
+
+TEST_CASE("a RunLoop runs tasks in order, timers when due, and stops") {
+  RunLoop loop;
+  std::vector<int> ran;
+  loop.post_after(30ms, [&] { ran.push_back(3); });
+  loop.post_after(10ms, [&] { ran.push_back(2); });
+  loop.post([&] { ran.push_back(1); });
+  loop.post({});  // an empty task is ignored, not a stop
+  loop.post_after(40ms, [&] { loop.stop(); });
+  loop.post_after(1h, [&] { ran.push_back(99); });
+  const auto begin = Clock::now();
+  loop.run();
+  CHECK(ran == std::vector<int>{1, 2, 3});
+  CHECK(Clock::now() - begin >= 40ms);
+
+  loop.post([&] { ran.push_back(4); });
+  loop.run();  // still stopped: returns at once, the task stays queued
+  CHECK(ran.size() == 3);
+  loop.restart();
+  loop.post([&] { loop.stop(); });
+  loop.run();
+  CHECK(ran.back() == 4);
+}
+
+TEST_CASE("a CancelSignal runs each callback once, at once when already cancelled") {
+  CancelSignal signal;
+  int first = 0, forgotten = 0, late = 0;
+  signal.on_cancel([&] { ++first; });
+  const auto id = signal.on_cancel([&] { ++forgotten; });
+  signal.forget(id);
+  CHECK_FALSE(signal.cancelled());
+  signal.cancel();
+  signal.cancel();
+  CHECK(signal.cancelled());
+  CHECK(first == 1);
+  CHECK(forgotten == 0);
+  signal.on_cancel([&] { ++late; });
+  CHECK(late == 1);
+}
+
+TEST_CASE("one loop thread holds hundreds of calls in flight at once") {
+  Router router = make_router();
+  LoopThreads loop(1);
+  // Each call completes 200 ms after it starts, from a timer thread.
+  RunLoop timers;
+  std::thread timer_thread([&] { timers.run(); });
+  router.set_transport("solo", Transport::async([&](const Request&, CompletionCallback done) {
+                         timers.post_after(200ms, [done] { done(Response::answer("ok", 1, 1)); });
+                       }));
+  const auto begin = Clock::now();
+  std::vector<std::future<InvokeResult>> results;
+  for (int i = 0; i < 256; ++i) results.push_back(start(router, loop.loop));
+  for (auto& r : results) CHECK(r.get().ok());
+  // One at a time would take 51 s; together, about one call's 200 ms.
+  CHECK(Clock::now() - begin < 5s);
+  timers.stop();
+  timer_thread.join();
+}
+
+TEST_CASE("cancelling a call in flight ends the invoke, frees its slot and budget, blames nobody") {
+  RouterOptions options;
+  options.budget_usd = 1.0;
+  Router router = make_router(options, 1);
+  HeldCalls held;
+  router.set_transport("solo", held.transport());
+  LoopThreads loop;
+  InvokeOptions invoke;
+  invoke.cancel = std::make_shared<CancelSignal>();
+  auto result = start(router, loop.loop, invoke);
+  wait_until([&] { return held.calls == 1; });
+  CHECK(router.status("solo").in_flight == 1);
+
+  invoke.cancel->cancel();
+  const InvokeResult r = result.get();
+  CHECK(r.error == InvokeError::Cancelled);
+  REQUIRE(r.attempts.size() == 1);
+  CHECK(r.attempts[0].outcome == AttemptOutcome::Cancelled);
+  CHECK(held.told_cancelled == 1);  // the transport heard of it
+  const auto status = router.status("solo");
+  CHECK(status.in_flight == 0);
+  CHECK(status.consecutive_failures == 0);
+  CHECK(status.failures == 0);
+
+  // A completion after the cancel changes nothing.
+  held.answer_all();
+  std::this_thread::sleep_for(20ms);
+  CHECK(router.spent_usd() == 0.0);
+  CHECK(router.status("solo").calls == 0);
+  // The slot and the reservation are free: the next call goes through.
+  router.set_transport("solo", Transport::sync([](const Request&) {
+                         return Response::answer("ok", 1, 1);
+                       }));
+  CHECK(start(router, loop.loop).get().ok());
+}
+
+TEST_CASE("cancelling during a backoff or a wait for a slot ends the invoke at once") {
+  RouterOptions options;
+  options.initial_backoff = 60s;
+  options.capacity_wait = 60s;
+  Router router = make_router(options, 1);
+  LoopThreads loop;
+
+  SECTION("in a backoff") {
+    std::atomic<int> calls{0};
+    router.set_transport("solo", Transport::async([&](const Request&, CompletionCallback done) {
+                           ++calls;
+                           done(Response::failed(FailureKind::ServerError, "down"));
+                         }));
+    InvokeOptions invoke;
+    invoke.cancel = std::make_shared<CancelSignal>();
+    auto result = start(router, loop.loop, invoke);
+    wait_until([&] { return router.status("solo").failures == 1; });
+    const auto begin = Clock::now();
+    invoke.cancel->cancel();
+    const InvokeResult r = result.get();
+    CHECK(Clock::now() - begin < 5s);
+    CHECK(r.error == InvokeError::Cancelled);
+    CHECK(calls == 1);
+    CHECK(router.status("solo").in_flight == 0);
+    CHECK(router.status("solo").failures == 1);  // the real failure, not the cancel
+  }
+  SECTION("waiting for a slot") {
+    HeldCalls held;
+    router.set_transport("solo", held.transport());
+    auto first = start(router, loop.loop);
+    wait_until([&] { return held.calls == 1; });
+    InvokeOptions invoke;
+    invoke.cancel = std::make_shared<CancelSignal>();
+    auto second = start(router, loop.loop, invoke);
+    std::this_thread::sleep_for(20ms);
+    const auto begin = Clock::now();
+    invoke.cancel->cancel();
+    const InvokeResult r = second.get();
+    CHECK(Clock::now() - begin < 5s);
+    CHECK(r.error == InvokeError::Cancelled);
+    CHECK(held.calls == 1);
+    held.answer_all();
+    CHECK(first.get().ok());
+  }
+  SECTION("before it starts") {
+    HeldCalls held;
+    router.set_transport("solo", held.transport());
+    InvokeOptions invoke;
+    invoke.cancel = std::make_shared<CancelSignal>();
+    invoke.cancel->cancel();
+    CHECK(start(router, loop.loop, invoke).get().error == InvokeError::Cancelled);
+    CHECK(held.calls == 0);
+  }
+}
+
+TEST_CASE("a call waiting for a slot is woken when one frees") {
+  RouterOptions options;
+  options.capacity_wait = 60s;
+  Router router = make_router(options, 1);
+  HeldCalls held;
+  router.set_transport("solo", held.transport());
+  LoopThreads loop;
+  auto first = start(router, loop.loop);
+  wait_until([&] { return held.calls == 1; });
+  auto second = start(router, loop.loop);
+  std::this_thread::sleep_for(20ms);
+  CHECK(held.calls == 1);  // the second waits: the cap is one
+  held.answer_all();       // the first answers and frees its slot ...
+  CHECK(first.get().ok());
+  wait_until([&] { return held.calls == 2; });  // ... which the second takes at once
+  held.answer_all();
+  const InvokeResult r = second.get();
+  CHECK(r.ok());
+  CHECK(r.attempts.front().outcome == AttemptOutcome::Skipped);  // noted at the cap
+}
+
+TEST_CASE("invoke_async refuses a null loop or an empty on_done") {
+  Router router = make_router();
+  CHECK_THROWS_AS(router.invoke_async("hi", {}, nullptr, [](InvokeResult) {}), torouter::Error);
+  CHECK_THROWS_AS(router.invoke_async("hi", {}, std::make_shared<RunLoop>(), nullptr),
+                  torouter::Error);
+}
