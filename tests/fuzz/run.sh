@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets with clang (ASan + UBSan) and runs each for
-# SECONDS (default 60), starting from its seed corpus in tests/fuzz/corpus/.
+# SECONDS (default 60), as many at once as there are cores, starting from
+# its seed corpus in tests/fuzz/corpus/.
 # New inputs go to build-fuzz/corpus/, never into the repository. Exits
-# non-zero on the first crash, leak or sanitizer report; the crashing input
+# non-zero on any crash, leak or sanitizer report; the crashing input
 # is left in build-fuzz/ (turn it into a regression seed).
 #
 #   tests/fuzz/run.sh 60                    # every target, 60 s each
@@ -22,19 +23,35 @@ cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelW
   -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
   >/dev/null
 cmake --build build-fuzz -j"$(nproc)" --target "${targets[@]}"
-for target in "${targets[@]}"; do
-  corpus="build-fuzz/corpus/$target"
+# One target's run; prints its summary in one piece, since targets run side
+# by side.
+run_target() {
+  local target="$1" corpus="build-fuzz/corpus/$1" log="build-fuzz/$1.log" status=0
   mkdir -p "$corpus"
-  echo "== $target: ${seconds} s"
-  log="build-fuzz/$target.log"
-  status=0
   (cd build-fuzz && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
     "bin/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
     -print_final_stats=1 "corpus/$target" "../tests/fuzz/corpus/$target") >"$log" 2>&1 || status=$?
-  grep -E "(DONE|stat::number_of_executed_units|stat::peak_rss_mb)" "$log" | tail -3 || true
+  local summary
+  summary="$(grep -E "(DONE|stat::number_of_executed_units|stat::peak_rss_mb)" "$log" | tail -3 || true)"
   if [ "$status" -ne 0 ]; then
-    grep -E "ERROR|SUMMARY|Test unit written" "$log" | head -5
-    echo "$target failed (status $status); full output in $log"
-    exit 1
+    summary+=$'\n'"$(grep -E "ERROR|SUMMARY|Test unit written" "$log" | head -5)"
+    summary+=$'\n'"$target failed (status $status); full output in $log"
+  fi
+  printf '== %s: %s s\n%s\n' "$target" "$seconds" "$summary"
+  return "$status"
+}
+
+# As many targets at once as there are cores: each fuzzes on one thread, so
+# every target still gets its SECONDS of a core.
+failed=0
+running=()
+for target in "${targets[@]}"; do
+  run_target "$target" &
+  running+=($!)
+  if [ ${#running[@]} -ge "$(nproc)" ]; then
+    wait "${running[0]}" || failed=1
+    running=("${running[@]:1}")
   fi
 done
+for pid in "${running[@]}"; do wait "$pid" || failed=1; done
+exit "$failed"
