@@ -312,6 +312,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     request.prompt = prompt_;
     request.max_output_tokens = invoke_options_.max_output_tokens;
     request.timeout = std::min(options_.attempt_timeout, remaining);
+    request.stream_timeout = options_.stream_timeout;
     request.attempt = attempt_number_;
     request.context = &invoke_options_.context;
     request.cancel = invoke_options_.cancel;

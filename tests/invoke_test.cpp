@@ -615,3 +615,24 @@ TEST_CASE("an asynchronous completion that outlives its invoke keeps the context
   CHECK(logged == 1);
   CHECK(watch.expired());
 }
+
+TEST_CASE("a streamed call gets the attempt timeout per chunk and the stream cap in all") {
+  RouterOptions o = fast_options();
+  o.stream_timeout = 5s;
+  Router router(experts(), scorer(), nullptr, o);
+  std::chrono::milliseconds per_chunk{0}, whole{0};
+  router.set_transport("strong", Transport::streaming([&](const Request& r,
+                                                          const torouter::ChunkCallback& on_chunk) {
+                         per_chunk = r.timeout;
+                         whole = r.stream_timeout;
+                         on_chunk("streamed");
+                         return Response::answer("", 1, 1);
+                       }));
+  InvokeOptions options;
+  std::string received;
+  options.on_chunk = [&](std::string_view chunk) { received.append(chunk); };
+  REQUIRE(invoke(router, "hi", options).ok());
+  CHECK(received == "streamed");
+  CHECK(per_chunk == o.attempt_timeout);
+  CHECK(whole == 5s);
+}

@@ -501,6 +501,52 @@ TEST_CASE("router server: streams answers as server-sent events", "[server]") {
   }
 }
 
+TEST_CASE("router server: a stream runs as long as its chunks keep coming", "[server]") {
+  // attempt_timeout bounds the first chunk and every gap, not the stream.
+  Fixture f([](ServerConfig& c) { c.router.attempt_timeout = 400ms; });
+  const std::string first = f.routed(kPrompt);
+  StandInBehaviour slow;
+  slow.chunks = 12;
+  slow.chunk_gap = 100ms;  // 1.1 s in all, each gap a quarter of the timeout
+
+  SECTION("a long healthy stream is not cut") {
+    f.upstreams[first]->push_behaviour(slow);
+    auto res = f.post(chat_body("router", kPrompt, true));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    CHECK(res->get_header_value("X-Torouter-Expert") == first);
+    CHECK(streamed_content(res->body) == "up-" + first + " answers: " + kPrompt);
+    CHECK(sse_data(res->body).back() == "[DONE]");
+  }
+  SECTION("a stream that stalls between chunks is cut") {
+    StandInBehaviour stalled = slow;
+    stalled.chunk_gap = 1500ms;
+    f.upstreams[first]->push_behaviour(stalled);
+    auto res = f.post(chat_body("router", kPrompt, true));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    CHECK_THAT(sse_data(res->body).back(), Contains("\"code\":\"stream_broken\""));
+    CHECK_THAT(res->body, Contains("timeout"));
+  }
+}
+
+TEST_CASE("router server: stream_timeout_ms caps a whole stream", "[server]") {
+  Fixture f([](ServerConfig& c) {
+    c.router.attempt_timeout = 400ms;
+    c.router.stream_timeout = 500ms;
+  });
+  const std::string first = f.routed(kPrompt);
+  StandInBehaviour slow;
+  slow.chunks = 12;
+  slow.chunk_gap = 100ms;
+  f.upstreams[first]->push_behaviour(slow);
+  auto res = f.post(chat_body("router", kPrompt, true));
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  CHECK_THAT(sse_data(res->body).back(), Contains("\"code\":\"stream_broken\""));
+  CHECK_THAT(res->body, !Contains("[DONE]"));
+}
+
 namespace {
 
 const std::string kTools =

@@ -250,6 +250,8 @@ void read_retry(const Fields& top, element value, ServerConfig& c) {
       r.attempt_timeout = f.millis(key, v);
     else if (key == "invoke_timeout_ms")
       r.invoke_timeout = f.millis(key, v);
+    else if (key == "stream_timeout_ms")
+      r.stream_timeout = f.millis(key, v);
     else if (key == "failures_before_cooldown")
       r.failures_before_cooldown = static_cast<int>(f.count(key, v, 1, 1000000));
     else if (key == "cooldown_ms")
@@ -260,7 +262,8 @@ void read_retry(const Fields& top, element value, ServerConfig& c) {
       f.fail(key,
              "unknown field (known: max_attempts_per_expert, max_experts_tried, "
              "initial_backoff_ms, max_backoff_ms, max_retry_after_ms, attempt_timeout_ms, "
-             "invoke_timeout_ms, failures_before_cooldown, cooldown_ms, capacity_wait_ms)");
+             "invoke_timeout_ms, stream_timeout_ms, failures_before_cooldown, cooldown_ms, "
+             "capacity_wait_ms)");
     }
   }
 }

@@ -320,6 +320,7 @@ struct RouterServer::Impl {
     request.prompt = chat.routing_text;
     request.max_output_tokens = chat.max_tokens;
     request.timeout = std::min(config.router.attempt_timeout, config.router.invoke_timeout);
+    request.stream_timeout = config.router.stream_timeout;
     request.context = &options.context;
     std::size_t streamed_chars = 0;
     bool delivered = false;

@@ -72,8 +72,12 @@ struct RouterOptions {
   /// A rate-limited expert's `retry_after` is honoured up to this long;
   /// beyond it the router fails over instead of waiting.
   std::chrono::milliseconds max_retry_after{5000};
-  /// Time one call may take (passed to the transport as `Request::timeout`).
+  /// Time one call may take (passed to the transport as `Request::timeout`);
+  /// for a streamed answer, the time to its first chunk and between chunks.
   std::chrono::milliseconds attempt_timeout{30000};
+  /// Most time one streamed call may take in all (`Request::stream_timeout`);
+  /// 0, the default, for no cap: a stream that keeps coming is not cut.
+  std::chrono::milliseconds stream_timeout{0};
   /// Time one `invoke` may take in all, waits included.
   std::chrono::milliseconds invoke_timeout{120000};
   /// Failures in a row (across invokes) after which an expert cools down.

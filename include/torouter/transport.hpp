@@ -81,7 +81,12 @@ struct Request {
   /// Time this attempt may take. An asynchronous transport that has not
   /// completed by then is counted as timed out; a synchronous or streaming
   /// transport cannot be interrupted, so it should pass this to its client.
+  /// For a streamed answer it bounds the wait for the first chunk and for
+  /// each next one, not the whole stream: a healthy stream may run longer.
   std::chrono::milliseconds timeout{30000};
+  /// For a streamed answer, the most the whole call may take; 0 for no cap
+  /// (`RouterOptions::stream_timeout`).
+  std::chrono::milliseconds stream_timeout{0};
   /// 1 for the first call to this expert within one invoke, 2 for its retry, ...
   int attempt = 1;
   /// The caller's `InvokeOptions::context`: the same object, not a copy, on

@@ -316,7 +316,16 @@ Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
   CallSetup setup;
   setup.start = Clock::now();
   setup.read_timeout = std::min(options_.read_timeout, request.timeout);
-  setup.deadline = setup.start + request.timeout;
+  // A plain answer must come whole within the attempt's timeout; a stream
+  // only within it from one chunk to the next (the socket's read timeout),
+  // and within its own cap in all when it has one.
+  if (!streaming) {
+    setup.deadline = setup.start + request.timeout;
+  } else if (request.stream_timeout.count() > 0) {
+    setup.deadline = setup.start + request.stream_timeout;
+  } else {
+    setup.deadline = Clock::time_point::max();
+  }
   const std::string body_text = request_body(options_, request, call, streaming);
   const std::string authorization = api_key_.empty() ? std::string() : "Bearer " + api_key_;
   http::PostRequest post;
