@@ -124,6 +124,16 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
 
   void start() {
     const RouteDecision& decision = result_.decision;
+    if (!invoke_options_.expert.empty()) {
+      // Pinned: this expert alone, whatever routing thought of it; the
+      // walk still checks its state, the budget and its cap.
+      for (const auto& c : decision.candidates) {
+        if (c.name == invoke_options_.expert) order_.push_back(&c);
+      }
+      progress_.resize(order_.size());
+      start_pass();
+      return;
+    }
     for (const auto& c : decision.candidates) {
       if (c.eligible()) order_.push_back(&c);
     }
@@ -239,6 +249,10 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       finish(InvokeError::AtCapacity,
              fmt::format("every eligible expert stayed at its concurrency cap for {} ms",
                          options_.capacity_wait.count()));
+    } else if (!invoke_options_.expert.empty()) {
+      finish(InvokeError::NoEligibleExpert,
+             fmt::format("\"{}\" cannot be called now: {}", invoke_options_.expert,
+                         result_.attempts.empty() ? "unknown" : result_.attempts.back().detail));
     } else {
       finish(InvokeError::AllFailed, "no eligible expert could be called; see the attempts");
     }
@@ -448,7 +462,11 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     attempt.outcome = AttemptOutcome::Answered;
     attempt.cost_usd = cost;
     result_.attempts.push_back(std::move(attempt));
-    if (invoke_options_.on_chunk && !chunks_delivered_) invoke_options_.on_chunk(response.text);
+    // An answer that did not stream reaches a streaming caller as one chunk;
+    // an empty one (a message that only calls tools) as none.
+    if (invoke_options_.on_chunk && !chunks_delivered_ && !response.text.empty()) {
+      invoke_options_.on_chunk(response.text);
+    }
     result_.expert = spec.name;
     result_.cost_usd = cost;
     result_.response = std::move(response);
@@ -629,6 +647,7 @@ void Router::start_invoke(std::string_view prompt, const InvokeOptions* borrowed
   if (!loop) throw Error("Router::invoke_async: the event loop is null");
   if (!on_done) throw Error("Router::invoke_async: on_done is empty");
   const InvokeOptions& options = borrowed ? *borrowed : owned;
+  if (!options.expert.empty()) expert_index(options.expert);  // throws for an unknown name
   InvokeResult result;
   if (options.max_output_tokens > 0 && options.route.policy.max_output_tokens == 0) {
     // The context window must hold what the call will reserve.

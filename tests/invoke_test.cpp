@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "support/invoke_mode.hpp"
+#include "torouter/error.hpp"
 #include "support/test_scorer.hpp"
 #include "torouter/router.hpp"
 
@@ -635,4 +636,68 @@ TEST_CASE("a streamed call gets the attempt timeout per chunk and the stream cap
   CHECK(received == "streamed");
   CHECK(per_chunk == o.attempt_timeout);
   CHECK(whole == 5s);
+}
+
+TEST_CASE("a pinned invoke calls that expert alone, under the same rules") {
+  RouterOptions o = fast_options();
+  o.failures_before_cooldown = 2;
+  Rig rig(o);
+  InvokeOptions pinned;
+  pinned.expert = "cheap";  // routing prefers strong
+
+  const InvokeResult answered = invoke(rig.router, "hi", pinned);
+  REQUIRE(answered.ok());
+  CHECK(answered.expert == "cheap");
+  CHECK(answered.decision.pick()->name == "strong");  // the decision is still routing's
+
+  // No failover: its retries, then the invoke fails.
+  rig.cheap.script = {fails(FailureKind::ServerError), fails(FailureKind::ServerError)};
+  const InvokeResult failed = invoke(rig.router, "hi", pinned);
+  CHECK(failed.error == InvokeError::AllFailed);
+  CHECK(trace(failed) == Trace{"cheap:failed:server_error", "cheap:failed:server_error"});
+  CHECK(rig.mid.calls + rig.strong.calls == 0);  // never another expert
+
+  // Two failures in a row: cheap cools down, and a pinned call says so.
+  const InvokeResult cooling = invoke(rig.router, "hi", pinned);
+  CHECK(cooling.error == InvokeError::NoEligibleExpert);
+  CHECK_THAT(cooling.error_message, Contains("\"cheap\"") && Contains("cooling down"));
+
+  pinned.expert = "mid";
+  rig.router.set_enabled("mid", false);
+  const InvokeResult disabled = invoke(rig.router, "hi", pinned);
+  CHECK(disabled.error == InvokeError::NoEligibleExpert);
+  CHECK_THAT(disabled.error_message, Contains("disabled"));
+
+  pinned.expert = "nobody";
+  CHECK_THROWS_AS(invoke(rig.router, "hi", pinned), torouter::Error);
+}
+
+TEST_CASE("a pinned invoke is refused by the budget and waits at the cap") {
+  RouterOptions o = fast_options();
+  o.budget_usd = 1e-9;  // covers no call
+  Rig rig(o);
+  InvokeOptions pinned;
+  pinned.expert = "mid";
+  const InvokeResult over = invoke(rig.router, "hi", pinned);
+  CHECK(over.error == InvokeError::BudgetExhausted);
+  CHECK(rig.mid.calls == 0);
+
+  ExpertSpec one("solo", 1.0, 1.0);
+  one.max_concurrent_calls = 1;
+  ExpertRegistry registry;
+  registry.add(one);
+  auto solo_scorer =
+      std::make_shared<TableScorer>(std::vector<std::string>{"solo"}, std::vector<float>{0.9f});
+  Router router(registry, solo_scorer, nullptr, fast_options());
+  InvokeResult nested;
+  router.set_transport("solo", Transport::sync([&](const Request& r) {
+                         InvokeOptions inner;
+                         inner.expert = "solo";
+                         if (r.prompt == "outer") nested = invoke(router, "inner", inner);
+                         return Response::answer("ok");
+                       }));
+  InvokeOptions outer;
+  outer.expert = "solo";
+  REQUIRE(invoke(router, "outer", outer).ok());
+  CHECK(nested.error == InvokeError::AtCapacity);
 }

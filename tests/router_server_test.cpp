@@ -501,6 +501,57 @@ TEST_CASE("router server: streams answers as server-sent events", "[server]") {
   }
 }
 
+TEST_CASE("router server: a named expert obeys the budget, its cap and its enabled flag",
+          "[server]") {
+  const std::string named = "llama-3.3-nemotron-super-49b-v1";
+  SECTION("the budget refuses it: 429") {
+    Fixture f([](ServerConfig& c) { c.router.budget_usd = 1e-12; });
+    auto res = f.post(chat_body(named, kPrompt));
+    REQUIRE(res);
+    CHECK(res->status == 429);
+    CHECK_THAT(res->body, Contains("budget_exhausted"));
+    CHECK(f.upstreams[named]->requests() == 0);
+  }
+  SECTION("disabled: 503, naming why") {
+    Fixture f([&](ServerConfig& c) {
+      for (auto& e : c.experts) {
+        if (e.name == named) e.enabled = false;
+      }
+    });
+    auto res = f.post(chat_body(named, kPrompt));
+    REQUIRE(res);
+    CHECK(res->status == 503);
+    CHECK_THAT(res->body, Contains("no_eligible_expert") && Contains("disabled"));
+    CHECK(f.upstreams[named]->requests() == 0);
+  }
+  SECTION("at its cap: 503 once the capacity wait is over") {
+    Fixture f([&](ServerConfig& c) {
+      c.router.capacity_wait = 100ms;
+      for (auto& e : c.experts) {
+        if (e.name == named) e.max_concurrent_calls = 1;
+      }
+    });
+    StandInBehaviour slow;
+    slow.delay = 1500ms;
+    f.upstreams[named]->push_behaviour(slow);
+    std::thread first([&] { f.post(chat_body(named, "the first call")); });
+    while (f.upstreams[named]->requests() == 0) std::this_thread::sleep_for(5ms);
+    auto res = f.post(chat_body(named, kPrompt));
+    first.join();
+    REQUIRE(res);
+    CHECK(res->status == 503);
+    CHECK_THAT(res->body, Contains("at_capacity"));
+  }
+  SECTION("named calls turned off: 403") {
+    Fixture f([](ServerConfig& c) { c.named_calls = false; });
+    auto res = f.post(chat_body(named, kPrompt));
+    REQUIRE(res);
+    CHECK(res->status == 403);
+    CHECK_THAT(res->body, Contains("named_calls_off"));
+    CHECK(f.post(chat_body("router", kPrompt))->status == 200);
+  }
+}
+
 TEST_CASE("router server: a stream runs as long as its chunks keep coming", "[server]") {
   // attempt_timeout bounds the first chunk and every gap, not the stream.
   Fixture f([](ServerConfig& c) { c.router.attempt_timeout = 400ms; });
@@ -795,10 +846,12 @@ TEST_CASE("router server: models, health and metrics", "[server]") {
   CHECK_THAT(m, Contains("torouter_chat_requests_total{mode=\"bypass\"} 1"));
   CHECK_THAT(m, Contains("torouter_expert_requests_total{expert=\"" + expert + "\"} 1"));
   CHECK_THAT(m, Contains("torouter_expert_answers_total{expert=\"" + expert + "\"} 1"));
+  // A named call is a pinned invoke: retried like any call (two attempts).
   CHECK_THAT(m, Contains("torouter_expert_failures_total{expert=\"" + other +
-                         "\",kind=\"server_error\"} 1"));
-  CHECK_THAT(m, Contains("torouter_route_latency_seconds_count 1"));
-  CHECK_THAT(m, Contains("torouter_route_latency_seconds_bucket{le=\"+Inf\"} 1"));
+                         "\",kind=\"server_error\"} 2"));
+  // The named call routes too, for its decision headers.
+  CHECK_THAT(m, Contains("torouter_route_latency_seconds_count 2"));
+  CHECK_THAT(m, Contains("torouter_route_latency_seconds_bucket{le=\"+Inf\"} 2"));
   CHECK_THAT(m, Contains("torouter_upstream_latency_seconds_count{expert=\"" + expert + "\"} 1"));
   CHECK_THAT(m, Contains("torouter_http_responses_total{code=\"502\"} 1"));
   CHECK_THAT(m, Contains("# TYPE torouter_spend_usd_total counter"));

@@ -328,12 +328,14 @@ ServerConfig parse_server_config(std::string_view json, const std::string& origi
       }
     } else if (key == "max_request_bytes") {
       c.max_request_bytes = f.count(key, v, 256);
+    } else if (key == "named_calls") {
+      c.named_calls = f.boolean(key, v);
     } else if (key == "description") {
       f.text(key, v, true);
     } else {
       f.fail(key,
              "unknown field (known: listen, router_model, experts_file, experts, policy, "
-             "retry, api_keys, api_keys_env, max_request_bytes, description)");
+             "retry, api_keys, api_keys_env, max_request_bytes, named_calls, description)");
     }
   }
   if (c.router_model.empty()) f.fail("router_model", "missing");

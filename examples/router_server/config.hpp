@@ -66,6 +66,11 @@ struct ServerConfig {
   std::vector<std::string> api_keys;
   /// Largest request body accepted, bytes (413 beyond).
   std::size_t max_request_bytes = 1 << 20;
+  /// Whether a request may name an expert as its model ("named_calls").
+  /// Named calls go through the router pinned to that expert, so its
+  /// `enabled` flag, cooldown, cap and the budget apply; false refuses them
+  /// (403), leaving "router" and its forms the only models.
+  bool named_calls = true;
 };
 
 /// Reads and checks a configuration file; throws `torouter::Error` naming

@@ -102,12 +102,6 @@ void ServerMetrics::observe_upstream(std::size_t expert, double seconds, Failure
   e.latency.observe(seconds);
 }
 
-void ServerMetrics::add_bypass_spend(double usd) {
-  double current = bypass_spend_.load();
-  while (!bypass_spend_.compare_exchange_weak(current, current + usd)) {
-  }
-}
-
 std::string ServerMetrics::render(std::string_view extra) const {
   std::string out;
   out.reserve(16384);

@@ -54,9 +54,6 @@ class ServerMetrics {
   void observe_route(double seconds);
   /// One upstream call of expert `expert`, its duration and outcome.
   void observe_upstream(std::size_t expert, double seconds, FailureKind failure);
-  /// USD spent outside the router (bypass calls).
-  void add_bypass_spend(double usd);
-  double bypass_spend() const { return bypass_spend_.load(); }
 
   /// The metrics as Prometheus text; `extra` (gauges read from the router)
   /// is appended as it is.
@@ -82,7 +79,6 @@ class ServerMetrics {
   std::atomic<std::uint64_t> routed_requests_{0};
   std::atomic<std::uint64_t> bypass_requests_{0};
   std::atomic<std::uint64_t> streams_broken_{0};
-  std::atomic<double> bypass_spend_{0.0};
   Histogram route_latency_;
 };
 

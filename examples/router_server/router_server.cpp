@@ -293,74 +293,21 @@ struct RouterServer::Impl {
     return options;
   }
 
-  // Serves `chat` with the router (or the named expert), streaming to
-  // `on_chunk` when set.
+  // Serves `chat` with the router, streaming to `on_chunk` when set. A named
+  // expert is a pinned invoke: the same retries, state, cap and budget.
   InvokeResult execute(const ChatRequest& chat, CallContext& call, ChunkCallback on_chunk) {
     call.messages_json = chat.messages_json;
     call.extra_json = chat.extra_json;
     call.stream = static_cast<bool>(on_chunk);
     InvokeOptions options = invoke_options(chat);
     options.context = &call;
+    if (chat.bypass) options.expert = router->experts()[chat.expert].name;
     metrics->count_chat_request(chat.bypass);
-    if (!chat.bypass) {
-      options.on_chunk = std::move(on_chunk);
-      call.started = Clock::now();
-      InvokeResult result = router->invoke(chat.routing_text, options);
-      if (!call.route_observed) metrics->observe_route(seconds_since(call.started));
-      if (result.ok()) metrics->count_answer(*router->experts().index_of(result.expert));
-      return result;
-    }
-    // Bypass: one call to the named expert, no failover; routed only so the
-    // headers can tell its predictions.
-    InvokeResult result;
-    router->route(chat.routing_text, options.route, result.decision);
-    const ExpertSpec& spec = router->experts()[chat.expert];
-    Request request;
-    request.expert = spec.name;
-    request.prompt = chat.routing_text;
-    request.max_output_tokens = chat.max_tokens;
-    request.timeout = std::min(config.router.attempt_timeout, config.router.invoke_timeout);
-    request.stream_timeout = config.router.stream_timeout;
-    request.context = &options.context;
-    std::size_t streamed_chars = 0;
-    bool delivered = false;
-    ChunkCallback counting;
-    if (on_chunk) {
-      counting = [&](std::string_view piece) {
-        streamed_chars += count_characters(piece);
-        delivered = true;
-        on_chunk(piece);
-      };
-    }
-    call.route_observed = true;
-    Response response = call_upstream(chat.expert, request, counting);
-    Attempt attempt;
-    attempt.expert = spec.name;
-    attempt.number = 1;
-    attempt.latency = response.latency;
-    if (response.ok()) {
-      const double in = static_cast<double>(response.input_tokens > 0 ? response.input_tokens
-                                                                      : chat.input_tokens);
-      const double out =
-          static_cast<double>(response.output_tokens > 0 ? response.output_tokens
-                              : on_chunk ? estimate_tokens_from_characters(streamed_chars)
-                                         : estimate_tokens(response.text));
-      result.cost_usd = router->cost_model().cost_usd(spec, in, out);
-      metrics->add_bypass_spend(result.cost_usd);
-      metrics->count_answer(chat.expert);
-      attempt.outcome = AttemptOutcome::Answered;
-      attempt.cost_usd = result.cost_usd;
-      result.expert = spec.name;
-    } else {
-      attempt.outcome = AttemptOutcome::Failed;
-      attempt.failure = response.failure;
-      attempt.detail = response.error_message;
-      result.error = delivered ? InvokeError::StreamBroken : InvokeError::AllFailed;
-      result.error_message =
-          fmt::format("\"{}\" failed ({})", spec.name, to_string(response.failure));
-    }
-    result.attempts.push_back(std::move(attempt));
-    result.response = std::move(response);
+    options.on_chunk = std::move(on_chunk);
+    call.started = Clock::now();
+    InvokeResult result = router->invoke(chat.routing_text, options);
+    if (!call.route_observed) metrics->observe_route(seconds_since(call.started));
+    if (result.ok()) metrics->count_answer(*router->experts().index_of(result.expert));
     return result;
   }
 
@@ -434,6 +381,18 @@ struct RouterServer::Impl {
     if (auto error =
             parse_chat_request(req.body, router->experts(), config.policy.lambda_cost, chat)) {
       send_error(res, *error);
+      return;
+    }
+    if (chat.bypass && !config.named_calls) {
+      ApiError e;
+      e.status = 403;
+      e.code = "named_calls_off";
+      e.param = "model";
+      e.message = fmt::format(
+          "model \"{}\": this server does not take calls to a named expert (named_calls is "
+          "false); use \"router\", \"router:<lambda>\" or \"router:q>=<floor>\"",
+          router->experts()[chat.expert].name);
+      send_error(res, e);
       return;
     }
     // Plain "router" takes the configured floor; headers and trace show it.
@@ -577,10 +536,10 @@ struct RouterServer::Impl {
     if (!authorized(req, res)) return;
     std::string extra;
     extra +=
-        "# HELP torouter_spend_usd_total USD spent on answered calls (routed and bypass).\n"
+        "# HELP torouter_spend_usd_total USD spent on answered calls (routed and named).\n"
         "# TYPE torouter_spend_usd_total counter\n";
     extra +=
-        fmt::format("torouter_spend_usd_total {}\n", router->spent_usd() + metrics->bypass_spend());
+        fmt::format("torouter_spend_usd_total {}\n", router->spent_usd());
     if (std::isfinite(config.router.budget_usd)) {
       extra +=
           "# HELP torouter_budget_usd The router's budget.\n# TYPE torouter_budget_usd gauge\n";

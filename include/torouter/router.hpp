@@ -158,6 +158,13 @@ struct InvokeOptions {
   /// undefined behaviour. Hold a pointer or a `std::shared_ptr` for state
   /// the transports change or that must outlive the invoke.
   std::any context;
+  /// When set, the invoke calls this expert only (a registry name; routing
+  /// still fills the decision): no failover, but its `enabled` flag, its
+  /// cooldown, its concurrency cap and the budget apply as to any call, and
+  /// a refusal says which (`BudgetExhausted`, `AtCapacity`, or
+  /// `NoEligibleExpert` naming the reason). `invoke` throws `Error` for a
+  /// name the router does not know.
+  std::string expert;
   /// When set, cancelling it ends the invoke with `InvokeError::Cancelled`:
   /// waits and retries stop, the transport in flight is told
   /// (`Request::cancel`), the expert's slot and the budget reservation are
