@@ -44,7 +44,10 @@ std::function<void()> RunLoop::next_task() {
     if (timers_.empty()) {
       wake_.wait(lock);
     } else {
-      wake_.wait_until(lock, timers_.top().due);
+      // A copy: while this thread waits, a post_after on another may grow
+      // the queue and move the timer the reference would point into.
+      const Clock::time_point due = timers_.top().due;
+      wake_.wait_until(lock, due);
     }
   }
 }

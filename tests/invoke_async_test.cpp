@@ -132,6 +132,27 @@ TEST_CASE("a RunLoop runs tasks in order, timers when due, and stops") {
   CHECK(ran.back() == 4);
 }
 
+TEST_CASE("a RunLoop's runners keep time while other threads add timers") {
+  // Runners sleep until the earliest timer while posters grow the queue
+  // (and move its storage) under them: every timer still runs, once.
+  RunLoop loop;
+  std::atomic<int> ran{0};
+  std::vector<std::thread> runners, posters;
+  for (int i = 0; i < 2; ++i) runners.emplace_back([&] { loop.run(); });
+  for (int p = 0; p < 4; ++p) {
+    posters.emplace_back([&, p] {
+      for (int i = 0; i < 500; ++i) {
+        loop.post_after(std::chrono::milliseconds((i * 7 + p) % 5), [&] { ++ran; });
+      }
+    });
+  }
+  for (auto& t : posters) t.join();
+  wait_until([&] { return ran == 2000; });
+  loop.stop();
+  for (auto& t : runners) t.join();
+  CHECK(ran == 2000);
+}
+
 TEST_CASE("a CancelSignal runs each callback once, at once when already cancelled") {
   CancelSignal signal;
   int first = 0, forgotten = 0, late = 0;
