@@ -68,6 +68,9 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     self_ = shared_from_this();
     if (invoke_options_.cancel) {
       std::weak_ptr<InvokeRun> weak = self_;
+      // Under the lock: a cancel from another thread may finish the invoke,
+      // and read the id, before on_cancel has returned it.
+      std::lock_guard<std::mutex> lock(mutex_);
       cancel_id_ = invoke_options_.cancel->on_cancel([weak] {
         if (auto self = weak.lock()) self->post(kCancelToken, &InvokeRun::on_cancelled);
       });
@@ -101,6 +104,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   template <typename Step>
   void handle(std::uint64_t token, Step&& step) {
     std::shared_ptr<InvokeRun> keep;
+    std::uint64_t cancel_id = 0;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (finished_ || (token != token_ && token != kCancelToken)) return;
@@ -112,8 +116,9 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       }
       if (!finished_) return;
       keep = std::move(self_);
+      cancel_id = cancel_id_;
     }
-    if (invoke_options_.cancel) invoke_options_.cancel->forget(cancel_id_);
+    if (invoke_options_.cancel) invoke_options_.cancel->forget(cancel_id);
     on_done_(std::move(result_));
   }
 

@@ -2,9 +2,8 @@
 // thread, cancellation at every stage, waits for a slot woken by its
 // release, and the RunLoop and CancelSignal it is built on. (Every test of
 // invoke_test also runs against it; see support/invoke_mode.hpp.)
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <future>
 #include <memory>
@@ -45,8 +44,8 @@ Router make_router(RouterOptions options = {}, std::size_t cap = 0) {
   ExpertSpec solo("solo", 1.0, 1.0);
   solo.max_concurrent_calls = cap;
   registry.add(solo);
-  auto scorer = std::make_shared<TableScorer>(std::vector<std::string>{"solo"},
-                                              std::vector<float>{0.8f});
+  auto scorer =
+      std::make_shared<TableScorer>(std::vector<std::string>{"solo"}, std::vector<float>{0.8f});
   return Router(std::move(registry), scorer, nullptr, options);
 }
 
@@ -218,9 +217,8 @@ TEST_CASE("cancelling a call in flight ends the invoke, frees its slot and budge
   CHECK(router.spent_usd() == 0.0);
   CHECK(router.status("solo").calls == 0);
   // The slot and the reservation are free: the next call goes through.
-  router.set_transport("solo", Transport::sync([](const Request&) {
-                         return Response::answer("ok", 1, 1);
-                       }));
+  router.set_transport(
+      "solo", Transport::sync([](const Request&) { return Response::answer("ok", 1, 1); }));
   CHECK(start(router, loop.loop).get().ok());
 }
 
