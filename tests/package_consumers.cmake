@@ -34,11 +34,12 @@ foreach(file ${expected})
 endforeach()
 
 set(consumer "${TOROUTER_SOURCE_DIR}/tests/consumer")
+cmake_host_system_information(RESULT cores QUERY NUMBER_OF_LOGICAL_CORES)
 foreach(mode package subdirectory)
   run(${CMAKE_COMMAND} -S "${consumer}" -B "${WORK_DIR}/${mode}" -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
       -DTOROUTER_CONSUMER_MODE=${mode} -DTOROUTER_CONSUMER_WITH_OPENAI=${WITH_OPENAI}
       "-DCMAKE_PREFIX_PATH=${prefix}" "-DTOROUTER_SOURCE_DIR=${TOROUTER_SOURCE_DIR}")
-  run(${CMAKE_COMMAND} --build "${WORK_DIR}/${mode}")
+  run(${CMAKE_COMMAND} --build "${WORK_DIR}/${mode}" --parallel ${cores})
   run("${WORK_DIR}/${mode}/consumer")
   if(WITH_OPENAI)
     run("${WORK_DIR}/${mode}/openai_consumer")
