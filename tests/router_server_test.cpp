@@ -738,6 +738,14 @@ TEST_CASE("router server: bearer keys, size limit and bad input", "[server]") {
     auto wrong = f.post(chat_body("router", "hi"), {{"Authorization", "Bearer key-three"}});
     REQUIRE(wrong);
     CHECK(wrong->status == 401);
+    // A prefix or an extension of a key is no key; nor is a key of the
+    // right length that differs only in its last byte.
+    for (const char* near : {"key-tw", "key-twoo", "key-twp"}) {
+      auto refused = f.post(chat_body("router", "hi"),
+                            {{"Authorization", std::string("Bearer ") + near}});
+      REQUIRE(refused);
+      CHECK(refused->status == 401);
+    }
     auto models = f.get("/v1/models");
     REQUIRE(models);
     CHECK(models->status == 401);

@@ -71,11 +71,14 @@ CallContext* call_context_of(const Request& request) {
   return held != nullptr ? *held : nullptr;
 }
 
-bool equal_constant_time(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+// True when `given` equals `key`. Its time depends on the key's length
+// alone, never on where `given` first differs nor on whether its length
+// matches, so timing tells a client nothing about the key.
+bool equal_constant_time(std::string_view given, std::string_view key) {
+  std::size_t diff = given.size() ^ key.size();
+  for (std::size_t i = 0; i < key.size(); ++i) {
+    const unsigned char g = i < given.size() ? static_cast<unsigned char>(given[i]) : 0;
+    diff |= static_cast<unsigned char>(g ^ static_cast<unsigned char>(key[i]));
   }
   return diff == 0;
 }
