@@ -386,6 +386,7 @@ struct AsyncCompletion {
   std::condition_variable done_signal;
   bool done = false;
   Response response;
+  std::string joined;  // the pieces of an asynchronous stream so far
 };
 
 Response call_transport(const Transport& transport, const Request& request) {
@@ -399,13 +400,23 @@ Response call_transport(const Transport& transport, const Request& request) {
       return response;
     }
     auto completion = std::make_shared<AsyncCompletion>();
-    transport.call_async(request, [completion](Response response) {
+    auto on_done = [completion](Response response) {
       std::lock_guard<std::mutex> lock(completion->mutex);
       if (completion->done) return;
+      if (response.ok() && response.text.empty()) response.text = std::move(completion->joined);
       completion->response = std::move(response);
       completion->done = true;
       completion->done_signal.notify_all();
-    });
+    };
+    if (transport.call_async) {
+      transport.call_async(request, on_done);
+    } else {
+      auto on_chunk = [completion](std::string_view chunk) {
+        std::lock_guard<std::mutex> lock(completion->mutex);
+        if (!completion->done) completion->joined.append(chunk);
+      };
+      transport.call_async_streaming(request, on_chunk, on_done);
+    }
     std::unique_lock<std::mutex> lock(completion->mutex);
     if (!completion->done_signal.wait_for(lock, request.timeout,
                                           [&] { return completion->done; })) {
@@ -735,7 +746,7 @@ CollectSummary collect_dataset(const std::vector<CollectPrompt>& prompts,
     if (!it->second.valid()) {
       throw Error(
           fmt::format("collect_dataset: the transport of expert \"{}\" must set exactly "
-                      "one of call, call_async, call_streaming",
+                      "one of call, call_async, call_streaming, call_async_streaming",
                       spec.name));
     }
     experts.push_back(&spec);

@@ -14,9 +14,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <exception>
 #include <memory>
+#include <mutex>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "router_state.hpp"
 #include "torouter/error.hpp"
@@ -37,6 +41,15 @@ milliseconds elapsed_ms(Clock::time_point since) {
 milliseconds until(Clock::time_point when) {
   return std::max(milliseconds(0), std::chrono::duration_cast<milliseconds>(when - Clock::now()));
 }
+
+// The pieces an asynchronous stream has sent that the invoke has not yet
+// handed on, and when the last one came. Each attempt has its own, so a
+// piece of an attempt that is over never reaches the next.
+struct StreamBuffer {
+  std::mutex mutex;
+  std::vector<std::string> pieces;
+  std::atomic<std::int64_t> last_arrival_ns{0};
+};
 
 // What the walk over the ranked candidates knows of one of them.
 struct CandidateProgress {
@@ -338,7 +351,8 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     attempt_start_ = Clock::now();
     chunks_delivered_ = false;
     const Transport& transport = router_.transports_[i];
-    if (transport.call_async) {
+    streamed_text_.clear();
+    if (transport.call_async || transport.call_async_streaming) {
       call_async(transport, request);
       return;
     }
@@ -354,7 +368,17 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     const std::uint64_t token = new_wait();
     in_attempt_ = true;
     attempt_timeout_ = request.timeout;
-    post_after(request.timeout, token, &InvokeRun::attempt_timed_out);
+    stream_.reset();
+    stream_deadline_ = Clock::time_point::max();
+    if (transport.call_async_streaming) {
+      stream_ = std::make_shared<StreamBuffer>();
+      stream_->last_arrival_ns.store(to_ns(attempt_start_));
+      if (request.stream_timeout.count() > 0) {
+        stream_deadline_ = attempt_start_ + request.stream_timeout;
+      }
+    }
+    post_after(std::min(request.timeout, until(stream_deadline_)), token,
+               &InvokeRun::attempt_timed_out);
     auto once = std::make_shared<std::atomic<bool>>(false);
     std::weak_ptr<InvokeRun> weak = weak_from_this();
     auto complete = [weak, token, once, loop = loop_](Response response) {
@@ -366,7 +390,11 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       });
     };
     try {
-      transport.call_async(request, complete);
+      if (stream_) {
+        transport.call_async_streaming(request, chunk_receiver(token), complete);
+      } else {
+        transport.call_async(request, complete);
+      }
     } catch (const std::exception& e) {
       complete(Response::failed(FailureKind::TransportError,
                                 fmt::format("transport threw: {}", e.what())));
@@ -375,17 +403,76 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     }
   }
 
+  // Where an asynchronous stream sends its pieces: they queue in the
+  // attempt's buffer, in order, and an event on the loop hands them on, so
+  // the caller's `on_chunk` runs on the loop like every other callback.
+  ChunkCallback chunk_receiver(std::uint64_t token) {
+    std::weak_ptr<InvokeRun> weak = weak_from_this();
+    return [weak, token, buffer = stream_, loop = loop_](std::string_view piece) {
+      {
+        std::lock_guard<std::mutex> lock(buffer->mutex);
+        buffer->pieces.emplace_back(piece);
+        buffer->last_arrival_ns.store(to_ns(Clock::now()));
+      }
+      loop->post([weak, token] {
+        if (auto self = weak.lock()) self->handle(token, [&] { self->deliver_pieces(); });
+      });
+    };
+  }
+
+  // Hands the current stream's queued pieces to the caller, in order.
+  void deliver_pieces() {
+    if (!stream_) return;
+    std::vector<std::string> pieces;
+    {
+      std::lock_guard<std::mutex> lock(stream_->mutex);
+      pieces.swap(stream_->pieces);
+    }
+    for (const std::string& piece : pieces) deliver(piece);
+  }
+
+  // One piece of a streamed answer: joined for the result, and passed on.
+  void deliver(std::string_view piece) {
+    streamed_text_.append(piece);
+    if (invoke_options_.on_chunk) {
+      chunks_delivered_ = true;
+      invoke_options_.on_chunk(piece);
+    }
+  }
+
   void attempt_completed(Response response) {
+    deliver_pieces();  // pieces whose event has not run yet come first
     in_attempt_ = false;
+    stream_.reset();
+    if (response.ok() && response.text.empty()) response.text = std::move(streamed_text_);
     pending_ = std::move(response);
     new_wait();
     attempt_done();
   }
 
+  // The attempt's timer: the call's time is up, unless a stream sent a
+  // piece within the last `attempt_timeout_` (and its cap is not reached).
   void attempt_timed_out() {
+    std::string why = fmt::format("no completion within {} ms", attempt_timeout_.count());
+    if (stream_) {
+      const auto now = Clock::now();
+      const auto gap_end =
+          Clock::time_point(std::chrono::nanoseconds(stream_->last_arrival_ns.load())) +
+          attempt_timeout_;
+      if (now < gap_end && now < stream_deadline_) {
+        post_after(until(std::min(gap_end, stream_deadline_)), token_,
+                   &InvokeRun::attempt_timed_out);
+        return;
+      }
+      deliver_pieces();
+      const auto cap = std::chrono::duration_cast<milliseconds>(stream_deadline_ - attempt_start_);
+      why = now >= stream_deadline_
+                ? fmt::format("the stream ran past its stream_timeout of {} ms", cap.count())
+                : fmt::format("no piece of the stream for {} ms", attempt_timeout_.count());
+      stream_.reset();
+    }
     in_attempt_ = false;
-    pending_ = Response::failed(
-        FailureKind::Timeout, fmt::format("no completion within {} ms", attempt_timeout_.count()));
+    pending_ = Response::failed(FailureKind::Timeout, std::move(why));
     new_wait();
     attempt_done();
   }
@@ -394,16 +481,9 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   Response call_blocking(const Transport& transport, const Request& request) {
     try {
       if (transport.call) return transport.call(request);
-      std::string joined;
-      const ChunkCallback& user = invoke_options_.on_chunk;
-      Response response = transport.call_streaming(request, [&](std::string_view chunk) {
-        joined.append(chunk);
-        if (user) {
-          chunks_delivered_ = true;
-          user(chunk);
-        }
-      });
-      if (response.ok() && response.text.empty()) response.text = std::move(joined);
+      Response response =
+          transport.call_streaming(request, [&](std::string_view chunk) { deliver(chunk); });
+      if (response.ok() && response.text.empty()) response.text = std::move(streamed_text_);
       return response;
     } catch (const std::exception& e) {
       return Response::failed(FailureKind::TransportError,
@@ -523,6 +603,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       result_.attempts.push_back(std::move(attempt));
     }
     in_attempt_ = false;
+    stream_.reset();
     release_expert();
     finish(InvokeError::Cancelled, "cancelled by the caller");
   }
@@ -597,6 +678,12 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   bool chunks_delivered_ = false;
   milliseconds attempt_timeout_{0};
   Response pending_;
+  // The pieces of the current attempt's streamed answer so far.
+  std::string streamed_text_;
+  // The current attempt's stream, when its transport streams asynchronously,
+  // and when the whole stream must be over (`RouterOptions::stream_timeout`).
+  std::shared_ptr<StreamBuffer> stream_;
+  Clock::time_point stream_deadline_ = Clock::time_point::max();
 };
 
 bool Router::acquire_slot(std::size_t i) {

@@ -58,9 +58,10 @@ std::size_t Router::expert_index(std::string_view name) const {
 
 void Router::set_transport(std::string_view expert, Transport transport) {
   if (!transport.valid()) {
-    throw Error(fmt::format("Router: transport for \"{}\" must set exactly one of call, "
-                            "call_async, call_streaming",
-                            expert));
+    throw Error(
+        fmt::format("Router: transport for \"{}\" must set exactly one of call, "
+                    "call_async, call_streaming, call_async_streaming",
+                    expert));
   }
   transports_[expert_index(expert)] = std::move(transport);
 }

@@ -304,3 +304,118 @@ TEST_CASE("invoke_async refuses a null loop or an empty on_done") {
   CHECK_THROWS_AS(router.invoke_async("hi", {}, std::make_shared<RunLoop>(), nullptr),
                   torouter::Error);
 }
+
+namespace {
+
+// A stream sent from a thread of its own: `pieces` pieces, one every
+// `gap`, then the completion (or nothing, when `stall_after` pieces are
+// sent and the stream goes quiet).
+Transport paced_stream(int pieces, std::chrono::milliseconds gap, int stall_after = -1) {
+  return Transport::async_streaming(
+      [=](const Request&, torouter::ChunkCallback on_chunk, CompletionCallback done) {
+        std::thread([=] {
+          for (int i = 0; i < pieces; ++i) {
+            if (i == stall_after) return;
+            std::this_thread::sleep_for(gap);
+            on_chunk(std::to_string(i) + ",");
+          }
+          done(Response::answer("", 1, 1));
+        }).detach();
+      });
+}
+
+}  // namespace
+
+TEST_CASE("an asynchronous stream's pieces reach on_chunk in order, on the loop") {
+  Router router = make_router();
+  // Pieces sent back to back from one thread, a loop of two threads: the
+  // order must survive the loop.
+  router.set_transport(
+      "solo", Transport::async_streaming(
+                  [](const Request&, torouter::ChunkCallback on_chunk, CompletionCallback done) {
+                    std::thread([on_chunk, done] {
+                      for (int i = 0; i < 500; ++i) on_chunk(std::to_string(i) + ",");
+                      done(Response::answer("", 3, 500));
+                    }).detach();
+                  }));
+  LoopThreads loop(2);
+  std::string seen;
+  std::mutex seen_mutex;
+  InvokeOptions options;
+  options.on_chunk = [&](std::string_view piece) {
+    std::lock_guard<std::mutex> lock(seen_mutex);
+    seen.append(piece);
+  };
+  InvokeResult r = start(router, loop.loop, options).get();
+  REQUIRE(r.ok());
+  std::string expected;
+  for (int i = 0; i < 500; ++i) expected += std::to_string(i) + ",";
+  CHECK(seen == expected);
+  CHECK(r.response.text == expected);  // joined by the router
+
+  // The blocking invoke takes the same transport.
+  seen.clear();
+  InvokeResult blocking = router.invoke("hi", options);
+  REQUIRE(blocking.ok());
+  CHECK(seen == expected);
+}
+
+TEST_CASE("an asynchronous stream is timed from piece to piece, and capped in all when asked") {
+  RouterOptions o;
+  o.attempt_timeout = 150ms;
+  o.max_attempts_per_expert = 1;
+  SECTION("a stream longer than the attempt timeout, with short gaps, is not cut") {
+    Router router = make_router(o);
+    router.set_transport("solo", paced_stream(12, 40ms));  // about 480 ms in all
+    InvokeResult r = router.invoke("hi");
+    REQUIRE(r.ok());
+    CHECK(r.response.text.rfind("11,") == r.response.text.size() - 3);
+  }
+  SECTION("a stream that stalls after its first pieces breaks, as a timeout") {
+    Router router = make_router(o);
+    router.set_transport("solo", paced_stream(12, 10ms, 3));
+    InvokeOptions options;
+    std::string seen;
+    options.on_chunk = [&](std::string_view piece) { seen.append(piece); };
+    InvokeResult r = router.invoke("hi", options);
+    CHECK(r.error == InvokeError::StreamBroken);
+    CHECK(seen == "0,1,2,");
+    REQUIRE(r.attempts.size() == 1);
+    CHECK(r.attempts[0].failure == FailureKind::Timeout);
+    CHECK_THAT(r.attempts[0].detail, Catch::Contains("no piece of the stream for 150 ms"));
+  }
+  SECTION("stream_timeout caps the whole stream") {
+    o.stream_timeout = 200ms;
+    Router router = make_router(o);
+    router.set_transport("solo", paced_stream(20, 40ms));
+    InvokeResult r = router.invoke("hi");
+    CHECK(!r.ok());
+    REQUIRE(r.attempts.size() == 1);
+    CHECK(r.attempts[0].failure == FailureKind::Timeout);
+    CHECK_THAT(r.attempts[0].detail, Catch::Contains("stream_timeout of 200 ms"));
+  }
+}
+
+TEST_CASE("an asynchronous stream that fails before its first piece fails over") {
+  ExpertRegistry registry;
+  registry.add(ExpertSpec("first", 1.0, 1.0));
+  registry.add(ExpertSpec("second", 1.0, 1.0));
+  auto scorer = std::make_shared<TableScorer>(std::vector<std::string>{"first", "second"},
+                                              std::vector<float>{0.9f, 0.5f});
+  RouterOptions o;
+  o.max_attempts_per_expert = 1;
+  Router router(std::move(registry), scorer, nullptr, o);
+  router.set_transport("first",
+                       Transport::async_streaming(
+                           [](const Request&, torouter::ChunkCallback, CompletionCallback done) {
+                             done(Response::failed(FailureKind::ServerError, "HTTP 503"));
+                           }));
+  router.set_transport("second", paced_stream(3, 1ms));
+  InvokeOptions options;
+  std::string seen;
+  options.on_chunk = [&](std::string_view piece) { seen.append(piece); };
+  InvokeResult r = router.invoke("hi", options);
+  REQUIRE(r.ok());
+  CHECK(r.expert == "second");
+  CHECK(seen == "0,1,2,");
+}

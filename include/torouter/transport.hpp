@@ -1,7 +1,7 @@
 // torouter/transport.hpp: the caller's callbacks that call an expert.
 //
 // torouter never opens a socket: a service hands the router one `Transport`
-// per expert, in whichever of three shapes fits its client library, and the
+// per expert, in whichever of four shapes fits its client library, and the
 // router calls it, retries it and fails over from it.
 //
 //   // synchronous: return the answer
@@ -16,7 +16,14 @@
 //   // streaming: pass each chunk to `on_chunk`, return the final response
 //   auto t3 = torouter::Transport::streaming(
 //       [](const torouter::Request& r, const torouter::ChunkCallback& on_chunk) { ... });
+//   // streaming and asynchronous: pieces to `on_chunk`, then `done` once; no thread waits
+//   auto t4 = torouter::Transport::async_streaming(
+//       [](const torouter::Request& r, torouter::ChunkCallback on_chunk,
+//          torouter::CompletionCallback done) { ... });
 //
+// A service on an event loop (torouter-server, `Router::invoke_async`) wants
+// the asynchronous shapes: the synchronous ones hold a thread of its loop for
+// the whole call.
 // What a transport needs beyond the prompt (the whole conversation, say)
 // travels with the invoke, not in globals:
 //
@@ -149,7 +156,7 @@ using CompletionCallback = std::function<void(Response)>;
 /// Receives each piece of a streamed answer, in order.
 using ChunkCallback = std::function<void(std::string_view chunk)>;
 
-/// How the router reaches one expert: exactly one of the three callbacks is set.
+/// How the router reaches one expert: exactly one of the four callbacks is set.
 struct Transport {
   /// Synchronous: returns when the call is done.
   std::function<Response(const Request&)> call;
@@ -159,6 +166,12 @@ struct Transport {
   /// Streaming: calls `on_chunk` for each piece of the answer and returns
   /// the final response (whose `text` may be empty: the router joins chunks).
   std::function<Response(const Request&, const ChunkCallback& on_chunk)> call_streaming;
+  /// Streaming and asynchronous: returns at once, then calls `on_chunk` for
+  /// each piece of the answer, one call at a time and in order (from any
+  /// thread), and the completion callback exactly once after the last piece.
+  /// The final response's `text` may be empty: the router joins the pieces.
+  std::function<void(const Request&, ChunkCallback on_chunk, CompletionCallback on_done)>
+      call_async_streaming;
 
   static Transport sync(std::function<Response(const Request&)> fn) {
     Transport t;
@@ -177,9 +190,18 @@ struct Transport {
     return t;
   }
 
+  static Transport async_streaming(
+      std::function<void(const Request&, ChunkCallback, CompletionCallback)> fn) {
+    Transport t;
+    t.call_async_streaming = std::move(fn);
+    return t;
+  }
+
   /// True when exactly one callback is set.
   bool valid() const {
-    return (call ? 1 : 0) + (call_async ? 1 : 0) + (call_streaming ? 1 : 0) == 1;
+    return (call ? 1 : 0) + (call_async ? 1 : 0) + (call_streaming ? 1 : 0) +
+               (call_async_streaming ? 1 : 0) ==
+           1;
   }
 };
 
