@@ -38,7 +38,7 @@ if ! command -v wrk >/dev/null; then
   fi
 fi
 for b in "$server_bin" "$stand_in_bin"; do
-  [ -x "$b" ] || { echo "server_load.sh: $b not built (needs libcpp-httplib-dev)" >&2; exit 1; }
+  [ -x "$b" ] || { echo "server_load.sh: $b not built (needs libboost1.74-dev and libssl-dev)" >&2; exit 1; }
 done
 
 work=$(mktemp -d)

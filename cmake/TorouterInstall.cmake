@@ -13,11 +13,10 @@ install(TARGETS torouter EXPORT torouterTargets
 install(EXPORT torouterTargets NAMESPACE torouter::
         DESTINATION ${TOROUTER_CMAKE_DIR})
 
-# torouter::openai and torouter-server, when cpp-httplib was found
+# torouter::openai and torouter-server, when Boost and OpenSSL were found
 # (examples/router_server). The transport has an export set of its own,
 # loaded only for a consumer that asks for the `openai` component, so one
-# that does not needs no cpp-httplib.
-set(TOROUTER_OPENAI_NEEDS_PKGCONFIG_HTTPLIB OFF)
+# that does not needs neither.
 if(TARGET torouter_openai)
   install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/torouter"
           DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
@@ -27,9 +26,6 @@ if(TARGET torouter_openai)
           DESTINATION ${TOROUTER_CMAKE_DIR})
   if(TARGET torouter_server)
     install(TARGETS torouter_server RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-  endif()
-  if(TARGET PkgConfig::TOROUTER_HTTPLIB)
-    set(TOROUTER_OPENAI_NEEDS_PKGCONFIG_HTTPLIB ON)
   endif()
 else()
   install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/torouter"

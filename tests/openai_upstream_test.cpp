@@ -1,16 +1,23 @@
 // torouter::openai::Upstream against stand-in upstreams on loopback: answers,
-// streams, and each failure mapped to its FailureKind.
+// streams, each failure mapped to its FailureKind, asynchronous calls and
+// their cancel, and https:// through a TLS front made at test time.
 #include <sys/socket.h>
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <condition_variable>
 #include <cstdlib>
+#include <filesystem>
+#include <future>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
 #include "openai/http_wire.hpp"
 #include "stand_in_upstream.hpp"
+#include "support/temp_dir.hpp"
+#include "support/tls_relay.hpp"
 #include "torouter/error.hpp"
 #include "torouter/openai/upstream.hpp"
 
@@ -286,7 +293,7 @@ TEST_CASE("openai upstream: answers in every framing, closed connections replace
   CHECK(upstream.complete(request("five")).text == "framed");
   Response malformed = upstream.complete(request("six"));
   CHECK(malformed.failure == FailureKind::ServerError);
-  CHECK_THAT(malformed.error_message, Contains("malformed Content-Length"));
+  CHECK_THAT(malformed.error_message, Contains("malformed answer") && Contains("Content-Length"));
   server.join();
   CHECK(accepted == 5);
   CHECK(requests == 6);
@@ -323,4 +330,109 @@ TEST_CASE("openai upstream: configuration checks", "[openai]") {
   o.api_key_env.clear();
   o.model.clear();
   CHECK_THROWS_WITH(Upstream(o), Contains("model"));
+}
+
+TEST_CASE("openai upstream: asynchronous calls hold no thread, and a cancel stops one at once",
+          "[openai]") {
+  StandInUpstream stand_in("s", 64);
+  REQUIRE(stand_in.start() > 0);
+  UpstreamOptions o = options_for(stand_in);
+  o.io = std::make_shared<torouter::openai::IoThreads>(1);
+  Upstream upstream(o);
+
+  SECTION("forty calls that each take 300 ms are all in flight on one thread") {
+    StandInBehaviour slow;
+    slow.delay = 300ms;
+    stand_in.set_behaviour(slow);
+    std::mutex mutex;
+    std::condition_variable all_done;
+    int answered = 0;
+    const auto begin = std::chrono::steady_clock::now();
+    for (int i = 0; i < 40; ++i) {
+      upstream.complete_async(request("hi"), {}, [&](Response r) {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (r.ok()) ++answered;
+        all_done.notify_all();
+      });
+    }
+    std::unique_lock<std::mutex> lock(mutex);
+    all_done.wait_for(lock, 10s, [&] { return answered == 40; });
+    CHECK(answered == 40);
+    // One at a time would take 12 s.
+    CHECK(std::chrono::steady_clock::now() - begin < 6s);
+  }
+
+  SECTION("a cancel mid-stream ends the call at once; the upstream serves on") {
+    StandInBehaviour trickle;
+    trickle.chunks = 100;
+    trickle.chunk_gap = 100ms;
+    stand_in.set_behaviour(trickle);
+    auto cancel = std::make_shared<torouter::CancelSignal>();
+    Request r = request("hi");
+    r.cancel = cancel;
+    std::promise<Response> ended;
+    std::atomic<int> pieces{0};
+    upstream.stream_async(
+        r, [&](std::string_view) { ++pieces; }, {},
+        [&](Response response) { ended.set_value(std::move(response)); });
+    while (pieces.load() == 0) std::this_thread::sleep_for(5ms);
+    const auto cancelled_at = std::chrono::steady_clock::now();
+    cancel->cancel();
+    Response response = ended.get_future().get();
+    CHECK(std::chrono::steady_clock::now() - cancelled_at < 2s);  // not the 10 s stream
+    CHECK(response.failure == FailureKind::TransportError);
+    CHECK_THAT(response.error_message, Contains("cancelled"));
+    const int seen = pieces.load();
+    std::this_thread::sleep_for(300ms);
+    CHECK(pieces.load() == seen);  // nothing after the cancel
+
+    stand_in.set_behaviour(StandInBehaviour());
+    CHECK(upstream.complete(request("again")).ok());
+  }
+}
+
+TEST_CASE("openai upstream: https through the same client, the certificate checked", "[openai]") {
+  namespace fs = std::filesystem;
+  const fs::path dir = torouter::testing::process_temp_dir("openai_tls");
+  const auto good = torouter::testing::make_certificate(dir, "IP:127.0.0.1,DNS:localhost");
+  const auto other = torouter::testing::make_certificate(dir, "DNS:example.invalid", "other");
+  StandInUpstream stand_in("s");
+  REQUIRE(stand_in.start() > 0);
+  torouter::testing::TlsRelay relay(good, stand_in.port());
+  torouter::testing::TlsRelay wrong_name(other, stand_in.port());
+
+  UpstreamOptions o = options_for(stand_in);
+  o.base_url = "https://127.0.0.1:" + std::to_string(relay.port()) + "/v1";
+  o.ca_file = good.certificate;
+  Upstream upstream(o);
+  Response plain = upstream.complete(request("hello"));
+  REQUIRE(plain.ok());
+  CHECK_THAT(plain.text, Contains("hello"));
+  std::string streamed;
+  Response end = upstream.stream(request("hello"), [&](std::string_view c) { streamed += c; });
+  CHECK(end.ok());
+  CHECK_THAT(streamed, Contains("hello"));
+  CHECK(upstream.complete(request("kept alive")).ok());
+
+  SECTION("a certificate no configured authority signed is refused") {
+    UpstreamOptions system_cas = o;
+    system_cas.ca_file.clear();
+    Response r = Upstream(system_cas).complete(request("hello"));
+    CHECK(r.failure == FailureKind::ServerError);
+    CHECK_THAT(r.error_message, Contains("TLS handshake"));
+  }
+  SECTION("a certificate for another name is refused") {
+    UpstreamOptions mismatched = o;
+    mismatched.base_url = "https://127.0.0.1:" + std::to_string(wrong_name.port()) + "/v1";
+    mismatched.ca_file = other.certificate;
+    Response r = Upstream(mismatched).complete(request("hello"));
+    CHECK(r.failure == FailureKind::ServerError);
+    CHECK_THAT(r.error_message, Contains("TLS handshake"));
+  }
+  SECTION("an unreadable CA file is a configuration error") {
+    UpstreamOptions missing = o;
+    missing.ca_file = (dir / "absent.pem").string();
+    CHECK_THROWS_WITH(Upstream(missing), Contains("ca_file") && Contains("absent.pem"));
+  }
+  fs::remove_all(dir);
 }

@@ -895,6 +895,8 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
              Contains("server.json: experts[0].base_url"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x","base_url":"http://h","api_key_env":"TOROUTER_TEST_SURELY_UNSET"}]})"),
              Contains("experts[0].api_key_env: environment variable TOROUTER_TEST_SURELY_UNSET is not set"));
+  CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x","base_url":"https://h","ca_file":"/surely/absent.pem"}]})"),
+             Contains("server.json: experts[0].ca_file \"/surely/absent.pem\": cannot be read"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[)" + expert + "," + expert + "]}"),
              Contains("experts[1].name: duplicate"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x","base_url":"http://h","price":1}]})"),

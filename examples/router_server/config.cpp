@@ -142,6 +142,10 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
       e.upstream.connect_timeout = f.millis(key, v);
     else if (key == "read_timeout_ms")
       e.upstream.read_timeout = f.millis(key, v);
+    else if (key == "ca_file")
+      e.upstream.ca_file = f.text(key, v);
+    else if (key == "max_response_bytes")
+      e.upstream.max_response_bytes = f.count(key, v, 1);
     else if (key == "input_usd_per_mtok")
       e.input_usd_per_mtok = f.number(key, v);
     else if (key == "output_usd_per_mtok")
@@ -163,7 +167,8 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
     else {
       f.fail(key,
              "unknown field (known: name, base_url, model, api_key_env, connect_timeout_ms, "
-             "read_timeout_ms, input_usd_per_mtok, output_usd_per_mtok, "
+             "read_timeout_ms, ca_file, max_response_bytes, input_usd_per_mtok, "
+             "output_usd_per_mtok, "
              "context_window_tokens, tags, capabilities, time_to_first_token_ms, "
              "output_tokens_per_second, max_concurrent_calls, enabled)");
     }
@@ -172,7 +177,8 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
   if (e.upstream.base_url.empty()) f.fail("base_url", "missing");
   if (e.upstream.model.empty()) e.upstream.model = e.name;
   try {
-    // Checks the URL and the key's variable now, so the message names the field.
+    // Checks the URL, the key's variable and the CA file now, so the message
+    // names the field.
     openai::Upstream check(e.upstream);
   } catch (const Error& error) {
     throw Error(fmt::format("{}: {}.{}", origin, where, error.what()));

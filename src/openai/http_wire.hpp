@@ -1,9 +1,9 @@
 // http_wire.hpp: HTTP/1.1 over plain sockets, lean enough that a routed
 // request costs a few system calls: one send per message, one recv per
 // arrival, no poll before each read or write (blocking sockets with
-// SO_RCVTIMEO / SO_SNDTIMEO carry the timeouts). Used by torouter::openai's
-// http:// upstream connections and by torouter-server's listener; https://
-// upstreams go through cpp-httplib and OpenSSL instead.
+// SO_RCVTIMEO / SO_SNDTIMEO carry the timeouts). Used by torouter-server's
+// listener and the stand-in upstream; upstream calls go through Boost.Beast
+// (http_client.hpp).
 //
 // Parsing is strict where laxness lets one message be read two ways
 // (Content-Length with Transfer-Encoding, two different Content-Lengths,

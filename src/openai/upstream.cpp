@@ -1,20 +1,21 @@
-// torouter::openai::Upstream: chat completion calls over a pool of keep-alive
-// connections (client_connection.hpp), SSE parsing for streamed answers, and the
-// mapping of HTTP and socket failures to `FailureKind`.
+// torouter::openai::Upstream: chat completion calls through the
+// asynchronous HTTP client (http_client.hpp), SSE parsing for streamed
+// answers, and the mapping of HTTP and socket failures to `FailureKind`.
 #include "torouter/openai/upstream.hpp"
 
 #include <fmt/format.h>
-#include <httplib.h>
 #include <simdjson.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <future>
 #include <mutex>
 #include <vector>
 
 #include "json_text.hpp"
-#include "openai/client_connection.hpp"
+#include "openai/http_client.hpp"
+#include "openai/io_threads.hpp"
 #include "torouter/error.hpp"
 
 namespace torouter::openai {
@@ -189,42 +190,19 @@ Response classify_http_error(int status, std::string_view body, std::string_view
                           fmt::format("HTTP {}: unexpected status", status));
 }
 
-// One keep-alive connection and the JSON parser used with it.
-struct Connection {
-  explicit Connection(const http::Endpoint& endpoint) : client(endpoint) {}
-  http::ClientConnection client;
-  simdjson::dom::parser parser;
-};
-
-struct Upstream::Pool {
-  explicit Pool(const std::string& base_url) : endpoint(base_url) {}
-  http::Endpoint endpoint;
+struct Upstream::Client {
+  Client(const UpstreamOptions& options)
+      : client(http::Endpoint(options.base_url),
+               options.io ? options.io : IoThreads::shared_default(),
+               http::ClientOptions{options.max_idle_connections, options.ca_file}) {}
+  http::HttpClient client;
   std::string path;
-  std::mutex mutex;
-  std::vector<std::unique_ptr<Connection>> idle;
-
-  std::unique_ptr<Connection> acquire() {
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      if (!idle.empty()) {
-        auto connection = std::move(idle.back());
-        idle.pop_back();
-        return connection;
-      }
-    }
-    return std::make_unique<Connection>(endpoint);
-  }
-
-  void release(std::unique_ptr<Connection> connection, std::size_t max_idle) {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (idle.size() < max_idle) idle.push_back(std::move(connection));
-  }
 };
 
-Upstream::Upstream(UpstreamOptions options)
-    : options_(std::move(options)), pool_(std::make_unique<Pool>(options_.base_url)) {
-  pool_->path = pool_->endpoint.path_prefix + "/chat/completions";
+Upstream::Upstream(UpstreamOptions options) : options_(std::move(options)) {
   if (options_.model.empty()) throw Error("model: must name the upstream's model id");
+  client_ = std::make_unique<Client>(options_);
+  client_->path = client_->client.endpoint().path_prefix + "/chat/completions";
   if (!options_.api_key_env.empty()) {
     const char* key = std::getenv(options_.api_key_env.c_str());
     if (key == nullptr || *key == '\0') {
@@ -233,24 +211,11 @@ Upstream::Upstream(UpstreamOptions options)
     }
     api_key_ = key;
   }
-  if (pool_->endpoint.tls && !httplib::Client(pool_->endpoint.scheme_host_port).is_valid()) {
-    throw Error(
-        fmt::format("base_url \"{}\": this build of cpp-httplib cannot reach it "
-                    "(https needs cpp-httplib with OpenSSL)",
-                    options_.base_url));
-  }
 }
 
 Upstream::~Upstream() = default;
 
 namespace {
-
-// Everything one call needs, shared by the streaming and plain paths.
-struct CallSetup {
-  milliseconds read_timeout{0};
-  Clock::time_point start;
-  Clock::time_point deadline;
-};
 
 std::string request_body(const UpstreamOptions& options, const Request& request,
                          const ChatCall& call, bool stream) {
@@ -273,38 +238,196 @@ std::string request_body(const UpstreamOptions& options, const Request& request,
   return body;
 }
 
-// The failure a connection-level error stands for.
-Response classify_connection_error(const http::PostOutcome& outcome, const CallSetup& setup,
-                                   const std::string& url, bool cancelled) {
-  using E = http::PostOutcome::Error;
-  const milliseconds took = elapsed_since(setup.start);
-  switch (outcome.error) {
-    case E::CannotConnect:
-      return Response::failed(FailureKind::ServerError,
-                              fmt::format("cannot connect to {}: {}", url, outcome.detail));
-    case E::ConnectTimeout:
-      return Response::failed(FailureKind::Timeout,
-                              fmt::format("no connection to {} in time", url));
-    case E::Stopped:
-      if (cancelled) return Response::failed(FailureKind::TransportError, "call cancelled");
-      return Response::failed(FailureKind::Timeout,
-                              fmt::format("no full answer within {} ms", took.count()));
-    case E::ReadTimeout:
-      return Response::failed(FailureKind::Timeout,
-                              fmt::format("no answer within {} ms", took.count()));
-    case E::Dropped:
-      if (Clock::now() >= setup.deadline) {
+// One chat call's reading of its answer: the body's pieces in, the
+// response out.
+class ChatExchange {
+ public:
+  ChatExchange(const UpstreamOptions& options, const Request& request, const ChatCall& call,
+               ChunkCallback on_chunk, CompletionCallback on_done)
+      : url_(options.base_url),
+        on_chunk_(std::move(on_chunk)),
+        on_done_(std::move(on_done)),
+        cancel_(call.cancel),
+        answer_(call.answer),
+        start_(Clock::now()) {
+    // A plain answer must come whole within the attempt's timeout; a stream
+    // only within it from one piece to the next (the read timeout), and
+    // within its own cap in all when it has one.
+    if (!streaming()) {
+      deadline_ = start_ + request.timeout;
+    } else if (request.stream_timeout.count() > 0) {
+      deadline_ = start_ + request.stream_timeout;
+    }
+    if (answer_ != nullptr) *answer_ = ChatAnswer();
+  }
+
+  bool streaming() const { return static_cast<bool>(on_chunk_); }
+  Clock::time_point deadline() const { return deadline_; }
+
+  // Takes one piece of the answer's body; false stops the call.
+  bool receive(int status, std::string_view piece) {
+    if (cancel_ != nullptr && cancel_->load()) {
+      cancelled_ = true;
+      return false;
+    }
+    if (Clock::now() >= deadline_) return false;
+    if (status != 200 || !streaming()) {
+      if (status == 200 || body_.size() < kMaxErrorBody) body_.append(piece);
+      return true;
+    }
+    return sse_.feed(piece.data(), piece.size(),
+                     [this](std::string_view data) { return on_event(data); });
+  }
+
+  // The exchange is over: the response goes to the caller.
+  void end(const http::PostOutcome& outcome) {
+    Response out = outcome.error == http::PostOutcome::Error::None ? read_whole(outcome)
+                                                                   : read_failure(outcome);
+    out.latency = elapsed_since(start_);
+    CompletionCallback on_done = std::move(on_done_);
+    on_done(std::move(out));
+  }
+
+ private:
+  // One stream event; false ends the stream.
+  bool on_event(std::string_view data) {
+    if (data == "[DONE]") {
+      done_ = true;
+      return true;
+    }
+    simdjson::dom::element doc;
+    if (parser_.parse(data.data(), data.size()).get(doc)) {
+      streamed_ = Response::failed(FailureKind::ServerError,
+                                   fmt::format("malformed stream event: {}", data.substr(0, 200)));
+      return false;
+    }
+    if (doc["error"].error() == simdjson::SUCCESS) {
+      streamed_ =
+          Response::failed(FailureKind::ServerError, "error event in stream: " + error_text(data));
+      return false;
+    }
+    read_usage(doc, streamed_);
+    std::string_view content;
+    if (!doc["choices"].at(0)["delta"]["content"].get(content) && !content.empty()) {
+      on_chunk_(content);
+    }
+    simdjson::dom::element choice;
+    if (answer_ != nullptr && !doc["choices"].at(0).get(choice) &&
+        !read_answer_delta(choice, *answer_)) {
+      streamed_ =
+          Response::failed(FailureKind::ServerError,
+                           fmt::format("malformed stream event: a tool call index skips ahead: {}",
+                                       data.substr(0, 200)));
+      return false;
+    }
+    return true;
+  }
+
+  // The call reached no whole answer.
+  Response read_failure(const http::PostOutcome& outcome) {
+    using E = http::PostOutcome::Error;
+    if (streamed_.failure != FailureKind::None) return std::move(streamed_);  // a refused event
+    const milliseconds took = elapsed_since(start_);
+    switch (outcome.error) {
+      case E::CannotConnect:
+        return Response::failed(FailureKind::ServerError,
+                                fmt::format("cannot connect to {}: {}", url_, outcome.detail));
+      case E::ConnectTimeout:
+        return Response::failed(FailureKind::Timeout,
+                                fmt::format("no connection to {} in time", url_));
+      case E::Stopped:
+        if (cancelled_ || outcome.cancelled) {
+          return Response::failed(FailureKind::TransportError, "call cancelled");
+        }
+        return Response::failed(FailureKind::Timeout,
+                                fmt::format("no full answer within {} ms", took.count()));
+      case E::ReadTimeout:
         return Response::failed(FailureKind::Timeout,
                                 fmt::format("no answer within {} ms", took.count()));
-      }
-      return Response::failed(FailureKind::ServerError,
-                              fmt::format("{} dropped the connection", url));
-    default:
-      return Response::failed(FailureKind::ServerError, fmt::format("{}: {}", url, outcome.detail));
+      case E::Dropped:
+        if (Clock::now() >= deadline_) {
+          return Response::failed(FailureKind::Timeout,
+                                  fmt::format("no answer within {} ms", took.count()));
+        }
+        return Response::failed(FailureKind::ServerError,
+                                fmt::format("{} dropped the connection", url_));
+      default:
+        return Response::failed(FailureKind::ServerError,
+                                fmt::format("{}: {}", url_, outcome.detail));
+    }
   }
-}
+
+  // The whole answer came: its meaning.
+  Response read_whole(const http::PostOutcome& outcome) {
+    if (outcome.status != 200) {
+      return classify_http_error(outcome.status, body_, outcome.retry_after,
+                                 outcome.retry_after_ms);
+    }
+    if (streaming()) {
+      sse_.finish([this](std::string_view data) { return on_event(data); });
+      if (streamed_.failure == FailureKind::None && !done_) {
+        return Response::failed(FailureKind::ServerError,
+                                fmt::format("{} ended the stream before [DONE]", url_));
+      }
+      return std::move(streamed_);
+    }
+    Response out;
+    simdjson::dom::element doc;
+    if (parser_.parse(body_).get(doc)) {
+      return Response::failed(FailureKind::ServerError,
+                              fmt::format("malformed answer: {}", body_.substr(0, 200)));
+    }
+    if (doc["choices"].at(0)["message"].error()) {
+      return Response::failed(FailureKind::ServerError, "answer has no choices[0].message");
+    }
+    std::string_view content;
+    if (!doc["choices"].at(0)["message"]["content"].get(content)) out.text = std::string(content);
+    read_usage(doc, out);
+    simdjson::dom::element choice;
+    if (answer_ != nullptr && !doc["choices"].at(0).get(choice)) read_answer(choice, *answer_);
+    return out;
+  }
+
+  const std::string url_;
+  ChunkCallback on_chunk_;
+  CompletionCallback on_done_;
+  const std::atomic<bool>* cancel_;
+  ChatAnswer* answer_;
+  const Clock::time_point start_;
+  Clock::time_point deadline_ = Clock::time_point::max();
+  std::string body_;  // the whole body when not streaming, else an error body
+  SseReader sse_;
+  Response streamed_;
+  simdjson::dom::parser parser_;
+  bool done_ = false;
+  bool cancelled_ = false;
+};
 
 }  // namespace
+
+void Upstream::complete_async(const Request& request, const ChatCall& call,
+                              CompletionCallback on_done) const {
+  stream_async(request, ChunkCallback(), call, std::move(on_done));
+}
+
+void Upstream::stream_async(const Request& request, ChunkCallback on_chunk, const ChatCall& call,
+                            CompletionCallback on_done) const {
+  auto exchange = std::make_shared<ChatExchange>(options_, request, call, std::move(on_chunk),
+                                                 std::move(on_done));
+  http::PostRequest post;
+  post.path = client_->path;
+  post.body = request_body(options_, request, call, exchange->streaming());
+  post.accept = exchange->streaming() ? "text/event-stream" : "application/json";
+  if (!api_key_.empty()) post.authorization = "Bearer " + api_key_;
+  post.connect_timeout = options_.connect_timeout;
+  post.read_timeout = std::min(options_.read_timeout, request.timeout);
+  post.deadline = exchange->deadline();
+  post.max_body_bytes = options_.max_response_bytes;
+  client_->client.post(
+      std::move(post),
+      [exchange](int status, std::string_view piece) { return exchange->receive(status, piece); },
+      [exchange](http::PostOutcome outcome) { exchange->end(outcome); }, request.cancel);
+}
 
 Response Upstream::complete(const Request& request, const ChatCall& call) const {
   return stream(request, ChunkCallback(), call);
@@ -312,145 +435,25 @@ Response Upstream::complete(const Request& request, const ChatCall& call) const 
 
 Response Upstream::stream(const Request& request, const ChunkCallback& on_chunk,
                           const ChatCall& call) const {
-  const bool streaming = static_cast<bool>(on_chunk);
-  CallSetup setup;
-  setup.start = Clock::now();
-  setup.read_timeout = std::min(options_.read_timeout, request.timeout);
-  // A plain answer must come whole within the attempt's timeout; a stream
-  // only within it from one chunk to the next (the socket's read timeout),
-  // and within its own cap in all when it has one.
-  if (!streaming) {
-    setup.deadline = setup.start + request.timeout;
-  } else if (request.stream_timeout.count() > 0) {
-    setup.deadline = setup.start + request.stream_timeout;
-  } else {
-    setup.deadline = Clock::time_point::max();
-  }
-  const std::string body_text = request_body(options_, request, call, streaming);
-  const std::string authorization = api_key_.empty() ? std::string() : "Bearer " + api_key_;
-  http::PostRequest post;
-  post.path = pool_->path;
-  post.body = body_text;
-  post.accept = streaming ? "text/event-stream" : "application/json";
-  post.authorization = authorization;
-  post.connect_timeout = options_.connect_timeout;
-  post.read_timeout = setup.read_timeout;
-  post.deadline = setup.deadline;
-
-  if (call.answer != nullptr) *call.answer = ChatAnswer();
-  std::unique_ptr<Connection> connection = pool_->acquire();
-
-  int status = 0;
-  std::string body;  // the whole body when not streaming, else an error body
-  SseReader sse;
-  Response streamed;
-  bool done = false;
-  bool cancelled = false;
-  auto on_event = [&](std::string_view data) {
-    if (data == "[DONE]") {
-      done = true;
-      return true;
-    }
-    simdjson::dom::element doc;
-    if (connection->parser.parse(data.data(), data.size()).get(doc)) {
-      streamed = Response::failed(FailureKind::ServerError,
-                                  fmt::format("malformed stream event: {}", data.substr(0, 200)));
-      return false;
-    }
-    if (doc["error"].error() == simdjson::SUCCESS) {
-      streamed =
-          Response::failed(FailureKind::ServerError, "error event in stream: " + error_text(data));
-      return false;
-    }
-    read_usage(doc, streamed);
-    std::string_view content;
-    if (!doc["choices"].at(0)["delta"]["content"].get(content) && !content.empty()) {
-      on_chunk(content);
-    }
-    simdjson::dom::element choice;
-    if (call.answer != nullptr && !doc["choices"].at(0).get(choice) &&
-        !read_answer_delta(choice, *call.answer)) {
-      streamed =
-          Response::failed(FailureKind::ServerError,
-                           fmt::format("malformed stream event: a tool call index skips ahead: {}",
-                                       data.substr(0, 200)));
-      return false;
-    }
-    return true;
-  };
-
-  auto receive = [&](int answer_status, std::string_view piece) {
-    status = answer_status;
-    if (call.cancel != nullptr && call.cancel->load()) {
-      cancelled = true;
-      return false;
-    }
-    if (Clock::now() >= setup.deadline) return false;
-    if (status != 200 || !streaming) {
-      if (status == 200 || body.size() < kMaxErrorBody) body.append(piece);
-      return true;
-    }
-    return sse.feed(piece.data(), piece.size(), on_event);
-  };
-
-  const http::PostOutcome outcome = connection->client.post(post, receive);
-  const std::string& url = options_.base_url;
-  Response out;
-  if (outcome.error != http::PostOutcome::Error::None) {
-    if (streamed.failure != FailureKind::None) {
-      out = std::move(streamed);  // an event the receiver refused
-    } else {
-      out = classify_connection_error(outcome, setup, url, cancelled);
-    }
-    out.latency = elapsed_since(setup.start);
-    if (connection->client.reusable())
-      pool_->release(std::move(connection), options_.max_idle_connections);
-    return out;
-  }
-  status = outcome.status;
-  if (status != 200) {
-    out = classify_http_error(status, body, outcome.retry_after, outcome.retry_after_ms);
-  } else if (streaming) {
-    sse.finish(on_event);
-    if (streamed.failure != FailureKind::None) {
-      out = std::move(streamed);
-    } else if (!done) {
-      out = Response::failed(FailureKind::ServerError,
-                             fmt::format("{} ended the stream before [DONE]", url));
-    } else {
-      out = std::move(streamed);
-    }
-  } else {
-    simdjson::dom::element doc;
-    std::string_view content;
-    if (connection->parser.parse(body).get(doc)) {
-      out = Response::failed(FailureKind::ServerError,
-                             fmt::format("malformed answer: {}", body.substr(0, 200)));
-    } else if (doc["choices"].at(0)["message"].error()) {
-      out = Response::failed(FailureKind::ServerError, "answer has no choices[0].message");
-    } else {
-      auto content_field = doc["choices"].at(0)["message"]["content"];
-      if (!content_field.get(content)) out.text = std::string(content);
-      read_usage(doc, out);
-      simdjson::dom::element choice;
-      if (call.answer != nullptr && !doc["choices"].at(0).get(choice))
-        read_answer(choice, *call.answer);
-    }
-  }
-  out.latency = elapsed_since(setup.start);
-  if (connection->client.reusable())
-    pool_->release(std::move(connection), options_.max_idle_connections);
-  return out;
+  std::promise<Response> answered;
+  auto future = answered.get_future();
+  ChunkCallback pass_on;
+  if (on_chunk) pass_on = [&on_chunk](std::string_view piece) { on_chunk(piece); };
+  stream_async(request, std::move(pass_on), call,
+               [&answered](Response response) { answered.set_value(std::move(response)); });
+  return future.get();
 }
 
 Transport make_transport(std::shared_ptr<const Upstream> upstream, bool streaming) {
   if (streaming) {
-    return Transport::streaming([upstream](const Request& request, const ChunkCallback& on_chunk) {
-      return upstream->stream(request, on_chunk);
-    });
+    return Transport::async_streaming(
+        [upstream](const Request& request, ChunkCallback on_chunk, CompletionCallback on_done) {
+          upstream->stream_async(request, std::move(on_chunk), ChatCall(), std::move(on_done));
+        });
   }
-  return Transport::sync(
-      [upstream](const Request& request) { return upstream->complete(request); });
+  return Transport::async([upstream](const Request& request, CompletionCallback on_done) {
+    upstream->complete_async(request, ChatCall(), std::move(on_done));
+  });
 }
 
 }  // namespace torouter::openai

@@ -1,11 +1,11 @@
 // Calls an upstream through torouter::openai's transport. Nothing listens on
 // port 1, so the call must fail as a server error that cannot connect: that
 // takes the HTTP client, linked through the package, all the way to a socket.
-#include <torouter/openai/upstream.hpp>
-
 #include <chrono>
+#include <future>
 #include <iostream>
 #include <memory>
+#include <torouter/openai/upstream.hpp>
 
 int main() {
   torouter::openai::UpstreamOptions options;
@@ -18,7 +18,9 @@ int main() {
   torouter::Request request;
   request.expert = "any";
   request.prompt = "hello";
-  const torouter::Response response = transport.call(request);
+  std::promise<torouter::Response> answered;
+  transport.call_async(request, [&answered](torouter::Response r) { answered.set_value(r); });
+  const torouter::Response response = answered.get_future().get();
   std::cout << "torouter::openai: " << torouter::to_string(response.failure) << ": "
             << response.error_message << "\n";
   return response.failure == torouter::FailureKind::ServerError &&

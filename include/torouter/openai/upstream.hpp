@@ -1,6 +1,6 @@
 // torouter/openai/upstream.hpp: an HTTP transport to OpenAI-compatible chat
 // completion endpoints (OpenAI, vLLM, llama.cpp's server, TGI, ...), in the
-// optional library torouter::openai (built when cpp-httplib is found).
+// optional library torouter::openai, on Boost.Beast and OpenSSL.
 //
 //   torouter::openai::UpstreamOptions o;
 //   o.base_url = "http://127.0.0.1:8000/v1";   // up to the API version
@@ -9,13 +9,18 @@
 //   auto qwen = std::make_shared<torouter::openai::Upstream>(o);
 //   router.set_transport("qwen", torouter::openai::make_transport(qwen));
 //
+// Calls are asynchronous: they do their I/O on the threads of an
+// `IoThreads` (one thread shared by every upstream built without one), so
+// thousands can be in flight while no thread waits. `complete` and `stream`
+// are the blocking forms, for a caller that has a thread to spare.
+//
 // Upstream failures become the transport's failure kinds: HTTP 429 is
 // `RateLimited` with its Retry-After (or retry-after-ms), 5xx and dropped
 // connections `ServerError`, no answer in time `Timeout`, a 4xx whose message
 // speaks of the context length `ContextTooLong`, other 4xx `BadRequest`.
 // Connections are kept alive and reused, one per concurrent call; http://
-// goes over plain sockets with one write per request, https:// through
-// cpp-httplib and OpenSSL.
+// and https:// go through the same client, https:// verifying the server's
+// certificate and name.
 //
 // What an answer says beyond its text (why it stopped, the tool calls it
 // makes) stays here, out of the core's `Response`: a caller that relays it
@@ -34,6 +39,28 @@
 
 namespace torouter::openai {
 
+/// The threads on which upstream calls do their I/O: an Asio io_context
+/// run by `threads` threads until this object is destroyed. Share one
+/// among all the upstreams of a process.
+class IoThreads {
+ public:
+  explicit IoThreads(std::size_t threads = 1);
+  /// Stops and joins the threads; calls still in flight never complete.
+  ~IoThreads();
+  IoThreads(const IoThreads&) = delete;
+  IoThreads& operator=(const IoThreads&) = delete;
+
+  /// The process's shared one-thread `IoThreads`, made when first asked
+  /// for and kept while an upstream holds it.
+  static std::shared_ptr<IoThreads> shared_default();
+
+  struct Impl;  // src/openai/io_threads.hpp
+  Impl& impl() const { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
 /// Where and how to reach one OpenAI-compatible upstream.
 struct UpstreamOptions {
   /// Base URL up to the API version: "https://api.openai.com/v1",
@@ -51,6 +78,14 @@ struct UpstreamOptions {
   std::chrono::milliseconds read_timeout{60000};
   /// Idle keep-alive connections kept for reuse.
   std::size_t max_idle_connections = 64;
+  /// The largest answer body taken (a stream's, in all); a larger one
+  /// fails the call as a `ServerError`.
+  std::size_t max_response_bytes = 16 << 20;
+  /// A PEM file of the certificate authorities an https:// upstream's
+  /// certificate must chain to; empty for the system's.
+  std::string ca_file;
+  /// Where the calls' I/O runs; null for `IoThreads::shared_default()`.
+  std::shared_ptr<IoThreads> io;
 };
 
 /// One tool call an answer makes (an entry of the message's `tool_calls`).
@@ -84,11 +119,14 @@ struct ChatCall {
   /// (`"temperature":0.2,"max_tokens":64`), forwarded unchanged; may be empty.
   std::string_view extra_fields_json;
   /// When set and true, a streaming call stops at its next piece (the
-  /// client went away); the call then fails with `TransportError`.
+  /// client went away); the call then fails with `TransportError`. (A
+  /// `Request::cancel` stops any call at once.)
   const std::atomic<bool>* cancel = nullptr;
   /// When set, receives the answer's finish reason and tool calls. Cleared
   /// when the call starts, so after a failed call it holds nothing of use.
   ChatAnswer* answer = nullptr;
+  // The JSON texts are read when the call starts; `cancel` and `answer`,
+  // when set, must outlive an asynchronous call's completion.
 };
 
 /// One OpenAI-compatible endpoint and its pool of keep-alive connections.
@@ -96,32 +134,43 @@ struct ChatCall {
 class Upstream {
  public:
   /// Checks the URL and reads the API key; throws `torouter::Error` for a
-  /// URL that is not http(s)://host[:port][/path] or an unset key variable.
+  /// URL that is not http(s)://host[:port][/path], an unset key variable
+  /// or an unreadable `ca_file`.
   explicit Upstream(UpstreamOptions options);
   ~Upstream();
   Upstream(const Upstream&) = delete;
   Upstream& operator=(const Upstream&) = delete;
 
-  /// One non-streaming chat call: the answer's text and billed tokens, or
-  /// the failure.
-  Response complete(const Request& request, const ChatCall& call = {}) const;
+  /// One non-streaming chat call: starts it and returns; `on_done` gets the
+  /// answer's text and billed tokens, or the failure, on a thread of the
+  /// upstream's `IoThreads`.
+  void complete_async(const Request& request, const ChatCall& call,
+                      CompletionCallback on_done) const;
   /// One streaming chat call (`"stream": true`): each piece of the answer's
-  /// content goes to `on_chunk` as it arrives. The returned response's text
-  /// is empty on success (the router joins the pieces).
+  /// content goes to `on_chunk` as it arrives, in order, then the response
+  /// to `on_done`, whose text is empty on success (the router joins the
+  /// pieces). Both run on the upstream's threads, one at a time.
+  void stream_async(const Request& request, ChunkCallback on_chunk, const ChatCall& call,
+                    CompletionCallback on_done) const;
+
+  /// `complete_async`, waited for: never from a thread of the upstream's
+  /// `IoThreads`.
+  Response complete(const Request& request, const ChatCall& call = {}) const;
+  /// `stream_async`, waited for (`on_chunk` runs on the upstream's thread).
   Response stream(const Request& request, const ChunkCallback& on_chunk,
                   const ChatCall& call = {}) const;
 
   const UpstreamOptions& options() const { return options_; }
 
  private:
-  struct Pool;
+  struct Client;
   UpstreamOptions options_;
   std::string api_key_;
-  std::unique_ptr<Pool> pool_;
+  std::unique_ptr<Client> client_;
 };
 
-/// A transport that sends `Request::prompt` as one user message to
-/// `upstream`, streaming its answer when `streaming`.
+/// An asynchronous transport that sends `Request::prompt` as one user
+/// message to `upstream`, streaming its answer when `streaming`.
 Transport make_transport(std::shared_ptr<const Upstream> upstream, bool streaming = false);
 
 /// The failure an upstream's HTTP error answer stands for: `status` with

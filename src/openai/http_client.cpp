@@ -1,0 +1,544 @@
+// http_client.cpp: one POST as a chain of asynchronous Beast operations
+// (resolve, connect, TLS handshake, write, read the head, read the body
+// piece by piece), all on the strand of the connection it uses; see
+// http_client.hpp.
+#include "openai/http_client.hpp"
+
+#include <fmt/format.h>
+#include <sys/socket.h>
+
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <cerrno>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "openai/io_threads.hpp"
+#include "torouter/error.hpp"
+
+namespace torouter::openai::http {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+using std::chrono::milliseconds;
+
+namespace {
+
+// An answer's head may not be larger than this.
+constexpr std::size_t kMaxResponseHead = 64 * 1024;
+// The most of a body one read hands on.
+constexpr std::size_t kPieceBytes = 16 * 1024;
+
+// Whether an idle kept-alive connection is still fit to send on: a peek
+// that does not wait finds nothing. An end of stream or an error means the
+// upstream closed it; bytes nobody asked for would be read as the next
+// call's answer.
+bool idle_and_open(int fd) {
+  char byte = 0;
+  const ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+// The errors that mean the peer closed or broke the connection.
+bool is_dropped(const beast::error_code& ec) {
+  return ec == asio::error::eof || ec == bhttp::error::end_of_stream ||
+         ec == bhttp::error::partial_message || ec == asio::error::connection_reset ||
+         ec == asio::error::broken_pipe || ec == asio::ssl::error::stream_truncated ||
+         ec == asio::error::connection_aborted;
+}
+
+std::string header_value(const bhttp::response_header<>& head, std::string_view name) {
+  const auto it = head.find(beast::string_view(name.data(), name.size()));
+  if (it == head.end()) return {};
+  return std::string(it->value().data(), it->value().size());
+}
+
+}  // namespace
+
+Endpoint::Endpoint(const std::string& url) : base_url(url) {
+  const auto scheme_end = url.find("://");
+  const std::string scheme = scheme_end == std::string::npos ? "" : url.substr(0, scheme_end);
+  if (scheme != "http" && scheme != "https") {
+    throw Error(fmt::format("base_url \"{}\": must start with http:// or https://", url));
+  }
+  tls = scheme == "https";
+  const auto host_start = scheme_end + 3;
+  const auto path_start = url.find('/', host_start);
+  host_header = url.substr(
+      host_start, path_start == std::string::npos ? std::string::npos : path_start - host_start);
+  if (host_header.empty()) throw Error(fmt::format("base_url \"{}\": has no host", url));
+  if (path_start != std::string::npos) path_prefix = url.substr(path_start);
+  while (!path_prefix.empty() && path_prefix.back() == '/') path_prefix.pop_back();
+
+  // host[:port], or [v6 address][:port]
+  std::string_view authority = host_header;
+  std::string_view port_text;
+  if (authority.front() == '[') {
+    const auto close = authority.find(']');
+    if (close == std::string_view::npos) {
+      throw Error(fmt::format("base_url \"{}\": an IPv6 address needs its closing ]", url));
+    }
+    host = std::string(authority.substr(1, close - 1));
+    const std::string_view after = authority.substr(close + 1);
+    if (!after.empty() && after.front() != ':') {
+      throw Error(fmt::format("base_url \"{}\": unexpected text after the host", url));
+    }
+    if (!after.empty()) port_text = after.substr(1);
+  } else {
+    const auto colon = authority.find(':');
+    host = std::string(authority.substr(0, colon));
+    if (colon != std::string_view::npos) port_text = authority.substr(colon + 1);
+  }
+  if (host.empty()) throw Error(fmt::format("base_url \"{}\": has no host", url));
+  if (port_text.empty()) {
+    port = tls ? "443" : "80";
+  } else {
+    unsigned long value = 0;
+    for (char c : port_text) {
+      if (c < '0' || c > '9' || value > 65535) {
+        throw Error(fmt::format("base_url \"{}\": port \"{}\" is not a number", url, port_text));
+      }
+      value = value * 10 + static_cast<unsigned long>(c - '0');
+    }
+    if (value == 0 || value > 65535) {
+      throw Error(fmt::format("base_url \"{}\": port {} is out of range", url, port_text));
+    }
+    port = std::string(port_text);
+  }
+}
+
+// One connection: a TCP stream, in TLS for https://, with the strand every
+// operation on it runs on and the bytes read past its last answer.
+struct Connection {
+  using Strand = asio::strand<asio::io_context::executor_type>;
+
+  Connection(asio::io_context& io, asio::ssl::context* tls_context)
+      : strand(asio::make_strand(io)), tls_context_(tls_context) {
+    open_stream();
+  }
+
+  // A new, unconnected stream on the same strand.
+  void open_stream() {
+    buffer.clear();
+    if (tls_context_ != nullptr) {
+      plain.reset();
+      tls.emplace(strand, *tls_context_);
+    } else {
+      plain.emplace(strand);
+    }
+  }
+
+  beast::tcp_stream& lowest() { return tls ? beast::get_lowest_layer(*tls) : *plain; }
+  bool is_open() { return lowest().socket().is_open(); }
+
+  template <typename Operation>
+  void with_stream(Operation&& operation) {
+    if (tls) {
+      operation(*tls);
+    } else {
+      operation(*plain);
+    }
+  }
+
+  Strand strand;
+  std::optional<beast::tcp_stream> plain;
+  std::optional<beast::ssl_stream<beast::tcp_stream>> tls;
+  beast::flat_buffer buffer;
+
+ private:
+  asio::ssl::context* tls_context_;
+};
+
+struct HttpClient::Shared {
+  Shared(Endpoint e, std::shared_ptr<IoThreads> threads, ClientOptions o)
+      : endpoint(std::move(e)), io(std::move(threads)), options(std::move(o)) {}
+
+  // An idle connection still open, or a new one.
+  std::unique_ptr<Connection> acquire(bool& reused) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      while (!idle.empty()) {
+        auto connection = std::move(idle.back());
+        idle.pop_back();
+        if (idle_and_open(connection->lowest().socket().native_handle())) {
+          reused = true;
+          return connection;
+        }
+      }
+    }
+    reused = false;
+    return std::make_unique<Connection>(*io->impl().context, tls_context.get());
+  }
+
+  void release(std::unique_ptr<Connection> connection) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (idle.size() < options.max_idle_connections) idle.push_back(std::move(connection));
+  }
+
+  const Endpoint endpoint;
+  const std::shared_ptr<IoThreads> io;
+  const ClientOptions options;
+  std::unique_ptr<asio::ssl::context> tls_context;
+  std::mutex mutex;
+  std::vector<std::unique_ptr<Connection>> idle;
+};
+
+namespace {
+
+// One POST from its connection to its answer's last piece.
+class Exchange : public std::enable_shared_from_this<Exchange> {
+ public:
+  Exchange(std::shared_ptr<HttpClient::Shared> shared, PostRequest request, BodyReceiver on_body,
+           PostDone on_done, std::shared_ptr<CancelSignal> cancel)
+      : shared_(std::move(shared)),
+        request_(std::move(request)),
+        on_body_(std::move(on_body)),
+        on_done_(std::move(on_done)),
+        cancel_(std::move(cancel)) {
+    connection_ = shared_->acquire(reused_);
+  }
+
+  void start() {
+    auto self = shared_from_this();
+    if (cancel_) {
+      std::weak_ptr<Exchange> weak = self;
+      auto strand = connection_->strand;
+      cancel_id_ = cancel_->on_cancel([weak, strand] {
+        asio::post(strand, [weak] {
+          if (auto exchange = weak.lock()) exchange->stop_for_cancel();
+        });
+      });
+    }
+    asio::post(connection_->strand, [self] { self->begin(); });
+  }
+
+ private:
+  template <typename Handler>
+  auto on_strand(Handler&& handler) {
+    return asio::bind_executor(connection_->strand, std::forward<Handler>(handler));
+  }
+
+  void begin() {
+    if (done_) return;  // cancelled before it began
+    if (connection_->is_open()) {
+      send();
+    } else {
+      resolve();
+    }
+  }
+
+  void stop_for_cancel() {
+    if (done_) return;
+    cancelled_ = true;
+    if (resolver_) resolver_->cancel();
+    if (connect_timer_) connect_timer_->cancel();
+    beast::error_code ignored;
+    connection_->lowest().socket().cancel(ignored);
+    connection_->lowest().expires_never();
+    // An operation that was not started yet sees the flag when it would.
+    if (!busy_) fail(PostOutcome::Error::Stopped, "cancelled");
+  }
+
+  // ------------------------------------------------------------ connecting
+
+  void resolve() {
+    auto self = shared_from_this();
+    resolver_.emplace(connection_->strand);
+    connect_timer_.emplace(connection_->strand);
+    connect_timer_->expires_after(request_.connect_timeout);
+    connect_timer_->async_wait(on_strand([self](beast::error_code ec) {
+      if (!ec && self->resolver_) {
+        self->resolve_timed_out_ = true;
+        self->resolver_->cancel();
+      }
+    }));
+    busy_ = true;
+    resolver_->async_resolve(
+        shared_->endpoint.host, shared_->endpoint.port,
+        on_strand([self](beast::error_code ec, tcp::resolver::results_type results) {
+          self->busy_ = false;
+          self->connect_timer_->cancel();
+          if (self->stop_if_cancelled()) return;
+          if (self->resolve_timed_out_) {
+            self->fail(PostOutcome::Error::ConnectTimeout, "no address in time");
+          } else if (ec) {
+            self->fail(PostOutcome::Error::CannotConnect, ec.message());
+          } else {
+            self->connect(results);
+          }
+        }));
+  }
+
+  void connect(const tcp::resolver::results_type& results) {
+    auto self = shared_from_this();
+    connection_->lowest().expires_after(request_.connect_timeout);
+    busy_ = true;
+    connection_->lowest().async_connect(
+        results, on_strand([self](beast::error_code ec, const tcp::endpoint&) {
+          self->busy_ = false;
+          if (self->stop_if_cancelled()) return;
+          if (ec == beast::error::timeout) {
+            self->fail(PostOutcome::Error::ConnectTimeout, "no connection in time");
+          } else if (ec) {
+            self->fail(PostOutcome::Error::CannotConnect, ec.message());
+          } else if (self->connection_->tls) {
+            self->handshake();
+          } else {
+            self->send();
+          }
+        }));
+  }
+
+  void handshake() {
+    auto& tls = *connection_->tls;
+    const std::string& host = shared_->endpoint.host;
+    // SNI, so a server with many names sends this one's certificate.
+    if (!SSL_set_tlsext_host_name(tls.native_handle(), host.c_str())) {
+      fail(PostOutcome::Error::CannotConnect, "cannot set the TLS server name");
+      return;
+    }
+    tls.set_verify_mode(asio::ssl::verify_peer);
+    tls.set_verify_callback(asio::ssl::host_name_verification(host));
+    auto self = shared_from_this();
+    connection_->lowest().expires_after(request_.connect_timeout);
+    busy_ = true;
+    tls.async_handshake(
+        asio::ssl::stream_base::client, on_strand([self](beast::error_code ec) {
+          self->busy_ = false;
+          if (self->stop_if_cancelled()) return;
+          if (ec == beast::error::timeout) {
+            self->fail(PostOutcome::Error::ConnectTimeout, "no TLS handshake in time");
+          } else if (ec) {
+            self->fail(PostOutcome::Error::CannotConnect, "TLS handshake: " + ec.message());
+          } else {
+            self->send();
+          }
+        }));
+  }
+
+  // ------------------------------------------------------------ the exchange
+
+  void send() {
+    wire_ = {};
+    wire_.method(bhttp::verb::post);
+    wire_.target(request_.path);
+    wire_.version(11);
+    wire_.set(bhttp::field::host, shared_->endpoint.host_header);
+    wire_.set(bhttp::field::content_type, "application/json");
+    wire_.set(bhttp::field::accept, request_.accept);
+    if (!request_.authorization.empty()) {
+      wire_.set(bhttp::field::authorization, request_.authorization);
+    }
+    wire_.body() = request_.body;
+    wire_.prepare_payload();
+    arm();
+    auto self = shared_from_this();
+    busy_ = true;
+    connection_->with_stream([&](auto& stream) {
+      bhttp::async_write(stream, wire_, on_strand([self](beast::error_code ec, std::size_t) {
+                           self->busy_ = false;
+                           if (self->stop_if_cancelled()) return;
+                           if (ec) {
+                             self->io_failed(ec);
+                           } else {
+                             self->read_head();
+                           }
+                         }));
+    });
+  }
+
+  void read_head() {
+    parser_.emplace();
+    parser_->header_limit(kMaxResponseHead);
+    parser_->body_limit(request_.max_body_bytes);
+    arm();
+    auto self = shared_from_this();
+    busy_ = true;
+    connection_->with_stream([&](auto& stream) {
+      bhttp::async_read_header(stream, connection_->buffer, *parser_,
+                               on_strand([self](beast::error_code ec, std::size_t) {
+                                 self->busy_ = false;
+                                 if (self->stop_if_cancelled()) return;
+                                 if (ec) {
+                                   self->io_failed(ec);
+                                 } else {
+                                   self->head_arrived();
+                                 }
+                               }));
+    });
+  }
+
+  void head_arrived() {
+    const auto& head = parser_->get();
+    if (head.result_int() >= 100 && head.result_int() < 200) {
+      read_head();  // an interim answer ("100 Continue"): the real one follows
+      return;
+    }
+    outcome_.status = static_cast<int>(head.result_int());
+    outcome_.retry_after = header_value(head, "Retry-After");
+    outcome_.retry_after_ms = header_value(head, "retry-after-ms");
+    if (parser_->is_done()) {
+      succeed();
+    } else {
+      read_piece();
+    }
+  }
+
+  void read_piece() {
+    parser_->get().body().data = piece_;
+    parser_->get().body().size = sizeof piece_;
+    arm();
+    auto self = shared_from_this();
+    busy_ = true;
+    connection_->with_stream([&](auto& stream) {
+      bhttp::async_read_some(stream, connection_->buffer, *parser_,
+                             on_strand([self](beast::error_code ec, std::size_t) {
+                               self->busy_ = false;
+                               self->piece_read(ec);
+                             }));
+    });
+  }
+
+  void piece_read(beast::error_code ec) {
+    if (stop_if_cancelled()) return;
+    if (ec == bhttp::error::need_buffer) ec = {};
+    if (ec) {
+      io_failed(ec);
+      return;
+    }
+    const std::size_t size = sizeof piece_ - parser_->get().body().size;
+    if (size > 0 && !on_body_(outcome_.status, std::string_view(piece_, size))) {
+      fail(PostOutcome::Error::Stopped, "stopped by the receiver");
+      return;
+    }
+    if (parser_->is_done()) {
+      succeed();
+    } else {
+      read_piece();
+    }
+  }
+
+  // --------------------------------------------------------------- endings
+
+  // Each wait for the peer ends at the read timeout or the call's deadline.
+  void arm() {
+    const auto timeout_at = Clock::now() + request_.read_timeout;
+    connection_->lowest().expires_at(std::min(timeout_at, request_.deadline));
+  }
+
+  bool stop_if_cancelled() {
+    if (!cancelled_ || done_) return done_;
+    fail(PostOutcome::Error::Stopped, "cancelled");
+    return true;
+  }
+
+  void io_failed(const beast::error_code& ec) {
+    const bool nothing_read = !parser_ || !parser_->got_some();
+    if (reused_ && nothing_read && is_dropped(ec)) {
+      // The upstream closed the kept-alive connection as we reused it:
+      // nothing was answered, so the request goes again on a new one.
+      reused_ = false;
+      connection_->open_stream();
+      parser_.reset();
+      resolve();
+      return;
+    }
+    if (ec == beast::error::timeout) {
+      fail(PostOutcome::Error::ReadTimeout, "no answer in time");
+    } else if (is_dropped(ec)) {
+      fail(PostOutcome::Error::Dropped, ec.message());
+    } else if (ec == bhttp::error::body_limit) {
+      fail(PostOutcome::Error::Other,
+           fmt::format("answer larger than {} bytes", request_.max_body_bytes));
+    } else if (ec == bhttp::error::header_limit) {
+      fail(PostOutcome::Error::Other, "answer head larger than 64 KiB");
+    } else {
+      fail(PostOutcome::Error::Other, "malformed answer: " + ec.message());
+    }
+  }
+
+  void fail(PostOutcome::Error error, std::string detail) {
+    outcome_.error = error;
+    outcome_.cancelled = cancelled_;
+    outcome_.detail = std::move(detail);
+    finish(false);
+  }
+
+  // Bytes after the answer that nobody asked for would be read as the next
+  // call's answer: such a connection is not kept.
+  void succeed() { finish(parser_->keep_alive() && connection_->buffer.size() == 0); }
+
+  void finish(bool keep_connection) {
+    if (done_) return;
+    done_ = true;
+    if (cancel_) cancel_->forget(cancel_id_);
+    if (keep_connection) {
+      connection_->lowest().expires_never();
+      shared_->release(std::move(connection_));
+    }
+    PostDone on_done = std::move(on_done_);
+    on_done(std::move(outcome_));
+  }
+
+  const std::shared_ptr<HttpClient::Shared> shared_;
+  const PostRequest request_;
+  BodyReceiver on_body_;
+  PostDone on_done_;
+  const std::shared_ptr<CancelSignal> cancel_;
+  std::uint64_t cancel_id_ = 0;
+
+  std::unique_ptr<Connection> connection_;
+  bool reused_ = false;
+  std::optional<tcp::resolver> resolver_;
+  std::optional<asio::steady_timer> connect_timer_;
+  bool resolve_timed_out_ = false;
+  bhttp::request<bhttp::string_body> wire_;
+  std::optional<bhttp::response_parser<bhttp::buffer_body>> parser_;
+  char piece_[kPieceBytes];
+  PostOutcome outcome_;
+  bool busy_ = false;  // an operation is in flight
+  bool cancelled_ = false;
+  bool done_ = false;
+};
+
+}  // namespace
+
+HttpClient::HttpClient(Endpoint endpoint, std::shared_ptr<IoThreads> io, ClientOptions options)
+    : shared_(std::make_shared<Shared>(std::move(endpoint), std::move(io), std::move(options))) {
+  if (!shared_->endpoint.tls) return;
+  auto context = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_client);
+  beast::error_code ec;
+  if (shared_->options.ca_file.empty()) {
+    context->set_default_verify_paths(ec);
+  } else {
+    context->load_verify_file(shared_->options.ca_file, ec);
+  }
+  if (ec) {
+    throw Error(fmt::format("ca_file \"{}\": cannot be read as PEM certificates: {}",
+                            shared_->options.ca_file, ec.message()));
+  }
+  shared_->tls_context = std::move(context);
+}
+
+HttpClient::~HttpClient() = default;
+
+const Endpoint& HttpClient::endpoint() const { return shared_->endpoint; }
+
+void HttpClient::post(PostRequest request, BodyReceiver on_body, PostDone on_done,
+                      std::shared_ptr<CancelSignal> cancel) {
+  std::make_shared<Exchange>(shared_, std::move(request), std::move(on_body), std::move(on_done),
+                             std::move(cancel))
+      ->start();
+}
+
+}  // namespace torouter::openai::http
