@@ -143,21 +143,21 @@ TEST_CASE("http server: keep-alive, pipelining and request bodies", "[http][serv
 
   // Two requests in one write, the second with a chunked body.
   send(socket,
-       "GET /first?q=1 HTTP/1.1\r\n\r\n"
-       "POST /second HTTP/1.1\r\nTransfer-Encoding: "
+       "GET /first?q=1 HTTP/1.1\r\nHost: t\r\n\r\n"
+       "POST /second HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: "
        "chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
   CHECK(receive(reader).body == "/first:");
   CHECK(receive(reader).body == "/second:abcde");
 
   // A client that waits for 100 Continue before sending its body.
-  send(socket, "POST /big HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
+  send(socket, "POST /big HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
   Answer interim = receive(reader);
   CHECK(interim.status == 100);
   send(socket, "xyz");
   CHECK(receive(reader).body == "/big:xyz");
 
   // A HEAD request's answer has the headers of GET's and no body.
-  send(socket, "HEAD /echo HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n\r\n");
+  send(socket, "HEAD /echo HTTP/1.1\r\nHost: t\r\n\r\nGET /next HTTP/1.1\r\nHost: t\r\n\r\n");
   wire::MessageHead head;
   REQUIRE(reader.read_head(false, head, 1 << 16, wire::Clock::now() + std::chrono::seconds(5)) ==
           wire::IoStatus::Ok);
@@ -178,15 +178,16 @@ TEST_CASE("http server: refusals close the connection", "[http][server]") {
   Fixture f;
   const std::vector<std::pair<std::string, int>> cases = {
       {"GARBAGE\r\n\r\n", 400},
-      {"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400},
-      {"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc", 400},
-      {"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc", 400},
-      {"POST / HTTP/1.1\r\nContent-Length: 1001\r\n\r\n", 413},
-      {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n" + std::string(1001, 'a') +
+      {"GET / HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n", 400},
+      {"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc", 400},
+      {"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc", 400},
+      {"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n", 413},
+      {"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3e9\r\n" + std::string(1001, 'a') +
            "\r\n0\r\n\r\n",
        413},
-      {"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
-      {"GET / HTTP/1.1\r\nX-Big: " + std::string(3000, 'b') + "\r\n\r\n", 431},
+      {"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
+      {"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + std::string(3000, 'b') + "\r\n\r\n", 431},
+      {"GET / HTTP/1.1\r\nX-No-Host: 1\r\n\r\n", 400},
   };
   for (const auto& [request, status] : cases) {
     INFO(request.substr(0, 60));
@@ -207,29 +208,29 @@ TEST_CASE("http server: streamed answers, failing handlers, stop", "[http][serve
   wire::Socket socket = f.connect();
   wire::Reader reader(socket.fd());
 
-  send(socket, "GET /stream HTTP/1.1\r\n\r\n");
+  send(socket, "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n");
   Answer streamed = receive(reader);
   CHECK(streamed.status == 200);
   CHECK(streamed.head.header("transfer-encoding") == "chunked");
   CHECK(streamed.head.header("x-stream") == "yes");
   CHECK(streamed.body == "data: one\n\ndata: two\n\n");
 
-  send(socket, "GET /throw HTTP/1.1\r\n\r\n");
+  send(socket, "GET /throw HTTP/1.1\r\nHost: t\r\n\r\n");
   Answer thrown = receive(reader);
   CHECK(thrown.status == 500);
   CHECK_THAT(thrown.body, Contains("internal error: handler broke"));
 
-  send(socket, "GET /after HTTP/1.1\r\n\r\n");
+  send(socket, "GET /after HTTP/1.1\r\nHost: t\r\n\r\n");
   CHECK(receive(reader).body == "/after:");
 
-  send(socket, "GET /abort HTTP/1.1\r\n\r\n");
+  send(socket, "GET /abort HTTP/1.1\r\nHost: t\r\n\r\n");
   Answer aborted = receive(reader);
   CHECK(aborted.status == -1);  // headers, then the connection closed mid-body
 
   // stop() ends an idle kept-alive connection and returns promptly.
   wire::Socket idle = f.connect();
   wire::Reader idle_reader(idle.fd());
-  send(idle, "GET /idle HTTP/1.1\r\n\r\n");
+  send(idle, "GET /idle HTTP/1.1\r\nHost: t\r\n\r\n");
   CHECK(receive(idle_reader).status == 200);
   const auto start = std::chrono::steady_clock::now();
   f.server->stop();
@@ -244,16 +245,16 @@ TEST_CASE("http server: a connection waiting for a worker is served after one an
   Fixture f(options);
   wire::Socket first = f.connect();
   wire::Reader first_reader(first.fd());
-  send(first, "GET /a HTTP/1.1\r\n\r\n");
+  send(first, "GET /a HTTP/1.1\r\nHost: t\r\n\r\n");
   Answer a = receive(first_reader);
   CHECK(a.head.keeps_alive());  // no one waits yet
 
   // The one worker holds `first` between its requests; `second` waits.
   wire::Socket second = f.connect();
   wire::Reader second_reader(second.fd());
-  send(second, "GET /b HTTP/1.1\r\n\r\n");
+  send(second, "GET /b HTTP/1.1\r\nHost: t\r\n\r\n");
   std::this_thread::sleep_for(milliseconds(100));
-  send(first, "GET /c HTTP/1.1\r\n\r\n");
+  send(first, "GET /c HTTP/1.1\r\nHost: t\r\n\r\n");
   Answer c = receive(first_reader);
   CHECK(c.body == "/c:");
   CHECK(c.head.header("connection") == "close");  // so that `second` is served
@@ -272,7 +273,7 @@ TEST_CASE("http server: connections stay open while a worker is free for each", 
   for (const auto& socket : sockets) readers.emplace_back(socket.fd());
   int closing = 0;
   for (int round = 0; round < 20; ++round) {
-    for (const auto& socket : sockets) send(socket, "GET /x HTTP/1.1\r\n\r\n");
+    for (const auto& socket : sockets) send(socket, "GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
     for (auto& reader : readers) {
       const Answer a = receive(reader);
       REQUIRE(a.status == 200);
@@ -301,7 +302,7 @@ TEST_CASE("http server: a stop before run, and an idle timeout", "[http][server]
   const auto trickle_start = std::chrono::steady_clock::now();
   Answer late;
   std::thread reading([&] { late = receive(trickling_reader); });
-  for (char c : std::string("GET / HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")) {
+  for (char c : std::string("GET / HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")) {
     if (wire::send_all(trickling.fd(), std::string_view(&c, 1), wire::Clock::now()) !=
         wire::IoStatus::Ok) {
       break;

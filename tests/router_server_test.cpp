@@ -409,6 +409,14 @@ TEST_CASE("router server: failures of every expert become OpenAI error objects",
     CHECK_THAT(str(doc["error"]["message"]), Contains("HTTP 500"));
     CHECK(res->get_header_value("X-Torouter-Attempts") == "6");
   }
+  SECTION("upstreams that cannot be reached: their URLs stay out of the answer") {
+    for (auto& [name, u] : f.upstreams) u->stop();
+    auto res = f.post(chat_body("router", kPrompt));
+    REQUIRE(res);
+    CHECK(res->status == 502);
+    CHECK_THAT(res->body, Contains("cannot connect to <upstream of "));
+    CHECK_THAT(res->body, !Contains("127.0.0.1"));
+  }
   SECTION("bypass to an expert whose context is too small: 400") {
     f.upstreams["gemma-2-9b-it"]->set_behaviour(
         behaviour(Kind::Status, 400, "", R"({"error":{"message":"prompt is too long"}})"));
@@ -752,9 +760,16 @@ TEST_CASE("router server: bearer keys, size limit and bad input", "[server]") {
     auto ok = f.post(chat_body("router", "hi"), good);
     REQUIRE(ok);
     CHECK(ok->status == 200);
-    auto health = f.get("/health");  // open, for load balancers
+    auto health = f.get("/health");  // open, for load balancers, but says only "up"
     REQUIRE(health);
     CHECK(health->status == 200);
+    CHECK(health->body == "{\"status\":\"ok\"}");
+    auto wrong_key_health = f.get("/health", {{"Authorization", "Bearer key-three"}});
+    REQUIRE(wrong_key_health);
+    CHECK(wrong_key_health->body == "{\"status\":\"ok\"}");
+    auto keyed_health = f.get("/health", good);  // the experts' state needs the key
+    REQUIRE(keyed_health);
+    CHECK_THAT(keyed_health->body, Contains("\"experts\":[") && Contains("\"model_version\""));
     CHECK(f.total_requests() == 1);
   }
   SECTION("request size limit") {

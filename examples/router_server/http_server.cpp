@@ -217,6 +217,10 @@ void HttpServer::serve(int fd) {
       return refuse(fd, 408, "the request did not arrive in time");
     }
     if (status != http::IoStatus::Ok) return;  // closed, or idle too long
+    if (request.head.minor_version >= 1 && !request.head.has_header("host")) {
+      // RFC 9112, section 3.2: an HTTP/1.1 request without Host is refused.
+      return refuse(fd, 400, "HTTP/1.1 request without a Host header");
+    }
 
     http::BodyFraming framing;
     if (!http::request_framing(request.head, framing)) {

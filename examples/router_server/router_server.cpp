@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <ctime>
+#include <iostream>
 #include <thread>
 
 #include "chat_request.hpp"
@@ -195,6 +196,8 @@ struct RouterServer::Impl {
   std::thread thread;
   std::atomic<std::uint64_t> next_id{1};
   int port = -1;
+  // Each upstream's base URL and what clients see in its place.
+  std::vector<std::pair<std::string, std::string>> upstream_urls;
 
   explicit Impl(ServerConfig c) : config(std::move(c)) {
     if (auto problem = validate_policy_options(config.policy); !problem.empty()) {
@@ -236,6 +239,7 @@ struct RouterServer::Impl {
       registry.add(std::move(spec));
       names.push_back(ec.name);
       upstreams.push_back(std::make_shared<const openai::Upstream>(ec.upstream));
+      upstream_urls.emplace_back(ec.upstream.base_url, fmt::format("<upstream of {}>", ec.name));
     }
     model_version = std::string(model.scorer->version());
     router = std::make_unique<Router>(std::move(registry), model.scorer, nullptr, config.router);
@@ -316,16 +320,24 @@ struct RouterServer::Impl {
 
   // ---- HTTP ---------------------------------------------------------------
 
-  bool authorized(const HttpRequest& req, HttpResponse& res) const {
+  // Whether the request carries one of the keys (or none are configured).
+  bool has_key(const HttpRequest& req) const {
     if (config.api_keys.empty()) return true;
     const std::string_view header = req.header("authorization");
     constexpr std::string_view kBearer = "Bearer ";
-    if (header.size() > kBearer.size() && header.substr(0, kBearer.size()) == kBearer) {
-      const std::string_view key = header.substr(kBearer.size());
-      bool ok = false;
-      for (const auto& k : config.api_keys) ok = equal_constant_time(key, k) || ok;
-      if (ok) return true;
+    if (header.size() <= kBearer.size() || header.substr(0, kBearer.size()) != kBearer) {
+      return false;
     }
+    const std::string_view key = header.substr(kBearer.size());
+    bool ok = false;
+    for (const auto& k : config.api_keys) ok = equal_constant_time(key, k) || ok;
+    return ok;
+  }
+
+  // True when the request has a key; else answers 401 and returns false.
+  bool authorized(const HttpRequest& req, HttpResponse& res) const {
+    if (has_key(req)) return true;
+    const std::string_view header = req.header("authorization");
     ApiError e;
     e.status = 401;
     e.code = "invalid_api_key";
@@ -336,6 +348,31 @@ struct RouterServer::Impl {
     return false;
   }
 
+  // `text` with every upstream URL replaced by the expert's name: clients
+  // learn which expert failed and how, not where the upstreams live.
+  std::string without_urls(std::string text) const {
+    for (const auto& [url, name] : upstream_urls) {
+      for (auto at = text.find(url); at != std::string::npos; at = text.find(url, at)) {
+        text.replace(at, url.size(), name);
+        at += name.size();
+      }
+    }
+    return text;
+  }
+
+  // The error object for a failed invoke, its details (upstream URLs
+  // included) in the server's log.
+  ApiError failed_invoke(const InvokeResult& r) const {
+    for (const auto& a : r.attempts) {
+      if (a.outcome != AttemptOutcome::Failed) continue;
+      std::cerr << fmt::format("torouter-server: {} attempt {} failed: {}: {}\n", a.expert,
+                               a.number, to_string(a.failure), a.detail);
+    }
+    ApiError e = invoke_error(r);
+    e.message = without_urls(std::move(e.message));
+    return e;
+  }
+
   std::string trace_json(const InvokeResult& r, const ChatRequest& chat) const {
     std::string attempts;
     for (const auto& a : r.attempts) {
@@ -344,7 +381,8 @@ struct RouterServer::Impl {
           "{{\"expert\":{},\"number\":{},\"outcome\":\"{}\",\"failure\":\"{}\",\"detail\":{},"
           "\"waited_ms\":{},\"latency_ms\":{},\"cost_usd\":{}}}",
           json_string(a.expert), a.number, to_string(a.outcome), to_string(a.failure),
-          json_string(a.detail), a.waited.count(), a.latency.count(), json_number(a.cost_usd));
+          json_string(without_urls(a.detail)), a.waited.count(), a.latency.count(),
+          json_number(a.cost_usd));
     }
     const Candidate* pick = r.decision.pick();
     return fmt::format(
@@ -410,7 +448,7 @@ struct RouterServer::Impl {
     InvokeResult r = execute(chat, call, nullptr);
     set_decision_headers(res, r, chat, r.expert, calls_made(r));
     if (!r.ok()) {
-      send_error(res, invoke_error(r));
+      send_error(res, failed_invoke(r));
       return;
     }
     res.set_header("X-Torouter-Cost-Usd", fmt::format("{:.6g}", r.cost_usd));
@@ -472,7 +510,7 @@ struct RouterServer::Impl {
     if (!started) {
       if (!r.ok()) {
         set_decision_headers(res, r, chat, r.expert, calls_made(r));
-        send_error(res, invoke_error(r));
+        send_error(res, failed_invoke(r));
         return;
       }
       if (!start(r, r.expert, calls_made(r))) return;
@@ -501,10 +539,10 @@ struct RouterServer::Impl {
       tail += "data: [DONE]\n\n";
     } else {
       metrics->count_stream_broken();
-      ApiError e = invoke_error(r);
+      ApiError e = failed_invoke(r);
       e.code = "stream_broken";
       e.message = r.error_message;
-      if (!r.attempts.empty()) e.message += ": " + r.attempts.back().detail;
+      if (!r.attempts.empty()) e.message += ": " + without_urls(r.attempts.back().detail);
       tail = "data: " + error_body(e) + "\n\n";
     }
     res.write(tail);
@@ -522,7 +560,13 @@ struct RouterServer::Impl {
     res.set_content("{\"object\":\"list\",\"data\":[" + data + "]}", "application/json");
   }
 
-  void handle_health(HttpResponse& res) const {
+  // Open to load balancers without a key: then it says only that the
+  // server is up; the experts' state and the model version need the key.
+  void handle_health(const HttpRequest& req, HttpResponse& res) const {
+    if (!has_key(req)) {
+      res.set_content("{\"status\":\"ok\"}", "application/json");
+      return;
+    }
     std::string experts;
     for (const auto& e : router->experts().experts()) {
       const ExpertStatus s = router->status(e.name);
@@ -571,7 +615,7 @@ struct RouterServer::Impl {
     const bool get = method == "GET" || method == "HEAD";
     if (path == "/v1/chat/completions" && method == "POST") return handle_chat(req, res);
     if (path == "/v1/models" && get) return handle_models(req, res);
-    if (path == "/health" && get) return handle_health(res);
+    if (path == "/health" && get) return handle_health(req, res);
     if (path == "/metrics" && get) return handle_metrics(req, res);
     ApiError e;
     e.status = 404;
