@@ -14,7 +14,7 @@ install(EXPORT torouterTargets NAMESPACE torouter::
         DESTINATION ${TOROUTER_CMAKE_DIR})
 
 # torouter::openai and torouter-server, when Boost and OpenSSL were found
-# (examples/router_server). The transport has an export set of its own,
+# (src/openai, server). The transport has an export set of its own,
 # loaded only for a consumer that asks for the `openai` component, so one
 # that does not needs neither.
 if(TARGET torouter_openai)

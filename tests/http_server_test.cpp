@@ -1,4 +1,4 @@
-// torouter-server's HTTP/1.1 listener (examples/router_server/http_server.hpp)
+// torouter-server's HTTP/1.1 listener (server/http_server.hpp)
 // over real loopback sockets, with requests written byte for byte: keep-alive,
 // pipelining, chunked bodies, 100-continue, refusals, streaming, stop.
 #include "http_server.hpp"
@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "openai/http_wire.hpp"
+#include "http_wire.hpp"
 
 using namespace torouter::server;
 namespace wire = torouter::openai::http;

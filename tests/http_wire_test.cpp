@@ -1,6 +1,6 @@
 // HTTP/1.1 heads, framing, chunked coding and the socket reader
-// (src/openai/http_wire.hpp), on literal messages and on real sockets.
-#include "openai/http_wire.hpp"
+// (server/http_wire.hpp), on literal messages and on real sockets.
+#include "http_wire.hpp"
 
 #include <sys/socket.h>
 #include <unistd.h>

@@ -14,7 +14,7 @@
 #include <string>
 #include <thread>
 
-#include "openai/http_wire.hpp"
+#include "http_wire.hpp"
 #include "stand_in_upstream.hpp"
 #include "support/temp_dir.hpp"
 #include "support/tls_relay.hpp"

@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "openai/http_wire.hpp"
+#include "http_wire.hpp"
 
 namespace {
 

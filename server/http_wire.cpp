@@ -1,6 +1,6 @@
 // http_wire.cpp: sockets, HTTP/1.1 heads, body framing and chunked coding
 // (see http_wire.hpp).
-#include "openai/http_wire.hpp"
+#include "http_wire.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

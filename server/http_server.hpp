@@ -33,7 +33,7 @@
 #include <thread>
 #include <vector>
 
-#include "openai/http_wire.hpp"
+#include "http_wire.hpp"
 
 namespace torouter::server {
 
