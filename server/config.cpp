@@ -196,8 +196,16 @@ void read_listen(const Fields& top, element value, ServerConfig& c) {
       c.port = static_cast<int>(f.count(key, field.value, 0, 65535));
     else if (key == "threads")
       c.threads = f.count(key, field.value, 1, 4096);
+    else if (key == "io_threads")
+      c.io_threads = f.count(key, field.value, 0, 256);
+    else if (key == "max_connections")
+      c.max_connections = f.count(key, field.value, 1, 1000000);
+    else if (key == "max_queued_requests")
+      c.max_queued_requests = f.count(key, field.value, 0, 1000000);
     else
-      f.fail(key, "unknown field (known: host, port, threads)");
+      f.fail(key,
+             "unknown field (known: host, port, threads, io_threads, max_connections, "
+             "max_queued_requests)");
   }
 }
 

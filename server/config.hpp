@@ -48,8 +48,17 @@ struct ServerConfig {
   std::string host = "127.0.0.1";
   /// Port; 0 picks a free one.
   int port = 8080;
-  /// Worker threads; each open client connection holds one while it lasts.
+  /// Worker threads that serve requests, one each at a time; a connection
+  /// holds none while it is idle or its request is arriving.
   std::size_t threads = 64;
+  /// Threads that do the connections' and upstream calls' I/O; 0 for one
+  /// per core.
+  std::size_t io_threads = 0;
+  /// Open client connections; past it a new one gets 503 with Retry-After.
+  std::size_t max_connections = 10000;
+  /// Requests that have arrived and wait for a worker; past it, 503 with
+  /// Retry-After.
+  std::size_t max_queued_requests = 4096;
   /// Router model file (paths are relative to the configuration file).
   std::string router_model;
   /// Optional expert registry file whose fields (prices, context windows,

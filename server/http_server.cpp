@@ -1,45 +1,411 @@
-// http_server.cpp: accept loop, worker pool and the request/answer cycle of
-// one connection (see http_server.hpp).
+// http_server.cpp: the listener on Beast (see http_server.hpp). Each
+// connection is an `HttpSession` whose reads, writes and deadlines run on
+// its strand; a request that has arrived whole goes to the worker pool,
+// whose handler writes its answer through the session and waits for each
+// write, so a slow client slows its own handler only.
 #include "http_server.hpp"
 
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <cerrno>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 #include <exception>
+#include <future>
+#include <optional>
+#include <unordered_set>
+
+#include "openai/io_threads.hpp"
 
 namespace torouter::server {
 
-namespace http = openai::http;
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+using std::chrono::milliseconds;
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 // Before closing a connection the server chose to close (a refusal whose
 // body may still be arriving, pipelined requests after a Connection: close
 // answer), the unread bytes are drained for a moment: closing with unread
 // data resets the connection, and the client can then lose the answer.
-constexpr std::chrono::milliseconds kDrainTime{200};
+constexpr milliseconds kDrainTime{200};
 constexpr std::size_t kMaxDrainBytes = 8 << 20;
 
-void drain_before_close(int fd) {
-  ::shutdown(fd, SHUT_WR);
-  http::configure_socket(fd, kDrainTime, kDrainTime);
-  const auto give_up = Clock::now() + kDrainTime;
-  char scratch[16 * 1024];
-  std::size_t drained = 0;
-  while (drained < kMaxDrainBytes && Clock::now() < give_up) {
-    const ssize_t n = ::recv(fd, scratch, sizeof scratch, 0);
-    if (n <= 0) break;
-    drained += static_cast<std::size_t>(n);
+std::string text_of(beast::string_view text) { return std::string(text.data(), text.size()); }
+
+openai::http::MessageHead head_of(const bhttp::request<bhttp::string_body>& message) {
+  openai::http::MessageHead head;
+  head.method = text_of(message.method_string());
+  head.target = text_of(message.target());
+  head.minor_version = static_cast<int>(message.version() % 10);
+  for (const auto& field : message) {
+    head.headers.push_back({text_of(field.name_string()), text_of(field.value())});
   }
+  return head;
 }
 
 }  // namespace
 
+struct HttpServer::State {
+  State(HttpServerOptions o, HttpHandler h, HttpRefusalWriter r, HttpObserver obs)
+      : options(o),
+        handler(std::move(h)),
+        refusal(std::move(r)),
+        observer(std::move(obs)),
+        io(std::make_unique<openai::IoThreads>(
+            o.io_threads > 0 ? o.io_threads
+                             : std::max<std::size_t>(1, std::thread::hardware_concurrency()))),
+        acceptor(asio::make_strand(*io->impl().context)) {}
+
+  // Queues a handler's run; false when the queue is full.
+  bool submit(std::function<void()> job) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (jobs.size() >= options.max_queued_requests) return false;
+    jobs.push_back(std::move(job));
+    wake_worker.notify_one();
+    return true;
+  }
+
+  void work() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> lock(mutex);
+        wake_worker.wait(lock, [this] { return workers_stop || !jobs.empty(); });
+        if (jobs.empty()) return;
+        job = std::move(jobs.front());
+        jobs.pop_front();
+      }
+      job();
+    }
+  }
+
+  const HttpServerOptions options;
+  const HttpHandler handler;
+  const HttpRefusalWriter refusal;
+  const HttpObserver observer;
+  std::unique_ptr<openai::IoThreads> io;
+  tcp::acceptor acceptor;
+
+  std::mutex mutex;
+  std::condition_variable wake_worker;
+  std::condition_variable changed;  // sessions ended, or stop
+  std::deque<std::function<void()>> jobs;
+  std::vector<std::thread> workers;
+  bool workers_stop = false;
+  std::unordered_set<HttpSession*> sessions;
+  std::atomic<bool> stopping{false};
+  bool in_run = false;
+};
+
+// One connection: reads its requests, hands each to a worker, writes the
+// answers, and closes when either side is done.
+class HttpSession : public std::enable_shared_from_this<HttpSession> {
+ public:
+  HttpSession(std::shared_ptr<HttpServer::State> state, tcp::socket socket)
+      : state_(std::move(state)),
+        stream_(std::move(socket)),
+        request_timer_(stream_.get_executor()) {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->sessions.insert(this);
+  }
+  ~HttpSession() {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->sessions.erase(this);
+    state_->changed.notify_all();
+  }
+
+  void start() { wait_for_request(); }
+
+  // Refuses the connection at once (past the connection cap).
+  void refuse_now(int status, std::string message, std::string retry_after) {
+    auto self = shared_from_this();
+    asio::dispatch(stream_.get_executor(), [self, status, message, retry_after] {
+      self->refuse(status, message, retry_after);
+    });
+  }
+
+  // While stopping: a connection waiting for its next request closes now.
+  void stop_if_idle() {
+    auto self = shared_from_this();
+    asio::post(stream_.get_executor(), [self] {
+      if (self->idle_) self->stream_.cancel();
+    });
+  }
+
+  // ------------------------------------------------ writes, for the worker
+
+  // Runs `start_write(done)` on the strand and waits for `done`; false when
+  // the write failed or timed out (the client is gone).
+  template <typename StartWrite>
+  bool write_and_wait(StartWrite&& start_write) {
+    if (broken_) return false;
+    std::promise<bool> written;
+    auto future = written.get_future();
+    auto self = shared_from_this();
+    asio::post(stream_.get_executor(), [&, self] {
+      stream_.expires_after(state_->options.write_timeout);
+      start_write([&written, self](beast::error_code ec, std::size_t) {
+        self->stream_.expires_never();
+        written.set_value(!ec);
+      });
+    });
+    if (!future.get()) broken_ = true;
+    return !broken_;
+  }
+
+  bool write_whole(const HttpResponse& r) {
+    auto message = std::make_shared<bhttp::response<bhttp::string_body>>();
+    message->result(static_cast<unsigned>(r.status));
+    message->version(11);
+    for (const auto& [name, value] : r.headers_) message->insert(name, value);
+    if (!r.content_type_.empty()) message->set(bhttp::field::content_type, r.content_type_);
+    message->keep_alive(r.keep_alive_);
+    message->content_length(r.body_.size());
+    if (!r.head_only_) message->body() = r.body_;  // HEAD: the length, no body
+    return write_and_wait([this, message](auto done) {
+      bhttp::async_write(stream_, *message,
+                         [message, done](beast::error_code ec, std::size_t n) { done(ec, n); });
+    });
+  }
+
+  bool write_stream_head(const HttpResponse& r, std::string_view content_type) {
+    auto message = std::make_shared<bhttp::response<bhttp::empty_body>>();
+    message->result(static_cast<unsigned>(r.status));
+    message->version(11);
+    for (const auto& [name, value] : r.headers_) message->insert(name, value);
+    message->set(bhttp::field::content_type,
+                 beast::string_view(content_type.data(), content_type.size()));
+    message->keep_alive(r.keep_alive_);
+    message->chunked(true);
+    auto serializer = std::make_shared<bhttp::response_serializer<bhttp::empty_body>>(*message);
+    return write_and_wait([this, message, serializer](auto done) {
+      bhttp::async_write_header(
+          stream_, *serializer,
+          [message, serializer, done](beast::error_code ec, std::size_t n) { done(ec, n); });
+    });
+  }
+
+  bool write_chunk(std::string_view data) {
+    return write_and_wait([this, data](auto done) {
+      asio::async_write(stream_, bhttp::make_chunk(asio::buffer(data.data(), data.size())), done);
+    });
+  }
+
+  bool write_last_chunk() {
+    return write_and_wait(
+        [this](auto done) { asio::async_write(stream_, bhttp::make_chunk_last(), done); });
+  }
+
+ private:
+  // ------------------------------------------------------------- reading
+
+  // Waits for the first byte of the next request (the idle timeout), unless
+  // bytes of it are already here.
+  void wait_for_request() {
+    if (buffer_.size() > 0) {
+      read_head();
+      return;
+    }
+    if (state_->stopping) return close();
+    idle_ = true;
+    stream_.expires_after(state_->options.idle_timeout);
+    auto self = shared_from_this();
+    stream_.async_read_some(buffer_.prepare(4096), [self](beast::error_code ec, std::size_t n) {
+      self->idle_ = false;
+      if (ec) return self->close();  // closed, idle too long, or stopping
+      self->buffer_.commit(n);
+      self->read_head();
+    });
+  }
+
+  // The request's deadline starts with its first byte; reading its head
+  // and body does not move it. Its own timer, not the stream's, keeps the
+  // socket open for the 408 (the stream's timeout closes it).
+  void read_head() {
+    parser_.emplace();
+    parser_->header_limit(static_cast<std::uint32_t>(state_->options.max_head_bytes));
+    parser_->body_limit(state_->options.max_body_bytes);
+    stream_.expires_never();
+    request_timed_out_ = false;
+    request_timer_.expires_after(state_->options.read_timeout);
+    auto self = shared_from_this();
+    request_timer_.async_wait([self](beast::error_code ec) {
+      if (ec) return;  // the request arrived, or failed, in time
+      self->request_timed_out_ = true;
+      beast::error_code ignored;
+      self->stream_.socket().cancel(ignored);
+    });
+    bhttp::async_read_header(stream_, buffer_, *parser_,
+                             [self](beast::error_code ec, std::size_t) { self->head_read(ec); });
+  }
+
+  void head_read(beast::error_code ec) {
+    if (ec) return read_failed(ec);
+    const auto& message = parser_->get();
+    if (message.version() >= 11 && message.find(bhttp::field::host) == message.end()) {
+      // RFC 9112, section 3.2: an HTTP/1.1 request without Host is refused.
+      request_timer_.cancel();
+      return refuse(400, "HTTP/1.1 request without a Host header");
+    }
+    if (parser_->is_done()) return dispatch();
+    auto self = shared_from_this();
+    if (beast::iequals(message[bhttp::field::expect], "100-continue")) {
+      auto go_on =
+          std::make_shared<bhttp::response<bhttp::empty_body>>(bhttp::status::continue_, 11);
+      bhttp::async_write(stream_, *go_on, [self, go_on](beast::error_code e, std::size_t) {
+        if (e) return self->close();
+        self->read_body();
+      });
+      return;
+    }
+    read_body();
+  }
+
+  void read_body() {
+    auto self = shared_from_this();
+    bhttp::async_read(stream_, buffer_, *parser_, [self](beast::error_code ec, std::size_t) {
+      if (ec) return self->read_failed(ec);
+      self->dispatch();
+    });
+  }
+
+  void read_failed(const beast::error_code& ec) {
+    request_timer_.cancel();
+    if (request_timed_out_) return refuse(408, "the request did not arrive in time");
+    if (ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
+        ec == asio::error::operation_aborted) {
+      return close();
+    }
+    if (ec == bhttp::error::header_limit) {
+      return refuse(431, "request head larger than " +
+                             std::to_string(state_->options.max_head_bytes) + " bytes");
+    }
+    if (ec == bhttp::error::body_limit) {
+      return refuse(413, "request body larger than " +
+                             std::to_string(state_->options.max_body_bytes) + " bytes");
+    }
+    if (ec == asio::error::connection_reset || ec == asio::error::broken_pipe) return close();
+    refuse(400, "malformed HTTP request: " + ec.message());
+  }
+
+  // ------------------------------------------------------------ answering
+
+  void dispatch() {
+    request_timer_.cancel();
+    auto request = std::make_shared<HttpRequest>();
+    auto& message = parser_->get();
+    request->head = head_of(message);
+    request->body = std::move(message.body());
+    const bool keep_alive = message.keep_alive();
+    parser_.reset();
+    auto self = shared_from_this();
+    if (!state_->submit([self, request, keep_alive] { self->serve(*request, keep_alive); })) {
+      refuse(503, "the server is busy: too many requests wait for a worker", "1");
+    }
+  }
+
+  // On a worker: the handler, then what it left to send.
+  void serve(const HttpRequest& request, bool keep_alive) {
+    const bool head_only = request.head.method == "HEAD";
+    HttpResponse response(shared_from_this(), keep_alive && !state_->stopping, head_only);
+    std::string failure;
+    try {
+      state_->handler(request, response);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    } catch (...) {
+      failure = "unknown exception";
+    }
+    bool sent = false;
+    if (!failure.empty() && !response.streaming_) {
+      HttpResponse error(shared_from_this(), response.keep_alive_, head_only);
+      error.status = 500;
+      error.set_content(state_->refusal(500, "internal error: " + failure), "application/json");
+      sent = write_whole(error);
+      state_->observer(500);
+    } else if (failure.empty() && !response.broken_) {
+      sent = response.streaming_ ? head_only || write_last_chunk() : write_whole(response);
+      state_->observer(response.status);
+    }
+    const bool next = sent && response.keep_alive_;
+    auto self = shared_from_this();
+    asio::post(stream_.get_executor(), [self, next] {
+      if (next) {
+        self->wait_for_request();
+      } else {
+        self->close();
+      }
+    });
+  }
+
+  // Answers a request refused before any handler saw it, then closes.
+  void refuse(int status, const std::string& message, const std::string& retry_after = {}) {
+    auto answer = std::make_shared<bhttp::response<bhttp::string_body>>();
+    answer->result(static_cast<unsigned>(status));
+    answer->version(11);
+    answer->set(bhttp::field::content_type, "application/json");
+    if (!retry_after.empty()) answer->set(bhttp::field::retry_after, retry_after);
+    answer->keep_alive(false);
+    answer->body() = state_->refusal(status, message);
+    answer->prepare_payload();
+    stream_.expires_after(state_->options.write_timeout);
+    auto self = shared_from_this();
+    bhttp::async_write(stream_, *answer, [self, answer, status](beast::error_code, std::size_t) {
+      self->state_->observer(status);
+      self->close();
+    });
+  }
+
+  // Closes after draining what the client still sends for a moment.
+  void close() {
+    request_timer_.cancel();
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    drain_deadline_ = std::chrono::steady_clock::now() + kDrainTime;
+    drain();
+  }
+
+  void drain() {
+    if (drained_ >= kMaxDrainBytes || std::chrono::steady_clock::now() >= drain_deadline_) {
+      beast::error_code ignored;
+      stream_.socket().close(ignored);
+      return;
+    }
+    stream_.expires_at(drain_deadline_);
+    auto self = shared_from_this();
+    stream_.async_read_some(asio::buffer(scratch_), [self](beast::error_code ec, std::size_t n) {
+      self->drained_ += n;
+      if (ec) {
+        beast::error_code ignored;
+        self->stream_.socket().close(ignored);
+        return;
+      }
+      self->drain();
+    });
+  }
+
+  std::shared_ptr<HttpServer::State> state_;
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  asio::steady_timer request_timer_;
+  bool request_timed_out_ = false;
+  bool idle_ = false;
+  std::atomic<bool> broken_{false};
+  std::chrono::steady_clock::time_point drain_deadline_;
+  std::size_t drained_ = 0;
+  char scratch_[16 * 1024];
+};
+
+// ------------------------------------------------------------ HttpResponse
+
 void HttpResponse::set_header(std::string_view name, std::string_view value) {
-  http::append_header(headers_, name, value);
+  headers_.emplace_back(std::string(name), std::string(value));
 }
 
 void HttpResponse::set_content(std::string body, std::string_view content_type) {
@@ -47,244 +413,122 @@ void HttpResponse::set_content(std::string body, std::string_view content_type) 
   content_type_ = std::string(content_type);
 }
 
-bool HttpResponse::send(std::string_view data) {
+bool HttpResponse::start_stream(std::string_view content_type) {
+  streaming_ = true;
   if (broken_) return false;
-  // The socket's send timeout bounds each wait; one timeout ends the answer.
-  if (http::send_all(fd_, data, Clock::time_point::min()) != http::IoStatus::Ok) broken_ = true;
+  if (!session_->write_stream_head(*this, content_type)) broken_ = true;
   return !broken_;
 }
 
-void HttpResponse::end_head(std::string& out) {
-  keep_alive_ = keep_alive_ && server_->may_keep_alive();
-  if (!keep_alive_) out += "Connection: close\r\n";
-  out += "\r\n";
-}
-
-std::string HttpResponse::whole_message() {
-  std::string out;
-  out.reserve(128 + headers_.size() + body_.size());
-  http::append_status_line(out, status);
-  out += headers_;
-  if (!content_type_.empty()) http::append_header(out, "Content-Type", content_type_);
-  http::append_header(out, "Content-Length", std::to_string(body_.size()));
-  end_head(out);
-  if (!head_only_) out += body_;
-  return out;
-}
-
-bool HttpResponse::start_stream(std::string_view content_type) {
-  std::string out;
-  http::append_status_line(out, status);
-  out += headers_;
-  http::append_header(out, "Content-Type", content_type);
-  out += "Transfer-Encoding: chunked\r\n";
-  end_head(out);
-  streaming_ = true;
-  return send(out);
-}
-
 bool HttpResponse::write(std::string_view data) {
-  if (data.empty() || head_only_) return !broken_;
-  std::string chunk;
-  chunk.reserve(data.size() + 16);
-  http::append_chunk(chunk, data);
-  return send(chunk);
+  if (broken_) return false;
+  if (data.empty() || head_only_) return true;
+  if (!session_->write_chunk(data)) broken_ = true;
+  return !broken_;
 }
 
-bool HttpResponse::end_stream() { return head_only_ ? !broken_ : send("0\r\n\r\n"); }
+// -------------------------------------------------------------- HttpServer
+
+namespace {
+
+void accept_next(const std::shared_ptr<HttpServer::State>& state) {
+  state->acceptor.async_accept(
+      asio::make_strand(*state->io->impl().context),
+      [state](beast::error_code ec, tcp::socket socket) {
+        if (state->stopping || !state->acceptor.is_open()) return;
+        if (ec) {
+          // Out of descriptors or memory: wait for connections to close.
+          auto timer = std::make_shared<asio::steady_timer>(state->acceptor.get_executor(),
+                                                            milliseconds(10));
+          timer->async_wait([state, timer](beast::error_code) { accept_next(state); });
+          return;
+        }
+        std::size_t open = 0;
+        {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          open = state->sessions.size();
+        }
+        auto session = std::make_shared<HttpSession>(state, std::move(socket));
+        if (open >= state->options.max_connections) {
+          session->refuse_now(503, "the server is busy: too many open connections", "1");
+        } else {
+          session->start();
+        }
+        accept_next(state);
+      });
+}
+
+}  // namespace
 
 HttpServer::HttpServer(HttpServerOptions options, HttpHandler handler, HttpRefusalWriter refusal,
                        HttpObserver observer)
-    : options_(options),
-      handler_(std::move(handler)),
-      refusal_(std::move(refusal)),
-      observer_(std::move(observer)) {}
+    : state_(std::make_shared<State>(options, std::move(handler), std::move(refusal),
+                                     std::move(observer))) {}
 
 HttpServer::~HttpServer() { stop(); }
 
 int HttpServer::bind(const std::string& host, int port, std::string& error) {
-  listener_ = http::listen_on(host, std::to_string(port), error);
-  if (!listener_.is_open()) return -1;
-  const int bound = http::local_port(listener_.fd());
-  if (bound < 0) error = "cannot read the bound port";
-  return bound;
+  beast::error_code ec;
+  const auto address = asio::ip::make_address(host, ec);
+  if (ec) {
+    error = "not an IP address: " + host;
+    return -1;
+  }
+  const tcp::endpoint endpoint(address, static_cast<unsigned short>(port));
+  auto& acceptor = state_->acceptor;
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    error = ec.message();
+    acceptor.close(ec);
+    return -1;
+  }
+  return acceptor.local_endpoint().port();
 }
 
 void HttpServer::run() {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_ || !listener_.is_open()) return;
-    in_run_ = true;
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    if (state_->stopping || !state_->acceptor.is_open() || state_->in_run) return;
+    state_->in_run = true;
+    for (std::size_t i = 0; i < state_->options.threads; ++i) {
+      state_->workers.emplace_back([state = state_] { state->work(); });
+    }
   }
-  for (std::size_t i = 0; i < options_.threads; ++i) workers_.emplace_back([this] { work(); });
   running_ = true;
-  for (;;) {
-    const int fd = ::accept4(listener_.fd(), nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (stopping_) break;
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        // Out of descriptors or memory: wait for connections to close.
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        continue;
-      }
-      break;  // the listener itself failed
-    }
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_) {
-      ::close(fd);
-      break;
-    }
-    waiting_.push_back(fd);
-    waiting_count_ = waiting_.size();
-    wake_.notify_one();
-  }
+  asio::post(state_->acceptor.get_executor(), [state = state_] { accept_next(state); });
+  std::unique_lock<std::mutex> lock(state_->mutex);
+  state_->changed.wait(lock, [this] { return state_->stopping && state_->sessions.empty(); });
   running_ = false;
-  {
-    // A listener that failed stops the workers too.
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
-    for (int fd : open_) ::shutdown(fd, SHUT_RD);
-  }
-  wake_.notify_all();
-  for (auto& worker : workers_) worker.join();
-  workers_.clear();
-  std::lock_guard<std::mutex> lock(mutex_);
-  for (int fd : waiting_) ::close(fd);
-  waiting_.clear();
-  listener_.close();
-  in_run_ = false;
-  run_ended_.notify_all();
+  state_->workers_stop = true;
+  state_->wake_worker.notify_all();
+  std::vector<std::thread> workers = std::move(state_->workers);
+  lock.unlock();
+  for (auto& worker : workers) worker.join();
+  lock.lock();
+  state_->in_run = false;
+  state_->changed.notify_all();
 }
 
 void HttpServer::stop() {
-  std::unique_lock<std::mutex> lock(mutex_);
-  stopping_ = true;
-  // Wakes accept(); a read-side shutdown wakes a connection waiting for its
-  // next request, while an answer being written still goes out.
-  if (listener_.is_open()) ::shutdown(listener_.fd(), SHUT_RDWR);
-  for (int fd : open_) ::shutdown(fd, SHUT_RD);
-  wake_.notify_all();
-  run_ended_.wait(lock, [this] { return !in_run_; });
-}
-
-void HttpServer::work() {
-  for (;;) {
-    int fd = -1;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [this] { return stopping_ || !waiting_.empty(); });
-      if (stopping_) return;
-      fd = waiting_.front();
-      waiting_.pop_front();
-      waiting_count_ = waiting_.size();
-      open_.insert(fd);
-      busy_workers_ = open_.size();
-    }
-    serve(fd);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      open_.erase(fd);
-      busy_workers_ = open_.size();
-    }
-    ::close(fd);
+  state_->stopping = true;
+  std::promise<void> closed;
+  asio::post(state_->acceptor.get_executor(), [this, &closed] {
+    beast::error_code ignored;
+    state_->acceptor.close(ignored);
+    closed.set_value();
+  });
+  closed.get_future().wait();
+  std::unique_lock<std::mutex> lock(state_->mutex);
+  // Ends connections that wait for a request; answers in progress finish.
+  for (HttpSession* session : state_->sessions) {
+    // One whose last holder let go waits on the lock to leave the set.
+    if (auto alive = session->weak_from_this().lock()) alive->stop_if_idle();
   }
-}
-
-void HttpServer::refuse(int fd, int status, std::string_view message) {
-  HttpResponse response(fd, this, false, false);
-  response.status = status;
-  refusal_(status, message, response);
-  response.send(response.whole_message());
-  observer_(status);
-  drain_before_close(fd);
-}
-
-void HttpServer::serve(int fd) {
-  if (!http::configure_socket(fd, options_.idle_timeout, options_.write_timeout)) return;
-  http::Reader reader(fd, http::OnReceiveTimeout::WaitToDeadline);
-  HttpRequest request;
-  for (;;) {
-    const auto deadline = Clock::now() + options_.read_timeout;
-    http::IoStatus status = reader.read_head(true, request.head, options_.max_head_bytes, deadline);
-    if (status == http::IoStatus::TooLarge) {
-      return refuse(
-          fd, 431,
-          "request head larger than " + std::to_string(options_.max_head_bytes) + " bytes");
-    }
-    if (status == http::IoStatus::Malformed) return refuse(fd, 400, "malformed HTTP request");
-    if (status == http::IoStatus::Timeout && reader.buffered() > 0) {
-      return refuse(fd, 408, "the request did not arrive in time");
-    }
-    if (status != http::IoStatus::Ok) return;  // closed, or idle too long
-    if (request.head.minor_version >= 1 && !request.head.has_header("host")) {
-      // RFC 9112, section 3.2: an HTTP/1.1 request without Host is refused.
-      return refuse(fd, 400, "HTTP/1.1 request without a Host header");
-    }
-
-    http::BodyFraming framing;
-    if (!http::request_framing(request.head, framing)) {
-      return refuse(fd, 400, "malformed request framing (Content-Length, Transfer-Encoding)");
-    }
-    const std::string too_large =
-        "request body larger than " + std::to_string(options_.max_body_bytes) + " bytes";
-    if (framing.kind == http::BodyFraming::Kind::Length &&
-        framing.length > options_.max_body_bytes) {
-      return refuse(fd, 413, too_large);
-    }
-    if (framing.kind != http::BodyFraming::Kind::None &&
-        http::equal_ignoring_case(request.head.header("expect"), "100-continue") &&
-        http::send_all(fd, "HTTP/1.1 100 Continue\r\n\r\n", Clock::time_point::min()) !=
-            http::IoStatus::Ok) {
-      return;
-    }
-    request.body.clear();
-    status =
-        reader.read_body(framing, options_.max_body_bytes, deadline, [&](std::string_view piece) {
-          request.body.append(piece);
-          return true;
-        });
-    if (status == http::IoStatus::TooLarge) return refuse(fd, 413, too_large);
-    if (status == http::IoStatus::Malformed) return refuse(fd, 400, "malformed chunked body");
-    if (status == http::IoStatus::Timeout)
-      return refuse(fd, 408, "the request did not arrive in time");
-    if (status != http::IoStatus::Ok) return;
-
-    const bool head_only = request.head.method == "HEAD";
-    HttpResponse response(fd, this, request.head.keeps_alive(), head_only);
-    std::string failure;
-    try {
-      handler_(request, response);
-    } catch (const std::exception& e) {
-      failure = e.what();
-    } catch (...) {
-      failure = "unknown exception";
-    }
-    bool sent = false;
-    bool kept_alive = false;
-    if (!failure.empty() && response.streaming()) {
-      return;  // half an answer is out: closing is all that is left
-    }
-    if (!failure.empty()) {
-      HttpResponse error(fd, this, request.head.keeps_alive(), head_only);
-      error.status = 500;
-      refusal_(500, "internal error: " + failure, error);
-      sent = error.send(error.whole_message());
-      kept_alive = error.keeps_alive();
-      observer_(500);
-    } else {
-      sent = response.streaming() ? response.end_stream() : response.send(response.whole_message());
-      kept_alive = response.keeps_alive();
-      observer_(response.status);
-    }
-    if (!sent) return;
-    if (!kept_alive) {
-      // Pipelined requests the client sent meanwhile are unread: drain them,
-      // so closing does not reset the connection under the answer.
-      drain_before_close(fd);
-      return;
-    }
-  }
+  state_->changed.notify_all();
+  state_->changed.wait(lock, [this] { return !state_->in_run && state_->sessions.empty(); });
 }
 
 }  // namespace torouter::server

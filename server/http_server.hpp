@@ -1,23 +1,23 @@
-// http_server.hpp: torouter-server's HTTP/1.1 listener. A pool of worker
-// threads, each serving one kept-alive connection at a time with blocking
-// sockets: a request costs one recv and one send when it fits in one packet
-// each way (http_wire.hpp), where cpp-httplib's server spends a poll before
-// every read and write and a send per header block and body.
+// http_server.hpp: torouter-server's HTTP/1.1 listener, on Boost.Beast and
+// Boost.Asio. A few I/O threads serve any number of connections: accepting,
+// reading requests and writing answers are asynchronous, so an idle or
+// slow connection holds no thread. Handlers run on a pool of worker
+// threads, each request once it has fully arrived.
 //
 //   HttpServer http(options, handler, refusal_writer, observer);
-//   int port = http.bind("127.0.0.1", 0);
+//   int port = http.bind("127.0.0.1", 0, error);
 //   http.run();                       // until http.stop() from another thread
 //
 // The handler answers whole (`HttpResponse::set_content`) or streams a
 // chunked body (`start_stream`, `write`). Requests the server refuses before
-// a handler sees them (malformed or more than 128 header fields 400, body
-// too large 413, head too large 431, too slow to arrive 408) get the
-// refusal writer's body, and the connection is closed after them.
+// a handler sees them (malformed, or HTTP/1.1 without Host: 400; body too
+// large 413; head too large 431; too slow to arrive 408; past the
+// connection or queue caps 503 with Retry-After) get the refusal writer's
+// body, and the connection is closed after them.
 //
-// A kept-alive connection holds its worker between requests, so while
-// connections wait and every worker is busy, each answer closes its
-// connection: a waiting connection waits at most one answer, or one idle
-// timeout.
+// Each request has one deadline from its first byte (`read_timeout`), which
+// a trickle of bytes cannot extend; a kept-alive connection waits at most
+// `idle_timeout` for the next request's first byte.
 #pragma once
 
 #include <atomic>
@@ -26,8 +26,8 @@
 #include <cstddef>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
-#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -38,6 +38,7 @@
 namespace torouter::server {
 
 class HttpServer;
+class HttpSession;
 
 /// One request as a handler sees it.
 struct HttpRequest {
@@ -51,7 +52,7 @@ struct HttpRequest {
 };
 
 /// The answer to one request, sent whole after the handler returns, or
-/// streamed while it runs.
+/// streamed while it runs. Used by the handler's thread only.
 class HttpResponse {
  public:
   int status = 200;
@@ -65,34 +66,21 @@ class HttpResponse {
   /// Sends one piece of a started stream; false when the client has gone.
   bool write(std::string_view data);
   bool streaming() const { return streaming_; }
-  /// Whether the connection stays open after this answer (known once its
-  /// head is written).
+  /// Whether the connection stays open after this answer.
   bool keeps_alive() const { return keep_alive_; }
   /// Ends the exchange unfinished: nothing more is sent and the connection
   /// closes (what a stand-in does to play an upstream that drops it).
   void abort() { broken_ = true; }
 
  private:
-  friend class HttpServer;
-  // Sends on `fd`, whose send timeout bounds each wait; the answer to a
-  // HEAD request (`head_only`) has its headers and no body. The connection
-  // stays open after it if the client asked (`keep_alive`) and `server`
-  // agrees when the head is written.
-  HttpResponse(int fd, const HttpServer* server, bool keep_alive, bool head_only)
-      : fd_(fd), server_(server), keep_alive_(keep_alive), head_only_(head_only) {}
-  // The end of the head: Connection: close unless the connection stays.
-  void end_head(std::string& out);
-  bool send(std::string_view data);
-  // The status line, the headers, and the framing of a whole body.
-  std::string whole_message();
-  // Ends a started stream; false when the client has gone.
-  bool end_stream();
+  friend class HttpSession;
+  HttpResponse(std::shared_ptr<HttpSession> session, bool keep_alive, bool head_only)
+      : session_(std::move(session)), keep_alive_(keep_alive), head_only_(head_only) {}
 
-  int fd_;
-  const HttpServer* server_;
+  std::shared_ptr<HttpSession> session_;
   bool keep_alive_;
   bool head_only_;
-  std::string headers_;  // "Name: value\r\n" lines
+  std::vector<std::pair<std::string, std::string>> headers_;
   std::string content_type_;
   std::string body_;
   bool streaming_ = false;
@@ -100,8 +88,14 @@ class HttpResponse {
 };
 
 struct HttpServerOptions {
-  /// Worker threads; each open connection holds one while it lasts.
+  /// Worker threads that run handlers, one request each at a time.
   std::size_t threads = 64;
+  /// Threads that do the connections' I/O (0: one per core).
+  std::size_t io_threads = 0;
+  /// Requests that have arrived and wait for a worker; past it, 503.
+  std::size_t max_queued_requests = 4096;
+  /// Open connections; past it a new one gets 503 and is closed.
+  std::size_t max_connections = 10000;
   std::size_t max_body_bytes = 1 << 20;
   std::size_t max_head_bytes = 64 * 1024;
   /// How long a kept-alive connection may wait for its next request.
@@ -113,9 +107,9 @@ struct HttpServerOptions {
 };
 
 using HttpHandler = std::function<void(const HttpRequest&, HttpResponse&)>;
-/// Fills the answer to a request refused with `status` (its cause in
-/// `message`); also used for a handler that threw (500).
-using HttpRefusalWriter = std::function<void(int status, std::string_view message, HttpResponse&)>;
+/// The JSON body of the answer to a request refused with `status` (its
+/// cause in `message`); also used for a handler that threw (500).
+using HttpRefusalWriter = std::function<std::string(int status, std::string_view message)>;
 /// Told each answer's status once it is sent (or the stream ended).
 using HttpObserver = std::function<void(int status)>;
 
@@ -139,36 +133,10 @@ class HttpServer {
   /// Whether `run` is accepting connections.
   bool is_running() const { return running_; }
 
+  struct State;  // http_server.cpp
+
  private:
-  friend class HttpResponse;
-  // Whether an answer may leave its connection open: not while stopping,
-  // nor while other connections wait and every worker is busy. (Closing
-  // whenever one waits, even for a moment while a free worker wakes, makes
-  // clients reconnect, which makes more wait: the connections churn.)
-  bool may_keep_alive() const {
-    return !stopping_ && (waiting_count_.load() == 0 || busy_workers_.load() < options_.threads);
-  }
-  void work();
-  void serve(int fd);
-  // Answers a request refused before any handler saw it.
-  void refuse(int fd, int status, std::string_view message);
-
-  HttpServerOptions options_;
-  HttpHandler handler_;
-  HttpRefusalWriter refusal_;
-  HttpObserver observer_;
-  openai::http::Socket listener_;
-
-  std::mutex mutex_;
-  std::condition_variable wake_;
-  std::condition_variable run_ended_;
-  bool in_run_ = false;
-  std::deque<int> waiting_;                    // accepted connections no worker has taken yet
-  std::atomic<std::size_t> waiting_count_{0};  // waiting_.size(), read without the lock
-  std::atomic<std::size_t> busy_workers_{0};   // open_.size(), read without the lock
-  std::set<int> open_;                         // connections a worker is serving
-  std::vector<std::thread> workers_;
-  std::atomic<bool> stopping_{false};
+  std::shared_ptr<State> state_;
   std::atomic<bool> running_{false};
 };
 

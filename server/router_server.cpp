@@ -625,7 +625,7 @@ struct RouterServer::Impl {
   }
 
   // The answer to a request the HTTP layer refused, or to a handler that threw.
-  static void refusal(int status, std::string_view message, HttpResponse& res) {
+  static std::string refusal(int status, std::string_view message) {
     ApiError e;
     e.status = status;
     e.type = status >= 500 ? "server_error" : "invalid_request_error";
@@ -643,16 +643,22 @@ struct RouterServer::Impl {
       case 500:
         e.code = "internal_error";
         break;
+      case 503:
+        e.code = "server_busy";
+        break;
       default:
         e.code = "bad_request";
         break;
     }
-    send_error(res, e);
+    return error_body(e);
   }
 
   void setup_http() {
     HttpServerOptions options;
     options.threads = config.threads;
+    options.io_threads = config.io_threads;
+    options.max_connections = config.max_connections;
+    options.max_queued_requests = config.max_queued_requests;
     options.max_body_bytes = config.max_request_bytes;
     http = std::make_unique<HttpServer>(
         options, [this](const HttpRequest& req, HttpResponse& res) { handle(req, res); }, refusal,

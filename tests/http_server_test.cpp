@@ -50,9 +50,8 @@ struct Fixture {
           res.set_header("X-Seen", req.header("x-test"));
           res.set_content(std::string(req.path()) + ":" + req.body, "text/plain");
         },
-        [](int status, std::string_view message, HttpResponse& res) {
-          res.set_content("refused " + std::to_string(status) + ": " + std::string(message),
-                          "text/plain");
+        [](int status, std::string_view message) {
+          return "refused " + std::to_string(status) + ": " + std::string(message);
         },
         [this](int status) {
           std::lock_guard<std::mutex> lock(mutex);
@@ -238,28 +237,90 @@ TEST_CASE("http server: streamed answers, failing handlers, stop", "[http][serve
   CHECK(closed_by_server(idle_reader));
 }
 
-TEST_CASE("http server: a connection waiting for a worker is served after one answer",
-          "[http][server]") {
+TEST_CASE("http server: idle and trickling connections hold no worker", "[http][server]") {
+  // One worker, and a crowd that holds connections open without a whole
+  // request: a normal request is still answered, and kept alive.
   HttpServerOptions options = Fixture::small_options();
   options.threads = 1;
+  options.read_timeout = milliseconds(20000);
   Fixture f(options);
-  wire::Socket first = f.connect();
-  wire::Reader first_reader(first.fd());
-  send(first, "GET /a HTTP/1.1\r\nHost: t\r\n\r\n");
-  Answer a = receive(first_reader);
-  CHECK(a.head.keeps_alive());  // no one waits yet
+  std::vector<wire::Socket> idle;
+  for (int i = 0; i < 100; ++i) idle.push_back(f.connect());
+  std::vector<wire::Socket> trickling;
+  for (int i = 0; i < 20; ++i) {
+    trickling.push_back(f.connect());
+    send(trickling.back(), "GET /slow HTTP/1.1\r\nHo");
+  }
+  wire::Socket normal = f.connect();
+  wire::Reader reader(normal.fd());
+  for (int i = 0; i < 3; ++i) {
+    send(normal, "GET /n HTTP/1.1\r\nHost: t\r\n\r\n");
+    Answer a = receive(reader);
+    CHECK(a.body == "/n:");
+    CHECK(a.head.keeps_alive());
+  }
+}
 
-  // The one worker holds `first` between its requests; `second` waits.
-  wire::Socket second = f.connect();
-  wire::Reader second_reader(second.fd());
-  send(second, "GET /b HTTP/1.1\r\nHost: t\r\n\r\n");
-  std::this_thread::sleep_for(milliseconds(100));
-  send(first, "GET /c HTTP/1.1\r\nHost: t\r\n\r\n");
-  Answer c = receive(first_reader);
-  CHECK(c.body == "/c:");
-  CHECK(c.head.header("connection") == "close");  // so that `second` is served
-  CHECK(closed_by_server(first_reader));
-  CHECK(receive(second_reader).body == "/b:");
+TEST_CASE("http server: past its caps, 503 with Retry-After", "[http][server]") {
+  SECTION("open connections") {
+    HttpServerOptions options = Fixture::small_options();
+    options.max_connections = 2;
+    Fixture f(options);
+    wire::Socket one = f.connect();
+    wire::Socket two = f.connect();
+    std::this_thread::sleep_for(milliseconds(100));  // both accepted
+    wire::Socket three = f.connect();
+    wire::Reader reader(three.fd());
+    Answer refused = receive(reader);
+    CHECK(refused.status == 503);
+    CHECK(refused.head.header("retry-after") == "1");
+    CHECK_THAT(refused.body, Contains("too many open connections"));
+  }
+  SECTION("requests waiting for a worker") {
+    HttpServerOptions options = Fixture::small_options();
+    options.threads = 1;
+    options.max_queued_requests = 1;
+    std::atomic<bool> release{false};
+    HttpServer server(
+        options,
+        [&](const HttpRequest&, HttpResponse& res) {
+          while (!release) std::this_thread::sleep_for(milliseconds(5));
+          res.set_content("done", "text/plain");
+        },
+        [](int status, std::string_view message) {
+          return "refused " + std::to_string(status) + ": " + std::string(message);
+        },
+        [](int) {});
+    std::string error;
+    const int port = server.bind("127.0.0.1", 0, error);
+    REQUIRE(port > 0);
+    std::thread running([&] { server.run(); });
+    auto connect = [&] {
+      bool timed_out = false;
+      wire::Socket s =
+          wire::connect_to("127.0.0.1", std::to_string(port), milliseconds(2000), error, timed_out);
+      REQUIRE(wire::configure_socket(s.fd(), milliseconds(3000), milliseconds(3000)));
+      return s;
+    };
+    wire::Socket busy = connect();  // taken by the worker
+    send(busy, "GET /a HTTP/1.1\r\nHost: t\r\n\r\n");
+    std::this_thread::sleep_for(milliseconds(100));
+    wire::Socket queued = connect();  // waits in the queue
+    send(queued, "GET /b HTTP/1.1\r\nHost: t\r\n\r\n");
+    std::this_thread::sleep_for(milliseconds(100));
+    wire::Socket over = connect();
+    wire::Reader over_reader(over.fd());
+    send(over, "GET /c HTTP/1.1\r\nHost: t\r\n\r\n");
+    Answer refused = receive(over_reader);
+    CHECK(refused.status == 503);
+    CHECK(refused.head.header("retry-after") == "1");
+    release = true;
+    wire::Reader busy_reader(busy.fd()), queued_reader(queued.fd());
+    CHECK(receive(busy_reader).body == "done");
+    CHECK(receive(queued_reader).body == "done");
+    server.stop();
+    running.join();
+  }
 }
 
 TEST_CASE("http server: connections stay open while a worker is free for each", "[http][server]") {
@@ -315,7 +376,7 @@ TEST_CASE("http server: a stop before run, and an idle timeout", "[http][server]
 
   HttpServer never(
       HttpServerOptions{}, [](const HttpRequest&, HttpResponse&) {},
-      [](int, std::string_view, HttpResponse&) {}, [](int) {});
+      [](int, std::string_view) { return std::string(); }, [](int) {});
   std::string error;
   REQUIRE(never.bind("127.0.0.1", 0, error) > 0);
   never.stop();

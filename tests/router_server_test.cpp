@@ -904,6 +904,8 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
              Contains("policy.budget_mode"));
   CHECK_THAT(error_of(R"({"router_model":"m","listen":{"port":70000},"experts":[)" + expert + "]}"),
              Contains("server.json: listen.port"));
+  CHECK_THAT(error_of(R"({"router_model":"m","listen":{"max_connections":0},"experts":[)" + expert + "]}"),
+             Contains("server.json: listen.max_connections"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x"}]})"),
              Contains("server.json: experts[0].base_url: missing"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x","base_url":"ftp://h"}]})"),

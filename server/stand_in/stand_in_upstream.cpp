@@ -124,12 +124,9 @@ StandInUpstream::StandInUpstream(std::string name, std::size_t threads)
   HttpServerOptions options;
   options.threads = threads;
   options.max_body_bytes = 64 << 20;
-  auto refusal = [](int status, std::string_view message, HttpResponse& res) {
-    res.set_content(
-        fmt::format("{{\"error\":{{\"message\":{},\"type\":\"invalid_request_error\"}}}}",
-                    detail::json_string(message)),
-        "application/json");
-    res.status = status;
+  auto refusal = [](int, std::string_view message) {
+    return fmt::format("{{\"error\":{{\"message\":{},\"type\":\"invalid_request_error\"}}}}",
+                       detail::json_string(message));
   };
   s->server = std::make_unique<HttpServer>(
       options, [s](const HttpRequest& req, HttpResponse& res) { s->answer(req, res); }, refusal,
