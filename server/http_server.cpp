@@ -5,12 +5,16 @@
 // write, so a slow client slows its own handler only.
 #include "http_server.hpp"
 
+#include <sys/socket.h>
+
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <cerrno>
+#include <deque>
 #include <exception>
 #include <future>
 #include <optional>
@@ -56,9 +60,11 @@ struct HttpServer::State {
         handler(std::move(h)),
         refusal(std::move(r)),
         observer(std::move(obs)),
-        io(std::make_unique<openai::IoThreads>(
-            o.io_threads > 0 ? o.io_threads
-                             : std::max<std::size_t>(1, std::thread::hardware_concurrency()))),
+        io(o.io ? o.io
+                : std::make_shared<openai::IoThreads>(
+                      o.io_threads > 0
+                          ? o.io_threads
+                          : std::max<std::size_t>(1, std::thread::hardware_concurrency()))),
         acceptor(asio::make_strand(*io->impl().context)) {}
 
   // Queues a handler's run; false when the queue is full.
@@ -88,7 +94,7 @@ struct HttpServer::State {
   const HttpHandler handler;
   const HttpRefusalWriter refusal;
   const HttpObserver observer;
-  std::unique_ptr<openai::IoThreads> io;
+  std::shared_ptr<openai::IoThreads> io;
   tcp::acceptor acceptor;
 
   std::mutex mutex;
@@ -137,28 +143,13 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     });
   }
 
-  // ------------------------------------------------ writes, for the worker
+  // ------------------------------------------------------------- writes
 
-  // Runs `start_write(done)` on the strand and waits for `done`; false when
-  // the write failed or timed out (the client is gone).
-  template <typename StartWrite>
-  bool write_and_wait(StartWrite&& start_write) {
-    if (broken_) return false;
-    std::promise<bool> written;
-    auto future = written.get_future();
-    auto self = shared_from_this();
-    asio::post(stream_.get_executor(), [&, self] {
-      stream_.expires_after(state_->options.write_timeout);
-      start_write([&written, self](beast::error_code ec, std::size_t) {
-        self->stream_.expires_never();
-        written.set_value(!ec);
-      });
-    });
-    if (!future.get()) broken_ = true;
-    return !broken_;
-  }
+  using Done = std::function<void(beast::error_code, std::size_t)>;
+  // One write on the strand; it calls its `Done` once.
+  using WriteOp = std::function<void(Done)>;
 
-  bool write_whole(const HttpResponse& r) {
+  WriteOp whole(const HttpResponse& r) {
     auto message = std::make_shared<bhttp::response<bhttp::string_body>>();
     message->result(static_cast<unsigned>(r.status));
     message->version(11);
@@ -167,13 +158,13 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     message->keep_alive(r.keep_alive_);
     message->content_length(r.body_.size());
     if (!r.head_only_) message->body() = r.body_;  // HEAD: the length, no body
-    return write_and_wait([this, message](auto done) {
+    return [this, message](Done done) {
       bhttp::async_write(stream_, *message,
                          [message, done](beast::error_code ec, std::size_t n) { done(ec, n); });
-    });
+    };
   }
 
-  bool write_stream_head(const HttpResponse& r, std::string_view content_type) {
+  WriteOp stream_head(const HttpResponse& r, std::string_view content_type) {
     auto message = std::make_shared<bhttp::response<bhttp::empty_body>>();
     message->result(static_cast<unsigned>(r.status));
     message->version(11);
@@ -183,22 +174,80 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     message->keep_alive(r.keep_alive_);
     message->chunked(true);
     auto serializer = std::make_shared<bhttp::response_serializer<bhttp::empty_body>>(*message);
-    return write_and_wait([this, message, serializer](auto done) {
+    return [this, message, serializer](Done done) {
       bhttp::async_write_header(
           stream_, *serializer,
           [message, serializer, done](beast::error_code ec, std::size_t n) { done(ec, n); });
+    };
+  }
+
+  WriteOp chunk(std::shared_ptr<const std::string> data) {
+    return [this, data](Done done) {
+      asio::async_write(stream_, bhttp::make_chunk(asio::buffer(*data)),
+                        [data, done](beast::error_code ec, std::size_t n) { done(ec, n); });
+    };
+  }
+
+  WriteOp last_chunk() {
+    return [this](Done done) { asio::async_write(stream_, bhttp::make_chunk_last(), done); };
+  }
+
+  // Runs `op` on the strand and waits for it (a worker's write); false when
+  // the write failed or timed out (the client is gone).
+  bool write_and_wait(const WriteOp& op) {
+    if (broken_) return false;
+    std::promise<bool> written;
+    auto future = written.get_future();
+    auto self = shared_from_this();
+    asio::post(stream_.get_executor(), [&written, &op, self] {
+      self->stream_.expires_after(self->state_->options.write_timeout);
+      op([&written, self](beast::error_code ec, std::size_t) {
+        self->stream_.expires_never();
+        written.set_value(!ec);
+      });
+    });
+    if (!future.get()) broken_ = true;
+    return !broken_;
+  }
+
+  // ------------------------------------------- a deferred answer's writes
+
+  // Queues `op` (from any thread); a deferred answer's writes run one at a
+  // time, in order. Past the cap of queued bytes the client is cut off.
+  void queue(WriteOp op, std::size_t bytes, const std::shared_ptr<CancelSignal>& gone) {
+    auto self = shared_from_this();
+    asio::post(stream_.get_executor(), [self, op = std::move(op), bytes, gone] {
+      if (self->queued_bytes_ + bytes > self->state_->options.max_queued_answer_bytes) {
+        self->broken_ = true;
+        gone->cancel();
+      }
+      if (self->broken_) return;
+      self->queued_bytes_ += bytes;
+      self->ops_.push_back({std::move(op), bytes});
+      self->pump(gone);
     });
   }
 
-  bool write_chunk(std::string_view data) {
-    return write_and_wait([this, data](auto done) {
-      asio::async_write(stream_, bhttp::make_chunk(asio::buffer(data.data(), data.size())), done);
+  // Ends a deferred answer once its queued writes are done (or failed).
+  void queue_end(int status, bool keep_alive, const std::shared_ptr<CancelSignal>& gone) {
+    auto self = shared_from_this();
+    asio::post(stream_.get_executor(), [self, status, keep_alive, gone] {
+      self->end_pending_ = true;
+      self->end_status_ = status;
+      self->end_keep_alive_ = keep_alive;
+      self->pump(gone);
     });
   }
 
-  bool write_last_chunk() {
-    return write_and_wait(
-        [this](auto done) { asio::async_write(stream_, bhttp::make_chunk_last(), done); });
+  // Watches a connection whose answer is deferred: a client that closes it
+  // is gone. (Bytes of a next request end the watch: they wait their turn.)
+  void watch_client(std::shared_ptr<CancelSignal> gone) {
+    auto self = shared_from_this();
+    asio::post(stream_.get_executor(), [self, gone] { self->watch(gone); });
+  }
+
+  std::string refusal_body(int status, std::string_view message) const {
+    return state_->refusal(status, message);
   }
 
  private:
@@ -321,15 +370,19 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     } catch (...) {
       failure = "unknown exception";
     }
+    // A deferred answer is finished by whoever holds it (a handler that
+    // threw after handing it over included: its destruction answers).
+    if (response.handed_over_) return;
     bool sent = false;
     if (!failure.empty() && !response.streaming_) {
       HttpResponse error(shared_from_this(), response.keep_alive_, head_only);
       error.status = 500;
       error.set_content(state_->refusal(500, "internal error: " + failure), "application/json");
-      sent = write_whole(error);
+      sent = write_and_wait(whole(error));
       state_->observer(500);
     } else if (failure.empty() && !response.broken_) {
-      sent = response.streaming_ ? head_only || write_last_chunk() : write_whole(response);
+      sent = response.streaming_ ? head_only || write_and_wait(last_chunk())
+                                 : write_and_wait(whole(response));
       state_->observer(response.status);
     }
     const bool next = sent && response.keep_alive_;
@@ -343,9 +396,70 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     });
   }
 
+  // Runs the next queued write of a deferred answer, or its end.
+  void pump(const std::shared_ptr<CancelSignal>& gone) {
+    if (writing_) return;
+    if (!ops_.empty() && !broken_) {
+      QueuedWrite next = std::move(ops_.front());
+      ops_.pop_front();
+      writing_ = true;
+      stream_.expires_after(state_->options.write_timeout);
+      auto self = shared_from_this();
+      next.op([self, gone, bytes = next.bytes](beast::error_code ec, std::size_t) {
+        self->writing_ = false;
+        self->queued_bytes_ -= bytes;
+        self->stream_.expires_never();
+        if (ec) {
+          self->broken_ = true;
+          gone->cancel();
+        }
+        self->pump(gone);
+      });
+      return;
+    }
+    if (!end_pending_) return;
+    end_pending_ = false;
+    ops_.clear();
+    queued_bytes_ = 0;
+    answer_done_ = true;
+    if (watching_) {
+      beast::error_code ignored;
+      stream_.socket().cancel(ignored);  // ends the watch
+    }
+    state_->observer(end_status_);
+    if (!broken_ && end_keep_alive_) {
+      answer_done_ = false;
+      wait_for_request();
+    } else {
+      close();
+    }
+  }
+
+  void watch(std::shared_ptr<CancelSignal> gone) {
+    if (answer_done_ || broken_) return;
+    watching_ = true;
+    auto self = shared_from_this();
+    stream_.socket().async_wait(tcp::socket::wait_read, [self, gone](beast::error_code ec) {
+      self->watching_ = false;
+      if (ec == asio::error::operation_aborted || self->answer_done_) return;
+      if (ec) {
+        gone->cancel();
+        return;
+      }
+      char byte = 0;
+      const ssize_t n =
+          ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+        gone->cancel();  // closed or reset
+      } else if (n < 0) {
+        self->watch(gone);
+      }
+    });
+  }
+
   // Answers a request refused before any handler saw it, then closes.
   void refuse(int status, const std::string& message, const std::string& retry_after = {}) {
-    auto answer = std::make_shared<bhttp::response<bhttp::string_body>>();
+    auto answer = std::make_shared<bhttp::response<bhttp::string_body>>();  // refusal
     answer->result(static_cast<unsigned>(status));
     answer->version(11);
     answer->set(bhttp::field::content_type, "application/json");
@@ -396,6 +510,19 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   asio::steady_timer request_timer_;
   bool request_timed_out_ = false;
   bool idle_ = false;
+  // A deferred answer's queued writes and end.
+  struct QueuedWrite {
+    WriteOp op;
+    std::size_t bytes;
+  };
+  std::deque<QueuedWrite> ops_;
+  std::size_t queued_bytes_ = 0;
+  bool writing_ = false;
+  bool end_pending_ = false;
+  int end_status_ = 0;
+  bool end_keep_alive_ = false;
+  bool answer_done_ = false;
+  bool watching_ = false;
   std::atomic<bool> broken_{false};
   std::chrono::steady_clock::time_point drain_deadline_;
   std::size_t drained_ = 0;
@@ -415,16 +542,75 @@ void HttpResponse::set_content(std::string body, std::string_view content_type) 
 
 bool HttpResponse::start_stream(std::string_view content_type) {
   streaming_ = true;
+  if (deferred_) {
+    session_->queue(session_->stream_head(*this, content_type), 0, gone_);
+    return !gone_->cancelled();
+  }
   if (broken_) return false;
-  if (!session_->write_stream_head(*this, content_type)) broken_ = true;
+  if (!session_->write_and_wait(session_->stream_head(*this, content_type))) broken_ = true;
   return !broken_;
 }
 
 bool HttpResponse::write(std::string_view data) {
+  if (deferred_) {
+    if (!data.empty() && !head_only_) {
+      session_->queue(session_->chunk(std::make_shared<const std::string>(data)), data.size(),
+                      gone_);
+    }
+    return !gone_->cancelled();
+  }
   if (broken_) return false;
   if (data.empty() || head_only_) return true;
-  if (!session_->write_chunk(data)) broken_ = true;
+  if (!session_->write_and_wait(session_->chunk(std::make_shared<const std::string>(data)))) {
+    broken_ = true;
+  }
   return !broken_;
+}
+
+std::shared_ptr<HttpResponse> HttpResponse::defer() {
+  std::shared_ptr<HttpResponse> later(new HttpResponse(session_, keep_alive_, head_only_));
+  later->status = status;
+  later->headers_ = headers_;
+  later->content_type_ = content_type_;
+  later->body_ = body_;
+  later->deferred_ = true;
+  later->gone_ = gone_;
+  handed_over_ = true;
+  session_->watch_client(gone_);
+  return later;
+}
+
+void HttpResponse::abort() {
+  broken_ = true;
+  if (deferred_) finish();
+}
+
+void HttpResponse::finish() {
+  if (!deferred_ || finished_) return;
+  finished_ = true;
+  if (broken_) {
+    session_->queue_end(status, false, gone_);
+    return;
+  }
+  if (!streaming_) {
+    session_->queue(session_->whole(*this), body_.size(), gone_);
+  } else if (!head_only_) {
+    session_->queue(session_->last_chunk(), 0, gone_);
+  }
+  session_->queue_end(status, keep_alive_, gone_);
+}
+
+HttpResponse::~HttpResponse() {
+  if (!deferred_ || finished_) return;
+  // Dropped unfinished: a cut stream, or a 500 in place of the answer.
+  if (streaming_) {
+    broken_ = true;
+  } else {
+    status = 500;
+    set_content(session_->refusal_body(500, "internal error: the answer was dropped"),
+                "application/json");
+  }
+  finish();
 }
 
 // -------------------------------------------------------------- HttpServer

@@ -9,11 +9,12 @@
 //   http.run();                       // until http.stop() from another thread
 //
 // The handler answers whole (`HttpResponse::set_content`) or streams a
-// chunked body (`start_stream`, `write`). Requests the server refuses before
-// a handler sees them (malformed, or HTTP/1.1 without Host: 400; body too
-// large 413; head too large 431; too slow to arrive 408; past the
-// connection or queue caps 503 with Retry-After) get the refusal writer's
-// body, and the connection is closed after them.
+// chunked body (`start_stream`, `write`), on its worker; or it hands the
+// answer over (`defer`) to finish it later from any thread, and its worker
+// is free at once: the answer's writes then queue and never block. Requests the server refuses
+// before a handler sees them (malformed, or HTTP/1.1 without Host: 400; body too large 413; head
+// too large 431; too slow to arrive 408; past the connection or queue caps 503 with Retry-After)
+// get the refusal writer's body, and the connection is closed after them.
 //
 // Each request has one deadline from its first byte (`read_timeout`), which
 // a trickle of bytes cannot extend; a kept-alive connection waits at most
@@ -34,6 +35,8 @@
 #include <vector>
 
 #include "http_wire.hpp"
+#include "torouter/cancel.hpp"
+#include "torouter/openai/upstream.hpp"
 
 namespace torouter::server {
 
@@ -52,7 +55,8 @@ struct HttpRequest {
 };
 
 /// The answer to one request, sent whole after the handler returns, or
-/// streamed while it runs. Used by the handler's thread only.
+/// streamed while it runs; or, once deferred, finished later. Used by one
+/// thread at a time.
 class HttpResponse {
  public:
   int status = 200;
@@ -61,16 +65,32 @@ class HttpResponse {
   void set_content(std::string body, std::string_view content_type);
 
   /// Sends the status and headers now, for a chunked body of the given type
-  /// to follow; false when the client has gone.
+  /// to follow; false when the client has gone. (Deferred: queued.)
   bool start_stream(std::string_view content_type);
   /// Sends one piece of a started stream; false when the client has gone.
+  /// (Deferred: queued; false once the client is known to be gone.)
   bool write(std::string_view data);
+
+  /// Hands the answer over, to be finished later from any thread: the
+  /// returned response holds this one's status and headers, and the
+  /// handler returns at once. Its writes queue on the connection and never
+  /// block (a client that reads too slowly is cut off); `finish` ends it,
+  /// or its destruction does (a 500, or a cut stream, when nothing was
+  /// sent). Call at most once, before anything is sent.
+  std::shared_ptr<HttpResponse> defer();
+  /// Ends a deferred answer: sends the whole answer, or the end of the
+  /// stream.
+  void finish();
+  /// Cancelled when the client goes away while a deferred answer is
+  /// pending, or cannot take its bytes.
+  std::shared_ptr<CancelSignal> client_gone() const { return gone_; }
+  ~HttpResponse();
   bool streaming() const { return streaming_; }
   /// Whether the connection stays open after this answer.
   bool keeps_alive() const { return keep_alive_; }
   /// Ends the exchange unfinished: nothing more is sent and the connection
   /// closes (what a stand-in does to play an upstream that drops it).
-  void abort() { broken_ = true; }
+  void abort();
 
  private:
   friend class HttpSession;
@@ -85,13 +105,22 @@ class HttpResponse {
   std::string body_;
   bool streaming_ = false;
   bool broken_ = false;
+  bool deferred_ = false;     // this one finishes later, without blocking
+  bool handed_over_ = false;  // `defer` was called: another finishes it
+  bool finished_ = false;
+  std::shared_ptr<CancelSignal> gone_ = std::make_shared<CancelSignal>();
 };
 
 struct HttpServerOptions {
   /// Worker threads that run handlers, one request each at a time.
   std::size_t threads = 64;
-  /// Threads that do the connections' I/O (0: one per core).
+  /// Threads that do the connections' I/O (0: one per core), unless `io`
+  /// gives them.
   std::size_t io_threads = 0;
+  std::shared_ptr<openai::IoThreads> io;
+  /// The most bytes a deferred answer may have queued for a slow client;
+  /// past it the client is cut off.
+  std::size_t max_queued_answer_bytes = 8 << 20;
   /// Requests that have arrived and wait for a worker; past it, 503.
   std::size_t max_queued_requests = 4096;
   /// Open connections; past it a new one gets 503 and is closed.

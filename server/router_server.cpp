@@ -16,6 +16,7 @@
 #include <iostream>
 #include <thread>
 
+#include "asio_event_loop.hpp"
 #include "chat_request.hpp"
 #include "http_server.hpp"
 #include "json_text.hpp"
@@ -56,7 +57,6 @@ struct CallContext {
   std::string_view messages_json;
   std::string_view extra_json;
   bool stream = false;
-  const std::atomic<bool>* cancel = nullptr;
   Clock::time_point started;
   bool route_observed = false;
   std::size_t current_expert = kNone;
@@ -186,8 +186,24 @@ std::string tool_calls_json(const std::vector<openai::ToolCall>& calls, bool wit
 
 }  // namespace
 
+// One chat request in flight: what its invoke's callbacks need until the
+// answer is sent.
+struct ChatExchange {
+  ChatRequest chat;
+  CallContext call;
+  std::shared_ptr<HttpResponse> res;  // deferred: finished from the callbacks
+  std::string id;
+  long long created = 0;
+  InvokeResult shown;  // a stream's headers show this decision
+  bool started = false;
+};
+
 struct RouterServer::Impl {
   ServerConfig config;
+  // The I/O threads of the listener, the upstream calls and the router's
+  // event loop alike.
+  std::shared_ptr<openai::IoThreads> io;
+  std::shared_ptr<EventLoop> loop;
   std::string model_version;
   std::unique_ptr<Router> router;
   std::vector<std::shared_ptr<const openai::Upstream>> upstreams;  // registry order
@@ -199,7 +215,12 @@ struct RouterServer::Impl {
   // Each upstream's base URL and what clients see in its place.
   std::vector<std::pair<std::string, std::string>> upstream_urls;
 
-  explicit Impl(ServerConfig c) : config(std::move(c)) {
+  explicit Impl(ServerConfig c)
+      : config(std::move(c)),
+        io(std::make_shared<openai::IoThreads>(
+            config.io_threads > 0 ? config.io_threads
+                                  : std::max<std::size_t>(1, std::thread::hardware_concurrency()))),
+        loop(std::make_shared<AsioEventLoop>(io)) {
     if (auto problem = validate_policy_options(config.policy); !problem.empty()) {
       throw Error(fmt::format("{}: policy.{}", config.origin, problem));
     }
@@ -238,7 +259,9 @@ struct RouterServer::Impl {
       }
       registry.add(std::move(spec));
       names.push_back(ec.name);
-      upstreams.push_back(std::make_shared<const openai::Upstream>(ec.upstream));
+      openai::UpstreamOptions upstream = ec.upstream;
+      upstream.io = io;
+      upstreams.push_back(std::make_shared<const openai::Upstream>(std::move(upstream)));
       upstream_urls.emplace_back(ec.upstream.base_url, fmt::format("<upstream of {}>", ec.name));
     }
     model_version = std::string(model.scorer->version());
@@ -247,8 +270,9 @@ struct RouterServer::Impl {
     for (std::size_t i = 0; i < names.size(); ++i) {
       router->set_transport(
           names[i],
-          Transport::streaming([this, i](const Request& request, const ChunkCallback& on_chunk) {
-            return call_upstream(i, request, on_chunk);
+          Transport::async_streaming([this, i](const Request& request, ChunkCallback on_chunk,
+                                               CompletionCallback on_done) {
+            call_upstream(i, request, std::move(on_chunk), std::move(on_done));
           }));
     }
     setup_http();
@@ -262,30 +286,38 @@ struct RouterServer::Impl {
   }
 
   // One upstream call of expert `i`, with the conversation of the request
-  // being served when there is one.
-  Response call_upstream(std::size_t i, const Request& request, const ChunkCallback& on_chunk) {
+  // being served when there is one; it holds no thread.
+  void call_upstream(std::size_t i, const Request& request, ChunkCallback on_chunk,
+                     CompletionCallback on_done) {
     CallContext* call = call_context_of(request);
     const auto start = Clock::now();
     if (call != nullptr && !call->route_observed) {
       metrics->observe_route(std::chrono::duration<double>(start - call->started).count());
       call->route_observed = true;
     }
-    Response response;
+    auto observed = [this, i, start, cancel = request.cancel,
+                     on_done = std::move(on_done)](Response response) {
+      // A call the client's departure cancelled is no failure of the expert.
+      const bool cancelled = cancel != nullptr && cancel->cancelled();
+      metrics->observe_upstream(i, seconds_since(start),
+                                cancelled ? FailureKind::None : response.failure);
+      on_done(std::move(response));
+    };
     if (call == nullptr) {
-      response = upstreams[i]->complete(request);
-    } else {
-      call->current_expert = i;
-      ++call->upstream_calls;
-      openai::ChatCall chat;
-      chat.messages_json = call->messages_json;
-      chat.extra_fields_json = call->extra_json;
-      chat.cancel = call->cancel;
-      chat.answer = &call->answer;
-      response = call->stream ? upstreams[i]->stream(request, on_chunk, chat)
-                              : upstreams[i]->complete(request, chat);
+      upstreams[i]->complete_async(request, {}, std::move(observed));
+      return;
     }
-    metrics->observe_upstream(i, seconds_since(start), response.failure);
-    return response;
+    call->current_expert = i;
+    ++call->upstream_calls;
+    openai::ChatCall chat;
+    chat.messages_json = call->messages_json;
+    chat.extra_fields_json = call->extra_json;
+    chat.answer = &call->answer;
+    if (call->stream) {
+      upstreams[i]->stream_async(request, std::move(on_chunk), chat, std::move(observed));
+    } else {
+      upstreams[i]->complete_async(request, chat, std::move(observed));
+    }
   }
 
   InvokeOptions invoke_options(const ChatRequest& chat) const {
@@ -300,22 +332,38 @@ struct RouterServer::Impl {
     return options;
   }
 
-  // Serves `chat` with the router, streaming to `on_chunk` when set. A named
-  // expert is a pinned invoke: the same retries, state, cap and budget.
-  InvokeResult execute(const ChatRequest& chat, CallContext& call, ChunkCallback on_chunk) {
+  // Starts serving `x` with the router; its answer goes out from the
+  // invoke's callbacks. A named expert is a pinned invoke: the same
+  // retries, state, cap and budget. A client that goes away cancels it.
+  void start_chat(const std::shared_ptr<ChatExchange>& x) {
+    const ChatRequest& chat = x->chat;
+    CallContext& call = x->call;
     call.messages_json = chat.messages_json;
     call.extra_json = chat.extra_json;
-    call.stream = static_cast<bool>(on_chunk);
+    call.stream = chat.stream;
     InvokeOptions options = invoke_options(chat);
     options.context = &call;
+    options.cancel = x->res->client_gone();
     if (chat.bypass) options.expert = router->experts()[chat.expert].name;
     metrics->count_chat_request(chat.bypass);
-    options.on_chunk = std::move(on_chunk);
+    if (chat.stream) {
+      options.on_chunk = [this, x](std::string_view piece) { stream_piece(*x, piece); };
+    }
     call.started = Clock::now();
-    InvokeResult result = router->invoke(chat.routing_text, options);
-    if (!call.route_observed) metrics->observe_route(seconds_since(call.started));
-    if (result.ok()) metrics->count_answer(*router->experts().index_of(result.expert));
-    return result;
+    router->invoke_async(chat.routing_text, std::move(options), loop,
+                         [this, x](InvokeResult r) { chat_done(*x, std::move(r)); });
+  }
+
+  void chat_done(ChatExchange& x, InvokeResult r) {
+    if (!x.call.route_observed) metrics->observe_route(seconds_since(x.call.started));
+    if (r.ok()) metrics->count_answer(*router->experts().index_of(r.expert));
+    if (r.error == InvokeError::Cancelled) {
+      x.res->abort();  // the client went away: no one to answer
+    } else if (x.chat.stream) {
+      finish_stream(x, r);
+    } else {
+      finish_plain(x, r);
+    }
   }
 
   // ---- HTTP ---------------------------------------------------------------
@@ -440,15 +488,27 @@ struct RouterServer::Impl {
     if (!chat.bypass && !chat.lambda_given && !chat.quality_floor) {
       chat.quality_floor = config.policy.quality_floor;
     }
-    if (chat.stream) {
-      handle_stream(chat, res);
-      return;
+    auto x = std::make_shared<ChatExchange>();
+    x->chat = std::move(chat);
+    if (x->chat.stream) {
+      x->id = completion_id();
+      x->created = static_cast<long long>(std::time(nullptr));
+      // Routed here for the headers, which leave before the invoke's result
+      // exists; the invoke routes again, the same way.
+      router->route(x->chat.routing_text, invoke_options(x->chat).route, x->shown.decision);
     }
-    CallContext call;
-    InvokeResult r = execute(chat, call, nullptr);
+    x->res = res.defer();
+    start_chat(x);
+  }
+
+  void finish_plain(ChatExchange& x, const InvokeResult& r) {
+    HttpResponse& res = *x.res;
+    const ChatRequest& chat = x.chat;
+    const CallContext& call = x.call;
     set_decision_headers(res, r, chat, r.expert, calls_made(r));
     if (!r.ok()) {
       send_error(res, failed_invoke(r));
+      res.finish();
       return;
     }
     res.set_header("X-Torouter-Cost-Usd", fmt::format("{:.6g}", r.cost_usd));
@@ -472,54 +532,47 @@ struct RouterServer::Impl {
             content, tool_calls, json_string(finish_reason_of(call.answer)), in, out, in + out,
             trace_json(r, chat)),
         "application/json");
+    res.finish();
   }
 
   // A stream: its headers leave with the first piece of the answer, so they
   // can name the expert that answers; until then the router may fail over.
   // After it, a failure becomes an error event.
-  void handle_stream(const ChatRequest& chat, HttpResponse& res) {
-    const std::string id = completion_id();
-    const long long created = static_cast<long long>(std::time(nullptr));
-    // Routed here for the headers, which leave before the invoke's result
-    // exists; the invoke routes again, the same way.
-    InvokeResult decision;
-    router->route(chat.routing_text, invoke_options(chat).route, decision.decision);
-    std::atomic<bool> cancel{false};
-    CallContext call;
-    call.cancel = &cancel;
-    bool started = false;
-    auto start = [&](const InvokeResult& shown, std::string_view expert, int attempts) {
-      started = true;
-      set_decision_headers(res, shown, chat, expert, attempts);
-      res.set_header("Cache-Control", "no-cache");
-      return res.start_stream("text/event-stream");
-    };
-    InvokeResult r = execute(chat, call, [&](std::string_view piece) {
-      const std::string& expert = router->experts()[call.current_expert].name;
-      const bool first = !started;
-      if (first && !start(decision, expert, call.upstream_calls)) cancel = true;
-      const std::string event =
-          chunk_event(id, created, expert,
-                      fmt::format("{}\"content\":{}", first ? "\"role\":\"assistant\"," : "",
-                                  json_string(piece)),
-                      "null");
-      // A client that has gone stops the upstream call at its next piece.
-      if (!res.write(event)) cancel = true;
-    });
-    const bool role_sent = started;
-    if (!started) {
+  void start_stream(ChatExchange& x, const InvokeResult& shown, std::string_view expert,
+                    int attempts) {
+    x.started = true;
+    set_decision_headers(*x.res, shown, x.chat, expert, attempts);
+    x.res->set_header("Cache-Control", "no-cache");
+    x.res->start_stream("text/event-stream");
+  }
+
+  void stream_piece(ChatExchange& x, std::string_view piece) {
+    const std::string& expert = router->experts()[x.call.current_expert].name;
+    const bool first = !x.started;
+    if (first) start_stream(x, x.shown, expert, x.call.upstream_calls);
+    x.res->write(chunk_event(
+        x.id, x.created, expert,
+        fmt::format("{}\"content\":{}", first ? "\"role\":\"assistant\"," : "", json_string(piece)),
+        "null"));
+  }
+
+  void finish_stream(ChatExchange& x, const InvokeResult& r) {
+    HttpResponse& res = *x.res;
+    const bool role_sent = x.started;
+    if (!x.started) {
       if (!r.ok()) {
-        set_decision_headers(res, r, chat, r.expert, calls_made(r));
+        set_decision_headers(res, r, x.chat, r.expert, calls_made(r));
         send_error(res, failed_invoke(r));
+        res.finish();
         return;
       }
-      if (!start(r, r.expert, calls_made(r))) return;
+      start_stream(x, r, r.expert, calls_made(r));
     }
     std::string tail;
     if (r.ok()) {
       const std::size_t in = r.response.input_tokens;
       const std::size_t out = r.response.output_tokens;
-      const std::vector<openai::ToolCall>& calls = call.answer.tool_calls;
+      const std::vector<openai::ToolCall>& calls = x.call.answer.tool_calls;
       // The role goes in the first delta, when no content came before.
       std::string role = role_sent ? "" : "\"role\":\"assistant\"";
       if (!calls.empty()) {
@@ -527,15 +580,16 @@ struct RouterServer::Impl {
         // until then the router may still fail over, and the client must
         // not see half a call from an expert that failed.
         tail += chunk_event(
-            id, created, r.expert,
+            x.id, x.created, r.expert,
             role + (role.empty() ? "" : ",") + "\"tool_calls\":" + tool_calls_json(calls, true),
             "null");
         role.clear();
       }
-      tail += chunk_event(id, created, r.expert, role, json_string(finish_reason_of(call.answer)),
-                          fmt::format(",\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},"
-                                      "\"total_tokens\":{}}},\"torouter\":{}",
-                                      in, out, in + out, trace_json(r, chat)));
+      tail +=
+          chunk_event(x.id, x.created, r.expert, role, json_string(finish_reason_of(x.call.answer)),
+                      fmt::format(",\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},"
+                                  "\"total_tokens\":{}}},\"torouter\":{}",
+                                  in, out, in + out, trace_json(r, x.chat)));
       tail += "data: [DONE]\n\n";
     } else {
       metrics->count_stream_broken();
@@ -546,6 +600,7 @@ struct RouterServer::Impl {
       tail = "data: " + error_body(e) + "\n\n";
     }
     res.write(tail);
+    res.finish();
   }
 
   void handle_models(const HttpRequest& req, HttpResponse& res) const {
@@ -656,7 +711,7 @@ struct RouterServer::Impl {
   void setup_http() {
     HttpServerOptions options;
     options.threads = config.threads;
-    options.io_threads = config.io_threads;
+    options.io = io;
     options.max_connections = config.max_connections;
     options.max_queued_requests = config.max_queued_requests;
     options.max_body_bytes = config.max_request_bytes;

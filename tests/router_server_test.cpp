@@ -6,6 +6,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sys/socket.h>
+
+#include <atomic>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
@@ -13,10 +16,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "http_wire.hpp"
 #include "router_server.hpp"
 #include "stand_in_upstream.hpp"
 #include "support/temp_dir.hpp"
@@ -1013,3 +1018,108 @@ TEST_CASE("router server: the torouter-server program", "[server]") {
   CHECK(WEXITSTATUS(child_status) == 0);
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("router server: a client that goes away cancels its upstream call, blaming no one",
+          "[server]") {
+  Fixture f;
+  StandInBehaviour trickle;
+  trickle.chunks = 100;
+  trickle.chunk_gap = 50ms;
+  for (auto& [name, u] : f.upstreams) u->set_behaviour(trickle);
+  namespace wire = torouter::openai::http;
+  {
+    std::string error;
+    bool timed_out = false;
+    wire::Socket socket =
+        wire::connect_to("127.0.0.1", std::to_string(f.port), 2s, error, timed_out);
+    REQUIRE(socket.is_open());
+    REQUIRE(wire::configure_socket(socket.fd(), 10s, 10s));
+    const std::string body = chat_body("router", kPrompt, true);
+    const std::string request =
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    REQUIRE(wire::send_all(socket.fd(), request, wire::Clock::now()) == wire::IoStatus::Ok);
+    std::string seen;  // the first piece of the stream, then the client goes
+    char buffer[4096];
+    while (seen.find("data: ") == std::string::npos) {
+      const ssize_t n = ::recv(socket.fd(), buffer, sizeof buffer, 0);
+      REQUIRE(n > 0);
+      seen.append(buffer, static_cast<std::size_t>(n));
+    }
+  }
+  std::size_t cut = 0;
+  for (int i = 0; i < 400 && cut == 0; ++i) {
+    std::this_thread::sleep_for(25ms);
+    for (const auto& [name, u] : f.upstreams) cut += u->streams_cut();
+  }
+  CHECK(cut == 1);  // the upstream saw its call end, long before its 5 s stream
+  auto metrics = f.get("/metrics");
+  REQUIRE(metrics);
+  std::istringstream lines(metrics->body);
+  std::string line;
+  int failure_lines = 0;
+  while (std::getline(lines, line)) {
+    if (line.rfind("torouter_expert_failures_total{", 0) != 0) continue;
+    ++failure_lines;
+    CHECK(line.substr(line.size() - 2) == " 0");
+  }
+  CHECK(failure_lines > 0);
+  auto health = f.get("/health");
+  REQUIRE(health);
+  CHECK_THAT(health->body, !Contains("\"in_flight\":1"));
+
+  // A plain call: the client's departure is seen while the upstream is
+  // still thinking, and the expert's slot frees long before its answer.
+  StandInBehaviour thinking;
+  thinking.delay = 4000ms;
+  for (auto& [name, u] : f.upstreams) u->set_behaviour(thinking);
+  const auto sent_at = std::chrono::steady_clock::now();
+  {
+    std::string error;
+    bool timed_out = false;
+    wire::Socket socket =
+        wire::connect_to("127.0.0.1", std::to_string(f.port), 2s, error, timed_out);
+    REQUIRE(socket.is_open());
+    const std::string body = chat_body("router", kPrompt);
+    const std::string request =
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    REQUIRE(wire::send_all(socket.fd(), request, wire::Clock::now()) == wire::IoStatus::Ok);
+    bool calling = false;
+    for (int i = 0; i < 200 && !calling; ++i) {
+      std::this_thread::sleep_for(10ms);
+      auto during = f.get("/health");
+      calling = during && during->body.find("\"in_flight\":1") != std::string::npos;
+    }
+    REQUIRE(calling);
+  }
+  bool freed = false;
+  while (!freed && std::chrono::steady_clock::now() - sent_at < 3s) {
+    std::this_thread::sleep_for(10ms);
+    auto after = f.get("/health");
+    freed = after && after->body.find("\"in_flight\":1") == std::string::npos;
+  }
+  CHECK(freed);
+}
+
+TEST_CASE("router server: two workers serve thirty slow calls at once", "[server]") {
+  Fixture f([](ServerConfig& c) { c.threads = 2; });
+  StandInBehaviour slow;
+  slow.delay = 300ms;
+  for (auto& [name, u] : f.upstreams) u->set_behaviour(slow);
+  std::atomic<int> answered{0};
+  const auto begin = std::chrono::steady_clock::now();
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 30; ++i) {
+    clients.emplace_back([&] {
+      auto res = f.post(chat_body("router", kPrompt));
+      if (res && res->status == 200) ++answered;
+    });
+  }
+  for (auto& c : clients) c.join();
+  CHECK(answered == 30);
+  // Two workers holding a call each would take 15 rounds of 300 ms; the
+  // stand-in's eight threads make four.
+  CHECK(std::chrono::steady_clock::now() - begin < 3s);
+}
+

@@ -21,6 +21,7 @@ struct StandInUpstream::State {
   std::thread thread;
   std::atomic<int> port{-1};
   std::atomic<std::size_t> requests{0};
+  std::atomic<std::size_t> streams_cut{0};
   mutable std::mutex mutex;
   StandInBehaviour behaviour;
   std::deque<StandInBehaviour> queued;
@@ -212,7 +213,10 @@ void StandInUpstream::State::answer(const HttpRequest& req, HttpResponse& res) {
         return;
       }
       if (i > 0 && b.chunk_gap.count() > 0) std::this_thread::sleep_for(b.chunk_gap);
-      if (!res.write(events[i])) return;
+      if (!res.write(events[i])) {
+        ++s->streams_cut;  // the caller went away
+        return;
+      }
     }
     res.write(
         fmt::format("data: {{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion.chunk\","
@@ -265,6 +269,8 @@ std::string StandInUpstream::base_url() const {
 }
 int StandInUpstream::port() const { return state_->port.load(); }
 std::size_t StandInUpstream::requests() const { return state_->requests.load(); }
+
+std::size_t StandInUpstream::streams_cut() const { return state_->streams_cut.load(); }
 
 std::string StandInUpstream::last_body() const {
   std::lock_guard<std::mutex> lock(state_->mutex);

@@ -76,6 +76,8 @@ class StandInUpstream {
   int port() const;
   /// Chat requests received.
   std::size_t requests() const;
+  /// Streamed answers cut short because the caller stopped taking them.
+  std::size_t streams_cut() const;
   /// The last chat request's body and Authorization header.
   std::string last_body() const;
   std::string last_authorization() const;
