@@ -5,15 +5,12 @@
 // write, so a slow client slows its own handler only.
 #include "http_server.hpp"
 
-#include <sys/socket.h>
-
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <cerrno>
 #include <deque>
 #include <exception>
 #include <future>
@@ -352,10 +349,40 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     request->body = std::move(message.body());
     const bool keep_alive = message.keep_alive();
     parser_.reset();
+    if (state_->options.handlers_never_block) return serve_here(*request, keep_alive);
     auto self = shared_from_this();
     if (!state_->submit([self, request, keep_alive] { self->serve(*request, keep_alive); })) {
       refuse(503, "the server is busy: too many requests wait for a worker", "1");
     }
+  }
+
+  // On the strand, for handlers that never block: the answer is deferred
+  // from the start, so its writes queue, and it ends when the handler
+  // returns unless the handler handed it over.
+  void serve_here(const HttpRequest& request, bool keep_alive) {
+    const bool head_only = request.head.method == "HEAD";
+    std::shared_ptr<HttpResponse> response(
+        new HttpResponse(shared_from_this(), keep_alive && !state_->stopping, head_only));
+    response->deferred_ = true;
+    try {
+      state_->handler(request, *response);
+    } catch (const std::exception& e) {
+      fail_here(*response, e.what());
+    } catch (...) {
+      fail_here(*response, "unknown exception");
+    }
+    if (!response->handed_over_) response->finish();
+  }
+
+  void fail_here(HttpResponse& response, const std::string& failure) {
+    if (response.handed_over_) return;  // its holder answers
+    if (response.streaming_) {
+      response.broken_ = true;  // half an answer is out: closing is all that is left
+      return;
+    }
+    response.status = 500;
+    response.headers_.clear();
+    response.set_content(state_->refusal(500, "internal error: " + failure), "application/json");
   }
 
   // On a worker: the handler, then what it left to send.
@@ -422,39 +449,42 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     ops_.clear();
     queued_bytes_ = 0;
     answer_done_ = true;
-    if (watching_) {
-      beast::error_code ignored;
-      stream_.socket().cancel(ignored);  // ends the watch
-    }
     state_->observer(end_status_);
-    if (!broken_ && end_keep_alive_) {
-      answer_done_ = false;
+    next_after_answer_ = !broken_ && end_keep_alive_;
+    if (watching_) {
+      // The watch's read must end before the next one starts on the buffer;
+      // its handler goes on.
+      beast::error_code ignored;
+      stream_.socket().cancel(ignored);
+      return;
+    }
+    after_answer();
+  }
+
+  void after_answer() {
+    answer_done_ = false;
+    if (next_after_answer_) {
       wait_for_request();
     } else {
       close();
     }
   }
 
+  // A read into the request buffer: it ends only when the client sends
+  // (the next request's bytes, kept for it: the watch ends there) or
+  // closes (gone), or when the answer is done and cancels it.
   void watch(std::shared_ptr<CancelSignal> gone) {
     if (answer_done_ || broken_) return;
     watching_ = true;
     auto self = shared_from_this();
-    stream_.socket().async_wait(tcp::socket::wait_read, [self, gone](beast::error_code ec) {
-      self->watching_ = false;
-      if (ec == asio::error::operation_aborted || self->answer_done_) return;
-      if (ec) {
-        gone->cancel();
-        return;
-      }
-      char byte = 0;
-      const ssize_t n =
-          ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
-        gone->cancel();  // closed or reset
-      } else if (n < 0) {
-        self->watch(gone);
-      }
-    });
+    stream_.socket().async_read_some(buffer_.prepare(1024),
+                                     [self, gone](beast::error_code ec, std::size_t n) {
+                                       self->watching_ = false;
+                                       if (n > 0) self->buffer_.commit(n);
+                                       if (ec && ec != asio::error::operation_aborted)
+                                         gone->cancel();  // closed or reset
+                                       if (self->answer_done_) self->after_answer();
+                                     });
   }
 
   // Answers a request refused before any handler saw it, then closes.
@@ -522,6 +552,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   int end_status_ = 0;
   bool end_keep_alive_ = false;
   bool answer_done_ = false;
+  bool next_after_answer_ = false;
   bool watching_ = false;
   std::atomic<bool> broken_{false};
   std::chrono::steady_clock::time_point drain_deadline_;
@@ -601,7 +632,7 @@ void HttpResponse::finish() {
 }
 
 HttpResponse::~HttpResponse() {
-  if (!deferred_ || finished_) return;
+  if (!deferred_ || finished_ || handed_over_) return;
   // Dropped unfinished: a cut stream, or a 500 in place of the answer.
   if (streaming_) {
     broken_ = true;

@@ -121,6 +121,10 @@ struct HttpServerOptions {
   /// The most bytes a deferred answer may have queued for a slow client;
   /// past it the client is cut off.
   std::size_t max_queued_answer_bytes = 8 << 20;
+  /// For a handler that never blocks (it answers at once, or defers): run
+  /// it on the connection's I/O thread, its answer deferred from the start,
+  /// and spare the hand-over to a worker. `threads` is then unused.
+  bool handlers_never_block = false;
   /// Requests that have arrived and wait for a worker; past it, 503.
   std::size_t max_queued_requests = 4096;
   /// Open connections; past it a new one gets 503 and is closed.

@@ -712,6 +712,8 @@ struct RouterServer::Impl {
     HttpServerOptions options;
     options.threads = config.threads;
     options.io = io;
+    // Every handler answers at once or defers: none waits on an upstream.
+    options.handlers_never_block = true;
     options.max_connections = config.max_connections;
     options.max_queued_requests = config.max_queued_requests;
     options.max_body_bytes = config.max_request_bytes;
