@@ -199,12 +199,17 @@ void StandInUpstream::State::answer(const HttpRequest& req, HttpResponse& res) {
           "application/json");
       return;
     }
-    // Streamed: the answer in `chunks` pieces (cut at spaces), or the tool
+    // Streamed: the answer in `chunks` pieces, or the tool
     // calls in pieces, then the finish reason and [DONE].
     std::vector<std::string> events = tool_call_events(model, b.tool_calls);
-    const std::size_t step = answer.size() / static_cast<std::size_t>(std::max(1, b.chunks)) + 1;
-    for (std::size_t at = 0; at < answer.size(); at += step) {
-      events.push_back(chunk_event(model, answer.substr(at, step), at == 0));
+    // Exactly `chunks` pieces (fewer only for a shorter answer), so a
+    // stream lasts the same whatever the model's name.
+    const std::size_t pieces =
+        std::min(answer.size(), static_cast<std::size_t>(std::max(1, b.chunks)));
+    for (std::size_t k = 0; k < pieces; ++k) {
+      const std::size_t from = k * answer.size() / pieces;
+      const std::size_t to = (k + 1) * answer.size() / pieces;
+      events.push_back(chunk_event(model, answer.substr(from, to - from), k == 0));
     }
     if (!res.start_stream("text/event-stream")) return;
     for (std::size_t i = 0; i < events.size(); ++i) {
