@@ -202,10 +202,12 @@ void read_listen(const Fields& top, element value, ServerConfig& c) {
       c.max_connections = f.count(key, field.value, 1, 1000000);
     else if (key == "max_queued_requests")
       c.max_queued_requests = f.count(key, field.value, 0, 1000000);
+    else if (key == "max_requests_in_flight")
+      c.max_requests_in_flight = f.count(key, field.value, 1, 10000000);
     else
       f.fail(key,
              "unknown field (known: host, port, threads, io_threads, max_connections, "
-             "max_queued_requests)");
+             "max_queued_requests, max_requests_in_flight)");
   }
 }
 

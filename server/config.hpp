@@ -48,8 +48,9 @@ struct ServerConfig {
   std::string host = "127.0.0.1";
   /// Port; 0 picks a free one.
   int port = 8080;
-  /// Worker threads that serve requests, one each at a time; a connection
-  /// holds none while it is idle or its request is arriving.
+  /// Worker threads for handlers that block. torouter-server's handlers
+  /// never do (they run on the I/O threads), so it starts none; the field
+  /// is read for the configs that set it.
   std::size_t threads = 64;
   /// Threads that do the connections' and upstream calls' I/O; 0 for one
   /// per core.
@@ -57,8 +58,12 @@ struct ServerConfig {
   /// Open client connections; past it a new one gets 503 with Retry-After.
   std::size_t max_connections = 10000;
   /// Requests that have arrived and wait for a worker; past it, 503 with
-  /// Retry-After.
+  /// Retry-After. (torouter-server's own handlers never wait for one: see
+  /// `max_requests_in_flight`.)
   std::size_t max_queued_requests = 4096;
+  /// Chat requests being routed or called at once; past it, 503 with
+  /// Retry-After.
+  std::size_t max_requests_in_flight = 10000;
   /// Router model file (paths are relative to the configuration file).
   std::string router_model;
   /// Optional expert registry file whose fields (prices, context windows,

@@ -710,7 +710,8 @@ void HttpServer::run() {
     std::lock_guard<std::mutex> lock(state_->mutex);
     if (state_->stopping || !state_->acceptor.is_open() || state_->in_run) return;
     state_->in_run = true;
-    for (std::size_t i = 0; i < state_->options.threads; ++i) {
+    const std::size_t workers = state_->options.handlers_never_block ? 0 : state_->options.threads;
+    for (std::size_t i = 0; i < workers; ++i) {
       state_->workers.emplace_back([state = state_] { state->work(); });
     }
   }

@@ -123,7 +123,7 @@ struct HttpServerOptions {
   std::size_t max_queued_answer_bytes = 8 << 20;
   /// For a handler that never blocks (it answers at once, or defers): run
   /// it on the connection's I/O thread, its answer deferred from the start,
-  /// and spare the hand-over to a worker. `threads` is then unused.
+  /// and spare the hand-over to a worker. No workers are started then.
   bool handlers_never_block = false;
   /// Requests that have arrived and wait for a worker; past it, 503.
   std::size_t max_queued_requests = 4096;

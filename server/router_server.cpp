@@ -189,6 +189,12 @@ std::string tool_calls_json(const std::vector<openai::ToolCall>& calls, bool wit
 // One chat request in flight: what its invoke's callbacks need until the
 // answer is sent.
 struct ChatExchange {
+  explicit ChatExchange(std::atomic<std::size_t>& counter) : in_flight(counter) { ++in_flight; }
+  ~ChatExchange() { --in_flight; }
+  ChatExchange(const ChatExchange&) = delete;
+  ChatExchange& operator=(const ChatExchange&) = delete;
+
+  std::atomic<std::size_t>& in_flight;  // the server's count of chats in flight
   ChatRequest chat;
   CallContext call;
   std::shared_ptr<HttpResponse> res;  // deferred: finished from the callbacks
@@ -211,6 +217,7 @@ struct RouterServer::Impl {
   std::unique_ptr<HttpServer> http;
   std::thread thread;
   std::atomic<std::uint64_t> next_id{1};
+  std::atomic<std::size_t> chats_in_flight{0};
   int port = -1;
   // Each upstream's base URL and what clients see in its place.
   std::vector<std::pair<std::string, std::string>> upstream_urls;
@@ -466,6 +473,16 @@ struct RouterServer::Impl {
 
   void handle_chat(const HttpRequest& req, HttpResponse& res) {
     if (!authorized(req, res)) return;
+    if (chats_in_flight.load() >= config.max_requests_in_flight) {
+      ApiError e;
+      e.status = 503;
+      e.code = "server_busy";
+      e.message = fmt::format("the server is busy: {} chat requests are being routed or called",
+                              config.max_requests_in_flight);
+      res.set_header("Retry-After", "1");
+      send_error(res, e);
+      return;
+    }
     ChatRequest chat;
     if (auto error =
             parse_chat_request(req.body, router->experts(), config.policy.lambda_cost, chat)) {
@@ -488,7 +505,7 @@ struct RouterServer::Impl {
     if (!chat.bypass && !chat.lambda_given && !chat.quality_floor) {
       chat.quality_floor = config.policy.quality_floor;
     }
-    auto x = std::make_shared<ChatExchange>();
+    auto x = std::make_shared<ChatExchange>(chats_in_flight);
     x->chat = std::move(chat);
     if (x->chat.stream) {
       x->id = completion_id();

@@ -1102,8 +1102,8 @@ TEST_CASE("router server: a client that goes away cancels its upstream call, bla
   CHECK(freed);
 }
 
-TEST_CASE("router server: two workers serve thirty slow calls at once", "[server]") {
-  Fixture f([](ServerConfig& c) { c.threads = 2; });
+TEST_CASE("router server: one I/O thread serves thirty slow calls at once", "[server]") {
+  Fixture f([](ServerConfig& c) { c.io_threads = 1; });
   StandInBehaviour slow;
   slow.delay = 300ms;
   for (auto& [name, u] : f.upstreams) u->set_behaviour(slow);
@@ -1118,8 +1118,34 @@ TEST_CASE("router server: two workers serve thirty slow calls at once", "[server
   }
   for (auto& c : clients) c.join();
   CHECK(answered == 30);
-  // Two workers holding a call each would take 15 rounds of 300 ms; the
-  // stand-in's eight threads make four.
+  // One thread holding a call at a time would take 30 rounds of 300 ms;
+  // the stand-in's eight threads make four.
   CHECK(std::chrono::steady_clock::now() - begin < 3s);
+}
+
+TEST_CASE("router server: past max_requests_in_flight, 503 with Retry-After", "[server]") {
+  Fixture f([](ServerConfig& c) { c.max_requests_in_flight = 2; });
+  StandInBehaviour slow;
+  slow.delay = 1500ms;
+  for (auto& [name, u] : f.upstreams) u->set_behaviour(slow);
+  std::vector<std::thread> busy;
+  std::atomic<int> answered{0};
+  for (int i = 0; i < 2; ++i) {
+    busy.emplace_back([&] {
+      auto res = f.post(chat_body("router", kPrompt));
+      if (res && res->status == 200) ++answered;
+    });
+  }
+  std::this_thread::sleep_for(500ms);  // both are being called
+  auto refused = f.post(chat_body("router", kPrompt));
+  REQUIRE(refused);
+  CHECK(refused->status == 503);
+  CHECK(refused->get_header_value("Retry-After") == "1");
+  CHECK_THAT(refused->body, Contains("server_busy"));
+  for (auto& t : busy) t.join();
+  CHECK(answered == 2);
+  auto after = f.post(chat_body("router", kPrompt));  // room again
+  REQUIRE(after);
+  CHECK(after->status == 200);
 }
 
