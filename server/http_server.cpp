@@ -739,12 +739,20 @@ void HttpServer::stop() {
     closed.set_value();
   });
   closed.get_future().wait();
-  std::unique_lock<std::mutex> lock(state_->mutex);
   // Ends connections that wait for a request; answers in progress finish.
-  for (HttpSession* session : state_->sessions) {
-    // One whose last holder let go waits on the lock to leave the set.
-    if (auto alive = session->weak_from_this().lock()) alive->stop_if_idle();
+  // The sessions are held outside the lock: dropping the last hold of one
+  // runs its destructor, which takes the lock.
+  std::vector<std::shared_ptr<HttpSession>> open;
+  {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    for (HttpSession* session : state_->sessions) {
+      // One whose last holder let go waits on the lock to leave the set.
+      if (auto alive = session->weak_from_this().lock()) open.push_back(std::move(alive));
+    }
   }
+  for (auto& session : open) session->stop_if_idle();
+  open.clear();
+  std::unique_lock<std::mutex> lock(state_->mutex);
   state_->changed.notify_all();
   state_->changed.wait(lock, [this] { return !state_->in_run && state_->sessions.empty(); });
 }
