@@ -278,10 +278,13 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     parser_->body_limit(state_->options.max_body_bytes);
     stream_.expires_never();
     request_timed_out_ = false;
+    reading_request_ = true;
     request_timer_.expires_after(state_->options.read_timeout);
     auto self = shared_from_this();
     request_timer_.async_wait([self](beast::error_code ec) {
-      if (ec) return;  // the request arrived, or failed, in time
+      // Not once the request arrived or failed: a cancel may come too late
+      // to stop a wait that has already fired.
+      if (ec || !self->reading_request_) return;
       self->request_timed_out_ = true;
       beast::error_code ignored;
       self->stream_.socket().cancel(ignored);
@@ -295,6 +298,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     const auto& message = parser_->get();
     if (message.version() >= 11 && message.find(bhttp::field::host) == message.end()) {
       // RFC 9112, section 3.2: an HTTP/1.1 request without Host is refused.
+      reading_request_ = false;
       request_timer_.cancel();
       return refuse(400, "HTTP/1.1 request without a Host header");
     }
@@ -321,6 +325,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   void read_failed(const beast::error_code& ec) {
+    reading_request_ = false;
     request_timer_.cancel();
     if (request_timed_out_) return refuse(408, "the request did not arrive in time");
     if (ec == bhttp::error::end_of_stream || ec == asio::error::eof ||
@@ -342,6 +347,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // ------------------------------------------------------------ answering
 
   void dispatch() {
+    reading_request_ = false;
     request_timer_.cancel();
     auto request = std::make_shared<HttpRequest>();
     auto& message = parser_->get();
@@ -507,6 +513,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   // Closes after draining what the client still sends for a moment.
   void close() {
+    reading_request_ = false;
     request_timer_.cancel();
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
@@ -539,6 +546,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   asio::steady_timer request_timer_;
   bool request_timed_out_ = false;
+  bool reading_request_ = false;  // between a request's first byte and its dispatch
   bool idle_ = false;
   // A deferred answer's queued writes and end.
   struct QueuedWrite {
