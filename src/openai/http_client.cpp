@@ -228,6 +228,19 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     return asio::bind_executor(connection_->strand, std::forward<Handler>(handler));
   }
 
+  // The completion of a write or read in flight: a cancel or an error ends
+  // the exchange, else `next` runs.
+  auto then(void (Exchange::*next)()) {
+    auto self = shared_from_this();
+    busy_ = true;
+    return on_strand([self, next](beast::error_code ec, std::size_t) {
+      self->busy_ = false;
+      if (self->stop_if_cancelled()) return;
+      if (ec) return self->io_failed(ec);
+      (self.get()->*next)();
+    });
+  }
+
   void begin() {
     if (done_) return;  // cancelled before it began
     if (connection_->is_open()) {
@@ -342,19 +355,8 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     wire_.body() = request_.body;
     wire_.prepare_payload();
     arm();
-    auto self = shared_from_this();
-    busy_ = true;
-    connection_->with_stream([&](auto& stream) {
-      bhttp::async_write(stream, wire_, on_strand([self](beast::error_code ec, std::size_t) {
-                           self->busy_ = false;
-                           if (self->stop_if_cancelled()) return;
-                           if (ec) {
-                             self->io_failed(ec);
-                           } else {
-                             self->read_head();
-                           }
-                         }));
-    });
+    connection_->with_stream(
+        [&](auto& stream) { bhttp::async_write(stream, wire_, then(&Exchange::read_head)); });
   }
 
   void read_head() {
@@ -362,19 +364,9 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     parser_->header_limit(kMaxResponseHead);
     parser_->body_limit(request_.max_body_bytes);
     arm();
-    auto self = shared_from_this();
-    busy_ = true;
     connection_->with_stream([&](auto& stream) {
       bhttp::async_read_header(stream, connection_->buffer, *parser_,
-                               on_strand([self](beast::error_code ec, std::size_t) {
-                                 self->busy_ = false;
-                                 if (self->stop_if_cancelled()) return;
-                                 if (ec) {
-                                   self->io_failed(ec);
-                                 } else {
-                                   self->head_arrived();
-                                 }
-                               }));
+                               then(&Exchange::head_arrived));
     });
   }
 
