@@ -38,18 +38,27 @@ constexpr std::size_t kMaxDrainBytes = 8 << 20;
 
 std::string text_of(beast::string_view text) { return std::string(text.data(), text.size()); }
 
-openai::http::MessageHead head_of(const bhttp::request<bhttp::string_body>& message) {
-  openai::http::MessageHead head;
-  head.method = text_of(message.method_string());
-  head.target = text_of(message.target());
-  head.minor_version = static_cast<int>(message.version() % 10);
+// The request as handlers see it, without Beast's types.
+void copy_head(const bhttp::request<bhttp::string_body>& message, HttpRequest& request) {
+  request.method = text_of(message.method_string());
+  request.target = text_of(message.target());
   for (const auto& field : message) {
-    head.headers.push_back({text_of(field.name_string()), text_of(field.value())});
+    request.headers.emplace_back(text_of(field.name_string()), text_of(field.value()));
   }
-  return head;
 }
 
 }  // namespace
+
+std::string_view HttpRequest::path() const {
+  return std::string_view(target).substr(0, target.find('?'));
+}
+
+std::string_view HttpRequest::header(std::string_view name) const {
+  for (const auto& [field, value] : headers) {
+    if (beast::iequals(field, beast::string_view(name.data(), name.size()))) return value;
+  }
+  return {};
+}
 
 struct HttpServer::State {
   State(HttpServerOptions o, HttpHandler h, HttpRefusalWriter r, HttpObserver obs)
@@ -351,7 +360,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     request_timer_.cancel();
     auto request = std::make_shared<HttpRequest>();
     auto& message = parser_->get();
-    request->head = head_of(message);
+    copy_head(message, *request);
     request->body = std::move(message.body());
     const bool keep_alive = message.keep_alive();
     parser_.reset();
@@ -366,7 +375,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // from the start, so its writes queue, and it ends when the handler
   // returns unless the handler handed it over.
   void serve_here(const HttpRequest& request, bool keep_alive) {
-    const bool head_only = request.head.method == "HEAD";
+    const bool head_only = request.method == "HEAD";
     std::shared_ptr<HttpResponse> response(
         new HttpResponse(shared_from_this(), keep_alive && !state_->stopping, head_only));
     response->deferred_ = true;
@@ -393,7 +402,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   // On a worker: the handler, then what it left to send.
   void serve(const HttpRequest& request, bool keep_alive) {
-    const bool head_only = request.head.method == "HEAD";
+    const bool head_only = request.method == "HEAD";
     HttpResponse response(shared_from_this(), keep_alive && !state_->stopping, head_only);
     std::string failure;
     try {

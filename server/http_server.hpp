@@ -34,7 +34,6 @@
 #include <thread>
 #include <vector>
 
-#include "http_wire.hpp"
 #include "torouter/cancel.hpp"
 #include "torouter/openai/upstream.hpp"
 
@@ -45,13 +44,15 @@ class HttpSession;
 
 /// One request as a handler sees it.
 struct HttpRequest {
-  openai::http::MessageHead head;
+  std::string method;
+  std::string target;  // "/v1/models?x=1"
+  std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
 
-  const std::string& method() const { return head.method; }
-  std::string_view path() const { return head.path(); }
+  /// The target without its query string.
+  std::string_view path() const;
   /// The first header field named `name` (any case), or empty.
-  std::string_view header(std::string_view name) const { return head.header(name); }
+  std::string_view header(std::string_view name) const;
 };
 
 /// The answer to one request, sent whole after the handler returns, or

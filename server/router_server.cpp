@@ -682,7 +682,7 @@ struct RouterServer::Impl {
 
   void handle(const HttpRequest& req, HttpResponse& res) {
     const std::string_view path = req.path();
-    const std::string& method = req.method();
+    const std::string& method = req.method;
     // HEAD is GET without the body, which the HTTP layer leaves out.
     const bool get = method == "GET" || method == "HEAD";
     if (path == "/v1/chat/completions" && method == "POST") return handle_chat(req, res);

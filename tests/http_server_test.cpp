@@ -12,20 +12,15 @@
 #include <thread>
 #include <vector>
 
-#include "http_wire.hpp"
+#include "support/raw_http.hpp"
 
 using namespace torouter::server;
-namespace wire = torouter::openai::http;
 using Catch::Matchers::Contains;
 using std::chrono::milliseconds;
+using torouter::test::HttpReply;
+using torouter::test::RawHttpConnection;
 
 namespace {
-
-struct Answer {
-  int status = 0;
-  wire::MessageHead head;
-  std::string body;
-};
 
 // A server whose handler echoes the request, streams on /stream, throws on
 // /throw and drops the connection on /abort.
@@ -46,7 +41,7 @@ struct Fixture {
             res.abort();
             return;
           }
-          res.set_header("X-Method", req.method());
+          res.set_header("X-Method", req.method);
           res.set_header("X-Seen", req.header("x-test"));
           res.set_content(std::string(req.path()) + ":" + req.body, "text/plain");
         },
@@ -76,15 +71,7 @@ struct Fixture {
     return options;
   }
 
-  wire::Socket connect() const {
-    std::string error;
-    bool timed_out = false;
-    wire::Socket socket =
-        wire::connect_to("127.0.0.1", std::to_string(port), milliseconds(2000), error, timed_out);
-    REQUIRE(socket.is_open());
-    REQUIRE(wire::configure_socket(socket.fd(), milliseconds(3000), milliseconds(3000)));
-    return socket;
-  }
+  RawHttpConnection connect() const { return RawHttpConnection(port); }
 
   std::unique_ptr<HttpServer> server;
   std::thread thread;
@@ -98,78 +85,55 @@ struct Fixture {
   std::vector<int> statuses;
 };
 
-void send(const wire::Socket& socket, std::string_view data) {
-  REQUIRE(wire::send_all(socket.fd(), data, wire::Clock::now()) == wire::IoStatus::Ok);
-}
+void send(RawHttpConnection& connection, std::string_view data) { REQUIRE(connection.send(data)); }
 
-// Reads one answer; status 0 when the connection closed first.
-Answer receive(wire::Reader& reader) {
-  Answer answer;
-  const auto deadline = wire::Clock::now() + std::chrono::seconds(5);
-  if (reader.read_head(false, answer.head, 1 << 16, deadline) != wire::IoStatus::Ok) return answer;
-  answer.status = answer.head.status;
-  wire::BodyFraming framing;
-  REQUIRE(wire::response_framing(answer.head, framing));
-  const auto status = reader.read_body(framing, 1 << 20, deadline, [&](std::string_view piece) {
-    answer.body.append(piece);
-    return true;
-  });
-  if (status != wire::IoStatus::Ok) answer.status = -1;
-  return answer;
-}
+HttpReply receive(RawHttpConnection& connection) { return connection.receive(); }
 
-bool closed_by_server(wire::Reader& reader) {
-  wire::MessageHead head;
-  return reader.read_head(false, head, 1 << 16, wire::Clock::now() + std::chrono::seconds(5)) ==
-         wire::IoStatus::Closed;
-}
+bool closed_by_server(RawHttpConnection& connection) { return connection.closed_by_server(); }
 
 }  // namespace
 
 TEST_CASE("http server: keep-alive, pipelining and request bodies", "[http][server]") {
   Fixture f;
-  wire::Socket socket = f.connect();
-  wire::Reader reader(socket.fd());
+  RawHttpConnection socket = f.connect();
 
   send(socket, "POST /echo HTTP/1.1\r\nHost: x\r\nX-Test: 1\r\nContent-Length: 5\r\n\r\nhello");
-  Answer a = receive(reader);
+  HttpReply a = receive(socket);
   CHECK(a.status == 200);
   CHECK(a.body == "/echo:hello");
-  CHECK(a.head.header("x-method") == "POST");
-  CHECK(a.head.header("x-seen") == "1");
-  CHECK(a.head.header("content-type") == "text/plain");
-  CHECK(a.head.keeps_alive());
+  CHECK(a.header("x-method") == "POST");
+  CHECK(a.header("x-seen") == "1");
+  CHECK(a.header("content-type") == "text/plain");
+  CHECK(a.keeps_alive());
 
   // Two requests in one write, the second with a chunked body.
   send(socket,
        "GET /first?q=1 HTTP/1.1\r\nHost: t\r\n\r\n"
        "POST /second HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: "
        "chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n");
-  CHECK(receive(reader).body == "/first:");
-  CHECK(receive(reader).body == "/second:abcde");
+  CHECK(receive(socket).body == "/first:");
+  CHECK(receive(socket).body == "/second:abcde");
 
   // A client that waits for 100 Continue before sending its body.
   send(socket, "POST /big HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
-  Answer interim = receive(reader);
+  HttpReply interim = receive(socket);
   CHECK(interim.status == 100);
   send(socket, "xyz");
-  CHECK(receive(reader).body == "/big:xyz");
+  CHECK(receive(socket).body == "/big:xyz");
 
   // A HEAD request's answer has the headers of GET's and no body.
   send(socket, "HEAD /echo HTTP/1.1\r\nHost: t\r\n\r\nGET /next HTTP/1.1\r\nHost: t\r\n\r\n");
-  wire::MessageHead head;
-  REQUIRE(reader.read_head(false, head, 1 << 16, wire::Clock::now() + std::chrono::seconds(5)) ==
-          wire::IoStatus::Ok);
+  const HttpReply head = socket.receive(/*to_head=*/true);
   CHECK(head.status == 200);
   CHECK(head.header("content-length") == "6");  // "/echo:"
-  CHECK(receive(reader).body == "/next:");
+  CHECK(receive(socket).body == "/next:");
 
   // HTTP/1.0 closes after its answer.
   send(socket, "GET /old HTTP/1.0\r\n\r\n");
-  Answer old = receive(reader);
+  HttpReply old = receive(socket);
   CHECK(old.status == 200);
-  CHECK(old.head.header("connection") == "close");
-  CHECK(closed_by_server(reader));
+  CHECK(old.header("connection") == "close");
+  CHECK(closed_by_server(socket));
   CHECK(f.seen_statuses() == std::vector<int>{200, 200, 200, 200, 200, 200, 200});
 }
 
@@ -190,51 +154,48 @@ TEST_CASE("http server: refusals close the connection", "[http][server]") {
   };
   for (const auto& [request, status] : cases) {
     INFO(request.substr(0, 60));
-    wire::Socket socket = f.connect();
-    wire::Reader reader(socket.fd());
+    RawHttpConnection socket = f.connect();
     send(socket, request);
-    Answer a = receive(reader);
+    HttpReply a = receive(socket);
     CHECK(a.status == status);
     CHECK_THAT(a.body, Contains("refused " + std::to_string(status)));
-    CHECK(a.head.header("connection") == "close");
-    CHECK(closed_by_server(reader));
+    CHECK(a.header("connection") == "close");
+    CHECK(closed_by_server(socket));
   }
   CHECK(f.seen_statuses().size() == cases.size());
 }
 
 TEST_CASE("http server: streamed answers, failing handlers, stop", "[http][server]") {
   Fixture f;
-  wire::Socket socket = f.connect();
-  wire::Reader reader(socket.fd());
+  RawHttpConnection socket = f.connect();
 
   send(socket, "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n");
-  Answer streamed = receive(reader);
+  HttpReply streamed = receive(socket);
   CHECK(streamed.status == 200);
-  CHECK(streamed.head.header("transfer-encoding") == "chunked");
-  CHECK(streamed.head.header("x-stream") == "yes");
+  CHECK(streamed.header("transfer-encoding") == "chunked");
+  CHECK(streamed.header("x-stream") == "yes");
   CHECK(streamed.body == "data: one\n\ndata: two\n\n");
 
   send(socket, "GET /throw HTTP/1.1\r\nHost: t\r\n\r\n");
-  Answer thrown = receive(reader);
+  HttpReply thrown = receive(socket);
   CHECK(thrown.status == 500);
   CHECK_THAT(thrown.body, Contains("internal error: handler broke"));
 
   send(socket, "GET /after HTTP/1.1\r\nHost: t\r\n\r\n");
-  CHECK(receive(reader).body == "/after:");
+  CHECK(receive(socket).body == "/after:");
 
   send(socket, "GET /abort HTTP/1.1\r\nHost: t\r\n\r\n");
-  Answer aborted = receive(reader);
+  HttpReply aborted = receive(socket);
   CHECK(aborted.status == -1);  // headers, then the connection closed mid-body
 
   // stop() ends an idle kept-alive connection and returns promptly.
-  wire::Socket idle = f.connect();
-  wire::Reader idle_reader(idle.fd());
+  RawHttpConnection idle = f.connect();
   send(idle, "GET /idle HTTP/1.1\r\nHost: t\r\n\r\n");
-  CHECK(receive(idle_reader).status == 200);
+  CHECK(receive(idle).status == 200);
   const auto start = std::chrono::steady_clock::now();
   f.server->stop();
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(2));
-  CHECK(closed_by_server(idle_reader));
+  CHECK(closed_by_server(idle));
 }
 
 TEST_CASE("http server: idle and trickling connections hold no worker", "[http][server]") {
@@ -244,20 +205,19 @@ TEST_CASE("http server: idle and trickling connections hold no worker", "[http][
   options.threads = 1;
   options.read_timeout = milliseconds(20000);
   Fixture f(options);
-  std::vector<wire::Socket> idle;
+  std::vector<RawHttpConnection> idle;
   for (int i = 0; i < 100; ++i) idle.push_back(f.connect());
-  std::vector<wire::Socket> trickling;
+  std::vector<RawHttpConnection> trickling;
   for (int i = 0; i < 20; ++i) {
     trickling.push_back(f.connect());
     send(trickling.back(), "GET /slow HTTP/1.1\r\nHo");
   }
-  wire::Socket normal = f.connect();
-  wire::Reader reader(normal.fd());
+  RawHttpConnection normal = f.connect();
   for (int i = 0; i < 3; ++i) {
     send(normal, "GET /n HTTP/1.1\r\nHost: t\r\n\r\n");
-    Answer a = receive(reader);
+    HttpReply a = receive(normal);
     CHECK(a.body == "/n:");
-    CHECK(a.head.keeps_alive());
+    CHECK(a.keeps_alive());
   }
 }
 
@@ -266,14 +226,13 @@ TEST_CASE("http server: past its caps, 503 with Retry-After", "[http][server]") 
     HttpServerOptions options = Fixture::small_options();
     options.max_connections = 2;
     Fixture f(options);
-    wire::Socket one = f.connect();
-    wire::Socket two = f.connect();
+    RawHttpConnection one = f.connect();
+    RawHttpConnection two = f.connect();
     std::this_thread::sleep_for(milliseconds(100));  // both accepted
-    wire::Socket three = f.connect();
-    wire::Reader reader(three.fd());
-    Answer refused = receive(reader);
+    RawHttpConnection three = f.connect();
+    HttpReply refused = receive(three);
     CHECK(refused.status == 503);
-    CHECK(refused.head.header("retry-after") == "1");
+    CHECK(refused.header("retry-after") == "1");
     CHECK_THAT(refused.body, Contains("too many open connections"));
   }
   SECTION("requests waiting for a worker") {
@@ -295,29 +254,21 @@ TEST_CASE("http server: past its caps, 503 with Retry-After", "[http][server]") 
     const int port = server.bind("127.0.0.1", 0, error);
     REQUIRE(port > 0);
     std::thread running([&] { server.run(); });
-    auto connect = [&] {
-      bool timed_out = false;
-      wire::Socket s =
-          wire::connect_to("127.0.0.1", std::to_string(port), milliseconds(2000), error, timed_out);
-      REQUIRE(wire::configure_socket(s.fd(), milliseconds(3000), milliseconds(3000)));
-      return s;
-    };
-    wire::Socket busy = connect();  // taken by the worker
+    auto connect = [&] { return RawHttpConnection(port); };
+    RawHttpConnection busy = connect();  // taken by the worker
     send(busy, "GET /a HTTP/1.1\r\nHost: t\r\n\r\n");
     std::this_thread::sleep_for(milliseconds(100));
-    wire::Socket queued = connect();  // waits in the queue
+    RawHttpConnection queued = connect();  // waits in the queue
     send(queued, "GET /b HTTP/1.1\r\nHost: t\r\n\r\n");
     std::this_thread::sleep_for(milliseconds(100));
-    wire::Socket over = connect();
-    wire::Reader over_reader(over.fd());
+    RawHttpConnection over = connect();
     send(over, "GET /c HTTP/1.1\r\nHost: t\r\n\r\n");
-    Answer refused = receive(over_reader);
+    HttpReply refused = receive(over);
     CHECK(refused.status == 503);
-    CHECK(refused.head.header("retry-after") == "1");
+    CHECK(refused.header("retry-after") == "1");
     release = true;
-    wire::Reader busy_reader(busy.fd()), queued_reader(queued.fd());
-    CHECK(receive(busy_reader).body == "done");
-    CHECK(receive(queued_reader).body == "done");
+    CHECK(receive(busy).body == "done");
+    CHECK(receive(queued).body == "done");
     server.stop();
     running.join();
   }
@@ -328,17 +279,15 @@ TEST_CASE("http server: connections stay open while a worker is free for each", 
   // wake; that alone must not close kept-alive connections (the clients
   // would reconnect and queue again, and the connections churn).
   Fixture f;  // 4 workers
-  std::vector<wire::Socket> sockets;
-  std::vector<wire::Reader> readers;
-  for (int i = 0; i < 4; ++i) sockets.push_back(f.connect());
-  for (const auto& socket : sockets) readers.emplace_back(socket.fd());
+  std::vector<RawHttpConnection> connections;
+  for (int i = 0; i < 4; ++i) connections.push_back(f.connect());
   int closing = 0;
   for (int round = 0; round < 20; ++round) {
-    for (const auto& socket : sockets) send(socket, "GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
-    for (auto& reader : readers) {
-      const Answer a = receive(reader);
+    for (auto& connection : connections) send(connection, "GET /x HTTP/1.1\r\nHost: t\r\n\r\n");
+    for (auto& connection : connections) {
+      const HttpReply a = receive(connection);
       REQUIRE(a.status == 200);
-      closing += a.head.keeps_alive() ? 0 : 1;
+      closing += a.keeps_alive() ? 0 : 1;
     }
   }
   CHECK(closing == 0);
@@ -348,26 +297,21 @@ TEST_CASE("http server: a stop before run, and an idle timeout", "[http][server]
   HttpServerOptions options = Fixture::small_options();
   options.idle_timeout = milliseconds(200);
   Fixture f(options);
-  wire::Socket socket = f.connect();
-  wire::Reader reader(socket.fd());
+  RawHttpConnection socket = f.connect();
   const auto start = std::chrono::steady_clock::now();
-  CHECK(closed_by_server(reader));  // nothing sent: closed after the idle timeout
+  CHECK(closed_by_server(socket));  // nothing sent: closed after the idle timeout
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(3));
 
   // A request that trickles in a byte at a time is cut at the read timeout.
   HttpServerOptions slow_options = Fixture::small_options();
   slow_options.read_timeout = milliseconds(300);
   Fixture slow(slow_options);
-  wire::Socket trickling = slow.connect();
-  wire::Reader trickling_reader(trickling.fd());
+  RawHttpConnection trickling = slow.connect();
   const auto trickle_start = std::chrono::steady_clock::now();
-  Answer late;
-  std::thread reading([&] { late = receive(trickling_reader); });
+  HttpReply late;
+  std::thread reading([&] { late = receive(trickling); });
   for (char c : std::string("GET / HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")) {
-    if (wire::send_all(trickling.fd(), std::string_view(&c, 1), wire::Clock::now()) !=
-        wire::IoStatus::Ok) {
-      break;
-    }
+    if (!trickling.send_from_another_thread(std::string_view(&c, 1))) break;
     std::this_thread::sleep_for(milliseconds(30));
   }
   reading.join();

@@ -1,14 +1,15 @@
 // torouter-server over real HTTP on loopback: stand-in upstreams on ephemeral
 // ports, the server in-process (and once as a child process), real requests.
 // Timing is never asserted tightly: the machine may be loaded.
-#include <catch2/catch.hpp>
+#include "router_server.hpp"
+
 #include <simdjson.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <sys/socket.h>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
@@ -16,21 +17,17 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "http_wire.hpp"
-#include "router_server.hpp"
 #include "stand_in_upstream.hpp"
+#include "support/raw_http.hpp"
 #include "support/temp_dir.hpp"
 #include "torouter/error.hpp"
 #include "torouter/trainable_scorer.hpp"
-
-// After Eigen (through the torouter headers): httplib pulls in <resolv.h>,
-// whose `_res` macro would break Eigen's templates.
-#include <httplib.h>
 
 using Catch::Matchers::Contains;
 using torouter::server::RouterServer;
@@ -38,6 +35,9 @@ using torouter::server::ServerConfig;
 using torouter::server::StandInBehaviour;
 using torouter::server::StandInUpstream;
 using Kind = StandInBehaviour::Kind;
+using torouter::test::HttpHeaders;
+using torouter::test::HttpReply;
+using torouter::test::RawHttpConnection;
 using namespace std::chrono_literals;
 
 namespace {
@@ -103,19 +103,12 @@ struct Fixture {
     REQUIRE(port > 0);
   }
 
-  std::unique_ptr<httplib::Client> client() const {
-    auto c = std::make_unique<httplib::Client>("127.0.0.1", port);
-    c->set_read_timeout(60s);
-    c->set_connection_timeout(10s);
-    return c;
+  std::optional<HttpReply> post(const std::string& body, const HttpHeaders& headers = {}) const {
+    return torouter::test::http_call(port, "POST", "/v1/chat/completions", headers, body);
   }
 
-  httplib::Result post(const std::string& body, const httplib::Headers& headers = {}) const {
-    return client()->Post("/v1/chat/completions", headers, body, "application/json");
-  }
-
-  httplib::Result get(const std::string& path, const httplib::Headers& headers = {}) const {
-    return client()->Get(path, headers);
+  std::optional<HttpReply> get(const std::string& path, const HttpHeaders& headers = {}) const {
+    return torouter::test::http_call(port, "GET", path, headers);
   }
 
   // The expert the router picks for `prompt` when every upstream is healthy.
@@ -127,7 +120,7 @@ struct Fixture {
     auto res = post(body);
     REQUIRE(res);
     REQUIRE(res->status == 200);
-    return res->get_header_value("X-Torouter-Expert");
+    return res->header("X-Torouter-Expert");
   }
 
   std::size_t total_requests() const {
@@ -173,16 +166,15 @@ TEST_CASE("router server: routes a request and tells the decision in headers", "
   auto res = f.post(chat_body("router", kPrompt));
   REQUIRE(res);
   REQUIRE(res->status == 200);
-  const std::string expert = res->get_header_value("X-Torouter-Expert");
+  const std::string expert = res->header("X-Torouter-Expert");
   REQUIRE(f.upstreams.count(expert) == 1);
-  CHECK(res->get_header_value("X-Torouter-Routed-Expert") == expert);
-  CHECK(res->get_header_value("X-Torouter-Reason") == "highest_utility");
-  CHECK(res->get_header_value("X-Torouter-Attempts") == "1");
-  CHECK(std::stod(res->get_header_value("X-Torouter-Predicted-Quality")) > 0.0);
-  CHECK(std::stod(res->get_header_value("X-Torouter-Predicted-Cost-Usd")) > 0.0);
-  CHECK(std::stod(res->get_header_value("X-Torouter-Cost-Usd")) > 0.0);
-  CHECK(res->get_header_value("X-Torouter-Model-Version") ==
-        torouter::load_model(kModel).scorer->version());
+  CHECK(res->header("X-Torouter-Routed-Expert") == expert);
+  CHECK(res->header("X-Torouter-Reason") == "highest_utility");
+  CHECK(res->header("X-Torouter-Attempts") == "1");
+  CHECK(std::stod(res->header("X-Torouter-Predicted-Quality")) > 0.0);
+  CHECK(std::stod(res->header("X-Torouter-Predicted-Cost-Usd")) > 0.0);
+  CHECK(std::stod(res->header("X-Torouter-Cost-Usd")) > 0.0);
+  CHECK(res->header("X-Torouter-Model-Version") == torouter::load_model(kModel).scorer->version());
 
   simdjson::dom::parser parser;
   auto doc = parse(parser, res->body);
@@ -217,15 +209,15 @@ TEST_CASE("router server: router:<lambda> sets the cost weight, a name bypasses 
   auto cheap = f.post(chat_body("router:1e9", kPrompt));
   REQUIRE(cheap);
   REQUIRE(cheap->status == 200);
-  CHECK(cheap->get_header_value("X-Torouter-Expert") == "gemma-2-9b-it");
-  CHECK(cheap->get_header_value("X-Torouter-Lambda-Cost") == "1000000000");
+  CHECK(cheap->header("X-Torouter-Expert") == "gemma-2-9b-it");
+  CHECK(cheap->header("X-Torouter-Lambda-Cost") == "1000000000");
 
   auto bypass = f.post(chat_body("llama-3.3-nemotron-super-49b-v1", "hello there"));
   REQUIRE(bypass);
   REQUIRE(bypass->status == 200);
-  CHECK(bypass->get_header_value("X-Torouter-Expert") == "llama-3.3-nemotron-super-49b-v1");
-  CHECK(bypass->get_header_value("X-Torouter-Reason") == "bypass");
-  CHECK(bypass->get_header_value("X-Torouter-Attempts") == "1");
+  CHECK(bypass->header("X-Torouter-Expert") == "llama-3.3-nemotron-super-49b-v1");
+  CHECK(bypass->header("X-Torouter-Reason") == "bypass");
+  CHECK(bypass->header("X-Torouter-Attempts") == "1");
   CHECK(f.upstreams["llama-3.3-nemotron-super-49b-v1"]->requests() == 1);
 
   for (const char* model : {"router:", "router:abc", "router:-1", "router:1e999"}) {
@@ -250,18 +242,18 @@ TEST_CASE("router server: router:q>=<floor> picks the cheapest expert above the 
   auto zero = f.post(chat_body("router:q>=0", kPrompt));
   REQUIRE(zero);
   REQUIRE(zero->status == 200);
-  CHECK(zero->get_header_value("X-Torouter-Expert") == "gemma-2-9b-it");
-  CHECK(zero->get_header_value("X-Torouter-Reason") == "cheapest_above_floor");
-  CHECK(zero->get_header_value("X-Torouter-Quality-Floor") == "0");
+  CHECK(zero->header("X-Torouter-Expert") == "gemma-2-9b-it");
+  CHECK(zero->header("X-Torouter-Reason") == "cheapest_above_floor");
+  CHECK(zero->header("X-Torouter-Quality-Floor") == "0");
   CHECK(double(parse(parser, zero->body)["torouter"]["quality_floor"]) == 0.0);
 
   // Nobody is predicted to reach 1: the best predicted answers.
   auto one = f.post(chat_body("router:q>=1", kPrompt));
   REQUIRE(one);
   REQUIRE(one->status == 200);
-  CHECK(one->get_header_value("X-Torouter-Expert") == best);
-  CHECK(one->get_header_value("X-Torouter-Reason") == "floor_not_reached");
-  CHECK(one->get_header_value("X-Torouter-Quality-Floor") == "1");
+  CHECK(one->header("X-Torouter-Expert") == best);
+  CHECK(one->header("X-Torouter-Reason") == "floor_not_reached");
+  CHECK(one->header("X-Torouter-Quality-Floor") == "1");
 
   auto plain = f.post(chat_body("router", kPrompt));
   REQUIRE(plain);
@@ -282,14 +274,14 @@ TEST_CASE("router server: the config's quality floor applies to plain router", "
   auto plain = f.post(chat_body("router", kPrompt));
   REQUIRE(plain);
   REQUIRE(plain->status == 200);
-  CHECK(plain->get_header_value("X-Torouter-Expert") == "gemma-2-9b-it");
-  CHECK(plain->get_header_value("X-Torouter-Reason") == "cheapest_above_floor");
-  CHECK(plain->get_header_value("X-Torouter-Quality-Floor") == "0");
+  CHECK(plain->header("X-Torouter-Expert") == "gemma-2-9b-it");
+  CHECK(plain->header("X-Torouter-Reason") == "cheapest_above_floor");
+  CHECK(plain->header("X-Torouter-Quality-Floor") == "0");
   // "router:<lambda>" asks for cost-weighted routing instead: no floor.
   auto weighted = f.post(chat_body("router:0", kPrompt));
   REQUIRE(weighted);
   REQUIRE(weighted->status == 200);
-  CHECK(weighted->get_header_value("X-Torouter-Reason") == "highest_utility");
+  CHECK(weighted->header("X-Torouter-Reason") == "highest_utility");
   CHECK_FALSE(weighted->has_header("X-Torouter-Quality-Floor"));
 }
 
@@ -309,15 +301,15 @@ TEST_CASE("router server: a request's needs exclude experts that lack them", "[s
       R"( this?"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]})");
   REQUIRE(image);
   REQUIRE(image->status == 200);
-  CHECK(image->get_header_value("X-Torouter-Expert") == "gemma-2-9b-it");
+  CHECK(image->header("X-Torouter-Expert") == "gemma-2-9b-it");
 
   auto tools = f.post(R"({"model":"router","tools":[{"type":"function","function":{"name":"f"}}],)"
                       R"("messages":[)" +
                       user + "]}");
   REQUIRE(tools);
   REQUIRE(tools->status == 200);
-  CHECK(tools->get_header_value("X-Torouter-Expert") == "llama-3.3-nemotron-super-49b-v1");
-  CHECK(tools->get_header_value("X-Torouter-Reason") == "only_eligible");
+  CHECK(tools->header("X-Torouter-Expert") == "llama-3.3-nemotron-super-49b-v1");
+  CHECK(tools->header("X-Torouter-Reason") == "only_eligible");
 
   const std::size_t before = f.total_requests();
   auto json = f.post(R"({"model":"router","response_format":{"type":"json_object"},"messages":[)" +
@@ -357,12 +349,12 @@ TEST_CASE("router server: fails over from failing upstreams", "[server]") {
     auto res = f.post(chat_body("router", kPrompt));
     REQUIRE(res);
     REQUIRE(res->status == 200);
-    CHECK(res->get_header_value("X-Torouter-Routed-Expert") == first);
-    CHECK(res->get_header_value("X-Torouter-Expert") != first);
-    CHECK(res->get_header_value("X-Torouter-Attempts") == attempts);
+    CHECK(res->header("X-Torouter-Routed-Expert") == first);
+    CHECK(res->header("X-Torouter-Expert") != first);
+    CHECK(res->header("X-Torouter-Attempts") == attempts);
     CHECK_THAT(res->body, Contains("\"failure\":\"" + kind + "\""));
     // Every attempt, on either expert, sent the whole conversation.
-    const std::string answered = res->get_header_value("X-Torouter-Expert");
+    const std::string answered = res->header("X-Torouter-Expert");
     REQUIRE(f.upstreams.count(answered) == 1);
     for (const std::string& expert : {first, answered}) {
       CHECK_THAT(f.upstreams[expert]->last_body(), Contains("\"content\":\"Be brief.\""));
@@ -384,8 +376,8 @@ TEST_CASE("router server: fails over from failing upstreams", "[server]") {
     auto res = f.post(chat_body("router", kPrompt));
     REQUIRE(res);
     REQUIRE(res->status == 200);
-    CHECK(res->get_header_value("X-Torouter-Expert") == first);
-    CHECK(res->get_header_value("X-Torouter-Attempts") == "2");
+    CHECK(res->header("X-Torouter-Expert") == first);
+    CHECK(res->header("X-Torouter-Attempts") == "2");
     CHECK_THAT(res->body, Contains("\"waited_ms\":1000"));
   }
   SECTION("context too long fails over at once") {
@@ -395,8 +387,8 @@ TEST_CASE("router server: fails over from failing upstreams", "[server]") {
     auto res = f.post(chat_body("router", kPrompt));
     REQUIRE(res);
     REQUIRE(res->status == 200);
-    CHECK(res->get_header_value("X-Torouter-Expert") != first);
-    CHECK(res->get_header_value("X-Torouter-Attempts") == "2");
+    CHECK(res->header("X-Torouter-Expert") != first);
+    CHECK(res->header("X-Torouter-Attempts") == "2");
     CHECK_THAT(res->body, Contains("\"failure\":\"context_too_long\""));
   }
 }
@@ -412,7 +404,7 @@ TEST_CASE("router server: failures of every expert become OpenAI error objects",
     auto doc = parse(parser, res->body);
     CHECK(str(doc["error"]["code"]) == "upstream_error");
     CHECK_THAT(str(doc["error"]["message"]), Contains("HTTP 500"));
-    CHECK(res->get_header_value("X-Torouter-Attempts") == "6");
+    CHECK(res->header("X-Torouter-Attempts") == "6");
   }
   SECTION("upstreams that cannot be reached: their URLs stay out of the answer") {
     for (auto& [name, u] : f.upstreams) u->stop();
@@ -463,8 +455,8 @@ TEST_CASE("router server: streams answers as server-sent events", "[server]") {
     auto res = f.post(chat_body("router", kPrompt, true));
     REQUIRE(res);
     REQUIRE(res->status == 200);
-    CHECK_THAT(res->get_header_value("Content-Type"), Contains("text/event-stream"));
-    CHECK(res->get_header_value("X-Torouter-Expert") == first);
+    CHECK_THAT(res->header("Content-Type"), Contains("text/event-stream"));
+    CHECK(res->header("X-Torouter-Expert") == first);
     const auto events = sse_data(res->body);
     REQUIRE(events.size() >= 3);
     CHECK(events.back() == "[DONE]");
@@ -480,9 +472,9 @@ TEST_CASE("router server: streams answers as server-sent events", "[server]") {
     auto res = f.post(chat_body("router", kPrompt, true));
     REQUIRE(res);
     REQUIRE(res->status == 200);
-    const std::string answered = res->get_header_value("X-Torouter-Expert");
+    const std::string answered = res->header("X-Torouter-Expert");
     CHECK(answered != first);
-    CHECK(res->get_header_value("X-Torouter-Attempts") == "3");
+    CHECK(res->header("X-Torouter-Attempts") == "3");
     CHECK(streamed_content(res->body) == "up-" + answered + " answers: " + kPrompt);
     CHECK(sse_data(res->body).back() == "[DONE]");
   }
@@ -494,7 +486,7 @@ TEST_CASE("router server: streams answers as server-sent events", "[server]") {
     auto res = f.post(chat_body("router", kPrompt, true));
     REQUIRE(res);
     REQUIRE(res->status == 200);
-    CHECK(res->get_header_value("X-Torouter-Expert") == first);
+    CHECK(res->header("X-Torouter-Expert") == first);
     const auto events = sse_data(res->body);
     REQUIRE(events.size() >= 2);
     CHECK_THAT(events.front(), Contains("\"content\""));
@@ -510,7 +502,7 @@ TEST_CASE("router server: streams answers as server-sent events", "[server]") {
     auto res = f.post(chat_body("router", kPrompt, true));
     REQUIRE(res);
     CHECK(res->status == 502);
-    CHECK_THAT(res->get_header_value("Content-Type"), Contains("application/json"));
+    CHECK_THAT(res->header("Content-Type"), Contains("application/json"));
   }
 }
 
@@ -578,7 +570,7 @@ TEST_CASE("router server: a stream runs as long as its chunks keep coming", "[se
     auto res = f.post(chat_body("router", kPrompt, true));
     REQUIRE(res);
     REQUIRE(res->status == 200);
-    CHECK(res->get_header_value("X-Torouter-Expert") == first);
+    CHECK(res->header("X-Torouter-Expert") == first);
     CHECK(streamed_content(res->body) == "up-" + first + " answers: " + kPrompt);
     CHECK(sse_data(res->body).back() == "[DONE]");
   }
@@ -662,7 +654,7 @@ TEST_CASE("router server: relays tool calls and the finish reason", "[server]") 
     auto res = f.post(tools_body("router", false));
     REQUIRE(res);
     REQUIRE(res->status == 200);
-    const std::string answered = res->get_header_value("X-Torouter-Expert");
+    const std::string answered = res->header("X-Torouter-Expert");
     CHECK(answered != first);
     auto doc = parse(parser, res->body);
     auto choice = doc["choices"].at(0);
@@ -722,7 +714,7 @@ TEST_CASE("router server: relays tool calls and the finish reason", "[server]") 
     auto doc = parse(parser, plain->body);
     CHECK(str(doc["choices"].at(0)["finish_reason"]) == "length");
     CHECK(str(doc["choices"].at(0)["message"]["content"]) ==
-          "up-" + plain->get_header_value("X-Torouter-Expert") + " answers: " + kPrompt);
+          "up-" + plain->header("X-Torouter-Expert") + " answers: " + kPrompt);
     CHECK(doc["choices"].at(0)["message"]["tool_calls"].error() == simdjson::NO_SUCH_FIELD);
 
     auto streamed = f.post(chat_body("router", kPrompt, true));
@@ -740,13 +732,13 @@ TEST_CASE("router server: bearer keys, size limit and bad input", "[server]") {
     c.api_keys = {"key-one", "key-two"};
     c.max_request_bytes = 4096;
   });
-  const httplib::Headers good{{"Authorization", "Bearer key-two"}};
+  const HttpHeaders good{{"Authorization", "Bearer key-two"}};
 
   SECTION("authentication") {
     auto none = f.post(chat_body("router", "hi"));
     REQUIRE(none);
     CHECK(none->status == 401);
-    CHECK(none->get_header_value("WWW-Authenticate") == "Bearer");
+    CHECK(none->header("WWW-Authenticate") == "Bearer");
     CHECK_THAT(none->body, Contains("invalid_api_key"));
     auto wrong = f.post(chat_body("router", "hi"), {{"Authorization", "Bearer key-three"}});
     REQUIRE(wrong);
@@ -845,7 +837,7 @@ TEST_CASE("router server: models, health and metrics", "[server]") {
   CHECK_THAT(health->body, Contains("\"status\":\"ok\""));
   // Load balancers probe with HEAD: GET's headers, no body, the same
   // connection still usable.
-  auto probe = f.client()->Head("/health");
+  auto probe = torouter::test::http_call(f.port, "HEAD", "/health");
   REQUIRE(probe);
   CHECK(probe->status == 200);
   CHECK(probe->body.empty());
@@ -1005,12 +997,11 @@ TEST_CASE("router server: the torouter-server program", "[server]") {
   const auto colon = line.rfind(':');
   REQUIRE(line.find("listening on http://127.0.0.1:") != std::string::npos);
   const int port = std::atoi(line.c_str() + colon + 1);
-  httplib::Client client("127.0.0.1", port);
-  client.set_read_timeout(30s);
-  auto res = client.Post("/v1/chat/completions", chat_body("router", "hi"), "application/json");
+  auto res = torouter::test::http_call(port, "POST", "/v1/chat/completions", {},
+                                       chat_body("router", "hi"));
   REQUIRE(res);
   CHECK(res->status == 200);
-  CHECK(res->get_header_value("X-Torouter-Expert") == "gemma-2-9b-it");
+  CHECK(res->header("X-Torouter-Expert") == "gemma-2-9b-it");
   ::kill(child, SIGTERM);
   int child_status = 0;
   ::waitpid(child, &child_status, 0);
@@ -1026,26 +1017,15 @@ TEST_CASE("router server: a client that goes away cancels its upstream call, bla
   trickle.chunks = 100;
   trickle.chunk_gap = 50ms;
   for (auto& [name, u] : f.upstreams) u->set_behaviour(trickle);
-  namespace wire = torouter::openai::http;
   {
-    std::string error;
-    bool timed_out = false;
-    wire::Socket socket =
-        wire::connect_to("127.0.0.1", std::to_string(f.port), 2s, error, timed_out);
-    REQUIRE(socket.is_open());
-    REQUIRE(wire::configure_socket(socket.fd(), 10s, 10s));
+    RawHttpConnection connection(f.port, 10s);
     const std::string body = chat_body("router", kPrompt, true);
-    const std::string request =
+    REQUIRE(connection.send(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-        "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-    REQUIRE(wire::send_all(socket.fd(), request, wire::Clock::now()) == wire::IoStatus::Ok);
-    std::string seen;  // the first piece of the stream, then the client goes
-    char buffer[4096];
-    while (seen.find("data: ") == std::string::npos) {
-      const ssize_t n = ::recv(socket.fd(), buffer, sizeof buffer, 0);
-      REQUIRE(n > 0);
-      seen.append(buffer, static_cast<std::size_t>(n));
-    }
+        "Content-Length: " +
+        std::to_string(body.size()) + "\r\n\r\n" + body));
+    // The first piece of the stream, then the client goes.
+    REQUIRE_FALSE(connection.read_until("data: ").empty());
   }
   std::size_t cut = 0;
   for (int i = 0; i < 400 && cut == 0; ++i) {
@@ -1075,16 +1055,12 @@ TEST_CASE("router server: a client that goes away cancels its upstream call, bla
   for (auto& [name, u] : f.upstreams) u->set_behaviour(thinking);
   const auto sent_at = std::chrono::steady_clock::now();
   {
-    std::string error;
-    bool timed_out = false;
-    wire::Socket socket =
-        wire::connect_to("127.0.0.1", std::to_string(f.port), 2s, error, timed_out);
-    REQUIRE(socket.is_open());
+    RawHttpConnection connection(f.port, 10s);
     const std::string body = chat_body("router", kPrompt);
-    const std::string request =
+    REQUIRE(connection.send(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-        "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-    REQUIRE(wire::send_all(socket.fd(), request, wire::Clock::now()) == wire::IoStatus::Ok);
+        "Content-Length: " +
+        std::to_string(body.size()) + "\r\n\r\n" + body));
     bool calling = false;
     for (int i = 0; i < 200 && !calling; ++i) {
       std::this_thread::sleep_for(10ms);
@@ -1140,7 +1116,7 @@ TEST_CASE("router server: past max_requests_in_flight, 503 with Retry-After", "[
   auto refused = f.post(chat_body("router", kPrompt));
   REQUIRE(refused);
   CHECK(refused->status == 503);
-  CHECK(refused->get_header_value("Retry-After") == "1");
+  CHECK(refused->header("Retry-After") == "1");
   CHECK_THAT(refused->body, Contains("server_busy"));
   for (auto& t : busy) t.join();
   CHECK(answered == 2);

@@ -136,7 +136,7 @@ StandInUpstream::StandInUpstream(std::string name, std::size_t threads)
 
 void StandInUpstream::State::answer(const HttpRequest& req, HttpResponse& res) {
   State* s = this;
-  if (req.method() != "POST" || req.path() != "/v1/chat/completions") {
+  if (req.method != "POST" || req.path() != "/v1/chat/completions") {
     res.status = 404;
     res.set_content(
         "{\"error\":{\"message\":\"stand-in: no such "

@@ -14,8 +14,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(fuzz_expert_registry fuzz_model_file fuzz_dataset_lines
-                                     fuzz_featurizer fuzz_collect_prompts fuzz_server_request
-                                     fuzz_http_wire)
+                                     fuzz_featurizer fuzz_collect_prompts fuzz_server_request)
 scripts/setup sanitizers
 cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DTOROUTER_BUILD_FUZZERS=ON -DTOROUTER_BUILD_TESTS=OFF -DTOROUTER_BUILD_EXAMPLES=OFF \
