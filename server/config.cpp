@@ -186,7 +186,7 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
   return e;
 }
 
-void read_listen(const Fields& top, element value, ServerConfig& c) {
+void read_listen(const Fields& top, element value, const std::string& base_dir, ServerConfig& c) {
   Fields f(c.origin, "listen");
   for (auto field : top.object("listen", value)) {
     const std::string_view key = field.key;
@@ -204,10 +204,18 @@ void read_listen(const Fields& top, element value, ServerConfig& c) {
       c.max_queued_requests = f.count(key, field.value, 0, 1000000);
     else if (key == "max_requests_in_flight")
       c.max_requests_in_flight = f.count(key, field.value, 1, 10000000);
+    else if (key == "tls_cert_file")
+      c.tls_cert_file = resolve(base_dir, f.text(key, field.value));
+    else if (key == "tls_key_file")
+      c.tls_key_file = resolve(base_dir, f.text(key, field.value));
     else
       f.fail(key,
              "unknown field (known: host, port, threads, io_threads, max_connections, "
-             "max_queued_requests, max_requests_in_flight)");
+             "max_queued_requests, max_requests_in_flight, tls_cert_file, tls_key_file)");
+  }
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
+    f.fail(c.tls_cert_file.empty() ? "tls_cert_file" : "tls_key_file",
+           "missing: HTTPS needs both tls_cert_file and tls_key_file");
   }
 }
 
@@ -303,7 +311,7 @@ ServerConfig parse_server_config(std::string_view json, const std::string& origi
     const std::string_view key = field.key;
     const element v = field.value;
     if (key == "listen") {
-      read_listen(f, v, c);
+      read_listen(f, v, base_dir, c);
     } else if (key == "router_model") {
       c.router_model = resolve(base_dir, f.text(key, v));
     } else if (key == "experts_file") {

@@ -64,6 +64,10 @@ struct ServerConfig {
   /// Chat requests being routed or called at once; past it, 503 with
   /// Retry-After.
   std::size_t max_requests_in_flight = 10000;
+  /// HTTPS: the certificate chain and private key (PEM files, relative to
+  /// the configuration file); both empty for plain HTTP.
+  std::string tls_cert_file;
+  std::string tls_key_file;
   /// Router model file (paths are relative to the configuration file).
   std::string router_model;
   /// Optional expert registry file whose fields (prices, context windows,

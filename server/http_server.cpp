@@ -17,6 +17,7 @@
 #include <optional>
 #include <unordered_set>
 
+#include "connection_stream.hpp"
 #include "openai/io_threads.hpp"
 
 namespace torouter::server {
@@ -102,6 +103,7 @@ struct HttpServer::State {
   const HttpObserver observer;
   std::shared_ptr<openai::IoThreads> io;
   tcp::acceptor acceptor;
+  std::unique_ptr<asio::ssl::context> tls;  // set by bind when the options name a certificate
 
   std::mutex mutex;
   std::condition_variable wake_worker;
@@ -120,7 +122,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
  public:
   HttpSession(std::shared_ptr<HttpServer::State> state, tcp::socket socket)
       : state_(std::move(state)),
-        stream_(std::move(socket)),
+        stream_(std::move(socket), state_->tls.get()),
         request_timer_(stream_.get_executor()) {
     std::lock_guard<std::mutex> lock(state_->mutex);
     state_->sessions.insert(this);
@@ -131,13 +133,17 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     state_->changed.notify_all();
   }
 
-  void start() { wait_for_request(); }
+  void start() {
+    auto self = shared_from_this();
+    after_handshake([self] { self->wait_for_request(); });
+  }
 
   // Refuses the connection at once (past the connection cap).
   void refuse_now(int status, std::string message, std::string retry_after) {
     auto self = shared_from_this();
     asio::dispatch(stream_.get_executor(), [self, status, message, retry_after] {
-      self->refuse(status, message, retry_after);
+      self->after_handshake(
+          [self, status, message, retry_after] { self->refuse(status, message, retry_after); });
     });
   }
 
@@ -145,7 +151,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void stop_if_idle() {
     auto self = shared_from_this();
     asio::post(stream_.get_executor(), [self] {
-      if (self->idle_) self->stream_.cancel();
+      if (self->idle_) self->stream_.tcp().cancel();
     });
   }
 
@@ -206,9 +212,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     auto future = written.get_future();
     auto self = shared_from_this();
     asio::post(stream_.get_executor(), [&written, &op, self] {
-      self->stream_.expires_after(self->state_->options.write_timeout);
+      self->stream_.tcp().expires_after(self->state_->options.write_timeout);
       op([&written, self](beast::error_code ec, std::size_t) {
-        self->stream_.expires_never();
+        self->stream_.tcp().expires_never();
         written.set_value(!ec);
       });
     });
@@ -259,6 +265,24 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
  private:
   // ------------------------------------------------------------- reading
 
+  // Runs `next` once the connection can carry HTTP: at once over plain TCP,
+  // after the TLS handshake otherwise. The handshake has the request
+  // deadline, so a client that stalls in it is cut like one that trickles.
+  void after_handshake(std::function<void()> next) {
+    if (!stream_.secure()) return next();
+    stream_.tcp().expires_after(state_->options.read_timeout);
+    auto self = shared_from_this();
+    stream_.async_handshake([self, next = std::move(next)](beast::error_code ec) {
+      beast::error_code ignored;
+      if (ec) {
+        self->stream_.tcp().socket().close(ignored);  // nothing HTTP was said: no answer
+        return;
+      }
+      self->stream_.tcp().expires_never();
+      next();
+    });
+  }
+
   // Waits for the first byte of the next request (the idle timeout), unless
   // bytes of it are already here.
   void wait_for_request() {
@@ -268,7 +292,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     if (state_->stopping) return close();
     idle_ = true;
-    stream_.expires_after(state_->options.idle_timeout);
+    stream_.tcp().expires_after(state_->options.idle_timeout);
     auto self = shared_from_this();
     stream_.async_read_some(buffer_.prepare(4096), [self](beast::error_code ec, std::size_t n) {
       self->idle_ = false;
@@ -285,7 +309,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(state_->options.max_head_bytes));
     parser_->body_limit(state_->options.max_body_bytes);
-    stream_.expires_never();
+    stream_.tcp().expires_never();
     request_timed_out_ = false;
     reading_request_ = true;
     request_timer_.expires_after(state_->options.read_timeout);
@@ -296,7 +320,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       if (ec || !self->reading_request_) return;
       self->request_timed_out_ = true;
       beast::error_code ignored;
-      self->stream_.socket().cancel(ignored);
+      self->stream_.tcp().socket().cancel(ignored);
     });
     bhttp::async_read_header(stream_, buffer_, *parser_,
                              [self](beast::error_code ec, std::size_t) { self->head_read(ec); });
@@ -445,12 +469,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       QueuedWrite next = std::move(ops_.front());
       ops_.pop_front();
       writing_ = true;
-      stream_.expires_after(state_->options.write_timeout);
+      stream_.tcp().expires_after(state_->options.write_timeout);
       auto self = shared_from_this();
       next.op([self, gone, bytes = next.bytes](beast::error_code ec, std::size_t) {
         self->writing_ = false;
         self->queued_bytes_ -= bytes;
-        self->stream_.expires_never();
+        self->stream_.tcp().expires_never();
         if (ec) {
           self->broken_ = true;
           gone->cancel();
@@ -470,7 +494,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       // The watch's read must end before the next one starts on the buffer;
       // its handler goes on.
       beast::error_code ignored;
-      stream_.socket().cancel(ignored);
+      stream_.tcp().socket().cancel(ignored);
       return;
     }
     after_answer();
@@ -492,14 +516,24 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (answer_done_ || broken_) return;
     watching_ = true;
     auto self = shared_from_this();
-    stream_.socket().async_read_some(buffer_.prepare(1024),
-                                     [self, gone](beast::error_code ec, std::size_t n) {
-                                       self->watching_ = false;
-                                       if (n > 0) self->buffer_.commit(n);
-                                       if (ec && ec != asio::error::operation_aborted)
-                                         gone->cancel();  // closed or reset
-                                       if (self->answer_done_) self->after_answer();
-                                     });
+    auto seen = [self, gone](beast::error_code ec, std::size_t n) {
+      self->watching_ = false;
+      if (n > 0) self->buffer_.commit(n);
+      if (ec && ec != asio::error::operation_aborted) gone->cancel();  // closed or reset
+      if (self->answer_done_) self->after_answer();
+    };
+    if (!stream_.secure()) {
+      // On the socket itself: the stream's write timeouts would end it.
+      stream_.tcp().socket().async_read_some(buffer_.prepare(1024), seen);
+      return;
+    }
+    // Under TLS the bytes must be decrypted: wait until some arrive, then
+    // read them through TLS (a close_notify or a closed connection: gone).
+    stream_.tcp().socket().async_wait(
+        tcp::socket::wait_read, [self, seen](beast::error_code ec) mutable {
+          if (ec || self->answer_done_) return seen(ec, 0);
+          self->stream_.async_read_some(self->buffer_.prepare(1024), seen);
+        });
   }
 
   // Answers a request refused before any handler saw it, then closes.
@@ -512,7 +546,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     answer->keep_alive(false);
     answer->body() = state_->refusal(status, message);
     answer->prepare_payload();
-    stream_.expires_after(state_->options.write_timeout);
+    stream_.tcp().expires_after(state_->options.write_timeout);
     auto self = shared_from_this();
     bhttp::async_write(stream_, *answer, [self, answer, status](beast::error_code, std::size_t) {
       self->state_->observer(status);
@@ -525,7 +559,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     reading_request_ = false;
     request_timer_.cancel();
     beast::error_code ignored;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.tcp().socket().shutdown(tcp::socket::shutdown_send, ignored);
     drain_deadline_ = std::chrono::steady_clock::now() + kDrainTime;
     drain();
   }
@@ -533,16 +567,16 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void drain() {
     if (drained_ >= kMaxDrainBytes || std::chrono::steady_clock::now() >= drain_deadline_) {
       beast::error_code ignored;
-      stream_.socket().close(ignored);
+      stream_.tcp().socket().close(ignored);
       return;
     }
-    stream_.expires_at(drain_deadline_);
+    stream_.tcp().expires_at(drain_deadline_);
     auto self = shared_from_this();
     stream_.async_read_some(asio::buffer(scratch_), [self](beast::error_code ec, std::size_t n) {
       self->drained_ += n;
       if (ec) {
         beast::error_code ignored;
-        self->stream_.socket().close(ignored);
+        self->stream_.tcp().socket().close(ignored);
         return;
       }
       self->drain();
@@ -550,7 +584,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   std::shared_ptr<HttpServer::State> state_;
-  beast::tcp_stream stream_;
+  ConnectionStream stream_;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   asio::steady_timer request_timer_;
@@ -701,7 +735,37 @@ HttpServer::HttpServer(HttpServerOptions options, HttpHandler handler, HttpRefus
 
 HttpServer::~HttpServer() { stop(); }
 
+namespace {
+
+// The TLS context of a listener: TLS 1.2 and later, the certificate chain
+// and key from PEM files; null with `error` when they cannot be used.
+std::unique_ptr<asio::ssl::context> tls_context(const HttpServerOptions& options,
+                                                std::string& error) {
+  auto context = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_server);
+  context->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                       asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                       asio::ssl::context::no_tlsv1_1 | asio::ssl::context::single_dh_use);
+  beast::error_code ec;
+  context->use_certificate_chain_file(options.tls_cert_file, ec);
+  if (ec) {
+    error = "cannot use TLS certificate " + options.tls_cert_file + ": " + ec.message();
+    return nullptr;
+  }
+  context->use_private_key_file(options.tls_key_file, asio::ssl::context::pem, ec);
+  if (ec) {
+    error = "cannot use TLS key " + options.tls_key_file + ": " + ec.message();
+    return nullptr;
+  }
+  return context;
+}
+
+}  // namespace
+
 int HttpServer::bind(const std::string& host, int port, std::string& error) {
+  if (!state_->options.tls_cert_file.empty()) {
+    state_->tls = tls_context(state_->options, error);
+    if (!state_->tls) return -1;
+  }
   beast::error_code ec;
   const auto address = asio::ip::make_address(host, ec);
   if (ec) {

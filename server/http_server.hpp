@@ -138,6 +138,10 @@ struct HttpServerOptions {
   std::chrono::milliseconds read_timeout{30000};
   /// Longest wait for the client to take each piece of an answer.
   std::chrono::milliseconds write_timeout{30000};
+  /// HTTPS: the certificate chain and its private key (PEM files); both
+  /// empty for plain HTTP.
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 using HttpHandler = std::function<void(const HttpRequest&, HttpResponse&)>;

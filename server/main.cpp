@@ -53,9 +53,10 @@ int main(int argc, char** argv) {
     if (port >= 0) config.port = port;
     torouter::server::RouterServer server(config);
     const int bound = server.bind();
-    std::cout << "torouter-server: listening on http://" << config.host << ":" << bound << " ("
-              << config.experts.size() << " experts" << (config.api_keys.empty() ? "" : ", API keys required")
-              << ")" << std::endl;
+    const char* scheme = config.tls_cert_file.empty() ? "http" : "https";
+    std::cout << "torouter-server: listening on " << scheme << "://" << config.host << ":" << bound
+              << " (" << config.experts.size() << " experts"
+              << (config.api_keys.empty() ? "" : ", API keys required") << ")" << std::endl;
     std::thread stopper([&server, &signals] {
       int signal = 0;
       sigwait(&signals, &signal);

@@ -732,6 +732,8 @@ struct RouterServer::Impl {
     // Every handler answers at once or defers: none waits on an upstream.
     options.handlers_never_block = true;
     options.max_connections = config.max_connections;
+    options.tls_cert_file = config.tls_cert_file;
+    options.tls_key_file = config.tls_key_file;
     options.max_queued_requests = config.max_queued_requests;
     options.max_body_bytes = config.max_request_bytes;
     http = std::make_unique<HttpServer>(

@@ -327,3 +327,15 @@ TEST_CASE("http server: a stop before run, and an idle timeout", "[http][server]
   never.run();  // returns at once
   CHECK_FALSE(never.is_running());
 }
+
+TEST_CASE("http server: a TLS certificate it cannot use is named at bind", "[http][server]") {
+  HttpServerOptions options = Fixture::small_options();
+  options.tls_cert_file = "/nonexistent/server.crt";
+  options.tls_key_file = "/nonexistent/server.key";
+  HttpServer server(
+      options, [](const HttpRequest&, HttpResponse&) {},
+      [](int, std::string_view) { return std::string(); }, [](int) {});
+  std::string error;
+  CHECK(server.bind("127.0.0.1", 0, error) == -1);
+  CHECK_THAT(error, Contains("cannot use TLS certificate /nonexistent/server.crt"));
+}

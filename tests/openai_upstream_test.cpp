@@ -1,6 +1,7 @@
 // torouter::openai::Upstream against stand-in upstreams on loopback: answers,
 // streams, each failure mapped to its FailureKind, asynchronous calls and
 // their cancel, and https:// through a TLS front made at test time.
+#include <fmt/format.h>
 #include <sys/socket.h>
 
 #include <atomic>
@@ -11,11 +12,12 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
-#include "http_wire.hpp"
 #include "stand_in_upstream.hpp"
+#include "support/raw_http.hpp"
 #include "support/temp_dir.hpp"
 #include "support/tls_relay.hpp"
 #include "torouter/error.hpp"
@@ -217,59 +219,46 @@ TEST_CASE("openai upstream: failures map to failure kinds", "[openai]") {
 // An upstream written byte for byte, to answer in each HTTP framing, to
 // close kept-alive connections between calls, and to misbehave.
 TEST_CASE("openai upstream: answers in every framing, closed connections replaced", "[openai]") {
-  namespace wire = torouter::openai::http;
-  std::string error;
-  wire::Socket listener = wire::listen_on("127.0.0.1", "0", error);
-  REQUIRE(listener.is_open());
-  const int port = wire::local_port(listener.fd());
+  torouter::test::RawHttpListener listener;
+  const int port = listener.port();
   const std::string json = "{\"choices\":[{\"message\":{\"content\":\"framed\"}}]}";
   const std::string whole =
       "HTTP/1.1 200 OK\r\nContent-Length: " + std::to_string(json.size()) + "\r\n\r\n" + json;
   std::atomic<int> accepted{0};
   std::atomic<int> requests{0};
   std::thread server([&] {
-    wire::Reader reader;
-    wire::Socket connection;
+    std::optional<torouter::test::RawHttpConnection> connection;
     auto next_connection = [&] {
-      connection = wire::Socket(::accept(listener.fd(), nullptr, nullptr));
-      reader.reset(connection.fd());
+      connection.emplace(listener.accept());
       ++accepted;
     };
     // Reads one request; false when the connection ended.
     auto read_request = [&] {
-      wire::MessageHead head;
-      const auto deadline = wire::Clock::now() + std::chrono::seconds(5);
-      if (reader.read_head(true, head, 1 << 16, deadline) != wire::IoStatus::Ok) return false;
-      wire::BodyFraming framing;
-      const bool read = wire::request_framing(head, framing) &&
-                        reader.read_body(framing, 1 << 20, deadline, [](std::string_view) {
-                          return true;
-                        }) == wire::IoStatus::Ok;
+      const bool read = connection->receive_request();
       if (read) ++requests;
       return read;
     };
-    auto answer = [&](const std::string& text) {
-      wire::send_all(connection.fd(), text, wire::Clock::now());
+    auto answer = [&](const std::string& text) { connection->send(text); };
+    auto chunk = [](std::string_view data) {
+      return fmt::format("{:x}\r\n{}\r\n", data.size(), data);
     };
     // 1: one answer with Content-Length; then the upstream closes it idle.
     next_connection();
     if (read_request()) answer(whole);
-    connection.close();
+    connection->close();
     // 2: a request read and dropped without a byte, on a new connection:
     // the client must not send it again.
     next_connection();
     read_request();
-    connection.close();
+    connection->close();
     // 3: a chunked answer, then one read until the connection closes.
     next_connection();
     if (read_request()) {
-      std::string chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
-      wire::append_chunk(chunked, json.substr(0, 10));
-      wire::append_chunk(chunked, json.substr(10));
-      answer(chunked + "0\r\n\r\n");
+      answer("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(json.substr(0, 10)) +
+             chunk(json.substr(10)) + "0\r\n\r\n");
     }
     if (read_request()) answer("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + json);
-    connection.close();
+    connection->close();
     // 4: an interim 100 before the answer, and stray bytes after it, which
     // must not become the next call's answer.
     next_connection();

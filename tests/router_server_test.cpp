@@ -26,7 +26,9 @@
 #include "stand_in_upstream.hpp"
 #include "support/raw_http.hpp"
 #include "support/temp_dir.hpp"
+#include "support/test_certificate.hpp"
 #include "torouter/error.hpp"
+#include "torouter/openai/upstream.hpp"
 #include "torouter/trainable_scorer.hpp"
 
 using Catch::Matchers::Contains;
@@ -71,7 +73,10 @@ std::string chat_body(const std::string& model, const std::string& prompt, bool 
 
 // Stand-ins for three experts, and the router server in front of them.
 struct Fixture {
-  explicit Fixture(const std::function<void(ServerConfig&)>& tweak = {}) {
+  // With `tls`, the stand-ins and the server serve HTTPS with that
+  // certificate, and the server trusts it for its upstream calls.
+  explicit Fixture(const std::function<void(ServerConfig&)>& tweak = {},
+                   const torouter::testing::Certificate* tls = nullptr) {
     ::setenv("TOROUTER_TEST_UPSTREAM_KEY", "sk-upstream", 1);
     ServerConfig config;
     config.origin = "test-config";
@@ -86,7 +91,8 @@ struct Fixture {
     config.router.attempt_timeout = 20s;
     config.router.invoke_timeout = 60s;
     for (const auto& name : kExperts) {
-      auto upstream = std::make_unique<StandInUpstream>(name);
+      auto upstream = tls ? std::make_unique<StandInUpstream>(name, 8, tls->certificate, tls->key)
+                          : std::make_unique<StandInUpstream>(name);
       REQUIRE(upstream->start() > 0);
       torouter::server::ExpertConfig e;
       e.name = name;
@@ -94,8 +100,13 @@ struct Fixture {
       e.upstream.model = "up-" + name;
       e.upstream.api_key_env = "TOROUTER_TEST_UPSTREAM_KEY";
       e.upstream.read_timeout = 10s;
+      if (tls) e.upstream.ca_file = tls->certificate;
       config.experts.push_back(e);
       upstreams[name] = std::move(upstream);
+    }
+    if (tls) {
+      config.tls_cert_file = tls->certificate;
+      config.tls_key_file = tls->key;
     }
     if (tweak) tweak(config);
     server = std::make_unique<RouterServer>(config);
@@ -903,6 +914,9 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
              Contains("server.json: listen.port"));
   CHECK_THAT(error_of(R"({"router_model":"m","listen":{"max_connections":0},"experts":[)" + expert + "]}"),
              Contains("server.json: listen.max_connections"));
+  CHECK_THAT(error_of(R"({"router_model":"m","listen":{"tls_cert_file":"c.pem"},"experts":[)" +
+                      expert + "]}"),
+             Contains("server.json: listen.tls_key_file: missing: HTTPS needs both"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x"}]})"),
              Contains("server.json: experts[0].base_url: missing"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x","base_url":"ftp://h"}]})"),
@@ -1125,3 +1139,36 @@ TEST_CASE("router server: past max_requests_in_flight, 503 with Retry-After", "[
   CHECK(after->status == 200);
 }
 
+TEST_CASE("router server: HTTPS both ways, with a certificate made at test time", "[server][tls]") {
+  const auto dir = torouter::testing::process_temp_dir("router_server_tls");
+  const auto cert = torouter::testing::make_certificate(dir, "IP:127.0.0.1,DNS:localhost");
+  Fixture f({}, &cert);
+  // A client of the server's own HTTPS: torouter::openai's, trusting the
+  // test certificate, as a service in front of torouter-server would.
+  torouter::openai::UpstreamOptions options;
+  options.base_url = "https://127.0.0.1:" + std::to_string(f.port) + "/v1";
+  options.model = "router";
+  options.ca_file = cert.certificate;
+  torouter::openai::Upstream client(options);
+  torouter::Request request;
+  request.prompt = kPrompt;
+  request.timeout = 20s;
+  const torouter::Response answer = client.complete(request);
+  INFO(answer.error_message);
+  REQUIRE(answer.ok());
+  CHECK_THAT(answer.text, Contains(" answers: " + std::string(kPrompt)));
+  std::string chunks;
+  const torouter::Response streamed =
+      client.stream(request, [&](std::string_view piece) { chunks.append(piece); });
+  REQUIRE(streamed.ok());
+  CHECK_THAT(chunks, Contains(" answers: " + std::string(kPrompt)));
+
+  // Plain HTTP to the HTTPS port gets no answer, and a client that does not
+  // trust the certificate cannot call.
+  CHECK_FALSE(torouter::test::http_call(f.port, "GET", "/health", {}, {}, "", 3s));
+  options.ca_file.clear();
+  const torouter::Response untrusted = torouter::openai::Upstream(options).complete(request);
+  CHECK_FALSE(untrusted.ok());
+  CHECK_THAT(untrusted.error_message, Contains("certificate"));
+  std::filesystem::remove_all(dir);
+}

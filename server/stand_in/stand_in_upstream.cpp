@@ -17,6 +17,7 @@ namespace torouter::server {
 struct StandInUpstream::State {
   std::string name;
   std::size_t threads;
+  bool secure = false;  // serves HTTPS
   std::unique_ptr<HttpServer> server;
   std::thread thread;
   std::atomic<int> port{-1};
@@ -117,7 +118,8 @@ std::vector<std::string> tool_call_events(std::string_view model,
 
 }  // namespace
 
-StandInUpstream::StandInUpstream(std::string name, std::size_t threads)
+StandInUpstream::StandInUpstream(std::string name, std::size_t threads, std::string tls_cert_file,
+                                 std::string tls_key_file)
     : state_(std::make_unique<State>()) {
   state_->name = std::move(name);
   state_->threads = threads;
@@ -125,6 +127,9 @@ StandInUpstream::StandInUpstream(std::string name, std::size_t threads)
   HttpServerOptions options;
   options.threads = threads;
   options.max_body_bytes = 64 << 20;
+  state_->secure = !tls_cert_file.empty();
+  options.tls_cert_file = std::move(tls_cert_file);
+  options.tls_key_file = std::move(tls_key_file);
   auto refusal = [](int, std::string_view message) {
     return fmt::format("{{\"error\":{{\"message\":{},\"type\":\"invalid_request_error\"}}}}",
                        detail::json_string(message));
@@ -270,7 +275,8 @@ void StandInUpstream::push_behaviour(StandInBehaviour behaviour) {
 }
 
 std::string StandInUpstream::base_url() const {
-  return fmt::format("http://127.0.0.1:{}/v1", state_->port.load());
+  return fmt::format("{}://127.0.0.1:{}/v1", state_->secure ? "https" : "http",
+                     state_->port.load());
 }
 int StandInUpstream::port() const { return state_->port.load(); }
 std::size_t StandInUpstream::requests() const { return state_->requests.load(); }

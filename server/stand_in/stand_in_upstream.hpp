@@ -53,8 +53,10 @@ struct StandInBehaviour {
 /// One stand-in server with its own thread pool.
 class StandInUpstream {
  public:
-  /// `name` appears in answers when the request names no model.
-  explicit StandInUpstream(std::string name, std::size_t threads = 8);
+  /// `name` appears in answers when the request names no model. With a
+  /// certificate chain and key (PEM files) it serves HTTPS.
+  explicit StandInUpstream(std::string name, std::size_t threads = 8,
+                           std::string tls_cert_file = {}, std::string tls_key_file = {});
   ~StandInUpstream();
   StandInUpstream(const StandInUpstream&) = delete;
   StandInUpstream& operator=(const StandInUpstream&) = delete;
@@ -71,7 +73,7 @@ class StandInUpstream {
   /// Behaviour for the next request only (queued in order).
   void push_behaviour(StandInBehaviour behaviour);
 
-  /// "http://127.0.0.1:<port>/v1".
+  /// "http://127.0.0.1:<port>/v1" (https:// when it serves HTTPS).
   std::string base_url() const;
   int port() const;
   /// Chat requests received.

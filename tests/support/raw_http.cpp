@@ -83,6 +83,7 @@ RawHttpConnection::RawHttpConnection(int port, std::chrono::milliseconds timeout
                              ec.message());
 }
 
+RawHttpConnection::RawHttpConnection(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 RawHttpConnection::RawHttpConnection(RawHttpConnection&&) noexcept = default;
 RawHttpConnection& RawHttpConnection::operator=(RawHttpConnection&&) noexcept = default;
 RawHttpConnection::~RawHttpConnection() = default;
@@ -129,6 +130,13 @@ HttpReply RawHttpConnection::receive(bool to_head) {
   return reply;
 }
 
+bool RawHttpConnection::receive_request() {
+  bhttp::request_parser<bhttp::string_body> parser;
+  parser.body_limit(1 << 24);
+  return !impl_->run(
+      [&](auto done) { bhttp::async_read(impl_->socket, impl_->buffer, parser, done); });
+}
+
 bool RawHttpConnection::closed_by_server() {
   if (impl_->buffer.size() > 0) return false;
   char byte = 0;
@@ -159,6 +167,22 @@ std::string RawHttpConnection::read_until(std::string_view needle) {
 void RawHttpConnection::close() {
   error_code ignored;
   impl_->socket.close(ignored);
+}
+
+struct RawHttpListener::Impl {
+  asio::io_context io;
+  tcp::acceptor acceptor{io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)};
+};
+
+RawHttpListener::RawHttpListener() : impl_(std::make_unique<Impl>()) {}
+RawHttpListener::~RawHttpListener() = default;
+
+int RawHttpListener::port() const { return impl_->acceptor.local_endpoint().port(); }
+
+RawHttpConnection RawHttpListener::accept(std::chrono::milliseconds timeout) {
+  auto connection = std::make_unique<RawHttpConnection::Impl>(timeout);
+  impl_->acceptor.accept(connection->socket);
+  return RawHttpConnection(std::move(connection));
 }
 
 std::optional<HttpReply> http_call(int port, std::string_view method, std::string_view target,

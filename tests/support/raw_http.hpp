@@ -50,6 +50,9 @@ class RawHttpConnection {
   /// Reads the next answer; `to_head` for the answer to a HEAD request,
   /// which has no body whatever its fields say.
   HttpReply receive(bool to_head = false);
+  /// Reads one whole request (the server side of a test); false when the
+  /// connection ended or broke first.
+  bool receive_request();
   /// Whether the server closed the connection (within the timeout) with
   /// nothing more to read.
   bool closed_by_server();
@@ -58,6 +61,23 @@ class RawHttpConnection {
   std::string read_until(std::string_view needle);
   /// Closes at once.
   void close();
+
+ private:
+  friend class RawHttpListener;
+  struct Impl;
+  explicit RawHttpConnection(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+/// A listening socket on 127.0.0.1 for a test that plays the server, byte
+/// for byte.
+class RawHttpListener {
+ public:
+  RawHttpListener();
+  ~RawHttpListener();
+  int port() const;
+  /// Waits for the next connection; its steps time out after `timeout`.
+  RawHttpConnection accept(std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
  private:
   struct Impl;

@@ -12,35 +12,14 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/write.hpp>
-#include <cstdlib>
-#include <filesystem>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <thread>
 
+#include "support/test_certificate.hpp"
+
 namespace torouter::testing {
-
-struct Certificate {
-  std::string certificate;  // PEM file, also its own CA
-  std::string key;          // PEM file
-};
-
-/// A self-signed certificate for `names` (a subjectAltName list such as
-/// "IP:127.0.0.1,DNS:localhost"), written into `dir` under `stem`.
-inline Certificate make_certificate(const std::filesystem::path& dir, const std::string& names,
-                                    const std::string& stem = "server") {
-  Certificate out{(dir / (stem + ".crt")).string(), (dir / (stem + ".key")).string()};
-  const std::string command =
-      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=torouter-test -keyout '" +
-      out.key + "' -out '" + out.certificate + "' -addext 'subjectAltName=" + names +
-      "' 2>/dev/null";
-  if (std::system(command.c_str()) != 0) {
-    throw std::runtime_error(
-        "openssl could not make a test certificate (scripts/setup installs it)");
-  }
-  return out;
-}
 
 /// Accepts TLS on 127.0.0.1 and relays each connection to `target_port`.
 class TlsRelay {
