@@ -271,8 +271,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void after_handshake(std::function<void()> next) {
     if (!stream_.secure()) return next();
     stream_.tcp().expires_after(state_->options.read_timeout);
+    idle_ = true;  // a stop ends a handshake as it ends an idle wait
     auto self = shared_from_this();
     stream_.async_handshake([self, next = std::move(next)](beast::error_code ec) {
+      self->idle_ = false;
       beast::error_code ignored;
       if (ec) {
         self->stream_.tcp().socket().close(ignored);  // nothing HTTP was said: no answer
