@@ -34,6 +34,10 @@ foreach(file ${expected})
 endforeach()
 
 set(consumer "${TOROUTER_SOURCE_DIR}/tests/consumer")
+# Configured only: with a CPU level, the subproject must not hand it on.
+run(${CMAKE_COMMAND} -S "${consumer}" -B "${WORK_DIR}/march" -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
+    -DTOROUTER_CONSUMER_MODE=subdirectory -DTOROUTER_MARCH=x86-64-v3
+    "-DTOROUTER_SOURCE_DIR=${TOROUTER_SOURCE_DIR}")
 cmake_host_system_information(RESULT cores QUERY NUMBER_OF_LOGICAL_CORES)
 foreach(mode package subdirectory)
   run(${CMAKE_COMMAND} -S "${consumer}" -B "${WORK_DIR}/${mode}" -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
