@@ -48,7 +48,7 @@ def start(command, log_path):
     return proc, wait_port(log_path, proc)
 
 
-def write_config(path, upstream_port, workers):
+def write_config(path, upstream_port, workers, io_threads):
     with open(os.path.join(ROOT, "examples/default_router/experts.json")) as f:
         names = [e["name"] for e in json.load(f)["experts"]]
     config = {
@@ -60,6 +60,8 @@ def write_config(path, upstream_port, workers):
         "experts": [{"name": n, "base_url": f"http://127.0.0.1:{upstream_port}/v1",
                      "max_concurrent_calls": 0} for n in names],
     }
+    if io_threads > 0:  # (a field the bcfa3bc server does not know)
+        config["listen"]["io_threads"] = io_threads
     with open(path, "w") as f:
         json.dump(config, f)
 
@@ -177,7 +179,7 @@ async def slow_crowd(port, idle, trickle, normal_requests=5):
 
 def measure(name, server_bin, stand_in_port, args, work):
     config = os.path.join(work, f"{name}.json")
-    write_config(config, stand_in_port, args.workers)
+    write_config(config, stand_in_port, args.workers, args.io_threads)
     proc, port = start([server_bin, "--config", config], os.path.join(work, f"{name}.log"))
     try:
         asyncio.run(burst(port, 32))  # warm: connections, the router's first routes
@@ -198,6 +200,8 @@ def main():
     parser.add_argument("--old-server", help="another torouter-server to measure beside")
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=64, help="the server's listen.threads")
+    parser.add_argument("--io-threads", type=int, default=0,
+                        help="the server's listen.io_threads (0: one per core)")
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--chunk-gap-ms", type=int, default=100)
     parser.add_argument("--idle", type=int, default=200)
