@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <utility>
 
@@ -16,6 +17,17 @@ bool has_all_tags(const ExpertSpec& expert, const std::vector<std::string>& tags
   return true;
 }
 
+// -1 when `a` ranks before `b`, 1 when after, 0 when tied; a NaN (a scorer's
+// or a price's) ranks after every number, so sorting stays a strict weak
+// ordering whatever the values.
+int compare_nan_last(double a, double b, bool higher_first) {
+  const bool a_nan = std::isnan(a);
+  const bool b_nan = std::isnan(b);
+  if (a_nan || b_nan) return a_nan == b_nan ? 0 : (a_nan ? 1 : -1);
+  if (a == b) return 0;
+  return (a > b) == higher_first ? -1 : 1;
+}
+
 // The quality floor's order: eligible first; then those predicted to reach
 // the floor, cheapest first (ties to the better); then the rest, best first
 // (ties to the cheaper); then the expert registered first.
@@ -27,16 +39,10 @@ struct FloorOrder {
     const bool a_reaches = a.predicted_quality >= floor;
     const bool b_reaches = b.predicted_quality >= floor;
     if (a_reaches != b_reaches) return a_reaches;
-    if (a_reaches) {
-      if (a.cost_usd != b.cost_usd) return a.cost_usd < b.cost_usd;
-      if (a.predicted_quality != b.predicted_quality) {
-        return a.predicted_quality > b.predicted_quality;
-      }
-    } else {
-      if (a.predicted_quality != b.predicted_quality) {
-        return a.predicted_quality > b.predicted_quality;
-      }
-      if (a.cost_usd != b.cost_usd) return a.cost_usd < b.cost_usd;
+    const int cheaper = compare_nan_last(a.cost_usd, b.cost_usd, /*higher_first=*/false);
+    const int better = compare_nan_last(a.predicted_quality, b.predicted_quality, true);
+    for (const int o : a_reaches ? std::array{cheaper, better} : std::array{better, cheaper}) {
+      if (o != 0) return o < 0;
     }
     return a.expert_index < b.expert_index;
   }
@@ -59,18 +65,31 @@ std::size_t count_eligible(const std::vector<Candidate>& candidates) {
 }  // namespace
 
 double utility_of(const Candidate& candidate, const PolicyOptions& options) {
-  return candidate.predicted_quality - options.lambda_cost * candidate.cost_usd -
-         options.lambda_latency * (candidate.latency_ms / 1000.0);
+  // A free (or instant) expert pays nothing even at an infinite weight,
+  // where infinity times zero would be NaN.
+  auto penalty = [](double weight, double amount) { return amount == 0.0 ? 0.0 : weight * amount; };
+  return candidate.predicted_quality - penalty(options.lambda_cost, candidate.cost_usd) -
+         penalty(options.lambda_latency, candidate.latency_ms / 1000.0);
 }
 
 bool ranks_before(const Candidate& a, const Candidate& b) {
   if (a.eligible() != b.eligible()) return a.eligible();
-  if (a.utility != b.utility) return a.utility > b.utility;
-  if (a.cost_usd != b.cost_usd) return a.cost_usd < b.cost_usd;
+  if (const int o = compare_nan_last(a.utility, b.utility, /*higher_first=*/true)) return o < 0;
+  if (const int o = compare_nan_last(a.cost_usd, b.cost_usd, /*higher_first=*/false)) return o < 0;
   return a.expert_index < b.expert_index;
 }
 
 std::string validate_policy_options(const PolicyOptions& options) {
+  // Infinity is a meaning (cost or latency above all else; no limit); NaN
+  // is not, and would make every comparison false.
+  for (const auto& [name, value] : {std::pair{"lambda_cost", options.lambda_cost},
+                                    std::pair{"lambda_latency", options.lambda_latency}}) {
+    if (!(value >= 0.0)) return fmt::format("{} must be a number >= 0, got {}", name, value);
+  }
+  for (const auto& [name, value] : {std::pair{"max_cost_usd", options.max_cost_usd},
+                                    std::pair{"max_latency_ms", options.max_latency_ms}}) {
+    if (std::isnan(value)) return fmt::format("{} must be a number, got NaN", name);
+  }
   if (options.quality_floor) {
     const double floor = *options.quality_floor;
     if (!std::isfinite(floor) || floor < 0.0 || floor > 1.0) {

@@ -14,6 +14,35 @@ namespace torouter {
 using detail::Clock;
 using detail::to_ns;
 
+std::string validate_router_options(const RouterOptions& o) {
+  using std::chrono::milliseconds;
+  if (o.max_attempts_per_expert < 1) return "max_attempts_per_expert must be >= 1";
+  if (o.max_experts_tried < 1) return "max_experts_tried must be >= 1";
+  if (o.failures_before_cooldown < 1) return "failures_before_cooldown must be >= 1";
+  if (!(std::isfinite(o.backoff_multiplier) && o.backoff_multiplier >= 1.0)) {
+    return fmt::format("backoff_multiplier must be a finite number >= 1, got {}",
+                       o.backoff_multiplier);
+  }
+  for (const auto& [name, value] :
+       {std::pair{"initial_backoff", o.initial_backoff}, std::pair{"max_backoff", o.max_backoff},
+        std::pair{"max_retry_after", o.max_retry_after},
+        std::pair{"stream_timeout", o.stream_timeout}, std::pair{"cooldown", o.cooldown},
+        std::pair{"capacity_wait", o.capacity_wait}}) {
+    if (value < milliseconds(0)) return fmt::format("{} must not be negative", name);
+  }
+  for (const auto& [name, value] : {std::pair{"attempt_timeout", o.attempt_timeout},
+                                    std::pair{"invoke_timeout", o.invoke_timeout}}) {
+    if (value <= milliseconds(0)) return fmt::format("{} must be above 0", name);
+  }
+  if (!(o.budget_usd >= 0.0)) return fmt::format("budget_usd must be >= 0, got {}", o.budget_usd);
+  const double tokens = o.cost_model.default_output_tokens;
+  if (!(std::isfinite(tokens) && tokens >= 0.0)) {
+    return fmt::format("cost_model.default_output_tokens must be a finite number >= 0, got {}",
+                       tokens);
+  }
+  return {};
+}
+
 Router::Router(ExpertRegistry experts, std::shared_ptr<const Scorer> scorer,
                std::shared_ptr<const Policy> policy, RouterOptions options)
     : experts_(std::move(experts)),
@@ -25,14 +54,9 @@ Router::Router(ExpertRegistry experts, std::shared_ptr<const Scorer> scorer,
       budget_(new Budget) {
   if (!scorer_) throw Error("Router: scorer is null");
   if (experts_.empty()) throw Error("Router: the expert registry is empty");
-  if (options_.max_attempts_per_expert < 1) {
-    throw Error("RouterOptions.max_attempts_per_expert must be >= 1");
+  if (auto problem = validate_router_options(options_); !problem.empty()) {
+    throw Error("RouterOptions." + problem);
   }
-  if (options_.max_experts_tried < 1) throw Error("RouterOptions.max_experts_tried must be >= 1");
-  if (options_.failures_before_cooldown < 1) {
-    throw Error("RouterOptions.failures_before_cooldown must be >= 1");
-  }
-  if (!(options_.budget_usd >= 0)) throw Error("RouterOptions.budget_usd must be >= 0");
   budget_->limit = options_.budget_usd;
 
   const auto& names = scorer_->expert_names();

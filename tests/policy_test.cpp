@@ -1,11 +1,11 @@
-#include <catch2/catch.hpp>
+#include "torouter/policy.hpp"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
-
-#include "torouter/policy.hpp"
 
 using torouter::Candidate;
 using torouter::Exclusion;
@@ -267,6 +267,52 @@ TEST_CASE("a quality floor must be a finite number in [0, 1]") {
     INFO(bad);
     CHECK_THAT(problem,
                Catch::Matchers::Contains("quality_floor") && Catch::Matchers::Contains("[0, 1]"));
+  }
+}
+
+TEST_CASE("policy weights must be numbers; infinity and NaN rank in a defined order") {
+  const double nan = std::nan("");
+  const double inf = std::numeric_limits<double>::infinity();
+  for (const auto& [field, spoil] :
+       std::vector<std::pair<std::string, void (*)(PolicyOptions&, double)>>{
+           {"lambda_cost", [](PolicyOptions&o, double v) { o.lambda_cost = v; }},
+           {"lambda_latency", [](PolicyOptions&o, double v) { o.lambda_latency = v; }},
+           {"max_cost_usd", [](PolicyOptions&o, double v) { o.max_cost_usd = v; }},
+           {"max_latency_ms", [](PolicyOptions&o, double v) { o.max_latency_ms = v; }}}) {
+    PolicyOptions options;
+    spoil(options, nan);
+    INFO(field);
+    CHECK_THAT(torouter::validate_policy_options(options), Catch::Matchers::Contains(field));
+    spoil(options, inf);  // a weight or a limit of infinity means something
+    CHECK(torouter::validate_policy_options(options).empty());
+  }
+  PolicyOptions negative;
+  negative.lambda_cost = -1;
+  CHECK_THAT(torouter::validate_policy_options(negative),
+             Catch::Matchers::Contains("lambda_cost must be a number >= 0"));
+
+  // An infinite cost weight with a free expert: the free one is picked and
+  // no utility is NaN (infinity times zero).
+  Fixture f;
+  f.candidates[1].cost_usd = 0.0;  // "mid" is free
+  PolicyOptions cheapest;
+  cheapest.lambda_cost = inf;
+  torouter::UtilityPolicy().rank(f.candidates, cheapest);
+  CHECK(f.candidates[0].name == "mid");
+  for (const auto& c : f.candidates) CHECK_FALSE(std::isnan(c.utility));
+
+  // NaN predictions (from a policy used without the router's clamping) rank
+  // after every number, in a consistent order, with and without a floor.
+  for (const bool with_floor : {false, true}) {
+    Fixture g;
+    g.candidates[2].predicted_quality = nan;
+    g.candidates[0].cost_usd = nan;
+    PolicyOptions options;
+    if (with_floor) options.quality_floor = 0.6;
+    torouter::UtilityPolicy().rank(g.candidates, options);
+    INFO(with_floor);
+    CHECK(g.order() ==
+          (with_floor ? Names{"mid", "cheap", "dear"} : Names{"mid", "dear", "cheap"}));
   }
 }
 

@@ -1,15 +1,21 @@
-#include <catch2/catch.hpp>
+#include "torouter/router.hpp"
+
 #include <simdjson.h>
 
 #include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "support/test_scorer.hpp"
 #include "torouter/error.hpp"
-#include "torouter/router.hpp"
 
 using torouter::Exclusion;
 using torouter::ExpertRegistry;
@@ -219,6 +225,49 @@ TEST_CASE("a router refuses experts its scorer does not know") {
   CHECK_THROWS_WITH(router.set_enabled("nobody", false), Contains("unknown expert \"nobody\""));
   CHECK_THROWS_WITH(router.set_transport("cheap", torouter::Transport{}),
                     Contains("exactly one"));
+}
+
+TEST_CASE("a router refuses options it cannot honour, naming the field") {
+  using Opts = torouter::RouterOptions;
+  using std::chrono::milliseconds;
+  const double nan = std::nan("");
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::vector<std::pair<std::function<void(Opts&)>, std::string>> cases = {
+      {[](Opts& o) { o.max_attempts_per_expert = 0; }, "max_attempts_per_expert must be >= 1"},
+      {[](Opts& o) { o.max_experts_tried = 0; }, "max_experts_tried must be >= 1"},
+      {[](Opts& o) { o.failures_before_cooldown = 0; }, "failures_before_cooldown must be >= 1"},
+      {[&](Opts& o) { o.backoff_multiplier = nan; },
+       "backoff_multiplier must be a finite number >= 1"},
+      {[&](Opts& o) { o.backoff_multiplier = inf; },
+       "backoff_multiplier must be a finite number >= 1"},
+      {[](Opts& o) { o.backoff_multiplier = 0.5; },
+       "backoff_multiplier must be a finite number >= 1"},
+      {[](Opts& o) { o.initial_backoff = milliseconds(-1); },
+       "initial_backoff must not be negative"},
+      {[](Opts& o) { o.max_backoff = milliseconds(-1); }, "max_backoff must not be negative"},
+      {[](Opts& o) { o.max_retry_after = milliseconds(-1); },
+       "max_retry_after must not be negative"},
+      {[](Opts& o) { o.stream_timeout = milliseconds(-1); }, "stream_timeout must not be negative"},
+      {[](Opts& o) { o.cooldown = milliseconds(-1); }, "cooldown must not be negative"},
+      {[](Opts& o) { o.capacity_wait = milliseconds(-1); }, "capacity_wait must not be negative"},
+      {[](Opts& o) { o.attempt_timeout = milliseconds(0); }, "attempt_timeout must be above 0"},
+      {[](Opts& o) { o.invoke_timeout = milliseconds(0); }, "invoke_timeout must be above 0"},
+      {[&](Opts& o) { o.budget_usd = nan; }, "budget_usd must be >= 0"},
+      {[](Opts& o) { o.budget_usd = -1; }, "budget_usd must be >= 0"},
+      {[&](Opts& o) { o.cost_model.default_output_tokens = nan; },
+       "cost_model.default_output_tokens must be a finite number >= 0"},
+  };
+  for (const auto& [spoil, message] : cases) {
+    Opts options;
+    CHECK(torouter::validate_router_options(options).empty());
+    spoil(options);
+    INFO(message);
+    CHECK_THROWS_WITH(Router(three_experts(), scorer(), nullptr, options),
+                      Contains("RouterOptions." + message));
+  }
+  Opts unlimited;  // infinity is a meaning: no budget
+  unlimited.budget_usd = inf;
+  CHECK_NOTHROW(Router(three_experts(), scorer(), nullptr, unlimited));
 }
 
 TEST_CASE("a scorer's NaN or out-of-range quality is clamped, never picked over real scores") {

@@ -95,6 +95,13 @@ struct RouterOptions {
   CostModelOptions cost_model;
 };
 
+/// Checks every field of `options` (counts at least 1, durations not
+/// negative, timeouts above 0, a finite backoff multiplier >= 1, a budget
+/// >= 0); returns an empty string when valid, otherwise the first field
+/// that is not and why ("backoff_multiplier must be ..."). `Router`'s
+/// constructor throws `Error` with it.
+std::string validate_router_options(const RouterOptions& options);
+
 /// The knobs of one `route`.
 struct RouteOptions {
   /// Utility weights and hard constraints.
