@@ -265,7 +265,7 @@ OutOfFold cross_validate(const CandidateScorer& candidate, const TrainingSet& se
     scorer->set_calibration(Calibration());
     std::vector<std::string> prompts;
     for (const std::size_t r : held) prompts.push_back(set.prompts[r]);
-    const ScoreBatch scores = scorer->score(prompts);
+    const ScoreBatch scores = scorer->score_all(prompts);
     for (std::size_t i = 0; i < held.size(); ++i) {
       const auto r = static_cast<Eigen::Index>(held[i]);
       out.quality.row(r) = scores.quality.row(static_cast<Eigen::Index>(i));

@@ -386,7 +386,7 @@ void save_model(const TrainableScorer& scorer, const std::string& path,
     out.set("prices.output_usd_per_mtok", std::move(output));
   }
   const auto& prompts = model_check_prompts();
-  const ScoreBatch scores = scorer.score(prompts);
+  const ScoreBatch scores = scorer.score_all(prompts);
   std::vector<double> quality, tokens;
   for (Eigen::Index i = 0; i < scores.quality.rows(); ++i) {
     for (Eigen::Index e = 0; e < scores.quality.cols(); ++e) {
@@ -421,7 +421,7 @@ void verify_checks(const TrainableScorer& scorer, const ModelReader& in) {
                     "output_tokens",
                     in.where(), prompts.size(), prompts.size() * experts));
   }
-  const ScoreBatch scores = scorer.score(prompts);
+  const ScoreBatch scores = scorer.score_all(prompts);
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     for (std::size_t e = 0; e < experts; ++e) {
       const auto row = static_cast<Eigen::Index>(i);

@@ -97,11 +97,11 @@ TEST_CASE("a calibrated scorer scores through its calibration, in memory and fro
   auto scorer = torouter::make_scorer("knn:5");
   scorer->train(set, {});
   const std::vector<std::string> prompts{"python function loop", "king empire war"};
-  const auto raw = scorer->score(prompts);
+  const auto raw = scorer->score_all(prompts);
   // Halves every expert's quality (knots from 0 to 1).
   std::vector<std::vector<float>> x(3, {0.0f, 1.0f}), y(3, {0.0f, 0.5f});
   scorer->set_calibration(Calibration(x, y));
-  const auto calibrated = scorer->score(prompts);
+  const auto calibrated = scorer->score_all(prompts);
   for (Eigen::Index i = 0; i < raw.quality.size(); ++i) {
     CHECK(calibrated.quality.data()[i] == Approx(raw.quality.data()[i] / 2));
   }
@@ -110,7 +110,7 @@ TEST_CASE("a calibrated scorer scores through its calibration, in memory and fro
   torouter::save_model(*scorer, path);
   const auto loaded = torouter::load_model(path);
   CHECK(loaded.scorer->calibration().experts() == 3);
-  CHECK(loaded.scorer->score(prompts).quality == calibrated.quality);
+  CHECK(loaded.scorer->score_all(prompts).quality == calibrated.quality);
 
   CHECK_THROWS_WITH(scorer->set_calibration(Calibration({{0.0f, 1.0f}}, {{0.0f, 1.0f}})),
                     Contains("1 experts cannot serve a scorer of 3"));

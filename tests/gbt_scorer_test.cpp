@@ -133,7 +133,7 @@ TEST_CASE("the gbt scorer learns which expert answers which prompts and survives
   scorer->train(set, options);
   const std::vector<std::string> prompts{"python function loop bug array json",
                                          "king empire war treaty battle rome"};
-  const auto scores = scorer->score(prompts);
+  const auto scores = scorer->score_all(prompts);
   CHECK(scores.quality(0, 0) > 0.8f);  // coder on code
   CHECK(scores.quality(0, 1) < 0.2f);
   CHECK(scores.quality(1, 1) > 0.8f);  // historian on history
@@ -144,7 +144,7 @@ TEST_CASE("the gbt scorer learns which expert answers which prompts and survives
   torouter::save_model(*scorer, path);
   const auto loaded = torouter::load_model(path);
   CHECK(loaded.scorer->kind() == "gbt");
-  const auto again = loaded.scorer->score(prompts);
+  const auto again = loaded.scorer->score_all(prompts);
   CHECK(again.quality == scores.quality);
   CHECK(again.output_tokens == scores.output_tokens);
 }
@@ -168,10 +168,10 @@ TEST_CASE("gbt trains on fewer rows than projection dimensions and survives its 
   options.validation_fraction = 0.25;
   scorer->train(set, options);
   const std::vector<std::string> prompts{"python loop", "empire war"};
-  const auto scores = scorer->score(prompts);
+  const auto scores = scorer->score_all(prompts);
   const auto path = (torouter::testing::process_temp_dir("gbt_test") / "small.tormodel").string();
   torouter::save_model(*scorer, path);
-  CHECK(torouter::load_model(path).scorer->score(prompts).quality == scores.quality);
+  CHECK(torouter::load_model(path).scorer->score_all(prompts).quality == scores.quality);
   options.validation_fraction = 1.5;
   CHECK_THROWS_WITH(scorer->train(set, options), Contains("validation_fraction"));
 }

@@ -143,7 +143,7 @@ Expected brute_force(const TrainingSet& set, const std::string& query, std::size
 
 void check_matches(const TrainingSet& set, const torouter::TrainableScorer& scorer,
                    const std::vector<std::string>& queries, std::size_t k, bool uniform) {
-  const ScoreBatch scores = scorer.score(queries);
+  const ScoreBatch scores = scorer.score_all(queries);
   for (std::size_t i = 0; i < queries.size(); ++i) {
     const Expected want = brute_force(set, queries[i], k, uniform);
     for (std::size_t e = 0; e < set.experts.size(); ++e) {
@@ -215,8 +215,8 @@ TEST_CASE("kNN ranks the expert of the prompt's topic first") {
   const TrainingSet set = code_history_set();
   auto scorer = torouter::make_scorer("knn:3");
   scorer->train(set, all_rows());
-  const ScoreBatch scores = scorer->score({"Write a Python function that reverses a string",
-                                           "Which empire fought the battle of Hastings"});
+  const ScoreBatch scores = scorer->score_all({"Write a Python function that reverses a string",
+                                               "Which empire fought the battle of Hastings"});
   CHECK(scores.quality(0, 0) > scores.quality(0, 1));
   CHECK(scores.quality(1, 1) > scores.quality(1, 0));
   CHECK(scorer->expert_names() == std::vector<std::string>{"coder", "historian"});
@@ -237,7 +237,7 @@ TEST_CASE("kNN with K = 1 returns the nearest row's outcomes") {
   auto scorer = torouter::make_scorer("knn:1");
   scorer->train(set, all_rows());
   for (std::size_t r = 0; r < set.rows(); ++r) {
-    const ScoreBatch s = scorer->score({set.prompts[r]});
+    const ScoreBatch s = scorer->score_all({set.prompts[r]});
     const auto row = static_cast<Eigen::Index>(r);
     INFO(set.prompts[r]);
     CHECK(s.quality(0, 0) == set.quality(row, 0));
@@ -279,7 +279,7 @@ TEST_CASE("kNN averages only over neighbours with an outcome, else the training 
   // the coder falls back to its mean over the rows that have one; so does the
   // critic, which no code row has.
   if (k == 1) {
-    const ScoreBatch s = scorer->score({kCodePrompts[0]});
+    const ScoreBatch s = scorer->score_all({kCodePrompts[0]});
     double coder_sum = 0, coder_n = 0;
     for (Eigen::Index r = 0; r < set.quality.rows(); ++r) {
       if (set.present(r, 0) > 0) {
@@ -297,7 +297,7 @@ TEST_CASE("a prompt that shares no bucket with any row gets the training means")
   const TrainingSet set = code_history_set();
   auto scorer = torouter::make_scorer("knn");
   scorer->train(set, all_rows());
-  const ScoreBatch s = scorer->score({""});
+  const ScoreBatch s = scorer->score_all({""});
   for (Eigen::Index e = 0; e < 2; ++e) {
     CHECK(s.quality(0, e) == Approx(set.quality.col(e).mean()).epsilon(1e-6));
     CHECK(std::isnan(s.output_tokens(0, e)));
@@ -308,7 +308,7 @@ TEST_CASE("a workspace gives the same scores as none, call after call") {
   const TrainingSet set = code_history_set();
   auto scorer = torouter::make_scorer("knn:4");
   scorer->train(set, all_rows());
-  const ScoreBatch fresh = scorer->score(kQueries);
+  const ScoreBatch fresh = scorer->score_all(kQueries);
   auto workspace = scorer->make_workspace();
   REQUIRE(workspace != nullptr);
   std::vector<std::string_view> views(kQueries.begin(), kQueries.end());
@@ -349,7 +349,7 @@ TEST_CASE("kNN reports leave-out validation figures and keeps every row") {
   CHECK(report.validation_loss < 0.05);
   // The final index holds the held-out rows too: each is its own neighbour.
   for (std::size_t r = 0; r < set.rows(); ++r) {
-    const ScoreBatch s = scorer->score({set.prompts[r]});
+    const ScoreBatch s = scorer->score_all({set.prompts[r]});
     CHECK(s.quality(0, 1) == set.quality(static_cast<Eigen::Index>(r), 1));
   }
   // The same seed holds out the same rows.
@@ -396,7 +396,7 @@ TEST_CASE("bad kNN specs are refused naming the spec") {
 
 TEST_CASE("a scorer that was never trained refuses to score") {
   auto scorer = torouter::make_scorer("knn");
-  CHECK_THROWS_AS(scorer->score({"hello"}), Error);
+  CHECK_THROWS_AS(scorer->score_all({"hello"}), Error);
 }
 
 TEST_CASE("a kNN model file round-trips to identical scores") {
@@ -414,8 +414,8 @@ TEST_CASE("a kNN model file round-trips to identical scores") {
   CHECK(loaded.scorer->version() == scorer->version());
   std::vector<std::string> queries = kQueries;
   queries.insert(queries.end(), set.prompts.begin(), set.prompts.end());
-  const ScoreBatch before = scorer->score(queries);
-  const ScoreBatch after = loaded.scorer->score(queries);
+  const ScoreBatch before = scorer->score_all(queries);
+  const ScoreBatch after = loaded.scorer->score_all(queries);
   CHECK(after.quality == before.quality);
   for (Eigen::Index i = 0; i < before.output_tokens.size(); ++i) {
     const float a = before.output_tokens.data()[i];
@@ -509,7 +509,7 @@ TEST_CASE("kNN trained on routerbench3 routes better than a random expert") {
   const Eigen::MatrixXd quality = torouter::quality_matrix(rows);
   std::vector<std::string> prompts;
   for (const auto& row : rows) prompts.push_back(row.prompt);
-  const ScoreBatch scores = scorer->score(prompts);
+  const ScoreBatch scores = scorer->score_all(prompts);
   double routed = 0;
   for (Eigen::Index i = 0; i < quality.rows(); ++i) {
     Eigen::Index best = 0;
@@ -600,7 +600,7 @@ TEST_CASE("dense kNN learns which expert answers which prompts") {
   scorer->train(set, TrainOptions{});
   const std::vector<std::string> prompts{"python function loop bug array json",
                                          "king empire war treaty battle rome"};
-  const ScoreBatch scores = scorer->score(prompts);
+  const ScoreBatch scores = scorer->score_all(prompts);
   CHECK(scores.quality(0, 0) > 0.8f);  // coder on code
   CHECK(scores.quality(0, 1) < 0.2f);
   CHECK(scores.quality(1, 1) > 0.8f);  // historian on history
@@ -631,7 +631,7 @@ TEST_CASE("dense kNN predictions equal a brute-force dense computation") {
   std::vector<std::string> queries = kQueries;
   for (const auto& row : torouter::testing::synthetic_rows(20, 2)) queries.push_back(row.prompt);
   queries.insert(queries.end(), set.prompts.begin(), set.prompts.begin() + 20);
-  const ScoreBatch scores = scorer->score(queries);
+  const ScoreBatch scores = scorer->score_all(queries);
   std::size_t compared = 0;
   for (std::size_t i = 0; i < queries.size(); ++i) {
     bool clear = true;
@@ -669,8 +669,8 @@ TEST_CASE("a dense kNN model file round-trips to identical scores") {
   CHECK(loaded.scorer->kind() == "knn");
   std::vector<std::string> queries = kQueries;
   queries.insert(queries.end(), set.prompts.begin(), set.prompts.end());
-  const ScoreBatch before = scorer->score(queries);
-  const ScoreBatch after = loaded.scorer->score(queries);
+  const ScoreBatch before = scorer->score_all(queries);
+  const ScoreBatch after = loaded.scorer->score_all(queries);
   CHECK(after.quality == before.quality);
   for (Eigen::Index i = 0; i < before.output_tokens.size(); ++i) {
     const float a = before.output_tokens.data()[i];

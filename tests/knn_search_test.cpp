@@ -131,7 +131,7 @@ Coverage check_against_brute_force(const TrainingSet& set, const std::vector<std
     torouter::TrainOptions options;
     options.validation_fraction = 0;
     scorer->train(set, options);
-    scores.push_back(scorer->score(queries));
+    scores.push_back(scorer->score_all(queries));
     most = std::max(most, c.k);
   }
   const torouter::Featurizer featurizer;

@@ -60,7 +60,7 @@ TEST_CASE("an MLP learns which expert answers which prompts, and how long") {
   CHECK(report.validation_quality > 0.9);
   CHECK(report.train_rows + report.validation_rows == 400);
 
-  const ScoreBatch s = scorer->score(kHeldOut);
+  const ScoreBatch s = scorer->score_all(kHeldOut);
   for (Eigen::Index i = 0; i < 4; ++i) {
     Eigen::Index best = 0;
     s.quality.row(i).maxCoeff(&best);
@@ -86,11 +86,11 @@ TEST_CASE("training is deterministic for a seed and a thread count") {
   auto b = torouter::make_scorer("mlp:16x8,buckets=512");
   a->train(synthetic_set(), options);
   b->train(synthetic_set(), options);
-  CHECK(a->score(kHeldOut).quality == b->score(kHeldOut).quality);
+  CHECK(a->score_all(kHeldOut).quality == b->score_all(kHeldOut).quality);
   options.seed = 2;
   auto c = torouter::make_scorer("mlp:16x8,buckets=512");
   c->train(synthetic_set(), options);
-  CHECK(a->score(kHeldOut).quality != c->score(kHeldOut).quality);
+  CHECK(a->score_all(kHeldOut).quality != c->score_all(kHeldOut).quality);
 }
 
 TEST_CASE("a trained MLP round-trips through a model file, checks included") {
@@ -112,8 +112,9 @@ TEST_CASE("a trained MLP round-trips through a model file, checks included") {
   CHECK(model.scorer->expert_names() == synthetic_experts());
   CHECK(model.scorer->training().options.seed == 9);
   CHECK(model.scorer->training().data_fingerprint == synthetic_set().fingerprint);
-  CHECK(model.scorer->score(kHeldOut).quality == scorer->score(kHeldOut).quality);
-  CHECK(model.scorer->score(kHeldOut).output_tokens == scorer->score(kHeldOut).output_tokens);
+  CHECK(model.scorer->score_all(kHeldOut).quality == scorer->score_all(kHeldOut).quality);
+  CHECK(model.scorer->score_all(kHeldOut).output_tokens ==
+        scorer->score_all(kHeldOut).output_tokens);
   CHECK(model.experts.find("coder")->output_usd_per_mtok == 2);
   CHECK(model.experts.find("generalist")->input_usd_per_mtok == 0);  // not priced
 
@@ -147,8 +148,8 @@ TEST_CASE("an MLP served with an int8 table round-trips and predicts as its floa
 
   // Same training; only the served table is rounded, by at most half a step
   // of each row, so predictions move little.
-  const ScoreBatch a = float_table->score(kHeldOut);
-  const ScoreBatch b = int8_table->score(kHeldOut);
+  const ScoreBatch a = float_table->score_all(kHeldOut);
+  const ScoreBatch b = int8_table->score_all(kHeldOut);
   CHECK((a.quality - b.quality).cwiseAbs().maxCoeff() < 0.02f);
   CHECK((a.quality - b.quality).cwiseAbs().maxCoeff() > 0.0f);
 
@@ -156,7 +157,7 @@ TEST_CASE("an MLP served with an int8 table round-trips and predicts as its floa
   torouter::save_model(*int8_table, path);
   const torouter::LoadedModel model = torouter::load_model(path);  // recorded checks pass
   CHECK(model.scorer->spec() == "mlp:16,buckets=1024,table=int8");
-  const ScoreBatch c = model.scorer->score(kHeldOut);
+  const ScoreBatch c = model.scorer->score_all(kHeldOut);
   CHECK((c.quality - b.quality).cwiseAbs().maxCoeff() < 1e-6f);
 
   // The file keeps the table as floats, each row a multiple of its step.
@@ -270,7 +271,7 @@ TEST_CASE("an MLP trained on a shared dataset routes better than a random expert
   std::vector<std::string> prompts;
   for (const auto& r : rows) prompts.push_back(r.prompt);
   const Eigen::MatrixXd quality = torouter::quality_matrix(rows);
-  const ScoreBatch s = scorer->score(prompts);
+  const ScoreBatch s = scorer->score_all(prompts);
   double routed = 0;
   for (Eigen::Index i = 0; i < quality.rows(); ++i) {
     Eigen::Index best = 0;

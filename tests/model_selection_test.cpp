@@ -82,10 +82,11 @@ TEST_CASE("a stack scores as the calibrated mean of its members, sharing their f
     // Each member alone, trained and calibrated as the stack does (5 folds).
     ScoreMatrix mean = ScoreMatrix::Zero(3, static_cast<Eigen::Index>(set.experts.size()));
     for (const auto& member : members) {
-      mean += torouter::train_calibrated(member, set, options, 5)->score(prompts).quality / 2.0f;
+      mean +=
+          torouter::train_calibrated(member, set, options, 5)->score_all(prompts).quality / 2.0f;
     }
     stack->calibration().apply(mean);
-    const auto scores = stack->score(prompts).quality;
+    const auto scores = stack->score_all(prompts).quality;
     for (Eigen::Index i = 0; i < mean.size(); ++i) {
       CHECK(scores.data()[i] == Approx(mean.data()[i]).margin(1e-6));
     }
@@ -143,14 +144,14 @@ TEST_CASE("a stack averages its calibrated members and survives its model file")
   stack->train(set, {});
   CHECK_FALSE(stack->calibration().empty());  // trained alone, it calibrates itself
   const std::vector<std::string> prompts{"python function loop bug", "king empire war treaty"};
-  const auto scores = stack->score(prompts);
+  const auto scores = stack->score_all(prompts);
   CHECK(scores.quality(0, 0) > scores.quality(0, 1));
   CHECK(scores.quality(1, 1) > scores.quality(1, 0));
   const auto path =
       (torouter::testing::process_temp_dir("model_selection_test") / "s.tormodel").string();
   torouter::save_model(*stack, path, &data.registry);
   const auto loaded = torouter::load_model(path);
-  CHECK(loaded.scorer->score(prompts).quality == scores.quality);
+  CHECK(loaded.scorer->score_all(prompts).quality == scores.quality);
 
   CHECK_THROWS_WITH(torouter::make_scorer("stack:knn:5"), Contains("at least two members"));
   CHECK_THROWS_WITH(torouter::make_scorer("stack:knn:5+mlp/adam"), Contains("bce or soft"));

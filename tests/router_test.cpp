@@ -380,3 +380,13 @@ TEST_CASE("fresh decisions borrow the scorer's working memory from the router's 
   CHECK(counting->made <= 2 + 8);  // at most one per route in flight
   CHECK(counting->misused == 0);   // never two routes on one workspace
 }
+
+TEST_CASE("a scorer subclass that overrides score still has the vector convenience") {
+  // TableScorer overrides the virtual `score`; `score_all`, a name of its
+  // own, is not hidden by it (an overload of `score` would be).
+  const std::shared_ptr<TableScorer> table = scorer();
+  const torouter::ScoreBatch batch = table->score_all({"python please", "hello"});
+  REQUIRE(batch.quality.rows() == 2);
+  CHECK(batch.quality(0, 2) == Approx(0.85f));
+  CHECK(batch.quality(1, 0) == Approx(0.95f));
+}

@@ -312,7 +312,7 @@ TEST_CASE("tlite learns a synthetic routing rule", "[tlite]") {
     const std::vector<std::string> prompts = {"fix the bug in my python script please",
                                               "compile this", "a poem about the sea",
                                               "explain the history of rome"};
-    const auto scores = scorer->score(prompts);
+    const auto scores = scorer->score_all(prompts);
     CHECK(scores.quality(0, 0) > scores.quality(0, 1));
     CHECK(scores.quality(1, 0) > scores.quality(1, 1));
     CHECK(scores.quality(2, 1) > scores.quality(2, 0));
@@ -331,8 +331,8 @@ TEST_CASE("tlite training is deterministic and round-trips through a model file"
   a->train(set, options);
   b->train(set, options);
   const auto& prompts = torouter::model_check_prompts();
-  const auto sa = a->score(prompts);
-  const auto sb = b->score(prompts);
+  const auto sa = a->score_all(prompts);
+  const auto sb = b->score_all(prompts);
   CHECK(sa.quality == sb.quality);
   CHECK(sa.output_tokens == sb.output_tokens);
 
@@ -342,7 +342,7 @@ TEST_CASE("tlite training is deterministic and round-trips through a model file"
   std::remove(path.c_str());
   CHECK(loaded.scorer->version() == a->version());
   CHECK(loaded.scorer->spec() == a->spec());
-  const auto sl = loaded.scorer->score(prompts);
+  const auto sl = loaded.scorer->score_all(prompts);
   CHECK(sl.quality == sa.quality);
   CHECK(sl.output_tokens == sa.output_tokens);
 
@@ -367,7 +367,7 @@ TEST_CASE("tlite scores empty and long prompts", "[tlite]") {
   std::string first12 = "one two three four five six seven eight nine ten eleven twelve";
   std::string longer = first12;
   for (int i = 0; i < 300; ++i) longer += " python";
-  const auto scores = scorer->score({"", "   ", first12, longer});
+  const auto scores = scorer->score_all({"", "   ", first12, longer});
   CHECK(scores.quality.allFinite());
   // No words at all is the empty prompt.
   CHECK(scores.quality.row(0) == scores.quality.row(1));
@@ -390,7 +390,7 @@ TEST_CASE("tlite scores a large batch in packed chunks as it scores prompts one 
     for (int w = 0; w < (i * 37) % 71; ++w) text += (w % 4 == 0 ? "python " : w % 4 == 1 ? "sea " : "bug ");
     prompts.push_back(text);
   }
-  const auto together = scorer->score(prompts);
+  const auto together = scorer->score_all(prompts);
   REQUIRE(together.quality.rows() == 60);
   auto workspace = scorer->make_workspace();
   torouter::ScoreBatch one;

@@ -86,8 +86,9 @@ class Scorer {
   virtual void score(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
                      ScorerWorkspace* workspace) const = 0;
 
-  /// Convenience for batches held in a vector; allocates.
-  ScoreBatch score(const std::vector<std::string>& prompts) const {
+  /// Convenience for batches held in a vector; allocates. (A name of its
+  /// own: a subclass that overrides `score` would hide an overload.)
+  ScoreBatch score_all(const std::vector<std::string>& prompts) const {
     std::vector<std::string_view> views(prompts.begin(), prompts.end());
     ScoreBatch out;
     auto workspace = make_workspace();
