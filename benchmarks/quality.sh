@@ -71,5 +71,5 @@ for dataset in routerbench3 llmrouter14; do
     --oof "$out/$dataset-oof.csv" --out "$out/$dataset-compare-oof.json"
 done
 benchmarks/peers/check_peers.sh "$out/peers" "$data_root"
-/usr/bin/python3 benchmarks/write_results.py "$out" > docs/RESULTS.md
+/usr/bin/python3 benchmarks/write_results.py "$out" "$data_root" > docs/RESULTS.md
 echo "wrote docs/RESULTS.md"
