@@ -340,7 +340,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     }
     const std::size_t i = expert_->expert_index;
     Request request;
-    request.expert = router_.experts_[i].name;
+    request.expert = (*router_.experts_)[i].name;
     request.prompt = prompt_;
     request.max_output_tokens = invoke_options_.max_output_tokens;
     request.timeout = std::min(options_.attempt_timeout, remaining);
@@ -497,7 +497,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   void attempt_done() {
     const std::size_t i = expert_->expert_index;
     ExpertState& state = router_.state_[i];
-    const ExpertSpec& spec = router_.experts_[i];
+    const ExpertSpec& spec = (*router_.experts_)[i];
     Response response = std::move(pending_);
     Attempt attempt;
     attempt.expert = spec.name;
@@ -534,7 +534,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
 
   void answered(Attempt attempt, Response response) {
     const std::size_t i = expert_->expert_index;
-    const ExpertSpec& spec = router_.experts_[i];
+    const ExpertSpec& spec = (*router_.experts_)[i];
     router_.state_[i].consecutive_failures.store(0);
     const double input = response.input_tokens > 0
                              ? static_cast<double>(response.input_tokens)
@@ -595,7 +595,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   void on_cancelled() {
     if (in_attempt_) {
       Attempt attempt;
-      attempt.expert = router_.experts_[expert_->expert_index].name;
+      attempt.expert = (*router_.experts_)[expert_->expert_index].name;
       attempt.number = attempt_number_;
       attempt.outcome = AttemptOutcome::Cancelled;
       attempt.waited = waited_;
@@ -687,7 +687,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
 };
 
 bool Router::acquire_slot(std::size_t i) {
-  const std::size_t cap = experts_[i].max_concurrent_calls;
+  const std::size_t cap = (*experts_)[i].max_concurrent_calls;
   auto& in_flight = state_[i].in_flight;
   if (cap == 0) {
     in_flight.fetch_add(1);

@@ -45,22 +45,22 @@ std::string validate_router_options(const RouterOptions& o) {
 
 Router::Router(ExpertRegistry experts, std::shared_ptr<const Scorer> scorer,
                std::shared_ptr<const Policy> policy, RouterOptions options)
-    : experts_(std::move(experts)),
+    : experts_(std::make_shared<const ExpertRegistry>(std::move(experts))),
       scorer_(std::move(scorer)),
       policy_(policy ? std::move(policy) : std::make_shared<UtilityPolicy>()),
       options_(std::move(options)),
       cost_model_(options_.cost_model),
-      state_(new ExpertState[experts_.size()]),
+      state_(new ExpertState[experts_->size()]),
       budget_(new Budget) {
   if (!scorer_) throw Error("Router: scorer is null");
-  if (experts_.empty()) throw Error("Router: the expert registry is empty");
+  if (experts_->empty()) throw Error("Router: the expert registry is empty");
   if (auto problem = validate_router_options(options_); !problem.empty()) {
     throw Error("RouterOptions." + problem);
   }
   budget_->limit = options_.budget_usd;
 
   const auto& names = scorer_->expert_names();
-  for (const auto& expert : experts_.experts()) {
+  for (const auto& expert : experts_->experts()) {
     auto column = std::find(names.begin(), names.end(), expert.name);
     if (column == names.end()) {
       throw Error(fmt::format(
@@ -69,14 +69,14 @@ Router::Router(ExpertRegistry experts, std::shared_ptr<const Scorer> scorer,
     }
     score_column_.push_back(static_cast<std::size_t>(column - names.begin()));
   }
-  for (std::size_t i = 0; i < experts_.size(); ++i) state_[i].enabled = experts_[i].enabled;
-  transports_.resize(experts_.size());
+  for (std::size_t i = 0; i < experts_->size(); ++i) state_[i].enabled = (*experts_)[i].enabled;
+  transports_.resize(experts_->size());
 }
 
 Router::~Router() = default;
 
 std::size_t Router::expert_index(std::string_view name) const {
-  if (auto index = experts_.index_of(name)) return *index;
+  if (auto index = experts_->index_of(name)) return *index;
   throw Error(fmt::format("Router: unknown expert \"{}\"", name));
 }
 
@@ -137,9 +137,10 @@ RouteDecision Router::route(std::string_view prompt, const RouteOptions& options
 
 void Router::route(std::string_view prompt, const RouteOptions& options,
                    RouteDecision& decision) const {
-  if (decision.workspace_owner_ != scorer_.get()) {
+  // (A decision last used by a pooled route has no workspace of its own.)
+  if (decision.scorer_ != scorer_ || !decision.workspace_) {
     decision.workspace_ = scorer_->make_workspace();
-    decision.workspace_owner_ = scorer_.get();
+    decision.scorer_ = scorer_;
   }
   route_with(prompt, options, decision, decision.workspace_.get());
 }
@@ -190,9 +191,9 @@ void Router::route_with(std::string_view prompt, const RouteOptions& options,
   const std::size_t input_tokens =
       options.input_tokens > 0 ? options.input_tokens : estimate_tokens(prompt);
   const std::int64_t now_ns = to_ns(Clock::now());
-  decision.candidates.resize(experts_.size());
-  for (std::size_t i = 0; i < experts_.size(); ++i) {
-    const ExpertSpec& expert = experts_[i];
+  decision.candidates.resize(experts_->size());
+  for (std::size_t i = 0; i < experts_->size(); ++i) {
+    const ExpertSpec& expert = (*experts_)[i];
     const auto column = static_cast<Eigen::Index>(score_column_[i]);
     const float quality = scores.quality(0, column);
     Candidate& c = decision.candidates[i];
@@ -209,9 +210,16 @@ void Router::route_with(std::string_view prompt, const RouteOptions& options,
                   : cooling_down(i, now_ns)                            ? Exclusion::CoolingDown
                                                                        : Exclusion::None;
   }
-  apply_constraints(decision.candidates, experts_, options.policy);
+  apply_constraints(decision.candidates, *experts_, options.policy);
   decision.reason = policy_->rank(decision.candidates, options.policy);
   decision.policy = options.policy;
+  // Compared first: a reused decision takes no reference counts.
+  if (decision.registry_ != experts_) decision.registry_ = experts_;
+  if (decision.policy_ != policy_) decision.policy_ = policy_;
+  if (decision.scorer_ != scorer_) {
+    decision.workspace_.reset();  // made by another scorer (a pooled route's)
+    decision.scorer_ = scorer_;
+  }
   decision.policy_name = policy_->name();
   decision.model_version = scorer_->version();
   decision.input_tokens = input_tokens;

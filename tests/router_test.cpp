@@ -390,3 +390,22 @@ TEST_CASE("a scorer subclass that overrides score still has the vector convenien
   CHECK(batch.quality(0, 2) == Approx(0.85f));
   CHECK(batch.quality(1, 0) == Approx(0.95f));
 }
+
+TEST_CASE("a decision's text stays valid after its router is gone") {
+  RouteDecision kept;
+  {
+    Router router(three_experts(), scorer());
+    kept = router.route("python please");
+    RouteDecision reused;  // a reused decision too, before and after a pooled route
+    router.route("hello", {}, reused);
+    router.route("python please", {}, reused);
+    CHECK(reused.pick()->name == kept.pick()->name);
+  }
+  // Only the decision holds the registry, the policy and the scorer now
+  // (AddressSanitizer would see a read of freed names).
+  REQUIRE(kept.pick() != nullptr);
+  CHECK(std::string(kept.pick()->name) == "coder");
+  CHECK(kept.find("strong") != nullptr);
+  CHECK(std::string(kept.policy_name) == "utility");
+  CHECK(std::string(kept.model_version) == "table-scorer-1");
+}

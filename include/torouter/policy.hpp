@@ -69,7 +69,8 @@ constexpr std::string_view to_string(Exclusion exclusion) {
 struct Candidate {
   /// Position of the expert in the router's registry.
   std::size_t expert_index = 0;
-  /// The expert's name (points into the router's registry).
+  /// The expert's name (points into the router's registry, which the
+  /// `RouteDecision` holding this candidate keeps alive).
   std::string_view name;
   /// Predicted quality in [0, 1].
   double predicted_quality = 0.0;

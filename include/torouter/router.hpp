@@ -111,7 +111,10 @@ struct RouteOptions {
 };
 
 /// Everything `route` decided, and why; reuse one across calls to avoid
-/// allocation.
+/// allocation. Its text (candidates' names, `policy_name`, `model_version`)
+/// points into the router's registry, policy and scorer, which the decision
+/// keeps alive: it stays valid after its router is gone. (A `Candidate`
+/// copied out of it is a view: keep the decision too.)
 struct RouteDecision {
   /// Every expert the router knows, eligible ones first, best first;
   /// excluded ones after, with their `exclusion`.
@@ -141,7 +144,12 @@ struct RouteDecision {
   // Scratch kept between calls so a warm route allocates nothing.
   ScoreBatch scores_;
   std::unique_ptr<ScorerWorkspace> workspace_;
-  const Scorer* workspace_owner_ = nullptr;
+  // What the text points into, held so it outlives the router; the scorer
+  // is also the workspace's owner (held, its address cannot be reused by
+  // another scorer while the workspace is kept).
+  std::shared_ptr<const ExpertRegistry> registry_;
+  std::shared_ptr<const Policy> policy_;
+  std::shared_ptr<const Scorer> scorer_;
 };
 
 /// The decision as a JSON object (candidates, pick, reason, knobs, version).
@@ -332,7 +340,7 @@ class Router {
   /// USD spent by answered calls so far.
   double spent_usd() const;
 
-  const ExpertRegistry& experts() const { return experts_; }
+  const ExpertRegistry& experts() const { return *experts_; }
   const Scorer& scorer() const { return *scorer_; }
   const Policy& policy() const { return *policy_; }
   const RouterOptions& options() const { return options_; }
@@ -366,7 +374,7 @@ class Router {
   // one has been since `slot_generation()` was `generation`.
   void wait_for_slot(std::uint64_t generation, std::function<void()> wake);
 
-  ExpertRegistry experts_;
+  std::shared_ptr<const ExpertRegistry> experts_;  // shared with the decisions that name it
   std::shared_ptr<const Scorer> scorer_;
   std::shared_ptr<const Policy> policy_;
   RouterOptions options_;
