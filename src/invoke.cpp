@@ -542,7 +542,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     const double output = response.output_tokens > 0
                               ? static_cast<double>(response.output_tokens)
                               : static_cast<double>(estimate_tokens(response.text));
-    const double cost = router_.cost_model_.cost_usd(spec, input, output);
+    const double cost = router_.cost_model_->cost_usd(spec, input, output);
     release_expert(cost);
     attempt.outcome = AttemptOutcome::Answered;
     attempt.cost_usd = cost;

@@ -44,12 +44,14 @@ std::string validate_router_options(const RouterOptions& o) {
 }
 
 Router::Router(ExpertRegistry experts, std::shared_ptr<const Scorer> scorer,
-               std::shared_ptr<const Policy> policy, RouterOptions options)
+               std::shared_ptr<const Policy> policy, RouterOptions options,
+               std::shared_ptr<const CostModel> cost_model)
     : experts_(std::make_shared<const ExpertRegistry>(std::move(experts))),
       scorer_(std::move(scorer)),
       policy_(policy ? std::move(policy) : std::make_shared<UtilityPolicy>()),
       options_(std::move(options)),
-      cost_model_(options_.cost_model),
+      cost_model_(cost_model ? std::move(cost_model)
+                             : std::make_shared<const CostModel>(options_.cost_model)),
       state_(new ExpertState[experts_->size()]),
       budget_(new Budget) {
   if (!scorer_) throw Error("Router: scorer is null");
@@ -201,10 +203,11 @@ void Router::route_with(std::string_view prompt, const RouteOptions& options,
     c.name = expert.name;
     // A scorer's NaN must not win or poison the sort: it counts as 0.
     c.predicted_quality = std::isfinite(quality) ? std::clamp(quality, 0.0f, 1.0f) : 0.0f;
-    c.predicted_output_tokens = cost_model_.output_tokens_or_default(scores.output_tokens(0, column));
+    c.predicted_output_tokens =
+        cost_model_->output_tokens_or_default(scores.output_tokens(0, column));
     c.input_tokens = static_cast<double>(input_tokens);
-    c.cost_usd = cost_model_.cost_usd(expert, c.input_tokens, c.predicted_output_tokens);
-    c.latency_ms = cost_model_.latency_ms(expert, c.predicted_output_tokens);
+    c.cost_usd = cost_model_->cost_usd(expert, c.input_tokens, c.predicted_output_tokens);
+    c.latency_ms = cost_model_->latency_ms(expert, c.predicted_output_tokens);
     c.utility = 0.0;
     c.exclusion = !state_[i].enabled.load(std::memory_order_relaxed) ? Exclusion::Disabled
                   : cooling_down(i, now_ns)                            ? Exclusion::CoolingDown

@@ -409,3 +409,22 @@ TEST_CASE("a decision's text stays valid after its router is gone") {
   CHECK(std::string(kept.policy_name) == "utility");
   CHECK(std::string(kept.model_version) == "table-scorer-1");
 }
+
+TEST_CASE("a router takes the caller's cost model") {
+  // A flat fee per call: "strong" is free, the others cost a dollar, so a
+  // heavy cost weight that would pick the cheapest by tokens picks "strong".
+  struct FlatFee : torouter::CostModel {
+    double cost_usd(const ExpertSpec& expert, double, double) const override {
+      return expert.name == "strong" ? 0.0 : 1.0;
+    }
+  };
+  RouteOptions options;
+  options.policy.lambda_cost = 1000;
+  Router by_tokens(three_experts(), scorer());
+  CHECK(by_tokens.route("hello", options).pick()->name == "cheap");
+  Router flat(three_experts(), scorer(), nullptr, {}, std::make_shared<FlatFee>());
+  const RouteDecision decision = flat.route("hello", options);
+  CHECK(decision.pick()->name == "strong");
+  CHECK(decision.find("cheap")->cost_usd == 1.0);
+  CHECK(&flat.cost_model() != &by_tokens.cost_model());
+}

@@ -46,28 +46,34 @@ struct CostModelOptions {
   double default_output_tokens = 256.0;
 };
 
-/// Per-expert cost (USD) and latency (ms) of one query.
+/// Per-expert cost (USD) and latency (ms) of one query: prices times
+/// tokens, and the expert's latency prior. The router's default; to price
+/// otherwise (a flat fee, cached-input discounts, measured latency), derive
+/// from it, override what differs and give the router yours (`Router`'s
+/// `cost_model` argument). Calls may come from any thread at once.
 class CostModel {
  public:
   CostModel() = default;
   explicit CostModel(CostModelOptions options) : options_(options) {}
+  virtual ~CostModel() = default;
 
   /// USD for `input_tokens` in and `output_tokens` out at the expert's prices.
-  double cost_usd(const ExpertSpec& expert, double input_tokens, double output_tokens) const {
+  virtual double cost_usd(const ExpertSpec& expert, double input_tokens,
+                          double output_tokens) const {
     return (input_tokens * expert.input_usd_per_mtok +
             output_tokens * expert.output_usd_per_mtok) / 1e6;
   }
 
   /// Milliseconds to the full answer: time to first token plus output
   /// tokens at the expert's speed.
-  double latency_ms(const ExpertSpec& expert, double output_tokens) const {
+  virtual double latency_ms(const ExpertSpec& expert, double output_tokens) const {
     const double speed = expert.latency.output_tokens_per_second;
     const double generation_ms = speed > 0 ? output_tokens / speed * 1000.0 : 0.0;
     return expert.latency.time_to_first_token_ms + generation_ms;
   }
 
   /// The scorer's prediction when it made one (finite, >= 0), else the default.
-  double output_tokens_or_default(float predicted) const {
+  virtual double output_tokens_or_default(float predicted) const {
     return std::isfinite(predicted) && predicted >= 0 ? static_cast<double>(predicted)
                                                       : options_.default_output_tokens;
   }

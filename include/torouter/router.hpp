@@ -295,9 +295,11 @@ class Router {
  public:
   /// Builds a router over `experts`. Every expert must be one the scorer
   /// predicts for (throws `Error` otherwise). `policy` defaults to
-  /// `UtilityPolicy`.
+  /// `UtilityPolicy`; `cost_model` defaults to `CostModel` with
+  /// `options.cost_model`.
   Router(ExpertRegistry experts, std::shared_ptr<const Scorer> scorer,
-         std::shared_ptr<const Policy> policy = nullptr, RouterOptions options = {});
+         std::shared_ptr<const Policy> policy = nullptr, RouterOptions options = {},
+         std::shared_ptr<const CostModel> cost_model = nullptr);
   ~Router();
   Router(const Router&) = delete;
   Router& operator=(const Router&) = delete;
@@ -344,7 +346,7 @@ class Router {
   const Scorer& scorer() const { return *scorer_; }
   const Policy& policy() const { return *policy_; }
   const RouterOptions& options() const { return options_; }
-  const CostModel& cost_model() const { return cost_model_; }
+  const CostModel& cost_model() const { return *cost_model_; }
 
  private:
   struct ExpertState;
@@ -378,7 +380,7 @@ class Router {
   std::shared_ptr<const Scorer> scorer_;
   std::shared_ptr<const Policy> policy_;
   RouterOptions options_;
-  CostModel cost_model_;
+  std::shared_ptr<const CostModel> cost_model_;
   /// Registry index -> column of the scorer's output.
   std::vector<std::size_t> score_column_;
   std::vector<Transport> transports_;
