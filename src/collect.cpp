@@ -49,10 +49,10 @@ constexpr std::uint64_t kJournalVersion = 1;
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open file", path));
+  if (!in) throw Error(fmt::format("{}: cannot open file", path), ErrorCode::FileAccess);
   std::ostringstream text;
   text << in.rdbuf();
-  if (in.bad()) throw Error(fmt::format("{}: cannot read file", path));
+  if (in.bad()) throw Error(fmt::format("{}: cannot read file", path), ErrorCode::FileAccess);
   return text.str();
 }
 
@@ -355,7 +355,8 @@ class JournalWriter {
     const bool fresh =
         !std::filesystem::exists(path, ec) || std::filesystem::file_size(path, ec) == 0;
     file_ = std::fopen(path_.c_str(), "ab");
-    if (file_ == nullptr) throw Error(fmt::format("{}: cannot open for appending", path_));
+    if (file_ == nullptr)
+      throw Error(fmt::format("{}: cannot open for appending", path_), ErrorCode::FileAccess);
     if (fresh) append(fmt::format("{{\"{}\":{}}}\n", kJournalHeaderKey, kJournalVersion));
   }
   ~JournalWriter() {
@@ -530,7 +531,9 @@ void write_atomically(const std::filesystem::path& path, const std::string& text
   const std::filesystem::path temporary = path.string() + ".tmp";
   {
     std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(fmt::format("{}: cannot open for writing", temporary.string()));
+    if (!out)
+      throw Error(fmt::format("{}: cannot open for writing", temporary.string()),
+                  ErrorCode::FileAccess);
     out << text;
     out.flush();
     if (!out) throw Error(fmt::format("{}: cannot write", temporary.string()));

@@ -25,10 +25,10 @@ using simdjson::dom::element_type;
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open file", path));
+  if (!in) throw Error(fmt::format("{}: cannot open file", path), ErrorCode::FileAccess);
   std::ostringstream text;
   text << in.rdbuf();
-  if (in.bad()) throw Error(fmt::format("{}: cannot read file", path));
+  if (in.bad()) throw Error(fmt::format("{}: cannot read file", path), ErrorCode::FileAccess);
   return text.str();
 }
 

@@ -253,7 +253,7 @@ ExpertRegistry parse_expert_registry(std::string_view json, const std::string& o
 
 ExpertRegistry load_expert_registry(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open file", path));
+  if (!in) throw Error(fmt::format("{}: cannot open file", path), ErrorCode::FileAccess);
   std::ostringstream text;
   text << in.rdbuf();
   return parse_expert_registry(text.str(), path);

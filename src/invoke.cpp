@@ -736,8 +736,8 @@ void Router::invoke_async(std::string_view prompt, InvokeOptions options,
 void Router::start_invoke(std::string_view prompt, const InvokeOptions* borrowed,
                           InvokeOptions owned, std::shared_ptr<EventLoop> loop,
                           std::function<void(InvokeResult)> on_done) {
-  if (!loop) throw Error("Router::invoke_async: the event loop is null");
-  if (!on_done) throw Error("Router::invoke_async: on_done is empty");
+  if (!loop) throw Error("Router::invoke_async: the event loop is null", ErrorCode::Misuse);
+  if (!on_done) throw Error("Router::invoke_async: on_done is empty", ErrorCode::Misuse);
   const InvokeOptions& options = borrowed ? *borrowed : owned;
   if (!options.expert.empty()) expert_index(options.expert);  // throws for an unknown name
   InvokeResult result;

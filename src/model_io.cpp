@@ -141,18 +141,21 @@ void ModelWriter::write(const std::string& path) const {
   const std::string temporary = path + ".tmp";
   {
     std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(fmt::format("{}: cannot open for writing", temporary));
+    if (!out)
+      throw Error(fmt::format("{}: cannot open for writing", temporary), ErrorCode::FileAccess);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out) throw Error(fmt::format("{}: write failed", temporary));
+    if (!out) throw Error(fmt::format("{}: write failed", temporary), ErrorCode::FileAccess);
   }
   std::error_code ec;
   std::filesystem::rename(temporary, path, ec);
-  if (ec) throw Error(fmt::format("{}: cannot rename {} into place: {}", path, temporary, ec.message()));
+  if (ec)
+    throw Error(fmt::format("{}: cannot rename {} into place: {}", path, temporary, ec.message()),
+                ErrorCode::FileAccess);
 }
 
 ModelReader ModelReader::open(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open model file", path));
+  if (!in) throw Error(fmt::format("{}: cannot open model file", path), ErrorCode::FileAccess);
   std::ostringstream buffer;
   buffer << in.rdbuf();
   return parse(buffer.str(), path);
@@ -184,7 +187,8 @@ ModelReader ModelReader::parse(const std::string& bytes, const std::string& orig
   if (reader.format_version_ > kModelFormatVersion || reader.format_version_ == 0) {
     throw Error(fmt::format("{}model format version {} is newer than this torouter reads ({}); "
                             "upgrade torouter to load it",
-                            where, reader.format_version_, kModelFormatVersion));
+                            where, reader.format_version_, kModelFormatVersion),
+                ErrorCode::IncompatibleModel);
   }
   const std::uint64_t header_size = read_le(bytes, 12, 8);
   if (header_size > bytes.size() - kPreambleBytes) {

@@ -54,10 +54,10 @@ Router::Router(ExpertRegistry experts, std::shared_ptr<const Scorer> scorer,
                              : std::make_shared<const CostModel>(options_.cost_model)),
       state_(new ExpertState[experts_->size()]),
       budget_(new Budget) {
-  if (!scorer_) throw Error("Router: scorer is null");
-  if (experts_->empty()) throw Error("Router: the expert registry is empty");
+  if (!scorer_) throw Error("Router: scorer is null", ErrorCode::Misuse);
+  if (experts_->empty()) throw Error("Router: the expert registry is empty", ErrorCode::Misuse);
   if (auto problem = validate_router_options(options_); !problem.empty()) {
-    throw Error("RouterOptions." + problem);
+    throw Error("RouterOptions." + problem, ErrorCode::Misuse);
   }
   budget_->limit = options_.budget_usd;
 
@@ -65,9 +65,11 @@ Router::Router(ExpertRegistry experts, std::shared_ptr<const Scorer> scorer,
   for (const auto& expert : experts_->experts()) {
     auto column = std::find(names.begin(), names.end(), expert.name);
     if (column == names.end()) {
-      throw Error(fmt::format(
-          "Router: the scorer (model {}) has no predictions for expert \"{}\"; it knows: {}",
-          scorer_->version(), expert.name, fmt::join(names, ", ")));
+      throw Error(
+          fmt::format(
+              "Router: the scorer (model {}) has no predictions for expert \"{}\"; it knows: {}",
+              scorer_->version(), expert.name, fmt::join(names, ", ")),
+          ErrorCode::IncompatibleModel);
     }
     score_column_.push_back(static_cast<std::size_t>(column - names.begin()));
   }
@@ -79,15 +81,15 @@ Router::~Router() = default;
 
 std::size_t Router::expert_index(std::string_view name) const {
   if (auto index = experts_->index_of(name)) return *index;
-  throw Error(fmt::format("Router: unknown expert \"{}\"", name));
+  throw Error(fmt::format("Router: unknown expert \"{}\"", name), ErrorCode::Misuse);
 }
 
 void Router::set_transport(std::string_view expert, Transport transport) {
   if (!transport.valid()) {
-    throw Error(
-        fmt::format("Router: transport for \"{}\" must set exactly one of call, "
-                    "call_async, call_streaming, call_async_streaming",
-                    expert));
+    throw Error(fmt::format("Router: transport for \"{}\" must set exactly one of call, "
+                            "call_async, call_streaming, call_async_streaming",
+                            expert),
+                ErrorCode::Misuse);
   }
   transports_[expert_index(expert)] = std::move(transport);
 }
@@ -178,7 +180,7 @@ void Router::route_pooled(std::string_view prompt, const RouteOptions& options,
 void Router::route_with(std::string_view prompt, const RouteOptions& options,
                         RouteDecision& decision, ScorerWorkspace* workspace) const {
   if (auto problem = validate_policy_options(options.policy); !problem.empty()) {
-    throw Error("RouteOptions.policy." + problem);
+    throw Error("RouteOptions.policy." + problem, ErrorCode::Misuse);
   }
   ScoreBatch& scores = decision.scores_;
   scorer_->score(&prompt, 1, scores, workspace);

@@ -432,11 +432,15 @@ void verify_checks(const TrainableScorer& scorer, const ModelReader& in) {
       const double got_t =
           std::isfinite(scores.output_tokens(row, col)) ? scores.output_tokens(row, col) : -1.0;
       if (!close_enough(want_q, got_q, 1e-4) || !close_enough(want_t, got_t, 1e-3)) {
-        throw Error(fmt::format(
-            "{}recorded check {} (\"{:.40}\") expects quality {} and output tokens {} for expert "
-            "\"{}\", but the loaded model gives {} and {}: the weights do not match the "
-            "model's own predictions; the file is damaged or was written by an incompatible build",
-            in.where(), i, prompts[i], want_q, want_t, scorer.expert_names()[e], got_q, got_t));
+        throw Error(
+            fmt::format(
+                "{}recorded check {} (\"{:.40}\") expects quality {} and output tokens {} for "
+                "expert "
+                "\"{}\", but the loaded model gives {} and {}: the weights do not match the "
+                "model's own predictions; the file is damaged or was written by an incompatible "
+                "build",
+                in.where(), i, prompts[i], want_q, want_t, scorer.expert_names()[e], got_q, got_t),
+            ErrorCode::IncompatibleModel);
       }
     }
   }

@@ -59,6 +59,17 @@ std::string open_error(const std::string& path) {
   return "";
 }
 
+// The code of the error opening `path` throws (a program branches on it).
+torouter::ErrorCode open_error_code(const std::string& path) {
+  try {
+    ModelReader::open(path);
+  } catch (const Error& e) {
+    return e.code();
+  }
+  FAIL("no error");
+  return torouter::ErrorCode::InvalidInput;
+}
+
 }  // namespace
 
 TEST_CASE("fields and tensors round-trip through a model file") {
@@ -114,6 +125,7 @@ TEST_CASE("a damaged model file is refused, naming the file and the problem") {
     const std::string path = temp_path("text.tormodel");
     write_bytes(path, "{\"json\": true}");
     CHECK_THAT(open_error(path), Contains("text.tormodel") && Contains("not a torouter model file"));
+    CHECK(open_error_code(path) == torouter::ErrorCode::InvalidInput);
   }
   SECTION("a newer format version") {
     std::string bytes = good;
@@ -122,6 +134,7 @@ TEST_CASE("a damaged model file is refused, naming the file and the problem") {
     write_bytes(path, bytes);
     CHECK_THAT(open_error(path), Contains("newer.tormodel") && Contains("newer than this torouter") &&
                                      Contains("upgrade torouter"));
+    CHECK(open_error_code(path) == torouter::ErrorCode::IncompatibleModel);
   }
   SECTION("truncated in the payload, in the header, in the preamble") {
     for (std::size_t keep : {good.size() - 2, std::size_t{40}, std::size_t{10}}) {
@@ -158,6 +171,8 @@ TEST_CASE("a damaged model file is refused, naming the file and the problem") {
   }
   SECTION("a missing file") {
     CHECK_THAT(open_error(temp_path("absent.tormodel")), Contains("cannot open model file"));
+    CHECK(open_error_code(temp_path("absent.tormodel")) == torouter::ErrorCode::FileAccess);
+    CHECK(std::string(torouter::to_string(torouter::ErrorCode::FileAccess)) == "file_access");
   }
 }
 

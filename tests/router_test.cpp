@@ -265,6 +265,22 @@ TEST_CASE("a router refuses options it cannot honour, naming the field") {
     CHECK_THROWS_WITH(Router(three_experts(), scorer(), nullptr, options),
                       Contains("RouterOptions." + message));
   }
+  // A program can tell misuse from bad input and from an incompatible model.
+  auto code_of = [](const std::function<void()>& build) {
+    try {
+      build();
+    } catch (const torouter::Error& e) {
+      return e.code();
+    }
+    return torouter::ErrorCode::InvalidInput;
+  };
+  Opts zero;
+  zero.max_experts_tried = 0;
+  CHECK(code_of([&] { Router(three_experts(), scorer(), nullptr, zero); }) ==
+        torouter::ErrorCode::Misuse);
+  ExpertRegistry unknown = three_experts();
+  unknown.add(ExpertSpec("mystery", 1, 1));
+  CHECK(code_of([&] { Router(unknown, scorer()); }) == torouter::ErrorCode::IncompatibleModel);
   Opts unlimited;  // infinity is a meaning: no budget
   unlimited.budget_usd = inf;
   CHECK_NOTHROW(Router(three_experts(), scorer(), nullptr, unlimited));
