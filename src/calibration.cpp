@@ -7,9 +7,10 @@
 #include <cmath>
 #include <numeric>
 
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 namespace {
 
 // A run of sorted predictions pooled to one fitted value.
@@ -194,4 +195,4 @@ void Calibration::apply(ScoreMatrix& quality) const {
   }
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

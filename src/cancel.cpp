@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <utility>
 
-namespace torouter {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
 
 void CancelSignal::cancel() {
   std::vector<std::pair<std::uint64_t, std::function<void()>>> to_run;
@@ -41,4 +43,4 @@ void CancelSignal::forget(std::uint64_t id) {
                    callbacks_.end());
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -6,7 +6,6 @@
 // that worker, so whatever ends the process, every answer paid for is kept;
 // the dataset files are derived from it at the end. A line cut short by a
 // crash (no final '\n') is dropped and truncated away on the next start.
-#include "json_type_name.hpp"
 #include "torouter/collect.hpp"
 
 #include <fmt/format.h>
@@ -31,10 +30,12 @@
 #include <utility>
 
 #include "json_text.hpp"
+#include "json_type_name.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/cost_model.hpp"
 #include "torouter/error.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 namespace {
 
@@ -992,4 +993,4 @@ CollectSummary collect_dataset(const std::vector<CollectPrompt>& prompts,
   return summary;
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

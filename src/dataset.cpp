@@ -2,7 +2,6 @@
 // parsed on its own so that an error can name its line; lines are split on
 // '\n' only, because prompts may hold U+2028 and other separators that a
 // general-purpose line splitter would cut on.
-#include "json_type_name.hpp"
 #include "torouter/dataset.hpp"
 
 #include <fmt/format.h>
@@ -13,10 +12,12 @@
 #include <fstream>
 #include <sstream>
 
+#include "json_type_name.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/cost_model.hpp"
 #include "torouter/error.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 namespace {
 
@@ -278,4 +279,4 @@ Eigen::MatrixXd cost_matrix(const RoutingDataset& data, const std::vector<Datase
   return out;
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

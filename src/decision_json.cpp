@@ -2,9 +2,10 @@
 #include <fmt/format.h>
 
 #include "json_text.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/router.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 using detail::json_number;
 using detail::json_string;
@@ -57,4 +58,4 @@ std::string to_json(const RouteDecision& decision) {
   return out;
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

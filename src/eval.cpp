@@ -10,10 +10,11 @@
 #include <cmath>
 #include <limits>
 
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 #include "torouter/policy.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 namespace {
 
@@ -469,4 +470,4 @@ EvalReport evaluate(const std::vector<std::string>& experts, const Eigen::Matrix
   return report;
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -3,7 +3,9 @@
 
 #include <utility>
 
-namespace torouter {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
 
 void RunLoop::post(std::function<void()> task) {
   if (!task) return;  // nothing to run; an empty task would end `run`
@@ -69,4 +71,4 @@ void RunLoop::restart() {
   stopped_ = false;
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -12,10 +12,11 @@
 #include <sstream>
 
 #include "json_type_name.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 #include "torouter/expert.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 std::string validate_expert(const ExpertSpec& spec) {
   if (spec.name.empty()) return "name must not be empty";
@@ -259,4 +260,4 @@ ExpertRegistry load_expert_registry(const std::string& path) {
   return parse_expert_registry(text.str(), path);
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

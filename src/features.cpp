@@ -9,9 +9,10 @@
 #include <cstring>
 #include <string>
 
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 namespace detail {
 namespace {
 
@@ -716,4 +717,4 @@ void Featurizer::token_ids(std::string_view text, std::size_t max_tokens,
   if (out.size() < max_tokens) end_word();
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -9,7 +9,10 @@
 #include <random>
 #include <thread>
 
-namespace torouter::detail {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 namespace {
 
 // A node that did not split sends every row left. The largest float rather
@@ -362,4 +365,5 @@ std::vector<Forest> refit_forests(const BinnedFeatures& binned, const Eigen::Mat
       });
 }
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

@@ -20,7 +20,10 @@
 #include <cstdint>
 #include <vector>
 
-namespace torouter::detail {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 
 /// Settings of boosting; the defaults work on the shared datasets.
 struct BoostOptions {
@@ -125,4 +128,5 @@ std::vector<Forest> refit_forests(const BinnedFeatures& binned, const Eigen::Mat
                                   const std::vector<ForestReport>& rounds,
                                   const BoostOptions& options);
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

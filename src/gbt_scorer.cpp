@@ -46,11 +46,13 @@
 #include "gbdt.hpp"
 #include "scorers.hpp"
 #include "sparse_projection.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 #include "torouter/features.hpp"
 #include "trainer.hpp"
 
-namespace torouter::detail {
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 namespace {
 
 constexpr long long kDefaultDims = 32;
@@ -405,4 +407,5 @@ std::unique_ptr<TrainableScorer> make_gbt_scorer(const ScorerSpec& spec) {
   return std::make_unique<GbtScorer>(spec);
 }
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

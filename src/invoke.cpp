@@ -23,10 +23,11 @@
 #include <vector>
 
 #include "router_state.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 #include "torouter/router.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 using detail::Clock;
 using detail::to_ns;
@@ -767,4 +768,4 @@ InvokeResult Router::invoke(std::string_view prompt, const InvokeOptions& option
   return out;
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -7,7 +7,10 @@
 #include <string>
 #include <string_view>
 
-namespace torouter::detail {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 
 /// `text` as a quoted JSON string; control characters escaped, other bytes
 /// passed through (the input is expected to be UTF-8).
@@ -40,4 +43,5 @@ inline std::string json_number(double value) {
   return std::isfinite(value) ? fmt::format("{}", value) : std::string("null");
 }
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

@@ -7,7 +7,10 @@
 
 #include <string_view>
 
-namespace torouter::detail {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 
 /// "an array", "an object", "a number", "a string", "a boolean" or "null".
 inline std::string_view json_type_name(simdjson::dom::element value) {
@@ -24,4 +27,5 @@ inline std::string_view json_type_name(simdjson::dom::element value) {
   return "an unknown value";
 }
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

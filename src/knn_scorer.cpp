@@ -101,11 +101,13 @@
 
 #include "scorers.hpp"
 #include "sparse_projection.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 #include "torouter/features.hpp"
 #include "trainer.hpp"
 
-namespace torouter::detail {
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 namespace {
 
 constexpr long long kDefaultK = 40;
@@ -929,4 +931,5 @@ std::unique_ptr<TrainableScorer> make_knn_scorer(const ScorerSpec& spec) {
   return std::make_unique<KnnScorer>(spec);
 }
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

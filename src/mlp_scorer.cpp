@@ -18,6 +18,7 @@
 #include <limits>
 
 #include "scorers.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 #include "torouter/features.hpp"
 #include "torouter/nn/activations.hpp"
@@ -27,7 +28,8 @@
 #include "torouter/nn/losses.hpp"
 #include "trainer.hpp"
 
-namespace torouter::detail {
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 namespace {
 
 using Matrix = nn::Matrix<float>;
@@ -500,4 +502,5 @@ std::unique_ptr<TrainableScorer> make_mlp_scorer(const ScorerSpec& spec) {
   return std::make_unique<MlpScorer>(spec);
 }
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

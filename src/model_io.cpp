@@ -13,9 +13,10 @@
 #include <sstream>
 
 #include "json_text.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 namespace {
 
 constexpr char kMagic[8] = {'T', 'O', 'R', 'M', 'O', 'D', 'E', 'L'};
@@ -398,4 +399,4 @@ const ModelTensor& ModelReader::tensor(const std::string& name,
   return it->second;
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

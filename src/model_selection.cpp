@@ -11,11 +11,12 @@
 #include <random>
 
 #include "scorers.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/cost_model.hpp"
 #include "torouter/error.hpp"
 #include "torouter/eval.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 namespace {
 
 TrainingSet subset(const TrainingSet& set, const std::vector<std::size_t>& rows, int fold) {
@@ -361,4 +362,4 @@ std::unique_ptr<TrainableScorer> train_best(const RoutingDataset& data,
   return scorer;
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

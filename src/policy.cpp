@@ -7,7 +7,9 @@
 #include <cmath>
 #include <utility>
 
-namespace torouter {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
 namespace {
 
 bool has_all_tags(const ExpertSpec& expert, const std::vector<std::string>& tags) {
@@ -172,4 +174,4 @@ PickReason ThresholdPolicy::rank(std::vector<Candidate>& candidates,
                                             : PickReason::ThresholdWeak;
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -7,9 +7,10 @@
 #include <utility>
 
 #include "router_state.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 using detail::Clock;
 using detail::to_ns;
@@ -230,4 +231,4 @@ void Router::route_with(std::string_view prompt, const RouteOptions& options,
   decision.input_tokens = input_tokens;
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

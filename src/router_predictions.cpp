@@ -3,11 +3,12 @@
 // model and its registry order.
 #include <fmt/format.h>
 
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 #include "torouter/eval.hpp"
 #include "torouter/router.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 RouterPredictions router_predictions(const Router& router,
                                      const std::vector<std::string_view>& prompts) {
@@ -39,4 +40,4 @@ RouterPredictions router_predictions(const Router& router,
   return out;
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -7,9 +7,10 @@
 #include <cstdint>
 #include <mutex>
 
+#include "torouter/abi.hpp"
 #include "torouter/router.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 namespace detail {
 
 using Clock = std::chrono::steady_clock;
@@ -55,4 +56,4 @@ struct Router::Budget {
   }
 };
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

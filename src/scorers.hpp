@@ -7,11 +7,13 @@
 #include <string>
 #include <string_view>
 
+#include "torouter/abi.hpp"
 #include "torouter/features.hpp"
 #include "torouter/model_selection.hpp"
 #include "torouter/trainable_scorer.hpp"
 
-namespace torouter::detail {
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 
 /// A parsed spec "kind[:argument][,key=value]...", e.g. "mlp:256x128,buckets=16384".
 struct ScorerSpec {
@@ -81,4 +83,5 @@ void write_featurizer_options(ModelWriter& out, const FeaturizerOptions& options
 /// Reads them back, with at most `max_buckets` buckets; throws naming the field.
 FeaturizerOptions read_featurizer_options(const ModelReader& in, std::uint32_t max_buckets);
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

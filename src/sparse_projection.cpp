@@ -7,7 +7,10 @@
 #include <cmath>
 #include <random>
 
-namespace torouter::detail {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 namespace {
 
 using SparseRows = Eigen::SparseMatrix<float, Eigen::RowMajor, std::int64_t>;
@@ -107,4 +110,5 @@ void SparseProjection::project(const SparseFeatures& features, float* out) const
   }
 }
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

@@ -16,9 +16,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/features.hpp"
 
-namespace torouter::detail {
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 
 class SparseProjection {
  public:
@@ -46,4 +48,5 @@ class SparseProjection {
   Table table_;
 };
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

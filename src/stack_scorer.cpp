@@ -24,10 +24,12 @@
 #include <optional>
 
 #include "scorers.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 #include "torouter/model_selection.hpp"
 
-namespace torouter::detail {
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 namespace {
 
 constexpr int kMemberFolds = 5;
@@ -250,4 +252,5 @@ void set_member_calibrations(TrainableScorer& stack, std::vector<Calibration> ca
   dynamic_cast<StackScorer&>(stack).set_member_calibrations(std::move(calibrations));
 }
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

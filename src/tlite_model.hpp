@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/nn/activations.hpp"
 #include "torouter/nn/dense.hpp"
 #include "torouter/nn/encoder_layer.hpp"
@@ -33,7 +34,8 @@
 #include "torouter/nn/parameters.hpp"
 #include "torouter/train.hpp"
 
-namespace torouter::detail {
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 
 /// The sizes of a transformer-lite network.
 struct TliteShape {
@@ -323,4 +325,5 @@ double tlite_batch_loss(TliteModel<Scalar>& model, const TliteInputs& inputs,
   return total;
 }
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

@@ -22,10 +22,12 @@
 #include <vector>
 
 #include "tlite_model.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/nn/activations.hpp"
 #include "torouter/nn/dense.hpp"
 
-namespace torouter::detail {
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 
 /// Working memory of `tlite_encode_packed` for up to `capacity_rows` rows in
 /// all. Plain vectors seen through Eigen maps, so any number of rows up to
@@ -111,4 +113,5 @@ inline void tlite_encode_packed(const TliteModel<float>& model, const std::uint3
   }
 }
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

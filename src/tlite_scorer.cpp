@@ -21,11 +21,13 @@
 #include "scorers.hpp"
 #include "tlite_model.hpp"
 #include "tlite_packed.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 #include "torouter/features.hpp"
 #include "trainer.hpp"
 
-namespace torouter::detail {
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 namespace {
 
 using Matrix = nn::Matrix<float>;
@@ -260,4 +262,5 @@ std::unique_ptr<TrainableScorer> make_tlite_scorer(const ScorerSpec& spec) {
   return std::make_unique<TliteScorer>(spec);
 }
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

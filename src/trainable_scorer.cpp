@@ -8,9 +8,10 @@
 #include <cmath>
 
 #include "scorers.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 namespace detail {
 
 long long parse_integer(const std::string& text, long long minimum, long long maximum,
@@ -480,4 +481,4 @@ LoadedModel load_model(const ModelReader& in) {
   return model;
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

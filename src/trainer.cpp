@@ -9,10 +9,12 @@
 #include <random>
 #include <thread>
 
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 #include "torouter/nn/adamw.hpp"
 
-namespace torouter::detail {
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 namespace {
 
 // Shuffles with our own Fisher-Yates over mt19937_64, whose output the
@@ -183,4 +185,5 @@ TrainReport train_network(Network& network, const TrainingSet& set, const TrainO
   return report;
 }
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

@@ -8,10 +8,12 @@
 #include <memory>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/nn/parameters.hpp"
 #include "torouter/train.hpp"
 
-namespace torouter::detail {
+TOROUTER_BEGIN_NAMESPACE
+namespace detail {
 
 /// A network the trainer can train. Rows are indices into the training set
 /// the network was built over.
@@ -39,4 +41,5 @@ TrainReport train_network(Network& network, const TrainingSet& set, const TrainO
 double routed_quality(const TrainingSet& set, const std::vector<std::size_t>& rows,
                       const Eigen::MatrixXf& scores);
 
-}  // namespace torouter::detail
+}  // namespace detail
+TOROUTER_END_NAMESPACE

@@ -6,10 +6,11 @@
 #include <cstring>
 #include <limits>
 
+#include "torouter/abi.hpp"
 #include "torouter/cost_model.hpp"
 #include "torouter/train.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 namespace {
 
 // FNV-1a-64, the hash the featurizer documents, over the rows' content.
@@ -152,4 +153,4 @@ std::vector<FittedPrice> fit_prices(const RoutingDataset& data, const std::vecto
   return fitted;
 }
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -11,6 +11,8 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
+#include <typeinfo>
 #include <utility>
 #include <vector>
 
@@ -443,4 +445,10 @@ TEST_CASE("a router takes the caller's cost model") {
   CHECK(decision.pick()->name == "strong");
   CHECK(decision.find("cheap")->cost_usd == 1.0);
   CHECK(&flat.cost_model() != &by_tokens.cost_model());
+}
+
+TEST_CASE("torouter's names live in a versioned inline namespace") {
+  // Two builds of different ABI versions in one process cannot link together.
+  static_assert(std::is_same_v<torouter::Router, torouter::TOROUTER_ABI_NAMESPACE::Router>);
+  CHECK_THAT(std::string(typeid(torouter::Router).name()), Contains("v0"));
 }

@@ -33,9 +33,10 @@
 #include <string_view>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/scorer.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 enum class CalibrationMethod { Linear, Isotonic };
 
@@ -72,4 +73,4 @@ class Calibration {
   std::vector<std::vector<float>> x_, y_;
 };
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

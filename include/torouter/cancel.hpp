@@ -17,7 +17,9 @@
 #include <mutex>
 #include <vector>
 
-namespace torouter {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
 
 class CancelSignal {
  public:
@@ -40,4 +42,4 @@ class CancelSignal {
   std::vector<std::pair<std::uint64_t, std::function<void()>>> callbacks_;
 };
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

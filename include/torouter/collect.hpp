@@ -32,10 +32,11 @@
 #include <string_view>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/expert.hpp"
 #include "torouter/transport.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 /// One prompt to collect answers for, with the answer it expects.
 struct CollectPrompt {
@@ -240,4 +241,4 @@ CollectSummary collect_dataset(const std::vector<CollectPrompt>& prompts,
                                const AnswerScorer& scorer, const std::string& out_dir,
                                const CollectOptions& options = {});
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

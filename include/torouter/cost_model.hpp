@@ -16,9 +16,10 @@
 #include <cstddef>
 #include <string_view>
 
+#include "torouter/abi.hpp"
 #include "torouter/expert.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 /// Number of Unicode code points in UTF-8 text: bytes that do not continue a
 /// multi-byte sequence. Invalid UTF-8 still gives a count, never an error.
@@ -84,4 +85,4 @@ class CostModel {
   CostModelOptions options_;
 };
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

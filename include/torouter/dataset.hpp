@@ -19,9 +19,10 @@
 #include <string_view>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/expert.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 /// One expert's recorded result on one prompt.
 struct Outcome {
@@ -108,4 +109,4 @@ Eigen::MatrixXd quality_matrix(const std::vector<DatasetRow>& rows);
 /// of `data`. Throws `Error` naming the row when an outcome is missing.
 Eigen::MatrixXd cost_matrix(const RoutingDataset& data, const std::vector<DatasetRow>& rows);
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

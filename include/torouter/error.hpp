@@ -17,7 +17,9 @@
 #include <stdexcept>
 #include <string>
 
-namespace torouter {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
 
 /// What kind of problem an `Error` is, for a program to branch on.
 enum class ErrorCode {
@@ -56,4 +58,4 @@ class Error : public std::runtime_error {
   ErrorCode code_;
 };
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

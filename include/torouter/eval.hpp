@@ -45,7 +45,9 @@
 #include <string_view>
 #include <vector>
 
-namespace torouter {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
 
 class Router;
 
@@ -283,4 +285,4 @@ struct RouterPredictions {
 RouterPredictions router_predictions(const Router& router,
                                      const std::vector<std::string_view>& prompts);
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

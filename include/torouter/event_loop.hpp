@@ -24,7 +24,9 @@
 #include <queue>
 #include <vector>
 
-namespace torouter {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
 
 /// Runs tasks for the router. Implementations must be safe to call from
 /// any thread, and must never run a task inside `post` or `post_after`
@@ -78,4 +80,4 @@ class RunLoop final : public EventLoop {
   bool stopped_ = false;
 };
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

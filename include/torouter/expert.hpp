@@ -21,7 +21,9 @@
 #include <utility>
 #include <vector>
 
-namespace torouter {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
 
 /// How fast an expert usually answers; used to predict a call's latency.
 struct LatencyPrior {
@@ -153,4 +155,4 @@ ExpertRegistry load_expert_registry(const std::string& path);
 /// Parses a registry from JSON text; `origin` names the text in errors.
 ExpertRegistry parse_expert_registry(std::string_view json, const std::string& origin);
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -56,7 +56,9 @@
 #include <string_view>
 #include <vector>
 
-namespace torouter {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
 
 /// Settings of a `Featurizer`. They are part of a model: a scorer saves them
 /// and must featurize with the same ones.
@@ -174,4 +176,4 @@ class Featurizer {
   std::array<std::uint64_t, 3> kind_state_{};
 };
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

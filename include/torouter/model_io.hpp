@@ -34,7 +34,9 @@
 #include <variant>
 #include <vector>
 
-namespace torouter {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
 
 /// The model file format version this library writes; it reads this one and
 /// older ones.
@@ -159,4 +161,4 @@ class ModelReader {
   std::map<std::string, ModelTensor> tensors_;
 };
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -23,12 +23,13 @@
 #include <string>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/dataset.hpp"
 #include "torouter/expert.hpp"
 #include "torouter/train.hpp"
 #include "torouter/trainable_scorer.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 /// A scorer spec and the loss it trains with.
 struct CandidateScorer {
@@ -104,4 +105,4 @@ std::unique_ptr<TrainableScorer> train_best(const RoutingDataset& data,
                                             const TrainOptions& options,
                                             const SelectionOptions& selection);
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

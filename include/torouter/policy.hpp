@@ -28,9 +28,10 @@
 #include <string_view>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/expert.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 /// Why a candidate cannot be picked; `None` when it can.
 enum class Exclusion {
@@ -215,4 +216,4 @@ class ThresholdPolicy : public Policy {
   double threshold_;
 };
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -38,6 +38,7 @@
 #include <string_view>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/cancel.hpp"
 #include "torouter/cost_model.hpp"
 #include "torouter/event_loop.hpp"
@@ -46,7 +47,7 @@
 #include "torouter/scorer.hpp"
 #include "torouter/transport.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 /// What `invoke` does once a per-router budget is spent.
 enum class BudgetMode {
@@ -396,4 +397,4 @@ class Router {
   std::vector<std::function<void()>> slot_waiters_;
 };
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

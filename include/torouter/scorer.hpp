@@ -20,13 +20,15 @@
 
 #include <Eigen/Core>
 #include <cstddef>
-#include <memory>
 #include <limits>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
-namespace torouter {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
 
 /// Per-prompt, per-expert scores; one row per prompt (contiguous), one
 /// column per expert in the order of `Scorer::expert_names()`.
@@ -97,4 +99,4 @@ class Scorer {
   }
 };
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -21,10 +21,11 @@
 #include <string_view>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/calibration.hpp"
 #include "torouter/dataset.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 /// The training loss of the neural scorers.
 enum class Loss {
@@ -151,4 +152,4 @@ struct FittedPrice {
 std::vector<FittedPrice> fit_prices(const RoutingDataset& data,
                                     const std::vector<DatasetRow>& rows);
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -20,13 +20,14 @@
 #include <string_view>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/calibration.hpp"
 #include "torouter/expert.hpp"
 #include "torouter/model_io.hpp"
 #include "torouter/scorer.hpp"
 #include "torouter/train.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 /// One candidate's cross-validated figures on the training split.
 struct CandidateFigures {
@@ -153,4 +154,4 @@ LoadedModel load_model(const ModelReader& in);
 /// The prompts whose predictions every model file records.
 const std::vector<std::string>& model_check_prompts();
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -42,9 +42,10 @@
 #include <string>
 #include <string_view>
 
+#include "torouter/abi.hpp"
 #include "torouter/cancel.hpp"
 
-namespace torouter {
+TOROUTER_BEGIN_NAMESPACE
 
 /// Why a call to an expert failed; `None` means it answered.
 enum class FailureKind {
@@ -205,4 +206,4 @@ struct Transport {
   }
 };
 
-}  // namespace torouter
+TOROUTER_END_NAMESPACE

@@ -9,9 +9,11 @@
 #include <string>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 
-namespace torouter::cli {
+TOROUTER_BEGIN_NAMESPACE
+namespace cli {
 
 // Options after the command: "--name value" pairs and positional arguments.
 struct Arguments {
@@ -77,4 +79,5 @@ int evaluate(const Arguments& args);
 int calibrate(const Arguments& args);
 int collect(const Arguments& args);
 
-}  // namespace torouter::cli
+}  // namespace cli
+TOROUTER_END_NAMESPACE

@@ -7,10 +7,12 @@
 
 #include "args.hpp"
 #include "predictions.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/dataset.hpp"
 #include "torouter/eval.hpp"
 
-namespace torouter::cli {
+TOROUTER_BEGIN_NAMESPACE
+namespace cli {
 namespace {
 
 // What a lambda does on the prompts: mean predicted cost and each expert's share.
@@ -103,4 +105,5 @@ int calibrate(const Arguments& args) {
   return 0;
 }
 
-}  // namespace torouter::cli
+}  // namespace cli
+TOROUTER_END_NAMESPACE

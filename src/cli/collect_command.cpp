@@ -25,12 +25,14 @@
 #include <string>
 
 #include "args.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/collect.hpp"
 #include "torouter/expert.hpp"
 
 extern char** environ;
 
-namespace torouter::cli {
+TOROUTER_BEGIN_NAMESPACE
+namespace cli {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -263,4 +265,5 @@ int collect(const Arguments& args) {
   return 0;
 }
 
-}  // namespace torouter::cli
+}  // namespace cli
+TOROUTER_END_NAMESPACE

@@ -7,7 +7,10 @@
 #include <limits>
 #include <vector>
 
-namespace torouter::cli {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
+namespace cli {
 namespace {
 
 constexpr double kWidth = 720, kHeight = 480;
@@ -193,4 +196,5 @@ std::string cost_quality_svg(const EvalReport& report, const std::string& title)
   return svg;
 }
 
-}  // namespace torouter::cli
+}  // namespace cli
+TOROUTER_END_NAMESPACE

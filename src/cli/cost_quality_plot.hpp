@@ -4,9 +4,11 @@
 
 #include <string>
 
+#include "torouter/abi.hpp"
 #include "torouter/eval.hpp"
 
-namespace torouter::cli {
+TOROUTER_BEGIN_NAMESPACE
+namespace cli {
 
 /// An SVG of `report`: on the left (720 x 480) each expert as a labelled
 /// point, random and the oracle, and the router's curve and its upper hull,
@@ -16,4 +18,5 @@ namespace torouter::cli {
 /// `title` heads the picture.
 std::string cost_quality_svg(const EvalReport& report, const std::string& title);
 
-}  // namespace torouter::cli
+}  // namespace cli
+TOROUTER_END_NAMESPACE

@@ -12,12 +12,14 @@
 #include "args.hpp"
 #include "cost_quality_plot.hpp"
 #include "predictions.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/dataset.hpp"
 #include "torouter/eval.hpp"
 #include "torouter/router.hpp"
 #include "torouter/trainable_scorer.hpp"
 
-namespace torouter::cli {
+TOROUTER_BEGIN_NAMESPACE
+namespace cli {
 namespace {
 
 using detail::json_number;
@@ -185,4 +187,5 @@ int evaluate(const Arguments& args) {
   return 0;
 }
 
-}  // namespace torouter::cli
+}  // namespace cli
+TOROUTER_END_NAMESPACE

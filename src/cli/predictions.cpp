@@ -5,10 +5,12 @@
 #include <memory>
 #include <string_view>
 
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 #include "torouter/router.hpp"
 
-namespace torouter::cli {
+TOROUTER_BEGIN_NAMESPACE
+namespace cli {
 
 Predictions predict(const LoadedModel& model, const std::vector<std::string>& experts,
                     const std::vector<DatasetRow>& rows) {
@@ -27,4 +29,5 @@ Predictions predict(const LoadedModel& model, const std::vector<std::string>& ex
   return router_predictions(router, prompts);
 }
 
-}  // namespace torouter::cli
+}  // namespace cli
+TOROUTER_END_NAMESPACE

@@ -6,11 +6,13 @@
 #include <string>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/dataset.hpp"
 #include "torouter/eval.hpp"
 #include "torouter/trainable_scorer.hpp"
 
-namespace torouter::cli {
+TOROUTER_BEGIN_NAMESPACE
+namespace cli {
 
 /// Predicted quality and predicted cost (USD), rows x the dataset's experts.
 using Predictions = RouterPredictions;
@@ -25,4 +27,5 @@ using Predictions = RouterPredictions;
 Predictions predict(const LoadedModel& model, const std::vector<std::string>& experts,
                     const std::vector<DatasetRow>& rows);
 
-}  // namespace torouter::cli
+}  // namespace cli
+TOROUTER_END_NAMESPACE

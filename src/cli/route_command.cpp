@@ -4,10 +4,12 @@
 #include <cstdio>
 
 #include "args.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/router.hpp"
 #include "torouter/trainable_scorer.hpp"
 
-namespace torouter::cli {
+TOROUTER_BEGIN_NAMESPACE
+namespace cli {
 
 int route(const Arguments& args) {
   args.allow_only({"model", "experts", "lambda-cost", "quality-floor"});
@@ -30,4 +32,5 @@ int route(const Arguments& args) {
   return 0;
 }
 
-}  // namespace torouter::cli
+}  // namespace cli
+TOROUTER_END_NAMESPACE

@@ -7,11 +7,13 @@
 #include <memory>
 
 #include "args.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/dataset.hpp"
 #include "torouter/model_selection.hpp"
 #include "torouter/trainable_scorer.hpp"
 
-namespace torouter::cli {
+TOROUTER_BEGIN_NAMESPACE
+namespace cli {
 
 namespace {
 
@@ -173,4 +175,5 @@ int train(const Arguments& args) {
   return 0;
 }
 
-}  // namespace torouter::cli
+}  // namespace cli
+TOROUTER_END_NAMESPACE

@@ -22,9 +22,11 @@
 #include <vector>
 
 #include "openai/io_threads.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 
-namespace torouter::openai::http {
+TOROUTER_BEGIN_NAMESPACE
+namespace openai::http {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -533,4 +535,5 @@ void HttpClient::post(PostRequest request, BodyReceiver on_body, PostDone on_don
       ->start();
 }
 
-}  // namespace torouter::openai::http
+}  // namespace openai::http
+TOROUTER_END_NAMESPACE

@@ -16,10 +16,12 @@
 #include <string>
 #include <string_view>
 
+#include "torouter/abi.hpp"
 #include "torouter/cancel.hpp"
 #include "torouter/openai/upstream.hpp"
 
-namespace torouter::openai::http {
+TOROUTER_BEGIN_NAMESPACE
+namespace openai::http {
 
 using Clock = std::chrono::steady_clock;
 
@@ -107,4 +109,5 @@ class HttpClient {
   std::shared_ptr<Shared> shared_;
 };
 
-}  // namespace torouter::openai::http
+}  // namespace openai::http
+TOROUTER_END_NAMESPACE

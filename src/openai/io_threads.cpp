@@ -4,9 +4,11 @@
 
 #include <mutex>
 
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 
-namespace torouter::openai {
+TOROUTER_BEGIN_NAMESPACE
+namespace openai {
 
 IoThreads::IoThreads(std::size_t threads) : impl_(std::make_unique<Impl>()) {
   if (threads == 0) throw Error("IoThreads: needs at least one thread");
@@ -40,4 +42,5 @@ std::shared_ptr<IoThreads> IoThreads::shared_default() {
   return io;
 }
 
-}  // namespace torouter::openai
+}  // namespace openai
+TOROUTER_END_NAMESPACE

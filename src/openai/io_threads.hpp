@@ -9,9 +9,11 @@
 #include <thread>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/openai/upstream.hpp"
 
-namespace torouter::openai {
+TOROUTER_BEGIN_NAMESPACE
+namespace openai {
 
 struct IoThreads::Impl {
   // Shared with the threads, so a thread that drops the last `IoThreads`
@@ -22,4 +24,5 @@ struct IoThreads::Impl {
   std::vector<std::thread> threads;
 };
 
-}  // namespace torouter::openai
+}  // namespace openai
+TOROUTER_END_NAMESPACE

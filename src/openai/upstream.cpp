@@ -16,9 +16,11 @@
 #include "json_text.hpp"
 #include "openai/http_client.hpp"
 #include "openai/io_threads.hpp"
+#include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 
-namespace torouter::openai {
+TOROUTER_BEGIN_NAMESPACE
+namespace openai {
 
 namespace {
 
@@ -456,4 +458,5 @@ Transport make_transport(std::shared_ptr<const Upstream> upstream, bool streamin
   });
 }
 
-}  // namespace torouter::openai
+}  // namespace openai
+TOROUTER_END_NAMESPACE

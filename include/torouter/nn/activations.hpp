@@ -12,9 +12,11 @@
 
 #include <cmath>
 
+#include "torouter/abi.hpp"
 #include "torouter/nn/parameters.hpp"
 
-namespace torouter::nn {
+TOROUTER_BEGIN_NAMESPACE
+namespace nn {
 
 /// A numerically stable logistic function (no overflow for large |x|).
 template <typename Scalar>
@@ -105,4 +107,5 @@ void sigmoid_backward(const Matrix<Scalar>& y, const Matrix<Scalar>& dout, Matri
   dx = dout.cwiseProduct(y.cwiseProduct((Scalar(1) - y.array()).matrix()));
 }
 
-}  // namespace torouter::nn
+}  // namespace nn
+TOROUTER_END_NAMESPACE

@@ -24,9 +24,11 @@
 #include <cstddef>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/nn/parameters.hpp"
 
-namespace torouter::nn {
+TOROUTER_BEGIN_NAMESPACE
+namespace nn {
 
 /// AdamW's settings; the defaults are torch.optim.AdamW's.
 template <typename Scalar>
@@ -111,4 +113,5 @@ class AdamW {
   long long steps_ = 0;
 };
 
-}  // namespace torouter::nn
+}  // namespace nn
+TOROUTER_END_NAMESPACE

@@ -23,10 +23,12 @@
 #include <string>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/nn/dense.hpp"
 #include "torouter/nn/parameters.hpp"
 
-namespace torouter::nn {
+TOROUTER_BEGIN_NAMESPACE
+namespace nn {
 
 /// Multi-head self-attention; d_model must be a multiple of heads.
 template <typename Scalar>
@@ -171,4 +173,5 @@ class MultiHeadAttention {
   Dense<Scalar> q_, k_, v_, out_;
 };
 
-}  // namespace torouter::nn
+}  // namespace nn
+TOROUTER_END_NAMESPACE

@@ -15,9 +15,11 @@
 #include <cmath>
 #include <string>
 
+#include "torouter/abi.hpp"
 #include "torouter/nn/parameters.hpp"
 
-namespace torouter::nn {
+TOROUTER_BEGIN_NAMESPACE
+namespace nn {
 
 /// out = a b, for `out` already a.rows() x b.cols(), without allocating.
 ///
@@ -134,4 +136,5 @@ class Dense {
   Matrix<Scalar> bias_grad_;
 };
 
-}  // namespace torouter::nn
+}  // namespace nn
+TOROUTER_END_NAMESPACE

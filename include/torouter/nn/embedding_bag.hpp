@@ -24,9 +24,11 @@
 #include <string>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/nn/parameters.hpp"
 
-namespace torouter::nn {
+TOROUTER_BEGIN_NAMESPACE
+namespace nn {
 
 /// A batch of sparse feature vectors in compressed-row form: example i has
 /// the entries offsets[i] .. offsets[i + 1] of `indices` and `values`.
@@ -157,4 +159,5 @@ class EmbeddingBag {
   std::vector<Index> touched_rows_;
 };
 
-}  // namespace torouter::nn
+}  // namespace nn
+TOROUTER_END_NAMESPACE

@@ -17,13 +17,15 @@
 
 #include <string>
 
+#include "torouter/abi.hpp"
 #include "torouter/nn/activations.hpp"
 #include "torouter/nn/attention.hpp"
 #include "torouter/nn/dense.hpp"
 #include "torouter/nn/layer_norm.hpp"
 #include "torouter/nn/parameters.hpp"
 
-namespace torouter::nn {
+TOROUTER_BEGIN_NAMESPACE
+namespace nn {
 
 /// Pre-norm self-attention and feed-forward block with residuals.
 template <typename Scalar>
@@ -137,4 +139,5 @@ class EncoderLayer {
   Dense<Scalar> ff2_;
 };
 
-}  // namespace torouter::nn
+}  // namespace nn
+TOROUTER_END_NAMESPACE

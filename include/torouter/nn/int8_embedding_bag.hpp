@@ -23,10 +23,12 @@
 #include <cstdint>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/nn/embedding_bag.hpp"
 #include "torouter/nn/parameters.hpp"
 
-namespace torouter::nn {
+TOROUTER_BEGIN_NAMESPACE
+namespace nn {
 
 /// Sum of value-weighted int8 rows times their scales, per example.
 class Int8EmbeddingBag {
@@ -116,4 +118,5 @@ class Int8EmbeddingBag {
   std::vector<float> scales_;
 };
 
-}  // namespace torouter::nn
+}  // namespace nn
+TOROUTER_END_NAMESPACE

@@ -11,9 +11,11 @@
 #include <cmath>
 #include <string>
 
+#include "torouter/abi.hpp"
 #include "torouter/nn/parameters.hpp"
 
-namespace torouter::nn {
+TOROUTER_BEGIN_NAMESPACE
+namespace nn {
 
 /// LayerNorm with a learned gain and bias per feature.
 template <typename Scalar>
@@ -116,4 +118,5 @@ class LayerNorm {
   Scalar eps_ = Scalar(1e-5);
 };
 
-}  // namespace torouter::nn
+}  // namespace nn
+TOROUTER_END_NAMESPACE

@@ -21,9 +21,11 @@
 #include <cmath>
 #include <limits>
 
+#include "torouter/abi.hpp"
 #include "torouter/nn/parameters.hpp"
 
-namespace torouter::nn {
+TOROUTER_BEGIN_NAMESPACE
+namespace nn {
 
 namespace detail {
 // Keeps an argument out of template deduction, so nullptr passes as a mask.
@@ -114,4 +116,5 @@ Scalar soft_label_cross_entropy(const Matrix<Scalar>& logits, const Matrix<Scala
   return total * inv;
 }
 
-}  // namespace torouter::nn
+}  // namespace nn
+TOROUTER_END_NAMESPACE

@@ -27,7 +27,10 @@
 #include <utility>
 #include <vector>
 
-namespace torouter::nn {
+#include "torouter/abi.hpp"
+
+TOROUTER_BEGIN_NAMESPACE
+namespace nn {
 
 /// Activations and weights. Row-major so that one example (or one position
 /// of a sequence) is a contiguous row, as in `torouter::ScoreMatrix`.
@@ -134,4 +137,5 @@ inline std::string join_name(const std::string& prefix, const char* name) {
   return prefix.empty() ? std::string(name) : prefix + "." + name;
 }
 
-}  // namespace torouter::nn
+}  // namespace nn
+TOROUTER_END_NAMESPACE

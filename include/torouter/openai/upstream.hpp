@@ -35,9 +35,11 @@
 #include <string_view>
 #include <vector>
 
+#include "torouter/abi.hpp"
 #include "torouter/transport.hpp"
 
-namespace torouter::openai {
+TOROUTER_BEGIN_NAMESPACE
+namespace openai {
 
 /// The threads on which upstream calls do their I/O: an Asio io_context
 /// run by `threads` threads until this object is destroyed. Share one
@@ -178,4 +180,5 @@ Transport make_transport(std::shared_ptr<const Upstream> upstream, bool streamin
 Response classify_http_error(int status, std::string_view body, std::string_view retry_after,
                              std::string_view retry_after_ms);
 
-}  // namespace torouter::openai
+}  // namespace openai
+TOROUTER_END_NAMESPACE
