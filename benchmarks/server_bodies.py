@@ -22,10 +22,12 @@ import collections
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
+
+# The servers are started the same way as for the concurrency benchmark.
+from server_concurrency import start
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Ordinary prose, repeated up to the body size, so the router featurizes
@@ -40,23 +42,6 @@ SENTENCES = [
     "She compared the two translations line by line and marked every place they disagreed.",
     "List the steps needed to rotate the database credentials without any downtime.",
 ]
-
-
-def wait_port(log_path, proc):
-    for _ in range(400):
-        with open(log_path) as log:
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log.read())
-        if match:
-            return int(match.group(1))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    sys.exit(f"server_bodies.py: no listening line in {log_path}:\n" + open(log_path).read())
-
-
-def start(command, log_path):
-    proc = subprocess.Popen(command, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-    return proc, wait_port(log_path, proc)
 
 
 def write_config(path, upstream_port, workers, max_request_bytes, context_tokens):

@@ -40,7 +40,8 @@ def wait_port(log_path, proc):
         if proc.poll() is not None:
             break
         time.sleep(0.05)
-    sys.exit(f"server_concurrency.py: no listening line in {log_path}:\n" + open(log_path).read())
+    sys.exit(f"{os.path.basename(sys.argv[0])}: no listening line in {log_path}:\n"
+             + open(log_path).read())
 
 
 def start(command, log_path):
