@@ -973,6 +973,15 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
   CHECK_THROWS_WITH(RouterServer(config), Contains("/nonexistent/router.tormodel"));
 }
 
+TEST_CASE("router server: the README's demo config loads the default router", "[server]") {
+  // Its paths are relative to the config file, so moving either breaks it.
+  ServerConfig config = torouter::server::load_server_config(std::string(TOROUTER_SOURCE_DIR) +
+                                                             "/server/demo_config.json");
+  config.port = 0;
+  RouterServer server(config);
+  CHECK(server.bind() > 0);
+}
+
 TEST_CASE("router server: the torouter-server program", "[server]") {
   const auto dir = torouter::testing::process_temp_dir("torouter_server_test");
   const auto bad = dir / "bad.json";
