@@ -1,5 +1,5 @@
 // The model file container: a JSON header (written with fmt, read with
-// simdjson) and float32 tensors, little-endian whatever the host.
+// simdjson) and float32 or float16 tensors, little-endian whatever the host.
 #include "torouter/model_io.hpp"
 
 #include <fmt/format.h>
@@ -10,7 +10,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
+#include <tuple>
+#include <unordered_map>
 
 #include "json_text.hpp"
 #include "torouter/abi.hpp"
@@ -82,6 +85,56 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
 }
 
+static_assert(sizeof(Eigen::half) == 2, "Eigen::half is IEEE binary16");
+
+std::uint16_t half_bits(float value) {
+  return Eigen::numext::bit_cast<std::uint16_t>(Eigen::half(value));
+}
+
+float half_value(std::uint16_t raw) {
+  return static_cast<float>(Eigen::half(Eigen::half_impl::raw_uint16_to_half(raw)));
+}
+
+// True when every value is a half-precision number, so storing it in two
+// bytes loses nothing (bit for bit: -0 stays -0).
+bool all_half_exact(const std::vector<float>& values) {
+  for (float v : values) {
+    const float back = half_value(half_bits(v));
+    if (std::memcmp(&back, &v, sizeof(v)) != 0) return false;
+  }
+  return true;
+}
+
+// A tensor as the payload holds it: "f16" when that is exact, else "f32".
+struct StoredTensor {
+  std::string type;
+  std::string bytes;
+};
+
+StoredTensor store(const std::vector<float>& values, const std::string& path,
+                   const std::string& name) {
+  for (float v : values) {
+    if (!std::isfinite(v)) {
+      throw Error(
+          fmt::format("{}: refusing to write tensor \"{}\": it holds NaN or infinity", path, name));
+    }
+  }
+  StoredTensor out;
+  const bool half = !values.empty() && all_half_exact(values);
+  out.type = half ? "f16" : "f32";
+  out.bytes.reserve(values.size() * (half ? 2 : 4));
+  for (float v : values) {
+    if (half) {
+      append_le(out.bytes, half_bits(v), 2);
+    } else {
+      std::uint32_t raw = 0;
+      std::memcpy(&raw, &v, sizeof(raw));
+      append_le(out.bytes, raw, 4);
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 void ModelWriter::add_tensor(const std::string& name, std::vector<std::int64_t> shape,
@@ -112,12 +165,21 @@ void ModelWriter::write(const std::string& path) const {
     first = false;
   }
   header += "}, \"tensors\": [";
-  std::uint64_t offset = 0;
+  std::string payload;
+  // A tensor whose stored form equals an earlier one's points at its bytes.
+  std::unordered_map<std::string, std::uint64_t> offset_of_stored;
   first = true;
   for (const auto& [name, tensor] : tensors_) {
-    header += fmt::format("{}\n  {{\"name\": {}, \"shape\": {}, \"offset\": {}}}", first ? "" : ",",
-                          detail::json_string(name), shape_text(tensor.shape), offset);
-    offset += tensor.values.size() * 4;
+    StoredTensor stored = store(tensor.values, path, name);
+    const std::string key = stored.type + stored.bytes;
+    auto [it, added] = offset_of_stored.emplace(key, payload.size());
+    if (added || stored.bytes.empty()) {
+      it->second = payload.size();
+      payload += stored.bytes;
+    }
+    header += fmt::format("{}\n  {{\"name\": {}, \"shape\": {}, \"type\": \"{}\", \"offset\": {}}}",
+                          first ? "" : ",", detail::json_string(name), shape_text(tensor.shape),
+                          stored.type, it->second);
     first = false;
   }
   header += "]}\n";
@@ -126,18 +188,7 @@ void ModelWriter::write(const std::string& path) const {
   append_le(bytes, kModelFormatVersion, 4);
   append_le(bytes, header.size(), 8);
   bytes += header;
-  bytes.reserve(bytes.size() + offset);
-  for (const auto& [name, tensor] : tensors_) {
-    for (float v : tensor.values) {
-      if (!std::isfinite(v)) {
-        throw Error(fmt::format("{}: refusing to write tensor \"{}\": it holds NaN or infinity",
-                                path, name));
-      }
-      std::uint32_t raw = 0;
-      std::memcpy(&raw, &v, sizeof(raw));
-      append_le(bytes, raw, 4);
-    }
-  }
+  bytes += payload;
 
   const std::string temporary = path + ".tmp";
   {
@@ -176,6 +227,136 @@ ModelReader ModelReader::section(const std::string& prefix) const {
   }
   return part;
 }
+
+namespace {
+
+// Where a tensor's bytes start and what they hold, so a later entry can
+// point at them.
+struct StoredSpan {
+  std::uint64_t offset;
+  std::string type;
+  std::uint64_t count;
+  bool operator<(const StoredSpan& other) const {
+    return std::tie(offset, type, count) < std::tie(other.offset, other.type, other.count);
+  }
+};
+
+// The number of values `shape` holds when they fit in `available`, else
+// available + 1. Checked dimension by dimension, so a forged shape can
+// neither overflow nor make the reader allocate more than the file's size.
+std::uint64_t bounded_count(const std::vector<std::int64_t>& shape, std::uint64_t available) {
+  std::uint64_t count = 1;
+  for (auto d : shape) {
+    const auto dim = static_cast<std::uint64_t>(d);
+    if (dim != 0 && count > available / dim) return available + 1;
+    count *= dim;
+  }
+  return count;
+}
+
+std::vector<float> decode_values(const std::string& bytes, std::size_t start, std::size_t count,
+                                 bool half) {
+  std::vector<float> values(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    if (half) {
+      values[i] = half_value(static_cast<std::uint16_t>(read_le(bytes, start + 2 * i, 2)));
+    } else if (host_is_little_endian()) {
+      std::memcpy(&values[i], bytes.data() + start + 4 * i, 4);
+    } else {
+      const auto raw = static_cast<std::uint32_t>(read_le(bytes, start + 4 * i, 4));
+      std::memcpy(&values[i], &raw, 4);
+    }
+  }
+  return values;
+}
+
+// One header entry: name, shape, type ("f32" when absent, as in format 1).
+struct TensorEntry {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::string type;
+  std::uint64_t offset = 0;
+};
+
+TensorEntry read_entry(simdjson::dom::element entry, const std::string& where) {
+  TensorEntry out;
+  std::string_view name;
+  simdjson::dom::array shape;
+  if (entry["name"].get_string().get(name) != simdjson::SUCCESS ||
+      entry["shape"].get_array().get(shape) != simdjson::SUCCESS ||
+      entry["offset"].get_uint64().get(out.offset) != simdjson::SUCCESS) {
+    throw Error(where + "header: a tensor entry lacks name, shape or offset");
+  }
+  out.name = std::string(name);
+  for (auto d : shape) {
+    std::int64_t dim = 0;
+    if (d.get_int64().get(dim) != simdjson::SUCCESS || dim < 0) {
+      throw Error(fmt::format("{}tensor \"{}\": bad shape", where, out.name));
+    }
+    out.shape.push_back(dim);
+  }
+  std::string_view type = "f32";
+  if (entry["type"].error() != simdjson::NO_SUCH_FIELD &&
+      entry["type"].get_string().get(type) != simdjson::SUCCESS) {
+    throw Error(fmt::format("{}tensor \"{}\": \"type\" is not a string", where, out.name));
+  }
+  if (type != "f32" && type != "f16") {
+    throw Error(
+        fmt::format("{}tensor \"{}\": unknown type \"{}\" (f32 or f16)", where, out.name, type));
+  }
+  out.type = std::string(type);
+  return out;
+}
+
+// Reads every tensor. Each entry's bytes either follow the previous new
+// bytes or are exactly an earlier entry's (same offset, type and count).
+void read_tensors(simdjson::dom::array entries, const std::string& bytes, std::size_t payload_start,
+                  const std::string& where, std::map<std::string, ModelTensor>& tensors) {
+  const std::size_t payload_size = bytes.size() - payload_start;
+  std::uint64_t expected_offset = 0;
+  std::set<StoredSpan> spans;
+  for (auto element : entries) {
+    TensorEntry entry = read_entry(element, where);
+    const bool half = entry.type == "f16";
+    const std::uint64_t width = half ? 2 : 4;
+    const std::uint64_t bytes_left = entry.offset <= payload_size ? payload_size - entry.offset : 0;
+    const std::uint64_t count = bounded_count(entry.shape, bytes_left / width);
+    const bool shared = spans.count(StoredSpan{entry.offset, entry.type, count}) != 0;
+    if (entry.offset != expected_offset && !shared) {
+      throw Error(
+          fmt::format("{}tensor \"{}\": offset {} where {} (or an earlier tensor's "
+                      "offset, type and size) was expected",
+                      where, entry.name, entry.offset, expected_offset));
+    }
+    if (count > bytes_left / width) {
+      throw Error(
+          fmt::format("{}truncated: tensor \"{}\" of shape {} does not fit the {} bytes "
+                      "left of the payload",
+                      where, entry.name, shape_text(entry.shape), bytes_left));
+    }
+    ModelTensor tensor;
+    tensor.shape = std::move(entry.shape);
+    tensor.values = decode_values(bytes, payload_start + static_cast<std::size_t>(entry.offset),
+                                  static_cast<std::size_t>(count), half);
+    for (std::size_t i = 0; i < tensor.values.size(); ++i) {
+      if (!std::isfinite(tensor.values[i])) {
+        throw Error(
+            fmt::format("{}tensor \"{}\" holds NaN or infinity at index {}", where, entry.name, i));
+      }
+    }
+    if (!shared) {
+      spans.insert(StoredSpan{entry.offset, entry.type, count});
+      expected_offset = entry.offset + count * width;
+    }
+    tensors[entry.name] = std::move(tensor);
+  }
+  if (expected_offset != payload_size) {
+    throw Error(fmt::format("{}payload has {} bytes but the tensors take {}", where, payload_size,
+                            expected_offset));
+  }
+}
+
+}  // namespace
 
 ModelReader ModelReader::parse(const std::string& bytes, const std::string& origin) {
   ModelReader reader;
@@ -261,72 +442,7 @@ ModelReader ModelReader::parse(const std::string& bytes, const std::string& orig
   if (root["tensors"].get_array().get(tensors) != simdjson::SUCCESS) {
     throw Error(where + "header: missing array \"tensors\"");
   }
-  const std::size_t payload_size = bytes.size() - payload_start;
-  std::uint64_t expected_offset = 0;
-  for (auto entry : tensors) {
-    std::string_view name;
-    simdjson::dom::array shape;
-    std::uint64_t offset = 0;
-    if (entry["name"].get_string().get(name) != simdjson::SUCCESS ||
-        entry["shape"].get_array().get(shape) != simdjson::SUCCESS ||
-        entry["offset"].get_uint64().get(offset) != simdjson::SUCCESS) {
-      throw Error(where + "header: a tensor entry lacks name, shape or offset");
-    }
-    ModelTensor tensor;
-    for (auto d : shape) {
-      std::int64_t dim = 0;
-      if (d.get_int64().get(dim) != simdjson::SUCCESS || dim < 0) {
-        throw Error(fmt::format("{}tensor \"{}\": bad shape", where, name));
-      }
-      tensor.shape.push_back(dim);
-    }
-    if (offset != expected_offset) {
-      throw Error(fmt::format("{}tensor \"{}\": offset {} where {} was expected", where, name,
-                              offset, expected_offset));
-    }
-    // The shape's product is checked against what the payload still holds
-    // dimension by dimension, so a forged shape can neither overflow nor
-    // make the reader allocate more than the file's size.
-    const std::uint64_t bytes_left = offset <= payload_size ? payload_size - offset : 0;
-    const std::uint64_t available = bytes_left / 4;
-    std::uint64_t count = 1;
-    for (auto d : tensor.shape) {
-      const auto dim = static_cast<std::uint64_t>(d);
-      if (dim != 0 && count > available / dim) {
-        count = available + 1;
-        break;
-      }
-      count *= dim;
-    }
-    if (count > available) {
-      throw Error(fmt::format("{}truncated: tensor \"{}\" of shape {} does not fit the {} bytes "
-                              "left of the payload",
-                              where, name, shape_text(tensor.shape), bytes_left));
-    }
-    tensor.values.resize(static_cast<std::size_t>(count));
-    const std::size_t start = payload_start + static_cast<std::size_t>(offset);
-    if (tensor.values.empty()) {
-      // An empty tensor has no bytes to copy (and memcpy must not see its null data()).
-    } else if (host_is_little_endian()) {
-      std::memcpy(tensor.values.data(), bytes.data() + start, tensor.values.size() * 4);
-    } else {
-      for (std::size_t i = 0; i < tensor.values.size(); ++i) {
-        const auto raw = static_cast<std::uint32_t>(read_le(bytes, start + 4 * i, 4));
-        std::memcpy(&tensor.values[i], &raw, 4);
-      }
-    }
-    for (std::size_t i = 0; i < tensor.values.size(); ++i) {
-      if (!std::isfinite(tensor.values[i])) {
-        throw Error(fmt::format("{}tensor \"{}\" holds NaN or infinity at index {}", where, name, i));
-      }
-    }
-    expected_offset = offset + count * 4;
-    reader.tensors_[std::string(name)] = std::move(tensor);
-  }
-  if (expected_offset != payload_size) {
-    throw Error(fmt::format("{}payload has {} bytes but the tensors take {}", where, payload_size,
-                            expected_offset));
-  }
+  read_tensors(tensors, bytes, payload_start, where, reader.tensors_);
   return reader;
 }
 

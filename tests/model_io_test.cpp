@@ -185,3 +185,134 @@ TEST_CASE("the writer refuses what it cannot store") {
   field.set("x", std::numeric_limits<double>::quiet_NaN());
   CHECK_THROWS_WITH(field.write(temp_path("nanfield.tormodel")), Contains("not finite"));
 }
+
+namespace {
+
+// A model file from its parts, as another writer (or an attacker) could make it.
+std::string handmade_model(std::uint32_t version, const std::string& tensors_json,
+                           const std::string& payload) {
+  const std::string header = "{\"format_version\": " + std::to_string(version) +
+                             ", \"kind\": \"demo\", \"fields\": {}, \"tensors\": [" + tensors_json +
+                             "]}";
+  std::string bytes = "TORMODEL";
+  for (int i = 0; i < 4; ++i) bytes.push_back(static_cast<char>((version >> (8 * i)) & 0xFF));
+  for (int i = 0; i < 8; ++i) bytes.push_back(static_cast<char>((header.size() >> (8 * i)) & 0xFF));
+  return bytes + header + payload;
+}
+
+std::string float_bytes(const std::vector<float>& values) {
+  std::string out(values.size() * 4, '\0');
+  std::memcpy(out.data(), values.data(), out.size());  // the tests run on little-endian hosts
+  return out;
+}
+
+std::string parse_error(const std::string& bytes) {
+  try {
+    ModelReader::parse(bytes, "handmade");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("a tensor of half-precision numbers takes two bytes a value, losing nothing") {
+  std::vector<float> halves;
+  std::vector<float> singles;
+  for (int i = 0; i < 1000; ++i) {
+    halves.push_back(static_cast<float>(i % 97) / 64.0f - 0.75f);  // exact in half precision
+    singles.push_back(1.0f + static_cast<float>(i) * 1e-6f);       // not
+  }
+  halves[3] = -0.0f;
+  halves[4] = 6.0e-8f;  // near the smallest half-precision subnormal, 2^-24, but not it
+  const auto write = [](const std::string& name, const std::vector<float>& values) {
+    ModelWriter out("demo");
+    out.add_tensor("t", {static_cast<std::int64_t>(values.size())}, values);
+    const std::string path = temp_path(name);
+    out.write(path);
+    return path;
+  };
+  SECTION("values that all fit") {
+    halves[4] = std::ldexp(1.0f, -24);  // the smallest half-precision subnormal
+    const std::string half_path = write("half.tormodel", halves);
+    const std::string single_path = write("single.tormodel", singles);
+    CHECK(std::filesystem::file_size(single_path) - std::filesystem::file_size(half_path) == 2000);
+    CHECK_THAT(read_bytes(half_path), Contains("\"type\": \"f16\""));
+    const std::vector<float> back = ModelReader::open(half_path).tensor("t", {1000}).values;
+    CHECK(std::memcmp(back.data(), halves.data(), halves.size() * 4) == 0);  // -0 stays -0
+    CHECK(ModelReader::open(single_path).tensor("t", {1000}).values == singles);
+  }
+  SECTION("one value that does not fit keeps the whole tensor float32") {
+    const std::string path = write("mixed.tormodel", halves);
+    CHECK_THAT(read_bytes(path), Contains("\"type\": \"f32\""));
+    const std::vector<float> back = ModelReader::open(path).tensor("t", {1000}).values;
+    CHECK(back[4] == 6.0e-8f);
+    CHECK(back[5] == halves[5]);
+  }
+}
+
+TEST_CASE("a tensor equal to an earlier one is stored once and read under both names") {
+  std::vector<float> shared(500);
+  for (std::size_t i = 0; i < shared.size(); ++i) shared[i] = 1.0f / static_cast<float>(i + 3);
+  ModelWriter once("demo");
+  once.add_tensor("a.projection", {50, 10}, shared);
+  once.add_tensor("m", {1}, {0.1f});
+  const std::string once_path = temp_path("once.tormodel");
+  once.write(once_path);
+  ModelWriter twice = once;
+  twice.add_tensor("z.projection", {10, 50}, shared);  // same values, another shape
+  const std::string twice_path = temp_path("twice.tormodel");
+  twice.write(twice_path);
+  // Only the header grows: the second name points at the first one's bytes.
+  CHECK(std::filesystem::file_size(twice_path) - std::filesystem::file_size(once_path) < 100);
+  const ModelReader in = ModelReader::open(twice_path);
+  CHECK(in.tensor("a.projection", {50, 10}).values == shared);
+  CHECK(in.tensor("z.projection", {10, 50}).values == shared);
+  CHECK(in.tensor("m", {1}).values[0] == 0.1f);
+}
+
+TEST_CASE("format 1 files still read, and forged offsets and types are refused") {
+  const std::string payload = float_bytes({1.5f, 2.5f, 3.5f});
+  SECTION("format 1: float32 only, no type") {
+    const ModelReader in =
+        ModelReader::parse(handmade_model(1, R"({"name": "a", "shape": [2], "offset": 0},
+                             {"name": "b", "shape": [1], "offset": 8})",
+                                          payload),
+                           "v1");
+    CHECK(in.format_version() == 1);
+    CHECK(in.tensor("a", {2}).values == std::vector<float>{1.5f, 2.5f});
+    CHECK(in.tensor("b", {1}).values == std::vector<float>{3.5f});
+  }
+  SECTION("an unknown type") {
+    CHECK_THAT(parse_error(handmade_model(
+                   2, R"({"name": "a", "shape": [3], "type": "bf16", "offset": 0})", payload)),
+               Contains("tensor \"a\": unknown type \"bf16\""));
+  }
+  SECTION("an offset into the middle of an earlier tensor") {
+    CHECK_THAT(parse_error(handmade_model(2, R"({"name": "a", "shape": [2], "offset": 0},
+                                               {"name": "b", "shape": [1], "offset": 4},
+                                               {"name": "c", "shape": [1], "offset": 8})",
+                                          payload)),
+               Contains("tensor \"b\": offset 4 where 8"));
+  }
+  SECTION("a shared offset with another size or type") {
+    CHECK_THAT(parse_error(handmade_model(2, R"({"name": "a", "shape": [2], "offset": 0},
+                                               {"name": "b", "shape": [3], "offset": 0})",
+                                          payload)),
+               Contains("tensor \"b\": offset 0 where 8"));
+    CHECK_THAT(
+        parse_error(handmade_model(2, R"({"name": "a", "shape": [3], "type": "f32", "offset": 0},
+                                        {"name": "b", "shape": [3], "type": "f16", "offset": 0})",
+                                   payload)),
+        Contains("tensor \"b\": offset 0 where 12"));
+  }
+  SECTION("a shared offset with the same size and type reads the same values") {
+    const ModelReader in = ModelReader::parse(
+        handmade_model(2, R"({"name": "a", "shape": [3], "type": "f32", "offset": 0},
+                             {"name": "b", "shape": [3], "type": "f32", "offset": 0})",
+                       payload),
+        "shared");
+    CHECK(in.tensor("b", {3}).values == in.tensor("a", {3}).values);
+  }
+}

@@ -6,9 +6,17 @@
 //   bytes 8..11  format version, uint32 little-endian (kModelFormatVersion)
 //   bytes 12..19 header length in bytes, uint64 little-endian
 //   header       a JSON object: {"format_version", "kind", "fields": {...},
-//                "tensors": [{"name", "shape", "offset"}...]}
-//   payload      every tensor's float32 values, little-endian, row-major,
-//                at the byte offsets the header gives (from the payload start)
+//                "tensors": [{"name", "shape", "type", "offset"}...]}
+//   payload      every tensor's values, little-endian, row-major, at the byte
+//                offsets the header gives (from the payload start): "f32"
+//                (float32) or "f16" (IEEE half precision, two bytes a value)
+//
+// The writer stores a tensor as f16 when every value is a half-precision
+// number, so nothing is lost (a scorer that rounds its weights to half
+// precision halves its file); and a tensor identical to an earlier one
+// (two members of a stack fitting the same projection) points at the
+// earlier one's bytes instead of repeating them. Format 1 files (f32 only,
+// no shared bytes) are read as before.
 //
 // Scorers write their settings as named fields ("featurizer.num_buckets",
 // "mlp.hidden") and their weights as named tensors with a `ModelWriter`, and
@@ -40,7 +48,7 @@ TOROUTER_BEGIN_NAMESPACE
 
 /// The model file format version this library writes; it reads this one and
 /// older ones.
-inline constexpr std::uint32_t kModelFormatVersion = 1;
+inline constexpr std::uint32_t kModelFormatVersion = 2;
 
 /// A field's value in a model file header.
 using ModelField =
