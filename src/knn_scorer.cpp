@@ -99,6 +99,7 @@
 #include <numeric>
 #include <random>
 
+#include "half_precision.hpp"
 #include "scorers.hpp"
 #include "sparse_projection.hpp"
 #include "torouter/abi.hpp"
@@ -544,6 +545,7 @@ Table embed(const SparseProjection& projection, const std::vector<SparseFeatures
     projection.project(rows[i], row);
     normalise(row, projection.dims());
   }
+  round_to_half_precision(out);  // unit vectors: see half_precision.hpp
   return out;
 }
 
@@ -564,6 +566,9 @@ KnnIndex build_index(const TrainingSet& set, const std::vector<SparseFeatures>& 
     for (const std::size_t r : which) index.add_row(features[r]);
   }
   copy_outcomes(set, which, index);
+  // Dense mode is the compact one (its projection and rows are at half
+  // precision too); sparse mode keeps each quality exact.
+  if (projection.dims() > 0) round_to_half_precision(index.quality);
   index.finish(buckets);
   return index;
 }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <random>
 
+#include "half_precision.hpp"
 #include "torouter/abi.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
@@ -90,6 +91,7 @@ SparseProjection SparseProjection::fit(const std::vector<SparseFeatures>& rows,
   Table table = Table::Zero(x.cols(), dims);
   const int kept = std::min(dims, width);
   table.leftCols(kept) = svd.matrixU().leftCols(kept);
+  round_to_half_precision(table);
   return SparseProjection(std::move(idf), std::move(table));
 }
 

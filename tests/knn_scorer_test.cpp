@@ -182,8 +182,9 @@ void write_bytes(const std::string& path, const std::string& bytes) {
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
-// Byte position of value `i` of tensor `name`, from the header's offsets.
-std::size_t value_position(const std::string& bytes, const std::string& name, std::size_t i) {
+// Writes `value` over value `i` of tensor `name`, where the header's offset
+// and type ("f32" or "f16") put it.
+void put_value(std::string& bytes, const std::string& name, std::size_t i, float value) {
   std::uint64_t header_size = 0;
   for (int b = 7; b >= 0; --b) {
     header_size =
@@ -192,16 +193,20 @@ std::size_t value_position(const std::string& bytes, const std::string& name, st
   const std::string header = bytes.substr(20, header_size);
   const std::size_t entry = header.find("\"name\": \"" + name + "\"");
   REQUIRE(entry != std::string::npos);
+  const std::string type_key = "\"type\": ";
+  const bool half =
+      header.compare(header.find(type_key, entry) + type_key.size(), 5, "\"f16\"") == 0;
   const std::string key = "\"offset\": ";
   const std::size_t at = header.find(key, entry) + key.size();
   const std::uint64_t offset = std::stoull(header.substr(at));
-  return 20 + header_size + offset + 4 * i;
-}
-
-void put_float(std::string& bytes, std::size_t position, float value) {
+  const std::size_t position = 20 + header_size + offset + (half ? 2 : 4) * i;
   std::uint32_t raw = 0;
-  std::memcpy(&raw, &value, sizeof(raw));
-  for (int b = 0; b < 4; ++b)
+  if (half) {
+    raw = Eigen::numext::bit_cast<std::uint16_t>(Eigen::half(value));
+  } else {
+    std::memcpy(&raw, &value, sizeof(raw));
+  }
+  for (int b = 0; b < (half ? 2 : 4); ++b)
     bytes[position + static_cast<std::size_t>(b)] = static_cast<char>((raw >> (8 * b)) & 0xFF);
 }
 
@@ -435,51 +440,51 @@ TEST_CASE("a damaged kNN model file is refused naming the file and the tensor") 
 
   SECTION("an index beyond the buckets") {
     std::string damaged = bytes;
-    put_float(damaged, value_position(damaged, "knn.indices", 5), static_cast<float>(1u << 18));
+    put_value(damaged, "knn.indices", 5, static_cast<float>(1u << 18));
     write_bytes(path, damaged);
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.indices"));
   }
   SECTION("an index that is not a whole number") {
     std::string damaged = bytes;
-    put_float(damaged, value_position(damaged, "knn.indices", 0), 2.5f);
+    put_value(damaged, "knn.indices", 0, 2.5f);
     write_bytes(path, damaged);
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.indices"));
   }
   SECTION("indices out of order within a row") {
     std::string damaged = bytes;
-    put_float(damaged, value_position(damaged, "knn.indices", 1), 0.0f);
+    put_value(damaged, "knn.indices", 1, 0.0f);
     write_bytes(path, damaged);
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.indices"));
   }
   SECTION("decreasing offsets") {
     // Row 2's start (high, low halves at values 4 and 5) set to 0, before row 1's.
     std::string damaged = bytes;
-    put_float(damaged, value_position(damaged, "knn.offsets", 5), 0.0f);
+    put_value(damaged, "knn.offsets", 5, 0.0f);
     write_bytes(path, damaged);
     CHECK_THROWS_WITH(torouter::load_model(path),
                       Contains(path) && Contains("knn.offsets") && Contains("decrease"));
   }
   SECTION("offsets past the stored values") {
     std::string damaged = bytes;
-    put_float(damaged, value_position(damaged, "knn.offsets", 2 * set.rows() + 1), 1e6f);
+    put_value(damaged, "knn.offsets", 2 * set.rows() + 1, 60000.0f);  // exact in f16 too
     write_bytes(path, damaged);
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.offsets"));
   }
   SECTION("a feature value that is not positive") {
     std::string damaged = bytes;
-    put_float(damaged, value_position(damaged, "knn.values", 2), GENERATE(0.0f, -0.25f));
+    put_value(damaged, "knn.values", 2, GENERATE(0.0f, -0.25f));
     write_bytes(path, damaged);
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.values"));
   }
   SECTION("a quality outside [0, 1]") {
     std::string damaged = bytes;
-    put_float(damaged, value_position(damaged, "knn.quality", 3), 1.5f);
+    put_value(damaged, "knn.quality", 3, 1.5f);
     write_bytes(path, damaged);
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.quality"));
   }
   SECTION("a presence that is not 0 or 1") {
     std::string damaged = bytes;
-    put_float(damaged, value_position(damaged, "knn.present", 0), 0.5f);
+    put_value(damaged, "knn.present", 0, 0.5f);
     write_bytes(path, damaged);
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.present"));
   }
@@ -490,7 +495,7 @@ TEST_CASE("a damaged kNN model file is refused naming the file and the tensor") 
   SECTION("a changed value fails the recorded checks") {
     std::string damaged = bytes;
     for (std::size_t r = 0; r < set.rows(); ++r) {
-      put_float(damaged, value_position(damaged, "knn.quality", 2 * r), 0.0f);
+      put_value(damaged, "knn.quality", 2 * r, 0.0f);
     }
     write_bytes(path, damaged);
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("recorded check"));
@@ -559,7 +564,8 @@ Expected dense_brute_force(const TrainingSet& set, const torouter::Featurizer& f
   std::vector<std::pair<double, std::size_t>> sims;
   for (std::size_t r = 0; r < set.rows(); ++r) {
     featurizer.featurize(set.prompts[r], f);
-    const std::vector<double> row = unit_projection(projection, f);
+    std::vector<double> row = unit_projection(projection, f);
+    for (double& x : row) x = static_cast<float>(Eigen::half(static_cast<float>(x)));  // as stored
     double s = 0;
     for (std::size_t d = 0; d < q.size(); ++d) s += q[d] * row[d];
     sims.emplace_back(s, r);
@@ -580,7 +586,9 @@ Expected dense_brute_force(const TrainingSet& set, const torouter::Featurizer& f
     for (const auto& [s, r] : neighbours) {
       const auto i = static_cast<Eigen::Index>(r);
       const double w = uniform ? 1.0 : s;
-      qw += w * set.quality(i, e);  // the synthetic rows have every outcome
+      // The synthetic rows have every outcome; dense mode stores each
+      // quality at half precision.
+      qw += w * static_cast<float>(Eigen::half(static_cast<float>(set.quality(i, e))));
       w_sum += w;
       tw += w * set.output_tokens(i, e);
       tw_sum += w;
@@ -693,14 +701,14 @@ TEST_CASE("a damaged dense kNN model file is refused naming the tensor") {
 
   SECTION("a stored row that is not of unit length") {
     std::string damaged = bytes;
-    put_float(damaged, value_position(damaged, "knn.dense_rows", 1), 3.0f);
+    put_value(damaged, "knn.dense_rows", 1, 3.0f);
     write_bytes(path, damaged);
     CHECK_THROWS_WITH(torouter::load_model(path),
                       Contains(path) && Contains("knn.dense_rows") && Contains("norm"));
   }
   SECTION("an IDF weight that is not positive") {
     std::string damaged = bytes;
-    put_float(damaged, value_position(damaged, "knn.idf", 7), -1.0f);
+    put_value(damaged, "knn.idf", 7, -1.0f);
     write_bytes(path, damaged);
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.idf"));
   }
