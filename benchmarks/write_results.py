@@ -61,21 +61,24 @@ def row(label, report):
 
 
 def cross_validation_table(path):
-    """The candidates `torouter train` printed: spec, AIQ, gap won, ECE, seconds."""
+    """The candidates `torouter train` printed: spec, AIQ, its folds' standard
+    error, gap won, ECE, seconds."""
     if not os.path.exists(path):
         return []
-    lines = ["| candidate | CV AIQ | CV gap won | CV ECE | seconds |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| candidate | CV AIQ | folds' SE | CV gap won | CV ECE | seconds |",
+             "| --- | --- | --- | --- | --- | --- |"]
     chosen = None
     for text in open(path, encoding="utf-8"):
         parts = text.split()
         if text.startswith("chose "):
-            chosen = parts[1]
+            chosen = parts[1].rstrip(":")
         if "AIQ" not in parts or "ECE" not in parts:
             continue
         name = " ".join(parts[:parts.index("AIQ")])
         aiq, gap = parts[parts.index("AIQ") + 1], parts[parts.index("won") + 1]
         ece, seconds = parts[parts.index("ECE") + 1], parts[parts.index("ECE") + 2]
-        lines.append(f"| `{name}` | {aiq} | {gap} | {ece} | {seconds} |")
+        error = parts[parts.index("SE") + 1].rstrip(")") if "SE" in parts else "—"
+        lines.append(f"| `{name}` | {aiq} | {error} | {gap} | {ece} | {seconds} |")
     if chosen:
         lines += ["", f"Chosen: `{chosen}`."]
     return lines
@@ -231,8 +234,11 @@ def main(out, data_root=None):
             lines += ["", f"### How the default was chosen ({dataset})", "",
                       "`torouter train` with no scorer: each candidate's figures on out-of-fold",
                       "predictions of 5-fold cross-validation on the training split, each",
-                      "fold calibrated on the others, then stacks of the best; the highest",
-                      "AIQ is trained on every row.", ""]
+                      "fold calibrated on the others, then stacks of the best. Trained on",
+                      "every row: the fewest members among the candidates whose AIQ is",
+                      "below the best's by at most the standard error of their fold-by-fold",
+                      "differences (the one-standard-error rule, paired by fold). The SE",
+                      "column is each candidate's own folds' standard error.", ""]
             lines += selection
         calibration = calibration_table(out, dataset)
         if calibration:

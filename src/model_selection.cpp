@@ -96,12 +96,10 @@ OutOfFold cross_fitted(const OutOfFold& raw, const TrainingSet& set, const std::
   return out;
 }
 
-// The candidate's figures on the complete training rows from its
-// cross-fitted calibrated out-of-fold predictions.
-CandidateFigures judge(const CandidateScorer& candidate, const OutOfFold& oof,
-                       const RoutingDataset& data, const TrainingSet& set,
-                       const ExpertRegistry& prices) {
-  const std::vector<std::size_t> rows = complete_row_indices(set);
+// The router's figures on `rows` of the training set, judged on `oof`.
+EvalReport evaluate_rows(const OutOfFold& oof, const std::vector<std::size_t>& rows,
+                         const RoutingDataset& data, const TrainingSet& set,
+                         const ExpertRegistry& prices) {
   std::vector<DatasetRow> complete;
   std::vector<std::string_view> prompts;
   Eigen::MatrixXf tokens(static_cast<Eigen::Index>(rows.size()), oof.output_tokens.cols());
@@ -115,11 +113,37 @@ CandidateFigures judge(const CandidateScorer& candidate, const OutOfFold& oof,
   }
   const Eigen::MatrixXd truth = quality_matrix(complete);
   const Eigen::MatrixXd predicted = quality.cast<double>();
-  const EvalReport report = evaluate(set.experts, truth, cost_matrix(data, complete), predicted,
-                                     predicted_costs(prompts, tokens, set.experts, prices));
+  return evaluate(set.experts, truth, cost_matrix(data, complete), predicted,
+                  predicted_costs(prompts, tokens, set.experts, prices));
+}
+
+// Each fold's AIQ on its own rows of `rows`.
+std::vector<double> fold_aiqs(const OutOfFold& oof, const std::vector<std::size_t>& rows,
+                              const std::vector<int>& fold, int folds, const RoutingDataset& data,
+                              const TrainingSet& set, const ExpertRegistry& prices) {
+  std::vector<double> aiqs;
+  for (int k = 0; k < folds; ++k) {
+    std::vector<std::size_t> in_fold;
+    for (const std::size_t r : rows) {
+      if (fold[r] == k) in_fold.push_back(r);
+    }
+    aiqs.push_back(in_fold.empty() ? std::nan("")
+                                   : evaluate_rows(oof, in_fold, data, set, prices).router->aiq);
+  }
+  return aiqs;
+}
+
+// The candidate's figures on the complete training rows from its
+// cross-fitted calibrated out-of-fold predictions.
+CandidateFigures judge(const CandidateScorer& candidate, const OutOfFold& oof,
+                       const RoutingDataset& data, const TrainingSet& set,
+                       const ExpertRegistry& prices, const std::vector<int>& fold, int folds) {
+  const std::vector<std::size_t> rows = complete_row_indices(set);
+  const EvalReport report = evaluate_rows(oof, rows, data, set, prices);
   CandidateFigures figures;
   figures.name = candidate.name();
   figures.aiq = report.router->aiq;
+  figures.fold_aiq = fold_aiqs(oof, rows, fold, folds, data, set, prices);
   figures.gap_won = report.router->gap_won.value_or(std::nan(""));
   figures.ece = report.router->ece.value_or(std::nan(""));
   return figures;
@@ -186,7 +210,7 @@ void try_stacks(Trials& trials, const RoutingDataset& data, const TrainingSet& s
     for (const std::size_t m : members) member_predictions.push_back(&trials.cross_fitted[m]);
     OutOfFold judged =
         cross_fitted(detail::mean_of_calibrated(member_predictions, {}), set, fold, folds, method);
-    CandidateFigures figures = judge(stack, judged, data, set, prices);
+    CandidateFigures figures = judge(stack, judged, data, set, prices, fold, folds);
     figures.seconds = seconds;
     trials.add(stack, std::move(oof), std::move(judged), std::move(calibration), std::move(figures),
                selection, fold, std::move(members));
@@ -196,6 +220,46 @@ void try_stacks(Trials& trials, const RoutingDataset& data, const TrainingSet& s
 }  // namespace
 
 namespace detail {
+
+double standard_error(const std::vector<double>& values) {
+  std::vector<double> known;
+  for (const double v : values) {
+    if (std::isfinite(v)) known.push_back(v);
+  }
+  if (known.size() < 2) return 0.0;
+  const double n = static_cast<double>(known.size());
+  const double mean = std::accumulate(known.begin(), known.end(), 0.0) / n;
+  double squares = 0;
+  for (const double v : known) squares += (v - mean) * (v - mean);
+  return std::sqrt(squares / (n - 1) / n);
+}
+
+std::size_t one_standard_error_choice(const std::vector<CandidateFigures>& candidates,
+                                      const std::vector<std::vector<std::size_t>>& members) {
+  std::size_t best = 0;
+  for (std::size_t i = 1; i < candidates.size(); ++i) {
+    if (candidates[i].aiq > candidates[best].aiq) best = i;
+  }
+  // How far below the best candidate i is, fold by fold: the folds are the
+  // same rows for every candidate, so their differences are what varies.
+  const auto within_one_error = [&](std::size_t i) {
+    const std::vector<double>& a = candidates[best].fold_aiq;
+    const std::vector<double>& b = candidates[i].fold_aiq;
+    if (a.size() != b.size() || a.size() < 2) return i == best;
+    std::vector<double> below(a.size());
+    for (std::size_t k = 0; k < a.size(); ++k) below[k] = a[k] - b[k];
+    return candidates[best].aiq - candidates[i].aiq <= standard_error(below);
+  };
+  const auto size = [&](std::size_t i) { return std::max<std::size_t>(1, members[i].size()); };
+  std::size_t chosen = best;
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    if (!within_one_error(i)) continue;
+    if (size(i) < size(chosen) ||
+        (size(i) == size(chosen) && candidates[i].aiq > candidates[chosen].aiq))
+      chosen = i;
+  }
+  return chosen;
+}
 
 OutOfFold mean_of_calibrated(const std::vector<const OutOfFold*>& members,
                              const std::vector<const Calibration*>& calibrations) {
@@ -333,7 +397,7 @@ std::unique_ptr<TrainableScorer> train_best(const RoutingDataset& data,
     Calibration calibration =
         Calibration::fit(options.calibration, oof.quality, set.quality, set.present);
     OutOfFold judged = cross_fitted(oof, set, fold, selection.folds, options.calibration);
-    CandidateFigures figures = judge(candidate, judged, data, set, prices);
+    CandidateFigures figures = judge(candidate, judged, data, set, prices, fold, selection.folds);
     figures.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     trials.add(candidate, std::move(oof), std::move(judged), std::move(calibration),
@@ -342,9 +406,7 @@ std::unique_ptr<TrainableScorer> train_best(const RoutingDataset& data,
   if (selection.stacks)
     try_stacks(trials, data, set, prices, selection, fold, selection.folds, options.calibration);
   ModelSelection& record = trials.record;
-  for (std::size_t i = 1; i < record.candidates.size(); ++i) {
-    if (record.candidates[i].aiq > record.candidates[record.chosen].aiq) record.chosen = i;
-  }
+  record.chosen = detail::one_standard_error_choice(record.candidates, trials.members);
   const CandidateScorer& winner = trials.candidates[record.chosen];
   auto scorer = make_scorer(winner.spec);
   if (!trials.members[record.chosen].empty()) {

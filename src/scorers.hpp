@@ -57,6 +57,19 @@ std::string stack_spec(const std::vector<CandidateScorer>& members);
 /// quality, and of their output tokens where predicted (NaN where none is).
 OutOfFold mean_of_calibrated(const std::vector<const OutOfFold*>& members,
                              const std::vector<const Calibration*>& calibrations);
+/// The standard error of the mean of `values` (NaNs skipped; 0 for fewer
+/// than two).
+double standard_error(const std::vector<double>& values);
+/// Which candidate `train_best` trains, by the one-standard-error rule
+/// (Breiman et al. 1984; Hastie, Tibshirani and Friedman, section 7.10),
+/// paired by fold: the fewest members (a single scorer counts one, a stack
+/// its members) among the candidates whose AIQ is below the best's by at
+/// most the standard error of their fold-by-fold differences, and of those
+/// the highest AIQ. A stack is trained only where its gain over a simpler
+/// candidate holds across the folds, not where one draw of rows favours
+/// it. `members[i]` is empty for a single scorer.
+std::size_t one_standard_error_choice(const std::vector<CandidateFigures>& candidates,
+                                      const std::vector<std::vector<std::size_t>>& members);
 /// Gives a stack (made by make_stack_scorer) its members' calibrations, so
 /// training it needs no cross-validation of its own.
 void set_member_calibrations(TrainableScorer& stack, std::vector<Calibration> calibrations);

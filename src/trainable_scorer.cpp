@@ -208,12 +208,18 @@ Calibration read_calibration(const ModelReader& in, std::size_t experts) {
 void write_selection(ModelWriter& out, const ModelSelection& selection) {
   if (selection.folds == 0) return;
   std::vector<std::string> names;
-  std::vector<double> aiq, gap, ece, seconds, gap_known, ece_known;
+  std::vector<double> aiq, fold_aiq, gap, ece, seconds, gap_known, ece_known;
   // Gap won and ECE can be undefined (NaN); model fields must be finite, so
   // they are stored as 0 with a flag.
   for (const auto& c : selection.candidates) {
     names.push_back(c.name);
     aiq.push_back(std::isfinite(c.aiq) ? c.aiq : 0.0);
+    // Row-major candidates x folds; a fold without complete rows is 0.
+    for (int k = 0; k < selection.folds; ++k) {
+      const auto at = static_cast<std::size_t>(k);
+      fold_aiq.push_back(at < c.fold_aiq.size() && std::isfinite(c.fold_aiq[at]) ? c.fold_aiq[at]
+                                                                                 : 0.0);
+    }
     gap.push_back(std::isfinite(c.gap_won) ? c.gap_won : 0.0);
     gap_known.push_back(std::isfinite(c.gap_won) ? 1.0 : 0.0);
     ece.push_back(std::isfinite(c.ece) ? c.ece : 0.0);
@@ -225,6 +231,7 @@ void write_selection(ModelWriter& out, const ModelSelection& selection) {
   out.set("selection.folds", selection.folds);
   out.set("selection.candidates", std::move(names));
   out.set("selection.cv_aiq", std::move(aiq));
+  out.set("selection.cv_fold_aiq", std::move(fold_aiq));
   out.set("selection.cv_gap_won", std::move(gap));
   out.set("selection.cv_ece", std::move(ece));
   out.set("selection.seconds", std::move(seconds));
@@ -249,10 +256,27 @@ ModelSelection read_selection(const ModelReader& in) {
   if (gap_known.size() != names.size() || ece_known.size() != names.size()) {
     throw Error(in.where() + "selection: one known flag per candidate expected");
   }
+  // Absent from models written before it was recorded.
+  const std::vector<double> none;
+  const auto& fold_aiq =
+      in.has("selection.cv_fold_aiq") ? in.numbers("selection.cv_fold_aiq") : none;
+  const auto folds = static_cast<std::size_t>(selection.folds);
+  if (!fold_aiq.empty() && fold_aiq.size() != names.size() * folds) {
+    throw Error(in.where() + "selection: one AIQ per candidate and fold expected in cv_fold_aiq");
+  }
   const double nan = std::nan("");
   for (std::size_t i = 0; i < names.size(); ++i) {
-    selection.candidates.push_back(CandidateFigures{names[i], aiq[i], gap_known[i] ? gap[i] : nan,
-                                                    ece_known[i] ? ece[i] : nan, seconds[i]});
+    CandidateFigures c;
+    c.name = names[i];
+    c.aiq = aiq[i];
+    c.gap_won = gap_known[i] ? gap[i] : nan;
+    c.ece = ece_known[i] ? ece[i] : nan;
+    c.seconds = seconds[i];
+    if (!fold_aiq.empty()) {
+      c.fold_aiq.assign(fold_aiq.begin() + static_cast<long>(i * folds),
+                        fold_aiq.begin() + static_cast<long>((i + 1) * folds));
+    }
+    selection.candidates.push_back(std::move(c));
   }
   selection.chosen = static_cast<std::size_t>(
       in.integer("selection.chosen", 0, static_cast<std::int64_t>(names.size()) - 1));

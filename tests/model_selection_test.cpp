@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "scorers.hpp"
 #include "support/synthetic_data.hpp"
 #include "support/temp_dir.hpp"
 #include "torouter/error.hpp"
@@ -34,8 +35,7 @@ TEST_CASE("cross_validate predicts every row from a model that did not see it") 
   CHECK_THROWS_WITH(torouter::cross_validate({"knn:5", Loss::Bce}, set, {}, 1), Contains("folds"));
 }
 
-TEST_CASE(
-    "train_best picks the candidate of highest cross-validated AIQ, calibrated and recorded") {
+TEST_CASE("train_best picks by cross-validated AIQ, calibrated and recorded") {
   const auto data = synthetic_dataset();
   torouter::SelectionOptions selection;
   // kNN over every training row predicts each expert's mean everywhere: it
@@ -51,7 +51,13 @@ TEST_CASE(
   REQUIRE(record.candidates.size() == 3);
   CHECK(record.candidates[1].aiq > record.candidates[0].aiq);
   CHECK(record.chosen != 0);
-  for (const auto& c : record.candidates) CHECK(record.candidates[record.chosen].aiq >= c.aiq);
+  // The one-standard-error rule, paired by fold (tested on its own below).
+  for (const auto& c : record.candidates) {
+    CHECK(c.fold_aiq.size() == 3);
+    for (const double a : c.fold_aiq) CHECK(std::isfinite(a));
+  }
+  CHECK(record.chosen ==
+        torouter::detail::one_standard_error_choice(record.candidates, {{}, {}, {0, 1}}));
   CHECK(scorer->spec() == record.candidates[record.chosen].name);
   CHECK(record.candidates[1].ece < 0.1);
   CHECK_FALSE(scorer->calibration().empty());
@@ -65,6 +71,56 @@ TEST_CASE(
   CHECK(again.chosen == record.chosen);
   CHECK(again.candidates[0].name == "knn:1000");
   CHECK(again.candidates[1].aiq == Approx(record.candidates[1].aiq));
+  CHECK(again.candidates[2].fold_aiq == record.candidates[2].fold_aiq);
+}
+
+namespace {
+
+torouter::CandidateFigures figures(const char* name, std::vector<double> fold_aiq) {
+  torouter::CandidateFigures c;
+  c.name = name;
+  c.fold_aiq = std::move(fold_aiq);
+  double sum = 0;
+  for (const double a : c.fold_aiq) sum += a;
+  c.aiq = sum / static_cast<double>(c.fold_aiq.size());  // pooled AIQ, near the folds' mean
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("the choice is the fewest members within one paired standard error of the best") {
+  using torouter::detail::one_standard_error_choice;
+  const std::vector<std::vector<std::size_t>> members{{}, {}, {0, 1}, {0, 1, 3}, {}};
+  SECTION("a stack that wins on every fold by a steady margin is kept") {
+    const std::vector<torouter::CandidateFigures> c{
+        figures("a", {0.60, 0.70, 0.62, 0.66}), figures("b", {0.59, 0.69, 0.61, 0.65}),
+        figures("stack:a+b", {0.610, 0.712, 0.629, 0.671}),
+        figures("stack:a+b+e", {0.613, 0.709, 0.631, 0.670}),
+        figures("e", {0.50, 0.50, 0.50, 0.50})};
+    // The three-member stack is best by 0.0003, within its paired error of
+    // the two-member one, which beats "a" on every fold by about 0.01.
+    CHECK(one_standard_error_choice(c, members) == 2);
+  }
+  SECTION("a stack whose gain is one fold's luck gives way to the single scorer") {
+    const std::vector<torouter::CandidateFigures> c{
+        figures("a", {0.60, 0.70, 0.62, 0.66}), figures("b", {0.55, 0.69, 0.61, 0.65}),
+        figures("stack:a+b", {0.64, 0.69, 0.61, 0.66}),
+        figures("stack:a+b+e", {0.50, 0.50, 0.50, 0.50}), figures("e", {0.5, 0.5, 0.5, 0.5})};
+    CHECK(one_standard_error_choice(c, members) == 0);
+  }
+  SECTION("among equally simple candidates within the error, the higher AIQ") {
+    const std::vector<torouter::CandidateFigures> c{
+        figures("a", {0.60, 0.70, 0.62, 0.66}), figures("b", {0.61, 0.70, 0.62, 0.66}),
+        figures("stack:a+b", {0.50, 0.50, 0.50, 0.50}),
+        figures("stack:a+b+e", {0.50, 0.50, 0.50, 0.50}), figures("e", {0.3, 0.3, 0.3, 0.3})};
+    CHECK(one_standard_error_choice(c, members) == 1);
+  }
+  SECTION("without fold figures (an older record) the best AIQ") {
+    std::vector<torouter::CandidateFigures> c{figures("a", {0.60}), figures("b", {0.58}),
+                                              figures("stack:a+b", {0.61}),
+                                              figures("stack:a+b+e", {0.40}), figures("e", {0.50})};
+    CHECK(one_standard_error_choice(c, members) == 2);
+  }
 }
 
 TEST_CASE("a stack scores as the calibrated mean of its members, sharing their featurizer or not") {

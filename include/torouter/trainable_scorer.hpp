@@ -40,6 +40,9 @@ struct CandidateFigures {
   double ece = 0.0;
   /// Seconds its cross-validation took.
   double seconds = 0.0;
+  /// Each fold's AIQ on its own rows (empty in models written before it
+  /// was recorded).
+  std::vector<double> fold_aiq;
 };
 
 /// How `train_best` chose a model, as stored in its model file; empty

@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 
+#include "../scorers.hpp"
 #include "args.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/dataset.hpp"
@@ -18,8 +19,9 @@ namespace cli {
 namespace {
 
 void print_candidate(const CandidateFigures& c) {
-  std::fprintf(stderr, "  %-40s AIQ %.4f  gap won %+.3f  ECE %.3f  %6.1fs\n", c.name.c_str(), c.aiq,
-               c.gap_won, c.ece, c.seconds);
+  std::fprintf(stderr, "  %-40s AIQ %.4f (folds' SE %.4f)  gap won %+.3f  ECE %.3f  %6.1fs\n",
+               c.name.c_str(), c.aiq, detail::standard_error(c.fold_aiq), c.gap_won, c.ece,
+               c.seconds);
 }
 
 // --out-of-fold: every candidate's calibrated out-of-fold quality for every
@@ -161,7 +163,10 @@ int train(const Arguments& args) {
     options.on_epoch = nullptr;
     scorer = train_best(data, prices, options, selection);
     const ModelSelection& chosen = scorer->training().selection;
-    std::fprintf(stderr, "chose %s\n", chosen.candidates[chosen.chosen].name.c_str());
+    std::fprintf(stderr,
+                 "chose %s: the fewest members within one standard error (paired by fold) "
+                 "of the best AIQ\n",
+                 chosen.candidates[chosen.chosen].name.c_str());
   }
   if (terminal && named) std::fprintf(stderr, "\n");
   save_model(*scorer, out, &prices);
