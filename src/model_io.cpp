@@ -155,9 +155,52 @@ void ModelWriter::add_section(const std::string& prefix, const ModelWriter& part
   for (const auto& [name, tensor] : part.tensors_) tensors_[prefix + name] = tensor;
 }
 
+namespace {
+
+// Where each tensor's bytes are: stored as f16 where that is exact, and
+// pointing at an earlier tensor's bytes when they are the same.
+struct PlacedTensor {
+  std::string name;
+  std::string shape;
+  std::string type;
+  std::uint64_t offset;
+};
+
+struct Layout {
+  std::vector<PlacedTensor> tensors;
+  std::string payload;
+  bool needs_format_2 = false;  // f16 or shared bytes
+};
+
+Layout lay_out(const std::map<std::string, ModelTensor>& tensors, const std::string& path) {
+  Layout layout;
+  std::unordered_map<std::string, std::uint64_t> offset_of_stored;
+  for (const auto& [name, tensor] : tensors) {
+    StoredTensor stored = store(tensor.values, path, name);
+    std::uint64_t offset = layout.payload.size();
+    if (!stored.bytes.empty()) {
+      auto [it, added] = offset_of_stored.emplace(stored.type + stored.bytes, offset);
+      if (added) {
+        layout.payload += stored.bytes;
+      } else {
+        offset = it->second;
+        layout.needs_format_2 = true;
+      }
+    }
+    if (stored.type != "f32") layout.needs_format_2 = true;
+    layout.tensors.push_back(PlacedTensor{name, shape_text(tensor.shape), stored.type, offset});
+  }
+  return layout;
+}
+
+}  // namespace
+
 void ModelWriter::write(const std::string& path) const {
+  const Layout layout = lay_out(tensors_, path);
+  // The oldest format that holds the file, so older readers load what they can.
+  const std::uint32_t version = layout.needs_format_2 ? 2 : 1;
   std::string header = fmt::format("{{\"format_version\": {}, \"kind\": {}, \"fields\": {{",
-                                   kModelFormatVersion, detail::json_string(kind_));
+                                   version, detail::json_string(kind_));
   bool first = true;
   for (const auto& [key, value] : fields_) {
     header += fmt::format("{}\n  {}: {}", first ? "" : ",", detail::json_string(key),
@@ -165,30 +208,20 @@ void ModelWriter::write(const std::string& path) const {
     first = false;
   }
   header += "}, \"tensors\": [";
-  std::string payload;
-  // A tensor whose stored form equals an earlier one's points at its bytes.
-  std::unordered_map<std::string, std::uint64_t> offset_of_stored;
   first = true;
-  for (const auto& [name, tensor] : tensors_) {
-    StoredTensor stored = store(tensor.values, path, name);
-    const std::string key = stored.type + stored.bytes;
-    auto [it, added] = offset_of_stored.emplace(key, payload.size());
-    if (added || stored.bytes.empty()) {
-      it->second = payload.size();
-      payload += stored.bytes;
-    }
-    header += fmt::format("{}\n  {{\"name\": {}, \"shape\": {}, \"type\": \"{}\", \"offset\": {}}}",
-                          first ? "" : ",", detail::json_string(name), shape_text(tensor.shape),
-                          stored.type, it->second);
+  for (const PlacedTensor& t : layout.tensors) {
+    const std::string type = version >= 2 ? fmt::format(", \"type\": \"{}\"", t.type) : "";
+    header += fmt::format("{}\n  {{\"name\": {}, \"shape\": {}{}, \"offset\": {}}}",
+                          first ? "" : ",", detail::json_string(t.name), t.shape, type, t.offset);
     first = false;
   }
   header += "]}\n";
 
   std::string bytes(kMagic, sizeof(kMagic));
-  append_le(bytes, kModelFormatVersion, 4);
+  append_le(bytes, version, 4);
   append_le(bytes, header.size(), 8);
   bytes += header;
-  bytes += payload;
+  bytes += layout.payload;
 
   const std::string temporary = path + ".tmp";
   {
@@ -245,6 +278,9 @@ struct StoredSpan {
 // available + 1. Checked dimension by dimension, so a forged shape can
 // neither overflow nor make the reader allocate more than the file's size.
 std::uint64_t bounded_count(const std::vector<std::int64_t>& shape, std::uint64_t available) {
+  for (auto d : shape) {
+    if (d == 0) return 0;
+  }
   std::uint64_t count = 1;
   for (auto d : shape) {
     const auto dim = static_cast<std::uint64_t>(d);
@@ -278,7 +314,8 @@ struct TensorEntry {
   std::uint64_t offset = 0;
 };
 
-TensorEntry read_entry(simdjson::dom::element entry, const std::string& where) {
+TensorEntry read_entry(simdjson::dom::element entry, std::uint32_t format_version,
+                       const std::string& where) {
   TensorEntry out;
   std::string_view name;
   simdjson::dom::array shape;
@@ -296,9 +333,14 @@ TensorEntry read_entry(simdjson::dom::element entry, const std::string& where) {
     out.shape.push_back(dim);
   }
   std::string_view type = "f32";
-  if (entry["type"].error() != simdjson::NO_SUCH_FIELD &&
-      entry["type"].get_string().get(type) != simdjson::SUCCESS) {
-    throw Error(fmt::format("{}tensor \"{}\": \"type\" is not a string", where, out.name));
+  if (entry["type"].error() != simdjson::NO_SUCH_FIELD) {
+    if (format_version < 2) {
+      throw Error(fmt::format("{}tensor \"{}\": \"type\" needs model format 2, the file says {}",
+                              where, out.name, format_version));
+    }
+    if (entry["type"].get_string().get(type) != simdjson::SUCCESS) {
+      throw Error(fmt::format("{}tensor \"{}\": \"type\" is not a string", where, out.name));
+    }
   }
   if (type != "f32" && type != "f16") {
     throw Error(
@@ -308,51 +350,113 @@ TensorEntry read_entry(simdjson::dom::element entry, const std::string& where) {
   return out;
 }
 
-// Reads every tensor. Each entry's bytes either follow the previous new
-// bytes or are exactly an earlier entry's (same offset, type and count).
-void read_tensors(simdjson::dom::array entries, const std::string& bytes, std::size_t payload_start,
-                  const std::string& where, std::map<std::string, ModelTensor>& tensors) {
-  const std::size_t payload_size = bytes.size() - payload_start;
-  std::uint64_t expected_offset = 0;
-  std::set<StoredSpan> spans;
-  for (auto element : entries) {
-    TensorEntry entry = read_entry(element, where);
-    const bool half = entry.type == "f16";
-    const std::uint64_t width = half ? 2 : 4;
-    const std::uint64_t bytes_left = entry.offset <= payload_size ? payload_size - entry.offset : 0;
-    const std::uint64_t count = bounded_count(entry.shape, bytes_left / width);
-    const bool shared = spans.count(StoredSpan{entry.offset, entry.type, count}) != 0;
-    if (entry.offset != expected_offset && !shared) {
-      throw Error(
-          fmt::format("{}tensor \"{}\": offset {} where {} (or an earlier tensor's "
-                      "offset, type and size) was expected",
-                      where, entry.name, entry.offset, expected_offset));
+// The payload's bookkeeping while reading tensor entries in order.
+struct PayloadCursor {
+  std::size_t payload_size = 0;
+  std::uint32_t format_version = 0;
+  std::uint64_t expected_offset = 0;  // where the next new bytes start
+  std::uint64_t decoded_bytes = 0;    // float32 bytes decoded so far
+  std::set<StoredSpan> spans;         // the new bytes read so far
+
+  // The number of values `entry` holds; throws unless its bytes follow the
+  // previous new bytes or are exactly an earlier entry's.
+  std::uint64_t place(const TensorEntry& entry, const std::string& where, bool& shared) {
+    const std::uint64_t width = entry.type == "f16" ? 2 : 4;
+    const std::uint64_t left = entry.offset <= payload_size ? payload_size - entry.offset : 0;
+    const std::uint64_t count = bounded_count(entry.shape, left / width);
+    shared = entry.offset != expected_offset &&
+             spans.count(StoredSpan{entry.offset, entry.type, count}) != 0;
+    if (entry.offset != expected_offset && (!shared || format_version < 2)) {
+      throw Error(fmt::format("{}tensor \"{}\": offset {} where {}{} was expected", where,
+                              entry.name, entry.offset, expected_offset,
+                              format_version < 2 ? ""
+                                                 : " (or an earlier tensor's offset, type "
+                                                   "and size)"));
     }
-    if (count > bytes_left / width) {
+    if (count > left / width) {
       throw Error(
           fmt::format("{}truncated: tensor \"{}\" of shape {} does not fit the {} bytes "
                       "left of the payload",
-                      where, entry.name, shape_text(entry.shape), bytes_left));
+                      where, entry.name, shape_text(entry.shape), left));
     }
+    // Shared bytes are decoded once per name: bounded, so a file of many
+    // names for one tensor cannot make the reader allocate without limit.
+    decoded_bytes += count * 4;
+    if (decoded_bytes > 4 * static_cast<std::uint64_t>(payload_size)) {
+      throw Error(
+          fmt::format("{}tensor \"{}\": the tensors decode to more than four times the "
+                      "payload's {} bytes",
+                      where, entry.name, payload_size));
+    }
+    if (!shared) {
+      spans.insert(StoredSpan{entry.offset, entry.type, count});
+      expected_offset = entry.offset + count * width;
+    }
+    return count;
+  }
+};
+
+// Reads every tensor of a file of `format_version`.
+void read_tensors(simdjson::dom::array entries, const std::string& bytes, std::size_t payload_start,
+                  std::uint32_t format_version, const std::string& where,
+                  std::map<std::string, ModelTensor>& tensors) {
+  PayloadCursor cursor;
+  cursor.payload_size = bytes.size() - payload_start;
+  cursor.format_version = format_version;
+  for (auto element : entries) {
+    TensorEntry entry = read_entry(element, format_version, where);
+    bool shared = false;
+    const std::uint64_t count = cursor.place(entry, where, shared);
     ModelTensor tensor;
     tensor.shape = std::move(entry.shape);
     tensor.values = decode_values(bytes, payload_start + static_cast<std::size_t>(entry.offset),
-                                  static_cast<std::size_t>(count), half);
+                                  static_cast<std::size_t>(count), entry.type == "f16");
     for (std::size_t i = 0; i < tensor.values.size(); ++i) {
       if (!std::isfinite(tensor.values[i])) {
         throw Error(
             fmt::format("{}tensor \"{}\" holds NaN or infinity at index {}", where, entry.name, i));
       }
     }
-    if (!shared) {
-      spans.insert(StoredSpan{entry.offset, entry.type, count});
-      expected_offset = entry.offset + count * width;
-    }
     tensors[entry.name] = std::move(tensor);
   }
-  if (expected_offset != payload_size) {
-    throw Error(fmt::format("{}payload has {} bytes but the tensors take {}", where, payload_size,
-                            expected_offset));
+  if (cursor.expected_offset != cursor.payload_size) {
+    throw Error(fmt::format("{}payload has {} bytes but the tensors take {}", where,
+                            cursor.payload_size, cursor.expected_offset));
+  }
+}
+
+// One header field: a number, string, flag, or array of numbers or strings.
+ModelField read_field(simdjson::dom::element value, const std::string& name,
+                      const std::string& where) {
+  switch (value.type()) {
+    case simdjson::dom::element_type::INT64:
+    case simdjson::dom::element_type::UINT64:
+    case simdjson::dom::element_type::DOUBLE:
+      return double(value);
+    case simdjson::dom::element_type::STRING:
+      return std::string(std::string_view(value));
+    case simdjson::dom::element_type::BOOL:
+      return bool(value);
+    case simdjson::dom::element_type::ARRAY: {
+      std::vector<double> numbers;
+      std::vector<std::string> texts;
+      for (auto item : simdjson::dom::array(value)) {
+        if (item.is_number()) {
+          numbers.push_back(double(item));
+        } else if (item.is_string()) {
+          texts.emplace_back(std::string_view(item));
+        } else {
+          throw Error(fmt::format("{}field \"{}\": arrays hold numbers or strings", where, name));
+        }
+      }
+      if (!numbers.empty() && !texts.empty()) {
+        throw Error(fmt::format("{}field \"{}\": mixes numbers and strings", where, name));
+      }
+      if (texts.empty()) return numbers;
+      return texts;
+    }
+    default:
+      throw Error(fmt::format("{}field \"{}\": unsupported JSON type", where, name));
   }
 }
 
@@ -397,52 +501,14 @@ ModelReader ModelReader::parse(const std::string& bytes, const std::string& orig
     throw Error(where + "header: missing object \"fields\"");
   }
   for (auto [key, value] : fields) {
-    const std::string name(key);
-    switch (value.type()) {
-      case simdjson::dom::element_type::INT64:
-      case simdjson::dom::element_type::UINT64:
-      case simdjson::dom::element_type::DOUBLE:
-        reader.fields_[name] = double(value);
-        break;
-      case simdjson::dom::element_type::STRING:
-        reader.fields_[name] = std::string(std::string_view(value));
-        break;
-      case simdjson::dom::element_type::BOOL:
-        reader.fields_[name] = bool(value);
-        break;
-      case simdjson::dom::element_type::ARRAY: {
-        simdjson::dom::array items = value;
-        std::vector<double> numbers;
-        std::vector<std::string> texts;
-        for (auto item : items) {
-          if (item.is_number()) {
-            numbers.push_back(double(item));
-          } else if (item.is_string()) {
-            texts.emplace_back(std::string_view(item));
-          } else {
-            throw Error(fmt::format("{}field \"{}\": arrays hold numbers or strings", where, name));
-          }
-        }
-        if (!numbers.empty() && !texts.empty()) {
-          throw Error(fmt::format("{}field \"{}\": mixes numbers and strings", where, name));
-        }
-        if (texts.empty()) {
-          reader.fields_[name] = std::move(numbers);
-        } else {
-          reader.fields_[name] = std::move(texts);
-        }
-        break;
-      }
-      default:
-        throw Error(fmt::format("{}field \"{}\": unsupported JSON type", where, name));
-    }
+    reader.fields_[std::string(key)] = read_field(value, std::string(key), where);
   }
 
   simdjson::dom::array tensors;
   if (root["tensors"].get_array().get(tensors) != simdjson::SUCCESS) {
     throw Error(where + "header: missing array \"tensors\"");
   }
-  read_tensors(tensors, bytes, payload_start, where, reader.tensors_);
+  read_tensors(tensors, bytes, payload_start, reader.format_version_, where, reader.tensors_);
   return reader;
 }
 

@@ -234,21 +234,32 @@ double standard_error(const std::vector<double>& values) {
   return std::sqrt(squares / (n - 1) / n);
 }
 
+PairedGap paired_gap(const CandidateFigures& best, const CandidateFigures& other) {
+  PairedGap gap;
+  std::vector<double> below;
+  if (best.fold_aiq.size() == other.fold_aiq.size()) {
+    for (std::size_t k = 0; k < best.fold_aiq.size(); ++k) {
+      const double d = best.fold_aiq[k] - other.fold_aiq[k];
+      if (std::isfinite(d)) below.push_back(d);
+    }
+  }
+  if (below.size() < 2) return gap;
+  gap.known = true;
+  gap.mean = std::accumulate(below.begin(), below.end(), 0.0) / static_cast<double>(below.size());
+  gap.standard_error = standard_error(below);
+  return gap;
+}
+
 std::size_t one_standard_error_choice(const std::vector<CandidateFigures>& candidates,
                                       const std::vector<std::vector<std::size_t>>& members) {
   std::size_t best = 0;
   for (std::size_t i = 1; i < candidates.size(); ++i) {
     if (candidates[i].aiq > candidates[best].aiq) best = i;
   }
-  // How far below the best candidate i is, fold by fold: the folds are the
-  // same rows for every candidate, so their differences are what varies.
   const auto within_one_error = [&](std::size_t i) {
-    const std::vector<double>& a = candidates[best].fold_aiq;
-    const std::vector<double>& b = candidates[i].fold_aiq;
-    if (a.size() != b.size() || a.size() < 2) return i == best;
-    std::vector<double> below(a.size());
-    for (std::size_t k = 0; k < a.size(); ++k) below[k] = a[k] - b[k];
-    return candidates[best].aiq - candidates[i].aiq <= standard_error(below);
+    if (i == best) return true;
+    const PairedGap gap = paired_gap(candidates[best], candidates[i]);
+    return gap.known && gap.mean <= gap.standard_error;
   };
   const auto size = [&](std::size_t i) { return std::max<std::size_t>(1, members[i].size()); };
   std::size_t chosen = best;

@@ -60,14 +60,25 @@ OutOfFold mean_of_calibrated(const std::vector<const OutOfFold*>& members,
 /// The standard error of the mean of `values` (NaNs skipped; 0 for fewer
 /// than two).
 double standard_error(const std::vector<double>& values);
+/// How far `other`'s AIQ is below `best`'s, fold by fold: the mean of the
+/// folds' differences and its standard error (known with two folds or more
+/// where both have a figure). The folds are the same rows for every
+/// candidate, so their differences are what varies.
+struct PairedGap {
+  bool known = false;
+  double mean = 0.0;
+  double standard_error = 0.0;
+};
+PairedGap paired_gap(const CandidateFigures& best, const CandidateFigures& other);
 /// Which candidate `train_best` trains, by the one-standard-error rule
 /// (Breiman et al. 1984; Hastie, Tibshirani and Friedman, section 7.10),
 /// paired by fold: the fewest members (a single scorer counts one, a stack
-/// its members) among the candidates whose AIQ is below the best's by at
-/// most the standard error of their fold-by-fold differences, and of those
-/// the highest AIQ. A stack is trained only where its gain over a simpler
-/// candidate holds across the folds, not where one draw of rows favours
-/// it. `members[i]` is empty for a single scorer.
+/// its members) among the best (by pooled AIQ) and the candidates whose
+/// paired gap to it is at most its standard error; of those, the highest
+/// AIQ. A stack is trained only where its gain over a simpler candidate
+/// holds across the folds, not where one draw of rows favours it. Without
+/// fold figures (older records) only the best qualifies. `members[i]` is
+/// empty for a single scorer.
 std::size_t one_standard_error_choice(const std::vector<CandidateFigures>& candidates,
                                       const std::vector<std::vector<std::size_t>>& members);
 /// Gives a stack (made by make_stack_scorer) its members' calibrations, so

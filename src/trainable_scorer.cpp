@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -214,12 +215,6 @@ void write_selection(ModelWriter& out, const ModelSelection& selection) {
   for (const auto& c : selection.candidates) {
     names.push_back(c.name);
     aiq.push_back(std::isfinite(c.aiq) ? c.aiq : 0.0);
-    // Row-major candidates x folds; a fold without complete rows is 0.
-    for (int k = 0; k < selection.folds; ++k) {
-      const auto at = static_cast<std::size_t>(k);
-      fold_aiq.push_back(at < c.fold_aiq.size() && std::isfinite(c.fold_aiq[at]) ? c.fold_aiq[at]
-                                                                                 : 0.0);
-    }
     gap.push_back(std::isfinite(c.gap_won) ? c.gap_won : 0.0);
     gap_known.push_back(std::isfinite(c.gap_won) ? 1.0 : 0.0);
     ece.push_back(std::isfinite(c.ece) ? c.ece : 0.0);
@@ -231,7 +226,16 @@ void write_selection(ModelWriter& out, const ModelSelection& selection) {
   out.set("selection.folds", selection.folds);
   out.set("selection.candidates", std::move(names));
   out.set("selection.cv_aiq", std::move(aiq));
-  out.set("selection.cv_fold_aiq", std::move(fold_aiq));
+  // Row-major candidates x folds, written only when every figure is known
+  // (a fold without a complete row has none).
+  bool complete = true;
+  for (const auto& c : selection.candidates) {
+    complete = complete && c.fold_aiq.size() == static_cast<std::size_t>(selection.folds);
+    fold_aiq.insert(fold_aiq.end(), c.fold_aiq.begin(), c.fold_aiq.end());
+  }
+  complete = complete && std::all_of(fold_aiq.begin(), fold_aiq.end(),
+                                     [](double a) { return std::isfinite(a); });
+  if (complete) out.set("selection.cv_fold_aiq", std::move(fold_aiq));
   out.set("selection.cv_gap_won", std::move(gap));
   out.set("selection.cv_ece", std::move(ece));
   out.set("selection.seconds", std::move(seconds));

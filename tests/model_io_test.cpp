@@ -89,6 +89,21 @@ TEST_CASE("fields and tensors round-trip through a model file") {
   CHECK(in.tensor("bias", {3}).values[2] == 1e-8f);
 }
 
+TEST_CASE("empty tensors round-trip, however many and wherever they are") {
+  ModelWriter out("demo");
+  out.add_tensor("a.empty", {0}, {});
+  out.add_tensor("b", {2}, {0.5f, 0.25f});
+  out.add_tensor("c.empty", {0, 4}, {});
+  out.add_tensor("z.empty", {3, 0}, {});  // last, at the payload's end
+  const std::string path = temp_path("empties.tormodel");
+  out.write(path);
+  const ModelReader in = ModelReader::open(path);
+  CHECK(in.tensor("a.empty", {0}).values.empty());
+  CHECK(in.tensor("c.empty", {0, 4}).values.empty());
+  CHECK(in.tensor("z.empty", {3, 0}).values.empty());
+  CHECK(in.tensor("b", {2}).values == std::vector<float>{0.5f, 0.25f});
+}
+
 TEST_CASE("an empty tensor round-trips (a fuzzing regression)") {
   // tests/fuzz/corpus/fuzz_model_file/regression-empty-tensor.tormodel is the
   // input that found memcpy called on an empty tensor's null data.
@@ -237,15 +252,22 @@ TEST_CASE("a tensor of half-precision numbers takes two bytes a value, losing no
     halves[4] = std::ldexp(1.0f, -24);  // the smallest half-precision subnormal
     const std::string half_path = write("half.tormodel", halves);
     const std::string single_path = write("single.tormodel", singles);
-    CHECK(std::filesystem::file_size(single_path) - std::filesystem::file_size(half_path) == 2000);
+    // Two bytes fewer a value; the f16 file's header names the type.
+    CHECK(std::filesystem::file_size(single_path) - std::filesystem::file_size(half_path) ==
+          2000 - std::string(", \"type\": \"f16\"").size());
     CHECK_THAT(read_bytes(half_path), Contains("\"type\": \"f16\""));
+    CHECK(ModelReader::open(half_path).format_version() == 2);
+    // A file with nothing of format 2 is written as format 1, which older
+    // readers load.
+    CHECK(ModelReader::open(single_path).format_version() == 1);
     const std::vector<float> back = ModelReader::open(half_path).tensor("t", {1000}).values;
     CHECK(std::memcmp(back.data(), halves.data(), halves.size() * 4) == 0);  // -0 stays -0
     CHECK(ModelReader::open(single_path).tensor("t", {1000}).values == singles);
   }
   SECTION("one value that does not fit keeps the whole tensor float32") {
     const std::string path = write("mixed.tormodel", halves);
-    CHECK_THAT(read_bytes(path), Contains("\"type\": \"f32\""));
+    CHECK_THAT(read_bytes(path), !Contains("\"type\""));
+    CHECK(ModelReader::open(path).format_version() == 1);
     const std::vector<float> back = ModelReader::open(path).tensor("t", {1000}).values;
     CHECK(back[4] == 6.0e-8f);
     CHECK(back[5] == halves[5]);
@@ -264,9 +286,11 @@ TEST_CASE("a tensor equal to an earlier one is stored once and read under both n
   twice.add_tensor("z.projection", {10, 50}, shared);  // same values, another shape
   const std::string twice_path = temp_path("twice.tormodel");
   twice.write(twice_path);
-  // Only the header grows: the second name points at the first one's bytes.
-  CHECK(std::filesystem::file_size(twice_path) - std::filesystem::file_size(once_path) < 100);
+  // Only the header grows (a new entry, and each entry's type now that the
+  // file is format 2): the second name points at the first one's bytes.
+  CHECK(std::filesystem::file_size(twice_path) - std::filesystem::file_size(once_path) < 150);
   const ModelReader in = ModelReader::open(twice_path);
+  CHECK(in.format_version() == 2);
   CHECK(in.tensor("a.projection", {50, 10}).values == shared);
   CHECK(in.tensor("z.projection", {10, 50}).values == shared);
   CHECK(in.tensor("m", {1}).values[0] == 0.1f);
@@ -283,6 +307,33 @@ TEST_CASE("format 1 files still read, and forged offsets and types are refused")
     CHECK(in.format_version() == 1);
     CHECK(in.tensor("a", {2}).values == std::vector<float>{1.5f, 2.5f});
     CHECK(in.tensor("b", {1}).values == std::vector<float>{3.5f});
+  }
+  SECTION("format 1 with a type, or with shared bytes") {
+    CHECK_THAT(parse_error(handmade_model(
+                   1, R"({"name": "a", "shape": [3], "type": "f32", "offset": 0})", payload)),
+               Contains("tensor \"a\": \"type\" needs model format 2"));
+    CHECK_THAT(parse_error(handmade_model(1, R"({"name": "a", "shape": [3], "offset": 0},
+                                               {"name": "b", "shape": [3], "offset": 0})",
+                                          payload)),
+               Contains("tensor \"b\": offset 0 where 12 was expected"));
+  }
+  SECTION("an f16 tensor cut short, or holding an infinity") {
+    CHECK_THAT(parse_error(handmade_model(
+                   2, R"({"name": "a", "shape": [7], "type": "f16", "offset": 0})", payload)),
+               Contains("truncated: tensor \"a\""));
+    const std::string infinity("\x00\x7c", 2);  // binary16 +inf
+    CHECK_THAT(parse_error(handmade_model(
+                   2, R"({"name": "a", "shape": [1], "type": "f16", "offset": 0})", infinity)),
+               Contains("tensor \"a\" holds NaN or infinity at index 0"));
+  }
+  SECTION("many names for one tensor cannot make the reader allocate without limit") {
+    std::string entries = R"({"name": "a", "shape": [3], "type": "f32", "offset": 0})";
+    for (int i = 0; i < 5; ++i) {
+      entries += R"(, {"name": "b)" + std::to_string(i) +
+                 R"(", "shape": [3], "type": "f32", "offset": 0})";
+    }
+    CHECK_THAT(parse_error(handmade_model(2, entries, payload)),
+               Contains("tensor \"b3\": the tensors decode to more than four times"));
   }
   SECTION("an unknown type") {
     CHECK_THAT(parse_error(handmade_model(

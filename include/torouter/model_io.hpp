@@ -15,8 +15,9 @@
 // number, so nothing is lost (a scorer that rounds its weights to half
 // precision halves its file); and a tensor identical to an earlier one
 // (two members of a stack fitting the same projection) points at the
-// earlier one's bytes instead of repeating them. Format 1 files (f32 only,
-// no shared bytes) are read as before.
+// earlier one's bytes instead of repeating them. A file that needs neither
+// is written as format 1 (f32 only, no shared bytes, no "type"), which
+// older readers load; format 1 files are read as before.
 //
 // Scorers write their settings as named fields ("featurizer.num_buckets",
 // "mlp.hidden") and their weights as named tensors with a `ModelWriter`, and
@@ -46,8 +47,8 @@
 
 TOROUTER_BEGIN_NAMESPACE
 
-/// The model file format version this library writes; it reads this one and
-/// older ones.
+/// The newest model file format this library writes (only when a file
+/// needs it; see above) and reads; it reads older ones too.
 inline constexpr std::uint32_t kModelFormatVersion = 2;
 
 /// A field's value in a model file header.

@@ -24,6 +24,28 @@ void print_candidate(const CandidateFigures& c) {
                c.seconds);
 }
 
+// Why the trained candidate: its paired gap to the best pooled AIQ.
+void print_choice(const ModelSelection& selection) {
+  const CandidateFigures& chosen = selection.candidates[selection.chosen];
+  std::size_t best = 0;
+  for (std::size_t i = 1; i < selection.candidates.size(); ++i) {
+    if (selection.candidates[i].aiq > selection.candidates[best].aiq) best = i;
+  }
+  if (best == selection.chosen) {
+    std::fprintf(stderr,
+                 "chose %s: the best AIQ; none with fewer members is within one standard "
+                 "error of it\n",
+                 chosen.name.c_str());
+    return;
+  }
+  const detail::PairedGap gap = detail::paired_gap(selection.candidates[best], chosen);
+  std::fprintf(stderr,
+               "chose %s: below the best (%s) by %.4f a fold, within one standard error "
+               "(%.4f), with fewer members\n",
+               chosen.name.c_str(), selection.candidates[best].name.c_str(), gap.mean,
+               gap.standard_error);
+}
+
 // --out-of-fold: every candidate's calibrated out-of-fold quality for every
 // training row, with the row's fold, so other tools can judge the same
 // predictions: a header `candidate,id,fold,<expert>,...`, then each
@@ -162,11 +184,7 @@ int train(const Arguments& args) {
                  folds, set.rows(), calibration_method_name(options.calibration));
     options.on_epoch = nullptr;
     scorer = train_best(data, prices, options, selection);
-    const ModelSelection& chosen = scorer->training().selection;
-    std::fprintf(stderr,
-                 "chose %s: the fewest members within one standard error (paired by fold) "
-                 "of the best AIQ\n",
-                 chosen.candidates[chosen.chosen].name.c_str());
+    print_choice(scorer->training().selection);
   }
   if (terminal && named) std::fprintf(stderr, "\n");
   save_model(*scorer, out, &prices);
