@@ -5,6 +5,7 @@
 // write, so a slow client slows its own handler only.
 #include "http_server.hpp"
 
+#include <algorithm>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -32,9 +33,13 @@ namespace {
 
 // Before closing a connection the server chose to close (a refusal whose
 // body may still be arriving, pipelined requests after a Connection: close
-// answer), the unread bytes are drained for a moment: closing with unread
-// data resets the connection, and the client can then lose the answer.
-constexpr milliseconds kDrainTime{200};
+// answer), what the client still sends is read and dropped, as nginx's
+// lingering close does: closing with unread data resets the connection, and
+// a reset can destroy the answer before the client has read it. The drain
+// ends when the client has been quiet for kDrainQuiet, after kDrainTime in
+// all, or after kMaxDrainBytes; a slow client keeps its slot no longer.
+constexpr milliseconds kDrainTime{2000};
+constexpr milliseconds kDrainQuiet{500};
 constexpr std::size_t kMaxDrainBytes = 8 << 20;
 
 std::string text_of(beast::string_view text) { return std::string(text.data(), text.size()); }
@@ -572,7 +577,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       stream_.tcp().socket().close(ignored);
       return;
     }
-    stream_.tcp().expires_at(drain_deadline_);
+    stream_.tcp().expires_at(
+        std::min(drain_deadline_, std::chrono::steady_clock::now() + kDrainQuiet));
     auto self = shared_from_this();
     stream_.async_read_some(asio::buffer(scratch_), [self](beast::error_code ec, std::size_t n) {
       self->drained_ += n;
