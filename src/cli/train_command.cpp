@@ -32,10 +32,9 @@ void print_choice(const ModelSelection& selection) {
     if (selection.candidates[i].aiq > selection.candidates[best].aiq) best = i;
   }
   if (best == selection.chosen) {
-    std::fprintf(stderr,
-                 "chose %s: the best AIQ; none with fewer members is within one standard "
-                 "error of it\n",
-                 chosen.name.c_str());
+    const bool stack = chosen.name.rfind("stack:", 0) == 0;
+    std::fprintf(stderr, "chose %s: the best AIQ%s\n", chosen.name.c_str(),
+                 stack ? "; none with fewer members is within one standard error of it" : "");
     return;
   }
   const detail::PairedGap gap = detail::paired_gap(selection.candidates[best], chosen);
@@ -83,13 +82,8 @@ std::vector<CandidateScorer> parse_candidates(const std::string& text) {
   return out;
 }
 
-}  // namespace
-
-int train(const Arguments& args) {
-  args.allow_only({"data", "scorer", "candidates", "out", "seed", "threads", "loss", "temperature",
-                   "epochs", "folds", "stacks", "calibration", "out-of-fold"});
-  const std::string dir = args.required("data");
-  const std::string out = args.required("out");
+// --seed, --threads, --epochs, --loss, --temperature and --calibration.
+TrainOptions parse_train_options(const Arguments& args) {
   TrainOptions options;
   options.seed = static_cast<std::uint64_t>(parse_whole(args.get("seed", "1"), "seed", 0));
   options.threads = static_cast<int>(parse_whole(args.get("threads", "1"), "threads", 1));
@@ -103,15 +97,16 @@ int train(const Arguments& args) {
   options.temperature = parse_number(args.get("temperature", "0.1"), "temperature");
   if (!(options.temperature > 0)) throw Error("--temperature must be > 0");
   options.calibration = parse_calibration_method(args.get("calibration", "linear"));
+  return options;
+}
 
-  const bool named = args.named.count("scorer") != 0;
-  const int folds = static_cast<int>(parse_whole(args.get("folds", "5"), "folds", named ? 0 : 2));
-  if (folds == 1 || folds > 100) throw Error("--folds: expected 0 (no calibration) or 2..100");
-  // Bad candidate specs are refused before any data is read.
-  const std::vector<CandidateScorer> candidates =
-      args.named.count("candidates") ? parse_candidates(args.required("candidates"))
-                                     : std::vector<CandidateScorer>{};
-  if (named && !candidates.empty()) throw Error("--scorer and --candidates exclude each other");
+// Refuses options that do not go together, and bad candidate specs, before
+// any data is read.
+void check_train_arguments(const Arguments& args, bool named) {
+  if (args.named.count("candidates")) {
+    parse_candidates(args.required("candidates"));
+    if (named) throw Error("--scorer and --candidates exclude each other");
+  }
   if (named && args.named.count("out-of-fold")) {
     throw Error("--out-of-fold writes the predictions of a selection: not with --scorer");
   }
@@ -120,37 +115,37 @@ int train(const Arguments& args) {
         "--loss and --temperature apply to --scorer; a candidate names its loss "
         "(--candidates \"mlp:64/soft\")");
   }
-  std::fprintf(stderr, "loading %s\n", dir.c_str());
-  RoutingDataset data = load_routing_dataset(dir);
-  const TrainingSet set = make_training_set(data.experts, data.train, data.name + "/train.jsonl");
+}
 
-  // Where experts.json gives no prices but rows carry costs, learn the prices.
-  ExpertRegistry prices = data.registry;
+// The dataset's prices, or, where experts.json gives none but rows carry
+// costs, prices fitted from them (printed).
+ExpertRegistry dataset_prices(const RoutingDataset& data) {
   const auto fitted = fit_prices(data, data.train);
   bool priced = false;
   for (const auto& e : data.registry.experts()) {
     priced = priced || e.input_usd_per_mtok > 0 || e.output_usd_per_mtok > 0;
   }
-  if (!priced && !fitted.empty()) {
-    ExpertRegistry refit;
-    std::fprintf(stderr,
-                 "experts.json has no prices; fitted from cost_usd (per million tokens):\n");
-    for (const auto& spec : data.registry.experts()) {
-      ExpertSpec priced_spec = spec;
-      for (const auto& f : fitted) {
-        if (f.expert != spec.name) continue;
-        priced_spec.input_usd_per_mtok = f.input_usd_per_mtok;
-        priced_spec.output_usd_per_mtok = f.output_usd_per_mtok;
-        std::fprintf(stderr, "  %-36s in %9.4f  out %9.4f  rmse $%.3g  mean abs error %.1f%%\n",
-                     f.expert.c_str(), f.input_usd_per_mtok, f.output_usd_per_mtok, f.rmse_usd,
-                     100 * f.relative_error);
-      }
-      refit.add(priced_spec);
+  if (priced || fitted.empty()) return data.registry;
+  ExpertRegistry refit;
+  std::fprintf(stderr, "experts.json has no prices; fitted from cost_usd (per million tokens):\n");
+  for (const auto& spec : data.registry.experts()) {
+    ExpertSpec priced_spec = spec;
+    for (const auto& f : fitted) {
+      if (f.expert != spec.name) continue;
+      priced_spec.input_usd_per_mtok = f.input_usd_per_mtok;
+      priced_spec.output_usd_per_mtok = f.output_usd_per_mtok;
+      std::fprintf(stderr, "  %-36s in %9.4f  out %9.4f  rmse $%.3g  mean abs error %.1f%%\n",
+                   f.expert.c_str(), f.input_usd_per_mtok, f.output_usd_per_mtok, f.rmse_usd,
+                   100 * f.relative_error);
     }
-    prices = refit;
+    refit.add(priced_spec);
   }
+  return refit;
+}
 
-  const bool terminal = isatty(fileno(stderr));
+// --scorer: trains the one named, printing each epoch.
+std::unique_ptr<TrainableScorer> train_named(const Arguments& args, const TrainingSet& set,
+                                             TrainOptions options, int folds, bool terminal) {
   options.on_epoch = [terminal](const EpochProgress& p) {
     std::fprintf(
         stderr, "%sepoch %3d  loss %.4f  validation loss %.4f  routed quality %.4f  %6.1fs%s%s",
@@ -158,35 +153,63 @@ int train(const Arguments& args) {
         p.elapsed_seconds, p.improved ? " *" : "  ", terminal ? "" : "\n");
     std::fflush(stderr);
   };
+  const CandidateScorer candidate{args.required("scorer"), options.loss};
+  std::fprintf(stderr, "training %s on %zu rows, %zu experts, %d thread(s)%s\n",
+               candidate.spec.c_str(), set.rows(), set.experts.size(), options.threads,
+               folds > 0 ? fmt::format(", calibrated ({}) on {} folds",
+                                       calibration_method_name(options.calibration), folds)
+                               .c_str()
+                         : "");
+  auto scorer = train_calibrated(candidate, set, options, folds);
+  if (terminal) std::fprintf(stderr, "\n");
+  return scorer;
+}
+
+// No --scorer: chooses by cross-validation, printing each candidate.
+std::unique_ptr<TrainableScorer> train_chosen(const Arguments& args, const RoutingDataset& data,
+                                              const ExpertRegistry& prices,
+                                              const TrainOptions& options, int folds) {
+  SelectionOptions selection;
+  if (args.named.count("candidates"))
+    selection.candidates = parse_candidates(args.required("candidates"));
+  selection.folds = folds;
+  selection.stacks = parse_whole(args.get("stacks", "1"), "stacks", 0) != 0;
+  selection.on_candidate = print_candidate;
+  if (args.named.count("out-of-fold")) {
+    selection.on_out_of_fold = out_of_fold_writer(args.required("out-of-fold"), data);
+  }
+  std::fprintf(stderr,
+               "choosing a scorer by %d-fold cross-validated AIQ on %zu training rows, "
+               "calibrated (%s) on the other folds:\n",
+               folds, data.train.size(), calibration_method_name(options.calibration));
+  auto scorer = train_best(data, prices, options, selection);
+  print_choice(scorer->training().selection);
+  return scorer;
+}
+
+}  // namespace
+
+int train(const Arguments& args) {
+  args.allow_only({"data", "scorer", "candidates", "out", "seed", "threads", "loss", "temperature",
+                   "epochs", "folds", "stacks", "calibration", "out-of-fold"});
+  const std::string dir = args.required("data");
+  const std::string out = args.required("out");
+  const TrainOptions options = parse_train_options(args);
+  const bool named = args.named.count("scorer") != 0;
+  const int folds = static_cast<int>(parse_whole(args.get("folds", "5"), "folds", named ? 0 : 2));
+  if (folds == 1 || folds > 100) throw Error("--folds: expected 0 (no calibration) or 2..100");
+  check_train_arguments(args, named);
+
+  std::fprintf(stderr, "loading %s\n", dir.c_str());
+  const RoutingDataset data = load_routing_dataset(dir);
+  const ExpertRegistry prices = dataset_prices(data);
   std::unique_ptr<TrainableScorer> scorer;
   if (named) {
-    const CandidateScorer candidate{args.required("scorer"), options.loss};
-    std::fprintf(stderr, "training %s on %zu rows, %zu experts, %d thread(s)%s\n",
-                 candidate.spec.c_str(), set.rows(), set.experts.size(), options.threads,
-                 folds > 0 ? fmt::format(", calibrated ({}) on {} folds",
-                                         calibration_method_name(options.calibration), folds)
-                                 .c_str()
-                           : "");
-    scorer = train_calibrated(candidate, set, options, folds);
+    const TrainingSet set = make_training_set(data.experts, data.train, data.name + "/train.jsonl");
+    scorer = train_named(args, set, options, folds, isatty(fileno(stderr)) != 0);
   } else {
-    SelectionOptions selection;
-    if (args.named.count("candidates"))
-      selection.candidates = parse_candidates(args.required("candidates"));
-    selection.folds = folds;
-    selection.stacks = parse_whole(args.get("stacks", "1"), "stacks", 0) != 0;
-    selection.on_candidate = print_candidate;
-    if (args.named.count("out-of-fold")) {
-      selection.on_out_of_fold = out_of_fold_writer(args.required("out-of-fold"), data);
-    }
-    std::fprintf(stderr,
-                 "choosing a scorer by %d-fold cross-validated AIQ on %zu training rows, "
-                 "calibrated (%s) on the other folds:\n",
-                 folds, set.rows(), calibration_method_name(options.calibration));
-    options.on_epoch = nullptr;
-    scorer = train_best(data, prices, options, selection);
-    print_choice(scorer->training().selection);
+    scorer = train_chosen(args, data, prices, options, folds);
   }
-  if (terminal && named) std::fprintf(stderr, "\n");
   save_model(*scorer, out, &prices);
   const TrainReport& report = scorer->training().report;
   std::printf(
