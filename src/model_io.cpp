@@ -350,6 +350,10 @@ TensorEntry read_entry(simdjson::dom::element entry, std::uint32_t format_versio
   return out;
 }
 
+// How many float32 bytes the tensors may decode to per payload byte: f16
+// doubles, and each name sharing a tensor's bytes decodes them again.
+constexpr std::uint64_t kMaxDecodedPerPayloadByte = 16;
+
 // The payload's bookkeeping while reading tensor entries in order.
 struct PayloadCursor {
   std::size_t payload_size = 0;
@@ -380,13 +384,14 @@ struct PayloadCursor {
                       where, entry.name, shape_text(entry.shape), left));
     }
     // Shared bytes are decoded once per name: bounded, so a file of many
-    // names for one tensor cannot make the reader allocate without limit.
+    // names for one tensor cannot make the reader allocate without limit
+    // (a stack of several members sharing one projection stays well inside).
     decoded_bytes += count * 4;
-    if (decoded_bytes > 4 * static_cast<std::uint64_t>(payload_size)) {
+    if (decoded_bytes > kMaxDecodedPerPayloadByte * static_cast<std::uint64_t>(payload_size)) {
       throw Error(
-          fmt::format("{}tensor \"{}\": the tensors decode to more than four times the "
+          fmt::format("{}tensor \"{}\": the tensors decode to more than {} times the "
                       "payload's {} bytes",
-                      where, entry.name, payload_size));
+                      where, entry.name, kMaxDecodedPerPayloadByte, payload_size));
     }
     if (!shared) {
       spans.insert(StoredSpan{entry.offset, entry.type, count});
