@@ -29,8 +29,11 @@
 #include <unordered_set>
 #include <utility>
 
+#include "collect_journal.hpp"
 #include "json_text.hpp"
 #include "json_type_name.hpp"
+#include "jsonl_lines.hpp"
+#include "retry_rule.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/cost_model.hpp"
 #include "torouter/error.hpp"
@@ -39,83 +42,18 @@ TOROUTER_BEGIN_NAMESPACE
 
 namespace {
 
+using detail::for_each_line;
+using detail::JournalEntry;
+using detail::JournalWriter;
 using detail::json_number;
 using detail::json_string;
+using detail::pair_key;
+using detail::parse_object;
+using detail::read_file;
+using detail::read_journal;
 using simdjson::dom::element;
 using simdjson::dom::element_type;
 using Clock = std::chrono::steady_clock;
-
-constexpr std::string_view kJournalHeaderKey = "torouter_collect_journal";
-constexpr std::uint64_t kJournalVersion = 1;
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open file", path), ErrorCode::FileAccess);
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw Error(fmt::format("{}: cannot read file", path), ErrorCode::FileAccess);
-  return text.str();
-}
-
-bool is_space(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
-}
-
-bool is_blank(std::string_view line) {
-  for (char c : line) {
-    if (!is_space(c)) return false;
-  }
-  return true;
-}
-
-char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
-
-// Python's string.punctuation: the printable ASCII that is neither a letter,
-// a digit nor a space.
-bool is_ascii_punctuation(char c) {
-  return (c >= '!' && c <= '/') || (c >= ':' && c <= '@') || (c >= '[' && c <= '`') ||
-         (c >= '{' && c <= '~');
-}
-
-// Calls `fn(line, line_no)` for each line, split on '\n' only (prompts may
-// hold U+2028). Blank lines are allowed at the end only, as the dataset
-// reader allows them.
-template <typename Fn>
-void for_each_line(std::string_view text, const std::string& origin, Fn&& fn) {
-  std::size_t line_no = 0;
-  std::size_t start = 0;
-  std::size_t first_blank = 0;
-  while (start < text.size()) {
-    std::size_t end = text.find('\n', start);
-    if (end == std::string_view::npos) end = text.size();
-    const std::string_view line = text.substr(start, end - start);
-    ++line_no;
-    start = end + 1;
-    if (is_blank(line)) {
-      if (first_blank == 0) first_blank = line_no;
-      continue;
-    }
-    if (first_blank != 0) throw Error(fmt::format("{}:{}: empty line", origin, first_blank));
-    fn(line, line_no);
-  }
-}
-
-simdjson::dom::object parse_object(simdjson::dom::parser& parser, std::string_view line,
-                                   const std::string& origin, std::size_t line_no) {
-  const simdjson::padded_string padded(line);
-  element root;
-  if (auto error = parser.parse(padded).get(root); error != simdjson::SUCCESS) {
-    throw Error(
-        fmt::format("{}:{}: not valid JSON: {}", origin, line_no, simdjson::error_message(error)));
-  }
-  simdjson::dom::object object;
-  if (root.get_object().get(object) != simdjson::SUCCESS) {
-    throw Error(
-        fmt::format("{}:{}: expected a JSON object, got {}", origin, line_no,
-                    detail::json_type_name(root)));
-  }
-  return object;
-}
 
 // Ties a journal entry to the text it answered, so a prompts file edited
 // between runs cannot pass an old answer off as the answer to a new prompt.
@@ -127,257 +65,6 @@ std::string prompt_hash(std::string_view prompt) {
   }
   return fmt::format("{:016x}", h);
 }
-
-// ---------------------------------------------------------------- metrics
-
-std::vector<std::string> split_tokens(const std::string& text) {
-  std::vector<std::string> tokens;
-  std::size_t i = 0;
-  while (i < text.size()) {
-    while (i < text.size() && is_space(text[i])) ++i;
-    const std::size_t begin = i;
-    while (i < text.size() && !is_space(text[i])) ++i;
-    if (i > begin) tokens.emplace_back(text.substr(begin, i - begin));
-  }
-  return tokens;
-}
-
-std::vector<std::string> squad_tokens(std::string_view text) {
-  std::string cleaned;
-  cleaned.reserve(text.size());
-  for (char c : text) {
-    if (!is_ascii_punctuation(c)) cleaned.push_back(ascii_lower(c));
-  }
-  std::vector<std::string> tokens = split_tokens(cleaned);
-  tokens.erase(
-      std::remove_if(tokens.begin(), tokens.end(),
-                     [](const std::string& t) { return t == "a" || t == "an" || t == "the"; }),
-      tokens.end());
-  return tokens;
-}
-
-std::vector<std::string> rouge_tokens(std::string_view text) {
-  std::string cleaned;
-  cleaned.reserve(text.size());
-  for (char c : text) cleaned.push_back(is_ascii_punctuation(c) ? ' ' : ascii_lower(c));
-  return split_tokens(cleaned);
-}
-
-double f_measure(std::size_t common, std::size_t answer_tokens, std::size_t reference_tokens) {
-  if (answer_tokens == 0 || reference_tokens == 0) {
-    return answer_tokens == reference_tokens ? 1.0 : 0.0;
-  }
-  if (common == 0) return 0.0;
-  const double precision = static_cast<double>(common) / static_cast<double>(answer_tokens);
-  const double recall = static_cast<double>(common) / static_cast<double>(reference_tokens);
-  return 2.0 * precision * recall / (precision + recall);
-}
-
-// ---------------------------------------------------------------- journal
-
-// One finished (prompt, expert) pair as the journal records it.
-struct JournalEntry {
-  std::string id;
-  std::string expert;
-  std::string hash;
-  bool ok = false;
-  double quality = 0.0;
-  std::size_t input_tokens = 0;
-  std::size_t output_tokens = 0;
-  std::size_t output_chars = 0;
-  double latency_ms = 0.0;
-  std::string failure;
-  std::string message;
-  int attempts = 0;
-  std::string answer;
-};
-
-std::string journal_line(const JournalEntry& e) {
-  std::string line =
-      fmt::format("{{\"id\":{},\"expert\":{},\"prompt_hash\":\"{}\",\"ok\":{}", json_string(e.id),
-                  json_string(e.expert), e.hash, e.ok ? "true" : "false");
-  if (e.ok) {
-    line +=
-        fmt::format(",\"quality\":{},\"input_tokens\":{},\"output_tokens\":{},\"output_chars\":{}",
-                    json_number(e.quality), e.input_tokens, e.output_tokens, e.output_chars);
-  } else {
-    line += fmt::format(",\"failure\":{},\"message\":{}", json_string(e.failure),
-                        json_string(e.message));
-  }
-  line += fmt::format(",\"latency_ms\":{},\"attempts\":{},\"answer\":{}}}\n",
-                      json_number(e.latency_ms), e.attempts, json_string(e.answer));
-  return line;
-}
-
-// Reads one journal line; errors name the journal, the line and the field.
-class JournalReader {
- public:
-  JournalReader(const std::string& origin, std::size_t line_no)
-      : origin_(origin), line_no_(line_no) {}
-
-  JournalEntry read(simdjson::dom::object object) const {
-    JournalEntry e;
-    bool saw_id = false, saw_expert = false, saw_hash = false, saw_ok = false;
-    for (auto field : object) {
-      const std::string_view key = field.key;
-      if (key == "id") {
-        e.id = text(key, field.value);
-        saw_id = true;
-      } else if (key == "expert") {
-        e.expert = text(key, field.value);
-        saw_expert = true;
-      } else if (key == "prompt_hash") {
-        e.hash = text(key, field.value);
-        saw_hash = true;
-      } else if (key == "ok") {
-        if (field.value.get_bool().get(e.ok) != simdjson::SUCCESS)
-          fail(key, "expected true or false");
-        saw_ok = true;
-      } else if (key == "quality") {
-        e.quality = number(key, field.value);
-      } else if (key == "input_tokens") {
-        e.input_tokens = whole(key, field.value);
-      } else if (key == "output_tokens") {
-        e.output_tokens = whole(key, field.value);
-      } else if (key == "output_chars") {
-        e.output_chars = whole(key, field.value);
-      } else if (key == "latency_ms") {
-        e.latency_ms = number(key, field.value);
-      } else if (key == "attempts") {
-        e.attempts = static_cast<int>(whole(key, field.value));
-      } else if (key == "failure") {
-        e.failure = text(key, field.value);
-      } else if (key == "message") {
-        e.message = text(key, field.value);
-      } else if (key == "answer") {
-        e.answer = text(key, field.value);
-      }
-    }
-    if (!saw_id) fail("id", "missing");
-    if (!saw_expert) fail("expert", "missing");
-    if (!saw_hash) fail("prompt_hash", "missing");
-    if (!saw_ok) fail("ok", "missing");
-    if (e.ok && !(e.quality >= 0.0 && e.quality <= 1.0)) {
-      fail("quality", fmt::format("must be in [0, 1], got {}", e.quality));
-    }
-    return e;
-  }
-
- private:
-  [[noreturn]] void fail(std::string_view field, std::string_view problem) const {
-    throw Error(fmt::format("{}:{}: {}: {}", origin_, line_no_, field, problem));
-  }
-  std::string text(std::string_view key, element value) const {
-    std::string_view out;
-    if (value.get_string().get(out) != simdjson::SUCCESS) {
-      fail(key, fmt::format("expected a string, got {}", detail::json_type_name(value)));
-    }
-    return std::string(out);
-  }
-  double number(std::string_view key, element value) const {
-    double out = 0;
-    if (value.get_double().get(out) != simdjson::SUCCESS) {
-      fail(key, fmt::format("expected a number, got {}", detail::json_type_name(value)));
-    }
-    return out;
-  }
-  std::size_t whole(std::string_view key, element value) const {
-    std::uint64_t out = 0;
-    if (value.get_uint64().get(out) != simdjson::SUCCESS) {
-      fail(key, fmt::format("expected a whole number >= 0, got {}", simdjson::to_string(value)));
-    }
-    return static_cast<std::size_t>(out);
-  }
-
-  const std::string& origin_;
-  std::size_t line_no_;
-};
-
-std::string pair_key(std::string_view id, std::string_view expert) {
-  std::string key(id);
-  key.push_back('\0');  // ids and names are JSON strings, so '\0' separates them unambiguously
-  key.append(expert);
-  return key;
-}
-
-// Reads the journal (latest entry per pair wins, so a retried failure
-// supersedes its earlier record), drops a torn last line, and leaves the file
-// ready to append to.
-std::unordered_map<std::string, JournalEntry> read_journal(const std::filesystem::path& path) {
-  std::unordered_map<std::string, JournalEntry> entries;
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) return entries;
-  const std::string origin = path.string();
-  const std::string text = read_file(origin);
-  const std::size_t last_newline = text.rfind('\n');
-  const std::size_t complete = last_newline == std::string::npos ? 0 : last_newline + 1;
-  if (complete < text.size()) {
-    // The process died mid-write: that pair's answer never reached the
-    // journal whole, so it counts as not done.
-    std::filesystem::resize_file(path, complete, ec);
-    if (ec)
-      throw Error(fmt::format("{}: cannot truncate a torn last line: {}", origin, ec.message()));
-  }
-  simdjson::dom::parser parser;
-  bool saw_header = false;
-  for_each_line(std::string_view(text).substr(0, complete), origin,
-                [&](std::string_view line, std::size_t line_no) {
-                  const auto object = parse_object(parser, line, origin, line_no);
-                  if (!saw_header) {
-                    std::uint64_t version = 0;
-                    if (object[kJournalHeaderKey].get_uint64().get(version) != simdjson::SUCCESS) {
-                      throw Error(
-                          fmt::format("{}:{}: not a torouter collect journal (expected "
-                                      "{{\"{}\": {}}} first)",
-                                      origin, line_no, kJournalHeaderKey, kJournalVersion));
-                    }
-                    if (version > kJournalVersion) {
-                      throw Error(
-                          fmt::format("{}:{}: journal version {} is newer than this "
-                                      "torouter reads ({}); upgrade torouter or use a "
-                                      "fresh output folder",
-                                      origin, line_no, version, kJournalVersion));
-                    }
-                    saw_header = true;
-                    return;
-                  }
-                  JournalEntry e = JournalReader(origin, line_no).read(object);
-                  std::string key = pair_key(e.id, e.expert);
-                  entries[std::move(key)] = std::move(e);
-                });
-  return entries;
-}
-
-// Appends lines and flushes each, from any worker thread.
-class JournalWriter {
- public:
-  explicit JournalWriter(const std::filesystem::path& path) : path_(path.string()) {
-    std::error_code ec;
-    const bool fresh =
-        !std::filesystem::exists(path, ec) || std::filesystem::file_size(path, ec) == 0;
-    file_ = std::fopen(path_.c_str(), "ab");
-    if (file_ == nullptr)
-      throw Error(fmt::format("{}: cannot open for appending", path_), ErrorCode::FileAccess);
-    if (fresh) append(fmt::format("{{\"{}\":{}}}\n", kJournalHeaderKey, kJournalVersion));
-  }
-  ~JournalWriter() {
-    if (file_ != nullptr) std::fclose(file_);
-  }
-  JournalWriter(const JournalWriter&) = delete;
-  JournalWriter& operator=(const JournalWriter&) = delete;
-
-  void append(const std::string& line) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
-      throw Error(fmt::format("{}: cannot write the journal", path_));
-    }
-  }
-
- private:
-  std::string path_;
-  std::FILE* file_ = nullptr;
-  std::mutex mutex_;
-};
 
 // ---------------------------------------------------------------- calling
 
@@ -651,85 +338,6 @@ std::vector<CollectPrompt> load_prompts(const std::string& path, bool require_re
   return parse_prompts(read_file(path), path, require_reference);
 }
 
-Metric parse_metric(std::string_view name) {
-  for (Metric m : {Metric::ExactMatch, Metric::TokenF1, Metric::RougeL}) {
-    if (name == to_string(m)) return m;
-  }
-  throw Error(fmt::format("unknown metric \"{}\" (known: exact, f1, rougeL)", name));
-}
-
-std::string normalize_answer(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  bool pending_space = false;
-  for (char c : text) {
-    if (is_space(c)) {
-      pending_space = !out.empty();
-      continue;
-    }
-    if (pending_space) out.push_back(' ');
-    pending_space = false;
-    out.push_back(ascii_lower(c));
-  }
-  return out;
-}
-
-double exact_match_score(std::string_view answer, std::string_view reference) {
-  return normalize_answer(answer) == normalize_answer(reference) ? 1.0 : 0.0;
-}
-
-double token_f1_score(std::string_view answer, std::string_view reference) {
-  std::vector<std::string> a = squad_tokens(answer);
-  std::vector<std::string> r = squad_tokens(reference);
-  // Shared tokens as multisets: merge the two sorted lists.
-  std::sort(a.begin(), a.end());
-  std::sort(r.begin(), r.end());
-  std::size_t common = 0;
-  for (std::size_t i = 0, j = 0; i < a.size() && j < r.size();) {
-    if (a[i] == r[j]) {
-      ++common;
-      ++i;
-      ++j;
-    } else if (a[i] < r[j]) {
-      ++i;
-    } else {
-      ++j;
-    }
-  }
-  return f_measure(common, a.size(), r.size());
-}
-
-double rouge_l_score(std::string_view answer, std::string_view reference) {
-  const std::vector<std::string> a = rouge_tokens(answer);
-  const std::vector<std::string> r = rouge_tokens(reference);
-  // LCS length by dynamic programming, two rows of the table at a time.
-  std::vector<std::size_t> previous(r.size() + 1, 0), current(r.size() + 1, 0);
-  for (std::size_t i = 1; i <= a.size(); ++i) {
-    for (std::size_t j = 1; j <= r.size(); ++j) {
-      current[j] =
-          a[i - 1] == r[j - 1] ? previous[j - 1] + 1 : std::max(previous[j], current[j - 1]);
-    }
-    std::swap(previous, current);
-  }
-  return f_measure(previous[r.size()], a.size(), r.size());
-}
-
-AnswerScorer make_metric_scorer(Metric metric) {
-  switch (metric) {
-    case Metric::ExactMatch:
-      return [](const CollectPrompt& p, std::string_view a) {
-        return exact_match_score(a, p.reference);
-      };
-    case Metric::TokenF1:
-      return
-          [](const CollectPrompt& p, std::string_view a) { return token_f1_score(a, p.reference); };
-    case Metric::RougeL:
-      return
-          [](const CollectPrompt& p, std::string_view a) { return rouge_l_score(a, p.reference); };
-  }
-  throw Error("make_metric_scorer: unknown metric");
-}
-
 CollectSummary collect_dataset(const std::vector<CollectPrompt>& prompts,
                                const ExpertRegistry& registry,
                                const std::map<std::string, Transport>& transports,
@@ -835,15 +443,14 @@ CollectSummary collect_dataset(const std::vector<CollectPrompt>& prompts,
       attempts = attempt;
       if (response.ok() || !is_retryable(response.failure) || attempt == options.max_attempts)
         break;
-      auto pause = std::chrono::milliseconds(static_cast<std::int64_t>(
+      const auto backoff = std::chrono::milliseconds(static_cast<std::int64_t>(
           std::min(backoff_ms, static_cast<double>(options.max_backoff.count()))));
-      if (response.failure == FailureKind::RateLimited) {
-        pause = std::max(pause, std::min(response.retry_after, options.max_retry_after));
-      }
+      const auto pause = detail::retry_wait(response, backoff, options.max_retry_after);
+      if (!pause) break;  // told to wait past max_retry_after: failed, for a later run
       // The slot stays held while waiting: a struggling expert should not get
       // more calls in flight, only fewer.
-      std::this_thread::sleep_for(pause);
-      backoff_ms *= options.backoff_multiplier;
+      std::this_thread::sleep_for(*pause);
+      if (!detail::said_when_to_retry(response)) backoff_ms *= options.backoff_multiplier;
     }
     scheduler.release(e);
 

@@ -22,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "retry_rule.hpp"
 #include "router_state.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/error.hpp"
@@ -304,14 +305,14 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     ++attempt_number_;
     milliseconds wait{0};
     if (attempt_number_ > 1) {
-      if (last_.failure == FailureKind::RateLimited && last_.retry_after.count() > 0) {
-        if (last_.retry_after > options_.max_retry_after) {  // fail over instead
-          end_expert();
-          return;
-        }
-        wait = last_.retry_after;
-      } else {
-        wait = backoff_;
+      const std::optional<milliseconds> pause =
+          detail::retry_wait(last_, backoff_, options_.max_retry_after);
+      if (!pause) {  // a retry_after past the limit: fail over instead
+        end_expert();
+        return;
+      }
+      wait = *pause;
+      if (!detail::said_when_to_retry(last_)) {
         backoff_ =
             std::min(options_.max_backoff,
                      milliseconds(static_cast<milliseconds::rep>(

@@ -17,15 +17,15 @@
 #include <cmath>
 #include <limits>
 
+#include "nn/activations.hpp"
+#include "nn/dense.hpp"
+#include "nn/embedding_bag.hpp"
+#include "nn/int8_embedding_bag.hpp"
+#include "nn/losses.hpp"
 #include "scorers.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 #include "torouter/features.hpp"
-#include "torouter/nn/activations.hpp"
-#include "torouter/nn/dense.hpp"
-#include "torouter/nn/embedding_bag.hpp"
-#include "torouter/nn/int8_embedding_bag.hpp"
-#include "torouter/nn/losses.hpp"
 #include "trainer.hpp"
 
 TOROUTER_BEGIN_NAMESPACE

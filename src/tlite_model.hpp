@@ -25,13 +25,13 @@
 #include <utility>
 #include <vector>
 
+#include "nn/activations.hpp"
+#include "nn/dense.hpp"
+#include "nn/encoder_layer.hpp"
+#include "nn/layer_norm.hpp"
+#include "nn/losses.hpp"
+#include "nn/parameters.hpp"
 #include "torouter/abi.hpp"
-#include "torouter/nn/activations.hpp"
-#include "torouter/nn/dense.hpp"
-#include "torouter/nn/encoder_layer.hpp"
-#include "torouter/nn/layer_norm.hpp"
-#include "torouter/nn/losses.hpp"
-#include "torouter/nn/parameters.hpp"
 #include "torouter/train.hpp"
 
 TOROUTER_BEGIN_NAMESPACE

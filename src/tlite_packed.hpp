@@ -21,10 +21,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "nn/activations.hpp"
+#include "nn/dense.hpp"
 #include "tlite_model.hpp"
 #include "torouter/abi.hpp"
-#include "torouter/nn/activations.hpp"
-#include "torouter/nn/dense.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
 namespace detail {

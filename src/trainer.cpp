@@ -9,9 +9,9 @@
 #include <random>
 #include <thread>
 
+#include "nn/adamw.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/error.hpp"
-#include "torouter/nn/adamw.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
 namespace detail {
@@ -94,8 +94,8 @@ TrainReport train_network(Network& network, const TrainingSet& set, const TrainO
   std::vector<std::size_t> order(set.rows());
   std::iota(order.begin(), order.end(), 0);
   shuffle(order, rng);
-  const auto held_out = static_cast<std::size_t>(
-      static_cast<double>(set.rows()) * options.validation_fraction);
+  const auto held_out =
+      static_cast<std::size_t>(static_cast<double>(set.rows()) * options.validation_fraction);
   std::vector<std::size_t> validation(order.begin(), order.begin() + static_cast<long>(held_out));
   std::vector<std::size_t> train(order.begin() + static_cast<long>(held_out), order.end());
   std::sort(validation.begin(), validation.end());
@@ -150,7 +150,8 @@ TrainReport train_network(Network& network, const TrainingSet& set, const TrainO
       for (std::size_t s = 1; s < shards; ++s) threads.emplace_back(work, s);
       work(0);
       for (auto& t : threads) t.join();
-      for (std::size_t s = 1; s < shards; ++s) reduce_into(parameters, replicas[s - 1]->parameters());
+      for (std::size_t s = 1; s < shards; ++s)
+        reduce_into(parameters, replicas[s - 1]->parameters());
       for (double l : shard_loss) loss_sum += l;
       loss_rows += batch;
 

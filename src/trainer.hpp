@@ -8,8 +8,8 @@
 #include <memory>
 #include <vector>
 
+#include "nn/parameters.hpp"
 #include "torouter/abi.hpp"
-#include "torouter/nn/parameters.hpp"
 #include "torouter/train.hpp"
 
 TOROUTER_BEGIN_NAMESPACE

@@ -543,6 +543,44 @@ TEST_CASE("failed pairs stay reported across runs and are retried only on reques
   for (const auto& row : complete) CHECK(row.complete());
 }
 
+TEST_CASE("a rate limit's retry_after is waited out within the limit and not past it") {
+  const TempDir dir_tmp("retry_after");
+  const fs::path& dir = dir_tmp.path();
+  const auto prompts = make_prompts(2);
+  ExpertRegistry registry;
+  registry.add(ExpertSpec("soon", 1.0, 1.0));
+  registry.add(ExpertSpec("later", 1.0, 1.0));
+  CallLog log;
+  std::map<std::string, Transport> transports;
+  // "soon" asks for 30 ms, within the limit: waited out, then answered.
+  transports["soon"] = counted(log, [](const Request& r) {
+    if (r.attempt == 1)
+      return Response::failed(FailureKind::RateLimited, "429", std::chrono::milliseconds(30));
+    return Response::answer("fine");
+  });
+  // "later" asks for an hour, past the limit: failed at once, not waited.
+  transports["later"] = counted(log, [](const Request&) {
+    return Response::failed(FailureKind::RateLimited, "429", std::chrono::hours(1));
+  });
+  CollectOptions options = fast_options();
+  options.max_retry_after = std::chrono::milliseconds(200);
+  const auto start = std::chrono::steady_clock::now();
+  const CollectSummary s = torouter::collect_dataset(
+      prompts, registry, transports, torouter::make_metric_scorer(torouter::Metric::ExactMatch),
+      dir.string(), options);
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+  REQUIRE(s.failures.size() == 2);
+  for (const auto& f : s.failures) {
+    CHECK(f.expert == "later");
+    CHECK(f.failure == "rate_limited");
+    CHECK(f.attempts == 1);
+  }
+  for (const auto& p : prompts) {
+    CHECK(log.calls(p.prompt, "soon") == 2);
+    CHECK(log.calls(p.prompt, "later") == 1);
+  }
+}
+
 TEST_CASE("scorer failures and async timeouts are recorded and bad setups refused") {
   const TempDir dir_tmp("errors");
   const fs::path& dir = dir_tmp.path();

@@ -21,16 +21,16 @@
 #include <string>
 #include <vector>
 
-#include "torouter/nn/activations.hpp"
-#include "torouter/nn/adamw.hpp"
-#include "torouter/nn/attention.hpp"
-#include "torouter/nn/dense.hpp"
-#include "torouter/nn/embedding_bag.hpp"
-#include "torouter/nn/int8_embedding_bag.hpp"
-#include "torouter/nn/encoder_layer.hpp"
-#include "torouter/nn/layer_norm.hpp"
-#include "torouter/nn/losses.hpp"
-#include "torouter/nn/parameters.hpp"
+#include "nn/activations.hpp"
+#include "nn/adamw.hpp"
+#include "nn/attention.hpp"
+#include "nn/dense.hpp"
+#include "nn/embedding_bag.hpp"
+#include "nn/encoder_layer.hpp"
+#include "nn/int8_embedding_bag.hpp"
+#include "nn/layer_norm.hpp"
+#include "nn/losses.hpp"
+#include "nn/parameters.hpp"
 
 namespace nn = torouter::nn;
 using MatD = nn::Matrix<double>;

@@ -13,8 +13,8 @@
 #include <string_view>
 #include <vector>
 
-#include "../src/tlite_model.hpp"
-#include "../src/tlite_packed.hpp"
+#include "tlite_model.hpp"
+#include "tlite_packed.hpp"
 #include "torouter/error.hpp"
 #include "torouter/trainable_scorer.hpp"
 

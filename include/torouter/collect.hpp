@@ -147,7 +147,10 @@ struct CollectOptions {
   std::chrono::milliseconds max_backoff{10000};
   /// Growth of the pause between successive retries.
   double backoff_multiplier = 2.0;
-  /// A rate-limited expert's `retry_after` is honoured up to this long.
+  /// A rate-limited expert's `retry_after` is waited out when it is within
+  /// this long; past it the pair is recorded as failed at once (the
+  /// router's rule, where it fails over instead; `retry_failed` calls it
+  /// again on a later run).
   std::chrono::milliseconds max_retry_after{60000};
   /// Time one call may take (passed as `Request::timeout`; an asynchronous
   /// transport that has not completed by then counts as timed out).

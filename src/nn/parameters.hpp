@@ -1,6 +1,6 @@
-// torouter/nn/parameters.hpp: the matrix type of the nn building blocks and a
-// uniform list of a model's parameters (name, value, gradient), which the
-// optimiser steps, the trainer zeroes and model files save by name.
+// nn/parameters.hpp (internal, not installed): the matrix type of the nn building blocks and
+// a uniform list of a model's parameters (name, value, gradient), which the optimiser steps, the
+// trainer zeroes and model files save by name.
 //
 // Every block appends its parameters under a prefix:
 //

@@ -1,4 +1,4 @@
-// torouter/nn/embedding_bag.hpp: sparse hashed features to a dense vector,
+// nn/embedding_bag.hpp (internal, not installed): sparse hashed features to a dense vector,
 // the value-weighted sum of one embedding row per feature bucket, with a
 // backward pass that touches only the rows the batch used.
 //
@@ -24,8 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "nn/parameters.hpp"
 #include "torouter/abi.hpp"
-#include "torouter/nn/parameters.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
 namespace nn {

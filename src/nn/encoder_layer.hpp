@@ -1,4 +1,4 @@
-// torouter/nn/encoder_layer.hpp: a pre-norm transformer encoder layer over
+// nn/encoder_layer.hpp (internal, not installed): a pre-norm transformer encoder layer over
 // one sequence (rows are positions), with its backward pass:
 //
 //   y   = x + MHA(LN1(x))
@@ -17,12 +17,12 @@
 
 #include <string>
 
+#include "nn/activations.hpp"
+#include "nn/attention.hpp"
+#include "nn/dense.hpp"
+#include "nn/layer_norm.hpp"
+#include "nn/parameters.hpp"
 #include "torouter/abi.hpp"
-#include "torouter/nn/activations.hpp"
-#include "torouter/nn/attention.hpp"
-#include "torouter/nn/dense.hpp"
-#include "torouter/nn/layer_norm.hpp"
-#include "torouter/nn/parameters.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
 namespace nn {

@@ -1,4 +1,4 @@
-// torouter/nn/layer_norm.hpp: layer normalisation over the last dimension
+// nn/layer_norm.hpp (internal, not installed): layer normalisation over the last dimension
 // (each row), y = (x - mean) / sqrt(var + eps) * gain + bias, as PyTorch's
 // nn.LayerNorm (biased variance, eps 1e-5), with its backward pass.
 //
@@ -11,8 +11,8 @@
 #include <cmath>
 #include <string>
 
+#include "nn/parameters.hpp"
 #include "torouter/abi.hpp"
-#include "torouter/nn/parameters.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
 namespace nn {

@@ -1,4 +1,4 @@
-// torouter/nn/dense.hpp: a fully connected (linear) layer, y = x W + b, over
+// nn/dense.hpp (internal, not installed): a fully connected (linear) layer, y = x W + b, over
 // a batch whose rows are examples, with its backward pass.
 //
 //   torouter::nn::Dense<float> layer(64, 32);
@@ -15,8 +15,8 @@
 #include <cmath>
 #include <string>
 
+#include "nn/parameters.hpp"
 #include "torouter/abi.hpp"
-#include "torouter/nn/parameters.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
 namespace nn {

@@ -1,4 +1,4 @@
-// torouter/nn/attention.hpp: multi-head self-attention over one sequence
+// nn/attention.hpp (internal, not installed): multi-head self-attention over one sequence
 // (rows are positions), with Q, K, V and output projections and scaled
 // dot-product softmax, and its backward pass.
 //
@@ -23,9 +23,9 @@
 #include <string>
 #include <vector>
 
+#include "nn/dense.hpp"
+#include "nn/parameters.hpp"
 #include "torouter/abi.hpp"
-#include "torouter/nn/dense.hpp"
-#include "torouter/nn/parameters.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
 namespace nn {

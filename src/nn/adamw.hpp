@@ -1,4 +1,4 @@
-// torouter/nn/adamw.hpp: the AdamW optimiser (Adam with decoupled weight
+// nn/adamw.hpp (internal, not installed): the AdamW optimiser (Adam with decoupled weight
 // decay and bias correction, Loshchilov & Hutter) over a ParameterList.
 //
 //   torouter::nn::ParameterList<float> params;
@@ -24,8 +24,8 @@
 #include <cstddef>
 #include <vector>
 
+#include "nn/parameters.hpp"
 #include "torouter/abi.hpp"
-#include "torouter/nn/parameters.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
 namespace nn {

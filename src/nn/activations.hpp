@@ -1,5 +1,5 @@
-// torouter/nn/activations.hpp: element-wise activations (ReLU, GELU, sigmoid)
-// and their backward passes.
+// nn/activations.hpp (internal, not installed): element-wise activations (ReLU, GELU,
+// sigmoid) and their backward passes.
 //
 //   torouter::nn::gelu(pre, act);                 // act = GELU(pre)
 //   torouter::nn::gelu_backward(pre, dact, dpre); // dpre = dact * GELU'(pre)
@@ -12,8 +12,8 @@
 
 #include <cmath>
 
+#include "nn/parameters.hpp"
 #include "torouter/abi.hpp"
-#include "torouter/nn/parameters.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
 namespace nn {

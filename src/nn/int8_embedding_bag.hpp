@@ -1,4 +1,4 @@
-// torouter/nn/int8_embedding_bag.hpp: an embedding bag for serving whose
+// nn/int8_embedding_bag.hpp (internal, not installed): an embedding bag for serving whose
 // table is stored as int8 with one float scale per row, a quarter of the
 // float table's bytes.
 //
@@ -23,9 +23,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "nn/embedding_bag.hpp"
+#include "nn/parameters.hpp"
 #include "torouter/abi.hpp"
-#include "torouter/nn/embedding_bag.hpp"
-#include "torouter/nn/parameters.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
 namespace nn {

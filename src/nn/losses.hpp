@@ -1,4 +1,4 @@
-// torouter/nn/losses.hpp: the two training losses of the scorers, each
+// nn/losses.hpp (internal, not installed): the two training losses of the scorers, each
 // returning the loss and setting its gradient with respect to the logits.
 // Rows are prompts, columns experts.
 //
@@ -21,8 +21,8 @@
 #include <cmath>
 #include <limits>
 
+#include "nn/parameters.hpp"
 #include "torouter/abi.hpp"
-#include "torouter/nn/parameters.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
 namespace nn {
