@@ -43,6 +43,7 @@ TOROUTER_BEGIN_NAMESPACE
 namespace {
 
 using detail::for_each_line;
+using detail::journal_line;
 using detail::JournalEntry;
 using detail::JournalWriter;
 using detail::json_number;
@@ -446,7 +447,12 @@ CollectSummary collect_dataset(const std::vector<CollectPrompt>& prompts,
       const auto backoff = std::chrono::milliseconds(static_cast<std::int64_t>(
           std::min(backoff_ms, static_cast<double>(options.max_backoff.count()))));
       const auto pause = detail::retry_wait(response, backoff, options.max_retry_after);
-      if (!pause) break;  // told to wait past max_retry_after: failed, for a later run
+      if (!pause) {  // told to wait past max_retry_after: failed, for a later run
+        response.error_message +=
+            fmt::format(" (retry_after {} ms exceeds max_retry_after {} ms)",
+                        response.retry_after.count(), options.max_retry_after.count());
+        break;
+      }
       // The slot stays held while waiting: a struggling expert should not get
       // more calls in flight, only fewer.
       std::this_thread::sleep_for(*pause);

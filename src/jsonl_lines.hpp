@@ -36,8 +36,8 @@ inline bool is_blank(std::string_view line) {
 }
 
 // Calls `fn(line, line_no)` for each line, split on '\n' only (prompts may
-// hold U+2028). Blank lines are allowed at the end only, as the dataset
-// reader allows them.
+// hold U+2028). Blank lines (ASCII whitespace only) are allowed at the end
+// only.
 template <typename Fn>
 void for_each_line(std::string_view text, const std::string& origin, Fn&& fn) {
   std::size_t line_no = 0;

@@ -552,9 +552,10 @@ TEST_CASE("a rate limit's retry_after is waited out within the limit and not pas
   registry.add(ExpertSpec("later", 1.0, 1.0));
   CallLog log;
   std::map<std::string, Transport> transports;
-  // "soon" asks for 30 ms, within the limit: waited out, then answered.
+  // "soon" asks for 30 ms twice, within the limit: waited out exactly (not
+  // the 3 s backoff), then answered.
   transports["soon"] = counted(log, [](const Request& r) {
-    if (r.attempt == 1)
+    if (r.attempt <= 2)
       return Response::failed(FailureKind::RateLimited, "429", std::chrono::milliseconds(30));
     return Response::answer("fine");
   });
@@ -564,19 +565,23 @@ TEST_CASE("a rate limit's retry_after is waited out within the limit and not pas
   });
   CollectOptions options = fast_options();
   options.max_retry_after = std::chrono::milliseconds(200);
+  options.initial_backoff = std::chrono::seconds(3);
+  options.max_backoff = std::chrono::seconds(3);
   const auto start = std::chrono::steady_clock::now();
   const CollectSummary s = torouter::collect_dataset(
       prompts, registry, transports, torouter::make_metric_scorer(torouter::Metric::ExactMatch),
       dir.string(), options);
-  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+  // Neither expert waited a backoff, nor "later" its hour.
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(3));
   REQUIRE(s.failures.size() == 2);
   for (const auto& f : s.failures) {
     CHECK(f.expert == "later");
     CHECK(f.failure == "rate_limited");
     CHECK(f.attempts == 1);
+    CHECK_THAT(f.message, Contains("exceeds max_retry_after 200 ms"));
   }
   for (const auto& p : prompts) {
-    CHECK(log.calls(p.prompt, "soon") == 2);
+    CHECK(log.calls(p.prompt, "soon") == 3);
     CHECK(log.calls(p.prompt, "later") == 1);
   }
 }

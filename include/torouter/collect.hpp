@@ -141,7 +141,8 @@ struct CollectOptions {
   /// Calls of one (prompt, expert) pair, the first included; only retryable
   /// failures (`is_retryable`) are retried.
   int max_attempts = 3;
-  /// Pause before the first retry; grows by `backoff_multiplier` each retry.
+  /// Pause before the first retry; grows by `backoff_multiplier` after each
+  /// retry not timed by a `retry_after`.
   std::chrono::milliseconds initial_backoff{500};
   /// Longest pause between retries.
   std::chrono::milliseconds max_backoff{10000};

@@ -64,7 +64,8 @@ struct RouterOptions {
   int max_attempts_per_expert = 2;
   /// Distinct experts tried within one `invoke` before giving up.
   std::size_t max_experts_tried = 3;
-  /// Pause before the first retry; doubles (`backoff_multiplier`) each retry.
+  /// Pause before the first retry; grows by `backoff_multiplier` after each
+  /// retry not timed by a `retry_after`.
   std::chrono::milliseconds initial_backoff{100};
   /// Longest pause between retries.
   std::chrono::milliseconds max_backoff{2000};
