@@ -285,7 +285,15 @@ struct RouterServer::Impl {
     setup_http();
   }
 
-  ~Impl() { stop(); }
+  // The I/O threads stop before any other member goes: a completion still
+  // due (an upstream call that outlived its client, a timer) must not run
+  // on a half-destroyed server. The listener goes first, while they run:
+  // its stop needs them.
+  ~Impl() {
+    stop();
+    http.reset();
+    io->stop();
+  }
 
   void stop() {
     http->stop();

@@ -17,10 +17,13 @@ IoThreads::IoThreads(std::size_t threads) : impl_(std::make_unique<Impl>()) {
   }
 }
 
-IoThreads::~IoThreads() {
+IoThreads::~IoThreads() { stop(); }
+
+void IoThreads::stop() {
   impl_->work.reset();
   impl_->context->stop();
   for (auto& thread : impl_->threads) {
+    if (!thread.joinable()) continue;  // stopped before
     // The last holder may let go from a handler, on one of these threads.
     if (thread.get_id() == std::this_thread::get_id()) {
       thread.detach();

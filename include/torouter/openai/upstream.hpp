@@ -49,6 +49,11 @@ class IoThreads {
   explicit IoThreads(std::size_t threads = 1);
   /// Stops and joins the threads; calls still in flight never complete.
   ~IoThreads();
+  /// The same, ahead of the destructor, for an owner whose handlers use
+  /// what it is about to destroy: when `stop` returns no handler runs any
+  /// more (their objects go with the last holder of the `IoThreads`).
+  /// Idempotent; from one of the threads, that thread is detached.
+  void stop();
   IoThreads(const IoThreads&) = delete;
   IoThreads& operator=(const IoThreads&) = delete;
 
