@@ -40,13 +40,7 @@ run(${CMAKE_COMMAND} -S "${consumer}" -B "${WORK_DIR}/march" -DCMAKE_BUILD_TYPE=
     "-DTOROUTER_SOURCE_DIR=${TOROUTER_SOURCE_DIR}")
 cmake_host_system_information(RESULT cores QUERY NUMBER_OF_LOGICAL_CORES)
 foreach(mode package subdirectory)
-  # The subproject compiles the whole library again: unoptimised, since this
-  # checks that it builds, links and runs, not how fast (it halves the test).
-  set(type ${BUILD_TYPE})
-  if(mode STREQUAL "subdirectory")
-    set(type Debug)
-  endif()
-  run(${CMAKE_COMMAND} -S "${consumer}" -B "${WORK_DIR}/${mode}" -DCMAKE_BUILD_TYPE=${type}
+  run(${CMAKE_COMMAND} -S "${consumer}" -B "${WORK_DIR}/${mode}" -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
       -DTOROUTER_CONSUMER_MODE=${mode} -DTOROUTER_CONSUMER_WITH_OPENAI=${WITH_OPENAI}
       "-DCMAKE_PREFIX_PATH=${prefix}" "-DTOROUTER_SOURCE_DIR=${TOROUTER_SOURCE_DIR}")
   run(${CMAKE_COMMAND} --build "${WORK_DIR}/${mode}" --parallel ${cores})
