@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "json_type_name.hpp"
+#include "jsonl_lines.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/cost_model.hpp"
 #include "torouter/error.hpp"
@@ -23,22 +24,6 @@ namespace {
 
 using simdjson::dom::element;
 using simdjson::dom::element_type;
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("{}: cannot open file", path), ErrorCode::FileAccess);
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw Error(fmt::format("{}: cannot read file", path), ErrorCode::FileAccess);
-  return text.str();
-}
-
-bool is_blank(std::string_view line) {
-  for (char c : line) {
-    if (c != ' ' && c != '\t' && c != '\r') return false;
-  }
-  return true;
-}
 
 // Reads one line's object; every error names the origin, the line and the field.
 class RowReader {
@@ -185,30 +170,17 @@ std::vector<DatasetRow> parse_dataset_rows(std::string_view jsonl, const std::st
   std::vector<DatasetRow> rows;
   simdjson::dom::parser parser;
   RowReader reader(origin, experts);
-  std::size_t line_no = 0;
-  std::size_t start = 0;
-  std::size_t first_blank = 0;  // line number of a blank line not yet followed by a row
-  while (start < jsonl.size()) {
-    std::size_t end = jsonl.find('\n', start);
-    if (end == std::string_view::npos) end = jsonl.size();
-    const std::string_view line = jsonl.substr(start, end - start);
-    ++line_no;
-    start = end + 1;
-    if (is_blank(line)) {
-      if (first_blank == 0) first_blank = line_no;
-      continue;
-    }
-    // Blank lines are tolerated at the end of a file only; inside it they
-    // are more likely a damaged file than a style choice.
-    if (first_blank != 0) throw Error(fmt::format("{}:{}: empty line", origin, first_blank));
+  // Blank lines are tolerated at the end of a file only; inside it they
+  // are more likely a damaged file than a style choice.
+  detail::for_each_line(jsonl, origin, [&](std::string_view line, std::size_t line_no) {
     rows.push_back(reader.read(parser, line, line_no));
-  }
+  });
   return rows;
 }
 
 std::vector<DatasetRow> load_dataset_rows(const std::string& path,
                                           const std::vector<std::string>& experts) {
-  return parse_dataset_rows(read_file(path), path, experts);
+  return parse_dataset_rows(detail::read_file(path), path, experts);
 }
 
 RoutingDataset load_routing_dataset(const std::string& dir) {
