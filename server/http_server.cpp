@@ -18,7 +18,7 @@
 #include <optional>
 #include <unordered_set>
 
-#include "connection_stream.hpp"
+#include "openai/any_stream.hpp"
 #include "openai/io_threads.hpp"
 
 namespace torouter::server {
@@ -278,16 +278,17 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     stream_.tcp().expires_after(state_->options.read_timeout);
     idle_ = true;  // a stop ends a handshake as it ends an idle wait
     auto self = shared_from_this();
-    stream_.async_handshake([self, next = std::move(next)](beast::error_code ec) {
-      self->idle_ = false;
-      beast::error_code ignored;
-      if (ec) {
-        self->stream_.tcp().socket().close(ignored);  // nothing HTTP was said: no answer
-        return;
-      }
-      self->stream_.tcp().expires_never();
-      next();
-    });
+    stream_.tls().async_handshake(
+        asio::ssl::stream_base::server, [self, next = std::move(next)](beast::error_code ec) {
+          self->idle_ = false;
+          beast::error_code ignored;
+          if (ec) {
+            self->stream_.tcp().socket().close(ignored);  // nothing HTTP was said: no answer
+            return;
+          }
+          self->stream_.tcp().expires_never();
+          next();
+        });
   }
 
   // Waits for the first byte of the next request (the idle timeout), unless
@@ -592,7 +593,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   std::shared_ptr<HttpServer::State> state_;
-  ConnectionStream stream_;
+  openai::AnyStream stream_;  // plain or TLS, chosen at accept
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   asio::steady_timer request_timer_;

@@ -21,6 +21,7 @@
 #include <optional>
 #include <vector>
 
+#include "openai/any_stream.hpp"
 #include "openai/io_threads.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/error.hpp"
@@ -132,29 +133,15 @@ struct Connection {
   // A new, unconnected stream on the same strand.
   void open_stream() {
     buffer.clear();
-    if (tls_context_ != nullptr) {
-      plain.reset();
-      tls.emplace(strand, *tls_context_);
-    } else {
-      plain.emplace(strand);
-    }
+    stream.reset();
+    stream.emplace(strand, tls_context_);
   }
 
-  beast::tcp_stream& lowest() { return tls ? beast::get_lowest_layer(*tls) : *plain; }
+  beast::tcp_stream& lowest() { return stream->tcp(); }
   bool is_open() { return lowest().socket().is_open(); }
 
-  template <typename Operation>
-  void with_stream(Operation&& operation) {
-    if (tls) {
-      operation(*tls);
-    } else {
-      operation(*plain);
-    }
-  }
-
   Strand strand;
-  std::optional<beast::tcp_stream> plain;
-  std::optional<beast::ssl_stream<beast::tcp_stream>> tls;
+  std::optional<AnyStream> stream;
   beast::flat_buffer buffer;
 
  private:
@@ -306,7 +293,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
             self->fail(PostOutcome::Error::ConnectTimeout, "no connection in time");
           } else if (ec) {
             self->fail(PostOutcome::Error::CannotConnect, ec.message());
-          } else if (self->connection_->tls) {
+          } else if (self->connection_->stream->secure()) {
             self->handshake();
           } else {
             self->send();
@@ -315,7 +302,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
   }
 
   void handshake() {
-    auto& tls = *connection_->tls;
+    auto& tls = connection_->stream->tls();
     const std::string& host = shared_->endpoint.host;
     // SNI, so a server with many names sends this one's certificate.
     if (!SSL_set_tlsext_host_name(tls.native_handle(), host.c_str())) {
@@ -357,8 +344,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     wire_.body() = request_.body;
     wire_.prepare_payload();
     arm();
-    connection_->with_stream(
-        [&](auto& stream) { bhttp::async_write(stream, wire_, then(&Exchange::read_head)); });
+    bhttp::async_write(*connection_->stream, wire_, then(&Exchange::read_head));
   }
 
   void read_head() {
@@ -366,10 +352,8 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     parser_->header_limit(kMaxResponseHead);
     parser_->body_limit(request_.max_body_bytes);
     arm();
-    connection_->with_stream([&](auto& stream) {
-      bhttp::async_read_header(stream, connection_->buffer, *parser_,
-                               then(&Exchange::head_arrived));
-    });
+    bhttp::async_read_header(*connection_->stream, connection_->buffer, *parser_,
+                             then(&Exchange::head_arrived));
   }
 
   void head_arrived() {
@@ -394,13 +378,11 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     arm();
     auto self = shared_from_this();
     busy_ = true;
-    connection_->with_stream([&](auto& stream) {
-      bhttp::async_read_some(stream, connection_->buffer, *parser_,
-                             on_strand([self](beast::error_code ec, std::size_t) {
-                               self->busy_ = false;
-                               self->piece_read(ec);
-                             }));
-    });
+    bhttp::async_read_some(*connection_->stream, connection_->buffer, *parser_,
+                           on_strand([self](beast::error_code ec, std::size_t) {
+                             self->busy_ = false;
+                             self->piece_read(ec);
+                           }));
   }
 
   void piece_read(beast::error_code ec) {
