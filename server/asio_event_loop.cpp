@@ -10,11 +10,11 @@
 namespace torouter::server {
 
 void AsioEventLoop::post(std::function<void()> task) {
-  boost::asio::post(*io_->impl().context, std::move(task));
+  boost::asio::post(io_->impl().context(), std::move(task));
 }
 
 void AsioEventLoop::post_after(std::chrono::milliseconds delay, std::function<void()> task) {
-  auto timer = std::make_shared<boost::asio::steady_timer>(*io_->impl().context, delay);
+  auto timer = std::make_shared<boost::asio::steady_timer>(io_->impl().context(), delay);
   timer->async_wait([timer, task = std::move(task)](const boost::system::error_code&) { task(); });
 }
 

@@ -77,7 +77,7 @@ struct HttpServer::State {
                       o.io_threads > 0
                           ? o.io_threads
                           : std::max<std::size_t>(1, std::thread::hardware_concurrency()))),
-        acceptor(asio::make_strand(*io->impl().context)) {}
+        acceptor(asio::make_strand(io->impl().next_context())) {}
 
   // Queues a handler's run; false when the queue is full.
   bool submit(std::function<void()> job) {
@@ -710,7 +710,7 @@ namespace {
 
 void accept_next(const std::shared_ptr<HttpServer::State>& state) {
   state->acceptor.async_accept(
-      asio::make_strand(*state->io->impl().context),
+      asio::make_strand(state->io->impl().next_context()),  // spread over the I/O threads
       [state](beast::error_code ec, tcp::socket socket) {
         if (state->stopping || !state->acceptor.is_open()) return;
         if (ec) {

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -126,7 +127,7 @@ struct Connection {
   using Strand = asio::strand<asio::io_context::executor_type>;
 
   Connection(asio::io_context& io, asio::ssl::context* tls_context)
-      : strand(asio::make_strand(io)), tls_context_(tls_context) {
+      : home(io), strand(asio::make_strand(io)), tls_context_(tls_context) {
     open_stream();
   }
 
@@ -140,6 +141,7 @@ struct Connection {
   beast::tcp_stream& lowest() { return stream->tcp(); }
   bool is_open() { return lowest().socket().is_open(); }
 
+  asio::io_context& home;  // whose thread runs its I/O
   Strand strand;
   std::optional<AnyStream> stream;
   beast::flat_buffer buffer;
@@ -154,11 +156,10 @@ struct HttpClient::Shared {
 
   // An idle connection still open, or a new one.
   std::unique_ptr<Connection> acquire(bool& reused) {
+    asio::io_context& here = io->impl().context();
     {
       std::lock_guard<std::mutex> lock(mutex);
-      while (!idle.empty()) {
-        auto connection = std::move(idle.back());
-        idle.pop_back();
+      while (auto connection = take_idle(here)) {
         if (idle_and_open(connection->lowest().socket().native_handle())) {
           reused = true;
           return connection;
@@ -166,7 +167,20 @@ struct HttpClient::Shared {
       }
     }
     reused = false;
-    return std::make_unique<Connection>(*io->impl().context, tls_context.get());
+    return std::make_unique<Connection>(here, tls_context.get());
+  }
+
+  // The most recent idle connection, one whose I/O runs on `here` first
+  // (the call's I/O then stays on the calling thread); null when none is
+  // idle. Under `mutex`.
+  std::unique_ptr<Connection> take_idle(asio::io_context& here) {
+    if (idle.empty()) return nullptr;
+    auto local =
+        std::find_if(idle.rbegin(), idle.rend(), [&](const auto& c) { return &c->home == &here; });
+    auto chosen = local == idle.rend() ? std::prev(idle.end()) : std::prev(local.base());
+    auto connection = std::move(*chosen);
+    idle.erase(chosen);
+    return connection;
   }
 
   void release(std::unique_ptr<Connection> connection) {

@@ -41,9 +41,11 @@
 TOROUTER_BEGIN_NAMESPACE
 namespace openai {
 
-/// The threads on which upstream calls do their I/O: an Asio io_context
-/// run by `threads` threads until this object is destroyed. Share one
-/// among all the upstreams of a process.
+/// The threads on which upstream calls do their I/O: `threads` threads,
+/// each running an Asio io_context of its own until this object is
+/// destroyed. A call started on one of them keeps its I/O on that thread;
+/// one started elsewhere goes to each in turn. Share one among all the
+/// upstreams of a process.
 class IoThreads {
  public:
   explicit IoThreads(std::size_t threads = 1);
