@@ -163,7 +163,7 @@ def main():
     payload, body_len = request_bytes(int(args.body_mb * 1e6))
     stand_in, stand_in_port = start(
         [os.path.join(args.build, "bin/torouter-stand-in"), "--port", "0",
-         "--threads", str(min(4096, args.clients + 32))], os.path.join(work, "stand_in.log"))
+         "--threads", "1"], os.path.join(work, "stand_in.log"))
     try:
         servers = [("torouter-server", os.path.join(args.build, "bin/torouter-server"))]
         if args.old_server:

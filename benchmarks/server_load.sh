@@ -65,7 +65,7 @@ wait_port() {
   return 1
 }
 
-"${load_pin[@]}" "$stand_in_bin" --port 0 --threads 160 >"$work/stand_in.log" 2>&1 &
+"${load_pin[@]}" "$stand_in_bin" --port 0 --threads 1 >"$work/stand_in.log" 2>&1 &
 pids+=($!)
 upstream_port=$(wait_port "$work/stand_in.log")
 

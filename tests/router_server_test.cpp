@@ -91,7 +91,7 @@ struct Fixture {
     config.router.attempt_timeout = 20s;
     config.router.invoke_timeout = 60s;
     for (const auto& name : kExperts) {
-      auto upstream = tls ? std::make_unique<StandInUpstream>(name, 8, tls->certificate, tls->key)
+      auto upstream = tls ? std::make_unique<StandInUpstream>(name, 1, tls->certificate, tls->key)
                           : std::make_unique<StandInUpstream>(name);
       REQUIRE(upstream->start() > 0);
       torouter::server::ExpertConfig e;

@@ -3,7 +3,10 @@
 // "<model> answers: <last user message>", at once or after --delay-ms; a
 // streamed answer in --chunks pieces, --chunk-gap-ms apart.
 //
-//   torouter-stand-in --port 9000 [--threads 64] [--delay-ms 0]   (port 0: a free one)
+//   torouter-stand-in --port 9000 [--threads 1] [--delay-ms 0]   (port 0: a free one)
+//
+// --threads is its I/O threads: waits are timers, so one serves thousands of
+// slow answers at once.
 //                     [--chunks 3] [--chunk-gap-ms 0]
 #include <csignal>
 #include <cstdlib>
@@ -31,16 +34,19 @@ bool read_number(const char* text, long minimum, long maximum, long& out) {
 
 int main(int argc, char** argv) {
   long port = -1;
-  long threads = 16;
+  long threads = 1;
   long delay_ms = 0;
   long chunks = 3;
   long chunk_gap_ms = 0;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string arg = argv[i];
     bool ok = false;
-    if (arg == "--port") ok = read_number(argv[i + 1], 0, 65535, port);
-    else if (arg == "--threads") ok = read_number(argv[i + 1], 1, 4096, threads);
-    else if (arg == "--delay-ms") ok = read_number(argv[i + 1], 0, 600000, delay_ms);
+    if (arg == "--port")
+      ok = read_number(argv[i + 1], 0, 65535, port);
+    else if (arg == "--threads")
+      ok = read_number(argv[i + 1], 1, 256, threads);
+    else if (arg == "--delay-ms")
+      ok = read_number(argv[i + 1], 0, 600000, delay_ms);
     else if (arg == "--chunks")
       ok = read_number(argv[i + 1], 1, 100000, chunks);
     else if (arg == "--chunk-gap-ms")

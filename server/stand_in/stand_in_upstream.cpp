@@ -4,20 +4,22 @@
 #include <simdjson.h>
 
 #include <atomic>
+#include <boost/asio/steady_timer.hpp>
 #include <deque>
 #include <mutex>
 #include <thread>
 
 #include "http_server.hpp"
 #include "json_text.hpp"
+#include "openai/io_threads.hpp"
 #include "torouter/cost_model.hpp"
 
 namespace torouter::server {
 
 struct StandInUpstream::State {
   std::string name;
-  std::size_t threads;
   bool secure = false;  // serves HTTPS
+  std::shared_ptr<openai::IoThreads> io;
   std::unique_ptr<HttpServer> server;
   std::thread thread;
   std::atomic<int> port{-1};
@@ -73,6 +75,12 @@ Asked read_request(const std::string& body) {
   return asked;
 }
 
+// An OpenAI-style error object.
+std::string error_body(std::string_view message, std::string_view type) {
+  return fmt::format("{{\"error\":{{\"message\":{},\"type\":{}}}}}", detail::json_string(message),
+                     detail::json_string(type));
+}
+
 // A stream event whose delta holds `delta_fields` (JSON members, no braces).
 std::string delta_event(std::string_view model, std::string_view delta_fields) {
   return fmt::format(
@@ -122,120 +130,209 @@ StandInUpstream::StandInUpstream(std::string name, std::size_t threads, std::str
                                  std::string tls_key_file)
     : state_(std::make_unique<State>()) {
   state_->name = std::move(name);
-  state_->threads = threads;
+  state_->io = std::make_shared<openai::IoThreads>(threads);
   State* s = state_.get();
   HttpServerOptions options;
-  options.threads = threads;
+  options.io = state_->io;
+  options.handlers_never_block = true;  // a reply waits on timers
   options.max_body_bytes = 64 << 20;
   state_->secure = !tls_cert_file.empty();
   options.tls_cert_file = std::move(tls_cert_file);
   options.tls_key_file = std::move(tls_key_file);
   auto refusal = [](int, std::string_view message) {
-    return fmt::format("{{\"error\":{{\"message\":{},\"type\":\"invalid_request_error\"}}}}",
-                       detail::json_string(message));
+    return error_body(message, "invalid_request_error");
   };
   s->server = std::make_unique<HttpServer>(
       options, [s](const HttpRequest& req, HttpResponse& res) { s->answer(req, res); }, refusal,
       [](int) {});
 }
 
-void StandInUpstream::State::answer(const HttpRequest& req, HttpResponse& res) {
-  State* s = this;
-  if (req.method != "POST" || req.path() != "/v1/chat/completions") {
-    res.status = 404;
-    res.set_content(
-        "{\"error\":{\"message\":\"stand-in: no such "
-        "endpoint\",\"type\":\"invalid_request_error\"}}",
-        "application/json");
-    return;
+namespace {
+
+// What the stand-in sends for one request, decided when it arrives.
+struct Reply {
+  StandInBehaviour behaviour;
+  std::string content;              // a whole answer's body
+  std::vector<std::string> events;  // a streamed answer's pieces, in order
+  bool stream = false;
+};
+
+// Sends a `Reply` on the I/O thread's timers, holding no thread while it
+// waits: its delay first, then a whole answer, or a stream's pieces
+// `chunk_gap` apart.
+class ReplySender : public std::enable_shared_from_this<ReplySender> {
+ public:
+  ReplySender(std::shared_ptr<HttpResponse> response, Reply reply, boost::asio::io_context& context,
+              std::atomic<std::size_t>& streams_cut)
+      : response_(std::move(response)),
+        reply_(std::move(reply)),
+        timer_(context),
+        streams_cut_(streams_cut) {}
+
+  void start() {
+    after(reply_.behaviour.delay, [](ReplySender& self) { self.begin(); });
   }
-  {
-    s->requests.fetch_add(1);
-    const StandInBehaviour b = s->next(req);
-    if (b.delay.count() > 0) std::this_thread::sleep_for(b.delay);
-    const Asked asked = read_request(req.body);
-    if (!asked.valid) {
-      res.status = 400;
-      res.set_content(
-          "{\"error\":{\"message\":\"stand-in: bad request\",\"type\":\"invalid_request_error\"}}",
-          "application/json");
+
+ private:
+  using Kind = StandInBehaviour::Kind;
+
+  template <class Step>
+  void after(std::chrono::milliseconds wait, Step step) {
+    if (wait.count() <= 0) {
+      step(*this);
       return;
     }
-    if (b.kind == StandInBehaviour::Kind::Status) {
+    timer_.expires_after(wait);
+    timer_.async_wait(
+        [self = shared_from_this(), step](const boost::system::error_code&) { step(*self); });
+  }
+
+  void begin() {
+    const StandInBehaviour& b = reply_.behaviour;
+    HttpResponse& res = *response_;
+    if (b.kind == Kind::Status) {
       res.status = b.status;
       if (!b.retry_after.empty()) res.set_header("Retry-After", b.retry_after);
-      res.set_content(b.body.empty()
-                          ? fmt::format("{{\"error\":{{\"message\":\"stand-in {} says {}\","
-                                        "\"type\":\"server_error\"}}}}",
-                                        s->name, b.status)
-                          : b.body,
-                      "application/json");
+      res.set_content(reply_.content, "application/json");
+      res.finish();
+    } else if (b.kind == Kind::Drop || (b.kind == Kind::DropMidStream && !reply_.stream)) {
+      res.start_stream("application/json");
+      res.abort();
+    } else if (!reply_.stream) {
+      res.set_content(reply_.content, "application/json");
+      res.finish();
+    } else if (res.start_stream("text/event-stream")) {
+      send(0);
+    }
+  }
+
+  // Sends piece `i` and what follows it.
+  void send(std::size_t i) {
+    HttpResponse& res = *response_;
+    const bool last = i + 1 == reply_.events.size();
+    if (reply_.behaviour.kind == Kind::DropMidStream && i + 2 == reply_.events.size()) {
+      res.abort();  // the last piece of text (and the end) never come
       return;
     }
-    if (b.kind == StandInBehaviour::Kind::Drop ||
-        (b.kind == StandInBehaviour::Kind::DropMidStream && !asked.stream)) {
-      res.start_stream("application/json");
+    if (!res.write(reply_.events[i])) {
+      ++streams_cut_;  // the caller went away
       res.abort();
       return;
     }
-    const std::string model = asked.model.empty() ? s->name : asked.model;
-    const bool calls_tools = !b.tool_calls.empty();
-    const std::string answer = calls_tools ? "" : model + " answers: " + asked.prompt;
-    const std::string finish_reason = !b.finish_reason.empty() ? b.finish_reason
-                                      : calls_tools            ? "tool_calls"
-                                                               : "stop";
-    const std::size_t in_tokens = estimate_tokens(asked.prompt);
-    const std::size_t out_tokens = estimate_tokens(answer) + b.tool_calls.size() * 10;
-    if (!asked.stream) {
-      std::string tool_calls;
-      for (const auto& call : b.tool_calls) {
-        tool_calls += (tool_calls.empty() ? ",\"tool_calls\":[" : ",") + tool_call_json(call);
-      }
-      if (calls_tools) tool_calls.push_back(']');
-      res.set_content(
-          fmt::format(
-              "{{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion\",\"created\":0,"
-              "\"model\":{},\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\","
-              "\"content\":{}{}}},\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
-              "\"completion_tokens\":{},\"total_tokens\":{}}}}}",
-              detail::json_string(model), calls_tools ? "null" : detail::json_string(answer),
-              tool_calls, detail::json_string(finish_reason), in_tokens, out_tokens,
-              in_tokens + out_tokens),
-          "application/json");
+    if (last) {
+      res.finish();
       return;
     }
-    // Streamed: the answer in `chunks` pieces, or the tool
-    // calls in pieces, then the finish reason and [DONE].
-    std::vector<std::string> events = tool_call_events(model, b.tool_calls);
-    // Exactly `chunks` pieces (fewer only for a shorter answer), so a
-    // stream lasts the same whatever the model's name.
-    const std::size_t pieces =
-        std::min(answer.size(), static_cast<std::size_t>(std::max(1, b.chunks)));
-    for (std::size_t k = 0; k < pieces; ++k) {
-      const std::size_t from = k * answer.size() / pieces;
-      const std::size_t to = (k + 1) * answer.size() / pieces;
-      events.push_back(chunk_event(model, answer.substr(from, to - from), k == 0));
-    }
-    if (!res.start_stream("text/event-stream")) return;
-    for (std::size_t i = 0; i < events.size(); ++i) {
-      if (b.kind == StandInBehaviour::Kind::DropMidStream && i + 1 == events.size()) {
-        res.abort();
-        return;
-      }
-      if (i > 0 && b.chunk_gap.count() > 0) std::this_thread::sleep_for(b.chunk_gap);
-      if (!res.write(events[i])) {
-        ++s->streams_cut;  // the caller went away
-        return;
-      }
-    }
-    res.write(
-        fmt::format("data: {{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion.chunk\","
-                    "\"created\":0,\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{}},"
-                    "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
-                    "\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\ndata: [DONE]\n\n",
-                    detail::json_string(model), detail::json_string(finish_reason), in_tokens,
-                    out_tokens, in_tokens + out_tokens));
+    // The end (usage and [DONE]) follows the last piece of text at once.
+    const bool next_is_end = i + 2 == reply_.events.size();
+    after(next_is_end ? std::chrono::milliseconds(0) : reply_.behaviour.chunk_gap,
+          [i](ReplySender& self) { self.send(i + 1); });
   }
+
+  std::shared_ptr<HttpResponse> response_;
+  Reply reply_;
+  boost::asio::steady_timer timer_;
+  std::atomic<std::size_t>& streams_cut_;
+};
+
+// The streamed answer's pieces: the text in `chunks` pieces, or the tool
+// calls in pieces, then the end (finish reason, usage and [DONE]).
+std::vector<std::string> stream_events(const StandInBehaviour& b, const std::string& model,
+                                       const std::string& answer, std::string_view finish_reason,
+                                       std::size_t in_tokens, std::size_t out_tokens) {
+  std::vector<std::string> events = tool_call_events(model, b.tool_calls);
+  // Exactly `chunks` pieces (fewer only for a shorter answer), so a
+  // stream lasts the same whatever the model's name.
+  const std::size_t pieces =
+      std::min(answer.size(), static_cast<std::size_t>(std::max(1, b.chunks)));
+  for (std::size_t k = 0; k < pieces; ++k) {
+    const std::size_t from = k * answer.size() / pieces;
+    const std::size_t to = (k + 1) * answer.size() / pieces;
+    events.push_back(chunk_event(model, answer.substr(from, to - from), k == 0));
+  }
+  events.push_back(
+      fmt::format("data: {{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion.chunk\","
+                  "\"created\":0,\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{}},"
+                  "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
+                  "\"completion_tokens\":{},\"total_tokens\":{}}}}}\n\ndata: [DONE]\n\n",
+                  detail::json_string(model), detail::json_string(finish_reason), in_tokens,
+                  out_tokens, in_tokens + out_tokens));
+  return events;
+}
+
+// A plain answer's body.
+std::string whole_answer(const StandInBehaviour& b, const std::string& model,
+                         const std::string& answer, std::string_view finish_reason,
+                         std::size_t in_tokens, std::size_t out_tokens) {
+  const bool calls_tools = !b.tool_calls.empty();
+  std::string tool_calls;
+  for (const auto& call : b.tool_calls) {
+    tool_calls += (tool_calls.empty() ? ",\"tool_calls\":[" : ",") + tool_call_json(call);
+  }
+  if (calls_tools) tool_calls.push_back(']');
+  return fmt::format(
+      "{{\"id\":\"chatcmpl-standin\",\"object\":\"chat.completion\",\"created\":0,"
+      "\"model\":{},\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\","
+      "\"content\":{}{}}},\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
+      "\"completion_tokens\":{},\"total_tokens\":{}}}}}",
+      detail::json_string(model), calls_tools ? "null" : detail::json_string(answer), tool_calls,
+      detail::json_string(finish_reason), in_tokens, out_tokens, in_tokens + out_tokens);
+}
+
+}  // namespace
+
+namespace {
+
+// What to send for a request (`asked`) that `b` says how to answer.
+Reply reply_to(const std::string& name, const Asked& asked, StandInBehaviour b) {
+  Reply reply;
+  reply.stream = asked.stream;
+  if (b.kind == StandInBehaviour::Kind::Status) {
+    reply.content = !b.body.empty() ? b.body
+                                    : error_body(fmt::format("stand-in {} says {}", name, b.status),
+                                                 "server_error");
+  } else if (b.kind == StandInBehaviour::Kind::Answer ||
+             b.kind == StandInBehaviour::Kind::DropMidStream) {
+    const std::string model = asked.model.empty() ? name : asked.model;
+    const std::string answer = b.tool_calls.empty() ? model + " answers: " + asked.prompt : "";
+    const std::string finish_reason = !b.finish_reason.empty() ? b.finish_reason
+                                      : b.tool_calls.empty()   ? "stop"
+                                                               : "tool_calls";
+    const std::size_t in_tokens = estimate_tokens(asked.prompt);
+    const std::size_t out_tokens = estimate_tokens(answer) + b.tool_calls.size() * 10;
+    if (asked.stream) {
+      reply.events = stream_events(b, model, answer, finish_reason, in_tokens, out_tokens);
+    } else {
+      reply.content = whole_answer(b, model, answer, finish_reason, in_tokens, out_tokens);
+    }
+  }
+  reply.behaviour = std::move(b);
+  return reply;
+}
+
+}  // namespace
+
+void StandInUpstream::State::answer(const HttpRequest& req, HttpResponse& res) {
+  if (req.method != "POST" || req.path() != "/v1/chat/completions") {
+    res.status = 404;
+    res.set_content(error_body("stand-in: no such endpoint", "invalid_request_error"),
+                    "application/json");
+    return;
+  }
+  requests.fetch_add(1);
+  StandInBehaviour behaviour = next(req);
+  const Asked asked = read_request(req.body);
+  if (!asked.valid) {
+    res.status = 400;
+    res.set_content(error_body("stand-in: bad request", "invalid_request_error"),
+                    "application/json");
+    return;
+  }
+  // The handler runs on an I/O thread (`handlers_never_block`): its
+  // context runs the reply's timers.
+  std::make_shared<ReplySender>(res.defer(), reply_to(name, asked, std::move(behaviour)),
+                                io->impl().context(), streams_cut)
+      ->start();
 }
 
 StandInUpstream::~StandInUpstream() { stop(); }

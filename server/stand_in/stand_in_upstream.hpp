@@ -50,12 +50,14 @@ struct StandInBehaviour {
   std::string finish_reason;
 };
 
-/// One stand-in server with its own thread pool.
+/// One stand-in server with its own I/O threads. Its delays and a stream's
+/// gaps are timers: it holds no thread while it waits, so a few threads
+/// serve any number of slow answers at once.
 class StandInUpstream {
  public:
   /// `name` appears in answers when the request names no model. With a
   /// certificate chain and key (PEM files) it serves HTTPS.
-  explicit StandInUpstream(std::string name, std::size_t threads = 8,
+  explicit StandInUpstream(std::string name, std::size_t threads = 1,
                            std::string tls_cert_file = {}, std::string tls_key_file = {});
   ~StandInUpstream();
   StandInUpstream(const StandInUpstream&) = delete;
