@@ -119,6 +119,16 @@ struct HttpServer::State {
   std::unordered_set<HttpSession*> sessions;
   std::atomic<bool> stopping{false};
   bool in_run = false;
+  // An accept (or its retry timer) is pending. `stop` waits for it to end:
+  // a pending handler holds this state, which holds the I/O threads, so
+  // one left queued when the threads stop would keep both alive for good.
+  bool accepting = false;
+
+  void accept_ended() {
+    std::lock_guard<std::mutex> lock(mutex);
+    accepting = false;
+    changed.notify_all();
+  }
 };
 
 // One connection: reads its requests, hands each to a worker, writes the
@@ -712,7 +722,7 @@ void accept_next(const std::shared_ptr<HttpServer::State>& state) {
   state->acceptor.async_accept(
       asio::make_strand(state->io->impl().next_context()),  // spread over the I/O threads
       [state](beast::error_code ec, tcp::socket socket) {
-        if (state->stopping || !state->acceptor.is_open()) return;
+        if (state->stopping || !state->acceptor.is_open()) return state->accept_ended();
         if (ec) {
           // Out of descriptors or memory: wait for connections to close.
           auto timer = std::make_shared<asio::steady_timer>(state->acceptor.get_executor(),
@@ -806,6 +816,10 @@ void HttpServer::run() {
     }
   }
   running_ = true;
+  {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->accepting = true;
+  }
   asio::post(state_->acceptor.get_executor(), [state = state_] { accept_next(state); });
   std::unique_lock<std::mutex> lock(state_->mutex);
   state_->changed.wait(lock, [this] { return state_->stopping && state_->sessions.empty(); });
@@ -844,7 +858,8 @@ void HttpServer::stop() {
   open.clear();
   std::unique_lock<std::mutex> lock(state_->mutex);
   state_->changed.notify_all();
-  state_->changed.wait(lock, [this] { return !state_->in_run && state_->sessions.empty(); });
+  state_->changed.wait(
+      lock, [this] { return !state_->in_run && !state_->accepting && state_->sessions.empty(); });
 }
 
 }  // namespace torouter::server
