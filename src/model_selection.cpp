@@ -323,6 +323,7 @@ std::vector<CandidateScorer> default_candidates() {
 
 OutOfFold cross_validate(const CandidateScorer& candidate, const TrainingSet& set,
                          const TrainOptions& options, int folds) {
+  detail::check_train_options(options);
   check_folds(folds, set.rows());
   const std::vector<int> fold = assign_folds(set.rows(), folds, options.seed);
   const auto n = static_cast<Eigen::Index>(set.rows());
@@ -394,6 +395,7 @@ std::unique_ptr<TrainableScorer> train_best(const RoutingDataset& data,
                                             const TrainOptions& options,
                                             const SelectionOptions& selection) {
   if (selection.candidates.empty()) throw Error("model selection: no candidate scorer");
+  detail::check_train_options(options);
   const TrainingSet set = make_training_set(data.experts, data.train, data.name + "/train.jsonl");
   check_folds(selection.folds, set.rows());
   if (complete_row_indices(set).empty()) {

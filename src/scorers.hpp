@@ -107,5 +107,9 @@ void write_featurizer_options(ModelWriter& out, const FeaturizerOptions& options
 /// Reads them back, with at most `max_buckets` buckets; throws naming the field.
 FeaturizerOptions read_featurizer_options(const ModelReader& in, std::uint32_t max_buckets);
 
+/// Throws `Error` (`Misuse`) naming the first field of `options` that
+/// `validate_train_options` refuses.
+void check_train_options(const TrainOptions& options);
+
 }  // namespace detail
 TOROUTER_END_NAMESPACE

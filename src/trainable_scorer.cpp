@@ -125,7 +125,34 @@ FeaturizerOptions read_featurizer_options(const ModelReader& in, std::uint32_t m
 
 }  // namespace detail
 
+std::string validate_train_options(const TrainOptions& o) {
+  if (o.threads < 1) return fmt::format("threads must be >= 1, got {}", o.threads);
+  if (o.max_epochs < 1) return fmt::format("max_epochs must be >= 1, got {}", o.max_epochs);
+  if (o.patience < 0) return fmt::format("patience must be >= 0, got {}", o.patience);
+  if (o.batch_size < 1) return "batch_size must be >= 1";
+  for (const auto& [name, value] :
+       {std::pair{"learning_rate", o.learning_rate}, std::pair{"temperature", o.temperature}}) {
+    if (!(std::isfinite(value) && value > 0.0)) {
+      return fmt::format("{} must be a finite number above 0, got {}", name, value);
+    }
+  }
+  if (!(std::isfinite(o.weight_decay) && o.weight_decay >= 0.0)) {
+    return fmt::format("weight_decay must be a finite number >= 0, got {}", o.weight_decay);
+  }
+  if (!(o.validation_fraction >= 0.0 && o.validation_fraction < 1.0)) {
+    return fmt::format("validation_fraction must be in [0, 1), got {}", o.validation_fraction);
+  }
+  return {};
+}
+
+void detail::check_train_options(const TrainOptions& options) {
+  if (auto problem = validate_train_options(options); !problem.empty()) {
+    throw Error("TrainOptions." + problem, ErrorCode::Misuse);
+  }
+}
+
 TrainReport TrainableScorer::train(const TrainingSet& set, const TrainOptions& options) {
+  detail::check_train_options(options);
   if (set.rows() == 0)
     throw Error(fmt::format("{}: cannot train on an empty training set", spec()));
   if (set.experts.empty()) throw Error(fmt::format("{}: the training set names no expert", spec()));

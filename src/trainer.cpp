@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "nn/adamw.hpp"
+#include "scorers.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 
@@ -83,11 +84,7 @@ double routed_quality(const TrainingSet& set, const std::vector<std::size_t>& ro
 }
 
 TrainReport train_network(Network& network, const TrainingSet& set, const TrainOptions& options) {
-  if (options.threads < 1) throw Error("TrainOptions.threads must be >= 1");
-  if (options.batch_size < 1) throw Error("TrainOptions.batch_size must be >= 1");
-  if (!(options.validation_fraction >= 0 && options.validation_fraction < 1)) {
-    throw Error("TrainOptions.validation_fraction must be in [0, 1)");
-  }
+  detail::check_train_options(options);
   const auto start = std::chrono::steady_clock::now();
   nn::Rng rng(options.seed);
 

@@ -3,6 +3,8 @@
 
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <functional>
+#include <limits>
 
 #include "scorers.hpp"
 #include "support/synthetic_data.hpp"
@@ -232,4 +234,47 @@ TEST_CASE("a stack averages its calibrated members and survives its model file")
   CHECK_THROWS_WITH(torouter::make_scorer("stack:knn:5"), Contains("at least two members"));
   CHECK_THROWS_WITH(torouter::make_scorer("stack:knn:5+mlp/adam"), Contains("bce or soft"));
   CHECK_THROWS_WITH(torouter::make_scorer("stack:knn:5+stack:knn:3+knn:4"), Contains("stack"));
+}
+
+TEST_CASE("training refuses options it cannot honour, naming the field") {
+  using Opts = torouter::TrainOptions;
+  const double nan = std::nan("");
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::vector<std::pair<std::function<void(Opts&)>, std::string>> cases = {
+      {[](Opts& o) { o.threads = 0; }, "TrainOptions.threads must be >= 1"},
+      {[](Opts& o) { o.max_epochs = 0; }, "TrainOptions.max_epochs must be >= 1"},
+      {[](Opts& o) { o.patience = -1; }, "TrainOptions.patience must be >= 0"},
+      {[](Opts& o) { o.batch_size = 0; }, "TrainOptions.batch_size must be >= 1"},
+      {[&](Opts& o) { o.learning_rate = nan; }, "TrainOptions.learning_rate must be a finite"},
+      {[](Opts& o) { o.learning_rate = 0; }, "TrainOptions.learning_rate must be a finite"},
+      {[&](Opts& o) { o.temperature = inf; }, "TrainOptions.temperature must be a finite"},
+      {[&](Opts& o) { o.weight_decay = nan; }, "TrainOptions.weight_decay must be a finite"},
+      {[](Opts& o) { o.weight_decay = -1; }, "TrainOptions.weight_decay must be a finite"},
+      {[&](Opts& o) { o.validation_fraction = nan; }, "TrainOptions.validation_fraction"},
+      {[](Opts& o) { o.validation_fraction = 1; }, "TrainOptions.validation_fraction"},
+  };
+  const auto data = synthetic_dataset();
+  const auto set = torouter::make_training_set(data.experts, data.train, "synthetic");
+  for (const auto& [spoil, message] : cases) {
+    Opts options;
+    spoil(options);
+    CHECK(!torouter::validate_train_options(options).empty());
+    // Every entry point refuses it, each kind of scorer alike, as misuse.
+    for (const char* spec : {"knn:5", "gbt,rounds=5", "mlp:8,buckets=1024"}) {
+      try {
+        torouter::make_scorer(spec)->train(set, options);
+        FAIL("trained " << spec << " with " << message);
+      } catch (const torouter::Error& e) {
+        CHECK_THAT(e.what(), Contains(message));
+        CHECK(e.code() == torouter::ErrorCode::Misuse);
+      }
+    }
+    CHECK_THROWS_WITH(torouter::cross_validate({"knn:5", Loss::Bce}, set, options, 2),
+                      Contains(message));
+    torouter::SelectionOptions selection;
+    selection.candidates = {{"knn:5", Loss::Bce}};
+    CHECK_THROWS_WITH(torouter::train_best(data, data.registry, options, selection),
+                      Contains(message));
+  }
+  CHECK(torouter::validate_train_options(Opts{}).empty());
 }

@@ -319,6 +319,17 @@ TEST_CASE("openai upstream: configuration checks", "[openai]") {
   o.api_key_env.clear();
   o.model.clear();
   CHECK_THROWS_WITH(Upstream(o), Contains("model"));
+  o.model = "m";
+  o.connect_timeout = std::chrono::milliseconds(0);
+  CHECK_THROWS_WITH(Upstream(o), Contains("connect_timeout: must be above 0"));
+  o.connect_timeout = std::chrono::milliseconds(100);
+  o.read_timeout = std::chrono::milliseconds(-1);
+  CHECK_THROWS_WITH(Upstream(o), Contains("read_timeout: must be above 0"));
+  o.read_timeout = std::chrono::milliseconds(100);
+  o.max_response_bytes = 0;
+  CHECK_THROWS_WITH(Upstream(o), Contains("max_response_bytes: must be above 0"));
+  o.max_response_bytes = 1;
+  CHECK_NOTHROW(Upstream(o));
 }
 
 TEST_CASE("openai upstream: asynchronous calls hold no thread, and a cancel stops one at once",

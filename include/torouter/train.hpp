@@ -89,6 +89,14 @@ struct TrainOptions {
   std::function<void(const EpochProgress&)> on_epoch;
 };
 
+/// Checks every field of `options` (threads, epochs and batch size at
+/// least 1, patience not negative, a finite learning rate and temperature
+/// above 0, a finite weight decay >= 0, a validation fraction in [0, 1));
+/// returns an empty string when valid, otherwise the first field that is
+/// not and why. Training (`TrainableScorer::train`, `cross_validate`,
+/// `train_best`) throws `Error` (`Misuse`) with it before reading a row.
+std::string validate_train_options(const TrainOptions& options);
+
 /// What training did.
 struct TrainReport {
   /// Epochs run, and the epoch whose weights were kept.

@@ -203,6 +203,11 @@ struct Upstream::Client {
 
 Upstream::Upstream(UpstreamOptions options) : options_(std::move(options)) {
   if (options_.model.empty()) throw Error("model: must name the upstream's model id");
+  for (const auto& [name, value] : {std::pair{"connect_timeout", options_.connect_timeout},
+                                    std::pair{"read_timeout", options_.read_timeout}}) {
+    if (value.count() <= 0) throw Error(fmt::format("{}: must be above 0", name));
+  }
+  if (options_.max_response_bytes == 0) throw Error("max_response_bytes: must be above 0");
   client_ = std::make_unique<Client>(options_);
   client_->path = client_->client.endpoint().path_prefix + "/chat/completions";
   if (!options_.api_key_env.empty()) {
