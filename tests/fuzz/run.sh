@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets with clang (ASan + UBSan) and runs each for
+# Builds the libFuzzer targets with clang (ASan + UBSan) in build-asan/
+# (scripts/configure-asan, shared with scripts/sanitize) and runs each for
 # SECONDS (default 60), as many at once as there are cores, starting from
 # its seed corpus in tests/fuzz/corpus/.
-# New inputs go to build-fuzz/corpus/, never into the repository. Exits
+# New inputs go to build-asan/corpus/, never into the repository. Exits
 # non-zero on any crash, leak or sanitizer report; the crashing input
-# is left in build-fuzz/ (turn it into a regression seed).
+# is left in build-asan/ (turn it into a regression seed).
 #
 #   tests/fuzz/run.sh 60                    # every target, 60 s each
 #   tests/fuzz/run.sh 600 fuzz_model_file   # one target, 10 minutes
@@ -15,19 +16,14 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(fuzz_expert_registry fuzz_model_file fuzz_dataset_lines
                                      fuzz_featurizer fuzz_collect_prompts fuzz_server_request)
-scripts/setup sanitizers
-cmake -S . -B build-fuzz -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DTOROUTER_BUILD_FUZZERS=ON -DTOROUTER_BUILD_TESTS=OFF -DTOROUTER_BUILD_EXAMPLES=OFF \
-  -DTOROUTER_BUILD_BENCHMARKS=OFF -DTOROUTER_WARNINGS_AS_ERRORS=ON \
-  -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
-  >/dev/null
-cmake --build build-fuzz -j"$(nproc)" --target "${targets[@]}"
+scripts/configure-asan  # the tree scripts/sanitize tests in: the library is built once
+cmake --build build-asan -j"$(nproc)" --target "${targets[@]}"
 # One target's run; prints its summary in one piece, since targets run side
 # by side.
 run_target() {
-  local target="$1" corpus="build-fuzz/corpus/$1" log="build-fuzz/$1.log" status=0
+  local target="$1" corpus="build-asan/corpus/$1" log="build-asan/$1.log" status=0
   mkdir -p "$corpus"
-  (cd build-fuzz && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
     "bin/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
     -print_final_stats=1 "corpus/$target" "../tests/fuzz/corpus/$target") >"$log" 2>&1 || status=$?
   local summary
