@@ -44,13 +44,14 @@ SENTENCES = [
 ]
 
 
-def write_config(path, upstream_port, workers, max_request_bytes, context_tokens):
-    with open(os.path.join(ROOT, "examples/default_router/experts.json")) as f:
+def write_config(path, upstream_port, workers, max_request_bytes, context_tokens, root=ROOT):
+    """`root`: the tree whose default router the server loads."""
+    with open(os.path.join(root, "examples/default_router/experts.json")) as f:
         names = [e["name"] for e in json.load(f)["experts"]]
     config = {
         "listen": {"host": "127.0.0.1", "port": 0, "threads": workers},
-        "router_model": os.path.join(ROOT, "examples/default_router/llmrouter14.tormodel"),
-        "experts_file": os.path.join(ROOT, "examples/default_router/experts.json"),
+        "router_model": os.path.join(root, "examples/default_router/llmrouter14.tormodel"),
+        "experts_file": os.path.join(root, "examples/default_router/experts.json"),
         "policy": {"lambda_cost": 100},
         "retry": {"attempt_timeout_ms": 60000, "invoke_timeout_ms": 120000},
         "max_request_bytes": max_request_bytes,
@@ -118,10 +119,10 @@ def status_mb(pid, field):
     return float("nan")
 
 
-def measure(name, server_bin, stand_in_port, args, payload, body_len, work):
+def measure(name, server_bin, stand_in_port, args, payload, body_len, work, root=ROOT):
     config = os.path.join(work, f"{name}.json")
     write_config(config, stand_in_port, args.workers, max(2 << 20, 2 * body_len),
-                 max(131072, body_len))
+                 max(131072, body_len), root)
     log = os.path.join(work, f"{name}.log")
     proc, port = start([server_bin, "--config", config], log)
     rounds = []
@@ -153,6 +154,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
     parser.add_argument("--old-server", help="another torouter-server to measure beside")
+    parser.add_argument("--old-root", default=ROOT,
+                        help="the tree whose default router the other server loads (its own "
+                             "checkout: an older server may not read today's model format)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--body-mb", type=float, default=1.0, help="body size, MB (10^6 bytes)")
@@ -165,11 +169,12 @@ def main():
         [os.path.join(args.build, "bin/torouter-stand-in"), "--port", "0",
          "--threads", "1"], os.path.join(work, "stand_in.log"))
     try:
-        servers = [("torouter-server", os.path.join(args.build, "bin/torouter-server"))]
+        servers = [("torouter-server", os.path.join(args.build, "bin/torouter-server"), ROOT)]
         if args.old_server:
-            servers.append(("old torouter-server", args.old_server))
-        rows = [(label, measure(f"server{i}", path, stand_in_port, args, payload, body_len, work))
-                for i, (label, path) in enumerate(servers)]
+            servers.append(("old torouter-server", args.old_server, args.old_root))
+        rows = [(label, measure(f"server{i}", path, stand_in_port, args, payload, body_len, work,
+                                root))
+                for i, (label, path, root) in enumerate(servers)]
     finally:
         stand_in.terminate()
         stand_in.wait()

@@ -49,13 +49,14 @@ def start(command, log_path):
     return proc, wait_port(log_path, proc)
 
 
-def write_config(path, upstream_port, workers, io_threads):
-    with open(os.path.join(ROOT, "examples/default_router/experts.json")) as f:
+def write_config(path, upstream_port, workers, io_threads, root=ROOT):
+    """`root`: the tree whose default router the server loads."""
+    with open(os.path.join(root, "examples/default_router/experts.json")) as f:
         names = [e["name"] for e in json.load(f)["experts"]]
     config = {
         "listen": {"host": "127.0.0.1", "port": 0, "threads": workers},
-        "router_model": os.path.join(ROOT, "examples/default_router/llmrouter14.tormodel"),
-        "experts_file": os.path.join(ROOT, "examples/default_router/experts.json"),
+        "router_model": os.path.join(root, "examples/default_router/llmrouter14.tormodel"),
+        "experts_file": os.path.join(root, "examples/default_router/experts.json"),
         "policy": {"lambda_cost": 100},
         "retry": {"attempt_timeout_ms": 60000, "invoke_timeout_ms": 120000},
         "experts": [{"name": n, "base_url": f"http://127.0.0.1:{upstream_port}/v1",
@@ -178,9 +179,9 @@ async def slow_crowd(port, idle, trickle, normal_requests=5):
     return times
 
 
-def measure(name, server_bin, stand_in_port, args, work):
+def measure(name, server_bin, stand_in_port, args, work, root=ROOT):
     config = os.path.join(work, f"{name}.json")
-    write_config(config, stand_in_port, args.workers, args.io_threads)
+    write_config(config, stand_in_port, args.workers, args.io_threads, root)
     proc, port = start([server_bin, "--config", config], os.path.join(work, f"{name}.log"))
     try:
         asyncio.run(burst(port, 32))  # warm: connections, the router's first routes
@@ -199,6 +200,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
     parser.add_argument("--old-server", help="another torouter-server to measure beside")
+    parser.add_argument("--old-root", default=ROOT,
+                        help="the tree whose default router the other server loads (its own "
+                             "checkout: an older server may not read today's model format)")
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=64, help="the server's listen.threads")
     parser.add_argument("--io-threads", type=int, default=0,
@@ -216,11 +220,11 @@ def main():
     try:
         asyncio.run(burst(stand_in_port, 32))
         alone, _ = asyncio.run(burst(stand_in_port, args.streams))
-        servers = [("torouter-server", os.path.join(args.build, "bin/torouter-server"))]
+        servers = [("torouter-server", os.path.join(args.build, "bin/torouter-server"), ROOT)]
         if args.old_server:
-            servers.append(("old torouter-server", args.old_server))
-        rows = [(label, measure(f"server{i}", path, stand_in_port, args, work))
-                for i, (label, path) in enumerate(servers)]
+            servers.append(("old torouter-server", args.old_server, args.old_root))
+        rows = [(label, measure(f"server{i}", path, stand_in_port, args, work, root))
+                for i, (label, path, root) in enumerate(servers)]
     finally:
         stand_in.terminate()
         stand_in.wait()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load run of torouter-server with wrk, on loopback only: requests per second
 # and the latency the router adds (p50, p99) at 1, 16 and 64 connections.
-# The server routes with the default router (MLP, nine experts) in front of a
+# The server routes with the default router (nine experts) in front of a
 # stand-in upstream that answers at once; the stand-in alone, measured in the
 # same run, is the baseline. "Added" is server minus baseline. The server's
 # CPU time per request (user and system) is read from /proc alongside.
@@ -9,6 +9,8 @@
 #   benchmarks/server_load.sh                 # 10 s per run, build/ programs
 #   DURATION=5 BUILD_DIR=build-server benchmarks/server_load.sh
 #   SERVER_CPUS=0 LOAD_CPUS=1 benchmarks/server_load.sh
+#   SERVER_BIN=OLD/build/bin/torouter-server MODEL_DIR=OLD/examples/default_router \
+#     benchmarks/server_load.sh    # another server (with its own default router), same stand-in
 #
 # By default the server, wrk and the stand-in share every core. SERVER_CPUS
 # and LOAD_CPUS (taskset lists) give the server cores of its own, apart from
@@ -26,7 +28,7 @@ server_pin=()
 load_pin=()
 if [ -n "${SERVER_CPUS:-}" ]; then server_pin=(taskset -c "$SERVER_CPUS"); fi
 if [ -n "${LOAD_CPUS:-}" ]; then load_pin=(taskset -c "$LOAD_CPUS"); fi
-server_bin="$build/bin/torouter-server"
+server_bin="${SERVER_BIN:-$build/bin/torouter-server}"
 stand_in_bin="$build/bin/torouter-stand-in"
 
 if ! command -v wrk >/dev/null; then
@@ -69,11 +71,12 @@ wait_port() {
 pids+=($!)
 upstream_port=$(wait_port "$work/stand_in.log")
 
-experts=$(sed -n 's/.*"name": "\([^"]*\)".*/\1/p' examples/default_router/experts.json)
+model_dir=${MODEL_DIR:-$root/examples/default_router}
+experts=$(sed -n 's/.*"name": "\([^"]*\)".*/\1/p' "$model_dir/experts.json")
 {
   echo '{"listen": {"host": "127.0.0.1", "port": 0, "threads": 160},'
-  echo " \"router_model\": \"$root/examples/default_router/llmrouter14.tormodel\","
-  echo " \"experts_file\": \"$root/examples/default_router/experts.json\","
+  echo " \"router_model\": \"$model_dir/llmrouter14.tormodel\","
+  echo " \"experts_file\": \"$model_dir/experts.json\","
   echo ' "policy": {"lambda_cost": 100},'
   echo ' "experts": ['
   sep=""
