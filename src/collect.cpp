@@ -31,7 +31,6 @@
 
 #include "collect_journal.hpp"
 #include "json_text.hpp"
-#include "json_type_name.hpp"
 #include "jsonl_lines.hpp"
 #include "retry_rule.hpp"
 #include "torouter/abi.hpp"
@@ -48,12 +47,11 @@ using detail::JournalEntry;
 using detail::JournalWriter;
 using detail::json_number;
 using detail::json_string;
+using detail::LineFields;
 using detail::pair_key;
 using detail::parse_object;
 using detail::read_file;
 using detail::read_journal;
-using simdjson::dom::element;
-using simdjson::dom::element_type;
 using Clock = std::chrono::steady_clock;
 
 // Ties a journal entry to the text it answered, so a prompts file edited
@@ -290,16 +288,7 @@ std::vector<CollectPrompt> parse_prompts(std::string_view jsonl, const std::stri
   simdjson::dom::parser parser;
   for_each_line(jsonl, origin, [&](std::string_view line, std::size_t line_no) {
     const auto object = parse_object(parser, line, origin, line_no);
-    auto fail = [&](std::string_view field, const std::string& problem) {
-      throw Error(fmt::format("{}:{}: {}: {}", origin, line_no, field, problem));
-    };
-    auto text = [&](std::string_view field, element value) {
-      std::string_view out;
-      if (value.get_string().get(out) != simdjson::SUCCESS) {
-        fail(field, fmt::format("expected a string, got {}", detail::json_type_name(value)));
-      }
-      return std::string(out);
-    };
+    const LineFields fields{origin, line_no};
     CollectPrompt p;
     bool saw_id = false, saw_prompt = false, saw_reference = false;
     for (auto field : object) {
@@ -309,27 +298,28 @@ std::vector<CollectPrompt> parse_prompts(std::string_view jsonl, const std::stri
         if (field.value.get_uint64().get(number) == simdjson::SUCCESS) {
           p.id = std::to_string(number);
         } else {
-          p.id = text(key, field.value);
+          p.id = fields.text(key, field.value);
         }
         saw_id = true;
       } else if (key == "prompt") {
-        p.prompt = text(key, field.value);
+        p.prompt = fields.text(key, field.value);
         saw_prompt = true;
       } else if (key == "reference") {
-        p.reference = text(key, field.value);
+        p.reference = fields.text(key, field.value);
         saw_reference = true;
       } else if (key == "task") {
-        p.task = text(key, field.value);
+        p.task = fields.text(key, field.value);
       }
     }
-    if (!saw_prompt) fail("prompt", "missing");
+    if (!saw_prompt) fields.fail("prompt", "missing");
     if (require_reference && !saw_reference) {
-      fail("reference", "missing (the built-in metrics compare answers with it)");
+      fields.fail("reference", "missing (the built-in metrics compare answers with it)");
     }
     if (!saw_id) p.id = fmt::format("line-{}", line_no);
-    if (p.id.empty()) fail("id", "must not be empty");
+    if (p.id.empty()) fields.fail("id", "must not be empty");
     auto [it, inserted] = line_of_id.emplace(p.id, line_no);
-    if (!inserted) fail("id", fmt::format("\"{}\" already used on line {}", p.id, it->second));
+    if (!inserted)
+      fields.fail("id", fmt::format("\"{}\" already used on line {}", p.id, it->second));
     prompts.push_back(std::move(p));
   });
   return prompts;

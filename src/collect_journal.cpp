@@ -7,7 +7,6 @@
 #include <utility>
 
 #include "json_text.hpp"
-#include "json_type_name.hpp"
 #include "jsonl_lines.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/error.hpp"
@@ -16,95 +15,58 @@ TOROUTER_BEGIN_NAMESPACE
 namespace detail {
 namespace {
 
-using simdjson::dom::element;
-using simdjson::dom::element_type;
 
 constexpr std::string_view kJournalHeaderKey = "torouter_collect_journal";
 constexpr std::uint64_t kJournalVersion = 1;
 
 // Reads one journal line; errors name the journal, the line and the field.
-class JournalReader {
- public:
-  JournalReader(const std::string& origin, std::size_t line_no)
-      : origin_(origin), line_no_(line_no) {}
-
-  JournalEntry read(simdjson::dom::object object) const {
-    JournalEntry e;
-    bool saw_id = false, saw_expert = false, saw_hash = false, saw_ok = false;
-    for (auto field : object) {
-      const std::string_view key = field.key;
-      if (key == "id") {
-        e.id = text(key, field.value);
-        saw_id = true;
-      } else if (key == "expert") {
-        e.expert = text(key, field.value);
-        saw_expert = true;
-      } else if (key == "prompt_hash") {
-        e.hash = text(key, field.value);
-        saw_hash = true;
-      } else if (key == "ok") {
-        if (field.value.get_bool().get(e.ok) != simdjson::SUCCESS)
-          fail(key, "expected true or false");
-        saw_ok = true;
-      } else if (key == "quality") {
-        e.quality = number(key, field.value);
-      } else if (key == "input_tokens") {
-        e.input_tokens = whole(key, field.value);
-      } else if (key == "output_tokens") {
-        e.output_tokens = whole(key, field.value);
-      } else if (key == "output_chars") {
-        e.output_chars = whole(key, field.value);
-      } else if (key == "latency_ms") {
-        e.latency_ms = number(key, field.value);
-      } else if (key == "attempts") {
-        e.attempts = static_cast<int>(whole(key, field.value));
-      } else if (key == "failure") {
-        e.failure = text(key, field.value);
-      } else if (key == "message") {
-        e.message = text(key, field.value);
-      } else if (key == "answer") {
-        e.answer = text(key, field.value);
-      }
+JournalEntry read_entry(simdjson::dom::object object, const LineFields& line) {
+  JournalEntry e;
+  bool saw_id = false, saw_expert = false, saw_hash = false, saw_ok = false;
+  for (auto field : object) {
+    const std::string_view key = field.key;
+    if (key == "id") {
+      e.id = line.text(key, field.value);
+      saw_id = true;
+    } else if (key == "expert") {
+      e.expert = line.text(key, field.value);
+      saw_expert = true;
+    } else if (key == "prompt_hash") {
+      e.hash = line.text(key, field.value);
+      saw_hash = true;
+    } else if (key == "ok") {
+      if (field.value.get_bool().get(e.ok) != simdjson::SUCCESS)
+        line.fail(key, "expected true or false");
+      saw_ok = true;
+    } else if (key == "quality") {
+      e.quality = line.number(key, field.value);
+    } else if (key == "input_tokens") {
+      e.input_tokens = line.whole(key, field.value);
+    } else if (key == "output_tokens") {
+      e.output_tokens = line.whole(key, field.value);
+    } else if (key == "output_chars") {
+      e.output_chars = line.whole(key, field.value);
+    } else if (key == "latency_ms") {
+      e.latency_ms = line.number(key, field.value);
+    } else if (key == "attempts") {
+      e.attempts = static_cast<int>(line.whole(key, field.value));
+    } else if (key == "failure") {
+      e.failure = line.text(key, field.value);
+    } else if (key == "message") {
+      e.message = line.text(key, field.value);
+    } else if (key == "answer") {
+      e.answer = line.text(key, field.value);
     }
-    if (!saw_id) fail("id", "missing");
-    if (!saw_expert) fail("expert", "missing");
-    if (!saw_hash) fail("prompt_hash", "missing");
-    if (!saw_ok) fail("ok", "missing");
-    if (e.ok && !(e.quality >= 0.0 && e.quality <= 1.0)) {
-      fail("quality", fmt::format("must be in [0, 1], got {}", e.quality));
-    }
-    return e;
   }
-
- private:
-  [[noreturn]] void fail(std::string_view field, std::string_view problem) const {
-    throw Error(fmt::format("{}:{}: {}: {}", origin_, line_no_, field, problem));
+  if (!saw_id) line.fail("id", "missing");
+  if (!saw_expert) line.fail("expert", "missing");
+  if (!saw_hash) line.fail("prompt_hash", "missing");
+  if (!saw_ok) line.fail("ok", "missing");
+  if (e.ok && !(e.quality >= 0.0 && e.quality <= 1.0)) {
+    line.fail("quality", fmt::format("must be in [0, 1], got {}", e.quality));
   }
-  std::string text(std::string_view key, element value) const {
-    std::string_view out;
-    if (value.get_string().get(out) != simdjson::SUCCESS) {
-      fail(key, fmt::format("expected a string, got {}", detail::json_type_name(value)));
-    }
-    return std::string(out);
-  }
-  double number(std::string_view key, element value) const {
-    double out = 0;
-    if (value.get_double().get(out) != simdjson::SUCCESS) {
-      fail(key, fmt::format("expected a number, got {}", detail::json_type_name(value)));
-    }
-    return out;
-  }
-  std::size_t whole(std::string_view key, element value) const {
-    std::uint64_t out = 0;
-    if (value.get_uint64().get(out) != simdjson::SUCCESS) {
-      fail(key, fmt::format("expected a whole number >= 0, got {}", simdjson::to_string(value)));
-    }
-    return static_cast<std::size_t>(out);
-  }
-
-  const std::string& origin_;
-  std::size_t line_no_;
-};
+  return e;
+}
 
 }  // namespace
 
@@ -170,7 +132,7 @@ std::unordered_map<std::string, JournalEntry> read_journal(const std::filesystem
                     saw_header = true;
                     return;
                   }
-                  JournalEntry e = JournalReader(origin, line_no).read(object);
+                  JournalEntry e = read_entry(object, LineFields{origin, line_no});
                   std::string key = pair_key(e.id, e.expert);
                   entries[std::move(key)] = std::move(e);
                 });

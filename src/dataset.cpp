@@ -23,7 +23,6 @@ TOROUTER_BEGIN_NAMESPACE
 namespace {
 
 using simdjson::dom::element;
-using simdjson::dom::element_type;
 
 // Reads one line's object; every error names the origin, the line and the field.
 class RowReader {
@@ -33,19 +32,7 @@ class RowReader {
 
   DatasetRow read(simdjson::dom::parser& parser, std::string_view line, std::size_t line_no) {
     line_no_ = line_no;
-    const simdjson::padded_string padded(line);
-    element root;
-    if (auto error = parser.parse(padded).get(root); error != simdjson::SUCCESS) {
-      throw Error(fmt::format("{}:{}: not valid JSON: {}", origin_, line_no_,
-                              simdjson::error_message(error)));
-    }
-    simdjson::dom::object object;
-    if (root.get_object().get(object) != simdjson::SUCCESS) {
-      throw Error(
-          fmt::format("{}:{}: expected a JSON object, got {}", origin_, line_no_,
-                      detail::json_type_name(root)));
-    }
-
+    const simdjson::dom::object object = detail::parse_object(parser, line, origin_, line_no);
     DatasetRow row;
     row.outcomes.resize(experts_.size());
     bool saw_prompt = false;
@@ -71,24 +58,15 @@ class RowReader {
   }
 
  private:
+  detail::LineFields fields() const { return {origin_, line_no_}; }
   [[noreturn]] void fail(std::string_view field, std::string_view problem) const {
-    throw Error(fmt::format("{}:{}: {}: {}", origin_, line_no_, field, problem));
+    fields().fail(field, problem);
   }
-
   std::string_view text(std::string_view field, element value) const {
-    std::string_view out;
-    if (value.get_string().get(out) != simdjson::SUCCESS) {
-      fail(field, fmt::format("expected a string, got {}", detail::json_type_name(value)));
-    }
-    return out;
+    return fields().text(field, value);
   }
-
   double number(std::string_view field, element value) const {
-    double out = 0;
-    if (value.get_double().get(out) != simdjson::SUCCESS) {
-      fail(field, fmt::format("expected a number, got {}", detail::json_type_name(value)));
-    }
-    return out;
+    return fields().number(field, value);
   }
 
   void read_outcomes(element value, DatasetRow& row) const {
@@ -137,12 +115,7 @@ class RowReader {
         outcome.cost_usd = cost;
       } else if (key == "output_chars") {
         const std::string name = fmt::format("{}.output_chars", where);
-        std::uint64_t chars = 0;
-        if (field.value.get_uint64().get(chars) != simdjson::SUCCESS) {
-          fail(name, fmt::format("expected a whole number >= 0, got {}",
-                                 simdjson::to_string(field.value)));
-        }
-        outcome.output_chars = static_cast<std::size_t>(chars);
+        outcome.output_chars = fields().whole(name, field.value);
       }
     }
     if (!saw_quality) fail(fmt::format("{}.quality", where), "missing");

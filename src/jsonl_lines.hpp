@@ -1,11 +1,12 @@
-// Internal: reading a JSON-lines file (prompts, the collect journal) with
-// errors that name the file and the line.
+// Internal: reading a JSON-lines file (datasets, prompts, the collect
+// journal) with errors that name the file, the line and the field.
 #pragma once
 
 #include <fmt/format.h>
 #include <simdjson.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -73,6 +74,38 @@ inline simdjson::dom::object parse_object(simdjson::dom::parser& parser, std::st
   }
   return object;
 }
+
+// One line's field readers: each error names the origin, the line and the
+// field, and says what was expected.
+struct LineFields {
+  const std::string& origin;
+  std::size_t line_no;
+
+  [[noreturn]] void fail(std::string_view field, std::string_view problem) const {
+    throw Error(fmt::format("{}:{}: {}: {}", origin, line_no, field, problem));
+  }
+  std::string_view text(std::string_view field, simdjson::dom::element value) const {
+    std::string_view out;
+    if (value.get_string().get(out) != simdjson::SUCCESS) {
+      fail(field, fmt::format("expected a string, got {}", json_type_name(value)));
+    }
+    return out;
+  }
+  double number(std::string_view field, simdjson::dom::element value) const {
+    double out = 0;
+    if (value.get_double().get(out) != simdjson::SUCCESS) {
+      fail(field, fmt::format("expected a number, got {}", json_type_name(value)));
+    }
+    return out;
+  }
+  std::size_t whole(std::string_view field, simdjson::dom::element value) const {
+    std::uint64_t out = 0;
+    if (value.get_uint64().get(out) != simdjson::SUCCESS) {
+      fail(field, fmt::format("expected a whole number >= 0, got {}", simdjson::to_string(value)));
+    }
+    return static_cast<std::size_t>(out);
+  }
+};
 
 }  // namespace detail
 TOROUTER_END_NAMESPACE
