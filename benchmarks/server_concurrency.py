@@ -9,7 +9,8 @@ about 2 s, and a normal request while many connections idle or trickle.
 For each server (and the stand-in alone, the baseline, in the same run):
 every request answered or not, the latency of a whole stream at p50 and
 p99, "added" (through the server minus the stand-in alone, at the same
-percentile), the server's threads (most seen) and its peak RSS (VmHWM).
+percentile), the server's threads (most seen), its peak RSS (VmHWM) and
+CPU per request (the stand-in's too, in its own row).
 Then, with --idle and --trickle connections open (one header byte a second
 for the trickling ones), the time a normal request takes.
 
@@ -219,7 +220,9 @@ def main():
          "--chunk-gap-ms", str(args.chunk_gap_ms)], os.path.join(work, "stand_in.log"))
     try:
         asyncio.run(burst(stand_in_port, 32))
+        stand_in_cpu = cpu_seconds(stand_in.pid)
         alone, _ = asyncio.run(burst(stand_in_port, args.streams))
+        stand_in_ms = (cpu_seconds(stand_in.pid) - stand_in_cpu) * 1000 / args.streams
         servers = [("torouter-server", os.path.join(args.build, "bin/torouter-server"), ROOT)]
         if args.old_server:
             servers.append(("old torouter-server", args.old_server, args.old_root))
@@ -236,7 +239,8 @@ def main():
           "| server CPU ms/request |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     a50, a99 = percentile(alone, 0.5), percentile(alone, 0.99)
-    print(f"| stand-in alone | {len(alone)}/{args.streams} | {a50:.3f} | {a99:.3f} | | | | | |")
+    print(f"| stand-in alone | {len(alone)}/{args.streams} | {a50:.3f} | {a99:.3f} | | | | | "
+          f"({stand_in_ms:.2f}, the stand-in's) |")
     for label, (done, threads, rss, cpu_ms, _) in rows:
         p50, p99 = percentile(done, 0.5), percentile(done, 0.99)
         print(f"| {label} | {len(done)}/{args.streams} | {p50:.3f} | {p99:.3f} | "
