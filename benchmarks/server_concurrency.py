@@ -6,14 +6,19 @@ about 2 s, and a normal request while many connections idle or trickle.
     benchmarks/server_concurrency.py                         # build/ programs
     benchmarks/server_concurrency.py --old-server OLD/bin/torouter-server
 
-For each server (and the stand-in alone, the baseline, in the same run):
-every request answered or not, the latency of a whole stream at p50 and
-p99, "added" (through the server minus the stand-in alone, at the same
+Twice: every stream opened at the same instant, then their starts spread
+evenly over --ramp seconds (all of them still in flight at once at the
+end). For each server (and the stand-in alone, the baseline, in the same
+run): every request answered or not, the latency of a whole stream at p50
+and p99, "added" (through the server minus the stand-in alone, at the same
 percentile), the server's threads (most seen), its peak RSS (VmHWM) and
-CPU per request (the stand-in's too, in its own row).
+CPU per stream (the stand-in's too, in its own row). Beside them, when
+nginx is installed, nginx as a plain streaming reverse proxy of the same
+stand-in (no routing, no JSON): what relaying alone costs on this machine.
 Then, with --idle and --trickle connections open (one header byte a second
 for the trickling ones), the time a normal request takes.
 
+The streams are opened and read by the stream_burst program (one thread).
 The stand-in serves every stream on one I/O thread (its waits are timers).
 Not run by CI.
 """
@@ -22,6 +27,8 @@ import asyncio
 import json
 import os
 import re
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -122,11 +129,27 @@ def peak_rss_mb(pid):
     return float("nan")
 
 
-async def burst(port, count, pid=None, timeout=120):
+async def burst(port, count, pid=None, timeout=120, client=None, ramp=0.0):
+    """Seconds of each answered stream of `count` opened at once, sorted, and
+    the most threads process `pid` had meanwhile. `client`: the stream_burst
+    program, which opens and reads them (see its header for why not asyncio);
+    without it (the warm-up), asyncio does. `ramp`: seconds over which the
+    client spreads the streams' starts (0: all at once)."""
     sampler = Sampler(pid) if pid else None
     sampling = asyncio.ensure_future(sampler.run()) if sampler else None
     payload = request_bytes(True)
-    times = await asyncio.gather(*(one_call(port, payload, timeout) for _ in range(count)))
+    if client:
+        with tempfile.NamedTemporaryFile(suffix=".http") as request:
+            request.write(payload)
+            request.flush()
+            proc = await asyncio.create_subprocess_exec(
+                client, "--port", str(port), "--count", str(count), "--request", request.name,
+                "--expect", "[DONE]", "--timeout", str(timeout), "--ramp", str(ramp),
+                stdout=asyncio.subprocess.PIPE)
+            out, _ = await proc.communicate()
+        times = json.loads(out)["seconds"]
+    else:
+        times = await asyncio.gather(*(one_call(port, payload, timeout) for _ in range(count)))
     if sampler:
         sampler.running = False
         await sampling
@@ -180,21 +203,103 @@ async def slow_crowd(port, idle, trickle, normal_requests=5):
     return times
 
 
-def measure(name, server_bin, stand_in_port, args, work, root=ROOT):
+MODES = ("at once", "ramp")
+
+
+def mode_label(mode, args):
+    return "all at once" if mode == "at once" else f"spread over {args.ramp:g} s"
+
+
+def run_modes(port, args, client, pid=None, cpu=lambda: 0.0):
+    """Each mode's burst: (answered seconds, most threads, CPU ms per stream)."""
+    results = {}
+    for mode in MODES:
+        before = cpu()
+        ramp = 0.0 if mode == "at once" else args.ramp
+        done, threads = asyncio.run(burst(port, args.streams, pid, client=client, ramp=ramp))
+        results[mode] = (done, threads, (cpu() - before) * 1000 / args.streams)
+    return results
+
+
+def measure(name, server_bin, stand_in_port, args, work, root=ROOT, client=None):
     config = os.path.join(work, f"{name}.json")
     write_config(config, stand_in_port, args.workers, args.io_threads, root)
     proc, port = start([server_bin, "--config", config], os.path.join(work, f"{name}.log"))
     try:
         asyncio.run(burst(port, 32))  # warm: connections, the router's first routes
-        cpu_before = cpu_seconds(proc.pid)
-        done, threads = asyncio.run(burst(port, args.streams, proc.pid))
-        cpu_ms = (cpu_seconds(proc.pid) - cpu_before) * 1000 / args.streams
+        modes = run_modes(port, args, client, proc.pid, lambda: cpu_seconds(proc.pid))
         rss = peak_rss_mb(proc.pid)
         crowd = asyncio.run(slow_crowd(port, args.idle, args.trickle))
     finally:
         proc.terminate()
         proc.wait()
-    return done, threads, rss, cpu_ms, crowd
+    return modes, rss, crowd
+
+
+NGINX_CONF = """worker_processes {workers};
+error_log {work}/nginx-error.log;
+pid {work}/nginx.pid;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 10000; }}
+http {{
+  access_log off;
+  upstream stand_in {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://stand_in;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_cpu_seconds(root_pid):
+    """CPU seconds of a process and its children (nginx's master and workers)."""
+    total = cpu_seconds(root_pid)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == root_pid:
+                    total += cpu_seconds(int(entry))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def measure_nginx(nginx, stand_in_port, args, work, client):
+    """nginx as a plain streaming reverse proxy in front of the same stand-in:
+    no routing and no JSON, a floor for what relaying costs on this machine."""
+    port = free_port()
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_CONF.format(workers=os.cpu_count(), work=work, upstream=stand_in_port,
+                                  port=port))
+    proc = subprocess.Popen([nginx, "-p", work, "-c", conf, "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        asyncio.run(burst(port, 32))
+        return run_modes(port, args, client, cpu=lambda: tree_cpu_seconds(proc.pid))
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 def main():
@@ -204,7 +309,12 @@ def main():
     parser.add_argument("--old-root", default=ROOT,
                         help="the tree whose default router the other server loads (its own "
                              "checkout: an older server may not read today's model format)")
+    parser.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx",
+                        help="nginx, measured beside as a plain reverse proxy when it exists "
+                             "(Debian: nginx-light; scripts/setup benchmarks)")
     parser.add_argument("--streams", type=int, default=2000)
+    parser.add_argument("--ramp", type=float, default=1.0,
+                        help="seconds over which the second burst spreads its starts")
     parser.add_argument("--workers", type=int, default=64, help="the server's listen.threads")
     parser.add_argument("--io-threads", type=int, default=0,
                         help="the server's listen.io_threads (0: one per core)")
@@ -214,20 +324,22 @@ def main():
     parser.add_argument("--trickle", type=int, default=1000)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="torouter-concurrency-")
+    client = os.path.join(args.build, "bin/stream_burst")
     stand_in, stand_in_port = start(
         [os.path.join(args.build, "bin/torouter-stand-in"), "--port", "0",
          "--threads", "1", "--chunks", str(args.chunks),
          "--chunk-gap-ms", str(args.chunk_gap_ms)], os.path.join(work, "stand_in.log"))
     try:
         asyncio.run(burst(stand_in_port, 32))
-        stand_in_cpu = cpu_seconds(stand_in.pid)
-        alone, _ = asyncio.run(burst(stand_in_port, args.streams))
-        stand_in_ms = (cpu_seconds(stand_in.pid) - stand_in_cpu) * 1000 / args.streams
+        alone = run_modes(stand_in_port, args, client, cpu=lambda: cpu_seconds(stand_in.pid))
         servers = [("torouter-server", os.path.join(args.build, "bin/torouter-server"), ROOT)]
         if args.old_server:
             servers.append(("old torouter-server", args.old_server, args.old_root))
-        rows = [(label, measure(f"server{i}", path, stand_in_port, args, work, root))
+        rows = [(label, measure(f"server{i}", path, stand_in_port, args, work, root, client))
                 for i, (label, path, root) in enumerate(servers)]
+        peer = None
+        if os.access(args.nginx, os.X_OK):
+            peer = measure_nginx(args.nginx, stand_in_port, args, work, client)
     finally:
         stand_in.terminate()
         stand_in.wait()
@@ -235,20 +347,26 @@ def main():
     print(f"{args.streams} concurrent streaming chat requests; the stand-in streams each answer "
           f"in {args.chunks} pieces {args.chunk_gap_ms} ms apart; {os.cpu_count()} cores, "
           f"loopback; listen.threads {args.workers}")
-    print("| | answered | p50 s | p99 s | added p50 ms | added p99 ms | threads | peak RSS MB "
-          "| server CPU ms/request |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    a50, a99 = percentile(alone, 0.5), percentile(alone, 0.99)
-    print(f"| stand-in alone | {len(alone)}/{args.streams} | {a50:.3f} | {a99:.3f} | | | | | "
-          f"({stand_in_ms:.2f}, the stand-in's) |")
-    for label, (done, threads, rss, cpu_ms, _) in rows:
-        p50, p99 = percentile(done, 0.5), percentile(done, 0.99)
-        print(f"| {label} | {len(done)}/{args.streams} | {p50:.3f} | {p99:.3f} | "
-              f"{(p50 - a50) * 1000:.0f} | {(p99 - a99) * 1000:.0f} | {threads} | {rss:.0f} | "
-              f"{cpu_ms:.2f} |")
+    for mode in MODES:
+        print(f"\nStreams opened {mode_label(mode, args)}:\n")
+        print("| | answered | p50 s | p99 s | added p50 ms | added p99 ms | threads | "
+              "peak RSS MB | CPU ms/stream |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        base, _, base_cpu = alone[mode]
+        a50, a99 = percentile(base, 0.5), percentile(base, 0.99)
+        print(f"| stand-in alone | {len(base)}/{args.streams} | {a50:.3f} | {a99:.3f} | | | | | "
+              f"({base_cpu:.2f}, the stand-in's) |")
+        shown = [(label, modes[mode], f"{rss:.0f}") for label, (modes, rss, _) in rows]
+        if peer:
+            shown.append(("nginx, plain reverse proxy", peer[mode], ""))
+        for label, (done, threads, cpu_ms), rss in shown:
+            p50, p99 = percentile(done, 0.5), percentile(done, 0.99)
+            print(f"| {label} | {len(done)}/{args.streams} | {p50:.3f} | {p99:.3f} | "
+                  f"{(p50 - a50) * 1000:.0f} | {(p99 - a99) * 1000:.0f} | {threads or ''} | "
+                  f"{rss} | {cpu_ms:.2f} |")
     print(f"\nA normal request while {args.idle} connections idle and {args.trickle} trickle "
           "one byte a second (ms, five in a row; - for no answer):")
-    for label, (_, _, _, _, crowd) in rows:
+    for label, (_, _, crowd) in rows:
         shown = ", ".join("-" if t is None else f"{t * 1000:.0f}" for t in crowd)
         print(f"| {label} | {shown} |")
 

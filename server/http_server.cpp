@@ -1,15 +1,15 @@
 // http_server.cpp: the listener on Beast (see http_server.hpp). Each
 // connection is an `HttpSession` whose reads, writes and deadlines run on
-// its strand; a request that has arrived whole goes to the worker pool,
+// its I/O thread; a request that has arrived whole goes to the worker pool,
 // whose handler writes its answer through the session and waits for each
 // write, so a slow client slows its own handler only.
 #include "http_server.hpp"
 
 #include <algorithm>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <deque>
@@ -77,7 +77,7 @@ struct HttpServer::State {
                       o.io_threads > 0
                           ? o.io_threads
                           : std::max<std::size_t>(1, std::thread::hardware_concurrency()))),
-        acceptor(asio::make_strand(io->impl().next_context())) {}
+        acceptor(io->impl().next_context()) {}
 
   // Queues a handler's run; false when the queue is full.
   bool submit(std::function<void()> job) {
@@ -139,6 +139,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       : state_(std::move(state)),
         stream_(std::move(socket), state_->tls.get()),
         request_timer_(stream_.get_executor()) {
+    const auto executor = stream_.get_executor();
+    if (const auto* home = executor.target<asio::io_context::executor_type>()) home_ = *home;
     std::lock_guard<std::mutex> lock(state_->mutex);
     state_->sessions.insert(this);
   }
@@ -173,8 +175,15 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // ------------------------------------------------------------- writes
 
   using Done = std::function<void(beast::error_code, std::size_t)>;
-  // One write on the strand; it calls its `Done` once.
+  // One write on the connection's I/O thread; it calls its `Done` once.
   using WriteOp = std::function<void(Done)>;
+  // A deferred answer's write: one of its own (`op`), or a chunk of a
+  // streamed answer (`chunk`), of `bytes` bytes.
+  struct QueuedWrite {
+    WriteOp op;
+    std::string chunk;
+    std::size_t bytes;
+  };
 
   WriteOp whole(const HttpResponse& r) {
     auto message = std::make_shared<bhttp::response<bhttp::string_body>>();
@@ -219,7 +228,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     return [this](Done done) { asio::async_write(stream_, bhttp::make_chunk_last(), done); };
   }
 
-  // Runs `op` on the strand and waits for it (a worker's write); false when
+  // Runs `op` on the I/O thread and waits for it (a worker's write); false when
   // the write failed or timed out (the client is gone).
   bool write_and_wait(const WriteOp& op) {
     if (broken_) return false;
@@ -242,23 +251,22 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // Queues `op` (from any thread); a deferred answer's writes run one at a
   // time, in order. Past the cap of queued bytes the client is cut off.
   void queue(WriteOp op, std::size_t bytes, const std::shared_ptr<CancelSignal>& gone) {
-    auto self = shared_from_this();
-    asio::post(stream_.get_executor(), [self, op = std::move(op), bytes, gone] {
-      if (self->queued_bytes_ + bytes > self->state_->options.max_queued_answer_bytes) {
-        self->broken_ = true;
-        gone->cancel();
-      }
-      if (self->broken_) return;
-      self->queued_bytes_ += bytes;
-      self->ops_.push_back({std::move(op), bytes});
-      self->pump(gone);
+    in_order([self = shared_from_this(), op = std::move(op), bytes, gone]() mutable {
+      self->enqueue(QueuedWrite{std::move(op), {}, bytes}, gone);
+    });
+  }
+
+  // Queues one chunk of a streamed answer (from any thread), as `queue`.
+  void queue_chunk(std::string_view data, const std::shared_ptr<CancelSignal>& gone) {
+    in_order([self = shared_from_this(), data = std::string(data), gone]() mutable {
+      const std::size_t bytes = data.size();
+      self->enqueue(QueuedWrite{{}, std::move(data), bytes}, gone);
     });
   }
 
   // Ends a deferred answer once its queued writes are done (or failed).
   void queue_end(int status, bool keep_alive, const std::shared_ptr<CancelSignal>& gone) {
-    auto self = shared_from_this();
-    asio::post(stream_.get_executor(), [self, status, keep_alive, gone] {
+    in_order([self = shared_from_this(), status, keep_alive, gone] {
       self->end_pending_ = true;
       self->end_status_ = status;
       self->end_keep_alive_ = keep_alive;
@@ -413,7 +421,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
   }
 
-  // On the strand, for handlers that never block: the answer is deferred
+  // On the I/O thread, for handlers that never block: the answer is deferred
   // from the start, so its writes queue, and it ends when the handler
   // returns unless the handler handed it over.
   void serve_here(const HttpRequest& request, bool keep_alive) {
@@ -480,6 +488,31 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     });
   }
 
+  // Runs `step` on the I/O thread after every step handed over before it:
+  // at once when called there with none waiting (a streamed answer's chunks
+  // come from the invoke on this thread), else posted.
+  template <typename Step>
+  void in_order(Step step) {
+    if (home_ && home_->running_in_this_thread() && posted_steps_ == 0) return step();
+    ++posted_steps_;
+    asio::post(stream_.get_executor(), [this, step = std::move(step)]() mutable {
+      --posted_steps_;
+      step();
+    });
+  }
+
+  // On the I/O thread: adds a write to the deferred answer's queue.
+  void enqueue(QueuedWrite write, const std::shared_ptr<CancelSignal>& gone) {
+    if (queued_bytes_ + write.bytes > state_->options.max_queued_answer_bytes) {
+      broken_ = true;
+      gone->cancel();
+    }
+    if (broken_) return;
+    queued_bytes_ += write.bytes;
+    ops_.push_back(std::move(write));
+    pump(gone);
+  }
+
   // Runs the next queued write of a deferred answer, or its end.
   void pump(const std::shared_ptr<CancelSignal>& gone) {
     if (writing_) return;
@@ -488,8 +521,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       ops_.pop_front();
       writing_ = true;
       stream_.tcp().expires_after(state_->options.write_timeout);
-      auto self = shared_from_this();
-      next.op([self, gone, bytes = next.bytes](beast::error_code ec, std::size_t) {
+      auto written = [self = shared_from_this(), gone, bytes = next.bytes](beast::error_code ec,
+                                                                           std::size_t) {
         self->writing_ = false;
         self->queued_bytes_ -= bytes;
         self->stream_.tcp().expires_never();
@@ -498,7 +531,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
           gone->cancel();
         }
         self->pump(gone);
-      });
+      };
+      if (next.op) return next.op(std::move(written));
+      // A chunk: its bytes stay in `writing_chunk_` until written.
+      writing_chunk_ = std::move(next.chunk);
+      asio::async_write(stream_, bhttp::make_chunk(asio::buffer(writing_chunk_)),
+                        std::move(written));
       return;
     }
     if (!end_pending_) return;
@@ -611,11 +649,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   bool reading_request_ = false;  // between a request's first byte and its dispatch
   bool idle_ = false;
   // A deferred answer's queued writes and end.
-  struct QueuedWrite {
-    WriteOp op;
-    std::size_t bytes;
-  };
   std::deque<QueuedWrite> ops_;
+  std::string writing_chunk_;  // the chunk being written
+  // The I/O thread's executor (none if the socket's is of another kind),
+  // and how many steps `in_order` posted that have not run yet.
+  std::optional<asio::io_context::executor_type> home_;
+  std::atomic<int> posted_steps_{0};
   std::size_t queued_bytes_ = 0;
   bool writing_ = false;
   bool end_pending_ = false;
@@ -655,8 +694,7 @@ bool HttpResponse::start_stream(std::string_view content_type) {
 bool HttpResponse::write(std::string_view data) {
   if (deferred_) {
     if (!data.empty() && !head_only_) {
-      session_->queue(session_->chunk(std::make_shared<const std::string>(data)), data.size(),
-                      gone_);
+      session_->queue_chunk(data, gone_);
     }
     return !gone_->cancelled();
   }
@@ -720,7 +758,9 @@ namespace {
 
 void accept_next(const std::shared_ptr<HttpServer::State>& state) {
   state->acceptor.async_accept(
-      asio::make_strand(state->io->impl().next_context()),  // spread over the I/O threads
+      // Spread over the I/O threads. No strand: each context has one thread,
+      // which runs a connection's handlers one at a time.
+      state->io->impl().next_context(),
       [state](beast::error_code ec, tcp::socket socket) {
         if (state->stopping || !state->acceptor.is_open()) return state->accept_ended();
         if (ec) {

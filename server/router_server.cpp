@@ -31,6 +31,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 using detail::json_number;
+using detail::append_json_string;
 using detail::json_string;
 
 constexpr std::size_t kNone = static_cast<std::size_t>(-1);
@@ -150,16 +151,29 @@ ApiError invoke_error(const InvokeResult& r) {
   return e;
 }
 
-// One `chat.completion.chunk` event: `delta` holds the delta's members
-// (without braces), `finish_reason` is JSON (null or a string), and `extra`
-// adds top-level members after the choices (with its leading comma).
+// Appends one `chat.completion.chunk` event to `out`: `delta` holds the
+// delta's members (without braces), `finish_reason` is JSON (null or a
+// string), and `extra` adds top-level members after the choices (with its
+// leading comma).
+void append_chunk_event(std::string& out, std::string_view id, long long created,
+                        std::string_view model, std::string_view delta,
+                        std::string_view finish_reason, std::string_view extra = {}) {
+  fmt::format_to(std::back_inserter(out),
+                 "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},"
+                 "\"model\":",
+                 id, created);
+  append_json_string(out, model);
+  fmt::format_to(std::back_inserter(out),
+                 ",\"choices\":[{{\"index\":0,\"delta\":{{{}}},\"finish_reason\":{}}}]{}}}\n\n",
+                 delta, finish_reason, extra);
+}
+
 std::string chunk_event(std::string_view id, long long created, std::string_view model,
                         std::string_view delta, std::string_view finish_reason,
                         std::string_view extra = {}) {
-  return fmt::format(
-      "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},"
-      "\"choices\":[{{\"index\":0,\"delta\":{{{}}},\"finish_reason\":{}}}]{}}}\n\n",
-      id, created, json_string(model), delta, finish_reason, extra);
+  std::string out;
+  append_chunk_event(out, id, created, model, delta, finish_reason, extra);
+  return out;
 }
 
 // The finish reason relayed to the client; an upstream that gave none
@@ -201,6 +215,7 @@ struct ChatExchange {
   std::string id;
   long long created = 0;
   InvokeResult shown;  // a stream's headers show this decision
+  std::string delta, event;  // a stream's piece being written out
   bool started = false;
 };
 
@@ -363,6 +378,7 @@ struct RouterServer::Impl {
     metrics->count_chat_request(chat.bypass);
     if (chat.stream) {
       options.on_chunk = [this, x](std::string_view piece) { stream_piece(*x, piece); };
+      options.routed = std::shared_ptr<const RouteDecision>(x, &x->shown.decision);
     }
     call.started = Clock::now();
     router->invoke_async(chat.routing_text, std::move(options), loop,
@@ -519,8 +535,8 @@ struct RouterServer::Impl {
       x->id = completion_id();
       x->created = static_cast<long long>(std::time(nullptr));
       // Routed here for the headers, which leave before the invoke's result
-      // exists; the invoke routes again, the same way.
-      router->route(x->chat.routing_text, invoke_options(x->chat).route, x->shown.decision);
+      // exists; the invoke starts from this decision (InvokeOptions::routed).
+      x->shown.decision = router->route(x->chat.routing_text, invoke_options(x->chat).route);
     }
     x->res = res.defer();
     start_chat(x);
@@ -575,10 +591,13 @@ struct RouterServer::Impl {
     const std::string& expert = router->experts()[x.call.current_expert].name;
     const bool first = !x.started;
     if (first) start_stream(x, x.shown, expert, x.call.upstream_calls);
-    x.res->write(chunk_event(
-        x.id, x.created, expert,
-        fmt::format("{}\"content\":{}", first ? "\"role\":\"assistant\"," : "", json_string(piece)),
-        "null"));
+    // Built in the exchange's own buffers, which keep their capacity: a
+    // long stream's events allocate nothing once it has warmed up.
+    x.delta.assign(first ? "\"role\":\"assistant\",\"content\":" : "\"content\":");
+    append_json_string(x.delta, piece);
+    x.event.clear();
+    append_chunk_event(x.event, x.id, x.created, expert, x.delta, "null");
+    x.res->write(x.event);
   }
 
   void finish_stream(ChatExchange& x, const InvokeResult& r) {

@@ -49,7 +49,14 @@ milliseconds until(Clock::time_point when) {
 // piece of an attempt that is over never reaches the next.
 struct StreamBuffer {
   std::mutex mutex;
-  std::vector<std::string> pieces;
+  // The pieces, one after another in `bytes`, each ending where `ends`
+  // says: two buffers that keep their capacity, so a long stream's pieces
+  // allocate nothing once it has warmed up.
+  std::string bytes;
+  std::vector<std::size_t> ends;
+  // An event on the loop will hand the pieces on: a piece that comes
+  // meanwhile joins them instead of posting another.
+  bool delivery_posted = false;
   std::atomic<std::int64_t> last_arrival_ns{0};
 };
 
@@ -411,11 +418,16 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   ChunkCallback chunk_receiver(std::uint64_t token) {
     std::weak_ptr<InvokeRun> weak = weak_from_this();
     return [weak, token, buffer = stream_, loop = loop_](std::string_view piece) {
+      bool post = false;
       {
         std::lock_guard<std::mutex> lock(buffer->mutex);
-        buffer->pieces.emplace_back(piece);
+        buffer->bytes.append(piece);
+        buffer->ends.push_back(buffer->bytes.size());
         buffer->last_arrival_ns.store(to_ns(Clock::now()));
+        post = !buffer->delivery_posted;
+        buffer->delivery_posted = true;
       }
+      if (!post) return;
       loop->post([weak, token] {
         if (auto self = weak.lock()) self->handle(token, [&] { self->deliver_pieces(); });
       });
@@ -425,12 +437,19 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   // Hands the current stream's queued pieces to the caller, in order.
   void deliver_pieces() {
     if (!stream_) return;
-    std::vector<std::string> pieces;
     {
       std::lock_guard<std::mutex> lock(stream_->mutex);
-      pieces.swap(stream_->pieces);
+      delivering_bytes_.swap(stream_->bytes);
+      delivering_ends_.swap(stream_->ends);
+      stream_->delivery_posted = false;
     }
-    for (const std::string& piece : pieces) deliver(piece);
+    std::size_t begin = 0;
+    for (const std::size_t end : delivering_ends_) {
+      deliver(std::string_view(delivering_bytes_).substr(begin, end - begin));
+      begin = end;
+    }
+    delivering_bytes_.clear();
+    delivering_ends_.clear();
   }
 
   // One piece of a streamed answer: joined for the result, and passed on.
@@ -686,6 +705,9 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   // and when the whole stream must be over (`RouterOptions::stream_timeout`).
   std::shared_ptr<StreamBuffer> stream_;
   Clock::time_point stream_deadline_ = Clock::time_point::max();
+  // The pieces being handed on, swapped with the stream's (see StreamBuffer).
+  std::string delivering_bytes_;
+  std::vector<std::size_t> delivering_ends_;
 };
 
 bool Router::acquire_slot(std::size_t i) {
@@ -735,6 +757,22 @@ void Router::invoke_async(std::string_view prompt, InvokeOptions options,
   start_invoke(prompt, nullptr, std::move(options), std::move(loop), std::move(on_done));
 }
 
+void Router::copy_decision(const RouteDecision& from, RouteDecision& to) const {
+  if (from.registry_ != experts_ || from.candidates.size() != experts_->size()) {
+    throw Error("Router::invoke: InvokeOptions.routed is not a decision of this router",
+                ErrorCode::Misuse);
+  }
+  to.candidates = from.candidates;
+  to.reason = from.reason;
+  to.policy = from.policy;
+  to.policy_name = from.policy_name;
+  to.model_version = from.model_version;
+  to.input_tokens = from.input_tokens;
+  to.registry_ = from.registry_;
+  to.policy_ = from.policy_;
+  to.scorer_ = from.scorer_;
+}
+
 void Router::start_invoke(std::string_view prompt, const InvokeOptions* borrowed,
                           InvokeOptions owned, std::shared_ptr<EventLoop> loop,
                           std::function<void(InvokeResult)> on_done) {
@@ -743,7 +781,9 @@ void Router::start_invoke(std::string_view prompt, const InvokeOptions* borrowed
   const InvokeOptions& options = borrowed ? *borrowed : owned;
   if (!options.expert.empty()) expert_index(options.expert);  // throws for an unknown name
   InvokeResult result;
-  if (options.max_output_tokens > 0 && options.route.policy.max_output_tokens == 0) {
+  if (options.routed) {
+    copy_decision(*options.routed, result.decision);
+  } else if (options.max_output_tokens > 0 && options.route.policy.max_output_tokens == 0) {
     // The context window must hold what the call will reserve.
     RouteOptions route = options.route;
     route.policy.max_output_tokens = options.max_output_tokens;

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <iterator>
 #include <string>
 #include <string_view>
 
@@ -12,11 +13,9 @@
 TOROUTER_BEGIN_NAMESPACE
 namespace detail {
 
-/// `text` as a quoted JSON string; control characters escaped, other bytes
-/// passed through (the input is expected to be UTF-8).
-inline std::string json_string(std::string_view text) {
-  std::string out;
-  out.reserve(text.size() + 2);
+/// Appends `text` to `out` as a quoted JSON string; control characters
+/// escaped, other bytes passed through (the input is expected to be UTF-8).
+inline void append_json_string(std::string& out, std::string_view text) {
   out.push_back('"');
   std::size_t clean_from = 0;  // start of the run of bytes that need no escape
   for (std::size_t i = 0; i < text.size(); ++i) {
@@ -30,11 +29,18 @@ inline std::string json_string(std::string_view text) {
       case '\n': out += "\\n"; break;
       case '\r': out += "\\r"; break;
       case '\t': out += "\\t"; break;
-      default: out += fmt::format("\\u{:04x}", c);
+      default: fmt::format_to(std::back_inserter(out), "\\u{:04x}", c);
     }
   }
   out.append(text.data() + clean_from, text.size() - clean_from);
   out.push_back('"');
+}
+
+/// `text` as a quoted JSON string (see `append_json_string`).
+inline std::string json_string(std::string_view text) {
+  std::string out;
+  out.reserve(text.size() + 2);
+  append_json_string(out, text);
   return out;
 }
 

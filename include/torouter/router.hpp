@@ -187,6 +187,13 @@ struct InvokeOptions {
   /// (`Request::cancel`), the expert's slot and the budget reservation are
   /// released, and nothing counts against the expert.
   std::shared_ptr<CancelSignal> cancel;
+  /// A decision this router's `route` already made for this prompt with
+  /// these options (`route`, with `route.policy.max_output_tokens` set to
+  /// `max_output_tokens` when that is 0): the invoke starts from a copy of it
+  /// instead of routing again. For callers that show the decision before the
+  /// answer, as a streaming server's headers do, without routing twice. A
+  /// decision of another router makes the invoke throw `Error`.
+  std::shared_ptr<const RouteDecision> routed;
 };
 
 /// What happened to one call (or skipped call) during an invoke.
@@ -364,7 +371,9 @@ class Router {
   void route_pooled(std::string_view prompt, const RouteOptions& options,
                     RouteDecision& decision) const;
 
-  // Routes, then runs the invoke on `loop`: with the caller's options when
+  // Copies `from` into `to` (a decision holds its workspace alone).
+  void copy_decision(const RouteDecision& from, RouteDecision& to) const;
+  // Routes (or starts from `routed`), then runs the invoke on `loop`: with the caller's options when
   // `borrowed` is set (they outlive the invoke), else with `owned`.
   void start_invoke(std::string_view prompt, const InvokeOptions* borrowed, InvokeOptions owned,
                     std::shared_ptr<EventLoop> loop, std::function<void(InvokeResult)> on_done);

@@ -1,6 +1,6 @@
 // http_client.cpp: one POST as a chain of asynchronous Beast operations
 // (resolve, connect, TLS handshake, write, read the head, read the body
-// piece by piece), all on the strand of the connection it uses; see
+// piece by piece), all on the I/O thread of the connection it uses; see
 // http_client.hpp.
 #include "openai/http_client.hpp"
 
@@ -8,12 +8,12 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
@@ -121,28 +121,28 @@ Endpoint::Endpoint(const std::string& url) : base_url(url) {
   }
 }
 
-// One connection: a TCP stream, in TLS for https://, with the strand every
-// operation on it runs on and the bytes read past its last answer.
+// One connection: a TCP stream, in TLS for https://, with the executor every
+// operation on it runs on and the bytes read past its last answer. The
+// executor is its io_context's own, not a strand: each context of
+// `IoThreads` has one thread, which already runs its handlers one at a time.
 struct Connection {
-  using Strand = asio::strand<asio::io_context::executor_type>;
-
   Connection(asio::io_context& io, asio::ssl::context* tls_context)
-      : home(io), strand(asio::make_strand(io)), tls_context_(tls_context) {
+      : home(io), executor(io.get_executor()), tls_context_(tls_context) {
     open_stream();
   }
 
-  // A new, unconnected stream on the same strand.
+  // A new, unconnected stream on the same executor.
   void open_stream() {
     buffer.clear();
     stream.reset();
-    stream.emplace(strand, tls_context_);
+    stream.emplace(executor, tls_context_);
   }
 
   beast::tcp_stream& lowest() { return stream->tcp(); }
   bool is_open() { return lowest().socket().is_open(); }
 
   asio::io_context& home;  // whose thread runs its I/O
-  Strand strand;
+  asio::io_context::executor_type executor;  // home's: one thread, so handlers never overlap
   std::optional<AnyStream> stream;
   beast::flat_buffer buffer;
 
@@ -215,20 +215,20 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     auto self = shared_from_this();
     if (cancel_) {
       std::weak_ptr<Exchange> weak = self;
-      auto strand = connection_->strand;
-      cancel_id_ = cancel_->on_cancel([weak, strand] {
-        asio::post(strand, [weak] {
+      auto executor = connection_->executor;
+      cancel_id_ = cancel_->on_cancel([weak, executor] {
+        asio::post(executor, [weak] {
           if (auto exchange = weak.lock()) exchange->stop_for_cancel();
         });
       });
     }
-    asio::post(connection_->strand, [self] { self->begin(); });
+    asio::post(connection_->executor, [self] { self->begin(); });
   }
 
  private:
   template <typename Handler>
-  auto on_strand(Handler&& handler) {
-    return asio::bind_executor(connection_->strand, std::forward<Handler>(handler));
+  auto on_home_thread(Handler&& handler) {
+    return asio::bind_executor(connection_->executor, std::forward<Handler>(handler));
   }
 
   // The completion of a write or read in flight: a cancel or an error ends
@@ -236,7 +236,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
   auto then(void (Exchange::*next)()) {
     auto self = shared_from_this();
     busy_ = true;
-    return on_strand([self, next](beast::error_code ec, std::size_t) {
+    return on_home_thread([self, next](beast::error_code ec, std::size_t) {
       self->busy_ = false;
       if (self->stop_if_cancelled()) return;
       if (ec) return self->io_failed(ec);
@@ -268,11 +268,16 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
   // ------------------------------------------------------------ connecting
 
   void resolve() {
+    // A numeric host needs no look-up (the resolver would run getaddrinfo
+    // on a thread of its own for every new connection).
+    if (const auto endpoint = numeric_endpoint()) {
+      return connect(std::array<tcp::endpoint, 1>{*endpoint});
+    }
     auto self = shared_from_this();
-    resolver_.emplace(connection_->strand);
-    connect_timer_.emplace(connection_->strand);
+    resolver_.emplace(connection_->executor);
+    connect_timer_.emplace(connection_->executor);
     connect_timer_->expires_after(request_.connect_timeout);
-    connect_timer_->async_wait(on_strand([self](beast::error_code ec) {
+    connect_timer_->async_wait(on_home_thread([self](beast::error_code ec) {
       if (!ec && self->resolver_) {
         self->resolve_timed_out_ = true;
         self->resolver_->cancel();
@@ -281,7 +286,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     busy_ = true;
     resolver_->async_resolve(
         shared_->endpoint.host, shared_->endpoint.port,
-        on_strand([self](beast::error_code ec, tcp::resolver::results_type results) {
+        on_home_thread([self](beast::error_code ec, tcp::resolver::results_type results) {
           self->busy_ = false;
           self->connect_timer_->cancel();
           if (self->stop_if_cancelled()) return;
@@ -295,12 +300,26 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
         }));
   }
 
-  void connect(const tcp::resolver::results_type& results) {
+  // The upstream's address when its host is an IP address and its port a
+  // number; nullopt when a look-up is needed.
+  std::optional<tcp::endpoint> numeric_endpoint() const {
+    beast::error_code ec;
+    const auto address = asio::ip::make_address(shared_->endpoint.host, ec);
+    const std::string& port = shared_->endpoint.port;
+    const bool digits = !port.empty() && port.size() <= 5 &&
+                        std::all_of(port.begin(), port.end(),
+                                    [](char c) { return c >= '0' && c <= '9'; });
+    if (ec || !digits || std::stoul(port) > 65535) return std::nullopt;
+    return tcp::endpoint(address, static_cast<unsigned short>(std::stoul(port)));
+  }
+
+  template <class Endpoints>
+  void connect(const Endpoints& results) {
     auto self = shared_from_this();
     connection_->lowest().expires_after(request_.connect_timeout);
     busy_ = true;
     connection_->lowest().async_connect(
-        results, on_strand([self](beast::error_code ec, const tcp::endpoint&) {
+        results, on_home_thread([self](beast::error_code ec, const tcp::endpoint&) {
           self->busy_ = false;
           if (self->stop_if_cancelled()) return;
           if (ec == beast::error::timeout) {
@@ -329,7 +348,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     connection_->lowest().expires_after(request_.connect_timeout);
     busy_ = true;
     tls.async_handshake(
-        asio::ssl::stream_base::client, on_strand([self](beast::error_code ec) {
+        asio::ssl::stream_base::client, on_home_thread([self](beast::error_code ec) {
           self->busy_ = false;
           if (self->stop_if_cancelled()) return;
           if (ec == beast::error::timeout) {
@@ -393,7 +412,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
     auto self = shared_from_this();
     busy_ = true;
     bhttp::async_read_some(*connection_->stream, connection_->buffer, *parser_,
-                           on_strand([self](beast::error_code ec, std::size_t) {
+                           on_home_thread([self](beast::error_code ec, std::size_t) {
                              self->busy_ = false;
                              self->piece_read(ec);
                            }));
