@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "json_parsers.hpp"
 #include "json_text.hpp"
 #include "torouter/cost_model.hpp"
 
@@ -328,7 +329,8 @@ std::optional<ApiError> check_needs(const ChatRequest& chat, const ExpertRegistr
 
 std::optional<ApiError> parse_chat_request(std::string_view body, const ExpertRegistry& experts,
                                            double default_lambda_cost, ChatRequest& chat) {
-  simdjson::dom::parser parser;
+  simdjson::dom::parser own;
+  simdjson::dom::parser& parser = detail::reusable_parser(body.size(), own);
   simdjson::dom::element doc;
   if (auto error = parser.parse(body.data(), body.size()).get(doc)) {
     return bad_request(fmt::format("request body is not valid JSON: {}",

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <vector>
 
+#include "json_parsers.hpp"
 #include "json_text.hpp"
 #include "openai/http_client.hpp"
 #include "openai/io_threads.hpp"
@@ -302,8 +303,10 @@ class ChatExchange {
       done_ = true;
       return true;
     }
+    simdjson::dom::parser own;
+    simdjson::dom::parser& parser = detail::reusable_parser(data.size(), own);
     simdjson::dom::element doc;
-    if (parser_.parse(data.data(), data.size()).get(doc)) {
+    if (parser.parse(data.data(), data.size()).get(doc)) {
       streamed_ = Response::failed(FailureKind::ServerError,
                                    fmt::format("malformed stream event: {}", data.substr(0, 200)));
       return false;
@@ -314,10 +317,6 @@ class ChatExchange {
       return false;
     }
     read_usage(doc, streamed_);
-    std::string_view content;
-    if (!doc["choices"].at(0)["delta"]["content"].get(content) && !content.empty()) {
-      on_chunk_(content);
-    }
     simdjson::dom::element choice;
     if (answer_ != nullptr && !doc["choices"].at(0).get(choice) &&
         !read_answer_delta(choice, *answer_)) {
@@ -326,6 +325,12 @@ class ChatExchange {
                            fmt::format("malformed stream event: a tool call index skips ahead: {}",
                                        data.substr(0, 200)));
       return false;
+    }
+    // Last: the caller's code may parse on this thread (the parser is
+    // shared), and `content` stays valid until the next parse.
+    std::string_view content;
+    if (!doc["choices"].at(0)["delta"]["content"].get(content) && !content.empty()) {
+      on_chunk_(content);
     }
     return true;
   }
@@ -379,8 +384,10 @@ class ChatExchange {
       return std::move(streamed_);
     }
     Response out;
+    simdjson::dom::parser own;
+    simdjson::dom::parser& parser = detail::reusable_parser(body_.size(), own);
     simdjson::dom::element doc;
-    if (parser_.parse(body_).get(doc)) {
+    if (parser.parse(body_).get(doc)) {
       return Response::failed(FailureKind::ServerError,
                               fmt::format("malformed answer: {}", body_.substr(0, 200)));
     }
@@ -405,7 +412,6 @@ class ChatExchange {
   std::string body_;  // the whole body when not streaming, else an error body
   SseReader sse_;
   Response streamed_;
-  simdjson::dom::parser parser_;
   bool done_ = false;
   bool cancelled_ = false;
 };
