@@ -138,7 +138,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   HttpSession(std::shared_ptr<HttpServer::State> state, tcp::socket socket)
       : state_(std::move(state)),
         stream_(std::move(socket), state_->tls.get()),
-        request_timer_(stream_.get_executor()) {
+        request_timer_(stream_.get_executor()),
+        write_watch_(stream_.get_executor()) {
     const auto executor = stream_.get_executor();
     if (const auto* home = executor.target<asio::io_context::executor_type>()) home_ = *home;
     std::lock_guard<std::mutex> lock(state_->mutex);
@@ -520,12 +521,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       QueuedWrite next = std::move(ops_.front());
       ops_.pop_front();
       writing_ = true;
-      stream_.tcp().expires_after(state_->options.write_timeout);
+      watch_write();
       auto written = [self = shared_from_this(), gone, bytes = next.bytes](beast::error_code ec,
                                                                            std::size_t) {
         self->writing_ = false;
         self->queued_bytes_ -= bytes;
-        self->stream_.tcp().expires_never();
         if (ec) {
           self->broken_ = true;
           gone->cancel();
@@ -554,6 +554,37 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return;
     }
     after_answer();
+  }
+
+  // A deferred answer's writes share one timer, re-armed only when it
+  // fires, instead of a deadline set and cleared around each write: a
+  // stream's many small writes made that two timer changes per piece, and
+  // often two system calls (the write's deadline was the earliest timer).
+  void watch_write() {
+    write_started_ = std::chrono::steady_clock::now();
+    if (!write_watch_armed_) arm_write_watch(write_started_ + state_->options.write_timeout);
+  }
+
+  void arm_write_watch(std::chrono::steady_clock::time_point due) {
+    write_watch_armed_ = true;
+    write_watch_.expires_at(due);
+    // Weak: a connection that is done is not kept for the timer's sake.
+    write_watch_.async_wait(
+        [weak = weak_from_this()](beast::error_code ec) {
+          if (auto self = weak.lock()) self->write_watch_fired(ec);
+        });
+  }
+
+  // A write still in flight a whole write_timeout after it began: the
+  // client takes no bytes, so it is cut off (the write ends in an error,
+  // whose handler ends the answer).
+  void write_watch_fired(beast::error_code ec) {
+    write_watch_armed_ = false;
+    if (ec || !writing_) return;
+    const auto due = write_started_ + state_->options.write_timeout;
+    if (std::chrono::steady_clock::now() < due) return arm_write_watch(due);
+    beast::error_code ignored;
+    stream_.tcp().socket().close(ignored);
   }
 
   void after_answer() {
@@ -651,6 +682,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // A deferred answer's queued writes and end.
   std::deque<QueuedWrite> ops_;
   std::string writing_chunk_;  // the chunk being written
+  // The deadline of the write in flight (see watch_write).
+  asio::steady_timer write_watch_;
+  std::chrono::steady_clock::time_point write_started_;
+  bool write_watch_armed_ = false;
   // The I/O thread's executor (none if the socket's is of another kind),
   // and how many steps `in_order` posted that have not run yet.
   std::optional<asio::io_context::executor_type> home_;

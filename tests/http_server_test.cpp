@@ -274,6 +274,51 @@ TEST_CASE("http server: past its caps, 503 with Retry-After", "[http][server]") 
   }
 }
 
+TEST_CASE("http server: a client that takes no bytes for write_timeout is cut off",
+          "[http][server]") {
+  // The answer is far larger than the loopback connection's buffers, and the
+  // client reads nothing: a write stalls, and write_timeout after it began
+  // the server gives up on the client (the answer's client_gone fires) and
+  // closes the connection, whatever was still queued.
+  HttpServerOptions options = Fixture::small_options();
+  options.handlers_never_block = true;
+  options.write_timeout = milliseconds(300);
+  options.max_queued_answer_bytes = 64 << 20;
+  std::mutex mutex;
+  std::shared_ptr<torouter::CancelSignal> gone;
+  HttpServer server(
+      options,
+      [&](const HttpRequest&, HttpResponse& res) {
+        {
+          std::lock_guard<std::mutex> lock(mutex);
+          gone = res.client_gone();
+        }
+        res.start_stream("text/plain");
+        const std::string piece(64 << 10, 'x');
+        for (int i = 0; i < 512; ++i) res.write(piece);  // 32 MiB, queued at once
+      },
+      [](int status, std::string_view) { return std::to_string(status); }, [](int) {});
+  std::string error;
+  const int port = server.bind("127.0.0.1", 0, error);
+  REQUIRE(port > 0);
+  std::thread running([&] { server.run(); });
+  RawHttpConnection client(port);
+  send(client, "GET /flood HTTP/1.1\r\nHost: t\r\n\r\n");
+  const auto start = std::chrono::steady_clock::now();
+  auto cut = [&] {
+    std::lock_guard<std::mutex> lock(mutex);
+    return gone && gone->cancelled();
+  };
+  while (!cut() && std::chrono::steady_clock::now() - start < std::chrono::seconds(10)) {
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  CHECK(cut());
+  CHECK(std::chrono::steady_clock::now() - start >= milliseconds(300));
+  CHECK(receive(client).status == -1);  // what the buffers held, then the close
+  server.stop();
+  running.join();
+}
+
 TEST_CASE("http server: connections stay open while a worker is free for each", "[http][server]") {
   // Connections that arrive together queue for a moment before the workers
   // wake; that alone must not close kept-alive connections (the clients
