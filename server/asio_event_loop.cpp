@@ -18,4 +18,6 @@ void AsioEventLoop::post_after(std::chrono::milliseconds delay, std::function<vo
   timer->async_wait([timer, task = std::move(task)](const boost::system::error_code&) { task(); });
 }
 
+bool AsioEventLoop::runs_here() const { return io_->impl().runs_here(); }
+
 }  // namespace torouter::server

@@ -158,14 +158,22 @@ ApiError invoke_error(const InvokeResult& r) {
 void append_chunk_event(std::string& out, std::string_view id, long long created,
                         std::string_view model, std::string_view delta,
                         std::string_view finish_reason, std::string_view extra = {}) {
-  fmt::format_to(std::back_inserter(out),
-                 "data: {{\"id\":\"{}\",\"object\":\"chat.completion.chunk\",\"created\":{},"
-                 "\"model\":",
-                 id, created);
+  // Plain appends: this runs for every piece of every stream, and
+  // fmt::format_to into a string cost it several times as much.
+  const fmt::format_int created_text(created);
+  out += "data: {\"id\":\"";
+  out += id;
+  out += "\",\"object\":\"chat.completion.chunk\",\"created\":";
+  out.append(created_text.data(), created_text.size());
+  out += ",\"model\":";
   append_json_string(out, model);
-  fmt::format_to(std::back_inserter(out),
-                 ",\"choices\":[{{\"index\":0,\"delta\":{{{}}},\"finish_reason\":{}}}]{}}}\n\n",
-                 delta, finish_reason, extra);
+  out += ",\"choices\":[{\"index\":0,\"delta\":{";
+  out += delta;
+  out += "},\"finish_reason\":";
+  out += finish_reason;
+  out += "}]";
+  out += extra;
+  out += "}\n\n";
 }
 
 std::string chunk_event(std::string_view id, long long created, std::string_view model,

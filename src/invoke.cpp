@@ -60,6 +60,18 @@ struct StreamBuffer {
   std::atomic<std::int64_t> last_arrival_ns{0};
 };
 
+// The invoke whose step (see InvokeRun::handle) runs on this thread, if any.
+thread_local const void* step_running = nullptr;
+
+// Marks a step as running on this thread while it lives.
+struct StepRunning {
+  explicit StepRunning(const void* run) : previous(step_running) { step_running = run; }
+  ~StepRunning() { step_running = previous; }
+  StepRunning(const StepRunning&) = delete;
+  StepRunning& operator=(const StepRunning&) = delete;
+  const void* previous;
+};
+
 // What the walk over the ranked candidates knows of one of them.
 struct CandidateProgress {
   bool settled = false;         // called, or skipped for good
@@ -130,6 +142,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (finished_ || (token != token_ && token != kCancelToken)) return;
+      StepRunning running(this);
       try {
         step();
       } catch (const std::exception& e) {
@@ -428,9 +441,13 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
         buffer->delivery_posted = true;
       }
       if (!post) return;
-      loop->post([weak, token] {
+      auto hand_on = [weak, token] {
         if (auto self = weak.lock()) self->handle(token, [&] { self->deliver_pieces(); });
-      });
+      };
+      // On a thread of the loop, and not inside a step (a transport may
+      // stream from within the call, under the invoke's lock), at once.
+      if (step_running == nullptr && loop->runs_here()) return hand_on();
+      loop->post(std::move(hand_on));
     };
   }
 

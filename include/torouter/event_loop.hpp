@@ -38,6 +38,11 @@ class EventLoop {
   virtual void post(std::function<void()> task) = 0;
   /// Runs `task` on a thread of the loop once `delay` has passed.
   virtual void post_after(std::chrono::milliseconds delay, std::function<void()> task) = 0;
+  /// Whether the calling thread is one of the loop's, so that work the
+  /// router would post can run at once (a streamed piece that arrives on
+  /// the loop's own thread is handed on without a post). The default,
+  /// false, always posts.
+  virtual bool runs_here() const { return false; }
 };
 
 /// An event loop run by the threads that call `run`: ready tasks in the

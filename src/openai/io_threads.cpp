@@ -33,6 +33,8 @@ IoThreads::Impl::Impl(std::size_t count) {
   }
 }
 
+bool IoThreads::Impl::runs_here() const { return running_owner == this; }
+
 boost::asio::io_context& IoThreads::Impl::context() {
   if (running_owner == this) return *running_context;
   return next_context();

@@ -33,6 +33,8 @@ struct IoThreads::Impl {
   boost::asio::io_context& context();
   /// Each context in turn (where a new connection goes, say).
   boost::asio::io_context& next_context();
+  /// Whether the calling thread is one of these threads.
+  bool runs_here() const;
 
   // Shared with the threads, so a thread that drops the last `IoThreads`
   // from inside a handler still returns from `run` on a live context.
