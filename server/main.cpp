@@ -2,8 +2,11 @@
 //
 //   torouter-server --config server.json [--port N]
 //
-// Stops cleanly on SIGINT or SIGTERM. A broken configuration ends with exit
-// status 1 and one line naming the file and the field.
+// Stops cleanly on SIGINT or SIGTERM; on SIGHUP loads its router model file
+// again and swaps it in (a bad file is refused and the current model keeps
+// serving; either way one line on standard error says so). A broken
+// configuration ends with exit status 1 and one line naming the file and
+// the field.
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
@@ -46,6 +49,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   try {
@@ -59,7 +63,7 @@ int main(int argc, char** argv) {
               << (config.api_keys.empty() ? "" : ", API keys required") << ")" << std::endl;
     std::thread stopper([&server, &signals] {
       int signal = 0;
-      sigwait(&signals, &signal);
+      while (sigwait(&signals, &signal) == 0 && signal == SIGHUP) server.reload();
       server.stop();
     });
     server.run();

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <ctime>
 #include <iostream>
+#include <mutex>
 #include <thread>
 
 #include "asio_event_loop.hpp"
@@ -233,8 +234,15 @@ struct RouterServer::Impl {
   // event loop alike.
   std::shared_ptr<openai::IoThreads> io;
   std::shared_ptr<EventLoop> loop;
-  std::string model_version;
   std::unique_ptr<Router> router;
+  // Reloads of the model: one at a time (swap_mutex); an HTTP one runs on
+  // reload_thread, joined before the next and at stop.
+  std::mutex swap_mutex;
+  std::mutex reload_mutex;
+  std::thread reload_thread;
+  bool reloading = false;
+  std::atomic<std::uint64_t> reloads_done{0};
+  std::atomic<std::uint64_t> reloads_refused{0};
   std::vector<std::shared_ptr<const openai::Upstream>> upstreams;  // registry order
   std::unique_ptr<ServerMetrics> metrics;
   std::unique_ptr<HttpServer> http;
@@ -294,7 +302,6 @@ struct RouterServer::Impl {
       upstreams.push_back(std::make_shared<const openai::Upstream>(std::move(upstream)));
       upstream_urls.emplace_back(ec.upstream.base_url, fmt::format("<upstream of {}>", ec.name));
     }
-    model_version = std::string(model.scorer->version());
     router = std::make_unique<Router>(std::move(registry), model.scorer, nullptr, config.router);
     metrics = std::make_unique<ServerMetrics>(names);
     for (std::size_t i = 0; i < names.size(); ++i) {
@@ -321,6 +328,79 @@ struct RouterServer::Impl {
   void stop() {
     http->stop();
     if (thread.joinable()) thread.join();
+    std::lock_guard<std::mutex> lock(reload_mutex);
+    if (reload_thread.joinable()) reload_thread.join();
+  }
+
+  // Loads the configured model file again and swaps it in: checked first
+  // (load_model re-scores its recorded prompts; the router checks it knows
+  // every expert), so a bad file is refused and the current model keeps
+  // serving. Calls in flight finish on the model they began with.
+  ReloadOutcome reload() {
+    std::lock_guard<std::mutex> lock(swap_mutex);
+    ReloadOutcome out;
+    out.previous_version = std::string(router->current_scorer()->version());
+    try {
+      LoadedModel model = load_model(config.router_model);
+      router->replace_scorer(model.scorer);
+      out.ok = true;
+      out.model_version = std::string(model.scorer->version());
+      ++reloads_done;
+      std::cerr << fmt::format("torouter-server: reloaded {} (model {}, was {})\n",
+                               config.router_model, out.model_version, out.previous_version);
+    } catch (const std::exception& e) {
+      out.error = e.what();
+      out.model_version = out.previous_version;
+      ++reloads_refused;
+      std::cerr << fmt::format("torouter-server: reload refused, model {} keeps serving: {}\n",
+                               out.previous_version, out.error);
+    }
+    return out;
+  }
+
+  // POST /admin/reload: needs a key, so a server without keys refuses it.
+  // The load runs on a thread of its own (it reads and checks a file; the
+  // handler must not block an I/O thread), and the answer waits for it.
+  void handle_reload(const HttpRequest& req, HttpResponse& res) {
+    if (config.api_keys.empty()) {
+      ApiError e;
+      e.status = 403;
+      e.code = "reload_needs_key";
+      e.message = "POST /admin/reload needs an API key: configure api_keys";
+      return send_error(res, e);
+    }
+    if (!authorized(req, res)) return;
+    std::lock_guard<std::mutex> lock(reload_mutex);
+    if (reloading) {
+      ApiError e;
+      e.status = 409;
+      e.code = "reload_in_progress";
+      e.message = "a reload is in progress";
+      return send_error(res, e);
+    }
+    if (reload_thread.joinable()) reload_thread.join();  // the last one, finished
+    reloading = true;
+    reload_thread = std::thread([this, later = res.defer()] {
+      answer_reload(*later, reload());
+      later->finish();
+      std::lock_guard<std::mutex> done(reload_mutex);
+      reloading = false;
+    });
+  }
+
+  void answer_reload(HttpResponse& res, const ReloadOutcome& out) const {
+    if (!out.ok) {
+      ApiError e;
+      e.status = 422;
+      e.code = "model_refused";
+      e.message = fmt::format("the model was not replaced (model {} keeps serving): {}",
+                              out.previous_version, out.error);
+      return send_error(res, e);
+    }
+    res.set_content(fmt::format("{{\"status\":\"reloaded\",\"model_version\":{},"
+                                "\"previous_model_version\":{}}}",
+                                json_string(out.model_version), json_string(out.previous_version)),
+                    "application/json");
   }
 
   // One upstream call of expert `i`, with the conversation of the request
@@ -477,7 +557,8 @@ struct RouterServer::Impl {
         "\"quality_floor\":{},\"model_version\":{},\"cost_usd\":{},\"attempts\":[{}]}}",
         r.expert.empty() ? "null" : json_string(r.expert), pick ? json_string(pick->name) : "null",
         chat.bypass ? "bypass" : to_string(r.decision.reason), json_number(chat.lambda_cost),
-        chat.quality_floor ? json_number(*chat.quality_floor) : "null", json_string(model_version),
+        chat.quality_floor ? json_number(*chat.quality_floor) : "null",
+        json_string(r.decision.model_version),
         json_number(r.cost_usd), attempts);
   }
 
@@ -498,7 +579,7 @@ struct RouterServer::Impl {
     if (chat.quality_floor) {
       res.set_header("X-Torouter-Quality-Floor", fmt::format("{}", *chat.quality_floor));
     }
-    res.set_header("X-Torouter-Model-Version", model_version);
+    res.set_header("X-Torouter-Model-Version", r.decision.model_version);
   }
 
   std::string completion_id() { return fmt::format("chatcmpl-torouter-{}", next_id.fetch_add(1)); }
@@ -681,8 +762,9 @@ struct RouterServer::Impl {
       experts += fmt::format("{{\"name\":{},\"enabled\":{},\"cooling_down\":{},\"in_flight\":{}}}",
                              json_string(e.name), s.enabled, s.cooling_down, s.in_flight);
     }
+    const auto scorer = router->current_scorer();  // held while its version is read
     res.set_content(fmt::format("{{\"status\":\"ok\",\"model_version\":{},\"experts\":[{}]}}",
-                                json_string(model_version), experts),
+                                json_string(scorer->version()), experts),
                     "application/json");
   }
 
@@ -694,6 +776,13 @@ struct RouterServer::Impl {
         "# TYPE torouter_spend_usd_total counter\n";
     extra +=
         fmt::format("torouter_spend_usd_total {}\n", router->spent_usd());
+    extra +=
+        "# HELP torouter_model_reloads_total Reloads of the router model (SIGHUP, "
+        "POST /admin/reload), by outcome.\n# TYPE torouter_model_reloads_total counter\n";
+    extra += fmt::format("torouter_model_reloads_total{{outcome=\"done\"}} {}\n",
+                         reloads_done.load());
+    extra += fmt::format("torouter_model_reloads_total{{outcome=\"refused\"}} {}\n",
+                         reloads_refused.load());
     if (std::isfinite(config.router.budget_usd)) {
       extra +=
           "# HELP torouter_budget_usd The router's budget.\n# TYPE torouter_budget_usd gauge\n";
@@ -724,6 +813,7 @@ struct RouterServer::Impl {
     if (path == "/v1/models" && get) return handle_models(req, res);
     if (path == "/health" && get) return handle_health(req, res);
     if (path == "/metrics" && get) return handle_metrics(req, res);
+    if (path == "/admin/reload" && method == "POST") return handle_reload(req, res);
     ApiError e;
     e.status = 404;
     e.code = "not_found";
@@ -805,5 +895,7 @@ int RouterServer::start() {
 void RouterServer::stop() { impl_->stop(); }
 
 const ServerConfig& RouterServer::config() const { return impl_->config; }
+
+ReloadOutcome RouterServer::reload() { return impl_->reload(); }
 
 }  // namespace torouter::server

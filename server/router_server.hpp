@@ -20,6 +20,14 @@
 namespace torouter::server {
 
 /// One server: its router, upstreams, metrics and HTTP listener.
+/// What a reload did.
+struct ReloadOutcome {
+  bool ok = false;
+  std::string model_version;     ///< the version serving now
+  std::string previous_version;  ///< the version serving before
+  std::string error;             ///< why the file was refused (when not ok)
+};
+
 class RouterServer {
  public:
   /// Loads the router model and the experts file, builds the router and the
@@ -41,6 +49,13 @@ class RouterServer {
   void stop();
 
   const ServerConfig& config() const;
+
+  /// Loads `router_model` again and swaps it in while serving (what SIGHUP
+  /// and POST /admin/reload do): calls in flight finish on the old model,
+  /// per-expert state is kept. A file that does not load, fails its
+  /// recorded self-test or lacks an expert is refused, and the current
+  /// model keeps serving. Safe from any thread; one reload at a time.
+  ReloadOutcome reload();
 
  private:
   struct Impl;

@@ -48,37 +48,53 @@ Router::Router(ExpertRegistry experts, std::shared_ptr<const Scorer> scorer,
                std::shared_ptr<const Policy> policy, RouterOptions options,
                std::shared_ptr<const CostModel> cost_model)
     : experts_(std::make_shared<const ExpertRegistry>(std::move(experts))),
-      scorer_(std::move(scorer)),
       policy_(policy ? std::move(policy) : std::make_shared<UtilityPolicy>()),
       options_(std::move(options)),
       cost_model_(cost_model ? std::move(cost_model)
                              : std::make_shared<const CostModel>(options_.cost_model)),
       state_(new ExpertState[experts_->size()]),
       budget_(new Budget) {
-  if (!scorer_) throw Error("Router: scorer is null", ErrorCode::Misuse);
   if (experts_->empty()) throw Error("Router: the expert registry is empty", ErrorCode::Misuse);
   if (auto problem = validate_router_options(options_); !problem.empty()) {
     throw Error("RouterOptions." + problem, ErrorCode::Misuse);
   }
   budget_->limit = options_.budget_usd;
+  loaded_ = load(std::move(scorer));
+  for (std::size_t i = 0; i < experts_->size(); ++i) state_[i].enabled = (*experts_)[i].enabled;
+  transports_.resize(experts_->size());
+}
 
-  const auto& names = scorer_->expert_names();
+Router::~Router() = default;
+
+std::shared_ptr<const Router::LoadedScorer> Router::load(
+    std::shared_ptr<const Scorer> scorer) const {
+  if (!scorer) throw Error("Router: scorer is null", ErrorCode::Misuse);
+  auto loaded = std::make_shared<LoadedScorer>();
+  const auto& names = scorer->expert_names();
   for (const auto& expert : experts_->experts()) {
     auto column = std::find(names.begin(), names.end(), expert.name);
     if (column == names.end()) {
       throw Error(
           fmt::format(
               "Router: the scorer (model {}) has no predictions for expert \"{}\"; it knows: {}",
-              scorer_->version(), expert.name, fmt::join(names, ", ")),
+              scorer->version(), expert.name, fmt::join(names, ", ")),
           ErrorCode::IncompatibleModel);
     }
-    score_column_.push_back(static_cast<std::size_t>(column - names.begin()));
+    loaded->score_column.push_back(static_cast<std::size_t>(column - names.begin()));
   }
-  for (std::size_t i = 0; i < experts_->size(); ++i) state_[i].enabled = (*experts_)[i].enabled;
-  transports_.resize(experts_->size());
+  loaded->scorer = std::move(scorer);
+  return loaded;
 }
 
-Router::~Router() = default;
+std::shared_ptr<const Router::LoadedScorer> Router::loaded() const {
+  return std::atomic_load(&loaded_);
+}
+
+void Router::replace_scorer(std::shared_ptr<const Scorer> scorer) {
+  std::atomic_store(&loaded_, load(std::move(scorer)));
+}
+
+std::shared_ptr<const Scorer> Router::current_scorer() const { return loaded()->scorer; }
 
 std::size_t Router::expert_index(std::string_view name) const {
   if (auto index = experts_->index_of(name)) return *index;
@@ -142,54 +158,59 @@ RouteDecision Router::route(std::string_view prompt, const RouteOptions& options
 
 void Router::route(std::string_view prompt, const RouteOptions& options,
                    RouteDecision& decision) const {
-  // (A decision last used by a pooled route has no workspace of its own.)
-  if (decision.scorer_ != scorer_ || !decision.workspace_) {
-    decision.workspace_ = scorer_->make_workspace();
-    decision.scorer_ = scorer_;
+  const auto current = loaded();
+  // (A decision last used by a pooled route, or before a replace_scorer,
+  // has no workspace for this scorer.)
+  if (decision.scorer_ != current->scorer || !decision.workspace_) {
+    decision.workspace_ = current->scorer->make_workspace();
+    decision.scorer_ = current->scorer;
   }
-  route_with(prompt, options, decision, decision.workspace_.get());
+  route_with(*current, prompt, options, decision, decision.workspace_.get());
 }
 
 void Router::route_pooled(std::string_view prompt, const RouteOptions& options,
                           RouteDecision& decision) const {
+  const auto current = loaded();
   std::unique_ptr<ScorerWorkspace> workspace;
   {
-    std::lock_guard<std::mutex> lock(idle_workspaces_mutex_);
-    if (!idle_workspaces_.empty()) {
-      workspace = std::move(idle_workspaces_.back());
-      idle_workspaces_.pop_back();
+    std::lock_guard<std::mutex> lock(current->idle_mutex);
+    if (!current->idle_workspaces.empty()) {
+      workspace = std::move(current->idle_workspaces.back());
+      current->idle_workspaces.pop_back();
     }
   }
-  if (!workspace) workspace = scorer_->make_workspace();
-  // Returned to the pool whether routing succeeds or throws.
+  if (!workspace) workspace = current->scorer->make_workspace();
+  // Returned to its scorer's pool whether routing succeeds or throws.
   struct GiveBack {
-    const Router& router;
+    const LoadedScorer& owner;
     std::unique_ptr<ScorerWorkspace>& workspace;
     ~GiveBack() {
       if (!workspace) return;  // the scorer needs none
-      std::lock_guard<std::mutex> lock(router.idle_workspaces_mutex_);
+      std::lock_guard<std::mutex> lock(owner.idle_mutex);
       try {
-        router.idle_workspaces_.push_back(std::move(workspace));
+        owner.idle_workspaces.push_back(std::move(workspace));
       } catch (...) {
         // Out of memory growing the pool: the workspace is freed instead.
       }
     }
-  } give_back{*this, workspace};
-  route_with(prompt, options, decision, workspace.get());
+  } give_back{*current, workspace};
+  route_with(*current, prompt, options, decision, workspace.get());
 }
 
-void Router::route_with(std::string_view prompt, const RouteOptions& options,
-                        RouteDecision& decision, ScorerWorkspace* workspace) const {
+void Router::route_with(const LoadedScorer& loaded, std::string_view prompt,
+                        const RouteOptions& options, RouteDecision& decision,
+                        ScorerWorkspace* workspace) const {
+  const std::shared_ptr<const Scorer>& scorer = loaded.scorer;
   if (auto problem = validate_policy_options(options.policy); !problem.empty()) {
     throw Error("RouteOptions.policy." + problem, ErrorCode::Misuse);
   }
   ScoreBatch& scores = decision.scores_;
-  scorer_->score(&prompt, 1, scores, workspace);
-  const auto columns = static_cast<Eigen::Index>(scorer_->expert_names().size());
+  scorer->score(&prompt, 1, scores, workspace);
+  const auto columns = static_cast<Eigen::Index>(scorer->expert_names().size());
   if (scores.quality.rows() != 1 || scores.quality.cols() != columns ||
       scores.output_tokens.rows() != 1 || scores.output_tokens.cols() != columns) {
     throw Error(fmt::format("Router: scorer {} returned {}x{} scores for 1 prompt and {} experts",
-                            scorer_->version(), scores.quality.rows(), scores.quality.cols(),
+                            scorer->version(), scores.quality.rows(), scores.quality.cols(),
                             columns));
   }
 
@@ -199,7 +220,7 @@ void Router::route_with(std::string_view prompt, const RouteOptions& options,
   decision.candidates.resize(experts_->size());
   for (std::size_t i = 0; i < experts_->size(); ++i) {
     const ExpertSpec& expert = (*experts_)[i];
-    const auto column = static_cast<Eigen::Index>(score_column_[i]);
+    const auto column = static_cast<Eigen::Index>(loaded.score_column[i]);
     const float quality = scores.quality(0, column);
     Candidate& c = decision.candidates[i];
     c.expert_index = i;
@@ -222,12 +243,12 @@ void Router::route_with(std::string_view prompt, const RouteOptions& options,
   // Compared first: a reused decision takes no reference counts.
   if (decision.registry_ != experts_) decision.registry_ = experts_;
   if (decision.policy_ != policy_) decision.policy_ = policy_;
-  if (decision.scorer_ != scorer_) {
+  if (decision.scorer_ != scorer) {
     decision.workspace_.reset();  // made by another scorer (a pooled route's)
-    decision.scorer_ = scorer_;
+    decision.scorer_ = scorer;
   }
   decision.policy_name = policy_->name();
-  decision.model_version = scorer_->version();
+  decision.model_version = scorer->version();
   decision.input_tokens = input_tokens;
 }
 

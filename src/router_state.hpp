@@ -5,7 +5,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <mutex>
+#include <vector>
 
 #include "torouter/abi.hpp"
 #include "torouter/router.hpp"
@@ -54,6 +56,18 @@ struct Router::Budget {
     reserved -= reservation;
     spent += actual;
   }
+};
+
+// A scorer and what belongs to it alone: routing reads them together, and
+// replace_scorer swaps them as one.
+struct Router::LoadedScorer {
+  std::shared_ptr<const Scorer> scorer;
+  // Registry index -> column of the scorer's output.
+  std::vector<std::size_t> score_column;
+  // Working memory not in use, for routes into fresh decisions (a
+  // transformer-lite's is megabytes: making it per call would dominate).
+  mutable std::mutex idle_mutex;
+  mutable std::vector<std::unique_ptr<ScorerWorkspace>> idle_workspaces;
 };
 
 TOROUTER_END_NAMESPACE

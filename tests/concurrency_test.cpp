@@ -174,3 +174,47 @@ TEST_CASE("route from many threads agrees with route from one") {
   for (auto& t : threads) t.join();
   CHECK(wrong.load() == 0);
 }
+
+TEST_CASE("routes from many threads while the scorer is replaced") {
+  // Each route must use one whole model: its pick agrees with the version
+  // its decision names, whichever scorer was current when it began.
+  ExpertRegistry registry;
+  registry.add(ExpertSpec("cheap", 0.1, 0.1));
+  registry.add(ExpertSpec("strong", 10, 10));
+  auto strong_best = std::make_shared<TableScorer>(std::vector<std::string>{"cheap", "strong"},
+                                                   std::vector<float>{0.5f, 0.9f});
+  auto cheap_best = std::make_shared<TableScorer>(std::vector<std::string>{"strong", "cheap"},
+                                                  std::vector<float>{0.5f, 0.9f});
+  cheap_best->set_version("cheap-best");
+  Router router(registry, strong_best);
+  std::atomic<bool> swapping{true};
+  std::atomic<int> wrong{0};
+  std::atomic<int> routes{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      torouter::RouteDecision reused;
+      while (swapping.load() || routes.load() < 4000) {
+        torouter::RouteDecision fresh;
+        torouter::RouteDecision& d = t % 2 == 0 ? reused : fresh;
+        if (t % 2 == 0) {
+          router.route("a prompt", {}, d);
+        } else {
+          d = router.route("a prompt");
+        }
+        const bool cheap = d.model_version == "cheap-best";
+        if (d.pick()->name != (cheap ? "cheap" : "strong")) wrong.fetch_add(1);
+        routes.fetch_add(1);
+      }
+    });
+  }
+  for (int i = 0; i < 200; ++i) {
+    router.replace_scorer(i % 2 == 0 ? std::shared_ptr<const torouter::Scorer>(cheap_best)
+                                     : std::shared_ptr<const torouter::Scorer>(strong_best));
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  swapping = false;
+  for (auto& t : threads) t.join();
+  CHECK(wrong.load() == 0);
+  CHECK(routes.load() >= 4000);
+}

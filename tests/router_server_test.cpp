@@ -25,10 +25,12 @@
 
 #include "stand_in_upstream.hpp"
 #include "support/raw_http.hpp"
+#include "support/synthetic_data.hpp"
 #include "support/temp_dir.hpp"
 #include "support/test_certificate.hpp"
 #include "torouter/error.hpp"
 #include "torouter/openai/upstream.hpp"
+#include "torouter/train.hpp"
 #include "torouter/trainable_scorer.hpp"
 
 using Catch::Matchers::Contains;
@@ -168,6 +170,24 @@ std::vector<std::string> sse_data(const std::string& body) {
     at = end == std::string::npos ? body.size() : end;
   }
   return out;
+}
+
+// A small model over kExperts, trained on synthetic prompts: a valid model
+// whose version differs from the default router's.
+std::string small_model(const std::filesystem::path& dir) {
+  const auto set = torouter::make_training_set(kExperts, torouter::testing::synthetic_rows(120, 1),
+                                               "synthetic");
+  auto scorer = torouter::make_scorer("knn:5");
+  torouter::TrainOptions options;
+  options.threads = 1;
+  scorer->train(set, options);
+  const auto path = (dir / "small.tormodel").string();
+  torouter::save_model(*scorer, path);
+  return path;
+}
+
+std::string version_of(const std::string& model) {
+  return std::string(torouter::load_model(model).scorer->version());
 }
 
 }  // namespace
@@ -889,6 +909,88 @@ TEST_CASE("router server: models, health and metrics", "[server]") {
   CHECK_THAT(m, !Contains("torouter_spend_usd_total 0\n"));
 }
 
+TEST_CASE("router server: reloads its model under traffic and refuses a bad file", "[server]") {
+  const auto dir = torouter::testing::process_temp_dir("router_server_reload");
+  const std::string serving = (dir / "serving.tormodel").string();
+  const std::string other = small_model(dir);
+  std::filesystem::copy_file(kModel, serving, std::filesystem::copy_options::overwrite_existing);
+  const std::string default_version = version_of(kModel);
+  const std::string other_version = version_of(other);
+  REQUIRE(default_version != other_version);
+  Fixture f([&](ServerConfig& c) {
+    c.router_model = serving;
+    c.api_keys = {"key-one"};
+  });
+  const HttpHeaders key = {{"Authorization", "Bearer key-one"}};
+  auto reload = [&] {
+    return torouter::test::http_call(f.port, "POST", "/admin/reload", key, "");
+  };
+
+  // Two clients send 1,000 requests while the model is swapped 20 times.
+  std::atomic<int> answered{0};
+  std::atomic<int> failed{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 2; ++c) {
+    clients.emplace_back([&] {
+      for (int i = 0; i < 500; ++i) {
+        auto res = torouter::test::http_call(f.port, "POST", "/v1/chat/completions", key,
+                                             chat_body("router", kPrompt));
+        (res && res->status == 200 ? answered : failed).fetch_add(1);
+      }
+    });
+  }
+  for (int i = 0; i < 20; ++i) {
+    const bool to_other = i % 2 == 0;
+    std::filesystem::copy_file(to_other ? other : kModel, serving,
+                               std::filesystem::copy_options::overwrite_existing);
+    auto res = reload();
+    REQUIRE(res);
+    INFO(res->body);
+    REQUIRE(res->status == 200);
+    CHECK_THAT(res->body, Contains("\"model_version\":\"" +
+                                   (to_other ? other_version : default_version) + "\""));
+    std::this_thread::sleep_for(20ms);
+  }
+  for (auto& c : clients) c.join();
+  CHECK(answered.load() == 1000);
+  CHECK(failed.load() == 0);
+  // The last swap put the default router back.
+  auto health = f.get("/health", key);
+  REQUIRE(health);
+  CHECK_THAT(health->body, Contains(default_version));
+
+  // A corrupt file is refused, and the model in place keeps serving.
+  std::ofstream(serving, std::ios::trunc) << "not a model";
+  auto refused = reload();
+  REQUIRE(refused);
+  CHECK(refused->status == 422);
+  CHECK_THAT(refused->body, Contains("model_refused") && Contains("keeps serving") &&
+                                Contains(default_version));
+  auto after = f.post(chat_body("router", kPrompt), key);
+  REQUIRE(after);
+  CHECK(after->status == 200);
+  CHECK(after->header("X-Torouter-Model-Version") == default_version);
+
+  auto metrics = f.get("/metrics", key);
+  REQUIRE(metrics);
+  CHECK_THAT(metrics->body, Contains("torouter_model_reloads_total{outcome=\"done\"} 20") &&
+                                Contains("torouter_model_reloads_total{outcome=\"refused\"} 1"));
+
+  // The endpoint needs the key.
+  auto no_key = torouter::test::http_call(f.port, "POST", "/admin/reload", {}, "");
+  REQUIRE(no_key);
+  CHECK(no_key->status == 401);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("router server: a server without API keys refuses /admin/reload", "[server]") {
+  Fixture f;
+  auto res = torouter::test::http_call(f.port, "POST", "/admin/reload", {}, "");
+  REQUIRE(res);
+  CHECK(res->status == 403);
+  CHECK_THAT(res->body, Contains("reload_needs_key"));
+}
+
 TEST_CASE("router server: configuration errors name the file and the field", "[server]") {
   using torouter::server::parse_server_config;
   const std::string expert =
@@ -994,11 +1096,14 @@ TEST_CASE("router server: the torouter-server program", "[server]") {
   const std::string text((std::istreambuf_iterator<char>(out)), std::istreambuf_iterator<char>());
   CHECK_THAT(text, Contains("bad.json: experts[0].base_url: missing"));
 
-  // A good configuration: the program listens, answers, and stops on SIGTERM.
+  // A good configuration: the program listens, answers, reloads its model
+  // on SIGHUP (refusing a bad file), and stops on SIGTERM.
   StandInUpstream upstream("any");
   REQUIRE(upstream.start() > 0);
+  const auto serving = dir / "serving.tormodel";
+  std::filesystem::copy_file(kModel, serving, std::filesystem::copy_options::overwrite_existing);
   const auto good = dir / "good.json";
-  std::ofstream(good) << R"({"router_model":")" << kModel << R"(","listen":{"port":0},)"
+  std::ofstream(good) << R"({"router_model":")" << serving.string() << R"(","listen":{"port":0},)"
                       << R"("experts":[{"name":"gemma-2-9b-it","base_url":")" << upstream.base_url()
                       << R"("}]})";
   int pipe_fds[2];
@@ -1025,6 +1130,29 @@ TEST_CASE("router server: the torouter-server program", "[server]") {
   REQUIRE(res);
   CHECK(res->status == 200);
   CHECK(res->header("X-Torouter-Expert") == "gemma-2-9b-it");
+  // The model version /health reports, once it is `expected` (polled: the
+  // signal is handled on the program's own thread).
+  auto health_shows = [&](const std::string& expected) {
+    for (int i = 0; i < 100; ++i) {
+      auto health = torouter::test::http_call(port, "GET", "/health", {});
+      if (health && health->body.find(expected) != std::string::npos) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  };
+  const std::string default_version = version_of(kModel);
+  std::ofstream(serving, std::ios::trunc) << "not a model";
+  ::kill(child, SIGHUP);
+  std::this_thread::sleep_for(300ms);
+  CHECK(health_shows(default_version));
+  auto still = torouter::test::http_call(port, "POST", "/v1/chat/completions", {},
+                                         chat_body("router", "hi"));
+  REQUIRE(still);
+  CHECK(still->status == 200);
+  const std::string other = small_model(dir);
+  std::filesystem::copy_file(other, serving, std::filesystem::copy_options::overwrite_existing);
+  ::kill(child, SIGHUP);
+  CHECK(health_shows(version_of(other)));
   ::kill(child, SIGTERM);
   int child_status = 0;
   ::waitpid(child, &child_status, 0);

@@ -452,3 +452,35 @@ TEST_CASE("torouter's names live in a versioned inline namespace") {
   static_assert(std::is_same_v<torouter::Router, torouter::TOROUTER_ABI_NAMESPACE::Router>);
   CHECK_THAT(std::string(typeid(torouter::Router).name()), Contains("v0"));
 }
+
+TEST_CASE("replace_scorer swaps the model and keeps the experts' state") {
+  Router router(three_experts(), scorer());
+  router.set_enabled("coder", false);
+  RouteDecision reused;
+  router.route("Explain quantum tunnelling", {}, reused);
+  const RouteDecision before = router.route("Explain quantum tunnelling");
+  REQUIRE(reused.pick()->name == "strong");
+
+  // The new model rates the cheap expert best.
+  auto cheap_best = std::make_shared<TableScorer>(std::vector<std::string>{"cheap", "coder", "strong"},
+                                                  std::vector<float>{0.9f, 0.8f, 0.5f});
+  cheap_best->set_version("table-scorer-2");
+  router.replace_scorer(cheap_best);
+  CHECK(router.current_scorer()->version() == "table-scorer-2");
+  router.route("Explain quantum tunnelling", {}, reused);  // its workspace was the old scorer's
+  CHECK(reused.pick()->name == "cheap");
+  CHECK(reused.model_version == "table-scorer-2");
+  CHECK(reused.find("coder")->exclusion == Exclusion::Disabled);  // state kept
+  CHECK(router.route("hello").model_version == "table-scorer-2");
+  // A decision made before the swap still reads its own model.
+  CHECK(before.model_version == "table-scorer-1");
+  CHECK(before.pick()->name == "strong");
+
+  // A scorer that lacks an expert is refused; the current one stays.
+  auto partial = std::make_shared<TableScorer>(std::vector<std::string>{"cheap", "strong"},
+                                               std::vector<float>{0.5f, 0.5f});
+  CHECK_THROWS_WITH(router.replace_scorer(partial), Contains("\"coder\""));
+  CHECK_THROWS(router.replace_scorer(nullptr));
+  CHECK(router.current_scorer()->version() == "table-scorer-2");
+  CHECK(router.route("Explain quantum tunnelling").pick()->name == "cheap");
+}

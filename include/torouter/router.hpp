@@ -321,8 +321,9 @@ class Router {
   /// `Error` for knobs out of range (`validate_policy_options`).
   RouteDecision route(std::string_view prompt, const RouteOptions& options = {}) const;
   /// Same, into `decision`, which keeps the scorer's working memory for its
-  /// next route: allocation-free and lock-free once `decision` has been used
-  /// with this router and the same options.
+  /// next route: allocation-free once `decision` has been used with this
+  /// router's current scorer and the same options (reading which scorer is
+  /// current, see `replace_scorer`, takes one brief lock).
   void route(std::string_view prompt, const RouteOptions& options,
              RouteDecision& decision) const;
 
@@ -351,8 +352,21 @@ class Router {
   /// USD spent by answered calls so far.
   double spent_usd() const;
 
+  /// Replaces the scorer, atomically and safe from any thread while the
+  /// router routes and invokes: a route or invoke that has begun finishes
+  /// on the scorer it began with, later ones use `scorer`. Per-expert state
+  /// (enabled flags, cooldowns, slots, counters, spend) is kept. Throws
+  /// `Error`, and keeps the current scorer, when `scorer` is null or does
+  /// not predict for every expert of the registry.
+  void replace_scorer(std::shared_ptr<const Scorer> scorer);
+  /// The scorer routing uses now; held, it stays valid after a later
+  /// `replace_scorer`.
+  std::shared_ptr<const Scorer> current_scorer() const;
+
   const ExpertRegistry& experts() const { return *experts_; }
-  const Scorer& scorer() const { return *scorer_; }
+  /// The scorer routing uses now. A reference: valid until the next
+  /// `replace_scorer`; hold `current_scorer()` across one.
+  const Scorer& scorer() const { return *current_scorer(); }
   const Policy& policy() const { return *policy_; }
   const RouterOptions& options() const { return options_; }
   const CostModel& cost_model() const { return *cost_model_; }
@@ -360,12 +374,19 @@ class Router {
  private:
   struct ExpertState;
   struct Budget;
+  struct LoadedScorer;
   class InvokeRun;
+
+  // The scorer routing uses now, with what belongs to it alone.
+  std::shared_ptr<const LoadedScorer> loaded() const;
+  // `scorer` checked against the registry and ready to route with.
+  std::shared_ptr<const LoadedScorer> load(std::shared_ptr<const Scorer> scorer) const;
 
   std::size_t expert_index(std::string_view name) const;
   bool cooling_down(std::size_t expert, std::int64_t now_ns) const;
-  // Routes into `decision` with the scorer's working memory `workspace`.
-  void route_with(std::string_view prompt, const RouteOptions& options, RouteDecision& decision,
+  // Routes into `decision` with `scorer` and its working memory `workspace`.
+  void route_with(const LoadedScorer& scorer, std::string_view prompt,
+                  const RouteOptions& options, RouteDecision& decision,
                   ScorerWorkspace* workspace) const;
   // Routes into `decision` with working memory borrowed from the pool.
   void route_pooled(std::string_view prompt, const RouteOptions& options,
@@ -388,19 +409,15 @@ class Router {
   void wait_for_slot(std::uint64_t generation, std::function<void()> wake);
 
   std::shared_ptr<const ExpertRegistry> experts_;  // shared with the decisions that name it
-  std::shared_ptr<const Scorer> scorer_;
+  // Read with std::atomic_load, replaced with std::atomic_store
+  // (replace_scorer): a route holds the one it loaded until it is done.
+  std::shared_ptr<const LoadedScorer> loaded_;
   std::shared_ptr<const Policy> policy_;
   RouterOptions options_;
   std::shared_ptr<const CostModel> cost_model_;
-  /// Registry index -> column of the scorer's output.
-  std::vector<std::size_t> score_column_;
   std::vector<Transport> transports_;
   std::unique_ptr<ExpertState[]> state_;
   std::unique_ptr<Budget> budget_;
-  // Scorer working memory not in use, for routes into fresh decisions (a
-  // transformer-lite's is megabytes: making it per call would dominate).
-  mutable std::mutex idle_workspaces_mutex_;
-  mutable std::vector<std::unique_ptr<ScorerWorkspace>> idle_workspaces_;
   // Invokes waiting for a free slot, woken (all at once) when one frees.
   mutable std::mutex slot_waiters_mutex_;
   std::uint64_t slot_generation_ = 0;

@@ -25,8 +25,11 @@ class TableScorer : public Scorer {
   /// Predicted output tokens for every prompt (absent by default).
   void predict_output_tokens(std::vector<float> tokens) { output_tokens_ = std::move(tokens); }
 
+  /// The version it reports ("table-scorer-1" unless set).
+  void set_version(std::string version) { version_ = std::move(version); }
+
   const std::vector<std::string>& expert_names() const override { return experts_; }
-  std::string_view version() const override { return "table-scorer-1"; }
+  std::string_view version() const override { return version_; }
 
   void score(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
              ScorerWorkspace* /*workspace*/) const override {
@@ -58,6 +61,7 @@ class TableScorer : public Scorer {
   std::vector<float> default_quality_;
   std::vector<Rule> rules_;
   std::vector<float> output_tokens_;
+  std::string version_ = "table-scorer-1";
 };
 
 }  // namespace torouter::testing
