@@ -219,6 +219,32 @@ void read_listen(const Fields& top, element value, const std::string& base_dir, 
   }
 }
 
+void read_decision_log(const Fields& top, element value, const std::string& base_dir,
+                       ServerConfig& c) {
+  Fields f(c.origin, "decision_log");
+  for (auto field : top.object("decision_log", value)) {
+    const std::string_view key = field.key;
+    const element v = field.value;
+    if (key == "path")
+      c.decision_log.path = resolve(base_dir, f.text(key, v));
+    else if (key == "max_bytes")
+      c.decision_log.max_bytes = f.count(key, v, 0);
+    else if (key == "max_files")
+      c.decision_log.max_files = f.count(key, v, 0, 1000);
+    else if (key == "queue_lines")
+      c.decision_log.queue_lines = f.count(key, v, 1, 10000000);
+    else if (key == "redact_prompts")
+      c.decision_log.redact_prompts = f.boolean(key, v);
+    else if (key == "feedback_window")
+      c.feedback_window = f.count(key, v, 1, 100000000);
+    else
+      f.fail(key,
+             "unknown field (known: path, max_bytes, max_files, queue_lines, redact_prompts, "
+             "feedback_window)");
+  }
+  if (c.decision_log.path.empty()) f.fail("path", "missing");
+}
+
 void read_policy(const Fields& top, element value, ServerConfig& c) {
   Fields f(c.origin, "policy");
   for (auto field : top.object("policy", value)) {
@@ -354,12 +380,15 @@ ServerConfig parse_server_config(std::string_view json, const std::string& origi
       c.max_request_bytes = f.count(key, v, 256);
     } else if (key == "named_calls") {
       c.named_calls = f.boolean(key, v);
+    } else if (key == "decision_log") {
+      read_decision_log(f, v, base_dir, c);
     } else if (key == "description") {
       f.text(key, v, true);
     } else {
       f.fail(key,
              "unknown field (known: listen, router_model, experts_file, experts, policy, "
-             "retry, api_keys, api_keys_env, max_request_bytes, named_calls, description)");
+             "retry, api_keys, api_keys_env, max_request_bytes, named_calls, decision_log, "
+             "description)");
     }
   }
   if (c.router_model.empty()) f.fail("router_model", "missing");

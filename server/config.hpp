@@ -14,6 +14,7 @@
 
 #include "torouter/openai/upstream.hpp"
 #include "torouter/policy.hpp"
+#include "torouter/decision_log.hpp"
 #include "torouter/router.hpp"
 
 namespace torouter::server {
@@ -89,6 +90,13 @@ struct ServerConfig {
   /// `enabled` flag, cooldown, cap and the budget apply; false refuses them
   /// (403), leaving "router" and its forms the only models.
   bool named_calls = true;
+  /// "decision_log": {"path": ..., "max_bytes", "max_files", "queue_lines",
+  /// "redact_prompts", "feedback_window"}: one line per chat request and
+  /// per POST /v1/feedback (see torouter/decision_log.hpp); none when
+  /// `decision_log.path` is empty.
+  DecisionLogOptions decision_log;
+  /// How many recent request ids POST /v1/feedback accepts verdicts for.
+  std::size_t feedback_window = 100000;
 };
 
 /// Reads and checks a configuration file; throws `torouter::Error` naming

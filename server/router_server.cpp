@@ -8,14 +8,17 @@
 #include "router_server.hpp"
 
 #include <fmt/format.h>
+#include <simdjson.h>
 
 #include <any>
 #include <atomic>
 #include <chrono>
 #include <ctime>
+#include <deque>
 #include <iostream>
 #include <mutex>
 #include <thread>
+#include <unordered_set>
 
 #include "asio_event_loop.hpp"
 #include "chat_request.hpp"
@@ -211,6 +214,34 @@ std::string tool_calls_json(const std::vector<openai::ToolCall>& calls, bool wit
 
 // One chat request in flight: what its invoke's callbacks need until the
 // answer is sent.
+// The ids of the latest chat requests, at most `capacity`: the calls
+// POST /v1/feedback takes a verdict on.
+class RecentIds {
+ public:
+  explicit RecentIds(std::size_t capacity) : capacity_(capacity) {}
+
+  void add(std::string id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!ids_.insert(id).second) return;
+    order_.push_back(std::move(id));
+    if (order_.size() > capacity_) {
+      ids_.erase(order_.front());
+      order_.pop_front();
+    }
+  }
+
+  bool contains(const std::string& id) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return ids_.count(id) > 0;
+  }
+
+ private:
+  const std::size_t capacity_;
+  mutable std::mutex mutex_;
+  std::deque<std::string> order_;
+  std::unordered_set<std::string> ids_;
+};
+
 struct ChatExchange {
   explicit ChatExchange(std::atomic<std::size_t>& counter) : in_flight(counter) { ++in_flight; }
   ~ChatExchange() { --in_flight; }
@@ -243,6 +274,10 @@ struct RouterServer::Impl {
   bool reloading = false;
   std::atomic<std::uint64_t> reloads_done{0};
   std::atomic<std::uint64_t> reloads_refused{0};
+  // With "decision_log" in the config: the log, and the ids it can take
+  // feedback on.
+  std::shared_ptr<DecisionLog> decision_log;
+  std::unique_ptr<RecentIds> recent_ids;
   std::vector<std::shared_ptr<const openai::Upstream>> upstreams;  // registry order
   std::unique_ptr<ServerMetrics> metrics;
   std::unique_ptr<HttpServer> http;
@@ -304,6 +339,7 @@ struct RouterServer::Impl {
     }
     router = std::make_unique<Router>(std::move(registry), model.scorer, nullptr, config.router);
     metrics = std::make_unique<ServerMetrics>(names);
+    if (!config.decision_log.path.empty()) open_decision_log();
     for (std::size_t i = 0; i < names.size(); ++i) {
       router->set_transport(
           names[i],
@@ -330,6 +366,57 @@ struct RouterServer::Impl {
     if (thread.joinable()) thread.join();
     std::lock_guard<std::mutex> lock(reload_mutex);
     if (reload_thread.joinable()) reload_thread.join();
+  }
+
+  void open_decision_log() {
+    try {
+      decision_log = std::make_shared<DecisionLog>(config.decision_log);
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}: decision_log: {}", config.origin, e.what()));
+    }
+    recent_ids = std::make_unique<RecentIds>(config.feedback_window);
+    router->set_decision_sink([this](const DecisionRecord& record) {
+      decision_log->record(record);
+      recent_ids->add(std::string(record.request_id));
+    });
+  }
+
+  // POST /v1/feedback {"id": ..., "quality": 0..1}: a verdict on a recent
+  // call's answer, written to the decision log (a later one for the same id
+  // replaces it there). The chat's key rules apply.
+  void handle_feedback(const HttpRequest& req, HttpResponse& res) {
+    if (!authorized(req, res)) return;
+    ApiError e;
+    e.status = 400;
+    simdjson::dom::parser parser;
+    simdjson::dom::element doc;
+    std::string_view id;
+    double quality = 0;
+    if (parser.parse(req.body).get(doc)) {
+      e.message = "feedback body is not valid JSON";
+    } else if (doc["id"].get(id)) {
+      e.message = "missing or non-string field: id";
+      e.param = "id";
+    } else if (doc["quality"].get(quality) || !(quality >= 0.0 && quality <= 1.0)) {
+      e.message = "quality must be a number in [0, 1]";
+      e.param = "quality";
+    } else if (!decision_log) {
+      e.status = 404;
+      e.code = "no_decision_log";
+      e.message = "this server keeps no decision log (no decision_log in its config)";
+    } else if (!recent_ids->contains(std::string(id))) {
+      e.status = 404;
+      e.code = "unknown_id";
+      e.message = fmt::format("no recent call has the id {} (the server keeps the last {})",
+                              json_string(id), config.feedback_window);
+    } else {
+      decision_log->record_feedback(id, quality);
+      res.set_content(fmt::format("{{\"status\":\"recorded\",\"id\":{},\"quality\":{}}}",
+                                  json_string(id), json_number(quality)),
+                      "application/json");
+      return;
+    }
+    send_error(res, e);
   }
 
   // Loads the configured model file again and swaps it in: checked first
@@ -462,6 +549,7 @@ struct RouterServer::Impl {
     InvokeOptions options = invoke_options(chat);
     options.context = &call;
     options.cancel = x->res->client_gone();
+    options.request_id = x->id;
     if (chat.bypass) options.expert = router->experts()[chat.expert].name;
     metrics->count_chat_request(chat.bypass);
     if (chat.stream) {
@@ -620,9 +708,9 @@ struct RouterServer::Impl {
     }
     auto x = std::make_shared<ChatExchange>(chats_in_flight);
     x->chat = std::move(chat);
+    x->id = completion_id();  // the answer's id, and the decision log's
+    x->created = static_cast<long long>(std::time(nullptr));
     if (x->chat.stream) {
-      x->id = completion_id();
-      x->created = static_cast<long long>(std::time(nullptr));
       // Routed here for the headers, which leave before the invoke's result
       // exists; the invoke starts from this decision (InvokeOptions::routed).
       x->shown.decision = router->route(x->chat.routing_text, invoke_options(x->chat).route);
@@ -658,7 +746,7 @@ struct RouterServer::Impl {
             "\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{}{}}},"
             "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
             "\"completion_tokens\":{},\"total_tokens\":{}}},\"torouter\":{}}}",
-            completion_id(), static_cast<long long>(std::time(nullptr)), json_string(r.expert),
+            x.id, x.created, json_string(r.expert),
             content, tool_calls, json_string(finish_reason_of(call.answer)), in, out, in + out,
             trace_json(r, chat)),
         "application/json");
@@ -783,6 +871,15 @@ struct RouterServer::Impl {
                          reloads_done.load());
     extra += fmt::format("torouter_model_reloads_total{{outcome=\"refused\"}} {}\n",
                          reloads_refused.load());
+    if (decision_log) {
+      extra +=
+          "# HELP torouter_decision_log_lines_total Decision log lines written, and dropped "
+          "because its queue was full.\n# TYPE torouter_decision_log_lines_total counter\n";
+      extra += fmt::format("torouter_decision_log_lines_total{{outcome=\"written\"}} {}\n",
+                           decision_log->written());
+      extra += fmt::format("torouter_decision_log_lines_total{{outcome=\"dropped\"}} {}\n",
+                           decision_log->dropped());
+    }
     if (std::isfinite(config.router.budget_usd)) {
       extra +=
           "# HELP torouter_budget_usd The router's budget.\n# TYPE torouter_budget_usd gauge\n";
@@ -814,6 +911,7 @@ struct RouterServer::Impl {
     if (path == "/health" && get) return handle_health(req, res);
     if (path == "/metrics" && get) return handle_metrics(req, res);
     if (path == "/admin/reload" && method == "POST") return handle_reload(req, res);
+    if (path == "/v1/feedback" && method == "POST") return handle_feedback(req, res);
     ApiError e;
     e.status = 404;
     e.code = "not_found";

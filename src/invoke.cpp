@@ -94,8 +94,10 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
         loop_(std::move(loop)),
         on_done_(std::move(on_done)),
         result_(std::move(routed)),
-        deadline_(Clock::now() + options_.invoke_timeout),
-        capacity_deadline_(Clock::now() + options_.capacity_wait) {}
+        started_(Clock::now()),
+        started_at_(std::chrono::system_clock::now()),
+        deadline_(started_ + options_.invoke_timeout),
+        capacity_deadline_(started_ + options_.capacity_wait) {}
 
   // Holds itself until finished, listens for a cancel, and posts the start.
   void begin() {
@@ -154,7 +156,28 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       cancel_id = cancel_id_;
     }
     if (invoke_options_.cancel) invoke_options_.cancel->forget(cancel_id);
+    report_decision();
     on_done_(std::move(result_));
+  }
+
+  // The finished call, to the router's decision sink (if any). A sink that
+  // throws loses its record, not the caller's answer.
+  void report_decision() {
+    if (!router_.decision_sink_) return;
+    std::string made_id;
+    if (invoke_options_.request_id.empty()) {
+      made_id = fmt::format("{}-{}", router_.request_id_prefix_, ++router_.next_request_);
+    }
+    DecisionRecord record;
+    record.request_id = made_id.empty() ? std::string_view(invoke_options_.request_id) : made_id;
+    record.time = started_at_;
+    record.prompt = prompt_;
+    record.result = &result_;
+    record.latency = elapsed_ms(started_);
+    try {
+      router_.decision_sink_(record);
+    } catch (...) {
+    }
   }
 
   // Starts a new wait: events posted for earlier waits are ignored from now.
@@ -681,6 +704,8 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   const std::shared_ptr<EventLoop> loop_;
   std::function<void(InvokeResult)> on_done_;
   InvokeResult result_;
+  const Clock::time_point started_;
+  const std::chrono::system_clock::time_point started_at_;  // for the decision log
   const Clock::time_point deadline_;
   const Clock::time_point capacity_deadline_;
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <random>
 #include <utility>
 
 #include "router_state.hpp"
@@ -60,6 +61,7 @@ Router::Router(ExpertRegistry experts, std::shared_ptr<const Scorer> scorer,
   }
   budget_->limit = options_.budget_usd;
   loaded_ = load(std::move(scorer));
+  request_id_prefix_ = fmt::format("{:08x}", std::random_device{}());
   for (std::size_t i = 0; i < experts_->size(); ++i) state_[i].enabled = (*experts_)[i].enabled;
   transports_.resize(experts_->size());
 }
@@ -95,6 +97,8 @@ void Router::replace_scorer(std::shared_ptr<const Scorer> scorer) {
 }
 
 std::shared_ptr<const Scorer> Router::current_scorer() const { return loaded()->scorer; }
+
+void Router::set_decision_sink(DecisionSink sink) { decision_sink_ = std::move(sink); }
 
 std::size_t Router::expert_index(std::string_view name) const {
   if (auto index = experts_->index_of(name)) return *index;

@@ -991,6 +991,74 @@ TEST_CASE("router server: a server without API keys refuses /admin/reload", "[se
   CHECK_THAT(res->body, Contains("reload_needs_key"));
 }
 
+TEST_CASE("router server: the decision log and feedback by id", "[server]") {
+  const auto dir = torouter::testing::process_temp_dir("router_server_decisions");
+  const std::string log_path = (dir / "calls.jsonl").string();
+  Fixture f([&](ServerConfig& c) { c.decision_log.path = log_path; });
+  simdjson::dom::parser parser;
+
+  auto plain = f.post(chat_body("router", kPrompt));
+  REQUIRE(plain);
+  REQUIRE(plain->status == 200);
+  const std::string id = str(parse(parser, plain->body)["id"]);
+  const std::string expert = plain->header("X-Torouter-Expert");
+  auto streamed = f.post(chat_body("router", "Summarise the French revolution.", true));
+  REQUIRE(streamed);
+  REQUIRE(streamed->status == 200);
+  const std::string stream_id = str(parse(parser, sse_data(streamed->body).at(0))["id"]);
+  CHECK(stream_id != id);
+
+  auto feedback = [&](const std::string& body) {
+    return torouter::test::http_call(f.port, "POST", "/v1/feedback", {}, body);
+  };
+  auto recorded = feedback(R"({"id":")" + id + R"(","quality":0.8})");
+  REQUIRE(recorded);
+  CHECK(recorded->status == 200);
+  CHECK(feedback(R"({"id":")" + id + R"(","quality":0.3})")->status == 200);
+  CHECK(feedback(R"({"id":")" + stream_id + R"(","quality":1})")->status == 200);
+  auto unknown = feedback(R"({"id":"chatcmpl-nobody","quality":0.5})");
+  CHECK(unknown->status == 404);
+  CHECK_THAT(unknown->body, Contains("unknown_id"));
+  CHECK(feedback(R"({"id":")" + id + R"(","quality":1.5})")->status == 400);
+  CHECK(feedback(R"({"quality":0.5})")->status == 400);
+  CHECK(feedback("not json")->status == 400);
+
+  // The log is written by a thread of its own: wait (bounded) for the lines.
+  std::vector<std::string> lines;
+  for (int i = 0; i < 100 && lines.size() < 5; ++i) {
+    std::this_thread::sleep_for(20ms);
+    lines.clear();
+    std::ifstream in(log_path);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+  }
+  REQUIRE(lines.size() == 5);
+  auto decision = parse(parser, lines[0]);
+  CHECK(str(decision["type"]) == "decision");
+  CHECK(str(decision["id"]) == id);
+  CHECK(str(decision["expert"]) == expert);
+  CHECK(str(decision["decision"]["pick"]) == expert);
+  CHECK(str(decision["prompt"]).find(kPrompt) != std::string::npos);
+  CHECK(str(parse(parser, lines[1])["id"]) == stream_id);
+  auto verdict = parse(parser, lines[3]);
+  CHECK(str(verdict["type"]) == "feedback");
+  CHECK(str(verdict["id"]) == id);
+  CHECK(double(verdict["quality"]) == 0.3);
+
+  auto metrics = f.get("/metrics");
+  REQUIRE(metrics);
+  CHECK_THAT(metrics->body, Contains("torouter_decision_log_lines_total{outcome=\"dropped\"} 0"));
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("router server: feedback without a decision log", "[server]") {
+  Fixture f;
+  auto res = torouter::test::http_call(f.port, "POST", "/v1/feedback", {},
+                                       R"({"id":"chatcmpl-torouter-1","quality":0.5})");
+  REQUIRE(res);
+  CHECK(res->status == 404);
+  CHECK_THAT(res->body, Contains("no_decision_log"));
+}
+
 TEST_CASE("router server: configuration errors name the file and the field", "[server]") {
   using torouter::server::parse_server_config;
   const std::string expert =
@@ -1019,6 +1087,11 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
   CHECK_THAT(error_of(R"({"router_model":"m","listen":{"tls_cert_file":"c.pem"},"experts":[)" +
                       expert + "]}"),
              Contains("server.json: listen.tls_key_file: missing: HTTPS needs both"));
+  CHECK_THAT(error_of(R"({"router_model":"m","decision_log":{},"experts":[)" + expert + "]}"),
+             Contains("server.json: decision_log.path: missing"));
+  CHECK_THAT(error_of(R"({"router_model":"m","decision_log":{"path":"l","size":1},"experts":[)" +
+                      expert + "]}"),
+             Contains("server.json: decision_log.size: unknown field"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x"}]})"),
              Contains("server.json: experts[0].base_url: missing"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x","base_url":"ftp://h"}]})"),

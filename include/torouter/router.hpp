@@ -41,6 +41,7 @@
 #include "torouter/abi.hpp"
 #include "torouter/cancel.hpp"
 #include "torouter/cost_model.hpp"
+#include "torouter/decision_log.hpp"
 #include "torouter/event_loop.hpp"
 #include "torouter/expert.hpp"
 #include "torouter/policy.hpp"
@@ -194,6 +195,9 @@ struct InvokeOptions {
   /// answer, as a streaming server's headers do, without routing twice. A
   /// decision of another router makes the invoke throw `Error`.
   std::shared_ptr<const RouteDecision> routed;
+  /// Names this call in the decision log (`Router::set_decision_sink`);
+  /// the router makes one when empty.
+  std::string request_id;
 };
 
 /// What happened to one call (or skipped call) during an invoke.
@@ -352,6 +356,11 @@ class Router {
   /// USD spent by answered calls so far.
   double spent_usd() const;
 
+  /// Receives one record per routed call as each invoke ends (a
+  /// `DecisionLog`'s `record`, say); it must not block. Set it before
+  /// invoking: not safe concurrently with `invoke`.
+  void set_decision_sink(DecisionSink sink);
+
   /// Replaces the scorer, atomically and safe from any thread while the
   /// router routes and invokes: a route or invoke that has begun finishes
   /// on the scorer it began with, later ones use `scorer`. Per-expert state
@@ -416,6 +425,11 @@ class Router {
   RouterOptions options_;
   std::shared_ptr<const CostModel> cost_model_;
   std::vector<Transport> transports_;
+  DecisionSink decision_sink_;
+  // Makes request ids for invokes that bring none: a per-router random
+  // prefix and a counter.
+  std::string request_id_prefix_;
+  mutable std::atomic<std::uint64_t> next_request_{0};
   std::unique_ptr<ExpertState[]> state_;
   std::unique_ptr<Budget> budget_;
   // Invokes waiting for a free slot, woken (all at once) when one frees.
