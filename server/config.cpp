@@ -245,6 +245,23 @@ void read_decision_log(const Fields& top, element value, const std::string& base
   if (c.decision_log.path.empty()) f.fail("path", "missing");
 }
 
+void read_exploration(const Fields& top, element value, ServerConfig& c) {
+  Fields f(c.origin, "exploration");
+  for (auto field : top.object("exploration", value)) {
+    const std::string_view key = field.key;
+    if (key == "epsilon")
+      c.exploration.epsilon = f.fraction(key, field.value);
+    else if (key == "max_cost_ratio")
+      c.exploration.max_cost_ratio = f.number(key, field.value);
+    else
+      f.fail(key, "unknown field (known: epsilon, max_cost_ratio)");
+  }
+  if (auto problem = validate_exploration_options(c.exploration); !problem.empty()) {
+    const auto dot = problem.find(' ');
+    f.fail(problem.substr(0, dot), problem.substr(dot + 1));
+  }
+}
+
 void read_policy(const Fields& top, element value, ServerConfig& c) {
   Fields f(c.origin, "policy");
   for (auto field : top.object("policy", value)) {
@@ -382,13 +399,15 @@ ServerConfig parse_server_config(std::string_view json, const std::string& origi
       c.named_calls = f.boolean(key, v);
     } else if (key == "decision_log") {
       read_decision_log(f, v, base_dir, c);
+    } else if (key == "exploration") {
+      read_exploration(f, v, c);
     } else if (key == "description") {
       f.text(key, v, true);
     } else {
       f.fail(key,
              "unknown field (known: listen, router_model, experts_file, experts, policy, "
              "retry, api_keys, api_keys_env, max_request_bytes, named_calls, decision_log, "
-             "description)");
+             "exploration, description)");
     }
   }
   if (c.router_model.empty()) f.fail("router_model", "missing");

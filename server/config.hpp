@@ -97,6 +97,9 @@ struct ServerConfig {
   DecisionLogOptions decision_log;
   /// How many recent request ids POST /v1/feedback accepts verdicts for.
   std::size_t feedback_window = 100000;
+  /// "exploration": {"epsilon", "max_cost_ratio"} for routed requests; off
+  /// by default (see torouter::ExplorationOptions).
+  ExplorationOptions exploration;
 };
 
 /// Reads and checks a configuration file; throws `torouter::Error` naming

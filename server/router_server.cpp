@@ -534,6 +534,8 @@ struct RouterServer::Impl {
     options.route.policy.max_output_tokens = chat.max_tokens;
     options.route.input_tokens = chat.input_tokens;
     options.max_output_tokens = chat.max_tokens;
+    // A call to a named expert is not the router's pick to explore.
+    if (!chat.bypass) options.route.exploration = config.exploration;
     return options;
   }
 

@@ -18,6 +18,7 @@ std::string to_json(const RouteDecision& decision) {
   out += fmt::format("\"model_version\": {}, ", json_string(decision.model_version));
   out += fmt::format("\"policy\": {}, ", json_string(decision.policy_name));
   out += fmt::format("\"input_tokens\": {}, ", decision.input_tokens);
+  out += fmt::format("\"propensity\": {}, ", json_number(decision.propensity));
 
   const PolicyOptions& knobs = decision.policy;
   std::string tags;

@@ -173,6 +173,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     record.time = started_at_;
     record.prompt = prompt_;
     record.result = &result_;
+    record.propensity = result_.decision.propensity;
     record.latency = elapsed_ms(started_);
     try {
       router_.decision_sink_(record);
@@ -810,6 +811,7 @@ void Router::copy_decision(const RouteDecision& from, RouteDecision& to) const {
   to.policy_name = from.policy_name;
   to.model_version = from.model_version;
   to.input_tokens = from.input_tokens;
+  to.propensity = from.propensity;
   to.registry_ = from.registry_;
   to.policy_ = from.policy_;
   to.scorer_ = from.scorer_;

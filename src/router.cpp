@@ -201,12 +201,64 @@ void Router::route_pooled(std::string_view prompt, const RouteOptions& options,
   route_with(*current, prompt, options, decision, workspace.get());
 }
 
+std::string validate_exploration_options(const ExplorationOptions& options) {
+  if (!(options.epsilon >= 0.0 && options.epsilon <= 1.0)) {
+    return fmt::format("epsilon must be in [0, 1], got {}", options.epsilon);
+  }
+  if (!(options.max_cost_ratio >= 1.0)) {
+    return fmt::format("max_cost_ratio must be >= 1 (or infinity), got {}",
+                       options.max_cost_ratio);
+  }
+  return {};
+}
+
+void Router::explore(const ExplorationOptions& options, RouteDecision& decision) const {
+  auto& candidates = decision.candidates;
+  const std::size_t eligible = decision.eligible_count();
+  const double bound = candidates.front().cost_usd * options.max_cost_ratio;
+  // The candidates exploration may pick: eligible, and within the cost bound
+  // (the best always is).
+  auto allowed = [&](std::size_t i) { return i == 0 || candidates[i].cost_usd <= bound; };
+  std::size_t count = 0;
+  for (std::size_t i = 0; i < eligible; ++i) count += allowed(i) ? 1 : 0;
+  double draw = 0;
+  std::size_t nth = 0;
+  {
+    std::lock_guard<std::mutex> lock(explore_mutex_);
+    if (!explore_seeded_) {
+      explore_rng_.seed(options.seed != 0 ? options.seed : std::random_device{}());
+      explore_seeded_ = true;
+    }
+    draw = std::uniform_real_distribution<double>(0.0, 1.0)(explore_rng_);
+    nth = std::uniform_int_distribution<std::size_t>(0, count - 1)(explore_rng_);
+  }
+  const double each = options.epsilon / static_cast<double>(count);
+  decision.propensity = 1.0 - options.epsilon + each;  // the best, unless explored away
+  if (draw >= options.epsilon) return;
+  std::size_t chosen = 0;
+  for (std::size_t i = 0, seen = 0; i < eligible; ++i) {
+    if (!allowed(i)) continue;
+    if (seen++ == nth) {
+      chosen = i;
+      break;
+    }
+  }
+  if (chosen == 0) return;
+  std::rotate(candidates.begin(), candidates.begin() + static_cast<long>(chosen),
+              candidates.begin() + static_cast<long>(chosen) + 1);
+  decision.reason = PickReason::Explored;
+  decision.propensity = each;
+}
+
 void Router::route_with(const LoadedScorer& loaded, std::string_view prompt,
                         const RouteOptions& options, RouteDecision& decision,
                         ScorerWorkspace* workspace) const {
   const std::shared_ptr<const Scorer>& scorer = loaded.scorer;
   if (auto problem = validate_policy_options(options.policy); !problem.empty()) {
     throw Error("RouteOptions.policy." + problem, ErrorCode::Misuse);
+  }
+  if (auto problem = validate_exploration_options(options.exploration); !problem.empty()) {
+    throw Error("RouteOptions.exploration." + problem, ErrorCode::Misuse);
   }
   ScoreBatch& scores = decision.scores_;
   scorer->score(&prompt, 1, scores, workspace);
@@ -243,6 +295,10 @@ void Router::route_with(const LoadedScorer& loaded, std::string_view prompt,
   }
   apply_constraints(decision.candidates, *experts_, options.policy);
   decision.reason = policy_->rank(decision.candidates, options.policy);
+  decision.propensity = 1.0;
+  if (options.exploration.epsilon > 0 && decision.reason != PickReason::NoneEligible) {
+    explore(options.exploration, decision);
+  }
   decision.policy = options.policy;
   // Compared first: a reused decision takes no reference counts.
   if (decision.registry_ != experts_) decision.registry_ = experts_;

@@ -1050,6 +1050,46 @@ TEST_CASE("router server: the decision log and feedback by id", "[server]") {
   std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("router server: exploration spreads picks and logs their propensity", "[server]") {
+  const auto dir = torouter::testing::process_temp_dir("router_server_explore");
+  const std::string log_path = (dir / "calls.jsonl").string();
+  Fixture f([&](ServerConfig& c) {
+    c.decision_log.path = log_path;
+    c.exploration.epsilon = 1.0;  // every pick uniform over the three experts
+  });
+  std::map<std::string, int> picks;
+  int explored = 0;
+  for (int i = 0; i < 40; ++i) {
+    auto res = f.post(chat_body("router", kPrompt));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    ++picks[res->header("X-Torouter-Expert")];
+    explored += res->header("X-Torouter-Reason") == "explored" ? 1 : 0;
+  }
+  CHECK(picks.size() == 3);
+  CHECK(explored > 0);
+  // A named call is not explored.
+  auto named = f.post(chat_body(kExperts[1], kPrompt));
+  REQUIRE(named);
+  CHECK(named->header("X-Torouter-Expert") == kExperts[1]);
+
+  std::vector<std::string> lines;
+  for (int i = 0; i < 100 && lines.size() < 41; ++i) {
+    std::this_thread::sleep_for(20ms);
+    lines.clear();
+    std::ifstream in(log_path);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+  }
+  REQUIRE(lines.size() == 41);
+  simdjson::dom::parser parser;
+  for (int i = 0; i < 40; ++i) {
+    CHECK(double(parse(parser, lines[static_cast<std::size_t>(i)])["propensity"]) ==
+          Approx(1.0 / 3));
+  }
+  CHECK(double(parse(parser, lines[40])["propensity"]) == 1.0);
+  std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("router server: feedback without a decision log", "[server]") {
   Fixture f;
   auto res = torouter::test::http_call(f.port, "POST", "/v1/feedback", {},
@@ -1092,6 +1132,12 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
   CHECK_THAT(error_of(R"({"router_model":"m","decision_log":{"path":"l","size":1},"experts":[)" +
                       expert + "]}"),
              Contains("server.json: decision_log.size: unknown field"));
+  CHECK_THAT(error_of(R"({"router_model":"m","exploration":{"epsilon":2},"experts":[)" + expert +
+                      "]}"),
+             Contains("server.json: exploration.epsilon: must be a number in [0, 1]"));
+  CHECK_THAT(error_of(R"({"router_model":"m","exploration":{"max_cost_ratio":0.5},"experts":[)" +
+                      expert + "]}"),
+             Contains("server.json: exploration.max_cost_ratio: must be >= 1"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x"}]})"),
              Contains("server.json: experts[0].base_url: missing"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x","base_url":"ftp://h"}]})"),

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -483,4 +484,57 @@ TEST_CASE("replace_scorer swaps the model and keeps the experts' state") {
   CHECK_THROWS(router.replace_scorer(nullptr));
   CHECK(router.current_scorer()->version() == "table-scorer-2");
   CHECK(router.route("Explain quantum tunnelling").pick()->name == "cheap");
+}
+
+TEST_CASE("exploration picks others with the propensities it records") {
+  Router router(three_experts(), scorer());
+  RouteOptions off;
+  const RouteDecision plain = router.route("Explain quantum tunnelling", off);
+  CHECK(plain.propensity == 1.0);
+
+  RouteOptions options;
+  options.exploration.epsilon = 0.3;
+  options.exploration.seed = 7;
+  std::map<std::string, int> picks;
+  std::map<std::string, double> propensity;
+  const int routes = 30000;
+  RouteDecision d;
+  for (int i = 0; i < routes; ++i) {
+    router.route("Explain quantum tunnelling", options, d);
+    const std::string name(d.pick()->name);
+    ++picks[name];
+    if (propensity.count(name) > 0) CHECK(propensity[name] == d.propensity);
+    propensity[name] = d.propensity;
+    if (name != "strong") CHECK(d.reason == PickReason::Explored);
+    // The rest keep their ranked order behind the pick.
+    CHECK(d.eligible_count() == 3);
+  }
+  REQUIRE(propensity.size() == 3);
+  CHECK(propensity["strong"] == Approx(1 - 0.3 + 0.1));
+  CHECK(propensity["coder"] == Approx(0.1));
+  double sum = 0;
+  for (const auto& [name, p] : propensity) {
+    sum += p;
+    CHECK(static_cast<double>(picks[name]) / routes == Approx(p).margin(0.01));
+  }
+  CHECK(sum == Approx(1.0));
+
+  // A cost bound: with a large cost weight "cheap" is the pick, and at most
+  // 50 times its cost leaves "coder" (about 28 times) but not "strong".
+  options.policy.lambda_cost = 1e6;
+  options.exploration.max_cost_ratio = 50;
+  std::map<std::string, int> bounded;
+  for (int i = 0; i < 2000; ++i) {
+    router.route("Explain quantum tunnelling", options, d);
+    ++bounded[std::string(d.pick()->name)];
+    CHECK(d.propensity == Approx(d.pick()->name == "cheap" ? 1 - 0.3 + 0.15 : 0.15));
+  }
+  CHECK(bounded.count("strong") == 0);
+  CHECK(bounded["coder"] > 0);
+
+  options.exploration.epsilon = 1.5;
+  CHECK_THROWS_WITH(router.route("x", options), Contains("exploration.epsilon"));
+  options.exploration.epsilon = 0.1;
+  options.exploration.max_cost_ratio = 0.5;
+  CHECK_THROWS_WITH(router.route("x", options), Contains("max_cost_ratio"));
 }

@@ -132,6 +132,7 @@ enum class PickReason {
   CheapestAboveFloor,  ///< Quality floor: the cheapest expert predicted to reach it.
   FloorNotReached,     ///< Quality floor: none is predicted to reach it; the best predicted.
   NoneEligible,        ///< No expert passes the constraints: nothing picked.
+  Explored,            ///< Exploration picked another eligible expert (ExplorationOptions).
 };
 
 /// A short, stable name for `reason` ("highest_utility", ...).
@@ -141,6 +142,7 @@ constexpr std::string_view to_string(PickReason reason) {
     case PickReason::OnlyEligible: return "only_eligible";
     case PickReason::ThresholdStrong: return "threshold_strong";
     case PickReason::ThresholdWeak: return "threshold_weak";
+    case PickReason::Explored: return "explored";
     case PickReason::CheapestAboveFloor: return "cheapest_above_floor";
     case PickReason::FloorNotReached: return "floor_not_reached";
     case PickReason::NoneEligible: return "none_eligible";

@@ -34,6 +34,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -105,12 +106,30 @@ struct RouterOptions {
 /// constructor throws `Error` with it.
 std::string validate_router_options(const RouterOptions& options);
 
+/// Exploration, off by default: with probability `epsilon` the route picks
+/// uniformly among the eligible candidates whose predicted cost is at most
+/// `max_cost_ratio` times the best one's (the best included), so a log of
+/// the traffic holds outcomes the model would not have picked; the
+/// probability of each pick is recorded (`RouteDecision::propensity`).
+struct ExplorationOptions {
+  double epsilon = 0.0;
+  double max_cost_ratio = std::numeric_limits<double>::infinity();
+  /// Seeds the router's sampler the first time exploration is used (0: a
+  /// random seed), so a test can repeat a sequence of picks.
+  std::uint64_t seed = 0;
+};
+
+/// Checks `options`: an empty string when valid, else the field and why.
+std::string validate_exploration_options(const ExplorationOptions& options);
+
 /// The knobs of one `route`.
 struct RouteOptions {
   /// Utility weights and hard constraints.
   PolicyOptions policy;
   /// Prompt tokens when the caller knows them; 0 estimates ceil(chars / 4).
   std::size_t input_tokens = 0;
+  /// Off unless `exploration.epsilon` > 0.
+  ExplorationOptions exploration;
 };
 
 /// Everything `route` decided, and why; reuse one across calls to avoid
@@ -132,6 +151,9 @@ struct RouteDecision {
   std::string_view model_version;
   /// Prompt tokens used for cost (estimated or given).
   std::size_t input_tokens = 0;
+  /// The probability with which the first candidate was picked: 1 without
+  /// exploration.
+  double propensity = 1.0;
 
   /// The picked candidate, or nullptr when none is eligible.
   const Candidate* pick() const {
@@ -397,6 +419,9 @@ class Router {
   void route_with(const LoadedScorer& scorer, std::string_view prompt,
                   const RouteOptions& options, RouteDecision& decision,
                   ScorerWorkspace* workspace) const;
+  // Exploration (see ExplorationOptions): may move another eligible
+  // candidate to the front, and records the pick's propensity.
+  void explore(const ExplorationOptions& options, RouteDecision& decision) const;
   // Routes into `decision` with working memory borrowed from the pool.
   void route_pooled(std::string_view prompt, const RouteOptions& options,
                     RouteDecision& decision) const;
@@ -430,6 +455,10 @@ class Router {
   // prefix and a counter.
   std::string request_id_prefix_;
   mutable std::atomic<std::uint64_t> next_request_{0};
+  // Exploration's sampler, seeded on first use.
+  mutable std::mutex explore_mutex_;
+  mutable std::mt19937_64 explore_rng_;
+  mutable bool explore_seeded_ = false;
   std::unique_ptr<ExpertState[]> state_;
   std::unique_ptr<Budget> budget_;
   // Invokes waiting for a free slot, woken (all at once) when one frees.
