@@ -300,3 +300,50 @@ TEST_CASE("torouter refuses bad input with a clear message") {
   r = run("route --model '" + (dir / "broken.jsonl").string() + "' hello");
   CHECK_THAT(r.output, Contains("not a torouter model file"));
 }
+
+TEST_CASE("torouter eval --log estimates a model on logged calls with feedback") {
+  const auto dir = work_dir();
+  torouter::testing::write_synthetic_dataset(dir / "offpolicy", 200, 10);
+  const std::string model = (dir / "offpolicy.tormodel").string();
+  const Run trained = run("train --data '" + (dir / "offpolicy").string() +
+                          "' --scorer knn:5 --folds 0 --out '" + model + "'");
+  INFO(trained.output);
+  REQUIRE(trained.status == 0);
+  // A log whose calls went to the generalist (propensity 0.5) or, explored,
+  // to the coder (0.25), with verdicts.
+  const std::string log = (dir / "calls.jsonl").string();
+  {
+    std::ofstream out(log);
+    const auto rows = torouter::testing::synthetic_rows(40, 9);
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      const bool explored = i % 4 == 0;
+      const std::string expert = explored ? "coder" : "generalist";
+      out << R"({"type": "decision", "id": "r)" << i << R"(", "prompt": ")" << rows[i].prompt
+          << R"(", "propensity": )" << (explored ? 0.25 : 0.5)
+          << R"(, "cost_usd": 0.001, "expert": ")" << expert << R"(", "decision": {"pick": ")"
+          << expert << R"(", "knobs": {"lambda_cost": 0}}})" << "\n";
+      out << R"({"type": "feedback", "id": "r)" << i << R"(", "quality": )"
+          << rows[i].outcomes[explored ? 0 : 2].quality << "}\n";
+    }
+  }
+  const std::string json = (dir / "offpolicy.json").string();
+  const Run evaluated = run("eval --log '" + log + "' --model '" + model + "' --json '" + json + "'");
+  INFO(evaluated.output);
+  REQUIRE(evaluated.status == 0);
+  CHECK_THAT(evaluated.output, Contains("40 with feedback used") && Contains("doubly robust"));
+  std::ifstream in(json);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  simdjson::dom::parser parser;
+  simdjson::dom::element report;
+  REQUIRE(parser.parse(text).get(report) == simdjson::SUCCESS);
+  CHECK(int64_t(report["calls"]) == 40);
+  CHECK(int64_t(report["matching"]) > 0);
+  const double low = report["quality"]["doubly_robust"]["low"];
+  const double high = report["quality"]["doubly_robust"]["high"];
+  CHECK(low <= high);
+
+  std::ofstream(log, std::ios::app) << "{\"type\": \"decision\"}\n";
+  const Run bad = run("eval --log '" + log + "' --model '" + model + "'");
+  CHECK(bad.status != 0);
+  CHECK_THAT(bad.output, Contains("calls.jsonl:81") && Contains("id"));
+}

@@ -15,6 +15,7 @@
 #include "torouter/abi.hpp"
 #include "torouter/dataset.hpp"
 #include "torouter/eval.hpp"
+#include "torouter/off_policy.hpp"
 #include "torouter/router.hpp"
 #include "torouter/trainable_scorer.hpp"
 
@@ -124,9 +125,73 @@ std::string figure(const std::optional<double>& v, const char* format = "{:.4f}"
   return v ? fmt::format(fmt::runtime(format), *v) : std::string("-");
 }
 
+// What MODEL would have done on the logged calls with feedback: the
+// off-policy estimates of torouter/off_policy.hpp. Each call is routed
+// again with its own cost weight.
+TargetPrediction target_prediction(const Router& router, const LoggedCall& call) {
+  RouteOptions options;
+  options.policy.lambda_cost = call.lambda_cost;
+  const RouteDecision decision = router.route(call.prompt, options);
+  const Candidate* pick = decision.pick();
+  const Candidate* logged = decision.find(call.expert);
+  if (pick == nullptr) throw Error(fmt::format("call {}: the model picks no expert", call.id));
+  if (logged == nullptr) {
+    throw Error(fmt::format("call {}: the model does not know the logged expert \"{}\"",
+                            call.id, call.expert));
+  }
+  return {std::string(pick->name), pick->predicted_quality, logged->predicted_quality,
+          pick->cost_usd, logged->cost_usd};
+}
+
+std::string estimate_json(const Estimate& e) {
+  return fmt::format("{{\"value\": {}, \"low\": {}, \"high\": {}}}", json_number(e.value),
+                     json_number(e.low), json_number(e.high));
+}
+
+int evaluate_log(const Arguments& args) {
+  args.allow_only({"log", "model", "json"});
+  const std::string log_path = args.required("log");
+  const std::string model_path = args.required("model");
+  const DecisionLogReading reading = read_decision_log(log_path);
+  const LoadedModel model = load_model(model_path);
+  const Router router(model.experts, model.scorer);
+  std::vector<TargetPrediction> target;
+  for (const LoggedCall& call : reading.calls) target.push_back(target_prediction(router, call));
+  const OffPolicyReport report = estimate_off_policy(reading.calls, target);
+  std::printf("%s: %zu decisions; %zu with feedback used (%zu without feedback, %zu redacted, "
+              "%zu failed or failed over)\nmodel %s picks the logged expert on %zu of them\n\n",
+              log_path.c_str(), reading.decisions, report.calls, reading.without_feedback,
+              reading.redacted, reading.not_answered, std::string(model.scorer->version()).c_str(),
+              report.matching);
+  auto line = [](const char* what, const Estimate& e) {
+    std::printf("%-22s %10.4g   [%.4g, %.4g]\n", what, e.value, e.low, e.high);
+  };
+  line("quality, IPS", report.ips_quality);
+  line("quality, doubly robust", report.dr_quality);
+  line("cost USD, IPS", report.ips_cost);
+  line("cost USD, doubly robust", report.dr_cost);
+  if (args.named.count("json")) {
+    const std::string path = args.required("json");
+    std::ofstream out(path);
+    if (!out) throw Error(fmt::format("{}: cannot write", path));
+    out << fmt::format(
+        "{{\"log\": {}, \"model\": {}, \"model_version\": {}, \"decisions\": {}, "
+        "\"calls\": {}, \"matching\": {}, \"without_feedback\": {}, \"redacted\": {}, "
+        "\"not_answered\": {}, \"quality\": {{\"ips\": {}, \"doubly_robust\": {}}}, "
+        "\"cost_usd\": {{\"ips\": {}, \"doubly_robust\": {}}}}}\n",
+        json_string(log_path), json_string(model_path), json_string(model.scorer->version()),
+        reading.decisions, report.calls, report.matching, reading.without_feedback,
+        reading.redacted, reading.not_answered, estimate_json(report.ips_quality),
+        estimate_json(report.dr_quality), estimate_json(report.ips_cost),
+        estimate_json(report.dr_cost));
+  }
+  return 0;
+}
+
 }  // namespace
 
 int evaluate(const Arguments& args) {
+  if (args.named.count("log")) return evaluate_log(args);
   args.allow_only({"data", "model", "json", "plot", "predictions"});
   const std::string dir = args.required("data");
   const std::string model_path = args.required("model");

@@ -9,6 +9,7 @@
 //   torouter route --model MODEL [--experts FILE] [--lambda-cost X | --quality-floor Q] PROMPT
 //   torouter eval --data DIR --model MODEL [--json FILE] [--plot FILE.svg]
 //                 [--predictions FILE.csv]
+//   torouter eval --log DECISIONS.jsonl --model MODEL [--json FILE]
 //   torouter calibrate --data DIR --model MODEL (--max-cost-per-query USD | --max-share EXPERT=F)
 //   torouter collect --prompts FILE.jsonl --experts FILE --out DIR --transport command:PROGRAM
 #include <cstdio>
@@ -31,6 +32,8 @@ constexpr const char* kUsage =
     "  torouter route --model MODEL [--experts FILE] [--lambda-cost X | --quality-floor Q] PROMPT\n"
     "  torouter eval --data DIR --model MODEL [--json FILE] [--plot FILE.svg]\n"
     "                [--predictions FILE.csv]\n"
+    "  torouter eval --log DECISIONS.jsonl --model MODEL [--json FILE]\n"
+    "                (off-policy: MODEL's quality and cost on logged calls with feedback)\n"
     "  torouter calibrate --data DIR --model MODEL (--max-cost-per-query USD | --max-share EXPERT=F)\n"
     "                     [--split train|test]\n"
     "  torouter collect --prompts FILE.jsonl --experts FILE --out DIR --transport command:PROGRAM\n"
