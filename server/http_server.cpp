@@ -278,8 +278,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // Watches a connection whose answer is deferred: a client that closes it
   // is gone. (Bytes of a next request end the watch: they wait their turn.)
   void watch_client(std::shared_ptr<CancelSignal> gone) {
-    auto self = shared_from_this();
-    asio::post(stream_.get_executor(), [self, gone] { self->watch(gone); });
+    in_order([self = shared_from_this(), gone] { self->watch(gone); });
   }
 
   std::string refusal_body(int status, std::string_view message) const {
@@ -489,17 +488,39 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     });
   }
 
-  // Runs `step` on the I/O thread after every step handed over before it:
-  // at once when called there with none waiting (a streamed answer's chunks
-  // come from the invoke on this thread), else posted.
+  // Runs `step` on the I/O thread after every step handed over before it,
+  // from whichever thread: at once when called there with none waiting (a
+  // streamed answer's chunks come from the invoke on this thread), else
+  // queued here, in order, for one posted handler that runs the queue (the
+  // order of Asio's posts from different threads is not guaranteed).
   template <typename Step>
   void in_order(Step step) {
-    if (home_ && home_->running_in_this_thread() && posted_steps_ == 0) return step();
-    ++posted_steps_;
-    asio::post(stream_.get_executor(), [this, step = std::move(step)]() mutable {
-      --posted_steps_;
+    std::unique_lock<std::mutex> lock(steps_mutex_);
+    if (steps_.empty() && home_ && home_->running_in_this_thread()) {
+      lock.unlock();
+      return step();
+    }
+    steps_.emplace_back(std::move(step));
+    if (steps_posted_) return;
+    steps_posted_ = true;
+    asio::post(stream_.get_executor(), [self = shared_from_this()] { self->run_steps(); });
+  }
+
+  // On the I/O thread: the queued steps, oldest first.
+  void run_steps() {
+    for (;;) {
+      std::function<void()> step;
+      {
+        std::lock_guard<std::mutex> lock(steps_mutex_);
+        if (steps_.empty()) {
+          steps_posted_ = false;
+          return;
+        }
+        step = std::move(steps_.front());
+        steps_.pop_front();
+      }
       step();
-    });
+    }
   }
 
   // On the I/O thread: adds a write to the deferred answer's queue.
@@ -687,9 +708,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::chrono::steady_clock::time_point write_started_;
   bool write_watch_armed_ = false;
   // The I/O thread's executor (none if the socket's is of another kind),
-  // and how many steps `in_order` posted that have not run yet.
+  // and the steps `in_order` queued for it.
   std::optional<asio::io_context::executor_type> home_;
-  std::atomic<int> posted_steps_{0};
+  std::mutex steps_mutex_;
+  std::deque<std::function<void()>> steps_;
+  bool steps_posted_ = false;
   std::size_t queued_bytes_ = 0;
   bool writing_ = false;
   bool end_pending_ = false;

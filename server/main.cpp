@@ -63,7 +63,9 @@ int main(int argc, char** argv) {
               << (config.api_keys.empty() ? "" : ", API keys required") << ")" << std::endl;
     std::thread stopper([&server, &signals] {
       int signal = 0;
-      while (sigwait(&signals, &signal) == 0 && signal == SIGHUP) server.reload();
+      while (sigwait(&signals, &signal) == 0 && signal == SIGHUP) {
+        if (server.reload().busy) std::cerr << "torouter-server: SIGHUP: a reload is in progress\n";
+      }
       server.stop();
     });
     server.run();

@@ -17,6 +17,7 @@
 #include <deque>
 #include <iostream>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <unordered_set>
 
@@ -266,12 +267,11 @@ struct RouterServer::Impl {
   std::shared_ptr<openai::IoThreads> io;
   std::shared_ptr<EventLoop> loop;
   std::unique_ptr<Router> router;
-  // Reloads of the model: one at a time (swap_mutex); an HTTP one runs on
-  // reload_thread, joined before the next and at stop.
-  std::mutex swap_mutex;
-  std::mutex reload_mutex;
+  // Reloads of the model: one at a time (`reloading`, whichever asked); an
+  // HTTP one runs on reload_thread, joined before the next and at stop.
+  std::atomic<bool> reloading{false};
+  std::mutex reload_mutex;  // guards reload_thread
   std::thread reload_thread;
-  bool reloading = false;
   std::atomic<std::uint64_t> reloads_done{0};
   std::atomic<std::uint64_t> reloads_refused{0};
   // With "decision_log" in the config: the log, and the ids it can take
@@ -364,21 +364,22 @@ struct RouterServer::Impl {
   void stop() {
     http->stop();
     if (thread.joinable()) thread.join();
-    std::lock_guard<std::mutex> lock(reload_mutex);
-    if (reload_thread.joinable()) reload_thread.join();
+    std::thread last;
+    {
+      std::lock_guard<std::mutex> lock(reload_mutex);
+      last = std::move(reload_thread);
+    }
+    if (last.joinable()) last.join();
   }
 
   void open_decision_log() {
     try {
       decision_log = std::make_shared<DecisionLog>(config.decision_log);
     } catch (const Error& e) {
-      throw Error(fmt::format("{}: decision_log: {}", config.origin, e.what()));
+      throw Error(fmt::format("{}: decision_log.path: {}", config.origin, e.what()));
     }
     recent_ids = std::make_unique<RecentIds>(config.feedback_window);
-    router->set_decision_sink([this](const DecisionRecord& record) {
-      decision_log->record(record);
-      recent_ids->add(std::string(record.request_id));
-    });
+    router->set_decision_sink([this](const DecisionRecord& record) { decision_log->record(record); });
   }
 
   // POST /v1/feedback {"id": ..., "quality": 0..1}: a verdict on a recent
@@ -424,9 +425,19 @@ struct RouterServer::Impl {
   // every expert), so a bad file is refused and the current model keeps
   // serving. Calls in flight finish on the model they began with.
   ReloadOutcome reload() {
-    std::lock_guard<std::mutex> lock(swap_mutex);
     ReloadOutcome out;
     out.previous_version = std::string(router->current_scorer()->version());
+    out.model_version = out.previous_version;
+    if (reloading.exchange(true)) {
+      out.busy = true;
+      out.error = "a reload is in progress";
+      return out;
+    }
+    // Cleared as this returns, before anyone is told the outcome.
+    struct Done {
+      std::atomic<bool>& flag;
+      ~Done() { flag = false; }
+    } done{reloading};
     try {
       LoadedModel model = load_model(config.router_model);
       router->replace_scorer(model.scorer);
@@ -437,7 +448,6 @@ struct RouterServer::Impl {
                                config.router_model, out.model_version, out.previous_version);
     } catch (const std::exception& e) {
       out.error = e.what();
-      out.model_version = out.previous_version;
       ++reloads_refused;
       std::cerr << fmt::format("torouter-server: reload refused, model {} keeps serving: {}\n",
                                out.previous_version, out.error);
@@ -458,24 +468,39 @@ struct RouterServer::Impl {
     }
     if (!authorized(req, res)) return;
     std::lock_guard<std::mutex> lock(reload_mutex);
-    if (reloading) {
-      ApiError e;
-      e.status = 409;
-      e.code = "reload_in_progress";
-      e.message = "a reload is in progress";
-      return send_error(res, e);
-    }
-    if (reload_thread.joinable()) reload_thread.join();  // the last one, finished
-    reloading = true;
-    reload_thread = std::thread([this, later = res.defer()] {
-      answer_reload(*later, reload());
+    if (reloading) return answer_reload(res, busy_reload());
+    // The last one's thread has told its outcome, so it is about to end.
+    if (reload_thread.joinable()) reload_thread.join();
+    auto later = res.defer();
+    try {
+      reload_thread = std::thread([this, later] {
+        answer_reload(*later, reload());
+        later->finish();
+      });
+    } catch (const std::system_error& e) {
+      ApiError error;
+      error.status = 503;
+      error.message = fmt::format("cannot start the reload: {}", e.what());
+      send_error(*later, error);
       later->finish();
-      std::lock_guard<std::mutex> done(reload_mutex);
-      reloading = false;
-    });
+    }
+  }
+
+  ReloadOutcome busy_reload() const {
+    ReloadOutcome out;
+    out.busy = true;
+    out.error = "a reload is in progress";
+    return out;
   }
 
   void answer_reload(HttpResponse& res, const ReloadOutcome& out) const {
+    if (out.busy) {
+      ApiError e;
+      e.status = 409;
+      e.code = "reload_in_progress";
+      e.message = out.error;
+      return send_error(res, e);
+    }
     if (!out.ok) {
       ApiError e;
       e.status = 422;
@@ -552,6 +577,9 @@ struct RouterServer::Impl {
     options.context = &call;
     options.cancel = x->res->client_gone();
     options.request_id = x->id;
+    // Feedback may come before the call ends (a stream's first pieces):
+    // its id is known from the start.
+    if (recent_ids) recent_ids->add(x->id);
     if (chat.bypass) options.expert = router->experts()[chat.expert].name;
     metrics->count_chat_request(chat.bypass);
     if (chat.stream) {

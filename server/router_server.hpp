@@ -26,6 +26,7 @@ struct ReloadOutcome {
   std::string model_version;     ///< the version serving now
   std::string previous_version;  ///< the version serving before
   std::string error;             ///< why the file was refused (when not ok)
+  bool busy = false;             ///< not tried: another reload was running
 };
 
 class RouterServer {
@@ -54,7 +55,8 @@ class RouterServer {
   /// and POST /admin/reload do): calls in flight finish on the old model,
   /// per-expert state is kept. A file that does not load, fails its
   /// recorded self-test or lacks an expert is refused, and the current
-  /// model keeps serving. Safe from any thread; one reload at a time.
+  /// model keeps serving. Safe from any thread; while one runs, another is
+  /// not tried (`busy`).
   ReloadOutcome reload();
 
  private:

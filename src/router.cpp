@@ -218,7 +218,12 @@ void Router::explore(const ExplorationOptions& options, RouteDecision& decision)
   const double bound = candidates.front().cost_usd * options.max_cost_ratio;
   // The candidates exploration may pick: eligible, and within the cost bound
   // (the best always is).
-  auto allowed = [&](std::size_t i) { return i == 0 || candidates[i].cost_usd <= bound; };
+  // (Without a bound, the ratio's infinity times a free best expert's cost
+  // would be NaN and allow nothing.)
+  const bool unbounded = std::isinf(options.max_cost_ratio);
+  auto allowed = [&](std::size_t i) {
+    return i == 0 || unbounded || candidates[i].cost_usd <= bound;
+  };
   std::size_t count = 0;
   for (std::size_t i = 0; i < eligible; ++i) count += allowed(i) ? 1 : 0;
   double draw = 0;

@@ -303,8 +303,8 @@ TEST_CASE("http server: a client that takes no bytes for write_timeout is cut of
   REQUIRE(port > 0);
   std::thread running([&] { server.run(); });
   RawHttpConnection client(port);
-  send(client, "GET /flood HTTP/1.1\r\nHost: t\r\n\r\n");
   const auto start = std::chrono::steady_clock::now();
+  send(client, "GET /flood HTTP/1.1\r\nHost: t\r\n\r\n");
   auto cut = [&] {
     std::lock_guard<std::mutex> lock(mutex);
     return gone && gone->cancelled();

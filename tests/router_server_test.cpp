@@ -1025,7 +1025,7 @@ TEST_CASE("router server: the decision log and feedback by id", "[server]") {
 
   // The log is written by a thread of its own: wait (bounded) for the lines.
   std::vector<std::string> lines;
-  for (int i = 0; i < 100 && lines.size() < 5; ++i) {
+  for (int i = 0; i < 500 && lines.size() < 5; ++i) {
     std::this_thread::sleep_for(20ms);
     lines.clear();
     std::ifstream in(log_path);
@@ -1074,7 +1074,7 @@ TEST_CASE("router server: exploration spreads picks and logs their propensity", 
   CHECK(named->header("X-Torouter-Expert") == kExperts[1]);
 
   std::vector<std::string> lines;
-  for (int i = 0; i < 100 && lines.size() < 41; ++i) {
+  for (int i = 0; i < 500 && lines.size() < 41; ++i) {
     std::this_thread::sleep_for(20ms);
     lines.clear();
     std::ifstream in(log_path);
@@ -1252,7 +1252,7 @@ TEST_CASE("router server: the torouter-server program", "[server]") {
   // The model version /health reports, once it is `expected` (polled: the
   // signal is handled on the program's own thread).
   auto health_shows = [&](const std::string& expected) {
-    for (int i = 0; i < 100; ++i) {
+    for (int i = 0; i < 200; ++i) {
       auto health = torouter::test::http_call(port, "GET", "/health", {});
       if (health && health->body.find(expected) != std::string::npos) return true;
       std::this_thread::sleep_for(50ms);
@@ -1262,7 +1262,15 @@ TEST_CASE("router server: the torouter-server program", "[server]") {
   const std::string default_version = version_of(kModel);
   std::ofstream(serving, std::ios::trunc) << "not a model";
   ::kill(child, SIGHUP);
-  std::this_thread::sleep_for(300ms);
+  // The refusal is counted once the signal has been handled.
+  bool refused = false;
+  for (int i = 0; i < 200 && !refused; ++i) {
+    auto metrics = torouter::test::http_call(port, "GET", "/metrics", {});
+    refused = metrics && metrics->body.find("torouter_model_reloads_total{outcome=\"refused\"} 1") !=
+                             std::string::npos;
+    if (!refused) std::this_thread::sleep_for(50ms);
+  }
+  CHECK(refused);
   CHECK(health_shows(default_version));
   auto still = torouter::test::http_call(port, "POST", "/v1/chat/completions", {},
                                          chat_body("router", "hi"));

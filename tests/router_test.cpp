@@ -532,6 +532,21 @@ TEST_CASE("exploration picks others with the propensities it records") {
   CHECK(bounded.count("strong") == 0);
   CHECK(bounded["coder"] > 0);
 
+  // A free best expert still leaves the others to explore without a bound.
+  ExpertRegistry with_free = three_experts();
+  ExpertSpec free_expert("free", 0, 0);
+  with_free.add(free_expert);
+  auto free_best = std::make_shared<TableScorer>(
+      std::vector<std::string>{"strong", "cheap", "coder", "free"},
+      std::vector<float>{0.5f, 0.5f, 0.5f, 0.9f});
+  Router free_router(with_free, free_best);
+  RouteOptions unbounded;
+  unbounded.exploration.epsilon = 1.0;
+  unbounded.exploration.seed = 3;
+  std::map<std::string, int> spread;
+  for (int i = 0; i < 400; ++i) ++spread[std::string(free_router.route("x", unbounded).pick()->name)];
+  CHECK(spread.size() == 4);
+
   options.exploration.epsilon = 1.5;
   CHECK_THROWS_WITH(router.route("x", options), Contains("exploration.epsilon"));
   options.exploration.epsilon = 0.1;

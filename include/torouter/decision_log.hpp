@@ -70,7 +70,8 @@ struct DecisionLogOptions {
   std::uint64_t max_bytes = 64ull << 20;
   /// Rotated files kept (`path.1` is the newest); older ones are removed.
   std::size_t max_files = 5;
-  /// Lines waiting for the writer at most; past it, lines are dropped.
+  /// Lines waiting for the writer at most (besides the batch it is
+  /// writing); past it, lines are dropped.
   std::size_t queue_lines = 10000;
   /// Log only each prompt's hash, not its text.
   bool redact_prompts = false;
@@ -86,7 +87,8 @@ class DecisionLog {
   /// Opens (appends to) `options.path`; throws `Error` naming the file when
   /// it cannot be opened, or the field of `options` that is invalid.
   explicit DecisionLog(DecisionLogOptions options);
-  /// Writes what is queued, then closes.
+  /// Writes what is queued, then closes (it waits for the file: a file
+  /// that blocks, a pipe nobody reads, blocks it).
   ~DecisionLog();
   DecisionLog(const DecisionLog&) = delete;
   DecisionLog& operator=(const DecisionLog&) = delete;

@@ -171,6 +171,10 @@ struct Transport {
   /// each piece of the answer, one call at a time and in order (from any
   /// thread), and the completion callback exactly once after the last piece.
   /// The final response's `text` may be empty: the router joins the pieces.
+  /// Call `on_chunk` holding no lock of your own: called from a thread of
+  /// the invoke's event loop (`EventLoop::runs_here`), it hands the piece on
+  /// at once, running the caller's chunk callback (which may cancel the
+  /// call) before it returns.
   std::function<void(const Request&, ChunkCallback on_chunk, CompletionCallback on_done)>
       call_async_streaming;
 
