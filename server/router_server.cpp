@@ -428,11 +428,7 @@ struct RouterServer::Impl {
     ReloadOutcome out;
     out.previous_version = std::string(router->current_scorer()->version());
     out.model_version = out.previous_version;
-    if (reloading.exchange(true)) {
-      out.busy = true;
-      out.error = "a reload is in progress";
-      return out;
-    }
+    if (reloading.exchange(true)) return busy_reload();
     // Cleared as this returns, before anyone is told the outcome.
     struct Done {
       std::atomic<bool>& flag;
@@ -486,7 +482,7 @@ struct RouterServer::Impl {
     }
   }
 
-  ReloadOutcome busy_reload() const {
+  static ReloadOutcome busy_reload() {
     ReloadOutcome out;
     out.busy = true;
     out.error = "a reload is in progress";

@@ -6,6 +6,7 @@
 // that worker, so whatever ends the process, every answer paid for is kept;
 // the dataset files are derived from it at the end. A line cut short by a
 // crash (no final '\n') is dropped and truncated away on the next start.
+#include "torouter/decision_log.hpp"
 #include "torouter/collect.hpp"
 
 #include <fmt/format.h>
@@ -53,17 +54,6 @@ using detail::parse_object;
 using detail::read_file;
 using detail::read_journal;
 using Clock = std::chrono::steady_clock;
-
-// Ties a journal entry to the text it answered, so a prompts file edited
-// between runs cannot pass an old answer off as the answer to a new prompt.
-std::string prompt_hash(std::string_view prompt) {
-  std::uint64_t h = 14695981039346656037ull;
-  for (unsigned char c : prompt) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return fmt::format("{:016x}", h);
-}
 
 // ---------------------------------------------------------------- calling
 
@@ -369,7 +359,9 @@ CollectSummary collect_dataset(const std::vector<CollectPrompt>& prompts,
       if (!seen.emplace(prompts[i].id, i).second) {
         throw Error(fmt::format("collect_dataset: duplicate prompt id \"{}\"", prompts[i].id));
       }
-      hashes.push_back(prompt_hash(prompts[i].prompt));
+      // Ties a journal entry to the text it answered, so a prompts file
+      // edited between runs cannot pass an old answer off as a new one's.
+      hashes.push_back(torouter::prompt_hash(prompts[i].prompt));
     }
   }
 

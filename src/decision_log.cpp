@@ -50,7 +50,7 @@ std::string attempts_json(const std::vector<Attempt>& attempts) {
 }  // namespace
 
 std::string prompt_hash(std::string_view text) {
-  std::uint64_t hash = 1469598103934665603ull;  // FNV-1a-64
+  std::uint64_t hash = 14695981039346656037ull;  // FNV-1a-64
   for (const char c : text) {
     hash ^= static_cast<unsigned char>(c);
     hash *= 1099511628211ull;

@@ -111,6 +111,11 @@ TEST_CASE("decision log: one line per routed call, and feedback lines") {
   std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("prompt_hash is FNV-1a-64") {
+  CHECK(torouter::prompt_hash("") == "cbf29ce484222325");
+  CHECK(torouter::prompt_hash("a") == "af63dc4c8601ec8c");
+}
+
 TEST_CASE("decision log: redacted prompts keep only their hash") {
   const auto dir = torouter::testing::process_temp_dir("decision_log_redact");
   DecisionLogOptions options;

@@ -186,6 +186,19 @@ std::string small_model(const std::filesystem::path& dir) {
   return path;
 }
 
+// The decision log's lines once it has `count` (it is written by a thread
+// of its own), or what it has after 10 s.
+std::vector<std::string> log_lines(const std::string& path, std::size_t count) {
+  std::vector<std::string> lines;
+  for (int i = 0; i < 500 && lines.size() < count; ++i) {
+    std::this_thread::sleep_for(20ms);
+    lines.clear();
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+  }
+  return lines;
+}
+
 std::string version_of(const std::string& model) {
   return std::string(torouter::load_model(model).scorer->version());
 }
@@ -1024,13 +1037,7 @@ TEST_CASE("router server: the decision log and feedback by id", "[server]") {
   CHECK(feedback("not json")->status == 400);
 
   // The log is written by a thread of its own: wait (bounded) for the lines.
-  std::vector<std::string> lines;
-  for (int i = 0; i < 500 && lines.size() < 5; ++i) {
-    std::this_thread::sleep_for(20ms);
-    lines.clear();
-    std::ifstream in(log_path);
-    for (std::string line; std::getline(in, line);) lines.push_back(line);
-  }
+  const std::vector<std::string> lines = log_lines(log_path, 5);
   REQUIRE(lines.size() == 5);
   auto decision = parse(parser, lines[0]);
   CHECK(str(decision["type"]) == "decision");
@@ -1073,13 +1080,7 @@ TEST_CASE("router server: exploration spreads picks and logs their propensity", 
   REQUIRE(named);
   CHECK(named->header("X-Torouter-Expert") == kExperts[1]);
 
-  std::vector<std::string> lines;
-  for (int i = 0; i < 500 && lines.size() < 41; ++i) {
-    std::this_thread::sleep_for(20ms);
-    lines.clear();
-    std::ifstream in(log_path);
-    for (std::string line; std::getline(in, line);) lines.push_back(line);
-  }
+  const std::vector<std::string> lines = log_lines(log_path, 41);
   REQUIRE(lines.size() == 41);
   simdjson::dom::parser parser;
   for (int i = 0; i < 40; ++i) {

@@ -57,7 +57,7 @@ struct DecisionRecord {
 using DecisionSink = std::function<void(const DecisionRecord&)>;
 
 /// FNV-1a-64 of `text` in 16 hex digits: what the log keeps of a prompt
-/// when prompts are redacted.
+/// when prompts are redacted (and what `collect`'s journal ties answers to).
 std::string prompt_hash(std::string_view text);
 
 /// `record` as one line of the decision log (JSON, no newline).
