@@ -5,8 +5,10 @@
 #include <simdjson.h>
 
 #include <cmath>
+#include <cstdint>
 #include <fstream>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "torouter/error.hpp"
 
@@ -29,20 +31,24 @@ Estimate mean_with_interval(const std::vector<double>& terms) {
 // One decision line's fields, or an error naming the first missing one.
 struct DecisionLine {
   std::string id, prompt, pick, expert;
+  std::vector<std::string> candidates;
   bool has_prompt = false, answered = false;
   double propensity = 1, cost_usd = 0, lambda_cost = 0;
+  std::size_t output_tokens = 0;
 };
 
 DecisionLine read_decision(simdjson::dom::element line, const std::string& where) {
   DecisionLine d;
   auto text = [&](simdjson::simdjson_result<simdjson::dom::element> value, const char* field) {
     std::string_view out;
-    if (value.get(out)) throw Error(fmt::format("{}: missing or non-string field {}", where, field));
+    if (value.get(out))
+      throw Error(fmt::format("{}: missing or non-string field {}", where, field));
     return std::string(out);
   };
   auto number = [&](simdjson::simdjson_result<simdjson::dom::element> value, const char* field) {
     double out = 0;
-    if (value.get(out)) throw Error(fmt::format("{}: missing or non-number field {}", where, field));
+    if (value.get(out))
+      throw Error(fmt::format("{}: missing or non-number field {}", where, field));
     return out;
   };
   d.id = text(line["id"], "id");
@@ -51,6 +57,18 @@ DecisionLine read_decision(simdjson::dom::element line, const std::string& where
   d.propensity = number(line["propensity"], "propensity");
   d.cost_usd = number(line["cost_usd"], "cost_usd");
   d.lambda_cost = number(line["decision"]["knobs"]["lambda_cost"], "decision.knobs.lambda_cost");
+  std::uint64_t tokens = 0;
+  if (line["output_tokens"].get(tokens)) {
+    throw Error(fmt::format("{}: missing or non-integer field output_tokens", where));
+  }
+  d.output_tokens = static_cast<std::size_t>(tokens);
+  simdjson::dom::array candidates;
+  if (line["decision"]["candidates"].get(candidates)) {
+    throw Error(fmt::format("{}: missing or non-array field decision.candidates", where));
+  }
+  for (simdjson::dom::element c : candidates) {
+    d.candidates.push_back(text(c["expert"], "decision.candidates[].expert"));
+  }
   d.answered = !line["expert"].is_null();
   if (d.answered) d.expert = text(line["expert"], "expert");
   if (!line["decision"]["pick"].is_null()) d.pick = text(line["decision"]["pick"], "decision.pick");
@@ -89,7 +107,11 @@ DecisionLogReading read_decision_log(const std::string& path) {
   }
   DecisionLogReading out;
   out.decisions = decisions.size();
+  std::unordered_set<std::string> seen;
   for (const DecisionLine& d : decisions) {
+    for (const std::string& name : d.candidates) {
+      if (seen.insert(name).second) out.experts.push_back(name);
+    }
     const auto verdict = feedback.find(d.id);
     if (verdict == feedback.end()) {
       ++out.without_feedback;
@@ -98,8 +120,8 @@ DecisionLogReading read_decision_log(const std::string& path) {
     } else if (!d.answered || d.expert != d.pick) {
       ++out.not_answered;
     } else {
-      out.calls.push_back(
-          {d.id, d.prompt, d.expert, d.propensity, verdict->second, d.cost_usd, d.lambda_cost});
+      out.calls.push_back({d.id, d.prompt, d.expert, d.propensity, verdict->second, d.cost_usd,
+                           d.output_tokens, d.lambda_cost});
     }
   }
   return out;
@@ -109,8 +131,8 @@ OffPolicyReport estimate_off_policy(const std::vector<LoggedCall>& calls,
                                     const std::vector<TargetPrediction>& target) {
   if (calls.empty()) throw Error("off-policy estimate: no logged call with feedback");
   if (calls.size() != target.size()) {
-    throw Error(fmt::format("off-policy estimate: {} calls but {} target predictions",
-                            calls.size(), target.size()));
+    throw Error(fmt::format("off-policy estimate: {} calls but {} target predictions", calls.size(),
+                            target.size()));
   }
   OffPolicyReport report;
   report.calls = calls.size();

@@ -12,6 +12,7 @@
 #include <sstream>
 #include <string>
 
+#include "support/logged_calls.hpp"
 #include "support/synthetic_data.hpp"
 #include "support/temp_dir.hpp"
 
@@ -283,7 +284,7 @@ TEST_CASE("torouter refuses bad input with a clear message") {
   CHECK_THAT(r.output, Contains("unknown command \"fly\""));
   r = run("train --scorer mlp --out x.tormodel");
   CHECK(r.status == 1);
-  CHECK_THAT(r.output, Contains("missing --data"));
+  CHECK_THAT(r.output, Contains("missing --data or --log"));
   r = run("train --data /nonexistent/dataset --scorer mlp --out x.tormodel");
   CHECK(r.status == 1);
   CHECK_THAT(r.output, Contains("/nonexistent/dataset"));
@@ -318,16 +319,18 @@ TEST_CASE("torouter eval --log estimates a model on logged calls with feedback")
     for (std::size_t i = 0; i < rows.size(); ++i) {
       const bool explored = i % 4 == 0;
       const std::string expert = explored ? "coder" : "generalist";
-      out << R"({"type": "decision", "id": "r)" << i << R"(", "prompt": ")" << rows[i].prompt
-          << R"(", "propensity": )" << (explored ? 0.25 : 0.5)
-          << R"(, "cost_usd": 0.001, "expert": ")" << expert << R"(", "decision": {"pick": ")"
-          << expert << R"(", "knobs": {"lambda_cost": 0}}})" << "\n";
-      out << R"({"type": "feedback", "id": "r)" << i << R"(", "quality": )"
-          << rows[i].outcomes[explored ? 0 : 2].quality << "}\n";
+      const std::string id = "r" + std::to_string(i);
+      out << torouter::testing::logged_decision_line(id, rows[i].prompt, expert,
+                                                     explored ? 0.25 : 0.5, 0.001, 50,
+                                                     torouter::testing::synthetic_experts())
+          << "\n"
+          << torouter::testing::logged_feedback_line(id, rows[i].outcomes[explored ? 0 : 2].quality)
+          << "\n";
     }
   }
   const std::string json = (dir / "offpolicy.json").string();
-  const Run evaluated = run("eval --log '" + log + "' --model '" + model + "' --json '" + json + "'");
+  const Run evaluated =
+      run("eval --log '" + log + "' --model '" + model + "' --json '" + json + "'");
   INFO(evaluated.output);
   REQUIRE(evaluated.status == 0);
   CHECK_THAT(evaluated.output, Contains("40 with feedback used") && Contains("doubly robust"));
@@ -346,4 +349,97 @@ TEST_CASE("torouter eval --log estimates a model on logged calls with feedback")
   const Run bad = run("eval --log '" + log + "' --model '" + model + "'");
   CHECK(bad.status != 0);
   CHECK_THAT(bad.output, Contains("calls.jsonl:81") && Contains("id"));
+}
+
+namespace {
+
+// A log of `rows` spread evenly over the synthetic experts and, with
+// `newcomer`, a fourth expert that answers history as well as the historian;
+// each call with the true quality as its verdict.
+void write_exploring_log(const std::string& path, const std::vector<torouter::DatasetRow>& rows,
+                         bool newcomer) {
+  std::vector<std::string> experts = torouter::testing::synthetic_experts();
+  if (newcomer) experts.push_back("newcomer");
+  std::ofstream out(path);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const std::size_t e = (i / 2) % experts.size();  // rows alternate code and history
+    const torouter::Outcome& truth = rows[i].outcomes[e == 3 ? 1 : e];
+    const std::string id = "call" + std::to_string(i);
+    out << torouter::testing::logged_decision_line(
+               id, rows[i].prompt, experts[e], 1.0 / static_cast<double>(experts.size()),
+               1e-6 * static_cast<double>(e + 1) * static_cast<double>(*truth.output_chars),
+               *truth.output_chars / 4, experts)
+        << "\n"
+        << torouter::testing::logged_feedback_line(id, truth.quality) << "\n";
+  }
+}
+
+// The expert `model` picks for `prompt` at lambda 0, and how many candidates it lists.
+std::pair<std::string, std::size_t> routed_pick(const std::string& model,
+                                                const std::string& prompt) {
+  const Run routed = run("route --model '" + model + "' '" + prompt + "'");
+  INFO(routed.output);
+  REQUIRE(routed.status == 0);
+  simdjson::dom::parser parser;
+  simdjson::dom::element decision;
+  REQUIRE(parser.parse(routed.output).get(decision) == simdjson::SUCCESS);
+  return {std::string(std::string_view(decision["pick"])),
+          simdjson::dom::array(decision["candidates"]).size()};
+}
+
+}  // namespace
+
+TEST_CASE("torouter train --log learns from logged calls with feedback, alone or with a dataset") {
+  const auto dir = work_dir();
+  const std::string log = (dir / "exploring.jsonl").string();
+  // Only one expert of four has a label per call.
+  write_exploring_log(log, torouter::testing::synthetic_rows(400, 21), true);
+  const std::string from_log = (dir / "from_log.tormodel").string();
+  const Run trained = run("train --log '" + log + "' --scorer knn:8 --out '" + from_log + "'");
+  INFO(trained.output);
+  REQUIRE(trained.status == 0);
+  CHECK_THAT(trained.output, Contains("400 calls with feedback used") &&
+                                 Contains("fitted from cost_usd") && Contains("wrote"));
+  CHECK(routed_pick(from_log, "fix the bug in my python loop") ==
+        std::make_pair(std::string("coder"), std::size_t{4}));
+  const std::string history = routed_pick(from_log, "explain the war of the roman empire").first;
+  CHECK((history == "historian" || history == "newcomer"));
+
+  // Joined with a dataset that has never seen the newcomer: a column is
+  // added, and a scorer must be named (no row is complete to choose on).
+  torouter::testing::write_synthetic_dataset(dir / "joined", 60, 10);
+  const std::string data = " --data '" + (dir / "joined").string() + "'";
+  const std::string joined = (dir / "joined.tormodel").string();
+  Run r = run("train --log '" + log + "'" + data + " --scorer knn:8 --out '" + joined + "'");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  CHECK_THAT(r.output, Contains("on 460 rows, 4 experts"));
+  CHECK(routed_pick(joined, "fix the bug in my python loop") ==
+        std::make_pair(std::string("coder"), std::size_t{4}));
+  r = run("train --log '" + log + "'" + data + " --out '" + joined + "'");
+  CHECK(r.status != 0);
+  CHECK_THAT(r.output, Contains("--log names experts joined lacks (newcomer)"));
+
+  // The dataset's experts only: the scorer is chosen on its complete rows.
+  const std::string same_experts = (dir / "same_experts.jsonl").string();
+  write_exploring_log(same_experts, torouter::testing::synthetic_rows(300, 22), false);
+  r = run("train --log '" + same_experts + "'" + data +
+          " --candidates 'knn:8;knn:30' --folds 3 --stacks 0 --out '" + joined + "'");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  CHECK_THAT(r.output, Contains("360 training rows") && Contains("chose knn:"));
+  CHECK(routed_pick(joined, "fix the bug in my python loop") ==
+        std::make_pair(std::string("coder"), std::size_t{3}));
+
+  r = run("train --log '" + log + "' --out '" + (dir / "x.tormodel").string() + "'");
+  CHECK(r.status != 0);
+  CHECK_THAT(r.output, Contains("--log without --data needs --scorer"));
+  const std::string unjudged = (dir / "unjudged.jsonl").string();
+  std::ofstream(unjudged) << torouter::testing::logged_decision_line("lonely", "a prompt", "coder",
+                                                                     1.0, 0.001, 10, {"coder"})
+                          << "\n";
+  r = run("train --log '" + unjudged + "' --scorer knn:8 --out '" + (dir / "x.tormodel").string() +
+          "'");
+  CHECK(r.status != 0);
+  CHECK_THAT(r.output, Contains("1 decisions") && Contains("no call with feedback"));
 }

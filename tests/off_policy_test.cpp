@@ -56,8 +56,7 @@ TEST_CASE("off-policy estimates cover the true value on simulated traffic") {
   // The target would send everything to the coder, and predicts its
   // quality badly (0.9 everywhere), which the doubly robust estimate
   // must correct.
-  auto target_scorer =
-      std::make_shared<TableScorer>(experts, std::vector<float>{0.9f, 0.3f, 0.5f});
+  auto target_scorer = std::make_shared<TableScorer>(experts, std::vector<float>{0.9f, 0.3f, 0.5f});
   Router target(synthetic_registry(), target_scorer);
 
   std::vector<LoggedCall> calls;
@@ -70,8 +69,8 @@ TEST_CASE("off-policy estimates cover the true value on simulated traffic") {
     const auto* pick = logged.pick();
     const auto* target_pick = wanted.pick();
     const auto index = [&](std::string_view name) {
-      return static_cast<std::size_t>(
-          std::find(experts.begin(), experts.end(), name) - experts.begin());
+      return static_cast<std::size_t>(std::find(experts.begin(), experts.end(), name) -
+                                      experts.begin());
     };
     LoggedCall call;
     call.id = row.id;
@@ -121,8 +120,10 @@ TEST_CASE("read_decision_log joins decisions with their last feedback") {
   auto decision = [](const std::string& id, const std::string& prompt, const std::string& pick,
                      const std::string& expert) {
     return R"({"type": "decision", "id": ")" + id + R"(", "prompt": )" + prompt +
-           R"(, "propensity": 0.25, "cost_usd": 0.002, "expert": )" + expert +
-           R"(, "decision": {"pick": ")" + pick + R"(", "knobs": {"lambda_cost": 3}}})";
+           R"(, "propensity": 0.25, "cost_usd": 0.002, "output_tokens": 12, "expert": )" + expert +
+           R"(, "decision": {"pick": ")" + pick +
+           R"(", "knobs": {"lambda_cost": 3}, "candidates": [{"expert": "historian"}, )" +
+           R"({"expert": ")" + pick + R"("}]}})";
   };
   {
     std::ofstream out(path);
@@ -131,10 +132,14 @@ TEST_CASE("read_decision_log joins decisions with their last feedback") {
         << decision("c", "null", "coder", "\"coder\"") << "\n"
         << decision("d", "\"failed over\"", "coder", "\"historian\"") << "\n"
         << "\n"
-        << R"({"type": "feedback", "id": "a", "quality": 0.2})" << "\n"
-        << R"({"type": "feedback", "id": "a", "quality": 0.9})" << "\n"
-        << R"({"type": "feedback", "id": "c", "quality": 1})" << "\n"
-        << R"({"type": "feedback", "id": "d", "quality": 1})" << "\n";
+        << R"({"type": "feedback", "id": "a", "quality": 0.2})"
+        << "\n"
+        << R"({"type": "feedback", "id": "a", "quality": 0.9})"
+        << "\n"
+        << R"({"type": "feedback", "id": "c", "quality": 1})"
+        << "\n"
+        << R"({"type": "feedback", "id": "d", "quality": 1})"
+        << "\n";
   }
   const auto reading = torouter::read_decision_log(path);
   CHECK(reading.decisions == 4);
@@ -149,11 +154,14 @@ TEST_CASE("read_decision_log joins decisions with their last feedback") {
   CHECK(a.propensity == 0.25);
   CHECK(a.quality == 0.9);  // the last verdict
   CHECK(a.cost_usd == 0.002);
+  CHECK(a.output_tokens == 12);
   CHECK(a.lambda_cost == 3);
+  CHECK(reading.experts == std::vector<std::string>{"historian", "coder"});
 
-  std::ofstream(path, std::ios::app) << R"({"type": "decision", "id": "e"})" << "\n";
-  CHECK_THROWS_WITH(torouter::read_decision_log(path), Contains("calls.jsonl:10") &&
-                                                           Contains("prompt"));
+  std::ofstream(path, std::ios::app) << R"({"type": "decision", "id": "e"})"
+                                     << "\n";
+  CHECK_THROWS_WITH(torouter::read_decision_log(path),
+                    Contains("calls.jsonl:10") && Contains("prompt"));
   CHECK_THROWS_WITH(torouter::read_decision_log((dir / "absent.jsonl").string()),
                     Contains("absent.jsonl"));
   std::filesystem::remove_all(dir);

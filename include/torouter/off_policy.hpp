@@ -34,6 +34,8 @@ struct LoggedCall {
   double quality = 0.0;
   /// USD the call cost.
   double cost_usd = 0.0;
+  /// Output tokens billed for the answer.
+  std::size_t output_tokens = 0;
   /// The routing knobs it was made with.
   double lambda_cost = 0.0;
 };
@@ -41,6 +43,9 @@ struct LoggedCall {
 /// The calls of a decision log that can be evaluated, and what was left out.
 struct DecisionLogReading {
   std::vector<LoggedCall> calls;
+  /// Every expert the decisions list as a candidate, in order of first
+  /// appearance: the registry the log was written with.
+  std::vector<std::string> experts;
   std::size_t decisions = 0;         ///< decision lines read
   std::size_t without_feedback = 0;  ///< left out: no feedback line
   std::size_t redacted = 0;          ///< left out: the prompt was not logged
@@ -54,11 +59,11 @@ DecisionLogReading read_decision_log(const std::string& path);
 
 /// What the target model says about one logged call.
 struct TargetPrediction {
-  std::string pick;             ///< the expert it would call
-  double quality_of_pick = 0;   ///< its predicted quality of that expert
-  double quality_of_logged = 0; ///< its predicted quality of the logged expert
-  double cost_of_pick = 0;      ///< its predicted cost of its pick
-  double cost_of_logged = 0;    ///< its predicted cost of the logged expert
+  std::string pick;              ///< the expert it would call
+  double quality_of_pick = 0;    ///< its predicted quality of that expert
+  double quality_of_logged = 0;  ///< its predicted quality of the logged expert
+  double cost_of_pick = 0;       ///< its predicted cost of its pick
+  double cost_of_logged = 0;     ///< its predicted cost of the logged expert
 };
 
 /// An estimate and its 95% interval.

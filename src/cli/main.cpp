@@ -6,6 +6,7 @@
 //                  [--out-of-fold FILE.csv]
 //                  [--seed N] [--threads N]
 //                  [--loss bce|soft] [--temperature T] [--epochs N]
+//   torouter train --log DECISIONS.jsonl [--data DIR] --out MODEL [options as above]
 //   torouter route --model MODEL [--experts FILE] [--lambda-cost X | --quality-floor Q] PROMPT
 //   torouter eval --data DIR --model MODEL [--json FILE] [--plot FILE.svg]
 //                 [--predictions FILE.csv]
@@ -29,12 +30,16 @@ constexpr const char* kUsage =
     "                 (no --scorer: the candidate of best cross-validated AIQ on the\n"
     "                 training split, gbt, MLP and stacks by default; --folds 0 with\n"
     "                 --scorer skips calibration)\n"
+    "  torouter train --log DECISIONS.jsonl [--data DIR] --out MODEL [options as above]\n"
+    "                 (adds the logged calls with feedback, each labelling the expert\n"
+    "                 it called; without --data, --scorer is required)\n"
     "  torouter route --model MODEL [--experts FILE] [--lambda-cost X | --quality-floor Q] PROMPT\n"
     "  torouter eval --data DIR --model MODEL [--json FILE] [--plot FILE.svg]\n"
     "                [--predictions FILE.csv]\n"
     "  torouter eval --log DECISIONS.jsonl --model MODEL [--json FILE]\n"
     "                (off-policy: MODEL's quality and cost on logged calls with feedback)\n"
-    "  torouter calibrate --data DIR --model MODEL (--max-cost-per-query USD | --max-share EXPERT=F)\n"
+    "  torouter calibrate --data DIR --model MODEL (--max-cost-per-query USD | --max-share "
+    "EXPERT=F)\n"
     "                     [--split train|test]\n"
     "  torouter collect --prompts FILE.jsonl --experts FILE --out DIR --transport command:PROGRAM\n"
     "                   [--metric exact|f1|rougeL] [--threads N] [--test-fraction F] [--seed N]\n"

@@ -1,7 +1,9 @@
 // torouter train: learn a scorer from a routing dataset and write its model.
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <memory>
@@ -10,6 +12,7 @@
 #include "args.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/dataset.hpp"
+#include "torouter/log_training.hpp"
 #include "torouter/model_selection.hpp"
 #include "torouter/trainable_scorer.hpp"
 
@@ -103,6 +106,13 @@ TrainOptions parse_train_options(const Arguments& args) {
 // Refuses options that do not go together, and bad candidate specs, before
 // any data is read.
 void check_train_arguments(const Arguments& args, bool named) {
+  const bool data = args.named.count("data") != 0, log = args.named.count("log") != 0;
+  if (!data && !log) throw Error("missing --data or --log (give one or both)");
+  if (log && !data && !named) {
+    throw Error(
+        "--log without --data needs --scorer: a logged call labels only the expert it "
+        "called, so no row has every expert's outcome to choose a scorer on");
+  }
   if (args.named.count("candidates")) {
     parse_candidates(args.required("candidates"));
     if (named) throw Error("--scorer and --candidates exclude each other");
@@ -187,12 +197,55 @@ std::unique_ptr<TrainableScorer> train_chosen(const Arguments& args, const Routi
   return scorer;
 }
 
+// --log: the decision log's calls with feedback, as rows with one label.
+void add_log(const std::string& path, RoutingDataset& data) {
+  std::fprintf(stderr, "reading %s\n", path.c_str());
+  const DecisionLogReading reading = read_decision_log(path);
+  std::fprintf(stderr,
+               "  %zu decisions; %zu calls with feedback used (%zu without feedback, %zu "
+               "redacted, %zu failed or failed over)\n",
+               reading.decisions, reading.calls.size(), reading.without_feedback, reading.redacted,
+               reading.not_answered);
+  if (reading.calls.empty()) {
+    throw Error(
+        fmt::format("--log: {}: no call with feedback and a logged prompt to learn from", path));
+  }
+  add_logged_rows(data, reading);
+}
+
+// The rows to learn from: --data's training split, --log's calls, or both;
+// and where they come from, for the model file.
+RoutingDataset training_data(const Arguments& args, std::string& source) {
+  RoutingDataset data;
+  if (args.named.count("data")) {
+    const std::string dir = args.required("data");
+    std::fprintf(stderr, "loading %s\n", dir.c_str());
+    data = load_routing_dataset(dir);
+    source = data.name + "/train.jsonl";
+  }
+  if (args.named.count("log")) {
+    const std::string log = args.required("log");
+    const std::size_t known = data.experts.size();
+    if (data.name.empty()) data.name = std::filesystem::path(log).filename().string();
+    add_log(log, data);
+    source = source.empty() ? log : source + " + " + log;
+    if (known > 0 && data.experts.size() > known && !args.named.count("scorer")) {
+      throw Error(fmt::format(
+          "--log names experts {} lacks ({}): no row has every expert's outcome to choose a "
+          "scorer on; name one with --scorer",
+          data.name,
+          fmt::join(data.experts.begin() + static_cast<std::ptrdiff_t>(known), data.experts.end(),
+                    ", ")));
+    }
+  }
+  return data;
+}
+
 }  // namespace
 
 int train(const Arguments& args) {
-  args.allow_only({"data", "scorer", "candidates", "out", "seed", "threads", "loss", "temperature",
-                   "epochs", "folds", "stacks", "calibration", "out-of-fold"});
-  const std::string dir = args.required("data");
+  args.allow_only({"data", "log", "scorer", "candidates", "out", "seed", "threads", "loss",
+                   "temperature", "epochs", "folds", "stacks", "calibration", "out-of-fold"});
   const std::string out = args.required("out");
   const TrainOptions options = parse_train_options(args);
   const bool named = args.named.count("scorer") != 0;
@@ -200,12 +253,12 @@ int train(const Arguments& args) {
   if (folds == 1 || folds > 100) throw Error("--folds: expected 0 (no calibration) or 2..100");
   check_train_arguments(args, named);
 
-  std::fprintf(stderr, "loading %s\n", dir.c_str());
-  const RoutingDataset data = load_routing_dataset(dir);
+  std::string source;
+  const RoutingDataset data = training_data(args, source);
   const ExpertRegistry prices = dataset_prices(data);
   std::unique_ptr<TrainableScorer> scorer;
   if (named) {
-    const TrainingSet set = make_training_set(data.experts, data.train, data.name + "/train.jsonl");
+    const TrainingSet set = make_training_set(data.experts, data.train, source);
     scorer = train_named(args, set, options, folds, isatty(fileno(stderr)) != 0);
   } else {
     scorer = train_chosen(args, data, prices, options, folds);

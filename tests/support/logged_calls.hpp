@@ -1,0 +1,34 @@
+// Decision-log lines in the format torouter-server writes
+// (torouter/decision_log.hpp), with only the fields the log readers use, for
+// tests that need a log of known calls without running traffic.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace torouter::testing {
+
+/// A decision line for a call picked among `candidates` and answered by `expert`.
+inline std::string logged_decision_line(const std::string& id, const std::string& prompt,
+                                        const std::string& expert, double propensity,
+                                        double cost_usd, std::size_t output_tokens,
+                                        const std::vector<std::string>& candidates) {
+  std::string listed;
+  for (const auto& name : candidates) {
+    listed += (listed.empty() ? "" : ", ") + std::string("{\"expert\": \"") + name + "\"}";
+  }
+  return "{\"type\": \"decision\", \"id\": \"" + id + "\", \"prompt\": \"" + prompt +
+         "\", \"propensity\": " + std::to_string(propensity) +
+         ", \"cost_usd\": " + std::to_string(cost_usd) +
+         ", \"output_tokens\": " + std::to_string(output_tokens) + ", \"expert\": \"" + expert +
+         "\", \"decision\": {\"pick\": \"" + expert +
+         "\", \"knobs\": {\"lambda_cost\": 0}, \"candidates\": [" + listed + "]}}";
+}
+
+/// A feedback line: the verdict on call `id`.
+inline std::string logged_feedback_line(const std::string& id, double quality) {
+  return "{\"type\": \"feedback\", \"id\": \"" + id +
+         "\", \"quality\": " + std::to_string(quality) + "}";
+}
+
+}  // namespace torouter::testing
