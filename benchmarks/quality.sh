@@ -71,5 +71,8 @@ for dataset in routerbench3 llmrouter14; do
     --oof "$out/$dataset-oof.csv" --out "$out/$dataset-compare-oof.json"
 done
 benchmarks/peers/check_peers.sh "$out/peers" "$data_root"
-/usr/bin/python3 benchmarks/write_results.py "$out" "$data_root" > docs/RESULTS.md
+# (Into a file first: write_results.py carries over the closed-loop section
+# of the docs/RESULTS.md it replaces.)
+/usr/bin/python3 benchmarks/write_results.py "$out" "$data_root" > "$out/RESULTS.md"
+mv "$out/RESULTS.md" docs/RESULTS.md
 echo "wrote docs/RESULTS.md"

@@ -185,6 +185,18 @@ def findings(dataset, reports, out, data_root):
     return lines
 
 
+def closed_loop_section():
+    """The section benchmarks/closed_loop.py wrote into docs/RESULTS.md, kept
+    as it is: that benchmark, not this one, measures it."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "docs/RESULTS.md")
+    begin, end = "<!-- closed-loop: begin -->", "<!-- closed-loop: end -->"
+    text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+    if begin not in text or end not in text:
+        return []
+    return text[text.index(begin):text.index(end) + len(end)].split("\n") + [""]
+
+
 def main(out, data_root=None):
     lines = ["# Routing quality on the shared datasets", "",
              "Regenerate everything here, plots included, with `benchmarks/quality.sh`",
@@ -271,6 +283,7 @@ def main(out, data_root=None):
                       "Computed by benchmarks/write_results.py from the tables above.", ""]
             lines += found
         lines.append("")
+    lines += closed_loop_section()
     # Method only: every sentence with a figure is computed above.
     lines += ["## Notes", "",
               "- The scikit-learn rows are rebuilt by `benchmarks/peers/` with the shared",
