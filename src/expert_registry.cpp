@@ -105,6 +105,10 @@ class ExpertReader {
         spec.latency.output_tokens_per_second = number(key, value);
       } else if (key == "max_concurrent_calls") {
         spec.max_concurrent_calls = static_cast<std::size_t>(count(key, value, 0));
+      } else if (key == "requests_per_minute") {
+        spec.requests_per_minute = static_cast<std::size_t>(count(key, value, 0));
+      } else if (key == "tokens_per_minute") {
+        spec.tokens_per_minute = static_cast<std::size_t>(count(key, value, 0));
       } else if (key == "enabled") {
         spec.enabled = boolean(key, value);
       } else if (key == "size" || key == "description") {
@@ -113,8 +117,8 @@ class ExpertReader {
         fail(key,
              "unknown field (known: name, input_usd_per_mtok, output_usd_per_mtok, "
              "context_window_tokens, tags, capabilities, time_to_first_token_ms, "
-             "output_tokens_per_second, max_concurrent_calls, enabled, size, "
-             "description)");
+             "output_tokens_per_second, max_concurrent_calls, requests_per_minute, "
+             "tokens_per_minute, enabled, size, description)");
       }
     }
     if (spec.name.empty()) fail("name", "missing or empty");

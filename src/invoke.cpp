@@ -18,6 +18,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -75,8 +76,19 @@ struct StepRunning {
 // What the walk over the ranked candidates knows of one of them.
 struct CandidateProgress {
   bool settled = false;         // called, or skipped for good
-  bool over_budget = false;     // skipped: the budget did not cover it
+  bool over_budget = false;     // skipped: a budget did not cover it
   bool capacity_noted = false;  // found at its concurrency cap at least once
+  bool rate_limited = false;    // skipped: its requests or tokens per minute were used up
+  bool unavailable = false;     // skipped: the shared state store could not be reached
+};
+
+// The store's answer to an admission, which may come before `admit` returns
+// (then the walk goes on in the same step) or later, from another thread.
+struct PendingAdmission {
+  std::mutex mutex;
+  bool returned = false;  // `admit` has returned: a later answer is an event
+  bool answered = false;
+  AdmissionResult result;
 };
 
 }  // namespace
@@ -226,7 +238,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     walk();
   }
 
-  // Calls the next candidate of the pass that can be called now; at the
+  // Calls the next candidate of the pass that the store admits; at the
   // pass's end, waits for a free slot or gives up.
   void walk() {
     while (cursor_ < order_.size() && experts_called_ < options_.max_experts_tried) {
@@ -239,22 +251,9 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
         progress.settled = true;
         continue;
       }
-      if (!router_.budget_->try_reserve(c.cost_usd)) {
-        skip(c, fmt::format("over budget: predicted ${:.6g}, {} mode", c.cost_usd,
-                            options_.budget_mode == BudgetMode::Refuse ? "refuse" : "downgrade"));
-        progress.settled = progress.over_budget = true;
-        continue;
-      }
-      if (!router_.acquire_slot(c.expert_index)) {
-        router_.budget_->settle(c.cost_usd, 0.0);
-        if (!progress.capacity_noted) skip(c, "at its concurrency cap");
-        progress.capacity_noted = pass_met_capacity_ = true;
-        continue;
-      }
-      progress.settled = true;
-      ++experts_called_;
-      begin_expert(c, c.cost_usd);
-      return;
+      AdmissionResult answer;
+      if (!ask_admission(k, false, answer)) return;  // admission_arrived goes on
+      if (take_admission(k, false, answer)) return;
     }
     const auto now = Clock::now();
     if (pass_met_capacity_ && experts_called_ < options_.max_experts_tried &&
@@ -265,34 +264,127 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     after_walk();
   }
 
-  // Sleeps until a slot frees or the capacity wait ends, then a new pass.
+  // Asks the store to admit candidate `k` (ignoring budgets when
+  // `downgrade`). True with `answer` set when the store answered before
+  // returning; false when its answer will come as an event.
+  bool ask_admission(std::size_t k, bool downgrade, AdmissionResult& answer) {
+    const Candidate& c = *order_[k];
+    Admission admission;
+    admission.expert = c.expert_index;
+    admission.reserve_usd = c.cost_usd;
+    admission.reserve_tokens =
+        static_cast<double>(result_.decision.input_tokens) + c.predicted_output_tokens;
+    admission.ignore_budgets = downgrade;
+    auto pending = std::make_shared<PendingAdmission>();
+    const std::uint64_t token = new_wait();
+    router_.store_->admit(
+        admission, [pending, weak = weak_from_this(), token, k, downgrade, loop = loop_,
+                    store = router_.store_, expert = c.expert_index](const AdmissionResult& r) {
+          {
+            std::lock_guard<std::mutex> lock(pending->mutex);
+            pending->result = r;
+            pending->answered = true;
+            if (!pending->returned) return;
+          }
+          loop->post([weak, token, k, downgrade, r, store, expert] {
+            bool taken = false;
+            if (auto self = weak.lock()) {
+              self->handle(token, [&] {
+                taken = true;
+                self->admission_arrived(k, downgrade, r);
+              });
+            }
+            // Admitted for an invoke that ended meanwhile (a cancel): give it back.
+            if (!taken && r.outcome == AdmissionOutcome::Admitted) {
+              Settlement unused;
+              unused.ticket = r.ticket;
+              unused.expert = expert;
+              store->settle(unused);
+            }
+          });
+        });
+    std::lock_guard<std::mutex> lock(pending->mutex);
+    pending->returned = true;
+    if (!pending->answered) return false;
+    answer = std::move(pending->result);
+    return true;
+  }
+
+  // The store's answer for candidate `k`: true when the candidate is called.
+  bool take_admission(std::size_t k, bool downgrade, const AdmissionResult& answer) {
+    const Candidate& c = *order_[k];
+    CandidateProgress& progress = progress_[k];
+    switch (answer.outcome) {
+      case AdmissionOutcome::Admitted:
+        progress.settled = true;
+        ++experts_called_;
+        downgrading_ = downgrade;
+        ticket_ = answer.ticket;
+        begin_expert(c);
+        return true;
+      case AdmissionOutcome::OverBudget:
+        skip(c, fmt::format("over budget ({} mode): {}",
+                            options_.budget_mode == BudgetMode::Refuse ? "refuse" : "downgrade",
+                            answer.detail));
+        progress.settled = progress.over_budget = true;
+        if (budget_detail_.empty()) budget_detail_ = answer.detail;
+        break;
+      case AdmissionOutcome::AtCapacity:
+        if (!progress.capacity_noted) skip(c, answer.detail);
+        progress.capacity_noted = pass_met_capacity_ = true;
+        break;
+      case AdmissionOutcome::RateLimited:
+        skip(c, "rate limited: " + answer.detail);
+        progress.settled = progress.rate_limited = true;
+        break;
+      case AdmissionOutcome::Unavailable:
+        skip(c, "state store unavailable: " + answer.detail);
+        progress.settled = progress.unavailable = true;
+        break;
+    }
+    return false;
+  }
+
+  // The store answered after `admit` returned: on with the walk, or, for a
+  // soft budget's last resort, give up.
+  void admission_arrived(std::size_t k, bool downgrade, const AdmissionResult& answer) {
+    if (take_admission(k, downgrade, answer)) return;
+    if (downgrade) {
+      give_up();
+    } else {
+      walk();
+    }
+  }
+
+  // Sleeps until a slot frees or the capacity wait ends, then a new pass. A
+  // store shared with other routers is asked again every `capacity_poll`:
+  // their releases wake no one here.
   void wait_for_slot() {
     const std::uint64_t token = new_wait();
     std::weak_ptr<InvokeRun> weak = weak_from_this();
     router_.wait_for_slot(slot_generation_, [weak, token] {
       if (auto self = weak.lock()) self->post(token, &InvokeRun::start_pass);
     });
-    post_after(until(std::min(capacity_deadline_, deadline_)), token, &InvokeRun::start_pass);
+    auto wake = std::min(capacity_deadline_, deadline_);
+    const milliseconds poll = router_.store_->capacity_poll();
+    if (poll.count() > 0) wake = std::min(wake, Clock::now() + poll);
+    post_after(until(wake), token, &InvokeRun::start_pass);
   }
 
   // Every candidate is settled or waited for long enough: under a soft
   // budget the cheapest still answers; otherwise the invoke fails.
   void after_walk() {
     if (experts_called_ == 0 && options_.budget_mode == BudgetMode::Downgrade) {
-      const Candidate* cheapest = nullptr;
+      std::optional<std::size_t> cheapest;
       for (std::size_t k = 0; k < order_.size(); ++k) {
-        const Candidate& c = *order_[k];
-        if (progress_[k].over_budget && (!cheapest || c.cost_usd < cheapest->cost_usd)) {
-          cheapest = &c;
+        if (progress_[k].over_budget &&
+            (!cheapest || order_[k]->cost_usd < order_[*cheapest]->cost_usd)) {
+          cheapest = k;
         }
       }
-      if (cheapest && router_.acquire_slot(cheapest->expert_index)) {
-        router_.budget_->force_reserve(cheapest->cost_usd);
-        ++experts_called_;
-        downgrading_ = true;
-        begin_expert(*cheapest, cheapest->cost_usd);
-        return;
-      }
+      AdmissionResult answer;
+      if (cheapest && !ask_admission(*cheapest, true, answer)) return;
+      if (cheapest && take_admission(*cheapest, true, answer)) return;
     }
     give_up();
   }
@@ -307,8 +399,14 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
              fmt::format("all {} expert(s) tried failed; see the attempts", experts_called_));
     } else if (any(&CandidateProgress::over_budget)) {
       finish(InvokeError::BudgetExhausted,
-             fmt::format("budget of ${:.6g} does not cover any eligible expert (spent ${:.6g})",
-                         options_.budget_usd, router_.spent_usd()));
+             fmt::format("a budget covers no eligible expert (first: {})", budget_detail_));
+    } else if (any(&CandidateProgress::unavailable)) {
+      finish(InvokeError::StateUnavailable,
+             "the shared state store cannot be reached and fails closed; see the attempts");
+    } else if (any(&CandidateProgress::rate_limited)) {
+      finish(InvokeError::RateLimited,
+             "every eligible expert's requests or tokens per minute are used up; see the "
+             "attempts");
     } else if (any(&CandidateProgress::capacity_noted)) {
       finish(InvokeError::AtCapacity,
              fmt::format("every eligible expert stayed at its concurrency cap for {} ms",
@@ -335,9 +433,8 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
 
   // Calls `c`, whose slot and reservation are taken, until it answers or
   // its retries are spent.
-  void begin_expert(const Candidate& c, double reservation) {
+  void begin_expert(const Candidate& c) {
     expert_ = &c;
-    reservation_ = reservation;
     attempt_number_ = 0;
     backoff_ = options_.initial_backoff;
     last_ = Response();
@@ -605,7 +702,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
                               ? static_cast<double>(response.output_tokens)
                               : static_cast<double>(estimate_tokens(response.text));
     const double cost = router_.cost_model_->cost_usd(spec, input, output);
-    release_expert(cost);
+    release_expert(cost, input + output);
     attempt.outcome = AttemptOutcome::Answered;
     attempt.cost_usd = cost;
     result_.attempts.push_back(std::move(attempt));
@@ -627,6 +724,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     if (in_a_row < options_.failures_before_cooldown) return false;
     state.consecutive_failures.store(0);
     state.cooldown_until_ns.store(to_ns(Clock::now() + options_.cooldown));
+    router_.store_->publish_cooldown(i, std::chrono::system_clock::now() + options_.cooldown);
     return true;
   }
 
@@ -645,12 +743,21 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
 
   // Settles the reservation at `spent` and frees the slot, if an expert
   // holds them.
-  void release_expert(double spent = 0.0) {
+  void release_expert(double spent = 0.0, double used_tokens = -1.0) {
     if (expert_ == nullptr) return;
-    router_.budget_->settle(reservation_, spent);
-    const std::size_t i = expert_->expert_index;
+    Settlement settlement;
+    settlement.ticket = ticket_;
+    settlement.expert = expert_->expert_index;
+    settlement.spent_usd = spent;
+    // Without an answer, each attempt sent the prompt.
+    settlement.used_tokens = used_tokens >= 0
+                                 ? used_tokens
+                                 : static_cast<double>(attempt_number_) *
+                                       static_cast<double>(result_.decision.input_tokens);
+    settlement.extra_requests = std::max(0, attempt_number_ - 1);
     expert_ = nullptr;
-    router_.release_slot(i);
+    router_.store_->settle(settlement);
+    router_.slot_released();
   }
 
   // The caller cancelled: whatever is in flight or waiting stops here.
@@ -730,9 +837,13 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   // Set when a retry was given up because the invoke's deadline came first.
   bool out_of_time_ = false;
 
-  // The expert being called (holding a slot and a reservation), or null.
+  // Why the first candidate over budget was (for the error).
+  std::string budget_detail_;
+
+  // The expert being called (admitted by the store: it holds a slot and a
+  // reservation under `ticket_`), or null.
   const Candidate* expert_ = nullptr;
-  double reservation_ = 0.0;
+  std::uint64_t ticket_ = 0;
   int attempt_number_ = 0;
   milliseconds backoff_{0};
   milliseconds waited_{0};
@@ -753,22 +864,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   std::vector<std::size_t> delivering_ends_;
 };
 
-bool Router::acquire_slot(std::size_t i) {
-  const std::size_t cap = (*experts_)[i].max_concurrent_calls;
-  auto& in_flight = state_[i].in_flight;
-  if (cap == 0) {
-    in_flight.fetch_add(1);
-    return true;
-  }
-  int current = in_flight.load();
-  while (current < static_cast<int>(cap)) {
-    if (in_flight.compare_exchange_weak(current, current + 1)) return true;
-  }
-  return false;
-}
-
-void Router::release_slot(std::size_t i) {
-  state_[i].in_flight.fetch_sub(1);
+void Router::slot_released() {
   std::vector<std::function<void()>> waiters;
   {
     std::lock_guard<std::mutex> lock(slot_waiters_mutex_);

@@ -54,19 +54,46 @@ Router::Router(ExpertRegistry experts, std::shared_ptr<const Scorer> scorer,
       cost_model_(cost_model ? std::move(cost_model)
                              : std::make_shared<const CostModel>(options_.cost_model)),
       state_(new ExpertState[experts_->size()]),
-      budget_(new Budget) {
+      store_(options_.state_store ? options_.state_store
+                                  : std::make_shared<InProcessStateStore>()) {
   if (experts_->empty()) throw Error("Router: the expert registry is empty", ErrorCode::Misuse);
   if (auto problem = validate_router_options(options_); !problem.empty()) {
     throw Error("RouterOptions." + problem, ErrorCode::Misuse);
   }
-  budget_->limit = options_.budget_usd;
+  configure_store();
   loaded_ = load(std::move(scorer));
   request_id_prefix_ = fmt::format("{:08x}", std::random_device{}());
   for (std::size_t i = 0; i < experts_->size(); ++i) state_[i].enabled = (*experts_)[i].enabled;
   transports_.resize(experts_->size());
 }
 
-Router::~Router() = default;
+// A shared store may outlive the router: it must not report to it after.
+Router::~Router() { store_->on_cooldown(nullptr); }
+
+void Router::configure_store() {
+  std::vector<BudgetRule> rules;
+  if (std::isfinite(options_.budget_usd)) rules.emplace_back(options_.budget_usd);
+  for (std::size_t i = 0; i < options_.budgets.size(); ++i) {
+    if (auto problem = validate_budget_rule(options_.budgets[i], *experts_); !problem.empty()) {
+      throw Error(fmt::format("RouterOptions.budgets[{}]: {}", i, problem), ErrorCode::Misuse);
+    }
+    rules.push_back(options_.budgets[i]);
+  }
+  store_->configure(*experts_, std::move(rules));
+  store_->on_cooldown([this](std::size_t expert, std::chrono::system_clock::time_point until) {
+    cooldown_reported(expert, until);
+  });
+}
+
+void Router::cooldown_reported(std::size_t expert, std::chrono::system_clock::time_point until) {
+  if (expert >= experts_->size()) return;
+  const auto left = until - std::chrono::system_clock::now();
+  const std::int64_t local = to_ns(Clock::now() + left);
+  auto& cooldown = state_[expert].cooldown_until_ns;
+  std::int64_t current = cooldown.load();
+  while (local > current && !cooldown.compare_exchange_weak(current, local)) {
+  }
+}
 
 std::shared_ptr<const Router::LoadedScorer> Router::load(
     std::shared_ptr<const Scorer> scorer) const {
@@ -128,7 +155,7 @@ ExpertStatus Router::status(std::string_view expert) const {
   const ExpertState& s = state_[i];
   ExpertStatus out;
   out.enabled = s.enabled;
-  out.in_flight = s.in_flight;
+  out.in_flight = store_->in_flight(i);
   out.consecutive_failures = s.consecutive_failures;
   out.cooling_down = cooling_down(i, to_ns(Clock::now()));
   out.calls = s.calls;
@@ -136,10 +163,7 @@ ExpertStatus Router::status(std::string_view expert) const {
   return out;
 }
 
-double Router::spent_usd() const {
-  std::lock_guard<std::mutex> lock(budget_->mutex);
-  return budget_->spent;
-}
+double Router::spent_usd() const { return store_->spent_usd(); }
 
 std::size_t RouteDecision::eligible_count() const {
   std::size_t n = 0;
@@ -206,8 +230,7 @@ std::string validate_exploration_options(const ExplorationOptions& options) {
     return fmt::format("epsilon must be in [0, 1], got {}", options.epsilon);
   }
   if (!(options.max_cost_ratio >= 1.0)) {
-    return fmt::format("max_cost_ratio must be >= 1 (or infinity), got {}",
-                       options.max_cost_ratio);
+    return fmt::format("max_cost_ratio must be >= 1 (or infinity), got {}", options.max_cost_ratio);
   }
   return {};
 }
@@ -295,8 +318,8 @@ void Router::route_with(const LoadedScorer& loaded, std::string_view prompt,
     c.latency_ms = cost_model_->latency_ms(expert, c.predicted_output_tokens);
     c.utility = 0.0;
     c.exclusion = !state_[i].enabled.load(std::memory_order_relaxed) ? Exclusion::Disabled
-                  : cooling_down(i, now_ns)                            ? Exclusion::CoolingDown
-                                                                       : Exclusion::None;
+                  : cooling_down(i, now_ns)                          ? Exclusion::CoolingDown
+                                                                     : Exclusion::None;
   }
   apply_constraints(decision.candidates, *experts_, options.policy);
   decision.reason = policy_->rank(decision.candidates, options.policy);

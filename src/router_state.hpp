@@ -1,4 +1,4 @@
-// Internal: the router's shared per-expert state and budget, read by routing
+// Internal: the router's per-expert state in this process, read by routing
 // (router.cpp) and changed by invokes (invoke.cpp).
 #pragma once
 
@@ -25,37 +25,10 @@ inline std::int64_t to_ns(Clock::time_point t) {
 
 struct Router::ExpertState {
   std::atomic<bool> enabled{true};
-  std::atomic<int> in_flight{0};
   std::atomic<int> consecutive_failures{0};
   std::atomic<std::int64_t> cooldown_until_ns{0};
   std::atomic<std::uint64_t> calls{0};
   std::atomic<std::uint64_t> failures{0};
-};
-
-// Spend is settled under a mutex: invoke is not the allocation-free hot path
-// (route is), and a reservation must be checked and taken as one step so
-// concurrent invokes cannot overspend a hard budget.
-struct Router::Budget {
-  std::mutex mutex;
-  double limit = 0;
-  double spent = 0;
-  double reserved = 0;
-
-  bool try_reserve(double amount) {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (spent + reserved + amount > limit) return false;
-    reserved += amount;
-    return true;
-  }
-  void force_reserve(double amount) {
-    std::lock_guard<std::mutex> lock(mutex);
-    reserved += amount;
-  }
-  void settle(double reservation, double actual) {
-    std::lock_guard<std::mutex> lock(mutex);
-    reserved -= reservation;
-    spent += actual;
-  }
 };
 
 // A scorer and what belongs to it alone: routing reads them together, and

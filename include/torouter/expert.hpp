@@ -103,6 +103,11 @@ struct ExpertSpec {
   LatencyPrior latency;
   /// Most calls to this expert in flight at once, across all threads; 0 means no cap.
   std::size_t max_concurrent_calls = 0;
+  /// Most requests sent to it per minute (UTC minutes; retries count); 0 means no limit.
+  std::size_t requests_per_minute = 0;
+  /// Most tokens (prompt and answer) per minute; 0 means no limit. A call is
+  /// admitted on its predicted tokens and charged its actual ones.
+  std::size_t tokens_per_minute = 0;
   /// A disabled expert is never picked.
   bool enabled = true;
 

@@ -47,13 +47,14 @@
 #include "torouter/expert.hpp"
 #include "torouter/policy.hpp"
 #include "torouter/scorer.hpp"
+#include "torouter/state_store.hpp"
 #include "torouter/transport.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
 
-/// What `invoke` does once a per-router budget is spent.
+/// What `invoke` does once a budget is spent.
 enum class BudgetMode {
-  /// Refuse calls whose predicted cost does not fit what is left.
+  /// Refuse calls whose predicted cost does not fit what a budget has left.
   Refuse,
   /// Skip candidates that do not fit, and when none fits, call the cheapest
   /// eligible expert anyway: a soft budget that degrades rather than refuses.
@@ -91,10 +92,18 @@ struct RouterOptions {
   /// How long `invoke` waits for a free slot when every candidate is at its
   /// `max_concurrent_calls` cap, before failing.
   std::chrono::milliseconds capacity_wait{1000};
-  /// Most USD this router spends in its lifetime; infinity for no budget.
+  /// Most USD this router's calls spend in all; infinity for no such
+  /// budget. With a shared `state_store`, the fleet's calls.
   double budget_usd = std::numeric_limits<double>::infinity();
-  /// What happens once the budget does not cover a call.
+  /// More budgets: by window (minute, hour, day, month), by expert, by tag
+  /// (torouter/state_store.hpp). A call must fit every one that covers it.
+  std::vector<BudgetRule> budgets;
+  /// What happens once a budget does not cover a call.
   BudgetMode budget_mode = BudgetMode::Refuse;
+  /// Where spend, slots, request rates and published cooldowns are kept;
+  /// null for an `InProcessStateStore` of the router's own. A store serves
+  /// one router.
+  std::shared_ptr<StateStore> state_store;
   /// Cost model settings (default output tokens).
   CostModelOptions cost_model;
 };
@@ -224,19 +233,23 @@ struct InvokeOptions {
 
 /// What happened to one call (or skipped call) during an invoke.
 enum class AttemptOutcome {
-  Answered,  ///< The expert answered.
-  Failed,    ///< The call failed; see `failure`.
-  Skipped,   ///< Not called; see `detail` (at capacity, cooling down, over budget, no transport).
-  Cancelled, ///< In flight when the invoke was cancelled; not the expert's failure.
+  Answered,   ///< The expert answered.
+  Failed,     ///< The call failed; see `failure`.
+  Skipped,    ///< Not called; see `detail` (at capacity, cooling down, over budget, no transport).
+  Cancelled,  ///< In flight when the invoke was cancelled; not the expert's failure.
 };
 
 /// A short, stable name for `outcome`.
 constexpr std::string_view to_string(AttemptOutcome outcome) {
   switch (outcome) {
-    case AttemptOutcome::Answered: return "answered";
-    case AttemptOutcome::Failed: return "failed";
-    case AttemptOutcome::Skipped: return "skipped";
-    case AttemptOutcome::Cancelled: return "cancelled";
+    case AttemptOutcome::Answered:
+      return "answered";
+    case AttemptOutcome::Failed:
+      return "failed";
+    case AttemptOutcome::Skipped:
+      return "skipped";
+    case AttemptOutcome::Cancelled:
+      return "cancelled";
   }
   return "unknown";
 }
@@ -265,8 +278,10 @@ enum class InvokeError {
   None,
   NoEligibleExpert,  ///< The constraints left no expert.
   AllFailed,         ///< Every candidate tried failed; see `attempts`.
-  BudgetExhausted,   ///< The budget covers no candidate (BudgetMode::Refuse).
+  BudgetExhausted,   ///< A budget covers no candidate (BudgetMode::Refuse).
   AtCapacity,        ///< Every candidate stayed at its concurrency cap.
+  RateLimited,       ///< Every candidate's requests or tokens per minute were used up.
+  StateUnavailable,  ///< The shared state store was unreachable and fails closed.
   StreamBroken,      ///< The expert failed after chunks reached the caller.
   Timeout,           ///< The invoke's own deadline passed.
   Cancelled,         ///< The caller cancelled it (`InvokeOptions::cancel`).
@@ -275,14 +290,26 @@ enum class InvokeError {
 /// A short, stable name for `error`.
 constexpr std::string_view to_string(InvokeError error) {
   switch (error) {
-    case InvokeError::None: return "none";
-    case InvokeError::NoEligibleExpert: return "no_eligible_expert";
-    case InvokeError::AllFailed: return "all_failed";
-    case InvokeError::BudgetExhausted: return "budget_exhausted";
-    case InvokeError::AtCapacity: return "at_capacity";
-    case InvokeError::StreamBroken: return "stream_broken";
-    case InvokeError::Timeout: return "timeout";
-    case InvokeError::Cancelled: return "cancelled";
+    case InvokeError::None:
+      return "none";
+    case InvokeError::NoEligibleExpert:
+      return "no_eligible_expert";
+    case InvokeError::AllFailed:
+      return "all_failed";
+    case InvokeError::BudgetExhausted:
+      return "budget_exhausted";
+    case InvokeError::AtCapacity:
+      return "at_capacity";
+    case InvokeError::RateLimited:
+      return "rate_limited";
+    case InvokeError::StateUnavailable:
+      return "state_unavailable";
+    case InvokeError::StreamBroken:
+      return "stream_broken";
+    case InvokeError::Timeout:
+      return "timeout";
+    case InvokeError::Cancelled:
+      return "cancelled";
   }
   return "unknown";
 }
@@ -350,8 +377,7 @@ class Router {
   /// next route: allocation-free once `decision` has been used with this
   /// router's current scorer and the same options (reading which scorer is
   /// current, see `replace_scorer`, takes one brief lock).
-  void route(std::string_view prompt, const RouteOptions& options,
-             RouteDecision& decision) const;
+  void route(std::string_view prompt, const RouteOptions& options, RouteDecision& decision) const;
 
   /// Routes, calls the pick, retries and fails over; never throws for an
   /// expert's failure. Blocks this thread until done: it runs
@@ -367,16 +393,18 @@ class Router {
   /// comes back to it. A synchronous or streaming transport is called on a
   /// thread of the loop and holds it until it returns: give non-blocking
   /// callers asynchronous transports. The router must outlive the invoke.
-  void invoke_async(std::string_view prompt, InvokeOptions options,
-                    std::shared_ptr<EventLoop> loop,
+  void invoke_async(std::string_view prompt, InvokeOptions options, std::shared_ptr<EventLoop> loop,
                     std::function<void(InvokeResult)> on_done);
 
   /// Enables or disables an expert at run time; safe from any thread.
   void set_enabled(std::string_view expert, bool enabled);
   /// Live counters of `expert`; throws `Error` for an unknown name.
   ExpertStatus status(std::string_view expert) const;
-  /// USD spent by answered calls so far.
+  /// USD spent by answered calls so far (the state store's count: a
+  /// shared store's is the fleet's).
   double spent_usd() const;
+  /// The store that keeps spend, slots and rates (`RouterOptions::state_store`).
+  StateStore& state_store() const { return *store_; }
 
   /// Receives one record per routed call as each invoke ends (a
   /// `DecisionLog`'s `record`, say); it must not block. Set it before
@@ -404,7 +432,6 @@ class Router {
 
  private:
   struct ExpertState;
-  struct Budget;
   struct LoadedScorer;
   class InvokeRun;
 
@@ -414,11 +441,12 @@ class Router {
   std::shared_ptr<const LoadedScorer> load(std::shared_ptr<const Scorer> scorer) const;
 
   std::size_t expert_index(std::string_view name) const;
+  // Hands the store the registry and every budget (the lifetime one first).
+  void configure_store();
   bool cooling_down(std::size_t expert, std::int64_t now_ns) const;
   // Routes into `decision` with `scorer` and its working memory `workspace`.
-  void route_with(const LoadedScorer& scorer, std::string_view prompt,
-                  const RouteOptions& options, RouteDecision& decision,
-                  ScorerWorkspace* workspace) const;
+  void route_with(const LoadedScorer& scorer, std::string_view prompt, const RouteOptions& options,
+                  RouteDecision& decision, ScorerWorkspace* workspace) const;
   // Exploration (see ExplorationOptions): may move another eligible
   // candidate to the front, and records the pick's propensity.
   void explore(const ExplorationOptions& options, RouteDecision& decision) const;
@@ -428,14 +456,14 @@ class Router {
 
   // Copies `from` into `to` (a decision holds its workspace alone).
   void copy_decision(const RouteDecision& from, RouteDecision& to) const;
-  // Routes (or starts from `routed`), then runs the invoke on `loop`: with the caller's options when
-  // `borrowed` is set (they outlive the invoke), else with `owned`.
+  // Routes (or starts from `routed`), then runs the invoke on `loop`: with the caller's options
+  // when `borrowed` is set (they outlive the invoke), else with `owned`.
   void start_invoke(std::string_view prompt, const InvokeOptions* borrowed, InvokeOptions owned,
                     std::shared_ptr<EventLoop> loop, std::function<void(InvokeResult)> on_done);
-  // Takes a concurrency slot of expert `i`; false when it is at its cap.
-  bool acquire_slot(std::size_t i);
-  // Gives a slot back, and wakes every invoke waiting for one.
-  void release_slot(std::size_t i);
+  // A slot was given back to the store: wakes every invoke waiting for one.
+  void slot_released();
+  // A cooldown until `until`, published by another router sharing the store.
+  void cooldown_reported(std::size_t expert, std::chrono::system_clock::time_point until);
   // How many slots have been released so far.
   std::uint64_t slot_generation() const;
   // Calls `wake` once, the next time any slot is released, or at once when
@@ -460,7 +488,7 @@ class Router {
   mutable std::mt19937_64 explore_rng_;
   mutable bool explore_seeded_ = false;
   std::unique_ptr<ExpertState[]> state_;
-  std::unique_ptr<Budget> budget_;
+  std::shared_ptr<StateStore> store_;
   // Invokes waiting for a free slot, woken (all at once) when one frees.
   mutable std::mutex slot_waiters_mutex_;
   std::uint64_t slot_generation_ = 0;

@@ -23,6 +23,7 @@
 #include "torouter/policy.hpp"
 #include "torouter/router.hpp"
 #include "torouter/scorer.hpp"
+#include "torouter/state_store.hpp"
 #include "torouter/train.hpp"
 #include "torouter/trainable_scorer.hpp"
 #include "torouter/transport.hpp"
