@@ -38,7 +38,6 @@ import http.client
 import json
 import os
 import random
-import re
 import shutil
 import statistics
 import subprocess
@@ -46,6 +45,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from server_concurrency import start
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 API_KEY = "closed-loop-key"
@@ -97,22 +98,6 @@ def train(args, out, log, data=None, decision_log=None):
     return time.monotonic() - started
 
 
-def wait_listening(log_path, proc):
-    for _ in range(600):
-        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(log_path).read())
-        if match:
-            return int(match.group(1))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    sys.exit(f"closed_loop: no listening line in {log_path}:\n{open(log_path).read()}")
-
-
-def start(command, log_path):
-    proc = subprocess.Popen(command, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
-    return proc, wait_listening(log_path, proc)
-
-
 def server_config(path, experts_json, model, upstream, decision_log, args):
     experts = json.load(open(experts_json))["experts"]
     config = {
@@ -155,8 +140,9 @@ class Client:
 
 
 def serve_round(port, rows, clients):
-    """Every row's prompt through the server, its verdict fed back. Returns
-    (ids of the calls, mean verdict of the answers served)."""
+    """Every row's prompt through the server, its verdict fed back (when the
+    dataset has the answering expert's outcome). Returns the ids of the
+    calls, how many verdicts were sent, and their mean."""
     local = threading.local()
 
     def one(row):
@@ -179,7 +165,8 @@ def serve_round(port, rows, clients):
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(one, rows))
     verdicts = [q for _, q in results if q is not None]
-    return [i for i, _ in results], sum(verdicts) / len(verdicts)
+    served_quality = sum(verdicts) / len(verdicts) if verdicts else float("nan")
+    return [i for i, _ in results], len(verdicts), served_quality
 
 
 def wait_logged(path, decisions, feedbacks):
@@ -260,6 +247,7 @@ class Run:
                       read_jsonl(os.path.join(args.data, "test.jsonl")))
         self.live = os.path.join(work, "live.tormodel")
         self.calls = 0
+        self.verdicts = 0
 
     def first_model(self):
         train(self.args, self.live, self.log, data=self.seed_dir)
@@ -270,9 +258,10 @@ class Run:
         """Serves `batch`, retrains with a held-out share, estimates, reloads."""
         args, work, log = self.args, self.work, self.log
         started = time.monotonic()
-        ids, served_quality = serve_round(service.port, batch, args.clients)
+        ids, verdicts, served_quality = serve_round(service.port, batch, args.clients)
         self.calls += len(ids)
-        wait_logged(service.decision_log, self.calls, self.calls)
+        self.verdicts += verdicts
+        wait_logged(service.decision_log, self.calls, self.verdicts)
         serve_seconds = time.monotonic() - started
         holdout_ids = {i for i in ids if held_out(i, args.holdout)}
         training_log = os.path.join(work, "training_log.jsonl")
@@ -343,49 +332,79 @@ def median(values):
     return statistics.median(values)
 
 
-def markdown(report, command):
+def intro(report, command):
+    return [f"`{command}`: torouter-server in front of the stand-in, on {report['dataset']}'s",
+            f"training split, {len(report['runs'])} passes. In each, the first live model is "
+            f"`{report['scorer']}` trained on",
+            f"{report['seed_rows']} rows (a seeded {round(100 * report['seed_fraction'])}% of "
+            f"the split, another each pass); the other {report['served_rows']} prompts are",
+            "served in rounds at λ = 0 with exploration on (ε "
+            f"{report['epsilon']}, uniform over the experts within "
+            f"{report['max_cost_ratio']:g}x the best's cost), each",
+            "answer's dataset quality fed back as the verdict. After each round a",
+            "candidate is trained on the seed rows and the log (`torouter train --log",
+            "--data`), one label per logged call, then reloaded (`POST /admin/reload`).",
+            "AIQ and Q(λ=0) are the live model's on the test split (median over the",
+            "passes, and their range); served quality is the mean verdict of the",
+            "round's answers, exploration included. Seconds are wall time on the",
+            "machine of the tables above, client and stand-in included. The logged",
+            "rows carry the stand-in's answer lengths as output tokens, which the",
+            "dataset does not record: the live models learn lengths the offline",
+            "one never sees (at λ = 0 they do not move a pick)."]
+
+
+def learning_table(report):
     off = report["offline"]
     runs = report["runs"]
-    lines = [BEGIN, "## Learning from live traffic (closed loop)", "",
-             f"`{command}`: torouter-server in front of the stand-in, on {report['dataset']}'s",
-             f"training split, {len(runs)} passes. In each, the first live model is "
-             f"`{report['scorer']}` trained on",
-             f"{report['seed_rows']} rows (a seeded {round(100 * report['seed_fraction'])}% of "
-             f"the split, another each pass); the other {report['served_rows']} prompts are",
-             "served in rounds at λ = 0 with exploration on (ε "
-             f"{report['epsilon']}, within {report['max_cost_ratio']}x the best's cost), each",
-             "answer's dataset quality fed back as the verdict. After each round a",
-             "candidate is trained on the seed rows and the log (`torouter train --log",
-             "--data`), one label per logged call, then reloaded (`POST /admin/reload`).",
-             f"{round(100 * report['holdout'])}% of each round's calls are held out of that "
-             "candidate's training:",
-             "its off-policy estimate on them (`torouter eval --log`, doubly robust, 95%",
-             "interval) is set next to its true routed quality on the same prompts. AIQ",
-             "and Q(λ=0) are the live model's on the test split; served quality is the",
-             "mean verdict of the round's answers, exploration included. Each figure is",
-             "the median over the passes; \"covered\" counts the passes whose interval",
-             "holds the true value. Seconds are wall time on the machine of the tables",
-             "above, client and stand-in included.", "",
-             "| round | calls served | served quality | AIQ | Q(λ=0) | held out | DR estimate | DR interval width | covered | IPS estimate | true | serve s | train s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| round | calls served | served quality | AIQ (range over passes) | Q(λ=0) | serve s | train s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for number in range(len(runs[0])):
         rs = [run[number] for run in runs]
         m = lambda key: median([r[key] for r in rs])
+        aiq = f"{m('aiq'):.4f} ({min(r['aiq'] for r in rs):.4f}–{max(r['aiq'] for r in rs):.4f})"
         if number == 0:
-            lines.append(f"| 0 (seed model) | 0 | | {m('aiq'):.4f} | {m('quality'):.4f} "
-                         "| | | | | | | | |")
+            lines.append(f"| 0 (seed model) | 0 | | {aiq} | {m('quality'):.4f} | | |")
             continue
-        dr = median([r["doubly_robust"]["value"] for r in rs])
-        width = median([r["doubly_robust"]["high"] - r["doubly_robust"]["low"] for r in rs])
-        ips = median([r["inverse_propensity"]["value"] for r in rs])
-        lines.append(
-            f"| {number} | {m('calls'):.0f} | {m('served_quality'):.4f} | {m('aiq'):.4f} | "
-            f"{m('quality'):.4f} | {m('held_out'):.0f} | {dr:.4f} | {width:.2f} | "
-            f"{sum(covers(r) for r in rs)} of {len(rs)} | {ips:.4f} | {m('true_quality'):.4f} | "
-            f"{m('serve_seconds'):.1f} | {m('train_seconds'):.1f} |")
+        lines.append(f"| {number} | {m('calls'):.0f} | {m('served_quality'):.4f} | {aiq} | "
+                     f"{m('quality'):.4f} | {m('serve_seconds'):.1f} | {m('train_seconds'):.1f} |")
     lines.append(f"| offline, all {report['seed_rows'] + report['served_rows']} rows labelled "
-                 f"by every expert | | | {off['aiq']:.4f} | {off['quality']:.4f} | | | | | | | "
-                 f"| {off['train_seconds']:.1f} |")
+                 f"by every expert | | | {off['aiq']:.4f} | {off['quality']:.4f} | | "
+                 f"{off['train_seconds']:.1f} |")
+    return lines
+
+
+def error(r, key="doubly_robust"):
+    return r[key]["value"] - r["true_quality"]
+
+
+def off_policy_table(report):
+    runs = report["runs"]
+    lines = ["| round | held out | supporting calls | true Q | DR − true, each pass | median abs. error DR / IPS | DR interval width | covered |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for number in range(1, len(runs[0])):
+        rs = [run[number] for run in runs]
+        m = lambda key: median([r[key] for r in rs])
+        errors = ", ".join(f"{error(r):+.3f}" for r in rs)
+        dr_abs = median([abs(error(r)) for r in rs])
+        ips_abs = median([abs(error(r, "inverse_propensity")) for r in rs])
+        width = median([r["doubly_robust"]["high"] - r["doubly_robust"]["low"] for r in rs])
+        lines.append(f"| {number} | {m('held_out'):.0f} | {m('off_policy_matching'):.0f} | "
+                     f"{m('true_quality'):.4f} | {errors} | {dr_abs:.3f} / {ips_abs:.3f} | "
+                     f"{width:.2f} | {sum(covers(r) for r in rs)} of {len(rs)} |")
+    return lines
+
+
+def markdown(report, command):
+    lines = [BEGIN, "## Learning from live traffic (closed loop)", ""] + intro(report, command)
+    lines += [""] + learning_table(report)
+    lines += ["", "### Off-policy estimates in the loop", "",
+              f"{round(100 * report['holdout'])}% of each round's calls are held out of that "
+              "round's candidate's training; its",
+              "off-policy estimate on them (`torouter eval --log`) is set beside its true",
+              "routed quality on the same prompts (the dataset's). Supporting calls are",
+              "those where the candidate picks what was logged; the interval is the",
+              "doubly robust one's 95% (it is not clipped to [0, 1]).", ""]
+    lines += off_policy_table(report)
     lines += [""] + findings(report) + ["", END]
     return "\n".join(lines)
 
@@ -395,27 +414,38 @@ def covers(r):
 
 
 def findings(report):
-    """What the table says, computed from it."""
+    """What the tables say, computed from them."""
     runs = report["runs"]
-    seed = median([run[0]["aiq"] for run in runs])
-    last = median([run[-1]["aiq"] for run in runs])
-    calls = runs[0][-1]["calls"]
-    offline = report["offline"]["aiq"]
+    by_round = [median([run[n]["aiq"] for run in runs]) for n in range(len(runs[0]))]
+    spread = max(max(run[n]["aiq"] for run in runs) - min(run[n]["aiq"] for run in runs)
+                 for n in range(len(runs[0])))
+    seed, last, offline = by_round[0], by_round[-1], report["offline"]["aiq"]
+    best = max(range(1, len(by_round)), key=lambda n: by_round[n])
     rounds = [r for run in runs for r in run[1:]]
     widths = [r["doubly_robust"]["high"] - r["doubly_robust"]["low"] for r in rounds]
     return [
-        f"- After {calls} logged calls the live model's median AIQ is {last:.4f}, from "
-        f"{seed:.4f} for the seed model: {100 * (last - seed) / (offline - seed):.0f}% of "
-        f"the way to the offline model's {offline:.4f}.",
+        f"- Median AIQ by round: {', '.join(f'{a:.4f}' for a in by_round)}; after "
+        f"{runs[0][-1]['calls']} logged calls it is {100 * (last - seed) / (offline - seed):.0f}% "
+        f"of the way from the seed model to the offline model's {offline:.4f} (its best, "
+        f"round {best}: {100 * (by_round[best] - seed) / (offline - seed):.0f}%). Passes "
+        f"differ by up to {spread:.4f} AIQ within a round; from round to round the median "
+        f"moves by up to {max(abs(b - a) for a, b in zip(by_round[1:], by_round[2:])):.4f} "
+        "after the first.",
         f"- A round took {min(r['serve_seconds'] for r in rounds):.1f} to "
         f"{max(r['serve_seconds'] for r in rounds):.1f} s to serve and "
         f"{min(r['train_seconds'] for r in rounds):.1f} to "
         f"{max(r['train_seconds'] for r in rounds):.1f} s to retrain.",
-        f"- The doubly robust interval holds the true value in {sum(map(covers, rounds))} of "
-        f"{len(rounds)} rounds; its median width is {median(widths):.2f}: about "
-        f"{median([r['held_out'] for r in rounds]):.0f} held-out calls with ε = "
-        f"{report['epsilon']} spread over every expert tell a candidate's quality only "
-        "roughly, as the width says."]
+        f"- The doubly robust estimate misses the true value by "
+        f"{median([abs(error(r)) for r in rounds]):.3f} (median; "
+        f"{max(abs(error(r)) for r in rounds):.3f} at most), the inverse-propensity one by "
+        f"{median([abs(error(r, 'inverse_propensity')) for r in rounds]):.3f}. Its interval "
+        f"holds the true value in {sum(map(covers, rounds))} of {len(rounds)} rounds, but "
+        f"its median width is {median(widths):.2f}: with about "
+        f"{median([r['held_out'] for r in rounds]):.0f} held-out calls, "
+        f"{median([r['off_policy_matching'] for r in rounds]):.0f} of them supporting, and "
+        f"exploration spread over every expert, an estimate tells a candidate's quality only "
+        "to within a few tenths; telling two close candidates apart needs far more logged "
+        "calls (the width shrinks as one over the square root of their number)."]
 
 
 def write_results(section):

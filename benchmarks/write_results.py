@@ -8,6 +8,8 @@ import platform
 import subprocess
 import sys
 
+from closed_loop import BEGIN, END
+
 DATASETS = ["routerbench3", "llmrouter14"]
 OURS = [("default", "torouter default (`torouter train`, chosen by CV)"),
         ("gbt", "torouter gbt (boosted trees)"),
@@ -190,17 +192,18 @@ def closed_loop_section():
     as it is: that benchmark, not this one, measures it."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "docs/RESULTS.md")
-    begin, end = "<!-- closed-loop: begin -->", "<!-- closed-loop: end -->"
     text = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    if begin not in text or end not in text:
+    if BEGIN not in text or END not in text:
         return []
-    return text[text.index(begin):text.index(end) + len(end)].split("\n") + [""]
+    return text[text.index(BEGIN):text.index(END) + len(END)].split("\n") + [""]
 
 
 def main(out, data_root=None):
     lines = ["# Routing quality on the shared datasets", "",
              "Regenerate everything here, plots included, with `benchmarks/quality.sh`",
-             "(from a clean build; about 35 minutes on 2 cores). Figures follow the",
+             "(from a clean build; about 35 minutes on 2 cores), except the closed-loop",
+             "section, which `benchmarks/closed_loop.sh --write-results` measures and",
+             "writes (about 2 minutes; quality.sh keeps it as it is). Figures follow the",
              "definitions of `../shared/data/README.md` on each dataset's test split",
              "(rows where every expert has an outcome). Our routers' cost weighs their",
              "own per-query cost prediction (estimated input tokens, predicted output",

@@ -100,6 +100,9 @@ DecisionLogReading read_decision_log(const std::string& path) {
       if (line["id"].get(id) || line["quality"].get(quality)) {
         throw Error(fmt::format("{}: a feedback line needs id and quality", where));
       }
+      if (!(quality >= 0 && quality <= 1)) {
+        throw Error(fmt::format("{}: quality must be in [0, 1], got {}", where, quality));
+      }
       feedback[std::string(id)] = quality;
     } else {
       throw Error(fmt::format("{}: unknown type \"{}\"", where, type));
@@ -121,7 +124,7 @@ DecisionLogReading read_decision_log(const std::string& path) {
       ++out.not_answered;
     } else {
       out.calls.push_back({d.id, d.prompt, d.expert, d.propensity, verdict->second, d.cost_usd,
-                           d.output_tokens, d.lambda_cost});
+                           d.lambda_cost, d.output_tokens});
     }
   }
   return out;

@@ -73,14 +73,18 @@ void restore(nn::ParameterList<float>& parameters, const std::vector<nn::Matrix<
 
 double routed_quality(const TrainingSet& set, const std::vector<std::size_t>& rows,
                       const Eigen::MatrixXf& scores) {
-  if (rows.empty()) return 0.0;
-  double total = 0;
+  double total = 0, judged = 0;
   for (std::size_t i = 0; i < rows.size(); ++i) {
     Eigen::Index best = 0;
     scores.row(static_cast<Eigen::Index>(i)).maxCoeff(&best);
-    total += set.quality(static_cast<Eigen::Index>(rows[i]), best);
+    const auto row = static_cast<Eigen::Index>(rows[i]);
+    // A row without the pick's outcome (a logged call labels one expert)
+    // says nothing about the pick.
+    if (set.present(row, best) == 0) continue;
+    total += set.quality(row, best);
+    judged += 1;
   }
-  return total / static_cast<double>(rows.size());
+  return judged > 0 ? total / judged : 0.0;
 }
 
 TrainReport train_network(Network& network, const TrainingSet& set, const TrainOptions& options) {

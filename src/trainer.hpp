@@ -37,7 +37,8 @@ class Network {
 /// `options.validation_fraction` of them), leaving the best epoch's weights.
 TrainReport train_network(Network& network, const TrainingSet& set, const TrainOptions& options);
 
-/// Mean true quality of the expert ranked first by `scores` on `rows`.
+/// Mean true quality of the expert ranked first by `scores` on the rows of
+/// `rows` that have its outcome (0 when none has).
 double routed_quality(const TrainingSet& set, const std::vector<std::size_t>& rows,
                       const Eigen::MatrixXf& scores);
 

@@ -413,12 +413,18 @@ TEST_CASE("torouter train --log learns from logged calls with feedback, alone or
   Run r = run("train --log '" + log + "'" + data + " --scorer knn:8 --out '" + joined + "'");
   INFO(r.output);
   REQUIRE(r.status == 0);
-  CHECK_THAT(r.output, Contains("on 460 rows, 4 experts"));
+  CHECK_THAT(r.output, Contains("on 460 rows, 4 experts") && Contains("fitted from cost_usd"));
   CHECK(routed_pick(joined, "fix the bug in my python loop") ==
         std::make_pair(std::string("coder"), std::size_t{4}));
+  // The newcomer's prices are fitted from its logged costs (the dearest of
+  // the four), not left at 0: a large cost weight picks the cheapest.
+  const Run cheap =
+      run("route --model '" + joined + "' --lambda-cost 1e6 'explain the war of the roman empire'");
+  INFO(cheap.output);
+  CHECK_THAT(cheap.output, Contains("\"pick\": \"generalist\""));
   r = run("train --log '" + log + "'" + data + " --out '" + joined + "'");
   CHECK(r.status != 0);
-  CHECK_THAT(r.output, Contains("--log names experts joined lacks (newcomer)"));
+  CHECK_THAT(r.output, Contains("experts not in dataset joined: newcomer"));
 
   // The dataset's experts only: the scorer is chosen on its complete rows.
   const std::string same_experts = (dir / "same_experts.jsonl").string();
@@ -434,6 +440,13 @@ TEST_CASE("torouter train --log learns from logged calls with feedback, alone or
   r = run("train --log '" + log + "' --out '" + (dir / "x.tormodel").string() + "'");
   CHECK(r.status != 0);
   CHECK_THAT(r.output, Contains("--log without --data needs --scorer"));
+  r = run("train --log '" + log + "' --scorer mlp:16 --loss soft --out '" +
+          (dir / "x.tormodel").string() + "'");
+  CHECK(r.status != 0);
+  CHECK_THAT(r.output, Contains("--loss soft learns nothing from --log"));
+  r = run("train --log '" + same_experts + "'" + data + " --candidates 'knn:8;mlp:16/soft'" +
+          " --out '" + (dir / "x.tormodel").string() + "'");
+  CHECK_THAT(r.output, Contains("--loss soft learns nothing from --log"));
   const std::string unjudged = (dir / "unjudged.jsonl").string();
   std::ofstream(unjudged) << torouter::testing::logged_decision_line("lonely", "a prompt", "coder",
                                                                      1.0, 0.001, 10, {"coder"})

@@ -12,8 +12,8 @@ namespace {
 torouter::DecisionLogReading two_calls() {
   torouter::DecisionLogReading reading;
   reading.experts = {"coder", "historian", "newcomer"};
-  reading.calls.push_back({"a", "fix my loop", "coder", 0.5, 0.9, 0.002, 120, 0.0});
-  reading.calls.push_back({"b", "who was caesar", "newcomer", 0.25, 0.7, 0.001, 30, 0.0});
+  reading.calls.push_back({"a", "fix my loop", "coder", 0.5, 0.9, 0.002, 0.0, 120});
+  reading.calls.push_back({"b", "who was caesar", "newcomer", 0.25, 0.7, 0.001, 0.0, 30});
   return reading;
 }
 

@@ -162,6 +162,15 @@ TEST_CASE("read_decision_log joins decisions with their last feedback") {
                                      << "\n";
   CHECK_THROWS_WITH(torouter::read_decision_log(path),
                     Contains("calls.jsonl:10") && Contains("prompt"));
+  std::ofstream(path) << R"({"type": "feedback", "id": "a", "quality": 1.5})"
+                      << "\n";
+  CHECK_THROWS_WITH(torouter::read_decision_log(path),
+                    Contains("calls.jsonl:1") && Contains("quality must be in [0, 1]"));
+  std::ofstream(path) << R"({"type": "decision", "id": "e", "prompt": "p", "propensity": 1, )"
+                      << R"("cost_usd": 0, "decision": {"knobs": {"lambda_cost": 0}}})"
+                      << "\n";
+  CHECK_THROWS_WITH(torouter::read_decision_log(path),
+                    Contains("calls.jsonl:1") && Contains("output_tokens"));
   CHECK_THROWS_WITH(torouter::read_decision_log((dir / "absent.jsonl").string()),
                     Contains("absent.jsonl"));
   std::filesystem::remove_all(dir);

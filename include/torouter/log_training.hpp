@@ -24,7 +24,9 @@ TOROUTER_BEGIN_NAMESPACE
 /// row's output tokens are the billed ones); every other expert absent.
 /// Row ids are "log:" and the call's id. An expert the log names that
 /// `data` lacks becomes a new column, absent from the earlier rows, with
-/// no price. `data` may be empty: its experts are then the log's.
+/// no price (`torouter train` fits one from the logged costs). `data` may
+/// be empty: its experts are then the log's. Soft-label training
+/// (`Loss::Soft`) learns nothing from a row with one label.
 void add_logged_rows(RoutingDataset& data, const DecisionLogReading& reading);
 
 TOROUTER_END_NAMESPACE

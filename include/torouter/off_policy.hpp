@@ -34,17 +34,18 @@ struct LoggedCall {
   double quality = 0.0;
   /// USD the call cost.
   double cost_usd = 0.0;
-  /// Output tokens billed for the answer.
-  std::size_t output_tokens = 0;
   /// The routing knobs it was made with.
   double lambda_cost = 0.0;
+  /// Output tokens billed for the answer.
+  std::size_t output_tokens = 0;
 };
 
 /// The calls of a decision log that can be evaluated, and what was left out.
 struct DecisionLogReading {
   std::vector<LoggedCall> calls;
   /// Every expert the decisions list as a candidate, in order of first
-  /// appearance: the registry the log was written with.
+  /// appearance (the first decision's ranking, then any new ones): the
+  /// experts of the registry the log was written with, not its order.
   std::vector<std::string> experts;
   std::size_t decisions = 0;         ///< decision lines read
   std::size_t without_feedback = 0;  ///< left out: no feedback line
@@ -54,7 +55,8 @@ struct DecisionLogReading {
 
 /// Reads a decision log (the file, not its rotated parts): decision lines
 /// joined with the last feedback line of their id. Throws `Error` naming
-/// the file and line of a line that is not JSON or lacks a field.
+/// the file and line of a line that is not JSON, lacks a field, or gives a
+/// quality outside [0, 1].
 DecisionLogReading read_decision_log(const std::string& path);
 
 /// What the target model says about one logged call.

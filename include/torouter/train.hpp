@@ -50,7 +50,8 @@ struct EpochProgress {
   /// Mean loss on the validation split.
   double validation_loss = 0.0;
   /// Mean true quality of the expert the scorer ranks first, on the
-  /// validation split: the routing quality at lambda = 0.
+  /// validation rows that have that expert's outcome: the routing quality
+  /// at lambda = 0.
   double validation_quality = 0.0;
   /// Seconds since training started.
   double elapsed_seconds = 0.0;

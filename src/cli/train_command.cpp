@@ -2,6 +2,7 @@
 #include <fmt/ranges.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -113,6 +114,16 @@ void check_train_arguments(const Arguments& args, bool named) {
         "--log without --data needs --scorer: a logged call labels only the expert it "
         "called, so no row has every expert's outcome to choose a scorer on");
   }
+  // Soft labels are a softmax over the labelled experts: a row with one
+  // label has no gradient, so logged calls would teach nothing.
+  const bool soft = named ? args.get("loss", "bce") == "soft"
+                          : args.named.count("candidates") &&
+                                args.required("candidates").find("/soft") != std::string::npos;
+  if (log && soft) {
+    throw Error(
+        "--loss soft learns nothing from --log: a logged call labels one expert, and soft "
+        "labels compare experts; use bce");
+  }
   if (args.named.count("candidates")) {
     parse_candidates(args.required("candidates"));
     if (named) throw Error("--scorer and --candidates exclude each other");
@@ -127,30 +138,30 @@ void check_train_arguments(const Arguments& args, bool named) {
   }
 }
 
-// The dataset's prices, or, where experts.json gives none but rows carry
-// costs, prices fitted from them (printed).
+// The dataset's prices; an expert with none (experts.json gives none, or a
+// log added it) gets prices fitted from the rows' cost_usd, printed.
 ExpertRegistry dataset_prices(const RoutingDataset& data) {
   const auto fitted = fit_prices(data, data.train);
-  bool priced = false;
-  for (const auto& e : data.registry.experts()) {
-    priced = priced || e.input_usd_per_mtok > 0 || e.output_usd_per_mtok > 0;
-  }
-  if (priced || fitted.empty()) return data.registry;
-  ExpertRegistry refit;
-  std::fprintf(stderr, "experts.json has no prices; fitted from cost_usd (per million tokens):\n");
+  ExpertRegistry out;
+  bool told = false;
   for (const auto& spec : data.registry.experts()) {
-    ExpertSpec priced_spec = spec;
+    ExpertSpec priced = spec;
+    const bool unpriced = spec.input_usd_per_mtok == 0 && spec.output_usd_per_mtok == 0;
     for (const auto& f : fitted) {
-      if (f.expert != spec.name) continue;
-      priced_spec.input_usd_per_mtok = f.input_usd_per_mtok;
-      priced_spec.output_usd_per_mtok = f.output_usd_per_mtok;
+      if (!unpriced || f.expert != spec.name) continue;
+      if (!told) {
+        std::fprintf(stderr, "no prices given; fitted from cost_usd (per million tokens):\n");
+        told = true;
+      }
+      priced.input_usd_per_mtok = f.input_usd_per_mtok;
+      priced.output_usd_per_mtok = f.output_usd_per_mtok;
       std::fprintf(stderr, "  %-36s in %9.4f  out %9.4f  rmse $%.3g  mean abs error %.1f%%\n",
                    f.expert.c_str(), f.input_usd_per_mtok, f.output_usd_per_mtok, f.rmse_usd,
                    100 * f.relative_error);
     }
-    refit.add(priced_spec);
+    out.add(priced);
   }
-  return refit;
+  return out;
 }
 
 // --scorer: trains the one named, printing each epoch.
@@ -180,8 +191,15 @@ std::unique_ptr<TrainableScorer> train_chosen(const Arguments& args, const Routi
                                               const ExpertRegistry& prices,
                                               const TrainOptions& options, int folds) {
   SelectionOptions selection;
-  if (args.named.count("candidates"))
+  if (args.named.count("candidates")) {
     selection.candidates = parse_candidates(args.required("candidates"));
+  } else if (args.named.count("log")) {
+    // Soft labels learn nothing from logged calls (check_train_arguments).
+    auto& c = selection.candidates;
+    c.erase(std::remove_if(c.begin(), c.end(),
+                           [](const CandidateScorer& x) { return x.loss == Loss::Soft; }),
+            c.end());
+  }
   selection.folds = folds;
   selection.stacks = parse_whole(args.get("stacks", "1"), "stacks", 0) != 0;
   selection.on_candidate = print_candidate;
@@ -231,8 +249,8 @@ RoutingDataset training_data(const Arguments& args, std::string& source) {
     source = source.empty() ? log : source + " + " + log;
     if (known > 0 && data.experts.size() > known && !args.named.count("scorer")) {
       throw Error(fmt::format(
-          "--log names experts {} lacks ({}): no row has every expert's outcome to choose a "
-          "scorer on; name one with --scorer",
+          "--log: experts not in dataset {}: {}; no row has every expert's outcome to choose "
+          "a scorer on: name one with --scorer",
           data.name,
           fmt::join(data.experts.begin() + static_cast<std::ptrdiff_t>(known), data.experts.end(),
                     ", ")));

@@ -3,10 +3,32 @@
 // tests that need a log of known calls without running traffic.
 #pragma once
 
+#include <cstdio>
 #include <string>
 #include <vector>
 
 namespace torouter::testing {
+
+/// `value` exactly, as JSON writes a number.
+inline std::string json_number_text(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.17g", value);
+  return text;
+}
+
+/// `text` as a JSON string, quotes included (the escapes a prompt needs).
+inline std::string json_string_text(const std::string& text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out + "\"";
+}
 
 /// A decision line for a call picked among `candidates` and answered by `expert`.
 inline std::string logged_decision_line(const std::string& id, const std::string& prompt,
@@ -17,9 +39,10 @@ inline std::string logged_decision_line(const std::string& id, const std::string
   for (const auto& name : candidates) {
     listed += (listed.empty() ? "" : ", ") + std::string("{\"expert\": \"") + name + "\"}";
   }
-  return "{\"type\": \"decision\", \"id\": \"" + id + "\", \"prompt\": \"" + prompt +
-         "\", \"propensity\": " + std::to_string(propensity) +
-         ", \"cost_usd\": " + std::to_string(cost_usd) +
+  return "{\"type\": \"decision\", \"id\": \"" + id +
+         "\", \"prompt\": " + json_string_text(prompt) +
+         ", \"propensity\": " + json_number_text(propensity) +
+         ", \"cost_usd\": " + json_number_text(cost_usd) +
          ", \"output_tokens\": " + std::to_string(output_tokens) + ", \"expert\": \"" + expert +
          "\", \"decision\": {\"pick\": \"" + expert +
          "\", \"knobs\": {\"lambda_cost\": 0}, \"candidates\": [" + listed + "]}}";
@@ -28,7 +51,7 @@ inline std::string logged_decision_line(const std::string& id, const std::string
 /// A feedback line: the verdict on call `id`.
 inline std::string logged_feedback_line(const std::string& id, double quality) {
   return "{\"type\": \"feedback\", \"id\": \"" + id +
-         "\", \"quality\": " + std::to_string(quality) + "}";
+         "\", \"quality\": " + json_number_text(quality) + "}";
 }
 
 }  // namespace torouter::testing
