@@ -17,9 +17,18 @@ install(EXPORT torouterTargets NAMESPACE torouter::
 # (src/openai, server). The transport has an export set of its own,
 # loaded only for a consumer that asks for the `openai` component, so one
 # that does not needs neither.
+# The headers, less those of the components not built.
+set(_torouter_header_excludes "")
+if(NOT TARGET torouter_openai)
+  list(APPEND _torouter_header_excludes PATTERN "openai" EXCLUDE)
+endif()
+if(NOT TARGET torouter_redis)
+  list(APPEND _torouter_header_excludes PATTERN "redis" EXCLUDE)
+endif()
+install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/torouter"
+        DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} ${_torouter_header_excludes})
+
 if(TARGET torouter_openai)
-  install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/torouter"
-          DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
   install(TARGETS torouter_openai EXPORT torouterOpenaiTargets
           ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
   install(EXPORT torouterOpenaiTargets NAMESPACE torouter::
@@ -27,9 +36,15 @@ if(TARGET torouter_openai)
   if(TARGET torouter_server)
     install(TARGETS torouter_server RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
   endif()
-else()
-  install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/torouter"
-          DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} PATTERN "openai" EXCLUDE)
+endif()
+
+# torouter::redis, when hiredis was found (src/redis): an export set of its
+# own, loaded only for a consumer that asks for the `redis` component.
+if(TARGET torouter_redis)
+  install(TARGETS torouter_redis EXPORT torouterRedisTargets
+          ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+  install(EXPORT torouterRedisTargets NAMESPACE torouter::
+          DESTINATION ${TOROUTER_CMAKE_DIR})
 endif()
 
 configure_package_config_file(

@@ -162,6 +162,10 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
       e.output_tokens_per_second = f.number(key, v);
     else if (key == "max_concurrent_calls")
       e.max_concurrent_calls = f.count(key, v, 0);
+    else if (key == "requests_per_minute")
+      e.requests_per_minute = f.count(key, v, 0);
+    else if (key == "tokens_per_minute")
+      e.tokens_per_minute = f.count(key, v, 0);
     else if (key == "enabled")
       e.enabled = f.boolean(key, v);
     else {
@@ -170,7 +174,8 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
              "read_timeout_ms, ca_file, max_response_bytes, input_usd_per_mtok, "
              "output_usd_per_mtok, "
              "context_window_tokens, tags, capabilities, time_to_first_token_ms, "
-             "output_tokens_per_second, max_concurrent_calls, enabled)");
+             "output_tokens_per_second, max_concurrent_calls, requests_per_minute, "
+             "tokens_per_minute, enabled)");
     }
   }
   if (e.name.empty()) f.fail("name", "missing");
@@ -262,6 +267,88 @@ void read_exploration(const Fields& top, element value, ServerConfig& c) {
   }
 }
 
+BudgetWindow budget_window(const Fields& f, const std::string& name) {
+  for (BudgetWindow w : {BudgetWindow::Lifetime, BudgetWindow::Minute, BudgetWindow::Hour,
+                         BudgetWindow::Day, BudgetWindow::Month}) {
+    if (name == to_string(w)) return w;
+  }
+  f.fail("window", fmt::format("expected lifetime, minute, hour, day or month, got \"{}\"", name));
+}
+
+// "state": {"redis": "redis://...", "key_prefix": "...", "on_failure": "open"|"closed", ...}
+void read_state(const Fields& top, element value, ServerConfig& c) {
+  Fields f(c.origin, "state");
+  for (auto field : top.object("state", value)) {
+    const std::string_view key = field.key;
+    const element v = field.value;
+    if (key == "redis") {
+      c.state.redis = f.text(key, v);
+    } else if (key == "key_prefix") {
+      c.state.key_prefix = f.text(key, v);
+    } else if (key == "on_failure") {
+      const std::string mode = f.text(key, v);
+      if (mode != "open" && mode != "closed") {
+        f.fail(key, fmt::format("expected \"open\" or \"closed\", got \"{}\"", mode));
+      }
+      c.state.fail_closed = mode == "closed";
+    } else if (key == "timeout_ms") {
+      c.state.timeout = f.millis(key, v);
+    } else if (key == "refresh_ms") {
+      c.state.refresh = f.millis(key, v);
+    } else if (key == "call_expiry_ms") {
+      c.state.call_expiry = f.millis(key, v);
+    } else {
+      f.fail(key,
+             "unknown field (known: redis, key_prefix, on_failure, timeout_ms, refresh_ms, "
+             "call_expiry_ms)");
+    }
+  }
+  if (c.state.redis.empty()) f.fail("redis", "missing (redis://host:port/db)");
+  if (c.state.refresh > std::chrono::milliseconds(1000)) {
+    f.fail("refresh_ms", "must be at most 1000: cooldowns are read at most 1 s old");
+  }
+}
+
+// "budgets": [{"limit_usd": 5, "window": "day", "expert": "...", "tag": "..."}]
+std::vector<BudgetRule> read_budgets(const std::string& origin, element value) {
+  simdjson::dom::array array;
+  if (value.get_array().get(array)) {
+    throw Error(fmt::format("{}: policy.budgets: expected an array, got {}", origin,
+                            detail::json_type_name(value)));
+  }
+  std::vector<BudgetRule> rules;
+  for (element item : array) {
+    const std::string where = fmt::format("policy.budgets[{}]", rules.size());
+    Fields f(origin, where);
+    simdjson::dom::object object;
+    if (item.get_object().get(object)) {
+      throw Error(fmt::format("{}: {}: expected an object, got {}", origin, where,
+                              detail::json_type_name(item)));
+    }
+    BudgetRule rule;
+    bool limited = false;
+    for (auto field : object) {
+      const std::string_view key = field.key;
+      if (key == "limit_usd") {
+        rule.limit_usd = f.number(key, field.value);
+        limited = true;
+      } else if (key == "window") {
+        rule.window = budget_window(f, f.text(key, field.value));
+      } else if (key == "expert") {
+        rule.expert = f.text(key, field.value);
+      } else if (key == "tag") {
+        rule.tag = f.text(key, field.value);
+      } else {
+        f.fail(key, "unknown field (known: limit_usd, window, expert, tag)");
+      }
+    }
+    if (!limited) f.fail("limit_usd", "missing");
+    if (!(rule.limit_usd >= 0)) f.fail("limit_usd", "must be >= 0");
+    rules.push_back(std::move(rule));
+  }
+  return rules;
+}
+
 void read_policy(const Fields& top, element value, ServerConfig& c) {
   Fields f(c.origin, "policy");
   for (auto field : top.object("policy", value)) {
@@ -281,6 +368,8 @@ void read_policy(const Fields& top, element value, ServerConfig& c) {
       c.policy.quality_floor = f.fraction(key, v);
     else if (key == "budget_usd")
       c.router.budget_usd = f.number(key, v);
+    else if (key == "budgets")
+      c.router.budgets = read_budgets(c.origin, v);
     else if (key == "budget_mode") {
       const std::string mode = f.text(key, v);
       if (mode == "refuse")
@@ -292,7 +381,8 @@ void read_policy(const Fields& top, element value, ServerConfig& c) {
     } else {
       f.fail(key,
              "unknown field (known: lambda_cost, lambda_latency, required_tags, "
-             "max_cost_usd, max_latency_ms, quality_floor, budget_usd, budget_mode)");
+             "max_cost_usd, max_latency_ms, quality_floor, budget_usd, budgets, "
+             "budget_mode)");
     }
   }
 }
@@ -401,16 +491,25 @@ ServerConfig parse_server_config(std::string_view json, const std::string& origi
       read_decision_log(f, v, base_dir, c);
     } else if (key == "exploration") {
       read_exploration(f, v, c);
+    } else if (key == "state") {
+      read_state(f, v, c);
     } else if (key == "description") {
       f.text(key, v, true);
     } else {
       f.fail(key,
              "unknown field (known: listen, router_model, experts_file, experts, policy, "
              "retry, api_keys, api_keys_env, max_request_bytes, named_calls, decision_log, "
-             "exploration, description)");
+             "exploration, state, description)");
     }
   }
   if (c.router_model.empty()) f.fail("router_model", "missing");
+  // A slot held past its expiry is given back: no call may last that long.
+  if (!c.state.redis.empty() && c.state.call_expiry <= c.router.invoke_timeout) {
+    f.fail("state.call_expiry_ms",
+           fmt::format("must be above retry.invoke_timeout_ms ({} ms): a call's slot is given "
+                       "back at its expiry",
+                       c.router.invoke_timeout.count()));
+  }
   if (!saw_experts || c.experts.empty()) f.fail("experts", "missing or empty");
   return c;
 }

@@ -6,15 +6,16 @@
 //   torouter::server::ServerConfig config = torouter::server::load_server_config("server.json");
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "torouter/decision_log.hpp"
 #include "torouter/openai/upstream.hpp"
 #include "torouter/policy.hpp"
-#include "torouter/decision_log.hpp"
 #include "torouter/router.hpp"
 
 namespace torouter::server {
@@ -38,7 +39,24 @@ struct ExpertConfig {
   std::optional<double> time_to_first_token_ms;
   std::optional<double> output_tokens_per_second;
   std::optional<std::size_t> max_concurrent_calls;
+  std::optional<std::size_t> requests_per_minute;
+  std::optional<std::size_t> tokens_per_minute;
   std::optional<bool> enabled;
+};
+
+/// "state": where the budgets, caps, rates and cooldowns live. Without it,
+/// in the process; with `redis`, in a Redis the replicas share.
+struct StateConfig {
+  /// redis://host:port/db; empty for the in-process store.
+  std::string redis;
+  /// Every key begins with "{key_prefix}:".
+  std::string key_prefix = "torouter";
+  /// "on_failure": "open" (false) serves on local state while Redis cannot
+  /// be reached; "closed" (true) refuses paid calls.
+  bool fail_closed = false;
+  std::chrono::milliseconds timeout{250};
+  std::chrono::milliseconds refresh{500};
+  std::chrono::milliseconds call_expiry{600000};
 };
 
 /// Everything torouter-server reads from its configuration file.
@@ -100,6 +118,9 @@ struct ServerConfig {
   /// "exploration": {"epsilon", "max_cost_ratio"} for routed requests; off
   /// by default (see torouter::ExplorationOptions).
   ExplorationOptions exploration;
+  /// "state": {"redis", "key_prefix", "on_failure", "timeout_ms",
+  /// "refresh_ms", "call_expiry_ms"}; the budgets then hold for the fleet.
+  StateConfig state;
 };
 
 /// Reads and checks a configuration file; throws `torouter::Error` naming

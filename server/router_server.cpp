@@ -29,14 +29,17 @@
 #include "torouter/cost_model.hpp"
 #include "torouter/error.hpp"
 #include "torouter/trainable_scorer.hpp"
+#ifdef TOROUTER_SERVER_WITH_REDIS
+#include "torouter/redis/redis_store.hpp"
+#endif
 
 namespace torouter::server {
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-using detail::json_number;
 using detail::append_json_string;
+using detail::json_number;
 using detail::json_string;
 
 constexpr std::size_t kNone = static_cast<std::size_t>(-1);
@@ -129,6 +132,15 @@ ApiError invoke_error(const InvokeResult& r) {
     case InvokeError::AtCapacity:
       e.status = 503;
       e.code = "at_capacity";
+      return e;
+    case InvokeError::RateLimited:
+      e.status = 429;
+      e.type = "rate_limit_error";
+      e.code = "rate_limited";
+      return e;
+    case InvokeError::StateUnavailable:
+      e.status = 503;
+      e.code = "state_unavailable";
       return e;
     case InvokeError::Timeout:
       e.status = 504;
@@ -255,7 +267,7 @@ struct ChatExchange {
   std::shared_ptr<HttpResponse> res;  // deferred: finished from the callbacks
   std::string id;
   long long created = 0;
-  InvokeResult shown;  // a stream's headers show this decision
+  InvokeResult shown;        // a stream's headers show this decision
   std::string delta, event;  // a stream's piece being written out
   bool started = false;
 };
@@ -278,6 +290,10 @@ struct RouterServer::Impl {
   // feedback on.
   std::shared_ptr<DecisionLog> decision_log;
   std::unique_ptr<RecentIds> recent_ids;
+#ifdef TOROUTER_SERVER_WITH_REDIS
+  // With "state": {"redis": ...}: the store the replicas share.
+  std::shared_ptr<RedisStateStore> redis_store;
+#endif
   std::vector<std::shared_ptr<const openai::Upstream>> upstreams;  // registry order
   std::unique_ptr<ServerMetrics> metrics;
   std::unique_ptr<HttpServer> http;
@@ -325,6 +341,8 @@ struct RouterServer::Impl {
       if (ec.output_tokens_per_second)
         spec.latency.output_tokens_per_second = *ec.output_tokens_per_second;
       if (ec.max_concurrent_calls) spec.max_concurrent_calls = *ec.max_concurrent_calls;
+      if (ec.requests_per_minute) spec.requests_per_minute = *ec.requests_per_minute;
+      if (ec.tokens_per_minute) spec.tokens_per_minute = *ec.tokens_per_minute;
       if (ec.enabled) spec.enabled = *ec.enabled;
       if (auto problem = validate_expert(spec); !problem.empty()) {
         throw Error(
@@ -337,7 +355,9 @@ struct RouterServer::Impl {
       upstreams.push_back(std::make_shared<const openai::Upstream>(std::move(upstream)));
       upstream_urls.emplace_back(ec.upstream.base_url, fmt::format("<upstream of {}>", ec.name));
     }
-    router = std::make_unique<Router>(std::move(registry), model.scorer, nullptr, config.router);
+    RouterOptions router_options = config.router;
+    router_options.state_store = shared_state();
+    router = std::make_unique<Router>(std::move(registry), model.scorer, nullptr, router_options);
     metrics = std::make_unique<ServerMetrics>(names);
     if (!config.decision_log.path.empty()) open_decision_log();
     for (std::size_t i = 0; i < names.size(); ++i) {
@@ -372,6 +392,35 @@ struct RouterServer::Impl {
     if (last.joinable()) last.join();
   }
 
+  // The state store of the config's "state": null (the router's own, in
+  // the process) without one.
+  std::shared_ptr<StateStore> shared_state() {
+    if (config.state.redis.empty()) return nullptr;
+#ifdef TOROUTER_SERVER_WITH_REDIS
+    RedisStoreOptions o;
+    o.url = config.state.redis;
+    o.key_prefix = config.state.key_prefix;
+    o.on_failure = config.state.fail_closed ? RedisFailureMode::Closed : RedisFailureMode::Open;
+    o.timeout = config.state.timeout;
+    o.refresh = config.state.refresh;
+    o.call_expiry = config.state.call_expiry;
+    o.on_event = [](const std::string& line) {
+      std::cerr << "torouter-server: redis: " << line << std::endl;
+    };
+    try {
+      redis_store = std::make_shared<RedisStateStore>(std::move(o));
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}: state: {}", config.origin, e.what()));
+    }
+    return redis_store;
+#else
+    throw Error(
+        fmt::format("{}: state.redis: this torouter-server was built without Redis "
+                    "support (hiredis, Debian libhiredis-dev, was not found)",
+                    config.origin));
+#endif
+  }
+
   void open_decision_log() {
     try {
       decision_log = std::make_shared<DecisionLog>(config.decision_log);
@@ -379,7 +428,8 @@ struct RouterServer::Impl {
       throw Error(fmt::format("{}: decision_log.path: {}", config.origin, e.what()));
     }
     recent_ids = std::make_unique<RecentIds>(config.feedback_window);
-    router->set_decision_sink([this](const DecisionRecord& record) { decision_log->record(record); });
+    router->set_decision_sink(
+        [this](const DecisionRecord& record) { decision_log->record(record); });
   }
 
   // POST /v1/feedback {"id": ..., "quality": 0..1}: a verdict on a recent
@@ -672,8 +722,7 @@ struct RouterServer::Impl {
         r.expert.empty() ? "null" : json_string(r.expert), pick ? json_string(pick->name) : "null",
         chat.bypass ? "bypass" : to_string(r.decision.reason), json_number(chat.lambda_cost),
         chat.quality_floor ? json_number(*chat.quality_floor) : "null",
-        json_string(r.decision.model_version),
-        json_number(r.cost_usd), attempts);
+        json_string(r.decision.model_version), json_number(r.cost_usd), attempts);
   }
 
   void set_decision_headers(HttpResponse& res, const InvokeResult& r, const ChatRequest& chat,
@@ -772,9 +821,8 @@ struct RouterServer::Impl {
             "\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{}{}}},"
             "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
             "\"completion_tokens\":{},\"total_tokens\":{}}},\"torouter\":{}}}",
-            x.id, x.created, json_string(r.expert),
-            content, tool_calls, json_string(finish_reason_of(call.answer)), in, out, in + out,
-            trace_json(r, chat)),
+            x.id, x.created, json_string(r.expert), content, tool_calls,
+            json_string(finish_reason_of(call.answer)), in, out, in + out, trace_json(r, chat)),
         "application/json");
     res.finish();
   }
@@ -882,19 +930,55 @@ struct RouterServer::Impl {
                     "application/json");
   }
 
+  // The shared store's health and the fleet's spend beside this replica's.
+  std::string state_store_metrics() const {
+#ifdef TOROUTER_SERVER_WITH_REDIS
+    if (!redis_store) return {};
+    const RedisStoreCounters c = redis_store->counters();
+    std::string out =
+        "# HELP torouter_fleet_spend_usd USD spent by every replica sharing the state store "
+        "(as last read), and by this one.\n# TYPE torouter_fleet_spend_usd gauge\n";
+    out += fmt::format("torouter_fleet_spend_usd{{scope=\"fleet\"}} {}\n", c.fleet_spent_usd);
+    out += fmt::format("torouter_fleet_spend_usd{{scope=\"replica\"}} {}\n", c.own_spent_usd);
+    out +=
+        "# HELP torouter_state_store_connected 1 while Redis answers.\n"
+        "# TYPE torouter_state_store_connected gauge\n";
+    out += fmt::format("torouter_state_store_connected {}\n", c.connected ? 1 : 0);
+    out +=
+        "# HELP torouter_state_store_events_total What the Redis store did: connections "
+        "made and lost, calls admitted by Redis or on local state, refused while failing "
+        "closed, expired calls reclaimed, round trips.\n"
+        "# TYPE torouter_state_store_events_total counter\n";
+    for (const auto& [event, n] :
+         {std::pair{"connected", c.connects}, std::pair{"disconnected", c.disconnects},
+          std::pair{"admitted_shared", c.admitted_shared},
+          std::pair{"admitted_local", c.admitted_local},
+          std::pair{"refused_unavailable", c.refused_unavailable},
+          std::pair{"reclaimed", c.reclaimed}, std::pair{"round_trip", c.round_trips}}) {
+      out += fmt::format("torouter_state_store_events_total{{event=\"{}\"}} {}\n", event, n);
+    }
+    out +=
+        "# HELP torouter_state_store_settlements_waiting Settlements held until Redis "
+        "answers again.\n# TYPE torouter_state_store_settlements_waiting gauge\n";
+    out += fmt::format("torouter_state_store_settlements_waiting {}\n", c.settlements_waiting);
+    return out;
+#else
+    return {};
+#endif
+  }
+
   void handle_metrics(const HttpRequest& req, HttpResponse& res) const {
     if (!authorized(req, res)) return;
     std::string extra;
     extra +=
         "# HELP torouter_spend_usd_total USD spent on answered calls (routed and named).\n"
         "# TYPE torouter_spend_usd_total counter\n";
-    extra +=
-        fmt::format("torouter_spend_usd_total {}\n", router->spent_usd());
+    extra += fmt::format("torouter_spend_usd_total {}\n", router->spent_usd());
     extra +=
         "# HELP torouter_model_reloads_total Reloads of the router model (SIGHUP, "
         "POST /admin/reload), by outcome.\n# TYPE torouter_model_reloads_total counter\n";
-    extra += fmt::format("torouter_model_reloads_total{{outcome=\"done\"}} {}\n",
-                         reloads_done.load());
+    extra +=
+        fmt::format("torouter_model_reloads_total{{outcome=\"done\"}} {}\n", reloads_done.load());
     extra += fmt::format("torouter_model_reloads_total{{outcome=\"refused\"}} {}\n",
                          reloads_refused.load());
     if (decision_log) {
@@ -911,6 +995,7 @@ struct RouterServer::Impl {
           "# HELP torouter_budget_usd The router's budget.\n# TYPE torouter_budget_usd gauge\n";
       extra += fmt::format("torouter_budget_usd {}\n", config.router.budget_usd);
     }
+    extra += state_store_metrics();
     extra +=
         "# HELP torouter_expert_in_flight Upstream calls in flight, per expert.\n"
         "# TYPE torouter_expert_in_flight gauge\n";

@@ -3,8 +3,9 @@
 # add_subdirectory of the source tree. Run by ctest (package_consumers).
 # With -DWITH_OPENAI=ON (torouter::openai was built), the consumers also
 # link torouter::openai, through the package's `openai` component, and the
-# install must hold torouter-server.
-foreach(var TOROUTER_SOURCE_DIR TOROUTER_BINARY_DIR WORK_DIR BUILD_TYPE WITH_OPENAI)
+# install must hold torouter-server. With -DWITH_REDIS=ON, the same for
+# torouter::redis and its `redis` component.
+foreach(var TOROUTER_SOURCE_DIR TOROUTER_BINARY_DIR WORK_DIR BUILD_TYPE WITH_OPENAI WITH_REDIS)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "package_consumers.cmake needs -D${var}=...")
   endif()
@@ -27,6 +28,10 @@ if(WITH_OPENAI)
   list(APPEND expected include/torouter/openai/upstream.hpp
                        lib/cmake/torouter/torouterOpenaiTargets.cmake bin/torouter-server)
 endif()
+if(WITH_REDIS)
+  list(APPEND expected include/torouter/redis/redis_store.hpp
+                       lib/cmake/torouter/torouterRedisTargets.cmake)
+endif()
 foreach(file ${expected})
   if(NOT EXISTS "${prefix}/${file}")
     message(FATAL_ERROR "install did not write ${file}")
@@ -42,10 +47,14 @@ cmake_host_system_information(RESULT cores QUERY NUMBER_OF_LOGICAL_CORES)
 foreach(mode package subdirectory)
   run(${CMAKE_COMMAND} -S "${consumer}" -B "${WORK_DIR}/${mode}" -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
       -DTOROUTER_CONSUMER_MODE=${mode} -DTOROUTER_CONSUMER_WITH_OPENAI=${WITH_OPENAI}
+      -DTOROUTER_CONSUMER_WITH_REDIS=${WITH_REDIS}
       "-DCMAKE_PREFIX_PATH=${prefix}" "-DTOROUTER_SOURCE_DIR=${TOROUTER_SOURCE_DIR}")
   run(${CMAKE_COMMAND} --build "${WORK_DIR}/${mode}" --parallel ${cores})
   run("${WORK_DIR}/${mode}/consumer")
   if(WITH_OPENAI)
     run("${WORK_DIR}/${mode}/openai_consumer")
+  endif()
+  if(WITH_REDIS)
+    run("${WORK_DIR}/${mode}/redis_consumer")
   endif()
 endforeach()

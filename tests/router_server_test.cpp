@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "stand_in_upstream.hpp"
+#include "support/default_router_files.hpp"
 #include "support/raw_http.hpp"
 #include "support/synthetic_data.hpp"
 #include "support/temp_dir.hpp"
@@ -46,10 +47,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string kModel =
-    std::string(TOROUTER_SOURCE_DIR) + "/examples/default_router/llmrouter14.tormodel";
-const std::string kExpertsFile =
-    std::string(TOROUTER_SOURCE_DIR) + "/examples/default_router/experts.json";
+const std::string& kModel = torouter::testing::kDefaultRouterModel;
+const std::string& kExpertsFile = torouter::testing::kDefaultRouterExperts;
 // Three of the default router's experts: gemma is the cheapest (0.1/0.1),
 // nemotron the dearest (0.9/0.9).
 const std::vector<std::string> kExperts = {"qwen2.5-7b-instruct", "gemma-2-9b-it",
@@ -1169,6 +1168,37 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
   CHECK(declared.experts[0].capabilities->json_output);
   CHECK_FALSE(declared.experts[0].capabilities->tools);
   CHECK_FALSE(declared.experts[1].capabilities.has_value());
+
+  // The shared state and the budgets by window, expert and tag.
+  const std::string base = R"({"router_model":"m","experts":[)" + expert + "],";
+  CHECK_THAT(error_of(base + R"("state":{"key_prefix":"p"}})"),
+             Contains("server.json: state.redis: missing"));
+  CHECK_THAT(error_of(base + R"("state":{"redis":"redis://h","on_failure":"maybe"}})"),
+             Contains("server.json: state.on_failure: expected \"open\" or \"closed\""));
+  CHECK_THAT(error_of(base + R"("state":{"redis":"redis://h","refresh_ms":5000}})"),
+             Contains("state.refresh_ms: must be at most 1000"));
+  CHECK_THAT(error_of(base + R"("state":{"redis":"redis://h","call_expiry_ms":1000}})"),
+             Contains("state.call_expiry_ms: must be above retry.invoke_timeout_ms"));
+  CHECK_THAT(error_of(base + R"("policy":{"budgets":[{"limit_usd":5,"window":"week"}]}})"),
+             Contains("server.json: policy.budgets[0].window: expected lifetime, minute, hour, "
+                      "day or month, got \"week\""));
+  CHECK_THAT(error_of(base + R"("policy":{"budgets":[{"window":"day"}]}})"),
+             Contains("policy.budgets[0].limit_usd: missing"));
+  CHECK_THAT(error_of(base + R"("policy":{"budgets":[7]}})"),
+             Contains("policy.budgets[0]: expected an object"));
+  const ServerConfig shared = parse_server_config(
+      base + R"("state":{"redis":"redis://10.0.0.5:6380/2","key_prefix":"prod","on_failure":)"
+             R"("closed"},"policy":{"budgets":[{"limit_usd":5,"window":"day","tag":"code"}]}})",
+      "server.json", "");
+  CHECK(shared.state.redis == "redis://10.0.0.5:6380/2");
+  CHECK(shared.state.key_prefix == "prod");
+  CHECK(shared.state.fail_closed);
+  REQUIRE(shared.router.budgets.size() == 1);
+  CHECK(shared.router.budgets[0].window == torouter::BudgetWindow::Day);
+  CHECK(shared.router.budgets[0].tag == "code");
+  CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x","base_url":"http://h",)"
+                      R"("requests_per_minute":-1}]})"),
+             Contains("experts[0].requests_per_minute"));
 
   const std::string floor = R"({"router_model":"m","experts":[)" + expert + R"(],"policy":)";
   CHECK_THAT(error_of(floor + R"({"quality_floor":1.5}})"),

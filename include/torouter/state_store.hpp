@@ -147,7 +147,9 @@ class StateStore {
 
   /// Where a shared store reports cooldowns published by others (set by the
   /// router before its first call; null, by its destructor, to stop: once
-  /// this returns, the old listener is not called any more).
+  /// this returns, the old listener is not called any more). The listener
+  /// runs under a lock of the store's that this call takes too: it must not
+  /// call this, nor take a lock held around a call to it.
   virtual void on_cooldown(CooldownListener listener);
 
   /// Calls of `expert` in flight, as the store counts them (a shared store:

@@ -16,6 +16,23 @@
 
 namespace torouter::server {
 
+namespace {
+
+// Answers in flight at a stand-in, and the most at once, so tests can check
+// the caps of the routers in front of it.
+struct InFlight {
+  std::atomic<std::size_t> now{0};
+  std::atomic<std::size_t> most{0};
+  void enter() {
+    const std::size_t n = ++now;
+    for (std::size_t seen = most.load(); n > seen && !most.compare_exchange_weak(seen, n);) {
+    }
+  }
+  void leave() { --now; }
+};
+
+}  // namespace
+
 struct StandInUpstream::State {
   std::string name;
   bool secure = false;  // serves HTTPS
@@ -25,6 +42,8 @@ struct StandInUpstream::State {
   std::atomic<int> port{-1};
   std::atomic<std::size_t> requests{0};
   std::atomic<std::size_t> streams_cut{0};
+  // Answers being sent (a ReplySender lives as long as its answer).
+  std::shared_ptr<InFlight> in_flight = std::make_shared<InFlight>();
   mutable std::mutex mutex;
   StandInBehaviour behaviour;
   std::deque<StandInBehaviour> queued;
@@ -163,11 +182,17 @@ struct Reply {
 class ReplySender : public std::enable_shared_from_this<ReplySender> {
  public:
   ReplySender(std::shared_ptr<HttpResponse> response, Reply reply, boost::asio::io_context& context,
-              std::atomic<std::size_t>& streams_cut)
+              std::atomic<std::size_t>& streams_cut, std::shared_ptr<InFlight> in_flight)
       : response_(std::move(response)),
         reply_(std::move(reply)),
         timer_(context),
-        streams_cut_(streams_cut) {}
+        streams_cut_(streams_cut),
+        in_flight_(std::move(in_flight)) {
+    in_flight_->enter();
+  }
+  ~ReplySender() { in_flight_->leave(); }
+  ReplySender(const ReplySender&) = delete;
+  ReplySender& operator=(const ReplySender&) = delete;
 
   void start() {
     after(reply_.behaviour.delay, [](ReplySender& self) { self.begin(); });
@@ -233,6 +258,7 @@ class ReplySender : public std::enable_shared_from_this<ReplySender> {
   Reply reply_;
   boost::asio::steady_timer timer_;
   std::atomic<std::size_t>& streams_cut_;
+  std::shared_ptr<InFlight> in_flight_;
 };
 
 // The streamed answer's pieces: the text in `chunks` pieces, or the tool
@@ -331,7 +357,7 @@ void StandInUpstream::State::answer(const HttpRequest& req, HttpResponse& res) {
   // The handler runs on an I/O thread (`handlers_never_block`): its
   // context runs the reply's timers.
   std::make_shared<ReplySender>(res.defer(), reply_to(name, asked, std::move(behaviour)),
-                                io->impl().context(), streams_cut)
+                                io->impl().context(), streams_cut, in_flight)
       ->start();
 }
 
@@ -377,6 +403,8 @@ std::string StandInUpstream::base_url() const {
 }
 int StandInUpstream::port() const { return state_->port.load(); }
 std::size_t StandInUpstream::requests() const { return state_->requests.load(); }
+std::size_t StandInUpstream::in_flight() const { return state_->in_flight->now.load(); }
+std::size_t StandInUpstream::most_in_flight() const { return state_->in_flight->most.load(); }
 
 std::size_t StandInUpstream::streams_cut() const { return state_->streams_cut.load(); }
 

@@ -80,6 +80,10 @@ class StandInUpstream {
   int port() const;
   /// Chat requests received.
   std::size_t requests() const;
+  /// Chat answers being sent now (from the request to the answer's end),
+  /// and the most there have been at once.
+  std::size_t in_flight() const;
+  std::size_t most_in_flight() const;
   /// Streamed answers cut short because the caller stopped taking them.
   std::size_t streams_cut() const;
   /// The last chat request's body and Authorization header.
