@@ -118,6 +118,58 @@ std::string resolve(const std::string& base_dir, const std::string& path) {
   return base_dir + "/" + path;
 }
 
+// An expert's upstream field; false when `key` is not one.
+bool read_upstream_field(const Fields& f, std::string_view key, element v, ExpertConfig& e) {
+  if (key == "name")
+    e.name = f.text(key, v);
+  else if (key == "base_url")
+    e.upstream.base_url = f.text(key, v);
+  else if (key == "model")
+    e.upstream.model = f.text(key, v);
+  else if (key == "api_key_env")
+    e.upstream.api_key_env = f.text(key, v, true);
+  else if (key == "connect_timeout_ms")
+    e.upstream.connect_timeout = f.millis(key, v);
+  else if (key == "read_timeout_ms")
+    e.upstream.read_timeout = f.millis(key, v);
+  else if (key == "ca_file")
+    e.upstream.ca_file = f.text(key, v);
+  else if (key == "max_response_bytes")
+    e.upstream.max_response_bytes = f.count(key, v, 1);
+  else
+    return false;
+  return true;
+}
+
+// An expert's registry override; false when `key` is not one.
+bool read_registry_field(const Fields& f, std::string_view key, element v, ExpertConfig& e) {
+  if (key == "input_usd_per_mtok")
+    e.input_usd_per_mtok = f.number(key, v);
+  else if (key == "output_usd_per_mtok")
+    e.output_usd_per_mtok = f.number(key, v);
+  else if (key == "context_window_tokens")
+    e.context_window_tokens = f.count(key, v, 1);
+  else if (key == "tags")
+    e.tags = f.strings(key, v);
+  else if (key == "capabilities")
+    e.capabilities = f.capabilities(key, v);
+  else if (key == "time_to_first_token_ms")
+    e.time_to_first_token_ms = f.number(key, v);
+  else if (key == "output_tokens_per_second")
+    e.output_tokens_per_second = f.number(key, v);
+  else if (key == "max_concurrent_calls")
+    e.max_concurrent_calls = f.count(key, v, 0);
+  else if (key == "requests_per_minute")
+    e.requests_per_minute = f.count(key, v, 0);
+  else if (key == "tokens_per_minute")
+    e.tokens_per_minute = f.count(key, v, 0);
+  else if (key == "enabled")
+    e.enabled = f.boolean(key, v);
+  else
+    return false;
+  return true;
+}
+
 ExpertConfig read_expert(const std::string& origin, std::size_t index, element value) {
   const std::string where = fmt::format("experts[{}]", index);
   Fields f(origin, where);
@@ -130,53 +182,14 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
   for (auto field : object) {
     const std::string_view key = field.key;
     const element v = field.value;
-    if (key == "name")
-      e.name = f.text(key, v);
-    else if (key == "base_url")
-      e.upstream.base_url = f.text(key, v);
-    else if (key == "model")
-      e.upstream.model = f.text(key, v);
-    else if (key == "api_key_env")
-      e.upstream.api_key_env = f.text(key, v, true);
-    else if (key == "connect_timeout_ms")
-      e.upstream.connect_timeout = f.millis(key, v);
-    else if (key == "read_timeout_ms")
-      e.upstream.read_timeout = f.millis(key, v);
-    else if (key == "ca_file")
-      e.upstream.ca_file = f.text(key, v);
-    else if (key == "max_response_bytes")
-      e.upstream.max_response_bytes = f.count(key, v, 1);
-    else if (key == "input_usd_per_mtok")
-      e.input_usd_per_mtok = f.number(key, v);
-    else if (key == "output_usd_per_mtok")
-      e.output_usd_per_mtok = f.number(key, v);
-    else if (key == "context_window_tokens")
-      e.context_window_tokens = f.count(key, v, 1);
-    else if (key == "tags")
-      e.tags = f.strings(key, v);
-    else if (key == "capabilities")
-      e.capabilities = f.capabilities(key, v);
-    else if (key == "time_to_first_token_ms")
-      e.time_to_first_token_ms = f.number(key, v);
-    else if (key == "output_tokens_per_second")
-      e.output_tokens_per_second = f.number(key, v);
-    else if (key == "max_concurrent_calls")
-      e.max_concurrent_calls = f.count(key, v, 0);
-    else if (key == "requests_per_minute")
-      e.requests_per_minute = f.count(key, v, 0);
-    else if (key == "tokens_per_minute")
-      e.tokens_per_minute = f.count(key, v, 0);
-    else if (key == "enabled")
-      e.enabled = f.boolean(key, v);
-    else {
-      f.fail(key,
-             "unknown field (known: name, base_url, model, api_key_env, connect_timeout_ms, "
-             "read_timeout_ms, ca_file, max_response_bytes, input_usd_per_mtok, "
-             "output_usd_per_mtok, "
-             "context_window_tokens, tags, capabilities, time_to_first_token_ms, "
-             "output_tokens_per_second, max_concurrent_calls, requests_per_minute, "
-             "tokens_per_minute, enabled)");
-    }
+    if (read_upstream_field(f, key, v, e) || read_registry_field(f, key, v, e)) continue;
+    f.fail(key,
+           "unknown field (known: name, base_url, model, api_key_env, connect_timeout_ms, "
+           "read_timeout_ms, ca_file, max_response_bytes, input_usd_per_mtok, "
+           "output_usd_per_mtok, "
+           "context_window_tokens, tags, capabilities, time_to_first_token_ms, "
+           "output_tokens_per_second, max_concurrent_calls, requests_per_minute, "
+           "tokens_per_minute, enabled)");
   }
   if (e.name.empty()) f.fail("name", "missing");
   if (e.upstream.base_url.empty()) f.fail("base_url", "missing");
@@ -306,6 +319,25 @@ void read_state(const Fields& top, element value, ServerConfig& c) {
   if (c.state.redis.empty()) f.fail("redis", "missing (redis://host:port/db)");
   if (c.state.refresh > std::chrono::milliseconds(1000)) {
     f.fail("refresh_ms", "must be at most 1000: cooldowns are read at most 1 s old");
+  }
+}
+
+// A call's slot in Redis is given back at its expiry, whatever the call is
+// doing: no call may last that long, streams (not bound by the invoke's
+// timeout) included.
+void check_call_expiry(const Fields& f, const ServerConfig& c) {
+  const auto expiry = c.state.call_expiry;
+  if (expiry <= c.router.invoke_timeout) {
+    f.fail("state.call_expiry_ms",
+           fmt::format("must be above retry.invoke_timeout_ms ({} ms): a call's slot is given "
+                       "back at its expiry",
+                       c.router.invoke_timeout.count()));
+  }
+  if (c.router.stream_timeout.count() == 0 || c.router.stream_timeout >= expiry) {
+    f.fail("retry.stream_timeout_ms",
+           fmt::format("must be set, below state.call_expiry_ms ({} ms), with a shared state: a "
+                       "stream that outlives its call's expiry would lose its slot",
+                       expiry.count()));
   }
 }
 
@@ -503,13 +535,7 @@ ServerConfig parse_server_config(std::string_view json, const std::string& origi
     }
   }
   if (c.router_model.empty()) f.fail("router_model", "missing");
-  // A slot held past its expiry is given back: no call may last that long.
-  if (!c.state.redis.empty() && c.state.call_expiry <= c.router.invoke_timeout) {
-    f.fail("state.call_expiry_ms",
-           fmt::format("must be above retry.invoke_timeout_ms ({} ms): a call's slot is given "
-                       "back at its expiry",
-                       c.router.invoke_timeout.count()));
-  }
+  if (!c.state.redis.empty()) check_call_expiry(f, c);
   if (!saw_experts || c.experts.empty()) f.fail("experts", "missing or empty");
   return c;
 }

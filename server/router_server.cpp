@@ -99,6 +99,41 @@ int calls_made(const InvokeResult& r) {
   return n;
 }
 
+// The status and code an invoke's own error maps to, when it has one;
+// false for errors read from the attempts.
+bool status_of_invoke_error(InvokeError error, ApiError& e) {
+  switch (error) {
+    case InvokeError::NoEligibleExpert:
+      e.status = 503;
+      e.code = "no_eligible_expert";
+      return true;
+    case InvokeError::BudgetExhausted:
+      e.status = 429;
+      e.type = "insufficient_quota";
+      e.code = "budget_exhausted";
+      return true;
+    case InvokeError::AtCapacity:
+      e.status = 503;
+      e.code = "at_capacity";
+      return true;
+    case InvokeError::RateLimited:
+      e.status = 429;
+      e.type = "rate_limit_error";
+      e.code = "rate_limited";
+      return true;
+    case InvokeError::StateUnavailable:
+      e.status = 503;
+      e.code = "state_unavailable";
+      return true;
+    case InvokeError::Timeout:
+      e.status = 504;
+      e.code = "timeout";
+      return true;
+    default:
+      return false;
+  }
+}
+
 // The HTTP error for a failed invoke.
 ApiError invoke_error(const InvokeResult& r) {
   ApiError e;
@@ -119,36 +154,7 @@ ApiError invoke_error(const InvokeResult& r) {
     all_rate_limited = all_rate_limited && a.failure == FailureKind::RateLimited;
   }
   e.message = r.error_message + last;
-  switch (r.error) {
-    case InvokeError::NoEligibleExpert:
-      e.status = 503;
-      e.code = "no_eligible_expert";
-      return e;
-    case InvokeError::BudgetExhausted:
-      e.status = 429;
-      e.type = "insufficient_quota";
-      e.code = "budget_exhausted";
-      return e;
-    case InvokeError::AtCapacity:
-      e.status = 503;
-      e.code = "at_capacity";
-      return e;
-    case InvokeError::RateLimited:
-      e.status = 429;
-      e.type = "rate_limit_error";
-      e.code = "rate_limited";
-      return e;
-    case InvokeError::StateUnavailable:
-      e.status = 503;
-      e.code = "state_unavailable";
-      return e;
-    case InvokeError::Timeout:
-      e.status = 504;
-      e.code = "timeout";
-      return e;
-    default:
-      break;
-  }
+  if (status_of_invoke_error(r.error, e)) return e;
   if (failed > 0 && all_context) {
     e.status = 400;
     e.type = "invalid_request_error";
@@ -930,6 +936,14 @@ struct RouterServer::Impl {
                     "application/json");
   }
 
+  // What this server's calls spent (a shared store's `spent_usd` is the fleet's).
+  double own_spend() const {
+#ifdef TOROUTER_SERVER_WITH_REDIS
+    if (redis_store) return redis_store->counters().own_spent_usd;
+#endif
+    return router->spent_usd();
+  }
+
   // The shared store's health and the fleet's spend beside this replica's.
   std::string state_store_metrics() const {
 #ifdef TOROUTER_SERVER_WITH_REDIS
@@ -971,9 +985,10 @@ struct RouterServer::Impl {
     if (!authorized(req, res)) return;
     std::string extra;
     extra +=
-        "# HELP torouter_spend_usd_total USD spent on answered calls (routed and named).\n"
+        "# HELP torouter_spend_usd_total USD spent on answered calls (routed and named) by "
+        "this server.\n"
         "# TYPE torouter_spend_usd_total counter\n";
-    extra += fmt::format("torouter_spend_usd_total {}\n", router->spent_usd());
+    extra += fmt::format("torouter_spend_usd_total {}\n", own_spend());
     extra +=
         "# HELP torouter_model_reloads_total Reloads of the router model (SIGHUP, "
         "POST /admin/reload), by outcome.\n# TYPE torouter_model_reloads_total counter\n";

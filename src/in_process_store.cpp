@@ -15,6 +15,11 @@ InProcessStateStore::InProcessStateStore(
 void InProcessStateStore::configure(const ExpertRegistry& experts,
                                     std::vector<BudgetRule> budgets) {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (configured_) {
+    throw Error("InProcessStateStore: configured twice: a store serves one router",
+                ErrorCode::Misuse);
+  }
+  configured_ = true;
   experts_ = experts.experts();
   rules_ = std::move(budgets);
   buckets_.assign(rules_.size(), {});

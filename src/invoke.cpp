@@ -82,6 +82,33 @@ struct CandidateProgress {
   bool unavailable = false;     // skipped: the shared state store could not be reached
 };
 
+// An admission a store granted after the invoke stopped waiting for it (a
+// cancel), or whose event the loop dropped (a stopped RunLoop drops what is
+// queued): given back when its event goes without the invoke taking it.
+// It holds the store weakly: the store's own thread may run this last.
+class AdmissionGiveBack {
+ public:
+  AdmissionGiveBack(std::weak_ptr<StateStore> store, const AdmissionResult& answer,
+                    std::size_t expert)
+      : store_(std::move(store)), armed_(answer.outcome == AdmissionOutcome::Admitted) {
+    unused_.ticket = answer.ticket;
+    unused_.expert = expert;
+  }
+  ~AdmissionGiveBack() {
+    if (!armed_) return;
+    if (auto store = store_.lock()) store->settle(unused_);
+  }
+  AdmissionGiveBack(const AdmissionGiveBack&) = delete;
+  AdmissionGiveBack& operator=(const AdmissionGiveBack&) = delete;
+  /// The invoke has the answer: it settles an admission itself.
+  void taken() { armed_ = false; }
+
+ private:
+  std::weak_ptr<StateStore> store_;
+  Settlement unused_;
+  bool armed_;
+};
+
 // The store's answer to an admission, which may come before `admit` returns
 // (then the walk goes on in the same step) or later, from another thread.
 struct PendingAdmission {
@@ -277,32 +304,26 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     admission.ignore_budgets = downgrade;
     auto pending = std::make_shared<PendingAdmission>();
     const std::uint64_t token = new_wait();
-    router_.store_->admit(
-        admission, [pending, weak = weak_from_this(), token, k, downgrade, loop = loop_,
-                    store = router_.store_, expert = c.expert_index](const AdmissionResult& r) {
-          {
-            std::lock_guard<std::mutex> lock(pending->mutex);
-            pending->result = r;
-            pending->answered = true;
-            if (!pending->returned) return;
-          }
-          loop->post([weak, token, k, downgrade, r, store, expert] {
-            bool taken = false;
-            if (auto self = weak.lock()) {
-              self->handle(token, [&] {
-                taken = true;
-                self->admission_arrived(k, downgrade, r);
-              });
-            }
-            // Admitted for an invoke that ended meanwhile (a cancel): give it back.
-            if (!taken && r.outcome == AdmissionOutcome::Admitted) {
-              Settlement unused;
-              unused.ticket = r.ticket;
-              unused.expert = expert;
-              store->settle(unused);
-            }
-          });
-        });
+    router_.store_->admit(admission,
+                          [pending, weak = weak_from_this(), token, k, downgrade, loop = loop_,
+                           store = std::weak_ptr<StateStore>(router_.store_),
+                           expert = c.expert_index](const AdmissionResult& r) {
+                            {
+                              std::lock_guard<std::mutex> lock(pending->mutex);
+                              pending->result = r;
+                              pending->answered = true;
+                              if (!pending->returned) return;
+                            }
+                            auto give_back = std::make_shared<AdmissionGiveBack>(store, r, expert);
+                            loop->post([weak, token, k, downgrade, r, give_back] {
+                              if (auto self = weak.lock()) {
+                                self->handle(token, [&] {
+                                  give_back->taken();
+                                  self->admission_arrived(k, downgrade, r);
+                                });
+                              }
+                            });
+                          });
     std::lock_guard<std::mutex> lock(pending->mutex);
     pending->returned = true;
     if (!pending->answered) return false;
@@ -320,6 +341,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
         ++experts_called_;
         downgrading_ = downgrade;
         ticket_ = answer.ticket;
+        router_.state_[c.expert_index].in_flight.fetch_add(1);
         begin_expert(c);
         return true;
       case AdmissionOutcome::OverBudget:
@@ -755,6 +777,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
                                  : static_cast<double>(attempt_number_) *
                                        static_cast<double>(result_.decision.input_tokens);
     settlement.extra_requests = std::max(0, attempt_number_ - 1);
+    router_.state_[settlement.expert].in_flight.fetch_sub(1);
     expert_ = nullptr;
     router_.store_->settle(settlement);
     router_.slot_released();

@@ -60,11 +60,13 @@ Router::Router(ExpertRegistry experts, std::shared_ptr<const Scorer> scorer,
   if (auto problem = validate_router_options(options_); !problem.empty()) {
     throw Error("RouterOptions." + problem, ErrorCode::Misuse);
   }
-  configure_store();
   loaded_ = load(std::move(scorer));
   request_id_prefix_ = fmt::format("{:08x}", std::random_device{}());
   for (std::size_t i = 0; i < experts_->size(); ++i) state_[i].enabled = (*experts_)[i].enabled;
   transports_.resize(experts_->size());
+  // Last: once the store knows this router it may call it back, and a
+  // constructor that throws runs no destructor to stop it.
+  configure_store();
 }
 
 // A shared store may outlive the router: it must not report to it after.
@@ -155,7 +157,7 @@ ExpertStatus Router::status(std::string_view expert) const {
   const ExpertState& s = state_[i];
   ExpertStatus out;
   out.enabled = s.enabled;
-  out.in_flight = store_->in_flight(i);
+  out.in_flight = s.in_flight;
   out.consecutive_failures = s.consecutive_failures;
   out.cooling_down = cooling_down(i, to_ns(Clock::now()));
   out.calls = s.calls;

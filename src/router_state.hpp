@@ -25,6 +25,8 @@ inline std::int64_t to_ns(Clock::time_point t) {
 
 struct Router::ExpertState {
   std::atomic<bool> enabled{true};
+  // This router's calls in flight (a shared store counts the fleet's).
+  std::atomic<int> in_flight{0};
   std::atomic<int> consecutive_failures{0};
   std::atomic<std::int64_t> cooldown_until_ns{0};
   std::atomic<std::uint64_t> calls{0};

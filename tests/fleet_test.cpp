@@ -110,7 +110,8 @@ struct Fleet {
       << R"("policy":{"lambda_cost":0,"budget_usd":2.0},)"
       << R"("retry":{"max_attempts_per_expert":1,"max_experts_tried":1,)"
       << R"("failures_before_cooldown":2,"cooldown_ms":60000,"capacity_wait_ms":20000,)"
-      << R"("attempt_timeout_ms":10000,"invoke_timeout_ms":)" << invoke_timeout << "},"
+      << R"("attempt_timeout_ms":10000,"invoke_timeout_ms":)" << invoke_timeout
+      << R"(,"stream_timeout_ms":)" << invoke_timeout << "},"
       << R"("state":{"redis":")" << redis.url() << R"(","key_prefix":"fleet",)"
       << R"("on_failure":")" << on_failure << R"(","refresh_ms":200,"timeout_ms":200,)"
       << R"("call_expiry_ms":)" << expiry_ms << "},"

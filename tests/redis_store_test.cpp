@@ -163,6 +163,12 @@ TEST_CASE("a fleet-wide cap and request rate hold across replicas, under load") 
   CHECK(most.load() <= 2);
   CHECK(admitted.load() > 0);
   // chat: 3 requests a minute in the whole fleet.
+  const auto minute = [] {
+    return std::chrono::duration_cast<std::chrono::minutes>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  };
+  const auto began = minute();
   int chat = 0;
   for (int i = 0; i < 6; ++i) {
     const AdmissionResult r = admit(*fleet[static_cast<std::size_t>(i) % 3], 1, 0.0);
@@ -173,9 +179,12 @@ TEST_CASE("a fleet-wide cap and request rate hold across replicas, under load") 
       CHECK_THAT(r.detail, Contains("across the fleet"));
     }
   }
-  // Unless the test crossed a minute's boundary, exactly three went.
-  CHECK(chat >= 3);
-  CHECK(chat <= 6);
+  // Exactly three went, unless the minute turned meanwhile.
+  if (minute() == began) {
+    CHECK(chat == 3);
+  } else {
+    CHECK(chat <= 6);
+  }
 }
 
 TEST_CASE("a crashed replica's slots and reservations come back after their expiry") {
@@ -188,6 +197,9 @@ TEST_CASE("a crashed replica's slots and reservations come back after their expi
     REQUIRE(admit(*crashed, 0, 0.5).outcome == AdmissionOutcome::Admitted);
     REQUIRE(admit(*crashed, 0, 0.5).outcome == AdmissionOutcome::Admitted);
   }  // gone without settling
+  // Long enough that nothing about those calls may expire but their
+  // admission: no replica is up to reclaim them meanwhile.
+  std::this_thread::sleep_for(800ms);
   auto survivor = store(o, budget);
   CHECK(admit(*survivor, 0, 0.1).outcome == AdmissionOutcome::OverBudget);
   CHECK(eventually([&] { return survivor->counters().reclaimed >= 2; }));
@@ -259,8 +271,8 @@ TEST_CASE("a paused Redis holds settlements until it answers again, then counts 
   settle(*a, call, 0, 0.25);
   // The settlement's round trip times out: the store lets go of Redis and
   // keeps the settlement.
-  CHECK(eventually([&] { return !a->counters().connected; }));
-  CHECK(a->counters().settlements_waiting == 1);
+  CHECK(eventually(
+      [&] { return !a->counters().connected && a->counters().settlements_waiting == 1; }));
   redis.resume();
   CHECK(eventually([&] { return a->counters().connected; }, 5s));
   CHECK(eventually([&] { return b->spent_usd() > 0.24; }));
@@ -269,14 +281,46 @@ TEST_CASE("a paused Redis holds settlements until it answers again, then counts 
   CHECK(a->counters().settlements_waiting == 0);
 }
 
+TEST_CASE("an admission whose reply was lost is given back once Redis answers again") {
+  torouter::testing::RedisServer redis;
+  const auto o = options_for(redis, "lost");
+  auto a = store(o);
+  REQUIRE(a->counters().connected);
+  redis.pause();
+  // Redis gets the admission but answers too late: the store answers it
+  // locally, and gives it back in Redis once it can.
+  CHECK(admit(*a, 0, 0.1).outcome == AdmissionOutcome::Admitted);
+  CHECK(a->counters().admitted_local == 1);
+  redis.resume();
+  CHECK(eventually([&] { return a->counters().connected; }, 5s));
+  CHECK(eventually([&] { return redis.cli("GET {lost}:inflight:coder") == "0"; }));
+  CHECK(redis.cli("ZCARD {lost}:held") == "0");
+}
+
+TEST_CASE("scripts flushed from Redis are loaded again, nothing lost") {
+  torouter::testing::RedisServer redis;
+  const auto o = options_for(redis, "flush");
+  auto a = store(o);
+  const AdmissionResult call = admit(*a, 0, 0.1);
+  REQUIRE(call.outcome == AdmissionOutcome::Admitted);
+  REQUIRE(redis.cli("SCRIPT FLUSH") == "OK");
+  settle(*a, call, 0, 0.3);  // refused (NOSCRIPT), kept, resent after reconnecting
+  CHECK(eventually([&] { return a->spent_usd() > 0.29; }, 5s));
+  CHECK(a->spent_usd() == Approx(0.3));
+  CHECK(admit(*a, 0, 0.1).outcome == AdmissionOutcome::Admitted);
+  CHECK(a->counters().connects >= 2);
+}
+
 TEST_CASE("routers over a Redis store share spend and failover rules") {
   torouter::testing::RedisServer redis;
   const auto o = options_for(redis, "routers");
   auto scorer = std::make_shared<torouter::testing::TableScorer>(
       std::vector<std::string>{"coder", "chat"}, std::vector<float>{0.9f, 0.5f});
+  std::vector<std::shared_ptr<RedisStateStore>> stores;
   auto make = [&] {
     torouter::RouterOptions options;
-    options.state_store = std::make_shared<RedisStateStore>(o);
+    stores.push_back(std::make_shared<RedisStateStore>(o));
+    options.state_store = stores.back();
     auto router = std::make_unique<torouter::Router>(experts(), scorer, nullptr, options);
     for (const char* name : {"coder", "chat"}) {
       router->set_transport(name, torouter::Transport::sync([](const torouter::Request& r) {
@@ -294,7 +338,10 @@ TEST_CASE("routers over a Redis store share spend and failover rules") {
   // 4 calls of 2,000 tokens at $1 per million.
   CHECK(eventually([&] { return second->spent_usd() > 0.0079; }));
   CHECK(second->spent_usd() == Approx(0.008));
-  CHECK(first->state_store().in_flight(0) == 0);
+  // Every call went through Redis: none on local state.
+  CHECK(stores[0]->counters().admitted_shared + stores[1]->counters().admitted_shared == 4);
+  CHECK(stores[0]->counters().admitted_local + stores[1]->counters().admitted_local == 0);
+  CHECK(eventually([&] { return redis.cli("GET {routers}:inflight:coder") == "0"; }));
 }
 
 TEST_CASE("bad Redis store options are refused, naming the field") {

@@ -1179,6 +1179,11 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
              Contains("state.refresh_ms: must be at most 1000"));
   CHECK_THAT(error_of(base + R"("state":{"redis":"redis://h","call_expiry_ms":1000}})"),
              Contains("state.call_expiry_ms: must be above retry.invoke_timeout_ms"));
+  CHECK_THAT(error_of(base + R"("state":{"redis":"redis://h"}})"),
+             Contains("retry.stream_timeout_ms: must be set, below state.call_expiry_ms"));
+  CHECK_THAT(error_of(base + R"("state":{"redis":"redis://h"},"retry":{"stream_timeout_ms":)"
+                             R"(900000}})"),
+             Contains("retry.stream_timeout_ms: must be set"));
   CHECK_THAT(error_of(base + R"("policy":{"budgets":[{"limit_usd":5,"window":"week"}]}})"),
              Contains("server.json: policy.budgets[0].window: expected lifetime, minute, hour, "
                       "day or month, got \"week\""));
@@ -1188,7 +1193,8 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
              Contains("policy.budgets[0]: expected an object"));
   const ServerConfig shared = parse_server_config(
       base + R"("state":{"redis":"redis://10.0.0.5:6380/2","key_prefix":"prod","on_failure":)"
-             R"("closed"},"policy":{"budgets":[{"limit_usd":5,"window":"day","tag":"code"}]}})",
+             R"("closed"},"retry":{"stream_timeout_ms":300000},)"
+             R"("policy":{"budgets":[{"limit_usd":5,"window":"day","tag":"code"}]}})",
       "server.json", "");
   CHECK(shared.state.redis == "redis://10.0.0.5:6380/2");
   CHECK(shared.state.key_prefix == "prod");

@@ -345,6 +345,34 @@ TEST_CASE("a cancel while the store has not answered gives the admission back") 
   runner.join();
 }
 
+TEST_CASE("a blocking invoke cancelled while the store has not answered leaks no slot") {
+  LateRig rig(torouter::RouterOptions(), 100ms);
+  rig.router.set_transport("coder", answers("from coder"));
+  rig.router.set_transport("chat", answers("from chat"));
+  auto cancel = std::make_shared<torouter::CancelSignal>();
+  torouter::InvokeOptions options;
+  options.cancel = cancel;
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(20ms);
+    cancel->cancel();
+  });
+  // The invoke's own RunLoop stops when it ends: the late admission's event
+  // is dropped unrun, and gives the slot back as it goes.
+  const torouter::InvokeResult r = rig.router.invoke("hello", options);
+  canceller.join();
+  CHECK(r.error == torouter::InvokeError::Cancelled);
+  for (int i = 0; i < 100 && rig.store->answers_delivered() == 0; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  REQUIRE(rig.store->answers_delivered() == 1);
+  // (The dropped event goes when the store's thread lets go of the answer.)
+  for (int i = 0; i < 100 && rig.store->in_flight(0) != 0; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  CHECK(rig.store->in_flight(0) == 0);
+  CHECK(rig.router.status("coder").in_flight == 0);
+}
+
 TEST_CASE("a cooldown another router publishes through the store leaves the expert out") {
   LateRig rig(torouter::RouterOptions(), 0ms);
   CHECK(rig.router.route("hello").pick()->name == "coder");

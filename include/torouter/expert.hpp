@@ -103,7 +103,8 @@ struct ExpertSpec {
   LatencyPrior latency;
   /// Most calls to this expert in flight at once, across all threads; 0 means no cap.
   std::size_t max_concurrent_calls = 0;
-  /// Most requests sent to it per minute (UTC minutes; retries count); 0 means no limit.
+  /// Most requests sent to it per minute (UTC minutes); 0 means no limit.
+  /// A call's retries count when it settles, so they may pass it briefly.
   std::size_t requests_per_minute = 0;
   /// Most tokens (prompt and answer) per minute; 0 means no limit. A call is
   /// admitted on its predicted tokens and charged its actual ones.

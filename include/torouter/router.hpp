@@ -340,7 +340,8 @@ struct InvokeResult {
 /// Live counters of one expert.
 struct ExpertStatus {
   bool enabled = true;
-  /// Calls now in flight.
+  /// This router's calls now in flight (the state store's `in_flight` has
+  /// the fleet's when it is shared).
   int in_flight = 0;
   /// Failures since its last answer.
   int consecutive_failures = 0;

@@ -127,7 +127,8 @@ class StateStore {
   virtual ~StateStore() = default;
 
   /// Called once by the router the store serves, before anything else:
-  /// its experts (caps, rates, tags) and budgets (checked already).
+  /// its experts (caps, rates, tags) and budgets (checked already). A
+  /// second call throws `Error` (`Misuse`): a store serves one router.
   virtual void configure(const ExpertRegistry& experts, std::vector<BudgetRule> budgets) = 0;
 
   /// Asks to start a call. Calls `done` exactly once: on this thread
@@ -222,6 +223,7 @@ class InProcessStateStore final : public StateStore {
   std::unordered_map<std::uint64_t, Held> held_;
   std::uint64_t next_ticket_ = 1;
   double spent_ = 0.0;
+  bool configured_ = false;
 };
 
 TOROUTER_END_NAMESPACE

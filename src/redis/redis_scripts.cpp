@@ -47,7 +47,7 @@ const char* const kAdmitScript =
     "    local key = KEYS[4 + i]\n"
     "    local spent = tonumber(redis.call('HGET', key, 'spent') or '0')\n"
     "    local reserved = tonumber(redis.call('HGET', key, 'reserved') or '0')\n"
-    "    if spent + reserved + usd > tonumber(ARGV[9 + 2 * i]) then\n"
+    "    if spent + reserved + usd > tonumber(ARGV[8 + 2 * i]) then\n"
     "      return {'over_budget', tostring(i), tostring(spent), tostring(reserved)}\n"
     "    end\n"
     "  end\n"
@@ -69,7 +69,7 @@ const char* const kAdmitScript =
     "for i = 1, budgets do\n"
     "  local key = KEYS[4 + i]\n"
     "  redis.call('HINCRBYFLOAT', key, 'reserved', usd)\n"
-    "  local expire_at = tonumber(ARGV[10 + 2 * i])\n"
+    "  local expire_at = tonumber(ARGV[9 + 2 * i])\n"
     "  if expire_at > 0 then redis.call('PEXPIREAT', key, expire_at) end\n"
     "  held[#held + 1] = key\n"
     "end\n"
@@ -79,7 +79,6 @@ const char* const kAdmitScript =
     "redis.call('PEXPIRE', KEYS[4], ARGV[9])\n"
     "redis.call('HSET', KEYS[2], 'usd', ARGV[3], 'tokens', ARGV[4], 'inflight', KEYS[3],\n"
     "           'rate', KEYS[4], 'budgets', table.concat(held, '\\n'))\n"
-    "redis.call('PEXPIRE', KEYS[2], ARGV[10])\n"
     "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])\n"
     "return {'admitted'}\n";
 

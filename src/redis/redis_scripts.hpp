@@ -8,7 +8,9 @@
 //   {P}:inflight:<expert>        calls admitted and not settled
 //   {P}:rate:<expert>:<minute>   hash requests, tokens (expires after 2 minutes)
 //   {P}:held                     sorted set: admitted calls by expiry time
-//   {P}:call:<ticket>            hash: what an admitted call holds
+//   {P}:call:<ticket>            hash: what an admitted call holds (no expiry:
+//                                it goes at settlement or reclaim, so nothing
+//                                it holds can be lost)
 //   {P}:spent                    USD spent by every call
 //   {P}:cooldown:<expert>        cooldown end, Unix ms (expires with it)
 #pragma once
@@ -21,7 +23,7 @@ namespace redis_detail {
 /// Admits a call or says why not.
 /// KEYS: held, call, inflight, rate, budget keys...
 /// ARGV: ticket, expiry_ms, usd, tokens, cap, rpm, tpm, ignore_budgets (0/1),
-///       rate_ttl_ms, call_ttl_ms, then per budget key: limit, expire_at_ms (0: none)
+///       rate_ttl_ms, then per budget key: limit, expire_at_ms (0: none)
 /// Returns {"admitted"} or {"over_budget", budget number (1-based), spent, reserved},
 /// {"at_capacity", in flight}, {"rate_limited", "requests"|"tokens", used}.
 extern const char* const kAdmitScript;
@@ -32,7 +34,7 @@ extern const char* const kAdmitScript;
 extern const char* const kSettleScript;
 
 /// Gives back what calls past their expiry hold (a crashed replica's).
-/// KEYS: held, spent. ARGV: now_ms, most calls to reclaim. Returns how many.
+/// KEYS: held. ARGV: now_ms, most calls to reclaim. Returns how many.
 extern const char* const kReclaimScript;
 
 /// Sets a cooldown unless a later one is set. KEYS: cooldown. ARGV: until_ms, now_ms.

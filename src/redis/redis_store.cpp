@@ -90,6 +90,10 @@ class RedisStateStore::Impl {
   ~Impl() { stop(); }
 
   void configure(const ExpertRegistry& experts, std::vector<BudgetRule> budgets) {
+    if (thread_.joinable()) {
+      throw Error("RedisStateStore: configured twice: a store serves one router",
+                  ErrorCode::Misuse);
+    }
     {
       std::lock_guard<std::mutex> lock(mutex_);
       experts_ = experts.experts();
@@ -108,8 +112,12 @@ class RedisStateStore::Impl {
     std::unique_lock<std::mutex> lock(mutex_);
     const std::uint64_t ticket = next_ticket_++;
     if (!connected_ || stopping_ || waiting_admissions_ >= options_.max_waiting) {
+      const std::string why =
+          connected_ && !stopping_
+              ? fmt::format("{} admissions already wait for redis", waiting_admissions_)
+              : fmt::format("redis unreachable ({})", counters_.last_error);
       lock.unlock();
-      return answer_locally(a, ticket, done);
+      return answer_locally(a, ticket, done, why);
     }
     Op op;
     op.kind = Op::Admit;
@@ -167,7 +175,7 @@ class RedisStateStore::Impl {
 
   double spent_usd() const {
     std::lock_guard<std::mutex> lock(mutex_);
-    return std::max(fleet_spent_, own_spent_);
+    return fleet_spent_;
   }
 
   std::chrono::milliseconds capacity_poll() const { return options_.capacity_poll; }
@@ -205,15 +213,16 @@ class RedisStateStore::Impl {
     return fmt::format("{}:{}", replica_, ticket);
   }
 
-  // Redis cannot be reached: the local store answers, or, failing closed,
-  // a paid call is refused.
+  // Redis cannot answer (`why`): the local store answers, or, failing
+  // closed, a paid call is refused.
   void answer_locally(const Admission& a, std::uint64_t ticket,
-                      const std::function<void(const AdmissionResult&)>& done) {
+                      const std::function<void(const AdmissionResult&)>& done,
+                      const std::string& why) {
     AdmissionResult r;
     if (options_.on_failure == RedisFailureMode::Closed && a.reserve_usd > 0) {
       r.outcome = AdmissionOutcome::Unavailable;
+      r.detail = why + ", failing closed";
       std::lock_guard<std::mutex> lock(mutex_);
-      r.detail = fmt::format("redis unreachable ({}), failing closed", counters_.last_error);
       ++counters_.refused_unavailable;
     } else {
       r = local_.admit_now(a);
@@ -235,7 +244,8 @@ class RedisStateStore::Impl {
     milliseconds backoff = options_.reconnect_min;
     std::unique_lock<std::mutex> lock(mutex_);
     while (!stopping_) {
-      const auto wake_at = std::min(next_refresh, connection_ ? next_refresh : next_connect);
+      // Disconnected, only the next connection attempt is due.
+      const auto wake_at = connection_ ? next_refresh : next_connect;
       wake_.wait_until(lock, wake_at,
                        [&] { return stopping_ || (connection_ && !queue_.empty()); });
       if (stopping_) break;
@@ -280,7 +290,8 @@ class RedisStateStore::Impl {
     }
   }
 
-  // The connection failed: from now on admissions are answered locally.
+  // The connection failed: from now on admissions are answered locally,
+  // those waiting for it too.
   void lose(const std::string& why) {
     connection_.reset();
     bool was_connected = false;
@@ -297,6 +308,7 @@ class RedisStateStore::Impl {
                                         ? "failing open (local state)"
                                         : "failing closed (paid calls refused)"));
     }
+    answer_waiting_locally();
   }
 
   // Queued admissions when Redis is lost or the store stops: answered locally.
@@ -314,7 +326,8 @@ class RedisStateStore::Impl {
         --waiting_admissions_;
       }
     }
-    for (Op& op : admissions) answer_locally(op.admission, op.ticket, op.done);
+    const std::string why = fmt::format("redis unreachable ({})", counters().last_error);
+    for (Op& op : admissions) answer_locally(op.admission, op.ticket, op.done, why);
   }
 
   // One round trip: every queued operation, and the fleet's state when due.
@@ -340,25 +353,44 @@ class RedisStateStore::Impl {
       std::lock_guard<std::mutex> lock(mutex_);
       ++counters_.round_trips;
     }
-    for (std::size_t i = 0; i < batch.size(); ++i) take_reply(batch[i], replies[i]);
+    // An operation Redis refused (NOSCRIPT after a flush, OOM, LOADING,
+    // READONLY...) is not lost: the batch goes as if the connection had,
+    // and the reconnection (scripts loaded again) resends its settlements.
+    for (const Reply& reply : replies) {
+      if (reply.error()) {
+        return requeue_after_loss(std::move(batch),
+                                  fmt::format("redis refused a command: {}", reply.text));
+      }
+    }
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (batch[i].kind == Op::Admit) batch[i].done(admission_result(batch[i], replies[i]));
+    }
     if (refresh) read_state(replies, state_at);
   }
 
   // Redis was lost mid-batch: settlements wait for it (they settle once, by
-  // ticket, so resending is safe); admissions are answered locally (one
-  // Redis did apply keeps its slot until `call_expiry`).
+  // ticket, so resending is safe); admissions are answered locally, and
+  // since Redis may have applied one whose reply was lost, each is also
+  // given back there (a settlement of nothing, which does nothing when it
+  // was not applied).
   void requeue_after_loss(std::deque<Op> batch, const std::string& why) {
-    lose(why);
     std::deque<Op> admissions;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       for (Op& op : batch) {
         if (op.kind == Op::Settle) queue_.push_front(std::move(op));
-        if (op.kind == Op::Admit) admissions.push_back(std::move(op));
+        if (op.kind != Op::Admit) continue;
+        Op give_back;
+        give_back.kind = Op::Settle;
+        give_back.ticket = op.ticket;
+        give_back.settlement.ticket = op.ticket;
+        give_back.settlement.expert = op.admission.expert;
+        queue_.push_front(std::move(give_back));
+        admissions.push_back(std::move(op));
       }
     }
-    for (Op& op : admissions) answer_locally(op.admission, op.ticket, op.done);
-    answer_waiting_locally();
+    lose(why);
+    for (Op& op : admissions) answer_locally(op.admission, op.ticket, op.done, why);
   }
 
   Command command_for(const Op& op) const {
@@ -426,28 +458,10 @@ class RedisStateStore::Impl {
                        std::to_string(spec.requests_per_minute),
                        std::to_string(spec.tokens_per_minute),
                        a.ignore_budgets ? "1" : "0",
-                       std::to_string(kRateTtlMs),
-                       std::to_string(2 * options_.call_expiry.count())};
+                       std::to_string(kRateTtlMs)};
     c.insert(c.end(), args.begin(), args.end());
     c.insert(c.end(), limits.begin(), limits.end());
     return c;
-  }
-
-  void take_reply(Op& op, const Reply& reply) {
-    if (reply.error()) {
-      options_.on_event(fmt::format("redis refused a {}: {}",
-                                    op.kind == Op::Admit ? "call's admission" : "settlement",
-                                    reply.text));
-      const bool no_script = reply.text.rfind("NOSCRIPT", 0) == 0;
-      if (no_script) lose("redis lost its scripts (flushed?)");  // reconnecting reloads them
-      if (op.kind == Op::Admit) answer_locally(op.admission, op.ticket, op.done);
-      if (op.kind == Op::Settle && no_script) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        queue_.push_back(std::move(op));
-      }
-      return;
-    }
-    if (op.kind == Op::Admit) op.done(admission_result(op, reply));
   }
 
   AdmissionResult admission_result(const Op& op, const Reply& reply) {

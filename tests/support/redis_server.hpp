@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -66,6 +67,19 @@ class RedisServer {
     ::kill(pid_, SIGKILL);
     ::waitpid(pid_, nullptr, 0);
     pid_ = -1;
+  }
+
+  /// Runs a command through redis-cli and returns its output, trimmed.
+  std::string cli(const std::string& command) const {
+    const std::string line = "redis-cli -p " + std::to_string(port_) + " " + command + " 2>&1";
+    std::string out;
+    if (FILE* pipe = ::popen(line.c_str(), "r")) {
+      char buffer[256];
+      while (std::fgets(buffer, sizeof buffer, pipe)) out += buffer;
+      ::pclose(pipe);
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out;
   }
 
   /// Pauses or resumes it: a Redis that stops answering without closing.
