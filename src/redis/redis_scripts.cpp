@@ -41,10 +41,11 @@ namespace {
 const char* const kAdmitScript =
     "local usd = tonumber(ARGV[3])\n"
     "local tokens = tonumber(ARGV[4])\n"
-    "local budgets = #KEYS - 4\n"
+    "if redis.call('EXISTS', KEYS[5]) == 1 then return {'given_back'} end\n"
+    "local budgets = #KEYS - 5\n"
     "if ARGV[8] ~= '1' then\n"
     "  for i = 1, budgets do\n"
-    "    local key = KEYS[4 + i]\n"
+    "    local key = KEYS[5 + i]\n"
     "    local spent = tonumber(redis.call('HGET', key, 'spent') or '0')\n"
     "    local reserved = tonumber(redis.call('HGET', key, 'reserved') or '0')\n"
     "    if spent + reserved + usd > tonumber(ARGV[8 + 2 * i]) then\n"
@@ -67,7 +68,7 @@ const char* const kAdmitScript =
     "end\n"
     "local held = {}\n"
     "for i = 1, budgets do\n"
-    "  local key = KEYS[4 + i]\n"
+    "  local key = KEYS[5 + i]\n"
     "  redis.call('HINCRBYFLOAT', key, 'reserved', usd)\n"
     "  local expire_at = tonumber(ARGV[9 + 2 * i])\n"
     "  if expire_at > 0 then redis.call('PEXPIREAT', key, expire_at) end\n"
@@ -87,6 +88,7 @@ const char* const kSettleScript = TOROUTER_RELEASE_FUNCTION
     "local done = release(KEYS[1], KEYS[2], ARGV[1], spent, tonumber(ARGV[3]),\n"
     "                     tonumber(ARGV[4]))\n"
     "if done == 1 and spent > 0 then redis.call('INCRBYFLOAT', KEYS[3], ARGV[2]) end\n"
+    "if done == 0 then redis.call('SET', KEYS[4], '1', 'PX', ARGV[5]) end\n"
     "return done\n";
 
 const char* const kReclaimScript = TOROUTER_RELEASE_FUNCTION

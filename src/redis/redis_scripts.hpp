@@ -13,6 +13,8 @@
 //                                it holds can be lost)
 //   {P}:spent                    USD spent by every call
 //   {P}:cooldown:<expert>        cooldown end, Unix ms (expires with it)
+//   {P}:given-back:<ticket>      a ticket settled before its admission arrived
+//                                (expires after the calls' expiry)
 #pragma once
 
 #include "torouter/abi.hpp"
@@ -20,17 +22,22 @@
 TOROUTER_BEGIN_NAMESPACE
 namespace redis_detail {
 
-/// Admits a call or says why not.
-/// KEYS: held, call, inflight, rate, budget keys...
+/// Admits a call or says why not; nothing for a ticket given back already
+/// (an admission that reached Redis after its settlement: a lost reply).
+/// KEYS: held, call, inflight, rate, given back, budget keys...
 /// ARGV: ticket, expiry_ms, usd, tokens, cap, rpm, tpm, ignore_budgets (0/1),
 ///       rate_ttl_ms, then per budget key: limit, expire_at_ms (0: none)
-/// Returns {"admitted"} or {"over_budget", budget number (1-based), spent, reserved},
+/// Returns {"admitted"}, {"given_back"},
+/// {"over_budget", budget number (1-based), spent, reserved},
 /// {"at_capacity", in flight}, {"rate_limited", "requests"|"tokens", used}.
 extern const char* const kAdmitScript;
 
-/// Settles a call once: the held reservation becomes the charge.
-/// KEYS: held, call, spent. ARGV: ticket, spent_usd, used_tokens, extra_requests.
-/// Returns 1, or 0 when the ticket was settled or reclaimed already.
+/// Settles a call once: the held reservation becomes the charge. A ticket
+/// that holds nothing is marked given back (for `ttl_ms`), so its admission,
+/// if it reaches Redis later, takes nothing.
+/// KEYS: held, call, spent, given back.
+/// ARGV: ticket, spent_usd, used_tokens, extra_requests, ttl_ms.
+/// Returns 1, or 0 when the ticket was settled, reclaimed or never admitted.
 extern const char* const kSettleScript;
 
 /// Gives back what calls past their expiry hold (a crashed replica's).

@@ -400,14 +400,16 @@ class RedisStateStore::Impl {
       case Op::Settle:
         return {"EVALSHA",
                 scripts_.settle,
-                "3",
+                "4",
                 key("held"),
                 key("call:" + call_ticket(op.ticket)),
                 key("spent"),
+                key("given-back:" + call_ticket(op.ticket)),
                 call_ticket(op.ticket),
                 number_text(op.settlement.spent_usd),
                 number_text(op.settlement.used_tokens),
-                std::to_string(op.settlement.extra_requests)};
+                std::to_string(op.settlement.extra_requests),
+                std::to_string(2 * options_.call_expiry.count())};
       case Op::Cooldown: {
         const std::string& name = experts_[op.admission.expert].name;
         return {"EVALSHA",
@@ -435,7 +437,8 @@ class RedisStateStore::Impl {
     const ExpertSpec& spec = experts_[a.expert];
     const std::string minute = std::to_string(detail::window_id(BudgetWindow::Minute, op.now_ms));
     Command keys{key("held"), key("call:" + call_ticket(op.ticket)), key("inflight:" + spec.name),
-                 key("rate:" + spec.name + ":" + minute)};
+                 key("rate:" + spec.name + ":" + minute),
+                 key("given-back:" + call_ticket(op.ticket))};
     Command limits;
     for (const BudgetRule* rule : covering(a.expert)) {
       const std::int64_t window = detail::window_id(rule->window, op.now_ms);
