@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -304,31 +305,39 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     admission.ignore_budgets = downgrade;
     auto pending = std::make_shared<PendingAdmission>();
     const std::uint64_t token = new_wait();
-    router_.store_->admit(admission,
-                          [pending, weak = weak_from_this(), token, k, downgrade, loop = loop_,
-                           store = std::weak_ptr<StateStore>(router_.store_),
-                           expert = c.expert_index](const AdmissionResult& r) {
-                            {
-                              std::lock_guard<std::mutex> lock(pending->mutex);
-                              pending->result = r;
-                              pending->answered = true;
-                              if (!pending->returned) return;
-                            }
-                            auto give_back = std::make_shared<AdmissionGiveBack>(store, r, expert);
-                            loop->post([weak, token, k, downgrade, r, give_back] {
-                              if (auto self = weak.lock()) {
-                                self->handle(token, [&] {
-                                  give_back->taken();
-                                  self->admission_arrived(k, downgrade, r);
-                                });
-                              }
-                            });
-                          });
+    router_.store_->admit(admission, admission_callback(pending, token, k, downgrade));
     std::lock_guard<std::mutex> lock(pending->mutex);
     pending->returned = true;
     if (!pending->answered) return false;
     answer = std::move(pending->result);
     return true;
+  }
+
+  // Where the store answers candidate `k`'s admission: into `pending`
+  // while `admit` has not returned, else as an event on the loop (given
+  // back if the invoke no longer takes it).
+  std::function<void(const AdmissionResult&)> admission_callback(
+      std::shared_ptr<PendingAdmission> pending, std::uint64_t token, std::size_t k,
+      bool downgrade) {
+    return [pending, weak = weak_from_this(), token, k, downgrade, loop = loop_,
+            store = std::weak_ptr<StateStore>(router_.store_),
+            expert = order_[k]->expert_index](const AdmissionResult& r) {
+      {
+        std::lock_guard<std::mutex> lock(pending->mutex);
+        pending->result = r;
+        pending->answered = true;
+        if (!pending->returned) return;
+      }
+      auto give_back = std::make_shared<AdmissionGiveBack>(store, r, expert);
+      loop->post([weak, token, k, downgrade, r, give_back] {
+        auto self = weak.lock();
+        if (!self) return;
+        self->handle(token, [&] {
+          give_back->taken();
+          self->admission_arrived(k, downgrade, r);
+        });
+      });
+    };
   }
 
   // The store's answer for candidate `k`: true when the candidate is called.
