@@ -100,6 +100,7 @@
 #include <random>
 
 #include "half_precision.hpp"
+#include "kernels/kernel_table.hpp"
 #include "scorers.hpp"
 #include "sparse_projection.hpp"
 #include "torouter/abi.hpp"
@@ -353,9 +354,9 @@ struct KnnIndex {
     const Eigen::Index d = projection.dims();
     projection.project(query, embedding);
     normalise(embedding, d);
-    Eigen::Map<Eigen::VectorXf> out(sim, dense_rows.rows());
-    out.noalias() = dense_rows * Eigen::Map<const Eigen::VectorXf>(embedding, d);
-    for (Eigen::Index r = 0; r < out.size(); ++r) out[r] = out[r] > 0 ? out[r] : -0.0f;
+    const Eigen::Index rows = dense_rows.rows();
+    kernels().multiply_vector(dense_rows.data(), rows, d, embedding, sim);
+    for (Eigen::Index r = 0; r < rows; ++r) sim[r] = sim[r] > 0 ? sim[r] : -0.0f;
   }
 
   // Fills ws.maxima with each block's highest similarity and returns a

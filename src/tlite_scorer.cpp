@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/kernel_table.hpp"
 #include "scorers.hpp"
 #include "tlite_model.hpp"
 #include "tlite_packed.hpp"
@@ -128,6 +129,8 @@ class TliteScorer : public TrainableScorer {
     if (workspace == nullptr) local = make_workspace();
     auto* w = static_cast<TliteWorkspace*>(workspace ? workspace : local.get());
     const auto experts = static_cast<std::size_t>(model_.experts());
+    // tlite_encode_packed, compiled for the best CPU level this machine runs.
+    const auto encode = kernels().encode_packed;
     out.resize(count, experts);
     w->pooled.resize(static_cast<nn::Index>(count), shape_.d_model);
     // Prompts join the chunk until the next would overflow the buffers.
@@ -139,8 +142,8 @@ class TliteScorer : public TrainableScorer {
       if (w->prompt_ids.empty()) w->prompt_ids.push_back(shape_.buckets);  // the empty prompt's token
       const auto length = static_cast<nn::Index>(w->prompt_ids.size());
       if (w->starts.back() + length > w->buffers.capacity_rows) {
-        tlite_encode_packed(model_, w->ids.data(), w->starts, w->buffers, w->pooled,
-                            static_cast<nn::Index>(first));
+        encode(model_, w->ids.data(), w->starts, w->buffers, w->pooled,
+               static_cast<nn::Index>(first));
         first = i;
         w->ids.clear();
         w->starts.assign(1, 0);
@@ -149,8 +152,7 @@ class TliteScorer : public TrainableScorer {
       w->starts.push_back(w->starts.back() + length);
     }
     if (count > 0) {
-      tlite_encode_packed(model_, w->ids.data(), w->starts, w->buffers, w->pooled,
-                          static_cast<nn::Index>(first));
+      encode(model_, w->ids.data(), w->starts, w->buffers, w->pooled, static_cast<nn::Index>(first));
     }
     model_.heads_forward(w->pooled, w->logits, w->tokens);
     tlite_logits_to_scores(loss_, w->logits);

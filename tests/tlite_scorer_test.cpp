@@ -289,6 +289,15 @@ TrainingSet synthetic_set(std::size_t rows, std::uint64_t seed) {
 
 const char* const kSmallSpec = "tlite:16,heads=2,ff=32,layers=1,tokens=12,buckets=512";
 
+// Scores of the same network on the same prompt agree to float rounding:
+// the kernels of a CPU level with FMA (src/kernels/) round a row by where it
+// falls in a product's blocks, so a prompt's position in its batch and the
+// weights' addresses can move the last bits.
+bool same_scores(const Eigen::MatrixXf& a, const Eigen::MatrixXf& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         (a - b).cwiseAbs().maxCoeff() <= 1e-5f * (1.0f + a.cwiseAbs().maxCoeff());
+}
+
 torouter::TrainOptions small_options(int threads) {
   torouter::TrainOptions o;
   o.seed = 5;
@@ -343,8 +352,8 @@ TEST_CASE("tlite training is deterministic and round-trips through a model file"
   CHECK(loaded.scorer->version() == a->version());
   CHECK(loaded.scorer->spec() == a->spec());
   const auto sl = loaded.scorer->score_all(prompts);
-  CHECK(sl.quality == sa.quality);
-  CHECK(sl.output_tokens == sa.output_tokens);
+  CHECK(same_scores(sl.quality, sa.quality));
+  CHECK(same_scores(sl.output_tokens, sa.output_tokens));
 
   // With a workspace, and the workspace reused, the scores are the same.
   auto workspace = loaded.scorer->make_workspace();
@@ -353,7 +362,7 @@ TEST_CASE("tlite training is deterministic and round-trips through a model file"
     for (std::size_t i = 0; i < prompts.size(); ++i) {
       const std::string_view p = prompts[i];
       loaded.scorer->score(&p, 1, batch, workspace.get());
-      CHECK(batch.quality.row(0) == sl.quality.row(static_cast<Eigen::Index>(i)));
+      CHECK(same_scores(batch.quality.row(0), sl.quality.row(static_cast<Eigen::Index>(i))));
     }
   }
 }
@@ -370,9 +379,9 @@ TEST_CASE("tlite scores empty and long prompts", "[tlite]") {
   const auto scores = scorer->score_all({"", "   ", first12, longer});
   CHECK(scores.quality.allFinite());
   // No words at all is the empty prompt.
-  CHECK(scores.quality.row(0) == scores.quality.row(1));
+  CHECK(same_scores(scores.quality.row(0), scores.quality.row(1)));
   // Only the first `tokens` words are read.
-  CHECK(scores.quality.row(2) == scores.quality.row(3));
+  CHECK(same_scores(scores.quality.row(2), scores.quality.row(3)));
 }
 
 TEST_CASE("tlite scores a large batch in packed chunks as it scores prompts one by one",
