@@ -102,6 +102,43 @@ TEST_CASE("every level's matrix-vector product agrees with the baseline's", "[cp
   }
 }
 
+TEST_CASE("every level's embedding bags agree with the baseline's", "[cpu_levels]") {
+  nn::Rng rng(10);
+  const nn::Index buckets = 3000;
+  for (const nn::Index width : {1, 13, 64}) {
+    const nn::Matrix<float> table = random_matrix(buckets, width, rng);
+    std::vector<std::int8_t> quantized(static_cast<std::size_t>(table.size()));
+    for (std::size_t i = 0; i < quantized.size(); ++i) {
+      quantized[i] = static_cast<std::int8_t>(static_cast<int>(rng() % 255) - 127);
+    }
+    std::vector<float> scales(static_cast<std::size_t>(buckets));
+    for (float& scale : scales) scale = static_cast<float>(nn::uniform(rng, 0.02));
+    // 0, 1 and many entries, with a repeated bucket.
+    for (const std::size_t count : {0u, 1u, 700u}) {
+      std::vector<std::uint32_t> indices(count);
+      std::vector<float> values(count);
+      for (std::size_t e = 0; e < count; ++e) {
+        indices[e] = e == 1 ? indices[0] : static_cast<std::uint32_t>(rng() % buckets);
+        values[e] = static_cast<float>(nn::uniform(rng, 1.0));
+      }
+      nn::Matrix<float> expected = nn::Matrix<float>::Constant(2, width, 0.5f);
+      baseline().embedding_bag(table.data(), width, indices.data(), values.data(), count,
+                               expected.row(0).data());
+      baseline().int8_embedding_bag(quantized.data(), scales.data(), width, indices.data(),
+                                    values.data(), count, expected.row(1).data());
+      for (const KernelTable* table_of : runnable_levels()) {
+        INFO(table_of->name << ", width " << width << ", " << count << " entries");
+        nn::Matrix<float> got = nn::Matrix<float>::Constant(2, width, 0.5f);
+        table_of->embedding_bag(table.data(), width, indices.data(), values.data(), count,
+                                got.row(0).data());
+        table_of->int8_embedding_bag(quantized.data(), scales.data(), width, indices.data(),
+                                     values.data(), count, got.row(1).data());
+        CHECK(max_difference(expected, got) < 1e-4f);
+      }
+    }
+  }
+}
+
 TEST_CASE("every level encodes packed prompts as the baseline does", "[cpu_levels]") {
   torouter::detail::TliteShape shape;
   shape.d_model = 48;  // 12 per head: no vector width divides the heads evenly

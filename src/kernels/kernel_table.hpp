@@ -57,6 +57,15 @@ struct KernelTable {
   /// c = a b, every matrix row-major and dense: a is m x k, b is k x n and
   /// c is m x n.
   void (*multiply)(const float* a, const float* b, float* c, nn::Index m, nn::Index n, nn::Index k);
+  /// nn::add_weighted_rows<float> (nn/embedding_bag.hpp): one example of an
+  /// embedding bag, added into out[0 .. width).
+  void (*embedding_bag)(const float* table, nn::Index width, const std::uint32_t* indices,
+                        const float* values, std::size_t count, float* out);
+  /// nn::add_weighted_int8_rows (nn/int8_embedding_bag.hpp): the same from
+  /// an int8 table with a scale per row.
+  void (*int8_embedding_bag)(const std::int8_t* table, const float* scales, nn::Index width,
+                             const std::uint32_t* indices, const float* values, std::size_t count,
+                             float* out);
   /// y = a x for a column-major a of rows x cols.
   void (*multiply_vector)(const float* a, nn::Index rows, nn::Index cols, const float* x, float* y);
 };

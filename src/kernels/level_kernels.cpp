@@ -7,6 +7,8 @@
 #include <Eigen/Core>
 
 #include "kernels/kernel_table.hpp"
+#include "nn/embedding_bag.hpp"
+#include "nn/int8_embedding_bag.hpp"
 #include "tlite_model.hpp"
 #include "tlite_packed.hpp"
 
@@ -46,6 +48,8 @@ const KernelTable kTable{
     KernelLayout{sizeof(TliteModel<float>), sizeof(TlitePackedBuffers), sizeof(nn::Matrix<float>)},
     &encode_packed,
     &multiply,
+    &nn::add_weighted_rows<float>,
+    &nn::add_weighted_int8_rows,
     &multiply_vector};
 
 }  // namespace

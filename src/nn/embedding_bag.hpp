@@ -66,6 +66,42 @@ struct SparseBatch {
   }
 };
 
+/// Prefetch distance of the bags' forward passes: a prompt's rows are
+/// scattered over a table of megabytes, and asking for the rows a few
+/// entries ahead overlaps their cache misses.
+inline constexpr std::size_t kBagPrefetchAhead = 8;
+
+/// Asks for the `bytes` at `data` to be brought into cache.
+inline void prefetch_bytes(const void* data, std::size_t bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* p = static_cast<const char*>(data);
+  for (std::size_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+/// out[0 .. width) += values[e] * row indices[e] of `table` (row-major,
+/// `width` columns) for each of the `count` entries: one example of a bag.
+/// The kernels of each CPU level run it (src/kernels/).
+template <typename Scalar>
+void add_weighted_rows(const Scalar* table, Index width, const std::uint32_t* indices,
+                       const float* values, std::size_t count, Scalar* out) {
+  using RowMap = Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
+  Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> sum(out, width);
+  const auto row = [&](std::uint32_t r) {
+    return table + static_cast<std::size_t>(r) * static_cast<std::size_t>(width);
+  };
+  for (std::size_t e = 0; e < count; ++e) {
+    if (e + kBagPrefetchAhead < count) {
+      prefetch_bytes(row(indices[e + kBagPrefetchAhead]),
+                     static_cast<std::size_t>(width) * sizeof(Scalar));
+    }
+    sum += static_cast<Scalar>(values[e]) * RowMap(row(indices[e]), width);
+  }
+}
+
 /// Sum of value-weighted embedding rows per example.
 template <typename Scalar>
 class EmbeddingBag {
@@ -87,19 +123,11 @@ class EmbeddingBag {
   void forward(const SparseBatch& batch, Matrix<Scalar>& out) const {
     out.resize(batch.rows(), dim());
     out.setZero();
-    const Index width = dim();
-    using RowMap = Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
     for (Index i = 0; i < batch.rows(); ++i) {
-      const auto ui = static_cast<std::size_t>(i);
-      const std::size_t first = batch.offsets[ui];
-      const std::size_t last = batch.offsets[ui + 1];
-      Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> sum(out.row(i).data(), width);
-      for (std::size_t e = first; e < last; ++e) {
-        // A prompt's rows are scattered over a table of megabytes: asking
-        // for the rows a few entries ahead overlaps their cache misses.
-        if (e + kPrefetchAhead < last) prefetch_row(batch.indices[e + kPrefetchAhead]);
-        sum += static_cast<Scalar>(batch.values[e]) * RowMap(row_data(batch.indices[e]), width);
-      }
+      const std::size_t first = batch.offsets[static_cast<std::size_t>(i)];
+      add_weighted_rows(table_.data(), dim(), batch.indices.data() + first,
+                        batch.values.data() + first,
+                        batch.offsets[static_cast<std::size_t>(i) + 1] - first, out.row(i).data());
     }
   }
 
@@ -138,22 +166,6 @@ class EmbeddingBag {
   const std::vector<Index>& touched_rows() const { return touched_rows_; }
 
  private:
-  static constexpr std::size_t kPrefetchAhead = 8;
-
-  const Scalar* row_data(std::uint32_t row) const {
-    return table_.data() + static_cast<std::size_t>(row) * static_cast<std::size_t>(dim());
-  }
-
-  void prefetch_row(std::uint32_t row) const {
-#if defined(__GNUC__) || defined(__clang__)
-    const char* bytes = reinterpret_cast<const char*>(row_data(row));
-    const std::size_t size = static_cast<std::size_t>(dim()) * sizeof(Scalar);
-    for (std::size_t offset = 0; offset < size; offset += 64) __builtin_prefetch(bytes + offset);
-#else
-    (void)row;
-#endif
-  }
-
   Matrix<Scalar> table_;
   Matrix<Scalar> table_grad_;
   std::vector<Index> touched_rows_;

@@ -30,6 +30,27 @@
 TOROUTER_BEGIN_NAMESPACE
 namespace nn {
 
+/// out[0 .. width) += values[e] * scales[r] * q-row r of `table` (int8,
+/// row-major, `width` columns), r = indices[e], for each of the `count`
+/// entries: one example of an int8 bag. The kernels of each CPU level run
+/// it (src/kernels/).
+inline void add_weighted_int8_rows(const std::int8_t* table, const float* scales, Index width,
+                                   const std::uint32_t* indices, const float* values,
+                                   std::size_t count, float* out) {
+  for (std::size_t e = 0; e < count; ++e) {
+    if (e + kBagPrefetchAhead < count) {
+      prefetch_bytes(table + static_cast<std::size_t>(indices[e + kBagPrefetchAhead]) *
+                                 static_cast<std::size_t>(width),
+                     static_cast<std::size_t>(width));
+    }
+    const std::uint32_t r = indices[e];
+    const float weight = values[e] * scales[r];
+    const std::int8_t* row = table + static_cast<std::size_t>(r) * static_cast<std::size_t>(width);
+    // A plain loop the compiler turns into widen-convert-multiply-add.
+    for (Index c = 0; c < width; ++c) out[c] += weight * static_cast<float>(row[c]);
+  }
+}
+
 /// Sum of value-weighted int8 rows times their scales, per example.
 class Int8EmbeddingBag {
  public:
@@ -73,21 +94,17 @@ class Int8EmbeddingBag {
     out.resize(batch.rows(), dim_);
     out.setZero();
     for (Index i = 0; i < batch.rows(); ++i) {
-      const auto ui = static_cast<std::size_t>(i);
-      const std::size_t first = batch.offsets[ui];
-      const std::size_t last = batch.offsets[ui + 1];
-      float* sum = out.row(i).data();
-      for (std::size_t e = first; e < last; ++e) {
-        // The rows are scattered; asking for a few ahead overlaps the misses.
-        if (e + kPrefetchAhead < last) prefetch(row_data(batch.indices[e + kPrefetchAhead]));
-        const Index r = batch.indices[e];
-        const float weight = batch.values[e] * scales_[static_cast<std::size_t>(r)];
-        const std::int8_t* row = row_data(r);
-        // A plain loop the compiler turns into widen-convert-multiply-add.
-        for (Index c = 0; c < dim_; ++c) sum[c] += weight * static_cast<float>(row[c]);
-      }
+      const std::size_t first = batch.offsets[static_cast<std::size_t>(i)];
+      add_weighted_int8_rows(values_.data(), scales_.data(), dim_, batch.indices.data() + first,
+                             batch.values.data() + first,
+                             batch.offsets[static_cast<std::size_t>(i) + 1] - first,
+                             out.row(i).data());
     }
   }
+
+  /// The int8 table, row-major, and one scale per row.
+  const std::int8_t* values() const { return values_.data(); }
+  const float* scales() const { return scales_.data(); }
 
   /// Number of rows.
   Index buckets() const { return buckets_; }
@@ -97,19 +114,9 @@ class Int8EmbeddingBag {
   std::size_t bytes() const { return values_.size() + scales_.size() * sizeof(float); }
 
  private:
-  static constexpr std::size_t kPrefetchAhead = 8;
-
   std::int8_t* row_data(Index r) { return values_.data() + static_cast<std::size_t>(r * dim_); }
   const std::int8_t* row_data(Index r) const {
     return values_.data() + static_cast<std::size_t>(r * dim_);
-  }
-
-  void prefetch(const std::int8_t* row) const {
-#if defined(__GNUC__) || defined(__clang__)
-    for (Index offset = 0; offset < dim_; offset += 64) __builtin_prefetch(row + offset);
-#else
-    (void)row;
-#endif
   }
 
   Index buckets_ = 0;
