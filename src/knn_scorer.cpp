@@ -99,7 +99,7 @@
 #include <numeric>
 #include <random>
 
-#include "half_precision.hpp"
+#include "compact_storage.hpp"
 #include "kernels/kernel_table.hpp"
 #include "scorers.hpp"
 #include "sparse_projection.hpp"
@@ -546,7 +546,7 @@ Table embed(const SparseProjection& projection, const std::vector<SparseFeatures
     projection.project(rows[i], row);
     normalise(row, projection.dims());
   }
-  round_to_half_precision(out);  // unit vectors: see half_precision.hpp
+  round_to_half_precision(out);  // unit vectors: see compact_storage.hpp
   return out;
 }
 

@@ -5,16 +5,19 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <tuple>
 #include <unordered_map>
 
+#include "compact_storage.hpp"
 #include "json_text.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/error.hpp"
@@ -105,14 +108,47 @@ bool all_half_exact(const std::vector<float>& values) {
   return true;
 }
 
-// A tensor as the payload holds it: "f16" when that is exact, else "f32".
+void append_float(std::string& out, float v) {
+  std::uint32_t raw = 0;
+  std::memcpy(&raw, &v, sizeof(raw));
+  append_le(out, raw, 4);
+}
+
+// A "q8" tensor's rows: runs of its last dimension (a vector is one row).
+std::size_t row_width(const std::vector<std::int64_t>& shape) {
+  return shape.empty() ? 1 : static_cast<std::size_t>(shape.back());
+}
+
+// The int8 steps of each row (compact_storage.hpp's int8_row_scale of its
+// largest magnitude; 0 for a row of zeros) when every value is a whole
+// number of them, else nothing.
+std::optional<std::vector<float>> exact_int8_scales(const std::vector<float>& values,
+                                                    std::size_t width) {
+  std::vector<float> scales;
+  for (std::size_t start = 0; start < values.size(); start += width) {
+    float largest = 0.0f;
+    for (std::size_t i = start; i < start + width; ++i) largest = std::max(largest, std::abs(values[i]));
+    const float scale = largest > 0.0f ? detail::int8_row_scale(largest) : 0.0f;
+    for (std::size_t i = start; i < start + width && scale > 0.0f; ++i) {
+      const float steps = std::nearbyint(values[i] / scale);
+      if (std::abs(steps) > 127.0f || steps * scale != values[i]) return std::nullopt;
+    }
+    scales.push_back(scale);
+  }
+  return scales;
+}
+
+// A tensor as the payload holds it, the smallest that loses nothing: "q8"
+// (a float32 scale per row, then one int8 a value) when every row is whole
+// int8 steps of its scale and rows are wider than 4, "f16" when every value
+// is a half-precision number, else "f32".
 struct StoredTensor {
   std::string type;
   std::string bytes;
 };
 
-StoredTensor store(const std::vector<float>& values, const std::string& path,
-                   const std::string& name) {
+StoredTensor store(const ModelTensor& tensor, const std::string& path, const std::string& name) {
+  const std::vector<float>& values = tensor.values;
   for (float v : values) {
     if (!std::isfinite(v)) {
       throw Error(
@@ -120,16 +156,31 @@ StoredTensor store(const std::vector<float>& values, const std::string& path,
     }
   }
   StoredTensor out;
-  const bool half = !values.empty() && all_half_exact(values);
+  if (values.empty()) {
+    out.type = "f32";
+    return out;
+  }
+  const std::size_t width = row_width(tensor.shape);
+  if (width > 4) {
+    if (const auto scales = exact_int8_scales(values, width)) {
+      out.type = "q8";
+      for (float scale : *scales) append_float(out.bytes, scale);
+      for (std::size_t i = 0; i < values.size(); ++i) {
+        const float scale = (*scales)[i / width];
+        const float steps = scale > 0.0f ? std::nearbyint(values[i] / scale) : 0.0f;
+        out.bytes.push_back(static_cast<char>(static_cast<std::int8_t>(steps)));
+      }
+      return out;
+    }
+  }
+  const bool half = all_half_exact(values);
   out.type = half ? "f16" : "f32";
   out.bytes.reserve(values.size() * (half ? 2 : 4));
   for (float v : values) {
     if (half) {
       append_le(out.bytes, half_bits(v), 2);
     } else {
-      std::uint32_t raw = 0;
-      std::memcpy(&raw, &v, sizeof(raw));
-      append_le(out.bytes, raw, 4);
+      append_float(out.bytes, v);
     }
   }
   return out;
@@ -157,8 +208,8 @@ void ModelWriter::add_section(const std::string& prefix, const ModelWriter& part
 
 namespace {
 
-// Where each tensor's bytes are: stored as f16 where that is exact, and
-// pointing at an earlier tensor's bytes when they are the same.
+// Where each tensor's bytes are: stored as q8 or f16 where that is exact,
+// and pointing at an earlier tensor's bytes when they are the same.
 struct PlacedTensor {
   std::string name;
   std::string shape;
@@ -169,25 +220,31 @@ struct PlacedTensor {
 struct Layout {
   std::vector<PlacedTensor> tensors;
   std::string payload;
-  bool needs_format_2 = false;  // f16 or shared bytes
+  // The oldest format that holds the file, so older readers load what they
+  // can: 2 for f16 or shared bytes, 3 for q8.
+  std::uint32_t format_version = 1;
 };
 
 Layout lay_out(const std::map<std::string, ModelTensor>& tensors, const std::string& path) {
   Layout layout;
   std::unordered_map<std::string, std::uint64_t> offset_of_stored;
   for (const auto& [name, tensor] : tensors) {
-    StoredTensor stored = store(tensor.values, path, name);
+    StoredTensor stored = store(tensor, path, name);
     std::uint64_t offset = layout.payload.size();
     if (!stored.bytes.empty()) {
-      auto [it, added] = offset_of_stored.emplace(stored.type + stored.bytes, offset);
+      // q8 bytes read as rows of the width, so it is part of their key.
+      const std::string width = stored.type == "q8" ? std::to_string(row_width(tensor.shape)) : "";
+      auto [it, added] =
+          offset_of_stored.emplace(stored.type + " " + width + " " + stored.bytes, offset);
       if (added) {
         layout.payload += stored.bytes;
       } else {
         offset = it->second;
-        layout.needs_format_2 = true;
+        layout.format_version = std::max(layout.format_version, 2u);
       }
     }
-    if (stored.type != "f32") layout.needs_format_2 = true;
+    if (stored.type == "f16") layout.format_version = std::max(layout.format_version, 2u);
+    if (stored.type == "q8") layout.format_version = 3;
     layout.tensors.push_back(PlacedTensor{name, shape_text(tensor.shape), stored.type, offset});
   }
   return layout;
@@ -197,8 +254,7 @@ Layout lay_out(const std::map<std::string, ModelTensor>& tensors, const std::str
 
 void ModelWriter::write(const std::string& path) const {
   const Layout layout = lay_out(tensors_, path);
-  // The oldest format that holds the file, so older readers load what they can.
-  const std::uint32_t version = layout.needs_format_2 ? 2 : 1;
+  const std::uint32_t version = layout.format_version;
   std::string header = fmt::format("{{\"format_version\": {}, \"kind\": {}, \"fields\": {{",
                                    version, detail::json_string(kind_));
   bool first = true;
@@ -290,6 +346,23 @@ std::uint64_t bounded_count(const std::vector<std::int64_t>& shape, std::uint64_
   return count;
 }
 
+// Values of a q8 tensor: its rows' scales, then a signed byte a value.
+std::vector<float> decode_int8_rows(const std::string& bytes, std::size_t start, std::size_t count,
+                                    std::size_t width) {
+  const std::size_t rows = count / width;
+  std::vector<float> values(count);
+  for (std::size_t r = 0; r < rows; ++r) {
+    const auto raw = static_cast<std::uint32_t>(read_le(bytes, start + 4 * r, 4));
+    float scale = 0.0f;
+    std::memcpy(&scale, &raw, 4);
+    for (std::size_t c = 0; c < width; ++c) {
+      const auto step = static_cast<std::int8_t>(bytes[start + 4 * rows + r * width + c]);
+      values[r * width + c] = scale * static_cast<float>(step);
+    }
+  }
+  return values;
+}
+
 std::vector<float> decode_values(const std::string& bytes, std::size_t start, std::size_t count,
                                  bool half) {
   std::vector<float> values(count);
@@ -342,16 +415,30 @@ TensorEntry read_entry(simdjson::dom::element entry, std::uint32_t format_versio
       throw Error(fmt::format("{}tensor \"{}\": \"type\" is not a string", where, out.name));
     }
   }
-  if (type != "f32" && type != "f16") {
-    throw Error(
-        fmt::format("{}tensor \"{}\": unknown type \"{}\" (f32 or f16)", where, out.name, type));
+  if (type != "f32" && type != "f16" && type != "q8") {
+    throw Error(fmt::format("{}tensor \"{}\": unknown type \"{}\" (f32, f16 or q8)", where,
+                            out.name, type));
+  }
+  if (type == "q8" && format_version < 3) {
+    throw Error(fmt::format("{}tensor \"{}\": type \"q8\" needs model format 3, the file says {}",
+                            where, out.name, format_version));
+  }
+  if (type == "q8" && !out.shape.empty() && out.shape.back() == 0) {
+    throw Error(fmt::format("{}tensor \"{}\": a q8 tensor's rows cannot be empty", where, out.name));
   }
   out.type = std::string(type);
   return out;
 }
 
+// The payload bytes of `count` values of `type` in rows of `width`.
+std::uint64_t stored_bytes(const std::string& type, std::uint64_t count, std::uint64_t width) {
+  if (type == "q8") return count + 4 * (count / width);  // a scale per row, a byte a value
+  return count * (type == "f16" ? 2 : 4);
+}
+
 // How many float32 bytes the tensors may decode to per payload byte: f16
-// doubles, and each name sharing a tensor's bytes decodes them again.
+// doubles, q8 nearly quadruples, and each name sharing a tensor's bytes
+// decodes them again.
 constexpr std::uint64_t kMaxDecodedPerPayloadByte = 16;
 
 // The payload's bookkeeping while reading tensor entries in order.
@@ -365,9 +452,11 @@ struct PayloadCursor {
   // The number of values `entry` holds; throws unless its bytes follow the
   // previous new bytes or are exactly an earlier entry's.
   std::uint64_t place(const TensorEntry& entry, const std::string& where, bool& shared) {
-    const std::uint64_t width = entry.type == "f16" ? 2 : 4;
+    // At least one byte a value whatever the type, so `left` bounds the count.
     const std::uint64_t left = entry.offset <= payload_size ? payload_size - entry.offset : 0;
-    const std::uint64_t count = bounded_count(entry.shape, left / width);
+    const std::uint64_t count = bounded_count(entry.shape, left);
+    const std::uint64_t width = entry.shape.empty() ? 1 : static_cast<std::uint64_t>(entry.shape.back());
+    const std::uint64_t bytes = count > left ? left + 1 : stored_bytes(entry.type, count, width);
     shared = entry.offset != expected_offset &&
              spans.count(StoredSpan{entry.offset, entry.type, count}) != 0;
     if (entry.offset != expected_offset && (!shared || format_version < 2)) {
@@ -377,7 +466,7 @@ struct PayloadCursor {
                                                  : " (or an earlier tensor's offset, type "
                                                    "and size)"));
     }
-    if (count > left / width) {
+    if (bytes > left) {
       throw Error(
           fmt::format("{}truncated: tensor \"{}\" of shape {} does not fit the {} bytes "
                       "left of the payload",
@@ -395,7 +484,7 @@ struct PayloadCursor {
     }
     if (!shared) {
       spans.insert(StoredSpan{entry.offset, entry.type, count});
-      expected_offset = entry.offset + count * width;
+      expected_offset = entry.offset + bytes;
     }
     return count;
   }
@@ -414,8 +503,12 @@ void read_tensors(simdjson::dom::array entries, const std::string& bytes, std::s
     const std::uint64_t count = cursor.place(entry, where, shared);
     ModelTensor tensor;
     tensor.shape = std::move(entry.shape);
-    tensor.values = decode_values(bytes, payload_start + static_cast<std::size_t>(entry.offset),
-                                  static_cast<std::size_t>(count), entry.type == "f16");
+    const std::size_t start = payload_start + static_cast<std::size_t>(entry.offset);
+    tensor.values = entry.type == "q8"
+                        ? decode_int8_rows(bytes, start, static_cast<std::size_t>(count),
+                                           row_width(tensor.shape))
+                        : decode_values(bytes, start, static_cast<std::size_t>(count),
+                                        entry.type == "f16");
     for (std::size_t i = 0; i < tensor.values.size(); ++i) {
       if (!std::isfinite(tensor.values[i])) {
         throw Error(

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <random>
 
-#include "half_precision.hpp"
+#include "compact_storage.hpp"
 #include "torouter/abi.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
@@ -69,6 +69,9 @@ SparseProjection::SparseProjection(std::vector<float> idf, Table table)
 SparseProjection SparseProjection::fit(const std::vector<SparseFeatures>& rows,
                                        std::uint32_t buckets, int dims, std::uint64_t seed) {
   std::vector<float> idf = inverse_document_frequency(rows, buckets);
+  // Two bytes a weight in the model file; rounded before it weighs the rows.
+  Eigen::Map<Eigen::ArrayXf> idf_values(idf.data(), static_cast<Eigen::Index>(idf.size()));
+  round_to_half_precision(idf_values);
   const SparseRows x = weighted_matrix(rows, idf);
   const int width = std::min<int>(dims + kOversample,
                                   static_cast<int>(std::min<std::int64_t>(x.rows(), x.cols())));
@@ -91,7 +94,8 @@ SparseProjection SparseProjection::fit(const std::vector<SparseFeatures>& rows,
   Table table = Table::Zero(x.cols(), dims);
   const int kept = std::min(dims, width);
   table.leftCols(kept) = svd.matrixU().leftCols(kept);
-  round_to_half_precision(table);
+  // One byte a weight in the model file (compact_storage.hpp).
+  round_to_int8_rows(table);
   return SparseProjection(std::move(idf), std::move(table));
 }
 

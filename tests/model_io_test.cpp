@@ -45,6 +45,8 @@ std::string sample_model(const std::string& name) {
   m << 1, 2, 3, 4, 5, -6.5f;
   out.add_tensor("weights", m);
   out.add_tensor("bias", {3}, {0.5f, -0.5f, 1e-8f});
+  // Whole int8 steps of 2^-10 per row: stored as q8, so the file is format 3.
+  out.add_tensor("steps", {1, 6}, {127.0f / 1024, -3.0f / 1024, 5.0f / 1024, 0, 64.0f / 1024, 1.0f / 1024});
   const std::string path = temp_path(name);
   out.write(path);
   return path;
@@ -87,6 +89,8 @@ TEST_CASE("fields and tensors round-trip through a model file") {
   CHECK(m(1, 2) == -6.5f);
   CHECK(m(0, 1) == 2.0f);
   CHECK(in.tensor("bias", {3}).values[2] == 1e-8f);
+  CHECK(in.tensor("steps", {1, 6}).values ==
+        std::vector<float>{127.0f / 1024, -3.0f / 1024, 5.0f / 1024, 0, 64.0f / 1024, 1.0f / 1024});
 }
 
 TEST_CASE("empty tensors round-trip, however many and wherever they are") {
@@ -378,4 +382,42 @@ TEST_CASE("format 1 files still read, and forged offsets and types are refused")
         "shared");
     CHECK(in.tensor("b", {3}).values == in.tensor("a", {3}).values);
   }
+}
+
+TEST_CASE("rows of whole int8 steps are stored in a byte a value, and nothing else is") {
+  // 300 rows of 32: each a whole number of steps of its largest magnitude
+  // / 127 (kept to 17 significant bits), as compact_storage.hpp rounds them,
+  // with a row of zeros among them; not half-precision numbers.
+  std::vector<float> steps(300 * 32);
+  for (std::size_t r = 0; r < 300; ++r) {
+    const float scale = r == 7 ? 0.0f : std::ldexp(1.0f + static_cast<float>(r) / 512.0f, -12);
+    for (std::size_t c = 0; c < 32; ++c) {
+      const int step = c == 0 ? 127 : static_cast<int>((r * 31 + c * 17) % 255) - 127;
+      steps[r * 32 + c] = static_cast<float>(step) * scale;
+    }
+  }
+  ModelWriter out("demo");
+  out.add_tensor("steps", {300, 32}, steps);
+  const std::string path = temp_path("steps.tormodel");
+  out.write(path);
+  const ModelReader in = ModelReader::open(path);
+  CHECK(in.format_version() == 3);
+  CHECK(in.tensor("steps", {300, 32}).values == steps);
+  // A byte a value and a scale a row, against 4 bytes a value for float32.
+  CHECK(std::filesystem::file_size(path) < 300 * 32 + 300 * 4 + 512);
+
+  // A q8 tensor in a file that says format 2 is refused by name.
+  std::string bytes = read_bytes(path);
+  bytes[8] = 2;
+  CHECK_THAT(parse_error(bytes), Contains("tensor \"steps\": type \"q8\" needs model format 3"));
+
+  // One value off its row's steps: the tensor is stored as it is, exactly.
+  std::vector<float> off_steps = steps;
+  off_steps[5 * 32 + 3] += 1e-7f;
+  ModelWriter off("demo");
+  off.add_tensor("steps", {300, 32}, off_steps);
+  const std::string off_path = temp_path("off_steps.tormodel");
+  off.write(off_path);
+  CHECK(ModelReader::open(off_path).tensor("steps", {300, 32}).values == off_steps);
+  CHECK(std::filesystem::file_size(off_path) > 300 * 32 * 4);
 }

@@ -9,15 +9,22 @@
 //                "tensors": [{"name", "shape", "type", "offset"}...]}
 //   payload      every tensor's values, little-endian, row-major, at the byte
 //                offsets the header gives (from the payload start): "f32"
-//                (float32) or "f16" (IEEE half precision, two bytes a value)
+//                (float32), "f16" (IEEE half precision, two bytes a value)
+//                or "q8" (rows of the last dimension: a float32 scale per
+//                row, then one int8 a value; the value is scale * int8)
 //
-// The writer stores a tensor as f16 when every value is a half-precision
-// number, so nothing is lost (a scorer that rounds its weights to half
-// precision halves its file); and a tensor identical to an earlier one
-// (two members of a stack fitting the same projection) points at the
-// earlier one's bytes instead of repeating them. A file that needs neither
-// is written as format 1 (f32 only, no shared bytes, no "type"), which
-// older readers load; format 1 files are read as before.
+// The writer stores each tensor in the smallest of these that loses
+// nothing: q8 when every row is whole int8 steps of its scale (the scale
+// being the row's largest magnitude / 127 kept to 17 significant bits) and
+// rows are wider than 4, else f16 when every value is a half-precision
+// number, else f32; a scorer that rounds its weights so (src/
+// compact_storage.hpp) shrinks its file and loads exactly what it trained.
+// A tensor identical to an earlier one (two members of a stack fitting the
+// same projection) points at the earlier one's bytes instead of repeating
+// them. Each file is written in the oldest format that holds it, so older
+// readers load what they can: format 1 (f32 only, no shared bytes, no
+// "type"), 2 (f16, shared bytes) or 3 (q8); older formats are read as
+// before.
 //
 // Scorers write their settings as named fields ("featurizer.num_buckets",
 // "mlp.hidden") and their weights as named tensors with a `ModelWriter`, and
@@ -49,7 +56,7 @@ TOROUTER_BEGIN_NAMESPACE
 
 /// The newest model file format this library writes (only when a file
 /// needs it; see above) and reads; it reads older ones too.
-inline constexpr std::uint32_t kModelFormatVersion = 2;
+inline constexpr std::uint32_t kModelFormatVersion = 3;
 
 /// A field's value in a model file header.
 using ModelField =
