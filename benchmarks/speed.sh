@@ -4,9 +4,10 @@
 # scoring throughput, training time and memory, heap allocations per warm
 # route, the scikit-learn and PyTorch peers, and the Eigen GEMM ceiling.
 # Writes $BUILD/speed/results.json and results.md (docs/BENCHMARKS.md quotes
-# them). The routes and the GEMM ceiling are measured twice: built with the
-# compiler's default flags (SSE2, runs on any x86-64), and built for
-# x86-64-v3 (AVX2 and FMA; -DTOROUTER_MARCH=x86-64-v3, in $BUILD-v3).
+# them). The routes and the GEMM ceiling are measured twice in one build:
+# with the kernels at the CPU level the library picks (src/kernels/), and
+# capped at the x86-64 baseline (SSE2; TOROUTER_CPU_LEVEL=x86-64), which is
+# what every CPU ran before the kernels were compiled per level.
 #
 #   benchmarks/speed.sh                 # about 20 minutes on 2 shared cores
 #   TOROUTER_SPEED_TRAIN=quick benchmarks/speed.sh   # 2-thread training only
@@ -34,7 +35,6 @@ echo "== build ($build, Release)"
 scripts/setup
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DTOROUTER_WARNINGS_AS_ERRORS=ON >/dev/null
 cmake --build "$build" -j"$(nproc)" --target torouter_cli speed_bench gemm_bench >/dev/null
-cmake --build "$build" -j"$(nproc)" --target gemm_bench_native >/dev/null 2>&1 || true
 bin="$build/bin"
 
 # The machine, and how busy it is (the figures are medians on a shared host).
@@ -107,17 +107,13 @@ for m in "${models[@]}"; do
 done
 echo "== GEMM ceiling"
 "${pin[@]}" "$bin/gemm_bench" 1024 7 > "$out/gemm.json"
-if [ -x "$bin/gemm_bench_native" ]; then "${pin[@]}" "$bin/gemm_bench_native" 1024 7 > "$out/gemm_native.json"; fi
 
-echo "== the same built for x86-64-v3 ($build-v3)"
-cmake -S . -B "$build-v3" -DCMAKE_BUILD_TYPE=Release -DTOROUTER_MARCH=x86-64-v3 \
-  -DTOROUTER_BUILD_TESTS=OFF -DTOROUTER_BUILD_EXAMPLES=OFF -DTOROUTER_WARNINGS_AS_ERRORS=ON >/dev/null
-cmake --build "$build-v3" -j"$(nproc)" --target speed_bench gemm_bench >/dev/null
-v3_models=()
-for m in "${models[@]}"; do [ "${m%%=*}" = knn ] || v3_models+=(--model "$m"); done
-"${pin[@]}" "$build-v3/bin/speed_bench" route --data "$data_root" "${v3_models[@]}" --rounds "$rounds" \
-  --json "$out/route_v3.json"
-"${pin[@]}" "$build-v3/bin/gemm_bench" 1024 7 > "$out/gemm_v3.json"
+echo "== the same at the x86-64 baseline (TOROUTER_CPU_LEVEL=x86-64)"
+low_models=()
+for m in "${models[@]}"; do [ "${m%%=*}" = knn ] || low_models+=(--model "$m"); done
+TOROUTER_CPU_LEVEL=x86-64 "${pin[@]}" "$bin/speed_bench" route --data "$data_root" "${low_models[@]}" \
+  --rounds "$rounds" --json "$out/route_baseline.json"
+TOROUTER_CPU_LEVEL=x86-64 "${pin[@]}" "$bin/gemm_bench" 1024 7 > "$out/gemm_baseline.json"
 echo "== scikit-learn peers"
 "${pin[@]}" "$py" benchmarks/sklearn_speed.py --data "$data_root/llmrouter14" \
   --prompts "$out/prompts.jsonl" --rounds "$rounds" --out "$out/sklearn.json"
