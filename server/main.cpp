@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "router_server.hpp"
+#include "torouter/cpu_level.hpp"
 #include "torouter/error.hpp"
 
 namespace {
@@ -60,7 +61,8 @@ int main(int argc, char** argv) {
     const char* scheme = config.tls_cert_file.empty() ? "http" : "https";
     std::cout << "torouter-server: listening on " << scheme << "://" << config.host << ":" << bound
               << " (" << config.experts.size() << " experts"
-              << (config.api_keys.empty() ? "" : ", API keys required") << ")" << std::endl;
+              << (config.api_keys.empty() ? "" : ", API keys required") << ", kernels "
+              << torouter::kernel_level() << ")" << std::endl;
     std::thread stopper([&server, &signals] {
       int signal = 0;
       while (sigwait(&signals, &signal) == 0 && signal == SIGHUP) {

@@ -14,6 +14,7 @@
 #include "nn/parameters.hpp"
 #include "tlite_model.hpp"
 #include "tlite_packed.hpp"
+#include "torouter/cpu_level.hpp"
 #include "torouter/error.hpp"
 
 namespace nn = torouter::nn;
@@ -178,6 +179,7 @@ TEST_CASE("the level chosen is the best this CPU runs, at most TOROUTER_CPU_LEVE
   const std::string wanted = requested == nullptr ? "" : requested;
   if (!wanted.empty() && wanted != "x86-64" && wanted != "x86-64-v3" && wanted != "x86-64-v4") {
     // Run by ctest with a level that does not exist: refused by name.
+    CHECK_THROWS_AS(torouter::kernel_level(), torouter::Error);
     REQUIRE_THROWS_WITH(torouter::detail::kernels(), Catch::Contains("TOROUTER_CPU_LEVEL") &&
                                                          Catch::Contains(wanted) &&
                                                          Catch::Contains("x86-64-v3"));
@@ -192,6 +194,7 @@ TEST_CASE("the level chosen is the best this CPU runs, at most TOROUTER_CPU_LEVE
     if (level <= ceiling && torouter::detail::kernels_for(level) != nullptr) best = level;
   }
   const KernelTable& chosen = torouter::detail::kernels();
+  CHECK(torouter::kernel_level() == chosen.name);
   INFO("TOROUTER_CPU_LEVEL=\"" << wanted << "\", CPU "
                                << torouter::detail::cpu_level_name(torouter::detail::cpu_level()));
   CHECK(chosen.level == best);

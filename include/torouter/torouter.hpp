@@ -9,6 +9,7 @@
 #include "torouter/cancel.hpp"
 #include "torouter/collect.hpp"
 #include "torouter/cost_model.hpp"
+#include "torouter/cpu_level.hpp"
 #include "torouter/dataset.hpp"
 #include "torouter/decision_log.hpp"
 #include "torouter/error.hpp"

@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "torouter/cpu_level.hpp"
 #include "torouter/error.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -135,4 +136,6 @@ const KernelTable* kernels_for(CpuLevel level) {
 }
 
 }  // namespace detail
+
+std::string_view kernel_level() { return detail::kernels().name; }
 TOROUTER_END_NAMESPACE
