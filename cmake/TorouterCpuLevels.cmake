@@ -12,8 +12,7 @@
 # g++ or clang; elsewhere the baseline alone is built.
 #
 # TOROUTER_CPU_LEVELS lists the higher levels to build (default: both);
-# set it empty to build the baseline alone (the sanitizer builds do, to
-# save their time: the levels share one source).
+# set it empty to build the baseline alone.
 set(TOROUTER_CPU_LEVELS "x86-64-v3;x86-64-v4" CACHE STRING
     "CPU levels compiled beside the x86-64 baseline and chosen at run time (x86-64-v3, x86-64-v4)")
 

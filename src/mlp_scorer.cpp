@@ -17,9 +17,9 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/kernel_table.hpp"
 #include "nn/activations.hpp"
 #include "nn/dense.hpp"
-#include "kernels/kernel_table.hpp"
 #include "nn/embedding_bag.hpp"
 #include "nn/int8_embedding_bag.hpp"
 #include "nn/losses.hpp"

@@ -127,7 +127,9 @@ std::optional<std::vector<float>> exact_int8_scales(const std::vector<float>& va
   std::vector<float> scales;
   for (std::size_t start = 0; start < values.size(); start += width) {
     float largest = 0.0f;
-    for (std::size_t i = start; i < start + width; ++i) largest = std::max(largest, std::abs(values[i]));
+    for (std::size_t i = start; i < start + width; ++i) {
+      largest = std::max(largest, std::abs(values[i]));
+    }
     const float scale = largest > 0.0f ? detail::int8_row_scale(largest) : 0.0f;
     for (std::size_t i = start; i < start + width && scale > 0.0f; ++i) {
       const float steps = std::nearbyint(values[i] / scale);
@@ -424,7 +426,8 @@ TensorEntry read_entry(simdjson::dom::element entry, std::uint32_t format_versio
                             where, out.name, format_version));
   }
   if (type == "q8" && !out.shape.empty() && out.shape.back() == 0) {
-    throw Error(fmt::format("{}tensor \"{}\": a q8 tensor's rows cannot be empty", where, out.name));
+    throw Error(
+        fmt::format("{}tensor \"{}\": a q8 tensor's rows cannot be empty", where, out.name));
   }
   out.type = std::string(type);
   return out;
@@ -455,7 +458,8 @@ struct PayloadCursor {
     // At least one byte a value whatever the type, so `left` bounds the count.
     const std::uint64_t left = entry.offset <= payload_size ? payload_size - entry.offset : 0;
     const std::uint64_t count = bounded_count(entry.shape, left);
-    const std::uint64_t width = entry.shape.empty() ? 1 : static_cast<std::uint64_t>(entry.shape.back());
+    const std::uint64_t width =
+        entry.shape.empty() ? 1 : static_cast<std::uint64_t>(entry.shape.back());
     const std::uint64_t bytes = count > left ? left + 1 : stored_bytes(entry.type, count, width);
     shared = entry.offset != expected_offset &&
              spans.count(StoredSpan{entry.offset, entry.type, count}) != 0;

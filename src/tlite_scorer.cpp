@@ -152,7 +152,8 @@ class TliteScorer : public TrainableScorer {
       w->starts.push_back(w->starts.back() + length);
     }
     if (count > 0) {
-      encode(model_, w->ids.data(), w->starts, w->buffers, w->pooled, static_cast<nn::Index>(first));
+      encode(model_, w->ids.data(), w->starts, w->buffers, w->pooled,
+             static_cast<nn::Index>(first));
     }
     model_.heads_forward(w->pooled, w->logits, w->tokens);
     tlite_logits_to_scores(loss_, w->logits);

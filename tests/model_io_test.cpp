@@ -46,7 +46,8 @@ std::string sample_model(const std::string& name) {
   out.add_tensor("weights", m);
   out.add_tensor("bias", {3}, {0.5f, -0.5f, 1e-8f});
   // Whole int8 steps of 2^-10 per row: stored as q8, so the file is format 3.
-  out.add_tensor("steps", {1, 6}, {127.0f / 1024, -3.0f / 1024, 5.0f / 1024, 0, 64.0f / 1024, 1.0f / 1024});
+  out.add_tensor("steps", {1, 6},
+                 {127.0f / 1024, -3.0f / 1024, 5.0f / 1024, 0, 64.0f / 1024, 1.0f / 1024});
   const std::string path = temp_path(name);
   out.write(path);
   return path;

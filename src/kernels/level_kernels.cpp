@@ -1,9 +1,9 @@
 // One CPU level's kernels (kernel_table.hpp). CMake compiles this file once
 // per higher level with that level's -march, defining TOROUTER_KERNEL_LEVEL
 // (the CpuLevel enumerator), TOROUTER_KERNEL_LEVEL_NAME and
-// TOROUTER_KERNEL_ENTRY (the one symbol the copy keeps global); every Eigen function it
-// instantiates becomes private to the copy, so no level's code can stand in
-// for another's at link time.
+// TOROUTER_KERNEL_ENTRY (the one symbol the copy keeps global); every Eigen
+// function it instantiates becomes private to the copy, so no level's code
+// can stand in for another's at link time.
 #include <Eigen/Core>
 
 #include "kernels/kernel_table.hpp"
