@@ -90,35 +90,16 @@ struct MlpActivations : ScorerWorkspace {
   Matrix d_logits, d_tokens, d_post, d_pre, d_input;
 };
 
-// The embedding bag's forward pass (nn/embedding_bag.hpp,
-// nn/int8_embedding_bag.hpp), compiled for the best CPU level this machine
-// runs.
-void embed(const MlpWeights& w, MlpActivations& a) {
-  const nn::SparseBatch& batch = a.batch;
-  const nn::Index width = w.hidden[0];
-  a.embedded.resize(batch.rows(), width);
-  a.embedded.setZero();
-  const KernelTable& k = kernels();
-  for (nn::Index i = 0; i < batch.rows(); ++i) {
-    const std::size_t first = batch.offsets[static_cast<std::size_t>(i)];
-    const std::size_t count = batch.offsets[static_cast<std::size_t>(i) + 1] - first;
-    const std::uint32_t* indices = batch.indices.data() + first;
-    const float* values = batch.values.data() + first;
-    float* out = a.embedded.row(i).data();
-    if (w.int8_table) {
-      k.int8_embedding_bag(w.int8_embedding.values(), w.int8_embedding.scales(), width, indices,
-                           values, count, out);
-    } else {
-      k.embedding_bag(w.embedding.table().data(), width, indices, values, count, out);
-    }
-  }
-}
-
 void forward(const MlpWeights& w, MlpActivations& a) {
   const std::size_t depth = w.hidden.size();
   a.pre.resize(depth);
   a.post.resize(depth);
-  embed(w, a);
+  // The bag's rows are summed at the best CPU level this machine runs.
+  if (w.int8_table) {
+    w.int8_embedding.forward(a.batch, a.embedded, kernels().int8_embedding_bag);
+  } else {
+    w.embedding.forward(a.batch, a.embedded, kernels().embedding_bag);
+  }
   w.dense_in.forward(a.dense_x, a.projected);
   a.pre[0].resize(a.embedded.rows(), a.embedded.cols());
   a.pre[0].noalias() = a.embedded + a.projected;

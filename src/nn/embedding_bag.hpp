@@ -117,17 +117,22 @@ class EmbeddingBag {
   /// unit L2 norm starts with entries of about that size.
   void init(Rng& rng) { fill_uniform(table_, 1.0 / std::sqrt(static_cast<double>(dim())), rng); }
 
+  /// How one example's rows are summed: add_weighted_rows, or the same
+  /// compiled for the CPU's level (src/kernels/).
+  using RowSum = void (*)(const Scalar*, Index, const std::uint32_t*, const float*, std::size_t,
+                          Scalar*);
+
   /// out (batch.rows() x dim) = per example, sum over entries of value * row.
   /// Does not allocate when `out` already has that shape. Indices must be
   /// below `buckets()`.
-  void forward(const SparseBatch& batch, Matrix<Scalar>& out) const {
+  void forward(const SparseBatch& batch, Matrix<Scalar>& out,
+               RowSum add_rows = &add_weighted_rows<Scalar>) const {
     out.resize(batch.rows(), dim());
     out.setZero();
     for (Index i = 0; i < batch.rows(); ++i) {
       const std::size_t first = batch.offsets[static_cast<std::size_t>(i)];
-      add_weighted_rows(table_.data(), dim(), batch.indices.data() + first,
-                        batch.values.data() + first,
-                        batch.offsets[static_cast<std::size_t>(i) + 1] - first, out.row(i).data());
+      add_rows(table_.data(), dim(), batch.indices.data() + first, batch.values.data() + first,
+               batch.offsets[static_cast<std::size_t>(i) + 1] - first, out.row(i).data());
     }
   }
 

@@ -87,24 +87,25 @@ class Int8EmbeddingBag {
     return table;
   }
 
+  /// How one example's rows are summed: add_weighted_int8_rows, or the same
+  /// compiled for the CPU's level (src/kernels/).
+  using RowSum = void (*)(const std::int8_t*, const float*, Index, const std::uint32_t*,
+                          const float*, std::size_t, float*);
+
   /// out (batch.rows() x dim) = per example, sum over entries of value *
   /// scale * q-row. Does not allocate when `out` already has that shape.
   /// Indices must be below `buckets()`.
-  void forward(const SparseBatch& batch, Matrix<float>& out) const {
+  void forward(const SparseBatch& batch, Matrix<float>& out,
+               RowSum add_rows = &add_weighted_int8_rows) const {
     out.resize(batch.rows(), dim_);
     out.setZero();
     for (Index i = 0; i < batch.rows(); ++i) {
       const std::size_t first = batch.offsets[static_cast<std::size_t>(i)];
-      add_weighted_int8_rows(values_.data(), scales_.data(), dim_, batch.indices.data() + first,
-                             batch.values.data() + first,
-                             batch.offsets[static_cast<std::size_t>(i) + 1] - first,
-                             out.row(i).data());
+      add_rows(values_.data(), scales_.data(), dim_, batch.indices.data() + first,
+               batch.values.data() + first, batch.offsets[static_cast<std::size_t>(i) + 1] - first,
+               out.row(i).data());
     }
   }
-
-  /// The int8 table, row-major, and one scale per row.
-  const std::int8_t* values() const { return values_.data(); }
-  const float* scales() const { return scales_.data(); }
 
   /// Number of rows.
   Index buckets() const { return buckets_; }
