@@ -285,6 +285,14 @@ class FeatureWalker {
     const auto* end = p + text.size();
     while (p < end) {
       if (*p < 0x80) {
+        if (!in_word_ && kAsciiTraits[*p].word) {
+          const std::size_t length = ascii_word_length(p, end);
+          if (length != 0) {
+            add_ascii_word(p, length);
+            p += length;
+            continue;
+          }
+        }
         add_ascii(kAsciiTraits[*p]);
         ++p;
         continue;
@@ -316,6 +324,77 @@ class FeatureWalker {
   }
 
  private:
+  static constexpr std::size_t kLongestWholeWord = 64;
+
+  // The length of the ASCII word that begins at p when it ends at an ASCII
+  // separator or the end of the text within kLongestWholeWord characters,
+  // else 0 (the word goes character by character).
+  static std::size_t ascii_word_length(const unsigned char* p, const unsigned char* end) {
+    const unsigned char* q = p;
+    const unsigned char* last =
+        end - p > static_cast<std::ptrdiff_t>(kLongestWholeWord) ? p + kLongestWholeWord : end;
+    while (q < last && *q < 0x80 && kAsciiTraits[*q].word) ++q;
+    if (q == end) return static_cast<std::size_t>(q - p);
+    if (*q >= 0x80 || kAsciiTraits[*q].word) return 0;
+    return static_cast<std::size_t>(q - p);
+  }
+
+  // The same as feeding the word's characters to add_ascii and ending it,
+  // with every hash kept in registers: the n-grams are hashed start by start
+  // rather than chain by chain, the same hashes in another order, which the
+  // counting does not see.
+  void add_ascii_word(const unsigned char* word, std::size_t length) {
+    std::array<unsigned char, kLongestWholeWord + 2> padded;
+    padded[0] = ' ';
+    std::uint64_t unigram = unigram_start_;
+    std::uint64_t next_bigram = bigram_start_;
+    std::uint64_t bigram = previous_bigram_prefix_;
+    std::size_t upper = 0;
+    std::size_t digits = 0;
+    for (std::size_t i = 0; i < length; ++i) {
+      const AsciiTraits& t = kAsciiTraits[word[i]];
+      padded[i + 1] = t.lower;
+      upper += t.upper;
+      digits += t.digit;
+      unigram = fnv_byte(unigram, t.lower);
+      next_bigram = fnv_byte(next_bigram, t.lower);
+      bigram = fnv_byte(bigram, t.lower);
+    }
+    padded[length + 1] = ' ';
+    chars_ += length;
+    word_chars_ += length;
+    uppercase_ += upper;
+    digits_ += digits;
+    ++words_;
+    const std::size_t padded_length = length + 2;
+    const std::size_t most_ngrams =
+        (options_.char_ngram_max - options_.char_ngram_min + 1) * padded_length;
+    if (pending_count_ > pending_.size() - (2 + most_ngrams)) flush();
+    if (options_.word_unigrams) emit(unigram);
+    if (options_.word_bigrams && has_previous_word_) emit(bigram);
+    previous_bigram_prefix_ = fnv_byte(next_bigram, ' ');
+    has_previous_word_ = true;
+    if (options_.char_ngrams) emit_ngrams(padded.data(), padded_length);
+  }
+
+  // Emits the char n-grams of a padded ASCII word, each start's n-grams
+  // from one hash chain: independent chains the CPU runs side by side.
+  void emit_ngrams(const unsigned char* padded, std::size_t padded_length) {
+    const std::size_t shortest = options_.char_ngram_min;
+    const std::size_t longest = options_.char_ngram_max;
+    for (std::size_t start = 0; start + shortest <= padded_length; ++start) {
+      const std::size_t n_max = std::min(longest, padded_length - start);
+      std::uint64_t h = ngram_start_;
+      std::size_t n = 0;
+      for (; n < shortest; ++n) h = fnv_byte(h, padded[start + n]);
+      emit(h);
+      for (; n < n_max; ++n) {
+        h = fnv_byte(h, padded[start + n]);
+        emit(h);
+      }
+    }
+  }
+
   // The same as add_code_point for an ASCII character, without its tests.
   void add_ascii(const AsciiTraits& t) {
     ++chars_;
@@ -446,7 +525,10 @@ class FeatureWalker {
   const std::uint64_t ngram_start_;
   const std::uint64_t bucket_mask_;  // num_buckets - 1 when a power of two, else 0
   std::vector<std::uint32_t>& buckets_;
-  std::array<std::uint32_t, 256> pending_;
+  // Room for the most a whole word emits: its unigram and bigram, and
+  // every n-gram of the padded word.
+  std::array<std::uint32_t, 1024> pending_;
+  static_assert(2 + kMaxCharNgram * (kLongestWholeWord + 2) <= 1024);
   std::size_t pending_count_ = 0;
 
   bool in_word_ = false;
@@ -553,6 +635,38 @@ bool bitmap_counting_pays(std::size_t keys, std::uint32_t num_buckets) {
   return num_buckets <= kMostBuckets && num_buckets / 64 <= keys;
 }
 
+// Writes the positions of the set bits of `bitmap` (its words cleared as
+// they are read) to `out` in ascending order and returns how many there
+// were. `out` has room for that many plus kSpareKeys: each word writes its
+// first kSpareKeys positions without testing how many bits it has (a
+// prompt's buckets are spread thin, a few bits a word, and a loop that ends
+// at a word's last bit mispredicts once a word), and the slots past its
+// bits are overwritten by the next word's.
+constexpr std::size_t kSpareKeys = 4;
+
+std::size_t take_set_bits(unsigned char* bitmap, std::size_t words, std::uint32_t* out) {
+  std::size_t n = 0;
+  for (std::size_t w = 0; w < words; ++w) {
+    std::uint64_t word;
+    std::memcpy(&word, bitmap + 8 * w, sizeof word);  // defined for any alignment
+    std::memset(bitmap + 8 * w, 0, sizeof word);
+    const auto bits = static_cast<std::size_t>(__builtin_popcountll(word));
+    const auto base = static_cast<std::uint32_t>(64 * w);
+    for (std::size_t k = 0; k < kSpareKeys; ++k) {
+      // The top bit set keeps ctz defined on an emptied word; that slot is spare.
+      const auto bit = __builtin_ctzll(word | (std::uint64_t{1} << 63));
+      out[n + k] = base + static_cast<std::uint32_t>(bit);
+      word &= word - 1;
+    }
+    for (std::size_t k = kSpareKeys; k < bits; ++k) {
+      out[n + k] = base + static_cast<std::uint32_t>(__builtin_ctzll(word));
+      word &= word - 1;
+    }
+    n += bits;
+  }
+  return n;
+}
+
 // Counts with `scratch` as a table of num_buckets counters followed by a
 // bitmap of num_buckets bits. Both are zero on entry and left zero (every
 // user of the scratch leaves it zero), so a warm call touches only the
@@ -564,34 +678,22 @@ CountedBuckets count_with_bitmap(std::vector<std::uint32_t>& keys, std::vector<f
   if (scratch.size() < needed) scratch.resize(needed);  // new entries are zero
   std::uint32_t* counts = scratch.data();
   // Two 32-bit entries per 64-bit word; memcpy keeps the accesses defined.
-  unsigned char* bitmap_bytes = reinterpret_cast<unsigned char*>(scratch.data() + num_buckets);
-  const auto load_word = [&](std::size_t w) {
-    std::uint64_t word;
-    std::memcpy(&word, bitmap_bytes + 8 * w, sizeof word);
-    return word;
-  };
-  const auto store_word = [&](std::size_t w, std::uint64_t word) {
-    std::memcpy(bitmap_bytes + 8 * w, &word, sizeof word);
-  };
+  unsigned char* bitmap = reinterpret_cast<unsigned char*>(scratch.data() + num_buckets);
   for (const std::uint32_t key : keys) {
     ++counts[key];
-    store_word(key / 64, load_word(key / 64) | (std::uint64_t{1} << (key % 64)));
+    std::uint64_t word;
+    std::memcpy(&word, bitmap + 8 * (key / 64), sizeof word);
+    word |= std::uint64_t{1} << (key % 64);
+    std::memcpy(bitmap + 8 * (key / 64), &word, sizeof word);
   }
+  keys.resize(keys.size() + kSpareKeys);
   CountedBuckets counted;
-  for (std::size_t w = 0; w < bitmap_words; ++w) {
-    std::uint64_t word = load_word(w);
-    if (word == 0) continue;
-    store_word(w, 0);
-    while (word != 0) {
-      const auto key = static_cast<std::uint32_t>(64 * w + static_cast<std::size_t>(__builtin_ctzll(word)));
-      word &= word - 1;
-      const double value = value_of_count(counts[key]);
-      counts[key] = 0;
-      counted.sum_of_squares += value * value;
-      keys[counted.distinct] = key;
-      values[counted.distinct] = static_cast<float>(value);
-      ++counted.distinct;
-    }
+  counted.distinct = take_set_bits(bitmap, bitmap_words, keys.data());
+  for (std::size_t i = 0; i < counted.distinct; ++i) {
+    const double value = value_of_count(counts[keys[i]]);
+    counts[keys[i]] = 0;
+    counted.sum_of_squares += value * value;
+    values[i] = static_cast<float>(value);
   }
   return counted;
 }

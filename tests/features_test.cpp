@@ -11,6 +11,7 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "torouter/error.hpp"
@@ -291,20 +292,25 @@ TEST_CASE("featurize is deterministic and thread-safe", "[features]") {
   for (int m : matches) REQUIRE(m == 200);
 }
 
-// A slow featurizer for ASCII text, written from the header's rules alone:
-// it builds every feature string, hashes it with feature_bucket and counts
-// buckets in a map.
-SparseFeatures featurize_by_the_rules(std::string_view text, const FeaturizerOptions& options) {
-  std::vector<std::string> words;
-  std::string word;
-  for (char ch : std::string(text) + " ") {
-    if (std::isalnum(static_cast<unsigned char>(ch))) {
-      word += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    } else if (!word.empty()) {
-      words.push_back(word);
-      word.clear();
+// The code points of a UTF-8 string, each as its bytes.
+std::vector<std::string> code_points(const std::string& utf8) {
+  std::vector<std::string> out;
+  for (char ch : utf8) {
+    const bool continuation = (static_cast<unsigned char>(ch) & 0xC0) == 0x80;
+    if (continuation && !out.empty()) {
+      out.back() += ch;
+    } else {
+      out.emplace_back(1, ch);
     }
   }
+  return out;
+}
+
+// A slow featurizer over lowercased words, written from the header's rules
+// alone: it builds every feature string, hashes it with feature_bucket and
+// counts buckets in a map.
+SparseFeatures features_of_words(const std::vector<std::string>& words,
+                                 const FeaturizerOptions& options) {
   std::map<std::uint32_t, int> counts;
   for (std::size_t w = 0; w < words.size(); ++w) {
     ++counts[torouter::feature_bucket(FeatureKind::kWordUnigram, words[w], options)];
@@ -312,10 +318,12 @@ SparseFeatures featurize_by_the_rules(std::string_view text, const FeaturizerOpt
       ++counts[torouter::feature_bucket(FeatureKind::kWordBigram, words[w - 1] + " " + words[w],
                                          options)];
     }
-    const std::string padded = " " + words[w] + " ";
+    const std::vector<std::string> padded = code_points(" " + words[w] + " ");
     for (std::size_t n = options.char_ngram_min; n <= options.char_ngram_max; ++n) {
       for (std::size_t start = 0; start + n <= padded.size(); ++start) {
-        ++counts[torouter::feature_bucket(FeatureKind::kCharNgram, padded.substr(start, n), options)];
+        std::string ngram;
+        for (std::size_t i = start; i < start + n; ++i) ngram += padded[i];
+        ++counts[torouter::feature_bucket(FeatureKind::kCharNgram, ngram, options)];
       }
     }
   }
@@ -330,6 +338,68 @@ SparseFeatures featurize_by_the_rules(std::string_view text, const FeaturizerOpt
   const auto scale = static_cast<float>(1.0 / std::sqrt(sum_squares));
   for (float& v : out.values) v *= scale;
   return out;
+}
+
+// The same for ASCII text: its words are the runs of letters and digits.
+SparseFeatures featurize_by_the_rules(std::string_view text, const FeaturizerOptions& options) {
+  std::vector<std::string> words;
+  std::string word;
+  for (char ch : std::string(text) + " ") {
+    if (std::isalnum(static_cast<unsigned char>(ch))) {
+      word += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    } else if (!word.empty()) {
+      words.push_back(word);
+      word.clear();
+    }
+  }
+  return features_of_words(words, options);
+}
+
+void require_features_of_words(const SparseFeatures& actual, const std::vector<std::string>& words,
+                               const FeaturizerOptions& options) {
+  const SparseFeatures expected = features_of_words(words, options);
+  REQUIRE(actual.indices == expected.indices);
+  REQUIRE(actual.values.size() == expected.values.size());
+  for (std::size_t i = 0; i < expected.values.size(); ++i) {
+    REQUIRE(actual.values[i] == Approx(expected.values[i]).epsilon(1e-6));
+  }
+}
+
+TEST_CASE("ASCII words hashed whole agree with words read character by character",
+          "[features]") {
+  // The featurizer hashes an ASCII word of up to 64 characters that ends at
+  // an ASCII separator in one piece, and any other word character by
+  // character; these texts put both kinds side by side, at the 64-character
+  // edge, and with the widest n-gram settings.
+  const std::string long64(64, 'q');
+  const std::string long65 = std::string(65, 'z');
+  struct Case {
+    std::string text;
+    std::vector<std::string> words;
+  };
+  const std::vector<Case> cases = {
+      {"Naïve ABC Café x", {"naïve", "abc", "café", "x"}},
+      {"abécd EF", {"abécd", "ef"}},
+      {"éab cd", {"éab", "cd"}},
+      {"one—two three", {"one", "two", "three"}},  // an em dash separates
+      {long64 + " " + long65 + "\n" + long64, {long64, long65, long64}},
+      {"X" + long64 + ".", {"x" + long64}},
+      {"ΑΒ Hello World99", {"αβ", "hello", "world99"}},
+      {"end at the text's end", {"end", "at", "the", "text", "s", "end"}},
+  };
+  SparseFeatures features;
+  for (const auto& [shortest, longest] : {std::pair{3u, 5u}, std::pair{1u, 8u}, std::pair{2u, 2u}}) {
+    FeaturizerOptions options;
+    options.num_buckets = 1u << 16;
+    options.char_ngram_min = shortest;
+    options.char_ngram_max = longest;
+    const Featurizer featurizer(options);
+    for (const Case& c : cases) {
+      CAPTURE(shortest, longest, c.text);
+      featurizer.featurize(c.text, features);
+      require_features_of_words(features, c.words, options);
+    }
+  }
 }
 
 TEST_CASE("featurize agrees with the rules, reusing one output across sizes and bucket counts",

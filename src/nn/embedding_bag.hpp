@@ -82,12 +82,35 @@ inline void prefetch_bytes(const void* data, std::size_t bytes) {
 #endif
 }
 
+/// add_weighted_rows at a width known when compiled. The sum is kept in a
+/// local the compiler holds in registers, and stored once: summed in `out`
+/// itself, each row's adds wait for the last row's stores. The same adds in
+/// the same order either way.
+template <typename Scalar, int Width>
+void add_weighted_rows_of_width(const Scalar* table, const std::uint32_t* indices,
+                                const float* values, std::size_t count, Scalar* out) {
+  using Row = Eigen::Matrix<Scalar, 1, Width>;
+  const auto row = [&](std::uint32_t r) { return table + static_cast<std::size_t>(r) * Width; };
+  Row sum = Eigen::Map<const Row>(out);
+  for (std::size_t e = 0; e < count; ++e) {
+    if (e + kBagPrefetchAhead < count) {
+      prefetch_bytes(row(indices[e + kBagPrefetchAhead]), Width * sizeof(Scalar));
+    }
+    sum += static_cast<Scalar>(values[e]) * Eigen::Map<const Row>(row(indices[e]));
+  }
+  Eigen::Map<Row> result(out);
+  result = sum;
+}
+
 /// out[0 .. width) += values[e] * row indices[e] of `table` (row-major,
 /// `width` columns) for each of the `count` entries: one example of a bag.
 /// The kernels of each CPU level run it (src/kernels/).
 template <typename Scalar>
 void add_weighted_rows(const Scalar* table, Index width, const std::uint32_t* indices,
                        const float* values, std::size_t count, Scalar* out) {
+  // The MLP's usual widths.
+  if (width == 64) return add_weighted_rows_of_width<Scalar, 64>(table, indices, values, count, out);
+  if (width == 32) return add_weighted_rows_of_width<Scalar, 32>(table, indices, values, count, out);
   using RowMap = Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
   Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> sum(out, width);
   const auto row = [&](std::uint32_t r) {

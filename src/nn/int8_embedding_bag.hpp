@@ -30,6 +30,28 @@
 TOROUTER_BEGIN_NAMESPACE
 namespace nn {
 
+/// add_weighted_int8_rows at a width known when compiled. The sum is kept
+/// in a local array, which an int8 pointer cannot alias as it can `out`:
+/// the compiler keeps it in registers and stores it once.
+template <int Width>
+void add_weighted_int8_rows_of_width(const std::int8_t* table, const float* scales,
+                                     const std::uint32_t* indices, const float* values,
+                                     std::size_t count, float* out) {
+  float sum[Width];
+  std::copy(out, out + Width, sum);
+  for (std::size_t e = 0; e < count; ++e) {
+    if (e + kBagPrefetchAhead < count) {
+      prefetch_bytes(table + static_cast<std::size_t>(indices[e + kBagPrefetchAhead]) * Width,
+                     Width);
+    }
+    const std::uint32_t r = indices[e];
+    const float weight = values[e] * scales[r];
+    const std::int8_t* row = table + static_cast<std::size_t>(r) * Width;
+    for (int c = 0; c < Width; ++c) sum[c] += weight * static_cast<float>(row[c]);
+  }
+  std::copy(sum, sum + Width, out);
+}
+
 /// out[0 .. width) += values[e] * scales[r] * q-row r of `table` (int8,
 /// row-major, `width` columns), r = indices[e], for each of the `count`
 /// entries: one example of an int8 bag. The kernels of each CPU level run
@@ -37,6 +59,10 @@ namespace nn {
 inline void add_weighted_int8_rows(const std::int8_t* table, const float* scales, Index width,
                                    const std::uint32_t* indices, const float* values,
                                    std::size_t count, float* out) {
+  if (width == 64) {  // the MLP's usual width
+    add_weighted_int8_rows_of_width<64>(table, scales, indices, values, count, out);
+    return;
+  }
   for (std::size_t e = 0; e < count; ++e) {
     if (e + kBagPrefetchAhead < count) {
       prefetch_bytes(table + static_cast<std::size_t>(indices[e + kBagPrefetchAhead]) *
