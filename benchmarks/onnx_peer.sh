@@ -12,7 +12,8 @@
 # Needs node and npm (onnxruntime-node 1.30.0 is installed into
 # $BUILD/onnx_peer with --ignore-scripts: its CPU library is inside the npm
 # package; the install script only fetches GPU files), and Debian's
-# python3-torch, python3-onnx and python3-numpy for the export.
+# python3-torch, python3-onnx and python3-numpy for the export: all of them
+# come with `scripts/setup peers`.
 # Environment: TOROUTER_DATA (default ../shared/data), TOROUTER_BUILD_DIR
 # (default build), TOROUTER_SPEED_CPU (the core, default 1), ROUNDS (5).
 set -euo pipefail

@@ -9,7 +9,8 @@
 #                                    # 6 for the peers (benchmarks/peers/check_peers.sh)
 #
 # Needs the shared datasets ($TOROUTER_DATA, default ../shared/data) and,
-# for the peers, Debian's python3-sklearn, python3-xgboost and PyTorch.
+# for the peers, Debian's python3-sklearn, python3-xgboost and PyTorch
+# (`scripts/setup peers`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data_root="${TOROUTER_DATA:-../shared/data}"

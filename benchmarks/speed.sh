@@ -16,7 +16,8 @@
 # (default build), TOROUTER_SPEED_CPU (the core timings are pinned to,
 # default 1), TOROUTER_SPEED_TRAIN (full | quick | none: none reuses the
 # models and timings already in $BUILD/speed), TOROUTER_SPEED_ROUNDS (3).
-# Needs Debian's python3-sklearn and python3-torch for the peers.
+# Needs Debian's python3-sklearn and python3-torch for the peers
+# (`scripts/setup peers`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data_root="${TOROUTER_DATA:-../shared/data}"
