@@ -365,8 +365,7 @@ void require_features_of_words(const SparseFeatures& actual, const std::vector<s
   }
 }
 
-TEST_CASE("ASCII words hashed whole agree with words read character by character",
-          "[features]") {
+TEST_CASE("ASCII words hashed whole agree with words read character by character", "[features]") {
   // The featurizer hashes an ASCII word of up to 64 characters that ends at
   // an ASCII separator in one piece, and any other word character by
   // character; these texts put both kinds side by side, at the 64-character
@@ -388,7 +387,8 @@ TEST_CASE("ASCII words hashed whole agree with words read character by character
       {"end at the text's end", {"end", "at", "the", "text", "s", "end"}},
   };
   SparseFeatures features;
-  for (const auto& [shortest, longest] : {std::pair{3u, 5u}, std::pair{1u, 8u}, std::pair{2u, 2u}}) {
+  for (const auto& [shortest, longest] :
+       {std::pair{3u, 5u}, std::pair{1u, 8u}, std::pair{2u, 2u}}) {
     FeaturizerOptions options;
     options.num_buckets = 1u << 16;
     options.char_ngram_min = shortest;

@@ -108,9 +108,16 @@ void add_weighted_rows_of_width(const Scalar* table, const std::uint32_t* indice
 template <typename Scalar>
 void add_weighted_rows(const Scalar* table, Index width, const std::uint32_t* indices,
                        const float* values, std::size_t count, Scalar* out) {
-  // The MLP's usual widths.
-  if (width == 64) return add_weighted_rows_of_width<Scalar, 64>(table, indices, values, count, out);
-  if (width == 32) return add_weighted_rows_of_width<Scalar, 32>(table, indices, values, count, out);
+  switch (width) {  // the MLP's usual widths
+    case 64:
+      add_weighted_rows_of_width<Scalar, 64>(table, indices, values, count, out);
+      return;
+    case 32:
+      add_weighted_rows_of_width<Scalar, 32>(table, indices, values, count, out);
+      return;
+    default:
+      break;
+  }
   using RowMap = Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
   Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> sum(out, width);
   const auto row = [&](std::uint32_t r) {
