@@ -933,7 +933,13 @@ void HttpServer::run() {
 }
 
 void HttpServer::stop() {
-  state_->stopping = true;
+  {
+    // Under the lock run() reads the acceptor with: it either sees
+    // `stopping` and leaves the acceptor alone, or has read it before the
+    // close posted below.
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->stopping = true;
+  }
   std::promise<void> closed;
   asio::post(state_->acceptor.get_executor(), [this, &closed] {
     beast::error_code ignored;
