@@ -373,6 +373,23 @@ TEST_CASE("http server: a stop before run, and an idle timeout", "[http][server]
   CHECK_FALSE(never.is_running());
 }
 
+TEST_CASE("http server: a stop as run() starts", "[http][server]") {
+  // stop() closes the acceptor on an I/O thread while run() may still be
+  // checking it: under ThreadSanitizer (scripts/sanitize) this loop showed
+  // the two touching the acceptor unordered until stop() took run()'s lock.
+  for (int round = 0; round < 30; ++round) {
+    HttpServer server(
+        HttpServerOptions{}, [](const HttpRequest&, HttpResponse&) {},
+        [](int, std::string_view) { return std::string(); }, [](int) {});
+    std::string error;
+    REQUIRE(server.bind("127.0.0.1", 0, error) > 0);
+    std::thread running([&] { server.run(); });
+    server.stop();
+    running.join();
+    CHECK_FALSE(server.is_running());
+  }
+}
+
 TEST_CASE("http server: a TLS certificate it cannot use is named at bind", "[http][server]") {
   HttpServerOptions options = Fixture::small_options();
   options.tls_cert_file = "/nonexistent/server.crt";
