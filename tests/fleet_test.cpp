@@ -164,6 +164,12 @@ struct Fleet {
                                      body);
   }
 
+  // What the replica wrote to stderr (the state store's events among it).
+  std::string log(std::size_t replica) const {
+    std::ifstream in(dir / ("replica" + std::to_string(replica) + ".err"));
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  }
+
   std::string metrics(std::size_t replica) {
     auto r = torouter::test::http_call(replicas[replica].port, "GET", "/metrics", {});
     return r ? r->body : std::string();
@@ -200,6 +206,17 @@ std::size_t count(const std::vector<torouter::test::HttpReply>& replies, int sta
   return static_cast<std::size_t>(
       std::count_if(replies.begin(), replies.end(),
                     [status](const torouter::test::HttpReply& r) { return r.status == status; }));
+}
+
+// "200 x 380, 503 x 4": how many replies had each status (0: none came).
+std::string status_counts(const std::vector<torouter::test::HttpReply>& replies) {
+  std::map<int, std::size_t> counts;
+  for (const auto& r : replies) ++counts[r.status];
+  std::string text;
+  for (const auto& [status, n] : counts) {
+    text += (text.empty() ? "" : ", ") + std::to_string(status) + " x " + std::to_string(n);
+  }
+  return text;
 }
 
 double header_number(const torouter::test::HttpReply& r, const std::string& name) {
@@ -309,6 +326,7 @@ TEST_CASE("fleet: Redis killed and restarted, failing open: every request answer
   // 32 clients, 12 calls of 100 ms each: about 1.2 s, the outage inside it.
   const auto replies = fleet.crowd(12, [](int, int) { return chat(kSteady, "steady"); });
   outage.join();
+  INFO("statuses: " << status_counts(replies) << "; replica 1's log:\n" << fleet.log(1));
   CHECK(count(replies, 200) == replies.size());
   double local = 0;
   for (std::size_t r = 0; r < 4; ++r) {

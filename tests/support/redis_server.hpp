@@ -13,11 +13,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 extern char** environ;
@@ -87,16 +90,47 @@ class RedisServer {
   void resume() { ::kill(pid_, SIGCONT); }
 
  private:
+  // A free port below the kernel's ephemeral range. Redis is killed and
+  // started again on its port; a port from that range could meanwhile be
+  // handed to another test's listener (bind to port 0) or outgoing
+  // connection, and then Redis could not listen there again, or the
+  // replicas would talk to that other server. Below the range only an
+  // explicit bind takes a port, as this one does, picked at random.
   static int free_port() {
+    const auto [lowest, highest] = non_ephemeral_ports();
+    std::random_device seed;
+    std::mt19937 rng(seed());
+    std::uniform_int_distribution<int> pick(lowest, highest);
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      const int port = pick(rng);
+      if (can_bind(port)) return port;
+    }
+    throw std::runtime_error("no free port below the ephemeral range for redis-server");
+  }
+
+  // [low - 10000, low - 1] of ip_local_port_range's low end (32768 unless
+  // the machine says otherwise), and never below 1024.
+  static std::pair<int, int> non_ephemeral_ports() {
+    int low = 32768;
+    if (FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
+      int high = 0;
+      if (std::fscanf(f, "%d %d", &low, &high) != 2) low = 32768;
+      std::fclose(f);
+    }
+    return {std::max(1024, low - 10000), std::max(1025, low - 1)};
+  }
+
+  static bool can_bind(int port) {
     const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    const int on = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);  // as redis-server binds
     sockaddr_in a{};
     a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<std::uint16_t>(port));
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t size = sizeof a;
-    ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &size);
+    const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
     ::close(fd);
-    return ntohs(a.sin_port);
+    return ok;
   }
 
   bool accepts() const {
