@@ -367,9 +367,7 @@ class FeatureWalker {
     digits_ += digits;
     ++words_;
     const std::size_t padded_length = length + 2;
-    const std::size_t most_ngrams =
-        (options_.char_ngram_max - options_.char_ngram_min + 1) * padded_length;
-    if (pending_count_ > pending_.size() - (2 + most_ngrams)) flush();
+    make_room(2 + (options_.char_ngram_max - options_.char_ngram_min + 1) * padded_length);
     if (options_.word_unigrams) emit(unigram);
     if (options_.word_bigrams && has_previous_word_) emit(bigram);
     previous_bigram_prefix_ = fnv_byte(next_bigram, ' ');
@@ -507,8 +505,8 @@ class FeatureWalker {
   // unigram and bigram, and the n-grams ending at two padded characters.
   static constexpr std::size_t kMostEmitsPerCall = 2 + 2 * kMaxCharNgram;
 
-  void make_room() {
-    if (pending_count_ > pending_.size() - kMostEmitsPerCall) flush();
+  void make_room(std::size_t emits = kMostEmitsPerCall) {
+    if (pending_count_ > pending_.size() - emits) flush();
   }
 
   void flush() {

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "nn/parameters.hpp"
@@ -82,24 +83,29 @@ inline void prefetch_bytes(const void* data, std::size_t bytes) {
 #endif
 }
 
-/// add_weighted_rows at a width known when compiled. The sum is kept in a
-/// local the compiler holds in registers, and stored once: summed in `out`
-/// itself, each row's adds wait for the last row's stores. The same adds in
-/// the same order either way.
+/// add_weighted_rows at `Width` columns (Eigen::Dynamic: `width`). At a
+/// fixed width the sum is kept in a local the compiler holds in registers
+/// and stored once: summed in `out` itself, each row's adds wait for the
+/// last row's stores. The same adds in the same order either way; a local
+/// of dynamic width would allocate, so that one sums in `out`.
 template <typename Scalar, int Width>
-void add_weighted_rows_of_width(const Scalar* table, const std::uint32_t* indices,
+void add_weighted_rows_of_width(const Scalar* table, Index width, const std::uint32_t* indices,
                                 const float* values, std::size_t count, Scalar* out) {
   using Row = Eigen::Matrix<Scalar, 1, Width>;
-  const auto row = [&](std::uint32_t r) { return table + static_cast<std::size_t>(r) * Width; };
-  Row sum = Eigen::Map<const Row>(out);
+  using Sum = std::conditional_t<Width == Eigen::Dynamic, Eigen::Map<Row>, Row>;
+  const auto row = [&](std::uint32_t r) {
+    return table + static_cast<std::size_t>(r) * static_cast<std::size_t>(width);
+  };
+  Eigen::Map<Row> result(out, width);
+  Sum sum(result);
   for (std::size_t e = 0; e < count; ++e) {
     if (e + kBagPrefetchAhead < count) {
-      prefetch_bytes(row(indices[e + kBagPrefetchAhead]), Width * sizeof(Scalar));
+      prefetch_bytes(row(indices[e + kBagPrefetchAhead]),
+                     static_cast<std::size_t>(width) * sizeof(Scalar));
     }
-    sum += static_cast<Scalar>(values[e]) * Eigen::Map<const Row>(row(indices[e]));
+    sum += static_cast<Scalar>(values[e]) * Eigen::Map<const Row>(row(indices[e]), width);
   }
-  Eigen::Map<Row> result(out);
-  result = sum;
+  if constexpr (Width != Eigen::Dynamic) result = sum;
 }
 
 /// out[0 .. width) += values[e] * row indices[e] of `table` (row-major,
@@ -110,25 +116,12 @@ void add_weighted_rows(const Scalar* table, Index width, const std::uint32_t* in
                        const float* values, std::size_t count, Scalar* out) {
   switch (width) {  // the MLP's usual widths
     case 64:
-      add_weighted_rows_of_width<Scalar, 64>(table, indices, values, count, out);
-      return;
+      return add_weighted_rows_of_width<Scalar, 64>(table, width, indices, values, count, out);
     case 32:
-      add_weighted_rows_of_width<Scalar, 32>(table, indices, values, count, out);
-      return;
+      return add_weighted_rows_of_width<Scalar, 32>(table, width, indices, values, count, out);
     default:
-      break;
-  }
-  using RowMap = Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
-  Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> sum(out, width);
-  const auto row = [&](std::uint32_t r) {
-    return table + static_cast<std::size_t>(r) * static_cast<std::size_t>(width);
-  };
-  for (std::size_t e = 0; e < count; ++e) {
-    if (e + kBagPrefetchAhead < count) {
-      prefetch_bytes(row(indices[e + kBagPrefetchAhead]),
-                     static_cast<std::size_t>(width) * sizeof(Scalar));
-    }
-    sum += static_cast<Scalar>(values[e]) * RowMap(row(indices[e]), width);
+      return add_weighted_rows_of_width<Scalar, Eigen::Dynamic>(table, width, indices, values,
+                                                                count, out);
   }
 }
 

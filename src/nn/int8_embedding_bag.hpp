@@ -30,26 +30,34 @@
 TOROUTER_BEGIN_NAMESPACE
 namespace nn {
 
-/// add_weighted_int8_rows at a width known when compiled. The sum is kept
-/// in a local array, which an int8 pointer cannot alias as it can `out`:
-/// the compiler keeps it in registers and stores it once.
+/// add_weighted_int8_rows at `Width` columns (0: `width`). At a fixed
+/// width the sum is kept in a local array, which an int8 pointer cannot
+/// alias as it can `out`: the compiler keeps it in registers and stores it
+/// once. Otherwise it sums in `out`.
 template <int Width>
-void add_weighted_int8_rows_of_width(const std::int8_t* table, const float* scales,
+void add_weighted_int8_rows_of_width(const std::int8_t* table, const float* scales, Index width,
                                      const std::uint32_t* indices, const float* values,
                                      std::size_t count, float* out) {
-  float sum[Width];
-  std::copy(out, out + Width, sum);
+  constexpr bool kFixed = Width > 0;
+  const std::size_t columns = kFixed ? Width : static_cast<std::size_t>(width);
+  float local[kFixed ? Width : 1];
+  float* sum = out;
+  if constexpr (kFixed) {
+    std::copy(out, out + Width, local);
+    sum = local;
+  }
   for (std::size_t e = 0; e < count; ++e) {
     if (e + kBagPrefetchAhead < count) {
-      prefetch_bytes(table + static_cast<std::size_t>(indices[e + kBagPrefetchAhead]) * Width,
-                     Width);
+      prefetch_bytes(table + static_cast<std::size_t>(indices[e + kBagPrefetchAhead]) * columns,
+                     columns);
     }
     const std::uint32_t r = indices[e];
     const float weight = values[e] * scales[r];
-    const std::int8_t* row = table + static_cast<std::size_t>(r) * Width;
-    for (int c = 0; c < Width; ++c) sum[c] += weight * static_cast<float>(row[c]);
+    const std::int8_t* row = table + static_cast<std::size_t>(r) * columns;
+    // A plain loop the compiler turns into widen-convert-multiply-add.
+    for (std::size_t c = 0; c < columns; ++c) sum[c] += weight * static_cast<float>(row[c]);
   }
-  std::copy(sum, sum + Width, out);
+  if constexpr (kFixed) std::copy(local, local + Width, out);
 }
 
 /// out[0 .. width) += values[e] * scales[r] * q-row r of `table` (int8,
@@ -60,20 +68,9 @@ inline void add_weighted_int8_rows(const std::int8_t* table, const float* scales
                                    const std::uint32_t* indices, const float* values,
                                    std::size_t count, float* out) {
   if (width == 64) {  // the MLP's usual width
-    add_weighted_int8_rows_of_width<64>(table, scales, indices, values, count, out);
-    return;
-  }
-  for (std::size_t e = 0; e < count; ++e) {
-    if (e + kBagPrefetchAhead < count) {
-      prefetch_bytes(table + static_cast<std::size_t>(indices[e + kBagPrefetchAhead]) *
-                                 static_cast<std::size_t>(width),
-                     static_cast<std::size_t>(width));
-    }
-    const std::uint32_t r = indices[e];
-    const float weight = values[e] * scales[r];
-    const std::int8_t* row = table + static_cast<std::size_t>(r) * static_cast<std::size_t>(width);
-    // A plain loop the compiler turns into widen-convert-multiply-add.
-    for (Index c = 0; c < width; ++c) out[c] += weight * static_cast<float>(row[c]);
+    add_weighted_int8_rows_of_width<64>(table, scales, width, indices, values, count, out);
+  } else {
+    add_weighted_int8_rows_of_width<0>(table, scales, width, indices, values, count, out);
   }
 }
 
