@@ -145,8 +145,11 @@ int main(int argc, char** argv) {
       const torouter::Candidate* pick = result.decision.pick();
       std::printf("[%s] %s\n", prompt.kind, short_text(prompt.text, 76).c_str());
       if (pick) {
-        std::printf("  routed to %-33s predicted quality %.3f  cost $%.6f  (%s)\n",
-                    std::string(pick->name).c_str(), pick->predicted_quality, pick->cost_usd,
+        // The decision's expected quality: for a top pick, its prediction less
+        // what held-out top picks fell short of theirs.
+        std::printf("  routed to %-33s expected quality %.3f  cost $%.6f  (%s)\n",
+                    std::string(pick->name).c_str(), result.decision.expected_quality,
+                    pick->cost_usd,
                     std::string(torouter::to_string(result.decision.reason)).c_str());
       }
       for (const auto& a : result.attempts) {

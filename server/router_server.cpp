@@ -13,6 +13,7 @@
 #include <any>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <ctime>
 #include <deque>
 #include <iostream>
@@ -740,6 +741,11 @@ struct RouterServer::Impl {
     if (shown != nullptr) {
       res.set_header("X-Torouter-Predicted-Quality",
                      fmt::format("{:.4f}", shown->predicted_quality));
+      // For the routed pick only: a failover's expert was not picked as the top.
+      if (shown == pick && std::isfinite(r.decision.expected_quality)) {
+        res.set_header("X-Torouter-Expected-Quality",
+                       fmt::format("{:.4f}", r.decision.expected_quality));
+      }
       res.set_header("X-Torouter-Predicted-Cost-Usd", fmt::format("{:.6g}", shown->cost_usd));
     }
     res.set_header("X-Torouter-Reason", chat.bypass ? "bypass" : to_string(r.decision.reason));

@@ -19,6 +19,7 @@ std::string to_json(const RouteDecision& decision) {
   out += fmt::format("\"policy\": {}, ", json_string(decision.policy_name));
   out += fmt::format("\"input_tokens\": {}, ", decision.input_tokens);
   out += fmt::format("\"propensity\": {}, ", json_number(decision.propensity));
+  out += fmt::format("\"expected_quality\": {}, ", json_number(decision.expected_quality));
 
   const PolicyOptions& knobs = decision.policy;
   std::string tags;

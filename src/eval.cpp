@@ -454,7 +454,8 @@ EvalReport evaluate(const std::vector<std::string>& experts, const Eigen::Matrix
 
 EvalReport evaluate(const std::vector<std::string>& experts, const Eigen::MatrixXd& quality,
                     const Eigen::MatrixXd& cost, const Eigen::MatrixXd& predicted_quality,
-                    const Eigen::MatrixXd& predicted_cost, const CurveOptions& options) {
+                    const Eigen::MatrixXd& predicted_cost, const CurveOptions& options,
+                    const Eigen::VectorXd* pick_quality) {
   EvalReport report = evaluate(experts, quality, cost);
   report.router =
       router_figures(cost_quality_curve(quality, cost, predicted_quality, predicted_cost, options),
@@ -462,8 +463,12 @@ EvalReport evaluate(const std::vector<std::string>& experts, const Eigen::Matrix
   // Calibration of the picks at lambda = 0, the curve's first point. A
   // prediction outside [0, 1] has no ECE; the rest of the report stands.
   const auto picks = pick_by_utility(predicted_quality, predicted_cost, 0.0);
-  const Eigen::VectorXd p = picked(predicted_quality, picks);
-  if (p.minCoeff() >= 0.0 && p.maxCoeff() <= 1.0) {
+  if (pick_quality != nullptr && pick_quality->size() != quality.rows()) {
+    throw Error(fmt::format("pick_quality: {} values for {} prompts", pick_quality->size(),
+                            quality.rows()));
+  }
+  const Eigen::VectorXd p = pick_quality ? *pick_quality : picked(predicted_quality, picks);
+  if (p.allFinite() && p.minCoeff() >= 0.0 && p.maxCoeff() <= 1.0) {
     report.router->reliability = reliability_bins(p, picked(quality, picks));
     report.router->ece = expected_calibration_error(report.router->reliability);
   }

@@ -280,6 +280,20 @@ void Router::explore(const ExplorationOptions& options, RouteDecision& decision)
   decision.propensity = each;
 }
 
+double Router::expected_pick_quality(const Scorer& scorer, const RouteDecision& decision) {
+  const Candidate* pick = decision.pick();
+  if (pick == nullptr) return std::numeric_limits<double>::quiet_NaN();
+  const std::size_t eligible = decision.eligible_count();
+  for (std::size_t i = 0; i < eligible; ++i) {
+    // Picked for cost, a quality floor or exploration: no top pick, so none
+    // of the top's selection bias.
+    if (decision.candidates[i].predicted_quality > pick->predicted_quality)
+      return pick->predicted_quality;
+  }
+  const double expected = scorer.top_pick_quality(pick->predicted_quality);
+  return std::isfinite(expected) ? std::clamp(expected, 0.0, 1.0) : pick->predicted_quality;
+}
+
 void Router::route_with(const LoadedScorer& loaded, std::string_view prompt,
                         const RouteOptions& options, RouteDecision& decision,
                         ScorerWorkspace* workspace) const {
@@ -329,6 +343,7 @@ void Router::route_with(const LoadedScorer& loaded, std::string_view prompt,
   if (options.exploration.epsilon > 0 && decision.reason != PickReason::NoneEligible) {
     explore(options.exploration, decision);
   }
+  decision.expected_quality = expected_pick_quality(*scorer, decision);
   decision.policy = options.policy;
   // Compared first: a reused decision takes no reference counts.
   if (decision.registry_ != experts_) decision.registry_ = experts_;

@@ -20,7 +20,8 @@ RouterPredictions router_predictions(const Router& router,
   }
   const auto rows = static_cast<Eigen::Index>(prompts.size());
   const auto experts = static_cast<Eigen::Index>(router.experts().size());
-  RouterPredictions out{Eigen::MatrixXd(rows, experts), Eigen::MatrixXd(rows, experts)};
+  RouterPredictions out{Eigen::MatrixXd(rows, experts), Eigen::MatrixXd(rows, experts),
+                        Eigen::VectorXd(rows)};
   const RouteOptions options;  // lambda 0, no constraint: every expert a candidate
   RouteDecision decision;
   for (Eigen::Index i = 0; i < rows; ++i) {
@@ -36,6 +37,7 @@ RouterPredictions router_predictions(const Router& router,
       out.quality(i, j) = c.predicted_quality;
       out.cost(i, j) = c.cost_usd;
     }
+    out.expected_quality(i) = decision.expected_quality;
   }
   return out;
 }

@@ -158,6 +158,7 @@ TrainReport TrainableScorer::train(const TrainingSet& set, const TrainOptions& o
   if (set.experts.empty()) throw Error(fmt::format("{}: the training set names no expert", spec()));
   set_identity(set.experts, set.fingerprint);
   calibration_ = Calibration();
+  pick_calibration_ = Calibration();
   training_.selection = ModelSelection();
   const auto start = std::chrono::steady_clock::now();
   TrainReport report = fit(set, options);
@@ -184,11 +185,24 @@ void TrainableScorer::set_calibration(Calibration calibration) {
   calibration_ = std::move(calibration);
 }
 
+void TrainableScorer::set_pick_calibration(Calibration calibration) {
+  if (!calibration.empty() && calibration.experts() != 1) {
+    throw Error(
+        fmt::format("{}: a pick calibration has one map, not {}", spec(), calibration.experts()));
+  }
+  pick_calibration_ = std::move(calibration);
+}
+
+double TrainableScorer::top_pick_quality(double predicted) const {
+  if (pick_calibration_.empty()) return predicted;
+  return pick_calibration_.apply(0, static_cast<float>(predicted));
+}
+
 namespace {
 
-// Calibration knots: per expert their count, then every expert's x and y
-// one after another.
-void write_calibration(ModelWriter& out, const Calibration& calibration) {
+// Calibration knots under `name` ("calibration", "pick_calibration"): per
+// expert (per map) their count, then every map's x and y one after another.
+void write_calibration(ModelWriter& out, const Calibration& calibration, const std::string& name) {
   if (calibration.empty()) return;
   std::vector<double> counts;
   std::vector<float> x, y;
@@ -198,26 +212,28 @@ void write_calibration(ModelWriter& out, const Calibration& calibration) {
     y.insert(y.end(), calibration.knots_y(e).begin(), calibration.knots_y(e).end());
   }
   const auto total = static_cast<std::int64_t>(x.size());
-  out.set("calibration.knots", std::move(counts));
-  out.add_tensor("calibration.x", {total}, std::move(x));
-  out.add_tensor("calibration.y", {total}, std::move(y));
+  out.set(name + ".knots", std::move(counts));
+  out.add_tensor(name + ".x", {total}, std::move(x));
+  out.add_tensor(name + ".y", {total}, std::move(y));
 }
 
-Calibration read_calibration(const ModelReader& in, std::size_t experts) {
-  if (!in.has("calibration.knots")) return Calibration();
-  const auto& counts = in.numbers("calibration.knots");
-  if (counts.size() != experts) {
-    throw Error(in.where() + "field \"calibration.knots\": one count per expert expected");
+Calibration read_calibration(const ModelReader& in, std::size_t maps, const std::string& name) {
+  const std::string knots = name + ".knots";
+  if (!in.has(knots)) return Calibration();
+  const auto& counts = in.numbers(knots);
+  if (counts.size() != maps) {
+    throw Error(
+        fmt::format("{}field \"{}\": one count per map expected ({})", in.where(), knots, maps));
   }
   std::int64_t total = 0;
   for (const double c : counts) {
     if (c < 1 || c != std::floor(c) || c > 1e7) {
-      throw Error(in.where() + "field \"calibration.knots\": bad knot count");
+      throw Error(fmt::format("{}field \"{}\": bad knot count", in.where(), knots));
     }
     total += static_cast<std::int64_t>(c);
   }
-  const auto& x = in.tensor("calibration.x", {total}).values;
-  const auto& y = in.tensor("calibration.y", {total}).values;
+  const auto& x = in.tensor(name + ".x", {total}).values;
+  const auto& y = in.tensor(name + ".y", {total}).values;
   std::vector<std::vector<float>> xs, ys;
   std::size_t at = 0;
   for (const double c : counts) {
@@ -347,7 +363,8 @@ void TrainableScorer::save(ModelWriter& out) const {
   out.set("training.seconds", r.seconds);
   out.set("data.fingerprint", training_.data_fingerprint);
   out.set("data.source", training_.data_source);
-  write_calibration(out, calibration_);
+  write_calibration(out, calibration_, "calibration");
+  write_calibration(out, pick_calibration_, "pick_calibration");
   write_selection(out, training_.selection);
   write_model(out);
 }
@@ -387,7 +404,8 @@ void TrainableScorer::load(const ModelReader& in) {
   if (experts.empty()) throw Error(in.where() + "field \"experts\": no expert listed");
   set_identity(experts, training_.data_fingerprint);
   training_.selection = read_selection(in);
-  calibration_ = read_calibration(in, experts.size());
+  calibration_ = read_calibration(in, experts.size(), "calibration");
+  pick_calibration_ = read_calibration(in, 1, "pick_calibration");
   read_model(in);
 }
 

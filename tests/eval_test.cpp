@@ -407,6 +407,18 @@ TEST_CASE("the router's ECE at lambda = 0", "[eval][ece]") {
   CHECK_FALSE(unscaled.router->ece);
   CHECK(unscaled.router->reliability.empty());
   CHECK(unscaled.router->at_lambda0.quality == Approx(1.0).margin(kTol));
+
+  // The quality the router reports for each pick, when given, is what the
+  // ECE weighs: .95 for every pick, each answered with q = 1, leaves .05.
+  const Eigen::VectorXd reported = Eigen::VectorXd::Constant(4, 0.95);
+  const auto with_expected = torouter::evaluate({"A", "B", "C"}, q, c, pq, pc, {}, &reported);
+  REQUIRE(with_expected.router->ece);
+  CHECK(*with_expected.router->ece == Approx(.05).margin(kTol));
+  CHECK(with_expected.router->reliability[9].count == 4);
+  CHECK(with_expected.router->aiq == report.router->aiq);  // the picks are the same
+  const Eigen::VectorXd too_few = Eigen::VectorXd::Constant(3, 0.95);
+  CHECK_THROWS_WITH(torouter::evaluate({"A", "B", "C"}, q, c, pq, pc, {}, &too_few),
+                    Catch::Matchers::Contains("pick_quality: 3 values for 4 prompts"));
 }
 
 TEST_CASE("the README's reference figures on the shared datasets", "[eval][data]") {

@@ -5,11 +5,15 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "scorers.hpp"
+#include "support/data_dir.hpp"
 #include "support/synthetic_data.hpp"
 #include "support/temp_dir.hpp"
 #include "torouter/error.hpp"
+#include "torouter/eval.hpp"
 
 using Catch::Matchers::Contains;
 using torouter::CandidateScorer;
@@ -75,6 +79,9 @@ TEST_CASE("train_best picks by cross-validated AIQ, calibrated and recorded") {
   CHECK(scorer->spec() == record.candidates[record.chosen].name);
   CHECK(record.candidates[1].ece < 0.1);
   CHECK_FALSE(scorer->calibration().empty());
+  CHECK(scorer->pick_calibration().experts() == 1);
+  const torouter::Calibration two_maps({{0.0f, 1.0f}, {0.0f, 1.0f}}, {{0.0f, 1.0f}, {0.0f, 1.0f}});
+  CHECK_THROWS_WITH(scorer->set_pick_calibration(two_maps), Contains("one map, not 2"));
 
   const auto path =
       (torouter::testing::process_temp_dir("model_selection_test") / "m.tormodel").string();
@@ -86,6 +93,8 @@ TEST_CASE("train_best picks by cross-validated AIQ, calibrated and recorded") {
   CHECK(again.candidates[0].name == "knn:1000");
   CHECK(again.candidates[1].aiq == Approx(record.candidates[1].aiq));
   CHECK(again.candidates[2].fold_aiq == record.candidates[2].fold_aiq);
+  for (const double p : {0.0, 0.3, 0.55, 0.9, 1.0})
+    CHECK(loaded.scorer->top_pick_quality(p) == scorer->top_pick_quality(p));
 }
 
 namespace {
@@ -180,6 +189,7 @@ TEST_CASE("train_calibrated fits the calibration method its options name") {
        {torouter::CalibrationMethod::Linear, torouter::CalibrationMethod::Isotonic}) {
     options.calibration = method;
     const auto scorer = torouter::train_calibrated(candidate, set, options, 3);
+    CHECK(scorer->pick_calibration().experts() == 1);  // fitted on held-out top picks
     const auto oof = torouter::cross_validate(candidate, set, options, 3);
     const auto expected = torouter::Calibration::fit(method, oof.quality, set.quality, set.present);
     const auto& calibration = scorer->calibration();
@@ -277,4 +287,43 @@ TEST_CASE("training refuses options it cannot honour, naming the field") {
                       Contains(message));
   }
   CHECK(torouter::validate_train_options(Opts{}).empty());
+}
+
+TEST_CASE("a top pick's expected quality corrects what its prediction overstates", "[data]") {
+  // The expert of highest predicted quality is, more often than not, one
+  // whose prediction erred upward: calibrated per expert, its prediction
+  // still overstates it (the winner's curse). Half of llmrouter14's
+  // training split trains and calibrates; the other half judges.
+  TOROUTER_SHARED_DATA_OR_SKIP(root);
+  const auto data = torouter::load_routing_dataset((*root_found / "llmrouter14").string());
+  std::vector<torouter::DatasetRow> fit, judged;
+  for (std::size_t i = 0; i < data.train.size(); ++i)
+    (i % 2 == 0 ? fit : judged).push_back(data.train[i]);
+  const auto set = torouter::make_training_set(data.experts, fit, "llmrouter14 half");
+  torouter::TrainOptions options;
+  options.threads = 2;
+  const auto scorer = torouter::train_calibrated({"gbt", Loss::Bce}, set, options, 5);
+  REQUIRE(scorer->pick_calibration().experts() == 1);
+  const auto complete = torouter::complete_rows(judged);
+  std::vector<std::string> prompts;
+  for (const auto& row : complete) prompts.push_back(row.prompt);
+  const auto scores = scorer->score_all(prompts);
+  const auto n = static_cast<Eigen::Index>(complete.size());
+  Eigen::VectorXd predicted(n), expected(n), truth(n);
+  for (Eigen::Index i = 0; i < n; ++i) {
+    Eigen::Index top = 0;
+    predicted(i) = scores.quality.row(i).maxCoeff(&top);
+    expected(i) = scorer->top_pick_quality(predicted(i));
+    truth(i) =
+        complete[static_cast<std::size_t>(i)].outcomes[static_cast<std::size_t>(top)].quality;
+  }
+  const double before =
+      torouter::expected_calibration_error(torouter::reliability_bins(predicted, truth));
+  const double after =
+      torouter::expected_calibration_error(torouter::reliability_bins(expected, truth));
+  INFO("top picks: predicted " << predicted.mean() << ", expected " << expected.mean() << ", true "
+                               << truth.mean() << "; ECE " << before << " -> " << after);
+  CHECK(predicted.mean() - truth.mean() > 0.01);
+  CHECK(std::abs(expected.mean() - truth.mean()) < (predicted.mean() - truth.mean()) / 2);
+  CHECK(after < before * 0.75);
 }

@@ -215,6 +215,9 @@ TEST_CASE("router server: routes a request and tells the decision in headers", "
   CHECK(res->header("X-Torouter-Reason") == "highest_utility");
   CHECK(res->header("X-Torouter-Attempts") == "1");
   CHECK(std::stod(res->header("X-Torouter-Predicted-Quality")) > 0.0);
+  const double expected = std::stod(res->header("X-Torouter-Expected-Quality"));
+  CHECK(expected >= 0.0);
+  CHECK(expected <= 1.0);
   CHECK(std::stod(res->header("X-Torouter-Predicted-Cost-Usd")) > 0.0);
   CHECK(std::stod(res->header("X-Torouter-Cost-Usd")) > 0.0);
   CHECK(res->header("X-Torouter-Model-Version") == torouter::load_model(kModel).scorer->version());

@@ -91,6 +91,33 @@ TEST_CASE("the cost weight moves the pick to cheaper experts") {
   CHECK(d.policy.lambda_cost == 1e5);  // the knobs used are recorded
 }
 
+TEST_CASE(
+    "a top pick's expected quality is the scorer's top_pick_quality, any other pick's its own") {
+  auto s = scorer();
+  s->set_top_pick_shortfall(0.05);
+  Router router(three_experts(), s);
+  // The top of the predictions: lowered by the scorer's map.
+  const RouteDecision top = router.route("python sort a list");
+  CHECK(top.pick()->name == "coder");
+  CHECK(top.expected_quality == Approx(0.85 - 0.05));
+  // Picked for its price over a better predicted expert: its own prediction.
+  RouteOptions options;
+  options.policy.lambda_cost = 1e5;
+  const RouteDecision cheap = router.route("python sort a list", options);
+  CHECK(cheap.pick()->name == "cheap");
+  CHECK(cheap.expected_quality == Approx(0.3));
+  // The best predicted of those eligible is a top pick.
+  router.set_enabled("coder", false);
+  const RouteDecision second = router.route("python sort a list");
+  CHECK(second.pick()->name == "strong");
+  CHECK(second.expected_quality == Approx(0.8 - 0.05));
+  // A map that leaves [0, 1] is clamped into it; no pick has none.
+  s->set_top_pick_shortfall(2.0);
+  CHECK(router.route("python sort a list").expected_quality == 0.0);
+  options.policy.required_tags = {"no-such-tag"};
+  CHECK(std::isnan(router.route("python sort a list", options).expected_quality));
+}
+
 TEST_CASE("equal predicted quality goes to the cheapest expert") {
   Router router(three_experts(), scorer());
   CHECK(router.route("hello there").pick()->name == "cheap");
@@ -311,6 +338,7 @@ TEST_CASE("a decision converts to JSON that parses and says why") {
   CHECK(std::string_view(root["pick"]) == "coder");
   CHECK(std::string_view(root["reason"]) == "only_eligible");
   CHECK(std::string_view(root["model_version"]) == "table-scorer-1");
+  CHECK(double(root["expected_quality"]) == Approx(0.7));  // coder, the only one eligible
   CHECK(double(root["knobs"]["lambda_cost"]) == 3.5);
   CHECK(root["knobs"]["max_cost_usd"].is_null());  // infinity has no JSON form
   CHECK(std::string_view(root["knobs"]["required_tags"].at(0)) == "code");

@@ -23,6 +23,17 @@
 // Either changes what the numbers mean, not each expert's order of prompts,
 // so `lambda_cost` and a quality floor mean the same for every model.
 //
+// Calibrated per expert, each prediction is right on average over that
+// expert's prompts, yet the expert a router picks for having the highest
+// prediction is more often one whose prediction erred upward (the winner's
+// curse: on llmrouter14's training split, held-out top picks predicted
+// 0.676 and scored 0.652). So a trained scorer also holds a pick
+// calibration, one isotonic map fitted on held-out top picks
+// (`TrainableScorer::set_pick_calibration`), which gives a top pick's
+// expected quality (`Scorer::top_pick_quality`, `RouteDecision::
+// expected_quality`). It does not rank: candidates are compared on their
+// own calibrated predictions, and a quality floor compares those.
+//
 //   auto calibration = torouter::Calibration::fit(torouter::CalibrationMethod::Linear,
 //                                                 raw, quality, present);
 //   float expected = calibration.apply(expert, raw_output);

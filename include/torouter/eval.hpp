@@ -261,11 +261,15 @@ EvalReport evaluate(const std::vector<std::string>& experts, const Eigen::Matrix
                     const Eigen::MatrixXd& cost);
 
 /// The baselines and the router whose predictions are given, swept by
-/// `cost_quality_curve`, with the ECE of its lambda = 0 picks. Throws `Error`
-/// when shapes differ or a value is not finite.
+/// `cost_quality_curve`, with the ECE of its lambda = 0 picks: of their
+/// `pick_quality` when given (one per prompt, the quality the router reports
+/// for that pick, `RouterPredictions::expected_quality`), else of their
+/// predicted quality. Throws `Error` when shapes differ or a value is not
+/// finite.
 EvalReport evaluate(const std::vector<std::string>& experts, const Eigen::MatrixXd& quality,
                     const Eigen::MatrixXd& cost, const Eigen::MatrixXd& predicted_quality,
-                    const Eigen::MatrixXd& predicted_cost, const CurveOptions& options = {});
+                    const Eigen::MatrixXd& predicted_cost, const CurveOptions& options = {},
+                    const Eigen::VectorXd* pick_quality = nullptr);
 
 /// A router's own predictions for some prompts, rows x its registry's experts.
 struct RouterPredictions {
@@ -275,6 +279,9 @@ struct RouterPredictions {
   /// Predicted USD per query from the router's `CostModel` (estimated input
   /// tokens, predicted output tokens or its default, the registry's prices).
   Eigen::MatrixXd cost;
+  /// Per prompt, the expected quality of the lambda = 0 pick
+  /// (`RouteDecision::expected_quality`).
+  Eigen::VectorXd expected_quality;
 };
 
 /// What `router.route` predicts for each prompt (lambda 0, no constraint),

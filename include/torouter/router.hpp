@@ -163,6 +163,12 @@ struct RouteDecision {
   /// The probability with which the first candidate was picked: 1 without
   /// exploration.
   double propensity = 1.0;
+  /// The expected quality of the pick's answer: when the pick has the
+  /// highest predicted quality of the eligible candidates, the scorer's
+  /// `top_pick_quality` of it (which a model from `torouter train` lowers
+  /// by what held-out top picks fell short of their prediction), else the
+  /// pick's `predicted_quality`. NaN when none is eligible.
+  double expected_quality = std::numeric_limits<double>::quiet_NaN();
 
   /// The picked candidate, or nullptr when none is eligible.
   const Candidate* pick() const {
@@ -451,6 +457,7 @@ class Router {
   // Exploration (see ExplorationOptions): may move another eligible
   // candidate to the front, and records the pick's propensity.
   void explore(const ExplorationOptions& options, RouteDecision& decision) const;
+  static double expected_pick_quality(const Scorer& scorer, const RouteDecision& decision);
   // Routes into `decision` with working memory borrowed from the pool.
   void route_pooled(std::string_view prompt, const RouteOptions& options,
                     RouteDecision& decision) const;

@@ -88,6 +88,13 @@ class Scorer {
   virtual void score(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
                      ScorerWorkspace* workspace) const = 0;
 
+  /// The expected quality of an expert's answer when the router picks it for
+  /// having the highest predicted quality of the candidates, `predicted`.
+  /// The highest of several predictions is more often one that erred upward
+  /// than the others (the winner's curse), so a scorer calibrated on held-out
+  /// picks maps it lower; the default returns `predicted` unchanged.
+  virtual double top_pick_quality(double predicted) const { return predicted; }
+
   /// Convenience for batches held in a vector; allocates. (A name of its
   /// own: a subclass that overrides `score` would hide an overload.)
   ScoreBatch score_all(const std::vector<std::string>& prompts) const {

@@ -99,6 +99,15 @@ class TrainableScorer : public Scorer {
   void set_calibration(Calibration calibration);
   const Calibration& calibration() const { return calibration_; }
 
+  /// Sets the map from a top pick's calibrated quality to its expected
+  /// quality (`top_pick_quality`): a calibration of one column, fitted on
+  /// held-out top picks (`train_calibrated`, `train_best`); empty: none.
+  /// Throws `Error` for more than one column. Training again removes it.
+  void set_pick_calibration(Calibration calibration);
+  const Calibration& pick_calibration() const { return pick_calibration_; }
+  /// The pick calibration applied to `predicted`, else `predicted`.
+  double top_pick_quality(double predicted) const override;
+
   const std::vector<std::string>& expert_names() const override { return experts_; }
   /// "<spec>@<first 8 hex digits of the data fingerprint>".
   std::string_view version() const override { return version_; }
@@ -126,6 +135,7 @@ class TrainableScorer : public Scorer {
   std::string version_;
   TrainingRecord training_;
   Calibration calibration_;
+  Calibration pick_calibration_;
 };
 
 /// An untrained scorer from a spec ("mlp:256", "knn:40", "tlite"); throws

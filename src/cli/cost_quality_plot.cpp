@@ -49,7 +49,7 @@ struct Axes {
 };
 
 // The reliability diagram of the picks at lambda = 0: each non-empty bin's
-// mean predicted quality against its mean true quality, labelled with its
+// mean expected quality against its mean true quality, labelled with its
 // prompt count, over the diagonal a calibrated router would follow.
 std::string reliability_panel(const RouterFigures& router) {
   const double x0 = kReliabilityLeft, x1 = x0 + kReliabilitySize;
@@ -74,7 +74,7 @@ std::string reliability_panel(const RouterFigures& router) {
       "<line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{3}\" stroke=\"#444\"/>\n"
       "<line class=\"reliability-diagonal\" x1=\"{0}\" y1=\"{1}\" x2=\"{2}\" y2=\"{3}\" "
       "stroke=\"#999\" stroke-dasharray=\"4 3\"/>\n"
-      "<text x=\"{4}\" y=\"{5}\" text-anchor=\"middle\">mean predicted quality of the pick</text>\n"
+      "<text x=\"{4}\" y=\"{5}\" text-anchor=\"middle\">mean expected quality of the pick</text>\n"
       "<text x=\"{6}\" y=\"{7}\" text-anchor=\"middle\" transform=\"rotate(-90 {6} {7})\">"
       "mean true quality</text>\n",
       x0, y0, x1, y1, (x0 + x1) / 2, kHeight - 15, x0 - 40, (y0 + y1) / 2);

@@ -203,8 +203,8 @@ int evaluate(const Arguments& args) {
   const Eigen::MatrixXd quality = quality_matrix(rows);
   const Eigen::MatrixXd cost = cost_matrix(data, rows);
   const Predictions predicted = predict(model, data.experts, rows);
-  const EvalReport report =
-      torouter::evaluate(data.experts, quality, cost, predicted.quality, predicted.cost);
+  const EvalReport report = torouter::evaluate(data.experts, quality, cost, predicted.quality,
+                                               predicted.cost, {}, &predicted.expected_quality);
   const double rps = routes_per_second(model, rows);
 
   const Baselines& b = report.baselines;
@@ -229,7 +229,7 @@ int evaluate(const Arguments& args) {
               figure(r.gap_won, "{:.3f}").c_str());
   std::printf("  Q@10%% %s  Q@30%% %s  Q@70%% %s\n", figure(r.quality_at_10pct).c_str(),
               figure(r.quality_at_30pct).c_str(), figure(r.quality_at_70pct).c_str());
-  std::printf("  ECE %s (picks at lambda = 0, 10 bins of predicted quality)\n",
+  std::printf("  ECE %s (picks at lambda = 0, 10 bins of their expected quality)\n",
               figure(r.ece).c_str());
   std::printf("  %.0f routes per second (Router::route, one thread)\n", rps);
 

@@ -25,6 +25,10 @@ class TableScorer : public Scorer {
   /// Predicted output tokens for every prompt (absent by default).
   void predict_output_tokens(std::vector<float> tokens) { output_tokens_ = std::move(tokens); }
 
+  /// `top_pick_quality` lowers a top pick's quality by `shortfall` (0 unless set).
+  void set_top_pick_shortfall(double shortfall) { shortfall_ = shortfall; }
+  double top_pick_quality(double predicted) const override { return predicted - shortfall_; }
+
   /// The version it reports ("table-scorer-1" unless set).
   void set_version(std::string version) { version_ = std::move(version); }
 
@@ -62,6 +66,7 @@ class TableScorer : public Scorer {
   std::vector<Rule> rules_;
   std::vector<float> output_tokens_;
   std::string version_ = "table-scorer-1";
+  double shortfall_ = 0.0;
 };
 
 }  // namespace torouter::testing
