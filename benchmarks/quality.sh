@@ -7,6 +7,7 @@
 #
 #   benchmarks/quality.sh            # about 30 minutes on 2 cores, plus about
 #                                    # 6 for the peers (benchmarks/peers/check_peers.sh)
+#                                    # and 4 for the paired bootstrap
 #
 # Needs the shared datasets ($TOROUTER_DATA, default ../shared/data) and,
 # for the peers, Debian's python3-sklearn, python3-xgboost and PyTorch
@@ -43,7 +44,8 @@ for dataset in routerbench3 llmrouter14; do
     build/bin/torouter train --data "$data_root/$dataset" ${spec:+--scorer "$spec"} $options \
       --seed 1 --threads 2 --out "$model" 2>"$out/$dataset-$name.train.log" | tail -1
     build/bin/torouter eval --data "$data_root/$dataset" --model "$model" \
-      --json "$out/$dataset-$name.json" --plot "docs/plots/$dataset-$name.svg" | grep AIQ
+      --json "$out/$dataset-$name.json" --plot "docs/plots/$dataset-$name.svg" \
+      --predictions "$out/$dataset-$name.csv" | grep AIQ
   done
 done
 # The ablation: each variant's 5-fold cross-validated figures on the
@@ -72,6 +74,16 @@ for dataset in routerbench3 llmrouter14; do
     --oof "$out/$dataset-oof.csv" --out "$out/$dataset-compare-oof.json"
 done
 benchmarks/peers/check_peers.sh "$out/peers" "$data_root"
+# How sure each test split is of the default against each tuned peer: a
+# paired bootstrap of the test rows, one cost prediction for all.
+for dataset in routerbench3 llmrouter14; do
+  echo "== $dataset: paired bootstrap of the test split, the default against the tuned peers"
+  peers=()
+  for peer in xgb ridge-cv knn-cv mf; do peers+=(--peer "$peer=$out/peers/$dataset-$peer.csv"); done
+  /usr/bin/python3 benchmarks/peers/paired_bootstrap.py --data "$data_root/$dataset" \
+    --ours "default=$out/$dataset-default.csv" "${peers[@]}" --resamples 200 \
+    --out "$out/$dataset-bootstrap.json"
+done
 # (Into a file first: write_results.py carries over the closed-loop section
 # of the docs/RESULTS.md it replaces.)
 /usr/bin/python3 benchmarks/write_results.py "$out" "$data_root" > "$out/RESULTS.md"

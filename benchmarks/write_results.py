@@ -131,6 +131,23 @@ def same_folds_table(path):
     return lines
 
 
+def bootstrap_table(path):
+    """paired_bootstrap.py's figures: the default against each tuned peer."""
+    if not os.path.exists(path):
+        return []
+    r = json.load(open(path, encoding="utf-8"))
+    labels = dict(PEERS)
+    lines = ["| peer | AIQ, the default | AIQ, the peer | difference | SD of the difference "
+             "| resamples where the default is at least the peer |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, p in r["peers"].items():
+        label = labels.get(name, name).split("; ")[0]
+        lines.append(f"| {label} | {fmt(r['aiq'][r['ours']])} | {fmt(r['aiq'][name])} | "
+                     f"{p['difference']:+.4f} | {p['sd']:.4f} | "
+                     f"{100 * p['share_ours_at_least']:.0f}% |")
+    return lines
+
+
 def task_shares(data_root, dataset, split):
     """{task: share of the split's rows}, or {} when the dataset is absent."""
     path = os.path.join(data_root or "", dataset, f"{split}.jsonl")
@@ -213,7 +230,10 @@ def main(out, data_root=None):
              "appear twice, with their per-query cost model and with the mean cost.",
              "All trained with seed 1 and at most 2 threads; `routes/s` is one query at",
              "a time on one thread (ours: `Router::route`; peers: featurize + predict",
-             "in Python). ECE: the shared README's calibration error at λ = 0.", "",
+             "in Python). ECE: the shared README's calibration error at λ = 0; ours",
+             "weighs each pick's expected quality (a trained model corrects its top",
+             "picks for the winner's curse, docs/ARCHITECTURE.md), the peers' their",
+             "predicted quality.", "",
              f"Machine: {machine()}.", ""]
     for dataset in DATASETS:
         reports = {}
@@ -272,8 +292,19 @@ def main(out, data_root=None):
                       "XGBoost peer trained on the very same 5 folds of the training split,",
                       "all judged with one cost prediction (the peers' per-query cost",
                       "model), so only the quality models differ; pooled over the training",
-                      "rows, and again with every task weighted equally.", ""]
+                      "rows, and again with every task weighted equally. The ECE here is of",
+                      "the picks' per-expert calibrated prediction, before the top-pick map",
+                      "(the CV ECE above is after it).", ""]
             lines += same_folds
+        bootstrap = bootstrap_table(os.path.join(out, f"{dataset}-bootstrap.json"))
+        if bootstrap:
+            lines += ["", f"### How sure the test split is ({dataset})", "",
+                      "`benchmarks/peers/paired_bootstrap.py`: the default's and each tuned",
+                      "peer's test predictions judged with one cost prediction (the peers'",
+                      "per-query cost model), so only the quality models differ, then the",
+                      "test rows resampled within each task, the same resample for every",
+                      "router (200 resamples).", ""]
+            lines += bootstrap
         ablation = cross_validation_table(os.path.join(out, f"{dataset}-ablation.log"))
         if ablation:
             lines += ["", f"### Ablation by cross-validation ({dataset})", "",
@@ -297,7 +328,10 @@ def main(out, data_root=None):
               "- Every torouter router is calibrated: per expert, a line of quality on the",
               "  raw output (`--calibration linear`, the default) fitted on 5-fold",
               "  out-of-fold predictions; the calibration table compares it with",
-              "  isotonic regression. The ECE column is measured on the test split.",
+              "  isotonic regression. A second isotonic map, fitted on held-out top",
+              "  picks, gives a top pick's expected quality; the ECE columns weigh that,",
+              "  on the test split (tables of the test split) or cross-fitted by fold",
+              "  (the CV tables).",
               "- The int8 table (`table=int8`) quantizes the MLP's embedding table after",
               "  training, a quarter of the bytes per row read when routing; its row is",
               "  the same training as \"MLP, soft labels\".",
