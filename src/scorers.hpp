@@ -81,6 +81,15 @@ PairedGap paired_gap(const CandidateFigures& best, const CandidateFigures& other
 /// empty for a single scorer.
 std::size_t one_standard_error_choice(const std::vector<CandidateFigures>& candidates,
                                       const std::vector<std::vector<std::size_t>>& members);
+/// The pick calibration (TrainableScorer::set_pick_calibration) for a
+/// scorer whose calibrated out-of-fold predictions are `calibrated` (rows x
+/// experts, each fold's rows calibrated on the other folds), `fold` giving
+/// each row's fold: an isotonic map of the top pick's true quality on its
+/// prediction over `set`'s complete rows, kept only where it lowers the top
+/// picks' ECE with each fold's picks mapped by a map of the other folds';
+/// else none (empty).
+Calibration pick_calibration_if_it_helps(const Eigen::MatrixXf& calibrated, const TrainingSet& set,
+                                         const std::vector<int>& fold, int folds);
 /// Gives a stack (made by make_stack_scorer) its members' calibrations, so
 /// training it needs no cross-validation of its own.
 void set_member_calibrations(TrainableScorer& stack, std::vector<Calibration> calibrations);

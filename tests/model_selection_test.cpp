@@ -79,7 +79,6 @@ TEST_CASE("train_best picks by cross-validated AIQ, calibrated and recorded") {
   CHECK(scorer->spec() == record.candidates[record.chosen].name);
   CHECK(record.candidates[1].ece < 0.1);
   CHECK_FALSE(scorer->calibration().empty());
-  CHECK(scorer->pick_calibration().experts() == 1);
   const torouter::Calibration two_maps({{0.0f, 1.0f}, {0.0f, 1.0f}}, {{0.0f, 1.0f}, {0.0f, 1.0f}});
   CHECK_THROWS_WITH(scorer->set_pick_calibration(two_maps), Contains("one map, not 2"));
 
@@ -93,8 +92,34 @@ TEST_CASE("train_best picks by cross-validated AIQ, calibrated and recorded") {
   CHECK(again.candidates[0].name == "knn:1000");
   CHECK(again.candidates[1].aiq == Approx(record.candidates[1].aiq));
   CHECK(again.candidates[2].fold_aiq == record.candidates[2].fold_aiq);
-  for (const double p : {0.0, 0.3, 0.55, 0.9, 1.0})
-    CHECK(loaded.scorer->top_pick_quality(p) == scorer->top_pick_quality(p));
+}
+
+TEST_CASE("a pick calibration is kept only where it lowers the held-out top picks' error") {
+  // Three experts; the first is every row's top pick, predicted p in
+  // [0.5, 0.9]. Where its quality is p exactly, the picks' ECE is 0 and no
+  // map can lower it: none is kept. Where it is p - 0.15, a map is kept and
+  // takes the 0.15 back.
+  const int n = 1000, folds = 5;
+  torouter::TrainingSet set;
+  set.experts = {"a", "b", "c"};
+  set.prompts.assign(n, "x");
+  set.quality.resize(n, 3);
+  set.present = Eigen::MatrixXf::Ones(n, 3);
+  set.output_tokens = Eigen::MatrixXf::Constant(n, 3, std::nanf(""));
+  Eigen::MatrixXf calibrated(n, 3);
+  std::vector<int> fold(n);
+  for (int r = 0; r < n; ++r) {
+    const float p = 0.5f + 0.4f * static_cast<float>(r % 97) / 96.0f;
+    calibrated.row(r) << p, 0.2f, 0.1f;
+    set.quality.row(r) << p, 0.2f, 0.1f;
+    fold[static_cast<std::size_t>(r)] = r % folds;
+  }
+  CHECK(torouter::detail::pick_calibration_if_it_helps(calibrated, set, fold, folds).empty());
+  set.quality.col(0).array() -= 0.15f;
+  const auto map = torouter::detail::pick_calibration_if_it_helps(calibrated, set, fold, folds);
+  REQUIRE(map.experts() == 1);
+  for (const float p : {0.55f, 0.7f, 0.85f})
+    CHECK(map.apply(0, p) == Approx(p - 0.15f).margin(0.01));
 }
 
 namespace {
@@ -189,7 +214,6 @@ TEST_CASE("train_calibrated fits the calibration method its options name") {
        {torouter::CalibrationMethod::Linear, torouter::CalibrationMethod::Isotonic}) {
     options.calibration = method;
     const auto scorer = torouter::train_calibrated(candidate, set, options, 3);
-    CHECK(scorer->pick_calibration().experts() == 1);  // fitted on held-out top picks
     const auto oof = torouter::cross_validate(candidate, set, options, 3);
     const auto expected = torouter::Calibration::fit(method, oof.quality, set.quality, set.present);
     const auto& calibration = scorer->calibration();
@@ -326,4 +350,12 @@ TEST_CASE("a top pick's expected quality corrects what its prediction overstates
   CHECK(predicted.mean() - truth.mean() > 0.01);
   CHECK(std::abs(expected.mean() - truth.mean()) < (predicted.mean() - truth.mean()) / 2);
   CHECK(after < before * 0.75);
+
+  // The map is part of the model file.
+  const auto path =
+      (torouter::testing::process_temp_dir("model_selection_test") / "gbt.tormodel").string();
+  torouter::save_model(*scorer, path, &data.registry);
+  const auto loaded = torouter::load_model(path);
+  for (const double p : {0.0, 0.3, 0.55, 0.7, 0.9, 1.0})
+    CHECK(loaded.scorer->top_pick_quality(p) == scorer->top_pick_quality(p));
 }

@@ -28,7 +28,8 @@
 // prediction is more often one whose prediction erred upward (the winner's
 // curse: on llmrouter14's training split, held-out top picks predicted
 // 0.676 and scored 0.652). So a trained scorer also holds a pick
-// calibration, one isotonic map fitted on held-out top picks
+// calibration, one isotonic map fitted on held-out top picks where
+// cross-validation shows it lowers their calibration error
 // (`TrainableScorer::set_pick_calibration`), which gives a top pick's
 // expected quality (`Scorer::top_pick_quality`, `RouteDecision::
 // expected_quality`). It does not rank: candidates are compared on their
