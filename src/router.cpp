@@ -237,6 +237,25 @@ std::string validate_exploration_options(const ExplorationOptions& options) {
   return {};
 }
 
+namespace {
+
+// RouteDecision::expected_quality of a ranked decision.
+double expected_pick_quality(const Scorer& scorer, const RouteDecision& decision) {
+  const Candidate* pick = decision.pick();
+  if (pick == nullptr) return std::numeric_limits<double>::quiet_NaN();
+  const std::size_t eligible = decision.eligible_count();
+  for (std::size_t i = 0; i < eligible; ++i) {
+    // Picked for cost, a quality floor or exploration: no top pick, so none
+    // of the top's selection bias.
+    if (decision.candidates[i].predicted_quality > pick->predicted_quality)
+      return pick->predicted_quality;
+  }
+  const double expected = scorer.top_pick_quality(pick->predicted_quality);
+  return std::isfinite(expected) ? std::clamp(expected, 0.0, 1.0) : pick->predicted_quality;
+}
+
+}  // namespace
+
 void Router::explore(const ExplorationOptions& options, RouteDecision& decision) const {
   auto& candidates = decision.candidates;
   const std::size_t eligible = decision.eligible_count();
@@ -278,20 +297,6 @@ void Router::explore(const ExplorationOptions& options, RouteDecision& decision)
               candidates.begin() + static_cast<long>(chosen) + 1);
   decision.reason = PickReason::Explored;
   decision.propensity = each;
-}
-
-double Router::expected_pick_quality(const Scorer& scorer, const RouteDecision& decision) {
-  const Candidate* pick = decision.pick();
-  if (pick == nullptr) return std::numeric_limits<double>::quiet_NaN();
-  const std::size_t eligible = decision.eligible_count();
-  for (std::size_t i = 0; i < eligible; ++i) {
-    // Picked for cost, a quality floor or exploration: no top pick, so none
-    // of the top's selection bias.
-    if (decision.candidates[i].predicted_quality > pick->predicted_quality)
-      return pick->predicted_quality;
-  }
-  const double expected = scorer.top_pick_quality(pick->predicted_quality);
-  return std::isfinite(expected) ? std::clamp(expected, 0.0, 1.0) : pick->predicted_quality;
 }
 
 void Router::route_with(const LoadedScorer& loaded, std::string_view prompt,

@@ -457,7 +457,6 @@ class Router {
   // Exploration (see ExplorationOptions): may move another eligible
   // candidate to the front, and records the pick's propensity.
   void explore(const ExplorationOptions& options, RouteDecision& decision) const;
-  static double expected_pick_quality(const Scorer& scorer, const RouteDecision& decision);
   // Routes into `decision` with working memory borrowed from the pool.
   void route_pooled(std::string_view prompt, const RouteOptions& options,
                     RouteDecision& decision) const;
