@@ -232,6 +232,34 @@ TEST_CASE("a cooldown one replica publishes reaches the others within a second")
   CHECK(cooled == std::vector<std::size_t>{1});
 }
 
+TEST_CASE("a cooldown decided while Redis is away is published once it is back") {
+  torouter::testing::RedisServer redis;
+  const auto o = options_for(redis, "cool-later");
+  auto a = store(o);
+  auto b = store(o);
+  std::mutex mutex;
+  std::vector<std::size_t> cooled;
+  b->on_cooldown([&](std::size_t expert, std::chrono::system_clock::time_point until) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (until > std::chrono::system_clock::now()) cooled.push_back(expert);
+  });
+  redis.stop();
+  CHECK(eventually([&] { return !a->counters().connected && !b->counters().connected; }));
+  a->publish_cooldown(1, std::chrono::system_clock::now() + 30s);
+  a->publish_cooldown(0, std::chrono::system_clock::now() - 1s);  // over before Redis is back
+  redis.start();                                                  // empty, as after a crash
+  CHECK(eventually(
+      [&] {
+        std::lock_guard<std::mutex> lock(mutex);
+        return !cooled.empty();
+      },
+      5s));
+  std::this_thread::sleep_for(3 * o.refresh);  // a cooldown of expert 0 would have come by now
+  b->on_cooldown(nullptr);                     // not under `mutex`: the listener takes it
+  std::lock_guard<std::mutex> lock(mutex);
+  CHECK(cooled == std::vector<std::size_t>{1});
+}
+
 TEST_CASE("Redis lost and back: failing open serves, failing closed refuses paid calls") {
   torouter::testing::RedisServer redis;
   auto o = options_for(redis, "faults");

@@ -100,6 +100,7 @@ class RedisStateStore::Impl {
       rules_ = budgets;
       fleet_in_flight_.assign(experts_.size(), 0);
       reported_until_.assign(experts_.size(), 0);
+      unpublished_until_.assign(experts_.size(), 0);
     }
     local_.configure(experts, std::move(budgets));
     try_connect();  // once, before the first call; the thread keeps trying
@@ -153,11 +154,22 @@ class RedisStateStore::Impl {
 
   void publish_cooldown(std::size_t expert, std::chrono::system_clock::time_point until) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (!connected_ || expert >= experts_.size()) return;  // a lost cooldown only shortens one
+    if (expert >= experts_.size()) return;
+    if (!connected_) {
+      // Kept, the latest per expert, for when Redis is reached (at start, a
+      // replica may route before its store has connected).
+      unpublished_until_[expert] = std::max(unpublished_until_[expert], unix_ms(until));
+      return;
+    }
+    queue_cooldown(expert, unix_ms(until));
+  }
+
+  // With `mutex_` held.
+  void queue_cooldown(std::size_t expert, std::int64_t until_ms) {
     Op op;
     op.kind = Op::Cooldown;
     op.admission.expert = expert;
-    op.now_ms = unix_ms(until);
+    op.now_ms = until_ms;
     queue_.push_back(std::move(op));
     wake_.notify_one();
   }
@@ -280,6 +292,11 @@ class RedisStateStore::Impl {
         std::lock_guard<std::mutex> lock(mutex_);
         connected_ = true;
         ++counters_.connects;
+        const std::int64_t now = unix_ms(std::chrono::system_clock::now());
+        for (std::size_t e = 0; e < unpublished_until_.size(); ++e) {
+          if (unpublished_until_[e] > now) queue_cooldown(e, unpublished_until_[e]);
+          unpublished_until_[e] = 0;
+        }
       }
       options_.on_event(fmt::format("connected to {}:{} (prefix {})", address_.host, address_.port,
                                     options_.key_prefix));
@@ -575,6 +592,8 @@ class RedisStateStore::Impl {
   std::vector<BudgetRule> rules_;
   std::vector<int> fleet_in_flight_;
   std::vector<std::int64_t> reported_until_;
+  // Cooldowns published while Redis was unreachable (unix ms, 0: none).
+  std::vector<std::int64_t> unpublished_until_;
   double fleet_spent_ = 0.0;
   double own_spent_ = 0.0;
   RedisStoreCounters counters_;
