@@ -204,6 +204,14 @@ def findings(dataset, reports, out, data_root):
     return lines
 
 
+def section(title, table, *intro):
+    """A "###" section: its title, its introduction, then the table; nothing
+    when the table is empty (its benchmark did not run)."""
+    if not table:
+        return []
+    return ["", f"### {title}", "", *intro, ""] + table
+
+
 def closed_loop_section():
     """The section benchmarks/closed_loop.py wrote into docs/RESULTS.md, kept
     as it is: that benchmark, not this one, measures it."""
@@ -264,58 +272,51 @@ def main(out, data_root=None):
         if best_ours:
             lines += ["", f"Our best router here by AIQ: {dict(OURS)[best_ours]}.",
                       f"![cost-quality plane, {dataset}](plots/{dataset}-{best_ours}.svg)"]
-        selection = cross_validation_table(os.path.join(out, f"{dataset}-default.train.log"))
-        if selection:
-            lines += ["", f"### How the default was chosen ({dataset})", "",
-                      "`torouter train` with no scorer: each candidate's figures on out-of-fold",
-                      "predictions of 5-fold cross-validation on the training split, each",
-                      "fold calibrated on the others, then stacks of the best. Trained on",
-                      "every row: the fewest members among the candidates whose AIQ is",
-                      "below the best's by at most the standard error of their fold-by-fold",
-                      "differences (the one-standard-error rule, paired by fold). The SE",
-                      "column is each candidate's own folds' standard error.", ""]
-            lines += selection
-        calibration = calibration_table(out, dataset)
-        if calibration:
-            lines += ["", f"### Linear against isotonic calibration ({dataset})", "",
-                      "The default's candidates, cross-validated as above, calibrated",
-                      "linearly (the default) and by isotonic regression (`torouter train",
-                      "--calibration isotonic`). Each fold's rows are calibrated on the",
-                      "other folds' out-of-fold predictions, so the figures judge the",
-                      "calibration on rows it did not see.", ""]
-            lines += calibration
-        same_folds = same_folds_table(os.path.join(out, f"{dataset}-compare-oof.json"))
-        if same_folds:
-            lines += ["", f"### torouter and XGBoost on the same folds ({dataset})", "",
-                      "`benchmarks/peers/compare_oof.py`: the default's candidates'",
-                      "out-of-fold predictions (`torouter train --out-of-fold`) and the",
-                      "XGBoost peer trained on the very same 5 folds of the training split,",
-                      "all judged with one cost prediction (the peers' per-query cost",
-                      "model), so only the quality models differ; pooled over the training",
-                      "rows, and again with every task weighted equally. The ECE here is of",
-                      "the picks' per-expert calibrated prediction, before the top-pick map",
-                      "(the CV ECE above is after it).", ""]
-            lines += same_folds
-        bootstrap = bootstrap_table(os.path.join(out, f"{dataset}-bootstrap.json"))
-        if bootstrap:
-            lines += ["", f"### How sure the test split is ({dataset})", "",
-                      "`benchmarks/peers/paired_bootstrap.py`: the default's and each tuned",
-                      "peer's test predictions judged with one cost prediction (the peers'",
-                      "per-query cost model), so only the quality models differ, then the",
-                      "test rows resampled within each task, the same resample for every",
-                      "router (200 resamples).", ""]
-            lines += bootstrap
+        lines += section(
+            f"How the default was chosen ({dataset})",
+            cross_validation_table(os.path.join(out, f"{dataset}-default.train.log")),
+            "`torouter train` with no scorer: each candidate's figures on out-of-fold",
+            "predictions of 5-fold cross-validation on the training split, each",
+            "fold calibrated on the others, then stacks of the best. Trained on",
+            "every row: the fewest members among the candidates whose AIQ is",
+            "below the best's by at most the standard error of their fold-by-fold",
+            "differences (the one-standard-error rule, paired by fold). The SE",
+            "column is each candidate's own folds' standard error.")
+        lines += section(
+            f"Linear against isotonic calibration ({dataset})", calibration_table(out, dataset),
+            "The default's candidates, cross-validated as above, calibrated",
+            "linearly (the default) and by isotonic regression (`torouter train",
+            "--calibration isotonic`). Each fold's rows are calibrated on the",
+            "other folds' out-of-fold predictions, so the figures judge the",
+            "calibration on rows it did not see.")
+        lines += section(
+            f"torouter and XGBoost on the same folds ({dataset})",
+            same_folds_table(os.path.join(out, f"{dataset}-compare-oof.json")),
+            "`benchmarks/peers/compare_oof.py`: the default's candidates'",
+            "out-of-fold predictions (`torouter train --out-of-fold`) and the",
+            "XGBoost peer trained on the very same 5 folds of the training split,",
+            "all judged with one cost prediction (the peers' per-query cost",
+            "model), so only the quality models differ; pooled over the training",
+            "rows, and again with every task weighted equally. The ECE here is of",
+            "the picks' per-expert calibrated prediction, before the top-pick map",
+            "(the CV ECE above is after it).")
+        lines += section(
+            f"How sure the test split is ({dataset})",
+            bootstrap_table(os.path.join(out, f"{dataset}-bootstrap.json")),
+            "`benchmarks/peers/paired_bootstrap.py`: the default's and each tuned",
+            "peer's test predictions judged with one cost prediction (the peers'",
+            "per-query cost model), so only the quality models differ, then the",
+            "test rows resampled within each task, the same resample for every",
+            "router (200 resamples).")
         ablation = cross_validation_table(os.path.join(out, f"{dataset}-ablation.log"))
-        if ablation:
-            lines += ["", f"### Ablation by cross-validation ({dataset})", "",
-                      "The same 5-fold cross-validation on the training split alone, one",
-                      "change at a time from `gbt` (see `benchmarks/quality.sh`).", ""]
-            lines += [l for l in ablation if not l.startswith("Chosen")]
-        found = findings(dataset, reports, out, data_root)
-        if found:
-            lines += ["", f"### What the figures say ({dataset})", "",
-                      "Computed by benchmarks/write_results.py from the tables above.", ""]
-            lines += found
+        lines += section(
+            f"Ablation by cross-validation ({dataset})",
+            [l for l in ablation if not l.startswith("Chosen")],
+            "The same 5-fold cross-validation on the training split alone, one",
+            "change at a time from `gbt` (see `benchmarks/quality.sh`).")
+        lines += section(
+            f"What the figures say ({dataset})", findings(dataset, reports, out, data_root),
+            "Computed by benchmarks/write_results.py from the tables above.")
         lines.append("")
     lines += closed_loop_section()
     # Method only: every sentence with a figure is computed above.

@@ -155,9 +155,7 @@ TopPicks top_picks(const Eigen::MatrixXf& calibrated, const TrainingSet& set,
 }
 
 // The pick calibration (TrainableScorer::set_pick_calibration) of top picks
-// made on held-out rows. Isotonic: measured once on llmrouter14's training
-// split, out of fold, a line or a plain shift left an ECE of 0.026 to 0.039
-// where the isotonic map left 0.009 to 0.013.
+// made on held-out rows; isotonic, as docs/ARCHITECTURE.md says why.
 Calibration fit_pick_calibration(const TopPicks& picks) {
   if (picks.predicted.rows() == 0) return Calibration();
   const Eigen::MatrixXf present = Eigen::MatrixXf::Ones(picks.predicted.rows(), 1);
@@ -170,8 +168,8 @@ Calibration fit_pick_calibration(const TopPicks& picks) {
 struct PickEce {
   double plain = 0.0, mapped = 0.0;
   /// Whether the map is worth keeping: it must lower the held-out ECE. It
-  /// does not always (routerbench3's stacks: 0.014 to 0.022), and a map
-  /// fitted on few distinct predictions only adds noise.
+  /// does not always (routerbench3's stacks), and a map fitted on few
+  /// distinct predictions only adds noise.
   bool map_helps() const { return mapped < plain; }
   double best() const { return map_helps() ? mapped : plain; }
 };

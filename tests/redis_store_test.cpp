@@ -209,27 +209,43 @@ TEST_CASE("a crashed replica's slots and reservations come back after their expi
   CHECK(admit(*survivor, 0, 0.0).outcome == AdmissionOutcome::AtCapacity);
 }
 
+namespace {
+
+// The experts whose cooldowns, still running, a store reports from others.
+class CooldownsSeen {
+ public:
+  explicit CooldownsSeen(RedisStateStore& store) : store_(store) {
+    store_.on_cooldown([this](std::size_t expert, std::chrono::system_clock::time_point until) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (until > std::chrono::system_clock::now()) experts_.push_back(expert);
+    });
+  }
+  ~CooldownsSeen() { store_.on_cooldown(nullptr); }  // not under `mutex_`: the listener takes it
+
+  std::vector<std::size_t> experts() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return experts_;
+  }
+
+ private:
+  RedisStateStore& store_;
+  mutable std::mutex mutex_;
+  std::vector<std::size_t> experts_;
+};
+
+}  // namespace
+
 TEST_CASE("a cooldown one replica publishes reaches the others within a second") {
   torouter::testing::RedisServer redis;
   const auto o = options_for(redis, "cool");
   auto a = store(o);
   auto b = store(o);
-  std::mutex mutex;
-  std::vector<std::size_t> cooled;
-  b->on_cooldown([&](std::size_t expert, std::chrono::system_clock::time_point until) {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (until > std::chrono::system_clock::now()) cooled.push_back(expert);
-  });
+  const CooldownsSeen seen(*b);
   const auto published = std::chrono::steady_clock::now();
   a->publish_cooldown(1, std::chrono::system_clock::now() + 10s);
-  CHECK(eventually([&] {
-    std::lock_guard<std::mutex> lock(mutex);
-    return !cooled.empty();
-  }));
+  CHECK(eventually([&] { return !seen.experts().empty(); }));
   CHECK(std::chrono::steady_clock::now() - published < 1s);
-  b->on_cooldown(nullptr);  // not under `mutex`: the listener takes it
-  std::lock_guard<std::mutex> lock(mutex);
-  CHECK(cooled == std::vector<std::size_t>{1});
+  CHECK(seen.experts() == std::vector<std::size_t>{1});
 }
 
 TEST_CASE("a cooldown decided while Redis is away is published once it is back") {
@@ -237,25 +253,13 @@ TEST_CASE("a cooldown decided while Redis is away is published once it is back")
   const auto o = options_for(redis, "cool-later");
   auto a = store(o);
   auto b = store(o);
-  std::mutex mutex;
-  std::vector<std::size_t> cooled;
-  b->on_cooldown([&](std::size_t expert, std::chrono::system_clock::time_point until) {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (until > std::chrono::system_clock::now()) cooled.push_back(expert);
-  });
+  const CooldownsSeen seen(*b);
   redis.stop();
   CHECK(eventually([&] { return !a->counters().connected && !b->counters().connected; }));
   a->publish_cooldown(1, std::chrono::system_clock::now() + 30s);
   redis.start();  // empty, as after a crash
-  CHECK(eventually(
-      [&] {
-        std::lock_guard<std::mutex> lock(mutex);
-        return !cooled.empty();
-      },
-      5s));
-  b->on_cooldown(nullptr);  // not under `mutex`: the listener takes it
-  std::lock_guard<std::mutex> lock(mutex);
-  CHECK(cooled == std::vector<std::size_t>{1});
+  CHECK(eventually([&] { return !seen.experts().empty(); }, 5s));
+  CHECK(seen.experts() == std::vector<std::size_t>{1});
 }
 
 TEST_CASE("Redis lost and back: failing open serves, failing closed refuses paid calls") {

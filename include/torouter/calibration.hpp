@@ -26,8 +26,8 @@
 // Calibrated per expert, each prediction is right on average over that
 // expert's prompts, yet the expert a router picks for having the highest
 // prediction is more often one whose prediction erred upward (the winner's
-// curse: on llmrouter14's training split, held-out top picks predicted
-// 0.676 and scored 0.652). So a trained scorer also holds a pick
+// curse; docs/ARCHITECTURE.md, "A top pick's expected quality", has the
+// figures). So a trained scorer also holds a pick
 // calibration, one isotonic map fitted on held-out top picks where
 // cross-validation shows it lowers their calibration error
 // (`TrainableScorer::set_pick_calibration`), which gives a top pick's
