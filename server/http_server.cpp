@@ -828,6 +828,12 @@ void accept_next(const std::shared_ptr<HttpServer::State>& state) {
           timer->async_wait([state, timer](beast::error_code) { accept_next(state); });
           return;
         }
+        // Without it, Nagle's algorithm holds an answer's second write
+        // (its body after its head, a stream's next chunk) until the client
+        // acknowledges the first, which a client delays for 40 ms: every
+        // answer after the first on a kept-alive connection waited so long.
+        beast::error_code ignored;
+        socket.set_option(tcp::no_delay(true), ignored);
         std::size_t open = 0;
         {
           std::lock_guard<std::mutex> lock(state->mutex);

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <csignal>
@@ -1394,6 +1395,43 @@ TEST_CASE("router server: a client that goes away cancels its upstream call, bla
     freed = after && after->body.find("\"in_flight\":1") == std::string::npos;
   }
   CHECK(freed);
+}
+
+TEST_CASE("router server: answers on a kept-alive connection go out at once", "[server]") {
+  // With Nagle's algorithm on, a write that follows another (a stream's
+  // chunks after its head; a plain answer's body, when its head filled a
+  // write of its own) waited for the client to acknowledge the first,
+  // which a client delays by 40 ms or more: every answer after the first
+  // on a kept-alive connection took that long. Compared with answers on
+  // new connections (acknowledged at once), so that a slow machine or a
+  // sanitizer slows both alike.
+  Fixture f;
+  const bool stream = GENERATE(false, true);
+  const std::string body = chat_body("router", kPrompt, stream);
+  const std::string request =
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+      "Content-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  const auto answered_in_ms = [&request](RawHttpConnection& connection) {
+    const auto start = std::chrono::steady_clock::now();
+    REQUIRE(connection.send(request));
+    REQUIRE(connection.receive().status == 200);
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+        .count();
+  };
+  RawHttpConnection kept(f.port, 10s);
+  answered_in_ms(kept);  // its first answer
+  std::vector<double> on_kept, on_new;
+  for (int i = 0; i < 9; ++i) {
+    on_kept.push_back(answered_in_ms(kept));
+    RawHttpConnection fresh(f.port, 10s);
+    on_new.push_back(answered_in_ms(fresh));
+  }
+  std::sort(on_kept.begin(), on_kept.end());
+  std::sort(on_new.begin(), on_new.end());
+  INFO((stream ? "streamed" : "plain")
+       << " answers, median ms: kept-alive " << on_kept[4] << ", new connection " << on_new[4]);
+  CHECK(on_kept[4] < on_new[4] + 20.0);
 }
 
 TEST_CASE("router server: one I/O thread serves thirty slow calls at once", "[server]") {

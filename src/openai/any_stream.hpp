@@ -64,12 +64,14 @@ class IoCompletion {
 
 /// The first few non-empty buffers of a sequence, as one type. A read or
 /// write "some" may move fewer bytes than offered, so leaving the rest for
-/// the next call is what Beast's operations expect.
+/// the next call is what Beast's operations expect. As many as Asio
+/// hands one system call: an answer's head takes a buffer per field, and
+/// with 16 a head of a dozen fields left its body to a second write.
 template <class Buffer>
 struct BufferList {
   using value_type = Buffer;
   using const_iterator = const Buffer*;
-  static constexpr std::size_t kMost = 16;
+  static constexpr std::size_t kMost = 64;
 
   template <class Sequence>
   explicit BufferList(const Sequence& sequence) {

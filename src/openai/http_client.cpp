@@ -326,12 +326,23 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
             self->fail(PostOutcome::Error::ConnectTimeout, "no connection in time");
           } else if (ec) {
             self->fail(PostOutcome::Error::CannotConnect, ec.message());
-          } else if (self->connection_->stream->secure()) {
-            self->handshake();
           } else {
-            self->send();
+            self->connected();
           }
         }));
+  }
+
+  // A request's writes go out at once: with Nagle's algorithm a write
+  // after the first (a large body's next piece) waits for the upstream to
+  // acknowledge the first, which it may delay for 40 ms.
+  void connected() {
+    beast::error_code ignored;
+    connection_->lowest().socket().set_option(tcp::no_delay(true), ignored);
+    if (connection_->stream->secure()) {
+      handshake();
+    } else {
+      send();
+    }
   }
 
   void handshake() {
