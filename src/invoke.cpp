@@ -583,6 +583,10 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   ChunkCallback chunk_receiver(std::uint64_t token) {
     std::weak_ptr<InvokeRun> weak = weak_from_this();
     return [weak, token, buffer = stream_, loop = loop_](std::string_view piece) {
+      if (piece.empty()) {  // the stream is alive, with no text (see ChunkCallback)
+        buffer->last_arrival_ns.store(to_ns(Clock::now()));
+        return;
+      }
       bool post = false;
       {
         std::lock_guard<std::mutex> lock(buffer->mutex);
@@ -622,7 +626,9 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   }
 
   // One piece of a streamed answer: joined for the result, and passed on.
+  // An empty one only says the stream is alive.
   void deliver(std::string_view piece) {
+    if (piece.empty()) return;
     streamed_text_.append(piece);
     if (invoke_options_.on_chunk) {
       chunks_delivered_ = true;

@@ -371,6 +371,32 @@ TEST_CASE("an asynchronous stream is timed from piece to piece, and capped in al
     REQUIRE(r.ok());
     CHECK(r.response.text.rfind("11,") == r.response.text.size() - 3);
   }
+  SECTION("empty pieces keep a stream alive, and are not passed on") {
+    // A reasoning model thinks for 320 ms, twice the timeout, before its
+    // first word; its transport says so with empty pieces.
+    Router router = make_router(o);
+    router.set_transport(
+        "solo", Transport::async_streaming(
+                    [](const Request&, torouter::ChunkCallback on_chunk, CompletionCallback done) {
+                      std::thread([on_chunk, done] {
+                        for (int i = 0; i < 8; ++i) {
+                          std::this_thread::sleep_for(40ms);
+                          on_chunk({});
+                        }
+                        on_chunk("a");
+                        on_chunk("b");
+                        done(Response::answer("", 1, 2));
+                      }).detach();
+                    }));
+    InvokeOptions options;
+    std::vector<std::string> seen;
+    options.on_chunk = [&](std::string_view piece) { seen.emplace_back(piece); };
+    InvokeResult r = router.invoke("hi", options);
+    REQUIRE(r.ok());
+    CHECK(r.attempts.size() == 1);
+    CHECK(seen == std::vector<std::string>{"a", "b"});
+    CHECK(r.response.text == "ab");
+  }
   SECTION("a stream that stalls after its first pieces breaks, as a timeout") {
     Router router = make_router(o);
     router.set_transport("solo", paced_stream(12, 10ms, 3));

@@ -621,6 +621,26 @@ TEST_CASE("router server: a stream runs as long as its chunks keep coming", "[se
     CHECK(streamed_content(res->body) == "up-" + first + " answers: " + kPrompt);
     CHECK(sse_data(res->body).back() == "[DONE]");
   }
+  SECTION("a reasoning model's thinking, then its answer, is not cut") {
+    // Events with no answer text (vLLM's reasoning_content) arrive 100 ms
+    // apart for 0.8 s, twice the timeout, before the first word.
+    StandInBehaviour thinking = slow;
+    thinking.reasoning_chunks = 8;
+    f.upstreams[first]->push_behaviour(thinking);
+    const auto calls = [&f] {
+      std::size_t n = 0;
+      for (const auto& [name, u] : f.upstreams) n += u->requests();
+      return n;
+    };
+    const std::size_t before = calls();
+    auto res = f.post(chat_body("router", kPrompt, true));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    CHECK(res->header("X-Torouter-Expert") == first);
+    CHECK(streamed_content(res->body) == "up-" + first + " answers: " + kPrompt);
+    CHECK(sse_data(res->body).back() == "[DONE]");
+    CHECK(calls() == before + 1);  // no failover
+  }
   SECTION("a stream that stalls between chunks is cut") {
     StandInBehaviour stalled = slow;
     stalled.chunk_gap = 1500ms;

@@ -154,7 +154,12 @@ struct Response {
 
 /// Called by an asynchronous transport, exactly once per request.
 using CompletionCallback = std::function<void(Response)>;
-/// Receives each piece of a streamed answer, in order.
+/// Receives each piece of a streamed answer, in order. An empty piece says
+/// the stream is alive though it carried no answer text (a reasoning
+/// model's thinking, a tool call's arguments, a role or usage event): it
+/// restarts the wait for the next piece (`Request::timeout`) and is not
+/// passed on, so it neither reaches `InvokeOptions::on_chunk` nor commits
+/// the stream to its expert.
 using ChunkCallback = std::function<void(std::string_view chunk)>;
 
 /// How the router reaches one expert: exactly one of the four callbacks is set.

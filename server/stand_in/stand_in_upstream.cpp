@@ -261,12 +261,18 @@ class ReplySender : public std::enable_shared_from_this<ReplySender> {
   std::shared_ptr<InFlight> in_flight_;
 };
 
-// The streamed answer's pieces: the text in `chunks` pieces, or the tool
-// calls in pieces, then the end (finish reason, usage and [DONE]).
+// The streamed answer's pieces: the thinking, then the text in `chunks`
+// pieces, or the tool calls in pieces, then the end (finish reason, usage
+// and [DONE]).
 std::vector<std::string> stream_events(const StandInBehaviour& b, const std::string& model,
                                        const std::string& answer, std::string_view finish_reason,
                                        std::size_t in_tokens, std::size_t out_tokens) {
-  std::vector<std::string> events = tool_call_events(model, b.tool_calls);
+  std::vector<std::string> events;
+  for (int k = 0; k < b.reasoning_chunks; ++k) {
+    events.push_back(delta_event(model, k == 0 ? R"("role":"assistant","reasoning_content":"Hm.")"
+                                               : R"("reasoning_content":" Hm.")"));
+  }
+  for (auto& event : tool_call_events(model, b.tool_calls)) events.push_back(std::move(event));
   // Exactly `chunks` pieces (fewer only for a shorter answer), so a
   // stream lasts the same whatever the model's name.
   const std::size_t pieces =

@@ -42,6 +42,9 @@ struct StandInBehaviour {
   int chunks = 3;
   /// Pause between streamed pieces.
   std::chrono::milliseconds chunk_gap{0};
+  /// Streamed: pieces of `reasoning_content` before the answer's (a
+  /// reasoning model's thinking, as vLLM streams it), `chunk_gap` apart.
+  int reasoning_chunks = 0;
   /// For `Answer`: tool calls made instead of a text answer (the content is
   /// then null); streamed, each call's arguments come in two pieces.
   std::vector<openai::ToolCall> tool_calls;

@@ -327,11 +327,12 @@ class ChatExchange {
       return false;
     }
     // Last: the caller's code may parse on this thread (the parser is
-    // shared), and `content` stays valid until the next parse.
+    // shared), and `content` stays valid until the next parse. An event
+    // without text (a reasoning model's thinking, a tool call's pieces)
+    // goes on empty: the stream is alive, so its gap timer restarts.
     std::string_view content;
-    if (!doc["choices"].at(0)["delta"]["content"].get(content) && !content.empty()) {
-      on_chunk_(content);
-    }
+    if (doc["choices"].at(0)["delta"]["content"].get(content)) content = {};
+    on_chunk_(content);
     return true;
   }
 
