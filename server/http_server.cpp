@@ -53,6 +53,34 @@ void copy_head(const bhttp::request<bhttp::string_body>& message, HttpRequest& r
   }
 }
 
+// Why a request's head cannot be served as it is framed (RFC 9112), as
+// a status and a reason; status 0 when it can. Beast reads a body chunked
+// only when chunked is its last transfer coding, and otherwise reads no
+// body at all, so the body would be read as the next request: the request
+// smuggling a proxy in front that reads it otherwise makes possible.
+std::pair<int, std::string> unservable_framing(
+    const bhttp::request_parser<bhttp::string_body>::value_type& message) {
+  if (message.version() >= 11) {
+    // Section 3.2: no Host, or more than one.
+    const auto hosts = message.count(bhttp::field::host);
+    if (hosts == 0) return {400, "HTTP/1.1 request without a Host header"};
+    if (hosts > 1) return {400, "request with more than one Host header"};
+  }
+  if (message.find(bhttp::field::transfer_encoding) == message.end()) return {0, {}};
+  // Section 6.3: a final coding other than chunked leaves the length unknown.
+  if (!message.chunked()) return {400, "Transfer-Encoding whose last coding is not chunked"};
+  // Section 6.1: a coding the server does not decode.
+  const auto [first, last] = message.equal_range(bhttp::field::transfer_encoding);
+  for (auto field = first; field != last; ++field) {
+    for (const auto& coding : bhttp::token_list(field->value())) {
+      if (!beast::iequals(coding, "chunked")) {
+        return {501, "Transfer-Encoding " + text_of(coding) + " is not implemented"};
+      }
+    }
+  }
+  return {0, {}};
+}
+
 }  // namespace
 
 std::string_view HttpRequest::path() const {
@@ -355,11 +383,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   void head_read(beast::error_code ec) {
     if (ec) return read_failed(ec);
     const auto& message = parser_->get();
-    if (message.version() >= 11 && message.find(bhttp::field::host) == message.end()) {
-      // RFC 9112, section 3.2: an HTTP/1.1 request without Host is refused.
+    if (auto [status, why] = unservable_framing(message); status != 0) {
       reading_request_ = false;
       request_timer_.cancel();
-      return refuse(400, "HTTP/1.1 request without a Host header");
+      return refuse(status, why);
     }
     if (parser_->is_done()) return dispatch();
     auto self = shared_from_this();
