@@ -83,6 +83,12 @@ struct ServerConfig {
   /// Chat requests being routed or called at once; past it, 503 with
   /// Retry-After.
   std::size_t max_requests_in_flight = 10000;
+  /// How long a connection may wait for its next request's first byte.
+  /// nginx's default: longer than the 60 s a load balancer in front
+  /// commonly keeps an idle connection to reuse (AWS asks targets for
+  /// longer), and than clients' own (httpx, under OpenAI's SDK: 5 s). A
+  /// server that closes first races their next request, which is lost.
+  std::chrono::milliseconds idle_timeout{75000};
   /// HTTPS: the certificate chain and private key (PEM files, relative to
   /// the configuration file); both empty for plain HTTP.
   std::string tls_cert_file;

@@ -1087,6 +1087,7 @@ struct RouterServer::Impl {
     // Every handler answers at once or defers: none waits on an upstream.
     options.handlers_never_block = true;
     options.max_connections = config.max_connections;
+    options.idle_timeout = config.idle_timeout;
     options.tls_cert_file = config.tls_cert_file;
     options.tls_key_file = config.tls_key_file;
     options.max_queued_requests = config.max_queued_requests;

@@ -1148,6 +1148,13 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
              Contains("server.json: listen.port"));
   CHECK_THAT(error_of(R"({"router_model":"m","listen":{"max_connections":0},"experts":[)" + expert + "]}"),
              Contains("server.json: listen.max_connections"));
+  CHECK_THAT(
+      error_of(R"({"router_model":"m","listen":{"idle_timeout_ms":0},"experts":[)" + expert + "]}"),
+      Contains("server.json: listen.idle_timeout_ms"));
+  CHECK(parse_server_config(
+            R"({"router_model":"m","listen":{"idle_timeout_ms":90000},"experts":[)" + expert + "]}",
+            "server.json", "")
+            .idle_timeout == 90s);
   CHECK_THAT(error_of(R"({"router_model":"m","listen":{"tls_cert_file":"c.pem"},"experts":[)" +
                       expert + "]}"),
              Contains("server.json: listen.tls_key_file: missing: HTTPS needs both"));
@@ -1473,6 +1480,33 @@ TEST_CASE("router server: one I/O thread serves thirty slow calls at once", "[se
   // One thread holding a call at a time would take 30 rounds of 300 ms;
   // the stand-in's eight threads make four.
   CHECK(std::chrono::steady_clock::now() - begin < 3s);
+}
+
+TEST_CASE("router server: a kept-alive connection waits listen.idle_timeout_ms", "[server]") {
+  // The default outlasts the idle timeouts of load balancers and clients,
+  // whose next request would otherwise race the server's close.
+  const std::string body = chat_body("router", kPrompt);
+  const std::string request =
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+      "Content-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  SECTION("by default, longer than a client's own 5 s") {
+    Fixture f;
+    RawHttpConnection connection(f.port, 10s);
+    REQUIRE(connection.send(request));
+    REQUIRE(connection.receive().status == 200);
+    std::this_thread::sleep_for(5500ms);
+    REQUIRE(connection.send(request));
+    CHECK(connection.receive().status == 200);
+  }
+  SECTION("a short one closes the connection") {
+    Fixture f([](ServerConfig& c) { c.idle_timeout = 300ms; });
+    RawHttpConnection connection(f.port, 10s);
+    REQUIRE(connection.send(request));
+    REQUIRE(connection.receive().status == 200);
+    std::this_thread::sleep_for(1200ms);
+    CHECK(connection.closed_by_server());
+  }
 }
 
 TEST_CASE("router server: past max_requests_in_flight, 503 with Retry-After", "[server]") {
