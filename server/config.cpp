@@ -136,6 +136,8 @@ bool read_upstream_field(const Fields& f, std::string_view key, element v, Exper
     e.upstream.ca_file = f.text(key, v);
   else if (key == "max_response_bytes")
     e.upstream.max_response_bytes = f.count(key, v, 1);
+  else if (key == "stream_usage")
+    e.upstream.stream_usage = f.boolean(key, v);
   else
     return false;
   return true;
@@ -185,7 +187,7 @@ ExpertConfig read_expert(const std::string& origin, std::size_t index, element v
     if (read_upstream_field(f, key, v, e) || read_registry_field(f, key, v, e)) continue;
     f.fail(key,
            "unknown field (known: name, base_url, model, api_key_env, connect_timeout_ms, "
-           "read_timeout_ms, ca_file, max_response_bytes, input_usd_per_mtok, "
+           "read_timeout_ms, ca_file, max_response_bytes, stream_usage, input_usd_per_mtok, "
            "output_usd_per_mtok, "
            "context_window_tokens, tags, capabilities, time_to_first_token_ms, "
            "output_tokens_per_second, max_concurrent_calls, requests_per_minute, "

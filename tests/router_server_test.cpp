@@ -249,6 +249,22 @@ TEST_CASE("router server: routes a request and tells the decision in headers", "
   CHECK(temperature == Approx(0.25));
 }
 
+TEST_CASE("router server: a streamed call asks its upstream for the token counts", "[server]") {
+  // OpenAI and vLLM put usage in a stream only when asked; without it a
+  // stream's cost is an estimate.
+  const bool asked = GENERATE(true, false);
+  Fixture f([asked](ServerConfig& c) {
+    for (auto& e : c.experts) e.upstream.stream_usage = asked;
+  });
+  auto res = f.post(chat_body("router", kPrompt, true));
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  const std::string sent = f.upstreams[res->header("X-Torouter-Expert")]->last_body();
+  INFO(sent);
+  CHECK((sent.find(R"("stream_options":{"include_usage":true})") != std::string::npos) == asked);
+  CHECK_THAT(sent, Contains(R"("stream":true)"));
+}
+
 TEST_CASE("router server: router:<lambda> sets the cost weight, a name bypasses routing",
           "[server]") {
   Fixture f;
@@ -1181,6 +1197,10 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
              Contains("experts[1].name: duplicate"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[{"name":"x","base_url":"http://h","price":1}]})"),
              Contains("experts[0].price: unknown field"));
+  CHECK_THAT(
+      error_of(
+          R"({"router_model":"m","experts":[{"name":"x","base_url":"http://h","stream_usage":1}]})"),
+      Contains("experts[0].stream_usage: expected true or false"));
   CHECK_THAT(
       error_of(
           R"({"router_model":"m","experts":[{"name":"x","base_url":"http://h","capabilities":["tools","vision"]}]})"),

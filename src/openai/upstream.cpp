@@ -242,7 +242,13 @@ std::string request_body(const UpstreamOptions& options, const Request& request,
       call.extra_fields_json.find("\"max_completion_tokens\"") == std::string_view::npos) {
     body += fmt::format(",\"max_tokens\":{}", request.max_output_tokens);
   }
-  body += stream ? ",\"stream\":true}" : ",\"stream\":false}";
+  if (!stream) {
+    body += ",\"stream\":false}";
+  } else if (options.stream_usage) {
+    body += ",\"stream\":true,\"stream_options\":{\"include_usage\":true}}";
+  } else {
+    body += ",\"stream\":true}";
+  }
   return body;
 }
 

@@ -90,6 +90,12 @@ struct UpstreamOptions {
   /// The largest answer body taken (a stream's, in all); a larger one
   /// fails the call as a `ServerError`.
   std::size_t max_response_bytes = 16 << 20;
+  /// Streamed calls ask for the answer's token counts
+  /// (`"stream_options":{"include_usage":true}`), which OpenAI and vLLM
+  /// send in a stream only when asked: its cost is then counted, not
+  /// estimated from its length. False for an upstream that refuses the
+  /// field.
+  bool stream_usage = true;
   /// A PEM file of the certificate authorities an https:// upstream's
   /// certificate must chain to; empty for the system's.
   std::string ca_file;
