@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <any>
 #include <atomic>
 #include <chrono>
@@ -662,8 +663,11 @@ struct RouterServer::Impl {
   bool has_key(const HttpRequest& req) const {
     if (config.api_keys.empty()) return true;
     const std::string_view header = req.header("authorization");
-    constexpr std::string_view kBearer = "Bearer ";
-    if (header.size() <= kBearer.size() || header.substr(0, kBearer.size()) != kBearer) {
+    constexpr std::string_view kBearer = "bearer ";
+    // The scheme's name is case-insensitive (RFC 9110, section 11.1).
+    if (header.size() <= kBearer.size() ||
+        !std::equal(kBearer.begin(), kBearer.end(), header.begin(),
+                    [](char a, char b) { return a == (b >= 'A' && b <= 'Z' ? b + 32 : b); })) {
       return false;
     }
     const std::string_view key = header.substr(kBearer.size());

@@ -840,6 +840,13 @@ TEST_CASE("router server: bearer keys, size limit and bad input", "[server]") {
     auto ok = f.post(chat_body("router", "hi"), good);
     REQUIRE(ok);
     CHECK(ok->status == 200);
+    // The scheme's name in any case (RFC 9110); the key as it is.
+    auto lower = f.post(chat_body("router", "hi"), {{"Authorization", "bearer key-two"}});
+    REQUIRE(lower);
+    CHECK(lower->status == 200);
+    auto key_case = f.post(chat_body("router", "hi"), {{"Authorization", "Bearer KEY-TWO"}});
+    REQUIRE(key_case);
+    CHECK(key_case->status == 401);
     auto health = f.get("/health");  // open, for load balancers, but says only "up"
     REQUIRE(health);
     CHECK(health->status == 200);
@@ -850,7 +857,7 @@ TEST_CASE("router server: bearer keys, size limit and bad input", "[server]") {
     auto keyed_health = f.get("/health", good);  // the experts' state needs the key
     REQUIRE(keyed_health);
     CHECK_THAT(keyed_health->body, Contains("\"experts\":[") && Contains("\"model_version\""));
-    CHECK(f.total_requests() == 1);
+    CHECK(f.total_requests() == 2);  // the two with a key
   }
   SECTION("request size limit") {
     auto res = f.post(chat_body("router", std::string(10000, 'a')), good);
