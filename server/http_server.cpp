@@ -214,6 +214,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     std::size_t bytes;
   };
 
+  bool http10() const { return http10_; }
+
   WriteOp whole(const HttpResponse& r) {
     auto message = std::make_shared<bhttp::response<bhttp::string_body>>();
     message->result(static_cast<unsigned>(r.status));
@@ -237,7 +239,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     message->set(bhttp::field::content_type,
                  beast::string_view(content_type.data(), content_type.size()));
     message->keep_alive(r.keep_alive_);
-    message->chunked(true);
+    // HTTP/1.0 has no chunked coding (RFC 9112, section 6.1): the body ends
+    // where the connection does (`start_stream` cleared keep-alive).
+    message->chunked(!http10_);
     auto serializer = std::make_shared<bhttp::response_serializer<bhttp::empty_body>>(*message);
     return [this, message, serializer](Done done) {
       bhttp::async_write_header(
@@ -248,13 +252,28 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   WriteOp chunk(std::shared_ptr<const std::string> data) {
     return [this, data](Done done) {
-      asio::async_write(stream_, bhttp::make_chunk(asio::buffer(*data)),
-                        [data, done](beast::error_code ec, std::size_t n) { done(ec, n); });
+      write_chunk(*data, [data, done](beast::error_code ec, std::size_t n) { done(ec, n); });
     };
   }
 
+  // A streamed answer's piece: a chunk, or its bytes as they are to an
+  // HTTP/1.0 client.
+  template <class Handler>
+  void write_chunk(const std::string& data, Handler&& handler) {
+    if (http10_) {
+      asio::async_write(stream_, asio::buffer(data), std::forward<Handler>(handler));
+    } else {
+      asio::async_write(stream_, bhttp::make_chunk(asio::buffer(data)),
+                        std::forward<Handler>(handler));
+    }
+  }
+
   WriteOp last_chunk() {
-    return [this](Done done) { asio::async_write(stream_, bhttp::make_chunk_last(), done); };
+    return [this](Done done) {
+      if (!http10_) return asio::async_write(stream_, bhttp::make_chunk_last(), done);
+      // HTTP/1.0: nothing marks the end but the close that follows.
+      asio::post(stream_.get_executor(), [done] { done({}, 0); });
+    };
   }
 
   // Runs `op` on the I/O thread and waits for it (a worker's write); false when
@@ -440,6 +459,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     copy_head(message, *request);
     request->body = std::move(message.body());
     const bool keep_alive = message.keep_alive();
+    http10_ = message.version() < 11;
     parser_.reset();
     if (state_->options.handlers_never_block) return serve_here(*request, keep_alive);
     auto self = shared_from_this();
@@ -583,8 +603,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       if (next.op) return next.op(std::move(written));
       // A chunk: its bytes stay in `writing_chunk_` until written.
       writing_chunk_ = std::move(next.chunk);
-      asio::async_write(stream_, bhttp::make_chunk(asio::buffer(writing_chunk_)),
-                        std::move(written));
+      write_chunk(writing_chunk_, std::move(written));
       return;
     }
     if (!end_pending_) return;
@@ -742,6 +761,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   bool steps_posted_ = false;
   std::size_t queued_bytes_ = 0;
   bool writing_ = false;
+  bool http10_ = false;  // the request being answered is HTTP/1.0
   bool end_pending_ = false;
   int end_status_ = 0;
   bool end_keep_alive_ = false;
@@ -767,6 +787,7 @@ void HttpResponse::set_content(std::string body, std::string_view content_type) 
 
 bool HttpResponse::start_stream(std::string_view content_type) {
   streaming_ = true;
+  if (session_->http10()) keep_alive_ = false;  // its end is the connection's
   if (deferred_) {
     session_->queue(session_->stream_head(*this, content_type), 0, gone_);
     return !gone_->cancelled();

@@ -189,6 +189,21 @@ TEST_CASE("http server: streamed answers, failing handlers, stop", "[http][serve
   CHECK(streamed.header("x-stream") == "yes");
   CHECK(streamed.body == "data: one\n\ndata: two\n\n");
 
+  // HTTP/1.0 has no chunked coding: the body runs to the close, even when
+  // the client asked to keep the connection.
+  for (const char* keep : {"", "Connection: keep-alive\r\n"}) {
+    INFO("HTTP/1.0 " << keep);
+    RawHttpConnection old = f.connect();
+    send(old, std::string("GET /stream HTTP/1.0\r\n") + keep + "\r\n");
+    // A body with neither length nor chunks is read until the server
+    // closes: the read ends there, or fails at its timeout.
+    HttpReply reply = receive(old);
+    CHECK(reply.status == 200);
+    CHECK_FALSE(reply.has_header("transfer-encoding"));
+    CHECK_FALSE(reply.has_header("content-length"));
+    CHECK(reply.body == "data: one\n\ndata: two\n\n");
+  }
+
   send(socket, "GET /throw HTTP/1.1\r\nHost: t\r\n\r\n");
   HttpReply thrown = receive(socket);
   CHECK(thrown.status == 500);

@@ -1509,6 +1509,24 @@ TEST_CASE("router server: one I/O thread serves thirty slow calls at once", "[se
   CHECK(std::chrono::steady_clock::now() - begin < 3s);
 }
 
+TEST_CASE("router server: a stream to an HTTP/1.0 client runs to the close, unchunked",
+          "[server]") {
+  // HTTP/1.0 has no chunked coding (RFC 9112, section 6.1).
+  Fixture f;
+  const std::string body = chat_body("router", kPrompt, true);
+  RawHttpConnection connection(f.port, 10s);
+  REQUIRE(
+      connection.send("POST /v1/chat/completions HTTP/1.0\r\nConnection: keep-alive\r\n"
+                      "Content-Type: application/json\r\nContent-Length: " +
+                      std::to_string(body.size()) + "\r\n\r\n" + body));
+  const auto reply = connection.receive();  // ends at the close, or fails at the timeout
+  CHECK(reply.status == 200);
+  CHECK_FALSE(reply.has_header("transfer-encoding"));
+  CHECK(streamed_content(reply.body) ==
+        "up-" + reply.header("X-Torouter-Expert") + " answers: " + kPrompt);
+  CHECK(sse_data(reply.body).back() == "[DONE]");
+}
+
 TEST_CASE("router server: a kept-alive connection waits listen.idle_timeout_ms", "[server]") {
   // The default outlasts the idle timeouts of load balancers and clients,
   // whose next request would otherwise race the server's close.
