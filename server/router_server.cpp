@@ -144,6 +144,7 @@ ApiError invoke_error(const InvokeResult& r) {
   bool all_bad_request = true;
   bool all_context = true;
   bool all_rate_limited = true;
+  bool all_timed_out = true;
   int failed = 0;
   for (const auto& a : r.attempts) {
     if (a.outcome != AttemptOutcome::Failed) continue;
@@ -154,6 +155,7 @@ ApiError invoke_error(const InvokeResult& r) {
     all_bad_request = all_bad_request && (a.failure == FailureKind::BadRequest ||
                                           a.failure == FailureKind::ContextTooLong);
     all_rate_limited = all_rate_limited && a.failure == FailureKind::RateLimited;
+    all_timed_out = all_timed_out && a.failure == FailureKind::Timeout;
   }
   e.message = r.error_message + last;
   if (status_of_invoke_error(r.error, e)) return e;
@@ -169,6 +171,9 @@ ApiError invoke_error(const InvokeResult& r) {
     e.status = 429;
     e.type = "rate_limit_error";
     e.code = "upstream_rate_limited";
+  } else if (failed > 0 && all_timed_out) {
+    e.status = 504;  // no upstream answered in time: a gateway timeout
+    e.code = "upstream_timeout";
   } else {
     e.status = 502;
     e.code = "upstream_error";

@@ -456,6 +456,20 @@ TEST_CASE("router server: fails over from failing upstreams", "[server]") {
   }
 }
 
+TEST_CASE("router server: upstreams that all answer too late give a 504", "[server]") {
+  Fixture f([](ServerConfig& c) { c.router.attempt_timeout = 200ms; });
+  StandInBehaviour late;
+  late.delay = 1000ms;
+  for (auto& [name, u] : f.upstreams) u->set_behaviour(late);
+  auto res = f.post(chat_body("router", kPrompt));
+  REQUIRE(res);
+  CHECK(res->status == 504);
+  simdjson::dom::parser parser;
+  auto doc = parse(parser, res->body);
+  CHECK(str(doc["error"]["code"]) == "upstream_timeout");
+  CHECK_THAT(str(doc["error"]["message"]), Contains("timeout"));
+}
+
 TEST_CASE("router server: failures of every expert become OpenAI error objects", "[server]") {
   Fixture f;
   SECTION("all upstreams down: 502") {
