@@ -23,6 +23,7 @@
 #include <thread>
 #include <unordered_set>
 
+#include "ascii.hpp"
 #include "asio_event_loop.hpp"
 #include "chat_request.hpp"
 #include "http_server.hpp"
@@ -672,7 +673,7 @@ struct RouterServer::Impl {
     // The scheme's name is case-insensitive (RFC 9110, section 11.1).
     if (header.size() <= kBearer.size() ||
         !std::equal(kBearer.begin(), kBearer.end(), header.begin(),
-                    [](char a, char b) { return a == (b >= 'A' && b <= 'Z' ? b + 32 : b); })) {
+                    [](char a, char b) { return a == torouter::detail::ascii_lower(b); })) {
       return false;
     }
     const std::string_view key = header.substr(kBearer.size());

@@ -76,13 +76,15 @@ TEST_CASE("openai upstream: a plain call and a streamed one", "[openai]") {
 
   std::string joined;
   int pieces = 0;
+  int empty = 0;
   Response s = upstream.stream(request("Hi"), [&](std::string_view piece) {
     joined += piece;
-    ++pieces;
+    ++(piece.empty() ? empty : pieces);
   });
   REQUIRE(s.ok());
   CHECK(joined == "m1 answers: Hi");
   CHECK(pieces >= 2);
+  CHECK(empty == 1);  // the last event: the finish reason and usage, no text
   CHECK(s.output_tokens > 0);
 
   // The conversation and extra fields as the caller gives them; max tokens

@@ -164,7 +164,10 @@ class Upstream {
   /// One streaming chat call (`"stream": true`): each piece of the answer's
   /// content goes to `on_chunk` as it arrives, in order, then the response
   /// to `on_done`, whose text is empty on success (the router joins the
-  /// pieces). Both run on the upstream's threads, one at a time.
+  /// pieces). An event without content (a role, a reasoning model's
+  /// thinking, a tool call's piece, usage) goes as an empty piece, a sign
+  /// of life (see `ChunkCallback`). Both run on the upstream's threads, one
+  /// at a time.
   void stream_async(const Request& request, ChunkCallback on_chunk, const ChatCall& call,
                     CompletionCallback on_done) const;
 
