@@ -182,6 +182,27 @@ ApiError invoke_error(const InvokeResult& r) {
   return e;
 }
 
+// `detail` without the upstream's own words, where an upstream failure's
+// message (src/openai/upstream.cpp) quotes them: "HTTP 503: <its message>"
+// becomes "HTTP 503", "error event in stream: <event>" and "malformed
+// answer: <body>" lose what follows the colon.
+std::string without_upstream_words(std::string detail) {
+  static constexpr std::string_view kQuoting[] = {"error event in stream", "malformed answer",
+                                                  "malformed stream event"};
+  std::size_t keep = std::string::npos;
+  if (detail.rfind("HTTP ", 0) == 0) {
+    keep = detail.find(": ");
+  } else {
+    for (std::string_view prefix : kQuoting) {
+      if (detail.rfind(prefix, 0) == 0) keep = prefix.size();
+    }
+  }
+  if (keep == std::string::npos || keep >= detail.size()) return detail;
+  detail.resize(keep);
+  detail += " (the upstream's message is in the server's log)";
+  return detail;
+}
+
 // Appends one `chat.completion.chunk` event to `out`: `delta` holds the
 // delta's members (without braces), `finish_reason` is JSON (null or a
 // string), and `extra` adds top-level members after the choices (with its
@@ -315,8 +336,9 @@ struct RouterServer::Impl {
   std::atomic<std::uint64_t> next_id{1};
   std::atomic<std::size_t> chats_in_flight{0};
   int port = -1;
-  // Each upstream's base URL and what clients see in its place.
-  std::vector<std::pair<std::string, std::string>> upstream_urls;
+  // The upstreams' base URLs, which clients never see (several experts
+  // may share one).
+  std::vector<std::string> upstream_urls;
 
   explicit Impl(ServerConfig c)
       : config(std::move(c)),
@@ -367,7 +389,7 @@ struct RouterServer::Impl {
       openai::UpstreamOptions upstream = ec.upstream;
       upstream.io = io;
       upstreams.push_back(std::make_shared<const openai::Upstream>(std::move(upstream)));
-      upstream_urls.emplace_back(ec.upstream.base_url, fmt::format("<upstream of {}>", ec.name));
+      upstream_urls.push_back(ec.upstream.base_url);
     }
     RouterOptions router_options = config.router;
     router_options.state_store = shared_state();
@@ -696,29 +718,57 @@ struct RouterServer::Impl {
     return false;
   }
 
-  // `text` with every upstream URL replaced by the expert's name: clients
-  // learn which expert failed and how, not where the upstreams live.
-  std::string without_urls(std::string text) const {
-    for (const auto& [url, name] : upstream_urls) {
+  // What a client is told of attempt `a`: how its expert failed, not where
+  // the upstream lives (its URL reads `<upstream of EXPERT>`) nor, unless
+  // the request was at fault, what the upstream said, which may name
+  // internal hosts or accounts. The server's log has it all.
+  std::string client_detail(const Attempt& a) const {
+    std::string text = a.detail;
+    const std::string name = fmt::format("<upstream of {}>", a.expert);
+    for (const std::string& url : upstream_urls) {
       for (auto at = text.find(url); at != std::string::npos; at = text.find(url, at)) {
         text.replace(at, url.size(), name);
         at += name.size();
       }
     }
-    return text;
+    if (a.failure == FailureKind::BadRequest || a.failure == FailureKind::ContextTooLong) {
+      return text;  // the client needs the upstream's reason to fix its request
+    }
+    return without_upstream_words(std::move(text));
   }
 
-  // The error object for a failed invoke, its details (upstream URLs
-  // included) in the server's log.
+  // The error object for a failed invoke, its details (upstream URLs and
+  // messages included) in the server's log.
   ApiError failed_invoke(const InvokeResult& r) const {
-    for (const auto& a : r.attempts) {
+    InvokeResult told;
+    told.error = r.error;
+    told.error_message = r.error_message;
+    told.attempts = r.attempts;
+    for (auto& a : told.attempts) {
       if (a.outcome != AttemptOutcome::Failed) continue;
       std::cerr << fmt::format("torouter-server: {} attempt {} failed: {}: {}\n", a.expert,
                                a.number, to_string(a.failure), a.detail);
+      a.detail = client_detail(a);
     }
-    ApiError e = invoke_error(r);
-    e.message = without_urls(std::move(e.message));
-    return e;
+    return invoke_error(told);
+  }
+
+  // A failed invoke's error, with `Retry-After` when upstreams asked for a
+  // pause: the soonest of their waits, in whole seconds.
+  void send_failed_invoke(HttpResponse& res, const InvokeResult& r) const {
+    const ApiError e = failed_invoke(r);
+    if (e.code == "upstream_rate_limited") {
+      std::chrono::milliseconds soonest{0};
+      for (const auto& a : r.attempts) {
+        if (a.retry_after.count() > 0 && (soonest.count() == 0 || a.retry_after < soonest)) {
+          soonest = a.retry_after;
+        }
+      }
+      if (soonest.count() > 0) {
+        res.set_header("Retry-After", std::to_string((soonest.count() + 999) / 1000));
+      }
+    }
+    send_error(res, e);
   }
 
   std::string trace_json(const InvokeResult& r, const ChatRequest& chat) const {
@@ -729,7 +779,7 @@ struct RouterServer::Impl {
           "{{\"expert\":{},\"number\":{},\"outcome\":\"{}\",\"failure\":\"{}\",\"detail\":{},"
           "\"waited_ms\":{},\"latency_ms\":{},\"cost_usd\":{}}}",
           json_string(a.expert), a.number, to_string(a.outcome), to_string(a.failure),
-          json_string(without_urls(a.detail)), a.waited.count(), a.latency.count(),
+          json_string(client_detail(a)), a.waited.count(), a.latency.count(),
           json_number(a.cost_usd));
     }
     const Candidate* pick = r.decision.pick();
@@ -822,7 +872,7 @@ struct RouterServer::Impl {
     const CallContext& call = x.call;
     set_decision_headers(res, r, chat, r.expert, calls_made(r));
     if (!r.ok()) {
-      send_error(res, failed_invoke(r));
+      send_failed_invoke(res, r);
       res.finish();
       return;
     }
@@ -879,7 +929,7 @@ struct RouterServer::Impl {
     if (!x.started) {
       if (!r.ok()) {
         set_decision_headers(res, r, x.chat, r.expert, calls_made(r));
-        send_error(res, failed_invoke(r));
+        send_failed_invoke(res, r);
         res.finish();
         return;
       }
@@ -913,7 +963,7 @@ struct RouterServer::Impl {
       ApiError e = failed_invoke(r);
       e.code = "stream_broken";
       e.message = r.error_message;
-      if (!r.attempts.empty()) e.message += ": " + without_urls(r.attempts.back().detail);
+      if (!r.attempts.empty()) e.message += ": " + client_detail(r.attempts.back());
       tail = "data: " + error_body(e) + "\n\n";
     }
     res.write(tail);

@@ -649,7 +649,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   // The attempt's timer: the call's time is up, unless a stream sent a
   // piece within the last `attempt_timeout_` (and its cap is not reached).
   void attempt_timed_out() {
-    std::string why = fmt::format("no completion within {} ms", attempt_timeout_.count());
+    std::string why = fmt::format("no answer within {} ms", attempt_timeout_.count());
     if (stream_) {
       const auto now = Clock::now();
       const auto gap_end =
@@ -661,10 +661,17 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
         return;
       }
       deliver_pieces();
+      // A stream that sent nothing (or a plain answer asked for through a
+      // streaming transport) never started: "no answer", as for a call.
+      const bool started = stream_->last_arrival_ns.load() != to_ns(attempt_start_);
       const auto cap = std::chrono::duration_cast<milliseconds>(stream_deadline_ - attempt_start_);
-      why = now >= stream_deadline_
-                ? fmt::format("the stream ran past its stream_timeout of {} ms", cap.count())
-                : fmt::format("no piece of the stream for {} ms", attempt_timeout_.count());
+      if (now >= stream_deadline_) {
+        why = fmt::format("the stream ran past its stream_timeout of {} ms", cap.count());
+      } else if (started) {
+        why = fmt::format("no piece of the stream for {} ms", attempt_timeout_.count());
+      } else {
+        why = fmt::format("no answer within {} ms", attempt_timeout_.count());
+      }
       stream_.reset();
     }
     in_attempt_ = false;
@@ -709,6 +716,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     attempt.outcome = AttemptOutcome::Failed;
     attempt.failure = response.failure;
     attempt.detail = response.error_message;
+    attempt.retry_after = response.retry_after;
     result_.attempts.push_back(std::move(attempt));
     const bool cooled = note_failure(i);
     if (chunks_delivered_) {

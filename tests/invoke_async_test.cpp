@@ -410,6 +410,15 @@ TEST_CASE("an asynchronous stream is timed from piece to piece, and capped in al
     CHECK(r.attempts[0].failure == FailureKind::Timeout);
     CHECK_THAT(r.attempts[0].detail, Catch::Contains("no piece of the stream for 150 ms"));
   }
+  SECTION("a stream that sends nothing is a call with no answer") {
+    Router router = make_router(o);
+    router.set_transport("solo", paced_stream(12, 10ms, 0));
+    InvokeResult r = router.invoke("hi");
+    CHECK(r.error == InvokeError::AllFailed);
+    REQUIRE(r.attempts.size() == 1);
+    CHECK(r.attempts[0].failure == FailureKind::Timeout);
+    CHECK_THAT(r.attempts[0].detail, Catch::Contains("no answer within 150 ms"));
+  }
   SECTION("stream_timeout caps the whole stream") {
     o.stream_timeout = 200ms;
     Router router = make_router(o);

@@ -483,6 +483,40 @@ TEST_CASE("router server: failures of every expert become OpenAI error objects",
     CHECK_THAT(str(doc["error"]["message"]), Contains("HTTP 500"));
     CHECK(res->header("X-Torouter-Attempts") == "6");
   }
+  SECTION("what an upstream says of its own failure stays in the server's log") {
+    for (auto& [name, u] : f.upstreams) {
+      u->set_behaviour(behaviour(Kind::Status, 503, "",
+                                 R"({"error":{"message":"backend 10.9.8.7:8000 overloaded"}})"));
+    }
+    auto res = f.post(chat_body("router", kPrompt));
+    REQUIRE(res);
+    CHECK(res->status == 502);
+    CHECK_THAT(res->body, Contains("HTTP 503"));
+    CHECK_THAT(res->body, !Contains("10.9.8.7"));
+  }
+  SECTION("all upstreams rate limited: 429 with the soonest Retry-After") {
+    f.upstreams.begin()->second->set_behaviour(behaviour(
+        Kind::Status, 429, "40", R"({"error":{"message":"Rate limit reached for org-secret"}})"));
+    for (auto& [name, u] : f.upstreams) {
+      if (u != f.upstreams.begin()->second) u->set_behaviour(behaviour(Kind::Status, 429, "30"));
+    }
+    auto res = f.post(chat_body("router", kPrompt));
+    REQUIRE(res);
+    CHECK(res->status == 429);
+    CHECK(res->header("Retry-After") == "30");
+    CHECK_THAT(res->body, Contains("upstream_rate_limited"));
+    CHECK_THAT(res->body, !Contains("org-secret"));
+  }
+  SECTION("experts that share an upstream: the error names the one called") {
+    Fixture g(
+        [&](ServerConfig& c) { c.experts[1].upstream.base_url = c.experts[0].upstream.base_url; });
+    g.upstreams[kExperts[0]]->stop();
+    auto res = g.post(chat_body(kExperts[1], kPrompt));
+    REQUIRE(res);
+    CHECK(res->status == 502);
+    CHECK_THAT(res->body, Contains("cannot connect to <upstream of " + kExperts[1] + ">"));
+    CHECK_THAT(res->body, !Contains("<upstream of " + kExperts[0] + ">"));
+  }
   SECTION("upstreams that cannot be reached: their URLs stay out of the answer") {
     for (auto& [name, u] : f.upstreams) u->stop();
     auto res = f.post(chat_body("router", kPrompt));

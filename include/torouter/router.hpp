@@ -271,6 +271,9 @@ struct Attempt {
   FailureKind failure = FailureKind::None;
   /// Failure message, or why the call was skipped.
   std::string detail;
+  /// For `RateLimited`: the wait the expert asked for (`Response::retry_after`),
+  /// 0 when it named none.
+  std::chrono::milliseconds retry_after{0};
   /// Pause before this call (backoff or retry-after).
   std::chrono::milliseconds waited{0};
   /// Duration of the call as the router measured it.
