@@ -84,7 +84,15 @@ std::pair<int, std::string> unservable_framing(
 }  // namespace
 
 std::string_view HttpRequest::path() const {
-  return std::string_view(target).substr(0, target.find('?'));
+  std::string_view path = std::string_view(target).substr(0, target.find('?'));
+  for (beast::string_view scheme : {"http://", "https://"}) {
+    if (path.size() >= scheme.size() &&
+        beast::iequals(beast::string_view(path.data(), scheme.size()), scheme)) {
+      const auto slash = path.find('/', scheme.size());
+      return slash == std::string_view::npos ? std::string_view("/") : path.substr(slash);
+    }
+  }
+  return path;
 }
 
 std::string_view HttpRequest::header(std::string_view name) const {

@@ -49,7 +49,9 @@ struct HttpRequest {
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
 
-  /// The target without its query string.
+  /// The target without its query string, nor its scheme and authority
+  /// in the absolute form ("http://host/v1/models" is "/v1/models"), which
+  /// a server must accept (RFC 9112, section 3.2.2).
   std::string_view path() const;
   /// The first header field named `name` (any case), or empty.
   std::string_view header(std::string_view name) const;

@@ -182,6 +182,55 @@ ApiError invoke_error(const InvokeResult& r) {
   return e;
 }
 
+constexpr std::string_view kModelsPrefix = "/v1/models/";
+
+bool is_model_path(std::string_view path) {
+  return path.size() > kModelsPrefix.size() &&
+         path.substr(0, kModelsPrefix.size()) == kModelsPrefix;
+}
+
+// The methods the endpoint at `path` takes (an Allow header's value);
+// empty where there is no endpoint.
+std::string_view methods_of(std::string_view path) {
+  if (path == "/v1/chat/completions" || path == "/admin/reload" || path == "/v1/feedback") {
+    return "POST";
+  }
+  if (path == "/v1/models" || path == "/health" || path == "/metrics" || is_model_path(path)) {
+    return "GET, HEAD";
+  }
+  return {};
+}
+
+// A hexadecimal digit's value; -1 for another character.
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  c = torouter::detail::ascii_lower(c);
+  return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+// A path segment with its %XX escapes decoded (an expert's name may hold
+// characters a client escapes); a malformed escape stays as it is.
+std::string percent_decoded(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const int high = i + 2 < text.size() ? hex_value(text[i + 1]) : -1;
+    const int low = i + 2 < text.size() ? hex_value(text[i + 2]) : -1;
+    if (text[i] == '%' && high >= 0 && low >= 0) {
+      out.push_back(static_cast<char>(high * 16 + low));
+      i += 2;
+    } else {
+      out.push_back(text[i]);
+    }
+  }
+  return out;
+}
+
+// One entry of GET /v1/models.
+std::string model_object(std::string_view id) {
+  return fmt::format(R"({{"id":{},"object":"model","created":0,"owned_by":"torouter"}})",
+                     json_string(id));
+}
+
 // `detail` without the upstream's own words, where an upstream failure's
 // message (src/openai/upstream.cpp) quotes them: "HTTP 503: <its message>"
 // becomes "HTTP 503", "error event in stream: <event>" and "malformed
@@ -972,34 +1021,51 @@ struct RouterServer::Impl {
 
   void handle_models(const HttpRequest& req, HttpResponse& res) const {
     if (!authorized(req, res)) return;
-    std::string data =
-        "{\"id\":\"router\",\"object\":\"model\",\"created\":0,\"owned_by\":\"torouter\"}";
-    for (const auto& e : router->experts().experts()) {
-      data +=
-          fmt::format(",{{\"id\":{},\"object\":\"model\",\"created\":0,\"owned_by\":\"torouter\"}}",
-                      json_string(e.name));
-    }
+    std::string data = model_object("router");
+    for (const auto& e : router->experts().experts()) data += "," + model_object(e.name);
     res.set_content("{\"object\":\"list\",\"data\":[" + data + "]}", "application/json");
   }
 
+  // GET /v1/models/{id}: one of the list's models, as OpenAI's retrieve
+  // answers; "router:<...>" forms are not models of their own.
+  void handle_model(const HttpRequest& req, HttpResponse& res) const {
+    if (!authorized(req, res)) return;
+    const std::string id = percent_decoded(req.path().substr(kModelsPrefix.size()));
+    if (id == "router" || router->experts().index_of(id)) {
+      return res.set_content(model_object(id), "application/json");
+    }
+    ApiError e;
+    e.status = 404;
+    e.code = "model_not_found";
+    e.param = "model";
+    e.message = fmt::format("The model '{}' does not exist", id);
+    send_error(res, e);
+  }
+
   // Open to load balancers without a key: then it says only that the
-  // server is up; the experts' state and the model version need the key.
+  // server is up (200 either way: every replica shares the upstreams, so
+  // taking this one out of a pool would help nothing). With the key, the
+  // experts' state and the model version, and "degraded" while no expert
+  // can be called (each disabled or cooling down).
   void handle_health(const HttpRequest& req, HttpResponse& res) const {
     if (!has_key(req)) {
       res.set_content("{\"status\":\"ok\"}", "application/json");
       return;
     }
     std::string experts;
+    bool any_callable = false;
     for (const auto& e : router->experts().experts()) {
       const ExpertStatus s = router->status(e.name);
+      any_callable = any_callable || (s.enabled && !s.cooling_down);
       if (!experts.empty()) experts.push_back(',');
       experts += fmt::format("{{\"name\":{},\"enabled\":{},\"cooling_down\":{},\"in_flight\":{}}}",
                              json_string(e.name), s.enabled, s.cooling_down, s.in_flight);
     }
     const auto scorer = router->current_scorer();  // held while its version is read
-    res.set_content(fmt::format("{{\"status\":\"ok\",\"model_version\":{},\"experts\":[{}]}}",
-                                json_string(scorer->version()), experts),
-                    "application/json");
+    res.set_content(
+        fmt::format("{{\"status\":\"{}\",\"model_version\":{},\"experts\":[{}]}}",
+                    any_callable ? "ok" : "degraded", json_string(scorer->version()), experts),
+        "application/json");
   }
 
   // What this server's calls spent (a shared store's `spent_usd` is the fleet's).
@@ -1098,16 +1164,25 @@ struct RouterServer::Impl {
     const std::string& method = req.method;
     // HEAD is GET without the body, which the HTTP layer leaves out.
     const bool get = method == "GET" || method == "HEAD";
-    if (path == "/v1/chat/completions" && method == "POST") return handle_chat(req, res);
+    const bool post = method == "POST";
+    if (path == "/v1/chat/completions" && post) return handle_chat(req, res);
     if (path == "/v1/models" && get) return handle_models(req, res);
+    if (is_model_path(path) && get) return handle_model(req, res);
     if (path == "/health" && get) return handle_health(req, res);
     if (path == "/metrics" && get) return handle_metrics(req, res);
-    if (path == "/admin/reload" && method == "POST") return handle_reload(req, res);
-    if (path == "/v1/feedback" && method == "POST") return handle_feedback(req, res);
+    if (path == "/admin/reload" && post) return handle_reload(req, res);
+    if (path == "/v1/feedback" && post) return handle_feedback(req, res);
     ApiError e;
     e.status = 404;
     e.code = "not_found";
     e.message = fmt::format("no endpoint {} {}", method, path);
+    if (const std::string_view allow = methods_of(path); !allow.empty()) {
+      // The endpoint exists, for other methods (RFC 9110, section 15.5.6).
+      e.status = 405;
+      e.code = "method_not_allowed";
+      e.message = fmt::format("{} takes {}, not {}", path, allow, method);
+      res.set_header("Allow", allow);
+    }
     send_error(res, e);
   }
 

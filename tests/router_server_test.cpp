@@ -957,6 +957,27 @@ TEST_CASE("router server: bearer keys, size limit and bad input", "[server]") {
   }
 }
 
+TEST_CASE("router server: /health says degraded while no expert can be called", "[server]") {
+  Fixture f([](ServerConfig& c) {
+    c.router.failures_before_cooldown = 1;
+    c.router.cooldown = 60s;
+  });
+  CHECK_THAT(f.get("/health")->body, Contains("\"status\":\"ok\""));
+  for (auto& [name, u] : f.upstreams) u->set_behaviour(behaviour(Kind::Status, 503));
+  for (const std::string& name : kExperts) {  // each fails once, and rests
+    auto failed = f.post(chat_body(name, kPrompt));
+    REQUIRE(failed);
+    CHECK(failed->status == 502);
+    if (&name != &kExperts.back())
+      CHECK_THAT(f.get("/health")->body, Contains("\"status\":\"ok\""));
+  }
+  auto health = f.get("/health");
+  REQUIRE(health);
+  CHECK(health->status == 200);  // the replica is up; its upstreams are not
+  CHECK_THAT(health->body, Contains("\"status\":\"degraded\""));
+  CHECK_THAT(health->body, !Contains("\"cooling_down\":false"));
+}
+
 TEST_CASE("router server: models, health and metrics", "[server]") {
   Fixture f;
   auto models = f.get("/v1/models");
@@ -968,6 +989,36 @@ TEST_CASE("router server: models, health and metrics", "[server]") {
   for (std::size_t i = 0; i < kExperts.size(); ++i) {
     CHECK(str(doc["data"].at(i + 1)["id"]) == kExperts[i]);
   }
+  // One model, as OpenAI's retrieve answers; its name may come escaped.
+  for (const std::string& id : {std::string("router"), kExperts[1]}) {
+    auto one = f.get("/v1/models/" + id);
+    REQUIRE(one);
+    CHECK(one->status == 200);
+    CHECK(str(parse(parser, one->body)["id"]) == id);
+  }
+  auto escaped = f.get("/v1/models/gemma%2D2-9b-it");
+  REQUIRE(escaped);
+  CHECK(escaped->status == 200);
+  CHECK(str(parse(parser, escaped->body)["id"]) == "gemma-2-9b-it");
+  auto missing = f.get("/v1/models/gpt-9");
+  REQUIRE(missing);
+  CHECK(missing->status == 404);
+  CHECK_THAT(missing->body, Contains("model_not_found"));
+  // The absolute form of a target (RFC 9112, section 3.2.2) reaches the same endpoint.
+  auto absolute = f.get("http://127.0.0.1/v1/models?x=1");
+  REQUIRE(absolute);
+  CHECK(absolute->status == 200);
+  CHECK_THAT(absolute->body, Contains("\"object\":\"list\""));
+  // A known endpoint asked with another method: 405 with the methods it takes.
+  auto wrong = torouter::test::http_call(f.port, "GET", "/v1/chat/completions");
+  REQUIRE(wrong);
+  CHECK(wrong->status == 405);
+  CHECK(wrong->header("Allow") == "POST");
+  CHECK_THAT(wrong->body, Contains("method_not_allowed"));
+  auto wrong_get = torouter::test::http_call(f.port, "DELETE", "/v1/models/router");
+  REQUIRE(wrong_get);
+  CHECK(wrong_get->status == 405);
+  CHECK(wrong_get->header("Allow") == "GET, HEAD");
 
   auto health = f.get("/health");
   REQUIRE(health);
