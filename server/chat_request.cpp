@@ -185,6 +185,10 @@ std::optional<ApiError> read_field(std::string_view key, simdjson::dom::element 
       return bad_request(fmt::format("{} must be a whole number", key), std::string(key));
     }
     chat.max_tokens = static_cast<std::size_t>(n);
+  } else if (key == "n") {
+    std::uint64_t n = 0;
+    if (value.get(n) || n == 0) return bad_request("n must be a whole number >= 1", "n");
+    chat.choices = static_cast<std::size_t>(n);
   } else if (key == "tools") {
     simdjson::dom::array tools;
     if (value.get(tools)) return bad_request("tools must be an array", "tools");
@@ -362,6 +366,12 @@ std::optional<ApiError> parse_chat_request(std::string_view body, const ExpertRe
     chat.extra_json += json_string(key);
     chat.extra_json.push_back(':');
     chat.extra_json += simdjson::minify(field.value);
+  }
+  if (chat.stream && chat.choices > 1) {
+    return bad_request(
+        "n above 1 cannot be streamed through this router: ask without stream, or for one "
+        "choice at a time",
+        "n");
   }
   chat.lambda_cost = default_lambda_cost;
   if (auto error = read_model(model, experts, chat)) return error;

@@ -67,6 +67,9 @@ struct ChatRequest {
   std::size_t input_tokens = 0;
   /// `max_tokens` or `max_completion_tokens`; 0 when absent.
   std::size_t max_tokens = 0;
+  /// `n`, the choices asked for; 1 when absent. Above 1 it is refused for
+  /// a stream, whose relay passes on one choice.
+  std::size_t choices = 1;
 };
 
 /// Parses and checks a request body; fills `chat` (a fresh one), or returns

@@ -252,12 +252,13 @@ std::string without_upstream_words(std::string detail) {
   return detail;
 }
 
-// Appends one `chat.completion.chunk` event to `out`: `delta` holds the
-// delta's members (without braces), `finish_reason` is JSON (null or a
-// string), and `extra` adds top-level members after the choices (with its
-// leading comma).
+// Appends one `chat.completion.chunk` event to `out`: `choice` holds the
+// choice's members but its index and finish reason (`"delta":{...}`, and
+// `logprobs` when relayed), `finish_reason` is JSON (null or a string),
+// and `extra` adds top-level members after the choices (with its leading
+// comma).
 void append_chunk_event(std::string& out, std::string_view id, long long created,
-                        std::string_view model, std::string_view delta,
+                        std::string_view model, std::string_view choice,
                         std::string_view finish_reason, std::string_view extra = {}) {
   // Plain appends: this runs for every piece of every stream, and
   // fmt::format_to into a string cost it several times as much.
@@ -268,9 +269,9 @@ void append_chunk_event(std::string& out, std::string_view id, long long created
   out.append(created_text.data(), created_text.size());
   out += ",\"model\":";
   append_json_string(out, model);
-  out += ",\"choices\":[{\"index\":0,\"delta\":{";
-  out += delta;
-  out += "},\"finish_reason\":";
+  out += ",\"choices\":[{\"index\":0,";
+  out += choice;
+  out += ",\"finish_reason\":";
   out += finish_reason;
   out += "}]";
   out += extra;
@@ -278,12 +279,15 @@ void append_chunk_event(std::string& out, std::string_view id, long long created
 }
 
 std::string chunk_event(std::string_view id, long long created, std::string_view model,
-                        std::string_view delta, std::string_view finish_reason,
+                        std::string_view choice, std::string_view finish_reason,
                         std::string_view extra = {}) {
   std::string out;
-  append_chunk_event(out, id, created, model, delta, finish_reason, extra);
+  append_chunk_event(out, id, created, model, choice, finish_reason, extra);
   return out;
 }
+
+// A stream's first event, as OpenAI's streams begin.
+constexpr std::string_view kRoleDelta = R"("delta":{"role":"assistant","content":""})";
 
 // The finish reason relayed to the client; an upstream that gave none
 // stopped on its own, or to call tools.
@@ -352,7 +356,7 @@ struct ChatExchange {
   std::string id;
   long long created = 0;
   InvokeResult shown;        // a stream's headers show this decision
-  std::string delta, event;  // a stream's piece being written out
+  std::string event;         // a stream's piece being written out
   bool started = false;
 };
 
@@ -674,6 +678,7 @@ struct RouterServer::Impl {
     chat.messages_json = call->messages_json;
     chat.extra_fields_json = call->extra_json;
     chat.answer = &call->answer;
+    chat.pieces_as_json = call->stream;  // relayed as they come: see stream_piece
     if (call->stream) {
       upstreams[i]->stream_async(request, std::move(on_chunk), chat, std::move(observed));
     } else {
@@ -930,22 +935,40 @@ struct RouterServer::Impl {
         r.response.input_tokens > 0 ? r.response.input_tokens : chat.input_tokens;
     const std::size_t out =
         r.response.output_tokens > 0 ? r.response.output_tokens : estimate_tokens(r.response.text);
+    // The upstream's choices, usage and other members go on as it sent
+    // them (every choice of `n`, logprobs, reasoning, usage details); the
+    // id, the model (the expert) and the trace are the server's.
+    const openai::ChatAnswer& answer = call.answer;
+    const std::string choices =
+        !answer.choices_json.empty() ? answer.choices_json : built_choices(r, answer);
+    const std::string usage = !answer.usage_json.empty() ? answer.usage_json : usage_json(in, out);
+    const std::string others =
+        answer.other_members_json.empty() ? "" : "," + answer.other_members_json;
+    res.set_content(fmt::format("{{\"id\":\"{}\",\"object\":\"chat.completion\",\"created\":{},"
+                                "\"model\":{},\"choices\":{},\"usage\":{}{},\"torouter\":{}}}",
+                                x.id, x.created, json_string(r.expert), choices, usage, others,
+                                trace_json(r, chat)),
+                    "application/json");
+    res.finish();
+  }
+
+  // The choices of an answer whose upstream's own are not at hand.
+  static std::string built_choices(const InvokeResult& r, const openai::ChatAnswer& answer) {
     // A message that only calls tools has null content, as OpenAI sends it.
-    const bool calls_tools = !call.answer.tool_calls.empty();
+    const bool calls_tools = !answer.tool_calls.empty();
     const std::string content =
         calls_tools && r.response.text.empty() ? "null" : json_string(r.response.text);
     const std::string tool_calls =
-        calls_tools ? ",\"tool_calls\":" + tool_calls_json(call.answer.tool_calls, false) : "";
-    res.set_content(
-        fmt::format(
-            "{{\"id\":\"{}\",\"object\":\"chat.completion\",\"created\":{},\"model\":{},"
-            "\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{}{}}},"
-            "\"finish_reason\":{}}}],\"usage\":{{\"prompt_tokens\":{},"
-            "\"completion_tokens\":{},\"total_tokens\":{}}},\"torouter\":{}}}",
-            x.id, x.created, json_string(r.expert), content, tool_calls,
-            json_string(finish_reason_of(call.answer)), in, out, in + out, trace_json(r, chat)),
-        "application/json");
-    res.finish();
+        calls_tools ? ",\"tool_calls\":" + tool_calls_json(answer.tool_calls, false) : "";
+    return fmt::format(
+        "[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{}{}}},"
+        "\"finish_reason\":{}}}]",
+        content, tool_calls, json_string(finish_reason_of(answer)));
+  }
+
+  static std::string usage_json(std::size_t in, std::size_t out) {
+    return fmt::format(R"({{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{}}})", in,
+                       out, in + out);
   }
 
   // A stream: its headers leave with the first piece of the answer, so they
@@ -959,16 +982,18 @@ struct RouterServer::Impl {
     x.res->start_stream("text/event-stream");
   }
 
+  // `piece` is what an upstream event's choice tells the client, as JSON
+  // members (`"delta":{"content":"Hi"}`: ChatCall::pieces_as_json).
   void stream_piece(ChatExchange& x, std::string_view piece) {
     const std::string& expert = router->experts()[x.call.current_expert].name;
-    const bool first = !x.started;
-    if (first) start_stream(x, x.shown, expert, x.call.upstream_calls);
-    // Built in the exchange's own buffers, which keep their capacity: a
-    // long stream's events allocate nothing once it has warmed up.
-    x.delta.assign(first ? "\"role\":\"assistant\",\"content\":" : "\"content\":");
-    append_json_string(x.delta, piece);
+    // Built in the exchange's own buffer, which keeps its capacity: a long
+    // stream's events allocate nothing once it has warmed up.
     x.event.clear();
-    append_chunk_event(x.event, x.id, x.created, expert, x.delta, "null");
+    if (!x.started) {
+      start_stream(x, x.shown, expert, x.call.upstream_calls);
+      append_chunk_event(x.event, x.id, x.created, expert, kRoleDelta, "null");
+    }
+    append_chunk_event(x.event, x.id, x.created, expert, piece, "null");
     x.res->write(x.event);
   }
 
@@ -986,26 +1011,29 @@ struct RouterServer::Impl {
     }
     std::string tail;
     if (r.ok()) {
-      const std::size_t in = r.response.input_tokens;
-      const std::size_t out = r.response.output_tokens;
-      const std::vector<openai::ToolCall>& calls = x.call.answer.tool_calls;
+      const openai::ChatAnswer& answer = x.call.answer;
+      const std::vector<openai::ToolCall>& calls = answer.tool_calls;
       // The role goes in the first delta, when no content came before.
       std::string role = role_sent ? "" : "\"role\":\"assistant\"";
       if (!calls.empty()) {
         // Tool calls leave whole, once the upstream's stream has ended well:
         // until then the router may still fail over, and the client must
         // not see half a call from an expert that failed.
-        tail += chunk_event(
-            x.id, x.created, r.expert,
-            role + (role.empty() ? "" : ",") + "\"tool_calls\":" + tool_calls_json(calls, true),
-            "null");
+        tail += chunk_event(x.id, x.created, r.expert,
+                            "\"delta\":{" + role + (role.empty() ? "" : ",") +
+                                "\"tool_calls\":" + tool_calls_json(calls, true) + "}",
+                            "null");
         role.clear();
       }
-      tail +=
-          chunk_event(x.id, x.created, r.expert, role, json_string(finish_reason_of(x.call.answer)),
-                      fmt::format(",\"usage\":{{\"prompt_tokens\":{},\"completion_tokens\":{},"
-                                  "\"total_tokens\":{}}},\"torouter\":{}",
-                                  in, out, in + out, trace_json(r, x.chat)));
+      const std::string usage = !answer.usage_json.empty()
+                                    ? answer.usage_json
+                                    : usage_json(r.response.input_tokens, r.response.output_tokens);
+      const std::string others =
+          answer.other_members_json.empty() ? "" : "," + answer.other_members_json;
+      tail += chunk_event(
+          x.id, x.created, r.expert, "\"delta\":{" + role + "}",
+          json_string(finish_reason_of(answer)),
+          fmt::format(",\"usage\":{}{},\"torouter\":{}", usage, others, trace_json(r, x.chat)));
       tail += "data: [DONE]\n\n";
     } else {
       metrics->count_stream_broken();

@@ -126,6 +126,18 @@ TEST_CASE("chat request: errors say the status, the code and the field") {
   const ApiError tool = refusal(
       R"({"model":"router","tools":[{"type":"function"},7],"messages":[{"role":"user","content":"x"}]})");
   CHECK(tool.param == "tools[1].type");
+
+  // n choices are relayed whole in a plain answer; a stream passes on one.
+  const ApiError streamed_n = refusal(
+      R"({"model":"router","n":2,"stream":true,"messages":[{"role":"user","content":"x"}]})");
+  CHECK(streamed_n.status == 400);
+  CHECK(streamed_n.param == "n");
+  CHECK(refusal(R"({"model":"router","n":0,"messages":[{"role":"user","content":"x"}]})").param ==
+        "n");
+  const ChatRequest plain_n =
+      accepted(R"({"model":"router","n":2,"messages":[{"role":"user","content":"x"}]})");
+  CHECK(plain_n.choices == 2);
+  CHECK_THAT(plain_n.extra_json, Contains("\"n\":2"));
 }
 
 TEST_CASE("chat request: the routing text is the system prompt and the last user turn") {

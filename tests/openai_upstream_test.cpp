@@ -161,6 +161,51 @@ TEST_CASE("openai upstream: the finish reason and tool calls reach ChatCall::ans
   CHECK_THAT(skipped.error_message, Contains("tool call index skips ahead"));
 }
 
+TEST_CASE("openai upstream: ChatCall::pieces_as_json hands on each event's choice, for a relay",
+          "[openai]") {
+  StandInUpstream stand_in("s");
+  REQUIRE(stand_in.start() > 0);
+  Upstream upstream(options_for(stand_in));
+  StandInBehaviour thinking;
+  thinking.reasoning_chunks = 2;
+  thinking.tool_calls = {{"call_a", "function", "lookup", R"({"q":"x"})"}};
+  stand_in.set_behaviour(thinking);
+  torouter::openai::ChatAnswer answer;
+  torouter::openai::ChatCall call;
+  call.answer = &answer;
+  call.pieces_as_json = true;
+  std::vector<std::string> pieces;
+  const Response r = upstream.stream(
+      request("x"), [&](std::string_view p) { pieces.emplace_back(p); }, call);
+  REQUIRE(r.ok());
+  // The thinking as JSON members, without the role; the tool call's
+  // pieces and the end as empty pieces (the call whole in `answer`).
+  REQUIRE(pieces.size() >= 3);
+  CHECK(pieces[0] == R"("delta":{"reasoning_content":"Hm."})");
+  CHECK(pieces[1] == R"("delta":{"reasoning_content":" Hm."})");
+  for (std::size_t i = 2; i < pieces.size(); ++i) CHECK(pieces[i].empty());
+  REQUIRE(answer.tool_calls.size() == 1);
+  CHECK(answer.tool_calls[0].arguments == R"({"q":"x"})");
+  CHECK(answer.usage_json.find("\"prompt_tokens\"") == 1);
+
+  // A text answer: its content is still the response's text.
+  stand_in.set_behaviour(StandInBehaviour());
+  pieces.clear();
+  const Response text = upstream.stream(
+      request("Hi"), [&](std::string_view p) { pieces.emplace_back(p); }, call);
+  REQUIRE(text.ok());
+  CHECK(text.text == "m1 answers: Hi");
+  REQUIRE_FALSE(pieces.empty());
+  CHECK(pieces[0].rfind(R"("delta":{"content":"m1)", 0) == 0);
+
+  // A plain answer's choices, usage and other members, as sent.
+  const Response plain = upstream.complete(request("Hi"), call);
+  REQUIRE(plain.ok());
+  CHECK(answer.choices_json.rfind(R"([{"index":0,"message":{"role":"assistant")", 0) == 0);
+  CHECK(answer.usage_json.rfind(R"({"prompt_tokens":)", 0) == 0);
+  CHECK(answer.other_members_json.empty());  // the stand-in sends none
+}
+
 TEST_CASE("openai upstream: failures map to failure kinds", "[openai]") {
   StandInUpstream stand_in("s");
   REQUIRE(stand_in.start() > 0);

@@ -717,6 +717,77 @@ TEST_CASE("router server: a stream runs as long as its chunks keep coming", "[se
   }
 }
 
+TEST_CASE("router server: relays what an answer says beyond its text", "[server]") {
+  Fixture f;
+  const std::string first = f.routed(kPrompt);
+  simdjson::dom::parser parser;
+  SECTION("a plain answer: every choice, logprobs, reasoning, usage details, fingerprint") {
+    StandInBehaviour rich;
+    rich.verbatim_body = R"({"id":"up-1","object":"chat.completion","created":7,"model":"up",)"
+                         R"("system_fingerprint":"fp_42","choices":[)"
+                         R"({"index":0,"message":{"role":"assistant","content":"Yes.",)"
+                         R"("reasoning_content":"Think."},"logprobs":{"content":[{"token":"Yes",)"
+                         R"("logprob":-0.1}]},"finish_reason":"stop"},)"
+                         R"({"index":1,"message":{"role":"assistant","content":"No."},)"
+                         R"("logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,)"
+                         R"("completion_tokens":4,"total_tokens":13,)"
+                         R"("completion_tokens_details":{"reasoning_tokens":2}}})";
+    f.upstreams[first]->push_behaviour(rich);
+    auto res = f.post(R"({"model":"router","n":2,"logprobs":true,"messages":[{"role":"user",)"
+                      R"("content":")" +
+                      kPrompt + R"("}]})");
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    CHECK_THAT(f.upstreams[first]->last_body(), Contains("\"n\":2"));
+    auto doc = parse(parser, res->body);
+    CHECK_THAT(std::string(str(doc["id"])), Contains("chatcmpl-torouter-"));
+    CHECK(str(doc["model"]) == first);
+    CHECK(str(doc["system_fingerprint"]) == "fp_42");
+    CHECK(str(doc["choices"].at(0)["message"]["content"]) == "Yes.");
+    CHECK(str(doc["choices"].at(0)["message"]["reasoning_content"]) == "Think.");
+    CHECK(str(doc["choices"].at(0)["logprobs"]["content"].at(0)["token"]) == "Yes");
+    CHECK(str(doc["choices"].at(1)["message"]["content"]) == "No.");
+    CHECK(doc["usage"]["completion_tokens_details"]["reasoning_tokens"].get_uint64().value() == 2);
+    CHECK(str(doc["torouter"]["expert"]) == first);
+  }
+  SECTION("a stream: reasoning and logprobs as they come, usage details at the end") {
+    auto event = [](const std::string& rest) {
+      return R"(data: {"id":"up-1","object":"chat.completion.chunk","created":7,"model":"up",)"
+             R"("system_fingerprint":"fp_42","choices":)" +
+             rest + "}\n\n";
+    };
+    StandInBehaviour rich;
+    rich.verbatim_events = {
+        event(R"([{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}])"),
+        event(R"([{"index":0,"delta":{"reasoning_content":"Think."},"finish_reason":null}])"),
+        event(R"([{"index":0,"delta":{"content":"Yes"},"logprobs":{"content":[{"token":"Yes",)"
+              R"("logprob":-0.1}]},"finish_reason":null}])"),
+        event(R"([{"index":0,"delta":{"content":"."},"finish_reason":null}])"),
+        event(R"([{"index":0,"delta":{},"finish_reason":"stop"}])"),
+        event(R"([],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13,)"
+              R"("completion_tokens_details":{"reasoning_tokens":2}})"),
+        "data: [DONE]\n\n"};
+    f.upstreams[first]->push_behaviour(rich);
+    auto res = f.post(chat_body("router", kPrompt, true));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const auto events = sse_data(res->body);
+    REQUIRE(events.size() == 6);  // role, thinking, two pieces, the end, [DONE]
+    CHECK(str(parse(parser, events[0])["choices"].at(0)["delta"]["role"]) == "assistant");
+    CHECK(str(parse(parser, events[1])["choices"].at(0)["delta"]["reasoning_content"]) == "Think.");
+    auto piece = parse(parser, events[2])["choices"].at(0);
+    CHECK(str(piece["delta"]["content"]) == "Yes");
+    CHECK(str(piece["logprobs"]["content"].at(0)["token"]) == "Yes");
+    CHECK(streamed_content(res->body) == "Yes.");
+    auto end = parse(parser, events[4]);
+    CHECK(str(end["choices"].at(0)["finish_reason"]) == "stop");
+    CHECK(str(end["system_fingerprint"]) == "fp_42");
+    CHECK(end["usage"]["completion_tokens_details"]["reasoning_tokens"].get_uint64().value() == 2);
+    CHECK(str(end["torouter"]["expert"]) == first);
+    CHECK(events[5] == "[DONE]");
+  }
+}
+
 TEST_CASE("router server: stream_timeout_ms caps a whole stream", "[server]") {
   Fixture f([](ServerConfig& c) {
     c.router.attempt_timeout = 400ms;

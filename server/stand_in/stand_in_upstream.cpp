@@ -333,9 +333,13 @@ Reply reply_to(const std::string& name, const Asked& asked, StandInBehaviour b) 
     const std::size_t in_tokens = estimate_tokens(asked.prompt);
     const std::size_t out_tokens = estimate_tokens(answer) + b.tool_calls.size() * 10;
     if (asked.stream) {
-      reply.events = stream_events(b, model, answer, finish_reason, in_tokens, out_tokens);
+      reply.events = !b.verbatim_events.empty()
+                         ? b.verbatim_events
+                         : stream_events(b, model, answer, finish_reason, in_tokens, out_tokens);
     } else {
-      reply.content = whole_answer(b, model, answer, finish_reason, in_tokens, out_tokens);
+      reply.content = !b.verbatim_body.empty()
+                          ? b.verbatim_body
+                          : whole_answer(b, model, answer, finish_reason, in_tokens, out_tokens);
     }
   }
   reply.behaviour = std::move(b);

@@ -51,6 +51,11 @@ struct StandInBehaviour {
   /// For `Answer`: the finish reason; empty gives "tool_calls" with tool
   /// calls, else "stop".
   std::string finish_reason;
+  /// For `Answer`: what to send, as it is, in place of the stand-in's own
+  /// answer (to test what a relay passes on): a plain request's JSON body,
+  /// or a streamed one's events (each "data: ...\n\n", `chunk_gap` apart).
+  std::string verbatim_body;
+  std::vector<std::string> verbatim_events;
 };
 
 /// One stand-in server with its own I/O threads. Its delays and a stream's

@@ -130,6 +130,68 @@ bool read_answer_delta(simdjson::dom::element choice, ChatAnswer& answer) {
   return true;
 }
 
+// An answer's top-level members that a relay writes itself, and
+// "obfuscation", the random padding OpenAI adds to each stream event, which
+// means nothing to pass on.
+constexpr std::string_view kRelaysOwn[] = {"id",      "object", "created",    "model",
+                                           "choices", "usage",  "obfuscation"};
+
+// The answer's other top-level members, as members without braces, onto `out`.
+void read_other_members(simdjson::dom::element doc, std::string& out) {
+  simdjson::dom::object top;
+  if (doc.get(top)) return;
+  for (auto field : top) {
+    if (std::find(std::begin(kRelaysOwn), std::end(kRelaysOwn), field.key) !=
+        std::end(kRelaysOwn)) {
+      continue;
+    }
+    if (!out.empty()) out.push_back(',');
+    detail::append_json_string(out, field.key);
+    out.push_back(':');
+    out += simdjson::minify(field.value);
+  }
+}
+
+// The `usage` object as sent, where there is one.
+void read_usage_json(simdjson::dom::element doc, ChatAnswer& answer) {
+  simdjson::dom::object usage;
+  if (!doc["usage"].get(usage)) answer.usage_json = simdjson::minify(usage);
+}
+
+// What stream choice `choice` tells a client (see ChatCall::pieces_as_json),
+// written over `out`; `out` is left empty when that is nothing.
+void relay_piece(simdjson::dom::element choice, std::string& out) {
+  out.assign("\"delta\":{");
+  bool news = false;
+  bool first = true;
+  simdjson::dom::object delta;
+  if (!choice["delta"].get(delta)) {
+    for (auto field : delta) {
+      if (field.key == "role" || field.key == "tool_calls") continue;
+      if (!first) out.push_back(',');
+      first = false;
+      detail::append_json_string(out, field.key);
+      out.push_back(':');
+      std::string_view text;
+      if (!field.value.get(text)) {  // the common case, written without a copy
+        detail::append_json_string(out, text);
+        news = news || !text.empty();
+      } else {
+        out += simdjson::minify(field.value);
+        news = news || !field.value.is_null();
+      }
+    }
+  }
+  out.push_back('}');
+  simdjson::dom::element logprobs;
+  if (!choice["logprobs"].get(logprobs) && !logprobs.is_null()) {
+    out += ",\"logprobs\":";
+    out += simdjson::minify(logprobs);
+    news = true;
+  }
+  if (!news) out.clear();
+}
+
 // Incremental reader of a server-sent-events body: hands each event's data
 // (the `data:` lines of one event, joined by newlines) to `on_data`.
 class SseReader {
@@ -263,6 +325,7 @@ class ChatExchange {
         on_done_(std::move(on_done)),
         cancel_(call.cancel),
         answer_(call.answer),
+        pieces_as_json_(call.pieces_as_json),
         start_(Clock::now()) {
     // A plain answer must come whole within the attempt's timeout; a stream
     // only within it from one piece to the next (the read timeout), and
@@ -323,9 +386,13 @@ class ChatExchange {
       return false;
     }
     read_usage(doc, streamed_);
+    if (answer_ != nullptr) {
+      read_usage_json(doc, *answer_);
+      if (answer_->other_members_json.empty()) read_other_members(doc, answer_->other_members_json);
+    }
     simdjson::dom::element choice;
-    if (answer_ != nullptr && !doc["choices"].at(0).get(choice) &&
-        !read_answer_delta(choice, *answer_)) {
+    const bool has_choice = !doc["choices"].at(0).get(choice);
+    if (answer_ != nullptr && has_choice && !read_answer_delta(choice, *answer_)) {
       streamed_ =
           Response::failed(FailureKind::ServerError,
                            fmt::format("malformed stream event: a tool call index skips ahead: {}",
@@ -337,8 +404,15 @@ class ChatExchange {
     // without text (a reasoning model's thinking, a tool call's pieces)
     // goes on empty: the stream is alive, so its gap timer restarts.
     std::string_view content;
-    if (doc["choices"].at(0)["delta"]["content"].get(content)) content = {};
-    on_chunk_(content);
+    if (!has_choice || choice["delta"]["content"].get(content)) content = {};
+    if (!pieces_as_json_) {
+      on_chunk_(content);
+      return true;
+    }
+    streamed_.text.append(content);
+    piece_.clear();
+    if (has_choice) relay_piece(choice, piece_);
+    on_chunk_(piece_);
     return true;
   }
 
@@ -405,7 +479,12 @@ class ChatExchange {
     if (!doc["choices"].at(0)["message"]["content"].get(content)) out.text = std::string(content);
     read_usage(doc, out);
     simdjson::dom::element choice;
-    if (answer_ != nullptr && !doc["choices"].at(0).get(choice)) read_answer(choice, *answer_);
+    if (answer_ != nullptr && !doc["choices"].at(0).get(choice)) {
+      read_answer(choice, *answer_);
+      answer_->choices_json = simdjson::minify(doc["choices"]);
+      read_usage_json(doc, *answer_);
+      read_other_members(doc, answer_->other_members_json);
+    }
     return out;
   }
 
@@ -414,6 +493,8 @@ class ChatExchange {
   CompletionCallback on_done_;
   const std::atomic<bool>* cancel_;
   ChatAnswer* answer_;
+  const bool pieces_as_json_;
+  std::string piece_;  // the piece handed on, when pieces_as_json_; keeps its capacity
   const Clock::time_point start_;
   Clock::time_point deadline_ = Clock::time_point::max();
   std::string body_;  // the whole body when not streaming, else an error body

@@ -123,6 +123,17 @@ struct ChatAnswer {
   /// The tool calls the answer makes, in order; a streamed answer's pieces
   /// are joined by their `index`, so each call here is whole.
   std::vector<ToolCall> tool_calls;
+  /// For a relay, as the upstream sent them (JSON text, empty when absent):
+  /// a plain answer's `choices` array, every choice whole (`n` > 1,
+  /// `logprobs`, `reasoning_content`, `refusal`...);
+  std::string choices_json;
+  /// the `usage` object, with its details (a stream's from its usage event);
+  std::string usage_json;
+  /// and the answer's other top-level members (`system_fingerprint`,
+  /// `service_tier`...), as members without braces; a stream's from its
+  /// first event that has any. `id`, `object`, `created` and `model` are
+  /// the relay's own, so they are not here.
+  std::string other_members_json;
 };
 
 /// The conversation and parameters of one chat call, as the caller's JSON.
@@ -140,6 +151,14 @@ struct ChatCall {
   /// When set, receives the answer's finish reason and tool calls. Cleared
   /// when the call starts, so after a failed call it holds nothing of use.
   ChatAnswer* answer = nullptr;
+  /// For a relay: when true, a streamed call hands `on_chunk` not the
+  /// content but what each event's choices[0] tells a client, as JSON
+  /// members without braces (`"delta":{"content":"Hi"}`, then
+  /// `,"logprobs":{...}` when it has them): its delta without `role` and
+  /// `tool_calls` (whole in `answer` when the stream ends). An event with
+  /// nothing else that is neither null nor "" goes as an empty piece, a
+  /// sign of life. The response's text is still the content, joined.
+  bool pieces_as_json = false;
   // The JSON texts are read when the call starts; `cancel` and `answer`,
   // when set, must outlive an asynchronous call's completion.
 };
