@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -720,7 +721,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     result_.attempts.push_back(std::move(attempt));
     const bool cooled = note_failure(i);
     if (chunks_delivered_) {
-      release_expert();
+      release_begun_answer();
       result_.response = std::move(response);
       finish(InvokeError::StreamBroken,
              fmt::format("\"{}\" failed ({}) after its answer had started streaming", spec.name,
@@ -806,6 +807,21 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     router_.slot_released();
   }
 
+  // An answer that broke, or whose caller left, after it had begun to
+  // reach the caller: its expert generated, and its provider bills, what
+  // was passed on, so a client that leaves before the last event does not
+  // get it free. With no usage count for it, the reservation is settled as
+  // spent: the predicted cost of the whole answer.
+  void release_begun_answer() {
+    if (expert_ == nullptr) return;
+    const double cost = std::isfinite(expert_->cost_usd) ? expert_->cost_usd : 0.0;
+    const double tokens =
+        static_cast<double>(result_.decision.input_tokens) + expert_->predicted_output_tokens;
+    if (!result_.attempts.empty()) result_.attempts.back().cost_usd = cost;
+    result_.cost_usd = cost;
+    release_expert(cost, tokens);
+  }
+
   // The caller cancelled: whatever is in flight or waiting stops here.
   void on_cancelled() {
     if (in_attempt_) {
@@ -819,7 +835,11 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     }
     in_attempt_ = false;
     stream_.reset();
-    release_expert();
+    if (chunks_delivered_) {
+      release_begun_answer();
+    } else {
+      release_expert();
+    }
     finish(InvokeError::Cancelled, "cancelled by the caller");
   }
 

@@ -222,6 +222,40 @@ TEST_CASE("cancelling a call in flight ends the invoke, frees its slot and budge
   CHECK(start(router, loop.loop).get().ok());
 }
 
+TEST_CASE("a caller that leaves a stream it has begun to receive pays for it") {
+  RouterOptions options;
+  options.budget_usd = 1.0;
+  Router router = make_router(options, 1);
+  std::mutex mutex;
+  CompletionCallback held_done;
+  router.set_transport(
+      "solo", Transport::async_streaming(
+                  [&](const Request&, torouter::ChunkCallback on_chunk, CompletionCallback done) {
+                    on_chunk("The answer ");
+                    std::lock_guard<std::mutex> lock(mutex);
+                    held_done = std::move(done);  // the rest never comes
+                  }));
+  LoopThreads loop;
+  InvokeOptions invoke;
+  invoke.cancel = std::make_shared<CancelSignal>();
+  std::atomic<int> pieces{0};
+  invoke.on_chunk = [&](std::string_view) { ++pieces; };
+  auto result = start(router, loop.loop, invoke);
+  wait_until([&] { return pieces.load() == 1; });
+  invoke.cancel->cancel();
+  const InvokeResult r = result.get();
+  CHECK(r.error == InvokeError::Cancelled);
+  // The expert sent what the caller got: the whole answer's predicted cost
+  // is charged, and no failure is counted.
+  CHECK(r.cost_usd > 0.0);
+  CHECK(r.attempts.back().cost_usd == r.cost_usd);
+  CHECK(router.spent_usd() == Approx(r.cost_usd));
+  CHECK(router.status("solo").failures == 0);
+  CHECK(router.status("solo").in_flight == 0);
+  std::lock_guard<std::mutex> lock(mutex);
+  if (held_done) held_done(Response::failed(FailureKind::TransportError, "call cancelled"));
+}
+
 TEST_CASE("cancelling during a backoff or a wait for a slot ends the invoke at once") {
   RouterOptions options;
   options.initial_backoff = 60s;

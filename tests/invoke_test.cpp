@@ -397,6 +397,10 @@ TEST_CASE("streaming: chunks reach the caller; failover only before the first ch
     CHECK(strong_calls == 1);
     CHECK(trace(r) == Trace{"strong:failed:server_error"});
     CHECK_THAT(r.error_message, Contains("after its answer had started streaming"));
+    // What was sent is billed: the reservation, the whole answer's predicted cost.
+    CHECK(r.cost_usd > 0.0);
+    CHECK(r.attempts.back().cost_usd == r.cost_usd);
+    CHECK(router.spent_usd() == Approx(r.cost_usd));
   }
   SECTION("a streaming transport without a chunk callback just joins the chunks") {
     strong_fails_midway = true;  // no caller callback: nothing reached the caller, so it may fail over

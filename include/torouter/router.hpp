@@ -278,7 +278,10 @@ struct Attempt {
   std::chrono::milliseconds waited{0};
   /// Duration of the call as the router measured it.
   std::chrono::milliseconds latency{0};
-  /// USD charged for this call (answered calls only).
+  /// USD charged for this call: an answered call's cost, and the
+  /// predicted cost of a streamed answer that broke or was cancelled after
+  /// it had begun to reach the caller (its provider bills what was sent);
+  /// 0 for other calls.
   double cost_usd = 0.0;
 };
 
@@ -337,7 +340,7 @@ struct InvokeResult {
   RouteDecision decision;
   /// Every call and skip, in order.
   std::vector<Attempt> attempts;
-  /// USD charged for the answer.
+  /// USD charged for the answer (see `Attempt::cost_usd`).
   double cost_usd = 0.0;
   /// True when every expert that passed the constraints was cooling down,
   /// so the invoke tried them anyway, best first, rather than refuse.
