@@ -941,7 +941,7 @@ struct RouterServer::Impl {
     const openai::ChatAnswer& answer = call.answer;
     const std::string choices =
         !answer.choices_json.empty() ? answer.choices_json : built_choices(r, answer);
-    const std::string usage = !answer.usage_json.empty() ? answer.usage_json : usage_json(in, out);
+    const std::string usage = usage_shown(r, answer, in, out);
     const std::string others =
         answer.other_members_json.empty() ? "" : "," + answer.other_members_json;
     res.set_content(fmt::format("{{\"id\":\"{}\",\"object\":\"chat.completion\",\"created\":{},"
@@ -969,6 +969,15 @@ struct RouterServer::Impl {
   static std::string usage_json(std::size_t in, std::size_t out) {
     return fmt::format(R"({{"prompt_tokens":{},"completion_tokens":{},"total_tokens":{}}})", in,
                        out, in + out);
+  }
+
+  // The usage a client is shown: the upstream's as it sent it, details and
+  // all, when its counts were read; else the counts billed (`in`, `out`,
+  // estimated where the upstream gave none).
+  static std::string usage_shown(const InvokeResult& r, const openai::ChatAnswer& answer,
+                                 std::size_t in, std::size_t out) {
+    const bool counted = r.response.input_tokens > 0 && r.response.output_tokens > 0;
+    return counted && !answer.usage_json.empty() ? answer.usage_json : usage_json(in, out);
   }
 
   // A stream: its headers leave with the first piece of the answer, so they
@@ -1025,9 +1034,11 @@ struct RouterServer::Impl {
                             "null");
         role.clear();
       }
-      const std::string usage = !answer.usage_json.empty()
-                                    ? answer.usage_json
-                                    : usage_json(r.response.input_tokens, r.response.output_tokens);
+      const std::size_t in =
+          r.response.input_tokens > 0 ? r.response.input_tokens : x.chat.input_tokens;
+      const std::size_t out = r.response.output_tokens > 0 ? r.response.output_tokens
+                                                           : estimate_tokens(r.response.text);
+      const std::string usage = usage_shown(r, answer, in, out);
       const std::string others =
           answer.other_members_json.empty() ? "" : "," + answer.other_members_json;
       tail += chunk_event(

@@ -39,6 +39,11 @@ using std::chrono::milliseconds;
 
 namespace {
 
+// The most tokens a call's usage is believed to count each way when its
+// expert declares no context window: past the longest windows offered, so
+// a larger count comes from a broken or hostile upstream.
+constexpr double kMostTokensBelieved = 10'000'000;
+
 milliseconds elapsed_ms(Clock::time_point since) {
   return std::chrono::duration_cast<milliseconds>(Clock::now() - since);
 }
@@ -741,12 +746,12 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     const std::size_t i = expert_->expert_index;
     const ExpertSpec& spec = (*router_.experts_)[i];
     router_.state_[i].consecutive_failures.store(0);
-    const double input = response.input_tokens > 0
-                             ? static_cast<double>(response.input_tokens)
-                             : static_cast<double>(result_.decision.input_tokens);
-    const double output = response.output_tokens > 0
-                              ? static_cast<double>(response.output_tokens)
-                              : static_cast<double>(estimate_tokens(response.text));
+    double input = response.input_tokens > 0 ? static_cast<double>(response.input_tokens)
+                                             : static_cast<double>(result_.decision.input_tokens);
+    double output = response.output_tokens > 0
+                        ? static_cast<double>(response.output_tokens)
+                        : static_cast<double>(estimate_tokens(response.text));
+    believe_usage(spec, input, output, attempt);
     const double cost = router_.cost_model_->cost_usd(spec, input, output);
     release_expert(cost, input + output);
     attempt.outcome = AttemptOutcome::Answered;
@@ -761,6 +766,26 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     result_.cost_usd = cost;
     result_.response = std::move(response);
     finish(InvokeError::None, {});
+  }
+
+  // A usage count is believed up to the expert's context window (its
+  // output up to the call's max_output_tokens when set), and up to
+  // kMostTokensBelieved when it declares none: one broken or hostile count
+  // must not spend a whole budget. A count cut down is noted in the attempt.
+  void believe_usage(const ExpertSpec& spec, double& input, double& output,
+                     Attempt& attempt) const {
+    const double window =
+        std::min(static_cast<double>(spec.context_window_tokens), kMostTokensBelieved);
+    double most_output = window;
+    if (invoke_options_.max_output_tokens > 0) {
+      most_output = std::min(most_output, static_cast<double>(invoke_options_.max_output_tokens));
+    }
+    if (input <= window && output <= most_output) return;
+    attempt.detail = fmt::format(
+        "usage not believed: {} input and {} output tokens reported, billed as at most {} and {}",
+        input, output, window, most_output);
+    input = std::min(input, window);
+    output = std::min(output, most_output);
   }
 
   // Counts a failure in a row; true when it sent the expert to cool down.

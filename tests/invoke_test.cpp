@@ -133,6 +133,30 @@ TEST_CASE("invoke calls the pick and charges what it billed") {
   CHECK(rig.router.status("strong").in_flight == 0);
 }
 
+TEST_CASE("a usage count past what an expert can take is billed at that bound") {
+  Rig rig;
+  rig.strong.last = Response::answer("ok", 1'000'000'000'000'000, 1'000'000'000'000'000);
+  SECTION("no context window: ten million tokens each way at most") {
+    const InvokeResult r = invoke(rig.router, "hi");
+    REQUIRE(r.ok());
+    CHECK(r.cost_usd == Approx(2e7 * 10.0 / 1e6));
+    CHECK_THAT(r.attempts[0].detail, Contains("usage not believed"));
+  }
+  SECTION("the call's max_output_tokens bounds its output") {
+    InvokeOptions options;
+    options.max_output_tokens = 100;
+    const InvokeResult r = invoke(rig.router, "hi", options);
+    REQUIRE(r.ok());
+    CHECK(r.cost_usd == Approx((1e7 + 100) * 10.0 / 1e6));
+  }
+  SECTION("a believable count is billed as reported") {
+    rig.strong.last = Response::answer("ok", 10, 20);
+    const InvokeResult r = invoke(rig.router, "hi");
+    CHECK(r.cost_usd == Approx(30 * 10.0 / 1e6));
+    CHECK(r.attempts[0].detail.empty());
+  }
+}
+
 TEST_CASE("a timeout is retried on the same expert after a backoff") {
   Rig rig;
   rig.strong.script = {fails(FailureKind::Timeout), Response::answer("ok", 1, 1)};

@@ -100,6 +100,16 @@ TEST_CASE("openai upstream: a plain call and a streamed one", "[openai]") {
   CHECK_THAT(stand_in.last_body(), Contains("\"temperature\":0"));
   CHECK_THAT(stand_in.last_body(), Contains("\"max_tokens\":12"));
 
+  // Token counts written as 10.0 are counts; a string is none (left to the
+  // router's estimate).
+  stand_in.push_behaviour(status(
+      200, "",
+      R"({"choices":[{"message":{"content":"x"}}],"usage":{"prompt_tokens":10.0,"completion_tokens":"7"}})"));
+  const Response odd = upstream.complete(request("x"));
+  REQUIRE(odd.ok());
+  CHECK(odd.input_tokens == 10);
+  CHECK(odd.output_tokens == 0);
+
   // Connections are reused: many calls, no failure.
   for (int i = 0; i < 20; ++i) REQUIRE(upstream.complete(request("again")).ok());
 }

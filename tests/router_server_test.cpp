@@ -786,6 +786,24 @@ TEST_CASE("router server: relays what an answer says beyond its text", "[server]
     CHECK(str(end["torouter"]["expert"]) == first);
     CHECK(events[5] == "[DONE]");
   }
+  SECTION("a stream whose upstream counts no usage shows the counts billed") {
+    StandInBehaviour bare;
+    bare.verbatim_events = {R"(data: {"choices":[{"index":0,"delta":{"content":"Yes, it is."}}]})"
+                            "\n\n",
+                            R"(data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})"
+                            "\n\n",
+                            "data: [DONE]\n\n"};
+    f.upstreams[first]->push_behaviour(bare);
+    auto res = f.post(chat_body("router", kPrompt, true));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const auto events = sse_data(res->body);
+    REQUIRE(events.size() >= 2);
+    auto end = parse(parser, events[events.size() - 2]);
+    CHECK(end["usage"]["prompt_tokens"].get_uint64().value() > 0);
+    CHECK(end["usage"]["completion_tokens"].get_uint64().value() > 0);
+    CHECK(end["torouter"]["cost_usd"].get_double().value() > 0);
+  }
 }
 
 TEST_CASE("router server: stream_timeout_ms caps a whole stream", "[server]") {

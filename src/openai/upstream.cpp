@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <future>
 #include <mutex>
@@ -78,13 +79,28 @@ bool speaks_of_context_length(std::string_view body) {
   return false;
 }
 
-// Billed tokens from a `usage` object, where present.
+// A token count: a whole number, or a number with no fraction (10.0, as
+// some servers write it); false for anything else.
+bool read_count(simdjson::simdjson_result<simdjson::dom::element> value, std::size_t& out) {
+  std::uint64_t n = 0;
+  double d = 0;
+  if (!value.get(n)) {
+    out = static_cast<std::size_t>(n);
+  } else if (!value.get(d) && d >= 0 && d < 1e18 && d == std::floor(d)) {
+    out = static_cast<std::size_t>(d);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// Billed tokens from a `usage` object, where present; a count that is not
+// a number of tokens is left to the router's estimate.
 void read_usage(simdjson::dom::element doc, Response& response) {
   simdjson::dom::object usage;
   if (doc["usage"].get(usage)) return;
-  std::uint64_t n = 0;
-  if (!usage["prompt_tokens"].get(n)) response.input_tokens = static_cast<std::size_t>(n);
-  if (!usage["completion_tokens"].get(n)) response.output_tokens = static_cast<std::size_t>(n);
+  read_count(usage["prompt_tokens"], response.input_tokens);
+  read_count(usage["completion_tokens"], response.output_tokens);
 }
 
 // Adds what `entry` says (a whole tool call, or a streamed piece of one) to
