@@ -8,6 +8,7 @@
 #include "router_server.hpp"
 
 #include <fmt/format.h>
+#include <openssl/rand.h>
 #include <simdjson.h>
 
 #include <algorithm>
@@ -386,7 +387,6 @@ struct RouterServer::Impl {
   std::unique_ptr<ServerMetrics> metrics;
   std::unique_ptr<HttpServer> http;
   std::thread thread;
-  std::atomic<std::uint64_t> next_id{1};
   std::atomic<std::size_t> chats_in_flight{0};
   int port = -1;
   // The upstreams' base URLs, which clients never see (several experts
@@ -871,7 +871,16 @@ struct RouterServer::Impl {
     res.set_header("X-Torouter-Model-Version", r.decision.model_version);
   }
 
-  std::string completion_id() { return fmt::format("chatcmpl-torouter-{}", next_id.fetch_add(1)); }
+  // An answer's id, which is also the decision log's and what feedback
+  // names: 128 random bits, so ids never repeat across restarts and
+  // replicas, and no client can guess another's to rate its calls.
+  static std::string completion_id() {
+    unsigned char bytes[16];
+    if (RAND_bytes(bytes, sizeof bytes) != 1) throw Error("no random bytes for an answer id");
+    std::string id = "chatcmpl-torouter-";
+    for (unsigned char b : bytes) id += fmt::format("{:02x}", b);
+    return id;
+  }
 
   void handle_chat(const HttpRequest& req, HttpResponse& res) {
     if (!authorized(req, res)) return;

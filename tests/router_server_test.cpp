@@ -740,7 +740,15 @@ TEST_CASE("router server: relays what an answer says beyond its text", "[server]
     REQUIRE(res->status == 200);
     CHECK_THAT(f.upstreams[first]->last_body(), Contains("\"n\":2"));
     auto doc = parse(parser, res->body);
-    CHECK_THAT(std::string(str(doc["id"])), Contains("chatcmpl-torouter-"));
+    // The server's own id: 128 random bits, never the upstream's.
+    const std::string id(str(doc["id"]));
+    CHECK(id.rfind("chatcmpl-torouter-", 0) == 0);
+    CHECK(id.size() == 18 + 32);
+    CHECK(id.find_first_not_of("0123456789abcdef", 18) == std::string::npos);
+    auto again = f.post(chat_body("router", kPrompt));
+    REQUIRE(again);
+    CHECK(std::string(str(parse(parser, again->body)["id"])) != id);
+    doc = parse(parser, res->body);
     CHECK(str(doc["model"]) == first);
     CHECK(str(doc["system_fingerprint"]) == "fp_42");
     CHECK(str(doc["choices"].at(0)["message"]["content"]) == "Yes.");
