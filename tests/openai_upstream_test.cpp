@@ -238,9 +238,13 @@ TEST_CASE("openai upstream: failures map to failure kinds", "[openai]") {
   r = upstream.complete(request("x"));
   CHECK(r.failure == FailureKind::ContextTooLong);
 
-  stand_in.push_behaviour(status(401));
+  stand_in.push_behaviour(status(422));
   r = upstream.complete(request("x"));
   CHECK(r.failure == FailureKind::BadRequest);
+
+  stand_in.push_behaviour(status(401));  // the upstream's key: the expert is broken
+  r = upstream.complete(request("x"));
+  CHECK(r.failure == FailureKind::ServerError);
 
   StandInBehaviour drop;
   drop.kind = StandInBehaviour::Kind::Drop;
@@ -361,6 +365,12 @@ TEST_CASE("openai upstream: HTTP errors classified without a server", "[openai]"
       classify_http_error(400, R"({"error":{"message":"bad temperature"}})", "", "");
   CHECK(bad.failure == FailureKind::BadRequest);
   CHECK(bad.error_message == "HTTP 400: bad temperature");
+  CHECK(classify_http_error(422, "", "", "").failure == FailureKind::BadRequest);
+  // The upstream's key or model id is wrong: the expert is broken, not the request.
+  for (const int status : {401, 402, 403, 404}) {
+    CHECK(classify_http_error(status, "Incorrect API key provided", "", "").failure ==
+          FailureKind::ServerError);
+  }
 }
 
 TEST_CASE("openai upstream: configuration checks", "[openai]") {

@@ -494,6 +494,18 @@ TEST_CASE("router server: failures of every expert become OpenAI error objects",
     CHECK_THAT(res->body, Contains("HTTP 503"));
     CHECK_THAT(res->body, !Contains("10.9.8.7"));
   }
+  SECTION("upstreams that refuse the server's own key: 502, not the client's fault") {
+    for (auto& [name, u] : f.upstreams) {
+      u->set_behaviour(
+          behaviour(Kind::Status, 401, "",
+                    R"({"error":{"message":"Incorrect API key provided: sk-abc***xyz"}})"));
+    }
+    auto res = f.post(chat_body("router", kPrompt));
+    REQUIRE(res);
+    CHECK(res->status == 502);
+    CHECK_THAT(res->body, Contains("upstream_error") && Contains("HTTP 401"));
+    CHECK_THAT(res->body, !Contains("sk-abc"));
+  }
   SECTION("all upstreams rate limited: 429 with the soonest Retry-After") {
     f.upstreams.begin()->second->set_behaviour(behaviour(
         Kind::Status, 429, "40", R"({"error":{"message":"Rate limit reached for org-secret"}})"));

@@ -263,10 +263,13 @@ Response classify_http_error(int status, std::string_view body, std::string_view
   }
   if (status == 408 || status == 504) return Response::failed(FailureKind::Timeout, message);
   if (status >= 500) return Response::failed(FailureKind::ServerError, message);
-  if (status >= 400 && speaks_of_context_length(body)) {
-    return Response::failed(FailureKind::ContextTooLong, message);
-  }
-  if (status >= 400) return Response::failed(FailureKind::BadRequest, message);
+  if (status == 413) return Response::failed(FailureKind::ContextTooLong, message);
+  // Only 400 and 422 speak of the request itself. Others (401, 403, 404,
+  // 402...) speak of how the upstream is reached, its key or model id: the
+  // expert is broken, not the caller's request.
+  if (status != 400 && status != 422) return Response::failed(FailureKind::ServerError, message);
+  if (speaks_of_context_length(body)) return Response::failed(FailureKind::ContextTooLong, message);
+  return Response::failed(FailureKind::BadRequest, message);
   return Response::failed(FailureKind::ServerError,
                           fmt::format("HTTP {}: unexpected status", status));
 }

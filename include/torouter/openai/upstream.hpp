@@ -16,8 +16,11 @@
 //
 // Upstream failures become the transport's failure kinds: HTTP 429 is
 // `RateLimited` with its Retry-After (or retry-after-ms), 5xx and dropped
-// connections `ServerError`, no answer in time `Timeout`, a 4xx whose message
-// speaks of the context length `ContextTooLong`, other 4xx `BadRequest`.
+// connections `ServerError`, no answer in time `Timeout`, 413 and a 400 or
+// 422 whose message speaks of the context length `ContextTooLong`, other
+// 400 and 422 `BadRequest`. Other 4xx (401, 403, 404) speak of how the
+// upstream is reached (its key, its model id), not of the request: they
+// are `ServerError`.
 // Connections are kept alive and reused, one per concurrent call; http://
 // and https:// go through the same client, https:// verifying the server's
 // certificate and name.
