@@ -5,11 +5,14 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <optional>
 #include <string>
+#include <system_error>
+#include <vector>
 
 #include "json_parsers.hpp"
 #include "json_text.hpp"
@@ -118,14 +121,28 @@ std::size_t first_without_string(simdjson::dom::array list, std::string_view fie
 }
 
 // A number that is the whole of `text`, if it is one and finite.
+// A decimal number written plainly ("0.5", "1e-3"): no space, sign '+',
+// hexadecimal or infinity, which strtod would take.
 std::optional<double> finite_number(std::string_view text) {
-  const std::string number(text);
-  char* end = nullptr;
-  const double value = std::strtod(number.c_str(), &end);
-  if (number.empty() || end != number.c_str() + number.size() || !std::isfinite(value)) {
+  double value = 0;
+  const char* end = text.data() + text.size();
+  const auto [stop, error] = std::from_chars(text.data(), end, value);
+  if (text.empty() || error != std::errc() || stop != end || !std::isfinite(value)) {
     return std::nullopt;
   }
   return value;
+}
+
+// A key the object holds twice, if any: readers disagree on which counts
+// (simdjson's lookup takes the first, a proxy may take the last).
+std::optional<std::string_view> first_duplicate_key(simdjson::dom::object top) {
+  std::vector<std::string_view> keys;
+  keys.reserve(top.size());
+  for (auto field : top) keys.push_back(field.key);
+  std::sort(keys.begin(), keys.end());
+  const auto twice = std::adjacent_find(keys.begin(), keys.end());
+  if (twice == keys.end()) return std::nullopt;
+  return *twice;
 }
 
 // Reads `model`: "router", "router:<lambda>", "router:q>=<floor>" or an
@@ -354,9 +371,14 @@ std::optional<ApiError> parse_chat_request(std::string_view body, const ExpertRe
     return bad_request(fmt::format("messages[{}] must be an object with a string role", i),
                        fmt::format("messages[{}].role", i));
   }
+  if (auto key = first_duplicate_key(top)) {
+    return bad_request(fmt::format("the field {} appears twice", *key), std::string(*key));
+  }
   for (auto field : top) {
     const std::string_view key = field.key;
     if (key == "model" || key == "messages" || key == "stream_options") continue;
+    // OpenAI's optional fields take null for "absent", and clients send it.
+    if (field.value.is_null()) continue;
     if (key == "stream") {
       if (field.value.get(chat.stream)) return bad_request("stream must be true or false", "stream");
       continue;

@@ -134,6 +134,25 @@ TEST_CASE("chat request: errors say the status, the code and the field") {
   CHECK(streamed_n.param == "n");
   CHECK(refusal(R"({"model":"router","n":0,"messages":[{"role":"user","content":"x"}]})").param ==
         "n");
+  // A field twice is refused: readers disagree on which one counts.
+  const ApiError twice = refusal(
+      R"({"model":"nonsense","model":"router","messages":[{"role":"user","content":"x"}]})");
+  CHECK(twice.param == "model");
+  CHECK_THAT(twice.message, Contains("twice"));
+  // A cost weight or floor is a plain decimal number.
+  for (const char* model : {"router: 5", "router:0x10", "router:+1", "router:q>= 0.5"}) {
+    INFO(model);
+    CHECK(refusal(std::string(R"({"model":")") + model + R"(",)" + kUser + "}").param == "model");
+  }
+  CHECK(accepted(std::string(R"({"model":"router:1e-3",)") + kUser + "}").lambda_cost == 1e-3);
+
+  // null is "absent" for an optional field, as OpenAI takes it.
+  const ChatRequest nulls = accepted(
+      R"({"model":"router","max_tokens":null,"stream":null,"n":null,"tools":null,)"
+      R"("tool_choice":null,"response_format":null,"messages":[{"role":"user","content":"x"}]})");
+  CHECK_FALSE(nulls.stream);
+  CHECK(nulls.max_tokens == 0);
+  CHECK(nulls.extra_json.empty());
   const ChatRequest plain_n =
       accepted(R"({"model":"router","n":2,"messages":[{"role":"user","content":"x"}]})");
   CHECK(plain_n.choices == 2);

@@ -110,6 +110,17 @@ TEST_CASE("openai upstream: a plain call and a streamed one", "[openai]") {
   CHECK(odd.input_tokens == 10);
   CHECK(odd.output_tokens == 0);
 
+  // A stream event whose "error" is null is no error event.
+  stand_in.push_behaviour(
+      status(200, "",
+             "data: {\"error\":null,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"ok\"}}]}\n\n"
+             "data: [DONE]\n\n"));
+  std::string streamed;
+  const Response null_error =
+      upstream.stream(request("x"), [&](std::string_view p) { streamed += p; });
+  CHECK(null_error.ok());
+  CHECK(streamed == "ok");
+
   // Connections are reused: many calls, no failure.
   for (int i = 0; i < 20; ++i) REQUIRE(upstream.complete(request("again")).ok());
 }

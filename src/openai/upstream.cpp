@@ -399,7 +399,8 @@ class ChatExchange {
                                    fmt::format("malformed stream event: {}", data.substr(0, 200)));
       return false;
     }
-    if (doc["error"].error() == simdjson::SUCCESS) {
+    simdjson::dom::element error;
+    if (!doc["error"].get(error) && !error.is_null()) {  // "error": null is no error
       streamed_ =
           Response::failed(FailureKind::ServerError, "error event in stream: " + error_text(data));
       return false;
