@@ -2,6 +2,7 @@
 #pragma once
 
 #include <fmt/format.h>
+#include <simdjson.h>
 
 #include <cmath>
 #include <iterator>
@@ -13,9 +14,58 @@
 TOROUTER_BEGIN_NAMESPACE
 namespace detail {
 
+/// The length of the UTF-8 sequence that starts `text` at `i`, or 0 when
+/// it is not one (a stray byte, an overlong form, a surrogate, past U+10FFFF).
+inline std::size_t utf8_sequence_length(std::string_view text, std::size_t i) {
+  const auto byte = [&](std::size_t at) {
+    return at < text.size() ? static_cast<unsigned char>(text[at]) : 0u;
+  };
+  const unsigned c = byte(i);
+  if (c < 0x80) return 1;
+  const auto tail = [&](std::size_t at) { return (byte(at) & 0xC0u) == 0x80u; };
+  if (c >= 0xC2 && c <= 0xDF) return tail(i + 1) ? 2 : 0;
+  const unsigned next = byte(i + 1);
+  if (c >= 0xE0 && c <= 0xEF) {
+    const bool ok_second =
+        (c == 0xE0 && next >= 0xA0) || (c == 0xED && next < 0xA0) || (c != 0xE0 && c != 0xED);
+    return ok_second && tail(i + 1) && tail(i + 2) ? 3 : 0;
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    const bool ok_second =
+        (c == 0xF0 && next >= 0x90) || (c == 0xF4 && next < 0x90) || (c != 0xF0 && c != 0xF4);
+    return ok_second && tail(i + 1) && tail(i + 2) && tail(i + 3) ? 4 : 0;
+  }
+  return 0;
+}
+
+/// `text` with every byte that is not part of valid UTF-8 replaced by
+/// U+FFFD, as a decoder would show it.
+inline std::string valid_utf8(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t n = utf8_sequence_length(text, i);
+    if (n == 0) {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    } else {
+      out.append(text.data() + i, n);
+      i += n;
+    }
+  }
+  return out;
+}
+
 /// Appends `text` to `out` as a quoted JSON string; control characters
-/// escaped, other bytes passed through (the input is expected to be UTF-8).
+/// escaped, other bytes passed through, but for bytes that are not UTF-8
+/// (an upstream's, a client's path), which become U+FFFD: JSON text is
+/// UTF-8 (RFC 8259, section 8.1), and a reader refuses the whole document.
 inline void append_json_string(std::string& out, std::string_view text) {
+  if (!simdjson::validate_utf8(text)) {
+    const std::string valid = valid_utf8(text);
+    append_json_string(out, valid);
+    return;
+  }
   out.push_back('"');
   std::size_t clean_from = 0;  // start of the run of bytes that need no escape
   for (std::size_t i = 0; i < text.size(); ++i) {

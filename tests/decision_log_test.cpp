@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "json_text.hpp"
 #include "support/temp_dir.hpp"
 #include "support/test_scorer.hpp"
 #include "torouter/error.hpp"
@@ -108,6 +109,35 @@ TEST_CASE("decision log: one line per routed call, and feedback lines") {
   CHECK(str(feedback["type"]) == "feedback");
   CHECK(str(feedback["id"]) == "req-1");
   CHECK(double(feedback["quality"]) == 0.5);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("decision log: bytes that are not UTF-8 become U+FFFD, so every line is JSON") {
+  CHECK(torouter::detail::json_string("ok \xff\xfe!") == "\"ok \xEF\xBF\xBD\xEF\xBF\xBD!\"");
+  CHECK(torouter::detail::json_string("\xed\xa0\x80") ==  // a surrogate, encoded
+        "\"\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\"");
+  CHECK(torouter::detail::json_string("caf\xc3\xa9 \xf0\x9f\x98\x80") ==
+        "\"caf\xc3\xa9 \xf0\x9f\x98\x80\"");  // valid: as it is
+
+  const auto dir = torouter::testing::process_temp_dir("decision_log_utf8_test");
+  DecisionLogOptions options;
+  options.path = (dir / "calls.jsonl").string();
+  auto log = std::make_shared<DecisionLog>(options);
+  auto router = answering_router();
+  router->set_transport("strong", torouter::Transport::sync([](const torouter::Request&) {
+                          return torouter::Response::failed(torouter::FailureKind::ServerError,
+                                                            "malformed answer: \xff\xfe");
+                        }));
+  router->set_decision_sink([log](const torouter::DecisionRecord& r) { log->record(r); });
+  CHECK(router->invoke("Explain tides \xc3").ok());  // "cheap" answers
+  log->flush();
+  const auto lines = lines_of(options.path);
+  REQUIRE(lines.size() == 1);
+  simdjson::dom::parser parser;
+  simdjson::dom::element line;
+  REQUIRE_FALSE(parser.parse(lines[0]).get(line));  // simdjson checks UTF-8
+  CHECK(str(line["prompt"]) == "Explain tides \xEF\xBF\xBD");
+  CHECK(str(line["attempts"].at(0)["detail"]) == "malformed answer: \xEF\xBF\xBD\xEF\xBF\xBD");
   std::filesystem::remove_all(dir);
 }
 
