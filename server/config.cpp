@@ -224,6 +224,10 @@ void read_listen(const Fields& top, element value, const std::string& base_dir, 
       c.max_queued_requests = f.count(key, field.value, 0, 1000000);
     else if (key == "max_requests_in_flight")
       c.max_requests_in_flight = f.count(key, field.value, 1, 10000000);
+    else if (key == "max_queued_answer_bytes")
+      c.max_queued_answer_bytes = f.count(key, field.value, 1024, std::size_t{1} << 40);
+    else if (key == "max_queued_answer_bytes_total")
+      c.max_queued_answer_bytes_total = f.count(key, field.value, 1024, std::size_t{1} << 40);
     else if (key == "idle_timeout_ms")
       c.idle_timeout = f.millis(key, field.value);
     else if (key == "tls_cert_file")
@@ -233,8 +237,8 @@ void read_listen(const Fields& top, element value, const std::string& base_dir, 
     else
       f.fail(key,
              "unknown field (known: host, port, threads, io_threads, max_connections, "
-             "max_queued_requests, max_requests_in_flight, idle_timeout_ms, tls_cert_file, "
-             "tls_key_file)");
+             "max_queued_requests, max_requests_in_flight, max_queued_answer_bytes, "
+             "max_queued_answer_bytes_total, idle_timeout_ms, tls_cert_file, tls_key_file)");
   }
   if (c.tls_cert_file.empty() != c.tls_key_file.empty()) {
     f.fail(c.tls_cert_file.empty() ? "tls_cert_file" : "tls_key_file",

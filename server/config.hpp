@@ -83,6 +83,11 @@ struct ServerConfig {
   /// Chat requests being routed or called at once; past it, 503 with
   /// Retry-After.
   std::size_t max_requests_in_flight = 10000;
+  /// Bytes of answers queued for a client that reads slowly, per
+  /// connection and over all of them; a client whose answer would pass
+  /// either is cut off (its call cancelled).
+  std::size_t max_queued_answer_bytes = 8 << 20;
+  std::size_t max_queued_answer_bytes_total = 256 << 20;
   /// How long a connection may wait for its next request's first byte.
   /// nginx's default: longer than the 60 s a load balancer in front
   /// commonly keeps an idle connection to reuse (AWS asks targets for

@@ -153,6 +153,8 @@ struct HttpServer::State {
   std::vector<std::thread> workers;
   bool workers_stop = false;
   std::unordered_set<HttpSession*> sessions;
+  // Bytes of deferred answers queued for slow clients, on every connection.
+  std::atomic<std::size_t> queued_answer_bytes{0};
   std::atomic<bool> stopping{false};
   bool in_run = false;
   // An accept (or its retry timer) is pending. `stop` waits for it to end:
@@ -182,6 +184,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     state_->sessions.insert(this);
   }
   ~HttpSession() {
+    set_queued_bytes(0);
     std::lock_guard<std::mutex> lock(state_->mutex);
     state_->sessions.erase(this);
     state_->changed.notify_all();
@@ -578,16 +581,40 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
   }
 
-  // On the I/O thread: adds a write to the deferred answer's queue.
+  // On the I/O thread: adds a write to the deferred answer's queue. A
+  // client whose queue would pass its cap, or all connections' queues
+  // theirs, is cut off: slow readers must not hold the server's memory.
   void enqueue(QueuedWrite write, const std::shared_ptr<CancelSignal>& gone) {
-    if (queued_bytes_ + write.bytes > state_->options.max_queued_answer_bytes) {
-      broken_ = true;
-      gone->cancel();
+    const HttpServerOptions& options = state_->options;
+    if (queued_bytes_ + write.bytes > options.max_queued_answer_bytes ||
+        state_->queued_answer_bytes.load() + write.bytes > options.max_queued_answer_bytes_total) {
+      cut_off(gone);
     }
     if (broken_) return;
-    queued_bytes_ += write.bytes;
+    set_queued_bytes(queued_bytes_ + write.bytes);
     ops_.push_back(std::move(write));
     pump(gone);
+  }
+
+  // Gives up on the client: what it has not taken is dropped at once, so
+  // its bytes count no more toward the server's total.
+  void cut_off(const std::shared_ptr<CancelSignal>& gone) {
+    broken_ = true;
+    gone->cancel();
+    std::size_t dropped = 0;
+    for (const QueuedWrite& op : ops_) dropped += op.bytes;
+    ops_.clear();
+    set_queued_bytes(queued_bytes_ - dropped);
+  }
+
+  // This connection's queued bytes, kept in the server's total too.
+  void set_queued_bytes(std::size_t bytes) {
+    if (bytes >= queued_bytes_) {
+      state_->queued_answer_bytes.fetch_add(bytes - queued_bytes_);
+    } else {
+      state_->queued_answer_bytes.fetch_sub(queued_bytes_ - bytes);
+    }
+    queued_bytes_ = bytes;
   }
 
   // Runs the next queued write of a deferred answer, or its end.
@@ -601,11 +628,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       auto written = [self = shared_from_this(), gone, bytes = next.bytes](beast::error_code ec,
                                                                            std::size_t) {
         self->writing_ = false;
-        self->queued_bytes_ -= bytes;
-        if (ec) {
-          self->broken_ = true;
-          gone->cancel();
-        }
+        self->set_queued_bytes(self->queued_bytes_ - bytes);
+        if (ec) self->cut_off(gone);
         self->pump(gone);
       };
       if (next.op) return next.op(std::move(written));
@@ -617,7 +641,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (!end_pending_) return;
     end_pending_ = false;
     ops_.clear();
-    queued_bytes_ = 0;
+    set_queued_bytes(0);
     answer_done_ = true;
     state_->observer(end_status_);
     next_after_answer_ = !broken_ && end_keep_alive_;

@@ -124,6 +124,10 @@ struct HttpServerOptions {
   /// The most bytes a deferred answer may have queued for a slow client;
   /// past it the client is cut off.
   std::size_t max_queued_answer_bytes = 8 << 20;
+  /// The most all connections' deferred answers may have queued at once;
+  /// past it the client whose write would pass it is cut off, so slow
+  /// readers cannot take the server's memory between them.
+  std::size_t max_queued_answer_bytes_total = 256 << 20;
   /// For a handler that never blocks (it answers at once, or defers): run
   /// it on the connection's I/O thread, its answer deferred from the start,
   /// and spare the hand-over to a worker. No workers are started then.

@@ -1274,6 +1274,8 @@ struct RouterServer::Impl {
     options.tls_cert_file = config.tls_cert_file;
     options.tls_key_file = config.tls_key_file;
     options.max_queued_requests = config.max_queued_requests;
+    options.max_queued_answer_bytes = config.max_queued_answer_bytes;
+    options.max_queued_answer_bytes_total = config.max_queued_answer_bytes_total;
     options.max_body_bytes = config.max_request_bytes;
     http = std::make_unique<HttpServer>(
         options, [this](const HttpRequest& req, HttpResponse& res) { handle(req, res); }, refusal,

@@ -347,6 +347,54 @@ TEST_CASE("http server: a client that takes no bytes for write_timeout is cut of
   running.join();
 }
 
+TEST_CASE("http server: slow readers together cannot queue past max_queued_answer_bytes_total",
+          "[http][server]") {
+  // Two clients read nothing while their answers queue 24 MiB each, under
+  // a per-connection cap they stay within: the total cap cuts one off long
+  // before the write timeout would.
+  HttpServerOptions options = Fixture::small_options();
+  options.handlers_never_block = true;
+  options.write_timeout = std::chrono::seconds(20);
+  options.max_queued_answer_bytes = 64 << 20;
+  options.max_queued_answer_bytes_total = 32 << 20;
+  std::mutex mutex;
+  std::vector<std::shared_ptr<torouter::CancelSignal>> gone;
+  HttpServer server(
+      options,
+      [&](const HttpRequest&, HttpResponse& res) {
+        {
+          std::lock_guard<std::mutex> lock(mutex);
+          gone.push_back(res.client_gone());
+        }
+        res.start_stream("text/plain");
+        const std::string piece(64 << 10, 'x');
+        for (int i = 0; i < 384; ++i) res.write(piece);  // 24 MiB, queued at once
+      },
+      [](int status, std::string_view) { return std::to_string(status); }, [](int) {});
+  std::string error;
+  const int port = server.bind("127.0.0.1", 0, error);
+  REQUIRE(port > 0);
+  std::thread running([&] { server.run(); });
+  RawHttpConnection first(port);
+  RawHttpConnection second(port);
+  send(first, "GET /flood HTTP/1.1\r\nHost: t\r\n\r\n");
+  send(second, "GET /flood HTTP/1.1\r\nHost: t\r\n\r\n");
+  const auto start = std::chrono::steady_clock::now();
+  auto cut = [&] {
+    std::lock_guard<std::mutex> lock(mutex);
+    int n = 0;
+    for (const auto& g : gone) n += g->cancelled() ? 1 : 0;
+    return n;
+  };
+  while (cut() == 0 && std::chrono::steady_clock::now() - start < std::chrono::seconds(10)) {
+    std::this_thread::sleep_for(milliseconds(20));
+  }
+  CHECK(cut() == 1);
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+  server.stop();
+  running.join();
+}
+
 TEST_CASE("http server: connections stay open while a worker is free for each", "[http][server]") {
   // Connections that arrive together queue for a moment before the workers
   // wake; that alone must not close kept-alive connections (the clients
