@@ -18,6 +18,7 @@
 #include <cmath>
 #include <ctime>
 #include <deque>
+#include <filesystem>
 #include <iostream>
 #include <mutex>
 #include <system_error>
@@ -402,7 +403,12 @@ struct RouterServer::Impl {
     if (auto problem = validate_policy_options(config.policy); !problem.empty()) {
       throw Error(fmt::format("{}: policy.{}", config.origin, problem));
     }
-    LoadedModel model = load_model(config.router_model);
+    LoadedModel model;
+    try {
+      model = load_model_file();
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}: router_model: {}", config.origin, e.what()));
+    }
     ExpertRegistry from_file;
     if (!config.experts_file.empty()) from_file = load_expert_registry(config.experts_file);
     ExpertRegistry registry;
@@ -563,6 +569,18 @@ struct RouterServer::Impl {
   // (load_model re-scores its recorded prompts; the router checks it knows
   // every expert), so a bad file is refused and the current model keeps
   // serving. Calls in flight finish on the model they began with.
+  // The model `router_model` names. Only a regular file is read: a FIFO or
+  // a device would block the load, and a reload with it SIGTERM too.
+  LoadedModel load_model_file() const {
+    std::error_code error;
+    const auto status = std::filesystem::status(config.router_model, error);
+    if (!error && std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
+      throw Error(fmt::format("{}: not a regular file{}", config.router_model,
+                              std::filesystem::is_directory(status) ? " (a directory)" : ""));
+    }
+    return load_model(config.router_model);
+  }
+
   ReloadOutcome reload() {
     ReloadOutcome out;
     out.previous_version = std::string(router->current_scorer()->version());
@@ -574,7 +592,7 @@ struct RouterServer::Impl {
       ~Done() { flag = false; }
     } done{reloading};
     try {
-      LoadedModel model = load_model(config.router_model);
+      LoadedModel model = load_model_file();
       router->replace_scorer(model.scorer);
       out.ok = true;
       out.model_version = std::string(model.scorer->version());

@@ -5,6 +5,7 @@
 
 #include <simdjson.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1238,10 +1239,20 @@ TEST_CASE("router server: reloads its model under traffic and refuses a bad file
   CHECK(after->status == 200);
   CHECK(after->header("X-Torouter-Model-Version") == default_version);
 
+  // A FIFO in the model's place is refused at once: reading it would
+  // block the reload until someone writes to it, and a SIGTERM with it.
+  std::filesystem::remove(serving);
+  REQUIRE(::mkfifo(serving.c_str(), 0600) == 0);
+  auto fifo = reload();
+  REQUIRE(fifo);
+  CHECK(fifo->status == 422);
+  CHECK_THAT(fifo->body, Contains("not a regular file"));
+  std::filesystem::remove(serving);
+
   auto metrics = f.get("/metrics", key);
   REQUIRE(metrics);
   CHECK_THAT(metrics->body, Contains("torouter_model_reloads_total{outcome=\"done\"} 20") &&
-                                Contains("torouter_model_reloads_total{outcome=\"refused\"} 1"));
+                                Contains("torouter_model_reloads_total{outcome=\"refused\"} 2"));
 
   // The endpoint needs the key.
   auto no_key = torouter::test::http_call(f.port, "POST", "/admin/reload", {}, "");
