@@ -512,7 +512,12 @@ ServerConfig parse_server_config(std::string_view json, const std::string& origi
     } else if (key == "retry") {
       read_retry(f, v, c);
     } else if (key == "api_keys") {
-      for (auto& k : f.strings(key, v)) c.api_keys.push_back(std::move(k));
+      // An empty list is most likely a template that filled in nothing:
+      // it would open the server to anyone, so it must be said by leaving
+      // the field out.
+      const auto keys = f.strings(key, v);
+      if (keys.empty()) f.fail(key, "empty; leave the field out to serve without API keys");
+      for (const auto& k : keys) c.api_keys.push_back(k);
     } else if (key == "api_keys_env") {
       // Comma-separated keys in an environment variable, so none sit in the file.
       const std::string name = f.text(key, v);

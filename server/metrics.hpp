@@ -62,7 +62,8 @@ class ServerMetrics {
   const std::vector<std::string>& experts() const { return experts_; }
 
  private:
-  static constexpr std::array<int, 11> kCodes{200, 400, 401, 404, 405, 413, 429, 500, 502, 503, 504};
+  static constexpr std::array<int, 19> kCodes{200, 400, 401, 403, 404, 405, 408, 409, 413, 414,
+                                              422, 429, 431, 500, 501, 502, 503, 504, 505};
   static constexpr std::size_t kKinds = 7;  // FailureKind values, None included
 
   struct PerExpert {

@@ -1173,6 +1173,8 @@ TEST_CASE("router server: models, health and metrics", "[server]") {
   CHECK_THAT(m, Contains("torouter_route_latency_seconds_bucket{le=\"+Inf\"} 2"));
   CHECK_THAT(m, Contains("torouter_upstream_latency_seconds_count{expert=\"" + expert + "\"} 1"));
   CHECK_THAT(m, Contains("torouter_http_responses_total{code=\"502\"} 1"));
+  CHECK_THAT(m, Contains("torouter_http_responses_total{code=\"405\"} 2"));
+  CHECK_THAT(m, Contains("torouter_http_responses_total{code=\"other\"} 0"));
   CHECK_THAT(m, Contains("# TYPE torouter_spend_usd_total counter"));
   CHECK_THAT(m, !Contains("torouter_spend_usd_total 0\n"));
 }
@@ -1378,6 +1380,10 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
     return std::string("no error");
   };
   CHECK_THAT(error_of("{"), Contains("server.json: not valid JSON"));
+  // An empty key list would open the server to anyone: it is said by
+  // leaving the field out.
+  CHECK_THAT(error_of(R"({"router_model":"m","api_keys":[],"experts":[)" + expert + "]}"),
+             Contains("server.json: api_keys: empty"));
   CHECK_THAT(error_of(R"({"experts":[)" + expert + "]}"), Contains("server.json: router_model: missing"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[]})"), Contains("server.json: experts:"));
   CHECK_THAT(error_of(R"({"router_model":"m","colour":1,"experts":[)" + expert + "]}"),
