@@ -370,11 +370,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // Waits for the first byte of the next request (the idle timeout), unless
   // bytes of it are already here.
   void wait_for_request() {
-    if (buffer_.size() > 0) {
+    if (skip_empty_lines()) {
       read_head();
       return;
     }
-    if (state_->stopping) return close();
+    if (state_->stopping || empty_line_bytes_ > kMostEmptyLineBytes) return close();
     idle_ = true;
     stream_.tcp().expires_after(state_->options.idle_timeout);
     auto self = shared_from_this();
@@ -382,14 +382,28 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       self->idle_ = false;
       if (ec) return self->close();  // closed, idle too long, or stopping
       self->buffer_.commit(n);
-      self->read_head();
+      self->wait_for_request();
     });
+  }
+
+  // Drops the empty lines before a request line, which a server should
+  // ignore (RFC 9112, section 2.2: a client may send one after a POST's
+  // body); true when bytes of a request are left. A few only: a client
+  // must not keep a connection open on line ends alone.
+  bool skip_empty_lines() {
+    const char* bytes = static_cast<const char*>(buffer_.data().data());
+    std::size_t n = 0;
+    while (n < buffer_.size() && (bytes[n] == '\r' || bytes[n] == '\n')) ++n;
+    buffer_.consume(n);
+    empty_line_bytes_ += n;
+    return buffer_.size() > 0 && empty_line_bytes_ <= kMostEmptyLineBytes;
   }
 
   // The request's deadline starts with its first byte; reading its head
   // and body does not move it. Its own timer, not the stream's, keeps the
   // socket open for the 408 (the stream's timeout closes it).
   void read_head() {
+    empty_line_bytes_ = 0;
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(state_->options.max_head_bytes));
     parser_->body_limit(state_->options.max_body_bytes);
@@ -773,6 +787,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::shared_ptr<HttpServer::State> state_;
   openai::AnyStream stream_;  // plain or TLS, chosen at accept
   beast::flat_buffer buffer_;
+  // Line ends skipped before the next request line (skip_empty_lines).
+  static constexpr std::size_t kMostEmptyLineBytes = 8;
+  std::size_t empty_line_bytes_ = 0;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   asio::steady_timer request_timer_;
   bool request_timed_out_ = false;
