@@ -73,10 +73,13 @@ std::string decision_log_line(const DecisionRecord& record, bool redact_prompt) 
     append_json_string(out, record.prompt);
   }
   out += fmt::format(
-      ", \"propensity\": {}, \"decision\": {}, \"attempts\": {}, \"expert\": {}, "
+      ", \"propensity\": {}, \"pinned_expert\": {}, \"decision\": {}, \"attempts\": {}, "
+      "\"expert\": {}, "
       "\"error\": {}, \"error_message\": {}, \"input_tokens\": {}, \"output_tokens\": {}, "
       "\"cost_usd\": {}, \"latency_ms\": {}}}",
-      json_number(record.propensity), to_json(r.decision), attempts_json(r.attempts),
+      json_number(record.propensity),
+      record.pinned_expert.empty() ? "null" : json_string(record.pinned_expert),
+      to_json(r.decision), attempts_json(r.attempts),
       r.expert.empty() ? "null" : json_string(r.expert),
       r.ok() ? "null" : json_string(to_string(r.error)),
       r.ok() ? "null" : json_string(r.error_message), r.response.input_tokens,

@@ -220,6 +220,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     record.prompt = prompt_;
     record.result = &result_;
     record.propensity = result_.decision.propensity;
+    record.pinned_expert = invoke_options_.expert;
     record.latency = elapsed_ms(started_);
     try {
       router_.decision_sink_(record);

@@ -32,7 +32,7 @@ Estimate mean_with_interval(const std::vector<double>& terms) {
 struct DecisionLine {
   std::string id, prompt, pick, expert;
   std::vector<std::string> candidates;
-  bool has_prompt = false, answered = false;
+  bool has_prompt = false, answered = false, pinned = false;
   double propensity = 1, cost_usd = 0, lambda_cost = 0;
   std::size_t output_tokens = 0;
 };
@@ -69,6 +69,9 @@ DecisionLine read_decision(simdjson::dom::element line, const std::string& where
   for (simdjson::dom::element c : candidates) {
     d.candidates.push_back(text(c["expert"], "decision.candidates[].expert"));
   }
+  // Absent from logs written before named calls were marked.
+  simdjson::dom::element pinned;
+  d.pinned = !line["pinned_expert"].get(pinned) && !pinned.is_null();
   d.answered = !line["expert"].is_null();
   if (d.answered) d.expert = text(line["expert"], "expert");
   if (!line["decision"]["pick"].is_null()) d.pick = text(line["decision"]["pick"], "decision.pick");
@@ -120,6 +123,8 @@ DecisionLogReading read_decision_log(const std::string& path) {
       ++out.without_feedback;
     } else if (!d.has_prompt) {
       ++out.redacted;
+    } else if (d.pinned) {
+      ++out.pinned;
     } else if (!d.answered || d.expert != d.pick) {
       ++out.not_answered;
     } else {

@@ -90,6 +90,7 @@ TEST_CASE("decision log: one line per routed call, and feedback lines") {
   CHECK(str(first["prompt_hash"]) == torouter::prompt_hash("Explain tides"));
   CHECK(str(first["model_version"]) == "table-scorer-1");
   CHECK(double(first["propensity"]) == 1.0);
+  CHECK(first["pinned_expert"].is_null());
   CHECK(str(first["decision"]["pick"]) == "strong");
   CHECK(str(first["decision"]["reason"]) == "highest_utility");
   CHECK(simdjson::dom::array(first["decision"]["candidates"]).size() == 2);
@@ -104,6 +105,15 @@ TEST_CASE("decision log: one line per routed call, and feedback lines") {
   simdjson::dom::element second = parser.parse(lines[1]);
   CHECK_FALSE(str(second["id"]).empty());  // made by the router
   CHECK(str(second["id"]) != "req-1");
+
+  // A call to an expert the caller named says so.
+  torouter::InvokeOptions pinned;
+  pinned.expert = "cheap";
+  REQUIRE(router->invoke("Explain tides once more", pinned).ok());
+  log->flush();
+  const auto more = lines_of(options.path);
+  REQUIRE(more.size() == 5);
+  CHECK(str(parser.parse(more[4])["pinned_expert"]) == "cheap");
 
   simdjson::dom::element feedback = parser.parse(lines[3]);
   CHECK(str(feedback["type"]) == "feedback");

@@ -131,6 +131,11 @@ TEST_CASE("read_decision_log joins decisions with their last feedback") {
         << decision("b", "\"no verdict\"", "coder", "\"coder\"") << "\n"
         << decision("c", "null", "coder", "\"coder\"") << "\n"
         << decision("d", "\"failed over\"", "coder", "\"historian\"") << "\n"
+        << R"({"type": "decision", "id": "e", "prompt": "named", "propensity": 1, )"
+           R"("pinned_expert": "coder", "cost_usd": 0.002, "output_tokens": 12, )"
+           R"("expert": "coder", "decision": {"pick": "coder", "knobs": {"lambda_cost": 3}, )"
+           R"("candidates": [{"expert": "coder"}]}})"
+        << "\n"
         << "\n"
         << R"({"type": "feedback", "id": "a", "quality": 0.2})"
         << "\n"
@@ -139,13 +144,16 @@ TEST_CASE("read_decision_log joins decisions with their last feedback") {
         << R"({"type": "feedback", "id": "c", "quality": 1})"
         << "\n"
         << R"({"type": "feedback", "id": "d", "quality": 1})"
+        << "\n"
+        << R"({"type": "feedback", "id": "e", "quality": 1})"
         << "\n";
   }
   const auto reading = torouter::read_decision_log(path);
-  CHECK(reading.decisions == 4);
+  CHECK(reading.decisions == 5);
   CHECK(reading.without_feedback == 1);
   CHECK(reading.redacted == 1);
   CHECK(reading.not_answered == 1);
+  CHECK(reading.pinned == 1);  // the caller chose: no evidence of the router's policy
   REQUIRE(reading.calls.size() == 1);
   const LoggedCall& a = reading.calls.front();
   CHECK(a.id == "a");
@@ -158,10 +166,10 @@ TEST_CASE("read_decision_log joins decisions with their last feedback") {
   CHECK(a.lambda_cost == 3);
   CHECK(reading.experts == std::vector<std::string>{"historian", "coder"});
 
-  std::ofstream(path, std::ios::app) << R"({"type": "decision", "id": "e"})"
+  std::ofstream(path, std::ios::app) << R"({"type": "decision", "id": "f"})"
                                      << "\n";
   CHECK_THROWS_WITH(torouter::read_decision_log(path),
-                    Contains("calls.jsonl:10") && Contains("prompt"));
+                    Contains("calls.jsonl:12") && Contains("prompt"));
   std::ofstream(path) << R"({"type": "feedback", "id": "a", "quality": 1.5})"
                       << "\n";
   CHECK_THROWS_WITH(torouter::read_decision_log(path),

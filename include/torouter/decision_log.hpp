@@ -48,6 +48,9 @@ struct DecisionRecord {
   /// The probability with which the pick was made (1 when the policy is
   /// deterministic).
   double propensity = 1.0;
+  /// The expert the caller named (`InvokeOptions::expert`), empty when the
+  /// router chose: a named call is no evidence of the router's policy.
+  std::string_view pinned_expert;
   /// The whole invoke, from routing to its end.
   std::chrono::milliseconds latency{0};
 };

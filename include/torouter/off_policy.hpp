@@ -51,6 +51,7 @@ struct DecisionLogReading {
   std::size_t without_feedback = 0;  ///< left out: no feedback line
   std::size_t redacted = 0;          ///< left out: the prompt was not logged
   std::size_t not_answered = 0;      ///< left out: failed, or answered by a failover
+  std::size_t pinned = 0;            ///< left out: the caller named the expert
 };
 
 /// Reads a decision log (the file, not its rotated parts): decision lines

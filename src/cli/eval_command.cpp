@@ -158,11 +158,13 @@ int evaluate_log(const Arguments& args) {
   std::vector<TargetPrediction> target;
   for (const LoggedCall& call : reading.calls) target.push_back(target_prediction(router, call));
   const OffPolicyReport report = estimate_off_policy(reading.calls, target);
-  std::printf("%s: %zu decisions; %zu with feedback used (%zu without feedback, %zu redacted, "
-              "%zu failed or failed over)\nmodel %s picks the logged expert on %zu of them\n\n",
-              log_path.c_str(), reading.decisions, report.calls, reading.without_feedback,
-              reading.redacted, reading.not_answered, std::string(model.scorer->version()).c_str(),
-              report.matching);
+  std::printf(
+      "%s: %zu decisions; %zu with feedback used (%zu without feedback, %zu redacted, "
+      "%zu to a named expert, %zu failed or failed over)\nmodel %s picks the logged "
+      "expert on %zu of them\n\n",
+      log_path.c_str(), reading.decisions, report.calls, reading.without_feedback, reading.redacted,
+      reading.pinned, reading.not_answered, std::string(model.scorer->version()).c_str(),
+      report.matching);
   auto line = [](const char* what, const Estimate& e) {
     std::printf("%-22s %10.4g   [%.4g, %.4g]\n", what, e.value, e.low, e.high);
   };
@@ -177,11 +179,12 @@ int evaluate_log(const Arguments& args) {
     out << fmt::format(
         "{{\"log\": {}, \"model\": {}, \"model_version\": {}, \"decisions\": {}, "
         "\"calls\": {}, \"matching\": {}, \"without_feedback\": {}, \"redacted\": {}, "
-        "\"not_answered\": {}, \"quality\": {{\"ips\": {}, \"doubly_robust\": {}}}, "
+        "\"pinned\": {}, \"not_answered\": {}, \"quality\": {{\"ips\": {}, "
+        "\"doubly_robust\": {}}}, "
         "\"cost_usd\": {{\"ips\": {}, \"doubly_robust\": {}}}}}\n",
         json_string(log_path), json_string(model_path), json_string(model.scorer->version()),
         reading.decisions, report.calls, report.matching, reading.without_feedback,
-        reading.redacted, reading.not_answered, estimate_json(report.ips_quality),
+        reading.redacted, reading.pinned, reading.not_answered, estimate_json(report.ips_quality),
         estimate_json(report.dr_quality), estimate_json(report.ips_cost),
         estimate_json(report.dr_cost));
   }

@@ -221,9 +221,9 @@ void add_log(const std::string& path, RoutingDataset& data) {
   const DecisionLogReading reading = read_decision_log(path);
   std::fprintf(stderr,
                "  %zu decisions; %zu calls with feedback used (%zu without feedback, %zu "
-               "redacted, %zu failed or failed over)\n",
+               "redacted, %zu to a named expert, %zu failed or failed over)\n",
                reading.decisions, reading.calls.size(), reading.without_feedback, reading.redacted,
-               reading.not_answered);
+               reading.pinned, reading.not_answered);
   if (reading.calls.empty()) {
     throw Error(
         fmt::format("--log: {}: no call with feedback and a logged prompt to learn from", path));
