@@ -15,6 +15,7 @@
 #include <mutex>
 #include <thread>
 
+#include "fnv.hpp"
 #include "json_text.hpp"
 #include "torouter/error.hpp"
 #include "torouter/router.hpp"
@@ -50,12 +51,7 @@ std::string attempts_json(const std::vector<Attempt>& attempts) {
 }  // namespace
 
 std::string prompt_hash(std::string_view text) {
-  std::uint64_t hash = 14695981039346656037ull;  // FNV-1a-64
-  for (const char c : text) {
-    hash ^= static_cast<unsigned char>(c);
-    hash *= 1099511628211ull;
-  }
-  return fmt::format("{:016x}", hash);
+  return fmt::format("{:016x}", detail::fnv1a_64(text));
 }
 
 std::string decision_log_line(const DecisionRecord& record, bool redact_prompt) {

@@ -6,6 +6,7 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -14,10 +15,12 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <system_error>
 #include <tuple>
 #include <unordered_map>
 
 #include "compact_storage.hpp"
+#include "fnv.hpp"
 #include "json_text.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/error.hpp"
@@ -27,6 +30,12 @@ namespace {
 
 constexpr char kMagic[8] = {'T', 'O', 'R', 'M', 'O', 'D', 'E', 'L'};
 constexpr std::size_t kPreambleBytes = 8 + 4 + 8;
+// The header's last member: the FNV-1a-64 of the whole file, in 16 hex
+// digits, taken with those digits as '0's. A damaged file is refused
+// rather than served; readers before it ignore the member.
+constexpr std::string_view kChecksumMember = ",\n \"checksum\": \"";
+constexpr std::string_view kHeaderEnd = "\"}\n";
+constexpr std::size_t kChecksumDigits = 16;
 
 void append_le(std::string& out, std::uint64_t value, int bytes) {
   for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((value >> (8 * i)) & 0xFFu));
@@ -273,13 +282,19 @@ void ModelWriter::write(const std::string& path) const {
                           first ? "" : ",", detail::json_string(t.name), t.shape, type, t.offset);
     first = false;
   }
-  header += "]}\n";
+  header += "]";
+  header += kChecksumMember;
+  header += std::string(kChecksumDigits, '0');
+  header += kHeaderEnd;
 
   std::string bytes(kMagic, sizeof(kMagic));
   append_le(bytes, version, 4);
   append_le(bytes, header.size(), 8);
   bytes += header;
+  const std::size_t digits_at = bytes.size() - kHeaderEnd.size() - kChecksumDigits;
   bytes += layout.payload;
+  const std::string digits = fmt::format("{:016x}", detail::fnv1a_64(bytes));
+  bytes.replace(digits_at, kChecksumDigits, digits);
 
   const std::string temporary = path + ".tmp";
   {
@@ -564,6 +579,44 @@ ModelField read_field(simdjson::dom::element value, const std::string& name,
 
 }  // namespace
 
+namespace {
+
+// Refuses a file whose checksum (see kChecksumMember) does not match its
+// bytes. A file written before checksums has none to check: its header
+// ends with the tensors' ']', not with the checksum's closing quote.
+void check_sum(simdjson::dom::element root, const std::string& bytes, std::size_t header_end,
+               const std::string& where) {
+  const std::size_t tail = kHeaderEnd.size() + kChecksumDigits;
+  if (header_end < kPreambleBytes + tail ||
+      std::string_view(bytes).substr(header_end - kHeaderEnd.size(), kHeaderEnd.size()) !=
+          kHeaderEnd) {
+    return;
+  }
+  std::string_view stated;
+  if (root["checksum"].get(stated) != simdjson::SUCCESS) {
+    throw Error(where + "damaged: its header's last member is not its checksum");
+  }
+  const std::size_t digits_at = header_end - tail;
+  std::uint64_t expected = 0;
+  const auto [end, error] =
+      std::from_chars(stated.data(), stated.data() + stated.size(), expected, 16);
+  if (stated.size() != kChecksumDigits || error != std::errc() ||
+      end != stated.data() + stated.size() ||
+      std::string_view(bytes).substr(digits_at, kChecksumDigits) != stated) {
+    throw Error(where + "header: the checksum must be the last member, 16 hex digits");
+  }
+  std::uint64_t hash = detail::fnv1a_64(std::string_view(bytes.data(), digits_at));
+  hash = detail::fnv1a_64(std::string(kChecksumDigits, '0'), hash);
+  hash = detail::fnv1a_64(std::string_view(bytes).substr(digits_at + kChecksumDigits), hash);
+  if (hash != expected) {
+    throw Error(where +
+                "damaged: its checksum does not match its bytes (it changed after it was "
+                "written); write it again");
+  }
+}
+
+}  // namespace
+
 ModelReader ModelReader::parse(const std::string& bytes, const std::string& origin) {
   ModelReader reader;
   reader.path_ = origin;
@@ -611,6 +664,8 @@ ModelReader ModelReader::parse(const std::string& bytes, const std::string& orig
     throw Error(where + "header: missing array \"tensors\"");
   }
   read_tensors(tensors, bytes, payload_start, reader.format_version_, where, reader.tensors_);
+  // Last: a file cut short is named truncated, not damaged.
+  check_sum(root, bytes, payload_start, where);
   return reader;
 }
 

@@ -12,6 +12,7 @@
 
 #include "sparse_projection.hpp"
 #include "support/data_dir.hpp"
+#include "support/model_bytes.hpp"
 #include "support/synthetic_data.hpp"
 #include "support/temp_dir.hpp"
 #include "torouter/dataset.hpp"
@@ -441,51 +442,51 @@ TEST_CASE("a damaged kNN model file is refused naming the file and the tensor") 
   SECTION("an index beyond the buckets") {
     std::string damaged = bytes;
     put_value(damaged, "knn.indices", 5, static_cast<float>(1u << 18));
-    write_bytes(path, damaged);
+    write_bytes(path, torouter::testing::resealed(damaged));
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.indices"));
   }
   SECTION("an index that is not a whole number") {
     std::string damaged = bytes;
     put_value(damaged, "knn.indices", 0, 2.5f);
-    write_bytes(path, damaged);
+    write_bytes(path, torouter::testing::resealed(damaged));
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.indices"));
   }
   SECTION("indices out of order within a row") {
     std::string damaged = bytes;
     put_value(damaged, "knn.indices", 1, 0.0f);
-    write_bytes(path, damaged);
+    write_bytes(path, torouter::testing::resealed(damaged));
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.indices"));
   }
   SECTION("decreasing offsets") {
     // Row 2's start (high, low halves at values 4 and 5) set to 0, before row 1's.
     std::string damaged = bytes;
     put_value(damaged, "knn.offsets", 5, 0.0f);
-    write_bytes(path, damaged);
+    write_bytes(path, torouter::testing::resealed(damaged));
     CHECK_THROWS_WITH(torouter::load_model(path),
                       Contains(path) && Contains("knn.offsets") && Contains("decrease"));
   }
   SECTION("offsets past the stored values") {
     std::string damaged = bytes;
     put_value(damaged, "knn.offsets", 2 * set.rows() + 1, 60000.0f);  // exact in f16 too
-    write_bytes(path, damaged);
+    write_bytes(path, torouter::testing::resealed(damaged));
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.offsets"));
   }
   SECTION("a feature value that is not positive") {
     std::string damaged = bytes;
     put_value(damaged, "knn.values", 2, GENERATE(0.0f, -0.25f));
-    write_bytes(path, damaged);
+    write_bytes(path, torouter::testing::resealed(damaged));
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.values"));
   }
   SECTION("a quality outside [0, 1]") {
     std::string damaged = bytes;
     put_value(damaged, "knn.quality", 3, 1.5f);
-    write_bytes(path, damaged);
+    write_bytes(path, torouter::testing::resealed(damaged));
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.quality"));
   }
   SECTION("a presence that is not 0 or 1") {
     std::string damaged = bytes;
     put_value(damaged, "knn.present", 0, 0.5f);
-    write_bytes(path, damaged);
+    write_bytes(path, torouter::testing::resealed(damaged));
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.present"));
   }
   SECTION("a truncated file") {
@@ -497,7 +498,7 @@ TEST_CASE("a damaged kNN model file is refused naming the file and the tensor") 
     for (std::size_t r = 0; r < set.rows(); ++r) {
       put_value(damaged, "knn.quality", 2 * r, 0.0f);
     }
-    write_bytes(path, damaged);
+    write_bytes(path, torouter::testing::resealed(damaged));
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("recorded check"));
   }
 }
@@ -702,14 +703,14 @@ TEST_CASE("a damaged dense kNN model file is refused naming the tensor") {
   SECTION("a stored row that is not of unit length") {
     std::string damaged = bytes;
     put_value(damaged, "knn.dense_rows", 1, 3.0f);
-    write_bytes(path, damaged);
+    write_bytes(path, torouter::testing::resealed(damaged));
     CHECK_THROWS_WITH(torouter::load_model(path),
                       Contains(path) && Contains("knn.dense_rows") && Contains("norm"));
   }
   SECTION("an IDF weight that is not positive") {
     std::string damaged = bytes;
     put_value(damaged, "knn.idf", 7, -1.0f);
-    write_bytes(path, damaged);
+    write_bytes(path, torouter::testing::resealed(damaged));
     CHECK_THROWS_WITH(torouter::load_model(path), Contains(path) && Contains("knn.idf"));
   }
 }

@@ -1,14 +1,14 @@
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
-#include "support/temp_dir.hpp"
 #include "support/data_dir.hpp"
+#include "support/model_bytes.hpp"
 #include "support/synthetic_data.hpp"
+#include "support/temp_dir.hpp"
 #include "torouter/error.hpp"
 #include "torouter/eval.hpp"
 #include "torouter/model_io.hpp"
@@ -130,7 +130,7 @@ TEST_CASE("a trained MLP round-trips through a model file, checks included") {
     w += 0.75f;
     std::memcpy(&bytes[bytes.size() - 4], &w, 4);
     const std::string tampered = temp_path("tampered.tormodel");
-    std::ofstream(tampered, std::ios::binary) << bytes;
+    std::ofstream(tampered, std::ios::binary) << torouter::testing::resealed(bytes);
     CHECK_THROWS_WITH(torouter::load_model(tampered),
                       Contains("tampered.tormodel") && Contains("recorded check"));
   }

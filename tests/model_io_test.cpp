@@ -1,14 +1,15 @@
-#include <catch2/catch.hpp>
+#include "torouter/model_io.hpp"
 
+#include <catch2/catch.hpp>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <sstream>
 
+#include "support/model_bytes.hpp"
 #include "support/temp_dir.hpp"
 #include "torouter/error.hpp"
-#include "torouter/model_io.hpp"
 #include "torouter/trainable_scorer.hpp"
 
 using torouter::Error;
@@ -171,7 +172,7 @@ TEST_CASE("a damaged model file is refused, naming the file and the problem") {
   }
   SECTION("trailing bytes") {
     const std::string path = temp_path("trailing.tormodel");
-    write_bytes(path, good + "xxxx");
+    write_bytes(path, torouter::testing::resealed(good + "xxxx"));
     CHECK_THAT(open_error(path), Contains("payload has"));
   }
   SECTION("a NaN weight") {
@@ -179,7 +180,7 @@ TEST_CASE("a damaged model file is refused, naming the file and the problem") {
     const float nan = std::numeric_limits<float>::quiet_NaN();
     std::memcpy(&bytes[bytes.size() - 4], &nan, 4);
     const std::string path = temp_path("nan.tormodel");
-    write_bytes(path, bytes);
+    write_bytes(path, torouter::testing::resealed(bytes));
     CHECK_THAT(open_error(path), Contains("nan.tormodel") && Contains("NaN or infinity"));
   }
   SECTION("a header that is not JSON") {
@@ -188,6 +189,24 @@ TEST_CASE("a damaged model file is refused, naming the file and the problem") {
     const std::string path = temp_path("header.tormodel");
     write_bytes(path, bytes);
     CHECK_THAT(open_error(path), Contains("header is not valid JSON"));
+  }
+  SECTION("any byte changed, in the header or the payload") {
+    // One byte flipped at each of 40 places: each file is refused, as
+    // damaged or by the check the flip breaks first (the magic, the
+    // version, the sizes, the header's JSON); none loads.
+    for (std::size_t i = 0; i < 40; ++i) {
+      std::string bytes = good;
+      const std::size_t at = i * (bytes.size() - 1) / 39;
+      bytes[at] = static_cast<char>(bytes[at] ^ 0x10);
+      const std::string path = temp_path("flipped.tormodel");
+      write_bytes(path, bytes);
+      INFO("byte " << at << " of " << bytes.size());
+      CHECK_FALSE(open_error(path).empty());
+    }
+    std::string digit = good;
+    digit[good.find("\"rate\": 0.25") + 10] = '3';  // 0.35: valid JSON, another number
+    write_bytes(temp_path("digit.tormodel"), digit);
+    CHECK_THAT(open_error(temp_path("digit.tormodel")), Contains("damaged"));
   }
   SECTION("a missing file") {
     CHECK_THAT(open_error(temp_path("absent.tormodel")), Contains("cannot open model file"));
@@ -410,7 +429,8 @@ TEST_CASE("rows of whole int8 steps are stored in a byte a value, and nothing el
   // A q8 tensor in a file that says format 2 is refused by name.
   std::string bytes = read_bytes(path);
   bytes[8] = 2;
-  CHECK_THAT(parse_error(bytes), Contains("tensor \"steps\": type \"q8\" needs model format 3"));
+  CHECK_THAT(parse_error(torouter::testing::resealed(bytes)),
+             Contains("tensor \"steps\": type \"q8\" needs model format 3"));
 
   // One value off its row's steps: the tensor is stored as it is, exactly.
   std::vector<float> off_steps = steps;
