@@ -526,8 +526,12 @@ ServerConfig parse_server_config(std::string_view json, const std::string& origi
         f.fail(key, fmt::format("environment variable {} is not set", name));
       }
       std::stringstream keys(value);
+      const std::size_t before = c.api_keys.size();
       for (std::string k; std::getline(keys, k, ',');) {
         if (!k.empty()) c.api_keys.push_back(k);
+      }
+      if (c.api_keys.size() == before) {
+        f.fail(key, fmt::format("environment variable {} holds no key", name));
       }
     } else if (key == "max_request_bytes") {
       c.max_request_bytes = f.count(key, v, 256);

@@ -596,12 +596,15 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   // On the I/O thread: adds a write to the deferred answer's queue. A
-  // client whose queue would pass its cap, or all connections' queues
-  // theirs, is cut off: slow readers must not hold the server's memory.
+  // client with a backlog that would pass its cap, or all connections'
+  // queues theirs, is cut off: slow readers must not hold the server's
+  // memory. A write to a client that has taken everything so far always
+  // goes: an answer larger than the cap is no sign of a slow reader.
   void enqueue(QueuedWrite write, const std::shared_ptr<CancelSignal>& gone) {
     const HttpServerOptions& options = state_->options;
-    if (queued_bytes_ + write.bytes > options.max_queued_answer_bytes ||
-        state_->queued_answer_bytes.load() + write.bytes > options.max_queued_answer_bytes_total) {
+    if (queued_bytes_ > 0 && (queued_bytes_ + write.bytes > options.max_queued_answer_bytes ||
+                              state_->queued_answer_bytes.load() + write.bytes >
+                                  options.max_queued_answer_bytes_total)) {
       cut_off(gone);
     }
     if (broken_) return;

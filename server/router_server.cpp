@@ -75,9 +75,11 @@ struct CallContext {
   bool route_observed = false;
   std::size_t current_expert = kNone;
   int upstream_calls = 0;
-  // The finish reason and tool calls of the last upstream call, which is
-  // the one that answered when the invoke succeeds.
-  openai::ChatAnswer answer;
+  // What the last upstream call's answer says besides its text: the one
+  // that answered when the invoke succeeds (it takes only the completion of
+  // its latest call). Each call has its own, kept alive by its completion:
+  // a call the invoke gave up on may still be writing its own.
+  std::shared_ptr<openai::ChatAnswer> answer;
 };
 
 // The call context of the invoke `request` belongs to, or nullptr.
@@ -678,7 +680,9 @@ struct RouterServer::Impl {
       metrics->observe_route(std::chrono::duration<double>(start - call->started).count());
       call->route_observed = true;
     }
-    auto observed = [this, i, start, cancel = request.cancel,
+    auto answer = call != nullptr ? std::make_shared<openai::ChatAnswer>() : nullptr;
+    // `answer` is held until the call completes: the call writes it.
+    auto observed = [this, i, start, cancel = request.cancel, answer,
                      on_done = std::move(on_done)](Response response) {
       // A call the client's departure cancelled is no failure of the expert.
       const bool cancelled = cancel != nullptr && cancel->cancelled();
@@ -695,7 +699,8 @@ struct RouterServer::Impl {
     openai::ChatCall chat;
     chat.messages_json = call->messages_json;
     chat.extra_fields_json = call->extra_json;
-    chat.answer = &call->answer;
+    call->answer = answer;
+    chat.answer = answer.get();
     chat.pieces_as_json = call->stream;  // relayed as they come: see stream_piece
     if (call->stream) {
       upstreams[i]->stream_async(request, std::move(on_chunk), chat, std::move(observed));
@@ -713,6 +718,7 @@ struct RouterServer::Impl {
     options.route.policy.max_output_tokens = chat.max_tokens;
     options.route.input_tokens = chat.input_tokens;
     options.max_output_tokens = chat.max_tokens;
+    options.answers = chat.choices;
     // A call to a named expert is not the router's pick to explore.
     if (!chat.bypass) options.route.exploration = config.exploration;
     return options;
@@ -738,6 +744,7 @@ struct RouterServer::Impl {
     metrics->count_chat_request(chat.bypass);
     if (chat.stream) {
       options.on_chunk = [this, x](std::string_view piece) { stream_piece(*x, piece); };
+      options.pieces_are_text = false;  // a relay's JSON (ChatCall::pieces_as_json)
       options.routed = std::shared_ptr<const RouteDecision>(x, &x->shown.decision);
     }
     call.started = Clock::now();
@@ -803,9 +810,11 @@ struct RouterServer::Impl {
         at += name.size();
       }
     }
-    if (a.failure == FailureKind::BadRequest || a.failure == FailureKind::ContextTooLong) {
-      return text;  // the client needs the upstream's reason to fix its request
-    }
+    // The client needs the upstream's reason to fix its request: a 400's or
+    // 422's (a 413 is often a proxy's page, naming its host and version).
+    const bool requests_fault =
+        a.failure == FailureKind::BadRequest || a.failure == FailureKind::ContextTooLong;
+    if (requests_fault && text.rfind("HTTP 413", 0) != 0) return text;
     return without_upstream_words(std::move(text));
   }
 
@@ -965,7 +974,7 @@ struct RouterServer::Impl {
     // The upstream's choices, usage and other members go on as it sent
     // them (every choice of `n`, logprobs, reasoning, usage details); the
     // id, the model (the expert) and the trace are the server's.
-    const openai::ChatAnswer& answer = call.answer;
+    const openai::ChatAnswer& answer = *call.answer;
     const std::string choices =
         !answer.choices_json.empty() ? answer.choices_json : built_choices(r, answer);
     const std::string usage = usage_shown(r, answer, in, out);
@@ -999,12 +1008,16 @@ struct RouterServer::Impl {
   }
 
   // The usage a client is shown: the upstream's as it sent it, details and
-  // all, when its counts were read; else the counts billed (`in`, `out`,
-  // estimated where the upstream gave none).
+  // all, when its counts were read and believed; else the counts billed
+  // (`in`, `out`, estimated where the upstream gave none, cut down where it
+  // was not believed: the invoke then notes it in the answered attempt's
+  // detail, which is otherwise empty).
   static std::string usage_shown(const InvokeResult& r, const openai::ChatAnswer& answer,
                                  std::size_t in, std::size_t out) {
     const bool counted = r.response.input_tokens > 0 && r.response.output_tokens > 0;
-    return counted && !answer.usage_json.empty() ? answer.usage_json : usage_json(in, out);
+    const bool believed = r.attempts.empty() || r.attempts.back().detail.empty();
+    return counted && believed && !answer.usage_json.empty() ? answer.usage_json
+                                                             : usage_json(in, out);
   }
 
   // A stream: its headers leave with the first piece of the answer, so they
@@ -1047,7 +1060,7 @@ struct RouterServer::Impl {
     }
     std::string tail;
     if (r.ok()) {
-      const openai::ChatAnswer& answer = x.call.answer;
+      const openai::ChatAnswer& answer = *x.call.answer;
       const std::vector<openai::ToolCall>& calls = answer.tool_calls;
       // The role goes in the first delta, when no content came before.
       std::string role = role_sent ? "" : "\"role\":\"assistant\"";

@@ -194,7 +194,11 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       try {
         step();
       } catch (const std::exception& e) {
-        release_expert();
+        if (chunks_delivered_) {
+          release_begun_answer();
+        } else {
+          release_expert();
+        }
         finish(InvokeError::AllFailed, fmt::format("invoke failed inside torouter: {}", e.what()));
       }
       if (!finished_) return;
@@ -636,7 +640,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   // An empty one only says the stream is alive.
   void deliver(std::string_view piece) {
     if (piece.empty()) return;
-    streamed_text_.append(piece);
+    if (invoke_options_.pieces_are_text) streamed_text_.append(piece);
     if (invoke_options_.on_chunk) {
       chunks_delivered_ = true;
       invoke_options_.on_chunk(piece);
@@ -647,7 +651,9 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     deliver_pieces();  // pieces whose event has not run yet come first
     in_attempt_ = false;
     stream_.reset();
-    if (response.ok() && response.text.empty()) response.text = std::move(streamed_text_);
+    if (response.ok() && response.text.empty() && invoke_options_.pieces_are_text) {
+      response.text = std::move(streamed_text_);
+    }
     pending_ = std::move(response);
     new_wait();
     attempt_done();
@@ -693,7 +699,9 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       if (transport.call) return transport.call(request);
       Response response =
           transport.call_streaming(request, [&](std::string_view chunk) { deliver(chunk); });
-      if (response.ok() && response.text.empty()) response.text = std::move(streamed_text_);
+      if (response.ok() && response.text.empty() && invoke_options_.pieces_are_text) {
+        response.text = std::move(streamed_text_);
+      }
       return response;
     } catch (const std::exception& e) {
       return Response::failed(FailureKind::TransportError,
@@ -752,15 +760,21 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     double output = response.output_tokens > 0
                         ? static_cast<double>(response.output_tokens)
                         : static_cast<double>(estimate_tokens(response.text));
-    believe_usage(spec, input, output, attempt);
+    if (believe_usage(spec, input, output, attempt)) {
+      // The counts billed are the ones the result and the decision log show.
+      response.input_tokens = static_cast<std::size_t>(input);
+      response.output_tokens = static_cast<std::size_t>(output);
+    }
     const double cost = router_.cost_model_->cost_usd(spec, input, output);
     release_expert(cost, input + output);
     attempt.outcome = AttemptOutcome::Answered;
     attempt.cost_usd = cost;
     result_.attempts.push_back(std::move(attempt));
     // An answer that did not stream reaches a streaming caller as one chunk;
-    // an empty one (a message that only calls tools) as none.
-    if (invoke_options_.on_chunk && !chunks_delivered_ && !response.text.empty()) {
+    // an empty one (a message that only calls tools) as none; so does not
+    // text where the caller's pieces are something else.
+    if (invoke_options_.on_chunk && invoke_options_.pieces_are_text && !chunks_delivered_ &&
+        !response.text.empty()) {
       invoke_options_.on_chunk(response.text);
     }
     result_.expert = spec.name;
@@ -769,24 +783,28 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     finish(InvokeError::None, {});
   }
 
-  // A usage count is believed up to the expert's context window (its
-  // output up to the call's max_output_tokens when set), and up to
+  // A usage count is believed up to the expert's context window (each
+  // answer's output up to the call's max_output_tokens when set), and up to
   // kMostTokensBelieved when it declares none: one broken or hostile count
-  // must not spend a whole budget. A count cut down is noted in the attempt.
-  void believe_usage(const ExpertSpec& spec, double& input, double& output,
+  // must not spend a whole budget. True when a count was cut down, which
+  // the attempt's detail notes (an answered attempt has no other detail).
+  bool believe_usage(const ExpertSpec& spec, double& input, double& output,
                      Attempt& attempt) const {
     const double window =
         std::min(static_cast<double>(spec.context_window_tokens), kMostTokensBelieved);
-    double most_output = window;
+    double each = window;
     if (invoke_options_.max_output_tokens > 0) {
-      most_output = std::min(most_output, static_cast<double>(invoke_options_.max_output_tokens));
+      each = std::min(each, static_cast<double>(invoke_options_.max_output_tokens));
     }
-    if (input <= window && output <= most_output) return;
+    const double most_output =
+        each * static_cast<double>(std::max<std::size_t>(1, invoke_options_.answers));
+    if (input <= window && output <= most_output) return false;
     attempt.detail = fmt::format(
         "usage not believed: {} input and {} output tokens reported, billed as at most {} and {}",
         input, output, window, most_output);
     input = std::min(input, window);
     output = std::min(output, most_output);
+    return true;
   }
 
   // Counts a failure in a row; true when it sent the expert to cool down.

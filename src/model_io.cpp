@@ -582,15 +582,18 @@ ModelField read_field(simdjson::dom::element value, const std::string& name,
 namespace {
 
 // Refuses a file whose checksum (see kChecksumMember) does not match its
-// bytes. A file written before checksums has none to check: its header
-// ends with the tensors' ']', not with the checksum's closing quote.
+// bytes. A file written before checksums has none to check: its header's
+// JSON ends with the tensor table's "]}"; any other header must end with
+// the checksum, exactly as written.
 void check_sum(simdjson::dom::element root, const std::string& bytes, std::size_t header_end,
                const std::string& where) {
+  const std::string_view header =
+      std::string_view(bytes).substr(kPreambleBytes, header_end - kPreambleBytes);
+  const std::size_t last = header.find_last_not_of(" \t\r\n");
+  if (last != std::string_view::npos && last >= 1 && header.substr(last - 1, 2) == "]}") return;
   const std::size_t tail = kHeaderEnd.size() + kChecksumDigits;
-  if (header_end < kPreambleBytes + tail ||
-      std::string_view(bytes).substr(header_end - kHeaderEnd.size(), kHeaderEnd.size()) !=
-          kHeaderEnd) {
-    return;
+  if (header.size() < tail || header.substr(header.size() - kHeaderEnd.size()) != kHeaderEnd) {
+    throw Error(where + "damaged: its header ends with neither its tensors nor its checksum");
   }
   std::string_view stated;
   if (root["checksum"].get(stated) != simdjson::SUCCESS) {

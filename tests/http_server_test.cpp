@@ -6,6 +6,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <functional>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -361,9 +362,10 @@ TEST_CASE("http server: a client that takes no bytes for write_timeout is cut of
 
 TEST_CASE("http server: slow readers together cannot queue past max_queued_answer_bytes_total",
           "[http][server]") {
-  // Two clients read nothing while their answers queue 24 MiB each, under
-  // a per-connection cap they stay within: the total cap cuts one off long
-  // before the write timeout would.
+  // Clients that read nothing, one after another, under a per-connection
+  // cap they stay within: the first queues 24 MiB; the second would take
+  // the total past 32 MiB and is cut off, its queue dropped at once; so a
+  // third's 4 MiB still fit.
   HttpServerOptions options = Fixture::small_options();
   options.handlers_never_block = true;
   options.write_timeout = std::chrono::seconds(20);
@@ -371,38 +373,48 @@ TEST_CASE("http server: slow readers together cannot queue past max_queued_answe
   options.max_queued_answer_bytes_total = 32 << 20;
   std::mutex mutex;
   std::vector<std::shared_ptr<torouter::CancelSignal>> gone;
+  std::atomic<int> handled{0};
   HttpServer server(
       options,
-      [&](const HttpRequest&, HttpResponse& res) {
+      [&](const HttpRequest& req, HttpResponse& res) {
         {
           std::lock_guard<std::mutex> lock(mutex);
           gone.push_back(res.client_gone());
         }
         res.start_stream("text/plain");
         const std::string piece(64 << 10, 'x');
-        for (int i = 0; i < 384; ++i) res.write(piece);  // 24 MiB, queued at once
+        const int pieces = req.path() == "/small" ? 64 : 384;  // 4 or 24 MiB
+        for (int i = 0; i < pieces; ++i) res.write(piece);
+        ++handled;
       },
       [](int status, std::string_view) { return std::to_string(status); }, [](int) {});
   std::string error;
   const int port = server.bind("127.0.0.1", 0, error);
   REQUIRE(port > 0);
   std::thread running([&] { server.run(); });
-  RawHttpConnection first(port);
-  RawHttpConnection second(port);
-  send(first, "GET /flood HTTP/1.1\r\nHost: t\r\n\r\n");
-  send(second, "GET /flood HTTP/1.1\r\nHost: t\r\n\r\n");
-  const auto start = std::chrono::steady_clock::now();
-  auto cut = [&] {
+  auto cut = [&](std::size_t i) {
     std::lock_guard<std::mutex> lock(mutex);
-    int n = 0;
-    for (const auto& g : gone) n += g->cancelled() ? 1 : 0;
-    return n;
+    return i < gone.size() && gone[i]->cancelled();
   };
-  while (cut() == 0 && std::chrono::steady_clock::now() - start < std::chrono::seconds(10)) {
-    std::this_thread::sleep_for(milliseconds(20));
-  }
-  CHECK(cut() == 1);
-  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+  auto wait_for = [](const std::function<bool()>& done) {
+    const auto start = std::chrono::steady_clock::now();
+    while (!done() && std::chrono::steady_clock::now() - start < std::chrono::seconds(10)) {
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+    return done();
+  };
+  RawHttpConnection first(port);
+  send(first, "GET /big HTTP/1.1\r\nHost: t\r\n\r\n");
+  REQUIRE(wait_for([&] { return handled == 1; }));
+  RawHttpConnection second(port);
+  send(second, "GET /big HTTP/1.1\r\nHost: t\r\n\r\n");
+  CHECK(wait_for([&] { return cut(1); }));
+  RawHttpConnection third(port);
+  send(third, "GET /small HTTP/1.1\r\nHost: t\r\n\r\n");
+  REQUIRE(wait_for([&] { return handled == 3; }));
+  std::this_thread::sleep_for(milliseconds(50));
+  CHECK_FALSE(cut(0));
+  CHECK_FALSE(cut(2));
   server.stop();
   running.join();
 }

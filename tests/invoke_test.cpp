@@ -142,12 +142,19 @@ TEST_CASE("a usage count past what an expert can take is billed at that bound") 
     CHECK(r.cost_usd == Approx(2e7 * 10.0 / 1e6));
     CHECK_THAT(r.attempts[0].detail, Contains("usage not believed"));
   }
-  SECTION("the call's max_output_tokens bounds its output") {
+  SECTION("the call's max_output_tokens bounds its output, per answer asked for") {
     InvokeOptions options;
     options.max_output_tokens = 100;
     const InvokeResult r = invoke(rig.router, "hi", options);
     REQUIRE(r.ok());
     CHECK(r.cost_usd == Approx((1e7 + 100) * 10.0 / 1e6));
+    // The result shows the counts billed, not the ones reported.
+    CHECK(r.response.input_tokens == 10'000'000);
+    CHECK(r.response.output_tokens == 100);
+    options.answers = 3;  // OpenAI's n: three answers of up to 100 tokens each
+    const InvokeResult three = invoke(rig.router, "hi", options);
+    CHECK(three.cost_usd == Approx((1e7 + 300) * 10.0 / 1e6));
+    CHECK(three.response.output_tokens == 300);
   }
   SECTION("a believable count is billed as reported") {
     rig.strong.last = Response::answer("ok", 10, 20);

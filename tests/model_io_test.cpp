@@ -203,6 +203,15 @@ TEST_CASE("a damaged model file is refused, naming the file and the problem") {
       INFO("byte " << at << " of " << bytes.size());
       CHECK_FALSE(open_error(path).empty());
     }
+    // The header's last byte changed: no longer the checksum's ending, and
+    // not the ending of a file written before checksums either.
+    std::string ending = good;
+    const std::size_t header_end =
+        20 + static_cast<unsigned char>(good[12]) + 256 * static_cast<unsigned char>(good[13]);
+    REQUIRE(ending.substr(header_end - 3, 3) == "\"}\n");
+    ending[header_end - 1] = ' ';
+    write_bytes(temp_path("ending.tormodel"), ending);
+    CHECK_THAT(open_error(temp_path("ending.tormodel")), Contains("damaged"));
     std::string digit = good;
     digit[good.find("\"rate\": 0.25") + 10] = '3';  // 0.35: valid JSON, another number
     write_bytes(temp_path("digit.tormodel"), digit);

@@ -495,6 +495,17 @@ TEST_CASE("router server: failures of every expert become OpenAI error objects",
     CHECK_THAT(res->body, Contains("HTTP 503"));
     CHECK_THAT(res->body, !Contains("10.9.8.7"));
   }
+  SECTION("a 413 is the request's fault, but its page stays in the log") {
+    for (auto& [name, u] : f.upstreams) {
+      u->set_behaviour(behaviour(Kind::Status, 413, "",
+                                 "<html><center>nginx/1.22.1 at gw-7.internal</center></html>"));
+    }
+    auto res = f.post(chat_body("router", kPrompt));
+    REQUIRE(res);
+    CHECK(res->status == 400);
+    CHECK_THAT(res->body, Contains("context_length_exceeded") && Contains("HTTP 413"));
+    CHECK_THAT(res->body, !Contains("gw-7.internal"));
+  }
   SECTION("upstreams that refuse the server's own key: 502, not the client's fault") {
     for (auto& [name, u] : f.upstreams) {
       u->set_behaviour(
@@ -806,6 +817,28 @@ TEST_CASE("router server: relays what an answer says beyond its text", "[server]
     CHECK(end["usage"]["completion_tokens_details"]["reasoning_tokens"].get_uint64().value() == 2);
     CHECK(str(end["torouter"]["expert"]) == first);
     CHECK(events[5] == "[DONE]");
+  }
+  SECTION("a stream of thinking alone is billed from its text, not from the relayed JSON") {
+    StandInBehaviour thinking;
+    for (int i = 0; i < 20; ++i) {
+      thinking.verbatim_events.push_back(
+          R"(data: {"choices":[{"index":0,"delta":{"reasoning_content":"Hm."}}]})"
+          "\n\n");
+    }
+    thinking.verbatim_events.push_back(
+        R"(data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})"
+        "\n\n");
+    thinking.verbatim_events.push_back("data: [DONE]\n\n");
+    f.upstreams[first]->push_behaviour(thinking);
+    auto res = f.post(chat_body("router", kPrompt, true));
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const auto events = sse_data(res->body);
+    REQUIRE(events.size() == 1 + 20 + 2);  // the role, the thinking, the end, [DONE]
+    auto end = parse(parser, events[events.size() - 2]);
+    // No content: nothing to estimate an output from (20 pieces of JSON
+    // would have counted for about 200 tokens).
+    CHECK(end["usage"]["completion_tokens"].get_uint64().value() == 0);
   }
   SECTION("a stream whose upstream counts no usage shows the counts billed") {
     StandInBehaviour bare;
@@ -1384,6 +1417,10 @@ TEST_CASE("router server: configuration errors name the file and the field", "[s
   // leaving the field out.
   CHECK_THAT(error_of(R"({"router_model":"m","api_keys":[],"experts":[)" + expert + "]}"),
              Contains("server.json: api_keys: empty"));
+  ::setenv("TOROUTER_TEST_NO_KEYS", ",", 1);
+  CHECK_THAT(error_of(R"({"router_model":"m","api_keys_env":"TOROUTER_TEST_NO_KEYS","experts":[)" +
+                      expert + "]}"),
+             Contains("api_keys_env: environment variable TOROUTER_TEST_NO_KEYS holds no key"));
   CHECK_THAT(error_of(R"({"experts":[)" + expert + "]}"), Contains("server.json: router_model: missing"));
   CHECK_THAT(error_of(R"({"router_model":"m","experts":[]})"), Contains("server.json: experts:"));
   CHECK_THAT(error_of(R"({"router_model":"m","colour":1,"experts":[)" + expert + "]}"),

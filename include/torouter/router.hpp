@@ -203,9 +203,16 @@ struct InvokeOptions {
   /// also stands for the answer in the context-window check (unless
   /// `route.policy.max_output_tokens` says otherwise).
   std::size_t max_output_tokens = 0;
+  /// Answers the call asks for at once (OpenAI's `n`), each up to
+  /// `max_output_tokens`: a usage count is believed up to this many answers.
+  std::size_t answers = 1;
   /// When set, the answer is streamed to it. Failover happens only before
   /// the first chunk reaches it; after that a failure ends the invoke.
   ChunkCallback on_chunk;
+  /// False when a streaming transport's pieces are not the answer's text
+  /// (a relay's JSON, as torouter-server's are): the response's text is
+  /// then what the transport returns, never the pieces joined.
+  bool pieces_are_text = true;
   /// What the caller's transports need to know about this invoke beyond the
   /// prompt (the whole conversation, a trace id, a cancel flag). Each attempt
   /// gets it as `Request::context`, unchanged. A `std::any` so a transport

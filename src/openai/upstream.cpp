@@ -146,19 +146,21 @@ bool read_answer_delta(simdjson::dom::element choice, ChatAnswer& answer) {
   return true;
 }
 
-// An answer's top-level members that a relay writes itself, and
-// "obfuscation", the random padding OpenAI adds to each stream event, which
-// means nothing to pass on.
-constexpr std::string_view kRelaysOwn[] = {"id",      "object", "created",    "model",
-                                           "choices", "usage",  "obfuscation"};
+// An answer's top-level members that a relay writes itself ("torouter"
+// too: an expert may be another torouter server, whose trace would be a
+// second member of that name), and "obfuscation", the random padding
+// OpenAI adds to each stream event, which means nothing to pass on.
+constexpr std::string_view kRelaysOwn[] = {"id",      "object", "created",  "model",
+                                           "choices", "usage",  "torouter", "obfuscation"};
 
-// The answer's other top-level members, as members without braces, onto `out`.
+// The answer's other top-level members, as members without braces, onto
+// `out`; a null one ("error": null) says nothing.
 void read_other_members(simdjson::dom::element doc, std::string& out) {
   simdjson::dom::object top;
   if (doc.get(top)) return;
   for (auto field : top) {
-    if (std::find(std::begin(kRelaysOwn), std::end(kRelaysOwn), field.key) !=
-        std::end(kRelaysOwn)) {
+    if (field.value.is_null() || std::find(std::begin(kRelaysOwn), std::end(kRelaysOwn),
+                                           field.key) != std::end(kRelaysOwn)) {
       continue;
     }
     if (!out.empty()) out.push_back(',');
@@ -262,6 +264,10 @@ Response classify_http_error(int status, std::string_view body, std::string_view
     return Response::failed(FailureKind::RateLimited, message, wait);
   }
   if (status == 408 || status == 504) return Response::failed(FailureKind::Timeout, message);
+  if (status < 400) {
+    return Response::failed(FailureKind::ServerError,
+                            fmt::format("HTTP {}: unexpected status", status));
+  }
   if (status >= 500) return Response::failed(FailureKind::ServerError, message);
   if (status == 413) return Response::failed(FailureKind::ContextTooLong, message);
   // Only 400 and 422 speak of the request itself. Others (401, 403, 404,
@@ -270,8 +276,6 @@ Response classify_http_error(int status, std::string_view body, std::string_view
   if (status != 400 && status != 422) return Response::failed(FailureKind::ServerError, message);
   if (speaks_of_context_length(body)) return Response::failed(FailureKind::ContextTooLong, message);
   return Response::failed(FailureKind::BadRequest, message);
-  return Response::failed(FailureKind::ServerError,
-                          fmt::format("HTTP {}: unexpected status", status));
 }
 
 struct Upstream::Client {
