@@ -771,8 +771,8 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     attempt.cost_usd = cost;
     result_.attempts.push_back(std::move(attempt));
     // An answer that did not stream reaches a streaming caller as one chunk;
-    // an empty one (a message that only calls tools) as none; so does not
-    // text where the caller's pieces are something else.
+    // an empty one (a message that only calls tools) as none, and none
+    // where the caller's pieces are not text (a relay's JSON).
     if (invoke_options_.on_chunk && invoke_options_.pieces_are_text && !chunks_delivered_ &&
         !response.text.empty()) {
       invoke_options_.on_chunk(response.text);
