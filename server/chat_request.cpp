@@ -232,6 +232,22 @@ std::optional<ApiError> read_field(std::string_view key, simdjson::dom::element 
   return std::nullopt;
 }
 
+// The index of the first message whose `content` is there but is neither
+// text, a list of parts nor null (an assistant turn that only calls
+// tools), or kNone: every upstream refuses such a message.
+std::size_t first_with_odd_content(simdjson::dom::array messages) {
+  std::size_t i = 0;
+  for (simdjson::dom::element m : messages) {
+    simdjson::dom::element content;
+    if (!m["content"].get(content) && !content.is_string() && !content.is_array() &&
+        !content.is_null()) {
+      return i;
+    }
+    ++i;
+  }
+  return kNone;
+}
+
 // Notes what the conversation needs: tool calls or tool results need tools
 // (an expert without them refuses the history), an image part needs images.
 void read_message_needs(simdjson::dom::array messages, ChatRequest& chat) {
@@ -370,6 +386,11 @@ std::optional<ApiError> parse_chat_request(std::string_view body, const ExpertRe
   if (const std::size_t i = first_without_string(messages, "role"); i != kNone) {
     return bad_request(fmt::format("messages[{}] must be an object with a string role", i),
                        fmt::format("messages[{}].role", i));
+  }
+  if (const std::size_t i = first_with_odd_content(messages); i != kNone) {
+    return bad_request(
+        fmt::format("messages[{}].content must be a string, an array of parts or null", i),
+        fmt::format("messages[{}].content", i));
   }
   if (auto key = first_duplicate_key(top)) {
     return bad_request(fmt::format("the field {} appears twice", *key), std::string(*key));

@@ -123,6 +123,13 @@ TEST_CASE("chat request: errors say the status, the code and the field") {
   const ApiError role = refusal(R"({"model":"router","messages":[{"role":"user"},{"role":3}]})");
   CHECK(role.param == "messages[1].role");
 
+  const ApiError content = refusal(
+      R"({"model":"router","messages":[{"role":"user","content":"x"},{"role":"user","content":5}]})");
+  CHECK(content.param == "messages[1].content");
+  accepted(
+      R"({"model":"router","messages":[{"role":"user","content":[{"type":"text","text":"x"}]},)"
+      R"({"role":"assistant","content":null,"tool_calls":[]},{"role":"user","content":"y"}]})");
+
   const ApiError tool = refusal(
       R"({"model":"router","tools":[{"type":"function"},7],"messages":[{"role":"user","content":"x"}]})");
   CHECK(tool.param == "tools[1].type");
