@@ -8,6 +8,7 @@
 #include "router_server.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <openssl/rand.h>
 #include <simdjson.h>
 
@@ -904,9 +905,7 @@ struct RouterServer::Impl {
   static std::string completion_id() {
     unsigned char bytes[16];
     if (RAND_bytes(bytes, sizeof bytes) != 1) throw Error("no random bytes for an answer id");
-    std::string id = "chatcmpl-torouter-";
-    for (unsigned char b : bytes) id += fmt::format("{:02x}", b);
-    return id;
+    return fmt::format("chatcmpl-torouter-{:02x}", fmt::join(bytes, ""));
   }
 
   void handle_chat(const HttpRequest& req, HttpResponse& res) {
