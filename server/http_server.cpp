@@ -462,6 +462,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         ec == asio::error::operation_aborted) {
       return close();
     }
+    if (ec == bhttp::error::header_limit && !request_line_ended()) {
+      return refuse(414, "request line longer than the head's limit of " +
+                             std::to_string(state_->options.max_head_bytes) + " bytes");
+    }
     if (ec == bhttp::error::header_limit) {
       return refuse(431, "request head larger than " +
                              std::to_string(state_->options.max_head_bytes) + " bytes");
@@ -473,6 +477,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (ec == asio::error::connection_reset || ec == asio::error::broken_pipe) return close();
     refuse(400, "malformed HTTP request: " + ec.message());
   }
+
+  // Whether the request line was read: Beast takes it in as soon as it is
+  // whole, so a head over the limit without one has a line longer than the
+  // limit, a target too long (414, RFC 9110 section 15.5.15) rather than
+  // header fields too large (431).
+  bool request_line_ended() const { return !parser_->get().target().empty(); }
 
   // ------------------------------------------------------------ answering
 
@@ -726,7 +736,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       if (self->answer_done_) self->after_answer();
     };
     if (!stream_.secure()) {
-      // On the socket itself: the stream's write timeouts would end it.
+      // On the socket itself: the stream's write timeouts would end it. (A
+      // wait for bytes first would spare the read's first, failed try, but
+      // Asio re-arms epoll for a wait: one system call for another.)
       stream_.tcp().socket().async_read_some(buffer_.prepare(1024), seen);
       return;
     }

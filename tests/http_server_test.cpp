@@ -164,6 +164,7 @@ TEST_CASE("http server: refusals close the connection", "[http][server]") {
        413},
       {"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400},
       {"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + std::string(3000, 'b') + "\r\n\r\n", 431},
+      {"GET /" + std::string(3000, 't') + " HTTP/1.1\r\nHost: t\r\n\r\n", 414},
       {"GET / HTTP/1.1\r\nX-No-Host: 1\r\n\r\n", 400},
       {"GET / HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n", 400},
       // A body whose length a proxy in front may read otherwise: read as
