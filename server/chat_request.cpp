@@ -191,6 +191,22 @@ std::optional<ApiError> read_model(std::string_view model, const ExpertRegistry&
   return e;
 }
 
+// `stream_options`: an object whose `include_usage`, when true, asks for
+// the usage in an event of its own at the end of a stream. The upstream is
+// always asked for its usage, so nothing of it is forwarded.
+std::optional<ApiError> read_stream_options(simdjson::dom::element value, ChatRequest& chat) {
+  simdjson::dom::object options;
+  if (value.get(options)) return bad_request("stream_options must be an object", "stream_options");
+  for (auto option : options) {
+    if (option.key != "include_usage" || option.value.is_null()) continue;
+    if (option.value.get(chat.usage_event)) {
+      return bad_request("stream_options.include_usage must be true or false",
+                         "stream_options.include_usage");
+    }
+  }
+  return std::nullopt;
+}
+
 // Checks one top-level field other than model and messages, and notes what
 // it needs of an expert. Malformed tools and response formats are refused
 // here, not left to the upstreams: each expert would refuse them in turn.
@@ -397,11 +413,15 @@ std::optional<ApiError> parse_chat_request(std::string_view body, const ExpertRe
   }
   for (auto field : top) {
     const std::string_view key = field.key;
-    if (key == "model" || key == "messages" || key == "stream_options") continue;
+    if (key == "model" || key == "messages") continue;
     // OpenAI's optional fields take null for "absent", and clients send it.
     if (field.value.is_null()) continue;
     if (key == "stream") {
       if (field.value.get(chat.stream)) return bad_request("stream must be true or false", "stream");
+      continue;
+    }
+    if (key == "stream_options") {
+      if (auto error = read_stream_options(field.value, chat)) return error;
       continue;
     }
     if (auto error = read_field(key, field.value, chat)) return error;

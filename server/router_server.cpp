@@ -291,6 +291,15 @@ std::string chunk_event(std::string_view id, long long created, std::string_view
   return out;
 }
 
+// The event `stream_options.include_usage` asks for: no choices, the usage.
+std::string usage_event(std::string_view id, long long created, std::string_view model,
+                        std::string_view usage_member) {
+  return fmt::format(
+      "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},"
+      "\"choices\":[]{}}}\n\n",
+      json_string(id), created, json_string(model), usage_member);
+}
+
 // A stream's first event, as OpenAI's streams begin.
 constexpr std::string_view kRoleDelta = R"("delta":{"role":"assistant","content":""})";
 
@@ -1080,10 +1089,13 @@ struct RouterServer::Impl {
       const std::string usage = usage_shown(r, answer, in, out);
       const std::string others =
           answer.other_members_json.empty() ? "" : "," + answer.other_members_json;
-      tail += chunk_event(
-          x.id, x.created, r.expert, "\"delta\":{" + role + "}",
-          json_string(finish_reason_of(answer)),
-          fmt::format(",\"usage\":{}{},\"torouter\":{}", usage, others, trace_json(r, x.chat)));
+      const std::string usage_member = fmt::format(",\"usage\":{}", usage);
+      tail +=
+          chunk_event(x.id, x.created, r.expert, "\"delta\":{" + role + "}",
+                      json_string(finish_reason_of(answer)),
+                      fmt::format("{}{},\"torouter\":{}", x.chat.usage_event ? "" : usage_member,
+                                  others, trace_json(r, x.chat)));
+      if (x.chat.usage_event) tail += usage_event(x.id, x.created, r.expert, usage_member);
       tail += "data: [DONE]\n\n";
     } else {
       metrics->count_stream_broken();

@@ -601,6 +601,26 @@ TEST_CASE("router server: streams answers as server-sent events", "[server]") {
     CHECK(str(last["choices"].at(0)["finish_reason"]) == "stop");
     CHECK(str(last["torouter"]["expert"]) == first);
   }
+  SECTION("stream_options.include_usage: the usage in an event of its own, as OpenAI's") {
+    std::string body = chat_body("router", kPrompt, true);
+    body.insert(body.size() - 1, ",\"stream_options\":{\"include_usage\":true}");
+    auto res = f.post(body);
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const auto events = sse_data(res->body);
+    REQUIRE(events.size() >= 4);
+    CHECK(events.back() == "[DONE]");
+    simdjson::dom::parser parser;
+    auto usage = parse(parser, events[events.size() - 2]);
+    CHECK(usage["choices"].get_array().value().size() == 0);
+    CHECK(usage["usage"]["total_tokens"].get_uint64().value() > 0);
+    CHECK(str(usage["id"]) == str(parse(parser, events[0])["id"]));
+    auto last = parse(parser, events[events.size() - 3]);
+    CHECK(str(last["choices"].at(0)["finish_reason"]) == "stop");
+    CHECK(last["usage"].error() == simdjson::NO_SUCH_FIELD);
+    CHECK(str(last["torouter"]["expert"]) == first);
+    CHECK(streamed_content(res->body) == "up-" + first + " answers: " + kPrompt);
+  }
   SECTION("fails over before the first chunk") {
     f.upstreams[first]->push_behaviour(behaviour(Kind::Status, 503));
     f.upstreams[first]->push_behaviour(behaviour(Kind::Status, 503));
