@@ -5,7 +5,10 @@
 # link torouter::openai, through the package's `openai` component, and the
 # install must hold torouter-server. With -DWITH_REDIS=ON, the same for
 # torouter::redis and its `redis` component.
-foreach(var TOROUTER_SOURCE_DIR TOROUTER_BINARY_DIR WORK_DIR BUILD_TYPE WITH_OPENAI WITH_REDIS)
+# LAUNCHER (the build's compiler launcher, one program, may be empty) and
+# WARNINGS_AS_ERRORS are handed on to the consumers' builds.
+foreach(var TOROUTER_SOURCE_DIR TOROUTER_BINARY_DIR WORK_DIR BUILD_TYPE WITH_OPENAI WITH_REDIS
+            LAUNCHER WARNINGS_AS_ERRORS)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "package_consumers.cmake needs -D${var}=...")
   endif()
@@ -48,6 +51,7 @@ foreach(mode package subdirectory)
   run(${CMAKE_COMMAND} -S "${consumer}" -B "${WORK_DIR}/${mode}" -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
       -DTOROUTER_CONSUMER_MODE=${mode} -DTOROUTER_CONSUMER_WITH_OPENAI=${WITH_OPENAI}
       -DTOROUTER_CONSUMER_WITH_REDIS=${WITH_REDIS}
+      "-DCMAKE_CXX_COMPILER_LAUNCHER=${LAUNCHER}" -DTOROUTER_WARNINGS_AS_ERRORS=${WARNINGS_AS_ERRORS}
       "-DCMAKE_PREFIX_PATH=${prefix}" "-DTOROUTER_SOURCE_DIR=${TOROUTER_SOURCE_DIR}")
   run(${CMAKE_COMMAND} --build "${WORK_DIR}/${mode}" --parallel ${cores})
   run("${WORK_DIR}/${mode}/consumer")
