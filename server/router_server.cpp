@@ -1033,12 +1033,11 @@ struct RouterServer::Impl {
   // The usage a client is shown: the upstream's as it sent it, details and
   // all, when its counts were read and believed; else the counts billed
   // (`in`, `out`, estimated where the upstream gave none, cut down where it
-  // was not believed: the invoke then notes it in the answered attempt's
-  // detail, which is otherwise empty).
+  // was not believed: `Attempt::usage_capped`).
   static std::string usage_shown(const InvokeResult& r, const openai::ChatAnswer& answer,
                                  std::size_t in, std::size_t out) {
     const bool counted = r.response.input_tokens > 0 && r.response.output_tokens > 0;
-    const bool believed = r.attempts.empty() || r.attempts.back().detail.empty();
+    const bool believed = r.attempts.empty() || !r.attempts.back().usage_capped;
     return counted && believed && !answer.usage_json.empty() ? answer.usage_json
                                                              : usage_json(in, out);
   }

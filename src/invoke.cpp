@@ -787,7 +787,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   // answer's output up to the call's max_output_tokens when set), and up to
   // kMostTokensBelieved when it declares none: one broken or hostile count
   // must not spend a whole budget. True when a count was cut down, which
-  // the attempt's detail notes (an answered attempt has no other detail).
+  // the attempt notes (`usage_capped`, and why in its detail).
   bool believe_usage(const ExpertSpec& spec, double& input, double& output,
                      Attempt& attempt) const {
     const double window =
@@ -799,6 +799,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     const double most_output =
         each * static_cast<double>(std::max<std::size_t>(1, invoke_options_.answers));
     if (input <= window && output <= most_output) return false;
+    attempt.usage_capped = true;
     attempt.detail = fmt::format(
         "usage not believed: {} input and {} output tokens reported, billed as at most {} and {}",
         input, output, window, most_output);

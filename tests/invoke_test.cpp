@@ -128,6 +128,7 @@ TEST_CASE("invoke calls the pick and charges what it billed") {
   // 10 tokens in, 20 out at $10 per million each.
   CHECK(r.cost_usd == Approx(30 * 10.0 / 1e6));
   CHECK(r.attempts[0].cost_usd == r.cost_usd);
+  CHECK_FALSE(r.attempts[0].usage_capped);
   CHECK(rig.router.spent_usd() == Approx(r.cost_usd));
   CHECK(rig.router.status("strong").calls == 1);
   CHECK(rig.router.status("strong").in_flight == 0);
@@ -140,6 +141,7 @@ TEST_CASE("a usage count past what an expert can take is billed at that bound") 
     const InvokeResult r = invoke(rig.router, "hi");
     REQUIRE(r.ok());
     CHECK(r.cost_usd == Approx(2e7 * 10.0 / 1e6));
+    CHECK(r.attempts[0].usage_capped);
     CHECK_THAT(r.attempts[0].detail, Contains("usage not believed"));
   }
   SECTION("the call's max_output_tokens bounds its output, per answer asked for") {

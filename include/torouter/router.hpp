@@ -290,6 +290,10 @@ struct Attempt {
   /// it had begun to reach the caller (its provider bills what was sent);
   /// 0 for other calls.
   double cost_usd = 0.0;
+  /// For `Answered`: true when the answer's usage counts were past what the
+  /// expert can take (its context window; `InvokeOptions::max_output_tokens`
+  /// per answer) and were billed cut down to that bound; `detail` says so.
+  bool usage_capped = false;
 };
 
 /// Why an invoke failed; `None` when it answered.
