@@ -12,7 +12,8 @@ For each server: per round, the requests answered with 200 out of
 --clients, every status seen (or "timeout" / "closed" for no answer), the
 round's wall time and the server's RSS (VmRSS) a second after the round;
 then its peak RSS (VmHWM) and the growth of RSS from after round 2 to after
-the last round, which should be near zero if memory levels off. Issue 12:
+the last round, which should be near zero if memory levels off, and its
+RSS after --settle idle seconds (what it keeps of the burst). Issue 12:
 "32 clients sending 1 MB bodies, 6 rounds: RSS levels off (the old server
 grew from 262 to 653 MB)". Not run by CI.
 """
@@ -139,10 +140,12 @@ def measure(name, server_bin, stand_in_port, args, payload, body_len, work, root
                       file=sys.stderr)
                 break
         peak = status_mb(proc.pid, "VmHWM")
+        time.sleep(args.settle)  # idle: what the server keeps of the burst
+        settled = status_mb(proc.pid, "VmRSS")
     finally:
         proc.terminate()
         proc.wait()
-    return start_rss, rounds, peak
+    return start_rss, rounds, peak, settled
 
 
 def shown(counter):
@@ -162,6 +165,8 @@ def main():
     parser.add_argument("--body-mb", type=float, default=1.0, help="body size, MB (10^6 bytes)")
     parser.add_argument("--workers", type=int, default=64, help="the server's listen.threads")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per request")
+    parser.add_argument("--settle", type=float, default=12,
+                        help="idle seconds after the last round before the last RSS reading")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="torouter-bodies-")
     payload, body_len = request_bytes(int(args.body_mb * 1e6))
@@ -186,10 +191,10 @@ def main():
                                  for label, _ in rows)
     print(head)
     print("| ---: |" + " ---: | --- | ---: | ---: |" * len(rows))
-    print("| start |" + "".join(f" | | | {start_rss:.0f} |" for _, (start_rss, _, _) in rows))
+    print("| start |" + "".join(f" | | | {start_rss:.0f} |" for _, (start_rss, *_) in rows))
     for r in range(args.rounds):
         line = f"| {r + 1} |"
-        for _, (_, rounds, _) in rows:
+        for _, (_, rounds, *_) in rows:
             if r < len(rounds):
                 counter, wall, rss = rounds[r]
                 line += (f" {counter.get('200', 0)}/{args.clients} | {shown(counter)} | "
@@ -197,8 +202,10 @@ def main():
             else:
                 line += " - | - | - | - |"
         print(line)
+    print(f"| {args.settle:.0f} s idle |" + "".join(f" | | | {settled:.0f} |"
+                                                   for _, (*_, settled) in rows))
     print()
-    for label, (_, rounds, peak) in rows:
+    for label, (_, rounds, peak, _) in rows:
         growth = ""
         if len(rounds) > 2:
             second, last = rounds[1][2], rounds[-1][2]
