@@ -193,13 +193,19 @@ std::optional<ApiError> read_model(std::string_view model, const ExpertRegistry&
 
 // `stream_options`: an object whose `include_usage`, when true, asks for
 // the usage in an event of its own at the end of a stream. The upstream is
-// always asked for its usage, so nothing of it is forwarded.
+// always asked for its usage, so nothing of it is forwarded. Without
+// `stream` it is ignored (OpenAI refuses it; a client that sends it
+// anyway loses nothing).
 std::optional<ApiError> read_stream_options(simdjson::dom::element value, ChatRequest& chat) {
   simdjson::dom::object options;
   if (value.get(options)) return bad_request("stream_options must be an object", "stream_options");
+  if (auto key = first_duplicate_key(options)) {
+    return bad_request(fmt::format("the field stream_options.{} appears twice", *key),
+                       fmt::format("stream_options.{}", *key));
+  }
   for (auto option : options) {
     if (option.key != "include_usage" || option.value.is_null()) continue;
-    if (option.value.get(chat.usage_event)) {
+    if (option.value.get(chat.include_usage)) {
       return bad_request("stream_options.include_usage must be true or false",
                          "stream_options.include_usage");
     }

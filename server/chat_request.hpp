@@ -59,7 +59,7 @@ struct ChatRequest {
   /// `stream_options.include_usage`: a stream's usage comes in an event of
   /// its own, with no choices, after the last choice's, as OpenAI sends it.
   /// Without it the last choice's event carries the usage.
-  bool usage_event = false;
+  bool include_usage = false;
   /// The `messages` array, minified, sent upstream as it is.
   std::string messages_json;
   /// Every other member but `model`, `stream` and `stream_options`, as JSON

@@ -478,11 +478,19 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     refuse(400, "malformed HTTP request: " + ec.message());
   }
 
-  // Whether the request line was read: Beast takes it in as soon as it is
-  // whole, so a head over the limit without one has a line longer than the
-  // limit, a target too long (414, RFC 9110 section 15.5.15) rather than
-  // header fields too large (431).
-  bool request_line_ended() const { return !parser_->get().target().empty(); }
+  // Whether the request line ended within the head's limit: a head over
+  // the limit whose line did not has a target too long (414, RFC 9110
+  // section 15.5.15), not header fields too large (431). Beast takes the
+  // line in when its first read of the head holds all of it; otherwise it
+  // waits for the whole head and consumes nothing, so the line is still
+  // at the buffer's start.
+  bool request_line_ended() const {
+    if (!parser_->get().target().empty()) return true;
+    const auto data = buffer_.data();
+    const std::string_view head(static_cast<const char*>(data.data()),
+                                std::min(data.size(), state_->options.max_head_bytes));
+    return head.find('\n') != std::string_view::npos;
+  }
 
   // ------------------------------------------------------------ answering
 

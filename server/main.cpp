@@ -7,12 +7,15 @@
 // serving; either way one line on standard error says so). A broken
 // configuration ends with exit status 1 and one line naming the file and
 // the field.
+#include <chrono>
 #include <csignal>
+#include <cstddef>
 #include <cstdlib>
 #include <iostream>
 #include <string>
 #include <thread>
 
+#include "memory_trim.hpp"
 #include "router_server.hpp"
 #include "torouter/cpu_level.hpp"
 #include "torouter/error.hpp"
@@ -57,6 +60,11 @@ int main(int argc, char** argv) {
     torouter::server::ServerConfig config = torouter::server::load_server_config(config_path);
     if (port >= 0) config.port = port;
     torouter::server::RouterServer server(config);
+    // What bursts freed goes back to the system while no request is in
+    // flight (server/memory_trim.hpp): looked at every 10 s, once resident
+    // memory has grown 32 MiB since the last trim.
+    torouter::server::MemoryTrimmer trimmer(std::chrono::seconds(10), std::size_t{32} << 20,
+                                            [&server] { return server.requests_in_flight() == 0; });
     const int bound = server.bind();
     const char* scheme = config.tls_cert_file.empty() ? "http" : "https";
     std::cout << "torouter-server: listening on " << scheme << "://" << config.host << ":" << bound

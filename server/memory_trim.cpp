@@ -1,6 +1,11 @@
 // See memory_trim.hpp.
 #include "memory_trim.hpp"
 
+#include <unistd.h>
+
+#include <fstream>
+#include <utility>
+
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -21,6 +26,13 @@ std::size_t allocator_free_bytes() {
 #endif
 }
 
+std::size_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::size_t size = 0, resident = 0;
+  if (!(statm >> size >> resident)) return 0;
+  return resident * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
+
 bool trim_allocator_if_holding(std::size_t min_free_bytes) {
 #ifdef TOROUTER_HAVE_MALLINFO2
   if (allocator_free_bytes() < min_free_bytes) return false;
@@ -32,8 +44,11 @@ bool trim_allocator_if_holding(std::size_t min_free_bytes) {
 #endif
 }
 
-MemoryTrimmer::MemoryTrimmer(std::chrono::milliseconds interval, std::size_t min_free_bytes)
-    : thread_([this, interval, min_free_bytes] { run(interval, min_free_bytes); }) {}
+MemoryTrimmer::MemoryTrimmer(std::chrono::milliseconds interval, std::size_t min_bytes,
+                             std::function<bool()> quiet)
+    : min_bytes_(min_bytes),
+      quiet_(std::move(quiet)),
+      thread_([this, interval] { run(interval); }) {}
 
 MemoryTrimmer::~MemoryTrimmer() { stop(); }
 
@@ -43,16 +58,24 @@ void MemoryTrimmer::stop() {
     stopping_ = true;
   }
   wake_.notify_all();
-  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+  if (thread_.joinable()) thread_.join();
 }
 
-void MemoryTrimmer::run(std::chrono::milliseconds interval, std::size_t min_free_bytes) {
+void MemoryTrimmer::run(std::chrono::milliseconds interval) {
   std::unique_lock<std::mutex> lock(mutex_);
   while (!wake_.wait_for(lock, interval, [this] { return stopping_; })) {
     lock.unlock();
-    trim_allocator_if_holding(min_free_bytes);
+    tick();
     lock.lock();
   }
+}
+
+void MemoryTrimmer::tick() {
+  if (resident_bytes() < floor_ + min_bytes_) return;
+  if (quiet_ && !quiet_()) return;
+  if (!trim_allocator_if_holding(min_bytes_)) return;
+  floor_ = resident_bytes();
+  ++trims_;
 }
 
 }  // namespace torouter::server

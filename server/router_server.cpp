@@ -32,7 +32,6 @@
 #include "chat_request.hpp"
 #include "http_server.hpp"
 #include "json_text.hpp"
-#include "memory_trim.hpp"
 #include "metrics.hpp"
 #include "torouter/cost_model.hpp"
 #include "torouter/error.hpp"
@@ -293,6 +292,13 @@ std::string chunk_event(std::string_view id, long long created, std::string_view
   return out;
 }
 
+// With `stream_options.include_usage`, OpenAI's chunks before the usage
+// event carry a null usage.
+constexpr std::string_view kNullUsage = ",\"usage\":null";
+std::string_view null_usage(const ChatRequest& chat) {
+  return chat.include_usage ? kNullUsage : "";
+}
+
 // The event `stream_options.include_usage` asks for: no choices, the usage.
 std::string usage_event(std::string_view id, long long created, std::string_view model,
                         std::string_view usage_member) {
@@ -402,11 +408,6 @@ struct RouterServer::Impl {
   std::unique_ptr<ServerMetrics> metrics;
   std::unique_ptr<HttpServer> http;
   std::thread thread;
-  // Gives back what bursts freed (large bodies, slow readers' queues):
-  // glibc keeps it otherwise, and the RSS stays at its peak. Every 10 s,
-  // when 32 MiB or more are free; a trim of a few hundred MiB takes
-  // milliseconds.
-  MemoryTrimmer trimmer{std::chrono::seconds(10), std::size_t{32} << 20};
   std::atomic<std::size_t> chats_in_flight{0};
   int port = -1;
   // The upstreams' base URLs, which clients never see (several experts
@@ -498,7 +499,6 @@ struct RouterServer::Impl {
   void stop() {
     http->stop();
     if (thread.joinable()) thread.join();
-    trimmer.stop();
     std::thread last;
     {
       std::lock_guard<std::mutex> lock(reload_mutex);
@@ -1069,9 +1069,9 @@ struct RouterServer::Impl {
     x.event.clear();
     if (!x.started) {
       start_stream(x, x.shown, expert, x.call.upstream_calls);
-      append_chunk_event(x.event, x.id, x.created, expert, kRoleDelta, "null");
+      append_chunk_event(x.event, x.id, x.created, expert, kRoleDelta, "null", null_usage(x.chat));
     }
-    append_chunk_event(x.event, x.id, x.created, expert, piece, "null");
+    append_chunk_event(x.event, x.id, x.created, expert, piece, "null", null_usage(x.chat));
     x.res->write(x.event);
   }
 
@@ -1100,7 +1100,7 @@ struct RouterServer::Impl {
         tail += chunk_event(x.id, x.created, r.expert,
                             "\"delta\":{" + role + (role.empty() ? "" : ",") +
                                 "\"tool_calls\":" + tool_calls_json(calls, true) + "}",
-                            "null");
+                            "null", null_usage(x.chat));
         role.clear();
       }
       const std::size_t in =
@@ -1111,12 +1111,13 @@ struct RouterServer::Impl {
       const std::string others =
           answer.other_members_json.empty() ? "" : "," + answer.other_members_json;
       const std::string usage_member = fmt::format(",\"usage\":{}", usage);
-      tail +=
-          chunk_event(x.id, x.created, r.expert, "\"delta\":{" + role + "}",
-                      json_string(finish_reason_of(answer)),
-                      fmt::format("{}{},\"torouter\":{}", x.chat.usage_event ? "" : usage_member,
-                                  others, trace_json(r, x.chat)));
-      if (x.chat.usage_event) tail += usage_event(x.id, x.created, r.expert, usage_member);
+      tail += chunk_event(
+          x.id, x.created, r.expert, "\"delta\":{" + role + "}",
+          json_string(finish_reason_of(answer)),
+          fmt::format("{}{},\"torouter\":{}",
+                      x.chat.include_usage ? kNullUsage : std::string_view(usage_member), others,
+                      trace_json(r, x.chat)));
+      if (x.chat.include_usage) tail += usage_event(x.id, x.created, r.expert, usage_member);
       tail += "data: [DONE]\n\n";
     } else {
       metrics->count_stream_broken();
@@ -1374,6 +1375,8 @@ int RouterServer::start() {
 void RouterServer::stop() { impl_->stop(); }
 
 const ServerConfig& RouterServer::config() const { return impl_->config; }
+
+std::size_t RouterServer::requests_in_flight() const { return impl_->chats_in_flight.load(); }
 
 ReloadOutcome RouterServer::reload() { return impl_->reload(); }
 

@@ -11,6 +11,7 @@
 // request forms, the decision headers and the metrics.
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -50,6 +51,8 @@ class RouterServer {
   void stop();
 
   const ServerConfig& config() const;
+  /// Chat requests being routed or called now.
+  std::size_t requests_in_flight() const;
 
   /// Loads `router_model` again and swaps it in while serving (what SIGHUP
   /// and POST /admin/reload do): calls in flight finish on the old model,

@@ -77,7 +77,7 @@ TEST_CASE("chat request: what the router gets and what goes upstream") {
   CHECK_FALSE(chat.bypass);
   CHECK(chat.lambda_cost == 7.0);
   CHECK(chat.stream);
-  CHECK(chat.usage_event);
+  CHECK(chat.include_usage);
   CHECK(chat.max_tokens == 64);
   CHECK(chat.messages_json ==
         R"([{"role":"system","content":"Be brief."},{"role":"user","content":"Hi there"}])");
@@ -93,7 +93,7 @@ TEST_CASE("chat request: what the router gets and what goes upstream") {
                     .has_value());
   CHECK(weighted.lambda_cost == 0.25);
   CHECK_FALSE(weighted.stream);
-  CHECK_FALSE(weighted.usage_event);
+  CHECK_FALSE(weighted.include_usage);
   CHECK(weighted.extra_json.empty());
 
   ChatRequest bypass;
@@ -149,9 +149,12 @@ TEST_CASE("chat request: errors say the status, the code and the field") {
   CHECK(refusal(std::string(R"({"model":"router","stream":true,"stream_options":)") +
                 R"({"include_usage":"yes"},)" + kUser + "}")
             .param == "stream_options.include_usage");
+  CHECK(refusal(std::string(R"({"model":"router","stream":true,"stream_options":)") +
+                R"({"include_usage":false,"include_usage":true},)" + kUser + "}")
+            .param == "stream_options.include_usage");
   CHECK_FALSE(accepted(std::string(R"({"model":"router","stream":true,"stream_options":)") +
                        R"({"include_usage":false},)" + kUser + "}")
-                  .usage_event);
+                  .include_usage);
   // A field twice is refused: readers disagree on which one counts.
   const ApiError twice = refusal(
       R"({"model":"nonsense","model":"router","messages":[{"role":"user","content":"x"}]})");

@@ -48,10 +48,14 @@ run(${CMAKE_COMMAND} -S "${consumer}" -B "${WORK_DIR}/march" -DCMAKE_BUILD_TYPE=
     "-DTOROUTER_SOURCE_DIR=${TOROUTER_SOURCE_DIR}")
 cmake_host_system_information(RESULT cores QUERY NUMBER_OF_LOGICAL_CORES)
 foreach(mode package subdirectory)
+  set(warnings "")
+  if(mode STREQUAL "subdirectory")  # what builds torouter's own sources
+    set(warnings -DTOROUTER_WARNINGS_AS_ERRORS=${WARNINGS_AS_ERRORS})
+  endif()
   run(${CMAKE_COMMAND} -S "${consumer}" -B "${WORK_DIR}/${mode}" -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
       -DTOROUTER_CONSUMER_MODE=${mode} -DTOROUTER_CONSUMER_WITH_OPENAI=${WITH_OPENAI}
       -DTOROUTER_CONSUMER_WITH_REDIS=${WITH_REDIS}
-      "-DCMAKE_CXX_COMPILER_LAUNCHER=${LAUNCHER}" -DTOROUTER_WARNINGS_AS_ERRORS=${WARNINGS_AS_ERRORS}
+      "-DCMAKE_CXX_COMPILER_LAUNCHER=${LAUNCHER}" ${warnings}
       "-DCMAKE_PREFIX_PATH=${prefix}" "-DTOROUTER_SOURCE_DIR=${TOROUTER_SOURCE_DIR}")
   run(${CMAKE_COMMAND} --build "${WORK_DIR}/${mode}" --parallel ${cores})
   run("${WORK_DIR}/${mode}/consumer")

@@ -617,7 +617,11 @@ TEST_CASE("router server: streams answers as server-sent events", "[server]") {
     CHECK(str(usage["id"]) == str(parse(parser, events[0])["id"]));
     auto last = parse(parser, events[events.size() - 3]);
     CHECK(str(last["choices"].at(0)["finish_reason"]) == "stop");
-    CHECK(last["usage"].error() == simdjson::NO_SUCH_FIELD);
+    // Every chunk before the usage event carries a null usage, as OpenAI's.
+    for (std::size_t i = 0; i + 2 < events.size(); ++i) {
+      INFO(events[i]);
+      CHECK(parse(parser, events[i])["usage"].is_null());
+    }
     CHECK(str(last["torouter"]["expert"]) == first);
     CHECK(streamed_content(res->body) == "up-" + first + " answers: " + kPrompt);
   }
