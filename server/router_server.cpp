@@ -258,6 +258,21 @@ std::string without_upstream_words(std::string detail) {
   return detail;
 }
 
+// Appends the start of a `chat.completion.chunk` event to `out`, up to the
+// value of its `choices`. Plain appends: this runs for every piece of every
+// stream, and fmt::format_to into a string cost it several times as much.
+void append_chunk_head(std::string& out, std::string_view id, long long created,
+                       std::string_view model) {
+  const fmt::format_int created_text(created);
+  out += "data: {\"id\":\"";
+  out += id;
+  out += "\",\"object\":\"chat.completion.chunk\",\"created\":";
+  out.append(created_text.data(), created_text.size());
+  out += ",\"model\":";
+  append_json_string(out, model);
+  out += ",\"choices\":";
+}
+
 // Appends one `chat.completion.chunk` event to `out`: `choice` holds the
 // choice's members but its index and finish reason (`"delta":{...}`, and
 // `logprobs` when relayed), `finish_reason` is JSON (null or a string),
@@ -266,16 +281,8 @@ std::string without_upstream_words(std::string detail) {
 void append_chunk_event(std::string& out, std::string_view id, long long created,
                         std::string_view model, std::string_view choice,
                         std::string_view finish_reason, std::string_view extra = {}) {
-  // Plain appends: this runs for every piece of every stream, and
-  // fmt::format_to into a string cost it several times as much.
-  const fmt::format_int created_text(created);
-  out += "data: {\"id\":\"";
-  out += id;
-  out += "\",\"object\":\"chat.completion.chunk\",\"created\":";
-  out.append(created_text.data(), created_text.size());
-  out += ",\"model\":";
-  append_json_string(out, model);
-  out += ",\"choices\":[{\"index\":0,";
+  append_chunk_head(out, id, created, model);
+  out += "[{\"index\":0,";
   out += choice;
   out += ",\"finish_reason\":";
   out += finish_reason;
@@ -302,10 +309,12 @@ std::string_view null_usage(const ChatRequest& chat) {
 // The event `stream_options.include_usage` asks for: no choices, the usage.
 std::string usage_event(std::string_view id, long long created, std::string_view model,
                         std::string_view usage_member) {
-  return fmt::format(
-      "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},"
-      "\"choices\":[]{}}}\n\n",
-      json_string(id), created, json_string(model), usage_member);
+  std::string out;
+  append_chunk_head(out, id, created, model);
+  out += "[]";
+  out += usage_member;
+  out += "}\n\n";
+  return out;
 }
 
 // A stream's first event, as OpenAI's streams begin.

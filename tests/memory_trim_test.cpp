@@ -11,15 +11,9 @@
 #include <thread>
 #include <vector>
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define TOROUTER_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define TOROUTER_SANITIZED 1
-#endif
-#endif
+#include "support/sanitizers.hpp"
 
-#ifndef TOROUTER_SANITIZED
+#if !defined(TOROUTER_TEST_ASAN) && !defined(TOROUTER_TEST_TSAN)
 namespace {
 
 using torouter::server::allocator_free_bytes;
@@ -58,7 +52,7 @@ constexpr std::size_t kMiB = 1024 * 1024;
 #endif
 
 TEST_CASE("the memory trimmer gives what a burst freed back to the system, once, when quiet") {
-#ifdef TOROUTER_SANITIZED
+#if defined(TOROUTER_TEST_ASAN) || defined(TOROUTER_TEST_TSAN)
   // A sanitizer's allocator is not glibc's: nothing of it to trim here.
   SUCCEED("skipped: built with a sanitizer, whose allocator glibc's trim does not reach");
 #else

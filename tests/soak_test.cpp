@@ -6,15 +6,14 @@
 //
 // scripts/test runs the short form; run it longer by hand with
 //   TOROUTER_SOAK_REQUESTS=200000 build/bin/soak_test
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <condition_variable>
-#include <map>
-#include <functional>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -23,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/sanitizers.hpp"
 #include "support/test_scorer.hpp"
 #include "torouter/router.hpp"
 
@@ -43,17 +43,7 @@ long resident_kb() {
   return resident * 4;
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kAddressSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kAddressSanitizer = true;
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
-#else
-constexpr bool kAddressSanitizer = false;
-#endif
+using torouter::testing::kAddressSanitizer;
 
 int soak_requests() {
   const char* text = std::getenv("TOROUTER_SOAK_REQUESTS");
