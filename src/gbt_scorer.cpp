@@ -115,7 +115,7 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
     out.resize(count, quality_.size());
     for (std::size_t i = 0; i < count; ++i) {
       featurizer_.featurize(prompts[i], w->features);
-      score_row(w->features, i, out, *w);
+      score_row(w->features, nullptr, i, out, *w);
     }
   }
 
@@ -123,11 +123,22 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
 
   void score_featurized(const SparseFeatures* features, std::size_t count, ScoreBatch& out,
                         ScorerWorkspace* workspace) const override {
+    score_projected(features, nullptr, count, out, workspace);
+  }
+
+  const SparseProjection* projection() const override { return &projection_; }
+
+  // `projected` may be null: each prompt is then projected here.
+  void score_projected(const SparseFeatures* features, const float* projected, std::size_t count,
+                       ScoreBatch& out, ScorerWorkspace* workspace) const override {
     std::unique_ptr<ScorerWorkspace> local;
     if (workspace == nullptr) local = make_workspace();
     auto* w = static_cast<GbtWorkspace*>(workspace ? workspace : local.get());
     out.resize(count, quality_.size());
-    for (std::size_t i = 0; i < count; ++i) score_row(features[i], i, out, *w);
+    const auto dims = static_cast<std::size_t>(dims_);
+    for (std::size_t i = 0; i < count; ++i) {
+      score_row(features[i], projected ? projected + i * dims : nullptr, i, out, *w);
+    }
   }
 
  protected:
@@ -235,11 +246,12 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
  private:
   std::size_t input_width() const { return static_cast<std::size_t>(dims_) + kDenseFeatureCount; }
 
-  // Row `row` of `out` from one prompt's features.
-  void score_row(const SparseFeatures& features, std::size_t row, ScoreBatch& out,
-                 GbtWorkspace& w) const {
+  // Row `row` of `out` from one prompt's features, and their projection
+  // when it is already made (else null).
+  void score_row(const SparseFeatures& features, const float* projected, std::size_t row,
+                 ScoreBatch& out, GbtWorkspace& w) const {
     w.x.resize(input_width());
-    inputs(features, w.x.data());
+    inputs(features, w.x.data(), projected);
     const auto r = static_cast<Eigen::Index>(row);
     for (std::size_t e = 0; e < quality_.size(); ++e) {
       const auto col = static_cast<Eigen::Index>(e);
@@ -250,8 +262,12 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
     }
   }
 
-  void inputs(const SparseFeatures& features, float* x) const {
-    projection_.project(features, x);
+  void inputs(const SparseFeatures& features, float* x, const float* projected = nullptr) const {
+    if (projected != nullptr) {
+      std::copy(projected, projected + dims_, x);
+    } else {
+      projection_.project(features, x);
+    }
     std::copy(features.dense.begin(), features.dense.end(), x + dims_);
   }
 

@@ -347,12 +347,18 @@ struct KnnIndex {
   }
 
   // Dense mode: every stored row's cosine with the query's unit-length
-  // projection, one matrix-vector product into sim. A cosine <= 0 (or NaN)
+  // projection (`projected` when a stack already made it, else made here),
+  // one matrix-vector product into sim. A cosine <= 0 (or NaN)
   // becomes -0.0f, which select() skips as it skips sparse rows sharing no
   // bucket: such rows are never neighbours, as in sparse mode.
-  void dense_similarity(const SparseFeatures& query, float* embedding, float* sim) const {
+  void dense_similarity(const SparseFeatures& query, const float* projected, float* embedding,
+                        float* sim) const {
     const Eigen::Index d = projection.dims();
-    projection.project(query, embedding);
+    if (projected != nullptr) {
+      std::copy(projected, projected + d, embedding);
+    } else {
+      projection.project(query, embedding);
+    }
     normalise(embedding, d);
     const Eigen::Index rows = dense_rows.rows();
     kernels().multiply_vector(dense_rows.data(), rows, d, embedding, sim);
@@ -473,12 +479,13 @@ struct KnnIndex {
   }
 
   // Predicts one featurized query into `quality_out` and `tokens_out` (one
-  // value per expert each). Allocates nothing once `ws` is prepared.
+  // value per expert each), from its projection when `projected` is given
+  // (dense mode). Allocates nothing once `ws` is prepared.
   void predict(const SparseFeatures& query, std::size_t k, Weighting weighting, KnnWorkspace& ws,
-               float* quality_out, float* tokens_out) const {
+               float* quality_out, float* tokens_out, const float* projected = nullptr) const {
     ws.prepare(rows(), k, dims());
     if (dense()) {
-      dense_similarity(query, ws.embedding.data(), ws.similarity.data());
+      dense_similarity(query, projected, ws.embedding.data(), ws.similarity.data());
     } else {
       accumulate(query, ws.similarity.data());
     }
@@ -626,8 +633,21 @@ class KnnScorer : public TrainableScorer, public FeaturizedScorer {
 
   void score_featurized(const SparseFeatures* features, std::size_t count, ScoreBatch& out,
                         ScorerWorkspace* workspace) const override {
-    score_rows(count, out, workspace,
-               [&](std::size_t i, KnnWorkspace&) -> const SparseFeatures& { return features[i]; });
+    score_projected(features, nullptr, count, out, workspace);
+  }
+
+  const SparseProjection* projection() const override {
+    return index_.dense() ? &index_.projection : nullptr;
+  }
+
+  // `projected` may be null: each prompt is then projected here (dense
+  // mode), or not at all (sparse mode).
+  void score_projected(const SparseFeatures* features, const float* projected, std::size_t count,
+                       ScoreBatch& out, ScorerWorkspace* workspace) const override {
+    score_rows(
+        count, out, workspace,
+        [&](std::size_t i, KnnWorkspace&) -> const SparseFeatures& { return features[i]; },
+        projected);
   }
 
  protected:
@@ -754,7 +774,7 @@ class KnnScorer : public TrainableScorer, public FeaturizedScorer {
   // Row i of `out` from the features `features_of(i, workspace)` gives.
   template <typename FeaturesOf>
   void score_rows(std::size_t count, ScoreBatch& out, ScorerWorkspace* workspace,
-                  FeaturesOf&& features_of) const {
+                  FeaturesOf&& features_of, const float* projected = nullptr) const {
     if (!trained()) throw Error(fmt::format("{}: score called before train or load", spec_));
     KnnWorkspace local;
     auto* ws = workspace ? static_cast<KnnWorkspace*>(workspace) : &local;
@@ -762,7 +782,8 @@ class KnnScorer : public TrainableScorer, public FeaturizedScorer {
     out.resize(count, experts);
     for (std::size_t i = 0; i < count; ++i) {
       index_.predict(features_of(i, *ws), k_, weighting_, *ws, out.quality.data() + i * experts,
-                     out.output_tokens.data() + i * experts);
+                     out.output_tokens.data() + i * experts,
+                     projected ? projected + i * index_.dims() : nullptr);
     }
   }
 

@@ -94,6 +94,8 @@ Calibration pick_calibration_if_it_helps(const Eigen::MatrixXf& calibrated, cons
 /// training it needs no cross-validation of its own.
 void set_member_calibrations(TrainableScorer& stack, std::vector<Calibration> calibrations);
 
+class SparseProjection;
+
 /// A scorer that reads a prompt only through `Featurizer::featurize` (the
 /// MLP, kNN and gbt): a stack of such scorers with the same featurizer
 /// settings featurizes each prompt once for all of them.
@@ -106,6 +108,19 @@ class FeaturizedScorer {
   /// prompts themselves.
   virtual void score_featurized(const SparseFeatures* features, std::size_t count, ScoreBatch& out,
                                 ScorerWorkspace* workspace) const = 0;
+  /// The dense projection the scorer reads the features through (gbt, kNN
+  /// in dense mode), or null. Members of a stack trained on the same rows
+  /// with the same settings fit equal projections (the default's kNN and
+  /// gbt do), and the stack then projects each prompt once for both.
+  virtual const SparseProjection* projection() const { return nullptr; }
+  /// score_featurized, given each prompt's projection by `projection()`
+  /// already made (`count` rows of its dims, row-major).
+  virtual void score_projected(const SparseFeatures* features, const float* projected,
+                               std::size_t count, ScoreBatch& out,
+                               ScorerWorkspace* workspace) const {
+    (void)projected;  // a scorer without a projection has no use for it
+    score_featurized(features, count, out, workspace);
+  }
 };
 
 /// True when two featurizers give the same features for every prompt.

@@ -6,8 +6,10 @@
 #include <Eigen/SparseCore>
 #include <cmath>
 #include <random>
+#include <type_traits>
 
 #include "compact_storage.hpp"
+#include "nn/embedding_bag.hpp"
 #include "torouter/abi.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
@@ -61,6 +63,33 @@ Dense orthonormal_basis(const Dense& m) {
   return qr.householderQ() * Dense::Identity(m.rows(), m.cols());
 }
 
+// out += each feature's weight (value * IDF * `scale`) times its bucket's
+// table row. A prompt's rows lie scattered over a table of megabytes, so
+// the sum waits on memory: the rows a few features ahead are asked for
+// first, and at a fixed width the sum stays in registers (stored once, not
+// after every row). The multiplies and adds are those of Eigen's `+=` on
+// `out`, in the same order, so the result is the same to the bit.
+template <int Width>
+void add_weighted_rows(const SparseProjection::Table& table, const std::vector<float>& idf,
+                       const SparseFeatures& features, float scale, float* out) {
+  using Row = Eigen::Matrix<float, 1, Width>;
+  using Sum = std::conditional_t<Width == Eigen::Dynamic, Eigen::Map<Row>, Row>;
+  const Eigen::Index width = table.cols();
+  const std::size_t row_bytes = static_cast<std::size_t>(width) * sizeof(float);
+  Eigen::Map<Row> result(out, width);
+  Sum sum(result);
+  const std::size_t count = features.indices.size();
+  for (std::size_t i = 0; i < count; ++i) {
+    if (i + nn::kBagPrefetchAhead < count) {
+      nn::prefetch_bytes(table.row(features.indices[i + nn::kBagPrefetchAhead]).data(), row_bytes);
+    }
+    const std::uint32_t b = features.indices[i];
+    sum +=
+        (features.values[i] * idf[b] * scale) * Eigen::Map<const Row>(table.row(b).data(), width);
+  }
+  if constexpr (Width != Eigen::Dynamic) result = sum;
+}
+
 }  // namespace
 
 SparseProjection::SparseProjection(std::vector<float> idf, Table table)
@@ -99,6 +128,11 @@ SparseProjection SparseProjection::fit(const std::vector<SparseFeatures>& rows,
   return SparseProjection(std::move(idf), std::move(table));
 }
 
+bool SparseProjection::operator==(const SparseProjection& other) const {
+  return idf_ == other.idf_ && table_.rows() == other.table_.rows() &&
+         table_.cols() == other.table_.cols() && table_ == other.table_;
+}
+
 void SparseProjection::project(const SparseFeatures& features, float* out) const {
   const auto dims = static_cast<Eigen::Index>(table_.cols());
   Eigen::Map<Eigen::RowVectorXf> result(out, dims);
@@ -110,9 +144,10 @@ void SparseProjection::project(const SparseFeatures& features, float* out) const
   }
   if (norm <= 0) return;
   const auto scale = static_cast<float>(1.0 / std::sqrt(norm));
-  for (std::size_t i = 0; i < features.indices.size(); ++i) {
-    const std::uint32_t b = features.indices[i];
-    result.noalias() += (features.values[i] * idf_[b] * scale) * table_.row(b);
+  if (dims == 32) {  // the gbt and kNN scorers' default width
+    add_weighted_rows<32>(table_, idf_, features, scale, out);
+  } else {
+    add_weighted_rows<Eigen::Dynamic>(table_, idf_, features, scale, out);
   }
 }
 

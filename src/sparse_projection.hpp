@@ -43,6 +43,10 @@ class SparseProjection {
   const std::vector<float>& idf() const { return idf_; }
   const Table& table() const { return table_; }
 
+  /// True when both map every prompt to the same coordinates: the same
+  /// IDF and table, to the bit.
+  bool operator==(const SparseProjection& other) const;
+
  private:
   std::vector<float> idf_;
   Table table_;

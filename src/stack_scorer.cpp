@@ -10,6 +10,10 @@
 //   stack:gbt+knn:40+mlp:64,buckets=16384/soft
 // Output tokens are the mean of the members' predictions where they make one.
 //
+// Members that read the prompt through the same featurizer share one
+// featurization of it, and those that also read the same dense projection
+// (the default's kNN and gbt fit equal ones) share one projection.
+//
 // Training trains every member on every row. Each member's calibration
 // comes from its out-of-fold predictions: `train_best` hands over those it
 // already has (`set_member_calibrations`); otherwise `fit` cross-validates
@@ -24,6 +28,7 @@
 #include <optional>
 
 #include "scorers.hpp"
+#include "sparse_projection.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/error.hpp"
 #include "torouter/model_selection.hpp"
@@ -34,12 +39,17 @@ namespace {
 
 constexpr int kMemberFolds = 5;
 
+using RowMajorMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
 struct StackWorkspace : ScorerWorkspace {
   std::vector<std::unique_ptr<ScorerWorkspace>> members;
   /// Each prompt's features, when the members share a featurizer.
   std::vector<SparseFeatures> features;
+  /// Per projection that members share, each prompt's coordinates (at
+  /// least as many rows as prompts).
+  std::vector<RowMajorMatrix> projected;
   ScoreBatch batch;
-  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> token_count;
+  RowMajorMatrix token_count;
 };
 
 class StackScorer : public TrainableScorer {
@@ -62,6 +72,7 @@ class StackScorer : public TrainableScorer {
   std::unique_ptr<ScorerWorkspace> make_workspace() const override {
     auto w = std::make_unique<StackWorkspace>();
     for (const auto& m : members_) w->members.push_back(m->make_workspace());
+    w->projected.resize(shared_projections_.size());
     return w;
   }
 
@@ -75,6 +86,7 @@ class StackScorer : public TrainableScorer {
       if (w->features.size() < count) w->features.resize(count);
       for (std::size_t i = 0; i < count; ++i)
         shared_featurizer_->featurize(prompts[i], w->features[i]);
+      project_shared(count, *w);
     }
     out.resize(count, expert_names().size());
     out.quality.setZero();
@@ -169,8 +181,14 @@ class StackScorer : public TrainableScorer {
                     StackWorkspace& w) const {
     const TrainableScorer& member = *members_[m];
     if (shared_featurizer_) {
-      dynamic_cast<const FeaturizedScorer&>(member).score_featurized(w.features.data(), count,
-                                                                     w.batch, w.members[m].get());
+      const auto& featurized = dynamic_cast<const FeaturizedScorer&>(member);
+      const int shared = projection_of_member_[m];
+      if (shared >= 0) {
+        featurized.score_projected(w.features.data(), w.projected[shared].data(), count, w.batch,
+                                   w.members[m].get());
+      } else {
+        featurized.score_featurized(w.features.data(), count, w.batch, w.members[m].get());
+      }
       member.calibration().apply(w.batch.quality);
     } else {
       member.score(prompts, count, w.batch, w.members[m].get());
@@ -201,6 +219,52 @@ class StackScorer : public TrainableScorer {
       first = &f->featurizer_options();
     }
     if (first != nullptr) shared_featurizer_.emplace(*first);
+    share_projections();
+  }
+
+  // Members whose projections are equal (see FeaturizedScorer::projection)
+  // get each prompt's coordinates made once for them all; a projection
+  // that one member alone reads is left to it.
+  void share_projections() {
+    shared_projections_.clear();
+    projection_of_member_.assign(members_.size(), -1);
+    if (!shared_featurizer_) return;
+    const auto projection_of = [&](std::size_t m) {
+      return dynamic_cast<const FeaturizedScorer&>(*members_[m]).projection();
+    };
+    for (std::size_t m = 0; m < members_.size(); ++m) {
+      const SparseProjection* p = projection_of(m);
+      if (p == nullptr || projection_of_member_[m] >= 0) continue;
+      std::vector<std::size_t> readers{m};
+      for (std::size_t other = m + 1; other < members_.size(); ++other) {
+        const SparseProjection* q = projection_of(other);
+        if (q != nullptr && projection_of_member_[other] < 0 && *q == *p) readers.push_back(other);
+      }
+      if (readers.size() < 2) continue;
+      for (const std::size_t r : readers) {
+        projection_of_member_[r] = static_cast<int>(shared_projections_.size());
+      }
+      shared_projections_.push_back(p);
+    }
+  }
+
+  // Each shared projection of the `count` featurized prompts in `w`.
+  void project_shared(std::size_t count, StackWorkspace& w) const {
+    // A workspace made before the stack was trained again may lack some.
+    if (w.projected.size() < shared_projections_.size()) {
+      w.projected.resize(shared_projections_.size());
+    }
+    for (std::size_t g = 0; g < shared_projections_.size(); ++g) {
+      const SparseProjection& projection = *shared_projections_[g];
+      RowMajorMatrix& out = w.projected[g];
+      // Grows only: a warm workspace projects into rows it already has.
+      if (out.rows() < static_cast<Eigen::Index>(count)) {
+        out.resize(static_cast<Eigen::Index>(count), projection.dims());
+      }
+      for (std::size_t i = 0; i < count; ++i) {
+        projection.project(w.features[i], out.row(static_cast<Eigen::Index>(i)).data());
+      }
+    }
   }
 
   // The stack's own calibration: of the mean of the members' calibrated
@@ -222,6 +286,10 @@ class StackScorer : public TrainableScorer {
   std::vector<std::unique_ptr<TrainableScorer>> members_;
   std::vector<Calibration> given_calibrations_;
   std::optional<Featurizer> shared_featurizer_;
+  /// The projections two or more members read, and which of them member m
+  /// reads (-1: none of them).
+  std::vector<const SparseProjection*> shared_projections_;
+  std::vector<int> projection_of_member_;
 };
 
 }  // namespace

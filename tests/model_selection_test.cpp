@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "scorers.hpp"
+#include "sparse_projection.hpp"
 #include "support/data_dir.hpp"
 #include "support/synthetic_data.hpp"
 #include "support/temp_dir.hpp"
@@ -179,23 +180,38 @@ TEST_CASE("the choice is the fewest members within one paired standard error of 
   }
 }
 
-TEST_CASE("a stack scores as the calibrated mean of its members, sharing their featurizer or not") {
+TEST_CASE("a stack scores as the calibrated mean of its members, sharing what they share or not") {
   const auto data = synthetic_dataset();
   const auto set = torouter::make_training_set(data.experts, data.train, "synthetic");
   const std::vector<std::string> prompts{"python function loop bug", "king empire war treaty",
                                          "a question about both: python kings"};
-  // Equal buckets: one featurization serves both members; else each its own.
-  for (const std::string knn : {"knn:5,buckets=1024", "knn:5"}) {
-    const std::vector<torouter::CandidateScorer> members{{knn, Loss::Bce},
-                                                         {"mlp:16,buckets=1024", Loss::Soft}};
-    auto stack = torouter::make_scorer("stack:" + knn + "+mlp:16,buckets=1024/soft");
+  // Equal buckets: one featurization serves both members; else each its
+  // own. A dense kNN and a gbt of one width also fit equal projections, so
+  // the stack projects each prompt once for both.
+  const std::vector<std::vector<CandidateScorer>> stacks{
+      {{"knn:5,buckets=1024", Loss::Bce}, {"mlp:16,buckets=1024", Loss::Soft}},
+      {{"knn:5", Loss::Bce}, {"mlp:16,buckets=1024", Loss::Soft}},
+      {{"knn:5,dims=4,buckets=1024", Loss::Bce},
+       {"gbt,dims=4,buckets=1024,rounds=20,leaf=1", Loss::Bce}}};
+  for (const auto& members : stacks) {
+    auto stack = torouter::make_scorer(torouter::detail::stack_spec(members));
     const torouter::TrainOptions options;
     stack->train(set, options);
     // Each member alone, trained and calibrated as the stack does (5 folds).
     ScoreMatrix mean = ScoreMatrix::Zero(3, static_cast<Eigen::Index>(set.experts.size()));
+    std::vector<const torouter::detail::SparseProjection*> projections;
+    std::vector<std::unique_ptr<torouter::TrainableScorer>> alone;
     for (const auto& member : members) {
-      mean +=
-          torouter::train_calibrated(member, set, options, 5)->score_all(prompts).quality / 2.0f;
+      alone.push_back(torouter::train_calibrated(member, set, options, 5));
+      mean += alone.back()->score_all(prompts).quality / 2.0f;
+      const auto* featurized =
+          dynamic_cast<const torouter::detail::FeaturizedScorer*>(alone.back().get());
+      projections.push_back(featurized ? featurized->projection() : nullptr);
+    }
+    if (members[1].spec.rfind("gbt", 0) == 0) {
+      REQUIRE(projections[0] != nullptr);
+      REQUIRE(projections[1] != nullptr);
+      CHECK(*projections[0] == *projections[1]);
     }
     stack->calibration().apply(mean);
     const auto scores = stack->score_all(prompts).quality;
