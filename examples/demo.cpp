@@ -104,7 +104,9 @@ int main(int argc, char** argv) {
     options.failures_before_cooldown = 2;
     torouter::Router router(experts, model.scorer, nullptr, options);
 
-    // Injected failures, by expert and call number.
+    // Injected failures, by expert and call number. Each is reported at
+    // once, with the words a real upstream client would use: the demo does
+    // not wait out a timeout it only pretends happened.
     using torouter::FailureKind;
     using torouter::Response;
     std::map<std::string, std::map<int, Response>> failures;
@@ -115,7 +117,7 @@ int main(int argc, char** argv) {
     failures["gemma-2-9b-it"][1] = Response::failed(FailureKind::RateLimited, "HTTP 429",
                                                     std::chrono::milliseconds(50));
     failures["qwen2.5-7b-instruct"][1] =
-        Response::failed(FailureKind::Timeout, "no answer within 30 s");
+        Response::failed(FailureKind::Timeout, "no answer in time");
     std::vector<std::unique_ptr<StandInExpert>> stand_ins;
     for (const auto& spec : experts.experts()) {
       stand_ins.push_back(std::make_unique<StandInExpert>(spec, failures[spec.name]));
