@@ -54,6 +54,10 @@ done
 ablation="gbt;gbt,dims=64;gbt,dims=128;gbt,depth=2;gbt,depth=6;gbt,eta=0.1;gbt,leaf=1"
 ablation+=";gbt,refit=0;gbt,buckets=65536;mlp:64,buckets=16384;mlp:64,buckets=16384/soft;knn:40"
 ablation+=";knn:40,dims=32;knn:40,dims=64"
+# Words and characters in blocks of their own (as the peers' two TF-IDF
+# blocks), at the default width and with more buckets for the two halves.
+ablation+=";gbt,blocks=2;gbt,buckets=32768,blocks=2;gbt,buckets=65536,blocks=2"
+ablation+=";knn:40,dims=32,blocks=2;knn:40,dims=32,buckets=32768,blocks=2"
 for dataset in routerbench3 llmrouter14; do
   echo "== $dataset: ablation by cross-validation on the training split"
   build/bin/torouter train --data "$data_root/$dataset" --candidates "$ablation" --stacks 0 \

@@ -263,6 +263,33 @@ inline std::uint32_t bucket_of(std::uint64_t hash, std::uint32_t num_buckets) {
   return static_cast<std::uint32_t>(hash % num_buckets);
 }
 
+// The buckets one kind of feature hashes into: `count` of them from `first`.
+struct BucketRange {
+  BucketRange(std::uint32_t first_bucket, std::uint32_t bucket_count)
+      : first(first_bucket),
+        count(bucket_count),
+        // A power-of-two count (the usual case) takes the remainder with a
+        // mask rather than a 64-bit division, the same value.
+        mask((count & (count - 1)) == 0 ? count - 1 : 0) {}
+
+  std::uint32_t of(std::uint64_t hash) const {
+    return first + (mask != 0 ? static_cast<std::uint32_t>(hash & mask) : bucket_of(hash, count));
+  }
+
+  std::uint32_t first;
+  std::uint32_t count;
+  std::uint64_t mask;  // count - 1 when a power of two, else 0
+};
+
+// Words' buckets, and character n-grams' (FeaturizerOptions::word_buckets).
+inline BucketRange word_range(const FeaturizerOptions& o) {
+  return {0, o.word_buckets == 0 ? o.num_buckets : o.word_buckets};
+}
+inline BucketRange char_range(const FeaturizerOptions& o) {
+  return o.word_buckets == 0 ? BucketRange(0, o.num_buckets)
+                             : BucketRange(o.word_buckets, o.num_buckets - o.word_buckets);
+}
+
 // Walks the text once for `featurize`: feeds every word character into the
 // running hashes of the current word, its bigram with the previous word and
 // the character n-grams ending at it, and counts what the dense block needs.
@@ -274,10 +301,8 @@ class FeatureWalker {
         unigram_start_(kind_state[0]),
         bigram_start_(kind_state[1]),
         ngram_start_(kind_state[2]),
-        // A power-of-two bucket count (the usual case) takes the remainder
-        // with a mask rather than a 64-bit division, the same value.
-        bucket_mask_((options.num_buckets & (options.num_buckets - 1)) == 0 ? options.num_buckets - 1
-                                                                          : 0),
+        words_range_(word_range(options)),
+        chars_range_(char_range(options)),
         buckets_(buckets) {}
 
   void run(std::string_view text) {
@@ -368,8 +393,8 @@ class FeatureWalker {
     ++words_;
     const std::size_t padded_length = length + 2;
     make_room(2 + (options_.char_ngram_max - options_.char_ngram_min + 1) * padded_length);
-    if (options_.word_unigrams) emit(unigram);
-    if (options_.word_bigrams && has_previous_word_) emit(bigram);
+    if (options_.word_unigrams) emit(words_range_, unigram);
+    if (options_.word_bigrams && has_previous_word_) emit(words_range_, bigram);
     previous_bigram_prefix_ = fnv_byte(next_bigram, ' ');
     has_previous_word_ = true;
     if (options_.char_ngrams) emit_ngrams(padded.data(), padded_length);
@@ -385,10 +410,10 @@ class FeatureWalker {
       std::uint64_t h = ngram_start_;
       std::size_t n = 0;
       for (; n < shortest; ++n) h = fnv_byte(h, padded[start + n]);
-      emit(h);
+      emit(chars_range_, h);
       for (; n < n_max; ++n) {
         h = fnv_byte(h, padded[start + n]);
-        emit(h);
+        emit(chars_range_, h);
       }
     }
   }
@@ -462,8 +487,8 @@ class FeatureWalker {
     make_room();
     in_word_ = false;
     ++words_;
-    if (options_.word_unigrams) emit(unigram_);
-    if (options_.word_bigrams && has_previous_word_) emit(bigram_);
+    if (options_.word_unigrams) emit(words_range_, unigram_);
+    if (options_.word_bigrams && has_previous_word_) emit(words_range_, bigram_);
     previous_bigram_prefix_ = fnv_byte(next_bigram_, ' ');
     has_previous_word_ = true;
     push_ngram_char(kSpace);
@@ -490,15 +515,14 @@ class FeatureWalker {
     for (; length <= live; ++length) {
       std::uint64_t& chain = chains_[(ngram_chars_ - length) % kMaxCharNgram];
       chain = fnv_char(chain, c);
-      emit(chain);
+      emit(chars_range_, chain);
     }
   }
 
   // Buckets are gathered in a small array and appended to the output vector
   // in blocks, so the hot loop stores without a capacity check per bucket.
-  void emit(std::uint64_t hash) {
-    pending_[pending_count_++] = bucket_mask_ != 0 ? static_cast<std::uint32_t>(hash & bucket_mask_)
-                                                   : bucket_of(hash, options_.num_buckets);
+  void emit(const BucketRange& range, std::uint64_t hash) {
+    pending_[pending_count_++] = range.of(hash);
   }
 
   // Most buckets one add_word_char or end_word call emits: a word's
@@ -521,7 +545,8 @@ class FeatureWalker {
   const std::uint64_t unigram_start_;
   const std::uint64_t bigram_start_;
   const std::uint64_t ngram_start_;
-  const std::uint64_t bucket_mask_;  // num_buckets - 1 when a power of two, else 0
+  const BucketRange words_range_;
+  const BucketRange chars_range_;
   std::vector<std::uint32_t>& buckets_;
   // Room for the most a whole word emits: its unigram and bigram, and
   // every n-gram of the padded word.
@@ -718,6 +743,15 @@ CountedBuckets count_after_sorting(std::vector<std::uint32_t>& keys, std::vector
 }
 
 }  // namespace
+// Scales values[0 .. count) to L2 norm `norm`; all zero, they stay so.
+void scale_to_norm(float* values, std::size_t count, double norm) {
+  double sum_of_squares = 0.0;
+  for (std::size_t i = 0; i < count; ++i) sum_of_squares += double{values[i]} * values[i];
+  if (!(sum_of_squares > 0.0)) return;
+  const auto scale = static_cast<float>(norm / std::sqrt(sum_of_squares));
+  for (std::size_t i = 0; i < count; ++i) values[i] *= scale;
+}
+
 }  // namespace detail
 
 float sparse_dot(const SparseFeatures& a, const SparseFeatures& b) {
@@ -742,13 +776,20 @@ std::uint32_t feature_bucket(FeatureKind kind, std::string_view normalized_utf8,
                              const FeaturizerOptions& options) {
   std::uint64_t h = detail::seeded_kind_state(options.hash_seed, kind);
   for (char ch : normalized_utf8) h = detail::fnv_byte(h, static_cast<unsigned char>(ch));
-  return detail::bucket_of(h, options.num_buckets == 0 ? 1 : options.num_buckets);
+  if (options.num_buckets == 0) return 0;
+  return kind == FeatureKind::kCharNgram ? detail::char_range(options).of(h)
+                                         : detail::word_range(options).of(h);
 }
 
 Featurizer::Featurizer() : Featurizer(FeaturizerOptions{}) {}
 
 Featurizer::Featurizer(const FeaturizerOptions& options) : options_(options) {
   if (options_.num_buckets == 0) throw Error("FeaturizerOptions.num_buckets: must be > 0");
+  if (options_.word_buckets >= options_.num_buckets) {
+    throw Error("FeaturizerOptions.word_buckets: must be 0 or below num_buckets (" +
+                std::to_string(options_.num_buckets) + "), got " +
+                std::to_string(options_.word_buckets));
+  }
   if (options_.char_ngram_min < 1 || options_.char_ngram_min > options_.char_ngram_max ||
       options_.char_ngram_max > kMaxCharNgram) {
     throw Error("FeaturizerOptions.char_ngram_min/max: need 1 <= min <= max <= " +
@@ -777,10 +818,18 @@ void Featurizer::featurize(std::string_view text, SparseFeatures& out) const {
           : detail::count_after_sorting(buckets, out.values, out.scratch, options_.num_buckets);
   buckets.resize(counted.distinct);
   out.values.resize(counted.distinct);
-  if (counted.sum_of_squares > 0.0) {
-    const float scale = static_cast<float>(1.0 / std::sqrt(counted.sum_of_squares));
-    for (float& v : out.values) v *= scale;
+  if (options_.word_buckets == 0) {
+    if (counted.sum_of_squares > 0.0) {
+      const float scale = static_cast<float>(1.0 / std::sqrt(counted.sum_of_squares));
+      for (float& v : out.values) v *= scale;
+    }
+    return;
   }
+  // Indices ascend, so the words' block is a prefix.
+  const auto words = static_cast<std::size_t>(
+      std::lower_bound(buckets.begin(), buckets.end(), options_.word_buckets) - buckets.begin());
+  detail::scale_to_norm(out.values.data(), words, kFeatureBlockNorm);
+  detail::scale_to_norm(out.values.data() + words, out.values.size() - words, kFeatureBlockNorm);
 }
 
 void Featurizer::token_ids(std::string_view text, std::size_t max_tokens,

@@ -13,9 +13,12 @@
 // "hist", and docs/RESULTS.md puts the two side by side.
 //
 // Spec grammar (canonical form first; `spec()` returns it):
-//   gbt[,dims=D][,buckets=N][,depth=L][,eta=R][,bins=B][,leaf=M][,rounds=T]
+//   gbt[,dims=D][,buckets=N][,blocks=2][,depth=L][,eta=R][,bins=B][,leaf=M][,rounds=T]
 //   dims     projection width, 1..512 (default 32)
 //   buckets  featurizer buckets, 16..2^20 (default 2^14)
+//   blocks   1 (default): word and character n-grams in one vector; 2: in
+//            two halves of the buckets, each weighted alike
+//            (FeaturizerOptions::word_buckets), as two TF-IDF blocks
 //   depth    levels per tree, 1..10 (default 4)
 //   eta      learning rate, (0, 1] (default 0.05)
 //   bins     bins per feature, 2..255 (default 64)
@@ -75,6 +78,7 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
     dims_ = static_cast<int>(spec.integer_option("dims", kDefaultDims, 1, 512));
     featurizer_options_.num_buckets =
         static_cast<std::uint32_t>(spec.integer_option("buckets", kDefaultBuckets, 16, 1 << 20));
+    featurizer_options_.word_buckets = word_buckets_for(spec, featurizer_options_.num_buckets);
     boost_.max_depth = static_cast<int>(spec.integer_option("depth", kDefaultDepth, 1, 10));
     boost_.learning_rate = spec.number_option("eta", kDefaultEta);
     if (!(boost_.learning_rate > 0 && boost_.learning_rate <= 1)) {
@@ -157,7 +161,8 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
     }
     // The projection is unsupervised: fitting it on every row, held-out
     // ones included, leaks no target.
-    projection_ = SparseProjection::fit(rows, featurizer_options_.num_buckets, dims_, options.seed);
+    projection_ = SparseProjection::fit(rows, featurizer_options_.num_buckets, dims_, options.seed,
+                                        featurizer_options_.word_buckets);
     FeatureMatrix x = FeatureMatrix::Zero(static_cast<Eigen::Index>(set.rows()),
                                           static_cast<Eigen::Index>(input_width()));
     for (std::size_t i = 0; i < set.rows(); ++i)
@@ -229,7 +234,7 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
     const ModelTensor& idf = in.tensor("gbt.idf", {buckets});
     SparseProjection::Table table;
     in.tensor("gbt.projection", buckets, dims_, table);
-    projection_ = SparseProjection(idf.values, std::move(table));
+    projection_ = SparseProjection(idf.values, std::move(table), featurizer_options_.word_buckets);
     quality_ = read_forests(in, "gbt.quality");
     tokens_.clear();
     if (predicts_tokens_) tokens_ = read_forests(in, "gbt.tokens");
@@ -277,6 +282,7 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
     if (featurizer_options_.num_buckets != kDefaultBuckets) {
       s += fmt::format(",buckets={}", featurizer_options_.num_buckets);
     }
+    if (featurizer_options_.word_buckets != 0) s += ",blocks=2";
     if (boost_.max_depth != kDefaultDepth) s += fmt::format(",depth={}", boost_.max_depth);
     if (boost_.learning_rate != kDefaultEta) s += fmt::format(",eta={}", boost_.learning_rate);
     if (boost_.max_bins != kDefaultBins) s += fmt::format(",bins={}", boost_.max_bins);

@@ -4,13 +4,16 @@
 // dense mode (dims=D), by exact cosine over a D-wide projection of them.
 //
 // Spec grammar (canonical form first; `spec()` returns it):
-//   knn[:K][,dims=D][,buckets=N][,weighting=uniform|similarity]
+//   knn[:K][,dims=D][,buckets=N][,blocks=2][,weighting=uniform|similarity]
 //   K          neighbours, 1..100000 (default 40)
 //   dims       dense mode's width, 1..512 (absent: the exact sparse search)
 //   buckets    featurizer buckets. Sparse: 16..2^24 (default 2^18: rows are
 //              stored sparse, so a wide table costs no memory). Dense:
 //              16..2^20 (default 2^14, as gbt: the model file holds a
 //              buckets x D projection table)
+//   blocks     1 (default): word and character n-grams in one vector; 2: in
+//              two halves of the buckets, each weighted alike
+//              (FeaturizerOptions::word_buckets), as two TF-IDF blocks
 //   weighting  similarity (default): each neighbour weighs its cosine, clipped
 //              at 0; uniform: each weighs 1
 // The canonical form is "knn:K" followed by the options that differ from
@@ -525,10 +528,14 @@ std::uint32_t default_buckets(int dims) {
 }
 std::uint32_t max_buckets(int dims) { return dims > 0 ? kMaxDenseBuckets : kMaxBuckets; }
 
-std::string canonical_spec(std::size_t k, int dims, std::uint32_t buckets, Weighting weighting) {
+std::string canonical_spec(std::size_t k, int dims, const FeaturizerOptions& featurizer,
+                           Weighting weighting) {
   std::string spec = fmt::format("knn:{}", k);
   if (dims > 0) spec += fmt::format(",dims={}", dims);
-  if (buckets != default_buckets(dims)) spec += fmt::format(",buckets={}", buckets);
+  if (featurizer.num_buckets != default_buckets(dims)) {
+    spec += fmt::format(",buckets={}", featurizer.num_buckets);
+  }
+  if (featurizer.word_buckets != 0) spec += ",blocks=2";
   if (weighting == Weighting::Uniform) spec += ",weighting=uniform";
   return spec;
 }
@@ -536,13 +543,15 @@ std::string canonical_spec(std::size_t k, int dims, std::uint32_t buckets, Weigh
 // The projection of `features` to `dims` coordinates. With fewer rows than
 // dims the SVD finds fewer directions; the rest are padded with zero
 // columns, which add nothing to any cosine, so the model keeps its width.
-SparseProjection fit_projection(const std::vector<SparseFeatures>& features, std::uint32_t buckets,
-                                int dims, std::uint64_t seed) {
-  SparseProjection fitted = SparseProjection::fit(features, buckets, dims, seed);
+SparseProjection fit_projection(const std::vector<SparseFeatures>& features,
+                                const FeaturizerOptions& featurizer, int dims, std::uint64_t seed) {
+  const std::uint32_t buckets = featurizer.num_buckets;
+  SparseProjection fitted =
+      SparseProjection::fit(features, buckets, dims, seed, featurizer.word_buckets);
   if (fitted.dims() == dims) return fitted;
   SparseProjection::Table table = SparseProjection::Table::Zero(buckets, dims);
   table.leftCols(fitted.dims()) = fitted.table();
-  return SparseProjection(fitted.idf(), std::move(table));
+  return SparseProjection(fitted.idf(), std::move(table), featurizer.word_buckets);
 }
 
 // Each row's projection, scaled to unit length: rows x dims.
@@ -597,6 +606,7 @@ class KnnScorer : public TrainableScorer, public FeaturizedScorer {
     dims_ = static_cast<int>(spec.integer_option("dims", 0, 1, kMaxDims));
     featurizer_options_.num_buckets = static_cast<std::uint32_t>(
         spec.integer_option("buckets", default_buckets(dims_), 16, max_buckets(dims_)));
+    featurizer_options_.word_buckets = word_buckets_for(spec, featurizer_options_.num_buckets);
     const std::string weighting = spec.text_option("weighting", "similarity");
     if (weighting == "similarity") {
       weighting_ = Weighting::Similarity;
@@ -608,7 +618,7 @@ class KnnScorer : public TrainableScorer, public FeaturizedScorer {
           spec.text, weighting));
     }
     featurizer_ = Featurizer(featurizer_options_);
-    spec_ = canonical_spec(k_, dims_, featurizer_options_.num_buckets, weighting_);
+    spec_ = canonical_spec(k_, dims_, featurizer_options_, weighting_);
   }
 
   std::string_view kind() const override { return "knn"; }
@@ -667,7 +677,7 @@ class KnnScorer : public TrainableScorer, public FeaturizedScorer {
     Table embedded;
     const std::uint32_t buckets = featurizer_options_.num_buckets;
     if (dims_ > 0) {
-      projection = fit_projection(features, buckets, dims_, options.seed);
+      projection = fit_projection(features, featurizer_options_, dims_, options.seed);
       embedded = embed(projection, features);
     }
 
@@ -751,7 +761,7 @@ class KnnScorer : public TrainableScorer, public FeaturizedScorer {
                   weighting + "\"");
     }
     weighting_ = weighting == "uniform" ? Weighting::Uniform : Weighting::Similarity;
-    spec_ = canonical_spec(k_, dims_, f.num_buckets, weighting_);
+    spec_ = canonical_spec(k_, dims_, f, weighting_);
     if (in.text("scorer.spec") != spec_) {
       throw Error(
           fmt::format("{}field \"scorer.spec\" is \"{}\" but the knn fields describe \"{}\"",
@@ -844,7 +854,7 @@ class KnnScorer : public TrainableScorer, public FeaturizedScorer {
     }
     SparseProjection::Table table;
     in.tensor("knn.projection", buckets, dims_, table);
-    index.projection = SparseProjection(idf, std::move(table));
+    index.projection = SparseProjection(idf, std::move(table), featurizer_options_.word_buckets);
     in.tensor("knn.dense_rows", static_cast<Eigen::Index>(rows), dims_, index.dense_rows);
     for (Eigen::Index r = 0; r < index.dense_rows.rows(); ++r) {
       const float norm = index.dense_rows.row(r).norm();

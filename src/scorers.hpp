@@ -39,6 +39,11 @@ struct ScorerSpec {
 
 ScorerSpec parse_scorer_spec(std::string_view text);
 
+/// FeaturizerOptions::word_buckets for a spec's `blocks` option (gbt, kNN):
+/// 0 for blocks=1, the default (one vector); half of `buckets` for blocks=2
+/// (words and characters in blocks of their own, weighted alike).
+std::uint32_t word_buckets_for(const ScorerSpec& spec, std::uint32_t buckets);
+
 /// Parses a whole number in [minimum, maximum]; throws naming `what`.
 long long parse_integer(const std::string& text, long long minimum, long long maximum,
                         const std::string& what);

@@ -4,6 +4,7 @@
 #include <Eigen/QR>
 #include <Eigen/SVD>
 #include <Eigen/SparseCore>
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <type_traits>
@@ -38,17 +39,42 @@ std::vector<float> inverse_document_frequency(const std::vector<SparseFeatures>&
   return idf;
 }
 
-SparseRows weighted_matrix(const std::vector<SparseFeatures>& rows, const std::vector<float>& idf) {
+// How one prompt's IDF-weighted entries are scaled: to unit norm, or with
+// a words' block (word_buckets > 0) each block to kFeatureBlockNorm.
+// Entries [0, split) are the words' block (all of them without blocks).
+struct RowScales {
+  std::size_t split = 0;
+  double words = 0.0;
+  double chars = 0.0;
+};
+
+RowScales row_scales(const SparseFeatures& f, const std::vector<float>& idf,
+                     std::uint32_t word_buckets) {
+  RowScales s;
+  s.split = word_buckets == 0
+                ? f.indices.size()
+                : static_cast<std::size_t>(
+                      std::lower_bound(f.indices.begin(), f.indices.end(), word_buckets) -
+                      f.indices.begin());
+  double words = 0.0, chars = 0.0;
+  for (std::size_t i = 0; i < f.indices.size(); ++i) {
+    const double w = f.values[i] * idf[f.indices[i]];
+    (i < s.split ? words : chars) += w * w;
+  }
+  const double norm = word_buckets == 0 ? 1.0 : kFeatureBlockNorm;
+  s.words = words > 0 ? norm / std::sqrt(words) : 0.0;
+  s.chars = chars > 0 ? norm / std::sqrt(chars) : 0.0;
+  return s;
+}
+
+SparseRows weighted_matrix(const std::vector<SparseFeatures>& rows, const std::vector<float>& idf,
+                           std::uint32_t word_buckets) {
   std::vector<Eigen::Triplet<float, std::int64_t>> entries;
   for (std::size_t r = 0; r < rows.size(); ++r) {
     const SparseFeatures& f = rows[r];
-    double norm = 0.0;
+    const RowScales scales = row_scales(f, idf, word_buckets);
     for (std::size_t i = 0; i < f.indices.size(); ++i) {
-      const double w = f.values[i] * idf[f.indices[i]];
-      norm += w * w;
-    }
-    const double scale = norm > 0 ? 1.0 / std::sqrt(norm) : 0.0;
-    for (std::size_t i = 0; i < f.indices.size(); ++i) {
+      const double scale = i < scales.split ? scales.words : scales.chars;
       entries.emplace_back(static_cast<std::int64_t>(r), f.indices[i],
                            static_cast<float>(f.values[i] * idf[f.indices[i]] * scale));
     }
@@ -71,16 +97,16 @@ Dense orthonormal_basis(const Dense& m) {
 // `out`, in the same order, so the result is the same to the bit.
 template <int Width>
 void add_weighted_rows(const SparseProjection::Table& table, const std::vector<float>& idf,
-                       const SparseFeatures& features, float scale, float* out) {
+                       const SparseFeatures& features, std::size_t first, std::size_t end,
+                       float scale, float* out) {
   using Row = Eigen::Matrix<float, 1, Width>;
   using Sum = std::conditional_t<Width == Eigen::Dynamic, Eigen::Map<Row>, Row>;
   const Eigen::Index width = table.cols();
   const std::size_t row_bytes = static_cast<std::size_t>(width) * sizeof(float);
   Eigen::Map<Row> result(out, width);
   Sum sum(result);
-  const std::size_t count = features.indices.size();
-  for (std::size_t i = 0; i < count; ++i) {
-    if (i + nn::kBagPrefetchAhead < count) {
+  for (std::size_t i = first; i < end; ++i) {
+    if (i + nn::kBagPrefetchAhead < end) {
       nn::prefetch_bytes(table.row(features.indices[i + nn::kBagPrefetchAhead]).data(), row_bytes);
     }
     const std::uint32_t b = features.indices[i];
@@ -92,16 +118,17 @@ void add_weighted_rows(const SparseProjection::Table& table, const std::vector<f
 
 }  // namespace
 
-SparseProjection::SparseProjection(std::vector<float> idf, Table table)
-    : idf_(std::move(idf)), table_(std::move(table)) {}
+SparseProjection::SparseProjection(std::vector<float> idf, Table table, std::uint32_t word_buckets)
+    : idf_(std::move(idf)), table_(std::move(table)), word_buckets_(word_buckets) {}
 
 SparseProjection SparseProjection::fit(const std::vector<SparseFeatures>& rows,
-                                       std::uint32_t buckets, int dims, std::uint64_t seed) {
+                                       std::uint32_t buckets, int dims, std::uint64_t seed,
+                                       std::uint32_t word_buckets) {
   std::vector<float> idf = inverse_document_frequency(rows, buckets);
   // Two bytes a weight in the model file; rounded before it weighs the rows.
   Eigen::Map<Eigen::ArrayXf> idf_values(idf.data(), static_cast<Eigen::Index>(idf.size()));
   round_to_half_precision(idf_values);
-  const SparseRows x = weighted_matrix(rows, idf);
+  const SparseRows x = weighted_matrix(rows, idf, word_buckets);
   const int width = std::min<int>(dims + kOversample,
                                   static_cast<int>(std::min<std::int64_t>(x.rows(), x.cols())));
   std::mt19937_64 rng(seed);
@@ -125,30 +152,31 @@ SparseProjection SparseProjection::fit(const std::vector<SparseFeatures>& rows,
   table.leftCols(kept) = svd.matrixU().leftCols(kept);
   // One byte a weight in the model file (compact_storage.hpp).
   round_to_int8_rows(table);
-  return SparseProjection(std::move(idf), std::move(table));
+  return SparseProjection(std::move(idf), std::move(table), word_buckets);
 }
 
 bool SparseProjection::operator==(const SparseProjection& other) const {
-  return idf_ == other.idf_ && table_.rows() == other.table_.rows() &&
-         table_.cols() == other.table_.cols() && table_ == other.table_;
+  return word_buckets_ == other.word_buckets_ && idf_ == other.idf_ &&
+         table_.rows() == other.table_.rows() && table_.cols() == other.table_.cols() &&
+         table_ == other.table_;
 }
 
 void SparseProjection::project(const SparseFeatures& features, float* out) const {
   const auto dims = static_cast<Eigen::Index>(table_.cols());
   Eigen::Map<Eigen::RowVectorXf> result(out, dims);
   result.setZero();
-  double norm = 0.0;
-  for (std::size_t i = 0; i < features.indices.size(); ++i) {
-    const double w = features.values[i] * idf_[features.indices[i]];
-    norm += w * w;
-  }
-  if (norm <= 0) return;
-  const auto scale = static_cast<float>(1.0 / std::sqrt(norm));
-  if (dims == 32) {  // the gbt and kNN scorers' default width
-    add_weighted_rows<32>(table_, idf_, features, scale, out);
-  } else {
-    add_weighted_rows<Eigen::Dynamic>(table_, idf_, features, scale, out);
-  }
+  const RowScales scales = row_scales(features, idf_, word_buckets_);
+  const auto add = [&](std::size_t first, std::size_t end, double scale) {
+    if (first == end || scale == 0.0) return;
+    if (dims == 32) {  // the gbt and kNN scorers' default width
+      add_weighted_rows<32>(table_, idf_, features, first, end, static_cast<float>(scale), out);
+    } else {
+      add_weighted_rows<Eigen::Dynamic>(table_, idf_, features, first, end,
+                                        static_cast<float>(scale), out);
+    }
+  };
+  add(0, scales.split, scales.words);
+  add(scales.split, features.indices.size(), scales.chars);
 }
 
 }  // namespace detail

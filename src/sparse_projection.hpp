@@ -3,7 +3,10 @@
 //
 // Fitting: each training prompt's hashed features are weighted by the
 // bucket's inverse document frequency, ln((1 + n) / (1 + df)) + 1 as
-// scikit-learn's TfidfTransformer does, and scaled to unit L2 norm; the
+// scikit-learn's TfidfTransformer does, and scaled to unit L2 norm (or,
+// where the featurizer gives words and characters blocks of buckets of
+// their own, `word_buckets` > 0, each block to norm 1/sqrt(2): two TF-IDF
+// blocks side by side); the
 // top `dims` right singular vectors of that rows x buckets matrix are found
 // by randomized SVD (Halko, Martinsson and Tropp 2011: a Gaussian sketch
 // with `dims + 10` columns, two power iterations, each re-orthonormalised).
@@ -27,13 +30,16 @@ class SparseProjection {
   using Table = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
   SparseProjection() = default;
-  /// From stored weights: one IDF per bucket and a buckets x dims table.
-  SparseProjection(std::vector<float> idf, Table table);
+  /// From stored weights: one IDF per bucket and a buckets x dims table,
+  /// for features whose first `word_buckets` buckets are the words' block
+  /// (FeaturizerOptions::word_buckets; 0: one block).
+  SparseProjection(std::vector<float> idf, Table table, std::uint32_t word_buckets = 0);
 
   /// Fits the IDF and the top `dims` singular directions of `rows`
-  /// (featurized with `buckets` buckets); deterministic for a seed.
+  /// (featurized with `buckets` buckets, the first `word_buckets` the
+  /// words'); deterministic for a seed.
   static SparseProjection fit(const std::vector<SparseFeatures>& rows, std::uint32_t buckets,
-                              int dims, std::uint64_t seed);
+                              int dims, std::uint64_t seed, std::uint32_t word_buckets = 0);
 
   /// Writes the `dims()` coordinates of `features` to `out`; allocates nothing.
   void project(const SparseFeatures& features, float* out) const;
@@ -42,6 +48,7 @@ class SparseProjection {
   std::uint32_t buckets() const { return static_cast<std::uint32_t>(table_.rows()); }
   const std::vector<float>& idf() const { return idf_; }
   const Table& table() const { return table_; }
+  std::uint32_t word_buckets() const { return word_buckets_; }
 
   /// True when both map every prompt to the same coordinates: the same
   /// IDF and table, to the bit.
@@ -50,6 +57,7 @@ class SparseProjection {
  private:
   std::vector<float> idf_;
   Table table_;
+  std::uint32_t word_buckets_ = 0;
 };
 
 }  // namespace detail

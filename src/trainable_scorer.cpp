@@ -92,11 +92,15 @@ ScorerSpec parse_scorer_spec(std::string_view text) {
   return spec;
 }
 
+std::uint32_t word_buckets_for(const ScorerSpec& spec, std::uint32_t buckets) {
+  return spec.integer_option("blocks", 1, 1, 2) == 2 ? buckets / 2 : 0;
+}
+
 bool same_featurizer(const FeaturizerOptions& a, const FeaturizerOptions& b) {
   return a.num_buckets == b.num_buckets && a.word_unigrams == b.word_unigrams &&
          a.word_bigrams == b.word_bigrams && a.char_ngrams == b.char_ngrams &&
          a.char_ngram_min == b.char_ngram_min && a.char_ngram_max == b.char_ngram_max &&
-         a.hash_seed == b.hash_seed;
+         a.hash_seed == b.hash_seed && a.word_buckets == b.word_buckets;
 }
 
 void write_featurizer_options(ModelWriter& out, const FeaturizerOptions& f) {
@@ -107,6 +111,10 @@ void write_featurizer_options(ModelWriter& out, const FeaturizerOptions& f) {
   out.set("featurizer.char_ngram_min", static_cast<std::uint64_t>(f.char_ngram_min));
   out.set("featurizer.char_ngram_max", static_cast<std::uint64_t>(f.char_ngram_max));
   out.set("featurizer.hash_seed", static_cast<std::uint64_t>(f.hash_seed));
+  // Only where set: files without it read as before, in older builds too.
+  if (f.word_buckets != 0) {
+    out.set("featurizer.word_buckets", static_cast<std::uint64_t>(f.word_buckets));
+  }
 }
 
 FeaturizerOptions read_featurizer_options(const ModelReader& in, std::uint32_t max_buckets) {
@@ -120,6 +128,10 @@ FeaturizerOptions read_featurizer_options(const ModelReader& in, std::uint32_t m
   f.char_ngram_max =
       static_cast<std::uint32_t>(in.integer("featurizer.char_ngram_max", 1, kMaxCharNgram));
   f.hash_seed = static_cast<std::uint64_t>(in.integer("featurizer.hash_seed", 0));
+  if (in.has("featurizer.word_buckets")) {
+    f.word_buckets = static_cast<std::uint32_t>(
+        in.integer("featurizer.word_buckets", 1, static_cast<std::int64_t>(f.num_buckets) - 1));
+  }
   return f;
 }
 

@@ -328,15 +328,27 @@ SparseFeatures features_of_words(const std::vector<std::string>& words,
     }
   }
   SparseFeatures out;
-  double sum_squares = 0.0;
   for (const auto& [bucket, count] : counts) {
-    const double value = 1.0 + std::log(static_cast<double>(count));
-    sum_squares += value * value;
     out.indices.push_back(bucket);
-    out.values.push_back(static_cast<float>(value));
+    out.values.push_back(static_cast<float>(1.0 + std::log(static_cast<double>(count))));
   }
-  const auto scale = static_cast<float>(1.0 / std::sqrt(sum_squares));
-  for (float& v : out.values) v *= scale;
+  // Unit norm; or each block (words' buckets, characters') to 1/sqrt(2).
+  const auto scale = [&](std::size_t first, std::size_t end, double norm) {
+    double sum_squares = 0.0;
+    for (std::size_t i = first; i < end; ++i) sum_squares += double{out.values[i]} * out.values[i];
+    if (sum_squares == 0.0) return;
+    for (std::size_t i = first; i < end; ++i) {
+      out.values[i] = static_cast<float>(out.values[i] * norm / std::sqrt(sum_squares));
+    }
+  };
+  if (options.word_buckets == 0) {
+    scale(0, out.values.size(), 1.0);
+  } else {
+    std::size_t words = 0;
+    while (words < out.indices.size() && out.indices[words] < options.word_buckets) ++words;
+    scale(0, words, std::sqrt(0.5));
+    scale(words, out.values.size(), std::sqrt(0.5));
+  }
   return out;
 }
 
@@ -421,12 +433,18 @@ TEST_CASE("featurize agrees with the rules, reusing one output across sizes and 
     texts.push_back(text);
   }
   SparseFeatures reused;
-  for (std::uint32_t buckets : {64u, 1000u, 16384u, 1u << 18, 1u << 20, 16384u}) {
+  // (buckets, word_buckets): words and characters in blocks of their own
+  // too, at counts that are powers of two (masked) and not (divided).
+  const std::vector<std::pair<std::uint32_t, std::uint32_t>> shapes = {
+      {64, 0},  {1000, 0},   {16384, 0},    {1u << 18, 0},  {1u << 20, 0}, {16384, 0},
+      {64, 16}, {1000, 300}, {16384, 8192}, {32768, 16384}, {1u << 18, 0}};
+  for (const auto& [buckets, word_buckets] : shapes) {
     FeaturizerOptions options;
     options.num_buckets = buckets;
+    options.word_buckets = word_buckets;
     const Featurizer featurizer(options);
     for (const std::string& text : texts) {
-      CAPTURE(buckets, text.size());
+      CAPTURE(buckets, word_buckets, text.size());
       featurizer.featurize(text, reused);
       const SparseFeatures expected = featurize_by_the_rules(text, options);
       REQUIRE(reused.indices == expected.indices);
@@ -505,6 +523,38 @@ TEST_CASE("bad options are refused", "[features]") {
   FeaturizerOptions too_long;
   too_long.char_ngram_max = torouter::kMaxCharNgram + 1;
   REQUIRE_THROWS_AS(Featurizer(too_long), torouter::Error);
+  FeaturizerOptions no_room_for_characters;
+  no_room_for_characters.num_buckets = 1024;
+  no_room_for_characters.word_buckets = 1024;
+  REQUIRE_THROWS_WITH(Featurizer(no_room_for_characters),
+                      Catch::Matchers::Contains("word_buckets"));
+}
+
+TEST_CASE("word_buckets gives words and characters buckets of their own, weighted alike",
+          "[features]") {
+  FeaturizerOptions options;
+  options.num_buckets = 4096;
+  options.word_buckets = 1024;
+  const SparseFeatures f = featurize(Featurizer(options), "Sorting a Python list, quickly");
+  const std::uint32_t word = torouter::feature_bucket(FeatureKind::kWordUnigram, "python", options);
+  const std::uint32_t pair =
+      torouter::feature_bucket(FeatureKind::kWordBigram, "python list", options);
+  const std::uint32_t gram = torouter::feature_bucket(FeatureKind::kCharNgram, "pyt", options);
+  CHECK(word < 1024);
+  CHECK(pair < 1024);
+  CHECK(gram >= 1024);
+  CHECK(gram < 4096);
+  for (const std::uint32_t b : {word, pair, gram}) {
+    CHECK(std::binary_search(f.indices.begin(), f.indices.end(), b));
+  }
+  double words = 0.0, chars = 0.0;
+  for (std::size_t i = 0; i < f.indices.size(); ++i) {
+    (f.indices[i] < 1024 ? words : chars) += double{f.values[i]} * f.values[i];
+  }
+  // Far fewer word features than character n-grams, yet half the norm each.
+  CHECK(words == Approx(0.5).epsilon(1e-5));
+  CHECK(chars == Approx(0.5).epsilon(1e-5));
+  CHECK(torouter::sparse_dot(f, f) == Approx(1.0f).epsilon(1e-5));
 }
 
 TEST_CASE("values are L2-normalised and sparse_dot is a cosine", "[features]") {

@@ -125,9 +125,12 @@ TEST_CASE("the sparse projection keeps the main directions of the training rows"
 }
 
 TEST_CASE("the gbt scorer learns which expert answers which prompts and survives its model file") {
+  // Words and characters in one vector, and in two blocks.
+  const std::string spec = GENERATE(as<std::string>{}, "gbt,dims=8,rounds=200",
+                                    "gbt,dims=8,buckets=4096,blocks=2,rounds=200");
   const auto set = synthetic_set(300);
-  auto scorer = torouter::make_scorer("gbt,dims=8,rounds=200");
-  CHECK(scorer->spec() == "gbt,dims=8,rounds=200");
+  auto scorer = torouter::make_scorer(spec);
+  CHECK(scorer->spec() == spec);
   torouter::TrainOptions options;
   options.threads = 2;
   scorer->train(set, options);
@@ -140,10 +143,14 @@ TEST_CASE("the gbt scorer learns which expert answers which prompts and survives
   CHECK(scores.quality(0, 2) == Approx(0.5).margin(0.05));
   CHECK(scores.output_tokens(0, 0) > scores.output_tokens(1, 0));  // the coder writes more on code
 
-  const auto path = (torouter::testing::process_temp_dir("gbt_test") / "gbt.tormodel").string();
+  const auto path =
+      (torouter::testing::process_temp_dir("gbt_test") /
+       (spec.find("blocks") == std::string::npos ? "gbt.tormodel" : "blocks.tormodel"))
+          .string();
   torouter::save_model(*scorer, path);
   const auto loaded = torouter::load_model(path);
   CHECK(loaded.scorer->kind() == "gbt");
+  CHECK(loaded.scorer->spec() == spec);
   const auto again = loaded.scorer->score_all(prompts);
   CHECK(again.quality == scores.quality);
   CHECK(again.output_tokens == scores.output_tokens);
@@ -159,6 +166,50 @@ TEST_CASE("gbt specs are checked and written in canonical form") {
   CHECK_THROWS_WITH(torouter::make_scorer("gbt:5"), Contains("options only"));
   CHECK_THROWS_WITH(torouter::make_scorer("gbt,buckets=16"),
                     Contains("dims (32) cannot exceed buckets (16)"));
+  CHECK(torouter::make_scorer("gbt,blocks=1")->spec() == "gbt");
+  CHECK(torouter::make_scorer("gbt,blocks=2,buckets=32768")->spec() ==
+        "gbt,buckets=32768,blocks=2");
+  CHECK_THROWS_WITH(torouter::make_scorer("gbt,blocks=3"), Contains("option blocks"));
+}
+
+TEST_CASE("a projection of split features weighs each block alike, after its IDF") {
+  torouter::FeaturizerOptions options;
+  options.num_buckets = 2048;
+  options.word_buckets = 1024;
+  const torouter::Featurizer featurizer(options);
+  std::vector<torouter::SparseFeatures> rows(40);
+  const auto data = torouter::testing::synthetic_rows(40, 3);
+  for (std::size_t i = 0; i < rows.size(); ++i) featurizer.featurize(data[i].prompt, rows[i]);
+  const auto projection = torouter::detail::SparseProjection::fit(rows, 2048, 4, 1, 1024);
+  CHECK(projection.word_buckets() == 1024);
+  // By hand: IDF-weighted values, each block scaled to norm 1/sqrt(2), times
+  // the table.
+  const torouter::SparseFeatures& f = rows[3];
+  double norms[2] = {0.0, 0.0};
+  for (std::size_t i = 0; i < f.indices.size(); ++i) {
+    const double w = f.values[i] * projection.idf()[f.indices[i]];
+    norms[f.indices[i] < 1024 ? 0 : 1] += w * w;
+  }
+  REQUIRE(norms[0] > 0);
+  REQUIRE(norms[1] > 0);
+  Eigen::RowVectorXd expected = Eigen::RowVectorXd::Zero(4);
+  for (std::size_t i = 0; i < f.indices.size(); ++i) {
+    const std::uint32_t b = f.indices[i];
+    const double w =
+        f.values[i] * projection.idf()[b] * std::sqrt(0.5) / std::sqrt(norms[b < 1024 ? 0 : 1]);
+    expected += w * projection.table().row(b).cast<double>();
+  }
+  std::vector<float> out(4);
+  projection.project(f, out.data());
+  for (Eigen::Index d = 0; d < 4; ++d) CHECK(out[d] == Approx(expected[d]).margin(1e-5));
+  // Not the projection of one block-blind vector.
+  const torouter::detail::SparseProjection blind(projection.idf(), projection.table());
+  std::vector<float> one_vector(4);
+  blind.project(f, one_vector.data());
+  CHECK_FALSE(blind == projection);
+  double apart = 0.0;
+  for (std::size_t d = 0; d < 4; ++d) apart += std::abs(one_vector[d] - out[d]);
+  CHECK(apart > 1e-3);
 }
 
 TEST_CASE("gbt trains on fewer rows than projection dimensions and survives its model file") {

@@ -381,20 +381,23 @@ TEST_CASE("kNN spec strings parse, canonicalise and round-trip") {
   CHECK(torouter::make_scorer("knn:5,buckets=16384,dims=32")->spec() == "knn:5,dims=32");
   CHECK(torouter::make_scorer("knn,weighting=uniform,buckets=262144,dims=8")->spec() ==
         "knn:40,dims=8,buckets=262144,weighting=uniform");
-  for (const char* spec : {"knn", "knn:1", "knn:9,buckets=16", "knn:2,weighting=uniform",
-                           "knn:100000,buckets=16777216,weighting=uniform", "knn:3,dims=1",
-                           "knn:7,dims=512,buckets=1048576,weighting=uniform"}) {
+  CHECK(torouter::make_scorer("knn:40,blocks=2,dims=32")->spec() == "knn:40,dims=32,blocks=2");
+  CHECK(torouter::make_scorer("knn,blocks=1")->spec() == "knn:40");
+  for (const char* spec :
+       {"knn", "knn:1", "knn:9,buckets=16", "knn:2,weighting=uniform", "knn:3,blocks=2",
+        "knn:3,dims=8,buckets=4096,blocks=2", "knn:100000,buckets=16777216,weighting=uniform",
+        "knn:3,dims=1", "knn:7,dims=512,buckets=1048576,weighting=uniform"}) {
     const std::string canonical = torouter::make_scorer(spec)->spec();
     CHECK(torouter::make_scorer(canonical)->spec() == canonical);
   }
 }
 
 TEST_CASE("bad kNN specs are refused naming the spec") {
-  const auto bad =
-      GENERATE(as<std::string>{}, "knn:0", "knn:abc", "knn:-3", "knn:100001",
-               "knn:5,weighting=cosine", "knn,weighting=", "knn,buckets=8", "knn,buckets=16777217",
-               "knn,buckets=lots", "knn,k=5", "knn:5,weighting", "knn:4x4", "knn,dims=0",
-               "knn,dims=513", "knn,dims=x", "knn:5,dims=8,buckets=2097152");
+  const auto bad = GENERATE(
+      as<std::string>{}, "knn:0", "knn:abc", "knn:-3", "knn:100001", "knn:5,weighting=cosine",
+      "knn,weighting=", "knn,buckets=8", "knn,buckets=16777217", "knn,buckets=lots", "knn,k=5",
+      "knn:5,weighting", "knn:4x4", "knn,dims=0", "knn,dims=513", "knn,dims=x",
+      "knn:5,dims=8,buckets=2097152", "knn,blocks=0", "knn:5,dims=8,blocks=two");
   INFO(bad);
   CHECK_THROWS_WITH(torouter::make_scorer(bad), Contains(bad));
   CHECK_THROWS_AS(torouter::make_scorer(bad), Error);
@@ -666,9 +669,13 @@ TEST_CASE("dense kNN predictions equal a brute-force dense computation") {
 TEST_CASE("a dense kNN model file round-trips to identical scores") {
   // 12 rows and dims=64: the projection finds fewer directions than asked
   // and is padded, and the file still holds the asked width.
-  const bool small = GENERATE(false, true);
+  // A third: words and characters in blocks of their own.
+  const int shape = GENERATE(0, 1, 2);
+  const bool small = shape == 1;
   const TrainingSet set = small ? code_history_set() : synthetic_set(200, 1);
-  const std::string spec = small ? "knn:3,dims=64" : "knn:7,dims=16,buckets=4096,weighting=uniform";
+  const std::string spec = small        ? "knn:3,dims=64"
+                           : shape == 0 ? "knn:7,dims=16,buckets=4096,weighting=uniform"
+                                        : "knn:7,dims=16,buckets=4096,blocks=2";
   auto scorer = torouter::make_scorer(spec);
   scorer->train(set, all_rows());
   const std::string path = temp_path("dense_roundtrip.tormodel");

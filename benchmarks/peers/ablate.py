@@ -51,9 +51,14 @@ VARIANTS = {
     "ridge-dense-meancost": ("both", "svd256+len", "ridge", "mean"),
     # Nearest to the scikit-learn peers (word n-grams, no length, mean cost).
     "ridge-word-meancost": ("word", "svd256", "ridge", "mean"),
+    # torouter's view: word and character n-grams in one vector with one
+    # norm, not two blocks normalised apart; and its 32-wide projection.
+    "merged": ("merged", "svd256+len", "xgb4", "per-query"),
+    "svd32": ("both", "svd32+len", "xgb4", "per-query"),
+    "merged-svd32": ("merged", "svd32+len", "xgb4", "per-query"),
 }
 FEATURIZERS = {"both": dict(words=True, chars=True), "word": dict(chars=False),
-               "char": dict(words=False)}
+               "char": dict(words=False), "merged": dict(merged=True)}
 
 
 def dense_features(prompts, which, cache):
@@ -68,6 +73,7 @@ def dense_features(prompts, which, cache):
 
 def columns(z, kept):
     return {"svd256+len": z, "svd64+len": np.hstack([z[:, :64], z[:, -1:]]),
+            "svd32+len": np.hstack([z[:, :32], z[:, -1:]]),
             "svd256": z[:, :-1], "len": z[:, -1:]}[kept]
 
 

@@ -26,6 +26,15 @@ SVD_ITERATIONS = 2
 RIDGE_ALPHAS = np.logspace(-3, 4, 15)
 
 
+_WORD_ANALYZER = TfidfVectorizer(**WORD_PARAMS).build_analyzer()
+_CHAR_ANALYZER = TfidfVectorizer(**CHAR_PARAMS).build_analyzer()
+
+
+def merged_analyzer(text):
+    """Word 1-2-grams and char_wb 3-5-grams of `text`, as one list of terms."""
+    return _WORD_ANALYZER(text) + ["\x00" + g for g in _CHAR_ANALYZER(text)]
+
+
 def log_length(prompts):
     return np.log1p(np.array([len(p) for p in prompts], dtype=float))[:, None]
 
@@ -34,11 +43,17 @@ class Featurizer:
     """TF-IDF (word and/or char) -> optional SVD -> optional log length."""
 
     def __init__(self, words=True, chars=True, char_analyzer="char_wb",
-                 svd_dims=SVD_DIMS, with_length=True, seed=1):
+                 svd_dims=SVD_DIMS, with_length=True, seed=1, merged=False):
         self.vectorizers = []
-        if words:
+        if merged:
+            # One TF-IDF over word and character n-grams together, one L2
+            # norm for both, as torouter's hashed featurizer makes it (where
+            # the far more numerous character n-grams carry most of the norm).
+            self.vectorizers.append(TfidfVectorizer(
+                analyzer=merged_analyzer, min_df=2, sublinear_tf=True, dtype=np.float32))
+        elif words:
             self.vectorizers.append(TfidfVectorizer(**WORD_PARAMS))
-        if chars:
+        if chars and not merged:
             self.vectorizers.append(TfidfVectorizer(**{**CHAR_PARAMS,
                                                        "analyzer": char_analyzer}))
         self.svd = TruncatedSVD(svd_dims, n_iter=SVD_ITERATIONS, random_state=seed)

@@ -42,12 +42,15 @@
 // padded word. Its bucket is
 //   FNV-1a-64(seed as 8 bytes little-endian, then S) mod num_buckets
 // where FNV-1a-64 starts at 14695981039346656037 and, per byte b,
-// sets h = (h XOR b) * 1099511628211 mod 2^64. `feature_bucket` computes it
-// for one feature.
+// sets h = (h XOR b) * 1099511628211 mod 2^64. With `word_buckets` = W > 0
+// the words and the characters get buckets of their own: a word unigram's
+// or bigram's bucket is that hash mod W, a character n-gram's W + (that
+// hash mod (num_buckets - W)). `feature_bucket` computes it for one feature.
 //
 // Values. Each bucket's value is 1 + ln(count), count being the number of
 // features hashed to it (collisions add up); the vector is then scaled to
-// unit L2 norm. The dense block is not normalised.
+// unit L2 norm, or with `word_buckets` > 0 each block of buckets (words,
+// characters) to norm 1/sqrt(2). The dense block is not normalised.
 #pragma once
 
 #include <array>
@@ -77,7 +80,20 @@ struct FeaturizerOptions {
   std::uint32_t char_ngram_max = 5;
   /// Mixed into every hash: a different seed gives different collisions.
   std::uint64_t hash_seed = 0;
+  /// 0: every feature hashes over all `num_buckets`. Else (1 ..
+  /// num_buckets - 1) word unigrams and bigrams hash into the first
+  /// `word_buckets` buckets and character n-grams into the rest, and each
+  /// of the two blocks is scaled to the same norm: words and characters
+  /// weigh alike, as two TF-IDF blocks side by side do, where in one
+  /// vector the far more numerous character n-grams carry most of its norm.
+  /// `token_ids` does not read it.
+  std::uint32_t word_buckets = 0;
 };
+
+/// The L2 norm of each of the two blocks of a featurized prompt when
+/// `FeaturizerOptions::word_buckets` splits it: 1/sqrt(2), so the whole
+/// keeps unit norm.
+inline constexpr double kFeatureBlockNorm = 0.70710678118654752440;
 
 /// Longest character n-gram a `Featurizer` supports.
 inline constexpr std::uint32_t kMaxCharNgram = 8;
@@ -121,7 +137,8 @@ enum DenseFeature : std::size_t {
 struct SparseFeatures {
   /// Bucket indices, sorted ascending, unique, each < num_buckets.
   std::vector<std::uint32_t> indices;
-  /// One value per index: 1 + ln(count), then scaled to unit L2 norm.
+  /// One value per index: 1 + ln(count), then scaled to unit L2 norm (or
+  /// each block to 1/sqrt(2), see `FeaturizerOptions::word_buckets`).
   std::vector<float> values;
   /// Cheap numeric features, indexed by `DenseFeature`.
   std::array<float, kDenseFeatureCount> dense{};
