@@ -742,7 +742,6 @@ CountedBuckets count_after_sorting(std::vector<std::uint32_t>& keys, std::vector
   return counted;
 }
 
-}  // namespace
 // Scales values[0 .. count) to L2 norm `norm`; all zero, they stay so.
 void scale_to_norm(float* values, std::size_t count, double norm) {
   double sum_of_squares = 0.0;
@@ -752,6 +751,7 @@ void scale_to_norm(float* values, std::size_t count, double norm) {
   for (std::size_t i = 0; i < count; ++i) values[i] *= scale;
 }
 
+}  // namespace
 }  // namespace detail
 
 float sparse_dot(const SparseFeatures& a, const SparseFeatures& b) {
@@ -777,6 +777,11 @@ std::uint32_t feature_bucket(FeatureKind kind, std::string_view normalized_utf8,
   std::uint64_t h = detail::seeded_kind_state(options.hash_seed, kind);
   for (char ch : normalized_utf8) h = detail::fnv_byte(h, static_cast<unsigned char>(ch));
   if (options.num_buckets == 0) return 0;
+  if (options.word_buckets >= options.num_buckets) {
+    throw Error("FeaturizerOptions.word_buckets: must be 0 or below num_buckets (" +
+                std::to_string(options.num_buckets) + "), got " +
+                std::to_string(options.word_buckets));
+  }
   return kind == FeatureKind::kCharNgram ? detail::char_range(options).of(h)
                                          : detail::word_range(options).of(h);
 }

@@ -221,6 +221,7 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
 
   void read_model(const ModelReader& in) override {
     featurizer_options_ = read_featurizer_options(in, 1u << 20);
+    check_blocks(in, featurizer_options_);
     try {
       featurizer_ = Featurizer(featurizer_options_);
     } catch (const Error& e) {

@@ -748,6 +748,7 @@ class KnnScorer : public TrainableScorer, public FeaturizedScorer {
   void read_model(const ModelReader& in) override {
     dims_ = in.has("knn.dims") ? static_cast<int>(in.integer("knn.dims", 1, kMaxDims)) : 0;
     const FeaturizerOptions f = read_featurizer_options(in, max_buckets(dims_));
+    check_blocks(in, f);
     try {
       featurizer_ = Featurizer(f);
     } catch (const Error& e) {

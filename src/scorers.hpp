@@ -135,6 +135,9 @@ bool same_featurizer(const FeaturizerOptions& a, const FeaturizerOptions& b);
 void write_featurizer_options(ModelWriter& out, const FeaturizerOptions& options);
 /// Reads them back, with at most `max_buckets` buckets; throws naming the field.
 FeaturizerOptions read_featurizer_options(const ModelReader& in, std::uint32_t max_buckets);
+/// Throws naming featurizer.word_buckets unless it is what a `blocks`
+/// option makes (word_buckets_for): 0, or half of the buckets.
+void check_blocks(const ModelReader& in, const FeaturizerOptions& f);
 
 /// Throws `Error` (`Misuse`) naming the first field of `options` that
 /// `validate_train_options` refuses.

@@ -56,8 +56,12 @@ class StackScorer : public TrainableScorer {
  public:
   explicit StackScorer(std::vector<CandidateScorer> members) : candidates_(std::move(members)) {
     if (candidates_.size() < 2) throw Error("stack: at least two members expected");
-    for (const auto& c : candidates_) {
-      if (make_scorer(c.spec)->kind() == "stack") throw Error("stack: a member cannot be a stack");
+    for (auto& c : candidates_) {
+      const auto member = make_scorer(c.spec);
+      if (member->kind() == "stack") throw Error("stack: a member cannot be a stack");
+      // Each member writes its spec in canonical form, which loading
+      // compares with this one.
+      c.spec = member->spec();
     }
   }
 
@@ -211,6 +215,8 @@ class StackScorer : public TrainableScorer {
   // a featurizer and all have the same settings (the default stack's do).
   void share_featurizer() {
     shared_featurizer_.reset();
+    shared_projections_.clear();
+    projection_of_member_.assign(members_.size(), -1);
     const FeaturizerOptions* first = nullptr;
     for (const auto& member : members_) {
       const auto* f = dynamic_cast<const FeaturizedScorer*>(member.get());
@@ -225,9 +231,8 @@ class StackScorer : public TrainableScorer {
   // Members whose projections are equal (see FeaturizedScorer::projection)
   // get each prompt's coordinates made once for them all; a projection
   // that one member alone reads is left to it.
+  // share_featurizer has cleared what an earlier call shared.
   void share_projections() {
-    shared_projections_.clear();
-    projection_of_member_.assign(members_.size(), -1);
     if (!shared_featurizer_) return;
     const auto projection_of = [&](std::size_t m) {
       return dynamic_cast<const FeaturizedScorer&>(*members_[m]).projection();
@@ -250,7 +255,8 @@ class StackScorer : public TrainableScorer {
 
   // Each shared projection of the `count` featurized prompts in `w`.
   void project_shared(std::size_t count, StackWorkspace& w) const {
-    // A workspace made before the stack was trained again may lack some.
+    // A workspace made before the stack was trained or loaded again may
+    // lack some, or hold rows of another width.
     if (w.projected.size() < shared_projections_.size()) {
       w.projected.resize(shared_projections_.size());
     }
@@ -258,7 +264,7 @@ class StackScorer : public TrainableScorer {
       const SparseProjection& projection = *shared_projections_[g];
       RowMajorMatrix& out = w.projected[g];
       // Grows only: a warm workspace projects into rows it already has.
-      if (out.rows() < static_cast<Eigen::Index>(count)) {
+      if (out.rows() < static_cast<Eigen::Index>(count) || out.cols() != projection.dims()) {
         out.resize(static_cast<Eigen::Index>(count), projection.dims());
       }
       for (std::size_t i = 0; i < count; ++i) {

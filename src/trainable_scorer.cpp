@@ -130,9 +130,18 @@ FeaturizerOptions read_featurizer_options(const ModelReader& in, std::uint32_t m
   f.hash_seed = static_cast<std::uint64_t>(in.integer("featurizer.hash_seed", 0));
   if (in.has("featurizer.word_buckets")) {
     f.word_buckets = static_cast<std::uint32_t>(
-        in.integer("featurizer.word_buckets", 1, static_cast<std::int64_t>(f.num_buckets) - 1));
+        in.integer("featurizer.word_buckets", 0, static_cast<std::int64_t>(f.num_buckets) - 1));
   }
   return f;
+}
+
+void check_blocks(const ModelReader& in, const FeaturizerOptions& f) {
+  if (f.word_buckets != 0 && f.word_buckets != f.num_buckets / 2) {
+    throw Error(fmt::format(
+        "{}field \"featurizer.word_buckets\": expected 0 or half of featurizer.num_buckets ({}), "
+        "as blocks=1 or blocks=2 make it, got {}",
+        in.where(), f.num_buckets / 2, f.word_buckets));
+  }
 }
 
 }  // namespace detail

@@ -1,10 +1,13 @@
 // The boosted trees (src/gbdt.hpp) and the gbt scorer built on them.
 #include <catch2/catch.hpp>
 #include <cmath>
+#include <fstream>
+#include <iterator>
 #include <random>
 
 #include "gbdt.hpp"
 #include "sparse_projection.hpp"
+#include "support/model_bytes.hpp"
 #include "support/synthetic_data.hpp"
 #include "support/temp_dir.hpp"
 #include "torouter/error.hpp"
@@ -151,6 +154,18 @@ TEST_CASE("the gbt scorer learns which expert answers which prompts and survives
   const auto loaded = torouter::load_model(path);
   CHECK(loaded.scorer->kind() == "gbt");
   CHECK(loaded.scorer->spec() == spec);
+  if (spec.find("blocks") != std::string::npos) {
+    // Blocks of any other size than the spec's halves are refused.
+    std::ifstream in(path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string field = "\"featurizer.word_buckets\": 2048";
+    const std::size_t at = bytes.find(field);
+    REQUIRE(at != std::string::npos);
+    bytes.replace(at, field.size(), "\"featurizer.word_buckets\": 1000");
+    const std::string damaged = path + ".damaged";
+    std::ofstream(damaged, std::ios::binary) << torouter::testing::resealed(bytes);
+    CHECK_THROWS_WITH(torouter::load_model(damaged), Contains("featurizer.word_buckets"));
+  }
   const auto again = loaded.scorer->score_all(prompts);
   CHECK(again.quality == scores.quality);
   CHECK(again.output_tokens == scores.output_tokens);
@@ -170,6 +185,35 @@ TEST_CASE("gbt specs are checked and written in canonical form") {
   CHECK(torouter::make_scorer("gbt,blocks=2,buckets=32768")->spec() ==
         "gbt,buckets=32768,blocks=2");
   CHECK_THROWS_WITH(torouter::make_scorer("gbt,blocks=3"), Contains("option blocks"));
+}
+
+TEST_CASE(
+    "the projection adds the same to the bit as a plain loop, at the usual width or another") {
+  torouter::Featurizer featurizer;
+  std::vector<torouter::SparseFeatures> rows(40);
+  const auto data = torouter::testing::synthetic_rows(40, 3);
+  for (std::size_t i = 0; i < rows.size(); ++i) featurizer.featurize(data[i].prompt, rows[i]);
+  for (const int dims : {32, 7}) {
+    const auto projection = torouter::detail::SparseProjection::fit(rows, 1u << 18, dims, 1);
+    // One float in: the sum need not start aligned.
+    std::vector<float> out(static_cast<std::size_t>(dims) + 1);
+    for (const auto& f : rows) {
+      double norm = 0.0;
+      for (std::size_t i = 0; i < f.indices.size(); ++i) {
+        const double w = f.values[i] * projection.idf()[f.indices[i]];
+        norm += w * w;
+      }
+      const auto scale = static_cast<float>(1.0 / std::sqrt(norm));
+      Eigen::RowVectorXf expected = Eigen::RowVectorXf::Zero(dims);
+      for (std::size_t i = 0; i < f.indices.size(); ++i) {
+        const std::uint32_t b = f.indices[i];
+        expected.noalias() +=
+            (f.values[i] * projection.idf()[b] * scale) * projection.table().row(b);
+      }
+      projection.project(f, out.data() + 1);
+      for (int d = 0; d < dims; ++d) REQUIRE(out[static_cast<std::size_t>(d) + 1] == expected[d]);
+    }
+  }
 }
 
 TEST_CASE("a projection of split features weighs each block alike, after its IDF") {

@@ -1,6 +1,8 @@
 // Cross-validation, calibration on held-out folds, and the choice of a scorer.
 #include "torouter/model_selection.hpp"
 
+#include <fmt/format.h>
+
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <functional>
@@ -218,6 +220,12 @@ TEST_CASE("a stack scores as the calibrated mean of its members, sharing what th
     for (Eigen::Index i = 0; i < mean.size(); ++i) {
       CHECK(scores.data()[i] == Approx(mean.data()[i]).margin(1e-6));
     }
+    // Loaded, the members find what they share again.
+    const auto path = (torouter::testing::process_temp_dir("model_selection_test") /
+                       fmt::format("stack{}.tormodel", &members - stacks.data()))
+                          .string();
+    torouter::save_model(*stack, path);
+    CHECK(torouter::load_model(path).scorer->score_all(prompts).quality == scores);
   }
 }
 

@@ -92,7 +92,9 @@ struct FeaturizerOptions {
 
 /// The L2 norm of each of the two blocks of a featurized prompt when
 /// `FeaturizerOptions::word_buckets` splits it: 1/sqrt(2), so the whole
-/// keeps unit norm.
+/// has unit norm when both blocks hold features (a prompt whose options
+/// give it only one kind has norm 1/sqrt(2); gbt's and kNN's `blocks=2`
+/// give every word a unigram and a character n-gram).
 inline constexpr double kFeatureBlockNorm = 0.70710678118654752440;
 
 /// Longest character n-gram a `Featurizer` supports.
