@@ -6,8 +6,8 @@
 #include "http_server.hpp"
 
 #include <algorithm>
-#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/dispatch.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
@@ -15,6 +15,7 @@
 #include <deque>
 #include <exception>
 #include <future>
+#include <iterator>
 #include <optional>
 #include <unordered_set>
 
@@ -48,6 +49,7 @@ std::string text_of(beast::string_view text) { return std::string(text.data(), t
 void copy_head(const bhttp::request<bhttp::string_body>& message, HttpRequest& request) {
   request.method = text_of(message.method_string());
   request.target = text_of(message.target());
+  request.headers.reserve(static_cast<std::size_t>(std::distance(message.begin(), message.end())));
   for (const auto& field : message) {
     request.headers.emplace_back(text_of(field.name_string()), text_of(field.value()));
   }

@@ -239,6 +239,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
 
   void start() {
     const RouteDecision& decision = result_.decision;
+    order_.reserve(decision.candidates.size());  // one allocation, not one per doubling
     if (!invoke_options_.expert.empty()) {
       // Pinned: this expert alone, whatever routing thought of it; the
       // walk still checks its state, the budget and its cap.
