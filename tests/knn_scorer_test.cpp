@@ -218,15 +218,17 @@ std::string fmt_spec(std::size_t k, bool uniform) {
 }  // namespace
 
 TEST_CASE("kNN ranks the expert of the prompt's topic first") {
+  // Words and characters in one vector, and in blocks of their own.
+  const std::string spec = GENERATE(as<std::string>{}, "knn:3", "knn:3,blocks=2");
   const TrainingSet set = code_history_set();
-  auto scorer = torouter::make_scorer("knn:3");
+  auto scorer = torouter::make_scorer(spec);
   scorer->train(set, all_rows());
   const ScoreBatch scores = scorer->score_all({"Write a Python function that reverses a string",
                                                "Which empire fought the battle of Hastings"});
   CHECK(scores.quality(0, 0) > scores.quality(0, 1));
   CHECK(scores.quality(1, 1) > scores.quality(1, 0));
   CHECK(scorer->expert_names() == std::vector<std::string>{"coder", "historian"});
-  CHECK(std::string(scorer->version()).rfind("knn:3@", 0) == 0);
+  CHECK(std::string(scorer->version()).rfind(spec + "@", 0) == 0);
 }
 
 TEST_CASE("kNN predictions are the neighbours' means, weighted or not") {
@@ -411,7 +413,8 @@ TEST_CASE("a scorer that was never trained refuses to score") {
 TEST_CASE("a kNN model file round-trips to identical scores") {
   const TrainingSet set = code_history_set();
   const std::string spec =
-      GENERATE(as<std::string>{}, "knn:3", "knn:5,buckets=1024,weighting=uniform");
+      GENERATE(as<std::string>{}, "knn:3", "knn:5,buckets=1024,weighting=uniform",
+               "knn:3,buckets=4096,blocks=2");
   auto scorer = torouter::make_scorer(spec);
   scorer->train(set, all_rows());
   const std::string path = temp_path("roundtrip.tormodel");
