@@ -772,16 +772,25 @@ float sparse_dot(const SparseFeatures& a, const SparseFeatures& b) {
   return static_cast<float>(sum);
 }
 
-std::uint32_t feature_bucket(FeatureKind kind, std::string_view normalized_utf8,
-                             const FeaturizerOptions& options) {
-  std::uint64_t h = detail::seeded_kind_state(options.hash_seed, kind);
-  for (char ch : normalized_utf8) h = detail::fnv_byte(h, static_cast<unsigned char>(ch));
-  if (options.num_buckets == 0) return 0;
+namespace {
+
+// Both blocks need a bucket: the characters' is what word_buckets leaves.
+void check_word_buckets(const FeaturizerOptions& options) {
   if (options.word_buckets >= options.num_buckets) {
     throw Error("FeaturizerOptions.word_buckets: must be 0 or below num_buckets (" +
                 std::to_string(options.num_buckets) + "), got " +
                 std::to_string(options.word_buckets));
   }
+}
+
+}  // namespace
+
+std::uint32_t feature_bucket(FeatureKind kind, std::string_view normalized_utf8,
+                             const FeaturizerOptions& options) {
+  std::uint64_t h = detail::seeded_kind_state(options.hash_seed, kind);
+  for (char ch : normalized_utf8) h = detail::fnv_byte(h, static_cast<unsigned char>(ch));
+  if (options.num_buckets == 0) return 0;
+  check_word_buckets(options);
   return kind == FeatureKind::kCharNgram ? detail::char_range(options).of(h)
                                          : detail::word_range(options).of(h);
 }
@@ -790,11 +799,7 @@ Featurizer::Featurizer() : Featurizer(FeaturizerOptions{}) {}
 
 Featurizer::Featurizer(const FeaturizerOptions& options) : options_(options) {
   if (options_.num_buckets == 0) throw Error("FeaturizerOptions.num_buckets: must be > 0");
-  if (options_.word_buckets >= options_.num_buckets) {
-    throw Error("FeaturizerOptions.word_buckets: must be 0 or below num_buckets (" +
-                std::to_string(options_.num_buckets) + "), got " +
-                std::to_string(options_.word_buckets));
-  }
+  check_word_buckets(options_);
   if (options_.char_ngram_min < 1 || options_.char_ngram_min > options_.char_ngram_max ||
       options_.char_ngram_max > kMaxCharNgram) {
     throw Error("FeaturizerOptions.char_ngram_min/max: need 1 <= min <= max <= " +
