@@ -169,7 +169,7 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
       inputs(rows[i], x.row(static_cast<Eigen::Index>(i)).data());
 
     std::vector<std::size_t> train, validation;
-    split_rows(set.rows(), options, train, validation);
+    split_validation_rows(set.rows(), options, train, validation);
     BoostOptions boost = boost_;
     boost.seed = options.seed;
     boost.threads = options.threads;
@@ -292,21 +292,6 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
     if (boost_.max_rounds != kDefaultRounds) s += fmt::format(",rounds={}", boost_.max_rounds);
     if (!refit_) s += ",refit=0";
     return s;
-  }
-
-  // A seeded split of the rows: `validation_fraction` of them held out.
-  static void split_rows(std::size_t rows, const TrainOptions& options,
-                         std::vector<std::size_t>& train, std::vector<std::size_t>& validation) {
-    std::vector<std::size_t> order(rows);
-    std::iota(order.begin(), order.end(), 0);
-    std::mt19937_64 rng(options.seed);
-    std::shuffle(order.begin(), order.end(), rng);
-    const auto held =
-        static_cast<std::size_t>(options.validation_fraction * static_cast<double>(rows));
-    validation.assign(order.begin(), order.begin() + static_cast<long>(held));
-    train.assign(order.begin() + static_cast<long>(held), order.end());
-    std::sort(train.begin(), train.end());
-    std::sort(validation.begin(), validation.end());
   }
 
   TrainReport report(const TrainingSet& set, const FeatureMatrix& x,

@@ -17,27 +17,12 @@ TOROUTER_BEGIN_NAMESPACE
 namespace detail {
 namespace {
 
-using SparseRows = Eigen::SparseMatrix<float, Eigen::RowMajor, std::int64_t>;
 using Dense = Eigen::MatrixXf;
 
 // Extra sketch columns beyond the kept directions, and power iterations:
 // Halko et al.'s usual choices, enough for text whose spectrum decays slowly.
 constexpr int kOversample = 10;
 constexpr int kPowerIterations = 2;
-
-std::vector<float> inverse_document_frequency(const std::vector<SparseFeatures>& rows,
-                                              std::uint32_t buckets) {
-  std::vector<double> df(buckets, 0.0);
-  for (const auto& row : rows) {
-    for (const std::uint32_t b : row.indices) df[b] += 1.0;
-  }
-  std::vector<float> idf(buckets);
-  const double n = static_cast<double>(rows.size());
-  for (std::uint32_t b = 0; b < buckets; ++b) {
-    idf[b] = static_cast<float>(std::log((1.0 + n) / (1.0 + df[b])) + 1.0);
-  }
-  return idf;
-}
 
 // How one prompt's IDF-weighted entries are scaled: to unit norm, or with
 // a words' block (word_buckets > 0) each block to kFeatureBlockNorm.
@@ -65,23 +50,6 @@ RowScales row_scales(const SparseFeatures& f, const std::vector<float>& idf,
   s.words = words > 0 ? norm / std::sqrt(words) : 0.0;
   s.chars = chars > 0 ? norm / std::sqrt(chars) : 0.0;
   return s;
-}
-
-SparseRows weighted_matrix(const std::vector<SparseFeatures>& rows, const std::vector<float>& idf,
-                           std::uint32_t word_buckets) {
-  std::vector<Eigen::Triplet<float, std::int64_t>> entries;
-  for (std::size_t r = 0; r < rows.size(); ++r) {
-    const SparseFeatures& f = rows[r];
-    const RowScales scales = row_scales(f, idf, word_buckets);
-    for (std::size_t i = 0; i < f.indices.size(); ++i) {
-      const double scale = i < scales.split ? scales.words : scales.chars;
-      entries.emplace_back(static_cast<std::int64_t>(r), f.indices[i],
-                           static_cast<float>(f.values[i] * idf[f.indices[i]] * scale));
-    }
-  }
-  SparseRows x(static_cast<std::int64_t>(rows.size()), static_cast<std::int64_t>(idf.size()));
-  x.setFromTriplets(entries.begin(), entries.end());
-  return x;
 }
 
 Dense orthonormal_basis(const Dense& m) {
@@ -118,6 +86,40 @@ void add_weighted_rows(const SparseProjection::Table& table, const std::vector<f
 
 }  // namespace
 
+std::vector<float> inverse_document_frequency(const std::vector<SparseFeatures>& rows,
+                                              std::uint32_t buckets) {
+  std::vector<double> df(buckets, 0.0);
+  for (const auto& row : rows) {
+    for (const std::uint32_t b : row.indices) df[b] += 1.0;
+  }
+  std::vector<float> idf(buckets);
+  const double n = static_cast<double>(rows.size());
+  for (std::uint32_t b = 0; b < buckets; ++b) {
+    idf[b] = static_cast<float>(std::log((1.0 + n) / (1.0 + df[b])) + 1.0);
+  }
+  // Two bytes a weight in the model file; rounded before it weighs the rows.
+  Eigen::Map<Eigen::ArrayXf> values(idf.data(), static_cast<Eigen::Index>(idf.size()));
+  round_to_half_precision(values);
+  return idf;
+}
+
+SparseRows tfidf_rows(const std::vector<SparseFeatures>& rows, const std::vector<float>& idf,
+                      std::uint32_t word_buckets) {
+  std::vector<Eigen::Triplet<float, std::int64_t>> entries;
+  for (std::size_t r = 0; r < rows.size(); ++r) {
+    const SparseFeatures& f = rows[r];
+    const RowScales scales = row_scales(f, idf, word_buckets);
+    for (std::size_t i = 0; i < f.indices.size(); ++i) {
+      const double scale = i < scales.split ? scales.words : scales.chars;
+      entries.emplace_back(static_cast<std::int64_t>(r), f.indices[i],
+                           static_cast<float>(f.values[i] * idf[f.indices[i]] * scale));
+    }
+  }
+  SparseRows x(static_cast<std::int64_t>(rows.size()), static_cast<std::int64_t>(idf.size()));
+  x.setFromTriplets(entries.begin(), entries.end());
+  return x;
+}
+
 SparseProjection::SparseProjection(std::vector<float> idf, Table table, std::uint32_t word_buckets)
     : idf_(std::move(idf)), table_(std::move(table)), word_buckets_(word_buckets) {}
 
@@ -125,10 +127,7 @@ SparseProjection SparseProjection::fit(const std::vector<SparseFeatures>& rows,
                                        std::uint32_t buckets, int dims, std::uint64_t seed,
                                        std::uint32_t word_buckets) {
   std::vector<float> idf = inverse_document_frequency(rows, buckets);
-  // Two bytes a weight in the model file; rounded before it weighs the rows.
-  Eigen::Map<Eigen::ArrayXf> idf_values(idf.data(), static_cast<Eigen::Index>(idf.size()));
-  round_to_half_precision(idf_values);
-  const SparseRows x = weighted_matrix(rows, idf, word_buckets);
+  const SparseRows x = tfidf_rows(rows, idf, word_buckets);
   const int width = std::min<int>(dims + kOversample,
                                   static_cast<int>(std::min<std::int64_t>(x.rows(), x.cols())));
   std::mt19937_64 rng(seed);

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <Eigen/SparseCore>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -24,6 +25,19 @@
 
 TOROUTER_BEGIN_NAMESPACE
 namespace detail {
+
+/// Prompts' IDF-weighted features, one row each (rows x buckets).
+using SparseRows = Eigen::SparseMatrix<float, Eigen::RowMajor, std::int64_t>;
+
+/// Each bucket's inverse document frequency over `rows`, rounded to half
+/// precision (as the model file stores it).
+std::vector<float> inverse_document_frequency(const std::vector<SparseFeatures>& rows,
+                                              std::uint32_t buckets);
+
+/// `rows` weighted by `idf` and scaled as `SparseProjection::project` scales
+/// a prompt: what the projection's table multiplies.
+SparseRows tfidf_rows(const std::vector<SparseFeatures>& rows, const std::vector<float>& idf,
+                      std::uint32_t word_buckets);
 
 class SparseProjection {
  public:

@@ -71,6 +71,20 @@ void restore(nn::ParameterList<float>& parameters, const std::vector<nn::Matrix<
 
 }  // namespace
 
+void split_validation_rows(std::size_t rows, const TrainOptions& options,
+                           std::vector<std::size_t>& train, std::vector<std::size_t>& validation) {
+  std::vector<std::size_t> order(rows);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(options.seed);
+  std::shuffle(order.begin(), order.end(), rng);
+  const auto held =
+      static_cast<std::size_t>(options.validation_fraction * static_cast<double>(rows));
+  validation.assign(order.begin(), order.begin() + static_cast<long>(held));
+  train.assign(order.begin() + static_cast<long>(held), order.end());
+  std::sort(train.begin(), train.end());
+  std::sort(validation.begin(), validation.end());
+}
+
 double routed_quality(const TrainingSet& set, const std::vector<std::size_t>& rows,
                       const Eigen::MatrixXf& scores) {
   double total = 0, judged = 0;

@@ -37,6 +37,11 @@ class Network {
 /// `options.validation_fraction` of them), leaving the best epoch's weights.
 TrainReport train_network(Network& network, const TrainingSet& set, const TrainOptions& options);
 
+/// A seeded split of `rows` rows: `options.validation_fraction` of them held
+/// out (`validation`), the rest in `train`, each sorted (gbt and linear).
+void split_validation_rows(std::size_t rows, const TrainOptions& options,
+                           std::vector<std::size_t>& train, std::vector<std::size_t>& validation);
+
 /// Mean true quality of the expert ranked first by `scores` on the rows of
 /// `rows` that have its outcome (0 when none has).
 double routed_quality(const TrainingSet& set, const std::vector<std::size_t>& rows,
