@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains and evaluates torouter's routers (the one default that
 # `torouter train` chooses by cross-validation, and each scorer as named:
-# gbt, MLP with both losses, kNN, transformer-lite; every one calibrated on
+# gbt, linear, MLP with both losses, kNN, transformer-lite; every one calibrated on
 # 5 held-out folds of the training split) and the Python peers on both
 # shared datasets, then writes docs/RESULTS.md and the plots under docs/plots/.
 #
@@ -25,6 +25,7 @@ scripts/build >/dev/null
 routers=(
   "default||"
   "gbt|gbt|"
+  "linear|linear|"
   "mlp-bce|mlp:64,buckets=16384|--loss bce"
   "mlp-soft|mlp:64,buckets=16384|--loss soft --temperature 0.1"
   "mlp-soft-int8|mlp:64,buckets=16384,table=int8|--loss soft --temperature 0.1"
@@ -54,6 +55,12 @@ done
 ablation="gbt;gbt,dims=64;gbt,dims=128;gbt,depth=2;gbt,depth=6;gbt,eta=0.1;gbt,leaf=1"
 ablation+=";gbt,refit=0;gbt,buckets=65536;mlp:64,buckets=16384;mlp:64,buckets=16384/soft;knn:40"
 ablation+=";knn:40,dims=32;knn:40,dims=64"
+# The linear family (issue 15, item 1): ridge per expert on the sparse
+# features, at other penalties and with each expert's chosen on held-out
+# rows, with more buckets, and with words and characters in blocks of
+# their own.
+ablation+=";linear;linear,alpha=3;linear,alpha=30;linear,alpha=auto;linear,buckets=65536"
+ablation+=";linear,blocks=2"
 # Words and characters in blocks of their own (as the peers' two TF-IDF
 # blocks), at the default width and with more buckets for the two halves.
 ablation+=";gbt,blocks=2;gbt,buckets=32768,blocks=2;gbt,buckets=65536,blocks=2"

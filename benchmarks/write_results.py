@@ -12,7 +12,7 @@ from closed_loop import BEGIN, END
 
 DATASETS = ["routerbench3", "llmrouter14"]
 OURS = [("default", "torouter default (`torouter train`, chosen by CV)"),
-        ("gbt", "torouter gbt (boosted trees)"),
+        ("gbt", "torouter gbt (boosted trees)"), ("linear", "torouter linear (ridge per expert)"),
         ("mlp-bce", "torouter MLP, BCE"), ("mlp-soft", "torouter MLP, soft labels"),
         ("mlp-soft-int8", "torouter MLP, soft labels, int8 table"),
         ("knn", "torouter kNN, k=40"),

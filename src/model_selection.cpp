@@ -390,7 +390,8 @@ std::vector<CandidateScorer> default_candidates() {
   return {{"gbt", Loss::Bce},
           {"mlp:64,buckets=16384", Loss::Soft},
           {"mlp:64,buckets=16384", Loss::Bce},
-          {"knn:40,dims=32", Loss::Bce}};
+          {"knn:40,dims=32", Loss::Bce},
+          {"linear", Loss::Bce}};
 }
 
 OutOfFold cross_validate(const CandidateScorer& candidate, const TrainingSet& set,

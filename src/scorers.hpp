@@ -52,6 +52,7 @@ std::unique_ptr<TrainableScorer> make_mlp_scorer(const ScorerSpec& spec);
 std::unique_ptr<TrainableScorer> make_tlite_scorer(const ScorerSpec& spec);
 std::unique_ptr<TrainableScorer> make_knn_scorer(const ScorerSpec& spec);
 std::unique_ptr<TrainableScorer> make_gbt_scorer(const ScorerSpec& spec);
+std::unique_ptr<TrainableScorer> make_linear_scorer(const ScorerSpec& spec);
 /// "stack:<member>+<member>...": parsed by hand, since members hold commas.
 std::unique_ptr<TrainableScorer> make_stack_scorer(std::string_view spec);
 /// A member of a stack spec: its scorer spec, with "/soft" when not BCE.

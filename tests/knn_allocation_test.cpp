@@ -1,5 +1,5 @@
 // A warm kNN `score` with a workspace allocates nothing, in sparse and dense
-// mode, nor does gbt's or a stack's (whose members share one featurization):
+// mode, nor does gbt's, linear's or a stack's (whose members share one featurization):
 // global operator new is replaced by a counting one, so this test is a
 // binary of its own.
 #include <atomic>
@@ -41,11 +41,12 @@ torouter::TrainingSet small_set() {
 
 }  // namespace
 
-TEST_CASE("a warm kNN, gbt or stack score with a workspace allocates nothing",
+TEST_CASE("a warm kNN, gbt, linear or stack score with a workspace allocates nothing",
           "[knn][allocation]") {
   const std::string spec = GENERATE(
       as<std::string>{}, "knn:3", "knn:2,weighting=uniform", "knn:3,dims=4",
       "knn:2,dims=16,weighting=uniform", "gbt,dims=4,buckets=1024,rounds=20,leaf=1",
+      "linear,buckets=1024", "stack:knn:3,dims=4,buckets=1024+linear,buckets=1024",
       "stack:knn:3,dims=4,buckets=1024+gbt,dims=4,buckets=1024,rounds=20,leaf=1+mlp:8,buckets=1024",
       "stack:knn:3+mlp:8,buckets=1024");
   auto scorer = torouter::make_scorer(spec);
