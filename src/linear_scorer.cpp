@@ -11,13 +11,14 @@
 // bag does, so a route costs about what the projection of the gbt costs.
 //
 // Training minimises, per expert, the squared error over the rows with an
-// outcome plus alpha * |w|^2 (the intercept is not penalised), by
+// outcome plus alpha * (|w|^2 + |v|^2) (the intercept is not penalised), by
 // conjugate gradients on the normal equations, all experts at once (one
 // pass over the sparse rows per iteration serves every column), with a
 // Jacobi preconditioner. With `alpha=auto`, each expert's alpha is chosen
 // from kAlphaPath by the squared error on TrainOptions::validation_fraction
 // of the rows, the path solved from the largest alpha down, each solution
-// the next one's start; the chosen alphas are then fitted on every row.
+// the next one's start; the chosen alphas are then fitted on every row (an
+// expert without held-out outcomes, or a fit with none held out, keeps 10).
 // The solver is hand-written: Eigen's ConjugateGradient takes one
 // right-hand side over an explicit matrix, a pass over the data per expert.
 //
@@ -69,6 +70,9 @@ constexpr double kAlphaPath[] = {100.0, 30.0, 10.0, 3.0};
 constexpr double kTolerance = 1e-3;
 constexpr int kMaxIterations = 400;
 constexpr float kMaxWeight = 1e6f;
+// Below this spread a numeric feature counts as constant (scale 1, so it
+// stays 0 after centring).
+constexpr float kMinScale = 1e-6f;
 
 using Dense = Eigen::MatrixXf;
 using Table = SparseProjection::Table;
@@ -237,12 +241,13 @@ Dense row_mask(const Dense& known, const std::vector<std::size_t>& rows) {
   return mask;
 }
 
-// Squared error of each column over the masked rows.
+// Squared error of each column over the masked rows; NaN for a column
+// with none (no evidence for any penalty: it keeps the default).
 Eigen::ArrayXd masked_mse(const Design& f, const Dense& w, const Dense& target, const Dense& mask) {
   const Dense error = (f.times(w) - target).cwiseProduct(mask);
   const Eigen::ArrayXd counts = mask.colwise().sum().transpose().cast<double>();
   const Eigen::ArrayXd sums = error.cwiseAbs2().colwise().sum().transpose().cast<double>();
-  return sums / counts.max(1.0);
+  return (counts > 0).select(sums / counts.max(1.0), std::numeric_limits<double>::quiet_NaN());
 }
 
 // Fits one head: the penalty `alpha`, or (0) each column's chosen on
@@ -501,7 +506,7 @@ Design make_design(const SparseRows& x, const std::vector<SparseFeatures>& rows)
   const Eigen::RowVectorXf sd =
       ((raw.rowwise() - s.mean).colwise().squaredNorm() / static_cast<float>(x.rows())).cwiseSqrt();
   // A constant feature stays 0 (scale 1), so its weight is 0.
-  s.scale = (sd.array() > 1e-6f).select(sd, 1.0f);
+  s.scale = (sd.array() >= kMinScale).select(sd, 1.0f);
   f.numeric.resize(raw.rows(), raw.cols());
   Eigen::RowVectorXf z;
   for (Eigen::Index r = 0; r < raw.rows(); ++r) {
@@ -549,7 +554,10 @@ TrainReport LinearScorer::fit(const TrainingSet& set, const TrainOptions& option
   r.train_rows = set.rows();
   r.validation_rows = validation.size();
   r.epochs_run = r.best_epoch = 1;
-  r.validation_loss = q.validation_mse.size() > 0 ? q.validation_mse.mean() : 0.0;
+  // The mean over the experts with held-out outcomes.
+  const Eigen::ArrayXd judged = q.validation_mse.isFinite().select(q.validation_mse, 0.0);
+  const double experts_judged = q.validation_mse.isFinite().cast<double>().sum();
+  r.validation_loss = experts_judged > 0 ? judged.sum() / experts_judged : 0.0;
   if (!validation.empty()) {
     // The fit without the validation rows routes them.
     Eigen::MatrixXf held(static_cast<Eigen::Index>(validation.size()), q.held_out.cols());
@@ -593,8 +601,18 @@ void LinearScorer::read_numeric_scaling(const ModelReader& in) {
   in.tensor("linear.numeric.high", 1, kDenseFeatureCount, numeric_.high);
   in.tensor("linear.numeric.mean", 1, kDenseFeatureCount, numeric_.mean);
   in.tensor("linear.numeric.scale", 1, kDenseFeatureCount, numeric_.scale);
-  if (!(numeric_.scale.array() > 0).all()) {
-    throw Error(in.where() + "tensor \"linear.numeric.scale\": every scale must be above 0");
+  // Training floors a scale at kMinScale; a smaller one, or values far
+  // beyond the features' (logs and fractions), come from a damaged file
+  // and would make infinite or NaN inputs.
+  if (!(numeric_.scale.array() >= kMinScale).all()) {
+    throw Error(fmt::format("{}tensor \"linear.numeric.scale\": every scale must be at least {}",
+                            in.where(), kMinScale));
+  }
+  for (const auto* values : {&numeric_.low, &numeric_.high, &numeric_.mean, &numeric_.scale}) {
+    if (values->cwiseAbs().maxCoeff() > kMaxWeight) {
+      throw Error(fmt::format("{}tensors \"linear.numeric.*\": a value beyond +-{}", in.where(),
+                              kMaxWeight));
+    }
   }
   if (!(numeric_.low.array() <= numeric_.high.array()).all()) {
     throw Error(in.where() +

@@ -202,3 +202,17 @@ TEST_CASE("the linear scorer trains the same model on one thread or two") {
   CHECK(scores[0].quality == scores[1].quality);
   CHECK(scores[0].output_tokens == scores[1].output_tokens);
 }
+
+TEST_CASE("alpha=auto keeps the default penalty for an expert with no held-out outcome") {
+  auto set = synthetic_set(200);
+  set.present.col(2).setZero();  // the generalist answered nothing
+  auto scorer = torouter::make_scorer("linear,alpha=auto");
+  const auto report = scorer->train(set, torouter::TrainOptions{});
+  CHECK(std::isfinite(report.validation_loss));
+  CHECK(report.validation_loss > 0);
+  const auto path = (torouter::testing::process_temp_dir("linear_test") / "auto.tormodel").string();
+  torouter::save_model(*scorer, path);
+  const auto alpha = torouter::ModelReader::open(path).numbers("linear.quality.alpha");
+  REQUIRE(alpha.size() == 3);
+  CHECK(alpha[2] == 10);
+}
