@@ -175,21 +175,12 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
     boost.threads = options.threads;
     const BinnedFeatures binned = bin_features(x, train, boost.max_bins);
 
-    Eigen::MatrixXf quality = set.quality;
-    for (Eigen::Index i = 0; i < quality.size(); ++i) {
-      if (set.present.data()[i] == 0) quality.data()[i] = std::numeric_limits<float>::quiet_NaN();
-    }
+    const Eigen::MatrixXf quality = quality_or_nan(set);
     std::vector<ForestReport> reports, token_reports;
     quality_ = train_forests(binned, quality, train, validation, boost, &reports);
     const TrainReport trained = report(set, x, train, validation, reports);
     predicts_tokens_ = set.has_output_tokens();
-    // An expert whose rows record no answer length gets no prediction (the
-    // cost model's default), not a forest's 0.
-    tokens_known_.assign(set.experts.size(), false);
-    for (Eigen::Index e = 0; e < set.output_tokens.cols(); ++e) {
-      tokens_known_[static_cast<std::size_t>(e)] =
-          set.output_tokens.col(e).array().isFinite().any();
-    }
+    tokens_known_ = experts_with_lengths(set);
     tokens_.clear();
     const Eigen::MatrixXf log_tokens = set.output_tokens.array().log1p();
     if (predicts_tokens_) {

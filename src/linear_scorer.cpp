@@ -532,16 +532,9 @@ TrainReport LinearScorer::fit(const TrainingSet& set, const TrainOptions& option
   std::vector<std::size_t> train, validation;
   split_validation_rows(set.rows(), options, train, validation);
 
-  Dense quality = set.quality;
-  for (Eigen::Index i = 0; i < quality.size(); ++i) {
-    if (set.present.data()[i] == 0) quality.data()[i] = std::numeric_limits<float>::quiet_NaN();
-  }
+  const Dense quality = quality_or_nan(set);
   predicts_tokens_ = set.has_output_tokens();
-  tokens_known_.assign(set.experts.size(), false);
-  for (Eigen::Index e = 0; e < set.output_tokens.cols(); ++e) {
-    tokens_known_[static_cast<std::size_t>(e)] =
-        predicts_tokens_ && set.output_tokens.col(e).array().isFinite().any();
-  }
+  tokens_known_ = experts_with_lengths(set);
   const Dense log_tokens = predicts_tokens_ ? Dense(set.output_tokens.array().log1p()) : Dense();
   HeadFit q, t;
   fit_heads(f, quality, predicts_tokens_ ? &log_tokens : nullptr, alpha_, train, validation,

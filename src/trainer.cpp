@@ -85,6 +85,22 @@ void split_validation_rows(std::size_t rows, const TrainOptions& options,
   std::sort(validation.begin(), validation.end());
 }
 
+Eigen::MatrixXf quality_or_nan(const TrainingSet& set) {
+  Eigen::MatrixXf quality = set.quality;
+  for (Eigen::Index i = 0; i < quality.size(); ++i) {
+    if (set.present.data()[i] == 0) quality.data()[i] = std::numeric_limits<float>::quiet_NaN();
+  }
+  return quality;
+}
+
+std::vector<bool> experts_with_lengths(const TrainingSet& set) {
+  std::vector<bool> known(set.experts.size(), false);
+  for (Eigen::Index e = 0; e < set.output_tokens.cols(); ++e) {
+    known[static_cast<std::size_t>(e)] = set.output_tokens.col(e).array().isFinite().any();
+  }
+  return known;
+}
+
 double routed_quality(const TrainingSet& set, const std::vector<std::size_t>& rows,
                       const Eigen::MatrixXf& scores) {
   double total = 0, judged = 0;

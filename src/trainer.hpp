@@ -42,6 +42,14 @@ TrainReport train_network(Network& network, const TrainingSet& set, const TrainO
 void split_validation_rows(std::size_t rows, const TrainOptions& options,
                            std::vector<std::size_t>& train, std::vector<std::size_t>& validation);
 
+/// `set.quality` with NaN where the expert has no outcome: the targets of
+/// the regression scorers (gbt, linear), which skip NaN rows.
+Eigen::MatrixXf quality_or_nan(const TrainingSet& set);
+
+/// Per expert, whether any row records its answer length: an expert
+/// without gets no length prediction (the cost model's default), not 0.
+std::vector<bool> experts_with_lengths(const TrainingSet& set);
+
 /// Mean true quality of the expert ranked first by `scores` on the rows of
 /// `rows` that have its outcome (0 when none has).
 double routed_quality(const TrainingSet& set, const std::vector<std::size_t>& rows,
