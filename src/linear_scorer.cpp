@@ -195,11 +195,12 @@ struct Design {
   }
 };
 
-// Solves (F^T M_c F + alpha_c P) w_c = F^T M_c y_c for every column c by
+// Solves (F^T M_c F + alpha_c P) w_c = F^T y_c for every column c by
 // preconditioned conjugate gradients from `w` (width x columns), where M_c
-// masks column c's rows and P penalises all but the intercept.
-void solve_ridge(const Design& f, const Dense& target, const Dense& mask,
-                 const Eigen::RowVectorXf& alpha, Dense& w) {
+// masks column c's rows (`target` is zero outside them) and P penalises all
+// but the intercept.
+void conjugate_gradients(const Design& f, const Dense& target, const Dense& mask,
+                         const Eigen::RowVectorXf& alpha, Dense& w) {
   const Eigen::Index cols = target.cols(), intercept = f.width() - 1;
   const auto penalty = [&](const Dense& v) {
     Dense p = v * alpha.asDiagonal();
@@ -209,7 +210,7 @@ void solve_ridge(const Design& f, const Dense& target, const Dense& mask,
   const auto apply = [&](const Dense& v) { return Dense(f.normal_times(v, mask) + penalty(v)); };
   Dense diagonal = f.squared_column_sums(mask) + penalty(Dense::Ones(f.width(), cols));
   diagonal = diagonal.cwiseMax(1e-6f);
-  const Dense rhs = f.transpose_times(target.cwiseProduct(mask));
+  const Dense rhs = f.transpose_times(target);
   const Eigen::ArrayXd rhs_norm = rhs.colwise().norm().transpose().cast<double>();
   Dense r = rhs - apply(w);
   Dense z = r.cwiseQuotient(diagonal);
@@ -229,6 +230,25 @@ void solve_ridge(const Design& f, const Dense& target, const Dense& mask,
     p = z + p * beta.asDiagonal();
     rz = rz_next;
   }
+}
+
+// The ridge of each column of `target` on the rows `mask` gives it, from
+// `w`. The solver sees each column's targets less their masked mean, and the
+// intercept shifted to match: the same solution, as the intercept is not
+// penalised. Otherwise the intercept's entry of the right-hand side (rows
+// times the mean) rules the norm the stopping rule is relative to, and the
+// bucket weights could stop far from their solution on a large dataset.
+void solve_ridge(const Design& f, const Dense& target, const Dense& mask,
+                 const Eigen::RowVectorXf& alpha, Dense& w) {
+  const Eigen::Index intercept = f.width() - 1;
+  const Eigen::ArrayXf counts = mask.colwise().sum().transpose().array();
+  const Eigen::RowVectorXf means =
+      (target.cwiseProduct(mask).colwise().sum().transpose().array() / counts.max(1.0f))
+          .matrix()
+          .transpose();
+  w.row(intercept) -= means;
+  conjugate_gradients(f, (target.rowwise() - means).cwiseProduct(mask), mask, alpha, w);
+  w.row(intercept) += means;
 }
 
 // The mask of `rows` for each column: 1 where the row is in `rows` and the

@@ -25,9 +25,11 @@ torouter::TrainingSet synthetic_set(std::size_t rows, unsigned seed = 1) {
 
 // The ridge solution written out densely, apart from the scorer's code:
 // the TF-IDF rows centred, the numeric features standardised, an
-// unpenalised intercept; (F^T F + alpha P) w = F^T y by Cholesky.
-Eigen::MatrixXd closed_form_ridge(const torouter::TrainingSet& set, std::uint32_t buckets,
-                                  double alpha, const std::vector<std::string>& prompts) {
+// unpenalised intercept; per column of `target` (NaN where unknown),
+// (F_c^T F_c + alpha P) w = F_c^T y_c by Cholesky, F_c the rows it knows.
+Eigen::MatrixXd closed_form_ridge(const torouter::TrainingSet& set, const Eigen::MatrixXf& target,
+                                  std::uint32_t buckets, double alpha,
+                                  const std::vector<std::string>& prompts) {
   torouter::FeaturizerOptions options;
   options.num_buckets = buckets;
   const torouter::Featurizer featurizer(options);
@@ -70,9 +72,15 @@ Eigen::MatrixXd closed_form_ridge(const torouter::TrainingSet& set, std::uint32_
     f.col(c) /= scale;
     g.col(c) /= scale;
   }
-  Eigen::MatrixXd a = f.transpose() * f;
-  a.diagonal().head(width).array() += alpha;
-  const Eigen::MatrixXd w = a.ldlt().solve(f.transpose() * set.quality.cast<double>());
+  Eigen::MatrixXd w(f.cols(), target.cols());
+  for (Eigen::Index c = 0; c < target.cols(); ++c) {
+    const Eigen::VectorXd known = target.col(c).array().isFinite().cast<double>();
+    const Eigen::VectorXd y = known.cwiseProduct(target.col(c).cast<double>().unaryExpr(
+        [](double v) { return std::isfinite(v) ? v : 0.0; }));
+    Eigen::MatrixXd a = f.transpose() * known.asDiagonal() * f;
+    a.diagonal().head(width).array() += alpha;
+    w.col(c) = a.ldlt().solve(f.transpose() * y);
+  }
   return g * w;
 }
 
@@ -94,11 +102,46 @@ TEST_CASE("the linear scorer predicts what ridge regression predicts") {
   const std::vector<std::string> prompts{"python function loop bug array json",
                                          "king empire war treaty battle rome", "hello there", ""};
   const auto scores = scorer->score_all(prompts);
-  const Eigen::MatrixXd expected = closed_form_ridge(set, 256, 2.0, prompts);
+  const Eigen::MatrixXd expected = closed_form_ridge(set, set.quality, 256, 2.0, prompts);
   for (Eigen::Index r = 0; r < expected.rows(); ++r) {
     for (Eigen::Index e = 0; e < expected.cols(); ++e) {
       INFO("prompt " << r << ", expert " << e);
       CHECK(scores.quality(r, e) == Approx(std::clamp(expected(r, e), 0.0, 1.0)).margin(0.01));
+    }
+  }
+}
+
+TEST_CASE("each expert's ridge uses only its own outcomes, for quality and for length") {
+  auto set = synthetic_set(80);
+  // Expert 0 lacks an outcome on every third row and expert 2 on the first
+  // half; the answer lengths are known on other rows than the outcomes.
+  for (Eigen::Index r = 0; r < set.quality.rows(); ++r) {
+    if (r % 3 == 0) set.present(r, 0) = 0;
+    if (r < 40) set.present(r, 2) = 0;
+    for (Eigen::Index e = 0; e < set.output_tokens.cols(); ++e) {
+      const bool known = (r + e) % 4 != 0;
+      set.output_tokens(r, e) = known ? static_cast<float>(20 + 7 * ((r * (e + 2)) % 13))
+                                      : std::numeric_limits<float>::quiet_NaN();
+    }
+  }
+  Eigen::MatrixXf quality = set.quality;
+  for (Eigen::Index i = 0; i < quality.size(); ++i) {
+    if (set.present.data()[i] == 0) quality.data()[i] = std::numeric_limits<float>::quiet_NaN();
+  }
+  const auto scorer = trained_on_every_row("linear,buckets=256,alpha=2", set);
+  const std::vector<std::string> prompts{"python function loop bug array json",
+                                         "king empire war treaty battle rome", "hello there"};
+  const auto scores = scorer->score_all(prompts);
+  const Eigen::MatrixXd expected_quality = closed_form_ridge(set, quality, 256, 2.0, prompts);
+  const Eigen::MatrixXd expected_log_tokens =
+      closed_form_ridge(set, set.output_tokens.array().log1p().matrix(), 256, 2.0, prompts);
+  for (Eigen::Index r = 0; r < expected_quality.rows(); ++r) {
+    for (Eigen::Index e = 0; e < expected_quality.cols(); ++e) {
+      INFO("prompt " << r << ", expert " << e);
+      CHECK(scores.quality(r, e) ==
+            Approx(std::clamp(expected_quality(r, e), 0.0, 1.0)).margin(0.01));
+      const double tokens = std::max(0.0, std::expm1(expected_log_tokens(r, e)));
+      CHECK(scores.output_tokens(r, e) == Approx(tokens).epsilon(0.02));
     }
   }
 }
