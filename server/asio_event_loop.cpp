@@ -2,6 +2,7 @@
 // each (see asio_event_loop.hpp).
 #include "asio_event_loop.hpp"
 
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -14,7 +15,13 @@ void AsioEventLoop::post(std::function<void()> task) {
 }
 
 void AsioEventLoop::post_after(std::chrono::milliseconds delay, std::function<void()> task) {
-  auto timer = std::make_shared<boost::asio::steady_timer>(io_->impl().context(), delay);
+  // On the context's own executor type, as the connections' timers are
+  // (openai/any_stream.hpp): no type-erased executor per wait.
+  using Timer =
+      boost::asio::basic_waitable_timer<std::chrono::steady_clock,
+                                        boost::asio::wait_traits<std::chrono::steady_clock>,
+                                        boost::asio::io_context::executor_type>;
+  auto timer = std::make_shared<Timer>(io_->impl().context().get_executor(), delay);
   timer->async_wait([timer, task = std::move(task)](const boost::system::error_code&) { task(); });
 }
 

@@ -175,13 +175,11 @@ struct HttpServer::State {
 // answers, and closes when either side is done.
 class HttpSession : public std::enable_shared_from_this<HttpSession> {
  public:
-  HttpSession(std::shared_ptr<HttpServer::State> state, tcp::socket socket)
+  HttpSession(std::shared_ptr<HttpServer::State> state, openai::AnyStream::Socket socket)
       : state_(std::move(state)),
         stream_(std::move(socket), state_->tls.get()),
         request_timer_(stream_.get_executor()),
         write_watch_(stream_.get_executor()) {
-    const auto executor = stream_.get_executor();
-    if (const auto* home = executor.target<asio::io_context::executor_type>()) home_ = *home;
     std::lock_guard<std::mutex> lock(state_->mutex);
     state_->sessions.insert(this);
   }
@@ -588,7 +586,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   template <typename Step>
   void in_order(Step step) {
     std::unique_lock<std::mutex> lock(steps_mutex_);
-    if (steps_.empty() && home_ && home_->running_in_this_thread()) {
+    if (steps_.empty() && stream_.get_executor().running_in_this_thread()) {
       lock.unlock();
       return step();
     }
@@ -816,7 +814,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   static constexpr std::size_t kMostEmptyLineBytes = 8;
   std::size_t empty_line_bytes_ = 0;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
-  asio::steady_timer request_timer_;
+  openai::AnyStream::Timer request_timer_;
   bool request_timed_out_ = false;
   bool reading_request_ = false;  // between a request's first byte and its dispatch
   bool idle_ = false;
@@ -824,12 +822,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::deque<QueuedWrite> ops_;
   std::string writing_chunk_;  // the chunk being written
   // The deadline of the write in flight (see watch_write).
-  asio::steady_timer write_watch_;
+  openai::AnyStream::Timer write_watch_;
   std::chrono::steady_clock::time_point write_started_;
   bool write_watch_armed_ = false;
-  // The I/O thread's executor (none if the socket's is of another kind),
-  // and the steps `in_order` queued for it.
-  std::optional<asio::io_context::executor_type> home_;
+  // The steps `in_order` queued for the I/O thread.
   std::mutex steps_mutex_;
   std::deque<std::function<void()>> steps_;
   bool steps_posted_ = false;
@@ -941,7 +937,7 @@ void accept_next(const std::shared_ptr<HttpServer::State>& state) {
       // Spread over the I/O threads. No strand: each context has one thread,
       // which runs a connection's handlers one at a time.
       state->io->impl().next_context(),
-      [state](beast::error_code ec, tcp::socket socket) {
+      [state](beast::error_code ec, openai::AnyStream::Socket socket) {
         if (state->stopping || !state->acceptor.is_open()) return state->accept_ended();
         if (ec) {
           // Out of descriptors or memory: wait for connections to close.

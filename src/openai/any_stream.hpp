@@ -12,10 +12,13 @@
 
 #include <array>
 #include <boost/asio/buffer.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/ssl.hpp>
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -92,8 +95,19 @@ struct BufferList {
 
 class AnyStream {
  public:
-  using executor_type = boost::beast::tcp_stream::executor_type;
-  using TlsStream = boost::beast::ssl_stream<boost::beast::tcp_stream>;
+  // The io_context's own executor, not Asio's type-erased one: every
+  // operation and timer wait then calls it directly, where the erased one
+  // cost a copy, a virtual call and a destruction (a tenth of the server's
+  // instructions per streamed answer; docs/BENCHMARKS.md).
+  using executor_type = boost::asio::io_context::executor_type;
+  using TcpStream = boost::beast::basic_stream<boost::asio::ip::tcp, executor_type>;
+  using Socket = TcpStream::socket_type;
+  using TlsStream = boost::beast::ssl_stream<TcpStream>;
+  /// A timer on the same kind of executor.
+  using Timer =
+      boost::asio::basic_waitable_timer<std::chrono::steady_clock,
+                                        boost::asio::wait_traits<std::chrono::steady_clock>,
+                                        executor_type>;
 
   /// `tls` null: plain TCP. Otherwise TLS with that context, whose
   /// handshake must succeed before anything is read or written. `arg`
@@ -110,7 +124,7 @@ class AnyStream {
   executor_type get_executor() { return tcp().get_executor(); }
   bool secure() const { return tls_ != nullptr; }
   /// The TCP connection under it: its timeouts, cancel and close.
-  boost::beast::tcp_stream& tcp() { return tls_ ? boost::beast::get_lowest_layer(*tls_) : *plain_; }
+  TcpStream& tcp() { return tls_ ? boost::beast::get_lowest_layer(*tls_) : *plain_; }
   /// The TLS stream (only when `secure`): its handshake and settings.
   TlsStream& tls() { return *tls_; }
 
@@ -144,7 +158,7 @@ class AnyStream {
     }
   }
 
-  std::optional<boost::beast::tcp_stream> plain_;
+  std::optional<TcpStream> plain_;
   std::unique_ptr<TlsStream> tls_;
 };
 

@@ -138,7 +138,7 @@ struct Connection {
     stream.emplace(executor, tls_context_);
   }
 
-  beast::tcp_stream& lowest() { return stream->tcp(); }
+  AnyStream::TcpStream& lowest() { return stream->tcp(); }
   bool is_open() { return lowest().socket().is_open(); }
 
   asio::io_context& home;  // whose thread runs its I/O
@@ -520,7 +520,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
   std::unique_ptr<Connection> connection_;
   bool reused_ = false;
   std::optional<tcp::resolver> resolver_;
-  std::optional<asio::steady_timer> connect_timer_;
+  std::optional<AnyStream::Timer> connect_timer_;
   bool resolve_timed_out_ = false;
   bhttp::request<bhttp::string_body> wire_;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser_;
