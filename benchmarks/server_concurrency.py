@@ -5,6 +5,7 @@ about 2 s, and a normal request while many connections idle or trickle.
 
     benchmarks/server_concurrency.py                         # build/ programs
     benchmarks/server_concurrency.py --old-server OLD/bin/torouter-server
+    benchmarks/server_concurrency.py --router-model MODEL   # another router too
 
 Twice: every stream opened at the same instant, then their starts spread
 evenly over --ramp seconds (all of them still in flight at once at the
@@ -57,13 +58,14 @@ def start(command, log_path):
     return proc, wait_port(log_path, proc)
 
 
-def write_config(path, upstream_port, workers, io_threads, root=ROOT):
-    """`root`: the tree whose default router the server loads."""
+def write_config(path, upstream_port, workers, io_threads, root=ROOT, model=None):
+    """`root`: the tree whose default router (and its experts) the server
+    loads; `model`: another model file over those experts, loaded instead."""
     with open(os.path.join(root, "examples/default_router/experts.json")) as f:
         names = [e["name"] for e in json.load(f)["experts"]]
     config = {
         "listen": {"host": "127.0.0.1", "port": 0, "threads": workers},
-        "router_model": os.path.join(root, "examples/default_router/llmrouter14.tormodel"),
+        "router_model": model or os.path.join(root, "examples/default_router/llmrouter14.tormodel"),
         "experts_file": os.path.join(root, "examples/default_router/experts.json"),
         "policy": {"lambda_cost": 100},
         "retry": {"attempt_timeout_ms": 60000, "invoke_timeout_ms": 120000},
@@ -221,9 +223,9 @@ def run_modes(port, args, client, pid=None, cpu=lambda: 0.0):
     return results
 
 
-def measure(name, server_bin, stand_in_port, args, work, root=ROOT, client=None):
+def measure(name, server_bin, stand_in_port, args, work, root=ROOT, client=None, model=None):
     config = os.path.join(work, f"{name}.json")
-    write_config(config, stand_in_port, args.workers, args.io_threads, root)
+    write_config(config, stand_in_port, args.workers, args.io_threads, root, model)
     proc, port = start([server_bin, "--config", config], os.path.join(work, f"{name}.log"))
     try:
         asyncio.run(burst(port, 32))  # warm: connections, the router's first routes
@@ -312,6 +314,9 @@ def main():
     parser.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx",
                         help="nginx, measured beside as a plain reverse proxy when it exists "
                              "(Debian: nginx-light; scripts/setup benchmarks)")
+    parser.add_argument("--router-model",
+                        help="also measure the server with this model file (over the default "
+                             "router's experts) in place of the default router")
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--ramp", type=float, default=1.0,
                         help="seconds over which the second burst spreads its starts")
@@ -332,11 +337,16 @@ def main():
     try:
         asyncio.run(burst(stand_in_port, 32))
         alone = run_modes(stand_in_port, args, client, cpu=lambda: cpu_seconds(stand_in.pid))
-        servers = [("torouter-server", os.path.join(args.build, "bin/torouter-server"), ROOT)]
+        server_bin = os.path.join(args.build, "bin/torouter-server")
+        servers = [("torouter-server", server_bin, ROOT, None)]
         if args.old_server:
-            servers.append(("old torouter-server", args.old_server, args.old_root))
-        rows = [(label, measure(f"server{i}", path, stand_in_port, args, work, root, client))
-                for i, (label, path, root) in enumerate(servers)]
+            servers.append(("old torouter-server", args.old_server, args.old_root, None))
+        if args.router_model:
+            label = f"torouter-server, {os.path.basename(args.router_model)}"
+            servers.append((label, server_bin, ROOT, os.path.abspath(args.router_model)))
+        rows = [(label, measure(f"server{i}", path, stand_in_port, args, work, root, client,
+                                model))
+                for i, (label, path, root, model) in enumerate(servers)]
         peer = None
         if os.access(args.nginx, os.X_OK):
             peer = measure_nginx(args.nginx, stand_in_port, args, work, client)
