@@ -246,8 +246,15 @@ void solve_ridge(const Design& f, const Dense& target, const Dense& mask,
       (target.cwiseProduct(mask).colwise().sum().transpose().array() / counts.max(1.0f))
           .matrix()
           .transpose();
+  const Dense centred = (target.rowwise() - means).cwiseProduct(mask);
   w.row(intercept) -= means;
-  conjugate_gradients(f, (target.rowwise() - means).cwiseProduct(mask), mask, alpha, w);
+  // A column whose known targets are all equal (or none) is solved by its
+  // mean alone. Its right-hand side is zero, so the stopping rule would ask
+  // for a residual of zero, which float arithmetic may never reach.
+  for (Eigen::Index c = 0; c < centred.cols(); ++c) {
+    if (centred.col(c).isZero(0.0f)) w.col(c).setZero();
+  }
+  conjugate_gradients(f, centred, mask, alpha, w);
   w.row(intercept) += means;
 }
 

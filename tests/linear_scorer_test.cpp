@@ -113,11 +113,17 @@ TEST_CASE("the linear scorer predicts what ridge regression predicts") {
 
 TEST_CASE("each expert's ridge uses only its own outcomes, for quality and for length") {
   auto set = synthetic_set(80);
-  // Expert 0 lacks an outcome on every third row and expert 2 on the first
-  // half; the answer lengths are known on other rows than the outcomes.
+  // Expert 0 lacks an outcome on every third row and expert 1 on the first
+  // half, where their recorded quality is the opposite of the truth (a
+  // scorer reading it would learn it); the answer lengths are known on
+  // other rows than the outcomes.
   for (Eigen::Index r = 0; r < set.quality.rows(); ++r) {
-    if (r % 3 == 0) set.present(r, 0) = 0;
-    if (r < 40) set.present(r, 2) = 0;
+    for (const Eigen::Index e : {Eigen::Index{0}, Eigen::Index{1}}) {
+      if (e == 0 ? r % 3 == 0 : r < 40) {
+        set.present(r, e) = 0;
+        set.quality(r, e) = 1.0f - set.quality(r, e);
+      }
+    }
     for (Eigen::Index e = 0; e < set.output_tokens.cols(); ++e) {
       const bool known = (r + e) % 4 != 0;
       set.output_tokens(r, e) = known ? static_cast<float>(20 + 7 * ((r * (e + 2)) % 13))
