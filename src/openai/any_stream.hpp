@@ -8,6 +8,11 @@
 // handler and buffer type of every Beast operation on each stream type.
 // That was most of the compile time of both files (docs/TESTING.md); the
 // cost is one small allocation per read or write.
+//
+// Asio keeps each operation, with two copies of its buffer list, in memory
+// it recycles per thread, but only blocks of up to about 1 KB: past that
+// every read and write was a call to malloc and free of 2.2 KB. The lists
+// are sized to stay under it (`kReadBuffers`, `kWriteBuffers`).
 #pragma once
 
 #include <array>
@@ -65,16 +70,13 @@ class IoCompletion {
   std::unique_ptr<Base> held_;
 };
 
-/// The first few non-empty buffers of a sequence, as one type. A read or
-/// write "some" may move fewer bytes than offered, so leaving the rest for
-/// the next call is what Beast's operations expect. As many as Asio
-/// hands one system call: an answer's head takes a buffer per field, and
-/// with 16 a head of a dozen fields left its body to a second write.
-template <class Buffer>
+/// The first `kMost` non-empty buffers of a sequence, as one type. A read
+/// or write "some" may move fewer bytes than offered, so leaving the rest
+/// for the next call is what Beast's operations expect.
+template <class Buffer, std::size_t kMost>
 struct BufferList {
   using value_type = Buffer;
   using const_iterator = const Buffer*;
-  static constexpr std::size_t kMost = 64;
 
   template <class Sequence>
   explicit BufferList(const Sequence& sequence) {
@@ -90,6 +92,17 @@ struct BufferList {
   std::array<Buffer, kMost> items{};
   std::size_t count = 0;
 };
+
+/// Reads fill a flat buffer or one body piece: one buffer, two at most.
+inline constexpr std::size_t kReadBuffers = 2;
+/// An answer's head takes a buffer per field; the server's answers have
+/// about 17 with their body (with 16 a head of a dozen fields left its
+/// body to a second write). 24 keeps an operation in Asio's recycled
+/// memory; a longer head takes one more system call.
+inline constexpr std::size_t kWriteBuffers = 24;
+
+using ReadBuffers = BufferList<boost::asio::mutable_buffer, kReadBuffers>;
+using WriteBuffers = BufferList<boost::asio::const_buffer, kWriteBuffers>;
 
 }  // namespace detail
 
@@ -131,26 +144,22 @@ class AnyStream {
   // Beast's reads and writes of HTTP messages take this as their stream.
   template <class Buffers, class Handler>
   void async_read_some(const Buffers& buffers, Handler&& handler) {
-    read_some(detail::BufferList<boost::asio::mutable_buffer>(buffers),
-              detail::IoCompletion(std::forward<Handler>(handler)));
+    read_some(detail::ReadBuffers(buffers), detail::IoCompletion(std::forward<Handler>(handler)));
   }
   template <class Buffers, class Handler>
   void async_write_some(const Buffers& buffers, Handler&& handler) {
-    write_some(detail::BufferList<boost::asio::const_buffer>(buffers),
-               detail::IoCompletion(std::forward<Handler>(handler)));
+    write_some(detail::WriteBuffers(buffers), detail::IoCompletion(std::forward<Handler>(handler)));
   }
 
  private:
-  void read_some(const detail::BufferList<boost::asio::mutable_buffer>& buffers,
-                 detail::IoCompletion done) {
+  void read_some(const detail::ReadBuffers& buffers, detail::IoCompletion done) {
     if (tls_) {
       tls_->async_read_some(buffers, std::move(done));
     } else {
       plain_->async_read_some(buffers, std::move(done));
     }
   }
-  void write_some(const detail::BufferList<boost::asio::const_buffer>& buffers,
-                  detail::IoCompletion done) {
+  void write_some(const detail::WriteBuffers& buffers, detail::IoCompletion done) {
     if (tls_) {
       tls_->async_write_some(buffers, std::move(done));
     } else {

@@ -122,7 +122,11 @@ Endpoint::Endpoint(const std::string& url) : base_url(url) {
 }
 
 // One connection: a TCP stream, in TLS for https://, with the executor every
-// operation on it runs on and the bytes read past its last answer. The
+// operation on it runs on, the bytes read past its last answer and the
+// buffer its answers' bodies are read into. That buffer lives here, made
+// once per connection, not in each exchange: 16 KB made and freed per call
+// kept glibc growing and trimming its heap (mprotect, page faults) under
+// load, about a tenth of the server's samples (docs/BENCHMARKS.md). The
 // executor is its io_context's own, not a strand: each context of
 // `IoThreads` has one thread, which already runs its handlers one at a time.
 struct Connection {
@@ -145,6 +149,7 @@ struct Connection {
   asio::io_context::executor_type executor;  // home's: one thread, so handlers never overlap
   std::optional<AnyStream> stream;
   beast::flat_buffer buffer;
+  std::array<char, kPieceBytes> piece;
 
  private:
   asio::ssl::context* tls_context_;
@@ -417,8 +422,8 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
   }
 
   void read_piece() {
-    parser_->get().body().data = piece_;
-    parser_->get().body().size = sizeof piece_;
+    parser_->get().body().data = connection_->piece.data();
+    parser_->get().body().size = connection_->piece.size();
     arm();
     auto self = shared_from_this();
     busy_ = true;
@@ -436,8 +441,8 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
       io_failed(ec);
       return;
     }
-    const std::size_t size = sizeof piece_ - parser_->get().body().size;
-    if (size > 0 && !on_body_(outcome_.status, std::string_view(piece_, size))) {
+    const std::size_t size = connection_->piece.size() - parser_->get().body().size;
+    if (size > 0 && !on_body_(outcome_.status, std::string_view(connection_->piece.data(), size))) {
       fail(PostOutcome::Error::Stopped, "stopped by the receiver");
       return;
     }
@@ -524,7 +529,6 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
   bool resolve_timed_out_ = false;
   bhttp::request<bhttp::string_body> wire_;
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser_;
-  char piece_[kPieceBytes];
   PostOutcome outcome_;
   bool busy_ = false;  // an operation is in flight
   bool cancelled_ = false;
