@@ -435,6 +435,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (parser_->is_done()) return dispatch();
     auto self = shared_from_this();
     if (beast::iequals(message[bhttp::field::expect], "100-continue")) {
+      if (!body_wanted()) return dispatch(/*body_read=*/false);
       auto go_on =
           std::make_shared<bhttp::response<bhttp::empty_body>>(bhttp::status::continue_, 11);
       bhttp::async_write(stream_, *go_on, [self, go_on](beast::error_code e, std::size_t) {
@@ -494,14 +495,25 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   // ------------------------------------------------------------ answering
 
-  void dispatch() {
+  // Whether the options' `wants_body` asks for the body of the request
+  // whose head was just read.
+  bool body_wanted() const {
+    if (!state_->options.wants_body) return true;
+    HttpRequest head;
+    copy_head(parser_->get(), head);
+    return state_->options.wants_body(head);
+  }
+
+  // Hands the request to the handler. Without its body (`body_read`
+  // false) the connection closes after the answer: the body may still come.
+  void dispatch(bool body_read = true) {
     reading_request_ = false;
     request_timer_.cancel();
     auto request = std::make_shared<HttpRequest>();
     auto& message = parser_->get();
     copy_head(message, *request);
-    request->body = std::move(message.body());
-    const bool keep_alive = message.keep_alive();
+    if (body_read) request->body = std::move(message.body());
+    const bool keep_alive = body_read && message.keep_alive();
     http10_ = message.version() < 11;
     parser_.reset();
     if (state_->options.handlers_never_block) return serve_here(*request, keep_alive);

@@ -148,6 +148,13 @@ struct HttpServerOptions {
   /// empty for plain HTTP.
   std::string tls_cert_file;
   std::string tls_key_file;
+  /// Asked, for a request that waits for `100 Continue` before it sends
+  /// its body, whether the server wants that body: false answers at once
+  /// without reading it (the handler sees the head with an empty body) and
+  /// closes the connection after. Unset: every body is read. The router
+  /// server refuses a request without a valid key here, so a client
+  /// without one cannot make it take a body.
+  std::function<bool(const HttpRequest& head)> wants_body;
 };
 
 using HttpHandler = std::function<void(const HttpRequest&, HttpResponse&)>;

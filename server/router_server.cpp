@@ -1350,6 +1350,9 @@ struct RouterServer::Impl {
     options.max_queued_answer_bytes = config.max_queued_answer_bytes;
     options.max_queued_answer_bytes_total = config.max_queued_answer_bytes_total;
     options.max_body_bytes = config.max_request_bytes;
+    // Every route that takes a body needs a key: without one, the 401
+    // comes before the body, not after a 100 Continue asked for it.
+    options.wants_body = [this](const HttpRequest& head) { return has_key(head); };
     http = std::make_unique<HttpServer>(
         options, [this](const HttpRequest& req, HttpResponse& res) { handle(req, res); }, refusal,
         [this](int status) { metrics->count_response(status); });

@@ -1074,6 +1074,27 @@ TEST_CASE("router server: bearer keys, size limit and bad input", "[server]") {
     CHECK_THAT(keyed_health->body, Contains("\"experts\":[") && Contains("\"model_version\""));
     CHECK(f.total_requests() == 2);  // the two with a key
   }
+  SECTION("a client that waits for 100 Continue gets it only with a key") {
+    const std::string body = chat_body("router", "hi");
+    auto head = [&](const std::string& authorization) {
+      return "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\n" + authorization +
+             "Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: " +
+             std::to_string(body.size()) + "\r\n\r\n";
+    };
+    RawHttpConnection keyless(f.port, 10s);
+    REQUIRE(keyless.send(head("")));
+    const HttpReply refused = keyless.receive();  // no 100 first: the 401 itself
+    CHECK(refused.status == 401);
+    CHECK_THAT(refused.body, Contains("invalid_api_key"));
+    CHECK(keyless.closed_by_server());  // its body was never read
+
+    RawHttpConnection keyed(f.port, 10s);
+    REQUIRE(keyed.send(head("Authorization: Bearer key-one\r\n")));
+    CHECK(keyed.receive().status == 100);
+    REQUIRE(keyed.send(body));
+    CHECK(keyed.receive().status == 200);
+    CHECK(f.total_requests() == 1);
+  }
   SECTION("request size limit") {
     auto res = f.post(chat_body("router", std::string(10000, 'a')), good);
     REQUIRE(res);
