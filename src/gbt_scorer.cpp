@@ -114,8 +114,7 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
   void score_uncalibrated(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
                           ScorerWorkspace* workspace) const override {
     std::unique_ptr<ScorerWorkspace> local;
-    if (workspace == nullptr) local = make_workspace();
-    auto* w = static_cast<GbtWorkspace*>(workspace ? workspace : local.get());
+    auto* w = &workspace_for_call<GbtWorkspace>(*this, workspace, local);
     out.resize(count, quality_.size());
     for (std::size_t i = 0; i < count; ++i) {
       featurizer_.featurize(prompts[i], w->features);
@@ -136,8 +135,7 @@ class GbtScorer : public TrainableScorer, public FeaturizedScorer {
   void score_projected(const SparseFeatures* features, const float* projected, std::size_t count,
                        ScoreBatch& out, ScorerWorkspace* workspace) const override {
     std::unique_ptr<ScorerWorkspace> local;
-    if (workspace == nullptr) local = make_workspace();
-    auto* w = static_cast<GbtWorkspace*>(workspace ? workspace : local.get());
+    auto* w = &workspace_for_call<GbtWorkspace>(*this, workspace, local);
     out.resize(count, quality_.size());
     const auto dims = static_cast<std::size_t>(dims_);
     for (std::size_t i = 0; i < count; ++i) {

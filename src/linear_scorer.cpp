@@ -418,8 +418,7 @@ class LinearScorer : public TrainableScorer, public FeaturizedScorer {
   void score_uncalibrated(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
                           ScorerWorkspace* workspace) const override {
     std::unique_ptr<ScorerWorkspace> local;
-    if (workspace == nullptr) local = make_workspace();
-    auto* w = static_cast<LinearWorkspace*>(workspace ? workspace : local.get());
+    auto* w = &workspace_for_call<LinearWorkspace>(*this, workspace, local);
     out.resize(count, expert_names().size());
     for (std::size_t i = 0; i < count; ++i) {
       featurizer_.featurize(prompts[i], w->features);
@@ -432,8 +431,7 @@ class LinearScorer : public TrainableScorer, public FeaturizedScorer {
   void score_featurized(const SparseFeatures* features, std::size_t count, ScoreBatch& out,
                         ScorerWorkspace* workspace) const override {
     std::unique_ptr<ScorerWorkspace> local;
-    if (workspace == nullptr) local = make_workspace();
-    auto* w = static_cast<LinearWorkspace*>(workspace ? workspace : local.get());
+    auto* w = &workspace_for_call<LinearWorkspace>(*this, workspace, local);
     out.resize(count, expert_names().size());
     for (std::size_t i = 0; i < count; ++i) score_row(features[i], i, out, *w);
   }

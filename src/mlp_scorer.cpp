@@ -303,11 +303,8 @@ class MlpScorer : public TrainableScorer, public FeaturizedScorer {
 
   void score_uncalibrated(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
                           ScorerWorkspace* workspace) const override {
-    // Only a call without a workspace pays for one (a SparseBatch allocates
-    // its first offset when constructed).
-    std::unique_ptr<MlpActivations> local;
-    if (workspace == nullptr) local = std::make_unique<MlpActivations>();
-    auto* a = workspace ? static_cast<MlpActivations*>(workspace) : local.get();
+    std::unique_ptr<ScorerWorkspace> local;
+    auto* a = &workspace_for_call<MlpActivations>(*this, workspace, local);
     start_batch(count, *a);
     for (std::size_t i = 0; i < count; ++i) {
       featurizer_.featurize(prompts[i], a->features);
@@ -320,9 +317,8 @@ class MlpScorer : public TrainableScorer, public FeaturizedScorer {
 
   void score_featurized(const SparseFeatures* features, std::size_t count, ScoreBatch& out,
                         ScorerWorkspace* workspace) const override {
-    std::unique_ptr<MlpActivations> local;
-    if (workspace == nullptr) local = std::make_unique<MlpActivations>();
-    auto* a = workspace ? static_cast<MlpActivations*>(workspace) : local.get();
+    std::unique_ptr<ScorerWorkspace> local;
+    auto* a = &workspace_for_call<MlpActivations>(*this, workspace, local);
     start_batch(count, *a);
     for (std::size_t i = 0; i < count; ++i) add_row(features[i], i, *a);
     finish_batch(out, *a);

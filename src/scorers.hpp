@@ -100,6 +100,19 @@ Calibration pick_calibration_if_it_helps(const Eigen::MatrixXf& calibrated, cons
 /// training it needs no cross-validation of its own.
 void set_member_calibrations(TrainableScorer& stack, std::vector<Calibration> calibrations);
 
+/// The workspace one scoring call works in: the caller's, or, when the
+/// caller gave none, one `scorer.make_workspace()` makes for this call
+/// alone, held by `local`. `Workspace` is the type `make_workspace` makes.
+template <class Workspace>
+Workspace& workspace_for_call(const Scorer& scorer, ScorerWorkspace* given,
+                              std::unique_ptr<ScorerWorkspace>& local) {
+  if (given == nullptr) {
+    local = scorer.make_workspace();
+    given = local.get();
+  }
+  return static_cast<Workspace&>(*given);
+}
+
 class SparseProjection;
 
 /// A scorer that reads a prompt only through `Featurizer::featurize` (the

@@ -83,8 +83,7 @@ class StackScorer : public TrainableScorer {
   void score_uncalibrated(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
                           ScorerWorkspace* workspace) const override {
     std::unique_ptr<ScorerWorkspace> local;
-    if (workspace == nullptr) local = make_workspace();
-    auto* w = static_cast<StackWorkspace*>(workspace ? workspace : local.get());
+    auto* w = &workspace_for_call<StackWorkspace>(*this, workspace, local);
     if (shared_featurizer_) {
       // Grows only: a warm workspace featurizes into vectors it already has.
       if (w->features.size() < count) w->features.resize(count);

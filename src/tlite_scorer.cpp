@@ -126,8 +126,7 @@ class TliteScorer : public TrainableScorer {
   void score_uncalibrated(const std::string_view* prompts, std::size_t count, ScoreBatch& out,
              ScorerWorkspace* workspace) const override {
     std::unique_ptr<ScorerWorkspace> local;
-    if (workspace == nullptr) local = make_workspace();
-    auto* w = static_cast<TliteWorkspace*>(workspace ? workspace : local.get());
+    auto* w = &workspace_for_call<TliteWorkspace>(*this, workspace, local);
     const auto experts = static_cast<std::size_t>(model_.experts());
     // tlite_encode_packed, compiled for the best CPU level this machine runs.
     const auto encode = kernels().encode_packed;
