@@ -184,7 +184,7 @@ class StackScorer : public TrainableScorer {
                     StackWorkspace& w) const {
     const TrainableScorer& member = *members_[m];
     if (shared_featurizer_) {
-      const auto& featurized = dynamic_cast<const FeaturizedScorer&>(member);
+      const FeaturizedScorer& featurized = *featurized_members_[m];
       const int shared = projection_of_member_[m];
       if (shared >= 0) {
         featurized.score_projected(w.features.data(), w.projected[shared].data(), count, w.batch,
@@ -215,6 +215,7 @@ class StackScorer : public TrainableScorer {
   void share_featurizer() {
     shared_featurizer_.reset();
     shared_projections_.clear();
+    featurized_members_.clear();
     projection_of_member_.assign(members_.size(), -1);
     const FeaturizerOptions* first = nullptr;
     for (const auto& member : members_) {
@@ -222,6 +223,7 @@ class StackScorer : public TrainableScorer {
       if (f == nullptr) return;
       if (first != nullptr && !same_featurizer(*first, f->featurizer_options())) return;
       first = &f->featurizer_options();
+      featurized_members_.push_back(f);
     }
     if (first != nullptr) shared_featurizer_.emplace(*first);
     share_projections();
@@ -233,9 +235,7 @@ class StackScorer : public TrainableScorer {
   // share_featurizer has cleared what an earlier call shared.
   void share_projections() {
     if (!shared_featurizer_) return;
-    const auto projection_of = [&](std::size_t m) {
-      return dynamic_cast<const FeaturizedScorer&>(*members_[m]).projection();
-    };
+    const auto projection_of = [&](std::size_t m) { return featurized_members_[m]->projection(); };
     for (std::size_t m = 0; m < members_.size(); ++m) {
       const SparseProjection* p = projection_of(m);
       if (p == nullptr || projection_of_member_[m] >= 0) continue;
@@ -291,6 +291,9 @@ class StackScorer : public TrainableScorer {
   std::vector<std::unique_ptr<TrainableScorer>> members_;
   std::vector<Calibration> given_calibrations_;
   std::optional<Featurizer> shared_featurizer_;
+  /// With a shared featurizer, each member as a FeaturizedScorer (looked up
+  /// once here, not on every route).
+  std::vector<const FeaturizedScorer*> featurized_members_;
   /// The projections two or more members read, and which of them member m
   /// reads (-1: none of them).
   std::vector<const SparseProjection*> shared_projections_;
