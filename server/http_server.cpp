@@ -434,7 +434,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     if (parser_->is_done()) return dispatch();
     auto self = shared_from_this();
-    if (beast::iequals(message[bhttp::field::expect], "100-continue")) {
+    // An HTTP/1.0 request's expectation is ignored (RFC 9110, section
+    // 10.1.1): such a client would not understand a 1xx answer.
+    if (message.version() >= 11 && beast::iequals(message[bhttp::field::expect], "100-continue")) {
       if (!body_wanted()) return dispatch(/*body_read=*/false);
       auto go_on =
           std::make_shared<bhttp::response<bhttp::empty_body>>(bhttp::status::continue_, 11);
@@ -513,6 +515,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     auto& message = parser_->get();
     copy_head(message, *request);
     if (body_read) request->body = std::move(message.body());
+    request->body_skipped = !body_read;
     const bool keep_alive = body_read && message.keep_alive();
     http10_ = message.version() < 11;
     parser_.reset();

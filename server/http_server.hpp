@@ -48,6 +48,9 @@ struct HttpRequest {
   std::string target;  // "/v1/models?x=1"
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
+  /// True when the body was left unread (`HttpServerOptions::wants_body`
+  /// said no): `body` is empty whatever the head announced.
+  bool body_skipped = false;
 
   /// The target without its query string, nor its scheme and authority
   /// in the absolute form ("http://host/v1/models" is "/v1/models"), which
@@ -150,10 +153,11 @@ struct HttpServerOptions {
   std::string tls_key_file;
   /// Asked, for a request that waits for `100 Continue` before it sends
   /// its body, whether the server wants that body: false answers at once
-  /// without reading it (the handler sees the head with an empty body) and
-  /// closes the connection after. Unset: every body is read. The router
-  /// server refuses a request without a valid key here, so a client
-  /// without one cannot make it take a body.
+  /// without reading it (the handler sees the head, `body_skipped` set)
+  /// and closes the connection after. Unset: every body is read. The
+  /// router server says no to a request without a valid key, so a client
+  /// that waits for 100 Continue gets its 401 without sending its body (one
+  /// that sends it at once has it read, up to `max_body_bytes`).
   std::function<bool(const HttpRequest& head)> wants_body;
 };
 

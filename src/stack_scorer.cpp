@@ -113,6 +113,7 @@ class StackScorer : public TrainableScorer {
     std::vector<OutOfFold> folds;
     members_.clear();
     shared_featurizer_.reset();
+    featurized_members_.clear();
     TrainReport report;
     for (std::size_t m = 0; m < candidates_.size(); ++m) {
       if (own_calibration) {
@@ -155,6 +156,7 @@ class StackScorer : public TrainableScorer {
     }
     members_.clear();
     shared_featurizer_.reset();
+    featurized_members_.clear();
     for (std::size_t m = 0; m < names.size(); ++m) {
       const ModelReader part = in.section(fmt::format("member{}.", m));
       if (names[m] != member_text(candidates_[m])) {

@@ -45,6 +45,7 @@ struct Fixture {
           }
           res.set_header("X-Method", req.method);
           res.set_header("X-Seen", req.header("x-test"));
+          res.set_header("X-Body-Skipped", req.body_skipped ? "1" : "0");
           res.set_content(std::string(req.path()) + ":" + req.body, "text/plain");
         },
         [](int status, std::string_view message) {
@@ -149,6 +150,44 @@ TEST_CASE("http server: keep-alive, pipelining and request bodies", "[http][serv
   CHECK(old.header("connection") == "close");
   CHECK(closed_by_server(socket));
   CHECK(f.seen_statuses() == std::vector<int>{200, 200, 200, 200, 200, 200, 200, 200, 200});
+}
+
+TEST_CASE("http server: wants_body answers a 100-continue request without its body",
+          "[http][server]") {
+  HttpServerOptions options = Fixture::small_options();
+  options.wants_body = [](const HttpRequest& head) { return head.header("x-allow") == "yes"; };
+  Fixture f(options);
+  const std::string head =
+      "POST /big HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 3\r\n";
+
+  RawHttpConnection refused = f.connect();
+  send(refused, head + "\r\n");
+  const HttpReply answer = receive(refused);  // no 100 first: the answer itself
+  CHECK(answer.status == 200);
+  CHECK(answer.body == "/big:");
+  CHECK(answer.header("x-body-skipped") == "1");
+  CHECK(closed_by_server(refused));  // the body may still come: never read as a request
+
+  RawHttpConnection wanted = f.connect();
+  send(wanted, head + "X-Allow: yes\r\n\r\n");
+  CHECK(receive(wanted).status == 100);
+  send(wanted, "xyz");
+  const HttpReply whole = receive(wanted);
+  CHECK(whole.body == "/big:xyz");
+  CHECK(whole.header("x-body-skipped") == "0");
+  CHECK(whole.keeps_alive());
+
+  // Without Expect the body is read whatever wants_body would say.
+  send(wanted, "POST /plain HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nab");
+  CHECK(receive(wanted).body == "/plain:ab");
+
+  // HTTP/1.0 knows no 1xx answer: the expectation is ignored and the body
+  // read as it comes.
+  RawHttpConnection old_client = f.connect();
+  send(old_client, "POST /old HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nab");
+  const HttpReply old_answer = receive(old_client);
+  CHECK(old_answer.status == 200);
+  CHECK(old_answer.body == "/old:ab");
 }
 
 TEST_CASE("http server: refusals close the connection", "[http][server]") {

@@ -93,7 +93,8 @@ struct BufferList {
   std::size_t count = 0;
 };
 
-/// Reads fill a flat buffer or one body piece: one buffer, two at most.
+/// Every read fills one buffer (a flat buffer's free space, or a scratch
+/// buffer); two leave room. A longer sequence only reads less at a time.
 inline constexpr std::size_t kReadBuffers = 2;
 /// An answer's head takes a buffer per field; the server's answers have
 /// about 17 with their body (with 16 a head of a dozen fields left its
