@@ -6,8 +6,9 @@
 # shared datasets, then writes docs/RESULTS.md and the plots under docs/plots/.
 #
 #   benchmarks/quality.sh            # about 30 minutes on 2 cores, plus about
-#                                    # 6 for the peers (benchmarks/peers/check_peers.sh)
-#                                    # and 4 for the paired bootstrap
+#                                    # 6 for the peers (benchmarks/peers/check_peers.sh),
+#                                    # 4 for the paired bootstrap and 14 for the
+#                                    # default trained with three more seeds
 #
 # Needs the shared datasets ($TOROUTER_DATA, default ../shared/data) and,
 # for the peers, Debian's python3-sklearn, python3-xgboost and PyTorch
@@ -47,6 +48,19 @@ for dataset in routerbench3 llmrouter14; do
     build/bin/torouter eval --data "$data_root/$dataset" --model "$model" \
       --json "$out/$dataset-$name.json" --plot "docs/plots/$dataset-$name.svg" \
       --predictions "$out/$dataset-$name.csv" | grep AIQ
+  done
+done
+# The default again with other seeds (the folds, the projections and the
+# networks' starts all follow the seed), judged on the test split as above:
+# how much of a difference between routers a seed alone makes.
+for dataset in routerbench3 llmrouter14; do
+  for seed in 2 3 4; do
+    echo "== $dataset: the default with seed $seed"
+    model="$out/$dataset-default-seed$seed.tormodel"
+    build/bin/torouter train --data "$data_root/$dataset" --seed "$seed" --threads 2 \
+      --out "$model" 2>"$out/$dataset-default-seed$seed.train.log" | tail -1
+    build/bin/torouter eval --data "$data_root/$dataset" --model "$model" \
+      --json "$out/$dataset-default-seed$seed.json" | grep AIQ
   done
 done
 # The ablation: each variant's 5-fold cross-validated figures on the

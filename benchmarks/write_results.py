@@ -193,6 +193,16 @@ def findings(dataset, reports, out, data_root):
                 beat = sum(r[view]["aiq"] > xgb[view]["aiq"] for r in ours.values())
                 lines.append(f"- Same folds, {words}: {beat} of the {len(ours)} candidates have a "
                              f"higher AIQ than the XGBoost peer ({fmt(xgb[view]['aiq'])}).")
+    seeded = [json.load(open(path, encoding="utf-8"))["router"] for path in
+              [os.path.join(out, f"{dataset}-default.json")]
+              + [os.path.join(out, f"{dataset}-default-seed{seed}.json") for seed in SEEDS]
+              if os.path.exists(path)]
+    if len(seeded) > 1:
+        aiq = [r["aiq"] for r in seeded]
+        ece = [r["ece"] for r in seeded if r.get("ece") is not None]
+        lines.append(f"- Over {len(seeded)} seeds the default's test AIQ is {fmt(min(aiq))} to "
+                     f"{fmt(max(aiq))}" + (f", its ECE {fmt(min(ece), 3)} to {fmt(max(ece), 3)}"
+                                          if ece else "") + ".")
     train, test = task_shares(data_root, dataset, "train"), task_shares(data_root, dataset, "test")
     if train and test:
         rare = sorted(t for t, share in test.items() if train.get(t, 0.0) < share / 2)
@@ -223,10 +233,37 @@ def closed_loop_section():
     return text[text.index(BEGIN):text.index(END) + len(END)].split("\n") + [""]
 
 
+SEEDS = (2, 3, 4)
+
+
+def chosen_spec(train_log):
+    """The candidate `torouter train` chose, from its "chose SPEC:" line."""
+    for text in open(train_log, encoding="utf-8"):
+        if text.startswith("chose "):
+            return text.split()[1].rstrip(":")
+    return "—"
+
+
+def seed_table(out, dataset):
+    """The default trained with seed 1 (the table above) and SEEDS: its
+    choice and test figures."""
+    lines = ["| seed | chosen | AIQ | gap won | ECE |", "| --- | --- | --- | --- | --- |"]
+    runs = [(1, "")] + [(seed, f"-seed{seed}") for seed in SEEDS]
+    for seed, suffix in runs:
+        report = os.path.join(out, f"{dataset}-default{suffix}.json")
+        log = os.path.join(out, f"{dataset}-default{suffix}.train.log")
+        if not (os.path.exists(report) and os.path.exists(log)):
+            continue
+        r = json.load(open(report, encoding="utf-8"))["router"]
+        lines.append(f"| {seed} | `{chosen_spec(log)}` | {fmt(r['aiq'])} | "
+                     f"{fmt(r['gap_won'], 3)} | {fmt(r.get('ece'), 3)} |")
+    return lines if len(lines) > 3 else []
+
+
 def main(out, data_root=None):
     lines = ["# Routing quality on the shared datasets", "",
              "Regenerate everything here, plots included, with `benchmarks/quality.sh`",
-             "(from a clean build; about 35 minutes on 2 cores), except the closed-loop",
+             "(from a clean build; about 55 minutes on 2 cores), except the closed-loop",
              "section, which `benchmarks/closed_loop.sh --write-results` measures and",
              "writes (about 2 minutes; quality.sh keeps it as it is). Figures follow the",
              "definitions of `../shared/data/README.md` on each dataset's test split",
@@ -308,6 +345,12 @@ def main(out, data_root=None):
             "per-query cost model), so only the quality models differ, then the",
             "test rows resampled within each task, the same resample for every",
             "router (200 resamples).")
+        lines += section(
+            f"The default with other seeds ({dataset})", seed_table(out, dataset),
+            "`torouter train` with no scorer and `--seed` 2, 3 and 4 besides",
+            "the seed 1 of every other figure here (the seed draws the folds,",
+            "the projections' sketches and the networks' first weights), each",
+            "judged on the test split.")
         ablation = cross_validation_table(os.path.join(out, f"{dataset}-ablation.log"))
         lines += section(
             f"Ablation by cross-validation ({dataset})",
