@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from closed_loop import BEGIN, END
+from ece_noise import ece_noise
 
 DATASETS = ["routerbench3", "llmrouter14"]
 OURS = [("default", "torouter default (`torouter train`, chosen by CV)"),
@@ -176,7 +177,8 @@ def findings(dataset, reports, out, data_root):
                      f"is above {len(peers) - len(trail_aiq)} of the {len(peers)} peer rows on AIQ "
                      f"and {len(peers) - len(trail_gap)} on gap won"
                      + (f"; at or above it on AIQ: {'; '.join(trail_aiq)}." if trail_aiq else "."))
-        lines.append(f"- The default's ECE on the test split: {fmt(d.get('ece'), 3)}.")
+        lines.append(f"- The default's ECE on the test split: {fmt(d.get('ece'), 3)}"
+                     + noise_words(ece_noise(d)) + ".")
         ours = [k for k, _ in OURS if k in reports]
         best = max(ours, key=lambda k: reports[k]["router"]["aiq"])
         if best != "default":
@@ -200,9 +202,13 @@ def findings(dataset, reports, out, data_root):
     if len(seeded) > 1:
         aiq = [r["aiq"] for r in seeded]
         ece = [r["ece"] for r in seeded if r.get("ece") is not None]
+        shares = [n["share_at_or_above"] for n in map(ece_noise, seeded) if n]
         lines.append(f"- Over {len(seeded)} seeds the default's test AIQ is {fmt(min(aiq))} to "
                      f"{fmt(max(aiq))}" + (f", its ECE {fmt(min(ece), 3)} to {fmt(max(ece), 3)}"
-                                          if ece else "") + ".")
+                                          if ece else "")
+                     + (f"; a perfectly calibrated router would show an ECE at least as high in "
+                        f"{100 * min(shares):.0f}% to {100 * max(shares):.0f}% of draws"
+                        if shares else "") + ".")
     train, test = task_shares(data_root, dataset, "train"), task_shares(data_root, dataset, "test")
     if train and test:
         rare = sorted(t for t, share in test.items() if train.get(t, 0.0) < share / 2)
@@ -236,6 +242,18 @@ def closed_loop_section():
 SEEDS = (2, 3, 4)
 
 
+def noise_words(noise):
+    """The ECE a perfectly calibrated router would show on the same bins
+    (benchmarks/ece_noise.py), in words, or nothing without an ECE."""
+    if noise is None:
+        return ""
+    return (f"; a perfectly calibrated router's on the same bins, from the sampling of "
+            f"outcomes alone, would be {fmt(noise['calibrated_median'], 3)} (median; 95th "
+            f"percentile {fmt(noise['calibrated_p95'], 3)}), and "
+            f"{100 * noise['share_at_or_above']:.0f}% of such draws reach "
+            f"{fmt(noise['ece'], 3)}")
+
+
 def chosen_spec(train_log):
     """The candidate `torouter train` chose, from its "chose SPEC:" line."""
     for text in open(train_log, encoding="utf-8"):
@@ -247,7 +265,8 @@ def chosen_spec(train_log):
 def seed_table(out, dataset):
     """The default trained with seed 1 (the table above) and SEEDS: its
     choice and test figures."""
-    lines = ["| seed | chosen | AIQ | gap won | ECE |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| seed | chosen | AIQ | gap won | ECE | a calibrated router's ECE, median (95%) "
+             "| its draws at or above |", "| --- | --- | --- | --- | --- | --- | --- |"]
     runs = [(1, "")] + [(seed, f"-seed{seed}") for seed in SEEDS]
     for seed, suffix in runs:
         report = os.path.join(out, f"{dataset}-default{suffix}.json")
@@ -255,8 +274,11 @@ def seed_table(out, dataset):
         if not (os.path.exists(report) and os.path.exists(log)):
             continue
         r = json.load(open(report, encoding="utf-8"))["router"]
+        noise = ece_noise(r)
+        floor = (f"{fmt(noise['calibrated_median'], 3)} ({fmt(noise['calibrated_p95'], 3)}) | "
+                 f"{100 * noise['share_at_or_above']:.0f}%" if noise else "— | —")
         lines.append(f"| {seed} | `{chosen_spec(log)}` | {fmt(r['aiq'])} | "
-                     f"{fmt(r['gap_won'], 3)} | {fmt(r.get('ece'), 3)} |")
+                     f"{fmt(r['gap_won'], 3)} | {fmt(r.get('ece'), 3)} | {floor} |")
     return lines if len(lines) > 3 else []
 
 
@@ -278,7 +300,9 @@ def main(out, data_root=None):
              "in Python). ECE: the shared README's calibration error at λ = 0; ours",
              "weighs each pick's expected quality (a trained model corrects its top",
              "picks for the winner's curse, docs/ARCHITECTURE.md), the peers' their",
-             "predicted quality.", "",
+             "predicted quality. On a few hundred rows an ECE is mostly sampling",
+             "noise: each dataset's findings give what a perfectly calibrated router",
+             "would show on the same rows (`benchmarks/ece_noise.py`).", "",
              f"Machine: {machine()}.", ""]
     for dataset in DATASETS:
         reports = {}
@@ -350,7 +374,13 @@ def main(out, data_root=None):
             "`torouter train` with no scorer and `--seed` 2, 3 and 4 besides",
             "the seed 1 of every other figure here (the seed draws the folds,",
             "the projections' sketches and the networks' first weights), each",
-            "judged on the test split.")
+            "judged on the test split. Beside each ECE, what sampling alone",
+            "makes on these rows (`benchmarks/ece_noise.py`): the ECE of",
+            "outcomes drawn as a perfectly calibrated router's would be, on the",
+            "same bins (0/1 draws, an upper bound on the noise where scores",
+            "are fractional; 4,000 draws), and the share of those draws at or",
+            "above the observed ECE: a small share says the router is not",
+            "calibrated, a large one that the test split cannot tell.")
         ablation = cross_validation_table(os.path.join(out, f"{dataset}-ablation.log"))
         lines += section(
             f"Ablation by cross-validation ({dataset})",
