@@ -52,7 +52,8 @@ for dataset in routerbench3 llmrouter14; do
 done
 # The default again with other seeds (the folds, the projections and the
 # networks' starts all follow the seed), judged on the test split as above:
-# how much of a difference between routers a seed alone makes.
+# how much of a difference between routers a seed alone makes. The seeds
+# are write_results.py's SEEDS.
 for dataset in routerbench3 llmrouter14; do
   for seed in 2 3 4; do
     echo "== $dataset: the default with seed $seed"
