@@ -237,27 +237,6 @@ std::string model_object(std::string_view id) {
                      json_string(id));
 }
 
-// `detail` without the upstream's own words, where an upstream failure's
-// message (src/openai/upstream.cpp) quotes them: "HTTP 503: <its message>"
-// becomes "HTTP 503", "error event in stream: <event>" and "malformed
-// answer: <body>" lose what follows the colon.
-std::string without_upstream_words(std::string detail) {
-  static constexpr std::string_view kQuoting[] = {"error event in stream", "malformed answer",
-                                                  "malformed stream event"};
-  std::size_t keep = std::string::npos;
-  if (detail.rfind("HTTP ", 0) == 0) {
-    keep = detail.find(": ");
-  } else {
-    for (std::string_view prefix : kQuoting) {
-      if (detail.rfind(prefix, 0) == 0) keep = prefix.size();
-    }
-  }
-  if (keep == std::string::npos || keep >= detail.size()) return detail;
-  detail.resize(keep);
-  detail += " (the upstream's message is in the server's log)";
-  return detail;
-}
-
 // Appends the start of a `chat.completion.chunk` event to `out`, up to the
 // value of its `choices`. Plain appends: this runs for every piece of every
 // stream, and fmt::format_to into a string cost it several times as much.
@@ -829,7 +808,16 @@ struct RouterServer::Impl {
   // the request was at fault, what the upstream said, which may name
   // internal hosts or accounts. The server's log has it all.
   std::string client_detail(const Attempt& a) const {
+    // The client needs the upstream's reason to fix its request: a 400's or
+    // 422's (a 413 is often a proxy's page, naming its host and version).
+    const bool requests_fault =
+        a.failure == FailureKind::BadRequest || a.failure == FailureKind::ContextTooLong;
+    const bool quote = requests_fault && a.http_status != 413;
     std::string text = a.detail;
+    if (!quote && a.upstream_words_at < text.size()) {
+      text.resize(a.upstream_words_at);
+      text += "<the upstream's words, in the server's log>";
+    }
     const std::string name = fmt::format("<upstream of {}>", a.expert);
     for (const std::string& url : upstream_urls) {
       for (auto at = text.find(url); at != std::string::npos; at = text.find(url, at)) {
@@ -837,12 +825,7 @@ struct RouterServer::Impl {
         at += name.size();
       }
     }
-    // The client needs the upstream's reason to fix its request: a 400's or
-    // 422's (a 413 is often a proxy's page, naming its host and version).
-    const bool requests_fault =
-        a.failure == FailureKind::BadRequest || a.failure == FailureKind::ContextTooLong;
-    if (requests_fault && text.rfind("HTTP 413", 0) != 0) return text;
-    return without_upstream_words(std::move(text));
+    return text;
   }
 
   // The error object for a failed invoke, its details (upstream URLs and

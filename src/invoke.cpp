@@ -732,6 +732,8 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     attempt.outcome = AttemptOutcome::Failed;
     attempt.failure = response.failure;
     attempt.detail = response.error_message;
+    attempt.upstream_words_at = response.upstream_words_at;
+    attempt.http_status = response.http_status;
     attempt.retry_after = response.retry_after;
     result_.attempts.push_back(std::move(attempt));
     const bool cooled = note_failure(i);

@@ -121,6 +121,15 @@ TEST_CASE("openai upstream: a plain call and a streamed one", "[openai]") {
   CHECK(null_error.ok());
   CHECK(streamed == "ok");
 
+  // An error event: the upstream's words marked apart from ours.
+  stand_in.push_behaviour(status(200, "", "data: {\"error\":{\"message\":\"shard 7 down\"}}\n\n"));
+  const Response error_event = upstream.stream(request("x"), [](std::string_view) {});
+  CHECK(error_event.failure == FailureKind::ServerError);
+  CHECK(error_event.error_message.substr(0, error_event.upstream_words_at) ==
+        "error event in stream: ");
+  CHECK(error_event.error_message.substr(error_event.upstream_words_at) == "shard 7 down");
+  CHECK(error_event.http_status == 0);
+
   // Connections are reused: many calls, no failure.
   for (int i = 0; i < 20; ++i) REQUIRE(upstream.complete(request("again")).ok());
 }
@@ -376,6 +385,14 @@ TEST_CASE("openai upstream: HTTP errors classified without a server", "[openai]"
       classify_http_error(400, R"({"error":{"message":"bad temperature"}})", "", "");
   CHECK(bad.failure == FailureKind::BadRequest);
   CHECK(bad.error_message == "HTTP 400: bad temperature");
+  // Where the upstream's own words begin, and its status: what a server
+  // needs to cut them from what its clients are told.
+  CHECK(bad.error_message.substr(bad.upstream_words_at) == "bad temperature");
+  CHECK(bad.http_status == 400);
+  const Response odd_status = classify_http_error(302, "moved", "", "");
+  CHECK(odd_status.error_message == "HTTP 302: unexpected status");
+  CHECK(odd_status.upstream_words_at == std::string::npos);
+  CHECK(odd_status.http_status == 302);
   CHECK(classify_http_error(422, "", "", "").failure == FailureKind::BadRequest);
   // The upstream's key or model id is wrong: the expert is broken, not the request.
   for (const int status : {401, 402, 403, 404}) {

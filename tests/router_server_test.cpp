@@ -492,8 +492,19 @@ TEST_CASE("router server: failures of every expert become OpenAI error objects",
     auto res = f.post(chat_body("router", kPrompt));
     REQUIRE(res);
     CHECK(res->status == 502);
-    CHECK_THAT(res->body, Contains("HTTP 503"));
+    CHECK_THAT(res->body, Contains("HTTP 503: <the upstream's words, in the server's log>"));
     CHECK_THAT(res->body, !Contains("10.9.8.7"));
+    // The same for an error event in a stream.
+    for (auto& [name, u] : f.upstreams) {
+      u->set_behaviour(
+          behaviour(Kind::Status, 200, "",
+                    "data: {\"error\":{\"message\":\"shard gw-9.internal down\"}}\n\n"));
+    }
+    auto streamed = f.post(chat_body("router", kPrompt, true));
+    REQUIRE(streamed);
+    CHECK(streamed->status == 502);
+    CHECK_THAT(streamed->body, Contains("error event in stream: <the upstream's words"));
+    CHECK_THAT(streamed->body, !Contains("gw-9.internal"));
   }
   SECTION("a 413 is the request's fault, but its page stays in the log") {
     for (auto& [name, u] : f.upstreams) {
@@ -556,6 +567,8 @@ TEST_CASE("router server: failures of every expert become OpenAI error objects",
     REQUIRE(res);
     CHECK(res->status == 400);
     CHECK_THAT(res->body, Contains("context_length_exceeded"));
+    // What to fix in the request: the upstream's words reach the client.
+    CHECK_THAT(res->body, Contains("HTTP 400: prompt is too long"));
   }
   SECTION("no eligible expert: 503") {
     Fixture g([](ServerConfig& c) { c.policy.max_cost_usd = 1e-12; });

@@ -278,6 +278,11 @@ struct Attempt {
   FailureKind failure = FailureKind::None;
   /// Failure message, or why the call was skipped.
   std::string detail;
+  /// For `Failed`: where the upstream's own words begin in `detail`
+  /// (`Response::upstream_words_at`), `npos` when it quotes none.
+  std::size_t upstream_words_at = std::string::npos;
+  /// For `Failed`: the upstream's HTTP status (`Response::http_status`), 0 when none.
+  int http_status = 0;
   /// For `RateLimited`: the wait the expert asked for (`Response::retry_after`),
   /// 0 when it named none.
   std::chrono::milliseconds retry_after{0};

@@ -129,6 +129,15 @@ struct Response {
   std::chrono::milliseconds retry_after{0};
   /// Human-readable detail of a failure ("HTTP 503: overloaded").
   std::string error_message;
+  /// Where the upstream's own words (its error text, a part of its body)
+  /// begin in `error_message`, or `npos` when it quotes none: "HTTP 503: "
+  /// is the transport's, "overloaded" the upstream's. They may name the
+  /// upstream's hosts, keys or accounts, so a server that answers other
+  /// clients cuts the message here (torouter-server does).
+  std::size_t upstream_words_at = std::string::npos;
+  /// The upstream's HTTP status when the failure is an answer with one
+  /// (a 503, a 429); 0 otherwise.
+  int http_status = 0;
 
   bool ok() const { return failure == FailureKind::None; }
 
@@ -148,6 +157,19 @@ struct Response {
     r.failure = kind;
     r.error_message = std::move(message);
     r.retry_after = retry_after;
+    return r;
+  }
+  /// A failed response that quotes the upstream: "<what>: <upstream_words>",
+  /// with `upstream_words_at` where the quote begins.
+  static Response failed_quoting(FailureKind kind, std::string_view what,
+                                 std::string_view upstream_words,
+                                 std::chrono::milliseconds retry_after = std::chrono::milliseconds{
+                                     0}) {
+    std::string message(what);
+    message += ": ";
+    Response r = failed(kind, std::move(message), retry_after);
+    r.upstream_words_at = r.error_message.size();
+    r.error_message += upstream_words;
     return r;
   }
 };

@@ -253,29 +253,34 @@ class SseReader {
   bool has_data_ = false;
 };
 
+// The failure an HTTP status (not 2xx) stands for.
+FailureKind failure_of_status(int status, std::string_view body) {
+  if (status == 429) return FailureKind::RateLimited;
+  if (status == 408 || status == 504) return FailureKind::Timeout;
+  if (status < 400 || status >= 500) return FailureKind::ServerError;
+  if (status == 413) return FailureKind::ContextTooLong;
+  // Only 400 and 422 speak of the request itself. Others (401, 403, 404,
+  // 402...) speak of how the upstream is reached, its key or model id: the
+  // expert is broken, not the caller's request.
+  if (status != 400 && status != 422) return FailureKind::ServerError;
+  return speaks_of_context_length(body) ? FailureKind::ContextTooLong : FailureKind::BadRequest;
+}
+
 }  // namespace
 
 Response classify_http_error(int status, std::string_view body, std::string_view retry_after,
                              std::string_view retry_after_ms) {
-  const std::string message = fmt::format("HTTP {}: {}", status, error_text(body));
-  if (status == 429) {
-    milliseconds wait = parse_delay(retry_after_ms, 1.0);
+  const FailureKind kind = failure_of_status(status, body);
+  milliseconds wait{0};
+  if (kind == FailureKind::RateLimited) {
+    wait = parse_delay(retry_after_ms, 1.0);
     if (wait.count() == 0) wait = parse_delay(retry_after, 1000.0);
-    return Response::failed(FailureKind::RateLimited, message, wait);
   }
-  if (status == 408 || status == 504) return Response::failed(FailureKind::Timeout, message);
-  if (status < 400) {
-    return Response::failed(FailureKind::ServerError,
-                            fmt::format("HTTP {}: unexpected status", status));
-  }
-  if (status >= 500) return Response::failed(FailureKind::ServerError, message);
-  if (status == 413) return Response::failed(FailureKind::ContextTooLong, message);
-  // Only 400 and 422 speak of the request itself. Others (401, 403, 404,
-  // 402...) speak of how the upstream is reached, its key or model id: the
-  // expert is broken, not the caller's request.
-  if (status != 400 && status != 422) return Response::failed(FailureKind::ServerError, message);
-  if (speaks_of_context_length(body)) return Response::failed(FailureKind::ContextTooLong, message);
-  return Response::failed(FailureKind::BadRequest, message);
+  const std::string what = fmt::format("HTTP {}", status);
+  Response r = status < 400 ? Response::failed(kind, what + ": unexpected status")
+                            : Response::failed_quoting(kind, what, error_text(body), wait);
+  r.http_status = status;
+  return r;
 }
 
 struct Upstream::Client {
@@ -399,14 +404,14 @@ class ChatExchange {
     simdjson::dom::parser& parser = detail::reusable_parser(data.size(), own);
     simdjson::dom::element doc;
     if (parser.parse(data.data(), data.size()).get(doc)) {
-      streamed_ = Response::failed(FailureKind::ServerError,
-                                   fmt::format("malformed stream event: {}", data.substr(0, 200)));
+      streamed_ = Response::failed_quoting(FailureKind::ServerError, "malformed stream event",
+                                           data.substr(0, 200));
       return false;
     }
     simdjson::dom::element error;
     if (!doc["error"].get(error) && !error.is_null()) {  // "error": null is no error
-      streamed_ =
-          Response::failed(FailureKind::ServerError, "error event in stream: " + error_text(data));
+      streamed_ = Response::failed_quoting(FailureKind::ServerError, "error event in stream",
+                                           error_text(data));
       return false;
     }
     read_usage(doc, streamed_);
@@ -417,10 +422,9 @@ class ChatExchange {
     simdjson::dom::element choice;
     const bool has_choice = !doc["choices"].at(0).get(choice);
     if (answer_ != nullptr && has_choice && !read_answer_delta(choice, *answer_)) {
-      streamed_ =
-          Response::failed(FailureKind::ServerError,
-                           fmt::format("malformed stream event: a tool call index skips ahead: {}",
-                                       data.substr(0, 200)));
+      streamed_ = Response::failed_quoting(FailureKind::ServerError,
+                                           "malformed stream event: a tool call index skips ahead",
+                                           data.substr(0, 200));
       return false;
     }
     // Last: the caller's code may parse on this thread (the parser is
@@ -493,8 +497,8 @@ class ChatExchange {
     simdjson::dom::parser& parser = detail::reusable_parser(body_.size(), own);
     simdjson::dom::element doc;
     if (parser.parse(body_).get(doc)) {
-      return Response::failed(FailureKind::ServerError,
-                              fmt::format("malformed answer: {}", body_.substr(0, 200)));
+      return Response::failed_quoting(FailureKind::ServerError, "malformed answer",
+                                      std::string_view(body_).substr(0, 200));
     }
     if (doc["choices"].at(0)["message"].error()) {
       return Response::failed(FailureKind::ServerError, "answer has no choices[0].message");
