@@ -111,9 +111,9 @@ int main(int argc, char** argv) {
     using torouter::Response;
     std::map<std::string, std::map<int, Response>> failures;
     failures["llama-3.3-nemotron-super-49b-v1"][2] =
-        Response::failed(FailureKind::ServerError, "HTTP 503: upstream overloaded");
+        Response::failed_quoting(FailureKind::ServerError, "HTTP 503", "upstream overloaded");
     failures["llama-3.3-nemotron-super-49b-v1"][3] =
-        Response::failed(FailureKind::ServerError, "HTTP 503: upstream overloaded");
+        Response::failed_quoting(FailureKind::ServerError, "HTTP 503", "upstream overloaded");
     failures["gemma-2-9b-it"][1] = Response::failed(FailureKind::RateLimited, "HTTP 429",
                                                     std::chrono::milliseconds(50));
     failures["qwen2.5-7b-instruct"][1] =

@@ -458,6 +458,14 @@ struct RouterServer::Impl {
       upstreams.push_back(std::make_shared<const openai::Upstream>(std::move(upstream)));
       upstream_urls.push_back(ec.upstream.base_url);
     }
+    // Longest first: a URL that begins another ("http://h:80" and
+    // "http://h:8000/v1") must not be replaced inside it.
+    std::sort(upstream_urls.begin(), upstream_urls.end(),
+              [](const std::string& a, const std::string& b) {
+                return a.size() != b.size() ? a.size() > b.size() : a < b;
+              });
+    upstream_urls.erase(std::unique(upstream_urls.begin(), upstream_urls.end()),
+                        upstream_urls.end());
     RouterOptions router_options = config.router;
     router_options.state_store = shared_state();
     router = std::make_unique<Router>(std::move(registry), model.scorer, nullptr, router_options);
@@ -814,9 +822,9 @@ struct RouterServer::Impl {
         a.failure == FailureKind::BadRequest || a.failure == FailureKind::ContextTooLong;
     const bool quote = requests_fault && a.http_status != 413;
     std::string text = a.detail;
-    if (!quote && a.upstream_words_at < text.size()) {
-      text.resize(a.upstream_words_at);
-      text += "<the upstream's words, in the server's log>";
+    if (!quote && a.quoted_at < text.size()) {
+      text.resize(a.quoted_at);
+      text += "<in the server's log>";
     }
     const std::string name = fmt::format("<upstream of {}>", a.expert);
     for (const std::string& url : upstream_urls) {
@@ -840,6 +848,7 @@ struct RouterServer::Impl {
       std::cerr << fmt::format("torouter-server: {} attempt {} failed: {}: {}\n", a.expert,
                                a.number, to_string(a.failure), a.detail);
       a.detail = client_detail(a);
+      a.quoted_at = std::string::npos;  // cut (or kept) above
     }
     return invoke_error(told);
   }

@@ -381,7 +381,8 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
         progress.settled = progress.rate_limited = true;
         break;
       case AdmissionOutcome::Unavailable:
-        skip(c, "state store unavailable: " + answer.detail);
+        // The store's words name its address: marked, for a server to cut.
+        skip(c, "state store unavailable: ", answer.detail);
         progress.settled = progress.unavailable = true;
         break;
     }
@@ -732,7 +733,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     attempt.outcome = AttemptOutcome::Failed;
     attempt.failure = response.failure;
     attempt.detail = response.error_message;
-    attempt.upstream_words_at = response.upstream_words_at;
+    attempt.quoted_at = response.upstream_words_at;
     attempt.http_status = response.http_status;
     attempt.retry_after = response.retry_after;
     result_.attempts.push_back(std::move(attempt));
@@ -893,11 +894,17 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
 
   // ---------------------------------------------------------------- results
 
-  void skip(const Candidate& c, std::string why) {
+  // A skipped call's attempt: `why`, then `quoted` (words torouter did
+  // not write), marked as a quote when there are any.
+  void skip(const Candidate& c, std::string why, std::string_view quoted = {}) {
     Attempt attempt;
     attempt.expert = std::string(c.name);
     attempt.outcome = AttemptOutcome::Skipped;
     attempt.detail = std::move(why);
+    if (!quoted.empty()) {
+      attempt.quoted_at = attempt.detail.size();
+      attempt.detail += quoted;
+    }
     result_.attempts.push_back(std::move(attempt));
   }
 

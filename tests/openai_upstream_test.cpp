@@ -188,7 +188,9 @@ TEST_CASE("openai upstream: the finish reason and tool calls reach ChatCall::ans
   const Response skipped = upstream.stream(
       request("x"), [](std::string_view) {}, call);
   CHECK(skipped.failure == FailureKind::ServerError);
-  CHECK_THAT(skipped.error_message, Contains("tool call index skips ahead"));
+  CHECK(skipped.error_message.substr(0, skipped.upstream_words_at) ==
+        "malformed stream event: a tool call index skips ahead: ");
+  CHECK_THAT(skipped.error_message.substr(skipped.upstream_words_at), Contains("\"index\":1"));
 }
 
 TEST_CASE("openai upstream: ChatCall::pieces_as_json hands on each event's choice, for a relay",
@@ -393,6 +395,10 @@ TEST_CASE("openai upstream: HTTP errors classified without a server", "[openai]"
   CHECK(odd_status.error_message == "HTTP 302: unexpected status");
   CHECK(odd_status.upstream_words_at == std::string::npos);
   CHECK(odd_status.http_status == 302);
+  // An empty body quotes nothing: no dangling "HTTP 503: ".
+  const Response silent = classify_http_error(503, "", "", "");
+  CHECK(silent.error_message == "HTTP 503");
+  CHECK(silent.upstream_words_at == std::string::npos);
   CHECK(classify_http_error(422, "", "", "").failure == FailureKind::BadRequest);
   // The upstream's key or model id is wrong: the expert is broken, not the request.
   for (const int status : {401, 402, 403, 404}) {

@@ -383,3 +383,51 @@ TEST_CASE("a cooldown another router publishes through the store leaves the expe
   rig.store->report_cooldown(0, Clock::now() + 1s);
   CHECK(rig.router.status("coder").cooling_down);
 }
+
+namespace {
+
+// A store whose backend cannot be reached for the calls of one expert: it
+// answers those Unavailable, naming an address as a Redis store does.
+class HalfDownStore : public torouter::StateStore {
+ public:
+  void configure(const ExpertRegistry& e, std::vector<BudgetRule> b) override {
+    local_.configure(e, std::move(b));
+  }
+  void admit(const Admission& a, std::function<void(const AdmissionResult&)> done) override {
+    if (a.expert != 0) return done(local_.admit_now(a));
+    AdmissionResult down;
+    down.outcome = AdmissionOutcome::Unavailable;
+    down.detail = "redis unreachable (redis 10.1.2.3:6379: Connection refused)";
+    done(down);
+  }
+  void settle(const Settlement& s) override { local_.settle(s); }
+  int in_flight(std::size_t expert) const override { return local_.in_flight(expert); }
+  double spent_usd() const override { return local_.spent_usd(); }
+
+ private:
+  InProcessStateStore local_;
+};
+
+}  // namespace
+
+TEST_CASE("a call the store cannot admit is skipped, its words marked as quoted") {
+  torouter::RouterOptions options;
+  options.state_store = std::make_shared<HalfDownStore>();
+  torouter::Router router(
+      experts(),
+      std::make_shared<torouter::testing::TableScorer>(std::vector<std::string>{"coder", "chat"},
+                                                       std::vector<float>{0.9f, 0.5f}),
+      nullptr, options);
+  router.set_transport("coder", answers("from coder"));
+  router.set_transport("chat", answers("from chat"));
+  const torouter::InvokeResult r = torouter::testing::invoke(router, "hello");
+  REQUIRE(r.ok());
+  CHECK(r.expert == "chat");
+  const torouter::Attempt& skipped = r.attempts.at(0);
+  CHECK(skipped.outcome == torouter::AttemptOutcome::Skipped);
+  // A server cuts the detail at `quoted_at`: the store's address is after it.
+  REQUIRE(skipped.quoted_at < skipped.detail.size());
+  CHECK(skipped.detail.substr(0, skipped.quoted_at) == "state store unavailable: ");
+  CHECK_THAT(skipped.detail.substr(skipped.quoted_at), Contains("10.1.2.3:6379"));
+  CHECK(r.attempts.at(1).quoted_at == std::string::npos);
+}

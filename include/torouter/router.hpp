@@ -278,9 +278,11 @@ struct Attempt {
   FailureKind failure = FailureKind::None;
   /// Failure message, or why the call was skipped.
   std::string detail;
-  /// For `Failed`: where the upstream's own words begin in `detail`
-  /// (`Response::upstream_words_at`), `npos` when it quotes none.
-  std::size_t upstream_words_at = std::string::npos;
+  /// Where `detail` starts quoting words torouter did not write, which may
+  /// name internal hosts, keys or accounts: a failed call's upstream
+  /// (`Response::upstream_words_at`), a skip's state store; `npos` when it
+  /// quotes none. The quote runs to the end of `detail`.
+  std::size_t quoted_at = std::string::npos;
   /// For `Failed`: the upstream's HTTP status (`Response::http_status`), 0 when none.
   int http_status = 0;
   /// For `RateLimited`: the wait the expert asked for (`Response::retry_after`),

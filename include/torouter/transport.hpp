@@ -133,7 +133,8 @@ struct Response {
   /// begin in `error_message`, or `npos` when it quotes none: "HTTP 503: "
   /// is the transport's, "overloaded" the upstream's. They may name the
   /// upstream's hosts, keys or accounts, so a server that answers other
-  /// clients cuts the message here (torouter-server does).
+  /// clients cuts the message here (torouter-server does). They run to the
+  /// end of the message: text appended after them is taken as theirs.
   std::size_t upstream_words_at = std::string::npos;
   /// The upstream's HTTP status when the failure is an answer with one
   /// (a 503, a 429); 0 otherwise.
@@ -160,11 +161,13 @@ struct Response {
     return r;
   }
   /// A failed response that quotes the upstream: "<what>: <upstream_words>",
-  /// with `upstream_words_at` where the quote begins.
+  /// with `upstream_words_at` where the quote begins; "<what>" alone when
+  /// the upstream said nothing (an empty body).
   static Response failed_quoting(FailureKind kind, std::string_view what,
                                  std::string_view upstream_words,
                                  std::chrono::milliseconds retry_after = std::chrono::milliseconds{
                                      0}) {
+    if (upstream_words.empty()) return failed(kind, std::string(what), retry_after);
     std::string message(what);
     message += ": ";
     Response r = failed(kind, std::move(message), retry_after);
