@@ -10,7 +10,9 @@ import os
 import sys
 import tempfile
 import unittest
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 
 try:
     import numpy as np
@@ -84,12 +86,10 @@ class Report(unittest.TestCase):
         self.assertEqual(lines[1], f"{without}: no ECE in the report")
 
     def test_the_command_without_reports_is_a_usage_error(self):
-        with redirect_stdout(io.StringIO()), open(os.devnull, "w") as devnull:
-            stderr, sys.stderr = sys.stderr, devnull
-            try:
-                self.assertEqual(ece_noise.main([]), 2)
-            finally:
-                sys.stderr = stderr
+        err = io.StringIO()
+        with redirect_stdout(io.StringIO()), redirect_stderr(err):
+            self.assertEqual(ece_noise.main([]), 2)
+        self.assertIn("usage", err.getvalue())
 
 
 if __name__ == "__main__":
