@@ -579,6 +579,16 @@ TEST_CASE("router server: failures of every expert become OpenAI error objects",
     CHECK_THAT(res->body, Contains("cannot connect to <upstream of " + kExperts[1] + ">"));
     CHECK_THAT(res->body, !Contains("<upstream of " + kExperts[0] + ">"));
   }
+  SECTION("an upstream URL that begins another's: the longer is replaced whole") {
+    Fixture g([&](ServerConfig& c) {
+      c.experts[1].upstream.base_url = c.experts[0].upstream.base_url + "0";
+    });
+    g.upstreams[kExperts[0]]->stop();
+    auto res = g.post(chat_body(kExperts[1], kPrompt));
+    REQUIRE(res);
+    CHECK(res->status == 502);
+    CHECK_THAT(res->body, Contains("cannot connect to <upstream of " + kExperts[1] + ">:"));
+  }
   SECTION("upstreams that cannot be reached: their URLs stay out of the answer") {
     for (auto& [name, u] : f.upstreams) u->stop();
     auto res = f.post(chat_body("router", kPrompt));
