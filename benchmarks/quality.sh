@@ -7,8 +7,9 @@
 #
 #   benchmarks/quality.sh            # about 30 minutes on 2 cores, plus about
 #                                    # 6 for the peers (benchmarks/peers/check_peers.sh),
-#                                    # 4 for the paired bootstrap and 14 for the
-#                                    # default trained with three more seeds
+#                                    # 4 for the paired bootstrap, 14 for the
+#                                    # default trained with three more seeds and
+#                                    # 5 for the XGBoost peer with them
 #
 # Needs the shared datasets ($TOROUTER_DATA, default ../shared/data) and,
 # for the peers, Debian's python3-sklearn, python3-xgboost and PyTorch
@@ -100,6 +101,13 @@ for dataset in routerbench3 llmrouter14; do
     --oof "$out/$dataset-oof.csv" --out "$out/$dataset-compare-oof.json"
 done
 benchmarks/peers/check_peers.sh "$out/peers" "$data_root"
+# The XGBoost peer with the default's other seeds (write_results.py's SEEDS):
+# how much of its lead on llmrouter14's test split a seed alone moves.
+for seed in 2 3 4; do
+  echo "== llmrouter14: the XGBoost peer with seed $seed"
+  /usr/bin/python3 benchmarks/peers/tuned_peers.py --data "$data_root/llmrouter14" \
+    --out-dir "$out/peers" --peers xgb --seed "$seed" | grep "xgb-seed$seed:"
+done
 # How sure each test split is of the default against each tuned peer: a
 # paired bootstrap of the test rows, one cost prediction for all.
 for dataset in routerbench3 llmrouter14; do

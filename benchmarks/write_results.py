@@ -138,15 +138,39 @@ def bootstrap_table(path):
         return []
     r = json.load(open(path, encoding="utf-8"))
     labels = dict(PEERS)
+    unseen = r.get("aiq_unseen", {})
     lines = ["| peer | AIQ, the default | AIQ, the peer | difference | SD of the difference "
-             "| resamples where the default is at least the peer |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| resamples where the default is at least the peer "
+             f"| AIQ on the {r.get('unseen_rows', 0)} prompts not in training, the default "
+             "/ the peer |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, p in r["peers"].items():
         label = labels.get(name, name).split("; ")[0]
         lines.append(f"| {label} | {fmt(r['aiq'][r['ours']])} | {fmt(r['aiq'][name])} | "
                      f"{p['difference']:+.4f} | {p['sd']:.4f} | "
-                     f"{100 * p['share_ours_at_least']:.0f}% |")
+                     f"{100 * p['share_ours_at_least']:.0f}% | "
+                     f"{fmt(unseen.get(r['ours']))} / {fmt(unseen.get(name))} |")
     return lines
+
+
+def repeated_prompts(data_root, dataset):
+    """({task: (test rows whose prompt is in the training split, test rows)},
+    repeated rows, test rows, training rows that repeat an earlier training
+    row's prompt), or None when the dataset is absent."""
+    folder = os.path.join(data_root or "", dataset)
+    if not data_root or not os.path.exists(os.path.join(folder, "test.jsonl")):
+        return None
+    def rows(split):
+        return [json.loads(line) for line in open(os.path.join(folder, f"{split}.jsonl"),
+                                                  encoding="utf-8") if line.strip()]
+    train = [r["prompt"] for r in rows("train")]
+    seen = set(train)
+    per_task = {}
+    for r in rows("test"):
+        repeated, total = per_task.get(r["task"], (0, 0))
+        per_task[r["task"]] = (repeated + (r["prompt"] in seen), total + 1)
+    return (per_task, sum(n for n, _ in per_task.values()),
+            sum(t for _, t in per_task.values()), len(train) - len(seen))
 
 
 def task_shares(data_root, dataset, split):
@@ -207,6 +231,10 @@ def findings(dataset, reports, out, data_root):
                      + (f"; a perfectly calibrated router would show an ECE at least as high in "
                         f"{100 * min(shares):.0f}% to {100 * max(shares):.0f}% of draws"
                         if shares else "") + ".")
+    xgb = [r for r in (xgb_seed_report(out, dataset, seed) for seed in (1,) + SEEDS) if r]
+    if len(xgb) > 1:
+        lines.append(f"- Over {len(xgb)} seeds the XGBoost peer's test AIQ is "
+                     f"{fmt(min(r['aiq'] for r in xgb))} to {fmt(max(r['aiq'] for r in xgb))}.")
     train, test = task_shares(data_root, dataset, "train"), task_shares(data_root, dataset, "test")
     if train and test:
         rare = sorted(t for t, share in test.items() if train.get(t, 0.0) < share / 2)
@@ -215,6 +243,16 @@ def findings(dataset, reports, out, data_root):
                      f"{len(rare)} test tasks have under half their test share in training"
                      + (f" ({', '.join(rare)})" if rare else "")
                      + (f"; absent from the test split: {', '.join(absent)}" if absent else "") + ".")
+    repeats = repeated_prompts(data_root, dataset)
+    if repeats and repeats[1]:
+        per_task, repeated, total, train_repeats = repeats
+        tasks = ", ".join(f"{t} {n} of {m}" for t, (n, m) in sorted(per_task.items()) if n)
+        lines.append(f"- {repeated} of the test split's {total} prompts "
+                     f"({100 * repeated / total:.0f}%) appear verbatim in the training split "
+                     f"({tasks}), where {train_repeats} training prompts repeat another: a "
+                     f"router that memorises its training rows gains on the test split in a way "
+                     f"cross-validation cannot see. The paired bootstrap's last column leaves "
+                     f"those prompts out.")
     return lines
 
 
@@ -273,18 +311,33 @@ def chosen_spec(train_log):
     return "—"
 
 
+def xgb_seed_report(out, dataset, seed):
+    """The XGBoost peer's test figures (`router`) with `seed` (quality.sh's
+    tuned_peers.py --seed runs; seed 1 is check_peers.sh's), or None."""
+    path = os.path.join(out, "peers", f"{dataset}-xgb" + (f"-seed{seed}" if seed != 1 else "")
+                        + ".json")
+    return json.load(open(path, encoding="utf-8"))["router"] if os.path.exists(path) else None
+
+
 def seed_table(out, dataset):
     """The default trained with seed 1 (the table above) and SEEDS: its
-    choice and test figures."""
+    choice and test figures, and the XGBoost peer's with the same seed where
+    quality.sh trained it with other seeds (llmrouter14)."""
+    with_peer = any(xgb_seed_report(out, dataset, seed) for seed in SEEDS)
     lines = ["| seed | chosen | AIQ | gap won | ECE | a calibrated router's ECE, median (95%) "
-             "| its draws at or above |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| its draws at or above |" + (" the XGBoost peer's AIQ / gap won |" if with_peer
+                                            else ""),
+             "| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if with_peer else "")]
     for seed, report, log in seed_runs(out, dataset):
         r = json.load(open(report, encoding="utf-8"))["router"]
         noise = ece_noise(r)
         floor = (f"{fmt(noise['calibrated_median'], 3)} ({fmt(noise['calibrated_p95'], 3)}) | "
                  f"{100 * noise['share_at_or_above']:.0f}%" if noise else "— | —")
+        xgb = xgb_seed_report(out, dataset, seed)
+        peer = f" {fmt(xgb['aiq'])} / {fmt(xgb['gap_won'], 3)} |" if xgb else " — |"
         lines.append(f"| {seed} | `{chosen_spec(log)}` | {fmt(r['aiq'])} | "
-                     f"{fmt(r['gap_won'], 3)} | {fmt(r.get('ece'), 3)} | {floor} |")
+                     f"{fmt(r['gap_won'], 3)} | {fmt(r.get('ece'), 3)} | {floor} |"
+                     + (peer if with_peer else ""))
     return lines if len(lines) > 3 else []
 
 
@@ -387,7 +440,10 @@ def main(out, data_root=None):
             "same bins (0/1 draws, an upper bound on the noise where scores",
             "are fractional; 4,000 draws), and the share of those draws at or",
             "above the observed ECE: a small share says the router is not",
-            "calibrated, a large one that the test split cannot tell.")
+            "calibrated, a large one that the test split cannot tell. On",
+            "llmrouter14 the last column is the XGBoost peer trained with the",
+            "same seed (of its SVD, its train-internal split and its sampling;",
+            "`tuned_peers.py --seed`).")
         ablation = cross_validation_table(os.path.join(out, f"{dataset}-ablation.log"))
         lines += section(
             f"Ablation by cross-validation ({dataset})",

@@ -8,7 +8,9 @@ only the quality models differ. The test rows are then resampled with
 replacement within each task (the split's task mix kept), the same resample
 for every router. For each peer: our AIQ minus the peer's, the standard
 deviation of that difference over the resamples, and the share of resamples
-in which ours is at least the peer's.
+in which ours is at least the peer's. Besides, each router's AIQ on the test
+rows whose prompt does not appear verbatim in the training split (a test
+split may repeat training prompts: llmrouter14's repeats about a quarter).
 
     /usr/bin/python3 benchmarks/peers/paired_bootstrap.py \\
         --data ../shared/data/llmrouter14 --ours default=default.csv \\
@@ -90,13 +92,16 @@ def main():
 
     everything = np.arange(len(rows))
     full = {name: aiq(p, everything) for name, p in routers.items()}
+    in_train = set(d["train_prompts"])
+    unseen = np.array([i for i, r in enumerate(rows) if d["test_prompts"][r] not in in_train])
+    on_unseen = {name: aiq(p, unseen) for name, p in routers.items()} if len(unseen) else {}
     drawn = {name: [] for name in routers}
     for picked in resamples(tasks, args.resamples):
         for name, p in routers.items():
             drawn[name].append(aiq(p, picked))
     ours = np.array(drawn[ours_name])
     results = {"ours": ours_name, "resamples": args.resamples, "rows": len(rows),
-               "aiq": full, "peers": {}}
+               "aiq": full, "unseen_rows": len(unseen), "aiq_unseen": on_unseen, "peers": {}}
     print(f"{'peer':40s} {'AIQ ours':>9s} {'peer':>7s} {'diff':>8s} {'SD':>7s} {'ours >=':>8s}")
     for name in peers:
         diff = ours - np.array(drawn[name])

@@ -35,11 +35,12 @@ def train_valid_split(n, seed=SEED):
 class XgbModel:
     """One XGBoost regressor per expert; depth and rounds by early stopping."""
 
-    def __init__(self, depth=None):
+    def __init__(self, depth=None, seed=SEED):
         self.depth = depth  # None: chosen on the validation split
+        self.seed = seed  # of the validation split and XGBoost's row and column sampling
 
     def _booster(self, z, y, depth, rounds, valid=None):
-        params = {**XGB_PARAMS, "max_depth": depth, "nthread": THREADS}
+        params = {**XGB_PARAMS, "max_depth": depth, "nthread": THREADS, "seed": self.seed}
         evals = [(xgb.DMatrix(*valid), "valid")] if valid else []
         return xgb.train(params, xgb.DMatrix(z, label=y), rounds, evals=evals,
                          early_stopping_rounds=XGB_PATIENCE if valid else None,
@@ -47,7 +48,7 @@ class XgbModel:
 
     def tune(self, z, quality):
         """Per depth, per expert: best validation MSE and its round count."""
-        fit, valid = train_valid_split(len(z))
+        fit, valid = train_valid_split(len(z), self.seed)
         results = {}
         for depth in ([self.depth] if self.depth else XGB_DEPTHS):
             errors, rounds = [], []

@@ -15,6 +15,11 @@ the predicted quality per test row goes to OUT_DIR/<dataset>-<peer>.csv.
 
     /usr/bin/python3 benchmarks/peers/tuned_peers.py \
         --data ../shared/data/llmrouter14 --out-dir build/quality/peers
+
+`--peers xgb --seed N` trains the XGBoost peer with another seed (of the
+SVD, the train-internal split and XGBoost's sampling), written as
+<dataset>-xgb-seedN.*: how much of a difference between routers a seed alone
+makes, beside torouter's default trained with other seeds.
 """
 
 import os
@@ -44,11 +49,13 @@ PEERS = {  # name: (input features, description, default timing queries)
 }
 
 
-def make_model(name):
+def make_model(name, seed):
     if name == "mf":
         from mf_model import MfModel  # torch is slow to import: only when needed
         return MfModel()
-    return {"xgb": XgbModel, "ridge-cv": RidgeModel, "knn-cv": KnnModel}[name]()
+    if name == "xgb":
+        return XgbModel(seed=seed)
+    return {"ridge-cv": RidgeModel, "knn-cv": KnnModel}[name]()
 
 
 def timed(fn, *args):
@@ -57,9 +64,9 @@ def timed(fn, *args):
     return value, time.perf_counter() - start
 
 
-def build_features(d):
+def build_features(d, seed):
     """Featurizer and cost model fitted on train; features of the test rows."""
-    feat = Featurizer()
+    feat = Featurizer(seed=seed)
     start = time.perf_counter()
     x_train = feat.sparse_fit(d["train_prompts"])
     tfidf_s = time.perf_counter() - start
@@ -90,8 +97,10 @@ def router_for(f, model, kind, per_query):
 
 def run_peer(name, d, f, args, dataset):
     kind, description, default_queries = PEERS[name]
-    model, fit_s = timed(make_model(name).fit, f["train"][kind], d["train_quality"])
+    model, fit_s = timed(make_model(name, args.seed).fit, f["train"][kind], d["train_quality"])
     pred_quality = model.predict(f["test"][kind])
+    if args.seed != 1:
+        name += f"-seed{args.seed}"
     ev.write_predictions(os.path.join(args.out_dir, f"{dataset}-{name}.csv"),
                          d["test"], d["experts"], pred_quality)
     s = f["seconds"]
@@ -129,16 +138,20 @@ def main():
                         help=f"comma-separated, of {','.join(PEERS)}")
     parser.add_argument("--timing-queries", type=int,
                         help="queries timed one at a time (default 200 for xgb and mf, else 500)")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="seed of the SVD and the xgb peer (another than 1: --peers xgb only)")
     args = parser.parse_args()
     names = args.peers.split(",")
     unknown = [n for n in names if n not in PEERS]
     if unknown:
         parser.error(f"unknown peer(s): {','.join(unknown)}")
+    if args.seed != 1 and names != ["xgb"]:
+        parser.error("--seed other than 1 is for --peers xgb alone")
 
     d = ev.load_split(args.data, "tuned_peers.py")
     os.makedirs(args.out_dir, exist_ok=True)
     dataset = os.path.basename(os.path.normpath(args.data))
-    f = build_features(d)
+    f = build_features(d, args.seed)
     print(f"{dataset}: features {f['seconds']}", flush=True)
     for name in names:
         run_peer(name, d, f, args, dataset)
