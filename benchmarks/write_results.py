@@ -153,20 +153,24 @@ def bootstrap_table(path):
     return lines
 
 
+def split_rows(data_root, dataset, split):
+    """The rows of a dataset's split, or None when the dataset is absent."""
+    path = os.path.join(data_root or "", dataset, f"{split}.jsonl")
+    if not data_root or not os.path.exists(path):
+        return None
+    return [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+
+
 def repeated_prompts(data_root, dataset):
     """({task: (test rows whose prompt is in the training split, test rows)},
     repeated rows, test rows, training rows that repeat an earlier training
     row's prompt), or None when the dataset is absent."""
-    folder = os.path.join(data_root or "", dataset)
-    if not data_root or not os.path.exists(os.path.join(folder, "test.jsonl")):
+    train, test = split_rows(data_root, dataset, "train"), split_rows(data_root, dataset, "test")
+    if train is None or test is None:
         return None
-    def rows(split):
-        return [json.loads(line) for line in open(os.path.join(folder, f"{split}.jsonl"),
-                                                  encoding="utf-8") if line.strip()]
-    train = [r["prompt"] for r in rows("train")]
-    seen = set(train)
+    seen = {r["prompt"] for r in train}
     per_task = {}
-    for r in rows("test"):
+    for r in test:
         repeated, total = per_task.get(r["task"], (0, 0))
         per_task[r["task"]] = (repeated + (r["prompt"] in seen), total + 1)
     return (per_task, sum(n for n, _ in per_task.values()),
@@ -175,14 +179,9 @@ def repeated_prompts(data_root, dataset):
 
 def task_shares(data_root, dataset, split):
     """{task: share of the split's rows}, or {} when the dataset is absent."""
-    path = os.path.join(data_root or "", dataset, f"{split}.jsonl")
-    if not data_root or not os.path.exists(path):
-        return {}
     counts = {}
-    for line in open(path, encoding="utf-8"):
-        if line.strip():
-            task = json.loads(line)["task"]
-            counts[task] = counts.get(task, 0) + 1
+    for row in split_rows(data_root, dataset, split) or []:
+        counts[row["task"]] = counts.get(row["task"], 0) + 1
     total = sum(counts.values())
     return {task: n / total for task, n in counts.items()}
 
