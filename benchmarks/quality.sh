@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains and evaluates torouter's routers (the one default that
 # `torouter train` chooses by cross-validation, and each scorer as named:
-# gbt, linear, MLP with both losses, kNN, transformer-lite; every one calibrated on
+# gbt, linear, task, MLP with both losses, kNN, transformer-lite; every one calibrated on
 # 5 held-out folds of the training split) and the Python peers on both
 # shared datasets, then writes docs/RESULTS.md and the plots under docs/plots/.
 #
@@ -28,6 +28,7 @@ routers=(
   "default||"
   "gbt|gbt|"
   "linear|linear|"
+  "task|task|"
   "mlp-bce|mlp:64,buckets=16384|--loss bce"
   "mlp-soft|mlp:64,buckets=16384|--loss soft --temperature 0.1"
   "mlp-soft-int8|mlp:64,buckets=16384,table=int8|--loss soft --temperature 0.1"
@@ -77,6 +78,9 @@ ablation+=";knn:40,dims=32;knn:40,dims=64"
 # their own.
 ablation+=";linear;linear,alpha=3;linear,alpha=30;linear,alpha=auto;linear,buckets=65536"
 ablation+=";linear,blocks=2"
+# The task scorer (which training task a prompt belongs to, and the task's
+# mean quality per expert) at other penalties and with blocks.
+ablation+=";task;task,alpha=0.3;task,alpha=3;task,alpha=10;task,alpha=auto;task,blocks=2"
 # Words and characters in blocks of their own (as the peers' two TF-IDF
 # blocks), at the default width and with more buckets for the two halves.
 ablation+=";gbt,blocks=2;gbt,buckets=32768,blocks=2;gbt,buckets=65536,blocks=2"

@@ -14,6 +14,7 @@ from ece_noise import ece_noise
 DATASETS = ["routerbench3", "llmrouter14"]
 OURS = [("default", "torouter default (`torouter train`, chosen by CV)"),
         ("gbt", "torouter gbt (boosted trees)"), ("linear", "torouter linear (ridge per expert)"),
+        ("task", "torouter task (which training task, and its mean quality per expert)"),
         ("mlp-bce", "torouter MLP, BCE"), ("mlp-soft", "torouter MLP, soft labels"),
         ("mlp-soft-int8", "torouter MLP, soft labels, int8 table"),
         ("knn", "torouter kNN, k=40"),
@@ -116,6 +117,11 @@ def calibration_table(out, dataset):
     return lines
 
 
+def not_a_candidate(name):
+    """compare_oof.py's rows that are not torouter's: the peer and the task bound."""
+    return name.startswith("xgboost") or name.startswith("task means")
+
+
 def same_folds_table(path):
     """compare_oof.py's figures: every candidate and XGBoost on the same folds."""
     if not os.path.exists(path):
@@ -125,7 +131,7 @@ def same_folds_table(path):
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
         p, t = r["pooled"], r["task_balanced"]
-        label = name if name.startswith("xgboost") else f"torouter `{name}`"
+        label = name if not_a_candidate(name) else f"torouter `{name}`"
         lines.append(f"| {label} | {fmt(p['aiq'])} | {fmt(p['gap_won'], 3)} | "
                      f"{fmt(p['q_lambda0'])} | {fmt(p['ece'], 3)} | {fmt(t['aiq'])} | "
                      f"{fmt(t['gap_won'], 3)} |")
@@ -212,7 +218,7 @@ def findings(dataset, reports, out, data_root):
     if os.path.exists(same):
         results = json.load(open(same, encoding="utf-8"))
         xgb = next((r for name, r in results.items() if name.startswith("xgboost")), None)
-        ours = {name: r for name, r in results.items() if not name.startswith("xgboost")}
+        ours = {name: r for name, r in results.items() if not not_a_candidate(name)}
         if xgb and ours:
             for view, words in (("pooled", "pooled"), ("task_balanced", "task-balanced")):
                 beat = sum(r[view]["aiq"] > xgb[view]["aiq"] for r in ours.values())
@@ -418,7 +424,9 @@ def main(out, data_root=None):
             "model), so only the quality models differ; pooled over the training",
             "rows, and again with every task weighted equally. The ECE here is of",
             "the picks' per-expert calibrated prediction, before the top-pick map",
-            "(the CV ECE above is after it).")
+            "(the CV ECE above is after it). The last row is not a router: each",
+            "held-out row's own task's mean quality per expert on the other folds,",
+            "its task given, the most that routing by the task alone could win.")
         lines += section(
             f"How sure the test split is ({dataset})",
             bootstrap_table(os.path.join(out, f"{dataset}-bootstrap.json")),
@@ -448,7 +456,7 @@ def main(out, data_root=None):
             f"Ablation by cross-validation ({dataset})",
             [l for l in ablation if not l.startswith("Chosen")],
             "The same 5-fold cross-validation on the training split alone, one",
-            "change at a time from `gbt` (see `benchmarks/quality.sh`).")
+            "change at a time from each scorer's defaults (see `benchmarks/quality.sh`).")
         lines += section(
             f"What the figures say ({dataset})", findings(dataset, reports, out, data_root),
             "Computed by benchmarks/write_results.py from the tables above.")

@@ -22,12 +22,37 @@
 // The solver is hand-written: Eigen's ConjugateGradient takes one
 // right-hand side over an explicit matrix, a pass over the data per expert.
 //
+// The task scorer (kind "task") is the same model on another target: it
+// learns which of the training split's tasks (DatasetRow::task) a prompt
+// belongs to, one ridge column per task on the one-hot labels, and predicts
+// the task's mean quality of each expert:
+//
+//   s_t      = b_t + x . w_t + d . v_t                 one score per task
+//   p        = softmax(s / temperature)
+//   quality  = sum_t p_t * (the expert's mean quality over task t's rows)
+//
+// The temperature is the one of kTemperatures whose probabilities give the
+// validation rows' true tasks the least log loss (the head fitted without
+// those rows); 0.1 without validation rows. The mixture, not the most
+// likely task's means alone, lets a prompt between two tasks weigh both:
+// it routed better by cross-validated AIQ (llmrouter14's training split:
+// 0.6534 against 0.6512 for a build that took the most likely task's means).
+//
+// Outcomes are 0/1 on most tasks, so a prompt's own outcomes are mostly
+// noise about its task's means: learning the task (a few labels, learnt
+// from every row) and reading the means off a table of hundreds of rows
+// each routed better by cross-validated AIQ than any scorer that learns
+// each expert's outcome per prompt (docs/RESULTS.md). It needs rows
+// labelled with two tasks or more; `train_best` leaves it out otherwise.
+//
 // Spec grammar (canonical form first; `spec()` returns it):
 //   linear[,buckets=N][,blocks=2][,alpha=A|auto]
+//   task[,buckets=N][,blocks=2][,alpha=A|auto]    (alpha=auto: per task)
 //   buckets  featurizer buckets, 16..2^20 (default 2^14)
 //   blocks   as gbt's: 2 puts words and characters in blocks of their own
-//   alpha    the penalty, in (0, 1e9], for every expert (default 10), or
-//            auto: chosen per expert on the held-out rows
+//   alpha    the penalty, in (0, 1e9], for every column (default 10; the
+//            task kind's 1), or auto: chosen per column (expert or task)
+//            on the held-out rows
 //
 // Model file ("linear" kind). Fields: featurizer.*, linear.predicts_tokens,
 // linear.tokens.known (per expert), linear.quality.alpha and
@@ -35,7 +60,11 @@
 // linear.numeric.low, .high, .mean and .scale [1, numeric features];
 // linear.quality.weights [buckets, experts], linear.quality.dense
 // [numeric features, experts], linear.quality.bias [experts]; the same for
-// linear.tokens.* where the data has lengths.
+// linear.tokens.* where the data has lengths. The "task" kind writes no
+// linear.quality.*, but task.names (the tasks, sorted), task.quality
+// [tasks, experts] (each task's mean quality per expert) and the
+// classifier's head as task.classifier.* ([buckets, tasks] and so on),
+// and task.temperature.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -63,6 +92,12 @@ constexpr long long kDefaultBuckets = 1 << 14;
 // and a choice per expert by held-out error, by cross-validated AIQ on both
 // shared training splits (docs/RESULTS.md, the ablation).
 constexpr double kDefaultAlpha = 10.0;
+// The task kind's: a task's label is known on every row and never noise,
+// so a weaker penalty fits it closer. 1 routed better than 3 and 10 on
+// llmrouter14 and as well on routerbench3 (cross-validated AIQ on the
+// training splits, docs/RESULTS.md's ablation), and as well as 0.3, which
+// takes twice the solver's time.
+constexpr double kDefaultTaskAlpha = 1.0;
 // The penalties `alpha=auto` tries, largest first.
 constexpr double kAlphaPath[] = {100.0, 30.0, 10.0, 3.0};
 // Conjugate gradients stop at this residual, relative to the right-hand
@@ -73,6 +108,14 @@ constexpr float kMaxWeight = 1e6f;
 // Below this spread a numeric feature counts as constant (scale 1, so it
 // stays 0 after centring).
 constexpr float kMinScale = 1e-6f;
+// A task's mean quality for an expert counts this many rows at the
+// expert's mean over every task besides its own, so an expert with few
+// outcomes on a task is not judged by those alone.
+constexpr double kTaskPriorRows = 1.0;
+// The softmax temperatures the task kind chooses from, and its choice
+// without validation rows (what llmrouter14's folds chose each time).
+constexpr double kTemperatures[] = {0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5};
+constexpr double kDefaultTemperature = 0.1;
 
 using Dense = Eigen::MatrixXf;
 using Table = SparseProjection::Table;
@@ -296,6 +339,7 @@ HeadFit fit_head(const Design& f, Dense target, double alpha, const std::vector<
   const auto cols = target.cols();
   HeadFit out;
   out.w = Dense::Zero(f.width(), cols);
+  // With `alpha=auto`, a column without held-out evidence keeps 10.
   Eigen::RowVectorXf chosen =
       Eigen::RowVectorXf::Constant(cols, static_cast<float>(alpha > 0 ? alpha : kDefaultAlpha));
   if (!validation.empty()) {
@@ -378,33 +422,111 @@ LinearHead make_head(const Design& f, const Dense& w, std::vector<float> idf,
 
 struct LinearWorkspace : ScorerWorkspace {
   SparseFeatures features;
-  Eigen::RowVectorXf numeric, quality, tokens;
+  Eigen::RowVectorXf numeric, quality, tokens, task_scores;
 };
+
+// One-hot task labels, rows x tasks; NaN in the rows without a task (the
+// solver leaves them out).
+Dense task_labels(const TrainingSet& set, const std::vector<std::string>& tasks) {
+  const auto rows = static_cast<Eigen::Index>(set.rows());
+  Dense labels = Dense::Constant(rows, static_cast<Eigen::Index>(tasks.size()),
+                                 std::numeric_limits<float>::quiet_NaN());
+  for (Eigen::Index r = 0; r < rows; ++r) {
+    const std::string& task = set.tasks[static_cast<std::size_t>(r)];
+    const auto at = std::lower_bound(tasks.begin(), tasks.end(), task);
+    if (task.empty() || at == tasks.end() || *at != task) continue;
+    labels.row(r).setZero();
+    labels(r, at - tasks.begin()) = 1.0f;
+  }
+  return labels;
+}
+
+// softmax(scores / temperature), in place.
+void task_probabilities(Eigen::RowVectorXf& scores, double temperature) {
+  scores = ((scores.array() - scores.maxCoeff()) / static_cast<float>(temperature)).exp();
+  scores /= scores.sum();
+}
+
+// The temperature whose probabilities of `scores` (rows x tasks, the fit
+// without `validation`) give the validation rows' tasks the least log loss.
+double chosen_temperature(const Dense& scores, const Dense& labels,
+                          const std::vector<std::size_t>& validation) {
+  double best = kDefaultTemperature;
+  double best_loss = std::numeric_limits<double>::infinity();
+  Eigen::RowVectorXf p;
+  for (const double temperature : kTemperatures) {
+    double loss = 0;
+    std::size_t judged = 0;
+    for (const std::size_t v : validation) {
+      const auto r = static_cast<Eigen::Index>(v);
+      Eigen::Index task = 0;
+      if (!std::isfinite(labels(r, 0)) || labels.row(r).maxCoeff(&task) != 1.0f) continue;
+      p = scores.row(r);
+      task_probabilities(p, temperature);
+      loss -= std::log(std::max(static_cast<double>(p(task)), 1e-12));
+      ++judged;
+    }
+    if (judged > 0 && loss < best_loss) {
+      best_loss = loss;
+      best = temperature;
+    }
+  }
+  return best;
+}
+
+// Each task's mean quality per expert over `rows` (tasks x experts), each
+// mean drawn toward the expert's mean over all of `rows` by kTaskPriorRows.
+Dense task_quality_table(const TrainingSet& set, const Dense& labels,
+                         const std::vector<std::size_t>& rows) {
+  const auto experts = set.quality.cols();
+  Dense sums = Dense::Zero(labels.cols(), experts), counts = sums;
+  Eigen::RowVectorXd all_sums = Eigen::RowVectorXd::Zero(experts), all_counts = all_sums;
+  for (const std::size_t r : rows) {
+    const auto i = static_cast<Eigen::Index>(r);
+    const Eigen::RowVectorXf known = set.present.row(i);
+    const Eigen::RowVectorXf quality = set.quality.row(i).cwiseProduct(known);
+    all_sums += quality.cast<double>();
+    all_counts += known.cast<double>();
+    Eigen::Index task = 0;
+    if (!std::isfinite(labels(i, 0)) || labels.row(i).maxCoeff(&task) != 1.0f) continue;
+    sums.row(task) += quality;
+    counts.row(task) += known;
+  }
+  const Eigen::RowVectorXd prior = (all_sums.array() / all_counts.array().max(1.0)).matrix();
+  Dense table(labels.cols(), experts);
+  for (Eigen::Index t = 0; t < table.rows(); ++t) {
+    table.row(t) = ((sums.row(t).cast<double>().array() + kTaskPriorRows * prior.array()) /
+                    (counts.row(t).cast<double>().array() + kTaskPriorRows))
+                       .cast<float>()
+                       .matrix();
+  }
+  return table;
+}
 
 class LinearScorer : public TrainableScorer, public FeaturizedScorer {
  public:
-  explicit LinearScorer(const ScorerSpec& spec) {
+  explicit LinearScorer(const ScorerSpec& spec) : by_task_(spec.kind == "task") {
     featurizer_options_.num_buckets =
         static_cast<std::uint32_t>(spec.integer_option("buckets", kDefaultBuckets, 16, 1 << 20));
     featurizer_options_.word_buckets = word_buckets_for(spec, featurizer_options_.num_buckets);
     if (spec.text_option("alpha", "") == "auto") {
       alpha_ = 0.0;
     } else {
-      alpha_ = spec.number_option("alpha", kDefaultAlpha);
+      alpha_ = spec.number_option("alpha", default_alpha());
       if (!(alpha_ > 0 && alpha_ <= 1e9)) {
         throw Error(fmt::format(
             "scorer spec \"{}\", option alpha: expected auto or a number in (0, 1e9]", spec.text));
       }
     }
     if (!spec.argument.empty()) {
-      throw Error(fmt::format("scorer spec \"{}\": linear takes options only (linear,alpha=10,...)",
-                              spec.text));
+      throw Error(fmt::format("scorer spec \"{}\": {} takes options only ({},alpha=10,...)",
+                              spec.text, spec.kind, spec.kind));
     }
     spec_ = canonical_spec();
     featurizer_ = Featurizer(featurizer_options_);
   }
 
-  std::string_view kind() const override { return "linear"; }
+  std::string_view kind() const override { return by_task_ ? "task" : "linear"; }
   std::string spec() const override { return spec_; }
 
   std::unique_ptr<ScorerWorkspace> make_workspace() const override {
@@ -412,6 +534,7 @@ class LinearScorer : public TrainableScorer, public FeaturizedScorer {
     w->numeric.resize(kDenseFeatureCount);
     w->quality.resize(static_cast<Eigen::Index>(expert_names().size()));
     w->tokens.resize(static_cast<Eigen::Index>(expert_names().size()));
+    w->task_scores.resize(static_cast<Eigen::Index>(tasks_.size()));
     return w;
   }
 
@@ -449,7 +572,14 @@ class LinearScorer : public TrainableScorer, public FeaturizedScorer {
     out.add_tensor("linear.numeric.high", numeric_.high);
     out.add_tensor("linear.numeric.mean", numeric_.mean);
     out.add_tensor("linear.numeric.scale", numeric_.scale);
-    write_head(out, "linear.quality", quality_);
+    if (by_task_) {
+      out.set("task.names", tasks_);
+      out.set("task.temperature", temperature_);
+      out.add_tensor("task.quality", task_quality_);
+      write_head(out, "task.classifier", quality_);
+    } else {
+      write_head(out, "linear.quality", quality_);
+    }
     if (predicts_tokens_) write_head(out, "linear.tokens", tokens_);
   }
 
@@ -461,7 +591,13 @@ class LinearScorer : public TrainableScorer, public FeaturizedScorer {
     const auto r = static_cast<Eigen::Index>(row);
     numeric_.apply(Eigen::Map<const Eigen::RowVectorXf>(features.dense.data(), kDenseFeatureCount),
                    w.numeric);
-    evaluate(quality_, features, w.numeric, w.quality);
+    if (by_task_) {
+      evaluate(quality_, features, w.numeric, w.task_scores);
+      task_probabilities(w.task_scores, temperature_);
+      w.quality.noalias() = w.task_scores * task_quality_;
+    } else {
+      evaluate(quality_, features, w.numeric, w.quality);
+    }
     if (predicts_tokens_) evaluate(tokens_, features, w.numeric, w.tokens);
     for (Eigen::Index e = 0; e < w.quality.size(); ++e) {
       out.quality(r, e) = std::clamp(w.quality(e), 0.0f, 1.0f);
@@ -487,28 +623,45 @@ class LinearScorer : public TrainableScorer, public FeaturizedScorer {
   }
 
   LinearHead read_head(const ModelReader& in, const std::string& prefix,
-                       const std::vector<float>& idf) const;
+                       const std::vector<float>& idf, std::int64_t columns) const;
   void read_numeric_scaling(const ModelReader& in);
+  void read_tasks(const ModelReader& in);
+  // What the head is fitted to: each expert's quality, or (task kind) the
+  // one-hot task labels, whose tasks it sets.
+  Dense head_target(const TrainingSet& set);
+  // Each held-out row's predicted quality by the fit without them: the
+  // head's own, or (task kind) the mixture of the tasks' rows of a table
+  // made from `train`.
+  Eigen::MatrixXf held_out_quality(const TrainingSet& set, const HeadFit& q, const Dense& target,
+                                   const std::vector<std::size_t>& train,
+                                   const std::vector<std::size_t>& validation) const;
+
+  double default_alpha() const { return by_task_ ? kDefaultTaskAlpha : kDefaultAlpha; }
 
   std::string canonical_spec() const {
-    std::string s = "linear";
+    std::string s = by_task_ ? "task" : "linear";
     if (featurizer_options_.num_buckets != kDefaultBuckets) {
       s += fmt::format(",buckets={}", featurizer_options_.num_buckets);
     }
     if (featurizer_options_.word_buckets != 0) s += ",blocks=2";
     if (alpha_ == 0) {
       s += ",alpha=auto";
-    } else if (alpha_ != kDefaultAlpha) {
+    } else if (alpha_ != default_alpha()) {
       s += fmt::format(",alpha={}", alpha_);
     }
     return s;
   }
 
+  bool by_task_ = false;  // the task kind
   FeaturizerOptions featurizer_options_;
   Featurizer featurizer_;
-  double alpha_ = kDefaultAlpha;  // 0: chosen per expert on held-out rows (auto)
+  double alpha_ = kDefaultAlpha;  // 0: chosen per column on held-out rows (auto)
   NumericScaling numeric_;
+  // One column per expert; for the task kind, one per task (the classifier).
   LinearHead quality_, tokens_;
+  std::vector<std::string> tasks_;  // the task kind's, sorted
+  Dense task_quality_;              // tasks x experts
+  double temperature_ = kDefaultTemperature;
   bool predicts_tokens_ = false;
   std::vector<bool> tokens_known_;
   std::string spec_;
@@ -557,14 +710,21 @@ TrainReport LinearScorer::fit(const TrainingSet& set, const TrainOptions& option
   std::vector<std::size_t> train, validation;
   split_validation_rows(set.rows(), options, train, validation);
 
-  const Dense quality = quality_or_nan(set);
+  const Dense target = head_target(set);
   predicts_tokens_ = set.has_output_tokens();
   tokens_known_ = experts_with_lengths(set);
   const Dense log_tokens = predicts_tokens_ ? Dense(set.output_tokens.array().log1p()) : Dense();
   HeadFit q, t;
-  fit_heads(f, quality, predicts_tokens_ ? &log_tokens : nullptr, alpha_, train, validation,
+  fit_heads(f, target, predicts_tokens_ ? &log_tokens : nullptr, alpha_, train, validation,
             options.threads, q, t);
   quality_ = make_head(f, q.w, idf, featurizer_options_.word_buckets, q.alpha);
+  if (by_task_) {
+    std::vector<std::size_t> all(set.rows());
+    std::iota(all.begin(), all.end(), 0);
+    task_quality_ = task_quality_table(set, target, all);
+    temperature_ = validation.empty() ? kDefaultTemperature
+                                      : chosen_temperature(q.held_out, target, validation);
+  }
   tokens_ = predicts_tokens_ ? make_head(f, t.w, idf, featurizer_options_.word_buckets, t.alpha)
                              : LinearHead{};
 
@@ -572,36 +732,66 @@ TrainReport LinearScorer::fit(const TrainingSet& set, const TrainOptions& option
   r.train_rows = set.rows();
   r.validation_rows = validation.size();
   r.epochs_run = r.best_epoch = 1;
-  // The mean over the experts with held-out outcomes.
+  // The mean over the columns (experts, or the task kind's tasks) with
+  // held-out targets.
   const Eigen::ArrayXd judged = q.validation_mse.isFinite().select(q.validation_mse, 0.0);
   const double experts_judged = q.validation_mse.isFinite().cast<double>().sum();
   r.validation_loss = experts_judged > 0 ? judged.sum() / experts_judged : 0.0;
   if (!validation.empty()) {
-    // The fit without the validation rows routes them.
-    Eigen::MatrixXf held(static_cast<Eigen::Index>(validation.size()), q.held_out.cols());
-    for (std::size_t i = 0; i < validation.size(); ++i) {
-      held.row(static_cast<Eigen::Index>(i)) = q.held_out.row(static_cast<Eigen::Index>(validation[i]));
-    }
-    r.validation_quality = routed_quality(set, validation, held.cwiseMax(0.0f).cwiseMin(1.0f));
+    r.validation_quality =
+        routed_quality(set, validation, held_out_quality(set, q, target, train, validation));
   }
   return r;
 }
 
+Dense LinearScorer::head_target(const TrainingSet& set) {
+  if (!by_task_) return quality_or_nan(set);
+  if (!set.tasks.empty() && set.tasks.size() != set.rows()) {
+    throw Error(fmt::format("{}: {} task labels for {} rows", spec_, set.tasks.size(), set.rows()),
+                ErrorCode::Misuse);
+  }
+  tasks_ = set.distinct_tasks();
+  if (tasks_.size() < 2) {
+    throw Error(fmt::format(
+        "{}: needs training rows labelled with two tasks or more (a \"task\" field on each "
+        "dataset line); these rows have {}",
+        spec_, tasks_.size()));
+  }
+  return task_labels(set, tasks_);
+}
+
+Eigen::MatrixXf LinearScorer::held_out_quality(const TrainingSet& set, const HeadFit& q,
+                                               const Dense& target,
+                                               const std::vector<std::size_t>& train,
+                                               const std::vector<std::size_t>& validation) const {
+  const Dense table = by_task_ ? task_quality_table(set, target, train) : Dense();
+  Eigen::MatrixXf held(static_cast<Eigen::Index>(validation.size()), set.quality.cols());
+  Eigen::RowVectorXf row;
+  for (std::size_t i = 0; i < validation.size(); ++i) {
+    row = q.held_out.row(static_cast<Eigen::Index>(validation[i]));
+    if (by_task_) {
+      task_probabilities(row, temperature_);
+      row = row * table;
+    }
+    held.row(static_cast<Eigen::Index>(i)) = row;
+  }
+  return held.cwiseMax(0.0f).cwiseMin(1.0f);
+}
+
 LinearHead LinearScorer::read_head(const ModelReader& in, const std::string& prefix,
-                                   const std::vector<float>& idf) const {
-  const auto experts = static_cast<std::int64_t>(expert_names().size());
+                                   const std::vector<float>& idf, std::int64_t columns) const {
   const auto buckets = static_cast<std::int64_t>(featurizer_options_.num_buckets);
   LinearHead head;
   head.alpha = in.numbers(prefix + ".alpha");
-  if (head.alpha.size() != static_cast<std::size_t>(experts)) {
-    throw Error(
-        fmt::format("{}field \"{}.alpha\": one value per expert expected", in.where(), prefix));
+  if (head.alpha.size() != static_cast<std::size_t>(columns)) {
+    throw Error(fmt::format("{}field \"{}.alpha\": one value per {} expected", in.where(), prefix,
+                            by_task_ && prefix == "task.classifier" ? "task" : "expert"));
   }
   Table weights;
-  in.tensor(prefix + ".weights", buckets, experts, weights);
-  in.tensor(prefix + ".dense", kDenseFeatureCount, experts, head.dense);
-  const auto& bias = in.tensor(prefix + ".bias", {experts}).values;
-  head.bias = Eigen::Map<const Eigen::RowVectorXf>(bias.data(), experts);
+  in.tensor(prefix + ".weights", buckets, columns, weights);
+  in.tensor(prefix + ".dense", kDenseFeatureCount, columns, head.dense);
+  const auto& bias = in.tensor(prefix + ".bias", {columns}).values;
+  head.bias = Eigen::Map<const Eigen::RowVectorXf>(bias.data(), columns);
   // Sums of huge weights could overflow; only a damaged file has them.
   for (const float v : {weights.cwiseAbs().maxCoeff(), head.dense.cwiseAbs().maxCoeff(),
                         head.bias.cwiseAbs().maxCoeff()}) {
@@ -638,6 +828,24 @@ void LinearScorer::read_numeric_scaling(const ModelReader& in) {
   }
 }
 
+void LinearScorer::read_tasks(const ModelReader& in) {
+  tasks_ = in.texts("task.names");
+  if (tasks_.size() < 2 || !std::is_sorted(tasks_.begin(), tasks_.end()) ||
+      std::adjacent_find(tasks_.begin(), tasks_.end()) != tasks_.end()) {
+    throw Error(in.where() + "field \"task.names\": two tasks or more expected, sorted, each once");
+  }
+  const double temperature = in.number("task.temperature");
+  if (!(temperature >= 1e-3 && temperature <= 100)) {
+    throw Error(in.where() + "field \"task.temperature\": expected a number in [0.001, 100]");
+  }
+  temperature_ = temperature;
+  in.tensor("task.quality", static_cast<Eigen::Index>(tasks_.size()),
+            static_cast<Eigen::Index>(expert_names().size()), task_quality_);
+  if (!(task_quality_.array() >= 0.0f && task_quality_.array() <= 1.0f).all()) {
+    throw Error(in.where() + "tensor \"task.quality\": every quality must be in [0, 1]");
+  }
+}
+
 void LinearScorer::read_model(const ModelReader& in) {
   featurizer_options_ = read_featurizer_options(in, 1u << 20);
   check_blocks(in, featurizer_options_);
@@ -651,9 +859,15 @@ void LinearScorer::read_model(const ModelReader& in) {
   const auto buckets = static_cast<std::int64_t>(featurizer_options_.num_buckets);
   const std::vector<float> idf = in.tensor("linear.idf", {buckets}).values;
   read_numeric_scaling(in);
-  quality_ = read_head(in, "linear.quality", idf);
+  const auto experts = static_cast<std::int64_t>(expert_names().size());
+  if (by_task_) {
+    read_tasks(in);
+    quality_ = read_head(in, "task.classifier", idf, static_cast<std::int64_t>(tasks_.size()));
+  } else {
+    quality_ = read_head(in, "linear.quality", idf, experts);
+  }
   tokens_ = LinearHead{};
-  if (predicts_tokens_) tokens_ = read_head(in, "linear.tokens", idf);
+  if (predicts_tokens_) tokens_ = read_head(in, "linear.tokens", idf, experts);
   const auto& known = in.numbers("linear.tokens.known");
   if (known.size() != expert_names().size()) {
     throw Error(in.where() + "field \"linear.tokens.known\": one flag per expert expected");

@@ -30,7 +30,8 @@ void add_logged_rows(RoutingDataset& data, const DecisionLogReading& reading) {
     const std::size_t column = expert_column(data, call.expert);
     DatasetRow row;
     row.id = "log:" + call.id;
-    row.task = "log";
+    // A logged call's task is unknown (not "log": the task scorer would
+    // learn it as one task among the dataset's).
     row.prompt = call.prompt;
     row.outcomes.resize(data.experts.size());
     Outcome& outcome = row.outcomes[column];

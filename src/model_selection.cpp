@@ -30,6 +30,7 @@ TrainingSet subset(const TrainingSet& set, const std::vector<std::size_t>& rows,
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const auto r = static_cast<Eigen::Index>(rows[i]);
     out.prompts.push_back(set.prompts[rows[i]]);
+    if (!set.tasks.empty()) out.tasks.push_back(set.tasks[rows[i]]);
     out.quality.row(static_cast<Eigen::Index>(i)) = set.quality.row(r);
     out.present.row(static_cast<Eigen::Index>(i)) = set.present.row(r);
     out.output_tokens.row(static_cast<Eigen::Index>(i)) = set.output_tokens.row(r);
@@ -391,8 +392,32 @@ std::vector<CandidateScorer> default_candidates() {
           {"mlp:64,buckets=16384", Loss::Soft},
           {"mlp:64,buckets=16384", Loss::Bce},
           {"knn:40,dims=32", Loss::Bce},
-          {"linear", Loss::Bce}};
+          {"linear", Loss::Bce},
+          {"task", Loss::Bce}};
 }
+
+namespace {
+
+// The candidates `set` can train: those that learn from tasks only where
+// its rows carry two tasks or more.
+std::vector<CandidateScorer> trainable_candidates(const std::vector<CandidateScorer>& candidates,
+                                                  const TrainingSet& set) {
+  const bool has_tasks = set.distinct_tasks().size() >= 2;
+  std::vector<CandidateScorer> out;
+  for (const CandidateScorer& candidate : candidates) {
+    if (has_tasks || detail::parse_scorer_spec(candidate.spec).kind != "task") {
+      out.push_back(candidate);
+    }
+  }
+  if (out.empty()) {
+    throw Error(
+        "model selection: every candidate needs task labels, and the training rows carry "
+        "fewer than two tasks");
+  }
+  return out;
+}
+
+}  // namespace
 
 OutOfFold cross_validate(const CandidateScorer& candidate, const TrainingSet& set,
                          const TrainOptions& options, int folds) {
@@ -483,7 +508,7 @@ std::unique_ptr<TrainableScorer> train_best(const RoutingDataset& data,
   Trials trials;
   trials.record.folds = selection.folds;
   const std::vector<int> fold = assign_folds(set.rows(), selection.folds, options.seed);
-  for (const CandidateScorer& candidate : selection.candidates) {
+  for (const CandidateScorer& candidate : trainable_candidates(selection.candidates, set)) {
     const auto start = std::chrono::steady_clock::now();
     OutOfFold oof = cross_validate(candidate, set, options, selection.folds);
     Calibration calibration =

@@ -442,12 +442,13 @@ std::unique_ptr<TrainableScorer> make_scorer(std::string_view text) {
     scorer = detail::make_tlite_scorer(spec);
   } else if (spec.kind == "gbt") {
     scorer = detail::make_gbt_scorer(spec);
-  } else if (spec.kind == "linear") {
+  } else if (spec.kind == "linear" || spec.kind == "task") {
     scorer = detail::make_linear_scorer(spec);
   } else {
-    throw Error(fmt::format(
-        "scorer spec \"{}\": unknown kind \"{}\" (known: gbt, linear, mlp, knn, tlite, stack)",
-        text, spec.kind));
+    throw Error(
+        fmt::format("scorer spec \"{}\": unknown kind \"{}\" (known: gbt, linear, task, mlp, knn, "
+                    "tlite, stack)",
+                    text, spec.kind));
   }
   spec.reject_unused_options();
   return scorer;

@@ -49,6 +49,16 @@ bool TrainingSet::has_output_tokens() const {
   return false;
 }
 
+std::vector<std::string> TrainingSet::distinct_tasks() const {
+  std::vector<std::string> out;
+  for (const std::string& task : tasks) {
+    if (!task.empty()) out.push_back(task);
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
 TrainingSet make_training_set(const std::vector<std::string>& experts,
                               const std::vector<DatasetRow>& rows, std::string source) {
   TrainingSet set;
@@ -64,7 +74,11 @@ TrainingSet make_training_set(const std::vector<std::string>& experts,
   for (Eigen::Index i = 0; i < n; ++i) {
     const DatasetRow& row = rows[static_cast<std::size_t>(i)];
     set.prompts.push_back(row.prompt);
+    set.tasks.push_back(row.task);
     fingerprint.add(row.prompt);
+    // Rows without a task add nothing, so a set without tasks keeps the
+    // fingerprint it had before tasks were read.
+    if (!row.task.empty()) fingerprint.add("task:" + row.task);
     for (Eigen::Index j = 0; j < e; ++j) {
       const Outcome& outcome = row.outcomes[static_cast<std::size_t>(j)];
       if (!outcome.present) {

@@ -85,6 +85,19 @@ Eigen::MatrixXd closed_form_ridge(const torouter::TrainingSet& set, const Eigen:
 }
 
 // A scorer of `spec` trained on every row of `set`, none held out.
+// A copy of the model file at `path` with `from` replaced by `to`, resealed
+// so that only the change is wrong; returns the copy's path.
+std::string damaged_copy(const std::string& path, const std::string& from, const std::string& to) {
+  std::ifstream in(path, std::ios::binary);
+  std::string copy((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::size_t at = copy.find(from);
+  REQUIRE(at != std::string::npos);
+  copy.replace(at, from.size(), to);
+  const std::string where = path + ".damaged";
+  std::ofstream(where, std::ios::binary) << torouter::testing::resealed(copy);
+  return where;
+}
+
 std::unique_ptr<torouter::TrainableScorer> trained_on_every_row(const std::string& spec,
                                                                 const torouter::TrainingSet& set) {
   auto scorer = torouter::make_scorer(spec);
@@ -215,16 +228,8 @@ TEST_CASE("a damaged linear model file is refused, naming the field") {
   torouter::save_model(*scorer, path);
   CHECK(torouter::ModelReader::open(path).numbers("linear.quality.alpha") ==
         std::vector<double>(3, 5.0));
-  std::ifstream in(path, std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const auto damaged = [&](const std::string& from, const std::string& to) {
-    std::string copy = bytes;
-    const std::size_t at = copy.find(from);
-    REQUIRE(at != std::string::npos);
-    copy.replace(at, from.size(), to);
-    const std::string where = path + ".damaged";
-    std::ofstream(where, std::ios::binary) << torouter::testing::resealed(copy);
-    return where;
+    return damaged_copy(path, from, to);
   };
   // Penalties that do not match the experts (the header keeps its length).
   CHECK_THROWS_WITH(torouter::load_model(damaged("\"linear.quality.alpha\": [5, 5, 5]",
@@ -264,4 +269,111 @@ TEST_CASE("alpha=auto keeps the default penalty for an expert with no held-out o
   const auto alpha = torouter::ModelReader::open(path).numbers("linear.quality.alpha");
   REQUIRE(alpha.size() == 3);
   CHECK(alpha[2] == 10);
+}
+
+namespace {
+
+// The synthetic rows (tasks "code" and "history" alternating) with the
+// coder failing every fourth code prompt: its mean on code is 3/4, where
+// each row's own outcome is 0 or 1.
+torouter::TrainingSet noisy_task_set(std::size_t rows) {
+  auto set = synthetic_set(rows);
+  for (Eigen::Index r = 0; r < static_cast<Eigen::Index>(rows); r += 8) set.quality(r, 0) = 0.0f;
+  return set;
+}
+
+// Each task's mean quality per expert, with one more row at the expert's
+// mean over every row (the scorer's prior), written out plainly.
+double expected_task_mean(const torouter::TrainingSet& set, const std::string& task,
+                          Eigen::Index expert) {
+  double sum = 0, count = 0, all_sum = 0;
+  for (std::size_t r = 0; r < set.rows(); ++r) {
+    const double q = set.quality(static_cast<Eigen::Index>(r), expert);
+    all_sum += q;
+    if (set.tasks[r] == task) {
+      sum += q;
+      count += 1;
+    }
+  }
+  return (sum + all_sum / static_cast<double>(set.rows())) / (count + 1);
+}
+
+}  // namespace
+
+TEST_CASE("the task scorer predicts the mean quality of the tasks a prompt belongs to") {
+  const auto set = noisy_task_set(80);
+  const auto scorer = trained_on_every_row("task,buckets=256", set);
+  CHECK(scorer->kind() == "task");
+  const std::vector<std::string> prompts{"python function loop bug array json",
+                                         "king empire war treaty battle rome"};
+  const auto scores = scorer->score_all(prompts);
+  const std::vector<std::string> tasks{"code", "history"};
+  for (Eigen::Index r = 0; r < 2; ++r) {
+    for (Eigen::Index e = 0; e < 3; ++e) {
+      INFO("prompt " << r << ", expert " << e);
+      // Each prompt is plainly of one task: its probability is all but 1.
+      CHECK(scores.quality(r, e) ==
+            Approx(expected_task_mean(set, tasks[static_cast<std::size_t>(r)], e)).margin(1e-3));
+    }
+  }
+  // The coder's mean on code, not any one row's 0 or 1.
+  CHECK(scores.quality(0, 0) > 0.7f);
+  CHECK(scores.quality(0, 0) < 0.8f);
+  // Lengths are still learnt per expert, as the linear scorer's.
+  CHECK(scores.output_tokens(0, 0) > scores.output_tokens(1, 0));
+  // A prompt with words of both tasks gets a mixture of their means.
+  const auto mixed = scorer->score_all({"python function loop king empire war"});
+  CHECK(mixed.quality(0, 0) < scores.quality(0, 0) - 0.01f);
+  CHECK(mixed.quality(0, 0) > scores.quality(1, 0) + 0.1f);
+}
+
+TEST_CASE("the task scorer's temperature is chosen on the validation rows") {
+  auto scorer = torouter::make_scorer("task,buckets=256");
+  torouter::TrainOptions options;
+  options.validation_fraction = 0.25;
+  const auto report = scorer->train(noisy_task_set(120), options);
+  CHECK(report.validation_rows == 30);
+  CHECK(report.validation_quality > 0.8);
+  const auto path = (torouter::testing::process_temp_dir("linear_test") / "t.tormodel").string();
+  torouter::save_model(*scorer, path);
+  // The tasks are told apart without error, so the sharpest wins.
+  CHECK(torouter::ModelReader::open(path).number("task.temperature") == Approx(0.02));
+}
+
+TEST_CASE("the task scorer needs rows labelled with two tasks or more") {
+  auto set = noisy_task_set(40);
+  auto scorer = torouter::make_scorer("task");
+  set.tasks.assign(set.rows(), "");
+  CHECK_THROWS_WITH(scorer->train(set, {}), Contains("two tasks or more") && Contains("have 0"));
+  set.tasks.assign(set.rows(), "code");
+  CHECK_THROWS_WITH(scorer->train(set, {}), Contains("have 1"));
+  set.tasks.resize(3);
+  CHECK_THROWS_WITH(scorer->train(set, {}), Contains("3 task labels for 40 rows"));
+  CHECK(torouter::make_scorer("task,alpha=1,buckets=4096")->spec() == "task,buckets=4096");
+  CHECK(torouter::make_scorer("task,alpha=10")->spec() == "task,alpha=10");
+  CHECK_THROWS_WITH(torouter::make_scorer("task:3"), Contains("task takes options only"));
+}
+
+TEST_CASE("a task model survives its model file, and a damaged one is refused") {
+  const auto scorer = trained_on_every_row("task,buckets=512", noisy_task_set(60));
+  const auto path = (torouter::testing::process_temp_dir("linear_test") / "task.tormodel").string();
+  torouter::save_model(*scorer, path);
+  const auto loaded = torouter::load_model(path);
+  CHECK(loaded.scorer->spec() == "task,buckets=512");
+  const std::vector<std::string> prompts{"python function loop", "dynasty battle"};
+  CHECK(loaded.scorer->score_all(prompts).quality == scorer->score_all(prompts).quality);
+  CHECK(torouter::ModelReader::open(path).texts("task.names") ==
+        std::vector<std::string>{"code", "history"});
+  const auto damaged = [&](const std::string& from, const std::string& to) {
+    return damaged_copy(path, from, to);
+  };
+  CHECK_THROWS_WITH(
+      torouter::load_model(damaged("[\"code\", \"history\"]", "[\"code\", \"code\"]   ")),
+      Contains("task.names"));
+  CHECK_THROWS_WITH(
+      torouter::load_model(damaged("\"task.temperature\": 0.1", "\"task.temperature\": 0  ")),
+      Contains("task.temperature"));
+  CHECK_THROWS_WITH(torouter::load_model(damaged("\"task.classifier.alpha\": [1, 1]",
+                                                 "\"task.classifier.alpha\": [1]   ")),
+                    Contains("one value per task"));
 }

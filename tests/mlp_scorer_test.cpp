@@ -231,6 +231,11 @@ TEST_CASE("training sets carry a fingerprint of their content") {
   rows[3].outcomes[1].present = false;
   const auto c = torouter::make_training_set(synthetic_experts(), rows);
   CHECK(c.present(3, 1) == 0.0f);
+  // The tasks are part of the content (the task scorer learns them).
+  CHECK(c.tasks[3] == "history");
+  CHECK(c.distinct_tasks() == std::vector<std::string>{"code", "history"});
+  rows[3].task = "code";
+  CHECK(torouter::make_training_set(synthetic_experts(), rows).fingerprint != c.fingerprint);
 }
 
 TEST_CASE("prices are fitted from recorded per-query costs") {

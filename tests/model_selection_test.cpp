@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <functional>
@@ -384,4 +385,28 @@ TEST_CASE("a top pick's expected quality corrects what its prediction overstates
   const auto loaded = torouter::load_model(path);
   for (const double p : {0.0, 0.3, 0.55, 0.7, 0.9, 1.0})
     CHECK(loaded.scorer->top_pick_quality(p) == scorer->top_pick_quality(p));
+}
+
+TEST_CASE("train_best tries the task scorer only where the rows carry two tasks or more") {
+  auto data = synthetic_dataset();
+  torouter::SelectionOptions selection;
+  selection.candidates = {{"task", Loss::Bce}, {"linear", Loss::Bce}};
+  selection.folds = 3;
+  selection.stacks = false;
+  std::vector<std::string> seen;
+  selection.on_candidate = [&](const torouter::CandidateFigures& c) { seen.push_back(c.name); };
+  torouter::train_best(data, data.registry, {}, selection);
+  CHECK(seen == std::vector<std::string>{"task", "linear"});
+  const auto defaults = torouter::default_candidates();
+  CHECK(std::any_of(defaults.begin(), defaults.end(),
+                    [](const CandidateScorer& c) { return c.spec == "task"; }));
+
+  for (auto& row : data.train) row.task.clear();
+  seen.clear();
+  const auto scorer = torouter::train_best(data, data.registry, {}, selection);
+  CHECK(seen == std::vector<std::string>{"linear"});
+  CHECK(scorer->spec() == "linear");
+  selection.candidates = {{"task", Loss::Bce}};
+  CHECK_THROWS_WITH(torouter::train_best(data, data.registry, {}, selection),
+                    Contains("needs task labels"));
 }

@@ -29,6 +29,10 @@ import routing_eval as ev
 from peer_features import CostModel
 
 
+# The name of task_means_out_of_fold's row.
+TASK_BOUND = "task means, each row's true task given (a bound, not a router)"
+
+
 def read_out_of_fold(path, ids, experts):
     """{candidate: rows x experts}, and each row's fold, in `ids` order.
 
@@ -67,6 +71,22 @@ def xgboost_out_of_fold(prompts, quality, cost, fold):
     return pred_q, pred_c
 
 
+def task_means_out_of_fold(quality, tasks, fold):
+    """Each row's task's mean quality per expert over the other folds' rows.
+
+    Not a router (it is told each held-out row's task): the bound of any
+    router that routes by the task alone, such as torouter's `task`."""
+    pred = np.full(quality.shape, np.nan)
+    for k in np.unique(fold):
+        fit, held = fold != k, fold == k
+        overall = np.nanmean(quality[fit], axis=0)
+        for task in np.unique(tasks[held]):
+            rows = fit & (tasks == task)
+            pred[held & (tasks == task)] = (np.nanmean(quality[rows], axis=0)
+                                            if rows.any() else overall)
+    return pred
+
+
 def task_balanced_rows(tasks, seed=1):
     """Row indices resampled (with replacement) to equal counts per task."""
     rng = np.random.default_rng(seed)
@@ -98,6 +118,8 @@ def main():
     routers, fold = read_out_of_fold(args.oof, ids, experts)
     routers["xgboost (peer, same folds)"], pred_c = xgboost_out_of_fold(
         d["train_prompts"], quality, cost, fold)
+    if len(set(tasks)) > 1:
+        routers[TASK_BOUND] = task_means_out_of_fold(quality, tasks, fold)
     complete = np.where(~np.isnan(quality).any(axis=1))[0]
     balanced = complete[task_balanced_rows(tasks[complete])]
     results = {}

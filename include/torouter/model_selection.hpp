@@ -44,9 +44,13 @@ struct CandidateScorer {
 CandidateScorer parse_candidate(std::string_view text);
 
 /// What `train_best` tries unless told otherwise: gradient-boosted trees,
-/// the MLP with soft labels and with BCE, and kNN over a 32-wide dense
-/// projection (each routes in tens of microseconds; kNN's exact sparse
-/// search takes about ten times as long, so it is tried only when named).
+/// the MLP with soft labels and with BCE, kNN over a 32-wide dense
+/// projection, ridge per expert (`linear`) and the task scorer (`task`:
+/// which training task a prompt belongs to, and that task's mean quality
+/// per expert). Each routes in tens of microseconds; kNN's exact sparse
+/// search takes about ten times as long, so it is tried only when named.
+/// `train_best` leaves `task` out when the training rows carry fewer than
+/// two tasks (DatasetRow::task), as logged calls do.
 std::vector<CandidateScorer> default_candidates();
 
 /// Settings of the selection.

@@ -125,6 +125,9 @@ struct TrainingSet {
   Eigen::MatrixXf present;
   /// Output tokens, ceil(output_chars / 4); NaN where unknown.
   Eigen::MatrixXf output_tokens;
+  /// Each row's task (DatasetRow::task), empty where the row has none. Only
+  /// the `task` scorer learns from it: the task a prompt resembles.
+  std::vector<std::string> tasks;
   /// Identifies the rows (FNV-1a-64 of the prompts and outcomes, in hex):
   /// stored in model files so a model says what it was trained on.
   std::string fingerprint;
@@ -134,6 +137,8 @@ struct TrainingSet {
   std::size_t rows() const { return prompts.size(); }
   /// True when some row records an answer length.
   bool has_output_tokens() const;
+  /// The distinct non-empty tasks of the rows, sorted.
+  std::vector<std::string> distinct_tasks() const;
 };
 
 /// Builds a training set from dataset rows whose outcomes follow `experts`.

@@ -23,7 +23,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage:\n"
-    "  torouter train --data DIR --out MODEL [--scorer gbt|mlp|knn|tlite|SPEC]\n"
+    "  torouter train --data DIR --out MODEL [--scorer gbt|linear|task|mlp|knn|tlite|SPEC]\n"
     "                 [--candidates SPEC[/soft];SPEC...] [--folds N] [--stacks 0|1]\n"
     "                 [--calibration linear|isotonic] [--out-of-fold FILE.csv]\n"
     "                 [--seed N] [--threads N] [--loss bce|soft] [--temperature T] [--epochs N]\n"

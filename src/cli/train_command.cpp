@@ -194,10 +194,14 @@ std::unique_ptr<TrainableScorer> train_chosen(const Arguments& args, const Routi
   if (args.named.count("candidates")) {
     selection.candidates = parse_candidates(args.required("candidates"));
   } else if (args.named.count("log")) {
-    // Soft labels learn nothing from logged calls (check_train_arguments).
+    // Soft labels learn nothing from logged calls (check_train_arguments),
+    // nor does the task scorer, whose rows must carry a task.
     auto& c = selection.candidates;
     c.erase(std::remove_if(c.begin(), c.end(),
-                           [](const CandidateScorer& x) { return x.loss == Loss::Soft; }),
+                           [](const CandidateScorer& x) {
+                             return x.loss == Loss::Soft ||
+                                    detail::parse_scorer_spec(x.spec).kind == "task";
+                           }),
             c.end());
   }
   selection.folds = folds;
