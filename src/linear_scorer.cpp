@@ -441,6 +441,14 @@ Dense task_labels(const TrainingSet& set, const std::vector<std::string>& tasks)
   return labels;
 }
 
+// The column of row r's task in task_labels' matrix, or -1 where the row
+// has none.
+Eigen::Index labelled_task(const Dense& labels, Eigen::Index r) {
+  Eigen::Index task = -1;
+  if (std::isfinite(labels(r, 0))) labels.row(r).maxCoeff(&task);
+  return task;
+}
+
 // softmax(scores / temperature), in place.
 void task_probabilities(Eigen::RowVectorXf& scores, double temperature) {
   scores = ((scores.array() - scores.maxCoeff()) / static_cast<float>(temperature)).exp();
@@ -459,8 +467,8 @@ double chosen_temperature(const Dense& scores, const Dense& labels,
     std::size_t judged = 0;
     for (const std::size_t v : validation) {
       const auto r = static_cast<Eigen::Index>(v);
-      Eigen::Index task = 0;
-      if (!std::isfinite(labels(r, 0)) || labels.row(r).maxCoeff(&task) != 1.0f) continue;
+      const Eigen::Index task = labelled_task(labels, r);
+      if (task < 0) continue;
       p = scores.row(r);
       task_probabilities(p, temperature);
       loss -= std::log(std::max(static_cast<double>(p(task)), 1e-12));
@@ -487,8 +495,8 @@ Dense task_quality_table(const TrainingSet& set, const Dense& labels,
     const Eigen::RowVectorXf quality = set.quality.row(i).cwiseProduct(known);
     all_sums += quality.cast<double>();
     all_counts += known.cast<double>();
-    Eigen::Index task = 0;
-    if (!std::isfinite(labels(i, 0)) || labels.row(i).maxCoeff(&task) != 1.0f) continue;
+    const Eigen::Index task = labelled_task(labels, i);
+    if (task < 0) continue;
     sums.row(task) += quality;
     counts.row(task) += known;
   }
