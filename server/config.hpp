@@ -72,7 +72,7 @@ struct ServerConfig {
   /// is read for the configs that set it.
   std::size_t threads = 64;
   /// Threads that do the connections' and upstream calls' I/O; 0 for one
-  /// per core.
+  /// per core the process may run on (its CPU affinity).
   std::size_t io_threads = 0;
   /// Open client connections; past it a new one gets 503 with Retry-After.
   std::size_t max_connections = 10000;

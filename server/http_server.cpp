@@ -112,9 +112,7 @@ struct HttpServer::State {
         observer(std::move(obs)),
         io(o.io ? o.io
                 : std::make_shared<openai::IoThreads>(
-                      o.io_threads > 0
-                          ? o.io_threads
-                          : std::max<std::size_t>(1, std::thread::hardware_concurrency()))),
+                      o.io_threads > 0 ? o.io_threads : openai::IoThreads::usable_cores())),
         acceptor(io->impl().next_context()) {}
 
   // Queues a handler's run; false when the queue is full.

@@ -120,8 +120,8 @@ class HttpResponse {
 struct HttpServerOptions {
   /// Worker threads that run handlers, one request each at a time.
   std::size_t threads = 64;
-  /// Threads that do the connections' I/O (0: one per core), unless `io`
-  /// gives them.
+  /// Threads that do the connections' I/O (0: one per core the process
+  /// may run on, `IoThreads::usable_cores`), unless `io` gives them.
   std::size_t io_threads = 0;
   std::shared_ptr<openai::IoThreads> io;
   /// The most bytes a deferred answer may have queued for a slow client;

@@ -405,8 +405,7 @@ struct RouterServer::Impl {
   explicit Impl(ServerConfig c)
       : config(std::move(c)),
         io(std::make_shared<openai::IoThreads>(
-            config.io_threads > 0 ? config.io_threads
-                                  : std::max<std::size_t>(1, std::thread::hardware_concurrency()))),
+            config.io_threads > 0 ? config.io_threads : openai::IoThreads::usable_cores())),
         loop(std::make_shared<AsioEventLoop>(io)) {
     if (auto problem = validate_policy_options(config.policy); !problem.empty()) {
       throw Error(fmt::format("{}: policy.{}", config.origin, problem));

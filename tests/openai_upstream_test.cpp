@@ -2,6 +2,7 @@
 // streams, each failure mapped to its FailureKind, asynchronous calls and
 // their cancel, and https:// through a TLS front made at test time.
 #include <fmt/format.h>
+#include <sched.h>
 #include <sys/socket.h>
 
 #include <atomic>
@@ -536,4 +537,24 @@ TEST_CASE("openai upstream: https through the same client, the certificate check
     CHECK_THROWS_WITH(Upstream(missing), Contains("ca_file") && Contains("absent.pem"));
   }
   fs::remove_all(dir);
+}
+
+TEST_CASE("IoThreads::usable_cores counts the cores this thread may run on, not the machine's",
+          "[openai]") {
+  cpu_set_t before;
+  CPU_ZERO(&before);
+  REQUIRE(::sched_getaffinity(0, sizeof(before), &before) == 0);
+  REQUIRE(torouter::openai::IoThreads::usable_cores() ==
+          static_cast<std::size_t>(CPU_COUNT(&before)));
+  // Narrowed to one allowed core, as `taskset -c N` or a one-core cpuset
+  // would start the server.
+  int first = 0;
+  while (!CPU_ISSET(first, &before)) ++first;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(first, &one);
+  REQUIRE(::sched_setaffinity(0, sizeof(one), &one) == 0);
+  const std::size_t narrowed = torouter::openai::IoThreads::usable_cores();
+  REQUIRE(::sched_setaffinity(0, sizeof(before), &before) == 0);
+  CHECK(narrowed == 1);
 }

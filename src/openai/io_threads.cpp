@@ -2,7 +2,13 @@
 // their I/O on (torouter/openai/upstream.hpp, src/openai/io_threads.hpp).
 #include "openai/io_threads.hpp"
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
+#include <algorithm>
 #include <mutex>
+#include <thread>
 
 #include "torouter/abi.hpp"
 #include "torouter/error.hpp"
@@ -63,6 +69,17 @@ void IoThreads::stop() {
       thread.join();
     }
   }
+}
+
+std::size_t IoThreads::usable_cores() {
+#if defined(__linux__)
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (::sched_getaffinity(0, sizeof(allowed), &allowed) == 0) {
+    return std::max(1, CPU_COUNT(&allowed));
+  }
+#endif
+  return std::max(1u, std::thread::hardware_concurrency());
 }
 
 std::shared_ptr<IoThreads> IoThreads::shared_default() {

@@ -66,6 +66,11 @@ class IoThreads {
   /// for and kept while an upstream holds it.
   static std::shared_ptr<IoThreads> shared_default();
 
+  /// The cores this process may run on (at least 1): its CPU affinity
+  /// mask, which `taskset` and a container's cpuset narrow, where the
+  /// machine's core count would start a thread per core it may not use.
+  static std::size_t usable_cores();
+
   struct Impl;  // src/openai/io_threads.hpp
   Impl& impl() const { return *impl_; }
 
