@@ -539,10 +539,7 @@ class LinearScorer : public TrainableScorer, public FeaturizedScorer {
 
   std::unique_ptr<ScorerWorkspace> make_workspace() const override {
     auto w = std::make_unique<LinearWorkspace>();
-    w->numeric.resize(kDenseFeatureCount);
-    w->quality.resize(static_cast<Eigen::Index>(expert_names().size()));
-    w->tokens.resize(static_cast<Eigen::Index>(expert_names().size()));
-    w->task_scores.resize(static_cast<Eigen::Index>(tasks_.size()));
+    fit_workspace(*w);
     return w;
   }
 
@@ -550,6 +547,7 @@ class LinearScorer : public TrainableScorer, public FeaturizedScorer {
                           ScorerWorkspace* workspace) const override {
     std::unique_ptr<ScorerWorkspace> local;
     auto* w = &workspace_for_call<LinearWorkspace>(*this, workspace, local);
+    fit_workspace(*w);
     out.resize(count, expert_names().size());
     for (std::size_t i = 0; i < count; ++i) {
       featurizer_.featurize(prompts[i], w->features);
@@ -563,6 +561,7 @@ class LinearScorer : public TrainableScorer, public FeaturizedScorer {
                         ScorerWorkspace* workspace) const override {
     std::unique_ptr<ScorerWorkspace> local;
     auto* w = &workspace_for_call<LinearWorkspace>(*this, workspace, local);
+    fit_workspace(*w);
     out.resize(count, expert_names().size());
     for (std::size_t i = 0; i < count; ++i) score_row(features[i], i, out, *w);
   }
@@ -594,6 +593,17 @@ class LinearScorer : public TrainableScorer, public FeaturizedScorer {
   void read_model(const ModelReader& in) override;
 
  private:
+  // Sizes the workspace's vectors for this model. A workspace made before
+  // the scorer was trained or loaded again holds the old model's sizes;
+  // one that fits already is left as it is (no allocation).
+  void fit_workspace(LinearWorkspace& w) const {
+    const auto experts = static_cast<Eigen::Index>(expert_names().size());
+    w.numeric.resize(kDenseFeatureCount);
+    w.quality.resize(experts);
+    w.tokens.resize(experts);
+    w.task_scores.resize(static_cast<Eigen::Index>(tasks_.size()));
+  }
+
   void score_row(const SparseFeatures& features, std::size_t row, ScoreBatch& out,
                  LinearWorkspace& w) const {
     const auto r = static_cast<Eigen::Index>(row);

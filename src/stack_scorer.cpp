@@ -24,7 +24,9 @@
 // calibration) in section "member<i>." (ModelWriter::add_section).
 #include <fmt/format.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <optional>
 
 #include "scorers.hpp"
@@ -41,7 +43,14 @@ constexpr int kMemberFolds = 5;
 
 using RowMajorMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+// Each trained or loaded set of members gets its own number, so a workspace
+// made for other members (before the stack was trained or loaded again)
+// is told apart: its members' workspaces may be of other kinds.
+std::atomic<std::uint64_t> next_members_stamp{1};
+
 struct StackWorkspace : ScorerWorkspace {
+  /// The `members_stamp_` of the members `members` were made for.
+  std::uint64_t members_stamp = 0;
   std::vector<std::unique_ptr<ScorerWorkspace>> members;
   /// Each prompt's features, when the members share a featurizer.
   std::vector<SparseFeatures> features;
@@ -75,7 +84,7 @@ class StackScorer : public TrainableScorer {
 
   std::unique_ptr<ScorerWorkspace> make_workspace() const override {
     auto w = std::make_unique<StackWorkspace>();
-    for (const auto& m : members_) w->members.push_back(m->make_workspace());
+    renew_member_workspaces(*w);
     w->projected.resize(shared_projections_.size());
     return w;
   }
@@ -84,6 +93,7 @@ class StackScorer : public TrainableScorer {
                           ScorerWorkspace* workspace) const override {
     std::unique_ptr<ScorerWorkspace> local;
     auto* w = &workspace_for_call<StackWorkspace>(*this, workspace, local);
+    if (w->members_stamp != members_stamp_) renew_member_workspaces(*w);
     if (shared_featurizer_) {
       // Grows only: a warm workspace featurizes into vectors it already has.
       if (w->features.size() < count) w->features.resize(count);
@@ -134,7 +144,7 @@ class StackScorer : public TrainableScorer {
     }
     if (own_calibration) set_calibration(calibrate_mean(folds, set, options.calibration));
     given_calibrations_.clear();
-    share_featurizer();
+    members_changed();
     return report;
   }
 
@@ -176,7 +186,7 @@ class StackScorer : public TrainableScorer {
       }
       members_.push_back(std::move(member));
     }
-    share_featurizer();
+    members_changed();
   }
 
  private:
@@ -210,6 +220,17 @@ class StackScorer : public TrainableScorer {
       out.output_tokens.data()[i] += t;
       w.token_count.data()[i] += 1.0f;
     }
+  }
+
+  void members_changed() {
+    share_featurizer();
+    members_stamp_ = next_members_stamp.fetch_add(1);
+  }
+
+  void renew_member_workspaces(StackWorkspace& w) const {
+    w.members.clear();
+    for (const auto& m : members_) w.members.push_back(m->make_workspace());
+    w.members_stamp = members_stamp_;
   }
 
   // One featurizer for all members when each reads the prompt only through
@@ -300,6 +321,7 @@ class StackScorer : public TrainableScorer {
   /// reads (-1: none of them).
   std::vector<const SparseProjection*> shared_projections_;
   std::vector<int> projection_of_member_;
+  std::uint64_t members_stamp_ = 0;
 };
 
 }  // namespace
