@@ -398,11 +398,33 @@ std::vector<CandidateScorer> default_candidates() {
 
 namespace {
 
-// The candidates `set` can train: those that learn from tasks only where
-// its rows carry two tasks or more.
+// Whether every fold's training rows (the rows of the other folds) carry
+// two tasks or more: a task whose rows all fall in one fold is missing from
+// that fold's training rows.
+bool each_fold_trains_on_two_tasks(const TrainingSet& set, const std::vector<int>& fold,
+                                   int folds) {
+  for (int k = 0; k < folds; ++k) {
+    const std::string* first = nullptr;
+    bool two = false;
+    for (std::size_t r = 0; r < set.rows() && !two; ++r) {
+      if (fold[r] == k || r >= set.tasks.size() || set.tasks[r].empty()) continue;
+      if (first == nullptr) {
+        first = &set.tasks[r];
+      } else {
+        two = set.tasks[r] != *first;
+      }
+    }
+    if (!two) return false;
+  }
+  return true;
+}
+
+// The candidates `set` can train in every fold: those that learn from
+// tasks only where each fold's training rows carry two tasks or more.
 std::vector<CandidateScorer> trainable_candidates(const std::vector<CandidateScorer>& candidates,
-                                                  const TrainingSet& set) {
-  const bool has_tasks = set.distinct_tasks().size() >= 2;
+                                                  const TrainingSet& set,
+                                                  const std::vector<int>& fold, int folds) {
+  const bool has_tasks = each_fold_trains_on_two_tasks(set, fold, folds);
   std::vector<CandidateScorer> out;
   for (const CandidateScorer& candidate : candidates) {
     if (has_tasks || detail::parse_scorer_spec(candidate.spec).kind != "task") {
@@ -411,8 +433,8 @@ std::vector<CandidateScorer> trainable_candidates(const std::vector<CandidateSco
   }
   if (out.empty()) {
     throw Error(
-        "model selection: every candidate needs task labels, and the training rows carry "
-        "fewer than two tasks");
+        "model selection: every candidate needs task labels, and the training rows of some "
+        "cross-validation fold carry fewer than two tasks");
   }
   return out;
 }
@@ -434,7 +456,12 @@ OutOfFold cross_validate(const CandidateScorer& candidate, const TrainingSet& se
     for (std::size_t r = 0; r < set.rows(); ++r) (fold[r] == k ? held : train).push_back(r);
     auto scorer = make_scorer(candidate.spec);
     quiet.loss = candidate.loss;
-    scorer->train(subset(set, train, k), quiet);
+    try {
+      scorer->train(subset(set, train, k), quiet);
+    } catch (const Error& e) {
+      throw Error(fmt::format("cross-validation, fold {} of {} (trained on {} of {} rows): {}",
+                              k + 1, folds, train.size(), set.rows(), e.what()));
+    }
     // Raw predictions: a stack calibrates itself while training, and the
     // calibration fitted on these is what applies to the raw output.
     scorer->set_calibration(Calibration());
@@ -508,7 +535,8 @@ std::unique_ptr<TrainableScorer> train_best(const RoutingDataset& data,
   Trials trials;
   trials.record.folds = selection.folds;
   const std::vector<int> fold = assign_folds(set.rows(), selection.folds, options.seed);
-  for (const CandidateScorer& candidate : trainable_candidates(selection.candidates, set)) {
+  for (const CandidateScorer& candidate :
+       trainable_candidates(selection.candidates, set, fold, selection.folds)) {
     const auto start = std::chrono::steady_clock::now();
     OutOfFold oof = cross_validate(candidate, set, options, selection.folds);
     Calibration calibration =

@@ -409,4 +409,17 @@ TEST_CASE("train_best tries the task scorer only where the rows carry two tasks 
   selection.candidates = {{"task", Loss::Bce}};
   CHECK_THROWS_WITH(torouter::train_best(data, data.registry, {}, selection),
                     Contains("needs task labels"));
+
+  // Two tasks, but one on a single row: the fold that holds that row
+  // trains on one task, so the task scorer cannot be cross-validated.
+  for (auto& row : data.train) row.task = "history";
+  data.train[7].task = "code";
+  seen.clear();
+  selection.candidates = {{"task", Loss::Bce}, {"linear", Loss::Bce}};
+  CHECK(torouter::train_best(data, data.registry, {}, selection)->spec() == "linear");
+  CHECK(seen == std::vector<std::string>{"linear"});
+  // Cross-validating it anyway says which fold failed.
+  const auto set = torouter::make_training_set(data.experts, data.train, "one code row");
+  CHECK_THROWS_WITH(torouter::cross_validate({"task", Loss::Bce}, set, {}, 3),
+                    Contains("cross-validation, fold") && Contains("two tasks"));
 }
