@@ -272,6 +272,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
 
   // A pass over the candidates not settled yet, best first.
   void start_pass() {
+    leave_slot_queue();
     cursor_ = 0;
     pass_met_capacity_ = false;
     slot_generation_ = router_.slot_generation();
@@ -406,7 +407,8 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   void wait_for_slot() {
     const std::uint64_t token = new_wait();
     std::weak_ptr<InvokeRun> weak = weak_from_this();
-    router_.wait_for_slot(slot_generation_, [weak, token] {
+    leave_slot_queue();
+    slot_wait_id_ = router_.wait_for_slot(slot_generation_, [weak, token] {
       if (auto self = weak.lock()) self->post(token, &InvokeRun::start_pass);
     });
     auto wake = std::min(capacity_deadline_, deadline_);
@@ -715,6 +717,13 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
 
   // The attempt's response is in `pending_`: answer, retry, or fail over.
   void attempt_done() {
+    if (!pending_.ok() && invoke_options_.cancel && invoke_options_.cancel->cancelled()) {
+      // The caller cancelled, and the transport, told through the
+      // request, failed the call before the cancel's own event ran here:
+      // the failure is the cancel's, not the expert's.
+      end_cancelled(true);
+      return;
+    }
     const std::size_t i = expert_->expert_index;
     ExpertState& state = router_.state_[i];
     const ExpertSpec& spec = (*router_.experts_)[i];
@@ -872,8 +881,12 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   }
 
   // The caller cancelled: whatever is in flight or waiting stops here.
-  void on_cancelled() {
-    if (in_attempt_) {
+  void on_cancelled() { end_cancelled(in_attempt_); }
+
+  // Ends the invoke as cancelled, recording the attempt it cut when
+  // `during_attempt`. Nothing is charged to the expert's health.
+  void end_cancelled(bool during_attempt) {
+    if (during_attempt) {
       Attempt attempt;
       attempt.expert = (*router_.experts_)[expert_->expert_index].name;
       attempt.number = attempt_number_;
@@ -912,6 +925,15 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     result_.error = error;
     result_.error_message = std::move(message);
     finished_ = true;
+    leave_slot_queue();
+  }
+
+  // Takes this invoke's wake-up out of the router's queue, if it is there:
+  // woken by a poll, a deadline or a cancel, it waits no more. (Under the
+  // invoke's lock; the router's queue lock is never held while taking it.)
+  void leave_slot_queue() {
+    router_.stop_waiting_for_slot(slot_wait_id_);
+    slot_wait_id_ = 0;
   }
 
   std::string describe_exclusions() const {
@@ -953,6 +975,8 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   std::size_t cursor_ = 0;
   bool pass_met_capacity_ = false;
   std::uint64_t slot_generation_ = 0;
+  // This invoke's place in the router's queue of slot waiters (0: none).
+  std::uint64_t slot_wait_id_ = 0;
   std::size_t experts_called_ = 0;
   bool downgrading_ = false;
   // Set when a retry was given up because the invoke's deadline came first.
@@ -986,13 +1010,13 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
 };
 
 void Router::slot_released() {
-  std::vector<std::function<void()>> waiters;
+  std::map<std::uint64_t, std::function<void()>> waiters;
   {
     std::lock_guard<std::mutex> lock(slot_waiters_mutex_);
     ++slot_generation_;
     waiters.swap(slot_waiters_);
   }
-  for (auto& wake : waiters) wake();
+  for (auto& [id, wake] : waiters) wake();
 }
 
 std::uint64_t Router::slot_generation() const {
@@ -1000,15 +1024,28 @@ std::uint64_t Router::slot_generation() const {
   return slot_generation_;
 }
 
-void Router::wait_for_slot(std::uint64_t generation, std::function<void()> wake) {
+std::uint64_t Router::wait_for_slot(std::uint64_t generation, std::function<void()> wake) {
   {
     std::lock_guard<std::mutex> lock(slot_waiters_mutex_);
     if (generation == slot_generation_) {
-      slot_waiters_.push_back(std::move(wake));
-      return;
+      const std::uint64_t id = ++next_slot_wait_;
+      slot_waiters_.emplace(id, std::move(wake));
+      return id;
     }
   }
   wake();  // a slot was released since the caller looked: look again now
+  return 0;
+}
+
+std::size_t Router::invokes_waiting_for_slot() const {
+  std::lock_guard<std::mutex> lock(slot_waiters_mutex_);
+  return slot_waiters_.size();
+}
+
+void Router::stop_waiting_for_slot(std::uint64_t id) {
+  if (id == 0) return;
+  std::lock_guard<std::mutex> lock(slot_waiters_mutex_);
+  slot_waiters_.erase(id);
 }
 
 void Router::invoke_async(std::string_view prompt, InvokeOptions options,

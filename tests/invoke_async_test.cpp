@@ -222,6 +222,41 @@ TEST_CASE("cancelling a call in flight ends the invoke, frees its slot and budge
   CHECK(start(router, loop.loop).get().ok());
 }
 
+TEST_CASE("a transport's failure that reaches the loop before the cancel is the cancel's") {
+  RouterOptions options;
+  options.failures_before_cooldown = 1;
+  Router router = make_router(options);
+  HeldCalls held;
+  router.set_transport("solo", held.transport());
+  LoopThreads loop;
+  InvokeOptions invoke;
+  invoke.cancel = std::make_shared<CancelSignal>();
+  auto result = start(router, loop.loop, invoke);
+  wait_until([&] { return held.calls == 1; });
+  // As a server's upstream client does when its client leaves: the call
+  // ends "cancelled" from the transport's side, and that completion is
+  // queued on the loop before the cancel's own event (the loop is held
+  // busy meanwhile, so the order is certain).
+  std::promise<void> release;
+  auto busy = release.get_future().share();
+  loop.loop->post([busy] { busy.wait(); });
+  {
+    std::lock_guard<std::mutex> lock(held.mutex);
+    held.pending.at(0)(Response::failed(FailureKind::TransportError, "call cancelled"));
+  }
+  invoke.cancel->cancel();
+  release.set_value();
+  const InvokeResult r = result.get();
+  CHECK(r.error == InvokeError::Cancelled);
+  REQUIRE(r.attempts.size() == 1);
+  CHECK(r.attempts[0].outcome == AttemptOutcome::Cancelled);
+  const auto status = router.status("solo");
+  CHECK(status.failures == 0);
+  CHECK(status.consecutive_failures == 0);
+  CHECK_FALSE(status.cooling_down);
+  CHECK(status.in_flight == 0);
+}
+
 TEST_CASE("a caller that leaves a stream it has begun to receive pays for it") {
   RouterOptions options;
   options.budget_usd = 1.0;

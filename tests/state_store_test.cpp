@@ -3,6 +3,8 @@
 // driven through a store that answers later, from another thread.
 #include "torouter/state_store.hpp"
 
+#include <algorithm>
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <condition_variable>
@@ -15,6 +17,7 @@
 #include "budget_window.hpp"
 #include "support/invoke_mode.hpp"
 #include "support/test_scorer.hpp"
+#include "torouter/event_loop.hpp"
 #include "torouter/router.hpp"
 
 using namespace std::chrono_literals;
@@ -430,4 +433,66 @@ TEST_CASE("a call the store cannot admit is skipped, its words marked as quoted"
   CHECK(skipped.detail.substr(0, skipped.quoted_at) == "state store unavailable: ");
   CHECK_THAT(skipped.detail.substr(skipped.quoted_at), Contains("10.1.2.3:6379"));
   CHECK(r.attempts.at(1).quoted_at == std::string::npos);
+}
+
+namespace {
+
+// A shared store whose every slot the rest of the fleet holds: each
+// admission is refused for capacity, and no release here frees one.
+class FleetFullStore final : public torouter::StateStore {
+ public:
+  void configure(const ExpertRegistry& e, std::vector<BudgetRule> b) override {
+    local_.configure(e, std::move(b));
+  }
+  void admit(const Admission&, std::function<void(const AdmissionResult&)> done) override {
+    AdmissionResult full;
+    full.outcome = AdmissionOutcome::AtCapacity;
+    full.detail = "the fleet holds every slot";
+    done(full);
+  }
+  void settle(const Settlement& s) override { local_.settle(s); }
+  int in_flight(std::size_t expert) const override { return local_.in_flight(expert); }
+  double spent_usd() const override { return local_.spent_usd(); }
+  std::chrono::milliseconds capacity_poll() const override { return std::chrono::milliseconds(5); }
+
+ private:
+  InProcessStateStore local_;
+};
+
+}  // namespace
+
+TEST_CASE("invokes that poll a full shared store leave the wait queue when they stop waiting") {
+  torouter::RouterOptions options;
+  options.state_store = std::make_shared<FleetFullStore>();
+  options.capacity_wait = std::chrono::milliseconds(200);
+  torouter::Router router(
+      experts(),
+      std::make_shared<torouter::testing::TableScorer>(std::vector<std::string>{"coder", "chat"},
+                                                       std::vector<float>{0.9f, 0.5f}),
+      nullptr, options);
+  router.set_transport("coder", answers("from coder"));
+  router.set_transport("chat", answers("from chat"));
+  auto loop = std::make_shared<torouter::RunLoop>();
+  std::thread runner([&] { loop->run(); });
+  constexpr int kInvokes = 50;
+  std::atomic<int> at_capacity{0}, done{0};
+  std::atomic<std::size_t> most_waiting{0};
+  for (int i = 0; i < kInvokes; ++i) {
+    router.invoke_async("hello", {}, loop, [&](torouter::InvokeResult r) {
+      if (r.error == torouter::InvokeError::AtCapacity) ++at_capacity;
+      ++done;
+    });
+  }
+  // Each invoke polls the store about 40 times in its 200 ms; each poll
+  // used to queue one more wake-up, none taken out until a slot freed here.
+  while (done < kInvokes) {
+    most_waiting = std::max<std::size_t>(most_waiting, router.invokes_waiting_for_slot());
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  loop->stop();
+  runner.join();
+  CHECK(at_capacity == kInvokes);
+  CHECK(most_waiting > 0);
+  CHECK(most_waiting <= kInvokes);
+  CHECK(router.invokes_waiting_for_slot() == 0);
 }

@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -434,6 +435,8 @@ class Router {
   /// USD spent by answered calls so far (the state store's count: a
   /// shared store's is the fleet's).
   double spent_usd() const;
+  /// Invokes waiting now for a capacity slot (`RouterOptions::capacity_wait`).
+  std::size_t invokes_waiting_for_slot() const;
   /// The store that keeps spend, slots and rates (`RouterOptions::state_store`).
   StateStore& state_store() const { return *store_; }
 
@@ -498,8 +501,12 @@ class Router {
   // How many slots have been released so far.
   std::uint64_t slot_generation() const;
   // Calls `wake` once, the next time any slot is released, or at once when
-  // one has been since `slot_generation()` was `generation`.
-  void wait_for_slot(std::uint64_t generation, std::function<void()> wake);
+  // one has been since `slot_generation()` was `generation` (then returns
+  // 0). Otherwise returns the wait's id for `stop_waiting_for_slot`.
+  std::uint64_t wait_for_slot(std::uint64_t generation, std::function<void()> wake);
+  // Forgets wait `id` (if it is still queued): an invoke that stops
+  // waiting leaves the queue, so the queue holds only invokes that wait.
+  void stop_waiting_for_slot(std::uint64_t id);
 
   std::shared_ptr<const ExpertRegistry> experts_;  // shared with the decisions that name it
   // Read with std::atomic_load, replaced with std::atomic_store
@@ -520,10 +527,12 @@ class Router {
   mutable bool explore_seeded_ = false;
   std::unique_ptr<ExpertState[]> state_;
   std::shared_ptr<StateStore> store_;
-  // Invokes waiting for a free slot, woken (all at once) when one frees.
+  // Invokes waiting for a free slot, by wait id, woken (all at once) when
+  // one frees.
   mutable std::mutex slot_waiters_mutex_;
   std::uint64_t slot_generation_ = 0;
-  std::vector<std::function<void()>> slot_waiters_;
+  std::uint64_t next_slot_wait_ = 0;
+  std::map<std::uint64_t, std::function<void()>> slot_waiters_;
 };
 
 TOROUTER_END_NAMESPACE
