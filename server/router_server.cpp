@@ -26,6 +26,7 @@
 #include <system_error>
 #include <thread>
 #include <unordered_set>
+#include <utility>
 
 #include "ascii.hpp"
 #include "asio_event_loop.hpp"
@@ -353,13 +354,35 @@ class RecentIds {
   std::unordered_set<std::string> ids_;
 };
 
+// A place among the server's chats in flight, taken in one atomic step so
+// that I/O threads checking the cap at the same moment cannot all get past
+// it; given back when the place goes.
+class InFlightPlace {
+ public:
+  InFlightPlace(std::atomic<std::size_t>& count, std::size_t cap) : count_(&count) {
+    if (count.fetch_add(1) >= cap) give_back();
+  }
+  ~InFlightPlace() { give_back(); }
+  InFlightPlace(InFlightPlace&& other) noexcept : count_(std::exchange(other.count_, nullptr)) {}
+  InFlightPlace(const InFlightPlace&) = delete;
+  InFlightPlace& operator=(const InFlightPlace&) = delete;
+  InFlightPlace& operator=(InFlightPlace&&) = delete;
+  explicit operator bool() const { return count_ != nullptr; }
+
+ private:
+  void give_back() {
+    if (count_ != nullptr) count_->fetch_sub(1);
+    count_ = nullptr;
+  }
+  std::atomic<std::size_t>* count_;
+};
+
 struct ChatExchange {
-  explicit ChatExchange(std::atomic<std::size_t>& counter) : in_flight(counter) { ++in_flight; }
-  ~ChatExchange() { --in_flight; }
+  explicit ChatExchange(InFlightPlace p) : place(std::move(p)) {}
   ChatExchange(const ChatExchange&) = delete;
   ChatExchange& operator=(const ChatExchange&) = delete;
 
-  std::atomic<std::size_t>& in_flight;  // the server's count of chats in flight
+  InFlightPlace place;  // held until the exchange ends
   ChatRequest chat;
   CallContext call;
   std::shared_ptr<HttpResponse> res;  // deferred: finished from the callbacks
@@ -853,10 +876,14 @@ struct RouterServer::Impl {
   }
 
   // A failed invoke's error, with `Retry-After` when upstreams asked for a
-  // pause: the soonest of their waits, in whole seconds.
+  // pause (the soonest of their waits, in whole seconds), or 1 s when the
+  // refusal is a moment's (every slot taken, the shared state unreachable),
+  // as for the server's own limits.
   void send_failed_invoke(HttpResponse& res, const InvokeResult& r) const {
     const ApiError e = failed_invoke(r);
-    if (e.code == "upstream_rate_limited") {
+    if (e.code == "at_capacity" || e.code == "state_unavailable") {
+      res.set_header("Retry-After", "1");
+    } else if (e.code == "upstream_rate_limited") {
       std::chrono::milliseconds soonest{0};
       for (const auto& a : r.attempts) {
         if (a.retry_after.count() > 0 && (soonest.count() == 0 || a.retry_after < soonest)) {
@@ -941,7 +968,8 @@ struct RouterServer::Impl {
 
   void handle_chat(const HttpRequest& req, HttpResponse& res) {
     if (!authorized(req, res)) return;
-    if (chats_in_flight.load() >= config.max_requests_in_flight) {
+    InFlightPlace place(chats_in_flight, config.max_requests_in_flight);
+    if (!place) {
       ApiError e;
       e.status = 503;
       e.code = "server_busy";
@@ -973,7 +1001,7 @@ struct RouterServer::Impl {
     if (!chat.bypass && !chat.lambda_given && !chat.quality_floor) {
       chat.quality_floor = config.policy.quality_floor;
     }
-    auto x = std::make_shared<ChatExchange>(chats_in_flight);
+    auto x = std::make_shared<ChatExchange>(std::move(place));
     x->chat = std::move(chat);
     x->id = completion_id();  // the answer's id, and the decision log's
     x->created = static_cast<long long>(std::time(nullptr));
@@ -1255,6 +1283,11 @@ struct RouterServer::Impl {
       extra += fmt::format("torouter_budget_usd {}\n", config.router.budget_usd);
     }
     extra += state_store_metrics();
+    extra += fmt::format(
+        "# HELP torouter_invokes_waiting_for_slot Requests waiting for an expert's capacity "
+        "slot (max_concurrent_calls; capacity_wait_ms).\n"
+        "# TYPE torouter_invokes_waiting_for_slot gauge\ntorouter_invokes_waiting_for_slot {}\n",
+        router->invokes_waiting_for_slot());
     extra +=
         "# HELP torouter_expert_in_flight Upstream calls in flight, per expert.\n"
         "# TYPE torouter_expert_in_flight gauge\n";

@@ -736,6 +736,7 @@ TEST_CASE("router server: a named expert obeys the budget, its cap and its enabl
     REQUIRE(res);
     CHECK(res->status == 503);
     CHECK_THAT(res->body, Contains("no_eligible_expert") && Contains("disabled"));
+    CHECK(res->header("Retry-After").empty());  // waiting does not enable it
     CHECK(f.upstreams[named]->requests() == 0);
   }
   SECTION("at its cap: 503 once the capacity wait is over") {
@@ -755,6 +756,7 @@ TEST_CASE("router server: a named expert obeys the budget, its cap and its enabl
     REQUIRE(res);
     CHECK(res->status == 503);
     CHECK_THAT(res->body, Contains("at_capacity"));
+    CHECK(res->header("Retry-After") == "1");  // a moment's refusal
   }
   SECTION("named calls turned off: 403") {
     Fixture f([](ServerConfig& c) { c.named_calls = false; });
