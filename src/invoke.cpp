@@ -746,7 +746,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     attempt.http_status = response.http_status;
     attempt.retry_after = response.retry_after;
     result_.attempts.push_back(std::move(attempt));
-    const bool cooled = note_failure(i);
+    const bool cooled = !is_request_fault(response.failure) && note_failure(i);
     if (chunks_delivered_) {
       release_begun_answer();
       result_.response = std::move(response);

@@ -220,6 +220,25 @@ TEST_CASE("a bad request or a context overflow is not retried on the same expert
                           "cheap:answered"});
 }
 
+TEST_CASE("bad requests and context overflows never cool an expert down") {
+  RouterOptions options = fast_options();
+  options.failures_before_cooldown = 1;
+  Rig rig(options);
+  rig.strong.script = {fails(FailureKind::BadRequest), fails(FailureKind::ContextTooLong),
+                       fails(FailureKind::ServerError)};
+  for (int i = 0; i < 2; ++i) {
+    invoke(rig.router, "a request the experts refuse");
+    const auto status = rig.router.status("strong");
+    CHECK_FALSE(status.cooling_down);
+    CHECK(status.consecutive_failures == 0);
+    CHECK(status.failures ==
+          static_cast<std::uint64_t>(i + 1));  // still counted as failures, by kind
+  }
+  // A failure of the expert's own does count.
+  invoke(rig.router, "hi");
+  CHECK(rig.router.status("strong").cooling_down);
+}
+
 TEST_CASE("a transport that throws is a failure, not a crash") {
   Rig rig;
   rig.router.set_transport("strong", Transport::sync([](const Request&) -> Response {

@@ -78,6 +78,13 @@ constexpr bool is_retryable(FailureKind kind) {
          kind == FailureKind::ServerError || kind == FailureKind::TransportError;
 }
 
+/// True for failures the request caused (the expert refused what it was
+/// sent) rather than the expert's health: they never count toward its
+/// cooldown, so one client's bad requests cannot cool healthy experts down.
+constexpr bool is_request_fault(FailureKind kind) {
+  return kind == FailureKind::BadRequest || kind == FailureKind::ContextTooLong;
+}
+
 /// What the router asks a transport to do.
 struct Request {
   /// Name of the expert to call (as in the registry).
