@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "memory_trim.hpp"
+#include "open_files.hpp"
 #include "router_server.hpp"
 #include "torouter/cpu_level.hpp"
 #include "torouter/error.hpp"
@@ -57,6 +58,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   try {
+    torouter::server::raise_open_file_limit();
     torouter::server::ServerConfig config = torouter::server::load_server_config(config_path);
     if (port >= 0) config.port = port;
     torouter::server::RouterServer server(config);

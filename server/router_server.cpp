@@ -34,6 +34,7 @@
 #include "http_server.hpp"
 #include "json_text.hpp"
 #include "metrics.hpp"
+#include "open_files.hpp"
 #include "torouter/cost_model.hpp"
 #include "torouter/error.hpp"
 #include "torouter/trainable_scorer.hpp"
@@ -1360,13 +1361,26 @@ struct RouterServer::Impl {
     return error_body(e);
   }
 
+  // `listen.max_connections`, lowered (and said so) to what the limit on
+  // open files holds (open_files.hpp).
+  std::size_t connection_cap() const {
+    const std::size_t within = connections_within(open_file_limit());
+    if (within == 0 || config.max_connections <= within) return config.max_connections;
+    std::cerr << fmt::format(
+        "torouter-server: listen.max_connections lowered from {} to {}: the process may open "
+        "{} files, and each connection may need two (its client's and its upstream's) besides "
+        "{} kept for the rest; raise the limit (ulimit -n, systemd's LimitNOFILE=) to hold more\n",
+        config.max_connections, within, open_file_limit(), kReservedDescriptors);
+    return within;
+  }
+
   void setup_http() {
     HttpServerOptions options;
     options.threads = config.threads;
     options.io = io;
     // Every handler answers at once or defers: none waits on an upstream.
     options.handlers_never_block = true;
-    options.max_connections = config.max_connections;
+    options.max_connections = connection_cap();
     options.idle_timeout = config.idle_timeout;
     options.tls_cert_file = config.tls_cert_file;
     options.tls_key_file = config.tls_key_file;

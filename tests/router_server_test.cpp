@@ -3,7 +3,9 @@
 // Timing is never asserted tightly: the machine may be loaded.
 #include "router_server.hpp"
 
+#include <netinet/in.h>
 #include <simdjson.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -25,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include "open_files.hpp"
 #include "stand_in_upstream.hpp"
 #include "support/default_router_files.hpp"
 #include "support/raw_http.hpp"
@@ -1937,6 +1940,50 @@ TEST_CASE("router server: past max_requests_in_flight, 503 with Retry-After", "[
   auto after = f.post(chat_body("router", kPrompt));  // room again
   REQUIRE(after);
   CHECK(after->status == 200);
+}
+
+TEST_CASE("router server: the connection cap stays within the limit on open files", "[server]") {
+  // 224 descriptors: 64 kept for the rest, two for each connection (its
+  // client's and its upstream's), so at most 80 connections, not 10,000.
+  rlimit before{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &before) == 0);
+  rlimit low = before;
+  low.rlim_cur = 224;
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+  struct Restore {
+    rlimit limit;
+    ~Restore() { ::setrlimit(RLIMIT_NOFILE, &limit); }
+  } restore{before};
+  CHECK(torouter::server::connections_within(224) == 80);
+  Fixture f([](ServerConfig& c) { c.max_connections = 10000; });
+  // Idle clients up to the cap, each a bare socket (one descriptor): each
+  // one past the cap is refused at once with a 503, where past the limit
+  // on files it would wait unanswered in the listen queue.
+  std::vector<int> idle;
+  for (int i = 0; i < 80; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(static_cast<std::uint16_t>(f.port));
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof(to)) == 0);
+    idle.push_back(fd);
+  }
+  std::this_thread::sleep_for(200ms);  // all accepted
+  {
+    torouter::test::RawHttpConnection past(f.port);
+    const auto refused = past.receive();
+    CHECK(refused.status == 503);
+    CHECK(refused.header("Retry-After") == "1");
+  }
+  ::close(idle.back());
+  idle.pop_back();
+  std::this_thread::sleep_for(200ms);  // its close seen
+  auto res = f.post(chat_body("router", kPrompt));
+  REQUIRE(res);
+  CHECK(res->status == 200);
+  for (const int fd : idle) ::close(fd);
 }
 
 TEST_CASE("router server: HTTPS both ways, with a certificate made at test time", "[server][tls]") {

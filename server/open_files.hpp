@@ -1,0 +1,33 @@
+// open_files.hpp: how many client connections the process's limit on open
+// files lets the server hold.
+//
+// Each client connection is a descriptor, and while its request is called
+// upstream, a second one. Past the limit `accept` fails: a new client then
+// waits unanswered in the listen queue, and upstream connects fail as if
+// the expert were down. So the server raises its soft limit to the hard
+// one at start (as Go's runtime and nginx's worker_rlimit_nofile do), and
+// keeps `listen.max_connections` within what the limit holds, so that the
+// cap's 503 with Retry-After comes before the descriptors run out.
+#pragma once
+
+#include <cstddef>
+
+namespace torouter::server {
+
+/// Descriptors kept for what is not a connection: the listener, each I/O
+/// thread's epoll and timer descriptors, logs, model files being read,
+/// connections to Redis.
+inline constexpr std::size_t kReservedDescriptors = 64;
+
+/// Raises the soft limit on open files to the hard limit, where it is
+/// lower; returns the soft limit in force after (0 when it cannot be read).
+std::size_t raise_open_file_limit();
+
+/// The soft limit on open files in force (0 when it cannot be read).
+std::size_t open_file_limit();
+
+/// The most client connections `open_files` descriptors hold, each with
+/// its upstream connection; 0 for `open_files` 0 (no limit known).
+std::size_t connections_within(std::size_t open_files);
+
+}  // namespace torouter::server
