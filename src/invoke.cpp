@@ -65,6 +65,9 @@ struct StreamBuffer {
   // An event on the loop will hand the pieces on: a piece that comes
   // meanwhile joins them instead of posting another.
   bool delivery_posted = false;
+  // The attempt is over (answered, timed out, cancelled): pieces its
+  // transport still sends are dropped, not kept where no event empties them.
+  bool closed = false;
   std::atomic<std::int64_t> last_arrival_ns{0};
 };
 
@@ -557,7 +560,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     const std::uint64_t token = new_wait();
     in_attempt_ = true;
     attempt_timeout_ = request.timeout;
-    stream_.reset();
+    drop_stream();
     stream_deadline_ = Clock::time_point::max();
     if (transport.call_async_streaming) {
       stream_ = std::make_shared<StreamBuffer>();
@@ -605,6 +608,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       bool post = false;
       {
         std::lock_guard<std::mutex> lock(buffer->mutex);
+        if (buffer->closed) return;
         buffer->bytes.append(piece);
         buffer->ends.push_back(buffer->bytes.size());
         buffer->last_arrival_ns.store(to_ns(Clock::now()));
@@ -620,6 +624,18 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       if (step_running == nullptr && loop->runs_here()) return hand_on();
       loop->post(std::move(hand_on));
     };
+  }
+
+  // Lets go of the current attempt's stream, closing its buffer.
+  void drop_stream() {
+    if (!stream_) return;
+    {
+      std::lock_guard<std::mutex> lock(stream_->mutex);
+      stream_->closed = true;
+      std::string().swap(stream_->bytes);
+      stream_->ends.clear();
+    }
+    stream_.reset();
   }
 
   // Hands the current stream's queued pieces to the caller, in order.
@@ -654,7 +670,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   void attempt_completed(Response response) {
     deliver_pieces();  // pieces whose event has not run yet come first
     in_attempt_ = false;
-    stream_.reset();
+    drop_stream();
     if (response.ok() && response.text.empty() && invoke_options_.pieces_are_text) {
       response.text = std::move(streamed_text_);
     }
@@ -689,7 +705,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       } else {
         why = fmt::format("no answer within {} ms", attempt_timeout_.count());
       }
-      stream_.reset();
+      drop_stream();
     }
     in_attempt_ = false;
     pending_ = Response::failed(FailureKind::Timeout, std::move(why));
@@ -896,7 +912,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       result_.attempts.push_back(std::move(attempt));
     }
     in_attempt_ = false;
-    stream_.reset();
+    drop_stream();
     if (chunks_delivered_) {
       release_begun_answer();
     } else {
@@ -1089,8 +1105,12 @@ void Router::start_invoke(std::string_view prompt, const InvokeOptions* borrowed
   } else {
     route_pooled(prompt, options.route, result.decision);
   }
-  std::make_shared<InvokeRun>(*this, std::string(prompt), borrowed, std::move(owned),
-                              std::move(loop), std::move(on_done), std::move(result))
+  // Not make_shared: the timers an invoke leaves on the loop (its attempt
+  // deadline, 30 s by default) hold weak pointers to it until they fall
+  // due, and with make_shared those keep the whole object's memory, its
+  // result and options included, for as long.
+  std::shared_ptr<InvokeRun>(new InvokeRun(*this, std::string(prompt), borrowed, std::move(owned),
+                                           std::move(loop), std::move(on_done), std::move(result)))
       ->begin();
 }
 
