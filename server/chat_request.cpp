@@ -160,7 +160,7 @@ std::optional<ApiError> read_model(std::string_view model, const ExpertRegistry&
                                      model),
                          "model");
     }
-    chat.quality_floor = *floor;
+    chat.quality_floor = *floor + 0.0;  // -0 is 0 (as the headers show it)
     return std::nullopt;
   }
   if (model.substr(0, kRouter.size()) == kRouter) {

@@ -69,6 +69,9 @@ std::pair<int, std::string> unservable_framing(
     if (hosts > 1) return {400, "request with more than one Host header"};
   }
   if (message.find(bhttp::field::transfer_encoding) == message.end()) return {0, {}};
+  // Section 6.1: HTTP/1.0 has no transfer codings; a peer that sends one
+  // frames the body in a way a proxy in front may read otherwise.
+  if (message.version() < 11) return {400, "HTTP/1.0 request with Transfer-Encoding"};
   // Section 6.3: a final coding other than chunked leaves the length unknown.
   if (!message.chunked()) return {400, "Transfer-Encoding whose last coding is not chunked"};
   // Section 6.1: a coding the server does not decode.

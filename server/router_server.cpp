@@ -973,6 +973,7 @@ struct RouterServer::Impl {
     if (!place) {
       ApiError e;
       e.status = 503;
+      e.type = "server_error";
       e.code = "server_busy";
       e.message = fmt::format("the server is busy: {} chat requests are being routed or called",
                               config.max_requests_in_flight);
@@ -1345,11 +1346,17 @@ struct RouterServer::Impl {
       case 413:
         e.code = "request_too_large";
         break;
+      case 414:
+        e.code = "uri_too_long";
+        break;
       case 431:
         e.code = "request_headers_too_large";
         break;
       case 500:
         e.code = "internal_error";
+        break;
+      case 501:
+        e.code = "not_implemented";
         break;
       case 503:
         e.code = "server_busy";

@@ -1,11 +1,11 @@
 // torouter-server's reading of a chat completion body, without HTTP (the
 // same requests over HTTP are in router_server_test): what it keeps for the
 // router, what it forwards, and the errors it answers with.
-#include <catch2/catch.hpp>
-
-#include <string>
-
 #include "chat_request.hpp"
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <string>
 
 using Catch::Matchers::Contains;
 using torouter::server::ApiError;
@@ -206,6 +206,7 @@ TEST_CASE("chat request: router:q>=<floor> asks for a quality floor") {
   CHECK_FALSE(floor.bypass);
   CHECK(*accepted(R"({"model":"router:q>=0",)" + kUser + "}").quality_floor == 0.0);
   CHECK(*accepted(R"({"model":"router:q>=1",)" + kUser + "}").quality_floor == 1.0);
+  CHECK_FALSE(std::signbit(*accepted(R"({"model":"router:q>=-0",)" + kUser + "}").quality_floor));
   CHECK_FALSE(floor.lambda_given);
   const ChatRequest weighted = accepted(R"({"model":"router:0.5",)" + kUser + "}");
   CHECK_FALSE(weighted.quality_floor.has_value());

@@ -218,6 +218,8 @@ TEST_CASE("http server: refusals close the connection", "[http][server]") {
       {"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, "
        "chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
        501},
+      // HTTP/1.0 has no transfer codings (RFC 9112, section 6.1).
+      {"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 400},
   };
   for (const auto& [request, status] : cases) {
     INFO(request.substr(0, 60));
