@@ -118,8 +118,9 @@ def calibration_table(out, dataset):
 
 
 def not_a_candidate(name):
-    """compare_oof.py's rows that are not torouter's: the peer and the task bound."""
-    return name.startswith("xgboost") or name.startswith("task means")
+    """compare_oof.py's rows that are not torouter's candidates: the peer, the
+    task bound and the task scorer shrunk toward neighbours."""
+    return name.startswith(("xgboost", "task means", "task shrunk"))
 
 
 def same_folds_table(path):
@@ -224,6 +225,13 @@ def findings(dataset, reports, out, data_root):
                 beat = sum(r[view]["aiq"] > xgb[view]["aiq"] for r in ours.values())
                 lines.append(f"- Same folds, {words}: {beat} of the {len(ours)} candidates have a "
                              f"higher AIQ than the XGBoost peer ({fmt(xgb[view]['aiq'])}).")
+        shrunk = next((r for name, r in results.items() if name.startswith("task shrunk")), None)
+        if shrunk and "task" in results:
+            gain = shrunk["pooled"]["aiq"] - results["task"]["pooled"]["aiq"]
+            lines.append(f"- Same folds: pulling the `task` candidate toward each prompt's most "
+                         f"similar training prompts changes its AIQ by {gain:+.4f} at its best "
+                         f"setting: what one prompt's neighbours scored adds "
+                         f"{'nothing' if gain < 0.001 else 'little'} to its task's means.")
     seeded = [json.load(open(report, encoding="utf-8"))["router"]
               for _, report, _ in seed_runs(out, dataset)]
     if len(seeded) > 1:
@@ -424,9 +432,15 @@ def main(out, data_root=None):
             "model), so only the quality models differ; pooled over the training",
             "rows, and again with every task weighted equally. The ECE here is of",
             "the picks' per-expert calibrated prediction, before the top-pick map",
-            "(the CV ECE above is after it). The last row is not a router: each",
-            "held-out row's own task's mean quality per expert on the other folds,",
-            "its task given, the most that routing by the task alone could win.")
+            "(the CV ECE above is after it). The last two rows are not routers.",
+            "\"task means\": each held-out row's own task's mean quality per expert",
+            "on the other folds, its task given, the most that routing by the task",
+            "alone could win. \"task shrunk\": the `task` candidate's predictions",
+            "pulled toward the outcomes of each row's k most similar training",
+            "prompts of the other folds (cosine of TF-IDF), weighted by similarity",
+            "to the power p, the task's prediction counted as w such prompts; the",
+            "best of a grid of settings on these same rows, so an optimistic figure:",
+            "what a prompt's own neighbourhood adds to its task.")
         lines += section(
             f"How sure the test split is ({dataset})",
             bootstrap_table(os.path.join(out, f"{dataset}-bootstrap.json")),

@@ -16,7 +16,11 @@ Prints, per router: AIQ, gap won, Q(lambda=0) and ECE on every training row
 with all outcomes (pooled over folds), and the same with each task weighted
 equally (rows resampled so that every task counts as much as the others),
 which shows how a router would fare on traffic whose task mix differs from
-the training split's.
+the training split's. Two rows are not routers: each row's true task's mean
+quality per expert (a bound for routing by task), and the task scorer's
+predictions shrunk toward what the most similar training prompts scored,
+at the best of a grid of settings (does a prompt's own neighbourhood add
+anything to its task?).
 """
 import argparse
 import csv
@@ -26,11 +30,19 @@ import numpy as np
 
 import ablate
 import routing_eval as ev
-from peer_features import CostModel
+from peer_features import CostModel, merged_analyzer
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 
 # The name of task_means_out_of_fold's row.
 TASK_BOUND = "task means, each row's true task given (a bound, not a router)"
+# The start of neighbour_shrunk_out_of_fold's row's name (the number of
+# settings tried and the best one follow).
+NEIGHBOUR_ROW = "task shrunk toward similar prompts' outcomes"
+# Its settings: neighbours k, similarity power p, and the task prediction's
+# weight w (as that many neighbours of similarity 1).
+NEIGHBOUR_SETTINGS = [(k, p, w) for k in (10, 40) for p in (1, 2, 4, 8)
+                      for w in (0.3, 1, 3, 10)]
 
 
 def read_out_of_fold(path, ids, experts):
@@ -87,6 +99,37 @@ def task_means_out_of_fold(quality, tasks, fold):
     return pred
 
 
+def neighbour_shrunk_out_of_fold(prompts, quality, fold, task_pred):
+    """Does anything a prompt's own neighbours say add to its task's means?
+
+    For each setting (k, p, w) of NEIGHBOUR_SETTINGS, each held-out row's
+    prediction is (w * task + sum_j s_j^p q_j) / (w + sum_j s_j^p) over its
+    k training rows of the other folds most similar to it (cosine of word
+    and character TF-IDF, as torouter's featurizer makes them), where
+    `task` is the task scorer's own out-of-fold prediction. Returns
+    {setting: predictions}; the caller judges them all on the same rows, so
+    the best is an optimistic figure for this family."""
+    filled, seen = np.nan_to_num(quality), (~np.isnan(quality)).astype(float)
+    out = {s: np.array(task_pred, dtype=float) for s in NEIGHBOUR_SETTINGS}
+    for k in np.unique(fold):
+        fit, held = np.where(fold != k)[0], np.where(fold == k)[0]
+        tfidf = TfidfVectorizer(analyzer=merged_analyzer, min_df=2, sublinear_tf=True,
+                                dtype=np.float32)
+        x_fit = tfidf.fit_transform([prompts[i] for i in fit])
+        similarity = (tfidf.transform([prompts[i] for i in held]) @ x_fit.T).toarray()
+        for n in {s[0] for s in NEIGHBOUR_SETTINGS}:
+            nearest = np.argpartition(-similarity, n, axis=1)[:, :n]
+            s_near = np.take_along_axis(similarity, nearest, 1).clip(0)
+            for (kk, p, w) in NEIGHBOUR_SETTINGS:
+                if kk != n:
+                    continue
+                weight = s_near ** p
+                total = np.einsum("hk,hke->he", weight, filled[fit][nearest])
+                count = np.einsum("hk,hke->he", weight, seen[fit][nearest])
+                out[(kk, p, w)][held] = (w * task_pred[held] + total) / (w + count)
+    return out
+
+
 def task_balanced_rows(tasks, seed=1):
     """Row indices resampled (with replacement) to equal counts per task."""
     rng = np.random.default_rng(seed)
@@ -118,9 +161,15 @@ def main():
     routers, fold = read_out_of_fold(args.oof, ids, experts)
     routers["xgboost (peer, same folds)"], pred_c = xgboost_out_of_fold(
         d["train_prompts"], quality, cost, fold)
+    complete = np.where(~np.isnan(quality).any(axis=1))[0]
     if len(set(tasks)) > 1:
         routers[TASK_BOUND] = task_means_out_of_fold(quality, tasks, fold)
-    complete = np.where(~np.isnan(quality).any(axis=1))[0]
+    if "task" in routers:
+        shrunk = neighbour_shrunk_out_of_fold(d["train_prompts"], quality, fold, routers["task"])
+        best = max(shrunk, key=lambda s: figures(quality, cost, shrunk[s], pred_c, complete,
+                                                 experts)["aiq"])
+        routers[f"{NEIGHBOUR_ROW}, best of {len(shrunk)} settings (k={best[0]}, p={best[1]}, "
+                f"w={best[2]})"] = shrunk[best]
     balanced = complete[task_balanced_rows(tasks[complete])]
     results = {}
     print(f"{'router':70s} {'AIQ':>7s} {'gap':>7s} {'Q(0)':>7s} {'ECE':>6s}   task-balanced:"
