@@ -14,20 +14,26 @@
 
 namespace torouter::server {
 
-/// Descriptors kept for what is not a connection: the listener, each I/O
-/// thread's epoll and timer descriptors, logs, model files being read,
-/// connections to Redis.
-inline constexpr std::size_t kReservedDescriptors = 64;
+/// Descriptors kept spare for what opens later and is not a connection:
+/// a model file being read, a Redis reconnect, a log reopened.
+inline constexpr std::size_t kSpareDescriptors = 16;
 
 /// Raises the soft limit on open files to the hard limit, where it is
 /// lower; returns the soft limit in force after (0 when it cannot be read).
+/// A hard limit of RLIM_INFINITY (some BSDs) is not raised to: setrlimit
+/// refuses it as a soft limit on Linux and macOS alike.
 std::size_t raise_open_file_limit();
 
 /// The soft limit on open files in force (0 when it cannot be read).
 std::size_t open_file_limit();
 
+/// Descriptors the process holds now (0 where /proc/self/fd cannot be
+/// read).
+std::size_t open_descriptors();
+
 /// The most client connections `open_files` descriptors hold, each with
-/// its upstream connection; 0 for `open_files` 0 (no limit known).
-std::size_t connections_within(std::size_t open_files);
+/// its upstream connection, once `reserved` are kept for the rest; 0 for
+/// `open_files` 0 (no limit known), and at least 1 otherwise.
+std::size_t connections_within(std::size_t open_files, std::size_t reserved);
 
 }  // namespace torouter::server

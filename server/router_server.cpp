@@ -1368,16 +1368,29 @@ struct RouterServer::Impl {
     return error_body(e);
   }
 
+  // Descriptors the server needs besides its connections: what it holds
+  // now (its I/O threads' among them; the listener opens next), each
+  // expert's pool of idle upstream connections (an expert no longer picked
+  // keeps its pool), and a spare few (open_files.hpp).
+  std::size_t reserved_descriptors() const {
+    std::size_t reserved = open_descriptors() + 1 + kSpareDescriptors;
+    for (const auto& expert : config.experts) reserved += expert.upstream.max_idle_connections;
+    return reserved;
+  }
+
   // `listen.max_connections`, lowered (and said so) to what the limit on
-  // open files holds (open_files.hpp).
+  // open files holds.
   std::size_t connection_cap() const {
-    const std::size_t within = connections_within(open_file_limit());
+    const std::size_t limit = open_file_limit();
+    const std::size_t reserved = reserved_descriptors();
+    const std::size_t within = connections_within(limit, reserved);
     if (within == 0 || config.max_connections <= within) return config.max_connections;
     std::cerr << fmt::format(
         "torouter-server: listen.max_connections lowered from {} to {}: the process may open "
         "{} files, and each connection may need two (its client's and its upstream's) besides "
-        "{} kept for the rest; raise the limit (ulimit -n, systemd's LimitNOFILE=) to hold more\n",
-        config.max_connections, within, open_file_limit(), kReservedDescriptors);
+        "{} for the rest (open now, idle upstream pools, spare); raise the limit "
+        "(ulimit -n, systemd's LimitNOFILE=) to hold more\n",
+        config.max_connections, within, limit, reserved);
     return within;
   }
 
