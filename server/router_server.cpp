@@ -357,11 +357,16 @@ class RecentIds {
 
 // A place among the server's chats in flight, taken in one atomic step so
 // that I/O threads checking the cap at the same moment cannot all get past
-// it; given back when the place goes.
+// it (and, unlike adding then undoing, a refused one never holds a place a
+// moment, which would refuse another that fits); given back when it goes.
 class InFlightPlace {
  public:
-  InFlightPlace(std::atomic<std::size_t>& count, std::size_t cap) : count_(&count) {
-    if (count.fetch_add(1) >= cap) give_back();
+  InFlightPlace(std::atomic<std::size_t>& count, std::size_t cap) {
+    std::size_t now = count.load();
+    do {
+      if (now >= cap) return;
+    } while (!count.compare_exchange_weak(now, now + 1));
+    count_ = &count;
   }
   ~InFlightPlace() { give_back(); }
   InFlightPlace(InFlightPlace&& other) noexcept : count_(std::exchange(other.count_, nullptr)) {}
@@ -375,7 +380,7 @@ class InFlightPlace {
     if (count_ != nullptr) count_->fetch_sub(1);
     count_ = nullptr;
   }
-  std::atomic<std::size_t>* count_;
+  std::atomic<std::size_t>* count_ = nullptr;
 };
 
 struct ChatExchange {
