@@ -43,9 +43,12 @@ constexpr int kMemberFolds = 5;
 
 using RowMajorMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-// Each trained or loaded set of members gets its own number, so a workspace
-// made for other members (before the stack was trained or loaded again)
-// is told apart: its members' workspaces may be of other kinds.
+// Each set of members a stack holds (none, before training or loading; the
+// ones trained or loaded) gets its own number, so a workspace made for
+// another set is told apart: one made before the stack was first trained
+// or loaded holds no member workspaces, and one made before it was trained
+// again holds workspaces sized for the old members. Numbered across all
+// stacks, so a workspace another stack made is told apart too.
 std::atomic<std::uint64_t> next_members_stamp{1};
 
 struct StackWorkspace : ScorerWorkspace {
@@ -121,9 +124,7 @@ class StackScorer : public TrainableScorer {
     const bool own_calibration = given_calibrations_.size() != candidates_.size();
     if (own_calibration) given_calibrations_.clear();
     std::vector<OutOfFold> folds;
-    members_.clear();
-    shared_featurizer_.reset();
-    featurized_members_.clear();
+    forget_members();
     TrainReport report;
     for (std::size_t m = 0; m < candidates_.size(); ++m) {
       if (own_calibration) {
@@ -164,9 +165,7 @@ class StackScorer : public TrainableScorer {
     if (names.size() != candidates_.size()) {
       throw Error(in.where() + "field \"stack.members\": does not match the spec");
     }
-    members_.clear();
-    shared_featurizer_.reset();
-    featurized_members_.clear();
+    forget_members();
     for (std::size_t m = 0; m < names.size(); ++m) {
       const ModelReader part = in.section(fmt::format("member{}.", m));
       if (names[m] != member_text(candidates_[m])) {
@@ -220,6 +219,15 @@ class StackScorer : public TrainableScorer {
       out.output_tokens.data()[i] += t;
       w.token_count.data()[i] += 1.0f;
     }
+  }
+
+  // Before training or loading members: should that throw, the stack is
+  // left with none, and workspaces made for the old ones are renewed.
+  void forget_members() {
+    members_.clear();
+    shared_featurizer_.reset();
+    featurized_members_.clear();
+    members_stamp_ = next_members_stamp.fetch_add(1);
   }
 
   void members_changed() {
@@ -321,7 +329,7 @@ class StackScorer : public TrainableScorer {
   /// reads (-1: none of them).
   std::vector<const SparseProjection*> shared_projections_;
   std::vector<int> projection_of_member_;
-  std::uint64_t members_stamp_ = 0;
+  std::uint64_t members_stamp_ = next_members_stamp.fetch_add(1);
 };
 
 }  // namespace

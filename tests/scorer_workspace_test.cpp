@@ -1,7 +1,7 @@
-// A workspace made before its scorer was trained or loaded again: the
-// scorer may now predict for more experts, from more tasks, with other
-// members, so each kind must size (or renew) what it keeps in the
-// workspace before it writes there.
+// A workspace made before its scorer was trained (or trained or loaded
+// again): the scorer may now predict for more experts, from more tasks,
+// with other members, so each kind must size (or renew) what it keeps in
+// the workspace before it writes there.
 #include <catch2/catch.hpp>
 #include <string>
 #include <string_view>
@@ -61,5 +61,24 @@ TEST_CASE("a workspace made before the scorer was trained again scores like a ne
     scorer->score(views.data(), views.size(), with_fresh, nullptr);
     REQUIRE(with_stale.quality.cols() == 3);
     CHECK(with_stale.quality.isApprox(with_fresh.quality));
+  }
+}
+
+TEST_CASE("a workspace made before the scorer was first trained scores like a new one") {
+  // The stack's case: made with no members, it holds no member workspaces.
+  const auto wide = wide_set(120, 7, 5);
+  const std::vector<std::string> prompts{"question about topic3 number 1", "explain rome"};
+  const std::vector<std::string_view> views(prompts.begin(), prompts.end());
+  for (const std::string spec :
+       {"linear", "task", "knn:5", "gbt", "mlp:16,buckets=1024", "stack:task+knn:5"}) {
+    INFO(spec);
+    auto scorer = torouter::make_scorer(spec);
+    const auto early = scorer->make_workspace();
+    scorer->train(wide, {});
+    torouter::ScoreBatch with_early, with_fresh;
+    scorer->score(views.data(), views.size(), with_early, early.get());
+    scorer->score(views.data(), views.size(), with_fresh, nullptr);
+    REQUIRE(with_early.quality.cols() == 7);
+    CHECK(with_early.quality.isApprox(with_fresh.quality));
   }
 }
