@@ -81,6 +81,9 @@ constexpr bool is_retryable(FailureKind kind) {
 /// True for failures the request caused (the expert refused what it was
 /// sent) rather than the expert's health: they never count toward its
 /// cooldown, so one client's bad requests cannot cool healthy experts down.
+/// An expert that is itself misconfigured (a wrong key or model id) answers
+/// 401, 403 or 404, which the OpenAI transport reports as ServerError: those
+/// count, and cool it down.
 constexpr bool is_request_fault(FailureKind kind) {
   return kind == FailureKind::BadRequest || kind == FailureKind::ContextTooLong;
 }

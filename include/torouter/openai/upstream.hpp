@@ -66,9 +66,11 @@ class IoThreads {
   /// for and kept while an upstream holds it.
   static std::shared_ptr<IoThreads> shared_default();
 
-  /// The cores this process may run on (at least 1): its CPU affinity
-  /// mask, which `taskset` and a container's cpuset narrow, where the
-  /// machine's core count would start a thread per core it may not use.
+  /// The cores the calling thread may run on (at least 1): its CPU
+  /// affinity mask, which threads inherit from the one that starts them and
+  /// `taskset` and a container's cpuset narrow, where the machine's core
+  /// count would start a thread per core it may not use. Past 1,024 cores
+  /// (a mask larger than cpu_set_t), the machine's core count.
   static std::size_t usable_cores();
 
   struct Impl;  // src/openai/io_threads.hpp
