@@ -322,7 +322,7 @@ def main():
                         help="seconds over which the second burst spreads its starts")
     parser.add_argument("--workers", type=int, default=64, help="the server's listen.threads")
     parser.add_argument("--io-threads", type=int, default=0,
-                        help="the server's listen.io_threads (0: one per core)")
+                        help="the server's listen.io_threads (0: one per usable core)")
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--chunk-gap-ms", type=int, default=100)
     parser.add_argument("--idle", type=int, default=200)

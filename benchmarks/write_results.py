@@ -228,10 +228,15 @@ def findings(dataset, reports, out, data_root):
         shrunk = next((r for name, r in results.items() if name.startswith("task shrunk")), None)
         if shrunk and "task" in results:
             gain = shrunk["pooled"]["aiq"] - results["task"]["pooled"]["aiq"]
+            if gain < 0.001:
+                verdict = "adds nothing measurable to its task's means"
+            elif gain < 0.005:
+                verdict = "adds little to its task's means"
+            else:
+                verdict = "adds to its task's means: a candidate `torouter train` does not have"
             lines.append(f"- Same folds: pulling the `task` candidate toward each prompt's most "
                          f"similar training prompts changes its AIQ by {gain:+.4f} at its best "
-                         f"setting: what one prompt's neighbours scored adds "
-                         f"{'nothing' if gain < 0.001 else 'little'} to its task's means.")
+                         f"setting: what one prompt's neighbours scored {verdict}.")
     seeded = [json.load(open(report, encoding="utf-8"))["router"]
               for _, report, _ in seed_runs(out, dataset)]
     if len(seeded) > 1:
