@@ -193,8 +193,8 @@ def task_shares(data_root, dataset, split):
     return {task: n / total for task, n in counts.items()}
 
 
-def findings(dataset, reports, out, data_root):
-    """Sentences computed from this dataset's figures, so none goes stale."""
+def test_split_findings(reports):
+    """The default against the peers on the test split."""
     lines = []
     default = reports.get("default")
     peers = [(k, label) for k, label in PEERS if k in reports]
@@ -215,6 +215,12 @@ def findings(dataset, reports, out, data_root):
             lines.append(f"- Cross-validation on the training split chose the default; on the "
                          f"test split {dict(OURS)[best]} has the higher AIQ "
                          f"({fmt(reports[best]['router']['aiq'])}).")
+    return lines
+
+
+def same_folds_findings(dataset, out):
+    """torouter's candidates and XGBoost on the same cross-validation folds."""
+    lines = []
     same = os.path.join(out, f"{dataset}-compare-oof.json")
     if os.path.exists(same):
         results = json.load(open(same, encoding="utf-8"))
@@ -237,6 +243,12 @@ def findings(dataset, reports, out, data_root):
             lines.append(f"- Same folds: pulling the `task` candidate toward each prompt's most "
                          f"similar training prompts changes its AIQ by {gain:+.4f} at its best "
                          f"setting: what one prompt's neighbours scored {verdict}.")
+    return lines
+
+
+def seed_findings(dataset, out):
+    """The default's and the XGBoost peer's spread over training seeds."""
+    lines = []
     seeded = [json.load(open(report, encoding="utf-8"))["router"]
               for _, report, _ in seed_runs(out, dataset)]
     if len(seeded) > 1:
@@ -253,6 +265,12 @@ def findings(dataset, reports, out, data_root):
     if len(xgb) > 1:
         lines.append(f"- Over {len(xgb)} seeds the XGBoost peer's test AIQ is "
                      f"{fmt(min(r['aiq'] for r in xgb))} to {fmt(max(r['aiq'] for r in xgb))}.")
+    return lines
+
+
+def data_findings(dataset, data_root):
+    """What the splits themselves hold: tasks, and prompts in both."""
+    lines = []
     train, test = task_shares(data_root, dataset, "train"), task_shares(data_root, dataset, "test")
     if train and test:
         rare = sorted(t for t, share in test.items() if train.get(t, 0.0) < share / 2)
@@ -272,6 +290,12 @@ def findings(dataset, reports, out, data_root):
                      f"cross-validation cannot see. The paired bootstrap's last column leaves "
                      f"those prompts out.")
     return lines
+
+
+def findings(dataset, reports, out, data_root):
+    """Sentences computed from this dataset's figures, so none goes stale."""
+    return (test_split_findings(reports) + same_folds_findings(dataset, out)
+            + seed_findings(dataset, out) + data_findings(dataset, data_root))
 
 
 def section(title, table, *intro):
@@ -359,149 +383,184 @@ def seed_table(out, dataset):
     return lines if len(lines) > 3 else []
 
 
+def introduction():
+    """The page's title and what every table below shares."""
+    return ["# Routing quality on the shared datasets", "",
+            "Regenerate everything here, plots included, with `benchmarks/quality.sh`",
+            "(from a clean build; about 55 minutes on 2 cores), except the closed-loop",
+            "section, which `benchmarks/closed_loop.sh --write-results` measures and",
+            "writes (about 2 minutes; quality.sh keeps it as it is). Figures follow the",
+            "definitions of `../shared/data/README.md` on each dataset's test split",
+            "(rows where every expert has an outcome). Our routers' cost weighs their",
+            "own per-query cost prediction (estimated input tokens, predicted output",
+            "tokens, prices; on routerbench3 the prices are fitted from `cost_usd`);",
+            "the scikit-learn peers' cost weighs each expert's mean training cost, as",
+            "in the README's reference; the tuned peers (benchmarks/peers/README.md)",
+            "appear twice, with their per-query cost model and with the mean cost.",
+            "All trained with seed 1 and at most 2 threads; `routes/s` is one query at",
+            "a time on one thread (ours: `Router::route`; peers: featurize + predict",
+            "in Python). ECE: the shared README's calibration error at λ = 0; ours",
+            "weighs each pick's expected quality (a trained model corrects its top",
+            "picks for the winner's curse, docs/ARCHITECTURE.md), the peers' their",
+            "predicted quality. On a few hundred rows an ECE is mostly sampling",
+            "noise: each dataset's findings give what a perfectly calibrated router",
+            "would show on the same rows (`benchmarks/ece_noise.py`).", "",
+            f"Machine: {machine()}.", ""]
+
+
+def load_reports(dataset, out):
+    """This dataset's reports, ours and the peers', by key."""
+    reports = {}
+    for key, _ in OURS:
+        path = os.path.join(out, f"{dataset}-{key}.json")
+        if os.path.exists(path):
+            reports[key] = json.load(open(path))
+    for key, _ in PEERS:
+        path = os.path.join(out, "peers", f"{dataset}-{key}.json")
+        if os.path.exists(path):
+            reports[key] = json.load(open(path))
+    return reports
+
+
+def results_table(dataset, reports):
+    """The test split's table of every router, and the plot of our best."""
+    lines = []
+    any_report = next(iter(reports.values()))
+    best = any_report["best_expert"]
+    lines += [f"## {dataset}", "",
+              f"{any_report['test_rows']} test prompts, {len(any_report['experts'])} experts. "
+              f"Best expert: {best['name']}, Q* {best['quality']:.4f} at C* ${best['cost']:.3g}. "
+              f"Oracle {any_report['oracle']['quality']:.4f}; random {any_report['random']['quality']:.4f}; "
+              f"experts alone AIQ {any_report.get('experts_alone_aiq', float('nan')):.4f}.", "",
+              "| router | Q(λ=0) | Q@C* | C@Q* | gap won | AIQ | Q@10% | Q@30% | Q@70% | ECE | training | routes/s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key, label in OURS + PEERS:
+        if key in reports:
+            lines.append(row(label, reports[key]))
+    best_ours = max((k for k, _ in OURS if k in reports), key=lambda k: reports[k]["router"]["aiq"],
+                    default=None)
+    if best_ours:
+        lines += ["", f"Our best router here by AIQ: {dict(OURS)[best_ours]}.",
+                  f"![cost-quality plane, {dataset}](plots/{dataset}-{best_ours}.svg)"]
+    return lines
+
+
+def choice_sections(dataset, out):
+    """How `torouter train` chose the default, and against XGBoost on its folds."""
+    lines = []
+    lines += section(
+        f"How the default was chosen ({dataset})",
+        cross_validation_table(os.path.join(out, f"{dataset}-default.train.log")),
+        "`torouter train` with no scorer: each candidate's figures on out-of-fold",
+        "predictions of 5-fold cross-validation on the training split, each",
+        "fold calibrated on the others, then stacks of the best. Trained on",
+        "every row: the fewest members among the candidates whose AIQ is",
+        "below the best's by at most the standard error of their fold-by-fold",
+        "differences (the one-standard-error rule, paired by fold). The SE",
+        "column is each candidate's own folds' standard error.")
+    lines += section(
+        f"Linear against isotonic calibration ({dataset})", calibration_table(out, dataset),
+        "The default's candidates, cross-validated as above, calibrated",
+        "linearly (the default) and by isotonic regression (`torouter train",
+        "--calibration isotonic`). Each fold's rows are calibrated on the",
+        "other folds' out-of-fold predictions, so the figures judge the",
+        "calibration on rows it did not see.")
+    lines += section(
+        f"torouter and XGBoost on the same folds ({dataset})",
+        same_folds_table(os.path.join(out, f"{dataset}-compare-oof.json")),
+        "`benchmarks/peers/compare_oof.py`: the default's candidates'",
+        "out-of-fold predictions (`torouter train --out-of-fold`) and the",
+        "XGBoost peer trained on the very same 5 folds of the training split,",
+        "all judged with one cost prediction (the peers' per-query cost",
+        "model), so only the quality models differ; pooled over the training",
+        "rows, and again with every task weighted equally. The ECE here is of",
+        "the picks' per-expert calibrated prediction, before the top-pick map",
+        "(the CV ECE above is after it). The last two rows are not routers.",
+        "\"task means\": each held-out row's own task's mean quality per expert",
+        "on the other folds, its task given, the most that routing by the task",
+        "alone could win. \"task shrunk\": the `task` candidate's predictions",
+        "pulled toward the outcomes of each row's k most similar training",
+        "prompts of the other folds (cosine of TF-IDF), weighted by similarity",
+        "to the power p, the task's prediction counted as w such prompts; the",
+        "best of a grid of settings on these same rows, so an optimistic figure:",
+        "what a prompt's own neighbourhood adds to its task.")
+    return lines
+
+
+def robustness_sections(dataset, reports, out, data_root):
+    """How sure the figures are: bootstrap, seeds, ablation, and the findings."""
+    lines = []
+    lines += section(
+        f"How sure the test split is ({dataset})",
+        bootstrap_table(os.path.join(out, f"{dataset}-bootstrap.json")),
+        "`benchmarks/peers/paired_bootstrap.py`: the default's and each tuned",
+        "peer's test predictions judged with one cost prediction (the peers'",
+        "per-query cost model), so only the quality models differ, then the",
+        "test rows resampled within each task, the same resample for every",
+        "router (200 resamples).")
+    lines += section(
+        f"The default with other seeds ({dataset})", seed_table(out, dataset),
+        f"`torouter train` with no scorer and `--seed` {', '.join(map(str, SEEDS[:-1]))} "
+        f"and {SEEDS[-1]} besides",
+        "the seed 1 of every other figure here (the seed draws the folds,",
+        "the projections' sketches and the networks' first weights), each",
+        "judged on the test split. Beside each ECE, what sampling alone",
+        "makes on these rows (`benchmarks/ece_noise.py`): the ECE of",
+        "outcomes drawn as a perfectly calibrated router's would be, on the",
+        "same bins (0/1 draws, an upper bound on the noise where scores",
+        "are fractional; 4,000 draws), and the share of those draws at or",
+        "above the observed ECE: a small share says the router is not",
+        "calibrated, a large one that the test split cannot tell. On",
+        "llmrouter14 the last column is the XGBoost peer trained with the",
+        "same seed (of its SVD, its train-internal split and its sampling;",
+        "`tuned_peers.py --seed`).")
+    ablation = cross_validation_table(os.path.join(out, f"{dataset}-ablation.log"))
+    lines += section(
+        f"Ablation by cross-validation ({dataset})",
+        [l for l in ablation if not l.startswith("Chosen")],
+        "The same 5-fold cross-validation on the training split alone, one",
+        "change at a time from each scorer's defaults (see `benchmarks/quality.sh`).")
+    lines += section(
+        f"What the figures say ({dataset})", findings(dataset, reports, out, data_root),
+        "Computed by benchmarks/write_results.py from the tables above.")
+    return lines
+
+
+def notes():
+    # Method only: every sentence with a figure is computed above.
+    return ["## Notes", "",
+            "- The scikit-learn rows are rebuilt by `benchmarks/peers/` with the shared",
+            "  definitions; how they compare with the shared README's reference table,",
+            "  and what carries the XGBoost peer's gain, is in benchmarks/peers/README.md.",
+            "- Every choice of the default is made on the training split; the test split",
+            "  only judges.",
+            "- Every torouter router is calibrated: per expert, a line of quality on the",
+            "  raw output (`--calibration linear`, the default) fitted on 5-fold",
+            "  out-of-fold predictions; the calibration table compares it with",
+            "  isotonic regression. A second isotonic map, fitted on held-out top",
+            "  picks and kept where cross-validation shows it lowers their ECE, gives",
+            "  a top pick's expected quality; the ECE columns weigh that,",
+            "  on the test split (tables of the test split) or cross-fitted by fold",
+            "  (the CV tables).",
+            "- The int8 table (`table=int8`) quantizes the MLP's embedding table after",
+            "  training, a quarter of the bytes per row read when routing; its row is",
+            "  the same training as \"MLP, soft labels\".",
+            ""]
+
+
 def main(out, data_root=None):
-    lines = ["# Routing quality on the shared datasets", "",
-             "Regenerate everything here, plots included, with `benchmarks/quality.sh`",
-             "(from a clean build; about 55 minutes on 2 cores), except the closed-loop",
-             "section, which `benchmarks/closed_loop.sh --write-results` measures and",
-             "writes (about 2 minutes; quality.sh keeps it as it is). Figures follow the",
-             "definitions of `../shared/data/README.md` on each dataset's test split",
-             "(rows where every expert has an outcome). Our routers' cost weighs their",
-             "own per-query cost prediction (estimated input tokens, predicted output",
-             "tokens, prices; on routerbench3 the prices are fitted from `cost_usd`);",
-             "the scikit-learn peers' cost weighs each expert's mean training cost, as",
-             "in the README's reference; the tuned peers (benchmarks/peers/README.md)",
-             "appear twice, with their per-query cost model and with the mean cost.",
-             "All trained with seed 1 and at most 2 threads; `routes/s` is one query at",
-             "a time on one thread (ours: `Router::route`; peers: featurize + predict",
-             "in Python). ECE: the shared README's calibration error at λ = 0; ours",
-             "weighs each pick's expected quality (a trained model corrects its top",
-             "picks for the winner's curse, docs/ARCHITECTURE.md), the peers' their",
-             "predicted quality. On a few hundred rows an ECE is mostly sampling",
-             "noise: each dataset's findings give what a perfectly calibrated router",
-             "would show on the same rows (`benchmarks/ece_noise.py`).", "",
-             f"Machine: {machine()}.", ""]
+    lines = introduction()
     for dataset in DATASETS:
-        reports = {}
-        for key, _ in OURS:
-            path = os.path.join(out, f"{dataset}-{key}.json")
-            if os.path.exists(path):
-                reports[key] = json.load(open(path))
-        for key, _ in PEERS:
-            path = os.path.join(out, "peers", f"{dataset}-{key}.json")
-            if os.path.exists(path):
-                reports[key] = json.load(open(path))
+        reports = load_reports(dataset, out)
         if not reports:
             continue
-        any_report = next(iter(reports.values()))
-        best = any_report["best_expert"]
-        lines += [f"## {dataset}", "",
-                  f"{any_report['test_rows']} test prompts, {len(any_report['experts'])} experts. "
-                  f"Best expert: {best['name']}, Q* {best['quality']:.4f} at C* ${best['cost']:.3g}. "
-                  f"Oracle {any_report['oracle']['quality']:.4f}; random {any_report['random']['quality']:.4f}; "
-                  f"experts alone AIQ {any_report.get('experts_alone_aiq', float('nan')):.4f}.", "",
-                  "| router | Q(λ=0) | Q@C* | C@Q* | gap won | AIQ | Q@10% | Q@30% | Q@70% | ECE | training | routes/s |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for key, label in OURS + PEERS:
-            if key in reports:
-                lines.append(row(label, reports[key]))
-        best_ours = max((k for k, _ in OURS if k in reports), key=lambda k: reports[k]["router"]["aiq"],
-                        default=None)
-        if best_ours:
-            lines += ["", f"Our best router here by AIQ: {dict(OURS)[best_ours]}.",
-                      f"![cost-quality plane, {dataset}](plots/{dataset}-{best_ours}.svg)"]
-        lines += section(
-            f"How the default was chosen ({dataset})",
-            cross_validation_table(os.path.join(out, f"{dataset}-default.train.log")),
-            "`torouter train` with no scorer: each candidate's figures on out-of-fold",
-            "predictions of 5-fold cross-validation on the training split, each",
-            "fold calibrated on the others, then stacks of the best. Trained on",
-            "every row: the fewest members among the candidates whose AIQ is",
-            "below the best's by at most the standard error of their fold-by-fold",
-            "differences (the one-standard-error rule, paired by fold). The SE",
-            "column is each candidate's own folds' standard error.")
-        lines += section(
-            f"Linear against isotonic calibration ({dataset})", calibration_table(out, dataset),
-            "The default's candidates, cross-validated as above, calibrated",
-            "linearly (the default) and by isotonic regression (`torouter train",
-            "--calibration isotonic`). Each fold's rows are calibrated on the",
-            "other folds' out-of-fold predictions, so the figures judge the",
-            "calibration on rows it did not see.")
-        lines += section(
-            f"torouter and XGBoost on the same folds ({dataset})",
-            same_folds_table(os.path.join(out, f"{dataset}-compare-oof.json")),
-            "`benchmarks/peers/compare_oof.py`: the default's candidates'",
-            "out-of-fold predictions (`torouter train --out-of-fold`) and the",
-            "XGBoost peer trained on the very same 5 folds of the training split,",
-            "all judged with one cost prediction (the peers' per-query cost",
-            "model), so only the quality models differ; pooled over the training",
-            "rows, and again with every task weighted equally. The ECE here is of",
-            "the picks' per-expert calibrated prediction, before the top-pick map",
-            "(the CV ECE above is after it). The last two rows are not routers.",
-            "\"task means\": each held-out row's own task's mean quality per expert",
-            "on the other folds, its task given, the most that routing by the task",
-            "alone could win. \"task shrunk\": the `task` candidate's predictions",
-            "pulled toward the outcomes of each row's k most similar training",
-            "prompts of the other folds (cosine of TF-IDF), weighted by similarity",
-            "to the power p, the task's prediction counted as w such prompts; the",
-            "best of a grid of settings on these same rows, so an optimistic figure:",
-            "what a prompt's own neighbourhood adds to its task.")
-        lines += section(
-            f"How sure the test split is ({dataset})",
-            bootstrap_table(os.path.join(out, f"{dataset}-bootstrap.json")),
-            "`benchmarks/peers/paired_bootstrap.py`: the default's and each tuned",
-            "peer's test predictions judged with one cost prediction (the peers'",
-            "per-query cost model), so only the quality models differ, then the",
-            "test rows resampled within each task, the same resample for every",
-            "router (200 resamples).")
-        lines += section(
-            f"The default with other seeds ({dataset})", seed_table(out, dataset),
-            f"`torouter train` with no scorer and `--seed` {', '.join(map(str, SEEDS[:-1]))} "
-            f"and {SEEDS[-1]} besides",
-            "the seed 1 of every other figure here (the seed draws the folds,",
-            "the projections' sketches and the networks' first weights), each",
-            "judged on the test split. Beside each ECE, what sampling alone",
-            "makes on these rows (`benchmarks/ece_noise.py`): the ECE of",
-            "outcomes drawn as a perfectly calibrated router's would be, on the",
-            "same bins (0/1 draws, an upper bound on the noise where scores",
-            "are fractional; 4,000 draws), and the share of those draws at or",
-            "above the observed ECE: a small share says the router is not",
-            "calibrated, a large one that the test split cannot tell. On",
-            "llmrouter14 the last column is the XGBoost peer trained with the",
-            "same seed (of its SVD, its train-internal split and its sampling;",
-            "`tuned_peers.py --seed`).")
-        ablation = cross_validation_table(os.path.join(out, f"{dataset}-ablation.log"))
-        lines += section(
-            f"Ablation by cross-validation ({dataset})",
-            [l for l in ablation if not l.startswith("Chosen")],
-            "The same 5-fold cross-validation on the training split alone, one",
-            "change at a time from each scorer's defaults (see `benchmarks/quality.sh`).")
-        lines += section(
-            f"What the figures say ({dataset})", findings(dataset, reports, out, data_root),
-            "Computed by benchmarks/write_results.py from the tables above.")
+        lines += results_table(dataset, reports)
+        lines += choice_sections(dataset, out)
+        lines += robustness_sections(dataset, reports, out, data_root)
         lines.append("")
     lines += closed_loop_section()
-    # Method only: every sentence with a figure is computed above.
-    lines += ["## Notes", "",
-              "- The scikit-learn rows are rebuilt by `benchmarks/peers/` with the shared",
-              "  definitions; how they compare with the shared README's reference table,",
-              "  and what carries the XGBoost peer's gain, is in benchmarks/peers/README.md.",
-              "- Every choice of the default is made on the training split; the test split",
-              "  only judges.",
-              "- Every torouter router is calibrated: per expert, a line of quality on the",
-              "  raw output (`--calibration linear`, the default) fitted on 5-fold",
-              "  out-of-fold predictions; the calibration table compares it with",
-              "  isotonic regression. A second isotonic map, fitted on held-out top",
-              "  picks and kept where cross-validation shows it lowers their ECE, gives",
-              "  a top pick's expected quality; the ECE columns weigh that,",
-              "  on the test split (tables of the test split) or cross-fitted by fold",
-              "  (the CV tables).",
-              "- The int8 table (`table=int8`) quantizes the MLP's embedding table after",
-              "  training, a quarter of the bytes per row read when routing; its row is",
-              "  the same training as \"MLP, soft labels\".",
-              ""]
+    lines += notes()
     print("\n".join(lines))
-
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else os.environ.get("TOROUTER_DATA", "../shared/data"))
