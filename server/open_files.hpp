@@ -14,6 +14,13 @@
 
 namespace torouter::server {
 
+/// Descriptors each I/O thread opens (its epoll, eventfd and timerfd), which
+/// Asio opens with the thread's first socket or timer.
+inline constexpr std::size_t kDescriptorsPerIoThread = 3;
+
+/// Descriptors taken to be open at start where /proc/self/fd cannot be read.
+inline constexpr std::size_t kDescriptorsWhenUncounted = 64;
+
 /// Descriptors kept spare for what opens later and is not a connection:
 /// a model file being read, a Redis reconnect, a log reopened.
 inline constexpr std::size_t kSpareDescriptors = 16;

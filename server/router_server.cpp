@@ -403,6 +403,7 @@ struct RouterServer::Impl {
   ServerConfig config;
   // The I/O threads of the listener, the upstream calls and the router's
   // event loop alike.
+  std::size_t io_threads;
   std::shared_ptr<openai::IoThreads> io;
   std::shared_ptr<EventLoop> loop;
   std::unique_ptr<Router> router;
@@ -433,8 +434,8 @@ struct RouterServer::Impl {
 
   explicit Impl(ServerConfig c)
       : config(std::move(c)),
-        io(std::make_shared<openai::IoThreads>(
-            config.io_threads > 0 ? config.io_threads : openai::IoThreads::usable_cores())),
+        io_threads(config.io_threads > 0 ? config.io_threads : openai::IoThreads::usable_cores()),
+        io(std::make_shared<openai::IoThreads>(io_threads)),
         loop(std::make_shared<AsioEventLoop>(io)) {
     if (auto problem = validate_policy_options(config.policy); !problem.empty()) {
       throw Error(fmt::format("{}: policy.{}", config.origin, problem));
@@ -1374,11 +1375,14 @@ struct RouterServer::Impl {
   }
 
   // Descriptors the server needs besides its connections: what it holds
-  // now (its I/O threads' among them; the listener opens next), each
-  // expert's pool of idle upstream connections (an expert no longer picked
-  // keeps its pool), and a spare few (open_files.hpp).
+  // now, the listener's, its I/O threads' (Asio opens them with a thread's
+  // first socket or timer, after this count), each expert's pool of idle
+  // upstream connections (an expert no longer picked keeps its pool), and
+  // a spare few (open_files.hpp).
   std::size_t reserved_descriptors() const {
-    std::size_t reserved = open_descriptors() + 1 + kSpareDescriptors;
+    const std::size_t open = open_descriptors();
+    std::size_t reserved = (open > 0 ? open : kDescriptorsWhenUncounted) + 1 + kSpareDescriptors;
+    reserved += kDescriptorsPerIoThread * io_threads;
     for (const auto& expert : config.experts) reserved += expert.upstream.max_idle_connections;
     return reserved;
   }
@@ -1393,7 +1397,7 @@ struct RouterServer::Impl {
     std::cerr << fmt::format(
         "torouter-server: listen.max_connections lowered from {} to {}: the process may open "
         "{} files, and each connection may need two (its client's and its upstream's) besides "
-        "{} for the rest (open now, idle upstream pools, spare); raise the limit "
+        "{} for the rest (open now, I/O threads, idle upstream pools, spare); raise the limit "
         "(ulimit -n, systemd's LimitNOFILE=) to hold more\n",
         config.max_connections, within, limit, reserved);
     return within;
