@@ -227,6 +227,8 @@ class StackScorer : public TrainableScorer {
     members_.clear();
     shared_featurizer_.reset();
     featurized_members_.clear();
+    shared_projections_.clear();  // they point into the members
+    projection_of_member_.clear();
     members_stamp_ = next_members_stamp.fetch_add(1);
   }
 
