@@ -12,7 +12,8 @@ evenly over --ramp seconds (all of them still in flight at once at the
 end). For each server (and the stand-in alone, the baseline, in the same
 run): every request answered or not, the latency of a whole stream at p50
 and p99, "added" (through the server minus the stand-in alone, at the same
-percentile), the server's threads (most seen), its peak RSS (VmHWM) and
+percentile), the added p99 to the first byte (a slow start, where the
+whole stream's adds a slow relay too), the server's threads (most seen), its peak RSS (VmHWM) and
 CPU per stream (the stand-in's too, in its own row). Beside them, when
 nginx is installed, nginx as a plain streaming reverse proxy of the same
 stand-in (no routing, no JSON): what relaying alone costs on this machine.
@@ -132,8 +133,9 @@ def peak_rss_mb(pid):
 
 
 async def burst(port, count, pid=None, timeout=120, client=None, ramp=0.0):
-    """Seconds of each answered stream of `count` opened at once, sorted, and
-    the most threads process `pid` had meanwhile. `client`: the stream_burst
+    """Seconds of each answered stream of `count` opened at once, sorted; the
+    same to each one's first byte (with `client` only), sorted; and the most
+    threads process `pid` had meanwhile. `client`: the stream_burst
     program, which opens and reads them (see its header for why not asyncio);
     without it (the warm-up), asyncio does. `ramp`: seconds over which the
     client spreads the streams' starts (0: all at once)."""
@@ -149,14 +151,16 @@ async def burst(port, count, pid=None, timeout=120, client=None, ramp=0.0):
                 "--expect", "[DONE]", "--timeout", str(timeout), "--ramp", str(ramp),
                 stdout=asyncio.subprocess.PIPE)
             out, _ = await proc.communicate()
-        times = json.loads(out)["seconds"]
+        answer = json.loads(out)
+        times, first = answer["seconds"], answer["first_byte_seconds"]
     else:
         times = await asyncio.gather(*(one_call(port, payload, timeout) for _ in range(count)))
+        first = []
     if sampler:
         sampler.running = False
         await sampling
     done = sorted(t for t in times if t is not None)
-    return done, (sampler.most if sampler else 0)
+    return done, sorted(first), (sampler.most if sampler else 0)
 
 
 def percentile(values, q):
@@ -213,13 +217,15 @@ def mode_label(mode, args):
 
 
 def run_modes(port, args, client, pid=None, cpu=lambda: 0.0):
-    """Each mode's burst: (answered seconds, most threads, CPU ms per stream)."""
+    """Each mode's burst: (answered seconds, seconds to first byte, most
+    threads, CPU ms per stream)."""
     results = {}
     for mode in MODES:
         before = cpu()
         ramp = 0.0 if mode == "at once" else args.ramp
-        done, threads = asyncio.run(burst(port, args.streams, pid, client=client, ramp=ramp))
-        results[mode] = (done, threads, (cpu() - before) * 1000 / args.streams)
+        done, first, threads = asyncio.run(
+            burst(port, args.streams, pid, client=client, ramp=ramp))
+        results[mode] = (done, first, threads, (cpu() - before) * 1000 / args.streams)
     return results
 
 
@@ -304,6 +310,39 @@ def measure_nginx(nginx, stand_in_port, args, work, client):
         proc.wait()
 
 
+def print_tables(args, alone, rows, peer):
+    """Each mode's table (the stand-in alone, each server, nginx), then the
+    normal requests among slow connections."""
+    print(f"{args.streams} concurrent streaming chat requests; the stand-in streams each answer "
+          f"in {args.chunks} pieces {args.chunk_gap_ms} ms apart; {os.cpu_count()} cores, "
+          f"loopback; listen.threads {args.workers}")
+    for mode in MODES:
+        print(f"\nStreams opened {mode_label(mode, args)}:\n")
+        print("| | answered | p50 s | p99 s | added p50 ms | added p99 ms | "
+              "added p99 to first byte ms | threads | peak RSS MB | CPU ms/stream |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        base, base_first, _, base_cpu = alone[mode]
+        a50, a99 = percentile(base, 0.5), percentile(base, 0.99)
+        f99 = percentile(base_first, 0.99)
+        print(f"| stand-in alone | {len(base)}/{args.streams} | {a50:.3f} | {a99:.3f} | | | "
+              f"({f99 * 1000:.0f} itself) | | | ({base_cpu:.2f}, the stand-in's) |")
+        shown = [(label, modes[mode], f"{rss:.0f}") for label, (modes, rss, _) in rows]
+        if peer:
+            shown.append(("nginx, plain reverse proxy", peer[mode], ""))
+        for label, (done, first, threads, cpu_ms), rss in shown:
+            p50, p99 = percentile(done, 0.5), percentile(done, 0.99)
+            first99 = (percentile(first, 0.99) - f99) * 1000
+            print(f"| {label} | {len(done)}/{args.streams} | {p50:.3f} | {p99:.3f} | "
+                  f"{(p50 - a50) * 1000:.0f} | {(p99 - a99) * 1000:.0f} | {first99:.0f} | "
+                  f"{threads or ''} | {rss} | {cpu_ms:.2f} |")
+    print(f"\nA normal request while {args.idle} connections idle and {args.trickle} trickle "
+          "one byte a second (ms, five in a row; - for no answer):")
+    for label, (_, _, crowd) in rows:
+        shown = ", ".join("-" if t is None else f"{t * 1000:.0f}" for t in crowd)
+        print(f"| {label} | {shown} |")
+
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -354,31 +393,7 @@ def main():
         stand_in.terminate()
         stand_in.wait()
 
-    print(f"{args.streams} concurrent streaming chat requests; the stand-in streams each answer "
-          f"in {args.chunks} pieces {args.chunk_gap_ms} ms apart; {os.cpu_count()} cores, "
-          f"loopback; listen.threads {args.workers}")
-    for mode in MODES:
-        print(f"\nStreams opened {mode_label(mode, args)}:\n")
-        print("| | answered | p50 s | p99 s | added p50 ms | added p99 ms | threads | "
-              "peak RSS MB | CPU ms/stream |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        base, _, base_cpu = alone[mode]
-        a50, a99 = percentile(base, 0.5), percentile(base, 0.99)
-        print(f"| stand-in alone | {len(base)}/{args.streams} | {a50:.3f} | {a99:.3f} | | | | | "
-              f"({base_cpu:.2f}, the stand-in's) |")
-        shown = [(label, modes[mode], f"{rss:.0f}") for label, (modes, rss, _) in rows]
-        if peer:
-            shown.append(("nginx, plain reverse proxy", peer[mode], ""))
-        for label, (done, threads, cpu_ms), rss in shown:
-            p50, p99 = percentile(done, 0.5), percentile(done, 0.99)
-            print(f"| {label} | {len(done)}/{args.streams} | {p50:.3f} | {p99:.3f} | "
-                  f"{(p50 - a50) * 1000:.0f} | {(p99 - a99) * 1000:.0f} | {threads or ''} | "
-                  f"{rss} | {cpu_ms:.2f} |")
-    print(f"\nA normal request while {args.idle} connections idle and {args.trickle} trickle "
-          "one byte a second (ms, five in a row; - for no answer):")
-    for label, (_, _, crowd) in rows:
-        shown = ", ".join("-" if t is None else f"{t * 1000:.0f}" for t in crowd)
-        print(f"| {label} | {shown} |")
+    print_tables(args, alone, rows, peer)
 
 
 if __name__ == "__main__":
