@@ -27,8 +27,9 @@ inline constexpr std::size_t kSpareDescriptors = 16;
 
 /// Raises the soft limit on open files to the hard limit, where it is
 /// lower; returns the soft limit in force after (0 when it cannot be read).
-/// A hard limit of RLIM_INFINITY (some BSDs) is not raised to: setrlimit
-/// refuses it as a soft limit on Linux and macOS alike.
+/// A hard limit of RLIM_INFINITY is not asked for as the soft one: macOS
+/// refuses it (the soft limit must stay within OPEN_MAX), and Linux caps
+/// the hard limit at fs.nr_open, so never has one.
 std::size_t raise_open_file_limit();
 
 /// The soft limit on open files in force (0 when it cannot be read).
