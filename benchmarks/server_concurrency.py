@@ -13,8 +13,8 @@ end). For each server (and the stand-in alone, the baseline, in the same
 run): every request answered or not, the latency of a whole stream at p50
 and p99, "added" (through the server minus the stand-in alone, at the same
 percentile), the added p99 to the first byte (a slow start, where the
-whole stream's adds a slow relay too), the server's threads (most seen), its peak RSS (VmHWM) and
-CPU per stream (the stand-in's too, in its own row). Beside them, when
+whole stream's adds a slow relay too), the server's threads (most seen),
+its peak RSS (VmHWM) and CPU per stream (the stand-in's too, in its own row). Beside them, when
 nginx is installed, nginx as a plain streaming reverse proxy of the same
 stand-in (no routing, no JSON): what relaying alone costs on this machine.
 Then, with --idle and --trickle connections open (one header byte a second
@@ -340,7 +340,6 @@ def print_tables(args, alone, rows, peer):
     for label, (_, _, crowd) in rows:
         shown = ", ".join("-" if t is None else f"{t * 1000:.0f}" for t in crowd)
         print(f"| {label} | {shown} |")
-
 
 
 def main():

@@ -1959,22 +1959,17 @@ int connect_bare(int port) {
   return fd;
 }
 
-// The first of `fds` with bytes to read within `wait`, or -1.
-int first_readable(const std::vector<int>& fds, std::chrono::milliseconds wait) {
-  std::vector<pollfd> polled;
-  for (const int fd : fds) polled.push_back(pollfd{fd, POLLIN, 0});
-  if (::poll(polled.data(), polled.size(), static_cast<int>(wait.count())) <= 0) return -1;
-  for (const auto& p : polled) {
-    if (p.revents != 0) return p.fd;
-  }
-  return -1;
+// Whether `fd` has bytes to read (or its end) within `wait`.
+bool readable(int fd, std::chrono::milliseconds wait) {
+  pollfd polled{fd, POLLIN, 0};
+  return ::poll(&polled, 1, static_cast<int>(wait.count())) > 0;
 }
 
 // What the server sent on `fd` up to its close (at most 5 s).
 std::string read_to_close(int fd) {
   std::string text;
   char piece[4096];
-  while (first_readable({fd}, 5s) == fd) {
+  while (readable(fd, 5s)) {
     const ssize_t n = ::read(fd, piece, sizeof(piece));
     if (n <= 0) break;
     text.append(piece, static_cast<std::size_t>(n));
@@ -2020,7 +2015,7 @@ TEST_CASE("router server: the connection cap stays within the limit on open file
     const auto deadline = std::chrono::steady_clock::now() + 5s;
     bool taken = false;
     while (!refused && !taken && std::chrono::steady_clock::now() < deadline) {
-      refused = first_readable({fd}, 1ms) == fd;
+      refused = readable(fd, 1ms);
       taken = torouter::server::open_descriptors() >= open_before + 2;
     }
     REQUIRE((refused || taken));
@@ -2029,10 +2024,7 @@ TEST_CASE("router server: the connection cap stays within the limit on open file
   // its 503 on the way, where an idle one hears nothing for the server's
   // idle_timeout (75 s). The others are held open, idle.
   std::size_t first_refused = held.size();
-  while (first_refused > 0 &&
-         first_readable({held[first_refused - 1]}, 2s) == held[first_refused - 1]) {
-    --first_refused;
-  }
+  while (first_refused > 0 && readable(held[first_refused - 1], 2s)) --first_refused;
   const std::vector<int> turned_away(held.begin() + first_refused, held.end());
   std::vector<int> idle(held.begin(), held.begin() + first_refused);
   CHECK(!idle.empty());

@@ -34,16 +34,19 @@ torouter::TrainingSet wide_set(std::size_t count, std::size_t experts, std::size
   return torouter::make_training_set(names, rows, "wide");
 }
 
+// One scorer of each kind, small enough to train in a test.
+const std::vector<std::string_view> kEveryKind{
+    "linear", "task", "knn:5", "gbt", "mlp:16,buckets=1024", "stack:task+knn:5"};
+
+const std::vector<std::string_view> kPrompts{"question about topic3 number 1", "explain rome"};
+
 }  // namespace
 
 TEST_CASE("a workspace made before the scorer was trained again scores like a new one") {
   const auto small = torouter::make_training_set(torouter::testing::synthetic_experts(),
                                                  torouter::testing::synthetic_rows(60, 1), "small");
   const auto wide = wide_set(120, 7, 5);
-  const std::vector<std::string> prompts{"question about topic3 number 1", "explain rome"};
-  const std::vector<std::string_view> views(prompts.begin(), prompts.end());
-  for (const std::string spec :
-       {"linear", "task", "knn:5", "gbt", "mlp:16,buckets=1024", "stack:task+knn:5"}) {
+  for (const std::string_view spec : kEveryKind) {
     INFO(spec);
     auto scorer = torouter::make_scorer(spec);
     scorer->train(small, {});
@@ -51,14 +54,14 @@ TEST_CASE("a workspace made before the scorer was trained again scores like a ne
     scorer->train(wide, {});
     const auto fresh = scorer->make_workspace();
     torouter::ScoreBatch with_stale, with_fresh;
-    scorer->score(views.data(), views.size(), with_stale, stale.get());
-    scorer->score(views.data(), views.size(), with_fresh, fresh.get());
+    scorer->score(kPrompts.data(), kPrompts.size(), with_stale, stale.get());
+    scorer->score(kPrompts.data(), kPrompts.size(), with_fresh, fresh.get());
     REQUIRE(with_stale.quality.cols() == 7);
     CHECK(with_stale.quality.isApprox(with_fresh.quality));
     // And back: a workspace sized for the wider model, on the smaller one.
     scorer->train(small, {});
-    scorer->score(views.data(), views.size(), with_stale, fresh.get());
-    scorer->score(views.data(), views.size(), with_fresh, nullptr);
+    scorer->score(kPrompts.data(), kPrompts.size(), with_stale, fresh.get());
+    scorer->score(kPrompts.data(), kPrompts.size(), with_fresh, nullptr);
     REQUIRE(with_stale.quality.cols() == 3);
     CHECK(with_stale.quality.isApprox(with_fresh.quality));
   }
@@ -67,17 +70,14 @@ TEST_CASE("a workspace made before the scorer was trained again scores like a ne
 TEST_CASE("a workspace made before the scorer was first trained scores like a new one") {
   // The stack's case: made with no members, it holds no member workspaces.
   const auto wide = wide_set(120, 7, 5);
-  const std::vector<std::string> prompts{"question about topic3 number 1", "explain rome"};
-  const std::vector<std::string_view> views(prompts.begin(), prompts.end());
-  for (const std::string spec :
-       {"linear", "task", "knn:5", "gbt", "mlp:16,buckets=1024", "stack:task+knn:5"}) {
+  for (const std::string_view spec : kEveryKind) {
     INFO(spec);
     auto scorer = torouter::make_scorer(spec);
     const auto early = scorer->make_workspace();
     scorer->train(wide, {});
     torouter::ScoreBatch with_early, with_fresh;
-    scorer->score(views.data(), views.size(), with_early, early.get());
-    scorer->score(views.data(), views.size(), with_fresh, nullptr);
+    scorer->score(kPrompts.data(), kPrompts.size(), with_early, early.get());
+    scorer->score(kPrompts.data(), kPrompts.size(), with_fresh, nullptr);
     REQUIRE(with_early.quality.cols() == 7);
     CHECK(with_early.quality.isApprox(with_fresh.quality));
   }
