@@ -22,6 +22,9 @@ for the trickling ones), the time a normal request takes.
 
 The streams are opened and read by the stream_burst program (one thread).
 The stand-in serves every stream on one I/O thread (its waits are timers).
+By default every process shares every core; --server-cpus and --load-cpus
+(taskset lists) give the server, and nginx in its turn, cores of their own,
+apart from the client and the stand-in, as a service would have them.
 Not run by CI.
 """
 import argparse
@@ -52,6 +55,11 @@ def wait_port(log_path, proc):
         time.sleep(0.05)
     sys.exit(f"{os.path.basename(sys.argv[0])}: no listening line in {log_path}:\n"
              + open(log_path).read())
+
+
+def pinned(cpus, command):
+    """`command` run on the cores in the taskset list `cpus` (None: any)."""
+    return (["taskset", "-c", cpus] if cpus else []) + command
 
 
 def start(command, log_path):
@@ -138,7 +146,8 @@ async def burst(port, count, pid=None, timeout=120, client=None, ramp=0.0):
     threads process `pid` had meanwhile. `client`: the stream_burst
     program, which opens and reads them (see its header for why not asyncio);
     without it (the warm-up), asyncio does. `ramp`: seconds over which the
-    client spreads the streams' starts (0: all at once)."""
+    client spreads the streams' starts (0: all at once); `client` is its
+    command line without arguments (a taskset prefix, then the program)."""
     sampler = Sampler(pid) if pid else None
     sampling = asyncio.ensure_future(sampler.run()) if sampler else None
     payload = request_bytes(True)
@@ -147,7 +156,7 @@ async def burst(port, count, pid=None, timeout=120, client=None, ramp=0.0):
             request.write(payload)
             request.flush()
             proc = await asyncio.create_subprocess_exec(
-                client, "--port", str(port), "--count", str(count), "--request", request.name,
+                *client, "--port", str(port), "--count", str(count), "--request", request.name,
                 "--expect", "[DONE]", "--timeout", str(timeout), "--ramp", str(ramp),
                 stdout=asyncio.subprocess.PIPE)
             out, _ = await proc.communicate()
@@ -232,7 +241,8 @@ def run_modes(port, args, client, pid=None, cpu=lambda: 0.0):
 def measure(name, server_bin, stand_in_port, args, work, root=ROOT, client=None, model=None):
     config = os.path.join(work, f"{name}.json")
     write_config(config, stand_in_port, args.workers, args.io_threads, root, model)
-    proc, port = start([server_bin, "--config", config], os.path.join(work, f"{name}.log"))
+    proc, port = start(pinned(args.server_cpus, [server_bin, "--config", config]),
+                       os.path.join(work, f"{name}.log"))
     try:
         asyncio.run(burst(port, 32))  # warm: connections, the router's first routes
         modes = run_modes(port, args, client, proc.pid, lambda: cpu_seconds(proc.pid))
@@ -265,6 +275,17 @@ http {{
 """
 
 
+def usable_cores(cpus):
+    """How many cores a process pinned to the taskset list `cpus` may run on."""
+    if not cpus:
+        return len(os.sched_getaffinity(0))
+    count = 0
+    for part in cpus.split(","):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -292,9 +313,10 @@ def measure_nginx(nginx, stand_in_port, args, work, client):
     port = free_port()
     conf = os.path.join(work, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(workers=os.cpu_count(), work=work, upstream=stand_in_port,
-                                  port=port))
-    proc = subprocess.Popen([nginx, "-p", work, "-c", conf, "-g", "daemon off;"],
+        f.write(NGINX_CONF.format(workers=usable_cores(args.server_cpus), work=work,
+                                  upstream=stand_in_port, port=port))
+    proc = subprocess.Popen(pinned(args.server_cpus,
+                                   [nginx, "-p", work, "-c", conf, "-g", "daemon off;"]),
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         for _ in range(100):
@@ -315,7 +337,8 @@ def print_tables(args, alone, rows, peer):
     normal requests among slow connections."""
     print(f"{args.streams} concurrent streaming chat requests; the stand-in streams each answer "
           f"in {args.chunks} pieces {args.chunk_gap_ms} ms apart; {os.cpu_count()} cores, "
-          f"loopback; listen.threads {args.workers}")
+          f"loopback; listen.threads {args.workers}; server (and nginx) on cores "
+          f"{args.server_cpus or 'all'}, client and stand-in on {args.load_cpus or 'all'}")
     for mode in MODES:
         print(f"\nStreams opened {mode_label(mode, args)}:\n")
         print("| | answered | p50 s | p99 s | added p50 ms | added p99 ms | "
@@ -363,15 +386,18 @@ def main():
                         help="the server's listen.io_threads (0: one per usable core)")
     parser.add_argument("--chunks", type=int, default=20)
     parser.add_argument("--chunk-gap-ms", type=int, default=100)
+    parser.add_argument("--server-cpus", help="taskset list for the server and nginx")
+    parser.add_argument("--load-cpus", help="taskset list for the client and the stand-in")
     parser.add_argument("--idle", type=int, default=200)
     parser.add_argument("--trickle", type=int, default=1000)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="torouter-concurrency-")
-    client = os.path.join(args.build, "bin/stream_burst")
+    client = pinned(args.load_cpus, [os.path.join(args.build, "bin/stream_burst")])
     stand_in, stand_in_port = start(
-        [os.path.join(args.build, "bin/torouter-stand-in"), "--port", "0",
-         "--threads", "1", "--chunks", str(args.chunks),
-         "--chunk-gap-ms", str(args.chunk_gap_ms)], os.path.join(work, "stand_in.log"))
+        pinned(args.load_cpus, [os.path.join(args.build, "bin/torouter-stand-in"), "--port", "0",
+                                "--threads", "1", "--chunks", str(args.chunks),
+                                "--chunk-gap-ms", str(args.chunk_gap_ms)]),
+        os.path.join(work, "stand_in.log"))
     try:
         asyncio.run(burst(stand_in_port, 32))
         alone = run_modes(stand_in_port, args, client, cpu=lambda: cpu_seconds(stand_in.pid))
