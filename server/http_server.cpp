@@ -232,7 +232,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   bool http10() const { return http10_; }
 
-  WriteOp whole(const HttpResponse& r) {
+  // The answer as one message. Its body moves out of `r`: an answer is
+  // sent once.
+  WriteOp whole(HttpResponse& r) {
     auto message = std::make_shared<bhttp::response<bhttp::string_body>>();
     message->result(static_cast<unsigned>(r.status));
     message->version(11);
@@ -240,7 +242,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     if (!r.content_type_.empty()) message->set(bhttp::field::content_type, r.content_type_);
     message->keep_alive(r.keep_alive_);
     message->content_length(r.body_.size());
-    if (!r.head_only_) message->body() = r.body_;  // HEAD: the length, no body
+    if (!r.head_only_) message->body() = std::move(r.body_);  // HEAD: the length, no body
     return [this, message](Done done) {
       bhttp::async_write(stream_, *message,
                          [message, done](beast::error_code ec, std::size_t n) { done(ec, n); });
@@ -867,6 +869,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 // ------------------------------------------------------------ HttpResponse
 
 void HttpResponse::set_header(std::string_view name, std::string_view value) {
+  // Room for a routed answer's headers at once, not five regrowths.
+  if (headers_.empty()) headers_.reserve(16);
   headers_.emplace_back(std::string(name), std::string(value));
 }
 
@@ -905,9 +909,10 @@ bool HttpResponse::write(std::string_view data) {
 std::shared_ptr<HttpResponse> HttpResponse::defer() {
   std::shared_ptr<HttpResponse> later(new HttpResponse(session_, keep_alive_, head_only_));
   later->status = status;
-  later->headers_ = headers_;
-  later->content_type_ = content_type_;
-  later->body_ = body_;
+  // This one is handed over: nothing of it is sent but through `later`.
+  later->headers_ = std::move(headers_);
+  later->content_type_ = std::move(content_type_);
+  later->body_ = std::move(body_);
   later->deferred_ = true;
   later->gone_ = gone_;
   handed_over_ = true;
@@ -928,7 +933,8 @@ void HttpResponse::finish() {
     return;
   }
   if (!streaming_) {
-    session_->queue(session_->whole(*this), body_.size(), gone_);
+    const std::size_t bytes = body_.size();  // before `whole` takes the body
+    session_->queue(session_->whole(*this), bytes, gone_);
   } else if (!head_only_) {
     session_->queue(session_->last_chunk(), 0, gone_);
   }

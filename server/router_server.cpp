@@ -7,8 +7,8 @@
 // as the invoke's context (`InvokeOptions::context`, a `CallContext*`).
 #include "router_server.hpp"
 
+#include <fmt/compile.h>
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 #include <openssl/rand.h>
 #include <simdjson.h>
 
@@ -47,6 +47,7 @@ namespace torouter::server {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using detail::append_json_number;
 using detail::append_json_string;
 using detail::json_number;
 using detail::json_string;
@@ -270,6 +271,15 @@ void append_chunk_event(std::string& out, std::string_view id, long long created
   out += "}]";
   out += extra;
   out += "}\n\n";
+}
+
+// `text` as a JSON string, or null when empty.
+void append_json_or_null(std::string& out, std::string_view text) {
+  if (text.empty()) {
+    out += "null";
+  } else {
+    append_json_string(out, text);
+  }
 }
 
 std::string chunk_event(std::string_view id, long long created, std::string_view model,
@@ -904,25 +914,47 @@ struct RouterServer::Impl {
     send_error(res, e);
   }
 
+  // The answer's `torouter` member. Built in place with formats fmt
+  // compiles, as it is made for every answer: a string per field and a
+  // format parsed per call were a twentieth of a request's instructions.
   std::string trace_json(const InvokeResult& r, const ChatRequest& chat) const {
-    std::string attempts;
-    for (const auto& a : r.attempts) {
-      if (!attempts.empty()) attempts.push_back(',');
-      attempts += fmt::format(
-          "{{\"expert\":{},\"number\":{},\"outcome\":\"{}\",\"failure\":\"{}\",\"detail\":{},"
-          "\"waited_ms\":{},\"latency_ms\":{},\"cost_usd\":{}}}",
-          json_string(a.expert), a.number, to_string(a.outcome), to_string(a.failure),
-          json_string(client_detail(a)), a.waited.count(), a.latency.count(),
-          json_number(a.cost_usd));
-    }
+    std::string out;
+    out.reserve(256 + 192 * r.attempts.size());
+    auto to = std::back_inserter(out);
+    out += "{\"expert\":";
+    append_json_or_null(out, r.expert);
+    out += ",\"routed_expert\":";
     const Candidate* pick = r.decision.pick();
-    return fmt::format(
-        "{{\"expert\":{},\"routed_expert\":{},\"reason\":\"{}\",\"lambda_cost\":{},"
-        "\"quality_floor\":{},\"model_version\":{},\"cost_usd\":{},\"attempts\":[{}]}}",
-        r.expert.empty() ? "null" : json_string(r.expert), pick ? json_string(pick->name) : "null",
-        chat.bypass ? "bypass" : to_string(r.decision.reason), json_number(chat.lambda_cost),
-        chat.quality_floor ? json_number(*chat.quality_floor) : "null",
-        json_string(r.decision.model_version), json_number(r.cost_usd), attempts);
+    append_json_or_null(out, pick ? std::string_view(pick->name) : std::string_view());
+    fmt::format_to(to, FMT_COMPILE(",\"reason\":\"{}\",\"lambda_cost\":"),
+                   chat.bypass ? "bypass" : to_string(r.decision.reason));
+    append_json_number(out, chat.lambda_cost);
+    out += ",\"quality_floor\":";
+    if (chat.quality_floor) {
+      append_json_number(out, *chat.quality_floor);
+    } else {
+      out += "null";
+    }
+    out += ",\"model_version\":";
+    append_json_string(out, r.decision.model_version);
+    out += ",\"cost_usd\":";
+    append_json_number(out, r.cost_usd);
+    out += ",\"attempts\":[";
+    for (const auto& a : r.attempts) {
+      if (&a != &r.attempts.front()) out.push_back(',');
+      out += "{\"expert\":";
+      append_json_string(out, a.expert);
+      fmt::format_to(
+          to, FMT_COMPILE(",\"number\":{},\"outcome\":\"{}\",\"failure\":\"{}\",\"detail\":"),
+          a.number, to_string(a.outcome), to_string(a.failure));
+      append_json_string(out, client_detail(a));
+      fmt::format_to(to, FMT_COMPILE(",\"waited_ms\":{},\"latency_ms\":{},\"cost_usd\":"),
+                     a.waited.count(), a.latency.count());
+      append_json_number(out, a.cost_usd);
+      out.push_back('}');
+    }
+    out += "]}";
+    return out;
   }
 
   void set_decision_headers(HttpResponse& res, const InvokeResult& r, const ChatRequest& chat,
@@ -931,21 +963,33 @@ struct RouterServer::Impl {
     const Candidate* shown = expert.empty() ? pick : r.decision.find(expert);
     if (!expert.empty()) res.set_header("X-Torouter-Expert", expert);
     if (pick != nullptr && !chat.bypass) res.set_header("X-Torouter-Routed-Expert", pick->name);
+    // Each value formatted in a buffer on the stack, with a format fmt
+    // compiles: these headers go on every answer.
+    fmt::memory_buffer value;
+    const auto set = [&](std::string_view name) {
+      res.set_header(name, std::string_view(value.data(), value.size()));
+      value.clear();
+    };
     if (shown != nullptr) {
-      res.set_header("X-Torouter-Predicted-Quality",
-                     fmt::format("{:.4f}", shown->predicted_quality));
+      fmt::format_to(std::back_inserter(value), FMT_COMPILE("{:.4f}"), shown->predicted_quality);
+      set("X-Torouter-Predicted-Quality");
       // For the routed pick only: a failover's expert was not picked as the top.
       if (shown == pick && std::isfinite(r.decision.expected_quality)) {
-        res.set_header("X-Torouter-Expected-Quality",
-                       fmt::format("{:.4f}", r.decision.expected_quality));
+        fmt::format_to(std::back_inserter(value), FMT_COMPILE("{:.4f}"),
+                       r.decision.expected_quality);
+        set("X-Torouter-Expected-Quality");
       }
-      res.set_header("X-Torouter-Predicted-Cost-Usd", fmt::format("{:.6g}", shown->cost_usd));
+      fmt::format_to(std::back_inserter(value), FMT_COMPILE("{:.6g}"), shown->cost_usd);
+      set("X-Torouter-Predicted-Cost-Usd");
     }
     res.set_header("X-Torouter-Reason", chat.bypass ? "bypass" : to_string(r.decision.reason));
-    res.set_header("X-Torouter-Attempts", std::to_string(attempts));
-    res.set_header("X-Torouter-Lambda-Cost", fmt::format("{}", chat.lambda_cost));
+    fmt::format_to(std::back_inserter(value), FMT_COMPILE("{}"), attempts);
+    set("X-Torouter-Attempts");
+    fmt::format_to(std::back_inserter(value), FMT_COMPILE("{}"), chat.lambda_cost);
+    set("X-Torouter-Lambda-Cost");
     if (chat.quality_floor) {
-      res.set_header("X-Torouter-Quality-Floor", fmt::format("{}", *chat.quality_floor));
+      fmt::format_to(std::back_inserter(value), FMT_COMPILE("{}"), *chat.quality_floor);
+      set("X-Torouter-Quality-Floor");
     }
     res.set_header("X-Torouter-Model-Version", r.decision.model_version);
   }
@@ -966,9 +1010,15 @@ struct RouterServer::Impl {
       }
       used = 0;
     }
-    const auto id =
-        fmt::format("chatcmpl-torouter-{:02x}",
-                    fmt::join(store.begin() + used, store.begin() + used + kIdBytes, ""));
+    constexpr std::string_view kPrefix = "chatcmpl-torouter-";
+    constexpr char kHex[] = "0123456789abcdef";
+    std::string id(kPrefix.size() + 2 * kIdBytes, '\0');
+    kPrefix.copy(id.data(), kPrefix.size());
+    for (std::size_t i = 0; i < kIdBytes; ++i) {
+      const unsigned char byte = store[used + i];
+      id[kPrefix.size() + 2 * i] = kHex[byte >> 4];
+      id[kPrefix.size() + 2 * i + 1] = kHex[byte & 0xF];
+    }
     used += kIdBytes;
     return id;
   }
@@ -1032,7 +1082,9 @@ struct RouterServer::Impl {
       res.finish();
       return;
     }
-    res.set_header("X-Torouter-Cost-Usd", fmt::format("{:.6g}", r.cost_usd));
+    fmt::memory_buffer cost;
+    fmt::format_to(std::back_inserter(cost), FMT_COMPILE("{:.6g}"), r.cost_usd);
+    res.set_header("X-Torouter-Cost-Usd", std::string_view(cost.data(), cost.size()));
     const std::size_t in =
         r.response.input_tokens > 0 ? r.response.input_tokens : chat.input_tokens;
     const std::size_t out =
@@ -1046,11 +1098,19 @@ struct RouterServer::Impl {
     const std::string usage = usage_shown(r, answer, in, out);
     const std::string others =
         answer.other_members_json.empty() ? "" : "," + answer.other_members_json;
-    res.set_content(fmt::format("{{\"id\":\"{}\",\"object\":\"chat.completion\",\"created\":{},"
-                                "\"model\":{},\"choices\":{},\"usage\":{}{},\"torouter\":{}}}",
-                                x.id, x.created, json_string(r.expert), choices, usage, others,
-                                trace_json(r, chat)),
-                    "application/json");
+    const std::string trace = trace_json(r, chat);
+    std::string body;
+    body.reserve(128 + x.id.size() + r.expert.size() + choices.size() + usage.size() +
+                 others.size() + trace.size());
+    fmt::format_to(std::back_inserter(body),
+                   FMT_COMPILE("{{\"id\":\"{}\",\"object\":\"chat.completion\",\"created\":{},"
+                               "\"model\":"),
+                   x.id, x.created);
+    append_json_string(body, r.expert);
+    fmt::format_to(std::back_inserter(body),
+                   FMT_COMPILE(",\"choices\":{},\"usage\":{}{},\"torouter\":{}}}"), choices, usage,
+                   others, trace);
+    res.set_content(std::move(body), "application/json");
     res.finish();
   }
 

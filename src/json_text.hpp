@@ -1,6 +1,7 @@
 // Small helpers to write JSON text with fmt; internal to src/.
 #pragma once
 
+#include <fmt/compile.h>
 #include <fmt/format.h>
 #include <simdjson.h>
 
@@ -94,9 +95,20 @@ inline std::string json_string(std::string_view text) {
   return out;
 }
 
-/// A number as JSON; NaN and infinity, which JSON lacks, become null.
+/// Appends a number as JSON; NaN and infinity, which JSON lacks, become null.
+inline void append_json_number(std::string& out, double value) {
+  if (std::isfinite(value)) {
+    fmt::format_to(std::back_inserter(out), FMT_COMPILE("{}"), value);
+  } else {
+    out += "null";
+  }
+}
+
+/// A number as JSON (see `append_json_number`).
 inline std::string json_number(double value) {
-  return std::isfinite(value) ? fmt::format("{}", value) : std::string("null");
+  std::string out;
+  append_json_number(out, value);
+  return out;
 }
 
 }  // namespace detail
