@@ -24,7 +24,8 @@ The streams are opened and read by the stream_burst program (one thread).
 The stand-in serves every stream on one I/O thread (its waits are timers).
 By default every process shares every core; --server-cpus and --load-cpus
 (taskset lists) give the server, and nginx in its turn, cores of their own,
-apart from the client and the stand-in, as a service would have them.
+apart from the client, the stand-in and this script, as a service would
+have them.
 Not run by CI.
 """
 import argparse
@@ -275,15 +276,22 @@ http {{
 """
 
 
+def cores_of(cpus):
+    """The cores of the taskset list `cpus` ("0", "0-3", "0-6:2,9"); every
+    core this process may run on when None."""
+    if not cpus:
+        return set(os.sched_getaffinity(0))
+    cores = set()
+    for part in cpus.split(","):
+        span, _, stride = part.partition(":")
+        first, _, last = span.partition("-")
+        cores.update(range(int(first), int(last or first) + 1, int(stride or 1)))
+    return cores
+
+
 def usable_cores(cpus):
     """How many cores a process pinned to the taskset list `cpus` may run on."""
-    if not cpus:
-        return len(os.sched_getaffinity(0))
-    count = 0
-    for part in cpus.split(","):
-        first, _, last = part.partition("-")
-        count += int(last or first) - int(first) + 1
-    return count
+    return len(cores_of(cpus))
 
 
 def free_port():
@@ -391,6 +399,8 @@ def main():
     parser.add_argument("--idle", type=int, default=200)
     parser.add_argument("--trickle", type=int, default=1000)
     args = parser.parse_args()
+    if args.load_cpus:  # this script's warm-ups and sampling are load too
+        os.sched_setaffinity(0, cores_of(args.load_cpus))
     work = tempfile.mkdtemp(prefix="torouter-concurrency-")
     client = pinned(args.load_cpus, [os.path.join(args.build, "bin/stream_burst")])
     stand_in, stand_in_port = start(
