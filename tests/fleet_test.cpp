@@ -5,6 +5,7 @@
 // and restarted, failing open and closed; a replica killed with calls in
 // flight gives its slots back after their expiry.
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -134,9 +135,15 @@ struct Fleet {
     const auto err = dir / ("replica" + std::to_string(number) + ".err");
     Replica r;
     std::fflush(nullptr);  // the child must not write out the test's buffered output
+    const pid_t test = ::getpid();
     r.pid = ::fork();
     REQUIRE(r.pid >= 0);
     if (r.pid == 0) {
+      // A test killed midway (ctest's timeout, a signal) runs no destructor:
+      // its replicas die with it rather than outlive it. Only the main
+      // thread starts replicas, and the signal follows the forking thread.
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != test) ::_exit(125);
       if (!std::freopen(out.c_str(), "w", stdout) || !std::freopen(err.c_str(), "w", stderr)) {
         ::_exit(126);
       }
