@@ -15,7 +15,7 @@
 # By default the server, wrk and the stand-in share every core. SERVER_CPUS
 # and LOAD_CPUS (taskset lists) give the server cores of its own, apart from
 # the load generator and the stand-in, as a service would have them.
-# IO_THREADS sets the server's listen.io_threads (default 0: one per core
+# IO_THREADS sets the server's listen.io_threads (unset: the server's default, one per core
 # it may run on).
 #
 # Needs wrk (Debian: apt-get install wrk; installed here when run as root).
@@ -76,7 +76,8 @@ upstream_port=$(wait_port "$work/stand_in.log")
 model_dir=${MODEL_DIR:-$root/examples/default_router}
 experts=$(sed -n 's/.*"name": "\([^"]*\)".*/\1/p' "$model_dir/experts.json")
 {
-  echo "{\"listen\": {\"host\": \"127.0.0.1\", \"port\": 0, \"threads\": 160, \"io_threads\": ${IO_THREADS:-0}},"
+  # io_threads only when asked for: servers before it (SERVER_BIN) refuse the field.
+  echo "{\"listen\": {\"host\": \"127.0.0.1\", \"port\": 0, \"threads\": 160${IO_THREADS:+, \"io_threads\": $IO_THREADS}},"
   echo " \"router_model\": \"$model_dir/llmrouter14.tormodel\","
   echo " \"experts_file\": \"$model_dir/experts.json\","
   echo ' "policy": {"lambda_cost": 100},'
