@@ -957,10 +957,20 @@ struct RouterServer::Impl {
     return out;
   }
 
+  // The candidate the headers describe: the expert that answered; without
+  // an answer, the expert a named call asked for (not the router's pick,
+  // which it never called), else the router's pick.
+  const Candidate* described(const InvokeResult& r, const ChatRequest& chat,
+                             std::string_view expert) const {
+    if (!expert.empty()) return r.decision.find(expert);
+    if (chat.bypass) return r.decision.find(router->experts()[chat.expert].name);
+    return r.decision.pick();
+  }
+
   void set_decision_headers(HttpResponse& res, const InvokeResult& r, const ChatRequest& chat,
                             std::string_view expert, int attempts) const {
     const Candidate* pick = r.decision.pick();
-    const Candidate* shown = expert.empty() ? pick : r.decision.find(expert);
+    const Candidate* shown = described(r, chat, expert);
     if (!expert.empty()) res.set_header("X-Torouter-Expert", expert);
     if (pick != nullptr && !chat.bypass) res.set_header("X-Torouter-Routed-Expert", pick->name);
     // Each value formatted in a buffer on the stack, with a format fmt

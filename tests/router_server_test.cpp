@@ -729,6 +729,18 @@ TEST_CASE("router server: a named expert obeys the budget, its cap and its enabl
     CHECK(res->status == 429);
     CHECK_THAT(res->body, Contains("budget_exhausted"));
     CHECK(f.upstreams[named]->requests() == 0);
+    // Its headers describe the expert it named, as an answer's would, and
+    // not the router's pick, which it never called.
+    Fixture unlimited;
+    REQUIRE(unlimited.routed(kPrompt) != named);
+    auto answered = unlimited.post(chat_body(named, kPrompt));
+    REQUIRE(answered);
+    REQUIRE(answered->status == 200);
+    CHECK(res->header("X-Torouter-Expert").empty());
+    CHECK(res->header("X-Torouter-Predicted-Cost-Usd") ==
+          answered->header("X-Torouter-Predicted-Cost-Usd"));
+    CHECK(res->header("X-Torouter-Predicted-Quality") ==
+          answered->header("X-Torouter-Predicted-Quality"));
   }
   SECTION("disabled: 503, naming why") {
     Fixture f([&](ServerConfig& c) {
