@@ -1082,6 +1082,7 @@ void Router::copy_decision(const RouteDecision& from, RouteDecision& to) const {
   to.model_version = from.model_version;
   to.input_tokens = from.input_tokens;
   to.propensity = from.propensity;
+  to.expected_quality = from.expected_quality;
   to.registry_ = from.registry_;
   to.policy_ = from.policy_;
   to.scorer_ = from.scorer_;

@@ -184,6 +184,32 @@ TEST_CASE("a CancelSignal runs each callback once, at once when already cancelle
   CHECK(late == 1);
 }
 
+TEST_CASE("an invoke started from a routed decision keeps all of it") {
+  ExpertRegistry registry;
+  registry.add(ExpertSpec("solo", 1.0, 1.0));
+  registry.add(ExpertSpec("other", 1.0, 1.0));
+  auto scorer = std::make_shared<TableScorer>(std::vector<std::string>{"solo", "other"},
+                                              std::vector<float>{0.8f, 0.5f});
+  scorer->set_top_pick_shortfall(0.1);
+  Router router(std::move(registry), scorer, nullptr, {});
+  router.set_transport("solo", Transport::async([](const Request&, CompletionCallback done) {
+                         done(Response::answer("ok", 1, 1));
+                       }));
+  LoopThreads loop(1);
+  InvokeOptions options;
+  auto routed = std::make_shared<torouter::RouteDecision>(router.route("hi", options.route));
+  REQUIRE(routed->expected_quality == Approx(0.7));
+  options.routed = routed;
+  const InvokeResult r = start(router, loop.loop, options).get();
+  REQUIRE(r.ok());
+  CHECK(r.expert == "solo");
+  CHECK(r.decision.reason == routed->reason);
+  CHECK(r.decision.candidates.size() == 2);
+  CHECK(r.decision.expected_quality == routed->expected_quality);
+  CHECK(r.decision.propensity == routed->propensity);
+  CHECK(r.decision.input_tokens == routed->input_tokens);
+}
+
 TEST_CASE("one loop thread holds hundreds of calls in flight at once") {
   Router router = make_router();
   LoopThreads loop(1);
