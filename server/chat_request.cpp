@@ -224,6 +224,7 @@ std::optional<ApiError> read_field(std::string_view key, simdjson::dom::element 
       return bad_request(fmt::format("{} must be a whole number", key), std::string(key));
     }
     chat.max_tokens = static_cast<std::size_t>(n);
+    chat.max_tokens_param = key == "max_tokens" ? "max_tokens" : "max_completion_tokens";
   } else if (key == "n") {
     std::uint64_t n = 0;
     if (value.get(n) || n == 0) return bad_request("n must be a whole number >= 1", "n");
@@ -335,9 +336,10 @@ const std::string& first_missing_param(const ChatRequest& chat, const ExpertSpec
 
 ApiError context_too_long(const ChatRequest& chat, std::size_t window, std::string_view whose) {
   ApiError e = bad_request(
-      fmt::format("the prompt (about {} tokens) plus max_tokens ({}) exceed {} ({} tokens)",
-                  chat.input_tokens, chat.max_tokens, whose, window),
-      chat.max_tokens > 0 ? "max_tokens" : "messages", "context_length_exceeded");
+      fmt::format("the prompt (about {} tokens) plus {} ({}) exceed {} ({} tokens)",
+                  chat.input_tokens, chat.max_tokens_param, chat.max_tokens, whose, window),
+      chat.max_tokens > 0 ? std::string(chat.max_tokens_param) : "messages",
+      "context_length_exceeded");
   return e;
 }
 

@@ -71,6 +71,8 @@ struct ChatRequest {
   std::size_t input_tokens = 0;
   /// `max_tokens` or `max_completion_tokens`; 0 when absent.
   std::size_t max_tokens = 0;
+  /// Which of the two the request gave, for errors that name it.
+  std::string_view max_tokens_param = "max_tokens";
   /// `n`, the choices asked for; 1 when absent. Above 1 it is refused for
   /// a stream, whose relay passes on one choice.
   std::size_t choices = 1;

@@ -62,8 +62,9 @@ class ServerMetrics {
   const std::vector<std::string>& experts() const { return experts_; }
 
  private:
-  static constexpr std::array<int, 19> kCodes{200, 400, 401, 403, 404, 405, 408, 409, 413, 414,
-                                              422, 429, 431, 500, 501, 502, 503, 504, 505};
+  // 499: a client that left before its answer (nginx's "client closed request").
+  static constexpr std::array<int, 20> kCodes{200, 400, 401, 403, 404, 405, 408, 409, 413, 414,
+                                              422, 429, 431, 499, 500, 501, 502, 503, 504, 505};
   static constexpr std::size_t kKinds = 7;  // FailureKind values, None included
 
   struct PerExpert {

@@ -53,6 +53,9 @@ using detail::json_number;
 using detail::json_string;
 
 constexpr std::size_t kNone = static_cast<std::size_t>(-1);
+// nginx's status for a request whose client left before its answer: only
+// ever counted, never sent.
+constexpr int kClientClosedRequest = 499;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -76,8 +79,6 @@ struct CallContext {
   std::string_view messages_json;
   std::string_view extra_json;
   bool stream = false;
-  Clock::time_point started;
-  bool route_observed = false;
   std::size_t current_expert = kNone;
   int upstream_calls = 0;
   // What the last upstream call's answer says besides its text: the one
@@ -404,7 +405,7 @@ struct ChatExchange {
   std::shared_ptr<HttpResponse> res;  // deferred: finished from the callbacks
   std::string id;
   long long created = 0;
-  InvokeResult shown;        // a stream's headers show this decision
+  InvokeResult shown;        // the decision the invoke starts from; a stream's headers show it
   std::string event;         // a stream's piece being written out
   bool started = false;
 };
@@ -729,10 +730,6 @@ struct RouterServer::Impl {
                      CompletionCallback on_done) {
     CallContext* call = call_context_of(request);
     const auto start = Clock::now();
-    if (call != nullptr && !call->route_observed) {
-      metrics->observe_route(std::chrono::duration<double>(start - call->started).count());
-      call->route_observed = true;
-    }
     auto answer = call != nullptr ? std::make_shared<openai::ChatAnswer>() : nullptr;
     // `answer` is held until the call completes: the call writes it.
     auto observed = [this, i, start, cancel = request.cancel, answer,
@@ -798,18 +795,19 @@ struct RouterServer::Impl {
     if (chat.stream) {
       options.on_chunk = [this, x](std::string_view piece) { stream_piece(*x, piece); };
       options.pieces_are_text = false;  // a relay's JSON (ChatCall::pieces_as_json)
-      options.routed = std::shared_ptr<const RouteDecision>(x, &x->shown.decision);
     }
-    call.started = Clock::now();
+    options.routed = std::shared_ptr<const RouteDecision>(x, &x->shown.decision);
     router->invoke_async(chat.routing_text, std::move(options), loop,
                          [this, x](InvokeResult r) { chat_done(*x, std::move(r)); });
   }
 
   void chat_done(ChatExchange& x, InvokeResult r) {
-    if (!x.call.route_observed) metrics->observe_route(seconds_since(x.call.started));
     if (r.ok()) metrics->count_answer(*router->experts().index_of(r.expert));
     if (r.error == InvokeError::Cancelled) {
-      x.res->abort();  // the client went away: no one to answer
+      // The client went away: no one to answer. Counted as nginx logs it,
+      // 499 "client closed request", unless a stream's 200 had gone out.
+      if (!x.started) x.res->status = kClientClosedRequest;
+      x.res->abort();
     } else if (x.chat.stream) {
       finish_stream(x, r);
     } else {
@@ -924,7 +922,8 @@ struct RouterServer::Impl {
     out += "{\"expert\":";
     append_json_or_null(out, r.expert);
     out += ",\"routed_expert\":";
-    const Candidate* pick = r.decision.pick();
+    // A named call has no routed pick (nor an X-Torouter-Routed-Expert).
+    const Candidate* pick = chat.bypass ? nullptr : r.decision.pick();
     append_json_or_null(out, pick ? std::string_view(pick->name) : std::string_view());
     fmt::format_to(to, FMT_COMPILE(",\"reason\":\"{}\",\"lambda_cost\":"),
                    chat.bypass ? "bypass" : to_string(r.decision.reason));
@@ -983,8 +982,9 @@ struct RouterServer::Impl {
     if (shown != nullptr) {
       fmt::format_to(std::back_inserter(value), FMT_COMPILE("{:.4f}"), shown->predicted_quality);
       set("X-Torouter-Predicted-Quality");
-      // For the routed pick only: a failover's expert was not picked as the top.
-      if (shown == pick && std::isfinite(r.decision.expected_quality)) {
+      // For the routed pick only: a failover's expert was not picked as the
+      // top, and a named call has no routed pick.
+      if (shown == pick && !chat.bypass && std::isfinite(r.decision.expected_quality)) {
         fmt::format_to(std::back_inserter(value), FMT_COMPILE("{:.4f}"),
                        r.decision.expected_quality);
         set("X-Torouter-Expected-Quality");
@@ -1073,11 +1073,12 @@ struct RouterServer::Impl {
     x->chat = std::move(chat);
     x->id = completion_id();  // the answer's id, and the decision log's
     x->created = static_cast<long long>(std::time(nullptr));
-    if (x->chat.stream) {
-      // Routed here for the headers, which leave before the invoke's result
-      // exists; the invoke starts from this decision (InvokeOptions::routed).
-      x->shown.decision = router->route(x->chat.routing_text, invoke_options(x->chat).route);
-    }
+    // Routed here, and timed for /metrics: the invoke starts from this
+    // decision (InvokeOptions::routed), and a stream's headers, which leave
+    // before the invoke's result exists, show it.
+    const auto routing = Clock::now();
+    x->shown.decision = router->route(x->chat.routing_text, invoke_options(x->chat).route);
+    metrics->observe_route(seconds_since(routing));
     x->res = res.defer();
     start_chat(x);
   }

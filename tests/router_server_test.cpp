@@ -287,6 +287,18 @@ TEST_CASE("router server: router:<lambda> sets the cost weight, a name bypasses 
   CHECK(bypass->header("X-Torouter-Reason") == "bypass");
   CHECK(bypass->header("X-Torouter-Attempts") == "1");
   CHECK(f.upstreams["llama-3.3-nemotron-super-49b-v1"]->requests() == 1);
+  // A named call has no routed pick: no header and no trace names one, nor
+  // gives the routed pick's expected quality, even when it names the
+  // expert the router would have picked.
+  const std::string top = f.routed("hello there");
+  auto named_top = f.post(chat_body(top, "hello there"));
+  REQUIRE(named_top);
+  REQUIRE(named_top->status == 200);
+  for (const auto& named : {*bypass, *named_top}) {
+    CHECK_FALSE(named.has_header("X-Torouter-Routed-Expert"));
+    CHECK_FALSE(named.has_header("X-Torouter-Expected-Quality"));
+    CHECK_THAT(named.body, Contains("\"routed_expert\":null"));
+  }
 
   for (const char* model : {"router:", "router:abc", "router:-1", "router:1e999"}) {
     auto bad = f.post(chat_body(model, "hi"));
@@ -399,6 +411,15 @@ TEST_CASE("router server: a request's needs exclude experts that lack them", "[s
   CHECK(too_long->status == 400);
   CHECK_THAT(too_long->body,
              Contains("context_length_exceeded") && Contains("\"param\":\"max_tokens\""));
+  // The error names the field the request used.
+  auto too_long_completion = f.post(R"({"model":"router","max_completion_tokens":5000,)"
+                                    R"("messages":[)" +
+                                    user + "]}");
+  REQUIRE(too_long_completion);
+  CHECK(too_long_completion->status == 400);
+  CHECK_THAT(too_long_completion->body, Contains("\"param\":\"max_completion_tokens\"") &&
+                                            Contains("plus max_completion_tokens (5000)") &&
+                                            !Contains("max_tokens ("));
   CHECK(f.total_requests() == before);  // refused before any upstream call
 }
 
@@ -773,6 +794,12 @@ TEST_CASE("router server: a named expert obeys the budget, its cap and its enabl
     CHECK(res->status == 503);
     CHECK_THAT(res->body, Contains("at_capacity"));
     CHECK(res->header("Retry-After") == "1");  // a moment's refusal
+    // Routing time is routing's: not the 100 ms spent waiting for a slot.
+    auto metrics = f.get("/metrics");
+    REQUIRE(metrics);
+    const auto sum_at = metrics->body.find("torouter_route_latency_seconds_sum ");
+    REQUIRE(sum_at != std::string::npos);
+    CHECK(std::atof(metrics->body.c_str() + sum_at + 35) < 0.05);
   }
   SECTION("named calls turned off: 403") {
     Fixture f([](ServerConfig& c) { c.named_calls = false; });
@@ -1824,6 +1851,16 @@ TEST_CASE("router server: a client that goes away cancels its upstream call, bla
     freed = after && after->body.find("\"in_flight\":1") == std::string::npos;
   }
   CHECK(freed);
+  // The plain call is counted as nginx logs it, 499 "client closed
+  // request"; the stream had sent its 200.
+  bool counted = false;
+  for (int i = 0; i < 100 && !counted; ++i) {
+    if (i > 0) std::this_thread::sleep_for(20ms);
+    auto m = f.get("/metrics");
+    counted =
+        m && m->body.find("torouter_http_responses_total{code=\"499\"} 1\n") != std::string::npos;
+  }
+  CHECK(counted);
 }
 
 TEST_CASE("router server: answers on a kept-alive connection go out at once", "[server]") {
