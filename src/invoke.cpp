@@ -485,6 +485,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   void begin_expert(const Candidate& c) {
     expert_ = &c;
     attempt_number_ = 0;
+    calls_sent_ = 0;
     backoff_ = options_.initial_backoff;
     last_ = Response();
     next_attempt();
@@ -541,6 +542,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     request.context = &invoke_options_.context;
     request.cancel = invoke_options_.cancel;
     attempt_start_ = Clock::now();
+    ++calls_sent_;
     chunks_delivered_ = false;
     const Transport& transport = router_.transports_[i];
     streamed_text_.clear();
@@ -795,7 +797,10 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       response.output_tokens = static_cast<std::size_t>(output);
     }
     const double cost = router_.cost_model_->cost_usd(spec, input, output);
-    release_expert(cost, input + output);
+    // The tries before this answer sent the prompt too.
+    const double earlier_prompts =
+        static_cast<double>(calls_sent_ - 1) * static_cast<double>(result_.decision.input_tokens);
+    release_expert(cost, input + output + earlier_prompts);
     attempt.outcome = AttemptOutcome::Answered;
     attempt.cost_usd = cost;
     result_.attempts.push_back(std::move(attempt));
@@ -869,12 +874,15 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     settlement.ticket = ticket_;
     settlement.expert = expert_->expert_index;
     settlement.spent_usd = spent;
-    // Without an answer, each attempt sent the prompt.
-    settlement.used_tokens = used_tokens >= 0
-                                 ? used_tokens
-                                 : static_cast<double>(attempt_number_) *
-                                       static_cast<double>(result_.decision.input_tokens);
-    settlement.extra_requests = std::max(0, attempt_number_ - 1);
+    // Without an answer, each call sent the prompt. Counted by the calls
+    // sent, not the attempts numbered: a retry given up before it went out
+    // (a retry-after past the limit, a backoff past the deadline, a
+    // cancel) used nothing of the expert's rate.
+    settlement.used_tokens =
+        used_tokens >= 0
+            ? used_tokens
+            : static_cast<double>(calls_sent_) * static_cast<double>(result_.decision.input_tokens);
+    settlement.extra_requests = std::max(0, calls_sent_ - 1);
     router_.state_[settlement.expert].in_flight.fetch_sub(1);
     expert_ = nullptr;
     router_.store_->settle(settlement);
@@ -890,7 +898,8 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     if (expert_ == nullptr) return;
     const double cost = std::isfinite(expert_->cost_usd) ? expert_->cost_usd : 0.0;
     const double tokens =
-        static_cast<double>(result_.decision.input_tokens) + expert_->predicted_output_tokens;
+        static_cast<double>(calls_sent_) * static_cast<double>(result_.decision.input_tokens) +
+        expert_->predicted_output_tokens;
     if (!result_.attempts.empty()) result_.attempts.back().cost_usd = cost;
     result_.cost_usd = cost;
     release_expert(cost, tokens);
@@ -1006,6 +1015,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   const Candidate* expert_ = nullptr;
   std::uint64_t ticket_ = 0;
   int attempt_number_ = 0;
+  int calls_sent_ = 0;  // to the current expert: attempts that reached its transport
   milliseconds backoff_{0};
   milliseconds waited_{0};
   Response last_;

@@ -103,6 +103,38 @@ std::vector<std::string> trace(const InvokeResult& r) {
 
 using Trace = std::vector<std::string>;
 
+// The in-process store, recording every settlement it is sent.
+class RecordingStore : public torouter::StateStore {
+ public:
+  void configure(const ExpertRegistry& experts,
+                 std::vector<torouter::BudgetRule> budgets) override {
+    store_.configure(experts, std::move(budgets));
+  }
+  void admit(const torouter::Admission& admission,
+             std::function<void(const torouter::AdmissionResult&)> done) override {
+    store_.admit(admission, std::move(done));
+  }
+  void settle(const torouter::Settlement& settlement) override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      settlements_.push_back(settlement);
+    }
+    store_.settle(settlement);
+  }
+  int in_flight(std::size_t expert) const override { return store_.in_flight(expert); }
+  double spent_usd() const override { return store_.spent_usd(); }
+
+  std::vector<torouter::Settlement> settlements() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return settlements_;
+  }
+
+ private:
+  torouter::InProcessStateStore store_;
+  mutable std::mutex mutex_;
+  std::vector<torouter::Settlement> settlements_;
+};
+
 // A router over the three experts with scripted transports.
 struct Rig {
   Scripted cheap, mid, strong;
@@ -197,6 +229,30 @@ TEST_CASE("a retry-after longer than allowed fails over at once") {
   REQUIRE(r.ok());
   CHECK(std::chrono::steady_clock::now() - start < 1s);
   CHECK(trace(r) == Trace{"strong:failed:rate_limited", "mid:answered"});
+}
+
+TEST_CASE("an expert's rate is charged for the calls it was sent, not the retries given up") {
+  auto store = std::make_shared<RecordingStore>();
+  RouterOptions options = fast_options();
+  options.state_store = store;
+  Rig rig(options);
+  // strong: a retry-after past the limit, so its retry is never sent; mid:
+  // a server error, then an answer on the retry.
+  rig.strong.script = {fails(FailureKind::RateLimited, 60s)};
+  rig.mid.script = {fails(FailureKind::ServerError), Response::answer("ok", 10, 20)};
+  const InvokeResult r = invoke(rig.router, "hi");
+  REQUIRE(r.ok());
+  CHECK(trace(r) == Trace{"strong:failed:rate_limited", "mid:failed:server_error", "mid:answered"});
+  const double prompt = static_cast<double>(r.decision.input_tokens);
+  REQUIRE(prompt > 0);
+  const auto settled = store->settlements();
+  REQUIRE(settled.size() == 2);
+  CHECK(settled[0].expert == 2);  // strong: one call, one prompt
+  CHECK(settled[0].extra_requests == 0);
+  CHECK(settled[0].used_tokens == Approx(prompt));
+  CHECK(settled[1].expert == 1);  // mid: two calls, the failed one's prompt too
+  CHECK(settled[1].extra_requests == 1);
+  CHECK(settled[1].used_tokens == Approx(prompt + 10 + 20));
 }
 
 TEST_CASE("server errors exhaust the retries, then fail over by utility") {
