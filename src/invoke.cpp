@@ -197,12 +197,10 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       try {
         step();
       } catch (const std::exception& e) {
-        if (chunks_delivered_) {
-          release_begun_answer();
-        } else {
-          release_expert();
-        }
-        finish(InvokeError::AllFailed, fmt::format("invoke failed inside torouter: {}", e.what()));
+        fail_inside(fmt::format("invoke failed inside torouter: {}", e.what()));
+      } catch (...) {
+        // on_done still runs once, and the slot and the reservation go back.
+        fail_inside("invoke failed inside torouter: something not a std::exception was thrown");
       }
       if (!finished_) return;
       keep = std::move(self_);
@@ -928,6 +926,35 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
       release_expert();
     }
     finish(InvokeError::Cancelled, "cancelled by the caller");
+  }
+
+  // A step threw: the caller's `on_chunk`, a state store or a cost model.
+  // The call in flight is recorded (the caller's doing, not the expert's
+  // failure) and let go, what it holds is released, and the invoke ends
+  // with what was charged: a begun answer's cost, or an answer's whose
+  // hand-over threw.
+  void fail_inside(std::string why) {
+    if (in_attempt_ && expert_ != nullptr) {
+      Attempt attempt;
+      attempt.expert = (*router_.experts_)[expert_->expert_index].name;
+      attempt.number = attempt_number_;
+      attempt.outcome = AttemptOutcome::Cancelled;
+      attempt.detail = why;
+      attempt.waited = waited_;
+      attempt.latency = elapsed_ms(attempt_start_);
+      result_.attempts.push_back(std::move(attempt));
+    }
+    in_attempt_ = false;
+    drop_stream();
+    if (chunks_delivered_) {
+      release_begun_answer();
+    } else {
+      release_expert();
+    }
+    double charged = 0.0;
+    for (const Attempt& a : result_.attempts) charged += a.cost_usd;
+    result_.cost_usd = charged;
+    finish(InvokeError::AllFailed, std::move(why));
   }
 
   // ---------------------------------------------------------------- results

@@ -52,6 +52,7 @@ using torouter::testing::TableScorer;
 
 namespace {
 
+using Catch::Matchers::Contains;
 using Clock = std::chrono::steady_clock;
 
 // One expert, "solo", unless told otherwise.
@@ -369,6 +370,47 @@ TEST_CASE("a caller that leaves a stream it has begun to receive pays for it") {
   CHECK(router.status("solo").in_flight == 0);
   std::lock_guard<std::mutex> lock(mutex);
   if (held_done) held_done(Response::failed(FailureKind::TransportError, "call cancelled"));
+}
+
+TEST_CASE("an on_chunk that throws ends the invoke once, charged for what it received") {
+  const bool standard = GENERATE(true, false);  // a std::exception, or anything else
+  RouterOptions options;
+  options.budget_usd = 1.0;
+  Router router = make_router(options, 1);
+  std::mutex mutex;
+  CompletionCallback held_done;
+  std::function<void(std::string_view)> send_more;
+  router.set_transport(
+      "solo", Transport::async_streaming(
+                  [&](const Request&, torouter::ChunkCallback on_chunk, CompletionCallback done) {
+                    on_chunk("The answer ");
+                    std::lock_guard<std::mutex> lock(mutex);
+                    send_more = on_chunk;  // pieces may still come after the throw
+                    held_done = std::move(done);
+                  }));
+  LoopThreads loop;
+  InvokeOptions invoke;
+  invoke.on_chunk = [&](std::string_view) {
+    if (standard) throw std::runtime_error("the caller's sink broke");
+    throw 42;
+  };
+  auto result = start(router, loop.loop, invoke);
+  REQUIRE(result.wait_for(10s) == std::future_status::ready);
+  const InvokeResult r = result.get();
+  CHECK(r.error == InvokeError::AllFailed);
+  CHECK_THAT(r.error_message, Contains("invoke failed inside torouter"));
+  // The streamed attempt is the last, not the expert's failure, and carries
+  // the begun answer's charge.
+  REQUIRE_FALSE(r.attempts.empty());
+  CHECK(r.attempts.back().outcome == AttemptOutcome::Cancelled);
+  CHECK(r.cost_usd > 0.0);
+  CHECK(r.attempts.back().cost_usd == r.cost_usd);
+  CHECK(router.spent_usd() == Approx(r.cost_usd));
+  CHECK(router.status("solo").failures == 0);
+  CHECK(router.status("solo").in_flight == 0);
+  std::lock_guard<std::mutex> lock(mutex);
+  if (send_more) send_more("and more");  // to a dropped stream: ignored
+  if (held_done) held_done(Response::answer("The answer and more", 1, 1));
 }
 
 TEST_CASE("cancelling during a backoff or a wait for a slot ends the invoke at once") {
