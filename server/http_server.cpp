@@ -5,13 +5,17 @@
 // write, so a slow client slows its own handler only.
 #include "http_server.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <array>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <ctime>
 #include <deque>
 #include <exception>
 #include <future>
@@ -44,6 +48,32 @@ constexpr milliseconds kDrainQuiet{500};
 constexpr std::size_t kMaxDrainBytes = 8 << 20;
 
 std::string text_of(beast::string_view text) { return std::string(text.data(), text.size()); }
+
+// The Date header's value (RFC 9110, section 6.6.1: an origin server with
+// a clock sends it), in the IMF-fixdate form; formatted at most once a
+// second on each thread. Names spelled out, not strftime's: those follow
+// the locale.
+beast::string_view http_date() {
+  static constexpr std::array<const char*, 7> kDays{"Sun", "Mon", "Tue", "Wed",
+                                                    "Thu", "Fri", "Sat"};
+  static constexpr std::array<const char*, 12> kMonths{"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  thread_local std::time_t formatted_at = -1;
+  thread_local std::array<char, 40> text{};
+  thread_local std::size_t length = 0;
+  const std::time_t now = std::time(nullptr);
+  if (now != formatted_at) {
+    std::tm utc{};
+    gmtime_r(&now, &utc);
+    length = fmt::format_to_n(text.data(), text.size(), "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+                              kDays[static_cast<std::size_t>(utc.tm_wday)], utc.tm_mday,
+                              kMonths[static_cast<std::size_t>(utc.tm_mon)], utc.tm_year + 1900,
+                              utc.tm_hour, utc.tm_min, utc.tm_sec)
+                 .size;
+    formatted_at = now;
+  }
+  return {text.data(), length};
+}
 
 // The request as handlers see it, without Beast's types.
 void copy_head(const bhttp::request<bhttp::string_body>& message, HttpRequest& request) {
@@ -238,6 +268,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     auto message = std::make_shared<bhttp::response<bhttp::string_body>>();
     message->result(static_cast<unsigned>(r.status));
     message->version(11);
+    message->set(bhttp::field::date, http_date());
     for (const auto& [name, value] : r.headers_) message->insert(name, value);
     if (!r.content_type_.empty()) message->set(bhttp::field::content_type, r.content_type_);
     message->keep_alive(r.keep_alive_);
@@ -253,6 +284,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     auto message = std::make_shared<bhttp::response<bhttp::empty_body>>();
     message->result(static_cast<unsigned>(r.status));
     message->version(11);
+    message->set(bhttp::field::date, http_date());
     for (const auto& [name, value] : r.headers_) message->insert(name, value);
     message->set(bhttp::field::content_type,
                  beast::string_view(content_type.data(), content_type.size()));
@@ -425,7 +457,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       if (ec || !self->reading_request_) return;
       self->request_timed_out_ = true;
       beast::error_code ignored;
+      // Ends the read in flight. With the receiving side shut too, a read
+      // begun after this (its predecessor's completion was already queued
+      // when the timer fired) fails at once: a trickle cannot outlive the
+      // deadline. The 408 still goes out on the sending side.
       self->stream_.tcp().socket().cancel(ignored);
+      self->stream_.tcp().socket().shutdown(tcp::socket::shutdown_receive, ignored);
     });
     bhttp::async_read_header(stream_, buffer_, *parser_,
                              [self](beast::error_code ec, std::size_t) { self->head_read(ec); });
@@ -523,7 +560,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     copy_head(message, *request);
     if (body_read) request->body = std::move(message.body());
     request->body_skipped = !body_read;
-    const bool keep_alive = body_read && message.keep_alive();
+    // HTTP/1.0 closes after its answer, `Connection: keep-alive` or not: the
+    // answer is HTTP/1.1, where keeping alive goes without saying, so a 1.0
+    // client asking for it would not be told, and would read to the close.
+    const bool keep_alive = body_read && message.keep_alive() && message.version() >= 11;
     http10_ = message.version() < 11;
     parser_.reset();
     if (state_->options.handlers_never_block) return serve_here(*request, keep_alive);
@@ -786,6 +826,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     auto answer = std::make_shared<bhttp::response<bhttp::string_body>>();  // refusal
     answer->result(static_cast<unsigned>(status));
     answer->version(11);
+    answer->set(bhttp::field::date, http_date());
     answer->set(bhttp::field::content_type, "application/json");
     if (!retry_after.empty()) answer->set(bhttp::field::retry_after, retry_after);
     answer->keep_alive(false);

@@ -152,6 +152,35 @@ TEST_CASE("http server: keep-alive, pipelining and request bodies", "[http][serv
   CHECK(f.seen_statuses() == std::vector<int>{200, 200, 200, 200, 200, 200, 200, 200, 200});
 }
 
+TEST_CASE("http server: HTTP/1.0 closes after its answer even when it asks to be kept alive",
+          "[http][server]") {
+  Fixture f;
+  RawHttpConnection socket = f.connect();
+  // The answer is HTTP/1.1, which would not tell a 1.0 client it stays
+  // open: such a client reads to the close.
+  send(socket, "GET /old HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+  HttpReply old = receive(socket);
+  CHECK(old.status == 200);
+  CHECK(old.header("connection") == "close");
+  CHECK(closed_by_server(socket));
+}
+
+TEST_CASE("http server: every answer carries a Date", "[http][server]") {
+  Fixture f;
+  const std::string imf_fixdate =
+      R"([A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT)";
+  RawHttpConnection socket = f.connect();
+  send(socket, "GET /dated HTTP/1.1\r\nHost: t\r\n\r\n");
+  HttpReply answer = receive(socket);
+  CHECK(answer.status == 200);
+  CHECK_THAT(answer.header("date"), Catch::Matchers::Matches(imf_fixdate));
+  RawHttpConnection hostless = f.connect();
+  send(hostless, "GET /dated HTTP/1.1\r\n\r\n");
+  HttpReply refused = receive(hostless);
+  CHECK(refused.status == 400);
+  CHECK_THAT(refused.header("date"), Catch::Matchers::Matches(imf_fixdate));
+}
+
 TEST_CASE("http server: wants_body answers a 100-continue request without its body",
           "[http][server]") {
   HttpServerOptions options = Fixture::small_options();
