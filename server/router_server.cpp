@@ -912,6 +912,16 @@ struct RouterServer::Impl {
     send_error(res, e);
   }
 
+  // Why this expert, as the headers and the trace say it: a named call's
+  // "bypass"; "last_resort" when every expert the request could use was
+  // cooling down and the invoke tried them anyway (the decision's own
+  // reason, `none_eligible`, would say nobody answered).
+  static std::string_view reason_shown(const InvokeResult& r, const ChatRequest& chat) {
+    if (chat.bypass) return "bypass";
+    if (r.last_resort) return "last_resort";
+    return to_string(r.decision.reason);
+  }
+
   // The answer's `torouter` member. Built in place with formats fmt
   // compiles, as it is made for every answer: a string per field and a
   // format parsed per call were a twentieth of a request's instructions.
@@ -925,8 +935,7 @@ struct RouterServer::Impl {
     // A named call has no routed pick (nor an X-Torouter-Routed-Expert).
     const Candidate* pick = chat.bypass ? nullptr : r.decision.pick();
     append_json_or_null(out, pick ? std::string_view(pick->name) : std::string_view());
-    fmt::format_to(to, FMT_COMPILE(",\"reason\":\"{}\",\"lambda_cost\":"),
-                   chat.bypass ? "bypass" : to_string(r.decision.reason));
+    fmt::format_to(to, FMT_COMPILE(",\"reason\":\"{}\",\"lambda_cost\":"), reason_shown(r, chat));
     append_json_number(out, chat.lambda_cost);
     out += ",\"quality_floor\":";
     if (chat.quality_floor) {
@@ -992,7 +1001,7 @@ struct RouterServer::Impl {
       fmt::format_to(std::back_inserter(value), FMT_COMPILE("{:.6g}"), shown->cost_usd);
       set("X-Torouter-Predicted-Cost-Usd");
     }
-    res.set_header("X-Torouter-Reason", chat.bypass ? "bypass" : to_string(r.decision.reason));
+    res.set_header("X-Torouter-Reason", reason_shown(r, chat));
     fmt::format_to(std::back_inserter(value), FMT_COMPILE("{}"), attempts);
     set("X-Torouter-Attempts");
     fmt::format_to(std::back_inserter(value), FMT_COMPILE("{}"), chat.lambda_cost);
