@@ -1184,6 +1184,9 @@ struct RouterServer::Impl {
     // stream's events allocate nothing once it has warmed up.
     x.event.clear();
     if (!x.started) {
+      // An answer though the decision had no eligible pick: the invoke's
+      // last resort (the stream's result, which says so, comes at its end).
+      x.shown.last_resort = x.shown.decision.pick() == nullptr;
       start_stream(x, x.shown, expert, x.call.upstream_calls);
       append_chunk_event(x.event, x.id, x.created, expert, kRoleDelta, "null", null_usage(x.chat));
     }

@@ -931,7 +931,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   // A step threw: the caller's `on_chunk`, a state store or a cost model.
   // The call in flight is recorded (the caller's doing, not the expert's
   // failure) and let go, what it holds is released, and the invoke ends
-  // with what was charged: a begun answer's cost, or an answer's whose
+  // with what was charged: a begun answer's cost, or that of an answer whose
   // hand-over threw.
   void fail_inside(std::string why) {
     if (in_attempt_ && expert_ != nullptr) {
