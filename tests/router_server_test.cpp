@@ -794,12 +794,14 @@ TEST_CASE("router server: a named expert obeys the budget, its cap and its enabl
     CHECK(res->status == 503);
     CHECK_THAT(res->body, Contains("at_capacity"));
     CHECK(res->header("Retry-After") == "1");  // a moment's refusal
-    // Routing time is routing's: not the 100 ms spent waiting for a slot.
+    // Routing time is routing's: not the 100 ms spent waiting for a slot
+    // (two routes, each well under a millisecond; the margin is for a
+    // loaded machine under a sanitizer).
     auto metrics = f.get("/metrics");
     REQUIRE(metrics);
     const auto sum_at = metrics->body.find("torouter_route_latency_seconds_sum ");
     REQUIRE(sum_at != std::string::npos);
-    CHECK(std::atof(metrics->body.c_str() + sum_at + 35) < 0.05);
+    CHECK(std::atof(metrics->body.c_str() + sum_at + 35) < 0.09);
   }
   SECTION("named calls turned off: 403") {
     Fixture f([](ServerConfig& c) { c.named_calls = false; });
