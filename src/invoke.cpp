@@ -909,11 +909,32 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   // Ends the invoke as cancelled, recording the attempt it cut when
   // `during_attempt`. Nothing is charged to the expert's health.
   void end_cancelled(bool during_attempt) {
+    let_go_of_call(during_attempt, {});
+    finish(InvokeError::Cancelled, "cancelled by the caller");
+  }
+
+  // A step threw: the caller's `on_chunk`, a state store or a cost model.
+  // The invoke ends as a cancel does, with what was charged: a begun
+  // answer's cost, or that of an answer whose hand-over threw.
+  void fail_inside(std::string why) {
+    let_go_of_call(in_attempt_ && expert_ != nullptr, why);
+    double charged = 0.0;
+    for (const Attempt& a : result_.attempts) charged += a.cost_usd;
+    result_.cost_usd = charged;
+    finish(InvokeError::AllFailed, std::move(why));
+  }
+
+  // Ends the invoke's hold on its expert for the caller's reason, not the
+  // expert's failure: the call in flight (when `during_attempt`) is
+  // recorded as cancelled, with `detail`, its stream dropped, and its slot
+  // and reservation released (a begun answer is charged).
+  void let_go_of_call(bool during_attempt, std::string detail) {
     if (during_attempt) {
       Attempt attempt;
       attempt.expert = (*router_.experts_)[expert_->expert_index].name;
       attempt.number = attempt_number_;
       attempt.outcome = AttemptOutcome::Cancelled;
+      attempt.detail = std::move(detail);
       attempt.waited = waited_;
       attempt.latency = elapsed_ms(attempt_start_);
       result_.attempts.push_back(std::move(attempt));
@@ -925,36 +946,6 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     } else {
       release_expert();
     }
-    finish(InvokeError::Cancelled, "cancelled by the caller");
-  }
-
-  // A step threw: the caller's `on_chunk`, a state store or a cost model.
-  // The call in flight is recorded (the caller's doing, not the expert's
-  // failure) and let go, what it holds is released, and the invoke ends
-  // with what was charged: a begun answer's cost, or that of an answer whose
-  // hand-over threw.
-  void fail_inside(std::string why) {
-    if (in_attempt_ && expert_ != nullptr) {
-      Attempt attempt;
-      attempt.expert = (*router_.experts_)[expert_->expert_index].name;
-      attempt.number = attempt_number_;
-      attempt.outcome = AttemptOutcome::Cancelled;
-      attempt.detail = why;
-      attempt.waited = waited_;
-      attempt.latency = elapsed_ms(attempt_start_);
-      result_.attempts.push_back(std::move(attempt));
-    }
-    in_attempt_ = false;
-    drop_stream();
-    if (chunks_delivered_) {
-      release_begun_answer();
-    } else {
-      release_expert();
-    }
-    double charged = 0.0;
-    for (const Attempt& a : result_.attempts) charged += a.cost_usd;
-    result_.cost_usd = charged;
-    finish(InvokeError::AllFailed, std::move(why));
   }
 
   // ---------------------------------------------------------------- results
