@@ -436,7 +436,7 @@ std::optional<ApiError> parse_chat_request(std::string_view body, const ExpertRe
     if (!chat.extra_json.empty()) chat.extra_json.push_back(',');
     chat.extra_json += json_string(key);
     chat.extra_json.push_back(':');
-    chat.extra_json += simdjson::minify(field.value);
+    detail::append_minified(chat.extra_json, field.value);
   }
   if (chat.stream && chat.choices > 1) {
     return bad_request(
@@ -450,7 +450,8 @@ std::optional<ApiError> parse_chat_request(std::string_view body, const ExpertRe
   chat.needs.tools = !chat.tools_param.empty();
   chat.needs.images = !chat.images_param.empty();
   chat.needs.json_output = !chat.json_param.empty();
-  chat.messages_json = simdjson::minify(messages);
+  chat.messages_json.clear();
+  detail::append_minified(chat.messages_json, messages);
   std::size_t chars = 0;
   chat.routing_text = routing_text_of(messages, chars);
   chat.input_tokens = std::max<std::size_t>(1, estimate_tokens_from_characters(chars));

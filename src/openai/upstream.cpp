@@ -166,14 +166,16 @@ void read_other_members(simdjson::dom::element doc, std::string& out) {
     if (!out.empty()) out.push_back(',');
     detail::append_json_string(out, field.key);
     out.push_back(':');
-    out += simdjson::minify(field.value);
+    detail::append_minified(out, field.value);
   }
 }
 
 // The `usage` object as sent, where there is one.
 void read_usage_json(simdjson::dom::element doc, ChatAnswer& answer) {
   simdjson::dom::object usage;
-  if (!doc["usage"].get(usage)) answer.usage_json = simdjson::minify(usage);
+  if (doc["usage"].get(usage)) return;
+  answer.usage_json.clear();
+  detail::append_minified(answer.usage_json, usage);
 }
 
 // What stream choice `choice` tells a client (see ChatCall::pieces_as_json),
@@ -195,7 +197,7 @@ void relay_piece(simdjson::dom::element choice, std::string& out) {
         detail::append_json_string(out, text);
         news = news || !text.empty();
       } else {
-        out += simdjson::minify(field.value);
+        detail::append_minified(out, field.value);
         news = news || !field.value.is_null();
       }
     }
@@ -204,7 +206,7 @@ void relay_piece(simdjson::dom::element choice, std::string& out) {
   simdjson::dom::element logprobs;
   if (!choice["logprobs"].get(logprobs) && !logprobs.is_null()) {
     out += ",\"logprobs\":";
-    out += simdjson::minify(logprobs);
+    detail::append_minified(out, logprobs);
     news = true;
   }
   if (!news) out.clear();
@@ -506,10 +508,11 @@ class ChatExchange {
     std::string_view content;
     if (!doc["choices"].at(0)["message"]["content"].get(content)) out.text = std::string(content);
     read_usage(doc, out);
-    simdjson::dom::element choice;
-    if (answer_ != nullptr && !doc["choices"].at(0).get(choice)) {
+    simdjson::dom::element choices, choice;
+    if (answer_ != nullptr && !doc["choices"].get(choices) && !choices.at(0).get(choice)) {
       read_answer(choice, *answer_);
-      answer_->choices_json = simdjson::minify(doc["choices"]);
+      answer_->choices_json.clear();
+      detail::append_minified(answer_->choices_json, choices);
       read_usage_json(doc, *answer_);
       read_other_members(doc, answer_->other_members_json);
     }
