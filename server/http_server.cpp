@@ -24,6 +24,7 @@
 #include <unordered_set>
 
 #include "openai/any_stream.hpp"
+#include "openai/head_text.hpp"
 #include "openai/io_threads.hpp"
 
 namespace torouter::server {
@@ -84,6 +85,12 @@ void copy_head(const bhttp::request<bhttp::string_body>& message, HttpRequest& r
     request.headers.emplace_back(text_of(field.name_string()), text_of(field.value()));
   }
 }
+
+// An answer's head and body, kept together until both are written.
+struct HeadAndBody {
+  std::string head;
+  std::string body;
+};
 
 // Why a request's head cannot be served as it is framed (RFC 9112), as
 // a status and a reason; status 0 when it can. Beast reads a body chunked
@@ -262,41 +269,50 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   bool http10() const { return http10_; }
 
+  // An answer's head, with its status and the headers set on `r`.
+  bhttp::response_header<> head_of(const HttpResponse& r, std::string_view content_type) {
+    bhttp::response_header<> head;
+    head.result(static_cast<unsigned>(r.status));
+    head.version(11);
+    head.set(bhttp::field::date, http_date());
+    r.for_each_header([&](std::string_view name, std::string_view value) {
+      head.insert(beast::string_view(name.data(), name.size()),
+                  beast::string_view(value.data(), value.size()));
+    });
+    if (!content_type.empty()) {
+      head.set(bhttp::field::content_type,
+               beast::string_view(content_type.data(), content_type.size()));
+    }
+    return head;
+  }
+
   // The answer as one message. Its body moves out of `r`: an answer is
   // sent once.
   WriteOp whole(HttpResponse& r) {
-    auto message = std::make_shared<bhttp::response<bhttp::string_body>>();
-    message->result(static_cast<unsigned>(r.status));
-    message->version(11);
-    message->set(bhttp::field::date, http_date());
-    for (const auto& [name, value] : r.headers_) message->insert(name, value);
-    if (!r.content_type_.empty()) message->set(bhttp::field::content_type, r.content_type_);
-    message->keep_alive(r.keep_alive_);
-    message->content_length(r.body_.size());
-    if (!r.head_only_) message->body() = std::move(r.body_);  // HEAD: the length, no body
-    return [this, message](Done done) {
-      bhttp::async_write(stream_, *message,
-                         [message, done](beast::error_code ec, std::size_t n) { done(ec, n); });
+    bhttp::response<bhttp::empty_body> message(head_of(r, r.content_type_));
+    message.keep_alive(r.keep_alive_);
+    message.content_length(r.body_.size());
+    auto text = std::make_shared<HeadAndBody>();
+    text->head = openai::head_text(message);
+    if (!r.head_only_) text->body = std::move(r.body_);  // HEAD: the length, no body
+    return [this, text](Done done) {
+      const std::array<asio::const_buffer, 2> both{asio::buffer(text->head),
+                                                   asio::buffer(text->body)};
+      asio::async_write(stream_, both,
+                        [text, done](beast::error_code ec, std::size_t n) { done(ec, n); });
     };
   }
 
   WriteOp stream_head(const HttpResponse& r, std::string_view content_type) {
-    auto message = std::make_shared<bhttp::response<bhttp::empty_body>>();
-    message->result(static_cast<unsigned>(r.status));
-    message->version(11);
-    message->set(bhttp::field::date, http_date());
-    for (const auto& [name, value] : r.headers_) message->insert(name, value);
-    message->set(bhttp::field::content_type,
-                 beast::string_view(content_type.data(), content_type.size()));
-    message->keep_alive(r.keep_alive_);
+    bhttp::response<bhttp::empty_body> message(head_of(r, content_type));
+    message.keep_alive(r.keep_alive_);
     // HTTP/1.0 has no chunked coding (RFC 9112, section 6.1): the body ends
     // where the connection does (`start_stream` cleared keep-alive).
-    message->chunked(!http10_);
-    auto serializer = std::make_shared<bhttp::response_serializer<bhttp::empty_body>>(*message);
-    return [this, message, serializer](Done done) {
-      bhttp::async_write_header(
-          stream_, *serializer,
-          [message, serializer, done](beast::error_code ec, std::size_t n) { done(ec, n); });
+    message.chunked(!http10_);
+    auto head = std::make_shared<const std::string>(openai::head_text(message));
+    return [this, head](Done done) {
+      asio::async_write(stream_, asio::buffer(*head),
+                        [head, done](beast::error_code ec, std::size_t n) { done(ec, n); });
     };
   }
 
@@ -598,7 +614,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return;
     }
     response.status = 500;
-    response.headers_.clear();
+    response.clear_headers();
     response.set_content(state_->refusal(500, "internal error: " + failure), "application/json");
   }
 
@@ -840,18 +856,33 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     });
   }
 
-  // Closes after draining what the client still sends for a moment.
+  // Closes after draining what the client still sends for a moment. Over
+  // TLS a close_notify goes first: without it a client cannot tell the
+  // end of an answer that ends at the close (HTTP/1.0's) from a cut one.
   void close() {
     reading_request_ = false;
     request_timer_.cancel();
+    drain_deadline_ = std::chrono::steady_clock::now() + kDrainTime;
+    if (!stream_.secure()) return close_tcp();
+    // Asio's shutdown sends the alert, then waits for the client's; a
+    // client that sends none is given kDrainQuiet (the stream's timeout
+    // then closes the socket).
+    stream_.tcp().expires_after(kDrainQuiet);
+    stream_.tls().async_shutdown(
+        [self = shared_from_this()](beast::error_code) { self->close_tcp(); });
+  }
+
+  void close_tcp() {
     beast::error_code ignored;
     stream_.tcp().socket().shutdown(tcp::socket::shutdown_send, ignored);
-    drain_deadline_ = std::chrono::steady_clock::now() + kDrainTime;
     drain();
   }
 
+  // Reads the socket itself, under TLS too: what comes after the close is
+  // dropped unread, encrypted or not.
   void drain() {
-    if (drained_ >= kMaxDrainBytes || std::chrono::steady_clock::now() >= drain_deadline_) {
+    if (!stream_.tcp().socket().is_open() || drained_ >= kMaxDrainBytes ||
+        std::chrono::steady_clock::now() >= drain_deadline_) {
       beast::error_code ignored;
       stream_.tcp().socket().close(ignored);
       return;
@@ -859,15 +890,16 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     stream_.tcp().expires_at(
         std::min(drain_deadline_, std::chrono::steady_clock::now() + kDrainQuiet));
     auto self = shared_from_this();
-    stream_.async_read_some(asio::buffer(scratch_), [self](beast::error_code ec, std::size_t n) {
-      self->drained_ += n;
-      if (ec) {
-        beast::error_code ignored;
-        self->stream_.tcp().socket().close(ignored);
-        return;
-      }
-      self->drain();
-    });
+    stream_.tcp().async_read_some(asio::buffer(scratch_),
+                                  [self](beast::error_code ec, std::size_t n) {
+                                    self->drained_ += n;
+                                    if (ec) {
+                                      beast::error_code ignored;
+                                      self->stream_.tcp().socket().close(ignored);
+                                      return;
+                                    }
+                                    self->drain();
+                                  });
   }
 
   std::shared_ptr<HttpServer::State> state_;
@@ -910,9 +942,13 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 // ------------------------------------------------------------ HttpResponse
 
 void HttpResponse::set_header(std::string_view name, std::string_view value) {
-  // Room for a routed answer's headers at once, not five regrowths.
-  if (headers_.empty()) headers_.reserve(16);
-  headers_.emplace_back(std::string(name), std::string(value));
+  // Room for a routed answer's headers at once, not several regrowths.
+  if (header_at_.empty()) {
+    header_at_.reserve(16);
+    header_text_.reserve(512);
+  }
+  header_at_.push_back({header_text_.size(), name.size(), value.size()});
+  header_text_.append(name).append(value);
 }
 
 void HttpResponse::set_content(std::string body, std::string_view content_type) {
@@ -951,7 +987,8 @@ std::shared_ptr<HttpResponse> HttpResponse::defer() {
   std::shared_ptr<HttpResponse> later(new HttpResponse(session_, keep_alive_, head_only_));
   later->status = status;
   // This one is handed over: nothing of it is sent but through `later`.
-  later->headers_ = std::move(headers_);
+  later->header_text_ = std::move(header_text_);
+  later->header_at_ = std::move(header_at_);
   later->content_type_ = std::move(content_type_);
   later->body_ = std::move(body_);
   later->deferred_ = true;

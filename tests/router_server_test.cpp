@@ -14,6 +14,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/write.hpp>
 #include <catch2/catch.hpp>
 #include <csignal>
 #include <cstdlib>
@@ -2106,6 +2110,53 @@ TEST_CASE("router server: the connection cap stays within the limit on open file
   }
   CHECK(status == 200);
   for (const int fd : idle) ::close(fd);
+}
+
+// Sends `request` over HTTPS and reads to the end of the connection, as a
+// client of an answer that ends at the close does; `answer` gets what was
+// read, and the result says how the reading ended: eof after the server's
+// close_notify, stream_truncated at a close without one.
+boost::system::error_code read_https_to_close(int port, const std::string& ca_file,
+                                              const std::string& request, std::string& answer) {
+  namespace asio = boost::asio;
+  asio::io_context io;
+  asio::ssl::context tls(asio::ssl::context::tls_client);
+  tls.load_verify_file(ca_file);
+  asio::ssl::stream<asio::ip::tcp::socket> stream(io, tls);
+  stream.set_verify_mode(asio::ssl::verify_peer);
+  stream.next_layer().connect(
+      {asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)});
+  stream.handshake(asio::ssl::stream_base::client);
+  asio::write(stream, asio::buffer(request));
+  boost::system::error_code ec;
+  char buffer[4096];
+  while (!ec) answer.append(buffer, stream.read_some(asio::buffer(buffer), ec));
+  return ec;
+}
+
+TEST_CASE("router server: an HTTPS answer that ends at the close ends with a close_notify",
+          "[server][tls]") {
+  const auto dir = torouter::testing::process_temp_dir("router_server_tls_close");
+  const auto cert = torouter::testing::make_certificate(dir, "IP:127.0.0.1,DNS:localhost");
+  Fixture f({}, &cert);
+  const std::string requests[] = {
+      "GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n",
+      "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+      "POST /v1/chat/completions HTTP/1.0\r\nHost: localhost\r\nContent-Type: "
+      "application/json\r\nContent-Length: " +
+          std::to_string(chat_body("router", kPrompt, true).size()) + "\r\n\r\n" +
+          chat_body("router", kPrompt, true)};
+  for (const std::string& request : requests) {
+    INFO(request.substr(0, request.find('\r')));
+    std::string answer;
+    const auto ended = read_https_to_close(f.port, cert.certificate, request, answer);
+    CHECK(answer.rfind("HTTP/1.1 200 OK", 0) == 0);
+    CHECK(ended == boost::asio::error::eof);
+  }
+  std::string answer;
+  read_https_to_close(f.port, cert.certificate, requests[2], answer);
+  CHECK_THAT(answer, Contains("data: [DONE]"));
+  std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("router server: HTTPS both ways, with a certificate made at test time", "[server][tls]") {

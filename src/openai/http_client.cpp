@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "openai/any_stream.hpp"
+#include "openai/head_text.hpp"
 #include "openai/io_threads.hpp"
 #include "torouter/abi.hpp"
 #include "torouter/error.hpp"
@@ -380,20 +381,23 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
   // ------------------------------------------------------------ the exchange
 
   void send() {
-    wire_ = {};
-    wire_.method(bhttp::verb::post);
-    wire_.target(request_.path);
-    wire_.version(11);
-    wire_.set(bhttp::field::host, shared_->endpoint.host_header);
-    wire_.set(bhttp::field::content_type, "application/json");
-    wire_.set(bhttp::field::accept, request_.accept);
+    bhttp::request<bhttp::empty_body> head;
+    head.method(bhttp::verb::post);
+    head.target(request_.path);
+    head.version(11);
+    head.set(bhttp::field::host, shared_->endpoint.host_header);
+    head.set(bhttp::field::content_type, "application/json");
+    head.set(bhttp::field::accept, request_.accept);
     if (!request_.authorization.empty()) {
-      wire_.set(bhttp::field::authorization, request_.authorization);
+      head.set(bhttp::field::authorization, request_.authorization);
     }
-    wire_.body() = request_.body;
-    wire_.prepare_payload();
+    head.content_length(request_.body.size());
+    // The head as one string beside the body, not copied (head_text.hpp).
+    head_text_ = head_text(head);
     arm();
-    bhttp::async_write(*connection_->stream, wire_, then(&Exchange::read_head));
+    const std::array<asio::const_buffer, 2> both{asio::buffer(head_text_),
+                                                 asio::buffer(request_.body)};
+    asio::async_write(*connection_->stream, both, then(&Exchange::read_head));
   }
 
   void read_head() {
@@ -527,7 +531,7 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
   std::optional<tcp::resolver> resolver_;
   std::optional<AnyStream::Timer> connect_timer_;
   bool resolve_timed_out_ = false;
-  bhttp::request<bhttp::string_body> wire_;
+  std::string head_text_;  // the request's head, written before its body
   std::optional<bhttp::response_parser<bhttp::buffer_body>> parser_;
   PostOutcome outcome_;
   bool busy_ = false;  // an operation is in flight
