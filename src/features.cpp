@@ -673,16 +673,20 @@ std::size_t take_set_bits(unsigned char* bitmap, std::size_t words, std::uint32_
     std::uint64_t word;
     std::memcpy(&word, bitmap + 8 * w, sizeof word);  // defined for any alignment
     std::memset(bitmap + 8 * w, 0, sizeof word);
-    const auto bits = static_cast<std::size_t>(__builtin_popcountll(word));
     const auto base = static_cast<std::uint32_t>(64 * w);
+    // The bits are counted as they are taken: __builtin_popcountll is a
+    // call into libgcc where the build targets CPUs without POPCNT (a
+    // fortieth of a routed request's instructions).
+    std::size_t bits = 0;
     for (std::size_t k = 0; k < kSpareKeys; ++k) {
+      bits += word != 0 ? 1 : 0;
       // The top bit set keeps ctz defined on an emptied word; that slot is spare.
       const auto bit = __builtin_ctzll(word | (std::uint64_t{1} << 63));
       out[n + k] = base + static_cast<std::uint32_t>(bit);
       word &= word - 1;
     }
-    for (std::size_t k = kSpareKeys; k < bits; ++k) {
-      out[n + k] = base + static_cast<std::uint32_t>(__builtin_ctzll(word));
+    for (; word != 0; ++bits) {
+      out[n + bits] = base + static_cast<std::uint32_t>(__builtin_ctzll(word));
       word &= word - 1;
     }
     n += bits;
