@@ -269,9 +269,11 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   bool http10() const { return http10_; }
 
-  // An answer's head, with its status and the headers set on `r`.
-  bhttp::response_header<> head_of(const HttpResponse& r, std::string_view content_type) {
-    bhttp::response_header<> head;
+  // An answer's head, its fields in an arena where it is written.
+  using AnswerHead = bhttp::response<bhttp::empty_body, openai::ArenaFields>;
+
+  // Sets on `head` the status and headers set on `r`.
+  void fill_head(AnswerHead& head, const HttpResponse& r, std::string_view content_type) {
     head.result(static_cast<unsigned>(r.status));
     head.version(11);
     head.set(bhttp::field::date, http_date());
@@ -283,13 +285,15 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       head.set(bhttp::field::content_type,
                beast::string_view(content_type.data(), content_type.size()));
     }
-    return head;
   }
 
   // The answer as one message. Its body moves out of `r`: an answer is
   // sent once.
   WriteOp whole(HttpResponse& r) {
-    bhttp::response<bhttp::empty_body> message(head_of(r, r.content_type_));
+    openai::HeadArena arena;
+    AnswerHead message(std::piecewise_construct, std::make_tuple(),
+                       std::make_tuple(arena.allocator()));
+    fill_head(message, r, r.content_type_);
     message.keep_alive(r.keep_alive_);
     message.content_length(r.body_.size());
     auto text = std::make_shared<HeadAndBody>();
@@ -304,7 +308,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   WriteOp stream_head(const HttpResponse& r, std::string_view content_type) {
-    bhttp::response<bhttp::empty_body> message(head_of(r, content_type));
+    openai::HeadArena arena;
+    AnswerHead message(std::piecewise_construct, std::make_tuple(),
+                       std::make_tuple(arena.allocator()));
+    fill_head(message, r, content_type);
     message.keep_alive(r.keep_alive_);
     // HTTP/1.0 has no chunked coding (RFC 9112, section 6.1): the body ends
     // where the connection does (`start_stream` cleared keep-alive).

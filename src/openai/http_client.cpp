@@ -381,7 +381,9 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
   // ------------------------------------------------------------ the exchange
 
   void send() {
-    bhttp::request<bhttp::empty_body> head;
+    HeadArena arena;
+    bhttp::request<bhttp::empty_body, ArenaFields> head(std::piecewise_construct, std::make_tuple(),
+                                                        std::make_tuple(arena.allocator()));
     head.method(bhttp::verb::post);
     head.target(request_.path);
     head.version(11);
