@@ -193,6 +193,8 @@ struct HttpServer::State {
   std::vector<std::thread> workers;
   bool workers_stop = false;
   std::unordered_set<HttpSession*> sessions;
+  // Of `sessions`, those refused at the connection cap (kMostRefusalsAtOnce).
+  std::size_t refusing = 0;
   // Bytes of deferred answers queued for slow clients, on every connection.
   std::atomic<std::size_t> queued_answer_bytes{0};
   std::atomic<bool> stopping{false};
@@ -225,6 +227,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     set_queued_bytes(0);
     std::lock_guard<std::mutex> lock(state_->mutex);
     state_->sessions.erase(this);
+    if (refused_at_cap_) --state_->refusing;
     // Only `run` and `stop` wait on `changed`, and only for the last
     // session once stopping (set under this lock, then notified). Waking
     // them on every close cost each connection two context switches and a
@@ -237,8 +240,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     after_handshake([self] { self->wait_for_request(); });
   }
 
-  // Refuses the connection at once (past the connection cap).
+  // Refuses the connection at once (past the connection cap). The accept
+  // counted it in `refusing`; its end uncounts it.
   void refuse_now(int status, std::string message, std::string retry_after) {
+    refused_at_cap_ = true;
     auto self = shared_from_this();
     asio::dispatch(stream_.get_executor(), [self, status, message, retry_after] {
       self->after_handshake(
@@ -943,6 +948,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   std::atomic<bool> broken_{false};
   std::chrono::steady_clock::time_point drain_deadline_;
   std::size_t drained_ = 0;
+  bool refused_at_cap_ = false;  // counted in State::refusing
   char scratch_[16 * 1024];
 };
 
@@ -1063,13 +1069,18 @@ void accept_next(const std::shared_ptr<HttpServer::State>& state) {
         // answer after the first on a kept-alive connection waited so long.
         beast::error_code ignored;
         socket.set_option(tcp::no_delay(true), ignored);
-        std::size_t open = 0;
+        bool over_cap = false;
         {
           std::lock_guard<std::mutex> lock(state->mutex);
-          open = state->sessions.size();
+          over_cap = state->sessions.size() - state->refusing >= state->options.max_connections;
+          if (over_cap && state->refusing >= kMostRefusalsAtOnce) {
+            socket.close(ignored);  // its descriptor is worth more than its 503
+            return accept_next(state);
+          }
+          if (over_cap) ++state->refusing;
         }
         auto session = std::make_shared<HttpSession>(state, std::move(socket));
-        if (open >= state->options.max_connections) {
+        if (over_cap) {
           session->refuse_now(503, "the server is busy: too many open connections", "1");
         } else {
           session->start();

@@ -136,6 +136,13 @@ class HttpResponse {
   std::shared_ptr<CancelSignal> gone_ = std::make_shared<CancelSignal>();
 };
 
+/// Connections past `HttpServerOptions::max_connections` being refused at
+/// once: each keeps its descriptor while its 503 goes out and its client is
+/// drained (up to 2 s), so a flood of them could take the descriptors
+/// that the connections within the cap need for their upstream calls.
+/// Beyond these, a connection over the cap is closed unanswered.
+inline constexpr std::size_t kMostRefusalsAtOnce = 64;
+
 struct HttpServerOptions {
   /// Worker threads that run handlers, one request each at a time.
   std::size_t threads = 64;
@@ -156,7 +163,9 @@ struct HttpServerOptions {
   bool handlers_never_block = false;
   /// Requests that have arrived and wait for a worker; past it, 503.
   std::size_t max_queued_requests = 4096;
-  /// Open connections; past it a new one gets 503 and is closed.
+  /// Open connections; past it a new one gets 503 and is closed, or, while
+  /// kMostRefusalsAtOnce such refusals are still going out, closed
+  /// unanswered.
   std::size_t max_connections = 10000;
   std::size_t max_body_bytes = 1 << 20;
   std::size_t max_head_bytes = 64 * 1024;

@@ -1460,12 +1460,13 @@ struct RouterServer::Impl {
   // Descriptors the server needs besides its connections: what it holds
   // now, the listener's, its I/O threads' (Asio opens them with a thread's
   // first socket or timer, after this count), each expert's pool of idle
-  // upstream connections (an expert no longer picked keeps its pool), and
-  // a spare few (open_files.hpp).
+  // upstream connections (an expert no longer picked keeps its pool), the
+  // connections being refused past the cap (kMostRefusalsAtOnce), and a
+  // spare few (open_files.hpp).
   std::size_t reserved_descriptors() const {
     const std::size_t open = open_descriptors();
     std::size_t reserved = (open > 0 ? open : kDescriptorsWhenUncounted) + 1 + kSpareDescriptors;
-    reserved += kDescriptorsPerIoThread * io_threads;
+    reserved += kDescriptorsPerIoThread * io_threads + kMostRefusalsAtOnce;
     for (const auto& expert : config.experts) reserved += expert.upstream.max_idle_connections;
     return reserved;
   }
@@ -1480,7 +1481,8 @@ struct RouterServer::Impl {
     std::cerr << fmt::format(
         "torouter-server: listen.max_connections lowered from {} to {}: the process may open "
         "{} files, and each connection may need two (its client's and its upstream's) besides "
-        "{} for the rest (open now, I/O threads, idle upstream pools, spare); raise the limit "
+        "{} for the rest (open now, I/O threads, idle upstream pools, refusals past the cap, "
+        "spare); raise the limit "
         "(ulimit -n, systemd's LimitNOFILE=) to hold more\n",
         config.max_connections, within, limit, reserved);
     return within;

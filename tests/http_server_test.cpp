@@ -3,9 +3,15 @@
 // pipelining, chunked bodies, 100-continue, refusals, streaming, stop.
 #include "http_server.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <filesystem>
 #include <functional>
 #include <mutex>
 #include <stdexcept>
@@ -14,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "open_files.hpp"
 #include "support/raw_http.hpp"
 
 using namespace torouter::server;
@@ -402,6 +409,46 @@ TEST_CASE("http server: past its caps, 503 with Retry-After", "[http][server]") 
     server.stop();
     running.join();
   }
+}
+
+TEST_CASE("http server: connections refused at the cap hold a bounded number of descriptors",
+          "[http][server]") {
+  // Past the cap each connection is refused with a 503 and drained for as
+  // long as its client sends (here silent: 0.5 s), keeping its descriptor;
+  // at most kMostRefusalsAtOnce do so at once, and the rest are closed
+  // unanswered. The clients are plain sockets of this process, one
+  // descriptor each, so what the server holds is the rest of the count.
+  HttpServerOptions options = Fixture::small_options();
+  options.max_connections = 1;
+  Fixture f(options);
+  RawHttpConnection served = f.connect();
+  send(served, "GET /a HTTP/1.1\r\nHost: t\r\n\r\n");
+  CHECK(receive(served).status == 200);
+  const std::size_t before = torouter::server::open_descriptors();
+  constexpr std::size_t kFlood = 3 * torouter::server::kMostRefusalsAtOnce;
+  std::vector<int> flood;
+  for (std::size_t i = 0; i < kFlood; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<std::uint16_t>(f.port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
+    flood.push_back(fd);
+  }
+  // Accepted by now, and still within the refusals' 0.5 s drain.
+  std::this_thread::sleep_for(milliseconds(200));
+  const std::size_t held_by_server = torouter::server::open_descriptors() - before - kFlood;
+  CHECK(held_by_server <= torouter::server::kMostRefusalsAtOnce + 4);
+  // The first past the cap got its 503.
+  char head[64] = {};
+  CHECK(::recv(flood.front(), head, sizeof head - 1, 0) > 0);
+  CHECK(std::string(head).rfind("HTTP/1.1 503", 0) == 0);
+  for (const int fd : flood) ::close(fd);
+  // The connection within the cap is served as before.
+  send(served, "GET /b HTTP/1.1\r\nHost: t\r\n\r\n");
+  CHECK(receive(served).status == 200);
 }
 
 TEST_CASE("http server: a client that takes no bytes for write_timeout is cut off",
