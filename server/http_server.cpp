@@ -237,17 +237,34 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   void start() {
     auto self = shared_from_this();
-    after_handshake([self] { self->wait_for_request(); });
+    after_handshake([self] { self->wait_for_request(); }, state_->options.read_timeout);
   }
 
-  // Refuses the connection at once (past the connection cap). The accept
-  // counted it in `refusing`; its end uncounts it.
-  void refuse_now(int status, std::string message, std::string retry_after) {
+  // What becomes of a new connection: served when the others (refusals
+  // aside) are under the cap; else refused, while fewer than
+  // kMostRefusalsAtOnce refusals are going out (counted here, under the
+  // lock, so that the session's end uncounts it whatever happens next);
+  // else dropped unanswered.
+  enum class Entry { serve, refuse, drop };
+  Entry entry() {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    const std::size_t others = state_->sessions.size() - 1 - state_->refusing;
+    if (others < state_->options.max_connections) return Entry::serve;
+    if (state_->refusing >= kMostRefusalsAtOnce) return Entry::drop;
+    ++state_->refusing;
     refused_at_cap_ = true;
+    return Entry::refuse;
+  }
+
+  // Refuses the connection at once (past the connection cap). A TLS
+  // client has kDrainTime for its handshake, not read_timeout: a refusal
+  // holds one of the few slots for refusals.
+  void refuse_now(int status, std::string message, std::string retry_after) {
     auto self = shared_from_this();
     asio::dispatch(stream_.get_executor(), [self, status, message, retry_after] {
       self->after_handshake(
-          [self, status, message, retry_after] { self->refuse(status, message, retry_after); });
+          [self, status, message, retry_after] { self->refuse(status, message, retry_after); },
+          kDrainTime);
     });
   }
 
@@ -416,9 +433,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // Runs `next` once the connection can carry HTTP: at once over plain TCP,
   // after the TLS handshake otherwise. The handshake has the request
   // deadline, so a client that stalls in it is cut like one that trickles.
-  void after_handshake(std::function<void()> next) {
+  void after_handshake(std::function<void()> next, std::chrono::steady_clock::duration deadline) {
     if (!stream_.secure()) return next();
-    stream_.tcp().expires_after(state_->options.read_timeout);
+    stream_.tcp().expires_after(deadline);
     idle_ = true;  // a stop ends a handshake as it ends an idle wait
     auto self = shared_from_this();
     stream_.tls().async_handshake(
@@ -876,10 +893,12 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     request_timer_.cancel();
     drain_deadline_ = std::chrono::steady_clock::now() + kDrainTime;
     if (!stream_.secure()) return close_tcp();
-    // Asio's shutdown sends the alert, then waits for the client's; a
-    // client that sends none is given kDrainQuiet (the stream's timeout
-    // then closes the socket).
-    stream_.tcp().expires_after(kDrainQuiet);
+    // One way: marked as if the client's alert had come, OpenSSL's
+    // shutdown only sends ours, where Asio's would wait for the client's
+    // (which many clients never send). The drain takes what follows. The
+    // alert is a write like any other, given write_timeout.
+    SSL_set_shutdown(stream_.tls().native_handle(), SSL_RECEIVED_SHUTDOWN);
+    stream_.tcp().expires_after(state_->options.write_timeout);
     stream_.tls().async_shutdown(
         [self = shared_from_this()](beast::error_code) { self->close_tcp(); });
   }
@@ -1069,21 +1088,16 @@ void accept_next(const std::shared_ptr<HttpServer::State>& state) {
         // answer after the first on a kept-alive connection waited so long.
         beast::error_code ignored;
         socket.set_option(tcp::no_delay(true), ignored);
-        bool over_cap = false;
-        {
-          std::lock_guard<std::mutex> lock(state->mutex);
-          over_cap = state->sessions.size() - state->refusing >= state->options.max_connections;
-          if (over_cap && state->refusing >= kMostRefusalsAtOnce) {
-            socket.close(ignored);  // its descriptor is worth more than its 503
-            return accept_next(state);
-          }
-          if (over_cap) ++state->refusing;
-        }
         auto session = std::make_shared<HttpSession>(state, std::move(socket));
-        if (over_cap) {
-          session->refuse_now(503, "the server is busy: too many open connections", "1");
-        } else {
-          session->start();
+        switch (session->entry()) {
+          case HttpSession::Entry::serve:
+            session->start();
+            break;
+          case HttpSession::Entry::refuse:
+            session->refuse_now(503, "the server is busy: too many open connections", "1");
+            break;
+          case HttpSession::Entry::drop:
+            break;  // closed as the session goes: its descriptor is worth more than its 503
         }
         accept_next(state);
       });

@@ -137,10 +137,11 @@ class HttpResponse {
 };
 
 /// Connections past `HttpServerOptions::max_connections` being refused at
-/// once: each keeps its descriptor while its 503 goes out and its client is
-/// drained (up to 2 s), so a flood of them could take the descriptors
-/// that the connections within the cap need for their upstream calls.
-/// Beyond these, a connection over the cap is closed unanswered.
+/// once: each keeps its descriptor while its TLS handshake (up to 2 s), its
+/// 503 and the drain of its client (up to 2 s) go on, so a flood of them
+/// could take the descriptors that the connections within the cap need for
+/// their upstream calls. Beyond these, a connection over the cap is closed
+/// unanswered.
 inline constexpr std::size_t kMostRefusalsAtOnce = 64;
 
 struct HttpServerOptions {

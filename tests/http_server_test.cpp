@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -22,6 +23,8 @@
 
 #include "open_files.hpp"
 #include "support/raw_http.hpp"
+#include "support/temp_dir.hpp"
+#include "support/test_certificate.hpp"
 
 using namespace torouter::server;
 using Catch::Matchers::Contains;
@@ -420,6 +423,7 @@ TEST_CASE("http server: connections refused at the cap hold a bounded number of 
   // descriptor each, so what the server holds is the rest of the count.
   HttpServerOptions options = Fixture::small_options();
   options.max_connections = 1;
+  options.idle_timeout = std::chrono::seconds(60);  // `served` outlives the flood, however slow
   Fixture f(options);
   RawHttpConnection served = f.connect();
   send(served, "GET /a HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -442,6 +446,8 @@ TEST_CASE("http server: connections refused at the cap hold a bounded number of 
   const std::size_t held_by_server = torouter::server::open_descriptors() - before - kFlood;
   CHECK(held_by_server <= torouter::server::kMostRefusalsAtOnce + 4);
   // The first past the cap got its 503.
+  const timeval wait{5, 0};
+  ::setsockopt(flood.front(), SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
   char head[64] = {};
   CHECK(::recv(flood.front(), head, sizeof head - 1, 0) > 0);
   CHECK(std::string(head).rfind("HTTP/1.1 503", 0) == 0);
@@ -449,6 +455,42 @@ TEST_CASE("http server: connections refused at the cap hold a bounded number of 
   // The connection within the cap is served as before.
   send(served, "GET /b HTTP/1.1\r\nHost: t\r\n\r\n");
   CHECK(receive(served).status == 200);
+}
+
+TEST_CASE("http server: a TLS connection refused at the cap has 2 s for its handshake",
+          "[http][server][tls]") {
+  // A refusal holds one of kMostRefusalsAtOnce slots until it ends: a
+  // client past the cap that never begins its handshake is let go after
+  // 2 s, not read_timeout (30 s), or a few such clients would leave every
+  // other one past the cap unanswered.
+  const auto dir = torouter::testing::process_temp_dir("http_server_tls_refusal");
+  const auto cert = torouter::testing::make_certificate(dir, "IP:127.0.0.1");
+  HttpServerOptions options = Fixture::small_options();
+  options.max_connections = 1;
+  options.tls_cert_file = cert.certificate;
+  options.tls_key_file = cert.key;
+  Fixture f(options);
+  auto connect = [&] {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<std::uint16_t>(f.port));
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
+    const timeval wait{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    return fd;
+  };
+  const int within = connect();  // within the cap, silent: it has read_timeout
+  std::this_thread::sleep_for(milliseconds(100));
+  const int past = connect();  // past the cap, silent
+  const auto start = std::chrono::steady_clock::now();
+  char byte = 0;
+  CHECK(::recv(past, &byte, 1, 0) == 0);  // closed by the server, not the 10 s wait
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(8));
+  ::close(past);
+  ::close(within);
 }
 
 TEST_CASE("http server: a client that takes no bytes for write_timeout is cut off",
