@@ -29,6 +29,7 @@
 using namespace torouter::server;
 using Catch::Matchers::Contains;
 using std::chrono::milliseconds;
+using namespace std::chrono_literals;
 using torouter::test::HttpReply;
 using torouter::test::RawHttpConnection;
 
@@ -103,6 +104,22 @@ void send(RawHttpConnection& connection, std::string_view data) { REQUIRE(connec
 HttpReply receive(RawHttpConnection& connection) { return connection.receive(); }
 
 bool closed_by_server(RawHttpConnection& connection) { return connection.closed_by_server(); }
+
+// A plain socket connected to the server, one descriptor and nothing else
+// (RawHttpConnection brings an Asio context of its own); its reads give
+// up after `read_timeout`.
+int plain_socket_to(int port, std::chrono::seconds read_timeout) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<std::uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
+  const timeval wait{static_cast<time_t>(read_timeout.count()), 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+  return fd;
+}
 
 }  // namespace
 
@@ -431,23 +448,12 @@ TEST_CASE("http server: connections refused at the cap hold a bounded number of 
   const std::size_t before = torouter::server::open_descriptors();
   constexpr std::size_t kFlood = 3 * torouter::server::kMostRefusalsAtOnce;
   std::vector<int> flood;
-  for (std::size_t i = 0; i < kFlood; ++i) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(static_cast<std::uint16_t>(f.port));
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
-    flood.push_back(fd);
-  }
+  for (std::size_t i = 0; i < kFlood; ++i) flood.push_back(plain_socket_to(f.port, 5s));
   // Accepted by now, and still within the refusals' 0.5 s drain.
   std::this_thread::sleep_for(milliseconds(200));
   const std::size_t held_by_server = torouter::server::open_descriptors() - before - kFlood;
   CHECK(held_by_server <= torouter::server::kMostRefusalsAtOnce + 4);
   // The first past the cap got its 503.
-  const timeval wait{5, 0};
-  ::setsockopt(flood.front(), SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
   char head[64] = {};
   CHECK(::recv(flood.front(), head, sizeof head - 1, 0) > 0);
   CHECK(std::string(head).rfind("HTTP/1.1 503", 0) == 0);
@@ -470,21 +476,9 @@ TEST_CASE("http server: a TLS connection refused at the cap has 2 s for its hand
   options.tls_cert_file = cert.certificate;
   options.tls_key_file = cert.key;
   Fixture f(options);
-  auto connect = [&] {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_port = htons(static_cast<std::uint16_t>(f.port));
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
-    const timeval wait{10, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
-    return fd;
-  };
-  const int within = connect();  // within the cap, silent: it has read_timeout
+  const int within = plain_socket_to(f.port, 10s);  // within the cap, silent: it has read_timeout
   std::this_thread::sleep_for(milliseconds(100));
-  const int past = connect();  // past the cap, silent
+  const int past = plain_socket_to(f.port, 10s);  // past the cap, silent
   const auto start = std::chrono::steady_clock::now();
   char byte = 0;
   CHECK(::recv(past, &byte, 1, 0) == 0);  // closed by the server, not the 10 s wait

@@ -4,8 +4,9 @@
 // requests go out as this string and their body, two buffers. Written
 // through the serializer instead, a head is a buffer sequence in layers (a
 // prefix of a suffix of a concatenation of a buffer for each field) that
-// every step of a write walks again: about 12,000 instructions an answer,
-// where this copy costs a few hundred (docs/BENCHMARKS.md). Internal.
+// every step of a write walks again: about 13,000 of a routed request's
+// instructions for its answer and its upstream request together, where
+// these copies cost a few hundred (docs/BENCHMARKS.md). Internal.
 #pragma once
 
 #include <boost/asio/buffer.hpp>
