@@ -7,6 +7,12 @@
 #   benchmarks/compile_times.sh                 # Release, g++
 #   CXX=clang++-14 CXXFLAGS="-fsanitize=address,undefined" \
 #     benchmarks/compile_times.sh build-times-asan RelWithDebInfo
+#   # CI's ASan tree (scripts/configure-asan): further arguments go to cmake
+#   CXX=clang++-14 CXXFLAGS="-fsanitize=fuzzer-no-link,address,undefined \
+#     -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+#     benchmarks/compile_times.sh build-times-asan RelWithDebInfo \
+#     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -gline-tables-only -DNDEBUG" \
+#     -DTOROUTER_BUILD_BENCHMARKS=OFF -DTOROUTER_BUILD_FUZZERS=ON
 set -euo pipefail
 if [ "${1:-}" = --time-one ]; then  # launcher mode: time one compiler call
   shift
@@ -23,10 +29,11 @@ fi
 cd "$(dirname "$0")/.."
 build_dir="${1:-build-times}"
 build_type="${2:-Release}"
+shift $(($# < 2 ? $# : 2))
 rm -rf "$build_dir"
-log="$PWD/$build_dir/compile_times.log"
+log="$(realpath -m "$build_dir")/compile_times.log"
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE="$build_type" \
-  -DCMAKE_CXX_COMPILER_LAUNCHER="$PWD/benchmarks/compile_times.sh;--time-one;$log" >/dev/null
+  -DCMAKE_CXX_COMPILER_LAUNCHER="$PWD/benchmarks/compile_times.sh;--time-one;$log" "$@" >/dev/null
 start=$SECONDS
 cmake --build "$build_dir" -j"$(nproc)" >/dev/null
 echo "wall: $((SECONDS - start)) s"
