@@ -148,3 +148,8 @@ failures=$(curl -s "http://127.0.0.1:$server_port/metrics" |
   awk '/^torouter_expert_failures_total/ { s += $2 } END { print s + 0 }')
 echo "wrk completed $total requests through torouter; the server answered $((answered - warm)) with 200" \
      "(some may be cut off at the end of a run); upstream failures: $failures"
+# What the server held at its most (VmHWM) and holds now (VmRSS): what
+# stays per request shows over a run longer than its timeouts.
+awk '/^VmHWM/ { hwm = $2 } /^VmRSS/ { rss = $2 }
+     END { printf "server memory: peak RSS %.1f MB, RSS at the end %.1f MB\n", hwm / 1024, rss / 1024 }' \
+  "/proc/$server_pid/status"

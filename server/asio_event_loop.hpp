@@ -17,6 +17,8 @@ class AsioEventLoop final : public EventLoop {
   explicit AsioEventLoop(std::shared_ptr<openai::IoThreads> io) : io_(std::move(io)) {}
   void post(std::function<void()> task) override;
   void post_after(std::chrono::milliseconds delay, std::function<void()> task) override;
+  WithdrawTask post_after_withdrawable(std::chrono::milliseconds delay,
+                                       std::function<void()> task) override;
   bool runs_here() const override;
 
  private:

@@ -1,6 +1,8 @@
 // RunLoop; see torouter/event_loop.hpp.
 #include "torouter/event_loop.hpp"
 
+#include <atomic>
+#include <memory>
 #include <utility>
 
 #include "torouter/abi.hpp"
@@ -16,15 +18,50 @@ void RunLoop::post(std::function<void()> task) {
   wake_.notify_one();
 }
 
+WithdrawTask EventLoop::post_after_withdrawable(std::chrono::milliseconds delay,
+                                                std::function<void()> task) {
+  auto withdrawn = std::make_shared<std::atomic<bool>>(false);
+  post_after(delay, [withdrawn, task = std::move(task)] {
+    if (!withdrawn->load()) task();
+  });
+  return [withdrawn] { withdrawn->store(true); };
+}
+
 void RunLoop::post_after(std::chrono::milliseconds delay, std::function<void()> task) {
   if (!task) return;
+  add_timer(delay, std::move(task));
+}
+
+WithdrawTask RunLoop::post_after_withdrawable(std::chrono::milliseconds delay,
+                                              std::function<void()> task) {
+  if (!task) return [] {};
+  const TimerKey key = add_timer(delay, std::move(task));
+  return [this, key] {
+    std::function<void()> dropped;  // its captures are let go outside the lock
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto found = timers_.find(key);
+    if (found == timers_.end()) return;  // run (or running) already
+    dropped = std::move(found->second);
+    timers_.erase(found);
+  };
+}
+
+std::size_t RunLoop::pending_timers() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return timers_.size();
+}
+
+RunLoop::TimerKey RunLoop::add_timer(std::chrono::milliseconds delay, std::function<void()> task) {
+  TimerKey key;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    timers_.push(Timer{Clock::now() + delay, sequence_++, std::move(task)});
+    key = TimerKey(Clock::now() + delay, sequence_++);
+    timers_.emplace(key, std::move(task));
   }
   // Every runner, since the new timer may fall due before the one each
   // sleeps for.
   wake_.notify_all();
+  return key;
 }
 
 std::function<void()> RunLoop::next_task() {
@@ -34,9 +71,9 @@ std::function<void()> RunLoop::next_task() {
     const Clock::time_point now = Clock::now();
     // Due timers join the ready queue in due order, so a timer never
     // overtakes a task posted before it fell due.
-    while (!timers_.empty() && timers_.top().due <= now) {
-      ready_.push_back(std::move(const_cast<Timer&>(timers_.top()).task));
-      timers_.pop();
+    while (!timers_.empty() && timers_.begin()->first.first <= now) {
+      ready_.push_back(std::move(timers_.begin()->second));
+      timers_.erase(timers_.begin());
     }
     if (!ready_.empty()) {
       std::function<void()> task = std::move(ready_.front());
@@ -46,9 +83,9 @@ std::function<void()> RunLoop::next_task() {
     if (timers_.empty()) {
       wake_.wait(lock);
     } else {
-      // A copy: while this thread waits, a post_after on another may grow
-      // the queue and move the timer the reference would point into.
-      const Clock::time_point due = timers_.top().due;
+      // A copy: while this thread waits, a withdrawal on another may
+      // erase the timer a reference would point into.
+      const Clock::time_point due = timers_.begin()->first.first;
       wake_.wait_until(lock, due);
     }
   }

@@ -180,8 +180,19 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     if (delay.count() < 0) {
       loop_->post(std::move(task));
     } else {
-      loop_->post_after(delay, std::move(task));
+      withdraw_timer();  // one of an ended wait, or the one running this
+      withdraw_timer_ = loop_->post_after_withdrawable(delay, std::move(task));
     }
+  }
+
+  // The loop lets go of the pending timer: its wait has ended (a call
+  // that answered before its deadline, say), so it would only do nothing
+  // when it fell due, maybe a minute later.
+  void withdraw_timer() {
+    if (!withdraw_timer_) return;
+    WithdrawTask withdraw = std::move(withdraw_timer_);
+    withdraw_timer_ = nullptr;
+    withdraw();
   }
 
   // Runs `step` under the lock unless the invoke is over or the wait of
@@ -234,7 +245,10 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   }
 
   // Starts a new wait: events posted for earlier waits are ignored from now.
-  std::uint64_t new_wait() { return ++token_; }
+  std::uint64_t new_wait() {
+    withdraw_timer();
+    return ++token_;
+  }
 
   // ------------------------------------------------------ the candidate walk
 
@@ -969,6 +983,7 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
     result_.error_message = std::move(message);
     finished_ = true;
     leave_slot_queue();
+    withdraw_timer();
   }
 
   // Takes this invoke's wake-up out of the router's queue, if it is there:
@@ -1010,6 +1025,8 @@ class Router::InvokeRun : public std::enable_shared_from_this<InvokeRun> {
   // never stops matching.
   std::uint64_t token_ = 1;
   static constexpr std::uint64_t kCancelToken = 0;
+  // Withdraws the timer of the current wait, if one is pending.
+  WithdrawTask withdraw_timer_;
   std::uint64_t cancel_id_ = 0;
 
   // The walk: the candidates to try in order, and where the pass stands.

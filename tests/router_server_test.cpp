@@ -32,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include "asio_event_loop.hpp"
 #include "open_files.hpp"
 #include "stand_in_upstream.hpp"
 #include "support/default_router_files.hpp"
@@ -2191,4 +2192,29 @@ TEST_CASE("router server: HTTPS both ways, with a certificate made at test time"
   CHECK_FALSE(untrusted.ok());
   CHECK_THAT(untrusted.error_message, Contains("certificate"));
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("the server's event loop drops a withdrawn timer at once, and runs the others") {
+  auto io = std::make_shared<torouter::openai::IoThreads>(2);
+  torouter::server::AsioEventLoop loop(io);
+  auto held = std::make_shared<int>(0);
+  std::atomic<int> ran{0};
+  std::atomic<int> withdrawn_ran{0};
+  auto withdraw_later =
+      loop.post_after_withdrawable(1h, [held, &withdrawn_ran] { ++withdrawn_ran; });
+  auto withdraw_soon = loop.post_after_withdrawable(20ms, [&withdrawn_ran] { ++withdrawn_ran; });
+  loop.post_after_withdrawable(10ms, [&ran] { ++ran; });
+  withdraw_later();
+  withdraw_soon();
+  // The hour's timer goes with its task and what that holds, not in an hour.
+  const auto give_up = std::chrono::steady_clock::now() + 5s;
+  while ((held.use_count() > 1 || ran == 0) && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(1ms);
+  }
+  CHECK(held.use_count() == 1);
+  CHECK(ran == 1);
+  std::this_thread::sleep_for(50ms);  // past the withdrawn 20 ms
+  CHECK(withdrawn_ran == 0);
+  withdraw_later();  // again: nothing
+  io->stop();
 }

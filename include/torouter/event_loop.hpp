@@ -17,20 +17,24 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <mutex>
-#include <queue>
-#include <vector>
+#include <utility>
 
 #include "torouter/abi.hpp"
 
 TOROUTER_BEGIN_NAMESPACE
 
+/// Withdraws a task posted with `EventLoop::post_after_withdrawable`.
+using WithdrawTask = std::function<void()>;
+
 /// Runs tasks for the router. Implementations must be safe to call from
-/// any thread, and must never run a task inside `post` or `post_after`
-/// itself (the router may hold a lock while posting).
+/// any thread, and must never run a task inside `post`, `post_after` or
+/// a withdrawal itself (the router may hold a lock while posting).
 class EventLoop {
  public:
   virtual ~EventLoop() = default;
@@ -38,6 +42,17 @@ class EventLoop {
   virtual void post(std::function<void()> task) = 0;
   /// Runs `task` on a thread of the loop once `delay` has passed.
   virtual void post_after(std::chrono::milliseconds delay, std::function<void()> task) = 0;
+  /// As `post_after`, and returns a function that withdraws the task:
+  /// called before the task falls due, the task never runs; called later,
+  /// it may still run. Call it from any thread while the loop exists, one
+  /// call at a time. The router withdraws each call's deadline when the
+  /// call ends before it, so a busy loop does not keep a timer for every
+  /// finished call until its timeout. A loop that can drop a timer should
+  /// override this and let go of the task at once (RunLoop and
+  /// torouter-server's loop do); the default keeps it until it falls due
+  /// and then skips it.
+  virtual WithdrawTask post_after_withdrawable(std::chrono::milliseconds delay,
+                                               std::function<void()> task);
   /// Whether the calling thread is one of the loop's, so that work the
   /// router would post can run at once (a streamed piece that arrives on
   /// the loop's own thread is handed on without a post). The default,
@@ -52,6 +67,11 @@ class RunLoop final : public EventLoop {
  public:
   void post(std::function<void()> task) override;
   void post_after(std::chrono::milliseconds delay, std::function<void()> task) override;
+  /// A withdrawn timer is dropped from the queue at once, with its task.
+  WithdrawTask post_after_withdrawable(std::chrono::milliseconds delay,
+                                       std::function<void()> task) override;
+  /// Timers posted and neither run nor withdrawn.
+  std::size_t pending_timers() const;
 
   /// Runs tasks on this thread as they become due, until `stop`. Several
   /// threads may run one loop. A task that throws ends `run` on its thread
@@ -65,22 +85,18 @@ class RunLoop final : public EventLoop {
 
  private:
   using Clock = std::chrono::steady_clock;
-  struct Timer {
-    Clock::time_point due;
-    std::uint64_t sequence;
-    std::function<void()> task;
-    bool operator>(const Timer& other) const {
-      return due != other.due ? due > other.due : sequence > other.sequence;
-    }
-  };
+  // Timers in due order, equal times in the order posted; a key also
+  // names its timer for a withdrawal.
+  using TimerKey = std::pair<Clock::time_point, std::uint64_t>;
 
+  TimerKey add_timer(std::chrono::milliseconds delay, std::function<void()> task);
   // The next task to run, or an empty function once stopped.
   std::function<void()> next_task();
 
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::function<void()>> ready_;
-  std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
+  std::map<TimerKey, std::function<void()>> timers_;
   std::uint64_t sequence_ = 0;
   bool stopped_ = false;
 };
