@@ -1151,10 +1151,11 @@ void Router::start_invoke(std::string_view prompt, const InvokeOptions* borrowed
   } else {
     route_pooled(prompt, options.route, result.decision);
   }
-  // Not make_shared: the timers an invoke leaves on the loop (its attempt
+  // Not make_shared: on a caller's loop that keeps withdrawn timers
+  // (EventLoop's default withdrawal), an invoke's timers (its attempt
   // deadline, 30 s by default) hold weak pointers to it until they fall
-  // due, and with make_shared those keep the whole object's memory, its
-  // result and options included, for as long.
+  // due, and with make_shared those would keep the whole object's memory,
+  // its result and options included, for as long.
   std::shared_ptr<InvokeRun>(new InvokeRun(*this, std::string(prompt), borrowed, std::move(owned),
                                            std::move(loop), std::move(on_done), std::move(result)))
       ->begin();

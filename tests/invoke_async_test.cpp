@@ -297,10 +297,19 @@ TEST_CASE("a finished invoke's memory goes, and so do its timers") {
                          done(Response::answer("ok", 1, 1));
                        }));
   LoopThreads loop;
+  // The result reaches the test before the loop thread lets go of the
+  // invoke: a task posted after it runs once that is done.
+  const auto settled = [&] {
+    std::promise<void> done;
+    loop.loop->post([&done] { done.set_value(); });
+    done.get_future().wait();
+  };
   CHECK(start(router, loop.loop).get().ok());  // warm: the router's own first allocations
+  settled();
   constexpr int kInvokes = 2000;
   const std::size_t before = allocated_bytes();
   for (int i = 0; i < kInvokes; ++i) CHECK(start(router, loop.loop).get().ok());
+  settled();
   // Each answer withdrew its attempt's 30 s deadline: no timer waits on
   // the loop for a finished invoke, and nothing of the invoke (its result,
   // options and decision, kilobytes) stays.
