@@ -431,8 +431,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   // ------------------------------------------------------------- reading
 
   // Runs `next` once the connection can carry HTTP: at once over plain TCP,
-  // after the TLS handshake otherwise. The handshake has the request
-  // deadline, so a client that stalls in it is cut like one that trickles.
+  // after the TLS handshake otherwise. The handshake has `deadline` (a
+  // served connection's is the request deadline, so a client that stalls
+  // in it is cut like one that trickles; a refusal's is kDrainTime).
   void after_handshake(std::function<void()> next, std::chrono::steady_clock::duration deadline) {
     if (!stream_.secure()) return next();
     stream_.tcp().expires_after(deadline);
