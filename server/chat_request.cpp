@@ -47,51 +47,72 @@ std::string_view utf8_tail(std::string_view text, std::size_t max) {
   return text.substr(start);
 }
 
-// The text of a message's `content`: a string, or the `text` of its parts.
-void append_content(simdjson::dom::element content, std::string& out) {
+// The text of a message's `content`: a string, or the `text` of its parts
+// joined with line ends. A string is seen where the parser holds it; only
+// parts are copied, into `parts`.
+std::string_view content_text(simdjson::dom::element content, std::string& parts) {
   std::string_view text;
-  if (!content.get(text)) {
-    out.append(text);
-    return;
-  }
-  simdjson::dom::array parts;
-  if (content.get(parts)) return;
-  for (simdjson::dom::element part : parts) {
+  if (!content.get(text)) return text;
+  parts.clear();
+  simdjson::dom::array list;
+  if (content.get(list)) return {};
+  for (simdjson::dom::element part : list) {
     if (!part["text"].get(text)) {
-      if (!out.empty()) out.push_back('\n');
-      out.append(text);
+      if (!parts.empty()) parts.push_back('\n');
+      parts.append(text);
     }
   }
+  return parts;
 }
 
+// A message's text kept past the next message's: a view of the parsed
+// request when it is one, else a copy.
+struct KeptText {
+  std::string_view text;
+  std::string copy;
+
+  void keep(std::string_view t, const std::string& parts) {
+    if (t.data() != parts.data()) {
+      text = t;
+      return;
+    }
+    copy.assign(t);
+    text = copy;
+  }
+};
+
 // Routing text of a messages array (see routing_text), and the characters of
-// every message's content, for the prompt's token estimate.
+// every message's content, for the prompt's token estimate. Every request
+// comes through here: it copies the prompt once, into the routing text.
 std::string routing_text_of(simdjson::dom::array messages, std::size_t& content_chars) {
   std::string system;
-  std::string last_user;
-  std::string last_any;
-  std::string text;
+  KeptText last_user;
+  KeptText last_any;
+  std::string parts;
   content_chars = 0;
   for (simdjson::dom::element m : messages) {
     std::string_view role;
     if (m["role"].get(role)) continue;
-    text.clear();
     simdjson::dom::element content;
-    if (!m["content"].get(content)) append_content(content, text);
+    const std::string_view text =
+        m["content"].get(content) ? std::string_view() : content_text(content, parts);
     content_chars += count_characters(text) + 16;  // + role and framing
     if (role == "system" || role == "developer") {
       if (!system.empty()) system.push_back('\n');
-      system += text;
+      system.append(text);
     } else if (role == "user") {
-      last_user = text;
+      last_user.keep(text, parts);
     }
-    if (!text.empty()) last_any = text;
+    if (!text.empty()) last_any.keep(text, parts);
   }
-  const std::string& user = last_user.empty() ? last_any : last_user;
-  std::string out(utf8_head(system, kSystemBytes));
+  const std::string_view user = last_user.text.empty() ? last_any.text : last_user.text;
+  const std::string_view head = utf8_head(system, kSystemBytes);
+  std::string out;
+  out.reserve(head.size() + std::min(user.size(), kUserHeadBytes + kUserTailBytes + 5) + 2);
+  out.append(head);
   if (!out.empty() && !user.empty()) out += "\n\n";
   if (user.size() <= kUserHeadBytes + kUserTailBytes) {
-    out += user;
+    out.append(user);
   } else {
     out.append(utf8_head(user, kUserHeadBytes));
     out += "\n...\n";

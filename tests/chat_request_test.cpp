@@ -187,6 +187,17 @@ TEST_CASE("chat request: the routing text is the system prompt and the last user
   CHECK(routing_text(R"([{"role":"user","content":[{"type":"text","text":"a"},)"
                      R"({"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"b"}]}])") ==
         "a\nb");
+  // A turn given in parts outlives the parts of the turns after it.
+  CHECK(routing_text(R"([{"role":"user","content":[{"type":"text","text":"u1"},)"
+                     R"({"type":"text","text":"u2"}]},)"
+                     R"({"role":"assistant","content":[{"type":"text","text":"a1"}]}])") ==
+        "u1\nu2");
+  CHECK(routing_text(R"([{"role":"assistant","content":[{"type":"text","text":"x"}]},)"
+                     R"({"role":"assistant","content":[{"type":"text","text":""}]},)"
+                     R"({"role":"tool","content":""}])") == "x");
+  CHECK(routing_text(R"([{"role":"system","content":"S1"},{"role":"developer","content":)"
+                     R"([{"type":"text","text":"S2"}]},{"role":"user","content":"U"}])") ==
+        "S1\nS2\n\nU");
   const std::string long_text = std::string(7000, 'h') + std::string(3000, 't');
   const std::string cut = routing_text("[{\"role\":\"user\",\"content\":\"" + long_text + "\"}]");
   CHECK(cut == std::string(6000, 'h') + "\n...\n" + std::string(2000, 't'));
