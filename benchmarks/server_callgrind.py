@@ -6,6 +6,7 @@ what it calls).
     benchmarks/server_callgrind.py stream    # 200 streams opened over 1 s
     benchmarks/server_callgrind.py request   # wrk, 4 connections, 10 s
     benchmarks/server_callgrind.py stream --server OTHER/bin/torouter-server
+    benchmarks/server_callgrind.py request --model M.tormodel  # another router
 
 The stand-in, config and requests are those of server_concurrency.py
 ("stream": 20 pieces 100 ms apart) and server_load.sh ("request": an
@@ -70,6 +71,9 @@ def main():
     parser.add_argument("mode", choices=["stream", "request"])
     parser.add_argument("--build", default=os.path.join(sc.ROOT, "build"))
     parser.add_argument("--server", help="the torouter-server to count (default: the build's)")
+    parser.add_argument("--model", help="a model file over the default router's experts, "
+                        "loaded instead of the default router (an older server may not read "
+                        "the default)")
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args()
@@ -80,7 +84,7 @@ def main():
         [os.path.join(args.build, "bin/torouter-stand-in"), "--port", "0", "--threads", "1"]
         + stand_in_args, os.path.join(work, "stand_in.log"))
     config = os.path.join(work, "config.json")
-    sc.write_config(config, stand_in_port, 64, 0)
+    sc.write_config(config, stand_in_port, 64, 0, model=args.model)
     out = os.path.join(work, "callgrind.out")
     proc, port = sc.start(["valgrind", "--tool=callgrind", "--instr-atstart=no",
                            f"--callgrind-out-file={out}", server, "--config", config],
@@ -105,6 +109,7 @@ def main():
         stand_in.wait()
     total, routing = counts(out)
     unit = "stream" if args.mode == "stream" else "request"
+    print(f"callgrind's output: {out}")
     print(f"{done} {unit}s answered; {total / done:,.0f} instructions per {unit}, "
           f"{routing / done:,.0f} of them routing ({100 * routing / total:.0f}%)")
 
