@@ -155,8 +155,20 @@ std::optional<double> finite_number(std::string_view text) {
 }
 
 // A key the object holds twice, if any: readers disagree on which counts
-// (simdjson's lookup takes the first, a proxy may take the last).
+// (simdjson's lookup takes the first, a proxy may take the last). Objects
+// of a few keys, as every message is, are compared pair by pair, with
+// nothing allocated.
 std::optional<std::string_view> first_duplicate_key(simdjson::dom::object top) {
+  constexpr std::size_t kPairwiseKeys = 16;
+  if (top.size() <= kPairwiseKeys) {
+    for (auto a = top.begin(); a != top.end(); ++a) {
+      auto b = a;
+      for (++b; b != top.end(); ++b) {
+        if (a.key() == b.key()) return a.key();
+      }
+    }
+    return std::nullopt;
+  }
   std::vector<std::string_view> keys;
   keys.reserve(top.size());
   for (auto field : top) keys.push_back(field.key);
@@ -164,6 +176,35 @@ std::optional<std::string_view> first_duplicate_key(simdjson::dom::object top) {
   const auto twice = std::adjacent_find(keys.begin(), keys.end());
   if (twice == keys.end()) return std::nullopt;
   return *twice;
+}
+
+// The first key that a message, or a part of a message's content, holds
+// twice, as its parameter path ("messages[0].content"), if any: the
+// router would read one and the upstream perhaps the other (route and
+// check the context window on "hi", send a 600 KB prompt).
+std::optional<std::string> first_duplicate_in_messages(simdjson::dom::array messages) {
+  std::size_t i = 0;
+  for (simdjson::dom::element m : messages) {
+    simdjson::dom::object message;
+    if (!m.get(message)) {
+      if (auto key = first_duplicate_key(message)) return fmt::format("messages[{}].{}", i, *key);
+      simdjson::dom::array parts;
+      std::size_t j = 0;
+      if (!message["content"].get(parts)) {
+        for (simdjson::dom::element p : parts) {
+          simdjson::dom::object part;
+          if (!p.get(part)) {
+            if (auto key = first_duplicate_key(part)) {
+              return fmt::format("messages[{}].content[{}].{}", i, j, *key);
+            }
+          }
+          ++j;
+        }
+      }
+    }
+    ++i;
+  }
+  return std::nullopt;
 }
 
 // Reads `model`: "router", "router:<lambda>", "router:q>=<floor>" or an
@@ -439,6 +480,9 @@ std::optional<ApiError> parse_chat_request(std::string_view body, const ExpertRe
   }
   if (auto key = first_duplicate_key(top)) {
     return bad_request(fmt::format("the field {} appears twice", *key), std::string(*key));
+  }
+  if (auto param = first_duplicate_in_messages(messages)) {
+    return bad_request(fmt::format("the field {} appears twice", *param), *param);
   }
   for (auto field : top) {
     const std::string_view key = field.key;

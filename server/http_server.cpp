@@ -48,6 +48,21 @@ constexpr milliseconds kDrainTime{2000};
 constexpr milliseconds kDrainQuiet{500};
 constexpr std::size_t kMaxDrainBytes = 8 << 20;
 
+// Room in a connection's request buffer past a head at its limit: for a
+// chunked body's size line with its extensions, a trailer field, or the
+// start of a pipelined request read while an answer is made.
+constexpr std::size_t kRequestBufferSlack = 16 * 1024;
+// Bytes each read of the client's while its answer is made takes.
+constexpr std::size_t kWatchReadBytes = 1024;
+
+// The most bytes a connection's request buffer holds. Beast bounds a head
+// (header_limit) and a body's content (body_limit), but a chunked body's
+// size and extension line, and each trailer field, wait whole in the
+// buffer: with no bound one endless line grows it without end.
+std::size_t request_buffer_limit(const HttpServerOptions& options) {
+  return std::max<std::size_t>(options.max_head_bytes, 4096) + kRequestBufferSlack;
+}
+
 std::string text_of(beast::string_view text) { return std::string(text.data(), text.size()); }
 
 // The Date header's value (RFC 9110, section 6.6.1: an origin server with
@@ -220,6 +235,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         stream_(std::move(socket), state_->tls.get()),
         request_timer_(stream_.get_executor()),
         write_watch_(stream_.get_executor()) {
+    buffer_.max_size(request_buffer_limit(state_->options));
     std::lock_guard<std::mutex> lock(state_->mutex);
     state_->sessions.insert(this);
   }
@@ -567,6 +583,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
       return refuse(413, "request body larger than " +
                              std::to_string(state_->options.max_body_bytes) + " bytes");
     }
+    if (ec == bhttp::error::buffer_overflow) {
+      return refuse(400, "a chunk size line or trailer field longer than " +
+                             std::to_string(buffer_.max_size()) + " bytes");
+    }
     if (ec == asio::error::connection_reset || ec == asio::error::broken_pipe) return close();
     refuse(400, "malformed HTTP request: " + ec.message());
   }
@@ -838,24 +858,29 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
   }
 
-  // A read into the request buffer: it ends only when the client sends
-  // (the next request's bytes, kept for it: the watch ends there) or
-  // closes (gone), or when the answer is done and cancels it.
+  // A read into the request buffer: it ends when the client closes (gone),
+  // or when the answer is done and cancels it. Bytes the client sends (a
+  // pipelined request, or the line end a client may send after a POST's
+  // body) are kept for the next request, and the watch goes on while the
+  // buffer has room: a client that sends a byte and then leaves is still
+  // seen leaving.
   void watch(std::shared_ptr<CancelSignal> gone) {
     if (answer_done_ || broken_) return;
+    if (buffer_.max_size() - buffer_.size() < kWatchReadBytes) return;
     watching_ = true;
     auto self = shared_from_this();
     auto seen = [self, gone](beast::error_code ec, std::size_t n) {
       self->watching_ = false;
       if (n > 0) self->buffer_.commit(n);
       if (ec && ec != asio::error::operation_aborted) gone->cancel();  // closed or reset
-      if (self->answer_done_) self->after_answer();
+      if (self->answer_done_) return self->after_answer();
+      if (!ec) self->watch(gone);
     };
     if (!stream_.secure()) {
       // On the socket itself: the stream's write timeouts would end it. (A
       // wait for bytes first would spare the read's first, failed try, but
       // Asio re-arms epoll for a wait: one system call for another.)
-      stream_.tcp().socket().async_read_some(buffer_.prepare(1024), seen);
+      stream_.tcp().socket().async_read_some(buffer_.prepare(kWatchReadBytes), seen);
       return;
     }
     // Under TLS the bytes must be decrypted: wait until some arrive, then
@@ -863,7 +888,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     stream_.tcp().socket().async_wait(
         tcp::socket::wait_read, [self, seen](beast::error_code ec) mutable {
           if (ec || self->answer_done_) return seen(ec, 0);
-          self->stream_.async_read_some(self->buffer_.prepare(1024), seen);
+          self->stream_.async_read_some(self->buffer_.prepare(kWatchReadBytes), seen);
         });
   }
 

@@ -160,6 +160,18 @@ TEST_CASE("chat request: errors say the status, the code and the field") {
       R"({"model":"nonsense","model":"router","messages":[{"role":"user","content":"x"}]})");
   CHECK(twice.param == "model");
   CHECK_THAT(twice.message, Contains("twice"));
+  // So is a key twice in a message or a part of one: the router would
+  // route and price one content and the upstream perhaps be sent the other.
+  CHECK(refusal(R"({"model":"router","messages":[{"role":"user","content":"x"},)"
+                R"({"role":"user","content":"hi","content":"a long prompt"}]})")
+            .param == "messages[1].content");
+  CHECK(refusal(R"({"model":"router","messages":[{"role":"user","content":[)"
+                R"({"type":"text","text":"a"},{"type":"text","text":"b","text":"c"}]}]})")
+            .param == "messages[0].content[1].text");
+  std::string many_keys = R"({"model":"router","messages":[{"role":"user","content":"x")";
+  for (int k = 0; k < 20; ++k) many_keys += ",\"k" + std::to_string(k) + "\":1";
+  CHECK(accepted(many_keys + "}]}").routing_text == "x");
+  CHECK(refusal(many_keys + R"(,"k7":2}]})").param == "messages[0].k7");
   // A cost weight or floor is a plain decimal number.
   for (const char* model : {"router: 5", "router:0x10", "router:+1", "router:q>= 0.5"}) {
     INFO(model);

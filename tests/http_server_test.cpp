@@ -307,6 +307,34 @@ TEST_CASE("http server: refusals close the connection", "[http][server]") {
   }
 }
 
+TEST_CASE("http server: a chunk line or trailer without end is refused at the buffer's bound",
+          "[http][server]") {
+  // Beast bounds a head and a body's content, not a chunk's size line nor
+  // a trailer field: each waits whole in the connection's buffer, which is
+  // bounded instead (the head's limit and 16 KiB; here 4096 + 16 KiB).
+  Fixture f;
+  const std::string endless(200 * 1024, 'a');
+  const std::string zeros(200 * 1024, '0');
+  const std::string chunked = "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (const std::string& request :
+       {chunked + "1;ext=" + endless, chunked + "1\r\na\r\n0\r\nX-Trailer: " + endless,
+        chunked + zeros}) {
+    INFO(request.substr(chunked.size(), 20));
+    RawHttpConnection socket = f.connect();
+    send(socket, request);
+    HttpReply a = receive(socket);
+    CHECK(a.status == 400);
+    CHECK_THAT(a.body, Contains("longer than 20480 bytes"));
+    CHECK(closed_by_server(socket));
+  }
+  // Within the bound, a long extension is still read.
+  RawHttpConnection socket = f.connect();
+  send(socket, chunked + "1;ext=" + std::string(10000, 'e') + "\r\nz\r\n0\r\n\r\n");
+  HttpReply ok = receive(socket);
+  CHECK(ok.status == 200);
+  CHECK(ok.body == "/:z");
+}
+
 TEST_CASE("http server: streamed answers, failing handlers, stop", "[http][server]") {
   Fixture f;
   RawHttpConnection socket = f.connect();

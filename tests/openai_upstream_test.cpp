@@ -350,6 +350,12 @@ TEST_CASE("openai upstream: answers in every framing, closed connections replace
     // 5: a malformed answer.
     next_connection();
     if (read_request()) answer("HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n");
+    // 6: a chunk size line without end, past any buffer's bound.
+    next_connection();
+    if (read_request()) {
+      answer("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;e=" +
+             std::string(300 * 1024, 'a'));
+    }
   });
 
   UpstreamOptions o;
@@ -367,9 +373,14 @@ TEST_CASE("openai upstream: answers in every framing, closed connections replace
   Response malformed = upstream.complete(request("six"));
   CHECK(malformed.failure == FailureKind::ServerError);
   CHECK_THAT(malformed.error_message, Contains("malformed answer") && Contains("Content-Length"));
+  // Beast bounds a head and a body, not a chunk's size line: the client's
+  // buffer is bounded instead, and the call fails at that bound.
+  Response endless = upstream.complete(request("seven"));
+  CHECK(endless.failure == FailureKind::ServerError);
+  CHECK_THAT(endless.error_message, Contains("chunk size line") && Contains("81920 bytes"));
   server.join();
-  CHECK(accepted == 5);
-  CHECK(requests == 6);
+  CHECK(accepted == 6);
+  CHECK(requests == 7);
 }
 
 TEST_CASE("openai upstream: HTTP errors classified without a server", "[openai]") {

@@ -1877,6 +1877,43 @@ TEST_CASE("router server: a client that goes away cancels its upstream call, bla
         m && m->body.find("torouter_http_responses_total{code=\"499\"} 1\n") != std::string::npos;
   }
   CHECK(counted);
+
+  // The same after the client sent more: a line end after the body (RFC
+  // 9112 section 2.2 lets a client send one) and a pipelined request. The
+  // server keeps those bytes for later and still sees the client leave.
+  const auto again_at = std::chrono::steady_clock::now();
+  {
+    RawHttpConnection connection(f.port, 10s);
+    const std::string body = chat_body("router", kPrompt);
+    REQUIRE(connection.send(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        "Content-Length: " +
+        std::to_string(body.size()) + "\r\n\r\n" + body + "\r\n"));
+    bool calling = false;
+    for (int i = 0; i < 200 && !calling; ++i) {
+      std::this_thread::sleep_for(10ms);
+      auto during = f.get("/health");
+      calling = during && during->body.find("\"in_flight\":1") != std::string::npos;
+    }
+    REQUIRE(calling);
+    REQUIRE(connection.send("GET /health HTTP/1.1\r\nHost: t\r\n\r\n"));
+    std::this_thread::sleep_for(100ms);
+  }
+  freed = false;
+  while (!freed && std::chrono::steady_clock::now() - again_at < 3s) {
+    std::this_thread::sleep_for(10ms);
+    auto after = f.get("/health");
+    freed = after && after->body.find("\"in_flight\":1") == std::string::npos;
+  }
+  CHECK(freed);
+  counted = false;
+  for (int i = 0; i < 100 && !counted; ++i) {
+    if (i > 0) std::this_thread::sleep_for(20ms);
+    auto m = f.get("/metrics");
+    counted =
+        m && m->body.find("torouter_http_responses_total{code=\"499\"} 2\n") != std::string::npos;
+  }
+  CHECK(counted);
 }
 
 TEST_CASE("router server: answers on a kept-alive connection go out at once", "[server]") {

@@ -132,9 +132,19 @@ Endpoint::Endpoint(const std::string& url) : base_url(url) {
 // `IoThreads` has one thread, which already runs its handlers one at a time.
 struct Connection {
   Connection(asio::io_context& io, asio::ssl::context* tls_context)
-      : home(io), executor(io.get_executor()), tls_context_(tls_context) {
+      : home(io),
+        executor(io.get_executor()),
+        buffer(kMaxBufferedBytes),
+        tls_context_(tls_context) {
     open_stream();
   }
+
+  // The most bytes of an answer read and not yet parsed: a head at its
+  // limit and a line past it. Beast bounds the head and the body's
+  // content, but a chunked body's size and extension line, and each
+  // trailer field, wait whole in the buffer: with no bound an upstream's
+  // endless line would grow it past max_body_bytes, without end.
+  static constexpr std::size_t kMaxBufferedBytes = kMaxResponseHead + 16 * 1024;
 
   // A new, unconnected stream on the same executor.
   void open_stream() {
@@ -493,6 +503,10 @@ class Exchange : public std::enable_shared_from_this<Exchange> {
            fmt::format("answer larger than {} bytes", request_.max_body_bytes));
     } else if (ec == bhttp::error::header_limit) {
       fail(PostOutcome::Error::Other, "answer head larger than 64 KiB");
+    } else if (ec == bhttp::error::buffer_overflow) {
+      fail(PostOutcome::Error::Other,
+           fmt::format("a chunk size line or trailer field of the answer longer than {} bytes",
+                       Connection::kMaxBufferedBytes));
     } else {
       fail(PostOutcome::Error::Other, "malformed answer: " + ec.message());
     }
